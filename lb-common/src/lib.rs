@@ -1,0 +1,277 @@
+//! The kernel/userspace contract of edgelb.
+//!
+//! Everything the XDP program and the daemon must agree on lives here: map names and sizes, the
+//! `#[repr(C)]` key and value types stored in those maps, and the meaning of each counter. The
+//! crate is `no_std` so the eBPF program can use it; with the `user` feature it also implements
+//! `aya::Pod` for the map types and carries [`reference`], a plain-Rust classifier that states
+//! what the XDP program must decide for any frame.
+#![no_std]
+
+#[cfg(feature = "user")]
+extern crate std;
+
+#[cfg(feature = "user")]
+pub mod reference;
+
+use bytemuck::{Pod, Zeroable};
+
+/// Name of the XDP program inside the object built from `lb-ebpf`.
+pub const PROGRAM_NAME: &str = "edgelb_xdp";
+
+/// Map names, as declared in `lb-ebpf` and opened by the daemon.
+pub const MAP_LISTENERS: &str = "LISTENERS";
+pub const MAP_ACL_V4: &str = "ACL_V4";
+pub const MAP_ACL_V6: &str = "ACL_V6";
+pub const MAP_STATS: &str = "STATS";
+
+/// Listeners the data plane can know at once. Listener ids run from 1 to `MAX_LISTENERS`;
+/// id 0 is the counter slot for traffic that belongs to no listener.
+pub const MAX_LISTENERS: u32 = 1024;
+/// Entries of the per-CPU counter array: slot 0 plus one per listener id.
+pub const STATS_SLOTS: u32 = MAX_LISTENERS + 1;
+/// The counter slot of frames that belong to no listener (not ours, unparsable, fragments).
+pub const NO_LISTENER_SLOT: u32 = 0;
+/// Prefixes each ACL trie can hold, summed over all listeners.
+pub const MAX_ACL_ENTRIES: u32 = 262_144;
+
+/// 802.1Q and 802.1ad tags the parser walks before giving up on a frame.
+pub const MAX_VLAN_TAGS: usize = 2;
+/// IPv6 extension headers the parser walks before giving up on a packet.
+pub const MAX_IPV6_EXT_HEADERS: usize = 6;
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPV6_HOP_BY_HOP: u8 = 0;
+pub const IPV6_ROUTING: u8 = 43;
+pub const IPV6_FRAGMENT: u8 = 44;
+pub const IPV6_AUTH: u8 = 51;
+pub const IPV6_DEST_OPTS: u8 = 60;
+
+/// Bits of an ACL trie key taken by the listener id, ahead of the address.
+pub const ACL_LISTENER_ID_BITS: u32 = 32;
+
+/// Key of the `LISTENERS` hash map: where a listener accepts traffic.
+///
+/// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). A listener on every address uses
+/// [`ANY_V4`] (IPv4 only, like a socket bound to `0.0.0.0`) or [`ANY`] (both families, like a
+/// dual-stack socket bound to `[::]`). Lookup order: exact address, the family's wildcard, then
+/// [`ANY`] for IPv4 packets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct ListenerKey {
+    pub addr: [u8; 16],
+    /// Destination port in host byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Wildcard address of listeners bound to every IPv4 and IPv6 address.
+pub const ANY: [u8; 16] = [0; 16];
+/// Wildcard address of listeners bound to every IPv4 address.
+pub const ANY_V4: [u8; 16] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0, 0, 0, 0];
+
+impl ListenerKey {
+    pub const fn new(addr: [u8; 16], port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+}
+
+/// The IPv4-mapped IPv6 form of an IPv4 address, as stored in [`ListenerKey::addr`].
+pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, v4[0], v4[1], v4[2], v4[3],
+    ]
+}
+
+/// The IPv4 address inside an IPv4-mapped IPv6 address, if it is one.
+pub fn v4_unmapped(v6: &[u8; 16]) -> Option<[u8; 4]> {
+    if v6[..10] == [0; 10] && v6[10] == 0xff && v6[11] == 0xff {
+        Some([v6[12], v6[13], v6[14], v6[15]])
+    } else {
+        None
+    }
+}
+
+/// Access-control modes of a listener, as stored in [`ListenerInfo::acl`].
+pub mod acl {
+    /// Every source is admitted.
+    pub const ALL: u32 = 0;
+    /// Only sources in the listener's prefixes are admitted (whitelist).
+    pub const ALLOW: u32 = 1;
+    /// Sources in the listener's prefixes are dropped (blacklist).
+    pub const DENY: u32 = 2;
+}
+
+/// Value of the `LISTENERS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct ListenerInfo {
+    /// 1..=MAX_LISTENERS: the listener's counter slot and the first 32 bits of its ACL keys.
+    pub id: u32,
+    /// One of [`acl`].
+    pub acl: u32,
+    /// Backend group for L4 forwarding in XDP; [`NO_GROUP`] passes the packet to the stack.
+    pub l4_group: u32,
+}
+
+/// [`ListenerInfo::l4_group`] of listeners served in userspace.
+pub const NO_GROUP: u32 = u32::MAX;
+
+/// Data of an `ACL_V4` trie key (the trie's `prefix_len` is 32 + the CIDR length).
+///
+/// The listener id is big-endian so that the trie, which compares bits from the first byte,
+/// sees it as a fixed 32-bit prefix ahead of the address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct AclV4 {
+    pub listener_id: [u8; 4],
+    pub addr: [u8; 4],
+}
+
+/// Data of an `ACL_V6` trie key (the trie's `prefix_len` is 32 + the CIDR length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct AclV6 {
+    pub listener_id: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// What the program concluded about one frame; each outcome has its own counter.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Addressed to a listener and admitted by its access control: `XDP_PASS`.
+    Passed = 0,
+    /// Addressed to a listener and refused by its access control: `XDP_DROP`.
+    DroppedAcl = 1,
+    /// Parsed, but not TCP/UDP to a known listener (ARP, ICMP, other ports): `XDP_PASS`.
+    NotOurs = 2,
+    /// Truncated or malformed headers, too many VLAN tags or IPv6 extension headers: `XDP_PASS`,
+    /// so that the kernel (and the daemon's own check on accept) decide.
+    Unparsable = 3,
+    /// A non-first IP fragment, which carries no ports: `XDP_PASS`.
+    Fragment = 4,
+}
+
+/// Number of [`Outcome`]s, the length of the arrays in [`Counters`].
+pub const OUTCOMES: usize = 5;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+
+impl Outcome {
+    pub const ALL: [Outcome; OUTCOMES] = [
+        Outcome::Passed,
+        Outcome::DroppedAcl,
+        Outcome::NotOurs,
+        Outcome::Unparsable,
+        Outcome::Fragment,
+    ];
+
+    /// The XDP action taken for this outcome.
+    pub const fn action(self) -> u32 {
+        match self {
+            Outcome::DroppedAcl => XDP_DROP,
+            _ => XDP_PASS,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Outcome::Passed => "passed",
+            Outcome::DroppedAcl => "dropped_acl",
+            Outcome::NotOurs => "not_ours",
+            Outcome::Unparsable => "unparsable",
+            Outcome::Fragment => "fragment",
+        }
+    }
+}
+
+/// Value of the per-CPU `STATS` array, indexed by listener id (slot 0: no listener).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct Counters {
+    /// Frames per [`Outcome`], indexed by `Outcome as usize`.
+    pub packets: [u64; OUTCOMES],
+    /// Bytes per [`Outcome`] (whole frames, Ethernet header included).
+    pub bytes: [u64; OUTCOMES],
+}
+
+impl Counters {
+    pub fn add(&mut self, other: &Counters) {
+        for i in 0..OUTCOMES {
+            self.packets[i] = self.packets[i].wrapping_add(other.packets[i]);
+            self.bytes[i] = self.bytes[i].wrapping_add(other.bytes[i]);
+        }
+    }
+
+    pub const fn packets_of(&self, outcome: Outcome) -> u64 {
+        self.packets[outcome as usize]
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: each type is #[repr(C)], made of integers and byte arrays, with no padding bytes
+    // (checked by the layout tests below), so any bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ListenerKey {}
+    unsafe impl aya::Pod for super::ListenerInfo {}
+    unsafe impl aya::Pod for super::AclV4 {}
+    unsafe impl aya::Pod for super::AclV6 {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn map_types_have_the_layout_the_kernel_side_reads() {
+        assert_eq!(size_of::<ListenerKey>(), 20);
+        assert_eq!(align_of::<ListenerKey>(), 2);
+        assert_eq!(size_of::<ListenerInfo>(), 12);
+        assert_eq!(size_of::<AclV4>(), 8);
+        assert_eq!(size_of::<AclV6>(), 20);
+        assert_eq!(size_of::<Counters>(), 8 * 2 * OUTCOMES);
+        let key = ListenerKey::new(ANY_V4, 0x1234, IPPROTO_TCP);
+        let bytes = bytemuck::bytes_of(&key);
+        assert_eq!(&bytes[16..18], &0x1234u16.to_ne_bytes());
+        assert_eq!(bytes[18], IPPROTO_TCP);
+    }
+
+    #[test]
+    fn v4_mapping_round_trips_and_rejects_plain_v6() {
+        assert_eq!(v4_unmapped(&v4_mapped([10, 1, 2, 3])), Some([10, 1, 2, 3]));
+        assert_eq!(v4_mapped([0; 4]), ANY_V4);
+        assert_eq!(v4_unmapped(&ANY), None);
+        let mut v6 = [0u8; 16];
+        v6[0] = 0xfd;
+        v6[10] = 0xff;
+        v6[11] = 0xff;
+        assert_eq!(v4_unmapped(&v6), None);
+    }
+
+    #[test]
+    fn only_acl_refusal_drops() {
+        for o in Outcome::ALL {
+            let expected = if o == Outcome::DroppedAcl {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            };
+            assert_eq!(o.action(), expected, "{o:?}");
+            assert_eq!(Outcome::ALL[o as usize], o);
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! edgelb's XDP program: parse the frame down to the TCP/UDP destination port, find the
+//! listener, apply its access control, count. The rules are stated once, in
+//! `lb_common::reference`, and the differential test holds this program to them.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    macros::{map, xdp},
+    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    programs::XdpContext,
+};
+use lb_common::{
+    ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, Counters, ETH_P_8021AD, ETH_P_8021Q,
+    ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT,
+    IPV6_HOP_BY_HOP, IPV6_ROUTING, ListenerInfo, ListenerKey, MAX_ACL_ENTRIES,
+    MAX_IPV6_EXT_HEADERS, MAX_LISTENERS, MAX_VLAN_TAGS, NO_LISTENER_SLOT, OUTCOMES, Outcome,
+    STATS_SLOTS, acl, v4_mapped,
+};
+
+#[map(name = "LISTENERS")]
+static LISTENERS: HashMap<ListenerKey, ListenerInfo> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+
+#[map(name = "ACL_V4")]
+static ACL_V4: LpmTrie<AclV4, u8> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, 0);
+
+#[map(name = "ACL_V6")]
+static ACL_V6: LpmTrie<AclV6, u8> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, 0);
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
+
+#[xdp]
+pub fn edgelb_xdp(ctx: XdpContext) -> u32 {
+    let (slot, outcome) = match classify(&ctx) {
+        Ok(decision) => decision,
+        Err(outcome) => (NO_LISTENER_SLOT, outcome),
+    };
+    count(slot, outcome, (ctx.data_end() - ctx.data()) as u64);
+    outcome.action()
+}
+
+#[inline(always)]
+fn count(slot: u32, outcome: Outcome, len: u64) {
+    if let Some(c) = STATS.get_ptr_mut(slot) {
+        let i = outcome as usize;
+        if i < OUTCOMES {
+            // SAFETY: a per-CPU slot is only written by the program running on that CPU.
+            unsafe {
+                (*c).packets[i] += 1;
+                (*c).bytes[i] += len;
+            }
+        }
+    }
+}
+
+/// The one place where packet bounds are checked: a pointer to `N` bytes at `off`.
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<&[u8; N], Outcome> {
+    let start = ctx.data();
+    if start + off + N > ctx.data_end() {
+        return Err(Outcome::Unparsable);
+    }
+    // SAFETY: the range was checked against data_end just above; [u8; N] needs no alignment.
+    Ok(unsafe { &*((start + off) as *const [u8; N]) })
+}
+
+enum Src {
+    V4([u8; 4]),
+    V6([u8; 16]),
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Result<(u32, Outcome), Outcome> {
+    let eth = bytes::<14>(ctx, 0)?;
+    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let mut off = 14usize;
+    for _ in 0..MAX_VLAN_TAGS {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        let tag = bytes::<4>(ctx, off)?;
+        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        off += 4;
+    }
+    let (src, dst, proto, l4, is_v4) = match ethertype {
+        ETH_P_IPV4 => parse_ipv4(ctx, off)?,
+        ETH_P_IPV6 => parse_ipv6(ctx, off)?,
+        ETH_P_8021Q | ETH_P_8021AD => return Err(Outcome::Unparsable),
+        _ => return Err(Outcome::NotOurs),
+    };
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Err(Outcome::NotOurs);
+    }
+    let ports = bytes::<4>(ctx, l4)?;
+    let port = u16::from_be_bytes([ports[2], ports[3]]);
+
+    let info = find_listener(dst, port, proto, is_v4).ok_or(Outcome::NotOurs)?;
+    let listed = match src {
+        Src::V4(addr) => {
+            let data = AclV4 {
+                listener_id: info.id.to_be_bytes(),
+                addr,
+            };
+            ACL_V4
+                .get(Key::new(ACL_LISTENER_ID_BITS + 32, data))
+                .is_some()
+        }
+        Src::V6(addr) => {
+            let data = AclV6 {
+                listener_id: info.id.to_be_bytes(),
+                addr,
+            };
+            ACL_V6
+                .get(Key::new(ACL_LISTENER_ID_BITS + 128, data))
+                .is_some()
+        }
+    };
+    let outcome = match info.acl {
+        acl::ALLOW if !listed => Outcome::DroppedAcl,
+        acl::DENY if listed => Outcome::DroppedAcl,
+        _ => Outcome::Passed,
+    };
+    Ok((info.id, outcome))
+}
+
+#[inline(always)]
+fn find_listener(dst: [u8; 16], port: u16, proto: u8, is_v4: bool) -> Option<ListenerInfo> {
+    let mut key = ListenerKey::new(dst, port, proto);
+    // SAFETY: map values are plain integers, copied out at once.
+    if let Some(info) = unsafe { LISTENERS.get(&key) } {
+        return Some(*info);
+    }
+    key.addr = if is_v4 { ANY_V4 } else { ANY };
+    if let Some(info) = unsafe { LISTENERS.get(&key) } {
+        return Some(*info);
+    }
+    if is_v4 {
+        key.addr = ANY;
+        if let Some(info) = unsafe { LISTENERS.get(&key) } {
+            return Some(*info);
+        }
+    }
+    None
+}
+
+type Parsed = (Src, [u8; 16], u8, usize, bool);
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Parsed, Outcome> {
+    let ip = bytes::<20>(ctx, off)?;
+    if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
+        return Err(Outcome::Unparsable);
+    }
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+        return Err(Outcome::Fragment);
+    }
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
+    let l4 = off + (ip[0] & 0x0f) as usize * 4;
+    Ok((Src::V4(src), dst, ip[9], l4, true))
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Parsed, Outcome> {
+    let ip = bytes::<40>(ctx, off)?;
+    if ip[0] >> 4 != 6 {
+        return Err(Outcome::Unparsable);
+    }
+    let mut src = [0u8; 16];
+    src.copy_from_slice(&ip[8..24]);
+    let mut dst = [0u8; 16];
+    dst.copy_from_slice(&ip[24..40]);
+    let mut next = ip[6];
+    let mut l4 = off + 40;
+    for _ in 0..MAX_IPV6_EXT_HEADERS {
+        match next {
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
+                let h = bytes::<2>(ctx, l4)?;
+                next = h[0];
+                l4 += (h[1] as usize + 1) * 8;
+            }
+            IPV6_AUTH => {
+                let h = bytes::<2>(ctx, l4)?;
+                next = h[0];
+                l4 += (h[1] as usize + 2) * 4;
+            }
+            IPV6_FRAGMENT => {
+                let h = bytes::<8>(ctx, l4)?;
+                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                    return Err(Outcome::Fragment);
+                }
+                next = h[0];
+                l4 += 8;
+            }
+            _ => break,
+        }
+    }
+    if matches!(
+        next,
+        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT
+    ) {
+        return Err(Outcome::Unparsable);
+    }
+    let src = match lb_common::v4_unmapped(&src) {
+        Some(v4) => Src::V4(v4),
+        None => Src::V6(src),
+    };
+    Ok((src, dst, next, l4, false))
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,2 @@
+//! Choosing a backend for each request.
+pub mod wrr;

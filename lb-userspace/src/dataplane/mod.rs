@@ -1,0 +1,287 @@
+//! The one owner of the kernel half: loads the XDP program, attaches and detaches it, writes
+//! its maps and reads its counters. Nothing else in the daemon touches BPF maps.
+mod object;
+pub mod rules;
+
+use std::collections::BTreeSet;
+
+use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
+use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
+use aya::{Ebpf, EbpfLoader};
+use lb_common::{
+    AclV4, AclV6, Counters, ListenerInfo, ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS,
+    MAP_STATS, MAX_LISTENERS, PROGRAM_NAME,
+};
+use tracing::{info, warn};
+
+pub use rules::{DesiredMaps, ListenerRule};
+
+/// How the program is attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    /// Native (driver) mode: the program runs before the kernel allocates a socket buffer.
+    Native,
+    /// Generic mode: runs in the stack, after allocation; works with any driver.
+    Skb,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Skb => "skb",
+        }
+    }
+
+    fn aya(self) -> AyaXdpMode {
+        match self {
+            AttachMode::Native => AyaXdpMode::Driver,
+            AttachMode::Skb => AyaXdpMode::Skb,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("this edgelb was built without its XDP program (AYA_BUILD_SKIP=1)")]
+    NoObject,
+    #[error("loading the XDP program: {0}")]
+    Load(String),
+    #[error("interface {iface} refused XDP in {} mode: {reason}", mode.name())]
+    Attach {
+        iface: String,
+        mode: AttachMode,
+        reason: String,
+    },
+    #[error("BPF map {map}: {reason}")]
+    Map { map: &'static str, reason: String },
+    #[error("listener id {0} is outside 1..={MAX_LISTENERS}")]
+    ListenerId(u32),
+    #[error("BPF_PROG_TEST_RUN: {0}")]
+    TestRun(String),
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |e| DataplaneError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+struct Attachment {
+    iface: String,
+    mode: AttachMode,
+    link: XdpLinkId,
+}
+
+/// The loaded program, its maps and where it is attached.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    attachments: Vec<Attachment>,
+}
+
+impl Dataplane {
+    /// Loads the embedded program into the kernel (root or CAP_BPF + CAP_NET_ADMIN needed).
+    pub fn load() -> Result<Self, DataplaneError> {
+        let bytes = object::bytes().ok_or(DataplaneError::NoObject)?;
+        let mut ebpf = EbpfLoader::new()
+            .load(bytes)
+            .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
+        let prog = xdp_program(&mut ebpf)?;
+        prog.load()
+            .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
+        Ok(Dataplane {
+            ebpf,
+            attachments: Vec::new(),
+        })
+    }
+
+    /// Attaches the program to `iface` in `mode`.
+    pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), DataplaneError> {
+        let prog = xdp_program(&mut self.ebpf)?;
+        let link = prog
+            .attach(iface, mode.aya())
+            .map_err(|e| DataplaneError::Attach {
+                iface: iface.to_string(),
+                mode,
+                reason: error_chain(&e),
+            })?;
+        info!(iface, mode = mode.name(), "XDP program attached");
+        self.attachments.push(Attachment {
+            iface: iface.to_string(),
+            mode,
+            link,
+        });
+        Ok(())
+    }
+
+    /// Where the program is attached, and how.
+    pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.attachments.iter().map(|a| (a.iface.as_str(), a.mode))
+    }
+
+    /// Detaches the program from every interface. Also done on drop (by aya); doing it
+    /// explicitly lets a failure be logged.
+    pub fn detach_all(&mut self) {
+        let attachments = std::mem::take(&mut self.attachments);
+        let Ok(prog) = xdp_program(&mut self.ebpf) else {
+            return;
+        };
+        for a in attachments {
+            match prog.detach(a.link) {
+                Ok(()) => info!(iface = a.iface, "XDP program detached"),
+                Err(e) => warn!(iface = a.iface, error = %error_chain(&e), "XDP detach failed"),
+            }
+        }
+    }
+
+    /// Makes the maps hold exactly `rules`: entries not in them are removed, missing ones
+    /// inserted, unchanged ones left alone (so a rewrite never opens a window where a
+    /// listener's ACL is missing).
+    pub fn apply(&mut self, rules: &[ListenerRule]) -> Result<(), DataplaneError> {
+        if let Some(bad) = rules.iter().find(|r| r.id == 0 || r.id > MAX_LISTENERS) {
+            return Err(DataplaneError::ListenerId(bad.id));
+        }
+        let desired = DesiredMaps::from_rules(rules);
+        // Prefixes first, listeners last: a new whitelist listener must not appear before
+        // its allowed prefixes do, or it would drop admitted clients for a moment.
+        sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, true)?;
+        sync_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, &desired.acl_v6, true)?;
+
+        let map = self
+            .ebpf
+            .map_mut(MAP_LISTENERS)
+            .ok_or(DataplaneError::Map {
+                map: MAP_LISTENERS,
+                reason: "missing from the object".into(),
+            })?;
+        let mut listeners: HashMap<&mut MapData, ListenerKey, ListenerInfo> =
+            HashMap::try_from(map).map_err(map_err(MAP_LISTENERS))?;
+        let present: Vec<ListenerKey> = listeners.keys().filter_map(Result::ok).collect();
+        for key in present {
+            let raw: [u8; 20] = bytemuck::cast(key);
+            if !desired.listeners.contains_key(&raw) {
+                listeners.remove(&key).map_err(map_err(MAP_LISTENERS))?;
+            }
+        }
+        for (raw, info) in &desired.listeners {
+            let key: ListenerKey = bytemuck::cast(*raw);
+            if listeners.get(&key, 0).ok().as_ref() != Some(info) {
+                listeners
+                    .insert(key, info, 0)
+                    .map_err(map_err(MAP_LISTENERS))?;
+            }
+        }
+        // Stale prefixes go only after the listeners that used them are gone.
+        sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, false)?;
+        sync_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, &desired.acl_v6, false)?;
+        Ok(())
+    }
+
+    /// The counters of one slot (a listener id, or 0 for traffic of no listener), summed over CPUs.
+    pub fn counters(&self, slot: u32) -> Result<Counters, DataplaneError> {
+        let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Map {
+            map: MAP_STATS,
+            reason: "missing from the object".into(),
+        })?;
+        let stats: PerCpuArray<&MapData, Counters> =
+            PerCpuArray::try_from(map).map_err(map_err(MAP_STATS))?;
+        let per_cpu = stats.get(&slot, 0).map_err(map_err(MAP_STATS))?;
+        let mut sum = Counters::default();
+        for c in per_cpu.iter() {
+            sum.add(c);
+        }
+        Ok(sum)
+    }
+
+    /// Runs the program once on `frame` through BPF_PROG_TEST_RUN and returns its verdict.
+    /// Counters are updated as for a real frame.
+    pub fn test_run(&mut self, frame: &[u8]) -> Result<u32, DataplaneError> {
+        Ok(self.test_run_repeat(frame, 1)?.0)
+    }
+
+    /// Runs the program `repeat` times on `frame`; returns the verdict and the mean time per
+    /// run in nanoseconds as the kernel measured it.
+    pub fn test_run_repeat(
+        &mut self,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, u64), DataplaneError> {
+        let prog = xdp_program(&mut self.ebpf)?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        let result = prog
+            .test_run(opts)
+            .map_err(|e| DataplaneError::TestRun(error_chain(&e)))?;
+        Ok((
+            result.return_value,
+            u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX),
+        ))
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
+    ebpf.program_mut(PROGRAM_NAME)
+        .ok_or_else(|| {
+            DataplaneError::Load(format!("program {PROGRAM_NAME} missing from the object"))
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(error_chain(&e)))
+}
+
+/// Inserts the missing entries of `desired` (`add`), or removes the entries not in it (`!add`).
+fn sync_trie<K: aya::Pod + bytemuck::Pod, const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    desired: &BTreeSet<(u32, [u8; N])>,
+    add: bool,
+) -> Result<(), DataplaneError> {
+    let map = ebpf.map_mut(name).ok_or(DataplaneError::Map {
+        map: name,
+        reason: "missing from the object".into(),
+    })?;
+    let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    let present: BTreeSet<(u32, [u8; N])> = trie
+        .keys()
+        .filter_map(Result::ok)
+        .map(|k| {
+            let data = k.data();
+            let raw = <[u8; N]>::try_from(bytemuck::bytes_of(&data))
+                .expect("a trie key's data type is N bytes long");
+            (k.prefix_len(), raw)
+        })
+        .collect();
+    if add {
+        for (len, data) in desired.difference(&present) {
+            let key = Key::new(*len, bytemuck::pod_read_unaligned::<K>(data));
+            trie.insert(&key, 1u8, 0).map_err(map_err(name))?;
+        }
+    } else {
+        for (len, data) in present.difference(desired) {
+            let key = Key::new(*len, bytemuck::pod_read_unaligned::<K>(data));
+            trie.remove(&key).map_err(map_err(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// An error with its sources, on one line (the verifier's log, a netlink errno...).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

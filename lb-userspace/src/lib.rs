@@ -1,0 +1,10 @@
+//! edgelb: a load balancer for Linux edge nodes. The binary's pieces, as a library so that the
+//! integration tests drive the same code.
+pub mod acl;
+pub mod balance;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod proxy;
+pub mod tls;
