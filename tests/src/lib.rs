@@ -1,1 +1,10 @@
-
+//! Shared pieces of edgelb's integration tests: crafted frames, network namespaces, certificates,
+//! a recording backend, and the daemon as a child process.
+pub mod backend;
+pub mod certs;
+pub mod daemon;
+pub mod dataplane_fixture;
+pub mod netns;
+pub mod packet;
+pub mod privilege;
+pub mod rng;

@@ -1,0 +1,56 @@
+use std::process::ExitCode;
+
+use crate::cli::{Cli, Command};
+use crate::config::Config;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+/// The whole command line of `edgelb`; also run by the integration tests' copy of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check(args)) => match Config::from_args(&args) {
+            Ok(config) => {
+                print!("{config}");
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(&e),
+        },
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
+            let config = match Config::from_args(&cli.run) {
+                Ok(c) => c,
+                Err(e) => return usage_error(&e),
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("edgelb: error: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::daemon::run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edgelb: error: {e}");
+                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                }
+            }
+        }
+    }
+}
+
+fn usage_error(e: &crate::config::ConfigError) -> ExitCode {
+    eprintln!("edgelb: error: {e}");
+    ExitCode::from(2)
+}

@@ -1,0 +1,122 @@
+//! The edgelb daemon as a real child process, optionally inside a namespace, with its log
+//! captured to a file that tests read.
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::netns::Netns;
+
+/// The edgelb binary built by this crate (same entry point as the shipped one).
+pub fn binary() -> PathBuf {
+    let dir = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().and_then(Path::parent).map(Path::to_path_buf))
+        .expect("test executable lives in target/<profile>/deps");
+    let bin = dir.join("edgelb-under-test");
+    assert!(
+        bin.exists(),
+        "{} missing: build the tests crate's binaries (cargo test builds them)",
+        bin.display()
+    );
+    bin
+}
+
+/// Runs edgelb to completion (for `check` and invalid flags).
+pub fn run(args: &[&str]) -> Output {
+    Command::new(binary())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run edgelb: {e}"))
+}
+
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts edgelb with `args` (inside `ns` if given) and waits until it logs that it is
+    /// ready. Panics with the log if it exits or is not ready within 20 s.
+    pub fn start(ns: Option<&Netns>, args: &[&str], log_dir: &Path) -> Self {
+        let log = log_dir.join(crate::netns::unique("edgelb-log-"));
+        let file = std::fs::File::create(&log).expect("create log file");
+        let mut cmd = match ns {
+            Some(ns) => ns.command(&binary().to_string_lossy()),
+            None => Command::new(binary()),
+        };
+        cmd.args(args)
+            .env("RUST_LOG", "debug,hyper=info,h2=info,rustls=info,aya=info")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("dup log file"))
+            .stderr(file);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn edgelb: {e}"));
+        let mut d = Daemon {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if d.log().contains("edgelb ready") {
+                return d;
+            }
+            if let Some(status) = d.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("edgelb exited ({status}) before it was ready:\n{}", d.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "edgelb not ready after 20 s:\n{}",
+                d.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (10 s at most) for the exit; returns the status and the log.
+    pub fn stop(mut self) -> (ExitStatus, String) {
+        let mut child = self.child.take().expect("daemon is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (status, self.log());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "edgelb did not exit within 10 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// The value of `name=N` on the log's `xdp counters listener="..."` line for `listener`.
+pub fn xdp_counter(log: &str, listener: &str, name: &str) -> u64 {
+    let marker = format!("xdp counters listener={listener:?}");
+    let line = log
+        .lines()
+        .find(|l| l.contains(&marker))
+        .unwrap_or_else(|| panic!("no {marker} line in the log:\n{log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= on {line:?}"))
+}

@@ -1,0 +1,271 @@
+//! Differential test: the XDP program in the kernel and `lb_common::reference` must reach the
+//! same verdict, and count it in the same slot, for every generated frame under every generated
+//! map content. The maps are rewritten between scenarios by the daemon's own writer
+//! (`Dataplane::apply`), so stale entries left by it would show up as disagreements too.
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use edgelb::acl::AclMode;
+use edgelb::dataplane::ListenerRule;
+use edgelb_tests::dataplane_fixture::Fixture;
+use edgelb_tests::packet::{Ext, Frame, ICMP, TCP, UDP};
+use edgelb_tests::privilege::root_or_skip;
+use edgelb_tests::rng::Rng;
+use ipnet::IpNet;
+use lb_common::{Counters, MAX_LISTENERS, OUTCOMES};
+
+const SCENARIOS: u64 = 40;
+const FRAMES_PER_SCENARIO: usize = 150;
+
+const V4_DST: [Ipv4Addr; 3] = [
+    Ipv4Addr::new(10, 0, 0, 1),
+    Ipv4Addr::new(10, 0, 0, 2),
+    Ipv4Addr::new(10, 0, 0, 3),
+];
+const PORTS: [u16; 3] = [80, 443, 53];
+
+fn v6_dst(rng: &mut Rng) -> IpAddr {
+    match rng.below(3) {
+        0 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
+        1 => IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 2)),
+        _ => IpAddr::V6(V4_DST[0].to_ipv6_mapped()),
+    }
+}
+
+fn v4_src(rng: &mut Rng) -> Ipv4Addr {
+    let a = if rng.chance(50) { [192, 168] } else { [10, 0] };
+    Ipv4Addr::new(a[0], a[1], rng.below(4) as u8, rng.below(256) as u8)
+}
+
+fn v6_src(rng: &mut Rng) -> IpAddr {
+    if rng.chance(25) {
+        return IpAddr::V6(v4_src(rng).to_ipv6_mapped());
+    }
+    IpAddr::V6(Ipv6Addr::new(
+        0xfd00,
+        rng.below(4) as u16,
+        0,
+        0,
+        0,
+        0,
+        0,
+        rng.below(65536) as u16,
+    ))
+}
+
+fn random_prefix(rng: &mut Rng) -> IpNet {
+    if rng.chance(5) {
+        return if rng.chance(50) { "0.0.0.0/0" } else { "::/0" }
+            .parse()
+            .expect("static");
+    }
+    if rng.chance(60) {
+        let len = 16 + rng.below(17) as u8;
+        IpNet::new(IpAddr::V4(v4_src(rng)), len)
+            .expect("len <= 32")
+            .trunc()
+    } else {
+        let len = 16 + rng.below(113) as u8;
+        IpNet::new(v6_src(rng), len).expect("len <= 128").trunc()
+    }
+}
+
+fn scenario_rules(rng: &mut Rng) -> Vec<ListenerRule> {
+    let mut rules: Vec<ListenerRule> = Vec::new();
+    let mut ids = Vec::new();
+    for _ in 0..1 + rng.below(6) {
+        let ip: IpAddr = match rng.below(6) {
+            0 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            1 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            2 => v6_dst(rng),
+            _ => IpAddr::V4(*rng.pick(&V4_DST)),
+        };
+        let mut id = 1 + rng.below(MAX_LISTENERS as usize) as u32;
+        while ids.contains(&id) {
+            id = 1 + rng.below(MAX_LISTENERS as usize) as u32;
+        }
+        ids.push(id);
+        let rule = ListenerRule {
+            id,
+            addr: std::net::SocketAddr::new(ip, *rng.pick(&PORTS)),
+            proto: if rng.chance(70) { TCP } else { UDP },
+            mode: *rng.pick(&[
+                AclMode::All,
+                AclMode::Whitelist,
+                AclMode::Whitelist,
+                AclMode::Blacklist,
+            ]),
+            prefixes: (0..rng.below(6)).map(|_| random_prefix(rng)).collect(),
+        };
+        // One listener per (address, port, protocol), as the daemon guarantees.
+        if !rules.iter().any(|r| r.key() == rule.key()) {
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+fn random_frame(rng: &mut Rng) -> Frame {
+    let v4 = rng.chance(50);
+    let (src, dst) = if v4 {
+        (IpAddr::V4(v4_src(rng)), IpAddr::V4(*rng.pick(&V4_DST)))
+    } else {
+        (v6_src(rng), v6_dst(rng))
+    };
+    let proto = *rng.pick(&[TCP, TCP, UDP, UDP, ICMP, 50]);
+    let mut f = Frame::new(src, dst, proto, *rng.pick(&PORTS));
+    if rng.chance(10) {
+        f.dst_port = rng.below(65536) as u16;
+    }
+    if rng.chance(25) {
+        let n = 1 + rng.below(3);
+        f.vlans = (0..n).map(|_| *rng.pick(&[0x8100u16, 0x88a8])).collect();
+    }
+    if v4 {
+        if rng.chance(30) {
+            f.v4_options = rng.below(41);
+        }
+        if rng.chance(15) {
+            f.v4_fragment = (
+                if rng.chance(50) {
+                    0
+                } else {
+                    1 + rng.below(8000) as u16
+                },
+                rng.chance(50),
+            );
+        }
+    } else if rng.chance(40) {
+        f.v6_exts = (0..rng.below(8))
+            .map(|_| match rng.below(5) {
+                0 => Ext::Options {
+                    kind: 0,
+                    len8: rng.below(3) as u8,
+                },
+                1 => Ext::Options {
+                    kind: 43,
+                    len8: rng.below(3) as u8,
+                },
+                2 => Ext::Options {
+                    kind: 60,
+                    len8: rng.below(3) as u8,
+                },
+                3 => Ext::Auth {
+                    len4: rng.below(4) as u8,
+                },
+                _ => Ext::Fragment {
+                    offset: if rng.chance(70) {
+                        0
+                    } else {
+                        1 + rng.below(8000) as u16
+                    },
+                    more: rng.chance(50),
+                },
+            })
+            .collect();
+    }
+    if rng.chance(20) {
+        f.payload = rng.below(64);
+    }
+    f
+}
+
+/// Frames for one scenario: generated ones, every truncation of a few, mutated and random bytes.
+fn scenario_frames(rng: &mut Rng) -> Vec<Vec<u8>> {
+    let mut frames: Vec<Vec<u8>> = (0..FRAMES_PER_SCENARIO)
+        .map(|_| random_frame(rng).bytes())
+        .collect();
+    for i in 0..5 {
+        let full = frames[i].clone();
+        frames.extend((14..full.len()).map(|n| full[..n].to_vec()));
+    }
+    for _ in 0..20 {
+        let mut f = random_frame(rng).bytes();
+        for _ in 0..1 + rng.below(3) {
+            let at = rng.below(f.len());
+            f[at] = rng.next_u64() as u8;
+        }
+        frames.push(f);
+    }
+    for _ in 0..20 {
+        let len = 14 + rng.below(120);
+        let mut f = rng.bytes(len);
+        if rng.chance(50) {
+            let et: u16 = *rng.pick(&[0x0800, 0x86dd, 0x8100, 0x88a8]);
+            f[12..14].copy_from_slice(&et.to_be_bytes());
+            if et == 0x0800 && f.len() > 14 {
+                f[14] = 0x45;
+            } else if et == 0x86dd && f.len() > 14 {
+                f[14] = 0x60;
+            }
+        }
+        frames.push(f);
+    }
+    frames
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn kernel_program_agrees_with_the_reference_classifier() {
+    if !root_or_skip("kernel_program_agrees_with_the_reference_classifier") {
+        return;
+    }
+    let mut fx = Fixture::load();
+    let mut mismatches = Vec::new();
+    let mut total = 0usize;
+    let mut by_outcome = [0usize; OUTCOMES];
+    for seed in 0..SCENARIOS {
+        let mut rng = Rng::new(seed);
+        let rules = scenario_rules(&mut rng);
+        fx.apply(&rules);
+        let start: HashMap<u32, Counters> =
+            fx.slots.iter().map(|s| (*s, fx.counters(*s))).collect();
+        let mut expected: HashMap<u32, Counters> =
+            fx.slots.iter().map(|s| (*s, Counters::default())).collect();
+        for frame in scenario_frames(&mut rng) {
+            total += 1;
+            let (verdict, decision) = fx.run(&frame);
+            by_outcome[decision.outcome as usize] += 1;
+            let e = expected.entry(decision.slot).or_default();
+            e.packets[decision.outcome as usize] += 1;
+            e.bytes[decision.outcome as usize] += frame.len() as u64;
+            if verdict != decision.outcome.action() && mismatches.len() < 20 {
+                mismatches.push(format!(
+                    "seed {seed}: kernel {verdict}, reference {decision:?} for {}",
+                    hex(&frame)
+                ));
+            }
+        }
+        // Every slot's counters moved exactly as the reference's decisions say.
+        for slot in &fx.slots {
+            let now = fx.counters(*slot);
+            let mut delta = Counters::default();
+            for i in 0..OUTCOMES {
+                delta.packets[i] = now.packets[i] - start[slot].packets[i];
+                delta.bytes[i] = now.bytes[i] - start[slot].bytes[i];
+            }
+            if delta != expected[slot] && mismatches.len() < 20 {
+                mismatches.push(format!(
+                    "seed {seed}: slot {slot} counted {delta:?}, reference {:?} (rules {rules:?})",
+                    expected[slot]
+                ));
+            }
+        }
+    }
+    eprintln!(
+        "differential: {total} frames over {SCENARIOS} map contents; by outcome {by_outcome:?}"
+    );
+    assert!(
+        mismatches.is_empty(),
+        "kernel and reference disagree:\n{}",
+        mismatches.join("\n")
+    );
+    // The generator must reach every outcome, or the comparison proves little.
+    assert!(
+        by_outcome.iter().all(|n| *n >= 50),
+        "outcomes poorly covered: {by_outcome:?}"
+    );
+}
