@@ -5,6 +5,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::netns::Netns;
+pub use nix::sys::signal::Signal;
 
 /// The edgelb binary built by this crate (same entry point as the shipped one).
 pub fn binary() -> PathBuf {
@@ -77,10 +78,15 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits (10 s at most) for the exit; returns the status and the log.
-    pub fn stop(mut self) -> (ExitStatus, String) {
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.stop_with(Signal::SIGTERM)
+    }
+
+    /// Sends `signal` and waits (10 s at most) for the exit; returns the status and the log.
+    pub fn stop_with(mut self, signal: Signal) -> (ExitStatus, String) {
         let mut child = self.child.take().expect("daemon is running");
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let _ = nix::sys::signal::kill(pid, signal);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(status)) = child.try_wait() {

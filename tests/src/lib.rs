@@ -2,6 +2,7 @@
 //! a recording backend, and the daemon as a child process.
 pub mod backend;
 pub mod certs;
+pub mod client;
 pub mod daemon;
 pub mod dataplane_fixture;
 pub mod netns;

@@ -1,0 +1,240 @@
+//! The command line, run as a real process: `edgelb check` prints the effective configuration;
+//! bad input gets one clear line naming the flag and the value, and exit code 2, from `check`
+//! and from the daemon alike. Needs no privileges.
+use edgelb_tests::certs::{TempDir, self_signed};
+use edgelb_tests::daemon::run;
+use edgelb_tests::packet::parse;
+
+struct Files {
+    _dir: TempDir,
+    cert: String,
+    key: String,
+    other_key: String,
+    garbage: String,
+    bad_group_file: String,
+}
+
+fn files() -> Files {
+    let dir = TempDir::new();
+    let a = self_signed(&dir, "a", &[parse("127.0.0.1")]);
+    let b = self_signed(&dir, "b", &[parse("127.0.0.1")]);
+    let garbage = dir.write("garbage.pem", "not a pem file\n");
+    let bad = dir.write("group.txt", "10.0.0.0/8\n# comment\n10.1.0.0/99\n");
+    Files {
+        cert: a.cert.display().to_string(),
+        key: a.key.display().to_string(),
+        other_key: b.key.display().to_string(),
+        garbage: garbage.display().to_string(),
+        bad_group_file: bad.display().to_string(),
+        _dir: dir,
+    }
+}
+
+fn base<'a>(f: &'a Files) -> Vec<&'a str> {
+    vec![
+        "--listen",
+        "127.0.0.1:18443",
+        "--cert",
+        &f.cert,
+        "--key",
+        &f.key,
+        "--backend",
+        "127.0.0.1:18080",
+    ]
+}
+
+#[test]
+fn check_prints_the_effective_config_and_exits_0() {
+    let f = files();
+    let mut args = vec!["check"];
+    args.extend(base(&f));
+    args.extend([
+        "--backend",
+        "[::1]:18081,weight=3",
+        "--access-control",
+        "allowlist",
+        "--ip-group",
+        "10.1.2.3/8, fd00::/8",
+        "--ip-group",
+        "192.0.2.7",
+    ]);
+    let out = run(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "listen          127.0.0.1:18443",
+        "access-control  whitelist (3 prefixes: 10.0.0.0/8, 192.0.2.7/32, fd00::/8)",
+        "backend         127.0.0.1:18080 weight=1",
+        "backend         [::1]:18081 weight=3",
+        "mode            off",
+        "configuration OK",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains("PRIVATE KEY"), "{stdout}");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_exit_code_2() {
+    let f = files();
+    let long_name = "n".repeat(256);
+    // (what, extra or replacing flags, text the message must contain)
+    let cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        (
+            "unreadable certificate",
+            vec!["--cert", "/nonexistent/cert.pem"],
+            "--cert \"/nonexistent/cert.pem\": cannot read",
+        ),
+        (
+            "certificate that is not PEM",
+            vec!["--cert", &f.garbage],
+            "--cert",
+        ),
+        (
+            "unreadable key",
+            vec!["--key", "/nonexistent/key.pem"],
+            "--key \"/nonexistent/key.pem\": cannot read",
+        ),
+        (
+            "key that is not PEM",
+            vec!["--key", &f.garbage],
+            "no usable PEM private key",
+        ),
+        (
+            "key of another certificate",
+            vec!["--key", &f.other_key],
+            "does not match the certificate",
+        ),
+        (
+            "CIDR prefix too long",
+            vec!["--access-control", "whitelist", "--ip-group", "10.0.0.0/33"],
+            "--ip-group \"10.0.0.0/33\"",
+        ),
+        (
+            "CIDR that is not an address",
+            vec![
+                "--access-control",
+                "blacklist",
+                "--ip-group",
+                "10.0.0.0/8,example.com",
+            ],
+            "--ip-group \"example.com\"",
+        ),
+        (
+            "bad line in an ip-group file",
+            vec![
+                "--access-control",
+                "whitelist",
+                "--ip-group-file",
+                &f.bad_group_file,
+            ],
+            "line 3",
+        ),
+        (
+            "missing ip-group file",
+            vec![
+                "--access-control",
+                "whitelist",
+                "--ip-group-file",
+                "/nonexistent/list",
+            ],
+            "--ip-group-file \"/nonexistent/list\": cannot read",
+        ),
+        (
+            "whitelist without a group",
+            vec!["--access-control", "whitelist"],
+            "needs an IP address group",
+        ),
+        (
+            "group without a whitelist or blacklist",
+            vec!["--ip-group", "10.0.0.0/8"],
+            "--access-control \"all\"",
+        ),
+        (
+            "unknown access-control mode",
+            vec!["--access-control", "maybe"],
+            "--access-control",
+        ),
+        (
+            "unknown interface",
+            vec!["--xdp-iface", "nosuchif0"],
+            "--xdp-iface \"nosuchif0\": no such network interface",
+        ),
+        (
+            "unknown xdp mode",
+            vec!["--xdp-mode", "turbo"],
+            "--xdp-mode",
+        ),
+        (
+            "weight over 100",
+            vec!["--backend", "127.0.0.1:1,weight=101"],
+            "--backend \"127.0.0.1:1,weight=101\": weight \"101\" must be an integer 0-100",
+        ),
+        (
+            "backend without a port",
+            vec!["--backend", "127.0.0.1"],
+            "--backend \"127.0.0.1\"",
+        ),
+        (
+            "listen port 0",
+            vec!["--listen", "127.0.0.1:0"],
+            "--listen \"127.0.0.1:0\": port must be 1-65535",
+        ),
+        ("name too long", vec!["--name", &long_name], "--name"),
+    ];
+    let mut failures = Vec::new();
+    for (what, extra, expected) in &cases {
+        // A flag in `extra` replaces the base one (clap refuses a single-value flag twice).
+        let mut args: Vec<&str> = base(&f)
+            .chunks(2)
+            .filter(|pair| !extra.contains(&pair[0]))
+            .flatten()
+            .copied()
+            .collect();
+        args.extend(extra.iter().copied());
+        for mode in ["check", "run"] {
+            let mut full = if mode == "check" {
+                vec!["check"]
+            } else {
+                vec![]
+            };
+            full.extend(args.iter().copied());
+            let out = run(&full);
+            let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+            let ok = out.status.code() == Some(2)
+                && stderr.contains(expected)
+                && !stderr.contains("panicked");
+            if !ok {
+                failures.push(format!(
+                    "{what} ({mode}): exit {:?}, stderr {stderr:?}",
+                    out.status.code()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn missing_required_flags_are_named() {
+    for (args, expected) in [
+        (vec!["check"], "--listen: required"),
+        (
+            vec!["check", "--listen", "127.0.0.1:443"],
+            "--cert: required",
+        ),
+    ] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}

@@ -1,0 +1,270 @@
+//! End to end, as root: a client namespace joined by a veth pair to a load-balancer namespace
+//! where edgelb runs with its XDP program attached in native mode, a real backend, and curl.
+use edgelb_tests::backend::Backend;
+use edgelb_tests::certs::{TempDir, self_signed};
+use edgelb_tests::client::{curl, curl_ok};
+use edgelb_tests::daemon::{Daemon, Signal, xdp_counter};
+use edgelb_tests::netns::{
+    CLIENT_A_V4, CLIENT_A_V6, CLIENT_B_V4, CLIENT_B_V6, ClientLb, LB_V4, LB_V6,
+};
+use edgelb_tests::packet::parse;
+use edgelb_tests::privilege::root_or_skip;
+
+const CURL_TIMEOUT: i32 = 28;
+const REFUSED_IN_USERSPACE: &str = "connection refused by access control";
+
+struct Setup {
+    topo: ClientLb,
+    dir: TempDir,
+    ca: std::path::PathBuf,
+    backend: Backend,
+    args: Vec<String>,
+}
+
+/// The topology, a certificate for the LB's addresses, a backend inside the LB namespace, and
+/// the daemon's common flags.
+fn setup() -> Setup {
+    let topo = ClientLb::new();
+    let dir = TempDir::new();
+    let cert = self_signed(&dir, "lb", &[parse(LB_V4), parse(LB_V6)]);
+    let backend = Backend::start("b1", "127.0.0.1:0", Some(&topo.lb.path()));
+    let args = vec![
+        "--listen".into(),
+        "[::]:8443".into(),
+        "--cert".into(),
+        cert.cert.display().to_string(),
+        "--key".into(),
+        cert.key.display().to_string(),
+        "--backend".into(),
+        backend.addr.to_string(),
+    ];
+    Setup {
+        ca: cert.cert,
+        topo,
+        dir,
+        backend,
+        args,
+    }
+}
+
+fn url_v4() -> String {
+    format!("https://{LB_V4}:8443/")
+}
+
+fn url_v6() -> String {
+    format!("https://[{LB_V6}]:8443/")
+}
+
+fn start(s: &Setup, extra: &[&str]) -> Daemon {
+    let mut args: Vec<&str> = s.args.iter().map(String::as_str).collect();
+    args.extend_from_slice(extra);
+    Daemon::start(Some(&s.topo.lb), &args, s.dir.path())
+}
+
+#[test]
+fn whitelisted_client_is_served_unlisted_client_is_dropped_at_xdp() {
+    if !root_or_skip("whitelisted_client_is_served_unlisted_client_is_dropped_at_xdp") {
+        return;
+    }
+    let s = setup();
+    let group = format!("{CLIENT_A_V4}/32,{CLIENT_A_V6}/128");
+    let d = start(
+        &s,
+        &[
+            "--access-control",
+            "whitelist",
+            "--ip-group",
+            &group,
+            "--xdp-iface",
+            &s.topo.lb_if,
+            "--xdp-mode",
+            "native",
+        ],
+    );
+    assert!(s.topo.lb_has_xdp(), "XDP not attached to {}", s.topo.lb_if);
+
+    for (src, url) in [(CLIENT_A_V4, url_v4()), (CLIENT_A_V6, url_v6())] {
+        let r = curl_ok(&s.topo.client, src, &url, &s.ca);
+        assert_eq!(
+            (r.code, r.body.as_str()),
+            (0, "backend b1\n"),
+            "whitelisted {src}: {}",
+            r.stderr
+        );
+    }
+    for (src, url) in [(CLIENT_B_V4, url_v4()), (CLIENT_B_V6, url_v6())] {
+        let r = curl(&s.topo.client, src, &url, &s.ca);
+        assert_eq!(
+            r.code, CURL_TIMEOUT,
+            "unlisted {src} should time out (SYN dropped), got: {}",
+            r.stderr
+        );
+    }
+
+    let (status, log) = d.stop();
+    assert!(status.success(), "exit status {status}:\n{log}");
+    // Two refused clients, each with at least its first SYN and one retransmission dropped.
+    let dropped = xdp_counter(&log, "listener-1", "dropped_acl");
+    assert!(dropped >= 4, "dropped_acl={dropped}:\n{log}");
+    assert!(xdp_counter(&log, "listener-1", "passed") > 0, "{log}");
+    assert!(
+        !log.contains(REFUSED_IN_USERSPACE),
+        "a refused client reached userspace:\n{log}"
+    );
+    assert_eq!(s.backend.served(), 2);
+    assert!(!s.topo.lb_has_xdp(), "XDP still attached after exit");
+}
+
+#[test]
+fn blacklisted_client_is_dropped_at_xdp_others_are_served() {
+    if !root_or_skip("blacklisted_client_is_dropped_at_xdp_others_are_served") {
+        return;
+    }
+    let s = setup();
+    let file = s.dir.write(
+        "blacklist.txt",
+        format!("# refused clients\n{CLIENT_B_V4}\n\n{CLIENT_B_V6}/128  # v6 too\n"),
+    );
+    let file = file.display().to_string();
+    let d = start(
+        &s,
+        &[
+            "--access-control",
+            "blacklist",
+            "--ip-group-file",
+            &file,
+            "--xdp-iface",
+            &s.topo.lb_if,
+            "--xdp-mode",
+            "native",
+        ],
+    );
+
+    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
+    assert_eq!(
+        (r.code, r.body.as_str()),
+        (0, "backend b1\n"),
+        "{}",
+        r.stderr
+    );
+    for (src, url) in [(CLIENT_B_V4, url_v4()), (CLIENT_B_V6, url_v6())] {
+        let r = curl(&s.topo.client, src, &url, &s.ca);
+        assert_eq!(r.code, CURL_TIMEOUT, "blacklisted {src}: {}", r.stderr);
+    }
+    // SIGINT (Ctrl-C in a terminal) stops it as SIGTERM does.
+    let (status, log) = d.stop_with(Signal::SIGINT);
+    assert!(status.success(), "{log}");
+    assert!(log.contains("SIGINT: stopping"), "{log}");
+    assert!(xdp_counter(&log, "listener-1", "dropped_acl") >= 4, "{log}");
+    assert!(!log.contains(REFUSED_IN_USERSPACE), "{log}");
+    assert!(!s.topo.lb_has_xdp());
+}
+
+#[test]
+fn with_xdp_off_the_daemon_refuses_unlisted_clients_on_accept() {
+    if !root_or_skip("with_xdp_off_the_daemon_refuses_unlisted_clients_on_accept") {
+        return;
+    }
+    let s = setup();
+    let d = start(
+        &s,
+        &[
+            "--access-control",
+            "whitelist",
+            "--ip-group",
+            CLIENT_A_V4,
+            "--xdp-iface",
+            &s.topo.lb_if,
+            "--xdp-mode",
+            "off",
+        ],
+    );
+    assert!(!s.topo.lb_has_xdp(), "--xdp-mode off attached a program");
+
+    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
+    assert_eq!(
+        (r.code, r.body.as_str()),
+        (0, "backend b1\n"),
+        "{}",
+        r.stderr
+    );
+    // The TCP handshake completes (no XDP), then the daemon closes the connection at once:
+    // a TLS/connection error, not a timeout.
+    let r = curl(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca);
+    assert!(
+        r.code != 0 && r.code != CURL_TIMEOUT,
+        "unlisted client got code {}: {}",
+        r.code,
+        r.stderr
+    );
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains(REFUSED_IN_USERSPACE), "{log}");
+    assert!(!log.contains("xdp counters"), "no XDP, no counters:\n{log}");
+    assert_eq!(s.backend.served(), 1);
+}
+
+#[test]
+fn native_mode_on_a_driver_without_it_exits_2_and_leaves_nothing_attached() {
+    if !root_or_skip("native_mode_on_a_driver_without_it_exits_2_and_leaves_nothing_attached") {
+        return;
+    }
+    let s = setup();
+    // The veth accepts native XDP and is attached first; loopback has no native XDP, so the
+    // second attach fails and the first must be undone.
+    let mut args: Vec<String> = vec!["netns".into(), "exec".into(), s.topo.lb.name.clone()];
+    args.push(edgelb_tests::daemon::binary().display().to_string());
+    args.extend(s.args.iter().cloned());
+    for a in [
+        "--xdp-iface",
+        &s.topo.lb_if,
+        "--xdp-iface",
+        "lo",
+        "--xdp-mode",
+        "native",
+    ] {
+        args.push(a.to_string());
+    }
+    let out = std::process::Command::new("ip")
+        .args(&args)
+        .output()
+        .expect("run edgelb");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--xdp-iface \"lo\""), "{stderr}");
+    assert!(stderr.contains("native"), "{stderr}");
+    assert!(
+        !s.topo.lb_has_xdp(),
+        "veth left attached after a failed start"
+    );
+    assert!(!s.topo.lb.ip(&["link", "show", "dev", "lo"]).contains("xdp"));
+}
+
+#[test]
+fn auto_mode_falls_back_to_generic_xdp_with_a_warning() {
+    if !root_or_skip("auto_mode_falls_back_to_generic_xdp_with_a_warning") {
+        return;
+    }
+    let s = setup();
+    let d = start(
+        &s,
+        &[
+            "--access-control",
+            "blacklist",
+            "--ip-group",
+            CLIENT_B_V4,
+            "--xdp-iface",
+            "lo",
+        ],
+    );
+    assert!(d.log().contains("falling back to skb"), "{}", d.log());
+    assert!(
+        s.topo
+            .lb
+            .ip(&["link", "show", "dev", "lo"])
+            .contains("xdpgeneric")
+    );
+    let (status, _) = d.stop();
+    assert!(status.success());
+    assert!(!s.topo.lb.ip(&["link", "show", "dev", "lo"]).contains("xdp"));
+}
