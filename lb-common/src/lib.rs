@@ -20,6 +20,7 @@ pub const PROGRAM_NAME: &str = "edgelb_xdp";
 
 /// Map names, as declared in `lb-ebpf` and opened by the daemon.
 pub const MAP_LISTENERS: &str = "LISTENERS";
+pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_ACL_V4: &str = "ACL_V4";
 pub const MAP_ACL_V6: &str = "ACL_V6";
 pub const MAP_STATS: &str = "STATS";
@@ -54,12 +55,17 @@ pub const IPV6_DEST_OPTS: u8 = 60;
 /// Bits of an ACL trie key taken by the listener id, ahead of the address.
 pub const ACL_LISTENER_ID_BITS: u32 = 32;
 
-/// Key of the `LISTENERS` hash map: where a listener accepts traffic.
+/// Where a listener accepts traffic.
 ///
 /// IPv4 addresses are stored IPv4-mapped (`::ffff:a.b.c.d`). A listener on every address uses
 /// [`ANY_V4`] (IPv4 only, like a socket bound to `0.0.0.0`) or [`ANY`] (both families, like a
 /// dual-stack socket bound to `[::]`). Lookup order: exact address, the family's wildcard, then
 /// [`ANY`] for IPv4 packets.
+///
+/// In the kernel, only listeners on one address are keys of the `LISTENERS` hash map; wildcard
+/// listeners live in the `PORTS` array ([`PortListeners`]), which also says whether the hash
+/// map holds any listener for that port at all. Most frames then cost one array read (inlined
+/// by the verifier) instead of up to three hash lookups.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ListenerKey {
@@ -112,9 +118,9 @@ pub mod acl {
     pub const DENY: u32 = 2;
 }
 
-/// Value of the `LISTENERS` map.
+/// Value of the `LISTENERS` map, and of both halves of [`PortListeners`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ListenerInfo {
     /// 1..=MAX_LISTENERS: the listener's counter slot and the first 32 bits of its ACL keys.
     pub id: u32,
@@ -122,6 +128,32 @@ pub struct ListenerInfo {
     pub acl: u32,
     /// Backend group for L4 forwarding in XDP; [`NO_GROUP`] passes the packet to the stack.
     pub l4_group: u32,
+}
+
+/// Entries of the `PORTS` array: one per TCP port and one per UDP port.
+pub const PORT_SLOTS: u32 = 2 * 65536;
+
+/// Index of (`port`, `proto`) in the `PORTS` array; None for protocols other than TCP and UDP.
+#[inline(always)]
+pub const fn port_slot(port: u16, proto: u8) -> Option<u32> {
+    match proto {
+        IPPROTO_TCP => Some((port as u32) << 1),
+        IPPROTO_UDP => Some(((port as u32) << 1) | 1),
+        _ => None,
+    }
+}
+
+/// Value of the `PORTS` array: the listeners of one (port, protocol) that the program finds
+/// without hashing. An `id` of 0 means "no such listener".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct PortListeners {
+    /// The listener on [`ANY_V4`] (IPv4 packets only).
+    pub any_v4: ListenerInfo,
+    /// The listener on [`ANY`] (both families).
+    pub any: ListenerInfo,
+    /// How many listeners on one address the `LISTENERS` map holds for this port; 0 skips it.
+    pub exact: u32,
 }
 
 /// [`ListenerInfo::l4_group`] of listeners served in userspace.
@@ -226,6 +258,7 @@ mod pod {
     // (checked by the layout tests below), so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerInfo {}
+    unsafe impl aya::Pod for super::PortListeners {}
     unsafe impl aya::Pod for super::AclV4 {}
     unsafe impl aya::Pod for super::AclV6 {}
     unsafe impl aya::Pod for super::Counters {}
@@ -241,6 +274,10 @@ mod tests {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(align_of::<ListenerKey>(), 2);
         assert_eq!(size_of::<ListenerInfo>(), 12);
+        assert_eq!(size_of::<PortListeners>(), 28);
+        assert_eq!(port_slot(443, IPPROTO_TCP), Some(886));
+        assert_eq!(port_slot(65535, IPPROTO_UDP), Some(PORT_SLOTS - 1));
+        assert_eq!(port_slot(443, 1), None);
         assert_eq!(size_of::<AclV4>(), 8);
         assert_eq!(size_of::<AclV6>(), 20);
         assert_eq!(size_of::<Counters>(), 8 * 2 * OUTCOMES);

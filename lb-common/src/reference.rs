@@ -14,7 +14,8 @@
 //!    truncated one, or one more than the bound, is `Unparsable`; a fragment header with a
 //!    non-zero offset is `Fragment`. Then as IPv4 from the protocol on.
 //! 5. Listener lookup: exact address, the family wildcard ([`ANY_V4`] or [`ANY`]), and for IPv4
-//!    also [`ANY`]. No listener: `NotOurs`.
+//!    also [`ANY`]. A destination that is itself a wildcard address (`::`, `::ffff:0.0.0.0`)
+//!    matches wildcard listeners only. No listener: `NotOurs`.
 //! 6. Access control against the source (IPv4-mapped IPv6 sources as IPv4): `all` passes,
 //!    `allow` passes on a match and drops otherwise, `deny` drops on a match; any other mode
 //!    value passes.
@@ -173,8 +174,10 @@ fn classify_inner(frame: &[u8], tables: &Tables) -> Result<Decision, Decision> {
     } else {
         &[dst, family_any]
     };
+    let exact_is_wildcard = dst == ANY || dst == ANY_V4;
     let info = candidates
         .iter()
+        .skip(usize::from(exact_is_wildcard))
         .find_map(|addr| tables.listeners.get(&ListenerKey::new(*addr, port, proto)))
         .ok_or(not_ours)?;
 

@@ -6,19 +6,22 @@
 
 use aya_ebpf::{
     macros::{map, xdp},
-    maps::{HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use lb_common::{
-    ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, Counters, ETH_P_8021AD, ETH_P_8021Q,
-    ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT,
+    ACL_LISTENER_ID_BITS, AclV4, AclV6, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4,
+    ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT,
     IPV6_HOP_BY_HOP, IPV6_ROUTING, ListenerInfo, ListenerKey, MAX_ACL_ENTRIES,
     MAX_IPV6_EXT_HEADERS, MAX_LISTENERS, MAX_VLAN_TAGS, NO_LISTENER_SLOT, OUTCOMES, Outcome,
-    STATS_SLOTS, acl, v4_mapped,
+    PORT_SLOTS, PortListeners, STATS_SLOTS, acl, port_slot, v4_mapped,
 };
 
 #[map(name = "LISTENERS")]
 static LISTENERS: HashMap<ListenerKey, ListenerInfo> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+
+#[map(name = "PORTS")]
+static PORTS: Array<PortListeners> = Array::with_max_entries(PORT_SLOTS, 0);
 
 #[map(name = "ACL_V4")]
 static ACL_V4: LpmTrie<AclV4, u8> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, 0);
@@ -125,20 +128,19 @@ fn classify(ctx: &XdpContext) -> Result<(u32, Outcome), Outcome> {
 
 #[inline(always)]
 fn find_listener(dst: [u8; 16], port: u16, proto: u8, is_v4: bool) -> Option<ListenerInfo> {
-    let mut key = ListenerKey::new(dst, port, proto);
-    // SAFETY: map values are plain integers, copied out at once.
-    if let Some(info) = unsafe { LISTENERS.get(&key) } {
-        return Some(*info);
-    }
-    key.addr = if is_v4 { ANY_V4 } else { ANY };
-    if let Some(info) = unsafe { LISTENERS.get(&key) } {
-        return Some(*info);
-    }
-    if is_v4 {
-        key.addr = ANY;
-        if let Some(info) = unsafe { LISTENERS.get(&key) } {
+    let ports = PORTS.get(port_slot(port, proto)?)?;
+    if ports.exact != 0 {
+        let key = ListenerKey::new(dst, port, proto);
+        // SAFETY: map values are plain integers, copied out at once.
+        if let Some(info) = unsafe { LISTENERS.get(key) } {
             return Some(*info);
         }
+    }
+    if is_v4 && ports.any_v4.id != 0 {
+        return Some(ports.any_v4);
+    }
+    if ports.any.id != 0 {
+        return Some(ports.any);
     }
     None
 }

@@ -30,7 +30,7 @@ fn files() -> Files {
     }
 }
 
-fn base<'a>(f: &'a Files) -> Vec<&'a str> {
+fn base(f: &Files) -> Vec<&str> {
     vec![
         "--listen",
         "127.0.0.1:18443",

@@ -107,11 +107,19 @@ fn scenario_rules(rng: &mut Rng) -> Vec<ListenerRule> {
 
 fn random_frame(rng: &mut Rng) -> Frame {
     let v4 = rng.chance(50);
-    let (src, dst) = if v4 {
+    let (src, mut dst) = if v4 {
         (IpAddr::V4(v4_src(rng)), IpAddr::V4(*rng.pick(&V4_DST)))
     } else {
         (v6_src(rng), v6_dst(rng))
     };
+    // Wildcard addresses as destinations must find wildcard listeners only.
+    if rng.chance(3) {
+        dst = match (v4, rng.chance(50)) {
+            (true, _) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            (false, true) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            (false, false) => IpAddr::V6(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped()),
+        };
+    }
     let proto = *rng.pick(&[TCP, TCP, UDP, UDP, ICMP, 50]);
     let mut f = Frame::new(src, dst, proto, *rng.pick(&PORTS));
     if rng.chance(10) {

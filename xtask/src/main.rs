@@ -1,1 +1,151 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | build | run | test | ci | bench`.
+//! Every task that builds or tests first runs `setup`, so each is one command on a fresh machine.
+mod cmd;
+mod setup;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use cmd::Cmd;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "edgelb's build, test and benchmark tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (idempotent; says when there is nothing to do).
+    Setup,
+    /// Build edgelb (release) with its XDP program.
+    Build,
+    /// Build and run edgelb with the given flags, e.g. `cargo xtask run -- --listen ...`.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run every test (the privileged ones need root and are skipped, visibly, without it).
+    Test,
+    /// What CI runs: setup, formatting, clippy for host and eBPF code, every test.
+    Ci,
+    /// Benchmarks, printed as tables.
+    Bench {
+        #[arg(value_enum)]
+        what: Bench,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Bench {
+    /// Per-packet cost of the XDP program (BPF_PROG_TEST_RUN with repeat).
+    Xdp,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Build => {
+            setup::run()?;
+            build()
+        }
+        Task::Run { args } => {
+            setup::run()?;
+            build()?;
+            Cmd::new(root.join("target/release/edgelb"))
+                .args(args)
+                .exec()
+        }
+        Task::Test => {
+            setup::run()?;
+            test(false)
+        }
+        Task::Ci => {
+            setup::run()?;
+            Cmd::new("cargo").args(["fmt", "--all", "--check"]).run()?;
+            clippy()?;
+            // In CI the privileged tests must run: they fail rather than skip when not root.
+            test(true)
+        }
+        Task::Bench {
+            what: Bench::Xdp,
+            args,
+        } => {
+            setup::run()?;
+            Cmd::new("cargo")
+                .args([
+                    "run",
+                    "--release",
+                    "-p",
+                    "edgelb-tests",
+                    "--bin",
+                    "xdp-bench",
+                    "--",
+                ])
+                .args(args)
+                .run()
+        }
+    }
+}
+
+fn build() -> Result<()> {
+    Cmd::new("cargo")
+        .args(["build", "--release", "-p", "lb-userspace"])
+        .run()
+}
+
+fn test(ci: bool) -> Result<()> {
+    let mut cargo = Cmd::new("cargo").args(["test", "--workspace", "--exclude", "lb-ebpf"]);
+    if ci {
+        cargo = cargo.env("CI", "1");
+    }
+    cargo.run()
+}
+
+fn clippy() -> Result<()> {
+    Cmd::new("cargo")
+        .args([
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "lb-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .run()?;
+    // The eBPF crate only builds for the BPF target, with nightly and a rebuilt core.
+    Cmd::new("cargo")
+        .args([
+            "+nightly",
+            "clippy",
+            "-p",
+            "lb-ebpf",
+            "--release",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--",
+            "-D",
+            "warnings",
+        ])
+        .env("CARGO_TARGET_DIR", "target/ebpf-clippy")
+        .run()
+}
+
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}

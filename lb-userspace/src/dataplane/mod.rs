@@ -3,14 +3,14 @@
 mod object;
 pub mod rules;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{
     AclV4, AclV6, Counters, ListenerInfo, ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS,
-    MAP_STATS, MAX_LISTENERS, PROGRAM_NAME,
+    MAP_PORTS, MAP_STATS, MAX_LISTENERS, PROGRAM_NAME, PortListeners,
 };
 use tracing::{info, warn};
 
@@ -57,6 +57,8 @@ pub enum DataplaneError {
     Map { map: &'static str, reason: String },
     #[error("listener id {0} is outside 1..={MAX_LISTENERS}")]
     ListenerId(u32),
+    #[error("IP protocol {0}: the XDP program serves TCP (6) and UDP (17) listeners only")]
+    Protocol(u8),
     #[error("BPF_PROG_TEST_RUN: {0}")]
     TestRun(String),
 }
@@ -78,6 +80,9 @@ struct Attachment {
 pub struct Dataplane {
     ebpf: Ebpf,
     attachments: Vec<Attachment>,
+    /// The non-empty `PORTS` slots as last written. The array starts zeroed and nothing else
+    /// writes it, so this is its content without reading 131,072 entries back.
+    ports: BTreeMap<u32, PortListeners>,
 }
 
 impl Dataplane {
@@ -93,6 +98,7 @@ impl Dataplane {
         Ok(Dataplane {
             ebpf,
             attachments: Vec::new(),
+            ports: BTreeMap::new(),
         })
     }
 
@@ -142,11 +148,14 @@ impl Dataplane {
         if let Some(bad) = rules.iter().find(|r| r.id == 0 || r.id > MAX_LISTENERS) {
             return Err(DataplaneError::ListenerId(bad.id));
         }
-        let desired = DesiredMaps::from_rules(rules);
+        let desired = DesiredMaps::from_rules(rules).map_err(DataplaneError::Protocol)?;
         // Prefixes first, listeners last: a new whitelist listener must not appear before
         // its allowed prefixes do, or it would drop admitted clients for a moment.
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, true)?;
         sync_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, &desired.acl_v6, true)?;
+        // New and changed port slots before the exact listeners they count, so the program
+        // looks them up as soon as they exist; emptied slots after those listeners are gone.
+        self.sync_ports(&desired.ports, true)?;
 
         let map = self
             .ebpf
@@ -172,9 +181,47 @@ impl Dataplane {
                     .map_err(map_err(MAP_LISTENERS))?;
             }
         }
+        self.sync_ports(&desired.ports, false)?;
         // Stale prefixes go only after the listeners that used them are gone.
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, false)?;
         sync_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, &desired.acl_v6, false)?;
+        Ok(())
+    }
+
+    /// Writes the slots of `desired` that differ from what the array holds (`write`), or
+    /// zeroes the slots that `desired` no longer has (`!write`).
+    fn sync_ports(
+        &mut self,
+        desired: &BTreeMap<u32, PortListeners>,
+        write: bool,
+    ) -> Result<(), DataplaneError> {
+        let map = self.ebpf.map_mut(MAP_PORTS).ok_or(DataplaneError::Map {
+            map: MAP_PORTS,
+            reason: "missing from the object".into(),
+        })?;
+        let mut ports: Array<&mut MapData, PortListeners> =
+            Array::try_from(map).map_err(map_err(MAP_PORTS))?;
+        if write {
+            for (slot, value) in desired {
+                if self.ports.get(slot) != Some(value) {
+                    ports.set(*slot, value, 0).map_err(map_err(MAP_PORTS))?;
+                    self.ports.insert(*slot, *value);
+                }
+            }
+        } else {
+            let stale: Vec<u32> = self
+                .ports
+                .keys()
+                .filter(|slot| !desired.contains_key(slot))
+                .copied()
+                .collect();
+            for slot in stale {
+                ports
+                    .set(slot, PortListeners::default(), 0)
+                    .map_err(map_err(MAP_PORTS))?;
+                self.ports.remove(&slot);
+            }
+        }
         Ok(())
     }
 

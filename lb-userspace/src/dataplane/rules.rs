@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use lb_common::{
-    ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, ListenerInfo, ListenerKey, NO_GROUP, acl,
-    v4_mapped,
+    ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, ListenerInfo, ListenerKey, NO_GROUP,
+    PortListeners, acl, port_slot, v4_mapped,
 };
 
 use crate::acl::AclMode;
@@ -52,17 +52,34 @@ pub type V6Entry = (u32, [u8; 20]);
 /// The complete desired content of the maps.
 #[derive(Debug, Default)]
 pub struct DesiredMaps {
+    /// Listeners on one address (`LISTENERS`).
     pub listeners: BTreeMap<[u8; 20], ListenerInfo>,
+    /// Non-empty `PORTS` slots: wildcard listeners and counts of exact ones.
+    pub ports: BTreeMap<u32, PortListeners>,
     pub acl_v4: BTreeSet<V4Entry>,
     pub acl_v6: BTreeSet<V6Entry>,
 }
 
 impl DesiredMaps {
-    pub fn from_rules(rules: &[ListenerRule]) -> Self {
+    /// The maps for `rules`. A later rule with the same address, port and protocol replaces an
+    /// earlier one. Rules whose protocol is neither TCP nor UDP are returned as the error.
+    pub fn from_rules(rules: &[ListenerRule]) -> Result<Self, u8> {
         let mut out = DesiredMaps::default();
         for rule in rules {
-            let key: [u8; 20] = bytemuck::cast(rule.key());
-            out.listeners.insert(key, rule.info());
+            let key = rule.key();
+            let slot = port_slot(key.port, key.proto).ok_or(key.proto)?;
+            let port = out.ports.entry(slot).or_default();
+            if key.addr == ANY_V4 {
+                port.any_v4 = rule.info();
+            } else if key.addr == ANY {
+                port.any = rule.info();
+            } else if out
+                .listeners
+                .insert(bytemuck::cast(key), rule.info())
+                .is_none()
+            {
+                port.exact += 1;
+            }
             if rule.mode == AclMode::All {
                 continue;
             }
@@ -92,6 +109,6 @@ impl DesiredMaps {
                 }
             }
         }
-        out
+        Ok(out)
     }
 }

@@ -1,0 +1,110 @@
+//! `cargo xtask setup`: what a fresh machine of this kind lacks for building and testing
+//! edgelb, installed only where missing (see ../shared/docs/toolchain.md for why each piece).
+use anyhow::{Result, bail};
+
+use crate::cmd::{Cmd, cargo_bin};
+
+/// Debian packages: LLVM 22 for bpf-linker (it must match nightly rustc's LLVM major), and the
+/// system tools the tests and benchmarks drive.
+const PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "iproute2",
+    "curl",
+    "openssl",
+    "ca-certificates",
+    "procps",
+];
+
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> Result<()> {
+    let mut did = Vec::new();
+    if !rust_src_installed() {
+        Cmd::new("rustup")
+            .args(["component", "add", "rust-src", "--toolchain", "nightly"])
+            .run()?;
+        did.push("rust-src for nightly");
+    }
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !deb_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        install_debs(&missing)?;
+        did.push("Debian packages");
+    }
+    if !bpf_linker_installed() {
+        let path = format!(
+            "{LLVM_PREFIX}/bin:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        Cmd::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", LLVM_PREFIX)
+            .env("LLVM_SYS_221_PREFIX", LLVM_PREFIX)
+            .env("PATH", path)
+            .run()?;
+        did.push("bpf-linker");
+    }
+    if did.is_empty() {
+        eprintln!("xtask setup: nothing to do, everything is installed");
+    } else {
+        eprintln!("xtask setup: installed {}", did.join(", "));
+    }
+    Ok(())
+}
+
+fn rust_src_installed() -> bool {
+    Cmd::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output()
+        .is_some_and(|out| out.lines().any(|l| l.starts_with("rust-src")))
+}
+
+fn deb_installed(package: &str) -> bool {
+    Cmd::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_some_and(|s| s.trim() == "install ok installed")
+}
+
+fn bpf_linker_installed() -> bool {
+    Cmd::new(cargo_bin().join("bpf-linker"))
+        .args(["--version"])
+        .output()
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+}
+
+fn install_debs(missing: &[&str]) -> Result<()> {
+    if !is_root() {
+        bail!(
+            "missing Debian packages {} and not root: run `sudo cargo xtask setup` or install them",
+            missing.join(" ")
+        );
+    }
+    Cmd::new("apt-get").args(["update"]).run()?;
+    Cmd::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .run()
+}
+
+fn is_root() -> bool {
+    Cmd::new("id")
+        .args(["-u"])
+        .output()
+        .is_some_and(|u| u.trim() == "0")
+}
