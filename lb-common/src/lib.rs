@@ -10,6 +10,7 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+pub mod maglev;
 #[cfg(feature = "user")]
 pub mod reference;
 

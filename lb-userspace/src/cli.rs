@@ -36,6 +36,46 @@ pub enum AccessControlArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Https,
+    Http,
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SslAuthArg {
+    #[value(name = "one-way")]
+    OneWay,
+    Mutual,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendProtocolArg {
+    Http,
+    Https,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AlgorithmArg {
+    /// Smooth weighted round robin.
+    #[value(name = "weighted-round-robin", alias = "wrr")]
+    Wrr,
+    /// Fewest in-flight requests relative to weight.
+    #[value(name = "weighted-least-connections", alias = "wlc")]
+    Wlc,
+    /// Maglev consistent hashing of the client address.
+    #[value(name = "source-ip-hash", alias = "source-ip")]
+    SourceIp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum XdpModeArg {
     /// Native XDP, falling back to generic (skb) mode with a warning.
     Auto,
@@ -53,6 +93,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "NAME", default_value = "listener-1")]
     pub name: String,
 
+    /// Listener description (at most 255 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<String>,
+
+    /// Listener tag KEY=VALUE, repeatable; keys unique, 1-128 characters.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    pub tags: Vec<String>,
+
+    /// Frontend protocol: https and http are served in userspace.
+    #[arg(long, value_enum, value_name = "PROTO", default_value = "https")]
+    pub protocol: ProtocolArg,
+
     /// Frontend address and port, e.g. 0.0.0.0:443 or [::]:443.
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
@@ -65,6 +117,43 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub key: Option<PathBuf>,
 
+    /// Certificate for a server name, repeatable: DOMAIN=CERT:KEY, DOMAIN exact or *.wildcard.
+    #[arg(long = "sni-cert", value_name = "DOMAIN=CERT:KEY")]
+    pub sni_certs: Vec<String>,
+
+    /// SSL authentication: one-way, or mutual (clients need a certificate from --client-ca).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub ssl_auth: Option<SslAuthArg>,
+
+    /// CA bundle (PEM) that client certificates must chain to; implies --ssl-auth mutual.
+    #[arg(long, value_name = "PATH")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Security policy: tls-1-2 (default), tls-1-2-strict or tls-1-3.
+    #[arg(long, value_name = "POLICY")]
+    pub tls_policy: Option<String>,
+
+    /// Offer HTTP/2 to clients (ALPN h2).
+    #[arg(long, value_enum, value_name = "on|off", default_value = "on")]
+    pub http2: OnOff,
+
+    /// Add X-Forwarded-ELB-IP: the given IP, else the local address the client connected to.
+    #[arg(long, value_name = "IP", num_args = 0..=1, default_missing_value = "")]
+    pub transfer_lb_ip: Option<String>,
+
+    /// Seconds a keep-alive connection may wait for its next request (0-4000; 0 closes after
+    /// each response).
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    pub idle_timeout: String,
+
+    /// Seconds a client has to send a request's headers, and the longest stall in its body (1-300).
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    pub request_timeout: String,
+
+    /// Seconds a backend has to start its response before another is tried or 504 (1-300).
+    #[arg(long, value_name = "SECS", default_value = "60")]
+    pub response_timeout: String,
+
     /// Backend group name (1-255 characters).
     #[arg(long, value_name = "NAME", default_value = "server_group-1")]
     pub group_name: String,
@@ -72,6 +161,35 @@ pub struct RunArgs {
     /// Backend server, repeatable: ADDR:PORT with an optional weight 0-100 (default 1).
     #[arg(long = "backend", value_name = "ADDR:PORT[,weight=N]")]
     pub backends: Vec<String>,
+
+    /// Backend group description (at most 255 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub group_description: Option<String>,
+
+    /// How requests are spread over backends.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "ALGORITHM",
+        default_value = "weighted-round-robin"
+    )]
+    pub algorithm: AlgorithmArg,
+
+    /// Protocol to backends.
+    #[arg(long, value_enum, value_name = "PROTO", default_value = "http")]
+    pub backend_protocol: BackendProtocolArg,
+
+    /// CA bundle (PEM) that HTTPS backends' certificates must chain to.
+    #[arg(long, value_name = "PATH")]
+    pub backend_ca: Option<PathBuf>,
+
+    /// Do not verify HTTPS backends' certificates.
+    #[arg(long)]
+    pub backend_insecure: bool,
+
+    /// Domain for health checks' Host header and the SNI name sent to HTTPS backends.
+    #[arg(long, value_name = "DOMAIN")]
+    pub hc_domain: Option<String>,
 
     /// Who may connect: everyone, only the IP address group, or everyone but the group.
     #[arg(long, value_enum, value_name = "MODE", default_value = "all")]

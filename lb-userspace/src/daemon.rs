@@ -1,14 +1,10 @@
 //! The running daemon: binds the listener, brings up the XDP data plane, accepts, terminates
 //! TLS, proxies, and on SIGTERM/SIGINT stops, detaches XDP and returns.
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use lb_common::{IPPROTO_TCP, NO_LISTENER_SLOT, Outcome};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
@@ -17,10 +13,7 @@ use crate::acl::AccessControl;
 use crate::config::{Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, ListenerRule, error_chain};
 use crate::proxy::Upstream;
-
-/// A TLS handshake that has not finished in this time is abandoned, so half-open handshakes
-/// cannot hold connections forever.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::server::{ListenerContext, serve_connection};
 
 /// The id of the single flag-defined listener in the data plane.
 const LISTENER_ID: u32 = 1;
@@ -45,9 +38,17 @@ impl StartError {
 }
 
 pub async fn run(config: Config) -> Result<(), StartError> {
-    let tls = crate::tls::server_config(config.listener.tls.certified.clone())
-        .map_err(|e| StartError::Runtime(format!("TLS configuration: {e}")))?;
-    let listen = config.listener.listen;
+    let l = &config.listener;
+    let tls = match &l.tls {
+        Some(tls) => Some(TlsAcceptor::from(
+            crate::tls::server_config(&tls.settings, l.http2)
+                .map_err(|e| StartError::Runtime(format!("TLS configuration: {e}")))?,
+        )),
+        None => None,
+    };
+    let upstream = Upstream::new(config.group.clone(), l.timeouts, l.transfer_lb_ip)
+        .map_err(|e| StartError::Runtime(format!("backend TLS configuration: {e}")))?;
+    let listen = l.listen;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| StartError::Runtime(format!("--listen {listen}: cannot bind: {e}")))?;
@@ -59,13 +60,25 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sigint = signal(SignalKind::interrupt())
         .map_err(|e| StartError::Runtime(format!("installing the SIGINT handler: {e}")))?;
 
-    let acceptor = TlsAcceptor::from(tls);
-    let upstream = Arc::new(Upstream::new(config.group.clone()));
-    let access = Arc::new(config.listener.access.clone());
+    let ctx = Arc::new(ListenerContext {
+        tls,
+        http2: l.http2,
+        timeouts: l.timeouts,
+        upstream: Arc::new(upstream),
+    });
+    let access = Arc::new(l.access.clone());
+    let tags: Vec<String> = l.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
     info!(
-        listener = config.listener.name,
+        listener = l.name,
+        description = l.description.as_deref().unwrap_or(""),
+        tags = tags.join(","),
+        protocol = l.protocol.scheme(),
         listen = %listen,
-        access_control = config.listener.access.mode.name(),
+        access_control = l.access.mode.name(),
+        group = config.group.name,
+        group_description = config.group.description.as_deref().unwrap_or(""),
+        algorithm = config.group.algorithm.name(),
+        backends = config.group.backends.len(),
         xdp = dataplane.as_ref().map_or("off".to_string(), |dp| {
             dp.attached().map(|(i, m)| format!("{i}:{}", m.name())).collect::<Vec<_>>().join(",")
         }),
@@ -81,7 +94,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                         drop(stream);
                         continue;
                     }
-                    tokio::spawn(serve_connection(stream, peer, acceptor.clone(), upstream.clone()));
+                    tokio::spawn(serve_connection(stream, ctx.clone()));
                 }
                 // Running out of descriptors or a connection reset before accept: keep serving.
                 Err(e) => {
@@ -99,36 +112,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         dp.detach_all();
     }
     Ok(())
-}
-
-async fn serve_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    upstream: Arc<Upstream>,
-) {
-    let _ = stream.set_nodelay(true);
-    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            debug!(client = %peer, error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            debug!(client = %peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let service = service_fn(move |req| {
-        let upstream = upstream.clone();
-        async move { Ok::<_, std::convert::Infallible>(upstream.forward(req, peer).await) }
-    });
-    if let Err(e) = auto::Builder::new(TokioExecutor::new())
-        .serve_connection_with_upgrades(TokioIo::new(tls), service)
-        .await
-    {
-        debug!(client = %peer, error = %e, "connection ended with an error");
-    }
 }
 
 fn listener_rule(config: &Config) -> ListenerRule {
@@ -158,7 +141,7 @@ fn start_dataplane(config: &Config) -> Result<Option<Dataplane>, StartError> {
         Err(e) if strict => {
             return Err(StartError::Usage(format!(
                 "--xdp-mode {}: {}{}",
-                mode_name(config.xdp.mode),
+                config.xdp.mode.name(),
                 error_chain(&e),
                 privilege_hint(&e)
             )));
@@ -194,15 +177,6 @@ fn start_dataplane(config: &Config) -> Result<Option<Dataplane>, StartError> {
         }
     }
     Ok(Some(dp))
-}
-
-fn mode_name(mode: XdpMode) -> &'static str {
-    match mode {
-        XdpMode::Auto => "auto",
-        XdpMode::Native => "native",
-        XdpMode::Skb => "skb",
-        XdpMode::Off => "off",
-    }
 }
 
 fn privilege_hint(e: &DataplaneError) -> &'static str {

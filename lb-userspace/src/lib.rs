@@ -8,4 +8,5 @@ pub mod daemon;
 pub mod dataplane;
 pub mod entry;
 pub mod proxy;
+pub mod server;
 pub mod tls;

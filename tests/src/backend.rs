@@ -1,9 +1,17 @@
-//! A real HTTP/1.1 backend for tests: answers every request with its own name and counts what
-//! it served, so tests can see which backend a request reached.
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+//! A real HTTP/1.1 backend for tests, in clear or over TLS. It answers with its own name and
+//! counts what it served, so tests see which backend a request reached. Paths change what it
+//! does:
+//! - `/echo`: the body lists the request's headers (`name: value` lines) and its body length,
+//! - a request with `Upgrade: websocket`: switches protocols and echoes raw bytes back.
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 pub struct Backend {
     pub addr: SocketAddr,
@@ -14,6 +22,39 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend on `bind` inside the namespace at `ns_path` (None: this namespace).
     pub fn start(name: &str, bind: &str, ns_path: Option<&str>) -> Self {
+        Self::spawn(name, bind, ns_path, None, Duration::ZERO)
+    }
+
+    /// A backend that waits `delay` before answering each request.
+    pub fn start_delayed(name: &str, bind: &str, delay: Duration) -> Self {
+        Self::spawn(name, bind, None, None, delay)
+    }
+
+    /// A backend speaking HTTPS with `cert`/`key`.
+    pub fn start_tls(name: &str, bind: &str, cert: &Path, key: &Path) -> Self {
+        let chain: Vec<_> = CertificateDer::pem_file_iter(cert)
+            .expect("backend cert")
+            .flatten()
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).expect("backend key");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("default versions")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("backend cert and key match");
+        Self::spawn(name, bind, None, Some(Arc::new(config)), Duration::ZERO)
+    }
+
+    fn spawn(
+        name: &str,
+        bind: &str,
+        ns_path: Option<&str>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        delay: Duration,
+    ) -> Self {
         let bind = bind.to_string();
         let listener = match ns_path {
             Some(p) => crate::netns::in_netns(p, move || TcpListener::bind(bind)),
@@ -25,8 +66,16 @@ impl Backend {
         let (n, s) = (name.to_string(), served.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (n, s) = (n.clone(), s.clone());
-                std::thread::spawn(move || serve(stream, &n, &s));
+                let (n, s, tls) = (n.clone(), s.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    Some(config) => {
+                        let Ok(conn) = rustls::ServerConnection::new(config) else {
+                            return;
+                        };
+                        serve(rustls::StreamOwned::new(conn, stream), &n, &s, delay);
+                    }
+                    None => serve(stream, &n, &s, delay),
+                });
             }
         });
         Backend {
@@ -41,18 +90,28 @@ impl Backend {
     }
 }
 
-fn serve(stream: TcpStream, name: &str, served: &AtomicUsize) {
-    let Ok(write_half) = stream.try_clone() else {
-        return;
-    };
+/// A port on 127.0.0.1 that nothing listens on (bound, then closed).
+pub fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("bound socket has an address")
+}
+
+fn serve<S: Read + Write>(stream: S, name: &str, served: &AtomicUsize, delay: Duration) {
     let mut reader = BufReader::new(stream);
-    let mut writer = write_half;
     loop {
-        let mut line = String::new();
-        let mut content_length = 0usize;
-        let mut first = true;
+        let mut request_line = String::new();
+        match reader.read_line(&mut request_line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let path = request_line
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_string();
+        let mut headers: Vec<(String, String)> = Vec::new();
         loop {
-            line.clear();
+            let mut line = String::new();
             match reader.read_line(&mut line) {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
@@ -60,25 +119,62 @@ fn serve(stream: TcpStream, name: &str, served: &AtomicUsize) {
             if line == "\r\n" || line == "\n" {
                 break;
             }
-            if !first
-                && let Some((k, v)) = line.split_once(':')
-                && k.eq_ignore_ascii_case("content-length")
-            {
-                content_length = v.trim().parse().unwrap_or(0);
+            if let Some((k, v)) = line.split_once(':') {
+                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
             }
-            first = false;
         }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let content_length: usize = header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let mut body = vec![0u8; content_length];
-        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+        if reader.read_exact(&mut body).is_err() {
             return;
         }
         served.fetch_add(1, Ordering::SeqCst);
-        let reply = format!("backend {name}\n");
+
+        if header("upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")) {
+            let head = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n";
+            if reader.get_mut().write_all(head.as_bytes()).is_err()
+                || reader.get_mut().flush().is_err()
+            {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if reader.get_mut().write_all(&buf[..n]).is_err()
+                            || reader.get_mut().flush().is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        std::thread::sleep(delay);
+        let reply = if path == "/echo" {
+            let mut out: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+            out.push_str(&format!("body-bytes: {}\n", body.len()));
+            out
+        } else {
+            format!("backend {name}\n")
+        };
         let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n",
             reply.len()
         );
-        if writer.write_all(head.as_bytes()).is_err() || writer.write_all(reply.as_bytes()).is_err()
+        let w = reader.get_mut();
+        if w.write_all(head.as_bytes()).is_err()
+            || w.write_all(reply.as_bytes()).is_err()
+            || w.flush().is_err()
         {
             return;
         }

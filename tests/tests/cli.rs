@@ -57,6 +57,19 @@ fn check_prints_the_effective_config_and_exits_0() {
         "10.1.2.3/8, fd00::/8",
         "--ip-group",
         "192.0.2.7",
+        "--tag",
+        "env=prod",
+        "--description",
+        "edge listener",
+        "--algorithm",
+        "wlc",
+        "--tls-policy",
+        "tls-1-2-strict",
+        "--http2",
+        "off",
+        "--idle-timeout",
+        "0",
+        "--transfer-lb-ip",
     ]);
     let out = run(&args);
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -72,6 +85,14 @@ fn check_prints_the_effective_config_and_exits_0() {
         "backend         127.0.0.1:18080 weight=1",
         "backend         [::1]:18081 weight=3",
         "mode            off",
+        "tag             env=prod",
+        "description     \"edge listener\"",
+        "algorithm       weighted-least-connections",
+        "tls-policy      tls-1-2-strict",
+        "http2           off",
+        "ssl-auth        one-way",
+        "timeouts        idle=0s request=60s response=60s",
+        "transfer-lb-ip  the local address clients connect to",
         "configuration OK",
     ] {
         assert!(
@@ -189,6 +210,116 @@ fn bad_input_is_one_clear_line_and_exit_code_2() {
             "--listen \"127.0.0.1:0\": port must be 1-65535",
         ),
         ("name too long", vec!["--name", &long_name], "--name"),
+        (
+            "idle timeout over 4000",
+            vec!["--idle-timeout", "4001"],
+            "--idle-timeout \"4001\": must be a whole number of seconds, 0-4000",
+        ),
+        (
+            "request timeout 0",
+            vec!["--request-timeout", "0"],
+            "--request-timeout \"0\": must be a whole number of seconds, 1-300",
+        ),
+        (
+            "response timeout not a number",
+            vec!["--response-timeout", "1m"],
+            "--response-timeout \"1m\": must be a whole number of seconds, 1-300",
+        ),
+        (
+            "TLS 1.1 policy",
+            vec!["--tls-policy", "tls-1-1"],
+            "--tls-policy \"tls-1-1\": TLS 1.0 and 1.1 are deprecated by RFC 8996",
+        ),
+        (
+            "unknown policy",
+            vec!["--tls-policy", "modern"],
+            "choose one of tls-1-2, tls-1-2-strict, tls-1-3",
+        ),
+        (
+            "sni-cert without a key",
+            vec!["--sni-cert", "a.example.com=/x.pem"],
+            "--sni-cert \"a.example.com=/x.pem\": expected DOMAIN=CERT:KEY",
+        ),
+        (
+            "sni-cert with a bad name",
+            vec!["--sni-cert", "bad_name=/x.pem:/x.key"],
+            "--sni-cert \"bad_name=/x.pem:/x.key\": expected a domain name",
+        ),
+        (
+            "sni-cert with a missing file",
+            vec!["--sni-cert", "a.example.com=/nonexistent.pem:/x.key"],
+            "--sni-cert \"a.example.com=/nonexistent.pem:/x.key\": /nonexistent.pem: cannot read",
+        ),
+        (
+            "unreadable client CA",
+            vec!["--client-ca", "/nonexistent/ca.pem"],
+            "--client-ca \"/nonexistent/ca.pem\": cannot read",
+        ),
+        (
+            "mutual without a CA",
+            vec!["--ssl-auth", "mutual"],
+            "--ssl-auth \"mutual\": needs --client-ca",
+        ),
+        (
+            "duplicate tag key",
+            vec!["--tag", "env=a", "--tag", "env=b"],
+            "--tag \"env=b\": key \"env\" is given twice",
+        ),
+        (
+            "tag without a value",
+            vec!["--tag", "env"],
+            "--tag \"env\": expected KEY=VALUE",
+        ),
+        (
+            "description too long",
+            vec!["--description", &long_name],
+            "--description",
+        ),
+        (
+            "unknown algorithm",
+            vec!["--algorithm", "random"],
+            "--algorithm",
+        ),
+        (
+            "https backends without a trust decision",
+            vec!["--backend-protocol", "https"],
+            "--backend-protocol \"https\": give --backend-ca PATH",
+        ),
+        (
+            "backend CA with http backends",
+            vec!["--backend-ca", "/x.pem"],
+            "--backend-ca: only applies with --backend-protocol https",
+        ),
+        (
+            "public IP as hc-domain",
+            vec!["--hc-domain", "8.8.8.8"],
+            "--hc-domain \"8.8.8.8\": an IP address here must be a backend's private address",
+        ),
+        (
+            "one-label hc-domain",
+            vec!["--hc-domain", "backend"],
+            "--hc-domain \"backend\": expected a private IP, or a domain",
+        ),
+        (
+            "transfer-lb-ip that is not an IP",
+            vec!["--transfer-lb-ip", "lb.example.com"],
+            "--transfer-lb-ip \"lb.example.com\": expected an IPv4 or IPv6 address",
+        ),
+        (
+            "same backend twice",
+            vec![
+                "--backend",
+                "127.0.0.1:18080",
+                "--backend",
+                "127.0.0.1:18080,weight=2",
+            ],
+            "--backend \"127.0.0.1:18080\": is given twice",
+        ),
+        (
+            "certificate on an http listener",
+            vec!["--protocol", "http"],
+            "--cert: has no effect on an http listener",
+        ),
     ];
     let mut failures = Vec::new();
     for (what, extra, expected) in &cases {

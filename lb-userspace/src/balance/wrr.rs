@@ -18,26 +18,44 @@ impl SmoothWrr {
 
     /// The index of the next backend, or `None` when every weight is 0.
     pub fn pick(&self) -> Option<usize> {
-        let total: i64 = self.weights.iter().sum();
-        if total == 0 {
-            return None;
-        }
+        self.pick_where(|_| true)
+    }
+
+    /// The index of the next backend among those `eligible` admits, or `None` when none of
+    /// them has a weight above 0.
+    ///
+    /// As in nginx, only eligible backends earn their weight and only their weights count in
+    /// the total, so the others keep their scores and the eligible ones still share picks by
+    /// weight.
+    pub fn pick_where(&self, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         // A poisoned lock only means another picker panicked mid-update; scores stay usable.
         let mut scores = self.scores.lock().unwrap_or_else(|p| p.into_inner());
-        let mut best: Option<usize> = None;
-        for (i, w) in self.weights.iter().enumerate() {
-            if *w == 0 {
-                continue;
-            }
-            scores[i] += w;
-            if best.is_none_or(|b| scores[i] > scores[b]) {
-                best = Some(i);
-            }
-        }
-        let b = best?;
-        scores[b] -= total;
-        Some(b)
+        smooth_step(&self.weights, &mut scores, eligible)
     }
+}
+
+/// One pick of smooth weighted round robin over the backends `eligible` admits, updating
+/// `scores` (one per weight).
+pub(super) fn smooth_step(
+    weights: &[i64],
+    scores: &mut [i64],
+    eligible: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let mut total = 0;
+    let mut best: Option<usize> = None;
+    for (i, w) in weights.iter().enumerate() {
+        if *w == 0 || !eligible(i) {
+            continue;
+        }
+        scores[i] += w;
+        total += w;
+        if best.is_none_or(|b| scores[i] > scores[b]) {
+            best = Some(i);
+        }
+    }
+    let b = best?;
+    scores[b] -= total;
+    Some(b)
 }
 
 #[cfg(test)]

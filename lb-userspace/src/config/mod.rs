@@ -1,17 +1,24 @@
 //! The validated configuration: every flag parsed and range-checked once, every file it names
 //! read, so that the rest of the daemon never handles a raw string again.
+mod display;
 mod error;
 mod parse;
 
-use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
-use rustls::sign::CertifiedKey;
+use rustls::RootCertStore;
 
 use crate::acl::{AccessControl, AclMode};
-use crate::cli::{AccessControlArg, RunArgs, XdpModeArg};
+use crate::balance::Algorithm;
+use crate::cli::{
+    AccessControlArg, AlgorithmArg, BackendProtocolArg, OnOff, ProtocolArg, RunArgs, SslAuthArg,
+    XdpModeArg,
+};
+use crate::tls::certs::{CertError, PairFile, load_ca_bundle, load_certified_key};
+use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
 
 #[derive(Clone, Debug)]
@@ -21,37 +28,85 @@ pub struct Config {
     pub xdp: XdpConfig,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrontendProtocol {
+    Https,
+    Http,
+}
+
+impl FrontendProtocol {
+    pub fn scheme(self) -> &'static str {
+        match self {
+            FrontendProtocol::Https => "https",
+            FrontendProtocol::Http => "http",
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
     pub name: String,
+    pub description: Option<String>,
+    pub tags: Vec<(String, String)>,
+    pub protocol: FrontendProtocol,
     pub listen: SocketAddr,
-    pub tls: ServerIdentity,
+    /// Present exactly when the protocol is https.
+    pub tls: Option<ListenerTls>,
+    pub http2: bool,
     pub access: AccessControl,
+    pub transfer_lb_ip: TransferLbIp,
+    pub timeouts: Timeouts,
 }
 
-/// The default certificate: where it came from and the loaded, key-checked pair.
+/// The TLS half of an https listener: the loaded settings and the files they came from.
 #[derive(Clone)]
-pub struct ServerIdentity {
+pub struct ListenerTls {
     pub cert_path: PathBuf,
     pub key_path: PathBuf,
-    pub certified: Arc<CertifiedKey>,
+    pub sni_files: Vec<(SniName, PathBuf, PathBuf)>,
+    pub client_ca_path: Option<PathBuf>,
+    pub settings: TlsSettings,
 }
 
-impl fmt::Debug for ServerIdentity {
-    // The key never reaches a log line, whatever rustls' own Debug would print.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerIdentity")
+impl std::fmt::Debug for ListenerTls {
+    // Paths and counts only: the keys never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListenerTls")
             .field("cert_path", &self.cert_path)
             .field("key_path", &self.key_path)
-            .field("chain_len", &self.certified.cert.len())
+            .field("sni_files", &self.sni_files)
+            .field("client_ca_path", &self.client_ca_path)
+            .field("policy", &self.settings.policy)
             .finish_non_exhaustive()
     }
+}
+
+/// Whether and what to send as `X-Forwarded-ELB-IP`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferLbIp {
+    Off,
+    /// The local address the client connected to.
+    LocalAddress,
+    Fixed(IpAddr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Zero: close after each response.
+    pub idle: Duration,
+    pub request: Duration,
+    pub response: Duration,
 }
 
 #[derive(Clone, Debug)]
 pub struct GroupConfig {
     pub name: String,
+    pub description: Option<String>,
     pub backends: Vec<Backend>,
+    pub algorithm: Algorithm,
+    pub protocol: BackendProtocol,
+    /// `--hc-domain`: the SNI name for HTTPS backends (health checks come later).
+    pub hc_domain: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,12 +116,46 @@ pub struct Backend {
     pub weight: u8,
 }
 
+#[derive(Clone, Debug)]
+pub enum BackendProtocol {
+    Http,
+    Https(BackendVerify),
+}
+
+#[derive(Clone)]
+pub enum BackendVerify {
+    Ca(PathBuf, Arc<RootCertStore>),
+    Insecure,
+}
+
+impl std::fmt::Debug for BackendVerify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BackendVerify::Ca(path, roots) => {
+                write!(f, "Ca({}, {} roots)", path.display(), roots.len())
+            }
+            BackendVerify::Insecure => f.write_str("Insecure"),
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpMode {
     Auto,
     Native,
     Skb,
     Off,
+}
+
+impl XdpMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            XdpMode::Auto => "auto",
+            XdpMode::Native => "native",
+            XdpMode::Skb => "skb",
+            XdpMode::Off => "off",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -85,145 +174,307 @@ impl XdpConfig {
 impl Config {
     /// Validates every flag and loads every file the flags name.
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
-        let name = parse::label("--name", &args.name)?;
-        let group_name = parse::label("--group-name", &args.group_name)?;
         let listen = args.listen.as_deref().ok_or_else(|| {
-            ConfigError::missing("--listen", "required: the ADDR:PORT to accept HTTPS on")
+            ConfigError::missing("--listen", "required: the ADDR:PORT to accept clients on")
         })?;
         let listen = parse::socket_addr("--listen", listen)?;
-        let cert = args
-            .cert
-            .as_ref()
-            .ok_or_else(|| ConfigError::missing("--cert", "required for an https listener"))?;
-        let key = args
-            .key
-            .as_ref()
-            .ok_or_else(|| ConfigError::missing("--key", "required for an https listener"))?;
-        let certified = crate::tls::load_certified_key(cert, key)?;
-
-        let mut prefixes = Vec::new();
-        for group in &args.ip_groups {
-            prefixes.extend(parse::cidr_list("--ip-group", group)?);
-        }
-        for file in &args.ip_group_files {
-            prefixes.extend(parse::cidr_file(file)?);
-        }
-        prefixes.sort();
-        prefixes.dedup();
-        let acl_mode = match args.access_control {
-            AccessControlArg::All => AclMode::All,
-            AccessControlArg::Whitelist => AclMode::Whitelist,
-            AccessControlArg::Blacklist => AclMode::Blacklist,
-        };
-        match acl_mode {
-            AclMode::All if !prefixes.is_empty() => {
+        let protocol = match args.protocol {
+            ProtocolArg::Https => FrontendProtocol::Https,
+            ProtocolArg::Http => FrontendProtocol::Http,
+            ProtocolArg::Tcp | ProtocolArg::Udp => {
                 return Err(ConfigError::new(
-                    "--access-control",
-                    "all",
-                    "an IP address group was given but would have no effect: use whitelist or blacklist",
+                    "--protocol",
+                    if args.protocol == ProtocolArg::Tcp {
+                        "tcp"
+                    } else {
+                        "udp"
+                    },
+                    "L4 (XDP-forwarded) listeners are not available in this version; use https or http",
                 ));
             }
-            AclMode::Whitelist | AclMode::Blacklist if prefixes.is_empty() => {
-                return Err(ConfigError::new(
-                    "--access-control",
-                    acl_mode.name(),
-                    "needs an IP address group: give --ip-group CIDR,... or --ip-group-file PATH",
-                ));
-            }
-            _ => {}
-        }
-
-        if args.backends.is_empty() {
-            return Err(ConfigError::missing(
-                "--backend",
-                "at least one backend is required: --backend ADDR:PORT[,weight=N]",
-            ));
-        }
-        let backends = args
-            .backends
-            .iter()
-            .map(|b| parse::backend(b))
-            .collect::<Result<Vec<_>, _>>()?;
-
-        let mode = match args.xdp_mode {
-            XdpModeArg::Auto => XdpMode::Auto,
-            XdpModeArg::Native => XdpMode::Native,
-            XdpModeArg::Skb => XdpMode::Skb,
-            XdpModeArg::Off => XdpMode::Off,
         };
-        let mut ifaces = Vec::new();
-        for iface in &args.xdp_ifaces {
-            if mode != XdpMode::Off {
-                parse::interface(iface)?;
+        let tls = match protocol {
+            FrontendProtocol::Https => Some(listener_tls(args)?),
+            FrontendProtocol::Http => {
+                refuse_tls_flags_on_http(args)?;
+                None
             }
-            if !ifaces.contains(iface) {
-                ifaces.push(iface.clone());
-            }
-        }
-
+        };
+        let transfer_lb_ip = match args.transfer_lb_ip.as_deref() {
+            None => TransferLbIp::Off,
+            Some("") => TransferLbIp::LocalAddress,
+            Some(ip) => TransferLbIp::Fixed(ip.parse().map_err(|_| {
+                ConfigError::new(
+                    "--transfer-lb-ip",
+                    ip,
+                    "expected an IPv4 or IPv6 address, or no value for the local address",
+                )
+            })?),
+        };
+        let timeouts = Timeouts {
+            idle: parse::seconds("--idle-timeout", &args.idle_timeout, 0, 4000)?,
+            request: parse::seconds("--request-timeout", &args.request_timeout, 1, 300)?,
+            response: parse::seconds("--response-timeout", &args.response_timeout, 1, 300)?,
+        };
         Ok(Config {
             listener: ListenerConfig {
-                name,
+                name: parse::label("--name", &args.name)?,
+                description: args
+                    .description
+                    .as_deref()
+                    .map(|d| parse::description("--description", d))
+                    .transpose()?,
+                tags: parse::tags(&args.tags)?,
+                protocol,
                 listen,
-                tls: ServerIdentity {
-                    cert_path: cert.clone(),
-                    key_path: key.clone(),
-                    certified,
-                },
-                access: AccessControl {
-                    mode: acl_mode,
-                    prefixes,
-                },
+                tls,
+                http2: args.http2 == OnOff::On,
+                access: access_control(args)?,
+                transfer_lb_ip,
+                timeouts,
             },
-            group: GroupConfig {
-                name: group_name,
-                backends,
-            },
-            xdp: XdpConfig { ifaces, mode },
+            group: group(args)?,
+            xdp: xdp(args)?,
         })
     }
 }
 
-impl fmt::Display for Config {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = &self.listener;
-        writeln!(f, "listener {:?}", l.name)?;
-        writeln!(f, "  protocol        https")?;
-        writeln!(f, "  listen          {}", l.listen)?;
-        writeln!(
-            f,
-            "  cert            {} ({} certificate(s) in chain)",
-            l.tls.cert_path.display(),
-            l.tls.certified.cert.len()
-        )?;
-        writeln!(f, "  key             {}", l.tls.key_path.display())?;
-        write!(f, "  access-control  {}", l.access.mode.name())?;
-        if l.access.mode != AclMode::All {
-            let list: Vec<String> = l.access.prefixes.iter().map(ToString::to_string).collect();
-            write!(f, " ({} prefixes: {})", list.len(), list.join(", "))?;
+fn listener_tls(args: &RunArgs) -> Result<ListenerTls, ConfigError> {
+    let cert = args
+        .cert
+        .as_ref()
+        .ok_or_else(|| ConfigError::missing("--cert", "required for an https listener"))?;
+    let key = args
+        .key
+        .as_ref()
+        .ok_or_else(|| ConfigError::missing("--key", "required for an https listener"))?;
+    let policy_name = args.tls_policy.as_deref().unwrap_or("tls-1-2");
+    let policy = TlsPolicy::parse(policy_name)
+        .map_err(|problem| ConfigError::new("--tls-policy", policy_name, problem))?;
+    let provider = policy.provider();
+    let default = load_certified_key(cert, key, &provider).map_err(|e| pair_error(e, cert, key))?;
+
+    let mut sni = Vec::with_capacity(args.sni_certs.len());
+    let mut sni_files = Vec::with_capacity(args.sni_certs.len());
+    for value in &args.sni_certs {
+        let (name, cert, key) = parse::sni_cert(value)?;
+        if sni_files.iter().any(|(n, _, _)| *n == name) {
+            return Err(ConfigError::new(
+                "--sni-cert",
+                value,
+                format!("{} is given twice", name.as_str()),
+            ));
         }
-        writeln!(f)?;
-        writeln!(f, "group {:?}", self.group.name)?;
-        writeln!(f, "  algorithm       weighted-round-robin")?;
-        for b in &self.group.backends {
-            writeln!(f, "  backend         {} weight={}", b.addr, b.weight)?;
-        }
-        writeln!(f, "xdp")?;
-        if self.xdp.enabled() {
-            let mode = match self.xdp.mode {
-                XdpMode::Auto => "auto",
-                XdpMode::Native => "native",
-                XdpMode::Skb => "skb",
-                XdpMode::Off => "off",
-            };
-            writeln!(f, "  mode            {mode}")?;
-            writeln!(f, "  interfaces      {}", self.xdp.ifaces.join(", "))?;
-        } else {
-            writeln!(
-                f,
-                "  mode            off (access control enforced on accept only)"
-            )?;
-        }
-        Ok(())
+        let certified = load_certified_key(&cert, &key, &provider).map_err(|e| {
+            ConfigError::new(
+                "--sni-cert",
+                value,
+                format!(
+                    "{}: {}",
+                    match e.file {
+                        PairFile::Cert => cert.display(),
+                        PairFile::Key => key.display(),
+                    },
+                    e.problem
+                ),
+            )
+        })?;
+        sni.push((name.clone(), certified));
+        sni_files.push((name, cert, key));
     }
+
+    let client_ca = match &args.client_ca {
+        Some(path) => Some(load_ca_bundle(path).map_err(|problem| {
+            ConfigError::new("--client-ca", path.display().to_string(), problem)
+        })?),
+        None => None,
+    };
+    match (args.ssl_auth, &client_ca) {
+        (Some(SslAuthArg::Mutual), None) => {
+            return Err(ConfigError::new(
+                "--ssl-auth",
+                "mutual",
+                "needs --client-ca PATH: the CA that client certificates must chain to",
+            ));
+        }
+        (Some(SslAuthArg::OneWay), Some(_)) => {
+            return Err(ConfigError::new(
+                "--ssl-auth",
+                "one-way",
+                "contradicts --client-ca, which asks for client certificates; drop one of them",
+            ));
+        }
+        _ => {}
+    }
+    Ok(ListenerTls {
+        cert_path: cert.clone(),
+        key_path: key.clone(),
+        sni_files,
+        client_ca_path: args.client_ca.clone(),
+        settings: TlsSettings {
+            default,
+            sni,
+            client_ca,
+            policy,
+        },
+    })
+}
+
+fn pair_error(e: CertError, cert: &std::path::Path, key: &std::path::Path) -> ConfigError {
+    match e.file {
+        PairFile::Cert => ConfigError::new("--cert", cert.display().to_string(), e.problem),
+        PairFile::Key => ConfigError::new("--key", key.display().to_string(), e.problem),
+    }
+}
+
+fn refuse_tls_flags_on_http(args: &RunArgs) -> Result<(), ConfigError> {
+    let given: [(&'static str, bool); 6] = [
+        ("--cert", args.cert.is_some()),
+        ("--key", args.key.is_some()),
+        ("--sni-cert", !args.sni_certs.is_empty()),
+        ("--client-ca", args.client_ca.is_some()),
+        ("--ssl-auth", args.ssl_auth.is_some()),
+        ("--tls-policy", args.tls_policy.is_some()),
+    ];
+    match given.iter().find(|(_, present)| *present) {
+        Some((flag, _)) => Err(ConfigError::missing(
+            flag,
+            "has no effect on an http listener (--protocol http); use --protocol https",
+        )),
+        None => Ok(()),
+    }
+}
+
+fn access_control(args: &RunArgs) -> Result<AccessControl, ConfigError> {
+    let mut prefixes = Vec::new();
+    for group in &args.ip_groups {
+        prefixes.extend(parse::cidr_list("--ip-group", group)?);
+    }
+    for file in &args.ip_group_files {
+        prefixes.extend(parse::cidr_file(file)?);
+    }
+    prefixes.sort();
+    prefixes.dedup();
+    let mode = match args.access_control {
+        AccessControlArg::All => AclMode::All,
+        AccessControlArg::Whitelist => AclMode::Whitelist,
+        AccessControlArg::Blacklist => AclMode::Blacklist,
+    };
+    match mode {
+        AclMode::All if !prefixes.is_empty() => Err(ConfigError::new(
+            "--access-control",
+            "all",
+            "an IP address group was given but would have no effect: use whitelist or blacklist",
+        )),
+        AclMode::Whitelist | AclMode::Blacklist if prefixes.is_empty() => Err(ConfigError::new(
+            "--access-control",
+            mode.name(),
+            "needs an IP address group: give --ip-group CIDR,... or --ip-group-file PATH",
+        )),
+        _ => Ok(AccessControl { mode, prefixes }),
+    }
+}
+
+fn group(args: &RunArgs) -> Result<GroupConfig, ConfigError> {
+    if args.backends.is_empty() {
+        return Err(ConfigError::missing(
+            "--backend",
+            "at least one backend is required: --backend ADDR:PORT[,weight=N]",
+        ));
+    }
+    let backends = args
+        .backends
+        .iter()
+        .map(|b| parse::backend(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(dup) = backends
+        .iter()
+        .enumerate()
+        .find(|(i, b)| backends[..*i].iter().any(|o| o.addr == b.addr))
+    {
+        return Err(ConfigError::new(
+            "--backend",
+            dup.1.addr.to_string(),
+            "is given twice; give each backend once, with its weight",
+        ));
+    }
+    let hc_domain = args
+        .hc_domain
+        .as_deref()
+        .map(parse::hc_domain)
+        .transpose()?;
+    let protocol = match args.backend_protocol {
+        BackendProtocolArg::Http => {
+            if args.backend_ca.is_some() {
+                return Err(ConfigError::missing(
+                    "--backend-ca",
+                    "only applies with --backend-protocol https",
+                ));
+            }
+            if args.backend_insecure {
+                return Err(ConfigError::missing(
+                    "--backend-insecure",
+                    "only applies with --backend-protocol https",
+                ));
+            }
+            BackendProtocol::Http
+        }
+        BackendProtocolArg::Https => match (&args.backend_ca, args.backend_insecure) {
+            (Some(path), false) => {
+                let roots = load_ca_bundle(path).map_err(|problem| {
+                    ConfigError::new("--backend-ca", path.display().to_string(), problem)
+                })?;
+                BackendProtocol::Https(BackendVerify::Ca(path.clone(), roots))
+            }
+            (None, true) => BackendProtocol::Https(BackendVerify::Insecure),
+            (Some(_), true) => {
+                return Err(ConfigError::missing(
+                    "--backend-insecure",
+                    "contradicts --backend-ca: verify against the CA, or do not verify",
+                ));
+            }
+            (None, false) => {
+                return Err(ConfigError::new(
+                    "--backend-protocol",
+                    "https",
+                    "give --backend-ca PATH to verify the backends' certificates, or --backend-insecure not to",
+                ));
+            }
+        },
+    };
+    Ok(GroupConfig {
+        name: parse::label("--group-name", &args.group_name)?,
+        description: args
+            .group_description
+            .as_deref()
+            .map(|d| parse::description("--group-description", d))
+            .transpose()?,
+        backends,
+        algorithm: match args.algorithm {
+            AlgorithmArg::Wrr => Algorithm::WeightedRoundRobin,
+            AlgorithmArg::Wlc => Algorithm::WeightedLeastConnections,
+            AlgorithmArg::SourceIp => Algorithm::SourceIpHash,
+        },
+        protocol,
+        hc_domain,
+    })
+}
+
+fn xdp(args: &RunArgs) -> Result<XdpConfig, ConfigError> {
+    let mode = match args.xdp_mode {
+        XdpModeArg::Auto => XdpMode::Auto,
+        XdpModeArg::Native => XdpMode::Native,
+        XdpModeArg::Skb => XdpMode::Skb,
+        XdpModeArg::Off => XdpMode::Off,
+    };
+    let mut ifaces = Vec::new();
+    for iface in &args.xdp_ifaces {
+        if mode != XdpMode::Off {
+            parse::interface(iface)?;
+        }
+        if !ifaces.contains(iface) {
+            ifaces.push(iface.clone());
+        }
+    }
+    Ok(XdpConfig { ifaces, mode })
 }

@@ -1,23 +1,40 @@
 //! Parsers for single flag values, each returning the typed value or a [`ConfigError`] that
 //! says what is allowed.
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
 use super::{Backend, ConfigError};
+use crate::tls::SniName;
+use crate::tls::sni::is_dns_label;
 
 const CIDR_HELP: &str = "expected an IPv4/IPv6 address or CIDR such as 10.0.0.0/8 or fd00::/64 \
                          (prefix length 0-32 for IPv4, 0-128 for IPv6)";
 
 /// A name or label: 1-255 characters, no control characters.
 pub fn label(flag: &'static str, value: &str) -> Result<String, ConfigError> {
+    text(flag, value, 1, 255)
+}
+
+/// A free-text description: at most 255 characters, no control characters.
+pub fn description(flag: &'static str, value: &str) -> Result<String, ConfigError> {
+    text(flag, value, 0, 255)
+}
+
+fn text(flag: &'static str, value: &str, min: usize, max: usize) -> Result<String, ConfigError> {
     let len = value.chars().count();
-    if !(1..=255).contains(&len) {
+    if !(min..=max).contains(&len) {
+        let allowed = if min == 0 {
+            format!("at most {max}")
+        } else {
+            format!("{min}-{max}")
+        };
         return Err(ConfigError::new(
             flag,
             value,
-            format!("must be 1-255 characters, got {len}"),
+            format!("must be {allowed} characters, got {len}"),
         ));
     }
     if value.chars().any(char::is_control) {
@@ -28,6 +45,118 @@ pub fn label(flag: &'static str, value: &str) -> Result<String, ConfigError> {
         ));
     }
     Ok(value.to_string())
+}
+
+/// `--tag KEY=VALUE` values: keys 1-128 characters and unique, values at most 255 characters.
+pub fn tags(values: &[String]) -> Result<Vec<(String, String)>, ConfigError> {
+    const FLAG: &str = "--tag";
+    let mut tags: Vec<(String, String)> = Vec::with_capacity(values.len());
+    for v in values {
+        let Some((key, value)) = v.split_once('=') else {
+            return Err(ConfigError::new(FLAG, v, "expected KEY=VALUE"));
+        };
+        let key_len = key.chars().count();
+        if !(1..=128).contains(&key_len) {
+            return Err(ConfigError::new(
+                FLAG,
+                v,
+                format!("key must be 1-128 characters, got {key_len}"),
+            ));
+        }
+        if value.chars().count() > 255 {
+            return Err(ConfigError::new(
+                FLAG,
+                v,
+                "value must be at most 255 characters",
+            ));
+        }
+        if v.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                FLAG,
+                v,
+                "must not contain control characters",
+            ));
+        }
+        if tags.iter().any(|(k, _)| k == key) {
+            return Err(ConfigError::new(
+                FLAG,
+                v,
+                format!("key {key:?} is given twice; tag keys must be unique"),
+            ));
+        }
+        tags.push((key.to_string(), value.to_string()));
+    }
+    Ok(tags)
+}
+
+/// A whole number of seconds within `min..=max`.
+pub fn seconds(
+    flag: &'static str,
+    value: &str,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    value
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .filter(|s| (min..=max).contains(s))
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ConfigError::new(
+                flag,
+                value,
+                format!("must be a whole number of seconds, {min}-{max}"),
+            )
+        })
+}
+
+/// `DOMAIN=CERT:KEY`; the paths are split at the last colon.
+pub fn sni_cert(value: &str) -> Result<(SniName, PathBuf, PathBuf), ConfigError> {
+    const FLAG: &str = "--sni-cert";
+    let shape = || {
+        ConfigError::new(
+            FLAG,
+            value,
+            "expected DOMAIN=CERT:KEY, e.g. www.example.com=www.pem:www.key",
+        )
+    };
+    let (domain, files) = value.split_once('=').ok_or_else(shape)?;
+    let (cert, key) = files.rsplit_once(':').ok_or_else(shape)?;
+    if cert.is_empty() || key.is_empty() {
+        return Err(shape());
+    }
+    let name = SniName::parse(domain).map_err(|problem| ConfigError::new(FLAG, value, problem))?;
+    Ok((name, PathBuf::from(cert), PathBuf::from(key)))
+}
+
+/// `--hc-domain`: a backend's private IP address, or a domain name of at least two labels of
+/// letters, digits and hyphens (no hyphen first or last), 63 characters per label and 100 in all.
+pub fn hc_domain(value: &str) -> Result<String, ConfigError> {
+    if let Ok(ip) = value.parse::<IpAddr>() {
+        let private = match ip {
+            IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
+            IpAddr::V6(v6) => v6.is_unique_local() || v6.is_loopback(),
+        };
+        if !private {
+            return Err(ConfigError::new(
+                "--hc-domain",
+                value,
+                "an IP address here must be a backend's private address (10/8, 172.16/12, 192.168/16, fc00::/7 or loopback)",
+            ));
+        }
+        return Ok(value.to_string());
+    }
+    let labels: Vec<&str> = value.split('.').collect();
+    if value.len() > 100 || labels.len() < 2 || !labels.iter().all(|l| is_dns_label(l)) {
+        return Err(ConfigError::new(
+            "--hc-domain",
+            value,
+            "expected a private IP, or a domain of at least two labels of letters, digits and \
+             hyphens (no hyphen first or last, at most 63 characters per label, 100 in all)",
+        ));
+    }
+    Ok(value.to_ascii_lowercase())
 }
 
 /// `ADDR:PORT` with a port 1-65535; IPv6 addresses in brackets.
@@ -204,6 +333,44 @@ mod tests {
         assert!(socket_addr("--listen", "0.0.0.0:0").is_err());
         assert!(socket_addr("--listen", "localhost:443").is_err());
         assert_eq!(socket_addr("--listen", "[::]:443").expect("v6").port(), 443);
+    }
+
+    #[test]
+    fn numbers_tags_and_domains_are_range_checked() {
+        assert_eq!(
+            seconds("--idle-timeout", "0", 0, 4000).expect("zero"),
+            Duration::ZERO
+        );
+        for bad in ["4001", "-1", "1.5", ""] {
+            let e = seconds("--idle-timeout", bad, 0, 4000).expect_err(bad);
+            assert!(e.to_string().contains("0-4000"), "{e}");
+        }
+        assert!(seconds("--request-timeout", "0", 1, 300).is_err());
+        assert_eq!(
+            tags(&["env=prod".into(), "team=".into()])
+                .expect("tags")
+                .len(),
+            2
+        );
+        assert!(tags(&["a=1".into(), "a=2".into()]).is_err());
+        assert!(tags(&["=x".into()]).is_err());
+        assert!(tags(&[format!("{}=x", "k".repeat(129))]).is_err());
+        assert!(hc_domain("www.example.com").is_ok());
+        assert!(hc_domain("10.0.0.7").is_ok());
+        for bad in [
+            "8.8.8.8",
+            "localhost",
+            "-a.com",
+            &format!("{}.com", "a".repeat(64)),
+        ] {
+            assert!(hc_domain(bad).is_err(), "{bad}");
+        }
+        let (name, cert, key) = sni_cert("*.Example.com=/a/b.pem:/a/b.key").expect("sni");
+        assert_eq!(
+            (name.as_str(), cert.to_str(), key.to_str()),
+            ("*.example.com", Some("/a/b.pem"), Some("/a/b.key"))
+        );
+        assert!(sni_cert("example.com=/a/b.pem").is_err());
     }
 
     #[test]

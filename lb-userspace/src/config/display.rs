@@ -1,0 +1,106 @@
+//! The effective configuration as `edgelb check` prints it. Paths and counts only: key
+//! material never appears.
+use std::fmt;
+
+use super::{BackendProtocol, BackendVerify, Config, TransferLbIp};
+use crate::acl::AclMode;
+
+impl fmt::Display for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let l = &self.listener;
+        writeln!(f, "listener {:?}", l.name)?;
+        if let Some(d) = &l.description {
+            writeln!(f, "  description     {d:?}")?;
+        }
+        for (k, v) in &l.tags {
+            writeln!(f, "  tag             {k}={v}")?;
+        }
+        writeln!(f, "  protocol        {}", l.protocol.scheme())?;
+        writeln!(f, "  listen          {}", l.listen)?;
+        if let Some(tls) = &l.tls {
+            writeln!(
+                f,
+                "  cert            {} ({} certificate(s) in chain)",
+                tls.cert_path.display(),
+                tls.settings.default.cert.len()
+            )?;
+            writeln!(f, "  key             {}", tls.key_path.display())?;
+            for (name, cert, key) in &tls.sni_files {
+                writeln!(
+                    f,
+                    "  sni-cert        {} = {} : {}",
+                    name.as_str(),
+                    cert.display(),
+                    key.display()
+                )?;
+            }
+            match &tls.client_ca_path {
+                Some(ca) => writeln!(f, "  ssl-auth        mutual (client CA {})", ca.display())?,
+                None => writeln!(f, "  ssl-auth        one-way")?,
+            }
+            writeln!(f, "  tls-policy      {}", tls.settings.policy)?;
+        }
+        writeln!(
+            f,
+            "  http2           {}",
+            if l.http2 { "on" } else { "off" }
+        )?;
+        write!(f, "  access-control  {}", l.access.mode.name())?;
+        if l.access.mode != AclMode::All {
+            let list: Vec<String> = l.access.prefixes.iter().map(ToString::to_string).collect();
+            write!(f, " ({} prefixes: {})", list.len(), list.join(", "))?;
+        }
+        writeln!(f)?;
+        match l.transfer_lb_ip {
+            TransferLbIp::Off => writeln!(f, "  transfer-lb-ip  off")?,
+            TransferLbIp::LocalAddress => {
+                writeln!(f, "  transfer-lb-ip  the local address clients connect to")?
+            }
+            TransferLbIp::Fixed(ip) => writeln!(f, "  transfer-lb-ip  {ip}")?,
+        }
+        let t = &l.timeouts;
+        writeln!(
+            f,
+            "  timeouts        idle={}s request={}s response={}s",
+            t.idle.as_secs(),
+            t.request.as_secs(),
+            t.response.as_secs()
+        )?;
+
+        let g = &self.group;
+        writeln!(f, "group {:?}", g.name)?;
+        if let Some(d) = &g.description {
+            writeln!(f, "  description     {d:?}")?;
+        }
+        writeln!(f, "  algorithm       {}", g.algorithm.name())?;
+        match &g.protocol {
+            BackendProtocol::Http => writeln!(f, "  protocol        http")?,
+            BackendProtocol::Https(BackendVerify::Ca(path, _)) => writeln!(
+                f,
+                "  protocol        https (verified against {})",
+                path.display()
+            )?,
+            BackendProtocol::Https(BackendVerify::Insecure) => {
+                writeln!(f, "  protocol        https (certificates NOT verified)")?
+            }
+        }
+        if let Some(d) = &g.hc_domain {
+            writeln!(f, "  hc-domain       {d}")?;
+        }
+        for b in &g.backends {
+            writeln!(f, "  backend         {} weight={}", b.addr, b.weight)?;
+        }
+
+        writeln!(f, "xdp")?;
+        if self.xdp.enabled() {
+            writeln!(f, "  mode            {}", self.xdp.mode.name())?;
+            writeln!(f, "  interfaces      {}", self.xdp.ifaces.join(", "))?;
+        } else {
+            writeln!(
+                f,
+                "  mode            off (access control enforced on accept only)"
+            )?;
+        }
+        Ok(())
+    }
+}

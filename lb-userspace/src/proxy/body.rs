@@ -1,0 +1,107 @@
+//! Body wrappers: one keeps a value alive until a body has been sent (the balancer's
+//! in-flight count, the connection's activity), one cuts off a request body that stalls.
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use hyper::body::{Body, Bytes, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `body`, holding `guard` until the body ends or is dropped.
+pub struct WithGuard<B, G> {
+    body: B,
+    guard: Option<G>,
+}
+
+impl<B, G> WithGuard<B, G> {
+    pub fn new(body: B, guard: G) -> Self {
+        WithGuard {
+            body,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B: Body + Unpin, G: Unpin> Body for WithGuard<B, G> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(None) | Poll::Ready(Some(Err(_))) = polled {
+            self.guard = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// The request body stalled: no data for longer than the request timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("request body stalled for more than {0:?}")]
+pub struct Stalled(pub Duration);
+
+/// `body`, failing with [`Stalled`] when no frame arrives within `limit` of the previous one,
+/// so that a client trickling its body cannot hold a backend connection forever.
+pub struct StallTimeout<B> {
+    body: B,
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl<B> StallTimeout<B> {
+    pub fn new(body: B, limit: Duration) -> Self {
+        StallTimeout {
+            body,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl<B> Body for StallTimeout<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = Instant::now() + this.limit;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(this.limit))))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -1,0 +1,171 @@
+//! Headers between client and backend: hop-by-hop headers dropped both ways, and what the
+//! backend learns about the client (`X-Forwarded-*`, `X-Real-IP`, the verified client
+//! certificate). Only `X-Forwarded-For` keeps what the client sent (ours is appended); the
+//! others are always overwritten or removed, so a client cannot forge them.
+use std::net::{IpAddr, SocketAddr};
+
+use hyper::HeaderMap;
+use hyper::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
+
+use crate::config::TransferLbIp;
+use crate::tls::ClientIdentity;
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub const X_FORWARDED_ELB_IP: HeaderName = HeaderName::from_static("x-forwarded-elb-ip");
+/// `SUCCESS` when the client presented a certificate that verified against `--client-ca`.
+pub const X_CLIENT_VERIFY: HeaderName = HeaderName::from_static("x-client-verify");
+/// The verified client certificate's subject, e.g. `CN=client-1, O=Example`.
+pub const X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// What a connection knows about its client, fixed at accept and handshake.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    pub scheme: &'static str,
+    pub identity: ClientIdentity,
+}
+
+/// Whether the request asks to switch protocols (WebSocket and other HTTP/1.1 upgrades).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names. With
+/// `keep_upgrade`, `Connection: upgrade` and `Upgrade` pass (a protocol switch in progress).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .filter(|n| !(keep_upgrade && *n == UPGRADE))
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        if keep_upgrade && (name == "connection" || name == "upgrade") {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Adds what the backend should know about the client.
+pub fn add_client_headers(headers: &mut HeaderMap, conn: &ConnInfo, lb_ip: TransferLbIp) {
+    let client = conn.peer.ip().to_canonical();
+    let mut chain: Vec<String> = headers
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    chain.push(client.to_string());
+    set(headers, X_FORWARDED_FOR, &chain.join(", "));
+    set(headers, X_FORWARDED_PROTO, conn.scheme);
+    set(headers, X_FORWARDED_PORT, &conn.local.port().to_string());
+    set(headers, X_REAL_IP, &client.to_string());
+    headers.remove(&X_FORWARDED_ELB_IP);
+    let lb: Option<IpAddr> = match lb_ip {
+        TransferLbIp::Off => None,
+        TransferLbIp::LocalAddress => Some(conn.local.ip().to_canonical()),
+        TransferLbIp::Fixed(ip) => Some(ip),
+    };
+    if let Some(ip) = lb {
+        set(headers, X_FORWARDED_ELB_IP, &ip.to_string());
+    }
+    headers.remove(&X_CLIENT_VERIFY);
+    headers.remove(&X_CLIENT_CERT_SUBJECT);
+    if let Some(subject) = &conn.identity.subject {
+        headers.insert(X_CLIENT_VERIFY, HeaderValue::from_static("SUCCESS"));
+        // Subjects are UTF-8; header values may carry any visible byte, so pass it whole.
+        if let Ok(v) = HeaderValue::from_bytes(subject.as_bytes()) {
+            headers.insert(X_CLIENT_CERT_SUBJECT, v);
+        }
+    }
+}
+
+fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
+    if let Ok(v) = HeaderValue::from_str(value) {
+        headers.insert(name, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conn() -> ConnInfo {
+        ConnInfo {
+            peer: "[::ffff:10.1.2.3]:5555".parse().expect("static"),
+            local: "10.0.0.1:443".parse().expect("static"),
+            scheme: "https",
+            identity: ClientIdentity::default(),
+        }
+    }
+
+    #[test]
+    fn forwarded_for_is_appended_and_the_rest_overwritten() {
+        let mut h = HeaderMap::new();
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
+        h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
+        h.insert(X_CLIENT_VERIFY, HeaderValue::from_static("SUCCESS"));
+        h.insert(X_FORWARDED_ELB_IP, HeaderValue::from_static("6.6.6.6"));
+        add_client_headers(&mut h, &conn(), TransferLbIp::Off);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(h[&X_REAL_IP], "10.1.2.3");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+        assert_eq!(h[&X_FORWARDED_PORT], "443");
+        assert!(!h.contains_key(&X_CLIENT_VERIFY));
+        assert!(!h.contains_key(&X_FORWARDED_ELB_IP));
+        add_client_headers(&mut h, &conn(), TransferLbIp::LocalAddress);
+        assert_eq!(h[&X_FORWARDED_ELB_IP], "10.0.0.1");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go_unless_upgrading() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret, Upgrade"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        assert!(is_upgrade(&h));
+        let mut up = h.clone();
+        strip_hop_by_hop(&mut up, true);
+        assert_eq!(up[UPGRADE], "websocket");
+        assert_eq!(up[CONNECTION], "upgrade");
+        assert!(!up.contains_key("x-secret"));
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+}

@@ -1,0 +1,220 @@
+//! The HTTP half of a listener: each request goes to a backend chosen by the group's balancer,
+//! over pooled HTTP/1.1 connections; failures are retried on another backend where that is safe.
+pub mod body;
+pub mod client;
+pub mod headers;
+
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::{Body, Bytes, Incoming};
+use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use tracing::{debug, warn};
+
+use crate::balance::Balancer;
+use crate::config::{GroupConfig, Timeouts, TransferLbIp};
+use crate::dataplane::error_chain;
+use body::{BoxError, StallTimeout, WithGuard};
+use client::{BackendClient, UpstreamBody};
+use headers::ConnInfo;
+
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// Request bodies up to this size are read whole before the first attempt, so that they can
+/// be sent again to another backend; larger ones stream and get a single attempt.
+const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;
+
+/// A backend group with its balancer and connection pool, and the listener settings that
+/// shape each forwarded request.
+pub struct Upstream {
+    group: GroupConfig,
+    balancer: Balancer,
+    client: BackendClient,
+    timeouts: Timeouts,
+    transfer_lb_ip: TransferLbIp,
+}
+
+/// A request body as the retry loop sees it.
+enum Outgoing {
+    /// Empty or read whole: can be sent any number of times.
+    Replayable(Bytes),
+    /// Streaming: can be sent once.
+    Stream(Option<StallTimeout<Incoming>>),
+}
+
+impl Outgoing {
+    fn take(&mut self) -> Option<UpstreamBody> {
+        match self {
+            Outgoing::Replayable(b) => Some(Full::new(b.clone()).map_err(|n| match n {}).boxed()),
+            Outgoing::Stream(s) => s.take().map(BodyExt::boxed),
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(
+        group: GroupConfig,
+        timeouts: Timeouts,
+        transfer_lb_ip: TransferLbIp,
+    ) -> Result<Self, rustls::Error> {
+        let backends: Vec<_> = group.backends.iter().map(|b| (b.addr, b.weight)).collect();
+        Ok(Upstream {
+            balancer: Balancer::new(group.algorithm, &backends),
+            client: BackendClient::new(&group)?,
+            group,
+            timeouts,
+            transfer_lb_ip,
+        })
+    }
+
+    pub fn balancer(&self) -> &Balancer {
+        &self.balancer
+    }
+
+    /// Forwards one request and returns the backend's response, or an error page: 503 when
+    /// no backend can take it, 502 when backends failed, 504 when they did not answer in time.
+    pub async fn forward(
+        &self,
+        mut req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> Response<ProxyBody> {
+        let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
+        headers::add_client_headers(&mut parts.headers, conn, self.transfer_lb_ip);
+        // HTTP/2 clients carry the host in :authority; HTTP/1.1 backends need it as Host.
+        if !parts.headers.contains_key(HOST)
+            && let Some(authority) = parts.uri.authority()
+            && let Ok(value) = HeaderValue::from_str(authority.as_str())
+        {
+            parts.headers.insert(HOST, value);
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+
+        let mut outgoing = match self.read_body(body, &parts.headers).await {
+            Ok(o) => o,
+            Err(status) => return error_page(status),
+        };
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        let client_ip = conn.peer.ip().to_canonical();
+        let mut tried: Vec<usize> = Vec::new();
+        let mut status = StatusCode::SERVICE_UNAVAILABLE;
+        loop {
+            let Some(pick) = self.balancer.pick(client_ip, &tried) else {
+                return error_page(status);
+            };
+            tried.push(pick.index);
+            let backend = self.group.backends[pick.index].addr;
+            let Some(body) = outgoing.take() else {
+                return error_page(status);
+            };
+            let Ok(uri) = Uri::builder()
+                .scheme(self.client.scheme())
+                .authority(backend.to_string())
+                .path_and_query(path.as_str())
+                .build()
+            else {
+                return error_page(StatusCode::BAD_REQUEST);
+            };
+            let mut out = Request::new(body);
+            *out.method_mut() = parts.method.clone();
+            *out.uri_mut() = uri;
+            *out.version_mut() = Version::HTTP_11;
+            *out.headers_mut() = parts.headers.clone();
+
+            let sent = tokio::time::timeout(self.timeouts.response, self.client.request(out)).await;
+            let retry_safe = matches!(outgoing, Outgoing::Replayable(_));
+            match sent {
+                Ok(Ok(mut resp)) => {
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                        && let Some(client_side) = upgrade
+                    {
+                        let backend_side = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(splice_upgraded(client_side, backend_side));
+                    }
+                    let keep_upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+                    headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
+                    return resp.map(|b| WithGuard::new(b.map_err(BoxError::from), pick).boxed());
+                }
+                Ok(Err(e)) => {
+                    // A refused connection never saw the request: any method may go elsewhere.
+                    let again = retry_safe && (e.is_connect() || idempotent);
+                    warn!(backend = %backend, group = self.group.name, error = %error_chain(&e), retry = again, "backend request failed");
+                    status = StatusCode::BAD_GATEWAY;
+                    if !again {
+                        return error_page(status);
+                    }
+                }
+                Err(_) => {
+                    let again = retry_safe && idempotent;
+                    warn!(backend = %backend, group = self.group.name, timeout = ?self.timeouts.response, retry = again, "backend did not respond in time");
+                    status = StatusCode::GATEWAY_TIMEOUT;
+                    if !again {
+                        return error_page(status);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Small bodies are read whole (with the request timeout as the longest stall) so that a
+    /// retry can resend them; others stream.
+    async fn read_body(&self, body: Incoming, headers: &HeaderMap) -> Result<Outgoing, StatusCode> {
+        if body.is_end_stream() {
+            return Ok(Outgoing::Replayable(Bytes::new()));
+        }
+        let body = StallTimeout::new(body, self.timeouts.request);
+        let length = headers
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        match length {
+            Some(n) if n <= REPLAYABLE_BODY_LIMIT => match body.collect().await {
+                Ok(collected) => Ok(Outgoing::Replayable(collected.to_bytes())),
+                Err(e) => {
+                    debug!(error = %e, "reading the request body failed");
+                    Err(StatusCode::REQUEST_TIMEOUT)
+                }
+            },
+            _ => Ok(Outgoing::Stream(Some(body))),
+        }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and backend connection.
+async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
+    let (client, backend) = match tokio::try_join!(client, backend) {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!(error = %e, "protocol upgrade failed");
+            return;
+        }
+    };
+    let mut client = hyper_util::rt::TokioIo::new(client);
+    let mut backend = hyper_util::rt::TokioIo::new(backend);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+        debug!(error = %e, "upgraded connection ended with an error");
+    }
+}
+
+pub fn error_page(status: StatusCode) -> Response<ProxyBody> {
+    let body = format!("{status}\n");
+    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    resp
+}

@@ -1,0 +1,160 @@
+//! One client connection: TLS handshake (for https), HTTP/1.1 or HTTP/2 by ALPN, each request
+//! to the upstream, and the idle and request timeouts.
+pub mod activity;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsAcceptor;
+use tracing::debug;
+
+use crate::config::Timeouts;
+use crate::proxy::Upstream;
+use crate::proxy::body::WithGuard;
+use crate::proxy::headers::ConnInfo;
+use crate::tls::ClientIdentity;
+use activity::{Activity, Deadline, Tracked};
+
+/// How long a connection being closed for a timeout may take to finish what it is writing.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// What every connection of a listener shares.
+pub struct ListenerContext {
+    pub tls: Option<TlsAcceptor>,
+    pub http2: bool,
+    pub timeouts: Timeouts,
+    pub upstream: Arc<Upstream>,
+}
+
+pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
+    let _ = stream.set_nodelay(true);
+    let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
+        return;
+    };
+    let activity = Activity::new();
+    let Some(tls) = &ctx.tls else {
+        let conn = ConnInfo {
+            peer,
+            local,
+            scheme: "http",
+            identity: ClientIdentity::default(),
+        };
+        serve_http(
+            Tracked::new(stream, activity.clone()),
+            conn,
+            false,
+            activity,
+            &ctx,
+        )
+        .await;
+        return;
+    };
+    // The handshake is part of the request: it must finish within the request timeout.
+    let tls_stream = match tokio::time::timeout(ctx.timeouts.request, tls.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            debug!(client = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            debug!(client = %peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let session = tls_stream.get_ref().1;
+    let h2 = ctx.http2 && session.alpn_protocol() == Some(b"h2");
+    let conn = ConnInfo {
+        peer,
+        local,
+        scheme: "https",
+        identity: ClientIdentity::from_connection(session),
+    };
+    serve_http(
+        Tracked::new(tls_stream, activity.clone()),
+        conn,
+        h2,
+        activity,
+        &ctx,
+    )
+    .await;
+}
+
+async fn serve_http<S>(
+    io: S,
+    conn: ConnInfo,
+    h2: bool,
+    activity: Arc<Activity>,
+    ctx: &Arc<ListenerContext>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = conn.peer;
+    let conn = Arc::new(conn);
+    let upstream = ctx.upstream.clone();
+    let service_activity = activity.clone();
+    let service = service_fn(move |req| {
+        let guard = service_activity.request_started();
+        let upstream = upstream.clone();
+        let conn = conn.clone();
+        async move {
+            let resp = upstream.forward(req, &conn).await;
+            Ok::<_, Infallible>(resp.map(|b| WithGuard::new(b, guard).boxed()))
+        }
+    });
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let idle = ctx.timeouts.idle;
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(!idle.is_zero());
+    builder.http2().timer(TokioTimer::new());
+    let builder = if h2 {
+        builder.http2_only()
+    } else {
+        builder.http1_only()
+    };
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+
+    let (request, http1) = (ctx.timeouts.request, !h2);
+    // Timers are only re-armed when a deadline may have moved: a request arriving can bring
+    // it forward by at most the request timeout, and a busy connection is looked at again
+    // after the shorter of the two timeouts.
+    let recheck = idle.min(request).max(Duration::from_millis(250));
+    let expired = async {
+        loop {
+            let now = tokio::time::Instant::now();
+            match activity.deadline(idle, request, http1) {
+                Deadline::Busy => tokio::time::sleep(recheck).await,
+                Deadline::Idle(at) | Deadline::Request(at) if at <= now => {
+                    return activity.deadline(idle, request, http1);
+                }
+                Deadline::Idle(at) => tokio::time::sleep_until(at.min(now + request)).await,
+                Deadline::Request(at) => tokio::time::sleep_until(at).await,
+            }
+        }
+    };
+    tokio::select! {
+        result = connection.as_mut() => {
+            if let Err(e) = result {
+                debug!(client = %peer, error = %e, "connection ended with an error");
+            }
+        }
+        why = expired => {
+            match why {
+                Deadline::Request(_) => debug!(client = %peer, timeout = ?request, "request not received in time: closing"),
+                _ => debug!(client = %peer, timeout = ?idle, "idle: closing"),
+            }
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! TLS termination: certificates (default and per server name), client certificate
+//! verification, security policies, ALPN, and the rustls configuration built from them.
+pub mod certs;
+pub mod policy;
+pub mod sni;
+
+use std::sync::Arc;
+
+use rustls::server::WebPkiClientVerifier;
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
+
+pub use policy::TlsPolicy;
+pub use sni::{SniName, SniResolver};
+
+/// Everything a listener's TLS configuration is built from, already loaded and checked.
+#[derive(Clone)]
+pub struct TlsSettings {
+    pub default: Arc<CertifiedKey>,
+    pub sni: Vec<(SniName, Arc<CertifiedKey>)>,
+    /// Trust anchors for client certificates; `Some` means mutual TLS.
+    pub client_ca: Option<Arc<RootCertStore>>,
+    pub policy: TlsPolicy,
+}
+
+/// The rustls server configuration of an HTTPS listener.
+/// `http2` decides whether ALPN offers `h2` besides `http/1.1`.
+pub fn server_config(
+    settings: &TlsSettings,
+    http2: bool,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = settings.policy.provider();
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(settings.policy.versions())?;
+    let builder = match &settings.client_ca {
+        Some(roots) => {
+            // Every client must present a certificate chaining to the CA: the handshake fails
+            // otherwise, so an unauthenticated client never reaches a backend.
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), provider)
+                .build()
+                .map_err(|e| rustls::Error::General(format!("client CA: {e}")))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let resolver = SniResolver::new(Some(settings.default.clone()), &settings.sni);
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = if http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
+    // Resumption: stateless tickets (TLS 1.2 and 1.3) plus the default in-memory session cache.
+    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    Ok(Arc::new(config))
+}
+
+/// What the handshake established about the client, passed on to backends as headers.
+#[derive(Clone, Debug, Default)]
+pub struct ClientIdentity {
+    /// Subject of the verified client certificate (mutual TLS only).
+    pub subject: Option<String>,
+}
+
+impl ClientIdentity {
+    pub fn from_connection(conn: &rustls::ServerConnection) -> Self {
+        ClientIdentity {
+            subject: conn
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(certs::subject),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! Picking the server certificate from the ClientHello's server name: exact names first, then
+//! a `*.parent` wildcard one label up, else the default certificate. Both lookups are hash map
+//! reads, so the cost does not grow with the number of certificates.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// A validated `--sni-cert` domain: lowercase, optionally `*.` followed by a name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SniName(String);
+
+impl SniName {
+    /// Accepts `example.com` or `*.example.com`: labels of letters, digits and hyphens (no
+    /// leading or trailing hyphen, 1-63 characters), at least two labels, 253 characters at most.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let lower = value.to_ascii_lowercase();
+        let name = lower.strip_prefix("*.").unwrap_or(&lower);
+        let labels: Vec<&str> = name.split('.').collect();
+        if lower.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| is_dns_label(l)) {
+            return Err(
+                "expected a domain name such as www.example.com or *.example.com \
+                        (labels of letters, digits and hyphens, at least two labels)"
+                    .into(),
+            );
+        }
+        Ok(SniName(lower))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A DNS label: 1-63 letters, digits and hyphens, no hyphen first or last.
+pub fn is_dns_label(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+}
+
+#[derive(Debug)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// Keyed by the parent: `*.example.com` is stored under `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl SniResolver {
+    /// `configured` are the `--sni-cert` entries, which win over names taken from the
+    /// certificates' own SANs (`san_names`, added only where nothing was configured).
+    pub fn new(
+        default: Option<Arc<CertifiedKey>>,
+        configured: &[(SniName, Arc<CertifiedKey>)],
+    ) -> Self {
+        let mut resolver = SniResolver {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default,
+        };
+        for (name, cert) in configured {
+            resolver.insert(name.as_str(), cert, true);
+        }
+        for (_, cert) in configured {
+            for san in cert
+                .cert
+                .first()
+                .map(super::certs::dns_names)
+                .unwrap_or_default()
+            {
+                if SniName::parse(&san).is_ok() {
+                    resolver.insert(&san, cert, false);
+                }
+            }
+        }
+        resolver
+    }
+
+    fn insert(&mut self, name: &str, cert: &Arc<CertifiedKey>, replace: bool) {
+        let (map, key) = match name.strip_prefix("*.") {
+            Some(parent) => (&mut self.wildcard, parent),
+            None => (&mut self.exact, name),
+        };
+        if replace || !map.contains_key(key) {
+            map.insert(key.to_string(), cert.clone());
+        }
+    }
+
+    /// The certificate for `server_name`, or the default.
+    pub fn lookup(&self, server_name: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        let found = server_name.and_then(|name| {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            self.exact.get(&name).or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard.get(parent)
+            })
+        });
+        found.or(self.default.as_ref()).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.lookup(hello.server_name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_validated_and_lowercased() {
+        assert_eq!(
+            SniName::parse("WWW.Example.com").map(|n| n.0),
+            Ok("www.example.com".into())
+        );
+        assert!(SniName::parse("*.example.com").is_ok());
+        for bad in [
+            "localhost",
+            "*.com",
+            "a..b",
+            "-a.com",
+            "a-.com",
+            "*.*.a.com",
+            "a b.com",
+            "",
+        ] {
+            assert!(SniName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! An HTTPS listener under test on loopback: a test CA, a server certificate for
+//! `edgelb.test` and 127.0.0.1, and edgelb started with them plus the test's own flags.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+
+use crate::certs::TempDir;
+use crate::daemon::Daemon;
+use crate::pki::{Ca, Leaf};
+
+pub const SERVER_NAME: &str = "edgelb.test";
+
+pub struct Setup {
+    pub dir: TempDir,
+    pub ca: Ca,
+    pub server: Leaf,
+}
+
+impl Setup {
+    pub fn new() -> Self {
+        let dir = TempDir::new();
+        let ca = Ca::new(&dir, "server");
+        let server = ca.server(
+            &dir,
+            "server",
+            &[SERVER_NAME],
+            &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+        );
+        Setup { dir, ca, server }
+    }
+
+    /// Starts edgelb on a free loopback port with the server certificate, XDP off, and `args`.
+    pub fn start(&self, args: &[&str]) -> (Daemon, SocketAddr) {
+        let addr = free_addr();
+        let listen = addr.to_string();
+        let cert = self.server.cert.to_string_lossy().into_owned();
+        let key = self.server.key.to_string_lossy().into_owned();
+        let mut all = vec![
+            "--listen",
+            &listen,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--xdp-mode",
+            "off",
+        ];
+        all.extend_from_slice(args);
+        (Daemon::start(None, &all, self.dir.path()), addr)
+    }
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A loopback address with a port nothing listens on right now.
+pub fn free_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("bound socket has an address")
+}
