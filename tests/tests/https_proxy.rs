@@ -380,3 +380,34 @@ async fn https_backends_are_verified_against_the_backend_ca() {
         }
     }
 }
+
+#[test]
+fn an_http_listener_proxies_in_clear_and_says_so() {
+    use std::io::{Read, Write};
+    let backend = Backend::start("plain", "127.0.0.1:0", None);
+    let dir = edgelb_tests::certs::TempDir::new();
+    let addr = edgelb_tests::listener::free_addr();
+    let (listen, be) = (addr.to_string(), backend.addr.to_string());
+    let _lb = edgelb_tests::daemon::Daemon::start(
+        None,
+        &[
+            "--protocol",
+            "http",
+            "--listen",
+            &listen,
+            "--backend",
+            &be,
+            "--xdp-mode",
+            "off",
+        ],
+        dir.path(),
+    );
+    let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
+    tcp.write_all(b"GET /echo HTTP/1.1\r\nhost: edgelb.test\r\nconnection: close\r\n\r\n")
+        .expect("request");
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).expect("response");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("x-forwarded-proto: http\n"), "{text}");
+    assert!(text.contains("x-real-ip: 127.0.0.1\n"), "{text}");
+}

@@ -292,3 +292,79 @@ async fn http2_is_negotiated_by_alpn_unless_turned_off_and_sessions_resume() {
     assert_eq!(reply.session.alpn.as_deref(), Some(&b"http/1.1"[..]));
     assert_eq!(reply.status, 200);
 }
+
+/// The same listener through the clients operators use: curl over HTTP/2, and openssl
+/// s_client pinned to a TLS 1.2 cipher suite that only the default policy offers.
+#[test]
+fn curl_and_openssl_see_http2_and_the_policy() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let ca = s.ca.cert_pem.to_string_lossy().into_owned();
+    let s_client = |port: u16| {
+        let mut child = std::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{port}"),
+                "-servername",
+                SERVER_NAME,
+            ])
+            .args([
+                "-tls1_2",
+                "-cipher",
+                "ECDHE-ECDSA-CHACHA20-POLY1305",
+                "-CAfile",
+                &ca,
+                "-verify_return_error",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("openssl (cargo xtask setup installs it)");
+        drop(child.stdin.take());
+        let out = child.wait_with_output().expect("openssl s_client");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+
+    let (lb, addr) = s.start(&["--backend", &be]);
+    let url = format!("https://{SERVER_NAME}:{}/", addr.port());
+    let resolve = format!("{SERVER_NAME}:{}:127.0.0.1", addr.port());
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--cacert",
+            &ca,
+            "--resolve",
+            &resolve,
+            "-w",
+            "\nhttp_version=%{http_version}",
+            &url,
+        ])
+        .output()
+        .expect("curl (cargo xtask setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.starts_with("backend a\n") && text.ends_with("http_version=2"),
+        "curl: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, text) = s_client(addr.port());
+    assert!(
+        ok && text.contains("ECDHE-ECDSA-CHACHA20-POLY1305"),
+        "openssl under tls-1-2:\n{text}"
+    );
+    drop(lb);
+
+    let (_lb, addr) = s.start(&["--backend", &be, "--tls-policy", "tls-1-2-strict"]);
+    let (ok, text) = s_client(addr.port());
+    assert!(
+        !ok,
+        "openssl negotiated CHACHA20 under tls-1-2-strict:\n{text}"
+    );
+}
