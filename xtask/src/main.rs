@@ -1,5 +1,6 @@
 //! Project tasks: `cargo xtask setup | build | run | test | ci | bench`.
 //! Every task that builds or tests first runs `setup`, so each is one command on a fresh machine.
+mod bench_https;
 mod cmd;
 mod setup;
 
@@ -47,6 +48,8 @@ enum Task {
 enum Bench {
     /// Per-packet cost of the XDP program (BPF_PROG_TEST_RUN with repeat).
     Xdp,
+    /// edgelb vs nginx vs haproxy terminating TLS on loopback under h2load (`--duration SECS`).
+    Https,
 }
 
 fn main() -> Result<()> {
@@ -95,6 +98,10 @@ fn main() -> Result<()> {
                 .args(args)
                 .run()
         }
+        Task::Bench {
+            what: Bench::Https,
+            args,
+        } => bench_https::run(&args),
     }
 }
 

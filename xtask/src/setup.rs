@@ -66,6 +66,19 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// Installs those of `packages` that are missing (idempotent: nothing happens when all are in).
+pub fn ensure_debs(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| !deb_installed(p))
+        .collect();
+    if !missing.is_empty() {
+        install_debs(&missing)?;
+    }
+    Ok(())
+}
+
 fn rust_src_installed() -> bool {
     Cmd::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
