@@ -1,19 +1,20 @@
 //! The running daemon: binds the listener, brings up the XDP data plane, accepts, terminates
 //! TLS, proxies, and on SIGTERM/SIGINT stops, detaches XDP and returns.
 use std::sync::Arc;
-use std::time::Duration;
 
 use lb_common::{IPPROTO_TCP, NO_LISTENER_SLOT, Outcome};
-use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::acl::AccessControl;
+use crate::balance::Balancer;
 use crate::config::{Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, ListenerRule, error_chain};
 use crate::proxy::Upstream;
-use crate::server::{ListenerContext, serve_connection};
+use crate::server::ListenerContext;
+use crate::workers;
 
 /// The id of the single flag-defined listener in the data plane.
 const LISTENER_ID: u32 = 1;
@@ -46,11 +47,16 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         )),
         None => None,
     };
-    let upstream = Upstream::new(config.group.clone(), l.timeouts, l.transfer_lb_ip)
-        .map_err(|e| StartError::Runtime(format!("backend TLS configuration: {e}")))?;
+    let backends: Vec<_> = config
+        .group
+        .backends
+        .iter()
+        .map(|b| (b.addr, b.weight))
+        .collect();
+    let balancer = Arc::new(Balancer::new(config.group.algorithm, &backends));
     let listen = l.listen;
-    let listener = TcpListener::bind(listen)
-        .await
+    let worker_count = workers::default_count();
+    let sockets = workers::bind(listen, worker_count)
         .map_err(|e| StartError::Runtime(format!("--listen {listen}: cannot bind: {e}")))?;
 
     let mut dataplane = start_dataplane(&config)?;
@@ -60,13 +66,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut sigint = signal(SignalKind::interrupt())
         .map_err(|e| StartError::Runtime(format!("installing the SIGINT handler: {e}")))?;
 
-    let ctx = Arc::new(ListenerContext {
-        tls,
-        http2: l.http2,
-        timeouts: l.timeouts,
-        upstream: Arc::new(upstream),
-    });
-    let access = Arc::new(l.access.clone());
+    // Each worker has its own backend connection pool; the balancer is shared.
+    let contexts = (0..sockets.len())
+        .map(|_| {
+            let upstream = Upstream::new(
+                config.group.clone(),
+                balancer.clone(),
+                l.timeouts,
+                l.transfer_lb_ip,
+            )?;
+            Ok(Arc::new(ListenerContext {
+                tls: tls.clone(),
+                http2: l.http2,
+                timeouts: l.timeouts,
+                upstream: Arc::new(upstream),
+            }))
+        })
+        .collect::<Result<Vec<_>, rustls::Error>>()
+        .map_err(|e| StartError::Runtime(format!("backend TLS configuration: {e}")))?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let handles = workers::spawn(
+        sockets.into_iter().zip(contexts).collect(),
+        Arc::new(l.access.clone()),
+        stop_rx,
+    )
+    .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}")))?;
     let tags: Vec<String> = l.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
     info!(
         listener = l.name,
@@ -74,6 +98,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         tags = tags.join(","),
         protocol = l.protocol.scheme(),
         listen = %listen,
+        workers = worker_count,
         access_control = l.access.mode.name(),
         group = config.group.name,
         group_description = config.group.description.as_deref().unwrap_or(""),
@@ -85,28 +110,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "edgelb ready"
     );
 
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    if !access.admits(peer.ip()) {
-                        debug!(client = %peer, "connection refused by access control");
-                        drop(stream);
-                        continue;
-                    }
-                    tokio::spawn(serve_connection(stream, ctx.clone()));
-                }
-                // Running out of descriptors or a connection reset before accept: keep serving.
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
-        }
+    tokio::select! {
+        _ = sigterm.recv() => info!("SIGTERM: stopping"),
+        _ = sigint.recv() => info!("SIGINT: stopping"),
     }
-    drop(listener);
+    let _ = stop_tx.send(true);
+    for h in handles {
+        let _ = h.join();
+    }
     if let Some(dp) = dataplane.as_mut() {
         log_counters(dp, &config.listener.name);
         dp.detach_all();

@@ -29,7 +29,8 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e),
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            // The main thread only waits for signals and owns the data plane; workers serve clients.
+            let runtime = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

@@ -4,6 +4,8 @@ pub mod body;
 pub mod client;
 pub mod headers;
 
+use std::sync::Arc;
+
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue};
@@ -27,7 +29,7 @@ const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;
 /// shape each forwarded request.
 pub struct Upstream {
     group: GroupConfig,
-    balancer: Balancer,
+    balancer: Arc<Balancer>,
     client: BackendClient,
     timeouts: Timeouts,
     transfer_lb_ip: TransferLbIp,
@@ -51,14 +53,15 @@ impl Outgoing {
 }
 
 impl Upstream {
+    /// `balancer` is shared by every worker's upstream; the connection pool is this one's own.
     pub fn new(
         group: GroupConfig,
+        balancer: Arc<Balancer>,
         timeouts: Timeouts,
         transfer_lb_ip: TransferLbIp,
     ) -> Result<Self, rustls::Error> {
-        let backends: Vec<_> = group.backends.iter().map(|b| (b.addr, b.weight)).collect();
         Ok(Upstream {
-            balancer: Balancer::new(group.algorithm, &backends),
+            balancer,
             client: BackendClient::new(&group)?,
             group,
             timeouts,
