@@ -3,6 +3,7 @@
 pub mod body;
 pub mod client;
 pub mod headers;
+pub mod sticky;
 
 use std::sync::Arc;
 
