@@ -76,6 +76,25 @@ pub enum AlgorithmArg {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum HealthCheckArg {
+    Off,
+    Tcp,
+    Http,
+    Https,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StickyArg {
+    Off,
+    /// edgelb's own authenticated cookie names the backend.
+    #[value(name = "lb-cookie")]
+    LbCookie,
+    /// The backend's own cookie (--cookie-name) pins the client to the backend that set it.
+    #[value(name = "app-cookie")]
+    AppCookie,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum XdpModeArg {
     /// Native XDP, falling back to generic (skb) mode with a warning.
     Auto,
@@ -190,6 +209,52 @@ pub struct RunArgs {
     /// Domain for health checks' Host header and the SNI name sent to HTTPS backends.
     #[arg(long, value_name = "DOMAIN")]
     pub hc_domain: Option<String>,
+
+    /// Active health checks of every backend.
+    #[arg(long, value_enum, value_name = "KIND", default_value = "tcp")]
+    pub health_check: HealthCheckArg,
+
+    /// Port health checks go to (1-65535); default: each backend's own port.
+    #[arg(long, value_name = "PORT")]
+    pub hc_port: Option<String>,
+
+    /// Path of http/https health checks (1-80 characters, starting with /).
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub hc_path: String,
+
+    /// Seconds between two checks of a backend (1-50).
+    #[arg(long, value_name = "SECS", default_value = "5")]
+    pub hc_interval: String,
+
+    /// Seconds a check may take (1-50).
+    #[arg(long, value_name = "SECS", default_value = "3")]
+    pub hc_timeout: String,
+
+    /// Consecutive failures before a backend is unhealthy, and successes before it is healthy
+    /// again (1-10).
+    #[arg(long, value_name = "N", default_value = "3")]
+    pub hc_retries: String,
+
+    /// Seconds over which a backend that becomes healthy ramps up to its full weight (30-1200).
+    #[arg(long, value_name = "SECS")]
+    pub slow_start: Option<String>,
+
+    /// Sticky sessions (weighted round robin only).
+    #[arg(long, value_enum, value_name = "MODE", default_value = "off")]
+    pub sticky_session: StickyArg,
+
+    /// The backend's session cookie, for --sticky-session app-cookie.
+    #[arg(long, value_name = "NAME")]
+    pub cookie_name: Option<String>,
+
+    /// Minutes a sticky client stays pinned (1-1440).
+    #[arg(long, value_name = "MINUTES", default_value = "20")]
+    pub sticky_duration: String,
+
+    /// Key (at least 32 bytes) authenticating lb-cookies, shared by every edgelb node that
+    /// must honour them; default: a random key made at start.
+    #[arg(long, value_name = "PATH")]
+    pub sticky_key_file: Option<PathBuf>,
 
     /// Who may connect: everyone, only the IP address group, or everyone but the group.
     #[arg(long, value_enum, value_name = "MODE", default_value = "all")]

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use lb_common::{IPPROTO_TCP, NO_LISTENER_SLOT, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
@@ -53,7 +53,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .iter()
         .map(|b| (b.addr, b.weight))
         .collect();
-    let balancer = Arc::new(Balancer::new(config.group.algorithm, &backends));
+    let balancer = Arc::new(
+        Balancer::new(config.group.algorithm, &backends).with_slow_start(config.group.slow_start),
+    );
     let listen = l.listen;
     let worker_count = workers::default_count();
     let sockets = workers::bind(listen, worker_count)
@@ -91,6 +93,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         stop_rx,
     )
     .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}")))?;
+    let health_changed = Arc::new(Notify::new());
+    crate::health::spawn(
+        config.group.health.clone(),
+        config.group.name.clone(),
+        balancer.clone(),
+        health_changed.clone(),
+    );
     let tags: Vec<String> = l.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
     info!(
         listener = l.name,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod dataplane;
 pub mod entry;
+pub mod health;
 pub mod proxy;
 pub mod server;
 pub mod tls;

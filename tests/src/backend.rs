@@ -2,6 +2,7 @@
 //! counts what it served, so tests see which backend a request reached. Paths change what it
 //! does:
 //! - `/echo`: the body lists the request's headers (`name: value` lines) and its body length,
+//! - `/status/NNN`: answers with status NNN,
 //! - a request with `Upgrade: websocket`: switches protocols and echoes raw bytes back.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -67,6 +68,7 @@ impl Backend {
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 let (n, s, tls) = (n.clone(), s.clone(), tls.clone());
+                let _ = stream.set_nodelay(true);
                 std::thread::spawn(move || match tls {
                     Some(config) => {
                         let Ok(conn) = rustls::ServerConnection::new(config) else {
@@ -167,16 +169,61 @@ fn serve<S: Read + Write>(stream: S, name: &str, served: &AtomicUsize, delay: Du
         } else {
             format!("backend {name}\n")
         };
+        let status = path
+            .strip_prefix("/status/")
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(200);
         let head = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n",
             reply.len()
         );
+        // One write for head and body: two small writes would meet Nagle and the client's
+        // delayed ACK, and every response would take 40 ms.
         let w = reader.get_mut();
-        if w.write_all(head.as_bytes()).is_err()
-            || w.write_all(reply.as_bytes()).is_err()
-            || w.flush().is_err()
-        {
+        if w.write_all(format!("{head}{reply}").as_bytes()).is_err() || w.flush().is_err() {
             return;
         }
+    }
+}
+
+/// A backend in a process of its own (`test-backend`), so that a test can kill it the way a
+/// crashed server dies: listener and every open connection closed by the kernel at once.
+pub struct BackendProcess {
+    pub addr: SocketAddr,
+    child: std::process::Child,
+}
+
+impl BackendProcess {
+    /// Starts `test-backend NAME BIND` and waits for the address it bound.
+    pub fn start(name: &str, bind: &str) -> Self {
+        let bin = crate::daemon::binary().with_file_name("test-backend");
+        let mut child = std::process::Command::new(&bin)
+            .args([name, bind])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("test-backend prints its address");
+        let addr = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("test-backend printed {line:?}"));
+        BackendProcess { addr, child }
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for BackendProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

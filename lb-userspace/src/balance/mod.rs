@@ -10,7 +10,8 @@ pub mod wrr;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use source_hash::SourceHash;
 use wlc::Wlc;
@@ -39,11 +40,31 @@ enum Strategy {
     SourceHash(SourceHash),
 }
 
+/// Configured weights are scaled by this inside the balancer, so that slow start can hand a
+/// backend a small fraction of its weight.
+const WEIGHT_UNIT: i64 = 1000;
+/// Where slow start begins: this share (per mille) of the full weight.
+const SLOW_START_FLOOR: i64 = 10;
+
+/// One backend's shared state. Health is written only by the group's health checker.
+struct BackendState {
+    addr: SocketAddr,
+    key: String,
+    weight: u8,
+    healthy: AtomicBool,
+    /// Milliseconds since the balancer's epoch when the backend last became healthy;
+    /// u64::MAX: healthy since the start (no slow start).
+    up_since: AtomicU64,
+}
+
 /// Backend selection for one group of backends, each with a weight of 0 to 100 (0: receives
-/// no new requests).
+/// no new requests), a health state, and optionally slow start.
 pub struct Balancer {
     algorithm: Algorithm,
     strategy: Strategy,
+    backends: Vec<BackendState>,
+    slow_start: Option<Duration>,
+    epoch: Instant,
     /// Requests in flight per backend, shared with the [`Pick`]s that release them.
     active: Arc<[AtomicU32]>,
 }
@@ -65,33 +86,71 @@ impl Drop for Pick {
 }
 
 impl Balancer {
+    /// Every backend starts healthy: traffic flows at once, and the health checker takes
+    /// away what fails.
     pub fn new(algorithm: Algorithm, backends: &[(SocketAddr, u8)]) -> Self {
-        let weights: Vec<u8> = backends.iter().map(|(_, w)| *w).collect();
         let strategy = match algorithm {
-            Algorithm::WeightedRoundRobin => Strategy::Wrr(SmoothWrr::new(&weights)),
-            Algorithm::WeightedLeastConnections => Strategy::Wlc(Wlc::new(&weights)),
+            Algorithm::WeightedRoundRobin => Strategy::Wrr(SmoothWrr::new(backends.len())),
+            Algorithm::WeightedLeastConnections => Strategy::Wlc(Wlc::new(backends.len())),
             Algorithm::SourceIpHash => Strategy::SourceHash(SourceHash::new(backends)),
         };
         Balancer {
             algorithm,
             strategy,
+            backends: backends
+                .iter()
+                .map(|(addr, weight)| BackendState {
+                    addr: *addr,
+                    key: addr.to_string(),
+                    weight: *weight,
+                    healthy: AtomicBool::new(true),
+                    up_since: AtomicU64::new(u64::MAX),
+                })
+                .collect(),
+            slow_start: None,
+            epoch: Instant::now(),
             active: backends.iter().map(|_| AtomicU32::new(0)).collect(),
         }
     }
 
+    /// Backends that become healthy ramp up from a small share to their full weight over
+    /// `duration` (round robin and least connections).
+    pub fn with_slow_start(mut self, duration: Option<Duration>) -> Self {
+        self.slow_start = duration.filter(|d| !d.is_zero());
+        self
+    }
+
     /// A backend for a request from `client`, never one listed in `exclude` (backends this
-    /// request already tried) nor one of weight 0. None when nothing is left.
+    /// request already tried), an unhealthy one, or one of weight 0. None when nothing is left.
     pub fn pick(&self, client: IpAddr, exclude: &[usize]) -> Option<Pick> {
-        let index = match &self.strategy {
-            Strategy::Wrr(wrr) => self.count(wrr.pick_where(|i| !exclude.contains(&i))?),
-            // Counted by `Wlc::pick` itself, under the lock its choice was made with.
-            Strategy::Wlc(wlc) => wlc.pick(&self.active, exclude)?,
-            Strategy::SourceHash(sh) => self.count(sh.pick(client, exclude)?),
+        let now = self.now_ms();
+        let weight = |i: usize| {
+            if exclude.contains(&i) {
+                0
+            } else {
+                self.effective(i, now)
+            }
         };
-        Some(Pick {
+        let index = match &self.strategy {
+            Strategy::Wrr(wrr) => self.count(wrr.pick(weight)?),
+            // Counted by `Wlc::pick` itself, under the lock its choice was made with.
+            Strategy::Wlc(wlc) => wlc.pick(&self.active, weight)?,
+            Strategy::SourceHash(sh) => self.count(sh.pick(client, |i| weight(i) > 0)?),
+        };
+        Some(self.pick_of(index))
+    }
+
+    /// Backend `index` itself, if it may take a request now (sticky sessions).
+    pub fn pick_backend(&self, index: usize, exclude: &[usize]) -> Option<Pick> {
+        (!exclude.contains(&index) && self.effective(index, self.now_ms()) > 0)
+            .then(|| self.pick_of(self.count(index)))
+    }
+
+    fn pick_of(&self, index: usize) -> Pick {
+        Pick {
             index,
             active: Arc::clone(&self.active),
-        })
+        }
     }
 
     fn count(&self, index: usize) -> usize {
@@ -99,6 +158,103 @@ impl Balancer {
             a.fetch_add(1, Ordering::Relaxed);
         }
         index
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
+    }
+
+    /// The weight backend `i` has now, in thousandths of a configured weight unit: 0 when
+    /// unhealthy, ramping during slow start.
+    fn effective(&self, i: usize, now_ms: u64) -> i64 {
+        let Some(b) = self.backends.get(i) else {
+            return 0;
+        };
+        if !b.healthy.load(Ordering::Relaxed) {
+            return 0;
+        }
+        let full = i64::from(b.weight) * WEIGHT_UNIT;
+        let (Some(ramp), up) = (self.slow_start, b.up_since.load(Ordering::Relaxed)) else {
+            return full;
+        };
+        if up == u64::MAX || now_ms >= up + ramp.as_millis() as u64 {
+            return full;
+        }
+        let per_mille = ((now_ms - up) * 1000 / (ramp.as_millis().max(1) as u64)) as i64;
+        full * per_mille.max(SLOW_START_FLOOR) / 1000
+    }
+
+    /// The share of its full weight backend `index` has now, 0.0-1.0 (status, tests).
+    pub fn weight_share(&self, index: usize) -> f64 {
+        let full = self
+            .backends
+            .get(index)
+            .map_or(0, |b| i64::from(b.weight) * WEIGHT_UNIT);
+        if full == 0 {
+            return 0.0;
+        }
+        self.effective(index, self.now_ms()) as f64 / full as f64
+    }
+
+    /// Records a health transition; returns whether the backend's state changed. Called only
+    /// by the group's health checker.
+    pub fn set_healthy(&self, index: usize, healthy: bool) -> bool {
+        let Some(b) = self.backends.get(index) else {
+            return false;
+        };
+        if b.healthy.swap(healthy, Ordering::Relaxed) == healthy {
+            return false;
+        }
+        if healthy {
+            b.up_since.store(self.now_ms(), Ordering::Relaxed);
+        }
+        if let Strategy::SourceHash(sh) = &self.strategy {
+            sh.rebuild(&self.hash_weights());
+        }
+        true
+    }
+
+    pub fn is_healthy(&self, index: usize) -> bool {
+        self.backends
+            .get(index)
+            .is_some_and(|b| b.healthy.load(Ordering::Relaxed))
+    }
+
+    /// Maglev weights: the configured weight of healthy backends (slow start does not apply:
+    /// a hashed client must not move back and forth while a backend ramps up).
+    fn hash_weights(&self) -> Vec<u32> {
+        self.backends
+            .iter()
+            .map(|b| {
+                if b.healthy.load(Ordering::Relaxed) {
+                    u32::from(b.weight)
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+
+    /// The index of the backend whose address prints as `addr`.
+    pub fn index_of(&self, addr: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.key == addr)
+    }
+
+    pub fn addr(&self, index: usize) -> Option<SocketAddr> {
+        self.backends.get(index).map(|b| b.addr)
+    }
+
+    /// The backend's address as text: its identity in Maglev tables and sticky cookies.
+    pub fn key(&self, index: usize) -> Option<&str> {
+        self.backends.get(index).map(|b| b.key.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
     }
 
     /// Requests currently in flight on backend `index` (picked and not yet dropped); 0 for an
@@ -113,9 +269,9 @@ impl Balancer {
         self.algorithm
     }
 
-    /// The Maglev table for [`Algorithm::SourceIpHash`], for the XDP program; None for the
-    /// other algorithms.
-    pub fn maglev_table(&self) -> Option<&[u32]> {
+    /// The Maglev table for [`Algorithm::SourceIpHash`] (healthy backends only), for the XDP
+    /// program; None for the other algorithms.
+    pub fn maglev_table(&self) -> Option<Arc<Vec<u32>>> {
         match &self.strategy {
             Strategy::SourceHash(sh) => Some(sh.table()),
             _ => None,
@@ -233,10 +389,61 @@ mod tests {
     }
 
     #[test]
+    fn unhealthy_backends_get_nothing_and_come_back_with_slow_start() {
+        for a in ALL {
+            let b =
+                Balancer::new(a, &group(&[1, 1])).with_slow_start(Some(Duration::from_secs(60)));
+            assert!(b.set_healthy(0, false));
+            assert!(!b.set_healthy(0, false), "no change the second time");
+            for i in 0..100u32 {
+                let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+                assert_eq!(
+                    b.pick(client, &[]).expect("backend 1 is up").index,
+                    1,
+                    "{a:?}"
+                );
+            }
+            assert!(b.pick_backend(0, &[]).is_none(), "{a:?}");
+            assert!(b.set_healthy(0, true));
+            if a != Algorithm::SourceIpHash {
+                // Just back: a 1% share, so nearly everything still goes to backend 1.
+                let share = b.weight_share(0);
+                assert!((0.0099..0.02).contains(&share), "{share}");
+                let to_0 = (0..1000)
+                    .filter(|_| b.pick(CLIENT, &[]).expect("up").index == 0)
+                    .count();
+                assert!(
+                    to_0 <= 20,
+                    "{a:?}: {to_0} of 1000 picks went to a backend just back"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn source_hash_table_follows_health() {
+        let b = Balancer::new(Algorithm::SourceIpHash, &group(&[1, 1, 1]));
+        let before = b.maglev_table().expect("source hash");
+        assert!(before.contains(&1));
+        b.set_healthy(1, false);
+        let after = b.maglev_table().expect("source hash");
+        assert!(!after.contains(&1));
+        let moved = before
+            .iter()
+            .zip(after.iter())
+            .filter(|(x, y)| x != y && **x != 1)
+            .count();
+        assert!(
+            moved < 65537 / 20,
+            "{moved} entries of healthy backends moved"
+        );
+    }
+
+    #[test]
     fn only_source_ip_hash_has_a_maglev_table() {
         let b = Balancer::new(Algorithm::SourceIpHash, &group(&[1, 1]));
         assert_eq!(
-            b.maglev_table().map(<[u32]>::len),
+            b.maglev_table().map(|t| t.len()),
             Some(lb_common::maglev::TABLE_SIZE as usize)
         );
         assert!(

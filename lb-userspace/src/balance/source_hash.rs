@@ -2,13 +2,18 @@
 //! of [`lb_common::maglev`], so that changing the group moves only a small share of clients
 //! and the XDP program can make the same choice from the same table.
 use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, RwLock};
 
 use lb_common::maglev::{build_table, source_hash, table_slot};
 
 pub struct SourceHash {
-    /// [`lb_common::maglev::TABLE_SIZE`] backend indices, or all `NO_BACKEND`.
-    table: Vec<u32>,
-    weights: Vec<u8>,
+    keys: Vec<String>,
+    /// The configured weights (tests pick with them).
+    #[cfg_attr(not(test), allow(dead_code))]
+    configured: Vec<u32>,
+    /// [`lb_common::maglev::TABLE_SIZE`] backend indices, or all `NO_BACKEND`; replaced whole
+    /// when health changes, so a reader always sees one complete table.
+    table: RwLock<Arc<Vec<u32>>>,
 }
 
 impl SourceHash {
@@ -16,39 +21,40 @@ impl SourceHash {
     /// "[2001:db8::1]:443"), so that it keeps its clients whatever its place in the list.
     pub fn new(backends: &[(SocketAddr, u8)]) -> Self {
         let keys: Vec<String> = backends.iter().map(|(addr, _)| addr.to_string()).collect();
-        let input: Vec<(&[u8], u32)> = keys
-            .iter()
-            .zip(backends)
-            .map(|(key, (_, weight))| (key.as_bytes(), u32::from(*weight)))
-            .collect();
+        let weights: Vec<u32> = backends.iter().map(|(_, w)| u32::from(*w)).collect();
+        let table = build(&keys, &weights);
         SourceHash {
-            table: build_table(&input),
-            weights: backends.iter().map(|(_, w)| *w).collect(),
+            keys,
+            configured: weights,
+            table: RwLock::new(Arc::new(table)),
         }
     }
 
-    /// The Maglev table, as the XDP program would read it.
-    pub fn table(&self) -> &[u32] {
-        &self.table
+    /// Rebuilds the table from the backends' current weights (0 for an unhealthy backend).
+    pub fn rebuild(&self, weights: &[u32]) {
+        let table = Arc::new(build(&self.keys, weights));
+        *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
 
-    /// The backend of `client`, or when that one is in `exclude`, the backend of the first
-    /// following table entry (wrapping) that is not. Entries are shared by weight, so the
+    /// The Maglev table, as the XDP program reads it.
+    pub fn table(&self) -> Arc<Vec<u32>> {
+        self.table.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The backend of `client`, or when that one is not `eligible`, the backend of the first
+    /// following table entry (wrapping) that is. Entries are shared by weight, so the
     /// fallback also goes by weight, and it is the same for every request of this client.
-    pub fn pick(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
-        let eligible =
-            |i: usize| self.weights.get(i).is_some_and(|w| *w > 0) && !exclude.contains(&i);
+    pub fn pick(&self, client: IpAddr, eligible: impl Fn(usize) -> bool) -> Option<usize> {
         // Spares a walk over the whole table when every backend has been tried.
-        if !(0..self.weights.len()).any(eligible) {
+        if !(0..self.keys.len()).any(&eligible) {
             return None;
         }
         let addr = match client {
             IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
             IpAddr::V6(v6) => v6.octets(),
         };
-        let (before, from) = self
-            .table
-            .split_at_checked(table_slot(source_hash(&addr)) as usize)?;
+        let table = self.table();
+        let (before, from) = table.split_at_checked(table_slot(source_hash(&addr)) as usize)?;
         from.iter()
             .chain(before)
             .map(|entry| *entry as usize)
@@ -56,9 +62,26 @@ impl SourceHash {
     }
 }
 
+fn build(keys: &[String], weights: &[u32]) -> Vec<u32> {
+    let input: Vec<(&[u8], u32)> = keys
+        .iter()
+        .zip(weights)
+        .map(|(key, weight)| (key.as_bytes(), *weight))
+        .collect();
+    build_table(&input)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl SourceHash {
+        fn pick_excluding(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
+            self.pick(client, |i| {
+                self.configured.get(i).is_some_and(|w| *w > 0) && !exclude.contains(&i)
+            })
+        }
+    }
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn backends(weights: &[u8]) -> Vec<(SocketAddr, u8)> {
@@ -91,15 +114,15 @@ mod tests {
     fn a_client_keeps_its_backend() {
         let sh = SourceHash::new(&backends(&[1, 1, 1, 1]));
         for c in clients(100) {
-            let first = sh.pick(c, &[]);
+            let first = sh.pick_excluding(c, &[]);
             assert!(first.is_some());
-            assert!((0..10).all(|_| sh.pick(c, &[]) == first));
+            assert!((0..10).all(|_| sh.pick_excluding(c, &[]) == first));
         }
         // An IPv4 client is the same client when it arrives as IPv4-mapped IPv6.
         let v4 = Ipv4Addr::new(198, 51, 100, 7);
         assert_eq!(
-            sh.pick(IpAddr::V4(v4), &[]),
-            sh.pick(IpAddr::V6(v4.to_ipv6_mapped()), &[])
+            sh.pick_excluding(IpAddr::V4(v4), &[]),
+            sh.pick_excluding(IpAddr::V6(v4.to_ipv6_mapped()), &[])
         );
     }
 
@@ -108,13 +131,13 @@ mod tests {
         let sh = SourceHash::new(&backends(&[1, 2, 3, 4, 0]));
         let mut counts = [0u32; 5];
         for c in clients(10_000) {
-            counts[sh.pick(c, &[]).expect("weights > 0")] += 1;
+            counts[sh.pick_excluding(c, &[]).expect("weights > 0")] += 1;
         }
         let shares: Vec<f64> = counts.iter().map(|c| f64::from(*c) / 10_000.0).collect();
         println!("source-hash shares for weights 1,2,3,4,0: {shares:?}");
         // 10,000 samples put about 3 standard deviations at 1.2%; the table itself is exact.
         let mut entries = [0u32; 5];
-        for e in sh.table() {
+        for e in sh.table().iter() {
             entries[*e as usize] += 1;
         }
         for ((share, entries), expected) in
@@ -134,21 +157,24 @@ mod tests {
         let all = clients(2000);
         let first: Vec<usize> = all
             .iter()
-            .map(|c| sh.pick(*c, &[]).expect("w > 0"))
+            .map(|c| sh.pick_excluding(*c, &[]).expect("w > 0"))
             .collect();
         for (c, f) in all.iter().zip(&first) {
-            let retry = sh.pick(*c, &[*f]).expect("three backends left");
+            let retry = sh.pick_excluding(*c, &[*f]).expect("three backends left");
             assert_ne!(retry, *f);
             // Deterministic: the same retry target every time.
-            assert_eq!(sh.pick(*c, &[*f]), Some(retry));
+            assert_eq!(sh.pick_excluding(*c, &[*f]), Some(retry));
         }
         // Clients of other backends are not affected by an exclusion of backend 2.
         for (c, f) in all.iter().zip(&first).filter(|(_, f)| **f != 2) {
-            assert_eq!(sh.pick(*c, &[2]), Some(*f));
+            assert_eq!(sh.pick_excluding(*c, &[2]), Some(*f));
         }
-        assert_eq!(sh.pick(all[0], &[0, 1, 2, 3]), None);
-        assert_eq!(SourceHash::new(&backends(&[0, 0])).pick(all[0], &[]), None);
-        assert_eq!(SourceHash::new(&[]).pick(all[0], &[]), None);
+        assert_eq!(sh.pick_excluding(all[0], &[0, 1, 2, 3]), None);
+        assert_eq!(
+            SourceHash::new(&backends(&[0, 0])).pick_excluding(all[0], &[]),
+            None
+        );
+        assert_eq!(SourceHash::new(&[]).pick_excluding(all[0], &[]), None);
     }
 
     #[test]
@@ -163,8 +189,8 @@ mod tests {
         let (before, after) = (SourceHash::new(&ten), SourceHash::new(&nine));
         let (mut others, mut moved) = (0u32, 0u32);
         for c in clients(10_000) {
-            let was = ten[before.pick(c, &[]).expect("w > 0")].0;
-            let now = nine[after.pick(c, &[]).expect("w > 0")].0;
+            let was = ten[before.pick_excluding(c, &[]).expect("w > 0")].0;
+            let now = nine[after.pick_excluding(c, &[]).expect("w > 0")].0;
             if was == ten[4].0 {
                 continue;
             }

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use super::wrr::smooth_step;
 
 pub struct Wlc {
-    weights: Vec<i64>,
     /// Smooth round-robin scores for breaking ties. The lock also covers reading the loads and
     /// counting the pick, so that concurrent pickers see each other's picks instead of all
     /// piling onto the same idle backend.
@@ -20,16 +19,15 @@ pub struct Wlc {
 }
 
 impl Wlc {
-    pub fn new(weights: &[u8]) -> Self {
+    pub fn new(backends: usize) -> Self {
         Wlc {
-            weights: weights.iter().map(|w| i64::from(*w)).collect(),
-            scores: Mutex::new(vec![0; weights.len()]),
+            scores: Mutex::new(vec![0; backends]),
         }
     }
 
-    /// The least loaded backend relative to weight, skipping those in `exclude` and those of
-    /// weight 0, with the pick already counted in `active` (one counter per backend).
-    pub fn pick(&self, active: &[AtomicU32], exclude: &[usize]) -> Option<usize> {
+    /// The least loaded backend relative to `weight(i)` (its weight now; 0: not eligible),
+    /// with the pick already counted in `active` (one counter per backend).
+    pub fn pick(&self, active: &[AtomicU32], weight: impl Fn(usize) -> i64) -> Option<usize> {
         // A poisoned lock only means another picker panicked mid-update; scores stay usable.
         let mut scores = self.scores.lock().unwrap_or_else(|p| p.into_inner());
         let load = |i: usize| {
@@ -37,13 +35,12 @@ impl Wlc {
                 .get(i)
                 .map_or(0, |a| u64::from(a.load(Ordering::Relaxed)))
         };
-        let weight = |i: usize| self.weights.get(i).map_or(0, |w| w.unsigned_abs());
-        let eligible = |i: usize| weight(i) > 0 && !exclude.contains(&i);
+        let weight = |i: usize| weight(i).max(0).unsigned_abs();
 
         // The lowest load/weight, as a fraction; compared by cross multiplication, which is
-        // exact, and cannot overflow (u32 loads times u8 weights).
+        // exact and cannot overflow (u32 loads times weights below 2^20).
         let mut least: Option<(u64, u64)> = None;
-        for i in (0..self.weights.len()).filter(|i| eligible(*i)) {
+        for i in (0..scores.len()).filter(|i| weight(*i) > 0) {
             let (l, w) = (load(i), weight(i));
             if least.is_none_or(|(ll, lw)| l * lw < ll * w) {
                 least = Some((l, w));
@@ -53,8 +50,13 @@ impl Wlc {
         // "At most" rather than "equal": loads may drop (a Pick dropped elsewhere) since the
         // scan above, but only grow under this lock, so the least loaded backends still
         // qualify and the set is never empty.
-        let chosen = smooth_step(&self.weights, &mut scores, |i| {
-            eligible(i) && load(i) * lw <= ll * weight(i)
+        let chosen = smooth_step(&mut scores, |i| {
+            let w = weight(i);
+            if w > 0 && load(i) * lw <= ll * w {
+                w as i64
+            } else {
+                0
+            }
         })?;
         if let Some(a) = active.get(chosen) {
             a.fetch_add(1, Ordering::Relaxed);

@@ -87,6 +87,29 @@ impl fmt::Display for Config {
         if let Some(d) = &g.hc_domain {
             writeln!(f, "  hc-domain       {d}")?;
         }
+        let h = &g.health;
+        if h.kind == crate::health::CheckKind::Off {
+            writeln!(f, "  health-check    off")?;
+        } else {
+            write!(
+                f,
+                "  health-check    {} every {}s, timeout {}s, {} retries",
+                h.kind.name(),
+                h.interval.as_secs(),
+                h.timeout.as_secs(),
+                h.retries
+            )?;
+            if let Some(port) = h.port {
+                write!(f, ", port {port}")?;
+            }
+            if h.kind != crate::health::CheckKind::Tcp {
+                write!(f, ", path {}", h.path)?;
+            }
+            writeln!(f)?;
+        }
+        if let Some(d) = g.slow_start {
+            writeln!(f, "  slow-start      {}s", d.as_secs())?;
+        }
         for b in &g.backends {
             writeln!(f, "  backend         {} weight={}", b.addr, b.weight)?;
         }

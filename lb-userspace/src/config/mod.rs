@@ -14,9 +14,10 @@ use rustls::RootCertStore;
 use crate::acl::{AccessControl, AclMode};
 use crate::balance::Algorithm;
 use crate::cli::{
-    AccessControlArg, AlgorithmArg, BackendProtocolArg, OnOff, ProtocolArg, RunArgs, SslAuthArg,
-    XdpModeArg,
+    AccessControlArg, AlgorithmArg, BackendProtocolArg, HealthCheckArg, OnOff, ProtocolArg,
+    RunArgs, SslAuthArg, XdpModeArg,
 };
+use crate::health::{CheckKind, HealthCheck};
 use crate::tls::certs::{CertError, PairFile, load_ca_bundle, load_certified_key};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
@@ -105,8 +106,10 @@ pub struct GroupConfig {
     pub backends: Vec<Backend>,
     pub algorithm: Algorithm,
     pub protocol: BackendProtocol,
-    /// `--hc-domain`: the SNI name for HTTPS backends (health checks come later).
+    /// `--hc-domain`: the SNI name for HTTPS backends and the health checks' Host.
     pub hc_domain: Option<String>,
+    pub health: HealthCheck,
+    pub slow_start: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -456,6 +459,29 @@ fn group(args: &RunArgs) -> Result<GroupConfig, ConfigError> {
             AlgorithmArg::SourceIp => Algorithm::SourceIpHash,
         },
         protocol,
+        health: HealthCheck {
+            kind: match args.health_check {
+                HealthCheckArg::Off => CheckKind::Off,
+                HealthCheckArg::Tcp => CheckKind::Tcp,
+                HealthCheckArg::Http => CheckKind::Http,
+                HealthCheckArg::Https => CheckKind::Https,
+            },
+            port: args
+                .hc_port
+                .as_deref()
+                .map(|p| parse::number("--hc-port", p, 1, 65535).map(|p| p as u16))
+                .transpose()?,
+            path: parse::hc_path(&args.hc_path)?,
+            domain: hc_domain.clone(),
+            interval: parse::seconds("--hc-interval", &args.hc_interval, 1, 50)?,
+            timeout: parse::seconds("--hc-timeout", &args.hc_timeout, 1, 50)?,
+            retries: parse::number("--hc-retries", &args.hc_retries, 1, 10)?,
+        },
+        slow_start: args
+            .slow_start
+            .as_deref()
+            .map(|s| parse::seconds("--slow-start", s, 30, 1200))
+            .transpose()?,
         hc_domain,
     })
 }

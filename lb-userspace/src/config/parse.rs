@@ -111,6 +111,36 @@ pub fn seconds(
         })
 }
 
+/// `--hc-path`: 1-80 characters, starting with `/`, of letters, digits and `-/._~';@$*+,=!:()%&?`.
+pub fn hc_path(value: &str) -> Result<String, ConfigError> {
+    const ALLOWED: &str = "-/._~';@$*+,=!:()%&?";
+    let ok = (1..=80).contains(&value.len())
+        && value.starts_with('/')
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || ALLOWED.contains(c));
+    if !ok {
+        return Err(ConfigError::new(
+            "--hc-path",
+            value,
+            format!("must be 1-80 characters starting with /, of letters, digits and {ALLOWED}"),
+        ));
+    }
+    Ok(value.to_string())
+}
+
+/// A whole number within `min..=max`.
+pub fn number(flag: &'static str, value: &str, min: u32, max: u32) -> Result<u32, ConfigError> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (min..=max).contains(n))
+        .ok_or_else(|| {
+            ConfigError::new(flag, value, format!("must be a whole number, {min}-{max}"))
+        })
+}
+
 /// `DOMAIN=CERT:KEY`; the paths are split at the last colon.
 pub fn sni_cert(value: &str) -> Result<(SniName, PathBuf, PathBuf), ConfigError> {
     const FLAG: &str = "--sni-cert";
@@ -371,6 +401,18 @@ mod tests {
             ("*.example.com", Some("/a/b.pem"), Some("/a/b.key"))
         );
         assert!(sni_cert("example.com=/a/b.pem").is_err());
+        assert!(hc_path("/healthz?full=1").is_ok());
+        for bad in [
+            "",
+            "healthz",
+            "/a b",
+            "/<script>",
+            &format!("/{}", "a".repeat(80)),
+        ] {
+            assert!(hc_path(bad).is_err(), "{bad}");
+        }
+        assert_eq!(number("--hc-retries", "10", 1, 10).expect("max"), 10);
+        assert!(number("--hc-retries", "11", 1, 10).is_err());
     }
 
     #[test]

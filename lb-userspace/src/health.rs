@@ -1,0 +1,190 @@
+//! Active health checks of a group's backends: the only writer of backend health. Each backend
+//! is checked every interval, the backends' checks spread evenly over the interval rather than
+//! fired together; `retries` consecutive failures mark a backend unhealthy and as many
+//! consecutive successes healthy again. Transitions are logged with the reason.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Empty;
+use hyper::Request;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{MissedTickBehavior, timeout};
+use tracing::{info, warn};
+
+use crate::balance::Balancer;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckKind {
+    Off,
+    Tcp,
+    Http,
+    Https,
+}
+
+impl CheckKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Off => "off",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Https => "https",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: CheckKind,
+    /// None: each backend's own port.
+    pub port: Option<u16>,
+    pub path: String,
+    /// Host header and SNI name; None: the backend's address.
+    pub domain: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+/// Starts one checking task per backend on the current runtime. `changed` is notified after
+/// every health transition (the data plane rewrites the group's Maglev ring then).
+pub fn spawn(check: HealthCheck, group: String, balancer: Arc<Balancer>, changed: Arc<Notify>) {
+    if check.kind == CheckKind::Off || balancer.is_empty() {
+        return;
+    }
+    let tls = match insecure_tls() {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            warn!(group, error = %e, "health checks disabled: TLS client configuration failed");
+            return;
+        }
+    };
+    let n = balancer.len() as u32;
+    for index in 0..balancer.len() {
+        let Some(addr) = balancer.addr(index) else {
+            continue;
+        };
+        let (check, group, balancer, changed, tls) = (
+            check.clone(),
+            group.clone(),
+            balancer.clone(),
+            changed.clone(),
+            tls.clone(),
+        );
+        // Backend i starts i/n of an interval late, so checks are spread over the interval.
+        let offset = check.interval * index as u32 / n;
+        tokio::spawn(async move {
+            tokio::time::sleep(offset).await;
+            let mut ticks = tokio::time::interval(check.interval);
+            ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            let (mut fails, mut passes) = (0u32, 0u32);
+            loop {
+                ticks.tick().await;
+                let target = SocketAddr::new(addr.ip(), check.port.unwrap_or(addr.port()));
+                let result = probe(&check, target, &tls).await;
+                let healthy = balancer.is_healthy(index);
+                match result {
+                    Ok(()) => {
+                        fails = 0;
+                        passes = passes.saturating_add(1);
+                        if !healthy && passes >= check.retries && balancer.set_healthy(index, true)
+                        {
+                            info!(group, backend = %addr, check = check.kind.name(), passes, "backend healthy");
+                            changed.notify_one();
+                        }
+                    }
+                    Err(reason) => {
+                        passes = 0;
+                        fails = fails.saturating_add(1);
+                        if healthy && fails >= check.retries && balancer.set_healthy(index, false) {
+                            warn!(group, backend = %addr, check = check.kind.name(), reason, fails, "backend unhealthy");
+                            changed.notify_one();
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// One check; the error is the reason a person would want in the log.
+async fn probe(
+    check: &HealthCheck,
+    target: SocketAddr,
+    tls: &Arc<ClientConfig>,
+) -> Result<(), String> {
+    let attempt = async {
+        let tcp = TcpStream::connect(target)
+            .await
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
+                _ => format!("connect: {e}"),
+            })?;
+        let _ = tcp.set_nodelay(true);
+        match check.kind {
+            CheckKind::Off | CheckKind::Tcp => Ok(()),
+            CheckKind::Http => http_get(tcp, check, target).await,
+            CheckKind::Https => {
+                let name = match &check.domain {
+                    Some(d) => {
+                        ServerName::try_from(d.clone()).map_err(|e| format!("server name: {e}"))?
+                    }
+                    None => ServerName::IpAddress(target.ip().into()),
+                };
+                let stream = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS error: {e}"))?;
+                http_get(stream, check, target).await
+            }
+        }
+    };
+    timeout(check.timeout, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("timeout after {}s", check.timeout.as_secs())))
+}
+
+async fn http_get<S>(io: S, check: &HealthCheck, target: SocketAddr) -> Result<(), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP handshake: {e}"))?;
+    tokio::spawn(conn);
+    let host = check.domain.clone().unwrap_or_else(|| target.to_string());
+    let req = Request::get(check.path.as_str())
+        .header(hyper::header::HOST, host)
+        .header(hyper::header::USER_AGENT, "edgelb-health-check")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| format!("request: {e}"))?;
+    let status = sender
+        .send_request(req)
+        .await
+        .map_err(|e| format!("request: {e}"))?
+        .status();
+    if status.is_success() || status.is_redirection() {
+        Ok(())
+    } else {
+        Err(format!("status {}", status.as_u16()))
+    }
+}
+
+/// Checks ask "does it answer", not "is it who it claims": certificates are not verified
+/// (handshake signatures still are), as cloud load balancers' checks do.
+fn insecure_tls() -> Result<ClientConfig, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(crate::proxy::client::accept_any_certificate(provider))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}

@@ -1,0 +1,173 @@
+//! Backend groups that heal themselves, with real backend processes killed and restarted
+//! behind a real edgelb: health checks take dead backends out and bring them back, slow start
+//! ramps a returning backend up.
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use edgelb_tests::backend::BackendProcess;
+use edgelb_tests::https::{self, ClientOpts, get};
+use edgelb_tests::listener::{SERVER_NAME, Setup};
+
+/// Check every second, time out after 1 s, two results in a row flip the state: a dead
+/// backend is out at most interval x retries + timeout = 3 s after it died.
+const FAST_CHECKS: [&str; 6] = [
+    "--hc-interval",
+    "1",
+    "--hc-timeout",
+    "1",
+    "--hc-retries",
+    "2",
+];
+const DETECTION: Duration = Duration::from_millis(3000 + 700);
+
+async fn spread(addr: std::net::SocketAddr, s: &Setup, n: usize) -> HashMap<String, usize> {
+    let bodies = https::get_many(addr, ClientOpts::new(&s.ca.cert_pem).config(), "/", n)
+        .await
+        .expect("requests");
+    let mut m = HashMap::new();
+    for b in bodies {
+        *m.entry(b.trim().to_string()).or_default() += 1;
+    }
+    m
+}
+
+#[tokio::test]
+async fn a_killed_backend_is_taken_out_and_a_restarted_one_comes_back() {
+    let s = Setup::new();
+    let a = BackendProcess::start("a", "127.0.0.1:0");
+    let b = BackendProcess::start("b", "127.0.0.1:0");
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let mut args = vec!["--backend", &a_addr, "--backend", &b_addr];
+    args.extend(FAST_CHECKS);
+    let (lb, addr) = s.start(&args);
+    let c = spread(addr, &s, 20).await;
+    assert_eq!(
+        (c.get("backend a"), c.get("backend b")),
+        (Some(&10), Some(&10)),
+        "{c:?}"
+    );
+
+    a.kill();
+    tokio::time::sleep(DETECTION).await;
+    // Past the detection window no request fails and none is even tried on the dead backend
+    // (every one would otherwise cost a refused connection and a retry).
+    let c = spread(addr, &s, 50).await;
+    assert_eq!(c.get("backend b"), Some(&50), "{c:?}");
+    let log = lb.log();
+    assert!(
+        log.contains("backend unhealthy")
+            && log.contains("connection refused")
+            && log.contains(&a_addr),
+        "no unhealthy transition with its reason in the log:\n{log}"
+    );
+
+    let a = BackendProcess::start("a", &a_addr);
+    tokio::time::sleep(DETECTION).await;
+    let c = spread(addr, &s, 40).await;
+    assert!(
+        c.get("backend a").is_some_and(|n| *n >= 15),
+        "the restarted backend got {c:?}"
+    );
+    assert!(lb.log().contains("backend healthy"), "{}", lb.log());
+
+    a.kill();
+    b.kill();
+    tokio::time::sleep(DETECTION).await;
+    let reply = https::send(
+        addr,
+        SERVER_NAME,
+        ClientOpts::new(&s.ca.cert_pem).config(),
+        get("/"),
+    )
+    .await
+    .expect("request");
+    assert_eq!(reply.status, 503, "no healthy backend: {}", reply.body);
+}
+
+#[tokio::test]
+async fn an_http_check_takes_out_a_backend_answering_500() {
+    let s = Setup::new();
+    let a = BackendProcess::start("a", "127.0.0.1:0");
+    let a_addr = a.addr.to_string();
+    let mut args = vec![
+        "--backend",
+        &a_addr,
+        "--health-check",
+        "http",
+        "--hc-path",
+        "/status/500",
+    ];
+    args.extend(FAST_CHECKS);
+    let (lb, addr) = s.start(&args);
+    tokio::time::sleep(DETECTION).await;
+    let reply = https::send(
+        addr,
+        SERVER_NAME,
+        ClientOpts::new(&s.ca.cert_pem).config(),
+        get("/"),
+    )
+    .await
+    .expect("request");
+    assert_eq!(reply.status, 503);
+    assert!(lb.log().contains("status 500"), "{}", lb.log());
+}
+
+#[tokio::test]
+async fn slow_start_ramps_a_returning_backend_up() {
+    let s = Setup::new();
+    let a = BackendProcess::start("a", "127.0.0.1:0");
+    let b = BackendProcess::start("b", "127.0.0.1:0");
+    let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
+    let mut args = vec![
+        "--backend",
+        &a_addr,
+        "--backend",
+        &b_addr,
+        "--slow-start",
+        "30",
+    ];
+    args.extend(FAST_CHECKS);
+    let (lb, addr) = s.start(&args);
+    a.kill();
+    tokio::time::sleep(DETECTION).await;
+    let _a = BackendProcess::start("a", &a_addr);
+    // Wait for the healthy transition, then sample the share of the returning backend.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !lb.log().contains("backend healthy") {
+        assert!(
+            Instant::now() < deadline,
+            "backend never came back:\n{}",
+            lb.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let back = Instant::now();
+    eprintln!(
+        "saw healthy at {:?}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+    );
+    let mut shares = Vec::new();
+    for at in [1u64, 10, 20] {
+        tokio::time::sleep_until((back + Duration::from_secs(at)).into()).await;
+        let c = spread(addr, &s, 300).await;
+        shares.push((at, *c.get("backend a").unwrap_or(&0) as f64 / 300.0));
+    }
+    eprintln!("slow start, share of the returning backend (t s, share): {shares:?}");
+    eprintln!(
+        "{}",
+        lb.log()
+            .lines()
+            .filter(|l| l.contains("healthy"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Weight w = t/30 of full against the other backend's 1: share = w / (w + 1).
+    for (at, share) in &shares {
+        let w = *at as f64 / 30.0;
+        let expected = w / (w + 1.0);
+        assert!(
+            (share - expected).abs() < 0.08,
+            "at {at} s the share was {share:.3}, expected about {expected:.3}: {shares:?}"
+        );
+    }
+}
