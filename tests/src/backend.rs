@@ -3,6 +3,7 @@
 //! does:
 //! - `/echo`: the body lists the request's headers (`name: value` lines) and its body length,
 //! - `/status/NNN`: answers with status NNN,
+//! - `/set-cookie/NAME=VALUE`: sets that cookie,
 //! - a request with `Upgrade: websocket`: switches protocols and echoes raw bytes back.
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -173,8 +174,12 @@ fn serve<S: Read + Write>(stream: S, name: &str, served: &AtomicUsize, delay: Du
             .strip_prefix("/status/")
             .and_then(|s| s.parse::<u16>().ok())
             .unwrap_or(200);
+        let cookie = path
+            .strip_prefix("/set-cookie/")
+            .map(|c| format!("set-cookie: {c}; Path=/\r\n"))
+            .unwrap_or_default();
         let head = format!(
-            "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n\r\n",
+            "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\nx-backend: {name}\r\n{cookie}content-length: {}\r\n\r\n",
             reply.len()
         );
         // One write for head and body: two small writes would meet Nagle and the client's

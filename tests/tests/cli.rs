@@ -320,6 +320,71 @@ fn bad_input_is_one_clear_line_and_exit_code_2() {
             vec!["--protocol", "http"],
             "--cert: has no effect on an http listener",
         ),
+        (
+            "sticky sessions with least connections",
+            vec!["--sticky-session", "lb-cookie", "--algorithm", "wlc"],
+            "--sticky-session \"lb-cookie\": only works with --algorithm weighted-round-robin",
+        ),
+        (
+            "app-cookie without a cookie name",
+            vec!["--sticky-session", "app-cookie"],
+            "--cookie-name: required with --sticky-session app-cookie",
+        ),
+        (
+            "cookie name with a space",
+            vec![
+                "--sticky-session",
+                "app-cookie",
+                "--cookie-name",
+                "my session",
+            ],
+            "--cookie-name \"my session\"",
+        ),
+        (
+            "sticky duration over a day",
+            vec!["--sticky-session", "lb-cookie", "--sticky-duration", "1441"],
+            "--sticky-duration \"1441\": must be a whole number, 1-1440",
+        ),
+        (
+            "short sticky key",
+            vec![
+                "--sticky-session",
+                "lb-cookie",
+                "--sticky-key-file",
+                &f.garbage,
+            ],
+            "--sticky-key-file",
+        ),
+        (
+            "health check path without a slash",
+            vec!["--health-check", "http", "--hc-path", "health"],
+            "--hc-path \"health\": must be 1-80 characters starting with /",
+        ),
+        (
+            "health check interval over 50",
+            vec!["--hc-interval", "51"],
+            "--hc-interval \"51\": must be a whole number of seconds, 1-50",
+        ),
+        (
+            "health check retries 0",
+            vec!["--hc-retries", "0"],
+            "--hc-retries \"0\": must be a whole number, 1-10",
+        ),
+        (
+            "health check port 0",
+            vec!["--hc-port", "0"],
+            "--hc-port \"0\": must be a whole number, 1-65535",
+        ),
+        (
+            "slow start under 30 s",
+            vec!["--slow-start", "10"],
+            "--slow-start \"10\": must be a whole number of seconds, 30-1200",
+        ),
+        (
+            "unknown health check",
+            vec!["--health-check", "icmp"],
+            "--health-check",
+        ),
     ];
     let mut failures = Vec::new();
     for (what, extra, expected) in &cases {

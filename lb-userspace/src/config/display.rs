@@ -107,6 +107,27 @@ impl fmt::Display for Config {
             }
             writeln!(f)?;
         }
+        match g.sticky.as_deref() {
+            None => writeln!(f, "  sticky-session  off")?,
+            Some(crate::proxy::sticky::Stickiness::LbCookie { duration, .. }) => {
+                let key = g
+                    .sticky_key_file
+                    .as_ref()
+                    .map_or("generated at start".to_string(), |p| {
+                        format!("key {}", p.display())
+                    });
+                writeln!(
+                    f,
+                    "  sticky-session  lb-cookie, {} min, {key}",
+                    duration.as_secs() / 60
+                )?
+            }
+            Some(crate::proxy::sticky::Stickiness::AppCookie { name, duration, .. }) => writeln!(
+                f,
+                "  sticky-session  app-cookie {name}, {} min",
+                duration.as_secs() / 60
+            )?,
+        }
         if let Some(d) = g.slow_start {
             writeln!(f, "  slow-start      {}s", d.as_secs())?;
         }

@@ -15,9 +15,10 @@ use crate::acl::{AccessControl, AclMode};
 use crate::balance::Algorithm;
 use crate::cli::{
     AccessControlArg, AlgorithmArg, BackendProtocolArg, HealthCheckArg, OnOff, ProtocolArg,
-    RunArgs, SslAuthArg, XdpModeArg,
+    RunArgs, SslAuthArg, StickyArg, XdpModeArg,
 };
 use crate::health::{CheckKind, HealthCheck};
+use crate::proxy::sticky::{StickTable, Stickiness, StickyKey, validate_cookie_name};
 use crate::tls::certs::{CertError, PairFile, load_ca_bundle, load_certified_key};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
@@ -110,6 +111,9 @@ pub struct GroupConfig {
     pub hc_domain: Option<String>,
     pub health: HealthCheck,
     pub slow_start: Option<Duration>,
+    pub sticky: Option<Arc<Stickiness>>,
+    /// Where the lb-cookie key came from, for `check` (None: generated at start).
+    pub sticky_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -482,7 +486,75 @@ fn group(args: &RunArgs) -> Result<GroupConfig, ConfigError> {
             .as_deref()
             .map(|s| parse::seconds("--slow-start", s, 30, 1200))
             .transpose()?,
+        sticky: stickiness(args)?.map(Arc::new),
+        sticky_key_file: args.sticky_key_file.clone(),
         hc_domain,
+    })
+}
+
+/// Entries of an app-cookie stick table: the memory bound of one group's sessions.
+const STICK_TABLE_CAPACITY: usize = 100_000;
+
+fn stickiness(args: &RunArgs) -> Result<Option<Stickiness>, ConfigError> {
+    let mode = match args.sticky_session {
+        StickyArg::Off => "off",
+        StickyArg::LbCookie => "lb-cookie",
+        StickyArg::AppCookie => "app-cookie",
+    };
+    if args.sticky_session != StickyArg::Off && args.algorithm != AlgorithmArg::Wrr {
+        return Err(ConfigError::new(
+            "--sticky-session",
+            mode,
+            "only works with --algorithm weighted-round-robin",
+        ));
+    }
+    if args.sticky_session != StickyArg::AppCookie && args.cookie_name.is_some() {
+        return Err(ConfigError::missing(
+            "--cookie-name",
+            "only applies with --sticky-session app-cookie",
+        ));
+    }
+    if args.sticky_session != StickyArg::LbCookie && args.sticky_key_file.is_some() {
+        return Err(ConfigError::missing(
+            "--sticky-key-file",
+            "only applies with --sticky-session lb-cookie",
+        ));
+    }
+    let duration = Duration::from_secs(
+        60 * u64::from(parse::number(
+            "--sticky-duration",
+            &args.sticky_duration,
+            1,
+            1440,
+        )?),
+    );
+    Ok(match args.sticky_session {
+        StickyArg::Off => None,
+        StickyArg::LbCookie => {
+            let key = match &args.sticky_key_file {
+                Some(path) => StickyKey::from_file(path).map_err(|problem| {
+                    ConfigError::new("--sticky-key-file", path.display().to_string(), problem)
+                })?,
+                None => StickyKey::generate()
+                    .map_err(|problem| ConfigError::missing("--sticky-session", problem))?,
+            };
+            Some(Stickiness::LbCookie { key, duration })
+        }
+        StickyArg::AppCookie => {
+            let name = args.cookie_name.clone().ok_or_else(|| {
+                ConfigError::missing(
+                    "--cookie-name",
+                    "required with --sticky-session app-cookie: the backend's session cookie",
+                )
+            })?;
+            validate_cookie_name(&name)
+                .map_err(|problem| ConfigError::new("--cookie-name", &name, problem))?;
+            Some(Stickiness::AppCookie {
+                name,
+                duration,
+                table: StickTable::new(STICK_TABLE_CAPACITY),
+            })
+        }
     })
 }
 

@@ -6,6 +6,7 @@ pub mod headers;
 pub mod sticky;
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Bytes, Incoming};
@@ -112,10 +113,20 @@ impl Upstream {
                 | Method::DELETE
         );
         let client_ip = conn.peer.ip().to_canonical();
+        let now = SystemTime::now();
+        let sticky = self.group.sticky.as_deref();
+        let pinned = sticky
+            .and_then(|s| s.pinned(&parts.headers, now))
+            .and_then(|backend| self.balancer.index_of(&backend));
         let mut tried: Vec<usize> = Vec::new();
         let mut status = StatusCode::SERVICE_UNAVAILABLE;
         loop {
-            let Some(pick) = self.balancer.pick(client_ip, &tried) else {
+            // A pinned client goes to its backend while that one can take it; otherwise it is
+            // balanced like anyone else, and re-pinned to where it lands.
+            let pick = pinned
+                .and_then(|i| self.balancer.pick_backend(i, &tried))
+                .or_else(|| self.balancer.pick(client_ip, &tried));
+            let Some(pick) = pick else {
                 return error_page(status);
             };
             tried.push(pick.index);
@@ -149,6 +160,16 @@ impl Upstream {
                     }
                     let keep_upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                     headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
+                    if let (Some(s), Some(key)) = (sticky, self.balancer.key(pick.index)) {
+                        let https = conn.scheme == "https";
+                        s.on_response(
+                            resp.headers_mut(),
+                            key,
+                            pinned == Some(pick.index),
+                            https,
+                            now,
+                        );
+                    }
                     return resp.map(|b| WithGuard::new(b.map_err(BoxError::from), pick).boxed());
                 }
                 Ok(Err(e)) => {
