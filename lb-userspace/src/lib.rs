@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod entry;
 pub mod health;
 pub mod proxy;
+pub mod rules;
 pub mod server;
 pub mod tls;
 pub mod workers;

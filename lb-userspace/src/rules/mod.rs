@@ -1,0 +1,1 @@
+//! Advanced forwarding rules (being written).
