@@ -24,6 +24,12 @@ pub enum Command {
     /// Validate the flags and every file they name, print the effective configuration, exit
     /// non-zero on any problem. Nothing is bound or attached.
     Check(RunArgs),
+    /// Print a running edgelb's listeners, backends and XDP counters from its admin endpoint.
+    Status {
+        /// The running edgelb's --admin address.
+        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9900")]
+        admin: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -92,6 +98,12 @@ pub enum StickyArg {
     /// The backend's own cookie (--cookie-name) pins the client to the backend that set it.
     #[value(name = "app-cookie")]
     AppCookie,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -275,4 +287,20 @@ pub struct RunArgs {
     /// How to attach the XDP program.
     #[arg(long, value_enum, value_name = "MODE", default_value = "auto")]
     pub xdp_mode: XdpModeArg,
+
+    /// Admin endpoint (/healthz, /metrics, /status); loopback unless --admin-allow-remote.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin: Option<String>,
+
+    /// Serve the admin endpoint on a non-loopback address.
+    #[arg(long)]
+    pub admin_allow_remote: bool,
+
+    /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT (0-300).
+    #[arg(long, value_name = "SECS", default_value = "10")]
+    pub drain_timeout: String,
+
+    /// Log lines as human-readable text or JSON.
+    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+    pub log_format: LogFormat,
 }

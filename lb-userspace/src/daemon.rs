@@ -1,6 +1,8 @@
 //! The running daemon: binds the listener, brings up the XDP data plane, accepts, terminates
 //! TLS, proxies, and on SIGTERM/SIGINT stops, detaches XDP and returns.
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use lb_common::{IPPROTO_TCP, NO_LISTENER_SLOT, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
@@ -9,9 +11,11 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
 use crate::acl::AccessControl;
+use crate::admin::{self, AdminState, ListenerStatus, XdpStatus};
 use crate::balance::Balancer;
 use crate::config::{Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, ListenerRule, error_chain};
+use crate::metrics::Metrics;
 use crate::proxy::Upstream;
 use crate::server::ListenerContext;
 use crate::workers;
@@ -62,12 +66,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .map_err(|e| StartError::Runtime(format!("--listen {listen}: cannot bind: {e}")))?;
 
     let mut dataplane = start_dataplane(&config)?;
+    let metrics = Metrics::new();
+    let backend_keys: Vec<String> = (0..balancer.len())
+        .filter_map(|i| balancer.key(i).map(str::to_string))
+        .collect();
+    let listener_metrics = metrics.listener(&l.name, &config.group.name, &backend_keys);
+    let admin = match config.ops.admin {
+        Some(addr) => Some(admin::bind(addr).await.map_err(StartError::Runtime)?),
+        None => None,
+    };
 
     let mut sigterm = signal(SignalKind::terminate())
         .map_err(|e| StartError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
     let mut sigint = signal(SignalKind::interrupt())
         .map_err(|e| StartError::Runtime(format!("installing the SIGINT handler: {e}")))?;
 
+    let (stop_tx, stop_rx) = watch::channel(false);
     // Each worker has its own backend connection pool; the balancer is shared.
     let contexts = (0..sockets.len())
         .map(|_| {
@@ -82,11 +96,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 http2: l.http2,
                 timeouts: l.timeouts,
                 upstream: Arc::new(upstream),
+                metrics: listener_metrics.clone(),
+                stop: stop_rx.clone(),
+                open: Arc::new(AtomicUsize::new(0)),
+                drain: config.ops.drain_timeout,
             }))
         })
         .collect::<Result<Vec<_>, rustls::Error>>()
         .map_err(|e| StartError::Runtime(format!("backend TLS configuration: {e}")))?;
-    let (stop_tx, stop_rx) = watch::channel(false);
     let handles = workers::spawn(
         sockets.into_iter().zip(contexts).collect(),
         Arc::new(l.access.clone()),
@@ -119,9 +136,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "edgelb ready"
     );
 
-    tokio::select! {
-        _ = sigterm.recv() => info!("SIGTERM: stopping"),
-        _ = sigint.recv() => info!("SIGINT: stopping"),
+    let admin_state = Arc::new(AdminState {
+        metrics: metrics.clone(),
+        listener: ListenerStatus {
+            name: l.name.clone(),
+            protocol: l.protocol.scheme(),
+            listen: listen.to_string(),
+            access_control: l.access.mode.name(),
+        },
+        group: config.group.name.clone(),
+        algorithm: config.group.algorithm.name(),
+        balancer: balancer.clone(),
+        xdp: Mutex::new(XdpStatus::default()),
+    });
+    if let Some(listener) = admin {
+        tokio::spawn(admin::serve(listener, admin_state.clone()));
+    }
+    // The main thread owns the data plane: it copies what the admin endpoint shows from the
+    // kernel's counters and the balancer's health, once a second.
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
+            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = refresh.tick() => refresh_status(&admin_state, &config, dataplane.as_ref()),
+        }
     }
     let _ = stop_tx.send(true);
     for h in handles {
@@ -206,6 +245,34 @@ fn privilege_hint(e: &DataplaneError) -> &'static str {
     } else {
         ""
     }
+}
+
+fn refresh_status(state: &AdminState, config: &Config, dataplane: Option<&Dataplane>) {
+    let b = &state.balancer;
+    for i in 0..b.len() {
+        if let Some(key) = b.key(i) {
+            state
+                .metrics
+                .set_backend_healthy(&config.group.name, key, b.is_healthy(i));
+        }
+    }
+    let mut xdp = XdpStatus::default();
+    if let Some(dp) = dataplane {
+        xdp.attached = dp
+            .attached()
+            .map(|(i, m)| format!("{i}:{}", m.name()))
+            .collect();
+        if let Ok(c) = dp.counters(LISTENER_ID) {
+            for o in Outcome::ALL {
+                let n = c.packets_of(o);
+                state
+                    .metrics
+                    .set_xdp_packets(&config.listener.name, o.name(), n);
+                xdp.counters.push((o.name().to_string(), n));
+            }
+        }
+    }
+    *state.xdp.lock().unwrap_or_else(|p| p.into_inner()) = xdp;
 }
 
 /// One line per counter slot: what XDP did during this run, for the operator and for tests.

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, LogFormat};
 use crate::config::Config;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -17,14 +17,19 @@ pub fn main() -> ExitCode {
             }
             Err(e) => usage_error(&e),
         },
+        Some(Command::Status { admin }) => crate::status::print(&admin),
         None => {
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
+            let filter =
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            let logs = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr);
+            match cli.run.log_format {
+                LogFormat::Json => logs.json().init(),
+                LogFormat::Text => logs
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                    .init(),
+            }
             let config = match Config::from_args(&cli.run) {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e),

@@ -1,6 +1,7 @@
 //! edgelb: a load balancer for Linux edge nodes. The binary's pieces, as a library so that the
 //! integration tests drive the same code.
 pub mod acl;
+pub mod admin;
 pub mod balance;
 pub mod cli;
 pub mod config;
@@ -8,8 +9,10 @@ pub mod daemon;
 pub mod dataplane;
 pub mod entry;
 pub mod health;
+pub mod metrics;
 pub mod proxy;
 pub mod rules;
 pub mod server;
+pub mod status;
 pub mod tls;
 pub mod workers;

@@ -67,10 +67,29 @@ pub fn spawn(
                             return;
                         }
                     };
-                    runtime.block_on(accept_loop(socket, ctx, access, stop));
+                    runtime.block_on(async {
+                        accept_loop(socket, ctx.clone(), access, stop).await;
+                        drain(&ctx).await;
+                    });
                 })
         })
         .collect()
+}
+
+/// Waits for this worker's connections to finish, at most the drain timeout; whatever is left
+/// is cut when the runtime is dropped.
+async fn drain(ctx: &ListenerContext) {
+    let deadline = tokio::time::Instant::now() + ctx.drain;
+    while ctx.open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+        if tokio::time::Instant::now() >= deadline {
+            warn!(
+                open = ctx.open.load(std::sync::atomic::Ordering::Relaxed),
+                "drain timeout: closing connections still open"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn accept_loop(

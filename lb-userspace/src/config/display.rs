@@ -135,6 +135,15 @@ impl fmt::Display for Config {
             writeln!(f, "  backend         {} weight={}", b.addr, b.weight)?;
         }
 
+        writeln!(f, "operations")?;
+        match self.ops.admin {
+            Some(a) => writeln!(
+                f,
+                "  admin           http://{a}/ (/healthz, /metrics, /status)"
+            )?,
+            None => writeln!(f, "  admin           off")?,
+        }
+        writeln!(f, "  drain-timeout   {}s", self.ops.drain_timeout.as_secs())?;
         writeln!(f, "xdp")?;
         if self.xdp.enabled() {
             writeln!(f, "  mode            {}", self.xdp.mode.name())?;

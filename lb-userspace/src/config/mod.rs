@@ -28,6 +28,15 @@ pub struct Config {
     pub listener: ListenerConfig,
     pub group: GroupConfig,
     pub xdp: XdpConfig,
+    pub ops: OpsConfig,
+}
+
+/// How the node is operated: admin endpoint, shutdown.
+#[derive(Clone, Debug)]
+pub struct OpsConfig {
+    pub admin: Option<SocketAddr>,
+    pub admin_allow_remote: bool,
+    pub drain_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -242,8 +251,29 @@ impl Config {
             },
             group: group(args)?,
             xdp: xdp(args)?,
+            ops: OpsConfig {
+                admin: args
+                    .admin
+                    .as_deref()
+                    .map(|a| admin_addr(a, args.admin_allow_remote))
+                    .transpose()?,
+                admin_allow_remote: args.admin_allow_remote,
+                drain_timeout: parse::seconds("--drain-timeout", &args.drain_timeout, 0, 300)?,
+            },
         })
     }
+}
+
+fn admin_addr(value: &str, allow_remote: bool) -> Result<SocketAddr, ConfigError> {
+    let addr = parse::socket_addr("--admin", value)?;
+    if !addr.ip().is_loopback() && !allow_remote {
+        return Err(ConfigError::new(
+            "--admin",
+            value,
+            "not a loopback address: the admin endpoint exposes the node's state; add --admin-allow-remote to serve it there",
+        ));
+    }
+    Ok(addr)
 }
 
 fn listener_tls(args: &RunArgs) -> Result<ListenerTls, ConfigError> {

@@ -75,12 +75,24 @@ impl Upstream {
         &self.balancer
     }
 
-    /// Forwards one request and returns the backend's response, or an error page: 503 when
-    /// no backend can take it, 502 when backends failed, 504 when they did not answer in time.
+    /// Forwards one request and returns the backend's response and which backend it was, or
+    /// an error page: 503 when no backend can take it, 502 when backends failed, 504 when they
+    /// did not answer in time.
     pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> (Response<ProxyBody>, Option<usize>) {
+        let mut served_by = None;
+        let resp = self.forward_inner(req, conn, &mut served_by).await;
+        (resp, served_by)
+    }
+
+    async fn forward_inner(
         &self,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
+        served_by: &mut Option<usize>,
     ) -> Response<ProxyBody> {
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -160,6 +172,7 @@ impl Upstream {
                     }
                     let keep_upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                     headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
+                    *served_by = Some(pick.index);
                     if let (Some(s), Some(key)) = (sticky, self.balancer.key(pick.index)) {
                         let https = conn.scheme == "https";
                         s.on_response(

@@ -4,6 +4,7 @@ pub mod activity;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -12,10 +13,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
 use crate::config::Timeouts;
+use crate::metrics::{ListenerMetrics, handshake_failure};
 use crate::proxy::Upstream;
 use crate::proxy::body::WithGuard;
 use crate::proxy::headers::ConnInfo;
@@ -31,6 +34,29 @@ pub struct ListenerContext {
     pub http2: bool,
     pub timeouts: Timeouts,
     pub upstream: Arc<Upstream>,
+    pub metrics: ListenerMetrics,
+    /// Turns true when the daemon stops: connections finish what is in flight and close.
+    pub stop: watch::Receiver<bool>,
+    /// Connections of this worker still open (for draining).
+    pub open: Arc<AtomicUsize>,
+    /// How long in-flight requests may take to finish once stopping.
+    pub drain: Duration,
+}
+
+/// Counts a connection in [`ListenerContext::open`] until dropped.
+struct Open(Arc<AtomicUsize>);
+
+impl Open {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Open(count.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
@@ -39,6 +65,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
         return;
     };
     let activity = Activity::new();
+    let _open = (ctx.metrics.connection_opened(), Open::new(&ctx.open));
     let Some(tls) = &ctx.tls else {
         let conn = ConnInfo {
             peer,
@@ -58,12 +85,17 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
     };
     // The handshake is part of the request: it must finish within the request timeout.
     let tls_stream = match tokio::time::timeout(ctx.timeouts.request, tls.accept(stream)).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            ctx.metrics.handshake("ok");
+            s
+        }
         Ok(Err(e)) => {
+            ctx.metrics.handshake(handshake_failure(&e));
             debug!(client = %peer, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            ctx.metrics.handshake("timeout");
             debug!(client = %peer, "TLS handshake timed out");
             return;
         }
@@ -98,13 +130,15 @@ async fn serve_http<S>(
     let peer = conn.peer;
     let conn = Arc::new(conn);
     let upstream = ctx.upstream.clone();
+    let metrics = ctx.metrics.clone();
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let guard = service_activity.request_started();
-        let upstream = upstream.clone();
-        let conn = conn.clone();
+        let (upstream, conn, metrics) = (upstream.clone(), conn.clone(), metrics.clone());
         async move {
-            let resp = upstream.forward(req, &conn).await;
+            let started = std::time::Instant::now();
+            let (resp, backend) = upstream.forward(req, &conn).await;
+            metrics.request(backend, resp.status().as_u16(), started.elapsed());
             Ok::<_, Infallible>(resp.map(|b| WithGuard::new(b, guard).boxed()))
         }
     });
@@ -142,6 +176,7 @@ async fn serve_http<S>(
             }
         }
     };
+    let mut stop = ctx.stop.clone();
     tokio::select! {
         result = connection.as_mut() => {
             if let Err(e) = result {
@@ -155,6 +190,12 @@ async fn serve_http<S>(
             }
             connection.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+        }
+        _ = stop.changed() => {
+            // Stopping: idle connections close now, busy ones after their responses (the
+            // worker bounds the wait with the drain timeout).
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
         }
     }
 }

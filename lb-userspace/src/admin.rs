@@ -1,0 +1,147 @@
+//! The admin endpoint: `/healthz`, `/metrics` (Prometheus text), `/status` (JSON). Loopback
+//! only unless the operator allows otherwise: it tells anyone who can reach it how the node is
+//! built and how it is doing.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::balance::Balancer;
+use crate::metrics::Metrics;
+
+/// What `/status` reports; the main thread refreshes the parts it owns (XDP).
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub listener: ListenerStatus,
+    pub group: String,
+    pub algorithm: &'static str,
+    pub balancer: Arc<Balancer>,
+    pub xdp: Mutex<XdpStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ListenerStatus {
+    pub name: String,
+    pub protocol: &'static str,
+    pub listen: String,
+    pub access_control: &'static str,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct XdpStatus {
+    /// `iface:mode` for each attachment; empty when XDP is off.
+    pub attached: Vec<String>,
+    /// Packets by outcome for this listener.
+    pub counters: Vec<(String, u64)>,
+}
+
+#[derive(Serialize)]
+struct Status<'a> {
+    listeners: Vec<&'a ListenerStatus>,
+    groups: Vec<GroupStatus>,
+    xdp: XdpStatus,
+}
+
+#[derive(Serialize)]
+struct GroupStatus {
+    name: String,
+    algorithm: &'static str,
+    backends: Vec<BackendStatus>,
+}
+
+#[derive(Serialize)]
+struct BackendStatus {
+    address: String,
+    healthy: bool,
+    /// Share of the configured weight in effect now (slow start), 0-1.
+    weight_share: f64,
+    active_requests: u32,
+}
+
+impl AdminState {
+    pub fn status_json(&self) -> String {
+        let b = &self.balancer;
+        let backends = (0..b.len())
+            .map(|i| BackendStatus {
+                address: b.key(i).unwrap_or("").to_string(),
+                healthy: b.is_healthy(i),
+                weight_share: b.weight_share(i),
+                active_requests: b.active(i),
+            })
+            .collect();
+        let status = Status {
+            listeners: vec![&self.listener],
+            groups: vec![GroupStatus {
+                name: self.group.clone(),
+                algorithm: self.algorithm,
+                backends,
+            }],
+            xdp: self.xdp.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        };
+        serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+}
+
+/// Binds the admin address (config has already refused a non-loopback one unless allowed).
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("--admin {addr}: cannot bind: {e}"))
+}
+
+pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(route(&req, &state)) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(client = %peer, error = %e, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        (&Method::GET, "/metrics") => (
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            state.metrics.encode(),
+        ),
+        (&Method::GET, "/status") => (StatusCode::OK, "application/json", state.status_json()),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: try /healthz, /metrics or /status\n".to_string(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}

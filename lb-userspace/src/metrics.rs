@@ -1,0 +1,267 @@
+//! Prometheus metrics. Label sets are resolved once per listener and backend at start, so
+//! that counting a request is an atomic add, not a label lookup.
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    listener: String,
+    group: String,
+    /// The backend's address, or `-` for responses edgelb made itself (502, 503, 504).
+    backend: String,
+    /// `2xx`, `5xx`...
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandshakeLabels {
+    listener: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackendLabels {
+    group: String,
+    backend: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct XdpLabels {
+    listener: String,
+    outcome: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<ListenerLabels, Histogram>,
+    connections: Family<ListenerLabels, Gauge>,
+    handshakes: Family<HandshakeLabels, Counter>,
+    backend_healthy: Family<BackendLabels, Gauge>,
+    xdp_packets: Family<XdpLabels, Gauge<u64, AtomicU64>>,
+    reloads: Counter,
+}
+
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("edgelb");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by listener, group, backend and status class",
+            requests.clone(),
+        );
+        let latency = Family::<ListenerLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to response headers",
+            latency.clone(),
+        );
+        let connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "active_connections",
+            "Client connections open now",
+            connections.clone(),
+        );
+        let handshakes = Family::<HandshakeLabels, Counter>::default();
+        registry.register(
+            "tls_handshakes",
+            "TLS handshakes by result (ok, or the failure reason)",
+            handshakes.clone(),
+        );
+        let backend_healthy = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "backend_healthy",
+            "1 when the backend passes its health checks",
+            backend_healthy.clone(),
+        );
+        let xdp_packets = Family::<XdpLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "xdp_packets",
+            "Packets the XDP program counted, by listener and outcome (totals since load)",
+            xdp_packets.clone(),
+        );
+        let reloads = Counter::default();
+        registry.register("reloads", "Configuration reloads applied", reloads.clone());
+        Arc::new(Metrics {
+            registry,
+            requests,
+            latency,
+            connections,
+            handshakes,
+            backend_healthy,
+            xdp_packets,
+            reloads,
+        })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one listener and its group's backends (in the group's order).
+    pub fn listener(&self, listener: &str, group: &str, backends: &[String]) -> ListenerMetrics {
+        let counters = |backend: &str| {
+            CLASSES.map(|code| {
+                self.requests
+                    .get_or_create(&RequestLabels {
+                        listener: listener.into(),
+                        group: group.into(),
+                        backend: backend.into(),
+                        code: code.into(),
+                    })
+                    .clone()
+            })
+        };
+        let l = ListenerLabels {
+            listener: listener.into(),
+        };
+        ListenerMetrics {
+            by_backend: backends.iter().map(|b| counters(b)).collect(),
+            local: counters("-"),
+            latency: self.latency.get_or_create(&l).clone(),
+            connections: self.connections.get_or_create(&l).clone(),
+            handshakes: self.handshakes.clone(),
+            listener: listener.into(),
+        }
+    }
+
+    pub fn set_backend_healthy(&self, group: &str, backend: &str, healthy: bool) {
+        self.backend_healthy
+            .get_or_create(&BackendLabels {
+                group: group.into(),
+                backend: backend.into(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    pub fn set_xdp_packets(&self, listener: &str, outcome: &str, total: u64) {
+        self.xdp_packets
+            .get_or_create(&XdpLabels {
+                listener: listener.into(),
+                outcome: outcome.into(),
+            })
+            .set(total);
+    }
+
+    pub fn reloaded(&self) {
+        self.reloads.inc();
+    }
+}
+
+#[derive(Clone)]
+pub struct ListenerMetrics {
+    by_backend: Vec<[Counter; 5]>,
+    local: [Counter; 5],
+    latency: Histogram,
+    connections: Gauge,
+    handshakes: Family<HandshakeLabels, Counter>,
+    listener: String,
+}
+
+impl ListenerMetrics {
+    /// One answered request: `backend` is None for responses edgelb made itself.
+    pub fn request(&self, backend: Option<usize>, status: u16, took: Duration) {
+        let class = usize::from((status / 100).clamp(1, 5) - 1);
+        let row = backend
+            .and_then(|b| self.by_backend.get(b))
+            .unwrap_or(&self.local);
+        row[class].inc();
+        self.latency.observe(took.as_secs_f64());
+    }
+
+    pub fn connection_opened(&self) -> ConnectionGuard {
+        self.connections.inc();
+        ConnectionGuard(self.connections.clone())
+    }
+
+    /// A handshake's result: `ok`, or a short failure reason.
+    pub fn handshake(&self, result: &str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                listener: self.listener.clone(),
+                result: result.into(),
+            })
+            .inc();
+    }
+}
+
+/// Counts a connection as open until dropped.
+pub struct ConnectionGuard(Gauge);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// A short, stable label for why a TLS handshake failed.
+pub fn handshake_failure(e: &std::io::Error) -> &'static str {
+    use rustls::Error as E;
+    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
+        Some(E::PeerIncompatible(_)) => "incompatible",
+        Some(E::NoCertificatesPresented) => "no_client_certificate",
+        Some(E::InvalidCertificate(_)) => "bad_certificate",
+        Some(E::AlertReceived(_)) => "alert_received",
+        Some(
+            E::InappropriateMessage { .. }
+            | E::InappropriateHandshakeMessage { .. }
+            | E::InvalidMessage(_),
+        ) => "protocol_error",
+        Some(E::NoApplicationProtocol) => "no_application_protocol",
+        Some(_) => "other",
+        None => match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => "eof",
+            std::io::ErrorKind::ConnectionReset => "reset",
+            _ => "io",
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_backend_and_class() {
+        let m = Metrics::new();
+        let l = m.listener("web", "pool", &["10.0.0.1:80".into()]);
+        l.request(Some(0), 200, Duration::from_millis(3));
+        l.request(None, 503, Duration::from_millis(1));
+        l.handshake("ok");
+        m.set_backend_healthy("pool", "10.0.0.1:80", true);
+        m.set_xdp_packets("web", "dropped_acl", 7);
+        let text = m.encode();
+        for line in [
+            r#"edgelb_requests_total{listener="web",group="pool",backend="10.0.0.1:80",code="2xx"} 1"#,
+            r#"edgelb_requests_total{listener="web",group="pool",backend="-",code="5xx"} 1"#,
+            r#"edgelb_tls_handshakes_total{listener="web",result="ok"} 1"#,
+            r#"edgelb_backend_healthy{group="pool",backend="10.0.0.1:80"} 1"#,
+            r#"edgelb_xdp_packets{listener="web",outcome="dropped_acl"} 7"#,
+            r#"edgelb_request_duration_seconds_count{listener="web"} 2"#,
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! `edgelb status`: a running edgelb's `/status`, as a table.
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use serde_json::Value;
+
+pub fn print(admin: &str) -> ExitCode {
+    match fetch(admin) {
+        Ok(status) => {
+            print!("{}", render(&status));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("edgelb: error: --admin {admin:?}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fetch(admin: &str) -> Result<Value, String> {
+    let mut stream = TcpStream::connect(admin).map_err(|e| format!("cannot connect: {e}"))?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    write!(stream, "GET /status HTTP/1.0\r\nHost: {admin}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    stream
+        .read_to_string(&mut text)
+        .map_err(|e| format!("reading the answer: {e}"))?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .ok_or("not an HTTP answer")?;
+    serde_json::from_str(body).map_err(|e| format!("not a status document: {e}"))
+}
+
+fn render(status: &Value) -> String {
+    let mut out = String::new();
+    let empty = Vec::new();
+    for l in status["listeners"].as_array().unwrap_or(&empty) {
+        out.push_str(&format!(
+            "listener {}  {} {}  access-control {}\n",
+            l["name"].as_str().unwrap_or("?"),
+            l["protocol"].as_str().unwrap_or("?"),
+            l["listen"].as_str().unwrap_or("?"),
+            l["access_control"].as_str().unwrap_or("?"),
+        ));
+    }
+    for g in status["groups"].as_array().unwrap_or(&empty) {
+        out.push_str(&format!(
+            "group {} ({})\n",
+            g["name"].as_str().unwrap_or("?"),
+            g["algorithm"].as_str().unwrap_or("?")
+        ));
+        out.push_str(&format!(
+            "  {:<40} {:<9} {:>7} {:>7}\n",
+            "backend", "health", "weight", "active"
+        ));
+        for b in g["backends"].as_array().unwrap_or(&empty) {
+            out.push_str(&format!(
+                "  {:<40} {:<9} {:>6.0}% {:>7}\n",
+                b["address"].as_str().unwrap_or("?"),
+                if b["healthy"].as_bool().unwrap_or(false) {
+                    "healthy"
+                } else {
+                    "UNHEALTHY"
+                },
+                b["weight_share"].as_f64().unwrap_or(0.0) * 100.0,
+                b["active_requests"].as_u64().unwrap_or(0),
+            ));
+        }
+    }
+    let xdp = &status["xdp"];
+    let attached: Vec<&str> = xdp["attached"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    if attached.is_empty() {
+        out.push_str("xdp off\n");
+    } else {
+        out.push_str(&format!("xdp {}\n", attached.join(", ")));
+        for c in xdp["counters"].as_array().unwrap_or(&empty) {
+            out.push_str(&format!(
+                "  {:<12} {}\n",
+                c[0].as_str().unwrap_or("?"),
+                c[1].as_u64().unwrap_or(0)
+            ));
+        }
+    }
+    out
+}
