@@ -300,6 +300,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "10")]
     pub drain_timeout: String,
 
+    /// Log a line per request: client, SNI, listener, backend, status, time to response headers.
+    #[arg(long)]
+    pub access_log: bool,
+
     /// Log lines as human-readable text or JSON.
     #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,

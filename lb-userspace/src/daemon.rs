@@ -100,6 +100,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 stop: stop_rx.clone(),
                 open: Arc::new(AtomicUsize::new(0)),
                 drain: config.ops.drain_timeout,
+                access_log: config.ops.access_log.then(|| Arc::from(l.name.as_str())),
             }))
         })
         .collect::<Result<Vec<_>, rustls::Error>>()

@@ -22,7 +22,7 @@ async fn the_admin_endpoint_reports_requests_health_and_status() {
     let s = Setup::new();
     let backend = Backend::start("a", "127.0.0.1:0", None);
     let (be, admin) = (backend.addr.to_string(), free_addr().to_string());
-    let (_lb, addr) = s.start(&["--backend", &be, "--admin", &admin]);
+    let (lb, addr) = s.start(&["--backend", &be, "--admin", &admin, "--access-log"]);
     let config = ClientOpts::new(&s.ca.cert_pem).config();
     for _ in 0..5 {
         assert_eq!(
@@ -66,6 +66,20 @@ async fn the_admin_endpoint_reports_requests_health_and_status() {
         status.contains(&format!("\"address\": \"{be}\"")) && status.contains("\"healthy\": true"),
         "{status}"
     );
+    let log = lb.log();
+    let access = log
+        .lines()
+        .find(|l| l.contains("edgelb::access"))
+        .unwrap_or_else(|| panic!("no access log line:\n{log}"));
+    for field in [
+        "sni=\"edgelb.test\"",
+        "status=200",
+        "listener=\"listener-1\"",
+        "method=GET",
+        &format!("backend=\"{be}\""),
+    ] {
+        assert!(access.contains(field), "{field} missing from {access}");
+    }
     let table = daemon::run(&["status", "--admin", &admin]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(

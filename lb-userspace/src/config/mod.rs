@@ -37,6 +37,7 @@ pub struct OpsConfig {
     pub admin: Option<SocketAddr>,
     pub admin_allow_remote: bool,
     pub drain_timeout: Duration,
+    pub access_log: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -259,6 +260,7 @@ impl Config {
                     .transpose()?,
                 admin_allow_remote: args.admin_allow_remote,
                 drain_timeout: parse::seconds("--drain-timeout", &args.drain_timeout, 0, 300)?,
+                access_log: args.access_log,
             },
         })
     }

@@ -38,6 +38,8 @@ pub struct ConnInfo {
     pub local: SocketAddr,
     pub scheme: &'static str,
     pub identity: ClientIdentity,
+    /// The server name the client asked for in its ClientHello.
+    pub sni: Option<String>,
 }
 
 /// Whether the request asks to switch protocols (WebSocket and other HTTP/1.1 upgrades).
@@ -127,6 +129,7 @@ mod tests {
             local: "10.0.0.1:443".parse().expect("static"),
             scheme: "https",
             identity: ClientIdentity::default(),
+            sni: None,
         }
     }
 

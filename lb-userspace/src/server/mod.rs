@@ -41,6 +41,8 @@ pub struct ListenerContext {
     pub open: Arc<AtomicUsize>,
     /// How long in-flight requests may take to finish once stopping.
     pub drain: Duration,
+    /// Log one line per request (`--access-log`), under the listener's name.
+    pub access_log: Option<Arc<str>>,
 }
 
 /// Counts a connection in [`ListenerContext::open`] until dropped.
@@ -72,6 +74,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
             local,
             scheme: "http",
             identity: ClientIdentity::default(),
+            sni: None,
         };
         serve_http(
             Tracked::new(stream, activity.clone()),
@@ -107,6 +110,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
         local,
         scheme: "https",
         identity: ClientIdentity::from_connection(session),
+        sni: session.server_name().map(str::to_string),
     };
     serve_http(
         Tracked::new(tls_stream, activity.clone()),
@@ -131,14 +135,32 @@ async fn serve_http<S>(
     let conn = Arc::new(conn);
     let upstream = ctx.upstream.clone();
     let metrics = ctx.metrics.clone();
+    let access_log = ctx.access_log.clone();
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let guard = service_activity.request_started();
         let (upstream, conn, metrics) = (upstream.clone(), conn.clone(), metrics.clone());
+        let access_log = access_log.clone();
         async move {
             let started = std::time::Instant::now();
+            let (method, path) = (req.method().clone(), req.uri().path().to_string());
             let (resp, backend) = upstream.forward(req, &conn).await;
-            metrics.request(backend, resp.status().as_u16(), started.elapsed());
+            let took = started.elapsed();
+            metrics.request(backend, resp.status().as_u16(), took);
+            if let Some(listener) = access_log {
+                tracing::info!(
+                    target: "edgelb::access",
+                    client = %conn.peer,
+                    sni = conn.sni.as_deref().unwrap_or("-"),
+                    listener = &*listener,
+                    method = %method,
+                    path,
+                    backend = backend.and_then(|b| upstream.balancer().key(b)).unwrap_or("-"),
+                    status = resp.status().as_u16(),
+                    ms = took.as_secs_f64() * 1000.0,
+                    "request"
+                );
+            }
             Ok::<_, Infallible>(resp.map(|b| WithGuard::new(b, guard).boxed()))
         }
     });
