@@ -25,6 +25,9 @@ pub const MAP_PORTS: &str = "PORTS";
 pub const MAP_ACL_V4: &str = "ACL_V4";
 pub const MAP_ACL_V6: &str = "ACL_V6";
 pub const MAP_STATS: &str = "STATS";
+pub const MAP_MAGLEV: &str = "MAGLEV";
+pub const MAP_MAGLEV_GEN: &str = "MAGLEV_GEN";
+pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 
 /// Listeners the data plane can know at once. Listener ids run from 1 to `MAX_LISTENERS`;
 /// id 0 is the counter slot for traffic that belongs to no listener.
@@ -160,6 +163,105 @@ pub struct PortListeners {
 /// [`ListenerInfo::l4_group`] of listeners served in userspace.
 pub const NO_GROUP: u32 = u32::MAX;
 
+/// Backend groups whose Maglev rings the kernel holds at once: [`ListenerInfo::l4_group`] runs
+/// from 0 to `MAX_L4_GROUPS - 1`; a larger value is treated as [`NO_GROUP`].
+pub const MAX_L4_GROUPS: u32 = 16;
+
+/// Backends of one group the kernel can pick: ring entries run from 0 to
+/// `MAX_BACKENDS_PER_GROUP - 1`; any other entry (such as [`maglev::NO_BACKEND`]) picks none.
+pub const MAX_BACKENDS_PER_GROUP: u32 = 256;
+
+/// Ring entries per element of the `MAGLEV` array. A ring is written with one system call per
+/// element, so whole chunks make a ring 257 writes instead of 65,537 (and an array pads each
+/// element to 8 bytes, which would double the memory of one `u32` per element).
+pub const MAGLEV_CHUNK: u32 = 256;
+
+/// Elements of the `MAGLEV` array one ring takes: [`maglev::TABLE_SIZE`] entries rounded up
+/// to whole chunks (the 255 entries past the end of the last chunk are never read).
+pub const MAGLEV_CHUNKS_PER_RING: u32 = maglev::TABLE_SIZE.div_ceil(MAGLEV_CHUNK);
+
+/// Elements of the `MAGLEV` array: two rings per group, of which `MAGLEV_GEN` says which one
+/// is live. A ring is rewritten into the half the kernel is not reading, then `MAGLEV_GEN` is
+/// flipped, so a packet sees either the old ring or the new one, never a mix.
+///
+/// Kernel memory: 16 groups * 2 halves * 257 chunks * 1 KiB = 8.4 MB, allocated when the
+/// program is loaded.
+pub const MAGLEV_ENTRIES: u32 = 2 * MAX_L4_GROUPS * MAGLEV_CHUNKS_PER_RING;
+
+/// Value of the `MAGLEV` array: [`MAGLEV_CHUNK`] consecutive entries of a ring, each a backend
+/// index or [`maglev::NO_BACKEND`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Pod, Zeroable)]
+pub struct MaglevChunk {
+    pub backends: [u32; MAGLEV_CHUNK as usize],
+}
+
+// A ring fits its chunks with less than one chunk to spare; NO_BACKEND is never a backend the
+// kernel counts (one comparison turns both away), and NO_GROUP is never a group it holds.
+const _: () = {
+    assert!(MAGLEV_CHUNKS_PER_RING * MAGLEV_CHUNK >= maglev::TABLE_SIZE);
+    assert!((MAGLEV_CHUNKS_PER_RING - 1) * MAGLEV_CHUNK < maglev::TABLE_SIZE);
+    assert!(MAX_BACKENDS_PER_GROUP < maglev::NO_BACKEND);
+    assert!(MAX_L4_GROUPS < NO_GROUP);
+};
+
+/// Where entry `slot` of half `half` (0 or 1) of `group`'s ring lives: the `MAGLEV` element,
+/// and the index in its [`MaglevChunk::backends`].
+#[inline(always)]
+pub const fn maglev_position(group: u32, half: u32, slot: u32) -> (u32, u32) {
+    (
+        (group * 2 + half) * MAGLEV_CHUNKS_PER_RING + slot / MAGLEV_CHUNK,
+        slot % MAGLEV_CHUNK,
+    )
+}
+
+/// The half of a group's ring that is live, from its `MAGLEV_GEN` value: the generation, i.e.
+/// how many rings the daemon has written for the group since the program was loaded. 0 (the
+/// array's initial content) means no ring yet: the group picks no backend. Generation `g > 0`
+/// lives in half `g & 1`; the writer skips 0 when the counter wraps.
+#[inline(always)]
+pub const fn live_half(generation: u32) -> Option<u32> {
+    if generation == 0 {
+        None
+    } else {
+        Some(generation & 1)
+    }
+}
+
+/// The generation that follows `generation` (never 0, and of the other parity).
+pub const fn next_generation(generation: u32) -> u32 {
+    match generation.wrapping_add(1) {
+        0 => 2,
+        g => g,
+    }
+}
+
+/// Entries of the per-CPU `BACKEND_STATS` array: one [`BackendCounters`] per (group, backend).
+pub const BACKEND_STATS_SLOTS: u32 = MAX_L4_GROUPS * MAX_BACKENDS_PER_GROUP;
+
+/// Index in `BACKEND_STATS` of backend `backend` of `group`.
+#[inline(always)]
+pub const fn backend_stats_slot(group: u32, backend: u32) -> u32 {
+    group * MAX_BACKENDS_PER_GROUP + backend
+}
+
+/// Value of the per-CPU `BACKEND_STATS` array: the frames of L4 listeners that the program
+/// assigned to one backend through its group's Maglev ring.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct BackendCounters {
+    pub packets: u64,
+    /// Whole frames, Ethernet header included.
+    pub bytes: u64,
+}
+
+impl BackendCounters {
+    pub fn add(&mut self, other: &BackendCounters) {
+        self.packets = self.packets.wrapping_add(other.packets);
+        self.bytes = self.bytes.wrapping_add(other.bytes);
+    }
+}
+
 /// Data of an `ACL_V4` trie key (the trie's `prefix_len` is 32 + the CIDR length).
 ///
 /// The listener id is big-endian so that the trie, which compares bits from the first byte,
@@ -263,6 +365,8 @@ mod pod {
     unsafe impl aya::Pod for super::AclV4 {}
     unsafe impl aya::Pod for super::AclV6 {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::BackendCounters {}
+    unsafe impl aya::Pod for super::MaglevChunk {}
 }
 
 #[cfg(test)]
@@ -282,6 +386,25 @@ mod tests {
         assert_eq!(size_of::<AclV4>(), 8);
         assert_eq!(size_of::<AclV6>(), 20);
         assert_eq!(size_of::<Counters>(), 8 * 2 * OUTCOMES);
+        assert_eq!(size_of::<BackendCounters>(), 16);
+        assert_eq!(align_of::<BackendCounters>(), 8);
+        assert_eq!(size_of::<MaglevChunk>(), 4 * MAGLEV_CHUNK as usize);
+        assert_eq!(align_of::<MaglevChunk>(), 4);
+        // Whole 8-byte words: the array stores elements unpadded.
+        assert_eq!(size_of::<MaglevChunk>() % 8, 0);
+        assert_eq!(MAGLEV_CHUNKS_PER_RING, 257);
+        assert_eq!(
+            maglev_position(MAX_L4_GROUPS - 1, 1, maglev::TABLE_SIZE - 1),
+            (MAGLEV_ENTRIES - 1, (maglev::TABLE_SIZE - 1) % MAGLEV_CHUNK)
+        );
+        assert_eq!(maglev_position(0, 0, 0), (0, 0));
+        assert_eq!(maglev_position(0, 0, 257), (1, 1));
+        assert_eq!(maglev_position(0, 1, 0), (MAGLEV_CHUNKS_PER_RING, 0));
+        assert_eq!(maglev_position(1, 0, 5), (2 * MAGLEV_CHUNKS_PER_RING, 5));
+        assert_eq!(
+            backend_stats_slot(MAX_L4_GROUPS - 1, MAX_BACKENDS_PER_GROUP - 1),
+            BACKEND_STATS_SLOTS - 1
+        );
         let key = ListenerKey::new(ANY_V4, 0x1234, IPPROTO_TCP);
         let bytes = bytemuck::bytes_of(&key);
         assert_eq!(&bytes[16..18], &0x1234u16.to_ne_bytes());
@@ -298,6 +421,21 @@ mod tests {
         v6[10] = 0xff;
         v6[11] = 0xff;
         assert_eq!(v4_unmapped(&v6), None);
+    }
+
+    #[test]
+    fn generations_alternate_halves_and_never_return_to_no_ring() {
+        assert_eq!(live_half(0), None);
+        let mut g = 0;
+        let mut halves = [None; 4];
+        for h in &mut halves {
+            g = next_generation(g);
+            *h = live_half(g);
+        }
+        assert_eq!(halves, [Some(1), Some(0), Some(1), Some(0)]);
+        assert_eq!(next_generation(u32::MAX), 2);
+        assert_eq!(live_half(u32::MAX), Some(1));
+        assert_eq!(live_half(next_generation(u32::MAX)), Some(0));
     }
 
     #[test]

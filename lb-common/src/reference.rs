@@ -19,6 +19,12 @@
 //! 6. Access control against the source (IPv4-mapped IPv6 sources as IPv4): `all` passes,
 //!    `allow` passes on a match and drops otherwise, `deny` drops on a match; any other mode
 //!    value passes.
+//! 7. An admitted frame (`Passed`) of a listener whose `l4_group` is below [`MAX_L4_GROUPS`] is
+//!    assigned a backend of that group: the entry `table_slot(source_hash(src))` of the group's
+//!    live ring, `src` IPv4-mapped for IPv4 (and IPv4-mapped IPv6) sources. No ring for the
+//!    group, or an entry not below [`MAX_BACKENDS_PER_GROUP`] (such as `NO_BACKEND`), assigns
+//!    none. The frame is still `Passed`; the assignment counts in the backend's
+//!    `BACKEND_STATS` slot.
 //!
 //! Listener outcomes count in the listener id's slot; the others in [`NO_LISTENER_SLOT`].
 use std::collections::HashMap;
@@ -39,6 +45,9 @@ pub struct Tables {
     pub listeners: HashMap<ListenerKey, ListenerInfo>,
     /// (listener id, prefix)
     pub acl: Vec<(u32, AclPrefix)>,
+    /// The live Maglev ring of each backend group that has one ([`maglev::TABLE_SIZE`]
+    /// entries), keyed by group.
+    pub rings: HashMap<u32, Vec<u32>>,
 }
 
 /// The program's conclusion about one frame: which counter it bumps, in which slot.
@@ -46,6 +55,16 @@ pub struct Tables {
 pub struct Decision {
     pub outcome: Outcome,
     pub slot: u32,
+    /// The backend an L4 listener's frame was assigned (rule 7).
+    pub backend: Option<BackendPick>,
+}
+
+/// A backend chosen through a group's Maglev ring: the `BACKEND_STATS` slot
+/// [`backend_stats_slot`]`(group, backend)` counts the frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendPick {
+    pub group: u32,
+    pub backend: u32,
 }
 
 impl Decision {
@@ -53,8 +72,18 @@ impl Decision {
         Decision {
             outcome,
             slot: NO_LISTENER_SLOT,
+            backend: None,
         }
     }
+}
+
+/// The entry of `ring` for a client at `src` (IPv4 clients IPv4-mapped), if it names a backend
+/// the kernel can count.
+pub fn ring_pick(ring: &[u32], src: &[u8; 16]) -> Option<u32> {
+    let slot = maglev::table_slot(maglev::source_hash(src)) as usize;
+    ring.get(slot)
+        .copied()
+        .filter(|b| *b < MAX_BACKENDS_PER_GROUP)
 }
 
 enum Src {
@@ -194,9 +223,24 @@ fn classify_inner(frame: &[u8], tables: &Tables) -> Result<Decision, Decision> {
         acl::DENY if listed => Outcome::DroppedAcl,
         _ => Outcome::Passed,
     };
+    let group = info.l4_group;
+    let backend = if outcome == Outcome::Passed && group < MAX_L4_GROUPS {
+        let client = match src {
+            Src::V4(a) => v4_mapped(a),
+            Src::V6(a) => a,
+        };
+        tables
+            .rings
+            .get(&group)
+            .and_then(|ring| ring_pick(ring, &client))
+            .map(|backend| BackendPick { group, backend })
+    } else {
+        None
+    };
     Ok(Decision {
         outcome,
         slot: info.id,
+        backend,
     })
 }
 
@@ -252,7 +296,8 @@ mod tests {
             ok,
             Decision {
                 outcome: Outcome::Passed,
-                slot: 7
+                slot: 7,
+                backend: None,
             }
         );
         let bad = classify(&tcp_v4([192, 168, 2, 9], [10, 0, 0, 1], 443), &t);
@@ -260,7 +305,8 @@ mod tests {
             bad,
             Decision {
                 outcome: Outcome::DroppedAcl,
-                slot: 7
+                slot: 7,
+                backend: None,
             }
         );
         let other_port = classify(&tcp_v4([192, 168, 2, 9], [10, 0, 0, 1], 80), &t);
@@ -274,6 +320,50 @@ mod tests {
         assert_eq!(d.outcome, Outcome::DroppedAcl);
         let d = classify(&tcp_v4([192, 168, 1, 127], [10, 0, 0, 1], 443), &t);
         assert_eq!(d.outcome, Outcome::Passed);
+    }
+
+    #[test]
+    fn l4_listeners_pick_from_their_group_ring_when_admitted() {
+        let mut t = tables(acl::DENY, &[AclPrefix::V4([192, 168, 1, 0], 24)]);
+        let key = ListenerKey::new(v4_mapped([10, 0, 0, 1]), 443, IPPROTO_TCP);
+        let src = [172, 16, 0, 9];
+        let slot = maglev::table_slot(maglev::source_hash(&v4_mapped(src))) as usize;
+        let mut ring = std::vec![maglev::NO_BACKEND; maglev::TABLE_SIZE as usize];
+        ring[slot] = 3;
+        t.rings.insert(2, ring.clone());
+        let frame = tcp_v4(src, [10, 0, 0, 1], 443);
+        // Not an L4 listener: no pick.
+        assert_eq!(classify(&frame, &t).backend, None);
+
+        t.listeners.get_mut(&key).expect("listener 7").l4_group = 2;
+        let d = classify(&frame, &t);
+        assert_eq!(d.outcome, Outcome::Passed);
+        assert_eq!(
+            d.backend,
+            Some(BackendPick {
+                group: 2,
+                backend: 3
+            })
+        );
+        // Refused sources are never assigned.
+        let refused = classify(&tcp_v4([192, 168, 1, 1], [10, 0, 0, 1], 443), &t);
+        assert_eq!(
+            (refused.outcome, refused.backend),
+            (Outcome::DroppedAcl, None)
+        );
+        // NO_BACKEND, indices the kernel cannot count, and groups without a ring pick none.
+        for entry in [maglev::NO_BACKEND, MAX_BACKENDS_PER_GROUP] {
+            ring[slot] = entry;
+            t.rings.insert(2, ring.clone());
+            assert_eq!(classify(&frame, &t).backend, None);
+        }
+        t.rings.clear();
+        assert_eq!(classify(&frame, &t).backend, None);
+        // Group ids past the end are no group.
+        t.rings
+            .insert(MAX_L4_GROUPS, std::vec![0; maglev::TABLE_SIZE as usize]);
+        t.listeners.get_mut(&key).expect("listener 7").l4_group = MAX_L4_GROUPS;
+        assert_eq!(classify(&frame, &t).backend, None);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! edgelb's XDP program: parse the frame down to the TCP/UDP destination port, find the
-//! listener, apply its access control, count. The rules are stated once, in
+//! listener, apply its access control, pick the backend of an L4 listener's client from its
+//! group's Maglev ring, count. The rules are stated once, in
 //! `lb_common::reference`, and the differential test holds this program to them.
 #![no_std]
 #![no_main]
@@ -10,11 +11,13 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    ACL_LISTENER_ID_BITS, AclV4, AclV6, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4,
-    ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT,
-    IPV6_HOP_BY_HOP, IPV6_ROUTING, ListenerInfo, ListenerKey, MAX_ACL_ENTRIES,
-    MAX_IPV6_EXT_HEADERS, MAX_LISTENERS, MAX_VLAN_TAGS, NO_LISTENER_SLOT, OUTCOMES, Outcome,
-    PORT_SLOTS, PortListeners, STATS_SLOTS, acl, port_slot, v4_mapped,
+    ACL_LISTENER_ID_BITS, AclV4, AclV6, BACKEND_STATS_SLOTS, BackendCounters, Counters,
+    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH,
+    IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, ListenerInfo, ListenerKey,
+    MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS,
+    MAX_LISTENERS, MAX_VLAN_TAGS, MaglevChunk, NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS,
+    PortListeners, STATS_SLOTS, acl, backend_stats_slot, live_half, maglev, maglev_position,
+    port_slot, v4_mapped,
 };
 
 #[map(name = "LISTENERS")]
@@ -32,14 +35,32 @@ static ACL_V6: LpmTrie<AclV6, u8> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, 0
 #[map(name = "STATS")]
 static STATS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 
+/// Two halves of a Maglev ring per backend group, in chunks (`lb_common::maglev_position`).
+#[map(name = "MAGLEV")]
+static MAGLEV: Array<MaglevChunk> = Array::with_max_entries(MAGLEV_ENTRIES, 0);
+
+/// Per group: the generation of its live ring (0: none yet; `lb_common::live_half`).
+#[map(name = "MAGLEV_GEN")]
+static MAGLEV_GEN: Array<u32> = Array::with_max_entries(MAX_L4_GROUPS, 0);
+
+#[map(name = "BACKEND_STATS")]
+static BACKEND_STATS: PerCpuArray<BackendCounters> =
+    PerCpuArray::with_max_entries(BACKEND_STATS_SLOTS, 0);
+
 #[xdp]
 pub fn edgelb_xdp(ctx: XdpContext) -> u32 {
     let (slot, outcome) = match classify(&ctx) {
         Ok(decision) => decision,
         Err(outcome) => (NO_LISTENER_SLOT, outcome),
     };
-    count(slot, outcome, (ctx.data_end() - ctx.data()) as u64);
+    count(slot, outcome, frame_len(&ctx));
     outcome.action()
+}
+
+/// The whole frame's length, Ethernet header included.
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> u64 {
+    (ctx.data_end() - ctx.data()) as u64
 }
 
 #[inline(always)]
@@ -70,6 +91,37 @@ fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<&[u8; N], Outco
 enum Src {
     V4([u8; 4]),
     V6([u8; 16]),
+}
+
+/// Assigns the client at `src` (IPv4 clients IPv4-mapped) a backend of `group` through the
+/// group's live Maglev ring and counts the frame for that backend. Forwarding comes later.
+#[inline(always)]
+fn pick_backend(group: u32, src: &[u8; 16], len: u64) {
+    let Some(half) = MAGLEV_GEN.get(group).and_then(|g| live_half(*g)) else {
+        return;
+    };
+    let slot = maglev::table_slot(maglev::source_hash(src));
+    // The map lookups check their own indices. `entry` is below MAGLEV_CHUNK by construction
+    // (LLVM drops the slice check); the backend bound keeps the counter inside the group's
+    // slots and turns NO_BACKEND away.
+    let (chunk, entry) = maglev_position(group, half, slot);
+    let Some(backend) = MAGLEV
+        .get(chunk)
+        .and_then(|c| c.backends.get(entry as usize))
+        .copied()
+    else {
+        return;
+    };
+    if backend >= MAX_BACKENDS_PER_GROUP {
+        return;
+    }
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_stats_slot(group, backend)) {
+        // SAFETY: a per-CPU slot is only written by the program running on that CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
 }
 
 #[inline(always)]
@@ -123,6 +175,14 @@ fn classify(ctx: &XdpContext) -> Result<(u32, Outcome), Outcome> {
         acl::DENY if listed => Outcome::DroppedAcl,
         _ => Outcome::Passed,
     };
+    // Listeners served in userspace carry NO_GROUP, which fails this one comparison.
+    if outcome == Outcome::Passed && info.l4_group < MAX_L4_GROUPS {
+        let client = match src {
+            Src::V4(addr) => v4_mapped(addr),
+            Src::V6(addr) => addr,
+        };
+        pick_backend(info.l4_group, &client, frame_len(ctx));
+    }
     Ok((info.id, outcome))
 }
 

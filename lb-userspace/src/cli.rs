@@ -19,6 +19,8 @@ pub struct Cli {
     pub run: RunArgs,
 }
 
+// Parsed once per process: the size of the Check variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Validate the flags and every file they name, print the effective configuration, exit

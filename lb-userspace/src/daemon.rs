@@ -137,6 +137,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "edgelb ready"
     );
 
+    // The kernel's copy of the group's Maglev ring follows the balancer's: same clients, same
+    // backends, whichever side picks.
+    write_ring(dataplane.as_mut(), &balancer);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         listener: ListenerStatus {
@@ -161,6 +164,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = refresh.tick() => refresh_status(&admin_state, &config, dataplane.as_ref()),
+            _ = health_changed.notified() => write_ring(dataplane.as_mut(), &balancer),
         }
     }
     let _ = stop_tx.send(true);
@@ -245,6 +249,17 @@ fn privilege_hint(e: &DataplaneError) -> &'static str {
         " (loading XDP needs root, or CAP_BPF and CAP_NET_ADMIN)"
     } else {
         ""
+    }
+}
+
+/// The group's id in the data plane's Maglev maps.
+const GROUP_ID: u32 = 0;
+
+fn write_ring(dataplane: Option<&mut Dataplane>, balancer: &Balancer) {
+    if let (Some(dp), Some(table)) = (dataplane, balancer.maglev_table())
+        && let Err(e) = dp.set_ring(GROUP_ID, &table)
+    {
+        warn!(error = %error_chain(&e), "writing the Maglev ring to the data plane");
     }
 }
 

@@ -1,18 +1,25 @@
 //! Differential test: the XDP program in the kernel and `lb_common::reference` must reach the
 //! same verdict, and count it in the same slot, for every generated frame under every generated
 //! map content. The maps are rewritten between scenarios by the daemon's own writer
-//! (`Dataplane::apply`), so stale entries left by it would show up as disagreements too.
+//! (`Dataplane::apply_in_groups`), so stale entries left by it would show up as disagreements
+//! too. Some listeners are L4 listeners of backend groups whose Maglev rings (random, and
+//! rewritten now and then through `Dataplane::set_ring`) the program picks backends from; the
+//! per-backend counters must move exactly as the reference's picks say.
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edgelb::acl::AclMode;
-use edgelb::dataplane::ListenerRule;
+use edgelb::dataplane::{L4Groups, ListenerRule};
 use edgelb_tests::dataplane_fixture::Fixture;
 use edgelb_tests::packet::{Ext, Frame, ICMP, TCP, UDP};
 use edgelb_tests::privilege::root_or_skip;
 use edgelb_tests::rng::Rng;
 use ipnet::IpNet;
-use lb_common::{Counters, MAX_LISTENERS, OUTCOMES};
+use lb_common::maglev::{NO_BACKEND, TABLE_SIZE, build_table};
+use lb_common::{
+    BackendCounters, Counters, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS, OUTCOMES,
+    Outcome, backend_stats_slot,
+};
 
 const SCENARIOS: u64 = 40;
 const FRAMES_PER_SCENARIO: usize = 150;
@@ -103,6 +110,53 @@ fn scenario_rules(rng: &mut Rng) -> Vec<ListenerRule> {
         }
     }
     rules
+}
+
+/// The backend groups L4 listeners are put in: the first few and the last one.
+const GROUPS: [u32; 4] = [0, 1, 2, MAX_L4_GROUPS - 1];
+
+/// About half the listeners become L4 listeners of one of [`GROUPS`].
+fn scenario_groups(rng: &mut Rng, rules: &[ListenerRule]) -> L4Groups {
+    let mut groups = L4Groups::new();
+    for r in rules {
+        if rng.chance(50) {
+            groups.insert(r.id, *rng.pick(&GROUPS));
+        }
+    }
+    groups
+}
+
+/// A ring the daemon could write: built from a few backends with random weights (all 0
+/// included: every entry NO_BACKEND), or any mix of backend indices and NO_BACKEND.
+fn random_ring(rng: &mut Rng) -> Vec<u32> {
+    if rng.chance(50) {
+        let keys: Vec<String> = (0..1 + rng.below(6))
+            .map(|i| format!("10.9.{}.{i}:80", rng.below(4)))
+            .collect();
+        let backends: Vec<(&[u8], u32)> = keys
+            .iter()
+            .map(|k| (k.as_bytes(), rng.below(4) as u32))
+            .collect();
+        return build_table(&backends);
+    }
+    let n = *rng.pick(&[1, 3, 17, MAX_BACKENDS_PER_GROUP as usize]);
+    (0..TABLE_SIZE)
+        .map(|_| {
+            if rng.chance(15) {
+                NO_BACKEND
+            } else {
+                rng.below(n) as u32
+            }
+        })
+        .collect()
+}
+
+/// Every group's per-backend counters, indexed by `backend_stats_slot`.
+fn backend_counters(fx: &Fixture) -> Vec<BackendCounters> {
+    (0..MAX_L4_GROUPS)
+        .flat_map(|g| (0..MAX_BACKENDS_PER_GROUP).map(move |b| (g, b)))
+        .map(|(g, b)| fx.backend_counters(g, b))
+        .collect()
 }
 
 fn random_frame(rng: &mut Rng) -> Frame {
@@ -225,14 +279,28 @@ fn kernel_program_agrees_with_the_reference_classifier() {
     let mut mismatches = Vec::new();
     let mut total = 0usize;
     let mut by_outcome = [0usize; OUTCOMES];
+    let (mut picked, mut l4_unpicked, mut rings_written) = (0usize, 0usize, 0usize);
     for seed in 0..SCENARIOS {
         let mut rng = Rng::new(seed);
         let rules = scenario_rules(&mut rng);
-        fx.apply(&rules);
+        // The L4 side draws from its own generator, so that the rules and frames stay those
+        // of the test before L4 listeners existed.
+        let mut l4_rng = Rng::new(seed ^ 0x4d41_474c_4556);
+        let groups = scenario_groups(&mut l4_rng, &rules);
+        for group in GROUPS {
+            // Rings stay from one scenario to the next; some groups never get one.
+            if group != 2 && l4_rng.chance(30) {
+                fx.set_ring(group, random_ring(&mut l4_rng));
+                rings_written += 1;
+            }
+        }
+        fx.apply_in_groups(&rules, &groups);
         let start: HashMap<u32, Counters> =
             fx.slots.iter().map(|s| (*s, fx.counters(*s))).collect();
         let mut expected: HashMap<u32, Counters> =
             fx.slots.iter().map(|s| (*s, Counters::default())).collect();
+        let backends_start = backend_counters(&fx);
+        let mut backends_expected = vec![BackendCounters::default(); backends_start.len()];
         for frame in scenario_frames(&mut rng) {
             total += 1;
             let (verdict, decision) = fx.run(&frame);
@@ -240,6 +308,21 @@ fn kernel_program_agrees_with_the_reference_classifier() {
             let e = expected.entry(decision.slot).or_default();
             e.packets[decision.outcome as usize] += 1;
             e.bytes[decision.outcome as usize] += frame.len() as u64;
+            if let Some(pick) = decision.backend {
+                picked += 1;
+                let c =
+                    &mut backends_expected[backend_stats_slot(pick.group, pick.backend) as usize];
+                c.packets += 1;
+                c.bytes += frame.len() as u64;
+            } else if decision.outcome == Outcome::Passed
+                && fx
+                    .tables
+                    .listeners
+                    .values()
+                    .any(|l| l.id == decision.slot && l.l4_group < MAX_L4_GROUPS)
+            {
+                l4_unpicked += 1;
+            }
             if verdict != decision.outcome.action() && mismatches.len() < 20 {
                 mismatches.push(format!(
                     "seed {seed}: kernel {verdict}, reference {decision:?} for {}",
@@ -262,9 +345,29 @@ fn kernel_program_agrees_with_the_reference_classifier() {
                 ));
             }
         }
+        // So did every backend's, in every group.
+        for (i, now) in backend_counters(&fx).iter().enumerate() {
+            let delta = BackendCounters {
+                packets: now.packets - backends_start[i].packets,
+                bytes: now.bytes - backends_start[i].bytes,
+            };
+            if delta != backends_expected[i] && mismatches.len() < 20 {
+                let (group, backend) = (
+                    i as u32 / MAX_BACKENDS_PER_GROUP,
+                    i as u32 % MAX_BACKENDS_PER_GROUP,
+                );
+                mismatches.push(format!(
+                    "seed {seed}: backend {backend} of group {group} counted {delta:?}, \
+                     reference {:?} (groups {groups:?})",
+                    backends_expected[i]
+                ));
+            }
+        }
     }
     eprintln!(
-        "differential: {total} frames over {SCENARIOS} map contents; by outcome {by_outcome:?}"
+        "differential: {total} frames over {SCENARIOS} map contents; by outcome {by_outcome:?}; \
+         {picked} assigned a backend, {l4_unpicked} of L4 listeners assigned none; \
+         {rings_written} rings written"
     );
     assert!(
         mismatches.is_empty(),
@@ -275,5 +378,9 @@ fn kernel_program_agrees_with_the_reference_classifier() {
     assert!(
         by_outcome.iter().all(|n| *n >= 50),
         "outcomes poorly covered: {by_outcome:?}"
+    );
+    assert!(
+        picked >= 50 && l4_unpicked >= 20,
+        "L4 picks poorly covered: {picked} assigned, {l4_unpicked} not"
     );
 }

@@ -281,6 +281,7 @@ fn packet_table_gives_the_expected_verdict_and_counter() {
         let expected_ref = lb_common::reference::Decision {
             outcome: c.outcome,
             slot: c.slot,
+            backend: None,
         };
         if verdict != c.outcome.action() || !counted || reference != expected_ref {
             failures.push(format!(
@@ -318,4 +319,114 @@ fn frames_shorter_than_an_ethernet_header_are_refused_by_the_kernel_test_harness
         fx.counters(NO_LISTENER_SLOT).packets_of(Outcome::NotOurs),
         1
     );
+}
+
+#[test]
+fn an_l4_listener_gives_a_client_one_backend_whatever_its_headers() {
+    if !root_or_skip("an_l4_listener_gives_a_client_one_backend_whatever_its_headers") {
+        return;
+    }
+    use lb_common::maglev::{build_table, source_hash, table_slot};
+    let mut fx = Fixture::load();
+    let group = 5;
+    fx.apply_in_groups(
+        &[rule(1, "[::]:443", TCP, Blacklist, &["10.66.0.0/16"])],
+        &edgelb::dataplane::L4Groups::from([(1, group)]),
+    );
+    let keys: Vec<String> = (1..=8).map(|i| format!("10.1.0.{i}:8080")).collect();
+    let ring = build_table(
+        &keys
+            .iter()
+            .map(|k| (k.as_bytes(), 1))
+            .collect::<Vec<(&[u8], u32)>>(),
+    );
+    fx.set_ring(group, ring.clone());
+    let backend_of = |client: &str| {
+        let addr = match ip(client) {
+            std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            std::net::IpAddr::V6(v6) => v6.octets(),
+        };
+        ring[table_slot(source_hash(&addr)) as usize]
+    };
+    let v4 = || Frame::tcp("10.2.3.4", "10.0.0.1", 443);
+    let v6 = || Frame::tcp("fd00:7::9", "fd00::1", 443);
+    let hop = Ext::Options { kind: 0, len8: 1 };
+    let frag0 = Ext::Fragment {
+        offset: 0,
+        more: true,
+    };
+    // (what, frame, the client whose backend it must count for; None: no pick)
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("IPv4", v4().bytes(), Some("10.2.3.4")),
+        (
+            "IPv4, one VLAN tag",
+            v4().vlans(&[0x8100]).bytes(),
+            Some("10.2.3.4"),
+        ),
+        (
+            "IPv4, QinQ",
+            v4().vlans(&[0x88a8, 0x8100]).bytes(),
+            Some("10.2.3.4"),
+        ),
+        (
+            "IPv4 with options",
+            v4().v4_options(12).bytes(),
+            Some("10.2.3.4"),
+        ),
+        (
+            "IPv4 first fragment",
+            v4().v4_fragment(0, true).bytes(),
+            Some("10.2.3.4"),
+        ),
+        (
+            "the same client IPv4-mapped, extension headers",
+            Frame::tcp("::ffff:10.2.3.4", "fd00::1", 443)
+                .exts(&[hop, frag0])
+                .bytes(),
+            Some("10.2.3.4"),
+        ),
+        ("IPv6", v6().bytes(), Some("fd00:7::9")),
+        (
+            "IPv6, extension headers",
+            v6().exts(&[hop, frag0]).bytes(),
+            Some("fd00:7::9"),
+        ),
+        (
+            "IPv4 non-first fragment",
+            v4().v4_fragment(9, false).bytes(),
+            None,
+        ),
+        (
+            "UDP to the port",
+            Frame::udp("10.2.3.4", "10.0.0.1", 443).bytes(),
+            None,
+        ),
+        (
+            "refused by the listener's blacklist",
+            Frame::tcp("10.66.1.1", "10.0.0.1", 443).bytes(),
+            None,
+        ),
+    ];
+    let all = |fx: &Fixture| -> Vec<u64> {
+        (0..8)
+            .map(|b| fx.backend_counters(group, b).packets)
+            .collect()
+    };
+    let mut failures = Vec::new();
+    for (what, frame, client) in cases {
+        let before = all(&fx);
+        let (_, reference) = fx.run(&frame);
+        let after = all(&fx);
+        let rose: Vec<u32> = (0..8u32)
+            .filter(|b| after[*b as usize] != before[*b as usize])
+            .collect();
+        let expected: Vec<u32> = client.map(backend_of).into_iter().collect();
+        let reference: Vec<u32> = reference.backend.map(|p| p.backend).into_iter().collect();
+        if rose != expected || reference != expected {
+            failures.push(format!(
+                "{what}: kernel counted {rose:?}, reference {reference:?}, expected {expected:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }

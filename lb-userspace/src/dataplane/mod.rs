@@ -1,20 +1,25 @@
 //! The one owner of the kernel half: loads the XDP program, attaches and detaches it, writes
 //! its maps and reads its counters. Nothing else in the daemon touches BPF maps.
+mod maglev;
 mod object;
 pub mod rules;
+mod test_runner;
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
+use lb_common::maglev::TABLE_SIZE;
 use lb_common::{
     AclV4, AclV6, Counters, ListenerInfo, ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS,
-    MAP_PORTS, MAP_STATS, MAX_LISTENERS, PROGRAM_NAME, PortListeners,
+    MAP_PORTS, MAP_STATS, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME,
+    PortListeners,
 };
 use tracing::{info, warn};
 
-pub use rules::{DesiredMaps, ListenerRule};
+pub use rules::{DesiredMaps, L4Groups, ListenerRule};
+pub use test_runner::TestRunner;
 
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +66,21 @@ pub enum DataplaneError {
     Protocol(u8),
     #[error("BPF_PROG_TEST_RUN: {0}")]
     TestRun(String),
+    #[error("backend group {0} is outside 0..{MAX_L4_GROUPS}")]
+    Group(u32),
+    #[error("listener id {0} has an L4 backend group but no listener rule")]
+    GroupOfUnknownListener(u32),
+    #[error("a Maglev ring of {0} entries; the XDP program reads {TABLE_SIZE}")]
+    RingLength(usize),
+    #[error(
+        "Maglev ring entry {slot} names backend {entry}; the XDP program picks backends \
+         0..{MAX_BACKENDS_PER_GROUP} (or none: u32::MAX)"
+    )]
+    RingEntry { slot: usize, entry: u32 },
+    #[error("backend group {0} has no Maglev ring yet")]
+    NoRing(u32),
+    #[error("backend {0} is outside 0..{MAX_BACKENDS_PER_GROUP}")]
+    Backend(u32),
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
@@ -83,6 +103,8 @@ pub struct Dataplane {
     /// The non-empty `PORTS` slots as last written. The array starts zeroed and nothing else
     /// writes it, so this is its content without reading 131,072 entries back.
     ports: BTreeMap<u32, PortListeners>,
+    /// `MAGLEV_GEN` as last written: which half of each group's ring is live.
+    generations: maglev::Generations,
 }
 
 impl Dataplane {
@@ -99,6 +121,7 @@ impl Dataplane {
             ebpf,
             attachments: Vec::new(),
             ports: BTreeMap::new(),
+            generations: Default::default(),
         })
     }
 
@@ -145,10 +168,28 @@ impl Dataplane {
     /// inserted, unchanged ones left alone (so a rewrite never opens a window where a
     /// listener's ACL is missing).
     pub fn apply(&mut self, rules: &[ListenerRule]) -> Result<(), DataplaneError> {
+        self.apply_in_groups(rules, &L4Groups::new())
+    }
+
+    /// As [`Dataplane::apply`], with the listeners named in `l4_groups` made L4 listeners: the
+    /// program picks a backend of their group for each admitted packet, from the group's
+    /// Maglev ring ([`Dataplane::set_ring`]; until a ring is set the group picks none).
+    pub fn apply_in_groups(
+        &mut self,
+        rules: &[ListenerRule],
+        l4_groups: &L4Groups,
+    ) -> Result<(), DataplaneError> {
         if let Some(bad) = rules.iter().find(|r| r.id == 0 || r.id > MAX_LISTENERS) {
             return Err(DataplaneError::ListenerId(bad.id));
         }
-        let desired = DesiredMaps::from_rules(rules).map_err(DataplaneError::Protocol)?;
+        for (id, group) in l4_groups {
+            maglev::check_group(*group)?;
+            if !rules.iter().any(|r| r.id == *id) {
+                return Err(DataplaneError::GroupOfUnknownListener(*id));
+            }
+        }
+        let desired = DesiredMaps::from_rules_in_groups(rules, l4_groups)
+            .map_err(DataplaneError::Protocol)?;
         // Prefixes first, listeners last: a new whitelist listener must not appear before
         // its allowed prefixes do, or it would drop admitted clients for a moment.
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, true)?;
@@ -267,6 +308,18 @@ impl Dataplane {
             result.return_value,
             u64::try_from(result.duration.as_nanos()).unwrap_or(u64::MAX),
         ))
+    }
+
+    /// A second handle on the loaded program, so that another thread can run frames through
+    /// it (BPF_PROG_TEST_RUN) while this one keeps writing the maps: tests of map updates
+    /// under traffic. It writes nothing.
+    pub fn test_runner(&mut self) -> Result<TestRunner, DataplaneError> {
+        let fd = xdp_program(&mut self.ebpf)?
+            .fd()
+            .map_err(|e| DataplaneError::Load(error_chain(&e)))?
+            .try_clone()
+            .map_err(|e| DataplaneError::Load(e.to_string()))?;
+        Ok(TestRunner::new(fd))
     }
 }
 

@@ -32,7 +32,14 @@ impl ListenerRule {
         ListenerKey::new(addr, self.addr.port(), self.proto)
     }
 
+    /// The listener's map value, served in userspace ([`NO_GROUP`]).
     pub fn info(&self) -> ListenerInfo {
+        self.info_in_group(NO_GROUP)
+    }
+
+    /// The listener's map value, its admitted packets balanced by the XDP program over backend
+    /// `l4_group`'s Maglev ring ([`NO_GROUP`]: served in userspace).
+    pub fn info_in_group(&self, l4_group: u32) -> ListenerInfo {
         ListenerInfo {
             id: self.id,
             acl: match self.mode {
@@ -40,10 +47,14 @@ impl ListenerRule {
                 AclMode::Whitelist => acl::ALLOW,
                 AclMode::Blacklist => acl::DENY,
             },
-            l4_group: NO_GROUP,
+            l4_group,
         }
     }
 }
+
+/// L4 listeners: listener id -> the backend group whose Maglev ring the XDP program picks
+/// their clients' backends from. Listeners not in it are served in userspace.
+pub type L4Groups = BTreeMap<u32, u32>;
 
 /// Trie keys as plain tuples so that sets of them can be compared: (prefix_len, data).
 pub type V4Entry = (u32, [u8; 8]);
@@ -64,20 +75,22 @@ impl DesiredMaps {
     /// The maps for `rules`. A later rule with the same address, port and protocol replaces an
     /// earlier one. Rules whose protocol is neither TCP nor UDP are returned as the error.
     pub fn from_rules(rules: &[ListenerRule]) -> Result<Self, u8> {
+        Self::from_rules_in_groups(rules, &L4Groups::new())
+    }
+
+    /// As [`DesiredMaps::from_rules`], with the listeners of `l4_groups` balanced in XDP.
+    pub fn from_rules_in_groups(rules: &[ListenerRule], l4_groups: &L4Groups) -> Result<Self, u8> {
         let mut out = DesiredMaps::default();
         for rule in rules {
             let key = rule.key();
             let slot = port_slot(key.port, key.proto).ok_or(key.proto)?;
+            let info = rule.info_in_group(l4_groups.get(&rule.id).copied().unwrap_or(NO_GROUP));
             let port = out.ports.entry(slot).or_default();
             if key.addr == ANY_V4 {
-                port.any_v4 = rule.info();
+                port.any_v4 = info;
             } else if key.addr == ANY {
-                port.any = rule.info();
-            } else if out
-                .listeners
-                .insert(bytemuck::cast(key), rule.info())
-                .is_none()
-            {
+                port.any = info;
+            } else if out.listeners.insert(bytemuck::cast(key), info).is_none() {
                 port.exact += 1;
             }
             if rule.mode == AclMode::All {

@@ -1,14 +1,16 @@
 //! `cargo xtask bench xdp`: the XDP program's cost per packet, measured by the kernel with
 //! BPF_PROG_TEST_RUN and `repeat`, for passed and dropped packets, IPv4 and IPv6, with a small
-//! and a large ACL. Needs root.
+//! and a large ACL, and for an L4 listener whose admitted packets also get a Maglev pick.
+//! Needs root.
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edgelb::acl::AclMode;
-use edgelb::dataplane::{Dataplane, ListenerRule};
+use edgelb::dataplane::{Dataplane, L4Groups, ListenerRule};
 use edgelb_tests::packet::{Frame, TCP};
 use edgelb_tests::rng::Rng;
 use ipnet::IpNet;
 use lb_common::Outcome;
+use lb_common::maglev::build_table;
 
 const ADMITTED_V4: &str = "198.51.100.7";
 const REFUSED_V4: &str = "203.0.113.9";
@@ -71,6 +73,29 @@ fn main() -> anyhow::Result<()> {
     println!(
         "listener on one address (hash lookup), ipv4, 10 prefixes: pass {pass} ns, drop {drop} ns"
     );
+    // An L4 listener: admitted clients also get a backend from the group's Maglev ring, and
+    // that backend's counter rises.
+    let keys: Vec<String> = (1..=8).map(|i| format!("10.1.0.{i}:8080")).collect();
+    let backends: Vec<(&[u8], u32)> = keys.iter().map(|k| (k.as_bytes(), 1)).collect();
+    dp.set_ring(0, &build_table(&backends))?;
+    for v6 in [false, true] {
+        let rule = whitelist(10, v6);
+        dp.apply_in_groups(std::slice::from_ref(&rule), &L4Groups::from([(rule.id, 0)]))?;
+        let (admitted, refused, dst) = if v6 {
+            (ADMITTED_V6, REFUSED_V6, "2001:db8::1")
+        } else {
+            (ADMITTED_V4, REFUSED_V4, "192.0.2.1")
+        };
+        let (pass, drop) = pass_drop(&mut dp, admitted, refused, dst, repeat)?;
+        let picked: u64 = (0..8)
+            .map(|b| dp.backend_packets(0, b))
+            .sum::<Result<u64, _>>()?;
+        anyhow::ensure!(picked >= u64::from(repeat), "no backend was picked");
+        println!(
+            "L4 listener (Maglev pick), {}, 10 prefixes: pass {pass} ns, drop {drop} ns",
+            if v6 { "ipv6" } else { "ipv4" }
+        );
+    }
     Ok(())
 }
 
