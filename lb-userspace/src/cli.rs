@@ -187,6 +187,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "60")]
     pub response_timeout: String,
 
+    /// Forwarding rule, repeatable, evaluated in order:
+    /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.
+    #[arg(long = "rule", value_name = "RULE")]
+    pub rules: Vec<String>,
+
     /// Backend group name (1-255 characters).
     #[arg(long, value_name = "NAME", default_value = "server_group-1")]
     pub group_name: String,

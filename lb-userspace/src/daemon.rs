@@ -90,6 +90,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 balancer.clone(),
                 l.timeouts,
                 l.transfer_lb_ip,
+                l.rules.clone(),
             )?;
             Ok(Arc::new(ListenerContext {
                 tls: tls.clone(),

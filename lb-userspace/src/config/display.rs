@@ -58,6 +58,9 @@ impl fmt::Display for Config {
             }
             TransferLbIp::Fixed(ip) => writeln!(f, "  transfer-lb-ip  {ip}")?,
         }
+        for r in &l.rule_specs {
+            writeln!(f, "  rule            {}: {:?}", r.name, r.action)?;
+        }
         let t = &l.timeouts;
         writeln!(
             f,

@@ -3,6 +3,7 @@
 mod display;
 mod error;
 mod parse;
+mod rule_flag;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use crate::cli::{
 };
 use crate::health::{CheckKind, HealthCheck};
 use crate::proxy::sticky::{StickTable, Stickiness, StickyKey, validate_cookie_name};
+use crate::rules::{RuleSet, RuleSpec};
 use crate::tls::certs::{CertError, PairFile, load_ca_bundle, load_certified_key};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
@@ -68,6 +70,9 @@ pub struct ListenerConfig {
     pub access: AccessControl,
     pub transfer_lb_ip: TransferLbIp,
     pub timeouts: Timeouts,
+    /// Advanced forwarding, compiled; the specs are kept for `check`.
+    pub rules: Arc<RuleSet>,
+    pub rule_specs: Vec<RuleSpec>,
 }
 
 /// The TLS half of an https listener: the loaded settings and the files they came from.
@@ -233,6 +238,22 @@ impl Config {
             request: parse::seconds("--request-timeout", &args.request_timeout, 1, 300)?,
             response: parse::seconds("--response-timeout", &args.response_timeout, 1, 300)?,
         };
+        let group = group(args)?;
+        let rule_specs = args
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| rule_flag::parse(r, i, &group.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rules = RuleSet::compile(&rule_specs, &[group.name.as_str()]).map_err(|e| {
+            let value = args
+                .rules
+                .iter()
+                .find(|r| r.contains(&e.rule))
+                .cloned()
+                .unwrap_or_else(|| e.rule.clone());
+            ConfigError::new("--rule", value, e.to_string())
+        })?;
         Ok(Config {
             listener: ListenerConfig {
                 name: parse::label("--name", &args.name)?,
@@ -249,8 +270,10 @@ impl Config {
                 access: access_control(args)?,
                 transfer_lb_ip,
                 timeouts,
+                rules: Arc::new(rules),
+                rule_specs,
             },
-            group: group(args)?,
+            group,
             xdp: xdp(args)?,
             ops: OpsConfig {
                 admin: args

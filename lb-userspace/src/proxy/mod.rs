@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::balance::Balancer;
 use crate::config::{GroupConfig, Timeouts, TransferLbIp};
 use crate::dataplane::error_chain;
+use crate::rules::{Action, RequestInfo, RuleSet};
 use body::{BoxError, StallTimeout, WithGuard};
 use client::{BackendClient, UpstreamBody};
 use headers::ConnInfo;
@@ -35,6 +36,7 @@ pub struct Upstream {
     client: BackendClient,
     timeouts: Timeouts,
     transfer_lb_ip: TransferLbIp,
+    rules: Arc<RuleSet>,
 }
 
 /// A request body as the retry loop sees it.
@@ -61,9 +63,11 @@ impl Upstream {
         balancer: Arc<Balancer>,
         timeouts: Timeouts,
         transfer_lb_ip: TransferLbIp,
+        rules: Arc<RuleSet>,
     ) -> Result<Self, rustls::Error> {
         Ok(Upstream {
             balancer,
+            rules,
             client: BackendClient::new(&group)?,
             group,
             timeouts,
@@ -94,6 +98,9 @@ impl Upstream {
         conn: &ConnInfo,
         served_by: &mut Option<usize>,
     ) -> Response<ProxyBody> {
+        if let Some(answer) = self.apply_rules(&req, conn) {
+            return answer;
+        }
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
@@ -202,6 +209,54 @@ impl Upstream {
                         return error_page(status);
                     }
                 }
+            }
+        }
+    }
+
+    /// The first matching rule's answer when it is a redirect or a fixed response; None to
+    /// forward (to the listener's group: the only group a flag-defined listener has).
+    fn apply_rules(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Option<Response<ProxyBody>> {
+        if self.rules.is_empty() {
+            return None;
+        }
+        let host = req
+            .headers()
+            .get(HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()));
+        let info = RequestInfo {
+            host,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+            client: conn.peer.ip().to_canonical(),
+        };
+        let matched = self.rules.evaluate(&info)?;
+        debug!(rule = matched.name, "rule matched");
+        match matched.action {
+            Action::Forward { .. } => None,
+            Action::Redirect { status, location } => {
+                let mut resp = error_page(*status);
+                if let Ok(v) = HeaderValue::from_str(&location.render(&info, conn.scheme)) {
+                    resp.headers_mut().insert(hyper::header::LOCATION, v);
+                }
+                Some(resp)
+            }
+            Action::Fixed {
+                status,
+                content_type,
+                body,
+            } => {
+                let mut resp = Response::new(
+                    Full::new(Bytes::from(body.clone()))
+                        .map_err(|n| match n {})
+                        .boxed(),
+                );
+                *resp.status_mut() = *status;
+                resp.headers_mut()
+                    .insert(hyper::header::CONTENT_TYPE, content_type.clone());
+                Some(resp)
             }
         }
     }
