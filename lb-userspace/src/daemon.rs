@@ -13,12 +13,14 @@ use tracing::{info, warn};
 use crate::acl::AccessControl;
 use crate::admin::{self, AdminState, ListenerStatus, XdpStatus};
 use crate::balance::Balancer;
+use crate::cli::RunArgs;
 use crate::config::{Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, ListenerRule, error_chain};
 use crate::metrics::Metrics;
 use crate::proxy::Upstream;
-use crate::server::ListenerContext;
+use crate::server::{ListenerContext, Live};
 use crate::workers;
+use arc_swap::ArcSwap;
 
 /// The id of the single flag-defined listener in the data plane.
 const LISTENER_ID: u32 = 1;
@@ -42,15 +44,12 @@ impl StartError {
     }
 }
 
-pub async fn run(config: Config) -> Result<(), StartError> {
+pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     let l = &config.listener;
-    let tls = match &l.tls {
-        Some(tls) => Some(TlsAcceptor::from(
-            crate::tls::server_config(&tls.settings, l.http2)
-                .map_err(|e| StartError::Runtime(format!("TLS configuration: {e}")))?,
-        )),
-        None => None,
-    };
+    let live =
+        Arc::new(ArcSwap::from_pointee(live_parts(&config).map_err(|e| {
+            StartError::Runtime(format!("TLS configuration: {e}"))
+        })?));
     let backends: Vec<_> = config
         .group
         .backends
@@ -80,6 +79,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .map_err(|e| StartError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
     let mut sigint = signal(SignalKind::interrupt())
         .map_err(|e| StartError::Runtime(format!("installing the SIGINT handler: {e}")))?;
+    let mut sighup = signal(SignalKind::hangup())
+        .map_err(|e| StartError::Runtime(format!("installing the SIGHUP handler: {e}")))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // Each worker has its own backend connection pool; the balancer is shared.
@@ -90,10 +91,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 balancer.clone(),
                 l.timeouts,
                 l.transfer_lb_ip,
-                l.rules.clone(),
             )?;
             Ok(Arc::new(ListenerContext {
-                tls: tls.clone(),
+                live: live.clone(),
                 http2: l.http2,
                 timeouts: l.timeouts,
                 upstream: Arc::new(upstream),
@@ -106,12 +106,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         })
         .collect::<Result<Vec<_>, rustls::Error>>()
         .map_err(|e| StartError::Runtime(format!("backend TLS configuration: {e}")))?;
-    let handles = workers::spawn(
-        sockets.into_iter().zip(contexts).collect(),
-        Arc::new(l.access.clone()),
-        stop_rx,
-    )
-    .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}")))?;
+    let handles = workers::spawn(sockets.into_iter().zip(contexts).collect(), stop_rx)
+        .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}")))?;
     let health_changed = Arc::new(Notify::new());
     crate::health::spawn(
         config.group.health.clone(),
@@ -166,6 +162,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = refresh.tick() => refresh_status(&admin_state, &config, dataplane.as_ref()),
             _ = health_changed.notified() => write_ring(dataplane.as_mut(), &balancer),
+            _ = sighup.recv() => {
+                match reload(args, &config, &live, dataplane.as_mut()) {
+                    Ok(()) => {
+                        metrics.reloaded();
+                        info!("SIGHUP: configuration and certificates reloaded");
+                    }
+                    Err(e) => warn!(error = %e, "SIGHUP: reload refused, the running configuration stays"),
+                }
+            }
         }
     }
     let _ = stop_tx.send(true);
@@ -251,6 +256,46 @@ fn privilege_hint(e: &DataplaneError) -> &'static str {
     } else {
         ""
     }
+}
+
+/// What a reload can change without rebinding: certificates, client CA, policy, access
+/// control (and the XDP maps that hold it), rules.
+fn live_parts(config: &Config) -> Result<Live, rustls::Error> {
+    let l = &config.listener;
+    let tls = match &l.tls {
+        Some(tls) => Some(TlsAcceptor::from(crate::tls::server_config(
+            &tls.settings,
+            l.http2,
+        )?)),
+        None => None,
+    };
+    Ok(Live {
+        tls,
+        access: l.access.clone(),
+        rules: l.rules.clone(),
+    })
+}
+
+/// Reads the flags' files again (certificates, keys, CA bundles, IP group files) and swaps
+/// in what they say. Everything is built and checked before anything is swapped, so a bad
+/// file changes nothing. What needs new sockets or a new backend group (addresses, backends,
+/// algorithm) is not part of a flag-defined reload: the flags themselves cannot change.
+fn reload(
+    args: &RunArgs,
+    running: &Config,
+    live: &ArcSwap<Live>,
+    dataplane: Option<&mut Dataplane>,
+) -> Result<(), String> {
+    let fresh = Config::from_args(args).map_err(|e| e.to_string())?;
+    let parts = live_parts(&fresh).map_err(|e| format!("TLS configuration: {e}"))?;
+    if let Some(dp) = dataplane {
+        let mut rule = listener_rule(&fresh);
+        rule.addr = running.listener.listen;
+        dp.apply(&[rule])
+            .map_err(|e| format!("XDP maps: {}", error_chain(&e)))?;
+    }
+    live.store(Arc::new(parts));
+    Ok(())
 }
 
 /// The group's id in the data plane's Maglev maps.

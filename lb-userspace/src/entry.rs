@@ -45,7 +45,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(crate::daemon::run(config)) {
+            match runtime.block_on(crate::daemon::run(&cli.run, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("edgelb: error: {e}");

@@ -12,7 +12,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
-use crate::acl::AccessControl;
 use crate::server::{ListenerContext, serve_connection};
 
 /// Pending connections the kernel may queue per worker socket (capped by net.core.somaxconn).
@@ -46,14 +45,13 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
 /// Starts one worker thread per (socket, context); each accepts until `stop` turns true.
 pub fn spawn(
     workers: Vec<(std::net::TcpListener, Arc<ListenerContext>)>,
-    access: Arc<AccessControl>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     workers
         .into_iter()
         .enumerate()
         .map(|(i, (socket, ctx))| {
-            let (access, stop) = (access.clone(), stop.clone());
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("edgelb-worker-{i}"))
                 .spawn(move || {
@@ -68,7 +66,7 @@ pub fn spawn(
                         }
                     };
                     runtime.block_on(async {
-                        accept_loop(socket, ctx.clone(), access, stop).await;
+                        accept_loop(socket, ctx.clone(), stop).await;
                         drain(&ctx).await;
                     });
                 })
@@ -95,7 +93,6 @@ async fn drain(ctx: &ListenerContext) {
 async fn accept_loop(
     socket: std::net::TcpListener,
     ctx: Arc<ListenerContext>,
-    access: Arc<AccessControl>,
     mut stop: watch::Receiver<bool>,
 ) {
     let listener = match TcpListener::from_std(socket) {
@@ -109,7 +106,7 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    if !access.admits(peer.ip()) {
+                    if !ctx.live.load().access.admits(peer.ip()) {
                         debug!(client = %peer, "connection refused by access control");
                         drop(stream);
                         continue;

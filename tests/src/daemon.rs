@@ -77,6 +77,13 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends `signal` without waiting for anything (SIGHUP: reload).
+    pub fn signal(&self, signal: Signal) {
+        if let Some(c) = &self.child {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(c.id() as i32), signal);
+        }
+    }
+
     /// Sends SIGTERM and waits (10 s at most) for the exit; returns the status and the log.
     pub fn stop(self) -> (ExitStatus, String) {
         self.stop_with(Signal::SIGTERM)

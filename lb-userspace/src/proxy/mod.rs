@@ -36,7 +36,6 @@ pub struct Upstream {
     client: BackendClient,
     timeouts: Timeouts,
     transfer_lb_ip: TransferLbIp,
-    rules: Arc<RuleSet>,
 }
 
 /// A request body as the retry loop sees it.
@@ -63,11 +62,9 @@ impl Upstream {
         balancer: Arc<Balancer>,
         timeouts: Timeouts,
         transfer_lb_ip: TransferLbIp,
-        rules: Arc<RuleSet>,
     ) -> Result<Self, rustls::Error> {
         Ok(Upstream {
             balancer,
-            rules,
             client: BackendClient::new(&group)?,
             group,
             timeouts,
@@ -86,7 +83,11 @@ impl Upstream {
         &self,
         req: Request<Incoming>,
         conn: &ConnInfo,
+        rules: &RuleSet,
     ) -> (Response<ProxyBody>, Option<usize>) {
+        if let Some(answer) = apply_rules(rules, &req, conn) {
+            return (answer, None);
+        }
         let mut served_by = None;
         let resp = self.forward_inner(req, conn, &mut served_by).await;
         (resp, served_by)
@@ -98,9 +99,6 @@ impl Upstream {
         conn: &ConnInfo,
         served_by: &mut Option<usize>,
     ) -> Response<ProxyBody> {
-        if let Some(answer) = self.apply_rules(&req, conn) {
-            return answer;
-        }
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
@@ -213,54 +211,6 @@ impl Upstream {
         }
     }
 
-    /// The first matching rule's answer when it is a redirect or a fixed response; None to
-    /// forward (to the listener's group: the only group a flag-defined listener has).
-    fn apply_rules(&self, req: &Request<Incoming>, conn: &ConnInfo) -> Option<Response<ProxyBody>> {
-        if self.rules.is_empty() {
-            return None;
-        }
-        let host = req
-            .headers()
-            .get(HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri().authority().map(|a| a.as_str()));
-        let info = RequestInfo {
-            host,
-            path: req.uri().path(),
-            query: req.uri().query(),
-            method: req.method(),
-            headers: req.headers(),
-            client: conn.peer.ip().to_canonical(),
-        };
-        let matched = self.rules.evaluate(&info)?;
-        debug!(rule = matched.name, "rule matched");
-        match matched.action {
-            Action::Forward { .. } => None,
-            Action::Redirect { status, location } => {
-                let mut resp = error_page(*status);
-                if let Ok(v) = HeaderValue::from_str(&location.render(&info, conn.scheme)) {
-                    resp.headers_mut().insert(hyper::header::LOCATION, v);
-                }
-                Some(resp)
-            }
-            Action::Fixed {
-                status,
-                content_type,
-                body,
-            } => {
-                let mut resp = Response::new(
-                    Full::new(Bytes::from(body.clone()))
-                        .map_err(|n| match n {})
-                        .boxed(),
-                );
-                *resp.status_mut() = *status;
-                resp.headers_mut()
-                    .insert(hyper::header::CONTENT_TYPE, content_type.clone());
-                Some(resp)
-            }
-        }
-    }
-
     /// Small bodies are read whole (with the request timeout as the longest stall) so that a
     /// retry can resend them; others stream.
     async fn read_body(&self, body: Incoming, headers: &HeaderMap) -> Result<Outgoing, StatusCode> {
@@ -281,6 +231,58 @@ impl Upstream {
                 }
             },
             _ => Ok(Outgoing::Stream(Some(body))),
+        }
+    }
+}
+
+/// The first matching rule's answer when it is a redirect or a fixed response; None to
+/// forward (to the listener's group: the only group a flag-defined listener has).
+fn apply_rules(
+    rules: &RuleSet,
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+) -> Option<Response<ProxyBody>> {
+    if rules.is_empty() {
+        return None;
+    }
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()));
+    let info = RequestInfo {
+        host,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        method: req.method(),
+        headers: req.headers(),
+        client: conn.peer.ip().to_canonical(),
+    };
+    let matched = rules.evaluate(&info)?;
+    debug!(rule = matched.name, "rule matched");
+    match matched.action {
+        Action::Forward { .. } => None,
+        Action::Redirect { status, location } => {
+            let mut resp = error_page(*status);
+            if let Ok(v) = HeaderValue::from_str(&location.render(&info, conn.scheme)) {
+                resp.headers_mut().insert(hyper::header::LOCATION, v);
+            }
+            Some(resp)
+        }
+        Action::Fixed {
+            status,
+            content_type,
+            body,
+        } => {
+            let mut resp = Response::new(
+                Full::new(Bytes::from(body.clone()))
+                    .map_err(|n| match n {})
+                    .boxed(),
+            );
+            *resp.status_mut() = *status;
+            resp.headers_mut()
+                .insert(hyper::header::CONTENT_TYPE, content_type.clone());
+            Some(resp)
         }
     }
 }

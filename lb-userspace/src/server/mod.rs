@@ -17,20 +17,30 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
+use crate::acl::AccessControl;
 use crate::config::Timeouts;
 use crate::metrics::{ListenerMetrics, handshake_failure};
 use crate::proxy::Upstream;
 use crate::proxy::body::WithGuard;
 use crate::proxy::headers::ConnInfo;
+use crate::rules::RuleSet;
 use crate::tls::ClientIdentity;
 use activity::{Activity, Deadline, Tracked};
+use arc_swap::ArcSwap;
 
 /// How long a connection being closed for a timeout may take to finish what it is writing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// What a reload may replace: read once per connection or request, swapped whole.
+pub struct Live {
+    pub tls: Option<TlsAcceptor>,
+    pub access: AccessControl,
+    pub rules: Arc<RuleSet>,
+}
+
 /// What every connection of a listener shares.
 pub struct ListenerContext {
-    pub tls: Option<TlsAcceptor>,
+    pub live: Arc<ArcSwap<Live>>,
     pub http2: bool,
     pub timeouts: Timeouts,
     pub upstream: Arc<Upstream>,
@@ -68,7 +78,8 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
     };
     let activity = Activity::new();
     let _open = (ctx.metrics.connection_opened(), Open::new(&ctx.open));
-    let Some(tls) = &ctx.tls else {
+    let live = ctx.live.load_full();
+    let Some(tls) = &live.tls else {
         let conn = ConnInfo {
             peer,
             local,
@@ -136,15 +147,17 @@ async fn serve_http<S>(
     let upstream = ctx.upstream.clone();
     let metrics = ctx.metrics.clone();
     let access_log = ctx.access_log.clone();
+    let live = ctx.live.clone();
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let guard = service_activity.request_started();
         let (upstream, conn, metrics) = (upstream.clone(), conn.clone(), metrics.clone());
-        let access_log = access_log.clone();
+        let (access_log, live) = (access_log.clone(), live.clone());
         async move {
             let started = std::time::Instant::now();
             let (method, path) = (req.method().clone(), req.uri().path().to_string());
-            let (resp, backend) = upstream.forward(req, &conn).await;
+            let rules = live.load().rules.clone();
+            let (resp, backend) = upstream.forward(req, &conn, &rules).await;
             let took = started.elapsed();
             metrics.request(backend, resp.status().as_u16(), took);
             if let Some(listener) = access_log {

@@ -1,0 +1,154 @@
+//! SIGHUP reloads: certificates and IP group files change under a running edgelb, under load,
+//! without a failed request; a bad reload changes nothing.
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use edgelb_tests::backend::Backend;
+use edgelb_tests::daemon::Signal;
+use edgelb_tests::https::{self, ClientOpts, get};
+use edgelb_tests::listener::{SERVER_NAME, Setup};
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+/// Waits until `lb`'s log has `n` lines containing `marker`.
+async fn log_count(lb: &edgelb_tests::daemon::Daemon, marker: &str, n: usize) {
+    for _ in 0..100 {
+        if lb.log().matches(marker).count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{marker:?} did not appear {n} times:\n{}", lb.log());
+}
+
+#[tokio::test]
+async fn certificates_rotate_under_load_without_a_failed_request() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &be]);
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, ok, failed, config) =
+                (stop.clone(), ok.clone(), failed.clone(), config.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match https::send(addr, SERVER_NAME, config.clone(), get("/")).await {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    let mut last = s.server.der.clone();
+    for round in 1..=10 {
+        // Reloads spread over thousands of requests.
+        while ok.load(Ordering::Relaxed) < round * 250 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A new certificate from the same CA, written over the files edgelb was started with.
+        let next = s.ca.server(
+            &s.dir,
+            &format!("next{round}"),
+            &[SERVER_NAME],
+            &[LOCALHOST],
+        );
+        std::fs::copy(&next.cert, &s.server.cert).expect("replace cert");
+        std::fs::copy(&next.key, &s.server.key).expect("replace key");
+        lb.signal(Signal::SIGHUP);
+        log_count(&lb, "reloaded", round).await;
+        let seen = https::send(addr, SERVER_NAME, config.clone(), get("/"))
+            .await
+            .expect("after reload")
+            .session
+            .peer_cert;
+        assert!(
+            seen == next.der && seen != last,
+            "round {round}: the new certificate is not served"
+        );
+        last = seen;
+    }
+    // A reload that cannot work (the key is garbage) changes nothing.
+    std::fs::write(&s.server.key, "not a key\n").expect("break the key");
+    lb.signal(Signal::SIGHUP);
+    log_count(&lb, "reload refused", 1).await;
+    let seen = https::send(addr, SERVER_NAME, config.clone(), get("/"))
+        .await
+        .expect("after a bad reload")
+        .session
+        .peer_cert;
+    assert!(seen == last, "a refused reload changed the certificate");
+
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests during 11 reloads, {failed} failed");
+    assert!(ok >= 2500, "only {ok} requests went through");
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {} requests failed during reloads",
+        ok + failed
+    );
+}
+
+#[tokio::test]
+async fn an_ip_group_file_change_takes_effect_on_reload() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let group = s
+        .dir
+        .write("whitelist.txt", "# who may connect\n127.0.0.0/8\n");
+    let group_arg = group.to_string_lossy().into_owned();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--access-control",
+        "whitelist",
+        "--ip-group-file",
+        &group_arg,
+    ]);
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    assert_eq!(
+        https::send(addr, SERVER_NAME, config.clone(), get("/"))
+            .await
+            .expect("whitelisted")
+            .status,
+        200
+    );
+
+    std::fs::write(&group, "10.0.0.0/8\n").expect("rewrite the group");
+    lb.signal(Signal::SIGHUP);
+    log_count(&lb, "reloaded", 1).await;
+    assert!(
+        https::send(addr, SERVER_NAME, config.clone(), get("/"))
+            .await
+            .is_err(),
+        "a client no longer listed was served"
+    );
+
+    std::fs::write(&group, "10.0.0.0/33\n").expect("break the group");
+    lb.signal(Signal::SIGHUP);
+    log_count(&lb, "reload refused", 1).await;
+    assert!(lb.log().contains("--ip-group-file"), "{}", lb.log());
+    assert!(
+        https::send(addr, SERVER_NAME, config, get("/"))
+            .await
+            .is_err(),
+        "a bad reload changed access control"
+    );
+}
