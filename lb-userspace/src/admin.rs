@@ -12,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
 use crate::balance::Balancer;
@@ -25,6 +26,8 @@ pub struct AdminState {
     pub algorithm: &'static str,
     pub balancer: Arc<Balancer>,
     pub xdp: Mutex<XdpStatus>,
+    /// Asks the main thread (the owner of the data plane) to reload; it answers on the oneshot.
+    pub reload: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -111,7 +114,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(route(&req, &state).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -123,8 +126,16 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
+        (&Method::POST, "/reload") => match request_reload(state).await {
+            Ok(()) => (StatusCode::OK, "text/plain", "reloaded\n".to_string()),
+            Err(e) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "text/plain",
+                format!("reload refused, the running configuration stays: {e}\n"),
+            ),
+        },
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
@@ -144,4 +155,14 @@ fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+async fn request_reload(state: &AdminState) -> Result<(), String> {
+    let (tx, rx) = oneshot::channel();
+    state
+        .reload
+        .send(tx)
+        .await
+        .map_err(|_| "edgelb is stopping".to_string())?;
+    rx.await.map_err(|_| "edgelb is stopping".to_string())?
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use lb_common::{IPPROTO_TCP, NO_LISTENER_SLOT, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
@@ -137,6 +137,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     // The kernel's copy of the group's Maglev ring follows the balancer's: same clients, same
     // backends, whichever side picks.
     write_ring(dataplane.as_mut(), &balancer);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(4);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         listener: ListenerStatus {
@@ -149,6 +150,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         algorithm: config.group.algorithm.name(),
         balancer: balancer.clone(),
         xdp: Mutex::new(XdpStatus::default()),
+        reload: reload_tx,
     });
     if let Some(listener) = admin {
         tokio::spawn(admin::serve(listener, admin_state.clone()));
@@ -163,13 +165,10 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             _ = refresh.tick() => refresh_status(&admin_state, &config, dataplane.as_ref()),
             _ = health_changed.notified() => write_ring(dataplane.as_mut(), &balancer),
             _ = sighup.recv() => {
-                match reload(args, &config, &live, dataplane.as_mut()) {
-                    Ok(()) => {
-                        metrics.reloaded();
-                        info!("SIGHUP: configuration and certificates reloaded");
-                    }
-                    Err(e) => warn!(error = %e, "SIGHUP: reload refused, the running configuration stays"),
-                }
+                let _ = reload_logged("SIGHUP", args, &config, &live, dataplane.as_mut(), &metrics);
+            }
+            Some(reply) = reload_rx.recv() => {
+                let _ = reply.send(reload_logged("POST /reload", args, &config, &live, dataplane.as_mut(), &metrics));
             }
         }
     }
@@ -256,6 +255,25 @@ fn privilege_hint(e: &DataplaneError) -> &'static str {
     } else {
         ""
     }
+}
+
+fn reload_logged(
+    why: &str,
+    args: &RunArgs,
+    running: &Config,
+    live: &ArcSwap<Live>,
+    dataplane: Option<&mut Dataplane>,
+    metrics: &Metrics,
+) -> Result<(), String> {
+    let result = reload(args, running, live, dataplane);
+    match &result {
+        Ok(()) => {
+            metrics.reloaded();
+            info!("{why}: configuration and certificates reloaded");
+        }
+        Err(e) => warn!(error = %e, "{why}: reload refused, the running configuration stays"),
+    }
+    result
 }
 
 /// What a reload can change without rebinding: certificates, client CA, policy, access

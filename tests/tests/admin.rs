@@ -10,8 +10,16 @@ use edgelb_tests::https::{self, ClientOpts, get};
 use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
 
 fn http_get(addr: &str, path: &str) -> String {
+    http(addr, "GET", path)
+}
+
+fn http(addr: &str, method: &str, path: &str) -> String {
     let mut s = TcpStream::connect(addr).expect("admin endpoint");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").expect("request");
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
+    )
+    .expect("request");
     let mut text = String::new();
     s.read_to_string(&mut text).expect("answer");
     text
@@ -80,6 +88,12 @@ async fn the_admin_endpoint_reports_requests_health_and_status() {
     ] {
         assert!(access.contains(field), "{field} missing from {access}");
     }
+    let reloaded = http(&admin, "POST", "/reload");
+    assert!(
+        reloaded.starts_with("HTTP/1.0 200") || reloaded.starts_with("HTTP/1.1 200"),
+        "{reloaded}"
+    );
+    assert!(http_get(&admin, "/metrics").contains("edgelb_reloads_total 1"));
     let table = daemon::run(&["status", "--admin", &admin]);
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(
