@@ -268,3 +268,70 @@ fn auto_mode_falls_back_to_generic_xdp_with_a_warning() {
     assert!(status.success());
     assert!(!s.topo.lb.ip(&["link", "show", "dev", "lo"]).contains("xdp"));
 }
+
+#[test]
+fn a_reloaded_ip_group_file_moves_the_xdp_drops_without_reattaching() {
+    if !root_or_skip("a_reloaded_ip_group_file_moves_the_xdp_drops_without_reattaching") {
+        return;
+    }
+    let s = setup();
+    let group = s.dir.write("group.txt", format!("{CLIENT_A_V4}/32\n"));
+    let group_arg = group.display().to_string();
+    let d = start(
+        &s,
+        &[
+            "--access-control",
+            "whitelist",
+            "--ip-group-file",
+            &group_arg,
+            "--xdp-iface",
+            &s.topo.lb_if,
+            "--xdp-mode",
+            "native",
+        ],
+    );
+    assert_eq!(
+        curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca).code,
+        0
+    );
+    assert_eq!(
+        curl(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca).code,
+        CURL_TIMEOUT
+    );
+
+    std::fs::write(&group, format!("{CLIENT_B_V4}/32\n")).expect("rewrite the group");
+    d.signal(Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d.log().contains("reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        curl_ok(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca).code,
+        0,
+        "newly listed client not served"
+    );
+    assert_eq!(
+        curl(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca).code,
+        CURL_TIMEOUT,
+        "delisted client still served"
+    );
+    assert!(s.topo.lb_has_xdp());
+
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("XDP program attached").count(),
+        1,
+        "the program was re-attached:\n{log}"
+    );
+    assert!(
+        !log.contains(REFUSED_IN_USERSPACE),
+        "a refused SYN got past XDP:\n{log}"
+    );
+    assert!(xdp_counter(&log, "listener-1", "dropped_acl") >= 4, "{log}");
+}
