@@ -29,13 +29,7 @@ pub fn run() -> Result<()> {
             .run()?;
         did.push("rust-src for nightly");
     }
-    let missing: Vec<&str> = PACKAGES
-        .iter()
-        .copied()
-        .filter(|p| !deb_installed(p))
-        .collect();
-    if !missing.is_empty() {
-        install_debs(&missing)?;
+    if ensure_debs(PACKAGES)? {
         did.push("Debian packages");
     }
     if !bpf_linker_installed() {
@@ -66,17 +60,19 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
-/// Installs those of `packages` that are missing (idempotent: nothing happens when all are in).
-pub fn ensure_debs(packages: &[&str]) -> Result<()> {
+/// Installs those of `packages` that are missing (idempotent: nothing happens when all are
+/// in); says whether it installed anything.
+pub fn ensure_debs(packages: &[&str]) -> Result<bool> {
     let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !deb_installed(p))
         .collect();
-    if !missing.is_empty() {
-        install_debs(&missing)?;
+    if missing.is_empty() {
+        return Ok(false);
     }
-    Ok(())
+    install_debs(&missing)?;
+    Ok(true)
 }
 
 fn rust_src_installed() -> bool {
