@@ -2,6 +2,7 @@
 //! Every task that builds or tests first runs `setup`, so each is one command on a fresh machine.
 mod bench_https;
 mod cmd;
+mod demo;
 mod setup;
 
 use std::path::PathBuf;
@@ -35,6 +36,8 @@ enum Task {
     Test,
     /// What CI runs: setup, formatting, clippy for host and eBPF code, every test.
     Ci,
+    /// Namespaced end-to-end demo (root): balancing, SNI, rules, XDP drops, failover, shutdown.
+    Demo,
     /// Benchmarks, printed as tables.
     Bench {
         #[arg(value_enum)]
@@ -79,6 +82,11 @@ fn main() -> Result<()> {
             clippy()?;
             // In CI the privileged tests must run: they fail rather than skip when not root.
             test(true)
+        }
+        Task::Demo => {
+            setup::run()?;
+            build()?;
+            demo::run()
         }
         Task::Bench {
             what: Bench::Xdp,
