@@ -64,7 +64,9 @@ struct GroupStatus {
 struct BackendStatus {
     address: String,
     healthy: bool,
-    /// Share of the configured weight in effect now (slow start), 0-1.
+    /// The configured weight, 0-100.
+    weight: u8,
+    /// Share of the configured weight in effect now (0 when unhealthy, ramping in slow start), 0-1.
     weight_share: f64,
     active_requests: u32,
 }
@@ -76,6 +78,7 @@ impl AdminState {
             .map(|i| BackendStatus {
                 address: b.key(i).unwrap_or("").to_string(),
                 healthy: b.is_healthy(i),
+                weight: b.weight(i),
                 weight_share: b.weight_share(i),
                 active_requests: b.active(i),
             })

@@ -53,18 +53,19 @@ fn render(status: &Value) -> String {
             g["algorithm"].as_str().unwrap_or("?")
         ));
         out.push_str(&format!(
-            "  {:<40} {:<9} {:>7} {:>7}\n",
-            "backend", "health", "weight", "active"
+            "  {:<40} {:<9} {:>6} {:>9} {:>7}\n",
+            "backend", "health", "weight", "in effect", "active"
         ));
         for b in g["backends"].as_array().unwrap_or(&empty) {
             out.push_str(&format!(
-                "  {:<40} {:<9} {:>6.0}% {:>7}\n",
+                "  {:<40} {:<9} {:>6} {:>8.0}% {:>7}\n",
                 b["address"].as_str().unwrap_or("?"),
                 if b["healthy"].as_bool().unwrap_or(false) {
                     "healthy"
                 } else {
                     "UNHEALTHY"
                 },
+                b["weight"].as_u64().unwrap_or(0),
                 b["weight_share"].as_f64().unwrap_or(0.0) * 100.0,
                 b["active_requests"].as_u64().unwrap_or(0),
             ));

@@ -235,6 +235,11 @@ impl Balancer {
             .collect()
     }
 
+    /// The configured weight of backend `index` (0-100).
+    pub fn weight(&self, index: usize) -> u8 {
+        self.backends.get(index).map_or(0, |b| b.weight)
+    }
+
     /// The index of the backend whose address prints as `addr`.
     pub fn index_of(&self, addr: &str) -> Option<usize> {
         self.backends.iter().position(|b| b.key == addr)
