@@ -50,7 +50,8 @@ async fn rules_answer_in_order_and_the_rest_goes_to_the_group() {
     let s = Setup::new();
     let backend = Backend::start("a", "127.0.0.1:0", None);
     let be = backend.addr.to_string();
-    let (_lb, addr) = s.start(&[
+    let (lb, addr) = s.start(&[
+        "--access-log",
         "--backend", &be,
         "--rule", "name=maintenance;path=/maintenance;action=fixed:503:text/plain:back soon",
         "--rule", "name=partners;client=10.0.0.0/8;path-prefix=/partner;action=fixed:200:text/plain:partner area",
@@ -94,4 +95,28 @@ async fn rules_answer_in_order_and_the_rest_goes_to_the_group() {
         .expect("request");
     assert_eq!(r.body, "backend a\n");
     assert_eq!(backend.served(), 3);
+    // The access log names the rule that answered, and `-` where none matched.
+    let log = lb.log();
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("edgelb::access"))
+        .collect();
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("rule=\"maintenance\"") && l.contains("status=503")),
+        "{log}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("rule=\"api\"") && l.contains("status=200")),
+        "{log}"
+    );
+    assert!(
+        access
+            .iter()
+            .any(|l| l.contains("rule=\"-\"") && l.contains("status=200")),
+        "{log}"
+    );
 }

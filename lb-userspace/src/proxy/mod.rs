@@ -24,6 +24,14 @@ use headers::ConnInfo;
 
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
+/// Who answered a request: the backend (None when edgelb answered itself) and the rule that
+/// matched, if any (an index into the listener's rules).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Served {
+    pub backend: Option<usize>,
+    pub rule: Option<usize>,
+}
+
 /// Request bodies up to this size are read whole before the first attempt, so that they can
 /// be sent again to another backend; larger ones stream and get a single attempt.
 const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;
@@ -84,13 +92,26 @@ impl Upstream {
         req: Request<Incoming>,
         conn: &ConnInfo,
         rules: &RuleSet,
-    ) -> (Response<ProxyBody>, Option<usize>) {
-        if let Some(answer) = apply_rules(rules, &req, conn) {
-            return (answer, None);
+    ) -> (Response<ProxyBody>, Served) {
+        let (answer, rule) = apply_rules(rules, &req, conn);
+        if let Some(answer) = answer {
+            return (
+                answer,
+                Served {
+                    backend: None,
+                    rule,
+                },
+            );
         }
         let mut served_by = None;
         let resp = self.forward_inner(req, conn, &mut served_by).await;
-        (resp, served_by)
+        (
+            resp,
+            Served {
+                backend: served_by,
+                rule,
+            },
+        )
     }
 
     async fn forward_inner(
@@ -235,15 +256,16 @@ impl Upstream {
     }
 }
 
-/// The first matching rule's answer when it is a redirect or a fixed response; None to
-/// forward (to the listener's group: the only group a flag-defined listener has).
+/// The first matching rule's answer when it is a redirect or a fixed response (None to
+/// forward, to the listener's group: the only group a flag-defined listener has), and which
+/// rule matched.
 fn apply_rules(
     rules: &RuleSet,
     req: &Request<Incoming>,
     conn: &ConnInfo,
-) -> Option<Response<ProxyBody>> {
+) -> (Option<Response<ProxyBody>>, Option<usize>) {
     if rules.is_empty() {
-        return None;
+        return (None, None);
     }
     let host = req
         .headers()
@@ -258,9 +280,11 @@ fn apply_rules(
         headers: req.headers(),
         client: conn.peer.ip().to_canonical(),
     };
-    let matched = rules.evaluate(&info)?;
+    let Some(matched) = rules.evaluate(&info) else {
+        return (None, None);
+    };
     debug!(rule = matched.name, "rule matched");
-    match matched.action {
+    let answer = match matched.action {
         Action::Forward { .. } => None,
         Action::Redirect { status, location } => {
             let mut resp = error_page(*status);
@@ -284,7 +308,8 @@ fn apply_rules(
                 .insert(hyper::header::CONTENT_TYPE, content_type.clone());
             Some(resp)
         }
-    }
+    };
+    (answer, Some(matched.index))
 }
 
 /// Copies bytes both ways between an upgraded client connection and backend connection.

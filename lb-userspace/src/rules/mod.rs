@@ -273,6 +273,11 @@ impl RuleSet {
         self.rules.is_empty()
     }
 
+    /// The name of rule `index` (as reported by [`Matched::index`]).
+    pub fn name(&self, index: usize) -> Option<&str> {
+        self.rules.get(index).map(|r| r.name.as_str())
+    }
+
     /// The first rule, in configuration order, whose conditions all match `req`; `None` sends
     /// the request to the listener's default group. Uses the index (see the module docs).
     pub fn evaluate(&self, req: &RequestInfo<'_>) -> Option<Matched<'_>> {

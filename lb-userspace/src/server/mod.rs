@@ -157,9 +157,9 @@ async fn serve_http<S>(
             let started = std::time::Instant::now();
             let (method, path) = (req.method().clone(), req.uri().path().to_string());
             let rules = live.load().rules.clone();
-            let (resp, backend) = upstream.forward(req, &conn, &rules).await;
+            let (resp, served) = upstream.forward(req, &conn, &rules).await;
             let took = started.elapsed();
-            metrics.request(backend, resp.status().as_u16(), took);
+            metrics.request(served.backend, resp.status().as_u16(), took);
             if let Some(listener) = access_log {
                 tracing::info!(
                     target: "edgelb::access",
@@ -168,7 +168,8 @@ async fn serve_http<S>(
                     listener = &*listener,
                     method = %method,
                     path,
-                    backend = backend.and_then(|b| upstream.balancer().key(b)).unwrap_or("-"),
+                    rule = served.rule.and_then(|r| rules.name(r)).unwrap_or("-"),
+                    backend = served.backend.and_then(|b| upstream.balancer().key(b)).unwrap_or("-"),
                     status = resp.status().as_u16(),
                     ms = took.as_secs_f64() * 1000.0,
                     "request"
