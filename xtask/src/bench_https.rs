@@ -15,10 +15,8 @@ use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -27,6 +25,7 @@ use clap::Parser;
 
 use crate::cmd::Cmd;
 use crate::setup;
+use crate::signals::{self, SIGKILL, SIGTERM, check_stop, die_with_parent, send_signal};
 
 #[derive(Parser)]
 #[command(
@@ -148,7 +147,7 @@ pub fn run(args: &[String]) -> Result<()> {
         std::iter::once("cargo xtask bench https".to_string()).chain(args.iter().cloned()),
     )
     .unwrap_or_else(|e| e.exit());
-    install_signal_handlers();
+    signals::install_handlers();
 
     setup::run()?;
     setup::ensure_debs(&["nginx", "haproxy", "nghttp2-client", "util-linux"])?;
@@ -905,7 +904,7 @@ fn run_bounded(name: &str, mut cmd: Command, dir: &Path, limit: Duration) -> Res
             check_stop()?;
             break status;
         }
-        let stop = STOP.load(Ordering::Relaxed);
+        let stop = signals::stopping();
         if stop || Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
@@ -1102,65 +1101,6 @@ fn http_get(port: u16, path: &str) -> Result<String> {
     let mut body = String::new();
     s.read_to_string(&mut body)?;
     Ok(body)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Signals, without a libc dependency: the few calls xtask needs, declared here.
-
-const SIGINT: i32 = 2;
-const SIGKILL: i32 = 9;
-const SIGTERM: i32 = 15;
-const PR_SET_PDEATHSIG: i32 = 1;
-
-unsafe extern "C" {
-    fn signal(signum: i32, handler: usize) -> usize;
-    fn kill(pid: i32, sig: i32) -> i32;
-    fn prctl(option: i32, ...) -> i32;
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_signum: i32) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Ctrl-C or SIGTERM stop the benchmark between (or during) h2load runs, so the drop guards
-/// kill the proxies and remove the temp dir instead of the process dying on the spot.
-fn install_signal_handlers() {
-    for sig in [SIGINT, SIGTERM] {
-        // SAFETY: `on_stop_signal` is an `extern "C" fn(i32)` that only stores to an atomic.
-        unsafe {
-            signal(sig, on_stop_signal as extern "C" fn(i32) as usize);
-        }
-    }
-}
-
-fn check_stop() -> Result<()> {
-    if STOP.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-fn send_signal(pid: u32, sig: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill(2) takes plain integers; a pid that is gone only yields ESRCH.
-        unsafe {
-            kill(pid, sig);
-        }
-    }
-}
-
-/// If xtask dies without running its drop guards (SIGKILL), the kernel kills the child too.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl(2) is async-signal-safe and touches no memory of this process.
-    unsafe {
-        cmd.pre_exec(|| {
-            prctl(PR_SET_PDEATHSIG, SIGKILL as std::ffi::c_ulong);
-            Ok(())
-        });
-    }
 }
 
 #[cfg(test)]

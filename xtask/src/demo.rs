@@ -11,16 +11,15 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{BufRead as _, BufReader};
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::Cmd;
+use crate::signals::{self, SIGTERM, check_stop, die_with_parent, send_signal};
 
 const ADMIN: &str = "127.0.0.1:9900";
 const BACKENDS: [(&str, &str); 3] = [
@@ -43,7 +42,7 @@ pub fn run() -> Result<()> {
             "test-backend",
         ])
         .run()?;
-    install_signal_handlers();
+    signals::install_handlers();
     let bin = target_dir().join("release");
     let mut demo = Demo::new()?;
     let result = demo.play(&bin.join("edgelb"), &bin.join("test-backend"));
@@ -544,7 +543,7 @@ impl Demo {
                 print_tail(&text, 10);
                 bail!("edgelb exited before it was ready: {status}");
             }
-            if t.elapsed() > Duration::from_secs(20) || STOP.load(Ordering::Relaxed) {
+            if t.elapsed() > Duration::from_secs(20) || signals::stopping() {
                 let _ = child.kill();
                 let _ = child.wait();
                 print_tail(&text, 10);
@@ -783,62 +782,4 @@ fn wait_secs(secs: f64) -> Result<()> {
         sleep(Duration::from_millis(50));
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------------------------
-// Signals, without a libc dependency: the few calls xtask needs, declared here.
-
-const SIGINT: i32 = 2;
-const SIGKILL: i32 = 9;
-const SIGTERM: i32 = 15;
-const PR_SET_PDEATHSIG: i32 = 1;
-
-unsafe extern "C" {
-    fn signal(signum: i32, handler: usize) -> usize;
-    fn kill(pid: i32, sig: i32) -> i32;
-    fn prctl(option: i32, ...) -> i32;
-}
-
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_signum: i32) {
-    // Only an atomic store: async-signal-safe.
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Ctrl-C or SIGTERM end the demo at the next step, so the drop guard cleans up.
-fn install_signal_handlers() {
-    for sig in [SIGINT, SIGTERM] {
-        // SAFETY: `on_stop_signal` is an `extern "C" fn(i32)` that only stores to an atomic.
-        unsafe {
-            signal(sig, on_stop_signal as extern "C" fn(i32) as usize);
-        }
-    }
-}
-
-fn check_stop() -> Result<()> {
-    if STOP.load(Ordering::Relaxed) {
-        bail!("interrupted");
-    }
-    Ok(())
-}
-
-fn send_signal(pid: u32, sig: i32) {
-    if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill(2) takes plain integers; a pid that is gone only yields ESRCH.
-        unsafe {
-            kill(pid, sig);
-        }
-    }
-}
-
-/// If xtask dies without running its drop guard (SIGKILL), the kernel kills the child too.
-fn die_with_parent(cmd: &mut Command) {
-    // SAFETY: prctl(2) is async-signal-safe and touches no memory of this process.
-    unsafe {
-        cmd.pre_exec(|| {
-            prctl(PR_SET_PDEATHSIG, SIGKILL as std::ffi::c_ulong);
-            Ok(())
-        });
-    }
 }

@@ -4,6 +4,7 @@ mod bench_https;
 mod cmd;
 mod demo;
 mod setup;
+mod signals;
 
 use std::path::PathBuf;
 
