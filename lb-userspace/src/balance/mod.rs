@@ -123,7 +123,7 @@ impl Balancer {
     /// A backend for a request from `client`, never one listed in `exclude` (backends this
     /// request already tried), an unhealthy one, or one of weight 0. None when nothing is left.
     pub fn pick(&self, client: IpAddr, exclude: &[usize]) -> Option<Pick> {
-        let now = self.now_ms();
+        let now = self.ramp_clock();
         let weight = |i: usize| {
             if exclude.contains(&i) {
                 0
@@ -142,7 +142,7 @@ impl Balancer {
 
     /// Backend `index` itself, if it may take a request now (sticky sessions).
     pub fn pick_backend(&self, index: usize, exclude: &[usize]) -> Option<Pick> {
-        (!exclude.contains(&index) && self.effective(index, self.now_ms()) > 0)
+        (!exclude.contains(&index) && self.effective(index, self.ramp_clock()) > 0)
             .then(|| self.pick_of(self.count(index)))
     }
 
@@ -158,6 +158,15 @@ impl Balancer {
             a.fetch_add(1, Ordering::Relaxed);
         }
         index
+    }
+
+    /// The clock slow start reads; without slow start no pick needs the time.
+    fn ramp_clock(&self) -> u64 {
+        if self.slow_start.is_some() {
+            self.now_ms()
+        } else {
+            0
+        }
     }
 
     fn now_ms(&self) -> u64 {
@@ -193,7 +202,7 @@ impl Balancer {
         if full == 0 {
             return 0.0;
         }
-        self.effective(index, self.now_ms()) as f64 / full as f64
+        self.effective(index, self.ramp_clock()) as f64 / full as f64
     }
 
     /// Records a health transition; returns whether the backend's state changed. Called only

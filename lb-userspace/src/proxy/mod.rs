@@ -151,10 +151,12 @@ impl Upstream {
                 | Method::DELETE
         );
         let client_ip = conn.peer.ip().to_canonical();
-        let now = SystemTime::now();
         let sticky = self.group.sticky.as_deref();
+        // Cookie expiries need the wall clock; groups without stickiness don't read it.
+        let now = sticky.map(|_| SystemTime::now());
         let pinned = sticky
-            .and_then(|s| s.pinned(&parts.headers, now))
+            .zip(now)
+            .and_then(|(s, now)| s.pinned(&parts.headers, now))
             .and_then(|backend| self.balancer.index_of(&backend));
         let mut tried: Vec<usize> = Vec::new();
         let mut status = StatusCode::SERVICE_UNAVAILABLE;
@@ -199,7 +201,9 @@ impl Upstream {
                     let keep_upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                     headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
                     *served_by = Some(pick.index);
-                    if let (Some(s), Some(key)) = (sticky, self.balancer.key(pick.index)) {
+                    if let (Some(s), Some(now), Some(key)) =
+                        (sticky, now, self.balancer.key(pick.index))
+                    {
                         let https = conn.scheme == "https";
                         s.on_response(
                             resp.headers_mut(),

@@ -155,12 +155,15 @@ async fn serve_http<S>(
         let (access_log, live) = (access_log.clone(), live.clone());
         async move {
             let started = std::time::Instant::now();
-            let (method, path) = (req.method().clone(), req.uri().path().to_string());
+            // Only kept when the access log wants them: no copies per request otherwise.
+            let request_line = access_log
+                .is_some()
+                .then(|| (req.method().clone(), req.uri().path().to_string()));
             let rules = live.load().rules.clone();
             let (resp, served) = upstream.forward(req, &conn, &rules).await;
             let took = started.elapsed();
             metrics.request(served.backend, resp.status().as_u16(), took);
-            if let Some(listener) = access_log {
+            if let (Some(listener), Some((method, path))) = (access_log, request_line) {
                 tracing::info!(
                     target: "edgelb::access",
                     client = %conn.peer,
