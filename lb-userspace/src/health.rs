@@ -19,6 +19,7 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
 use crate::balance::Balancer;
+use crate::config::BackendVerify;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CheckKind {
@@ -179,12 +180,7 @@ where
 /// Checks ask "does it answer", not "is it who it claims": certificates are not verified
 /// (handshake signatures still are), as cloud load balancers' checks do.
 fn insecure_tls() -> Result<ClientConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()?
-        .dangerous()
-        .with_custom_certificate_verifier(crate::proxy::client::accept_any_certificate(provider))
-        .with_no_client_auth();
+    let mut config = crate::proxy::client::client_tls(&BackendVerify::Insecure)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -8,9 +8,6 @@ use lb_common::maglev::{build_table, source_hash, table_slot};
 
 pub struct SourceHash {
     keys: Vec<String>,
-    /// The configured weights (tests pick with them).
-    #[cfg_attr(not(test), allow(dead_code))]
-    configured: Vec<u32>,
     /// [`lb_common::maglev::TABLE_SIZE`] backend indices, or all `NO_BACKEND`; replaced whole
     /// when health changes, so a reader always sees one complete table.
     table: RwLock<Arc<Vec<u32>>>,
@@ -25,7 +22,6 @@ impl SourceHash {
         let table = build(&keys, &weights);
         SourceHash {
             keys,
-            configured: weights,
             table: RwLock::new(Arc::new(table)),
         }
     }
@@ -77,9 +73,8 @@ mod tests {
 
     impl SourceHash {
         fn pick_excluding(&self, client: IpAddr, exclude: &[usize]) -> Option<usize> {
-            self.pick(client, |i| {
-                self.configured.get(i).is_some_and(|w| *w > 0) && !exclude.contains(&i)
-            })
+            // Weight-0 backends own no table entry; the bound rejects NO_BACKEND.
+            self.pick(client, |i| i < self.keys.len() && !exclude.contains(&i))
         }
     }
     use std::net::{Ipv4Addr, Ipv6Addr};

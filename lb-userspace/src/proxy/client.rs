@@ -77,7 +77,9 @@ impl BackendClient {
     }
 }
 
-fn client_tls(verify: &BackendVerify) -> Result<ClientConfig, rustls::Error> {
+/// The TLS client configuration for backends (and their health checks), without ALPN:
+/// hyper-rustls sets its own and refuses a preset one.
+pub(crate) fn client_tls(verify: &BackendVerify) -> Result<ClientConfig, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
