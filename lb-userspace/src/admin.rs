@@ -18,16 +18,27 @@ use tracing::{debug, warn};
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
 
-/// What `/status` reports; the main thread refreshes the parts it owns (XDP).
+/// What `/status` reports. The main thread writes the view at start, after every reload and
+/// once a second (XDP counters); balancers are read live.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
-    pub listener: ListenerStatus,
-    pub group: String,
-    pub algorithm: &'static str,
-    pub balancer: Arc<Balancer>,
-    pub xdp: Mutex<XdpStatus>,
+    pub view: Mutex<NodeView>,
     /// Asks the main thread (the owner of the data plane) to reload; it answers on the oneshot.
     pub reload: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+}
+
+#[derive(Default)]
+pub struct NodeView {
+    pub listeners: Vec<ListenerStatus>,
+    pub groups: Vec<GroupView>,
+    /// `iface:mode` for each XDP attachment; empty when XDP is off.
+    pub xdp_attached: Vec<String>,
+}
+
+pub struct GroupView {
+    pub name: String,
+    pub algorithm: &'static str,
+    pub balancer: Arc<Balancer>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -36,19 +47,22 @@ pub struct ListenerStatus {
     pub protocol: &'static str,
     pub listen: String,
     pub access_control: &'static str,
+    /// The default group.
+    pub group: String,
+    /// Packets by XDP outcome for this listener (empty when XDP is off).
+    pub xdp_counters: Vec<(String, u64)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct XdpStatus {
-    /// `iface:mode` for each attachment; empty when XDP is off.
-    pub attached: Vec<String>,
-    /// Packets by outcome for this listener.
-    pub counters: Vec<(String, u64)>,
+struct XdpStatus {
+    attached: Vec<String>,
+    /// Packets by outcome, all listeners together.
+    counters: Vec<(String, u64)>,
 }
 
 #[derive(Serialize)]
 struct Status<'a> {
-    listeners: Vec<&'a ListenerStatus>,
+    listeners: &'a [ListenerStatus],
     groups: Vec<GroupStatus>,
     xdp: XdpStatus,
 }
@@ -73,24 +87,43 @@ struct BackendStatus {
 
 impl AdminState {
     pub fn status_json(&self) -> String {
-        let b = &self.balancer;
-        let backends = (0..b.len())
-            .map(|i| BackendStatus {
-                address: b.key(i).unwrap_or("").to_string(),
-                healthy: b.is_healthy(i),
-                weight: b.weight(i),
-                weight_share: b.weight_share(i),
-                active_requests: b.active(i),
+        let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+        let groups = view
+            .groups
+            .iter()
+            .map(|g| {
+                let b = &g.balancer;
+                GroupStatus {
+                    name: g.name.clone(),
+                    algorithm: g.algorithm,
+                    backends: (0..b.len())
+                        .map(|i| BackendStatus {
+                            address: b.key(i).unwrap_or("").to_string(),
+                            healthy: b.is_healthy(i),
+                            weight: b.weight(i),
+                            weight_share: b.weight_share(i),
+                            active_requests: b.active(i),
+                        })
+                        .collect(),
+                }
             })
             .collect();
+        let mut totals: Vec<(String, u64)> = Vec::new();
+        for l in &view.listeners {
+            for (outcome, n) in &l.xdp_counters {
+                match totals.iter_mut().find(|(o, _)| o == outcome) {
+                    Some((_, total)) => *total += n,
+                    None => totals.push((outcome.clone(), *n)),
+                }
+            }
+        }
         let status = Status {
-            listeners: vec![&self.listener],
-            groups: vec![GroupStatus {
-                name: self.group.clone(),
-                algorithm: self.algorithm,
-                backends,
-            }],
-            xdp: self.xdp.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            listeners: &view.listeners,
+            groups,
+            xdp: XdpStatus {
+                attached: view.xdp_attached.clone(),
+                counters: totals,
+            },
         };
         serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }

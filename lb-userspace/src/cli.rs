@@ -122,6 +122,11 @@ pub enum XdpModeArg {
 
 #[derive(Clone, Debug, Args)]
 pub struct RunArgs {
+    /// TOML file with any number of listeners, groups, IP address groups and rules (see
+    /// examples/edgelb.toml); the other flags add one listener on top. Read again on reload.
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
+
     /// Listener name, in logs and metrics (1-255 characters).
     #[arg(long, value_name = "NAME", default_value = "listener-1")]
     pub name: String,
@@ -138,7 +143,7 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_name = "PROTO", default_value = "https")]
     pub protocol: ProtocolArg,
 
-    /// Frontend address and port, e.g. 0.0.0.0:443 or [::]:443.
+    /// Frontend address and port, e.g. 0.0.0.0:443 or [::]:443 (required without --config).
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Option<String>,
 
@@ -314,4 +319,20 @@ pub struct RunArgs {
     /// Log lines as human-readable text or JSON.
     #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+}
+
+/// Only the run flags, to learn their defaults.
+#[derive(Parser)]
+struct DefaultsOnly {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+impl RunArgs {
+    /// Every flag at its default value: where each config-file table starts.
+    pub fn defaults() -> Result<RunArgs, String> {
+        DefaultsOnly::try_parse_from(["edgelb"])
+            .map(|d| d.run)
+            .map_err(|e| format!("the flags' defaults do not parse: {e}"))
+    }
 }

@@ -15,6 +15,7 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::task::AbortHandle;
 use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
@@ -54,16 +55,23 @@ pub struct HealthCheck {
 }
 
 /// Starts one checking task per backend on the current runtime. `changed` is notified after
-/// every health transition (the data plane rewrites the group's Maglev ring then).
-pub fn spawn(check: HealthCheck, group: String, balancer: Arc<Balancer>, changed: Arc<Notify>) {
+/// every health transition (the data plane rewrites the group's Maglev ring then). Aborting
+/// the returned handles stops the checks (a reload that replaces the group does).
+pub fn spawn(
+    check: HealthCheck,
+    group: String,
+    balancer: Arc<Balancer>,
+    changed: Arc<Notify>,
+) -> Vec<AbortHandle> {
+    let mut tasks = Vec::new();
     if check.kind == CheckKind::Off || balancer.is_empty() {
-        return;
+        return tasks;
     }
     let tls = match insecure_tls() {
         Ok(c) => Arc::new(c),
         Err(e) => {
             warn!(group, error = %e, "health checks disabled: TLS client configuration failed");
-            return;
+            return tasks;
         }
     };
     let n = balancer.len() as u32;
@@ -80,7 +88,7 @@ pub fn spawn(check: HealthCheck, group: String, balancer: Arc<Balancer>, changed
         );
         // Backend i starts i/n of an interval late, so checks are spread over the interval.
         let offset = check.interval * index as u32 / n;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             tokio::time::sleep(offset).await;
             let mut ticks = tokio::time::interval(check.interval);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -111,7 +119,9 @@ pub fn spawn(check: HealthCheck, group: String, balancer: Arc<Balancer>, changed
                 }
             }
         });
+        tasks.push(task.abort_handle());
     }
+    tasks
 }
 
 /// One check; the error is the reason a person would want in the log.

@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod entry;
 pub mod health;
 pub mod metrics;
+pub mod node;
 pub mod proxy;
 pub mod rules;
 pub mod server;

@@ -120,8 +120,22 @@ impl Metrics {
         out
     }
 
-    /// Handles for one listener and its group's backends (in the group's order).
-    pub fn listener(&self, listener: &str, group: &str, backends: &[String]) -> ListenerMetrics {
+    /// Handles for one listener.
+    pub fn listener(&self, listener: &str) -> ListenerMetrics {
+        let l = ListenerLabels {
+            listener: listener.into(),
+        };
+        ListenerMetrics {
+            latency: self.latency.get_or_create(&l).clone(),
+            connections: self.connections.get_or_create(&l).clone(),
+            handshakes: self.handshakes.clone(),
+            listener: listener.into(),
+        }
+    }
+
+    /// Request counters of one listener's traffic to one group, by backend (in the group's
+    /// order).
+    pub fn requests(&self, listener: &str, group: &str, backends: &[String]) -> RequestCounters {
         let counters = |backend: &str| {
             CLASSES.map(|code| {
                 self.requests
@@ -134,16 +148,9 @@ impl Metrics {
                     .clone()
             })
         };
-        let l = ListenerLabels {
-            listener: listener.into(),
-        };
-        ListenerMetrics {
+        RequestCounters {
             by_backend: backends.iter().map(|b| counters(b)).collect(),
             local: counters("-"),
-            latency: self.latency.get_or_create(&l).clone(),
-            connections: self.connections.get_or_create(&l).clone(),
-            handshakes: self.handshakes.clone(),
-            listener: listener.into(),
         }
     }
 
@@ -172,22 +179,33 @@ impl Metrics {
 
 #[derive(Clone)]
 pub struct ListenerMetrics {
-    by_backend: Vec<[Counter; 5]>,
-    local: [Counter; 5],
     latency: Histogram,
     connections: Gauge,
     handshakes: Family<HandshakeLabels, Counter>,
     listener: String,
 }
 
-impl ListenerMetrics {
+/// Requests of one listener to one group, by backend and status class.
+#[derive(Clone)]
+pub struct RequestCounters {
+    by_backend: Vec<[Counter; 5]>,
+    local: [Counter; 5],
+}
+
+impl RequestCounters {
     /// One answered request: `backend` is None for responses edgelb made itself.
-    pub fn request(&self, backend: Option<usize>, status: u16, took: Duration) {
+    pub fn count(&self, backend: Option<usize>, status: u16) {
         let class = usize::from((status / 100).clamp(1, 5) - 1);
         let row = backend
             .and_then(|b| self.by_backend.get(b))
             .unwrap_or(&self.local);
         row[class].inc();
+    }
+}
+
+impl ListenerMetrics {
+    /// Time from a request to its response headers.
+    pub fn observe(&self, took: Duration) {
         self.latency.observe(took.as_secs_f64());
     }
 
@@ -246,9 +264,12 @@ mod tests {
     #[test]
     fn requests_are_counted_by_backend_and_class() {
         let m = Metrics::new();
-        let l = m.listener("web", "pool", &["10.0.0.1:80".into()]);
-        l.request(Some(0), 200, Duration::from_millis(3));
-        l.request(None, 503, Duration::from_millis(1));
+        let l = m.listener("web");
+        let r = m.requests("web", "pool", &["10.0.0.1:80".into()]);
+        r.count(Some(0), 200);
+        l.observe(Duration::from_millis(3));
+        r.count(None, 503);
+        l.observe(Duration::from_millis(1));
         l.handshake("ok");
         m.set_backend_healthy("pool", "10.0.0.1:80", true);
         m.set_xdp_packets("web", "dropped_acl", 7);

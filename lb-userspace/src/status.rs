@@ -39,12 +39,28 @@ fn render(status: &Value) -> String {
     let empty = Vec::new();
     for l in status["listeners"].as_array().unwrap_or(&empty) {
         out.push_str(&format!(
-            "listener {}  {} {}  access-control {}\n",
+            "listener {}  {} {}  access-control {}  group {}\n",
             l["name"].as_str().unwrap_or("?"),
             l["protocol"].as_str().unwrap_or("?"),
             l["listen"].as_str().unwrap_or("?"),
             l["access_control"].as_str().unwrap_or("?"),
+            l["group"].as_str().unwrap_or("?"),
         ));
+        let counters: Vec<String> = l["xdp_counters"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}={}",
+                    c[0].as_str().unwrap_or("?"),
+                    c[1].as_u64().unwrap_or(0)
+                )
+            })
+            .collect();
+        if !counters.is_empty() {
+            out.push_str(&format!("  xdp packets  {}\n", counters.join(" ")));
+        }
     }
     for g in status["groups"].as_array().unwrap_or(&empty) {
         out.push_str(&format!(
@@ -84,7 +100,7 @@ fn render(status: &Value) -> String {
         out.push_str(&format!("xdp {}\n", attached.join(", ")));
         for c in xdp["counters"].as_array().unwrap_or(&empty) {
             out.push_str(&format!(
-                "  {:<12} {}\n",
+                "  {:<12} {} (all listeners)\n",
                 c[0].as_str().unwrap_or("?"),
                 c[1].as_u64().unwrap_or(0)
             ));

@@ -1,14 +1,17 @@
 //! Worker threads, one per core the process may run on, each with its own single-threaded
-//! runtime and its own listening socket (SO_REUSEPORT: the kernel spreads new connections
-//! over them), as nginx does with worker processes. No task ever moves between threads, and
-//! each worker keeps its own backend connection pool; the balancer is shared.
+//! runtime, as nginx does with worker processes. Every listener has one listening socket per
+//! worker (SO_REUSEPORT: the kernel spreads new connections over them), so no task ever moves
+//! between threads; each worker keeps its own backend connection pools. Listeners come and go
+//! on reload while the workers stay.
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tracing::{debug, warn};
 
@@ -22,8 +25,8 @@ pub fn default_count() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-/// `count` listening sockets on `addr`, all bound before any worker starts, so that a bind
-/// failure is reported once, at start.
+/// `count` listening sockets on `addr`, all bound before any is used, so that a bind failure
+/// is reported once and leaves nothing behind.
 pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
     (0..count.max(1))
         .map(|_| {
@@ -42,46 +45,94 @@ pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
         .collect()
 }
 
-/// Starts one worker thread per (socket, context); each accepts until `stop` turns true.
-pub fn spawn(
-    workers: Vec<(std::net::TcpListener, Arc<ListenerContext>)>,
-    stop: watch::Receiver<bool>,
-) -> std::io::Result<Vec<JoinHandle<()>>> {
-    workers
-        .into_iter()
-        .enumerate()
-        .map(|(i, (socket, ctx))| {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name(format!("edgelb-worker-{i}"))
-                .spawn(move || {
-                    let runtime = match tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build()
-                    {
-                        Ok(r) => r,
-                        Err(e) => {
-                            warn!(worker = i, error = %e, "cannot start the worker's runtime");
-                            return;
-                        }
-                    };
-                    runtime.block_on(async {
-                        accept_loop(socket, ctx.clone(), stop).await;
-                        drain(&ctx).await;
-                    });
-                })
-        })
-        .collect()
+/// The running worker threads.
+pub struct Workers {
+    handles: Vec<Handle>,
+    threads: Vec<JoinHandle<()>>,
+    /// Client connections open on each worker, all listeners together.
+    open: Vec<Arc<AtomicUsize>>,
+    /// None while running; the drain timeout once stopping.
+    stop: watch::Sender<Option<Duration>>,
 }
 
-/// Waits for this worker's connections to finish, at most the drain timeout; whatever is left
-/// is cut when the runtime is dropped.
-async fn drain(ctx: &ListenerContext) {
-    let deadline = tokio::time::Instant::now() + ctx.drain;
-    while ctx.open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+impl Workers {
+    pub fn start(count: usize) -> std::io::Result<Workers> {
+        let (stop, _) = watch::channel(None);
+        let mut workers = Workers {
+            handles: Vec::new(),
+            threads: Vec::new(),
+            open: Vec::new(),
+            stop,
+        };
+        for i in 0..count.max(1) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let open = Arc::new(AtomicUsize::new(0));
+            let mut stop = workers.stop.subscribe();
+            workers.handles.push(runtime.handle().clone());
+            workers.open.push(open.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("edgelb-worker-{i}"))
+                .spawn(move || {
+                    runtime.block_on(async {
+                        let drain = loop {
+                            if let Some(drain) = *stop.borrow_and_update() {
+                                break drain;
+                            }
+                            if stop.changed().await.is_err() {
+                                break Duration::ZERO;
+                            }
+                        };
+                        wait_for_connections(&open, drain).await;
+                    });
+                })?;
+            workers.threads.push(thread);
+        }
+        Ok(workers)
+    }
+
+    pub fn len(&self) -> usize {
+        self.handles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.handles.is_empty()
+    }
+
+    /// The connection count of worker `i`, for the listener contexts made for it.
+    pub fn open(&self, i: usize) -> Arc<AtomicUsize> {
+        self.open[i].clone()
+    }
+
+    /// Accepts on `sockets` (one per worker, in worker order) until `stop` turns true.
+    pub fn serve(
+        &self,
+        sockets: Vec<std::net::TcpListener>,
+        contexts: &[Arc<ListenerContext>],
+        stop: &watch::Receiver<bool>,
+    ) {
+        for ((socket, ctx), handle) in sockets.into_iter().zip(contexts).zip(&self.handles) {
+            handle.spawn(accept_loop(socket, ctx.clone(), stop.clone()));
+        }
+    }
+
+    /// Stops every worker once its connections have finished, or after `drain`; whatever is
+    /// still open then is cut when the runtime is dropped. Listeners must be stopped first.
+    pub fn shutdown(self, drain: Duration) {
+        let _ = self.stop.send(Some(drain));
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn wait_for_connections(open: &AtomicUsize, drain: Duration) {
+    let deadline = tokio::time::Instant::now() + drain;
+    while open.load(Ordering::Relaxed) > 0 {
         if tokio::time::Instant::now() >= deadline {
             warn!(
-                open = ctx.open.load(std::sync::atomic::Ordering::Relaxed),
+                open = open.load(Ordering::Relaxed),
                 "drain timeout: closing connections still open"
             );
             return;
@@ -103,6 +154,9 @@ async fn accept_loop(
         }
     };
     loop {
+        if *stop.borrow_and_update() {
+            return;
+        }
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
@@ -119,7 +173,7 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },
-            _ = stop.changed() => return,
+            changed = stop.changed() => if changed.is_err() { return; },
         }
     }
 }

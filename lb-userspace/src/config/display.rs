@@ -2,12 +2,26 @@
 //! material never appears.
 use std::fmt;
 
-use super::{BackendProtocol, BackendVerify, Config, TransferLbIp};
+use super::{BackendProtocol, BackendVerify, Config, GroupConfig, ListenerConfig, TransferLbIp};
 use crate::acl::AclMode;
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let l = &self.listener;
+        if let Some(file) = &self.file {
+            writeln!(f, "config file {}", file.display())?;
+        }
+        for l in &self.listeners {
+            self.fmt_listener(f, l)?;
+        }
+        for g in &self.groups {
+            fmt_group(f, g)?;
+        }
+        self.fmt_node(f)
+    }
+}
+
+impl Config {
+    fn fmt_listener(&self, f: &mut fmt::Formatter<'_>, l: &ListenerConfig) -> fmt::Result {
         writeln!(f, "listener {:?}", l.name)?;
         if let Some(d) = &l.description {
             writeln!(f, "  description     {d:?}")?;
@@ -58,6 +72,7 @@ impl fmt::Display for Config {
             }
             TransferLbIp::Fixed(ip) => writeln!(f, "  transfer-lb-ip  {ip}")?,
         }
+        writeln!(f, "  group           {}", self.default_group(l).name)?;
         for r in &l.rule_specs {
             writeln!(f, "  rule            {}: {:?}", r.name, r.action)?;
         }
@@ -68,76 +83,10 @@ impl fmt::Display for Config {
             t.idle.as_secs(),
             t.request.as_secs(),
             t.response.as_secs()
-        )?;
+        )
+    }
 
-        let g = &self.group;
-        writeln!(f, "group {:?}", g.name)?;
-        if let Some(d) = &g.description {
-            writeln!(f, "  description     {d:?}")?;
-        }
-        writeln!(f, "  algorithm       {}", g.algorithm.name())?;
-        match &g.protocol {
-            BackendProtocol::Http => writeln!(f, "  protocol        http")?,
-            BackendProtocol::Https(BackendVerify::Ca(path, _)) => writeln!(
-                f,
-                "  protocol        https (verified against {})",
-                path.display()
-            )?,
-            BackendProtocol::Https(BackendVerify::Insecure) => {
-                writeln!(f, "  protocol        https (certificates NOT verified)")?
-            }
-        }
-        if let Some(d) = &g.hc_domain {
-            writeln!(f, "  hc-domain       {d}")?;
-        }
-        let h = &g.health;
-        if h.kind == crate::health::CheckKind::Off {
-            writeln!(f, "  health-check    off")?;
-        } else {
-            write!(
-                f,
-                "  health-check    {} every {}s, timeout {}s, {} retries",
-                h.kind.name(),
-                h.interval.as_secs(),
-                h.timeout.as_secs(),
-                h.retries
-            )?;
-            if let Some(port) = h.port {
-                write!(f, ", port {port}")?;
-            }
-            if h.kind != crate::health::CheckKind::Tcp {
-                write!(f, ", path {}", h.path)?;
-            }
-            writeln!(f)?;
-        }
-        match g.sticky.as_deref() {
-            None => writeln!(f, "  sticky-session  off")?,
-            Some(crate::proxy::sticky::Stickiness::LbCookie { duration, .. }) => {
-                let key = g
-                    .sticky_key_file
-                    .as_ref()
-                    .map_or("generated at start".to_string(), |p| {
-                        format!("key {}", p.display())
-                    });
-                writeln!(
-                    f,
-                    "  sticky-session  lb-cookie, {} min, {key}",
-                    duration.as_secs() / 60
-                )?
-            }
-            Some(crate::proxy::sticky::Stickiness::AppCookie { name, duration, .. }) => writeln!(
-                f,
-                "  sticky-session  app-cookie {name}, {} min",
-                duration.as_secs() / 60
-            )?,
-        }
-        if let Some(d) = g.slow_start {
-            writeln!(f, "  slow-start      {}s", d.as_secs())?;
-        }
-        for b in &g.backends {
-            writeln!(f, "  backend         {} weight={}", b.addr, b.weight)?;
-        }
-
+    fn fmt_node(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "operations")?;
         match self.ops.admin {
             Some(a) => writeln!(
@@ -159,4 +108,74 @@ impl fmt::Display for Config {
         }
         Ok(())
     }
+}
+
+fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
+    writeln!(f, "group {:?}", g.name)?;
+    if let Some(d) = &g.description {
+        writeln!(f, "  description     {d:?}")?;
+    }
+    writeln!(f, "  algorithm       {}", g.algorithm.name())?;
+    match &g.protocol {
+        BackendProtocol::Http => writeln!(f, "  protocol        http")?,
+        BackendProtocol::Https(BackendVerify::Ca(path, _)) => writeln!(
+            f,
+            "  protocol        https (verified against {})",
+            path.display()
+        )?,
+        BackendProtocol::Https(BackendVerify::Insecure) => {
+            writeln!(f, "  protocol        https (certificates NOT verified)")?
+        }
+    }
+    if let Some(d) = &g.hc_domain {
+        writeln!(f, "  hc-domain       {d}")?;
+    }
+    let h = &g.health;
+    if h.kind == crate::health::CheckKind::Off {
+        writeln!(f, "  health-check    off")?;
+    } else {
+        write!(
+            f,
+            "  health-check    {} every {}s, timeout {}s, {} retries",
+            h.kind.name(),
+            h.interval.as_secs(),
+            h.timeout.as_secs(),
+            h.retries
+        )?;
+        if let Some(port) = h.port {
+            write!(f, ", port {port}")?;
+        }
+        if h.kind != crate::health::CheckKind::Tcp {
+            write!(f, ", path {}", h.path)?;
+        }
+        writeln!(f)?;
+    }
+    match g.sticky.as_deref() {
+        None => writeln!(f, "  sticky-session  off")?,
+        Some(crate::proxy::sticky::Stickiness::LbCookie { duration, .. }) => {
+            let key = g
+                .sticky_key_file
+                .as_ref()
+                .map_or("generated at start".to_string(), |p| {
+                    format!("key {}", p.display())
+                });
+            writeln!(
+                f,
+                "  sticky-session  lb-cookie, {} min, {key}",
+                duration.as_secs() / 60
+            )?
+        }
+        Some(crate::proxy::sticky::Stickiness::AppCookie { name, duration, .. }) => writeln!(
+            f,
+            "  sticky-session  app-cookie {name}, {} min",
+            duration.as_secs() / 60
+        )?,
+    }
+    if let Some(d) = g.slow_start {
+        writeln!(f, "  slow-start      {}s", d.as_secs())?;
+    }
+    for b in &g.backends {
+        writeln!(f, "  backend         {} weight={}", b.addr, b.weight)?;
+    }
+    Ok(())
 }

@@ -2,14 +2,17 @@
 //! read, so that the rest of the daemon never handles a raw string again.
 mod display;
 mod error;
+mod file;
 mod parse;
 mod rule_flag;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use rustls::RootCertStore;
 
 use crate::acl::{AccessControl, AclMode};
@@ -20,17 +23,21 @@ use crate::cli::{
 };
 use crate::health::{CheckKind, HealthCheck};
 use crate::proxy::sticky::{StickTable, Stickiness, StickyKey, validate_cookie_name};
-use crate::rules::{RuleSet, RuleSpec};
+use crate::rules::{Action, RuleSet, RuleSpec};
 use crate::tls::certs::{CertError, PairFile, load_ca_bundle, load_certified_key};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
 
 #[derive(Clone, Debug)]
 pub struct Config {
-    pub listener: ListenerConfig,
-    pub group: GroupConfig,
+    /// Names are unique; each listener's `groups[0]` is its default group.
+    pub listeners: Vec<ListenerConfig>,
+    /// Names are unique; listeners and rules refer to groups by position.
+    pub groups: Vec<GroupConfig>,
     pub xdp: XdpConfig,
     pub ops: OpsConfig,
+    /// `--config`: read again on every reload.
+    pub file: Option<PathBuf>,
 }
 
 /// How the node is operated: admin endpoint, shutdown.
@@ -70,9 +77,13 @@ pub struct ListenerConfig {
     pub access: AccessControl,
     pub transfer_lb_ip: TransferLbIp,
     pub timeouts: Timeouts,
-    /// Advanced forwarding, compiled; the specs are kept for `check`.
+    /// Advanced forwarding, compiled against every group's name; the specs are kept for
+    /// `check`.
     pub rules: Arc<RuleSet>,
     pub rule_specs: Vec<RuleSpec>,
+    /// Indices into [`Config::groups`] of the groups requests can reach: the default group
+    /// first, then every group a rule forwards to.
+    pub groups: Vec<usize>,
 }
 
 /// The TLS half of an https listener: the loaded settings and the files they came from.
@@ -194,99 +205,325 @@ impl XdpConfig {
 }
 
 impl Config {
-    /// Validates every flag and loads every file the flags name.
+    /// Validates every flag, and the config file when `--config` names one, and loads every
+    /// file they name. The file's listeners come first; flags add one listener on top.
     pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
-        let listen = args.listen.as_deref().ok_or_else(|| {
-            ConfigError::missing("--listen", "required: the ADDR:PORT to accept clients on")
-        })?;
-        let listen = parse::socket_addr("--listen", listen)?;
-        let protocol = match args.protocol {
-            ProtocolArg::Https => FrontendProtocol::Https,
-            ProtocolArg::Http => FrontendProtocol::Http,
-            ProtocolArg::Tcp | ProtocolArg::Udp => {
-                return Err(ConfigError::new(
-                    "--protocol",
-                    if args.protocol == ProtocolArg::Tcp {
-                        "tcp"
-                    } else {
-                        "udp"
-                    },
-                    "L4 (XDP-forwarded) listeners are not available in this version; use https or http",
-                ));
+        let defaults =
+            RunArgs::defaults().map_err(|problem| ConfigError::missing("edgelb", problem))?;
+        let file = args
+            .config
+            .as_deref()
+            .map(|path| file::load(path, &defaults))
+            .transpose()?;
+        let mut node = args.clone();
+        let mut groups: Vec<GroupConfig> = Vec::new();
+        let mut listeners = Vec::new();
+        if let Some(file) = &file {
+            let at = format!("{}: top level", file.path.display());
+            xdp(&file.globals).map_err(|e| e.in_file(at.clone(), false))?;
+            ops(&file.globals).map_err(|e| e.in_file(at, false))?;
+            merge_globals(&mut node, &file.globals, &defaults);
+            for g in &file.groups {
+                let group = group(&g.args).map_err(|e| e.in_file(g.location.clone(), true))?;
+                add_group(&mut groups, group, || g.location.clone())?;
             }
-        };
-        let tls = match protocol {
-            FrontendProtocol::Https => Some(listener_tls(args)?),
-            FrontendProtocol::Http => {
-                refuse_tls_flags_on_http(args)?;
-                None
-            }
-        };
-        let transfer_lb_ip = match args.transfer_lb_ip.as_deref() {
-            None => TransferLbIp::Off,
-            Some("") => TransferLbIp::LocalAddress,
-            Some(ip) => TransferLbIp::Fixed(ip.parse().map_err(|_| {
-                ConfigError::new(
-                    "--transfer-lb-ip",
-                    ip,
-                    "expected an IPv4 or IPv6 address, or no value for the local address",
+            let ip_groups = named_ip_groups(file)?;
+            for l in &file.listeners {
+                let in_file = |e: ConfigError| e.in_file(l.location.clone(), false);
+                let default = groups
+                    .iter()
+                    .position(|g| g.name == l.group)
+                    .ok_or_else(|| {
+                        in_file(ConfigError::new(
+                            "group",
+                            &l.group,
+                            format!("no [[group]] has this name (groups: {})", names(&groups)),
+                        ))
+                    })?;
+                let mut shared = Vec::new();
+                for name in &l.ip_groups {
+                    let prefixes = ip_groups.get(name).ok_or_else(|| {
+                        in_file(ConfigError::new(
+                            "ip_groups",
+                            name,
+                            "no [ip_groups.NAME] table has this name",
+                        ))
+                    })?;
+                    shared.extend(prefixes.iter().copied());
+                }
+                let rule_error = |e: crate::rules::RuleError| {
+                    ConfigError::new("rule", e.rule.clone(), e.to_string())
+                };
+                let listener = listener(
+                    &l.args,
+                    default,
+                    &groups,
+                    shared,
+                    l.rules.clone(),
+                    &rule_error,
                 )
-            })?),
-        };
-        let timeouts = Timeouts {
-            idle: parse::seconds("--idle-timeout", &args.idle_timeout, 0, 4000)?,
-            request: parse::seconds("--request-timeout", &args.request_timeout, 1, 300)?,
-            response: parse::seconds("--response-timeout", &args.response_timeout, 1, 300)?,
-        };
-        let group = group(args)?;
-        let rule_specs = args
-            .rules
-            .iter()
-            .enumerate()
-            .map(|(i, r)| rule_flag::parse(r, i, &group.name))
-            .collect::<Result<Vec<_>, _>>()?;
-        let rules = RuleSet::compile(&rule_specs, &[group.name.as_str()]).map_err(|e| {
-            let value = args
+                .map_err(in_file)?;
+                listeners.push(listener);
+            }
+        }
+        if file.is_none() || args.listen.is_some() {
+            let default = match &file {
+                // With a file, a flag listener without --backend uses the file's group of
+                // that name.
+                Some(_) if args.backends.is_empty() => {
+                    groups.iter().position(|g| g.name == args.group_name).ok_or_else(|| {
+                        ConfigError::new(
+                            "--group-name",
+                            &args.group_name,
+                            format!(
+                                "give --backend for the listener of --listen, or name a group of the config file ({})",
+                                names(&groups)
+                            ),
+                        )
+                    })?
+                }
+                _ => {
+                    // The listener's own flags are reported first, in the order of --help.
+                    let group = group(args).or_else(|e| {
+                        frontend(args)?;
+                        Err(e)
+                    })?;
+                    add_group(&mut groups, group, || "--group-name".to_string())?;
+                    groups.len() - 1
+                }
+            };
+            let specs = args
                 .rules
                 .iter()
-                .find(|r| r.contains(&e.rule))
-                .cloned()
-                .unwrap_or_else(|| e.rule.clone());
-            ConfigError::new("--rule", value, e.to_string())
-        })?;
+                .enumerate()
+                .map(|(i, r)| rule_flag::parse(r, i, &groups[default].name))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rule_error = |e: crate::rules::RuleError| {
+                let value = args
+                    .rules
+                    .iter()
+                    .find(|r| r.contains(&e.rule))
+                    .cloned()
+                    .unwrap_or_else(|| e.rule.clone());
+                ConfigError::new("--rule", value, e.to_string())
+            };
+            let flag_listener = listener(args, default, &groups, Vec::new(), specs, &rule_error)?;
+            listeners.push(flag_listener);
+        }
+        check_unique_listeners(&listeners, file.as_ref().map(|f| f.path.as_path()))?;
         Ok(Config {
-            listener: ListenerConfig {
-                name: parse::label("--name", &args.name)?,
-                description: args
-                    .description
-                    .as_deref()
-                    .map(|d| parse::description("--description", d))
-                    .transpose()?,
-                tags: parse::tags(&args.tags)?,
-                protocol,
-                listen,
-                tls,
-                http2: args.http2 == OnOff::On,
-                access: access_control(args)?,
-                transfer_lb_ip,
-                timeouts,
-                rules: Arc::new(rules),
-                rule_specs,
-            },
-            group,
-            xdp: xdp(args)?,
-            ops: OpsConfig {
-                admin: args
-                    .admin
-                    .as_deref()
-                    .map(|a| admin_addr(a, args.admin_allow_remote))
-                    .transpose()?,
-                admin_allow_remote: args.admin_allow_remote,
-                drain_timeout: parse::seconds("--drain-timeout", &args.drain_timeout, 0, 300)?,
-                access_log: args.access_log,
-            },
+            listeners,
+            groups,
+            xdp: xdp(&node)?,
+            ops: ops(&node)?,
+            file: args.config.clone(),
         })
     }
+
+    /// The group of listener `l` that requests no rule claims go to.
+    pub fn default_group(&self, l: &ListenerConfig) -> &GroupConfig {
+        &self.groups[l.groups[0]]
+    }
+}
+
+fn names(groups: &[GroupConfig]) -> String {
+    let list: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    if list.is_empty() {
+        "none defined".to_string()
+    } else {
+        list.join(", ")
+    }
+}
+
+fn add_group(
+    groups: &mut Vec<GroupConfig>,
+    group: GroupConfig,
+    location: impl Fn() -> String,
+) -> Result<(), ConfigError> {
+    if groups.iter().any(|g| g.name == group.name) {
+        let e = ConfigError::new(
+            "--group-name",
+            &group.name,
+            "another group has this name; group names must be unique",
+        );
+        let at = location();
+        return Err(if at.starts_with("--") {
+            e
+        } else {
+            e.in_file(at, true)
+        });
+    }
+    groups.push(group);
+    Ok(())
+}
+
+/// Top-level settings: a flag given on the command line wins over the file's value.
+fn merge_globals(node: &mut RunArgs, file: &RunArgs, defaults: &RunArgs) {
+    if node.admin.is_none() {
+        node.admin = file.admin.clone();
+    }
+    node.admin_allow_remote |= file.admin_allow_remote;
+    node.access_log |= file.access_log;
+    if node.drain_timeout == defaults.drain_timeout {
+        node.drain_timeout = file.drain_timeout.clone();
+    }
+    if node.xdp_mode == defaults.xdp_mode {
+        node.xdp_mode = file.xdp_mode;
+    }
+    for iface in &file.xdp_ifaces {
+        if !node.xdp_ifaces.contains(iface) {
+            node.xdp_ifaces.push(iface.clone());
+        }
+    }
+}
+
+fn named_ip_groups(file: &file::FileConfig) -> Result<BTreeMap<String, Vec<IpNet>>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (name, g) in &file.ip_groups {
+        let at = format!("{}: ip_groups.{name}", file.path.display());
+        let mut prefixes = Vec::new();
+        for c in &g.cidrs {
+            prefixes.push(parse::cidr("cidrs", c).map_err(|e| e.in_file(at.clone(), false))?);
+        }
+        for f in &g.files {
+            prefixes.extend(parse::cidr_file(f).map_err(|e| e.in_file(at.clone(), false))?);
+        }
+        out.insert(name.clone(), prefixes);
+    }
+    Ok(out)
+}
+
+fn check_unique_listeners(
+    listeners: &[ListenerConfig],
+    file: Option<&std::path::Path>,
+) -> Result<(), ConfigError> {
+    for (i, l) in listeners.iter().enumerate() {
+        let at = || match file {
+            Some(f) => format!("{}: listener {:?}", f.display(), l.name),
+            None => "--name".to_string(),
+        };
+        if listeners[..i].iter().any(|o| o.name == l.name) {
+            return Err(ConfigError::new(
+                "name",
+                &l.name,
+                "another listener has this name; listener names must be unique",
+            )
+            .in_file(at(), false));
+        }
+        if let Some(o) = listeners[..i].iter().find(|o| o.listen == l.listen) {
+            return Err(ConfigError::new(
+                "listen",
+                l.listen.to_string(),
+                format!("listener {:?} already listens there", o.name),
+            )
+            .in_file(at(), false));
+        }
+    }
+    Ok(())
+}
+
+fn ops(args: &RunArgs) -> Result<OpsConfig, ConfigError> {
+    Ok(OpsConfig {
+        admin: args
+            .admin
+            .as_deref()
+            .map(|a| admin_addr(a, args.admin_allow_remote))
+            .transpose()?,
+        admin_allow_remote: args.admin_allow_remote,
+        drain_timeout: parse::seconds("--drain-timeout", &args.drain_timeout, 0, 300)?,
+        access_log: args.access_log,
+    })
+}
+
+/// One listener from its flags (or a file table read into them). `default` and the rules'
+/// targets are positions in `groups`; `shared` are prefixes of named IP groups.
+fn listener(
+    args: &RunArgs,
+    default: usize,
+    groups: &[GroupConfig],
+    shared: Vec<IpNet>,
+    rule_specs: Vec<RuleSpec>,
+    rule_error: &dyn Fn(crate::rules::RuleError) -> ConfigError,
+) -> Result<ListenerConfig, ConfigError> {
+    let (listen, protocol, tls) = frontend(args)?;
+    let transfer_lb_ip = match args.transfer_lb_ip.as_deref() {
+        None => TransferLbIp::Off,
+        Some("") => TransferLbIp::LocalAddress,
+        Some(ip) => TransferLbIp::Fixed(ip.parse().map_err(|_| {
+            ConfigError::new(
+                "--transfer-lb-ip",
+                ip,
+                "expected an IPv4 or IPv6 address, or no value for the local address",
+            )
+        })?),
+    };
+    let timeouts = Timeouts {
+        idle: parse::seconds("--idle-timeout", &args.idle_timeout, 0, 4000)?,
+        request: parse::seconds("--request-timeout", &args.request_timeout, 1, 300)?,
+        response: parse::seconds("--response-timeout", &args.response_timeout, 1, 300)?,
+    };
+    let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
+    let rules = RuleSet::compile(&rule_specs, &names).map_err(rule_error)?;
+    let mut reachable = vec![default];
+    for i in 0..rules.len() {
+        if let Some(Action::Forward { index, .. }) = rules.action(i)
+            && !reachable.contains(index)
+        {
+            reachable.push(*index);
+        }
+    }
+    Ok(ListenerConfig {
+        name: parse::label("--name", &args.name)?,
+        description: args
+            .description
+            .as_deref()
+            .map(|d| parse::description("--description", d))
+            .transpose()?,
+        tags: parse::tags(&args.tags)?,
+        protocol,
+        listen,
+        tls,
+        http2: args.http2 == OnOff::On,
+        access: access_control(args, shared)?,
+        transfer_lb_ip,
+        timeouts,
+        rules: Arc::new(rules),
+        rule_specs,
+        groups: reachable,
+    })
+}
+
+/// Where and how a listener accepts: address, protocol and (for https) the TLS half.
+fn frontend(
+    args: &RunArgs,
+) -> Result<(SocketAddr, FrontendProtocol, Option<ListenerTls>), ConfigError> {
+    let listen = args.listen.as_deref().ok_or_else(|| {
+        ConfigError::missing("--listen", "required: the ADDR:PORT to accept clients on")
+    })?;
+    let listen = parse::socket_addr("--listen", listen)?;
+    let protocol = match args.protocol {
+        ProtocolArg::Https => FrontendProtocol::Https,
+        ProtocolArg::Http => FrontendProtocol::Http,
+        ProtocolArg::Tcp | ProtocolArg::Udp => {
+            return Err(ConfigError::new(
+                "--protocol",
+                if args.protocol == ProtocolArg::Tcp {
+                    "tcp"
+                } else {
+                    "udp"
+                },
+                "L4 (XDP-forwarded) listeners are not available in this version; use https or http",
+            ));
+        }
+    };
+    let tls = match protocol {
+        FrontendProtocol::Https => Some(listener_tls(args)?),
+        FrontendProtocol::Http => {
+            refuse_tls_flags_on_http(args)?;
+            None
+        }
+    };
+    Ok((listen, protocol, tls))
 }
 
 fn admin_addr(value: &str, allow_remote: bool) -> Result<SocketAddr, ConfigError> {
@@ -400,15 +637,15 @@ fn refuse_tls_flags_on_http(args: &RunArgs) -> Result<(), ConfigError> {
     ];
     match given.iter().find(|(_, present)| *present) {
         Some((flag, _)) => Err(ConfigError::missing(
-            flag,
+            *flag,
             "has no effect on an http listener (--protocol http); use --protocol https",
         )),
         None => Ok(()),
     }
 }
 
-fn access_control(args: &RunArgs) -> Result<AccessControl, ConfigError> {
-    let mut prefixes = Vec::new();
+fn access_control(args: &RunArgs, shared: Vec<IpNet>) -> Result<AccessControl, ConfigError> {
+    let mut prefixes = shared;
     for group in &args.ip_groups {
         prefixes.extend(parse::cidr_list("--ip-group", group)?);
     }

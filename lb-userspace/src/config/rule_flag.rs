@@ -3,14 +3,15 @@
 //!
 //! Keys: `name`, `host` (comma list), `path`, `path-prefix`, `path-regex`, `method` (comma
 //! list), `header` (`NAME:V1|V2`), `query` (`KEY:V1|V2`), `client` (comma list of CIDRs),
-//! `action`: `forward` (the listener's group), `redirect:STATUS:LOCATION`,
+//! `action`: `forward` (the listener's group), `forward:GROUP` (a group of the config file),
+//! `redirect:STATUS:LOCATION`,
 //! `fixed:STATUS:CONTENT-TYPE:BODY`.
 use super::ConfigError;
 use crate::rules::{ActionSpec, PathMatch, RuleSpec};
 
 const HELP: &str = "expected KEY=VALUE pairs separated by ';' with keys name, host, path, \
                     path-prefix, path-regex, method, header, query, client and action \
-                    (forward | redirect:STATUS:LOCATION | fixed:STATUS:CONTENT-TYPE:BODY)";
+                    (forward[:GROUP] | redirect:STATUS:LOCATION | fixed:STATUS:CONTENT-TYPE:BODY)";
 
 pub fn parse(value: &str, index: usize, default_group: &str) -> Result<RuleSpec, ConfigError> {
     let err = |problem: String| ConfigError::new("--rule", value, problem);
@@ -65,6 +66,9 @@ fn parse_action(v: &str, default_group: &str) -> Result<ActionSpec, String> {
         None if v == "forward" => Ok(ActionSpec::Forward {
             group: default_group.to_string(),
         }),
+        Some(("forward", group)) if !group.is_empty() => Ok(ActionSpec::Forward {
+            group: group.to_string(),
+        }),
         Some(("redirect", rest)) => {
             let (code, location) = rest
                 .split_once(':')
@@ -88,7 +92,7 @@ fn parse_action(v: &str, default_group: &str) -> Result<ActionSpec, String> {
             })
         }
         _ => Err(format!(
-            "unknown action {v:?}: forward, redirect:STATUS:LOCATION or fixed:STATUS:CONTENT-TYPE:BODY"
+            "unknown action {v:?}: forward[:GROUP], redirect:STATUS:LOCATION or fixed:STATUS:CONTENT-TYPE:BODY"
         )),
     }
 }

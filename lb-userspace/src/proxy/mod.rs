@@ -17,6 +17,7 @@ use tracing::{debug, warn};
 use crate::balance::Balancer;
 use crate::config::{GroupConfig, Timeouts, TransferLbIp};
 use crate::dataplane::error_chain;
+use crate::metrics::RequestCounters;
 use crate::rules::{Action, RequestInfo, RuleSet};
 use body::{BoxError, StallTimeout, WithGuard};
 use client::{BackendClient, UpstreamBody};
@@ -24,26 +25,103 @@ use headers::ConnInfo;
 
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// Who answered a request: the backend (None when edgelb answered itself) and the rule that
-/// matched, if any (an index into the listener's rules).
+/// Who answered a request: the group it went to (None when a rule answered), the backend
+/// (None when edgelb answered itself) and the rule that matched, if any (an index into the
+/// listener's rules).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Served {
+    pub group: Option<usize>,
     pub backend: Option<usize>,
     pub rule: Option<usize>,
+}
+
+/// The listener settings that shape each forwarded request.
+#[derive(Clone, Copy, Debug)]
+pub struct ListenerSettings {
+    pub timeouts: Timeouts,
+    pub transfer_lb_ip: TransferLbIp,
+}
+
+/// Where one listener's requests can go, on one worker: its rules and the groups they (and
+/// the default) reach, by position in the configuration's groups.
+pub struct Routes {
+    pub rules: Arc<RuleSet>,
+    /// None for groups this listener never sends to.
+    pub groups: Vec<Option<RouteTarget>>,
+    pub default: usize,
+    pub settings: ListenerSettings,
+}
+
+/// One group as a listener uses it: the worker's upstream and this listener's counters.
+pub struct RouteTarget {
+    pub upstream: Arc<Upstream>,
+    pub requests: RequestCounters,
+}
+
+impl Routes {
+    pub fn target(&self, group: usize) -> Option<&RouteTarget> {
+        self.groups.get(group).and_then(Option::as_ref)
+    }
+
+    /// Answers one request: by a rule's redirect or fixed response, or by the group the
+    /// first matching rule (else the default) names. Counts it for that group.
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        conn: &ConnInfo,
+    ) -> (Response<ProxyBody>, Served) {
+        let (decision, rule) = apply_rules(&self.rules, &req, conn);
+        let group = match decision {
+            Decision::Answer(answer) => {
+                if let Some(t) = self.target(self.default) {
+                    t.requests.count(None, answer.status().as_u16());
+                }
+                let served = Served {
+                    group: None,
+                    backend: None,
+                    rule,
+                };
+                return (answer, served);
+            }
+            Decision::Forward(group) => group.unwrap_or(self.default),
+        };
+        let Some(target) = self.target(group) else {
+            // Config compiles every forward target into `groups`; this is a bug, not a 404.
+            warn!(
+                group,
+                "rule forwards to a group this listener does not know"
+            );
+            return (
+                error_page(StatusCode::INTERNAL_SERVER_ERROR),
+                Served::default(),
+            );
+        };
+        let mut served_by = None;
+        let resp = target
+            .upstream
+            .forward(req, conn, &self.settings, &mut served_by)
+            .await;
+        target.requests.count(served_by, resp.status().as_u16());
+        (
+            resp,
+            Served {
+                group: Some(group),
+                backend: served_by,
+                rule,
+            },
+        )
+    }
 }
 
 /// Request bodies up to this size are read whole before the first attempt, so that they can
 /// be sent again to another backend; larger ones stream and get a single attempt.
 const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;
 
-/// A backend group with its balancer and connection pool, and the listener settings that
-/// shape each forwarded request.
+/// A backend group with its balancer and one worker's connection pool to its backends.
 pub struct Upstream {
     group: GroupConfig,
     balancer: Arc<Balancer>,
     client: BackendClient,
-    timeouts: Timeouts,
-    transfer_lb_ip: TransferLbIp,
 }
 
 /// A request body as the retry loop sees it.
@@ -65,18 +143,11 @@ impl Outgoing {
 
 impl Upstream {
     /// `balancer` is shared by every worker's upstream; the connection pool is this one's own.
-    pub fn new(
-        group: GroupConfig,
-        balancer: Arc<Balancer>,
-        timeouts: Timeouts,
-        transfer_lb_ip: TransferLbIp,
-    ) -> Result<Self, rustls::Error> {
+    pub fn new(group: GroupConfig, balancer: Arc<Balancer>) -> Result<Self, rustls::Error> {
         Ok(Upstream {
             balancer,
             client: BackendClient::new(&group)?,
             group,
-            timeouts,
-            transfer_lb_ip,
         })
     }
 
@@ -84,46 +155,20 @@ impl Upstream {
         &self.balancer
     }
 
-    /// Forwards one request and returns the backend's response and which backend it was, or
-    /// an error page: 503 when no backend can take it, 502 when backends failed, 504 when they
-    /// did not answer in time.
+    /// Forwards one request and returns the backend's response (and sets which backend it
+    /// was), or an error page: 503 when no backend can take it, 502 when backends failed, 504
+    /// when they did not answer in time.
     pub async fn forward(
-        &self,
-        req: Request<Incoming>,
-        conn: &ConnInfo,
-        rules: &RuleSet,
-    ) -> (Response<ProxyBody>, Served) {
-        let (answer, rule) = apply_rules(rules, &req, conn);
-        if let Some(answer) = answer {
-            return (
-                answer,
-                Served {
-                    backend: None,
-                    rule,
-                },
-            );
-        }
-        let mut served_by = None;
-        let resp = self.forward_inner(req, conn, &mut served_by).await;
-        (
-            resp,
-            Served {
-                backend: served_by,
-                rule,
-            },
-        )
-    }
-
-    async fn forward_inner(
         &self,
         mut req: Request<Incoming>,
         conn: &ConnInfo,
+        settings: &ListenerSettings,
         served_by: &mut Option<usize>,
     ) -> Response<ProxyBody> {
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
-        headers::add_client_headers(&mut parts.headers, conn, self.transfer_lb_ip);
+        headers::add_client_headers(&mut parts.headers, conn, settings.transfer_lb_ip);
         // HTTP/2 clients carry the host in :authority; HTTP/1.1 backends need it as Host.
         if !parts.headers.contains_key(HOST)
             && let Some(authority) = parts.uri.authority()
@@ -137,7 +182,7 @@ impl Upstream {
             .map_or("/", |p| p.as_str())
             .to_string();
 
-        let mut outgoing = match self.read_body(body, &parts.headers).await {
+        let mut outgoing = match read_body(body, &parts.headers, settings.timeouts.request).await {
             Ok(o) => o,
             Err(status) => return error_page(status),
         };
@@ -188,7 +233,8 @@ impl Upstream {
             *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = parts.headers.clone();
 
-            let sent = tokio::time::timeout(self.timeouts.response, self.client.request(out)).await;
+            let sent =
+                tokio::time::timeout(settings.timeouts.response, self.client.request(out)).await;
             let retry_safe = matches!(outgoing, Outgoing::Replayable(_));
             match sent {
                 Ok(Ok(mut resp)) => {
@@ -226,7 +272,7 @@ impl Upstream {
                 }
                 Err(_) => {
                     let again = retry_safe && idempotent;
-                    warn!(backend = %backend, group = self.group.name, timeout = ?self.timeouts.response, retry = again, "backend did not respond in time");
+                    warn!(backend = %backend, group = self.group.name, timeout = ?settings.timeouts.response, retry = again, "backend did not respond in time");
                     status = StatusCode::GATEWAY_TIMEOUT;
                     if !again {
                         return error_page(status);
@@ -235,41 +281,52 @@ impl Upstream {
             }
         }
     }
+}
 
-    /// Small bodies are read whole (with the request timeout as the longest stall) so that a
-    /// retry can resend them; others stream.
-    async fn read_body(&self, body: Incoming, headers: &HeaderMap) -> Result<Outgoing, StatusCode> {
-        if body.is_end_stream() {
-            return Ok(Outgoing::Replayable(Bytes::new()));
-        }
-        let body = StallTimeout::new(body, self.timeouts.request);
-        let length = headers
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        match length {
-            Some(n) if n <= REPLAYABLE_BODY_LIMIT => match body.collect().await {
-                Ok(collected) => Ok(Outgoing::Replayable(collected.to_bytes())),
-                Err(e) => {
-                    debug!(error = %e, "reading the request body failed");
-                    Err(StatusCode::REQUEST_TIMEOUT)
-                }
-            },
-            _ => Ok(Outgoing::Stream(Some(body))),
-        }
+/// Small bodies are read whole (with the request timeout as the longest stall) so that a
+/// retry can resend them; others stream.
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    request_timeout: std::time::Duration,
+) -> Result<Outgoing, StatusCode> {
+    if body.is_end_stream() {
+        return Ok(Outgoing::Replayable(Bytes::new()));
+    }
+    let body = StallTimeout::new(body, request_timeout);
+    let length = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match length {
+        Some(n) if n <= REPLAYABLE_BODY_LIMIT => match body.collect().await {
+            Ok(collected) => Ok(Outgoing::Replayable(collected.to_bytes())),
+            Err(e) => {
+                debug!(error = %e, "reading the request body failed");
+                Err(StatusCode::REQUEST_TIMEOUT)
+            }
+        },
+        _ => Ok(Outgoing::Stream(Some(body))),
     }
 }
 
-/// The first matching rule's answer when it is a redirect or a fixed response (None to
-/// forward, to the listener's group: the only group a flag-defined listener has), and which
-/// rule matched.
+/// What the rules say about a request.
+enum Decision {
+    /// A redirect or fixed response.
+    Answer(Response<ProxyBody>),
+    /// Forward to this group (by position in the configuration), or to the listener's
+    /// default group.
+    Forward(Option<usize>),
+}
+
+/// The first matching rule's decision, and which rule matched.
 fn apply_rules(
     rules: &RuleSet,
     req: &Request<Incoming>,
     conn: &ConnInfo,
-) -> (Option<Response<ProxyBody>>, Option<usize>) {
+) -> (Decision, Option<usize>) {
     if rules.is_empty() {
-        return (None, None);
+        return (Decision::Forward(None), None);
     }
     let host = req
         .headers()
@@ -285,17 +342,17 @@ fn apply_rules(
         client: conn.peer.ip().to_canonical(),
     };
     let Some(matched) = rules.evaluate(&info) else {
-        return (None, None);
+        return (Decision::Forward(None), None);
     };
     debug!(rule = matched.name, "rule matched");
     let answer = match matched.action {
-        Action::Forward { .. } => None,
+        Action::Forward { index, .. } => Decision::Forward(Some(*index)),
         Action::Redirect { status, location } => {
             let mut resp = error_page(*status);
             if let Ok(v) = HeaderValue::from_str(&location.render(&info, conn.scheme)) {
                 resp.headers_mut().insert(hyper::header::LOCATION, v);
             }
-            Some(resp)
+            Decision::Answer(resp)
         }
         Action::Fixed {
             status,
@@ -310,7 +367,7 @@ fn apply_rules(
             *resp.status_mut() = *status;
             resp.headers_mut()
                 .insert(hyper::header::CONTENT_TYPE, content_type.clone());
-            Some(resp)
+            Decision::Answer(resp)
         }
     };
     (answer, Some(matched.index))

@@ -128,6 +128,8 @@ pub struct RuleError {
 pub enum Action {
     Forward {
         group: String,
+        /// The group's position in the `groups` the rules were compiled with.
+        index: usize,
     },
     Redirect {
         status: StatusCode,
@@ -242,8 +244,8 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
-    /// Validates and compiles `rules`, in order. `groups` are the listener's group names; a
-    /// forward to any other group is an error.
+    /// Validates and compiles `rules`, in order. `groups` are the names of the groups a rule
+    /// may forward to; a forward to any other name is an error.
     pub fn compile(rules: &[RuleSpec], groups: &[&str]) -> Result<RuleSet, RuleError> {
         if rules.len() > MAX_RULES {
             return Err(RuleError {
@@ -271,6 +273,11 @@ impl RuleSet {
 
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// The action of rule `index`.
+    pub fn action(&self, index: usize) -> Option<&Action> {
+        self.rules.get(index).map(|r| &r.action)
     }
 
     /// The name of rule `index` (as reported by [`Matched::index`]).
@@ -438,7 +445,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
 
     let action = match &spec.action {
         ActionSpec::Forward { group } => {
-            if !groups.contains(&group.as_str()) {
+            let Some(index) = groups.iter().position(|g| *g == group.as_str()) else {
                 let mut known = groups
                     .iter()
                     .take(10)
@@ -451,11 +458,12 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
                 return Err(err(
                     "action.group",
                     group,
-                    format!("not a group of this listener (known: {known})"),
+                    format!("no such group (known: {known})"),
                 ));
-            }
+            };
             Action::Forward {
                 group: group.clone(),
+                index,
             }
         }
         ActionSpec::Redirect { status, location } => {

@@ -567,7 +567,7 @@ fn fixed_and_forward_actions() {
     }
     let r = req("h", "/api/x");
     match set.evaluate(&r.info()).expect("match").action {
-        Action::Forward { group } => assert_eq!(group, "api"),
+        Action::Forward { group, .. } => assert_eq!(group, "api"),
         other => panic!("{other:?}"),
     }
     let empty = RuleSet::compile(&[], GROUPS).expect("empty");

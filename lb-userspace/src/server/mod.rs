@@ -20,10 +20,9 @@ use tracing::debug;
 use crate::acl::AccessControl;
 use crate::config::Timeouts;
 use crate::metrics::{ListenerMetrics, handshake_failure};
-use crate::proxy::Upstream;
+use crate::proxy::Routes;
 use crate::proxy::body::WithGuard;
 use crate::proxy::headers::ConnInfo;
-use crate::rules::RuleSet;
 use crate::tls::ClientIdentity;
 use activity::{Activity, Deadline, Tracked};
 use arc_swap::ArcSwap;
@@ -31,26 +30,24 @@ use arc_swap::ArcSwap;
 /// How long a connection being closed for a timeout may take to finish what it is writing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-/// What a reload may replace: read once per connection or request, swapped whole.
+/// What a reload may replace: read once per connection (TLS, timeouts) or request (routes),
+/// swapped whole.
 pub struct Live {
     pub tls: Option<TlsAcceptor>,
     pub access: AccessControl,
-    pub rules: Arc<RuleSet>,
+    pub http2: bool,
+    pub routes: Routes,
 }
 
-/// What every connection of a listener shares.
+/// What every connection of a listener on one worker shares.
 pub struct ListenerContext {
-    pub live: Arc<ArcSwap<Live>>,
-    pub http2: bool,
-    pub timeouts: Timeouts,
-    pub upstream: Arc<Upstream>,
+    pub live: ArcSwap<Live>,
     pub metrics: ListenerMetrics,
-    /// Turns true when the daemon stops: connections finish what is in flight and close.
+    /// Turns true when the listener stops (the daemon stops, or a reload removes it):
+    /// connections finish what is in flight and close.
     pub stop: watch::Receiver<bool>,
-    /// Connections of this worker still open (for draining).
+    /// Connections of this worker still open, all listeners together (for draining).
     pub open: Arc<AtomicUsize>,
-    /// How long in-flight requests may take to finish once stopping.
-    pub drain: Duration,
     /// Log one line per request (`--access-log`), under the listener's name.
     pub access_log: Option<Arc<str>>,
 }
@@ -79,6 +76,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
     let activity = Activity::new();
     let _open = (ctx.metrics.connection_opened(), Open::new(&ctx.open));
     let live = ctx.live.load_full();
+    let timeouts = live.routes.settings.timeouts;
     let Some(tls) = &live.tls else {
         let conn = ConnInfo {
             peer,
@@ -92,13 +90,14 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
             conn,
             false,
             activity,
+            timeouts,
             &ctx,
         )
         .await;
         return;
     };
     // The handshake is part of the request: it must finish within the request timeout.
-    let tls_stream = match tokio::time::timeout(ctx.timeouts.request, tls.accept(stream)).await {
+    let tls_stream = match tokio::time::timeout(timeouts.request, tls.accept(stream)).await {
         Ok(Ok(s)) => {
             ctx.metrics.handshake("ok");
             s
@@ -115,7 +114,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
         }
     };
     let session = tls_stream.get_ref().1;
-    let h2 = ctx.http2 && session.alpn_protocol() == Some(b"h2");
+    let h2 = live.http2 && session.alpn_protocol() == Some(b"h2");
     let conn = ConnInfo {
         peer,
         local,
@@ -128,6 +127,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
         conn,
         h2,
         activity,
+        timeouts,
         &ctx,
     )
     .await;
@@ -138,32 +138,38 @@ async fn serve_http<S>(
     conn: ConnInfo,
     h2: bool,
     activity: Arc<Activity>,
+    timeouts: Timeouts,
     ctx: &Arc<ListenerContext>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
     let conn = Arc::new(conn);
-    let upstream = ctx.upstream.clone();
     let metrics = ctx.metrics.clone();
     let access_log = ctx.access_log.clone();
-    let live = ctx.live.clone();
+    let ctx_for_requests = ctx.clone();
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let guard = service_activity.request_started();
-        let (upstream, conn, metrics) = (upstream.clone(), conn.clone(), metrics.clone());
-        let (access_log, live) = (access_log.clone(), live.clone());
+        let (conn, metrics, access_log) = (conn.clone(), metrics.clone(), access_log.clone());
+        // Routes are read per request: a reload reaches open keep-alive connections too.
+        let live = ctx_for_requests.live.load_full();
         async move {
             let started = std::time::Instant::now();
             // Only kept when the access log wants them: no copies per request otherwise.
             let request_line = access_log
                 .is_some()
                 .then(|| (req.method().clone(), req.uri().path().to_string()));
-            let rules = live.load().rules.clone();
-            let (resp, served) = upstream.forward(req, &conn, &rules).await;
+            let routes = &live.routes;
+            let (resp, served) = routes.handle(req, &conn).await;
             let took = started.elapsed();
-            metrics.request(served.backend, resp.status().as_u16(), took);
+            metrics.observe(took);
             if let (Some(listener), Some((method, path))) = (access_log, request_line) {
+                let backend = served
+                    .group
+                    .and_then(|g| routes.target(g))
+                    .zip(served.backend)
+                    .and_then(|(t, b)| t.upstream.balancer().key(b));
                 tracing::info!(
                     target: "edgelb::access",
                     client = %conn.peer,
@@ -171,8 +177,8 @@ async fn serve_http<S>(
                     listener = &*listener,
                     method = %method,
                     path,
-                    rule = served.rule.and_then(|r| rules.name(r)).unwrap_or("-"),
-                    backend = served.backend.and_then(|b| upstream.balancer().key(b)).unwrap_or("-"),
+                    rule = served.rule.and_then(|r| routes.rules.name(r)).unwrap_or("-"),
+                    backend = backend.unwrap_or("-"),
                     status = resp.status().as_u16(),
                     ms = took.as_secs_f64() * 1000.0,
                     "request"
@@ -183,7 +189,7 @@ async fn serve_http<S>(
     });
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    let idle = ctx.timeouts.idle;
+    let idle = timeouts.idle;
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -197,7 +203,7 @@ async fn serve_http<S>(
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(connection);
 
-    let (request, http1) = (ctx.timeouts.request, !h2);
+    let (request, http1) = (timeouts.request, !h2);
     // Timers are only re-armed when a deadline may have moved: a request arriving can bring
     // it forward by at most the request timeout, and a busy connection is looked at again
     // after the shorter of the two timeouts.

@@ -1,0 +1,480 @@
+//! The running node: every backend group (balancer, health checks, one connection pool per
+//! worker) and every listener (sockets, per-worker contexts), and how a new configuration
+//! replaces them. A reload is prepared completely (files read, sockets bound, TLS built)
+//! before anything running is touched, so a reload that fails changes nothing.
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use lb_common::{IPPROTO_TCP, MAX_L4_GROUPS, MAX_LISTENERS};
+use tokio::sync::{Notify, watch};
+use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
+use tracing::{info, warn};
+
+use crate::admin::{GroupView, ListenerStatus, NodeView};
+use crate::balance::Balancer;
+use crate::config::{Config, GroupConfig, ListenerConfig};
+use crate::dataplane::{Dataplane, ListenerRule, error_chain};
+use crate::metrics::Metrics;
+use crate::proxy::sticky::Stickiness;
+use crate::proxy::{ListenerSettings, RouteTarget, Routes, Upstream};
+use crate::server::{ListenerContext, Live};
+use crate::workers::{self, Workers};
+
+/// A backend group as it runs.
+pub struct GroupRuntime {
+    pub config: GroupConfig,
+    pub balancer: Arc<Balancer>,
+    /// One per worker, in worker order.
+    upstreams: Vec<Arc<Upstream>>,
+    health: Vec<AbortHandle>,
+}
+
+/// A listener as it runs.
+pub struct ListenerRuntime {
+    pub config: ListenerConfig,
+    /// Its counter slot and ACL key in the data plane; kept across reloads.
+    pub id: u32,
+    /// One per worker, in worker order.
+    contexts: Vec<Arc<ListenerContext>>,
+    stop: watch::Sender<bool>,
+}
+
+pub struct Node {
+    pub config: Config,
+    pub groups: Vec<GroupRuntime>,
+    pub listeners: Vec<ListenerRuntime>,
+    pub workers: Workers,
+    pub metrics: Arc<Metrics>,
+    /// Notified after every health transition of any group.
+    pub health_changed: Arc<Notify>,
+}
+
+/// A listener of the new configuration, ready to run.
+struct Prepared {
+    config: ListenerConfig,
+    /// New sockets to serve (None: keeps the running listener of the same name and address).
+    sockets: Option<Vec<std::net::TcpListener>>,
+    live: Vec<Live>,
+}
+
+impl Node {
+    /// Builds groups and listeners of `config` and binds every socket; nothing is served until
+    /// [`Node::serve`].
+    pub fn start(
+        config: Config,
+        workers: Workers,
+        metrics: Arc<Metrics>,
+        dataplane: Option<&mut Dataplane>,
+    ) -> Result<(Node, Vec<Vec<std::net::TcpListener>>), String> {
+        let health_changed = Arc::new(Notify::new());
+        let groups = build_groups(&config, &[], workers.len())?;
+        let ids = assign_ids(&config, &[]);
+        let mut prepared = Vec::new();
+        for l in &config.listeners {
+            prepared.push(prepare_listener(
+                l,
+                &config,
+                &groups,
+                &[],
+                &metrics,
+                workers.len(),
+            )?);
+        }
+        if let Some(dp) = dataplane {
+            dp.apply(&listener_rules(&config, &ids))
+                .map_err(|e| format!("XDP maps: {}", error_chain(&e)))?;
+        }
+        let mut node = Node {
+            config,
+            groups,
+            listeners: Vec::new(),
+            workers,
+            metrics,
+            health_changed,
+        };
+        let mut sockets = Vec::new();
+        for (p, id) in prepared.into_iter().zip(ids) {
+            let (runtime, s) = node.new_listener(p, id);
+            node.listeners.push(runtime);
+            sockets.push(s);
+        }
+        Ok((node, sockets))
+    }
+
+    /// Starts accepting on the sockets [`Node::start`] bound.
+    pub fn serve(&self, sockets: Vec<Vec<std::net::TcpListener>>) {
+        for (l, s) in self.listeners.iter().zip(sockets) {
+            self.workers.serve(s, &l.contexts, &l.stop.subscribe());
+        }
+    }
+
+    /// Health checks of every group; call once, on the runtime that owns them.
+    pub fn start_health_checks(&mut self) {
+        for g in &mut self.groups {
+            g.health = crate::health::spawn(
+                g.config.health.clone(),
+                g.config.name.clone(),
+                g.balancer.clone(),
+                self.health_changed.clone(),
+            );
+        }
+    }
+
+    fn new_listener(&self, p: Prepared, id: u32) -> (ListenerRuntime, Vec<std::net::TcpListener>) {
+        let (stop, _) = watch::channel(false);
+        let metrics = self.metrics.listener(&p.config.name);
+        let access_log = self
+            .config
+            .ops
+            .access_log
+            .then(|| Arc::<str>::from(p.config.name.as_str()));
+        let contexts = p
+            .live
+            .into_iter()
+            .enumerate()
+            .map(|(i, live)| {
+                Arc::new(ListenerContext {
+                    live: ArcSwap::from_pointee(live),
+                    metrics: metrics.clone(),
+                    stop: stop.subscribe(),
+                    open: self.workers.open(i),
+                    access_log: access_log.clone(),
+                })
+            })
+            .collect();
+        (
+            ListenerRuntime {
+                config: p.config,
+                id,
+                contexts,
+                stop,
+            },
+            p.sockets.unwrap_or_default(),
+        )
+    }
+
+    /// Replaces the running configuration with `fresh`: groups whose backends did not change
+    /// keep their balancer and health state, listeners with the same name and address keep
+    /// their sockets (and connections) and get the new settings, others are bound anew or
+    /// stopped. The data plane's listener entries and ACLs are rewritten in place.
+    pub fn reload(
+        &mut self,
+        fresh: Config,
+        dataplane: Option<&mut Dataplane>,
+    ) -> Result<(), String> {
+        let groups = build_groups(&fresh, &self.groups, self.workers.len())?;
+        let mut prepared = Vec::new();
+        for l in &fresh.listeners {
+            prepared.push(prepare_listener(
+                l,
+                &fresh,
+                &groups,
+                &self.listeners,
+                &self.metrics,
+                self.workers.len(),
+            )?);
+        }
+        let ids = assign_ids(&fresh, &self.listeners);
+        if let Some(dp) = dataplane {
+            dp.apply(&listener_rules(&fresh, &ids))
+                .map_err(|e| format!("XDP maps: {}", error_chain(&e)))?;
+        }
+
+        // Everything is ready: from here on nothing fails.
+        let mut old: BTreeMap<String, ListenerRuntime> = self
+            .listeners
+            .drain(..)
+            .map(|l| (l.config.name.clone(), l))
+            .collect();
+        let mut listeners = Vec::new();
+        for (p, id) in prepared.into_iter().zip(ids) {
+            match (p.sockets.is_none(), old.remove(&p.config.name)) {
+                (true, Some(mut running)) => {
+                    for (ctx, live) in running.contexts.iter().zip(p.live) {
+                        ctx.live.store(Arc::new(live));
+                    }
+                    running.config = p.config;
+                    listeners.push(running);
+                }
+                (_, replaced) => {
+                    if let Some(r) = replaced {
+                        stop_listener(r, "its address changed");
+                    }
+                    let (runtime, sockets) = self.new_listener(p, id);
+                    self.workers
+                        .serve(sockets, &runtime.contexts, &runtime.stop.subscribe());
+                    info!(listener = runtime.config.name, listen = %runtime.config.listen, "listener started");
+                    listeners.push(runtime);
+                }
+            }
+        }
+        for (_, removed) in old {
+            stop_listener(removed, "it is no longer configured");
+        }
+        self.listeners = listeners;
+        let previous = std::mem::replace(&mut self.groups, groups);
+        // Checks the new groups carried over keep running; the others end.
+        let kept: Vec<tokio::task::Id> = self
+            .groups
+            .iter()
+            .flat_map(|g| g.health.iter().map(AbortHandle::id))
+            .collect();
+        for task in previous.into_iter().flat_map(|g| g.health) {
+            if !kept.contains(&task.id()) {
+                task.abort();
+            }
+        }
+        for g in &mut self.groups {
+            if g.health.is_empty() {
+                g.health = crate::health::spawn(
+                    g.config.health.clone(),
+                    g.config.name.clone(),
+                    g.balancer.clone(),
+                    self.health_changed.clone(),
+                );
+            }
+        }
+        self.config = fresh;
+        Ok(())
+    }
+
+    /// Stops accepting on every listener; open connections finish what is in flight.
+    pub fn stop_listeners(&self) {
+        for l in &self.listeners {
+            let _ = l.stop.send(true);
+        }
+    }
+
+    /// The group rings the data plane holds: group position -> ring slot, for the first
+    /// groups that fit.
+    pub fn ring_groups(&self) -> impl Iterator<Item = (u32, &GroupRuntime)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| (*i as u32) < MAX_L4_GROUPS)
+            .map(|(i, g)| (i as u32, g))
+    }
+
+    /// What `/status` shows, without the XDP counters (the caller adds them).
+    pub fn view(&self, xdp_attached: Vec<String>) -> NodeView {
+        NodeView {
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerStatus {
+                    name: l.config.name.clone(),
+                    protocol: l.config.protocol.scheme(),
+                    listen: l.config.listen.to_string(),
+                    access_control: l.config.access.mode.name(),
+                    group: self.config.default_group(&l.config).name.clone(),
+                    xdp_counters: Vec::new(),
+                })
+                .collect(),
+            groups: self
+                .groups
+                .iter()
+                .map(|g| GroupView {
+                    name: g.config.name.clone(),
+                    algorithm: g.config.algorithm.name(),
+                    balancer: g.balancer.clone(),
+                })
+                .collect(),
+            xdp_attached,
+        }
+    }
+}
+
+fn stop_listener(l: ListenerRuntime, why: &str) {
+    let _ = l.stop.send(true);
+    info!(listener = l.config.name, listen = %l.config.listen, "listener stopped: {why}");
+}
+
+/// Whether two configurations of a group balance the same backends the same way, so that
+/// the running balancer (health, connection counts, slow start) can carry on.
+fn same_balancing(a: &GroupConfig, b: &GroupConfig) -> bool {
+    a.name == b.name
+        && a.backends == b.backends
+        && a.algorithm == b.algorithm
+        && a.slow_start == b.slow_start
+}
+
+fn build_groups(
+    config: &Config,
+    running: &[GroupRuntime],
+    workers: usize,
+) -> Result<Vec<GroupRuntime>, String> {
+    let mut out = Vec::with_capacity(config.groups.len());
+    for g in &config.groups {
+        let mut g = g.clone();
+        let kept = running.iter().find(|r| same_balancing(&r.config, &g));
+        if let Some(r) = kept {
+            keep_sessions(&mut g, &r.config);
+        }
+        let balancer = match kept {
+            Some(r) => r.balancer.clone(),
+            None => {
+                let backends: Vec<_> = g.backends.iter().map(|b| (b.addr, b.weight)).collect();
+                Arc::new(Balancer::new(g.algorithm, &backends).with_slow_start(g.slow_start))
+            }
+        };
+        let upstreams = (0..workers)
+            .map(|_| Upstream::new(g.clone(), balancer.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("group {:?}: backend TLS configuration: {e}", g.name))?;
+        // The health tasks stay with a kept balancer when the checks are the same.
+        let health = match kept {
+            Some(r) if r.config.health == g.health => r.health.clone(),
+            _ => Vec::new(),
+        };
+        out.push(GroupRuntime {
+            config: g,
+            balancer,
+            upstreams,
+            health,
+        });
+    }
+    Ok(out)
+}
+
+/// App-cookie sessions live in the group's stick table: a reload that keeps the cookie keeps
+/// the table, so clients stay where they are.
+fn keep_sessions(fresh: &mut GroupConfig, running: &GroupConfig) {
+    if let (
+        Some(Stickiness::AppCookie { name, duration, .. }),
+        Some(Stickiness::AppCookie {
+            name: old_name,
+            duration: old_duration,
+            ..
+        }),
+    ) = (fresh.sticky.as_deref(), running.sticky.as_deref())
+        && name == old_name
+        && duration == old_duration
+    {
+        fresh.sticky = running.sticky.clone();
+    }
+}
+
+fn prepare_listener(
+    l: &ListenerConfig,
+    config: &Config,
+    groups: &[GroupRuntime],
+    running: &[ListenerRuntime],
+    metrics: &Metrics,
+    workers: usize,
+) -> Result<Prepared, String> {
+    let kept = running
+        .iter()
+        .any(|r| r.config.name == l.name && r.config.listen == l.listen);
+    let sockets = if kept {
+        None
+    } else {
+        Some(
+            workers::bind(l.listen, workers)
+                .map_err(|e| format!("listener {:?}: {}: cannot bind: {e}", l.name, l.listen))?,
+        )
+    };
+    let tls = match &l.tls {
+        Some(tls) => Some(TlsAcceptor::from(
+            crate::tls::server_config(&tls.settings, l.http2)
+                .map_err(|e| format!("listener {:?}: TLS configuration: {e}", l.name))?,
+        )),
+        None => None,
+    };
+    // Counters are resolved once here so that counting a request is an atomic add.
+    let counters: BTreeMap<usize, crate::metrics::RequestCounters> = l
+        .groups
+        .iter()
+        .map(|&g| {
+            let group = &config.groups[g];
+            let keys: Vec<String> = group.backends.iter().map(|b| b.addr.to_string()).collect();
+            (g, metrics.requests(&l.name, &group.name, &keys))
+        })
+        .collect();
+    let live = (0..workers)
+        .map(|w| Live {
+            tls: tls.clone(),
+            access: l.access.clone(),
+            http2: l.http2,
+            routes: Routes {
+                rules: l.rules.clone(),
+                groups: groups
+                    .iter()
+                    .enumerate()
+                    .map(|(g, group)| {
+                        counters.get(&g).map(|requests| RouteTarget {
+                            upstream: group.upstreams[w].clone(),
+                            requests: requests.clone(),
+                        })
+                    })
+                    .collect(),
+                default: l.groups[0],
+                settings: ListenerSettings {
+                    timeouts: l.timeouts,
+                    transfer_lb_ip: l.transfer_lb_ip,
+                },
+            },
+        })
+        .collect();
+    Ok(Prepared {
+        config: l.clone(),
+        sockets,
+        live,
+    })
+}
+
+/// Data-plane ids: a listener keeps its id across reloads (its counters continue); new ones
+/// take the lowest free ids.
+fn assign_ids(config: &Config, running: &[ListenerRuntime]) -> Vec<u32> {
+    let mut used: Vec<u32> = Vec::new();
+    let mut ids: Vec<Option<u32>> = config
+        .listeners
+        .iter()
+        .map(|l| {
+            let id = running
+                .iter()
+                .find(|r| r.config.name == l.name)
+                .map(|r| r.id);
+            if let Some(id) = id {
+                used.push(id);
+            }
+            id
+        })
+        .collect();
+    let mut next = 1u32;
+    for id in ids.iter_mut().filter(|i| i.is_none()) {
+        while used.contains(&next) {
+            next += 1;
+        }
+        *id = Some(next);
+        used.push(next);
+    }
+    ids.into_iter().map(|i| i.unwrap_or(0)).collect()
+}
+
+/// What the data plane must hold for these listeners (ids beyond its capacity are left out
+/// with a warning: their access control is still enforced on accept).
+fn listener_rules(config: &Config, ids: &[u32]) -> Vec<ListenerRule> {
+    config
+        .listeners
+        .iter()
+        .zip(ids)
+        .filter_map(|(l, &id)| {
+            if id > MAX_LISTENERS {
+                warn!(
+                    listener = l.name,
+                    "more listeners than the XDP program holds; this one is checked on accept only"
+                );
+                return None;
+            }
+            Some(ListenerRule {
+                id,
+                addr: l.listen,
+                proto: IPPROTO_TCP,
+                mode: l.access.mode,
+                prefixes: l.access.prefixes.clone(),
+            })
+        })
+        .collect()
+}
