@@ -1,3 +1,4 @@
+use std::io::Write;
 use std::process::ExitCode;
 
 use crate::cli::{Cli, Command, LogFormat};
@@ -11,8 +12,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check(args)) => match Config::from_args(&args) {
             Ok(config) => {
-                print!("{config}");
-                println!("configuration OK");
+                // A closed pipe (`edgelb check | head`) is not an error worth a panic.
+                let mut out = std::io::stdout().lock();
+                let _ = write!(out, "{config}configuration OK\n");
                 ExitCode::SUCCESS
             }
             Err(e) => usage_error(&e),

@@ -9,7 +9,9 @@ use serde_json::Value;
 pub fn print(admin: &str) -> ExitCode {
     match fetch(admin) {
         Ok(status) => {
-            print!("{}", render(&status));
+            let _ = std::io::stdout()
+                .lock()
+                .write_all(render(&status).as_bytes());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -335,3 +335,66 @@ fn a_reloaded_ip_group_file_moves_the_xdp_drops_without_reattaching() {
     );
     assert!(xdp_counter(&log, "listener-1", "dropped_acl") >= 4, "{log}");
 }
+
+/// A config file with two listeners sharing one named IP group: a whitelist on one port, a
+/// blacklist on the other. The XDP program keeps the two apart: each client is dropped at the
+/// NIC on exactly one of the ports, and the counters say which listener dropped it.
+#[test]
+fn a_shared_ip_group_whitelists_one_listener_and_blacklists_another() {
+    if !root_or_skip("a_shared_ip_group_whitelists_one_listener_and_blacklists_another") {
+        return;
+    }
+    let s = setup();
+    let cert = s.args[3].clone();
+    let key = s.args[5].clone();
+    let listener = |name: &str, port: u16, mode: &str| {
+        format!(
+            "[[listener]]\nname = \"{name}\"\nlisten = \"[::]:{port}\"\ncert = \"{cert}\"\nkey = \"{key}\"\ngroup = \"pool\"\naccess_control = \"{mode}\"\nip_groups = [\"team-a\"]\n\n"
+        )
+    };
+    let text = format!(
+        "xdp_iface = [\"{iface}\"]\nxdp_mode = \"native\"\n\n[ip_groups.team-a]\ncidrs = [\"{CLIENT_A_V4}\", \"{CLIENT_A_V6}\"]\n\n[[group]]\nname = \"pool\"\nbackend = [\"{be}\"]\nhealth_check = \"off\"\n\n{members}{public}",
+        iface = s.topo.lb_if,
+        be = s.backend.addr,
+        members = listener("members", 8443, "whitelist"),
+        public = listener("public", 9443, "blacklist"),
+    );
+    let file = s.dir.write("edgelb.toml", text);
+    let path = file.to_string_lossy().into_owned();
+    let d = Daemon::start(Some(&s.topo.lb), &["--config", &path], s.dir.path());
+    assert!(s.topo.lb_has_xdp(), "XDP not attached to {}", s.topo.lb_if);
+
+    let url = |port: u16| format!("https://{LB_V4}:{port}/");
+    for (src, port, served) in [
+        (CLIENT_A_V4, 8443, true),
+        (CLIENT_A_V4, 9443, false),
+        (CLIENT_B_V4, 8443, false),
+        (CLIENT_B_V4, 9443, true),
+    ] {
+        let r = curl(&s.topo.client, src, &url(port), &s.ca);
+        if served {
+            assert_eq!(
+                (r.code, r.body.as_str()),
+                (0, "backend b1\n"),
+                "{src} -> {port}: {}",
+                r.stderr
+            );
+        } else {
+            assert_eq!(
+                r.code, CURL_TIMEOUT,
+                "{src} -> {port} should be dropped: {}",
+                r.stderr
+            );
+        }
+    }
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    for l in ["members", "public"] {
+        assert!(xdp_counter(&log, l, "dropped_acl") >= 1, "{l}:\n{log}");
+        assert!(xdp_counter(&log, l, "passed") >= 1, "{l}:\n{log}");
+    }
+    assert!(
+        !log.contains(REFUSED_IN_USERSPACE),
+        "a dropped client reached userspace:\n{log}"
+    );
+}

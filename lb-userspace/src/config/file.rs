@@ -508,7 +508,7 @@ impl Walker<'_> {
                     let (domain, pair) = s.split_once('=').ok_or_else(|| {
                         self.problem(key, s, "expected DOMAIN=CERT:KEY or { domain, cert, key }")
                     })?;
-                    let (cert, k) = pair.split_once(':').ok_or_else(|| {
+                    let (cert, k) = pair.rsplit_once(':').ok_or_else(|| {
                         self.problem(key, s, "expected DOMAIN=CERT:KEY or { domain, cert, key }")
                     })?;
                     Ok(format!(

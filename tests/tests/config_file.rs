@@ -1,0 +1,429 @@
+//! `--config FILE`: several listeners and groups from one TOML file, rules that forward to
+//! another group and redirect HTTP to HTTPS, `edgelb check` on good and bad files, and reloads
+//! that add, remove and rebind listeners under load without a failed request.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use edgelb_tests::backend::Backend;
+use edgelb_tests::daemon::{self, Daemon, Signal};
+use edgelb_tests::https::{self, ClientOpts, get};
+use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
+
+/// The file name of `path`: the config refers to certificates relative to itself.
+fn name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+struct Node {
+    web: [Backend; 2],
+    api: Backend,
+    secure: SocketAddr,
+    plain: SocketAddr,
+}
+
+impl Node {
+    fn new() -> Self {
+        Node {
+            web: [
+                Backend::start("web-a", "127.0.0.1:0", None),
+                Backend::start("web-b", "127.0.0.1:0", None),
+            ],
+            api: Backend::start("api", "127.0.0.1:0", None),
+            secure: free_addr(),
+            plain: free_addr(),
+        }
+    }
+
+    /// The file: two groups, a whitelist shared by name, an https listener whose /api goes to
+    /// the api group, an http listener that redirects to https. `extra` is appended.
+    fn file(&self, s: &Setup, web: &[&Backend], extra: &str) -> String {
+        let web: Vec<String> = web.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+        let text = format!(
+            r#"
+xdp_mode = "off"
+drain_timeout = 2
+
+[ip_groups.local]
+cidrs = ["127.0.0.0/8", "::1"]
+
+[[group]]
+name = "web"
+backend = [{web}]
+health_check = "off"
+
+[[group]]
+name = "api"
+backend = [{{ address = "{api}", weight = 2 }}]
+health_check = "off"
+
+[[listener]]
+name = "secure"
+listen = "{secure}"
+cert = "{cert}"
+key = "{key}"
+group = "web"
+access_control = "whitelist"
+ip_groups = ["local"]
+idle_timeout = 30
+
+[[listener.rule]]
+name = "api"
+path_prefix = "/api"
+group = "api"
+
+[[listener]]
+name = "plain"
+protocol = "http"
+listen = "{plain}"
+group = "web"
+
+[[listener.rule]]
+name = "to-https"
+path_prefix = "/"
+action = "redirect"
+status = 301
+location = "https://{{host}}{{path}}{{query}}"
+{extra}"#,
+            web = web.join(", "),
+            api = self.api.addr,
+            secure = self.secure,
+            plain = self.plain,
+            cert = name(&s.server.cert),
+            key = name(&s.server.key),
+        );
+        text
+    }
+
+    /// The same file without the http listener.
+    fn file_without_plain(&self, s: &Setup, web: &[&Backend], extra: &str) -> String {
+        let text = self.file(s, web, "");
+        let cut = text
+            .find("[[listener]]\nname = \"plain\"")
+            .unwrap_or(text.len());
+        format!("{}{extra}", &text[..cut])
+    }
+}
+
+/// One plain HTTP/1.0 request; the whole answer as text.
+fn http_get(addr: SocketAddr, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: shop.test\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+async fn backend_of(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, path: &str) -> String {
+    let reply = https::send(addr, SERVER_NAME, config.clone(), get(path))
+        .await
+        .unwrap_or_else(|e| panic!("GET {path} on {addr}: {e}"));
+    assert_eq!(reply.status, 200, "GET {path} on {addr}: {}", reply.body);
+    reply.body.trim().to_string()
+}
+
+async fn wait_for_log(lb: &Daemon, marker: &str, n: usize) {
+    for _ in 0..200 {
+        if lb.log().matches(marker).count() >= n {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{marker:?} did not appear {n} times:\n{}", lb.log());
+}
+
+#[tokio::test]
+async fn a_config_file_runs_listeners_groups_and_rules() {
+    let s = Setup::new();
+    let node = Node::new();
+    let file = s.dir.write(
+        "edgelb.toml",
+        node.file(&s, &[&node.web[0], &node.web[1]], ""),
+    );
+    let path = file.to_string_lossy().into_owned();
+
+    let check = daemon::run(&["check", "--config", &path]);
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    for expected in [
+        "listener \"secure\"",
+        "listener \"plain\"",
+        "group \"web\"",
+        "group \"api\"",
+        "access-control  whitelist (2 prefixes",
+        "configuration OK",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+    }
+
+    let lb = Daemon::start(None, &["--config", &path], s.dir.path());
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    assert_eq!(
+        backend_of(node.secure, &config, "/api/cart").await,
+        "backend api"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        seen.insert(backend_of(node.secure, &config, "/").await);
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["backend web-a", "backend web-b"],
+        "round robin over the web group"
+    );
+    let redirect = http_get(node.plain, "/cart?id=7").expect("plain listener");
+    assert!(
+        redirect.starts_with("HTTP/1.0 301") || redirect.starts_with("HTTP/1.1 301"),
+        "{redirect}"
+    );
+    assert!(
+        redirect
+            .to_ascii_lowercase()
+            .contains("location: https://shop.test/cart?id=7"),
+        "{redirect}"
+    );
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{log}");
+}
+
+#[tokio::test]
+async fn reloads_add_remove_and_rebind_listeners_without_a_failed_request() {
+    let s = Setup::new();
+    let node = Node::new();
+    let both = [&node.web[0], &node.web[1]];
+    let file = s.dir.write("edgelb.toml", node.file(&s, &both, ""));
+    let path = file.to_string_lossy().into_owned();
+    let lb = Daemon::start(None, &["--config", &path], s.dir.path());
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+
+    // Load on the listener every reload keeps, on new connections, for the whole test.
+    let (stop, ok, failed) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let secure = node.secure;
+    let load: Vec<_> = (0..3)
+        .map(|_| {
+            let (stop, ok, failed, config) =
+                (stop.clone(), ok.clone(), failed.clone(), config.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match https::send(secure, SERVER_NAME, config.clone(), get("/api/x")).await {
+                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
+                        _ => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+
+    // 1: the http listener goes, an https listener for the api group comes, web loses a backend.
+    let extra_at = free_addr();
+    let extra = |at: SocketAddr| {
+        format!(
+            r#"
+[[listener]]
+name = "extra"
+listen = "{at}"
+cert = "{}"
+key = "{}"
+group = "api"
+"#,
+            name(&s.server.cert),
+            name(&s.server.key)
+        )
+    };
+    s.dir.write(
+        "edgelb.toml",
+        node.file_without_plain(&s, &[&node.web[1]], &extra(extra_at)),
+    );
+    lb.signal(Signal::SIGHUP);
+    wait_for_log(&lb, "reloaded", 1).await;
+    assert!(
+        http_get(node.plain, "/").is_err(),
+        "the removed http listener still answers"
+    );
+    assert_eq!(backend_of(extra_at, &config, "/").await, "backend api");
+    for _ in 0..4 {
+        assert_eq!(backend_of(node.secure, &config, "/").await, "backend web-b");
+    }
+
+    // 2: the new listener moves to another port.
+    let moved = free_addr();
+    let current = std::fs::read_to_string(&file).expect("read the file");
+    s.dir.write(
+        "edgelb.toml",
+        current.replace(&extra_at.to_string(), &moved.to_string()),
+    );
+    lb.signal(Signal::SIGHUP);
+    wait_for_log(&lb, "reloaded", 2).await;
+    assert_eq!(backend_of(moved, &config, "/").await, "backend api");
+    assert!(
+        TcpStream::connect(extra_at).is_err(),
+        "the old address of a moved listener still accepts"
+    );
+
+    // 3..10: reloads of the same file, under load.
+    for round in 3..=10 {
+        while ok.load(Ordering::Relaxed) < round * 250 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        lb.signal(Signal::SIGHUP);
+        wait_for_log(&lb, "reloaded", round).await;
+    }
+
+    // A bad file changes nothing and says where the problem is.
+    let good = std::fs::read_to_string(&file).expect("read the file");
+    s.dir.write(
+        "edgelb.toml",
+        good.replace("idle_timeout = 30", "idle_timeout = 5000"),
+    );
+    lb.signal(Signal::SIGHUP);
+    wait_for_log(&lb, "reload refused", 1).await;
+    let log = lb.log();
+    assert!(
+        log.contains("listener \\\"secure\\\": idle_timeout = \\\"5000\\\": must be")
+            || log.contains("listener \"secure\": idle_timeout = \"5000\": must be"),
+        "{log}"
+    );
+    assert_eq!(backend_of(moved, &config, "/").await, "backend api");
+
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.expect("load task");
+    }
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("{ok} requests during 11 reloads, {failed} failed");
+    assert!(ok >= 2500, "only {ok} requests went through");
+    assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// Each bad file is refused by `edgelb check` with exit code 2 and a message naming the file,
+/// the table, the key and the value.
+#[test]
+fn bad_files_are_refused_with_the_key_and_value() {
+    let s = Setup::new();
+    let node = Node::new();
+    let good = node.file(&s, &[&node.web[0]], "");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            good.replace("idle_timeout = 30", "idle_timeout = 5000"),
+            "listener \"secure\": idle_timeout = \"5000\": must be a whole number of seconds, 0-4000",
+        ),
+        (
+            good.replace("idle_timeout = 30", "idle_timout = 30"),
+            "listener \"secure\": idle_timout: unknown key",
+        ),
+        (
+            good.replace("group = \"api\"", "group = \"payments\""),
+            "rule = \"api\"",
+        ),
+        (
+            good.replace("ip_groups = [\"local\"]", "ip_groups = [\"office\"]"),
+            "ip_groups = \"office\": no [ip_groups.NAME] table",
+        ),
+        (
+            good.replace("name = \"plain\"", "name = \"secure\""),
+            "another listener has this name",
+        ),
+        (
+            good.replace(
+                "cidrs = [\"127.0.0.0/8\", \"::1\"]",
+                "cidrs = [\"127.0.0.0/33\"]",
+            ),
+            "ip_groups.local: cidrs = \"127.0.0.0/33\"",
+        ),
+        (
+            good.replace("health_check = \"off\"", "health_check = \"sometimes\""),
+            "health_check = \"sometimes\": expected one of: off, tcp, http, https",
+        ),
+        (
+            good.replace(
+                "idle_timeout = 30",
+                "idle_timeout = 30\nbackend = [\"10.0.0.1:80\"]",
+            ),
+            "backend: unknown key: belongs in a [[group]] table",
+        ),
+        (good.replace("[[group]]", "[[group]"), "not valid TOML"),
+        (
+            good.replace(
+                "protocol = \"http\"",
+                "protocol = \"http\"\ncert = \"x.pem\"",
+            ),
+            "cert: has no effect on an http listener",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (i, (text, expected)) in cases.iter().enumerate() {
+        let file = s.dir.write(&format!("bad-{i}.toml"), text);
+        let path = file.to_string_lossy().into_owned();
+        let out = daemon::run(&["check", "--config", &path]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2) || !stderr.contains(expected) || !stderr.contains(&path) {
+            failures.push(format!(
+                "case {i}: expected exit 2 and {expected:?} naming the file, got {:?}: {stderr}",
+                out.status.code()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The annotated example in `examples/` is a valid configuration: with the files it names in
+/// place (made here), `edgelb check` accepts it and shows every listener and group.
+#[test]
+fn the_example_config_is_valid() {
+    let s = Setup::new();
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/edgelb.toml"),
+    )
+    .expect("examples/edgelb.toml");
+    // The example attaches to eth0; this machine's test namespace only promises lo.
+    let text = example.replace("xdp_iface = [\"eth0\"]", "xdp_iface = [\"lo\"]");
+    std::fs::create_dir_all(s.dir.path().join("certs")).expect("certs dir");
+    let (cert, key) = (
+        std::fs::read(&s.server.cert).expect("cert"),
+        std::fs::read(&s.server.key).expect("key"),
+    );
+    for pair in ["shop", "static", "wild", "partners"] {
+        s.dir.write(&format!("certs/{pair}.pem"), &cert);
+        s.dir.write(&format!("certs/{pair}.key"), &key);
+    }
+    let ca = std::fs::read(&s.ca.cert_pem).expect("ca");
+    s.dir.write("certs/partners-ca.pem", &ca);
+    s.dir.write("backend-ca.pem", &ca);
+    s.dir.write("sticky.key", [7u8; 32]);
+    s.dir.write(
+        "office.txt",
+        "# office\n192.0.2.128/25\n2001:db8:200::/48\n",
+    );
+    s.dir.write("blocked.txt", "198.18.0.0/15\n");
+    let file = s.dir.write("edgelb.toml", text);
+    let path = file.to_string_lossy().into_owned();
+    let out = daemon::run(&["check", "--config", &path]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for l in ["shop", "shop-http", "partners"] {
+        assert!(stdout.contains(&format!("listener {l:?}")), "{stdout}");
+    }
+    for g in ["web", "api", "accounts", "static"] {
+        assert!(stdout.contains(&format!("group {g:?}")), "{stdout}");
+    }
+    assert!(stdout.contains("rule            maintenance"), "{stdout}");
+}
