@@ -14,7 +14,7 @@ pub fn main() -> ExitCode {
             Ok(config) => {
                 // A closed pipe (`edgelb check | head`) is not an error worth a panic.
                 let mut out = std::io::stdout().lock();
-                let _ = write!(out, "{config}configuration OK\n");
+                let _ = writeln!(out, "{config}configuration OK");
                 ExitCode::SUCCESS
             }
             Err(e) => usage_error(&e),
