@@ -165,7 +165,14 @@ async fn a_config_file_runs_listeners_groups_and_rules() {
         assert!(text.contains(expected), "missing {expected:?} in\n{text}");
     }
 
-    let lb = Daemon::start(None, &["--config", &path], s.dir.path());
+    // The flag adds the admin endpoint to what the file says.
+    let admin = free_addr();
+    let admin_arg = admin.to_string();
+    let lb = Daemon::start(
+        None,
+        &["--config", &path, "--admin", &admin_arg],
+        s.dir.path(),
+    );
     let config = ClientOpts::new(&s.ca.cert_pem).config();
     assert_eq!(
         backend_of(node.secure, &config, "/api/cart").await,
@@ -191,6 +198,32 @@ async fn a_config_file_runs_listeners_groups_and_rules() {
             .contains("location: https://shop.test/cart?id=7"),
         "{redirect}"
     );
+    let metrics = http_get(admin, "/metrics").expect("metrics");
+    for series in [
+        format!(
+            "edgelb_requests_total{{listener=\"secure\",group=\"api\",backend=\"{}\",code=\"2xx\"}} 1",
+            node.api.addr
+        ),
+        "edgelb_requests_total{listener=\"plain\",group=\"web\",backend=\"-\",code=\"3xx\"} 1"
+            .to_string(),
+    ] {
+        assert!(metrics.contains(&series), "missing {series} in\n{metrics}");
+    }
+    let table = daemon::run(&["status", "--admin", &admin_arg]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    for line in [
+        format!(
+            "listener secure  https {}  access-control whitelist  group web",
+            node.secure
+        ),
+        format!(
+            "listener plain  http {}  access-control all  group web",
+            node.plain
+        ),
+        "group api (weighted-round-robin)".to_string(),
+    ] {
+        assert!(table.contains(&line), "missing {line:?} in\n{table}");
+    }
     let (status, log) = lb.stop();
     assert!(status.success(), "{log}");
 }
