@@ -23,17 +23,17 @@
 //!    listener) is forwarded, never `Passed`:
 //!    a. VLAN-tagged: `VlanL4` (passed untouched).
 //!    b. With `flow_secs > 0`, a `FLOWS` entry for the 5-tuple (addresses IPv4-mapped) seen
-//!       less than `flow_secs` ago, for a backend slot of this group whose `BACKENDS` entry is
-//!       usable ([`BackendInfo::usable`]) and still has the entry's epoch, names the backend;
-//!       its `last_seen_ns` is refreshed when at least [`FLOW_TOUCH_NS`] old.
+//!    less than `flow_secs` ago, for a backend slot of this group whose `BACKENDS` entry is
+//!    usable ([`BackendInfo::usable`]) and still has the entry's epoch, names the backend;
+//!    its `last_seen_ns` is refreshed when at least [`FLOW_TOUCH_NS`] old.
 //!    c. Otherwise the entry `table_slot(h)` of the group's live ring names it, where `h` is
-//!       `source_hash(src)`, or `client_hash(src, src_port)` with
-//!       [`l4_flags::HASH_SRC_PORT`] (`src` IPv4-mapped for IPv4 and IPv4-mapped IPv6
-//!       sources). No ring, an entry not below [`MAX_BACKENDS_PER_GROUP`], or a backend that
-//!       is not usable: `NoBackend` (dropped). A usable one is remembered in `FLOWS` (when
-//!       `flow_secs > 0`) with its epoch and the current time.
+//!    `source_hash(src)`, or `client_hash(src, src_port)` with
+//!    [`l4_flags::HASH_SRC_PORT`] (`src` IPv4-mapped for IPv4 and IPv4-mapped IPv6
+//!    sources). No ring, an entry not below [`MAX_BACKENDS_PER_GROUP`], or a backend that
+//!    is not usable: `NoBackend` (dropped). A usable one is remembered in `FLOWS` (when
+//!    `flow_secs > 0`) with its epoch and the current time.
 //!    d. `ForwardedL4`: the frame counts in the backend's `BACKEND_STATS` slot, and leaves as
-//!       [`encapsulate`] builds it.
+//!    [`encapsulate`] builds it.
 //!
 //! Listener outcomes count in the listener id's slot; the others in [`NO_LISTENER_SLOT`].
 use std::collections::HashMap;

@@ -38,6 +38,11 @@ pub use backends::BackendEntry;
 pub use rules::{DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule};
 pub use test_runner::TestRunner;
 
+/// The embedded eBPF object (both programs), or None in a build without it.
+pub(crate) fn object_bytes() -> Option<&'static [u8]> {
+    object::bytes()
+}
+
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
@@ -55,7 +60,7 @@ impl AttachMode {
         }
     }
 
-    fn aya(self) -> AyaXdpMode {
+    pub(crate) fn aya(self) -> AyaXdpMode {
         match self {
             AttachMode::Native => AyaXdpMode::Driver,
             AttachMode::Skb => AyaXdpMode::Skb,
