@@ -18,6 +18,8 @@ use bytemuck::{Pod, Zeroable};
 
 /// Name of the XDP program inside the object built from `lb-ebpf`.
 pub const PROGRAM_NAME: &str = "edgelb_xdp";
+/// Name of the decapsulating XDP program (run on L4 backends by `edgelb decap`), same object.
+pub const DECAP_PROGRAM_NAME: &str = "edgelb_decap";
 
 /// Map names, as declared in `lb-ebpf` and opened by the daemon.
 pub const MAP_LISTENERS: &str = "LISTENERS";
@@ -28,6 +30,11 @@ pub const MAP_STATS: &str = "STATS";
 pub const MAP_MAGLEV: &str = "MAGLEV";
 pub const MAP_MAGLEV_GEN: &str = "MAGLEV_GEN";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
+pub const MAP_BACKENDS: &str = "BACKENDS";
+pub const MAP_ENCAP: &str = "ENCAP";
+pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
+pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 
 /// Listeners the data plane can know at once. Listener ids run from 1 to `MAX_LISTENERS`;
 /// id 0 is the counter slot for traffic that belongs to no listener.
@@ -55,6 +62,10 @@ pub const IPV6_ROUTING: u8 = 43;
 pub const IPV6_FRAGMENT: u8 = 44;
 pub const IPV6_AUTH: u8 = 51;
 pub const IPV6_DEST_OPTS: u8 = 60;
+/// IPv4 inside an IP header (IP-in-IP), as IPv4 protocol or IPv6 next header.
+pub const IPPROTO_IPIP: u8 = 4;
+/// IPv6 inside an IP header, as IPv4 protocol or IPv6 next header.
+pub const IPPROTO_IPV6: u8 = 41;
 
 /// Bits of an ACL trie key taken by the listener id, ahead of the address.
 pub const ACL_LISTENER_ID_BITS: u32 = 32;
@@ -132,6 +143,18 @@ pub struct ListenerInfo {
     pub acl: u32,
     /// Backend group for L4 forwarding in XDP; [`NO_GROUP`] passes the packet to the stack.
     pub l4_group: u32,
+    /// L4 listeners: seconds an idle flow stays on the backend it was first sent to, even when
+    /// the ring changes (`FLOWS`); 0 keeps no flow table and follows the ring alone.
+    pub flow_secs: u32,
+    /// L4 listeners: bits of [`l4_flags`].
+    pub l4_flags: u32,
+}
+
+/// Bits of [`ListenerInfo::l4_flags`].
+pub mod l4_flags {
+    /// Hash the client's source address and source port (so one client's connections spread
+    /// over backends) instead of its address alone (so they all meet on one backend).
+    pub const HASH_SRC_PORT: u32 = 1;
 }
 
 /// Entries of the `PORTS` array: one per TCP port and one per UDP port.
@@ -262,6 +285,185 @@ impl BackendCounters {
     }
 }
 
+/// Entries of the `BACKENDS` array, indexed like `BACKEND_STATS` ([`backend_stats_slot`]).
+pub const BACKENDS_SLOTS: u32 = BACKEND_STATS_SLOTS;
+
+/// Bits of [`BackendInfo::flags`].
+pub mod backend_flags {
+    /// The backend takes traffic. Without it the program drops what the ring or a flow sends
+    /// there ([`Outcome::NoBackend`](super::Outcome::NoBackend)): the fast way to stop
+    /// sending to a backend before its ring is rebuilt.
+    pub const ALIVE: u16 = 1;
+    /// [`BackendInfo::addr`] is an IPv6 address: the outer header is IPv6. Without it the
+    /// address is IPv4-mapped and the outer header IPv4. Set by the writer from the address, so
+    /// the program need not compare twelve bytes per packet.
+    pub const IPV6: u16 = 2;
+}
+
+/// Value of the `BACKENDS` array: where L4 frames sent to one backend of one group go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct BackendInfo {
+    /// The backend's address, the outer destination; IPv4 IPv4-mapped.
+    pub addr: [u8; 16],
+    /// Ethernet address of the next hop towards `addr` on the interface the frame came in on
+    /// (`XDP_TX` sends it back out there). All zero: not resolved, not usable.
+    pub next_hop_mac: [u8; 6],
+    /// Bits of [`backend_flags`].
+    pub flags: u16,
+    /// Changes whenever the slot is given another address (never 0 for a written slot), so a
+    /// flow remembered for the slot's previous backend is not sent to the new one.
+    pub epoch: u32,
+}
+
+impl BackendInfo {
+    /// Whether frames can be sent to this backend: alive, with a next hop.
+    #[inline(always)]
+    pub fn usable(&self) -> bool {
+        // Byte by byte: a slice comparison would become a `bcmp` call, which BPF lacks.
+        let m = &self.next_hop_mac;
+        self.flags & backend_flags::ALIVE != 0 && (m[0] | m[1] | m[2] | m[3] | m[4] | m[5]) != 0
+    }
+
+    #[inline(always)]
+    pub const fn outer_v6(&self) -> bool {
+        self.flags & backend_flags::IPV6 != 0
+    }
+}
+
+/// Value of the single-entry `ENCAP` array: the prefixes outer source addresses are made in.
+///
+/// The low bits of an outer source come from a hash of the client's address and port
+/// ([`maglev::client_hash`]), so that the backends' NICs, which spread received packets over
+/// queues by the outer addresses, spread tunnelled ones too. Userspace writes defaults at load
+/// ([`DEFAULT_ENCAP_V4`], [`DEFAULT_ENCAP_V6`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct EncapConfig {
+    /// The /16 of IPv4 outer sources.
+    pub v4_prefix: [u8; 2],
+    pub _pad: [u8; 2],
+    /// The /96 of IPv6 outer sources.
+    pub v6_prefix: [u8; 12],
+}
+
+/// Default /16 of IPv4 outer sources (RFC 1918 space no client is expected to come from).
+pub const DEFAULT_ENCAP_V4: [u8; 2] = [172, 16];
+/// Default /96 of IPv6 outer sources: `fd00:e1b::/96` (unique local).
+pub const DEFAULT_ENCAP_V6: [u8; 12] = [0xfd, 0x00, 0x0e, 0x1b, 0, 0, 0, 0, 0, 0, 0, 0];
+
+impl EncapConfig {
+    /// The IPv4 outer source for a client whose [`maglev::client_hash`] is `hash`.
+    #[inline(always)]
+    pub const fn v4_source(&self, hash: u32) -> [u8; 4] {
+        [
+            self.v4_prefix[0],
+            self.v4_prefix[1],
+            (hash >> 8) as u8,
+            hash as u8,
+        ]
+    }
+
+    /// The IPv6 outer source for a client whose [`maglev::client_hash`] is `hash`.
+    #[inline(always)]
+    pub const fn v6_source(&self, hash: u32) -> [u8; 16] {
+        let p = &self.v6_prefix;
+        let h = hash.to_be_bytes();
+        [
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], h[0], h[1],
+            h[2], h[3],
+        ]
+    }
+}
+
+/// TTL (IPv4) and hop limit (IPv6) of outer headers.
+pub const ENCAP_TTL: u8 = 64;
+
+/// Flows the `FLOWS` LRU hash remembers; the least recently used are forgotten first.
+/// Kernel memory: about 262,144 * (40 + 16 + ~50 bytes of overhead) = 28 MB.
+pub const MAX_FLOWS: u32 = 262_144;
+/// A flow's `last_seen_ns` is rewritten only when it is at least this old, so a busy flow costs
+/// one map write per second rather than one per packet.
+pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
+
+/// Key of the `FLOWS` LRU hash: a frame's 5-tuple, addresses IPv4-mapped for IPv4, ports in
+/// host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `FLOWS` LRU hash: the backend a flow was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FlowState {
+    /// `BACKENDS` index ([`backend_stats_slot`]): group and backend in one.
+    pub backend_slot: u32,
+    /// [`BackendInfo::epoch`] when the flow was sent there.
+    pub epoch: u32,
+    /// `bpf_ktime_get_ns` when the flow was last seen (to within [`FLOW_TOUCH_NS`]).
+    pub last_seen_ns: u64,
+}
+
+/// Entries of the `DECAP_VIPS` hash (IPv4-mapped addresses; the value is unused).
+pub const MAX_DECAP_VIPS: u32 = 1024;
+
+/// What the decap program concluded about one frame; indices of [`DecapCounters`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DecapOutcome {
+    /// IP-in-IP to a configured VIP: outer header removed, `XDP_PASS`.
+    Decapsulated = 0,
+    /// Anything else: passed untouched.
+    NotOurs = 1,
+    /// An IP-in-IP packet whose outer or inner header is truncated, fragmented or of the wrong
+    /// version: passed untouched (the stack drops it, having no tunnel).
+    Malformed = 2,
+}
+
+pub const DECAP_OUTCOMES: usize = 3;
+
+impl DecapOutcome {
+    pub const ALL: [DecapOutcome; DECAP_OUTCOMES] = [
+        DecapOutcome::Decapsulated,
+        DecapOutcome::NotOurs,
+        DecapOutcome::Malformed,
+    ];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            DecapOutcome::Decapsulated => "decapsulated",
+            DecapOutcome::NotOurs => "not_ours",
+            DecapOutcome::Malformed => "malformed",
+        }
+    }
+}
+
+/// Value of the single-entry per-CPU `DECAP_STATS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct DecapCounters {
+    /// Frames per [`DecapOutcome`].
+    pub packets: [u64; DECAP_OUTCOMES],
+    /// Bytes per [`DecapOutcome`], whole frames as received.
+    pub bytes: [u64; DECAP_OUTCOMES],
+}
+
+impl DecapCounters {
+    pub fn add(&mut self, other: &DecapCounters) {
+        for i in 0..DECAP_OUTCOMES {
+            self.packets[i] = self.packets[i].wrapping_add(other.packets[i]);
+            self.bytes[i] = self.bytes[i].wrapping_add(other.bytes[i]);
+        }
+    }
+}
+
 /// Data of an `ACL_V4` trie key (the trie's `prefix_len` is 32 + the CIDR length).
 ///
 /// The listener id is big-endian so that the trie, which compares bits from the first byte,
@@ -296,13 +498,28 @@ pub enum Outcome {
     Unparsable = 3,
     /// A non-first IP fragment, which carries no ports: `XDP_PASS`.
     Fragment = 4,
+    /// Admitted by an L4 listener and sent IP-in-IP to a backend of its group: `XDP_TX`.
+    ForwardedL4 = 5,
+    /// Admitted by an L4 listener whose group has no usable backend for it (no ring, a ring
+    /// entry naming none, or a backend not alive or without a next-hop MAC): `XDP_DROP`. The
+    /// VIP belongs to the balancer, not to this host: the stack has no socket for it and would
+    /// only answer with a reset or an ICMP error, so the frame has nowhere to go.
+    NoBackend = 6,
+    /// Admitted by an L4 listener but VLAN-tagged: `XDP_PASS`, untouched. The tags name the
+    /// VLAN the frame came in on, not one the backend's next hop is known to be on, so the
+    /// program does not guess; the operator sees this counter instead of silent loss.
+    VlanL4 = 7,
+    /// Admitted by an L4 listener, a backend chosen, but the frame could not be grown for the
+    /// outer header (no headroom): `XDP_DROP`, for the same reason as [`Outcome::NoBackend`].
+    EncapFailed = 8,
 }
 
 /// Number of [`Outcome`]s, the length of the arrays in [`Counters`].
-pub const OUTCOMES: usize = 5;
+pub const OUTCOMES: usize = 9;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 
 impl Outcome {
     pub const ALL: [Outcome; OUTCOMES] = [
@@ -311,12 +528,17 @@ impl Outcome {
         Outcome::NotOurs,
         Outcome::Unparsable,
         Outcome::Fragment,
+        Outcome::ForwardedL4,
+        Outcome::NoBackend,
+        Outcome::VlanL4,
+        Outcome::EncapFailed,
     ];
 
     /// The XDP action taken for this outcome.
     pub const fn action(self) -> u32 {
         match self {
-            Outcome::DroppedAcl => XDP_DROP,
+            Outcome::DroppedAcl | Outcome::NoBackend | Outcome::EncapFailed => XDP_DROP,
+            Outcome::ForwardedL4 => XDP_TX,
             _ => XDP_PASS,
         }
     }
@@ -328,6 +550,10 @@ impl Outcome {
             Outcome::NotOurs => "not_ours",
             Outcome::Unparsable => "unparsable",
             Outcome::Fragment => "fragment",
+            Outcome::ForwardedL4 => "forwarded_l4",
+            Outcome::NoBackend => "no_backend",
+            Outcome::VlanL4 => "vlan_l4",
+            Outcome::EncapFailed => "encap_failed",
         }
     }
 }
@@ -367,6 +593,11 @@ mod pod {
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::BackendCounters {}
     unsafe impl aya::Pod for super::MaglevChunk {}
+    unsafe impl aya::Pod for super::BackendInfo {}
+    unsafe impl aya::Pod for super::EncapConfig {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::DecapCounters {}
 }
 
 #[cfg(test)]
@@ -378,8 +609,14 @@ mod tests {
     fn map_types_have_the_layout_the_kernel_side_reads() {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(align_of::<ListenerKey>(), 2);
-        assert_eq!(size_of::<ListenerInfo>(), 12);
-        assert_eq!(size_of::<PortListeners>(), 28);
+        assert_eq!(size_of::<ListenerInfo>(), 20);
+        assert_eq!(size_of::<PortListeners>(), 44);
+        assert_eq!(size_of::<BackendInfo>(), 28);
+        assert_eq!(align_of::<BackendInfo>(), 4);
+        assert_eq!(size_of::<EncapConfig>(), 16);
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<DecapCounters>(), 8 * 2 * DECAP_OUTCOMES);
         assert_eq!(port_slot(443, IPPROTO_TCP), Some(886));
         assert_eq!(port_slot(65535, IPPROTO_UDP), Some(PORT_SLOTS - 1));
         assert_eq!(port_slot(443, 1), None);
@@ -439,15 +676,42 @@ mod tests {
     }
 
     #[test]
-    fn only_acl_refusal_drops() {
+    fn refusals_and_undeliverable_l4_frames_drop_forwarded_ones_leave_the_rest_pass() {
         for o in Outcome::ALL {
-            let expected = if o == Outcome::DroppedAcl {
-                XDP_DROP
-            } else {
-                XDP_PASS
+            let expected = match o {
+                Outcome::DroppedAcl | Outcome::NoBackend | Outcome::EncapFailed => XDP_DROP,
+                Outcome::ForwardedL4 => XDP_TX,
+                _ => XDP_PASS,
             };
             assert_eq!(o.action(), expected, "{o:?}");
             assert_eq!(Outcome::ALL[o as usize], o);
         }
+        for o in DecapOutcome::ALL {
+            assert_eq!(DecapOutcome::ALL[o as usize], o);
+        }
+    }
+
+    #[test]
+    fn outer_sources_keep_the_prefix_and_take_the_hash_low_bits() {
+        let c = EncapConfig {
+            v4_prefix: DEFAULT_ENCAP_V4,
+            _pad: [0; 2],
+            v6_prefix: DEFAULT_ENCAP_V6,
+        };
+        assert_eq!(c.v4_source(0x1234_5678), [172, 16, 0x56, 0x78]);
+        let v6 = c.v6_source(0x1234_5678);
+        assert_eq!(&v6[..12], &DEFAULT_ENCAP_V6);
+        assert_eq!(&v6[12..], &[0x12, 0x34, 0x56, 0x78]);
+        let mut b = BackendInfo {
+            flags: backend_flags::ALIVE,
+            next_hop_mac: [2, 0, 0, 0, 0, 1],
+            ..Default::default()
+        };
+        assert!(b.usable());
+        b.next_hop_mac = [0; 6];
+        assert!(!b.usable());
+        b.next_hop_mac = [2, 0, 0, 0, 0, 1];
+        b.flags = backend_flags::IPV6;
+        assert!(!b.usable() && b.outer_v6());
     }
 }

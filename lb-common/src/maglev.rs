@@ -69,6 +69,27 @@ pub const fn source_hash(addr: &[u8; 16]) -> u32 {
     fmix(h ^ 16)
 }
 
+/// The hash of a client's address and source port: MurmurHash3_x86_32 of the 16 address bytes
+/// followed by the port as a little-endian `u32` block, seed 0. L4 listeners with
+/// [`l4_flags::HASH_SRC_PORT`](crate::l4_flags::HASH_SRC_PORT) pick ring entries with it, and
+/// every L4 frame's outer source address takes its low bits from it.
+#[inline(always)]
+pub const fn client_hash(addr: &[u8; 16], port: u16) -> u32 {
+    let mut h = SOURCE_SEED;
+    h = mix_block(h, u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]));
+    h = mix_block(h, u32::from_le_bytes([addr[4], addr[5], addr[6], addr[7]]));
+    h = mix_block(
+        h,
+        u32::from_le_bytes([addr[8], addr[9], addr[10], addr[11]]),
+    );
+    h = mix_block(
+        h,
+        u32::from_le_bytes([addr[12], addr[13], addr[14], addr[15]]),
+    );
+    h = mix_block(h, port as u32);
+    fmix(h ^ 20)
+}
+
 /// The table entry of a hash. `TABLE_SIZE` is a non-zero constant, so this compiles to a
 /// modulo by an immediate, which the verifier accepts.
 #[inline(always)]
@@ -251,6 +272,13 @@ mod tests {
         );
         let addr = v4_mapped_addr(192, 0, 2, 1);
         assert_eq!(source_hash(&addr), murmur3_32(&addr, SOURCE_SEED));
+        let mut with_port = addr.to_vec();
+        with_port.extend_from_slice(&40000u32.to_le_bytes());
+        assert_eq!(
+            client_hash(&addr, 40000),
+            murmur3_32(&with_port, SOURCE_SEED)
+        );
+        assert_ne!(client_hash(&addr, 40000), client_hash(&addr, 40001));
     }
 
     fn v4_mapped_addr(a: u8, b: u8, c: u8, d: u8) -> [u8; 16] {

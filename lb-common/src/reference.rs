@@ -19,12 +19,21 @@
 //! 6. Access control against the source (IPv4-mapped IPv6 sources as IPv4): `all` passes,
 //!    `allow` passes on a match and drops otherwise, `deny` drops on a match; any other mode
 //!    value passes.
-//! 7. An admitted frame (`Passed`) of a listener whose `l4_group` is below [`MAX_L4_GROUPS`] is
-//!    assigned a backend of that group: the entry `table_slot(source_hash(src))` of the group's
-//!    live ring, `src` IPv4-mapped for IPv4 (and IPv4-mapped IPv6) sources. No ring for the
-//!    group, or an entry not below [`MAX_BACKENDS_PER_GROUP`] (such as `NO_BACKEND`), assigns
-//!    none. The frame is still `Passed`; the assignment counts in the backend's
-//!    `BACKEND_STATS` slot.
+//! 7. An admitted frame of a listener whose `l4_group` is below [`MAX_L4_GROUPS`] (an L4
+//!    listener) is forwarded, never `Passed`:
+//!    a. VLAN-tagged: `VlanL4` (passed untouched).
+//!    b. With `flow_secs > 0`, a `FLOWS` entry for the 5-tuple (addresses IPv4-mapped) seen
+//!    less than `flow_secs` ago, for a backend slot of this group whose `BACKENDS` entry is
+//!    usable ([`BackendInfo::usable`]) and still has the entry's epoch, names the backend;
+//!    its `last_seen_ns` is refreshed when at least [`FLOW_TOUCH_NS`] old.
+//!    c. Otherwise the entry `table_slot(h)` of the group's live ring names it, where `h` is
+//!    `source_hash(src)`, or `client_hash(src, src_port)` with
+//!    [`l4_flags::HASH_SRC_PORT`] (`src` IPv4-mapped for IPv4 and IPv4-mapped IPv6
+//!    sources). No ring, an entry not below [`MAX_BACKENDS_PER_GROUP`], or a backend that
+//!    is not usable: `NoBackend` (dropped). A usable one is remembered in `FLOWS` (when
+//!    `flow_secs > 0`) with its epoch and the current time.
+//!    d. `ForwardedL4`: the frame counts in the backend's `BACKEND_STATS` slot, and leaves as
+//!    [`encapsulate`] builds it.
 //!
 //! Listener outcomes count in the listener id's slot; the others in [`NO_LISTENER_SLOT`].
 use std::collections::HashMap;
@@ -48,6 +57,15 @@ pub struct Tables {
     /// The live Maglev ring of each backend group that has one ([`maglev::TABLE_SIZE`]
     /// entries), keyed by group.
     pub rings: HashMap<u32, Vec<u32>>,
+    /// `BACKENDS` entries by [`backend_stats_slot`]; a missing one is all zero (not usable).
+    pub backends: HashMap<u32, BackendInfo>,
+    /// The `ENCAP` entry.
+    pub encap: EncapConfig,
+    /// `FLOWS`, updated by [`classify`] as the program updates it.
+    pub flows: HashMap<FlowKey, FlowState>,
+    /// The clock `FLOWS` times are read against, in nanoseconds (the program's
+    /// `bpf_ktime_get_ns`).
+    pub now_ns: u64,
 }
 
 /// The program's conclusion about one frame: which counter it bumps, in which slot.
@@ -55,11 +73,11 @@ pub struct Tables {
 pub struct Decision {
     pub outcome: Outcome,
     pub slot: u32,
-    /// The backend an L4 listener's frame was assigned (rule 7).
+    /// The backend an L4 listener's frame was forwarded to (rule 7).
     pub backend: Option<BackendPick>,
 }
 
-/// A backend chosen through a group's Maglev ring: the `BACKEND_STATS` slot
+/// The backend a frame was forwarded to: the `BACKEND_STATS` slot
 /// [`backend_stats_slot`]`(group, backend)` counts the frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BackendPick {
@@ -80,10 +98,104 @@ impl Decision {
 /// The entry of `ring` for a client at `src` (IPv4 clients IPv4-mapped), if it names a backend
 /// the kernel can count.
 pub fn ring_pick(ring: &[u32], src: &[u8; 16]) -> Option<u32> {
-    let slot = maglev::table_slot(maglev::source_hash(src)) as usize;
-    ring.get(slot)
+    ring_pick_hash(ring, maglev::source_hash(src))
+}
+
+/// The entry of `ring` for a client hash, if it names a backend the kernel can count.
+pub fn ring_pick_hash(ring: &[u32], hash: u32) -> Option<u32> {
+    ring.get(maglev::table_slot(hash) as usize)
         .copied()
         .filter(|b| *b < MAX_BACKENDS_PER_GROUP)
+}
+
+/// What [`encapsulate`] needs of a forwarded frame besides the frame.
+#[derive(Clone, Copy, Debug)]
+struct Forward {
+    slot: u32,
+    client: [u8; 16],
+    src_port: u16,
+}
+
+/// Runs the rules on `frame`; returns the decision and the frame as it leaves the program
+/// (encapsulated for `ForwardedL4`, unchanged otherwise).
+pub fn run(frame: &[u8], tables: &mut Tables) -> (Decision, Vec<u8>) {
+    let (decision, forward) = match classify_inner(frame, tables) {
+        Ok(d) => d,
+        Err(d) => (d, None),
+    };
+    let out = match forward {
+        Some(f) => {
+            let backend = tables.backends.get(&f.slot).copied().unwrap_or_default();
+            let hash = maglev::client_hash(&f.client, f.src_port);
+            encapsulate(frame, &backend, &tables.encap, hash)
+        }
+        None => frame.to_vec(),
+    };
+    (decision, out)
+}
+
+/// The frame sent to `backend` for an untagged `frame` whose client hashes to `hash`
+/// ([`maglev::client_hash`]): Ethernet from the frame's destination (this host) to the
+/// backend's next hop; an outer IPv4 header (protocol 4 or 41, TOS copied, id 0, DF, TTL 64)
+/// or IPv6 header (next header 4 or 41, traffic class copied, flow label from the hash, hop
+/// limit 64) from the `ENCAP` prefix to the backend; then every byte of the frame after its
+/// Ethernet header, unchanged. Outer lengths come from the inner header's length field.
+pub fn encapsulate(frame: &[u8], backend: &BackendInfo, encap: &EncapConfig, hash: u32) -> Vec<u8> {
+    let inner = &frame[14..];
+    let inner_v4 = frame[12..14] == ETH_P_IPV4.to_be_bytes();
+    let (inner_len, tos, proto) = if inner_v4 {
+        (
+            u16::from_be_bytes([inner[2], inner[3]]),
+            inner[1],
+            IPPROTO_IPIP,
+        )
+    } else {
+        (
+            u16::from_be_bytes([inner[4], inner[5]]).wrapping_add(40),
+            (inner[0] << 4) | (inner[1] >> 4),
+            IPPROTO_IPV6,
+        )
+    };
+    let mut out = Vec::with_capacity(frame.len() + 40);
+    out.extend_from_slice(&backend.next_hop_mac);
+    out.extend_from_slice(&frame[0..6]);
+    if backend.outer_v6() {
+        out.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+        let first = (6u32 << 28) | (u32::from(tos) << 20) | (hash & 0xf_ffff);
+        out.extend_from_slice(&first.to_be_bytes());
+        out.extend_from_slice(&inner_len.to_be_bytes());
+        out.extend_from_slice(&[proto, ENCAP_TTL]);
+        out.extend_from_slice(&encap.v6_source(hash));
+        out.extend_from_slice(&backend.addr);
+    } else {
+        out.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let mut ip = [0u8; 20];
+        ip[0] = 0x45;
+        ip[1] = tos;
+        ip[2..4].copy_from_slice(&inner_len.wrapping_add(20).to_be_bytes());
+        ip[6] = 0x40;
+        ip[8] = ENCAP_TTL;
+        ip[9] = proto;
+        ip[12..16].copy_from_slice(&encap.v4_source(hash));
+        ip[16..20].copy_from_slice(&backend.addr[12..16]);
+        let checksum = ipv4_checksum(&ip);
+        ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+        out.extend_from_slice(&ip);
+    }
+    out.extend_from_slice(inner);
+    out
+}
+
+/// The Internet checksum (RFC 1071) of an IPv4 header whose checksum field is zero.
+pub fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 enum Src {
@@ -91,9 +203,10 @@ enum Src {
     V6([u8; 16]),
 }
 
-pub fn classify(frame: &[u8], tables: &Tables) -> Decision {
+/// The decision for `frame` (updating `tables.flows` as the program updates `FLOWS`).
+pub fn classify(frame: &[u8], tables: &mut Tables) -> Decision {
     match classify_inner(frame, tables) {
-        Ok(d) | Err(d) => d,
+        Ok((d, _)) | Err(d) => d,
     }
 }
 
@@ -104,7 +217,10 @@ fn bytes<const N: usize>(frame: &[u8], off: usize) -> Result<[u8; N], Decision> 
         .ok_or(Decision::global(Outcome::Unparsable))
 }
 
-fn classify_inner(frame: &[u8], tables: &Tables) -> Result<Decision, Decision> {
+fn classify_inner(
+    frame: &[u8],
+    tables: &mut Tables,
+) -> Result<(Decision, Option<Forward>), Decision> {
     let unparsable = Decision::global(Outcome::Unparsable);
     let not_ours = Decision::global(Outcome::NotOurs);
     let fragment = Decision::global(Outcome::Fragment);
@@ -195,6 +311,7 @@ fn classify_inner(frame: &[u8], tables: &Tables) -> Result<Decision, Decision> {
     }
     let ports: [u8; 4] = bytes(frame, l4)?;
     let port = u16::from_be_bytes([ports[2], ports[3]]);
+    let src_port = u16::from_be_bytes([ports[0], ports[1]]);
 
     let is_v4 = ethertype == ETH_P_IPV4;
     let family_any = if is_v4 { ANY_V4 } else { ANY };
@@ -223,25 +340,114 @@ fn classify_inner(frame: &[u8], tables: &Tables) -> Result<Decision, Decision> {
         acl::DENY if listed => Outcome::DroppedAcl,
         _ => Outcome::Passed,
     };
-    let group = info.l4_group;
-    let backend = if outcome == Outcome::Passed && group < MAX_L4_GROUPS {
-        let client = match src {
-            Src::V4(a) => v4_mapped(a),
-            Src::V6(a) => a,
-        };
-        tables
-            .rings
-            .get(&group)
-            .and_then(|ring| ring_pick(ring, &client))
-            .map(|backend| BackendPick { group, backend })
-    } else {
-        None
+    let info = *info;
+    if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {
+        return Ok((
+            Decision {
+                outcome,
+                slot: info.id,
+                backend: None,
+            },
+            None,
+        ));
+    }
+    let client = match src {
+        Src::V4(a) => v4_mapped(a),
+        Src::V6(a) => a,
     };
-    Ok(Decision {
-        outcome,
-        slot: info.id,
-        backend,
+    let flow = FlowKey {
+        src: client,
+        dst,
+        src_port,
+        dst_port: port,
+        proto,
+        _pad: [0; 3],
+    };
+    let picked = if off != 14 {
+        Err(Outcome::VlanL4)
+    } else {
+        forward_to(&info, &flow, tables)
+    };
+    Ok(match picked {
+        Ok(slot) => (
+            Decision {
+                outcome: Outcome::ForwardedL4,
+                slot: info.id,
+                backend: Some(BackendPick {
+                    group: info.l4_group,
+                    backend: slot % MAX_BACKENDS_PER_GROUP,
+                }),
+            },
+            Some(Forward {
+                slot,
+                client,
+                src_port,
+            }),
+        ),
+        Err(outcome) => (
+            Decision {
+                outcome,
+                slot: info.id,
+                backend: None,
+            },
+            None,
+        ),
     })
+}
+
+/// Rule 7b and 7c: the `BACKENDS` slot an admitted L4 frame goes to.
+fn forward_to(info: &ListenerInfo, flow: &FlowKey, tables: &mut Tables) -> Result<u32, Outcome> {
+    let group = info.l4_group;
+    let now = tables.now_ns;
+    let backend_at = |slot: u32| tables.backends.get(&slot).copied().unwrap_or_default();
+    if info.flow_secs != 0
+        && let Some(f) = tables.flows.get(flow).copied()
+    {
+        let b = backend_at(f.backend_slot);
+        let age = now.wrapping_sub(f.last_seen_ns);
+        if age < u64::from(info.flow_secs) * 1_000_000_000
+            && f.backend_slot / MAX_BACKENDS_PER_GROUP == group
+            && b.usable()
+            && b.epoch == f.epoch
+        {
+            if age >= FLOW_TOUCH_NS {
+                tables.flows.insert(
+                    *flow,
+                    FlowState {
+                        last_seen_ns: now,
+                        ..f
+                    },
+                );
+            }
+            return Ok(f.backend_slot);
+        }
+    }
+    let hash = if info.l4_flags & l4_flags::HASH_SRC_PORT != 0 {
+        maglev::client_hash(&flow.src, flow.src_port)
+    } else {
+        maglev::source_hash(&flow.src)
+    };
+    let backend = tables
+        .rings
+        .get(&group)
+        .and_then(|ring| ring_pick_hash(ring, hash))
+        .ok_or(Outcome::NoBackend)?;
+    let slot = backend_stats_slot(group, backend);
+    let b = backend_at(slot);
+    if !b.usable() {
+        return Err(Outcome::NoBackend);
+    }
+    if info.flow_secs != 0 {
+        tables.flows.insert(
+            *flow,
+            FlowState {
+                backend_slot: slot,
+                epoch: b.epoch,
+                last_seen_ns: now,
+            },
+        );
+    }
+    Ok(slot)
 }
 
 /// Whether the first `len` bits of `addr` equal those of `net`.
@@ -272,6 +478,8 @@ mod tests {
                 id: 7,
                 acl: acl_mode,
                 l4_group: NO_GROUP,
+                flow_secs: 0,
+                l4_flags: 0,
             },
         );
         t.acl = prefixes.iter().map(|p| (7, *p)).collect();
@@ -290,8 +498,8 @@ mod tests {
 
     #[test]
     fn whitelist_passes_listed_sources_and_drops_the_rest() {
-        let t = tables(acl::ALLOW, &[AclPrefix::V4([192, 168, 1, 0], 24)]);
-        let ok = classify(&tcp_v4([192, 168, 1, 9], [10, 0, 0, 1], 443), &t);
+        let mut t = tables(acl::ALLOW, &[AclPrefix::V4([192, 168, 1, 0], 24)]);
+        let ok = classify(&tcp_v4([192, 168, 1, 9], [10, 0, 0, 1], 443), &mut t);
         assert_eq!(
             ok,
             Decision {
@@ -300,7 +508,7 @@ mod tests {
                 backend: None,
             }
         );
-        let bad = classify(&tcp_v4([192, 168, 2, 9], [10, 0, 0, 1], 443), &t);
+        let bad = classify(&tcp_v4([192, 168, 2, 9], [10, 0, 0, 1], 443), &mut t);
         assert_eq!(
             bad,
             Decision {
@@ -309,21 +517,21 @@ mod tests {
                 backend: None,
             }
         );
-        let other_port = classify(&tcp_v4([192, 168, 2, 9], [10, 0, 0, 1], 80), &t);
+        let other_port = classify(&tcp_v4([192, 168, 2, 9], [10, 0, 0, 1], 80), &mut t);
         assert_eq!(other_port, Decision::global(Outcome::NotOurs));
     }
 
     #[test]
     fn blacklist_drops_listed_sources_only() {
-        let t = tables(acl::DENY, &[AclPrefix::V4([192, 168, 1, 128], 25)]);
-        let d = classify(&tcp_v4([192, 168, 1, 200], [10, 0, 0, 1], 443), &t);
+        let mut t = tables(acl::DENY, &[AclPrefix::V4([192, 168, 1, 128], 25)]);
+        let d = classify(&tcp_v4([192, 168, 1, 200], [10, 0, 0, 1], 443), &mut t);
         assert_eq!(d.outcome, Outcome::DroppedAcl);
-        let d = classify(&tcp_v4([192, 168, 1, 127], [10, 0, 0, 1], 443), &t);
+        let d = classify(&tcp_v4([192, 168, 1, 127], [10, 0, 0, 1], 443), &mut t);
         assert_eq!(d.outcome, Outcome::Passed);
     }
 
     #[test]
-    fn l4_listeners_pick_from_their_group_ring_when_admitted() {
+    fn l4_listeners_forward_to_usable_backends_of_their_group_ring_when_admitted() {
         let mut t = tables(acl::DENY, &[AclPrefix::V4([192, 168, 1, 0], 24)]);
         let key = ListenerKey::new(v4_mapped([10, 0, 0, 1]), 443, IPPROTO_TCP);
         let src = [172, 16, 0, 9];
@@ -331,13 +539,20 @@ mod tests {
         let mut ring = std::vec![maglev::NO_BACKEND; maglev::TABLE_SIZE as usize];
         ring[slot] = 3;
         t.rings.insert(2, ring.clone());
+        let usable = BackendInfo {
+            addr: v4_mapped([10, 9, 0, 3]),
+            next_hop_mac: [2, 0, 0, 0, 0, 9],
+            flags: backend_flags::ALIVE,
+            epoch: 1,
+        };
+        t.backends.insert(backend_stats_slot(2, 3), usable);
         let frame = tcp_v4(src, [10, 0, 0, 1], 443);
-        // Not an L4 listener: no pick.
-        assert_eq!(classify(&frame, &t).backend, None);
+        // Not an L4 listener: passed, no pick.
+        assert_eq!(classify(&frame, &mut t).outcome, Outcome::Passed);
 
         t.listeners.get_mut(&key).expect("listener 7").l4_group = 2;
-        let d = classify(&frame, &t);
-        assert_eq!(d.outcome, Outcome::Passed);
+        let d = classify(&frame, &mut t);
+        assert_eq!(d.outcome, Outcome::ForwardedL4);
         assert_eq!(
             d.backend,
             Some(BackendPick {
@@ -345,25 +560,130 @@ mod tests {
                 backend: 3
             })
         );
-        // Refused sources are never assigned.
-        let refused = classify(&tcp_v4([192, 168, 1, 1], [10, 0, 0, 1], 443), &t);
+        // Refused sources are never forwarded.
+        let refused = classify(&tcp_v4([192, 168, 1, 1], [10, 0, 0, 1], 443), &mut t);
         assert_eq!(
             (refused.outcome, refused.backend),
             (Outcome::DroppedAcl, None)
         );
+        // A dead backend, or one without a next hop, takes nothing.
+        for broken in [
+            BackendInfo { flags: 0, ..usable },
+            BackendInfo {
+                next_hop_mac: [0; 6],
+                ..usable
+            },
+        ] {
+            t.backends.insert(backend_stats_slot(2, 3), broken);
+            let d = classify(&frame, &mut t);
+            assert_eq!((d.outcome, d.backend), (Outcome::NoBackend, None));
+        }
+        t.backends.insert(backend_stats_slot(2, 3), usable);
         // NO_BACKEND, indices the kernel cannot count, and groups without a ring pick none.
         for entry in [maglev::NO_BACKEND, MAX_BACKENDS_PER_GROUP] {
             ring[slot] = entry;
             t.rings.insert(2, ring.clone());
-            assert_eq!(classify(&frame, &t).backend, None);
+            assert_eq!(classify(&frame, &mut t).outcome, Outcome::NoBackend);
         }
         t.rings.clear();
-        assert_eq!(classify(&frame, &t).backend, None);
-        // Group ids past the end are no group.
+        assert_eq!(classify(&frame, &mut t).outcome, Outcome::NoBackend);
+        // Group ids past the end are no group: served in userspace.
         t.rings
             .insert(MAX_L4_GROUPS, std::vec![0; maglev::TABLE_SIZE as usize]);
         t.listeners.get_mut(&key).expect("listener 7").l4_group = MAX_L4_GROUPS;
-        assert_eq!(classify(&frame, &t).backend, None);
+        assert_eq!(classify(&frame, &mut t).outcome, Outcome::Passed);
+    }
+
+    #[test]
+    fn flows_stay_on_their_backend_until_it_dies_or_they_idle_out() {
+        let mut t = tables(acl::ALL, &[]);
+        let key = ListenerKey::new(v4_mapped([10, 0, 0, 1]), 443, IPPROTO_TCP);
+        let l = t.listeners.get_mut(&key).expect("listener 7");
+        l.l4_group = 0;
+        l.flow_secs = 10;
+        for b in 0..2 {
+            t.backends.insert(
+                backend_stats_slot(0, b),
+                BackendInfo {
+                    addr: v4_mapped([10, 9, 0, b as u8]),
+                    next_hop_mac: [2, 0, 0, 0, 0, 9],
+                    flags: backend_flags::ALIVE,
+                    epoch: 1 + b,
+                },
+            );
+        }
+        let to = |b: u32| std::vec![b; maglev::TABLE_SIZE as usize];
+        t.rings.insert(0, to(0));
+        let frame = tcp_v4([1, 2, 3, 4], [10, 0, 0, 1], 443);
+        let backend = |t: &mut Tables| classify(&frame, t).backend.map(|p| p.backend);
+        assert_eq!(backend(&mut t), Some(0));
+        t.rings.insert(0, to(1));
+        t.now_ns = 9_999_999_999;
+        assert_eq!(backend(&mut t), Some(0), "a ring change keeps the flow");
+        // Refreshed at 9.99 s, so still alive at 19 s...
+        t.now_ns = 19_000_000_000;
+        assert_eq!(backend(&mut t), Some(0));
+        // ...but not after 10 idle seconds.
+        t.now_ns = 29_999_999_999;
+        assert_eq!(backend(&mut t), Some(1), "an idle flow follows the ring");
+        t.rings.insert(0, to(0));
+        let b1 = backend_stats_slot(0, 1);
+        t.backends.get_mut(&b1).expect("backend 1").flags = 0;
+        assert_eq!(
+            backend(&mut t),
+            Some(0),
+            "a dead backend's flow is re-picked"
+        );
+        t.backends.get_mut(&b1).expect("backend 1").flags = backend_flags::ALIVE;
+        t.rings.insert(0, to(1));
+        t.backends
+            .get_mut(&backend_stats_slot(0, 0))
+            .expect("backend 0")
+            .epoch = 7;
+        assert_eq!(
+            backend(&mut t),
+            Some(1),
+            "a slot given a new address loses its flows"
+        );
+    }
+
+    #[test]
+    fn encapsulation_adds_one_outer_header_of_the_backend_family() {
+        let frame = tcp_v4([1, 2, 3, 4], [10, 0, 0, 1], 443);
+        let encap = EncapConfig {
+            v4_prefix: DEFAULT_ENCAP_V4,
+            _pad: [0; 2],
+            v6_prefix: DEFAULT_ENCAP_V6,
+        };
+        let mut b = BackendInfo {
+            addr: v4_mapped([10, 9, 0, 1]),
+            next_hop_mac: [2, 0, 0, 0, 0, 9],
+            flags: backend_flags::ALIVE,
+            epoch: 1,
+        };
+        let out = encapsulate(&frame, &b, &encap, 0xabcd_1234);
+        assert_eq!(out.len(), frame.len() + 20);
+        assert_eq!(&out[..6], &b.next_hop_mac);
+        assert_eq!(&out[6..12], &frame[..6]);
+        assert_eq!(&out[34..], &frame[14..]);
+        let ip = etherparse::Ipv4HeaderSlice::from_slice(&out[14..]).expect("outer IPv4");
+        assert_eq!(ip.protocol(), etherparse::IpNumber(IPPROTO_IPIP));
+        assert_eq!(ip.ttl(), ENCAP_TTL);
+        assert!(ip.dont_fragment());
+        assert_eq!(ip.source(), [172, 16, 0x12, 0x34]);
+        assert_eq!(ip.destination(), [10, 9, 0, 1]);
+        assert_eq!(usize::from(ip.total_len()), frame.len() - 14 + 20);
+        assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+
+        b.addr = [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        b.flags |= backend_flags::IPV6;
+        let out = encapsulate(&frame, &b, &encap, 0xabcd_1234);
+        assert_eq!(out.len(), frame.len() + 40);
+        let ip = etherparse::Ipv6HeaderSlice::from_slice(&out[14..]).expect("outer IPv6");
+        assert_eq!(ip.next_header(), etherparse::IpNumber(IPPROTO_IPIP));
+        assert_eq!(ip.hop_limit(), ENCAP_TTL);
+        assert_eq!(ip.flow_label().value(), 0xd_1234);
+        assert_eq!(&out[54..], &frame[14..]);
     }
 
     #[test]
@@ -377,14 +697,14 @@ mod tests {
 
     #[test]
     fn short_frames_are_unparsable_and_non_ip_is_not_ours() {
-        let t = tables(acl::ALLOW, &[]);
+        let mut t = tables(acl::ALLOW, &[]);
         let full = tcp_v4([1, 1, 1, 1], [10, 0, 0, 1], 443);
         for len in 0..14 {
-            assert_eq!(classify(&full[..len], &t).outcome, Outcome::Unparsable);
+            assert_eq!(classify(&full[..len], &mut t).outcome, Outcome::Unparsable);
         }
         let mut arp = full.clone();
         arp[12] = 0x08;
         arp[13] = 0x06;
-        assert_eq!(classify(&arp, &t).outcome, Outcome::NotOurs);
+        assert_eq!(classify(&arp, &mut t).outcome, Outcome::NotOurs);
     }
 }

@@ -1,23 +1,28 @@
-//! edgelb's XDP program: parse the frame down to the TCP/UDP destination port, find the
-//! listener, apply its access control, pick the backend of an L4 listener's client from its
-//! group's Maglev ring, count. The rules are stated once, in
+//! edgelb's XDP programs. `edgelb_xdp`, on the balancer: parse the frame down to the TCP/UDP
+//! destination port, find the listener, apply its access control, and for an L4 listener send
+//! the frame IP-in-IP to a backend of its group (`l4`); count. The rules are stated once, in
 //! `lb_common::reference`, and the differential test holds this program to them.
+//! `edgelb_decap` (`decap`), on the backends, removes that outer header again.
 #![no_std]
 #![no_main]
 
+mod decap;
+mod encap;
+mod l4;
+
 use aya_ebpf::{
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use lb_common::{
-    ACL_LISTENER_ID_BITS, AclV4, AclV6, BACKEND_STATS_SLOTS, BackendCounters, Counters,
-    ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH,
-    IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, ListenerInfo, ListenerKey,
-    MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS,
-    MAX_LISTENERS, MAX_VLAN_TAGS, MaglevChunk, NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS,
-    PortListeners, STATS_SLOTS, acl, backend_stats_slot, live_half, maglev, maglev_position,
-    port_slot, v4_mapped,
+    ACL_LISTENER_ID_BITS, AclV4, AclV6, BACKEND_STATS_SLOTS, BACKENDS_SLOTS, BackendCounters,
+    BackendInfo, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EncapConfig, FlowKey,
+    FlowState, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP,
+    IPV6_ROUTING, ListenerInfo, ListenerKey, MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_FLOWS,
+    MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_LISTENERS, MAX_VLAN_TAGS, MaglevChunk,
+    NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS, PortListeners, STATS_SLOTS, acl, port_slot,
+    v4_mapped,
 };
 
 #[map(name = "LISTENERS")]
@@ -47,13 +52,27 @@ static MAGLEV_GEN: Array<u32> = Array::with_max_entries(MAX_L4_GROUPS, 0);
 static BACKEND_STATS: PerCpuArray<BackendCounters> =
     PerCpuArray::with_max_entries(BACKEND_STATS_SLOTS, 0);
 
+/// Per (group, backend), as `BACKEND_STATS`: where forwarded frames go.
+#[map(name = "BACKENDS")]
+static BACKENDS: Array<BackendInfo> = Array::with_max_entries(BACKENDS_SLOTS, 0);
+
+/// One entry: the prefixes of outer source addresses.
+#[map(name = "ENCAP")]
+static ENCAP: Array<EncapConfig> = Array::with_max_entries(1, 0);
+
+/// The backend of each recent flow of L4 listeners with a flow table.
+#[map(name = "FLOWS")]
+static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
 #[xdp]
 pub fn edgelb_xdp(ctx: XdpContext) -> u32 {
-    let (slot, outcome) = match classify(&ctx) {
+    // Taken first: forwarding grows the frame, and counters report frames as received.
+    let len = frame_len(&ctx);
+    let (slot, outcome) = match classify(&ctx, len) {
         Ok(decision) => decision,
         Err(outcome) => (NO_LISTENER_SLOT, outcome),
     };
-    count(slot, outcome, frame_len(&ctx));
+    count(slot, outcome, len);
     outcome.action()
 }
 
@@ -79,13 +98,20 @@ fn count(slot: u32, outcome: Outcome, len: u64) {
 
 /// The one place where packet bounds are checked: a pointer to `N` bytes at `off`.
 #[inline(always)]
-fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<&[u8; N], Outcome> {
+fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<*mut [u8; N]> {
     let start = ctx.data();
     if start + off + N > ctx.data_end() {
-        return Err(Outcome::Unparsable);
+        return None;
     }
-    // SAFETY: the range was checked against data_end just above; [u8; N] needs no alignment.
-    Ok(unsafe { &*((start + off) as *const [u8; N]) })
+    Some((start + off) as *mut [u8; N])
+}
+
+#[inline(always)]
+fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<&[u8; N], Outcome> {
+    // SAFETY: `at` checked the range against data_end; [u8; N] needs no alignment.
+    at(ctx, off)
+        .map(|p| unsafe { &*p })
+        .ok_or(Outcome::Unparsable)
 }
 
 enum Src {
@@ -93,39 +119,8 @@ enum Src {
     V6([u8; 16]),
 }
 
-/// Assigns the client at `src` (IPv4 clients IPv4-mapped) a backend of `group` through the
-/// group's live Maglev ring and counts the frame for that backend. Forwarding comes later.
 #[inline(always)]
-fn pick_backend(group: u32, src: &[u8; 16], len: u64) {
-    let Some(half) = MAGLEV_GEN.get(group).and_then(|g| live_half(*g)) else {
-        return;
-    };
-    let slot = maglev::table_slot(maglev::source_hash(src));
-    // The map lookups check their own indices. `entry` is below MAGLEV_CHUNK by construction
-    // (LLVM drops the slice check); the backend bound keeps the counter inside the group's
-    // slots and turns NO_BACKEND away.
-    let (chunk, entry) = maglev_position(group, half, slot);
-    let Some(backend) = MAGLEV
-        .get(chunk)
-        .and_then(|c| c.backends.get(entry as usize))
-        .copied()
-    else {
-        return;
-    };
-    if backend >= MAX_BACKENDS_PER_GROUP {
-        return;
-    }
-    if let Some(c) = BACKEND_STATS.get_ptr_mut(backend_stats_slot(group, backend)) {
-        // SAFETY: a per-CPU slot is only written by the program running on that CPU.
-        unsafe {
-            (*c).packets += 1;
-            (*c).bytes += len;
-        }
-    }
-}
-
-#[inline(always)]
-fn classify(ctx: &XdpContext) -> Result<(u32, Outcome), Outcome> {
+fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
     let eth = bytes::<14>(ctx, 0)?;
     let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
     let mut off = 14usize;
@@ -148,6 +143,7 @@ fn classify(ctx: &XdpContext) -> Result<(u32, Outcome), Outcome> {
     }
     let ports = bytes::<4>(ctx, l4)?;
     let port = u16::from_be_bytes([ports[2], ports[3]]);
+    let src_port = u16::from_be_bytes([ports[0], ports[1]]);
 
     let info = find_listener(dst, port, proto, is_v4).ok_or(Outcome::NotOurs)?;
     let listed = match src {
@@ -176,14 +172,24 @@ fn classify(ctx: &XdpContext) -> Result<(u32, Outcome), Outcome> {
         _ => Outcome::Passed,
     };
     // Listeners served in userspace carry NO_GROUP, which fails this one comparison.
-    if outcome == Outcome::Passed && info.l4_group < MAX_L4_GROUPS {
-        let client = match src {
+    if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {
+        return Ok((info.id, outcome));
+    }
+    if off != 14 {
+        return Ok((info.id, Outcome::VlanL4));
+    }
+    let flow = FlowKey {
+        src: match src {
             Src::V4(addr) => v4_mapped(addr),
             Src::V6(addr) => addr,
-        };
-        pick_backend(info.l4_group, &client, frame_len(ctx));
-    }
-    Ok((info.id, outcome))
+        },
+        dst,
+        src_port,
+        dst_port: port,
+        proto,
+        _pad: [0; 3],
+    };
+    Ok((info.id, l4::forward(ctx, &info, &flow, is_v4, len)))
 }
 
 #[inline(always)]

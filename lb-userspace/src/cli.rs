@@ -32,6 +32,16 @@ pub enum Command {
         #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9900")]
         admin: String,
     },
+    /// On an L4 backend without ipip/ip6tnl: strip the IP-in-IP header edgelb's XDP forwarding
+    /// adds to packets for the VIPs, in XDP on IFACE, until SIGTERM/SIGINT.
+    Decap {
+        /// Interface the tunnelled packets arrive on.
+        #[arg(long, value_name = "IFACE")]
+        iface: String,
+        /// A VIP whose tunnelled packets are decapsulated, repeatable.
+        #[arg(long = "vip", value_name = "ADDR")]
+        vips: Vec<String>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

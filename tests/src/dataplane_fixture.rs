@@ -3,10 +3,12 @@
 use std::net::IpAddr;
 
 use edgelb::acl::AclMode;
-use edgelb::dataplane::{Dataplane, L4Groups, ListenerRule};
+use edgelb::dataplane::{BackendEntry, Dataplane, L4Groups, L4Listeners, ListenerRule};
 use ipnet::IpNet;
 use lb_common::reference::{AclPrefix, Decision, Tables};
-use lb_common::{BackendCounters, Counters, NO_GROUP, STATS_SLOTS};
+use lb_common::{
+    BackendCounters, Counters, MAX_BACKENDS_PER_GROUP, STATS_SLOTS, backend_stats_slot,
+};
 
 /// A listener rule from readable parts: `rule(1, "10.0.0.1:443", TCP, Whitelist, &["10.0.0.0/8"])`.
 pub fn rule(id: u32, addr: &str, proto: u8, mode: AclMode, prefixes: &[&str]) -> ListenerRule {
@@ -34,10 +36,18 @@ pub fn reference_tables(rules: &[ListenerRule]) -> Tables {
 
 /// The reference classifier's tables for rules applied with L4 groups (and no rings yet).
 pub fn reference_tables_in_groups(rules: &[ListenerRule], l4_groups: &L4Groups) -> Tables {
+    reference_tables_l4(rules, &edgelb::dataplane::rules::l4_listeners(l4_groups))
+}
+
+/// The reference classifier's tables for rules applied with L4 listeners.
+pub fn reference_tables_l4(rules: &[ListenerRule], l4: &L4Listeners) -> Tables {
     let mut t = Tables::default();
     for r in rules {
-        let group = l4_groups.get(&r.id).copied().unwrap_or(NO_GROUP);
-        t.listeners.insert(r.key(), r.info_in_group(group));
+        let info = match l4.get(&r.id) {
+            Some(l) => r.info_l4(l),
+            None => r.info(),
+        };
+        t.listeners.insert(r.key(), info);
         for net in &r.prefixes {
             let p = match net.trunc() {
                 IpNet::V4(n) => AclPrefix::V4(n.network().octets(), n.prefix_len()),
@@ -59,9 +69,15 @@ pub struct Fixture {
 impl Fixture {
     pub fn load() -> Self {
         let dp = Dataplane::load().unwrap_or_else(|e| panic!("loading the XDP program: {e}"));
+        let tables = Tables {
+            encap: dp
+                .encap_source()
+                .unwrap_or_else(|e| panic!("reading ENCAP: {e}")),
+            ..Tables::default()
+        };
         Fixture {
             dp,
-            tables: Tables::default(),
+            tables,
             slots: vec![0],
         }
     }
@@ -72,12 +88,18 @@ impl Fixture {
 
     /// Applies `rules` with the listeners of `l4_groups` balanced in XDP; the rings stay.
     pub fn apply_in_groups(&mut self, rules: &[ListenerRule], l4_groups: &L4Groups) {
+        self.apply_l4(rules, &edgelb::dataplane::rules::l4_listeners(l4_groups));
+    }
+
+    /// Applies `rules` with the listeners of `l4` forwarded in XDP; rings, backends, flows and
+    /// the outer source prefixes stay.
+    pub fn apply_l4(&mut self, rules: &[ListenerRule], l4: &L4Listeners) {
         self.dp
-            .apply_in_groups(rules, l4_groups)
+            .apply_l4(rules, l4)
             .unwrap_or_else(|e| panic!("writing the maps: {e}"));
-        let rings = std::mem::take(&mut self.tables.rings);
-        self.tables = reference_tables_in_groups(rules, l4_groups);
-        self.tables.rings = rings;
+        let fresh = reference_tables_l4(rules, l4);
+        self.tables.listeners = fresh.listeners;
+        self.tables.acl = fresh.acl;
         self.slots = std::iter::once(0)
             .chain(rules.iter().map(|r| r.id))
             .collect();
@@ -91,6 +113,41 @@ impl Fixture {
             .set_ring(group, &ring)
             .unwrap_or_else(|e| panic!("writing the ring of group {group}: {e}"));
         self.tables.rings.insert(group, ring);
+    }
+
+    /// Makes `backends` the backends of `group`, in the kernel and in the reference (which
+    /// takes the kernel's entries, epochs included, as read back).
+    pub fn set_backends(&mut self, group: u32, backends: &[BackendEntry]) {
+        self.dp
+            .set_backends(group, backends)
+            .unwrap_or_else(|e| panic!("writing the backends of group {group}: {e}"));
+        for b in 0..MAX_BACKENDS_PER_GROUP {
+            let info = self
+                .dp
+                .backend(group, b)
+                .unwrap_or_else(|e| panic!("reading backend {b} of group {group}: {e}"));
+            self.tables
+                .backends
+                .insert(backend_stats_slot(group, b), info);
+        }
+    }
+
+    /// Gives `group` every backend the kernel can hold, each alive with a next hop (IPv4
+    /// `10.1.<i / 256>.<i % 256>`), so that every ring entry forwards.
+    pub fn serve_group(&mut self, group: u32) {
+        let all: Vec<BackendEntry> = (0..MAX_BACKENDS_PER_GROUP)
+            .map(|i| BackendEntry {
+                addr: std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                    10,
+                    1,
+                    (i / 256) as u8,
+                    i as u8,
+                )),
+                mac: [0x02, 0xbe, 0, 0, 0, 1],
+                alive: true,
+            })
+            .collect();
+        self.set_backends(group, &all);
     }
 
     pub fn backend_counters(&self, group: u32, backend: u32) -> BackendCounters {
@@ -110,11 +167,19 @@ impl Fixture {
 
     /// Runs `frame` through the kernel; returns (verdict, the reference's decision).
     pub fn run(&mut self, frame: &[u8]) -> (u32, Decision) {
-        let verdict = self
+        let (verdict, _, decision, _) = self.run_output(frame);
+        (verdict, decision)
+    }
+
+    /// Runs `frame` through the kernel and the reference; returns the kernel's verdict and
+    /// output frame, and the reference's decision and output frame.
+    pub fn run_output(&mut self, frame: &[u8]) -> (u32, Vec<u8>, Decision, Vec<u8>) {
+        let (verdict, out) = self
             .dp
-            .test_run(frame)
+            .test_run_output(frame)
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN on {} bytes: {e}", frame.len()));
-        (verdict, lb_common::reference::classify(frame, &self.tables))
+        let (decision, expected) = lb_common::reference::run(frame, &mut self.tables);
+        (verdict, out, decision, expected)
     }
 }
 

@@ -1,5 +1,21 @@
 //! The one owner of the kernel half: loads the XDP program, attaches and detaches it, writes
 //! its maps and reads its counters. Nothing else in the daemon touches BPF maps.
+//!
+//! What userspace writes for an L4 listener's frames to leave the NIC towards a backend
+//! (`XDP_TX`, IP-in-IP):
+//! 1. [`Dataplane::apply_l4`] with the listener in an [`L4Listener`] (group, flow seconds,
+//!    hashing of the source port);
+//! 2. [`Dataplane::set_backends`] for that group: each backend's address and the MAC of the
+//!    next hop towards it on the interface the program is attached to, and whether it is
+//!    alive. Index `i` of the list is backend `i` of the ring;
+//! 3. [`Dataplane::set_ring`] for that group: a Maglev ring over the same indices.
+//!
+//! Until all three are there, the listener's admitted frames are dropped and counted
+//! `no_backend`. The outer source prefixes have defaults ([`lb_common::DEFAULT_ENCAP_V4`],
+//! [`lb_common::DEFAULT_ENCAP_V6`]); [`Dataplane::set_encap_source`] changes them. The backends
+//! need `edgelb decap` (or an ipip/ip6tnl tunnel) and the VIP on an interface, and the path
+//! an MTU 20 (IPv4) or 40 (IPv6) bytes larger than the clients'.
+mod backends;
 mod maglev;
 mod object;
 pub mod rules;
@@ -12,14 +28,20 @@ use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::Xd
 use aya::{Ebpf, EbpfLoader};
 use lb_common::maglev::TABLE_SIZE;
 use lb_common::{
-    AclV4, AclV6, Counters, ListenerInfo, ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS,
-    MAP_PORTS, MAP_STATS, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME,
-    PortListeners,
+    AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ListenerInfo, ListenerKey,
+    MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS, MAX_BACKENDS_PER_GROUP,
+    MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME, PortListeners,
 };
 use tracing::{info, warn};
 
-pub use rules::{DesiredMaps, L4Groups, ListenerRule};
+pub use backends::BackendEntry;
+pub use rules::{DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule};
 pub use test_runner::TestRunner;
+
+/// The embedded eBPF object (both programs), or None in a build without it.
+pub(crate) fn object_bytes() -> Option<&'static [u8]> {
+    object::bytes()
+}
 
 /// How the program is attached to an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +60,7 @@ impl AttachMode {
         }
     }
 
-    fn aya(self) -> AyaXdpMode {
+    pub(crate) fn aya(self) -> AyaXdpMode {
         match self {
             AttachMode::Native => AyaXdpMode::Driver,
             AttachMode::Skb => AyaXdpMode::Skb,
@@ -81,6 +103,8 @@ pub enum DataplaneError {
     NoRing(u32),
     #[error("backend {0} is outside 0..{MAX_BACKENDS_PER_GROUP}")]
     Backend(u32),
+    #[error("{0} backends in one group; the XDP program holds {MAX_BACKENDS_PER_GROUP}")]
+    TooManyBackends(usize),
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
@@ -105,6 +129,8 @@ pub struct Dataplane {
     ports: BTreeMap<u32, PortListeners>,
     /// `MAGLEV_GEN` as last written: which half of each group's ring is live.
     generations: maglev::Generations,
+    /// `BACKENDS` as last written (absent: zero), and the last epoch handed out.
+    backends: backends::Written,
 }
 
 impl Dataplane {
@@ -117,12 +143,15 @@ impl Dataplane {
         let prog = xdp_program(&mut ebpf)?;
         prog.load()
             .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
-        Ok(Dataplane {
+        let mut dp = Dataplane {
             ebpf,
             attachments: Vec::new(),
             ports: BTreeMap::new(),
             generations: Default::default(),
-        })
+            backends: Default::default(),
+        };
+        dp.set_encap_source(DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6)?;
+        Ok(dp)
     }
 
     /// Attaches the program to `iface` in `mode`.
@@ -179,17 +208,27 @@ impl Dataplane {
         rules: &[ListenerRule],
         l4_groups: &L4Groups,
     ) -> Result<(), DataplaneError> {
+        self.apply_l4(rules, &rules::l4_listeners(l4_groups))
+    }
+
+    /// As [`Dataplane::apply`], with the listeners named in `l4` made L4 listeners forwarded
+    /// in XDP as their [`L4Listener`] says (see the module documentation for what else they
+    /// need).
+    pub fn apply_l4(
+        &mut self,
+        rules: &[ListenerRule],
+        l4: &L4Listeners,
+    ) -> Result<(), DataplaneError> {
         if let Some(bad) = rules.iter().find(|r| r.id == 0 || r.id > MAX_LISTENERS) {
             return Err(DataplaneError::ListenerId(bad.id));
         }
-        for (id, group) in l4_groups {
-            maglev::check_group(*group)?;
+        for (id, listener) in l4 {
+            maglev::check_group(listener.group)?;
             if !rules.iter().any(|r| r.id == *id) {
                 return Err(DataplaneError::GroupOfUnknownListener(*id));
             }
         }
-        let desired = DesiredMaps::from_rules_in_groups(rules, l4_groups)
-            .map_err(DataplaneError::Protocol)?;
+        let desired = DesiredMaps::from_rules_l4(rules, l4).map_err(DataplaneError::Protocol)?;
         // Prefixes first, listeners last: a new whitelist listener must not appear before
         // its allowed prefixes do, or it would drop admitted clients for a moment.
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, true)?;
@@ -310,6 +349,12 @@ impl Dataplane {
         ))
     }
 
+    /// Runs the program once on `frame`; returns the verdict and the frame as the program left
+    /// it (grown by an outer header when forwarded).
+    pub fn test_run_output(&mut self, frame: &[u8]) -> Result<(u32, Vec<u8>), DataplaneError> {
+        test_run_output(xdp_program(&mut self.ebpf)?, frame)
+    }
+
     /// A second handle on the loaded program, so that another thread can run frames through
     /// it (BPF_PROG_TEST_RUN) while this one keeps writing the maps: tests of map updates
     /// under traffic. It writes nothing.
@@ -336,6 +381,25 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
         })?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(error_chain(&e)))
+}
+
+/// Runs `prog` once on `frame` through BPF_PROG_TEST_RUN, with room for the frame to grow.
+pub(crate) fn test_run_output(
+    prog: &mut Xdp,
+    frame: &[u8],
+) -> Result<(u32, Vec<u8>), DataplaneError> {
+    // An outer IPv6 header is the most any program here adds.
+    let mut out = vec![0u8; frame.len() + 64];
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ..Default::default()
+    };
+    let result = prog
+        .test_run(opts)
+        .map_err(|e| DataplaneError::TestRun(error_chain(&e)))?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
 }
 
 /// Inserts the missing entries of `desired` (`add`), or removes the entries not in it (`!add`).

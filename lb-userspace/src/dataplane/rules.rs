@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use lb_common::{
     ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, ListenerInfo, ListenerKey, NO_GROUP,
-    PortListeners, acl, port_slot, v4_mapped,
+    PortListeners, acl, l4_flags, port_slot, v4_mapped,
 };
 
 use crate::acl::AclMode;
@@ -38,8 +38,13 @@ impl ListenerRule {
     }
 
     /// The listener's map value, its admitted packets balanced by the XDP program over backend
-    /// `l4_group`'s Maglev ring ([`NO_GROUP`]: served in userspace).
+    /// `l4_group`'s Maglev ring ([`NO_GROUP`]: served in userspace), without a flow table.
     pub fn info_in_group(&self, l4_group: u32) -> ListenerInfo {
+        self.info_l4(&L4Listener::in_group(l4_group))
+    }
+
+    /// The listener's map value as an L4 listener forwarded as `l4` says.
+    pub fn info_l4(&self, l4: &L4Listener) -> ListenerInfo {
         ListenerInfo {
             id: self.id,
             acl: match self.mode {
@@ -47,7 +52,13 @@ impl ListenerRule {
                 AclMode::Whitelist => acl::ALLOW,
                 AclMode::Blacklist => acl::DENY,
             },
-            l4_group,
+            l4_group: l4.group,
+            flow_secs: l4.flow_secs,
+            l4_flags: if l4.hash_src_port {
+                l4_flags::HASH_SRC_PORT
+            } else {
+                0
+            },
         }
     }
 }
@@ -55,6 +66,40 @@ impl ListenerRule {
 /// L4 listeners: listener id -> the backend group whose Maglev ring the XDP program picks
 /// their clients' backends from. Listeners not in it are served in userspace.
 pub type L4Groups = BTreeMap<u32, u32>;
+
+/// How the XDP program forwards one L4 listener's admitted frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4Listener {
+    /// The backend group (0..MAX_L4_GROUPS).
+    pub group: u32,
+    /// Seconds an idle flow stays on its backend across ring changes; 0: no flow table.
+    pub flow_secs: u32,
+    /// Hash source address and port (spread one client's connections) rather than the
+    /// address alone (keep them on one backend).
+    pub hash_src_port: bool,
+}
+
+impl L4Listener {
+    /// Group `group`, no flow table, address hashing: what [`L4Groups`] means.
+    pub const fn in_group(group: u32) -> Self {
+        L4Listener {
+            group,
+            flow_secs: 0,
+            hash_src_port: false,
+        }
+    }
+}
+
+/// L4 listeners by listener id, with their forwarding settings.
+pub type L4Listeners = BTreeMap<u32, L4Listener>;
+
+/// The [`L4Listeners`] of plain [`L4Groups`].
+pub fn l4_listeners(groups: &L4Groups) -> L4Listeners {
+    groups
+        .iter()
+        .map(|(id, group)| (*id, L4Listener::in_group(*group)))
+        .collect()
+}
 
 /// Trie keys as plain tuples so that sets of them can be compared: (prefix_len, data).
 pub type V4Entry = (u32, [u8; 8]);
@@ -80,11 +125,19 @@ impl DesiredMaps {
 
     /// As [`DesiredMaps::from_rules`], with the listeners of `l4_groups` balanced in XDP.
     pub fn from_rules_in_groups(rules: &[ListenerRule], l4_groups: &L4Groups) -> Result<Self, u8> {
+        Self::from_rules_l4(rules, &l4_listeners(l4_groups))
+    }
+
+    /// As [`DesiredMaps::from_rules`], with the listeners of `l4` forwarded in XDP.
+    pub fn from_rules_l4(rules: &[ListenerRule], l4: &L4Listeners) -> Result<Self, u8> {
         let mut out = DesiredMaps::default();
         for rule in rules {
             let key = rule.key();
             let slot = port_slot(key.port, key.proto).ok_or(key.proto)?;
-            let info = rule.info_in_group(l4_groups.get(&rule.id).copied().unwrap_or(NO_GROUP));
+            let info = match l4.get(&rule.id) {
+                Some(l) => rule.info_l4(l),
+                None => rule.info(),
+            };
             let port = out.ports.entry(slot).or_default();
             if key.addr == ANY_V4 {
                 port.any_v4 = info;

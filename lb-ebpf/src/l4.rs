@@ -1,0 +1,103 @@
+//! L4 listeners: which backend an admitted frame goes to (its flow's, else its group's Maglev
+//! ring's), and sending it there.
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    BackendInfo, FLOW_TOUCH_NS, FlowKey, FlowState, ListenerInfo, MAX_BACKENDS_PER_GROUP, Outcome,
+    backend_stats_slot, l4_flags, live_half, maglev, maglev_position,
+};
+
+use crate::{BACKEND_STATS, BACKENDS, FLOWS, MAGLEV, MAGLEV_GEN, encap};
+
+/// Sends the frame of `flow` (admitted by `info`, an L4 listener, untagged) to its backend.
+#[inline(always)]
+pub fn forward(
+    ctx: &XdpContext,
+    info: &ListenerInfo,
+    flow: &FlowKey,
+    inner_v4: bool,
+    len: u64,
+) -> Outcome {
+    let Some((slot, backend)) = choose(info, flow) else {
+        return Outcome::NoBackend;
+    };
+    let hash = maglev::client_hash(&flow.src, flow.src_port);
+    if encap::push(ctx, &backend, inner_v4, hash).is_none() {
+        return Outcome::EncapFailed;
+    }
+    if let Some(c) = BACKEND_STATS.get_ptr_mut(slot) {
+        // SAFETY: a per-CPU slot is only written by the program running on that CPU.
+        unsafe {
+            (*c).packets += 1;
+            (*c).bytes += len;
+        }
+    }
+    Outcome::ForwardedL4
+}
+
+/// The `BACKENDS` slot of the backend `flow` goes to, and its entry; None if it has no usable
+/// one.
+#[inline(always)]
+fn choose(info: &ListenerInfo, flow: &FlowKey) -> Option<(u32, BackendInfo)> {
+    let group = info.l4_group;
+    // The clock is read only by listeners that keep flows: it costs a helper call.
+    let now = if info.flow_secs != 0 {
+        // SAFETY: a helper without arguments or side effects.
+        unsafe { bpf_ktime_get_ns() }
+    } else {
+        0
+    };
+    if info.flow_secs != 0
+        && let Some(state) = FLOWS.get_ptr_mut(flow)
+    {
+        // SAFETY: the value lives as long as the program runs; a concurrent update on another
+        // CPU can at worst give a torn value, which the checks below then reject or accept as
+        // a valid backend of this group.
+        let seen = unsafe { *state };
+        let age = now.wrapping_sub(seen.last_seen_ns);
+        if age < u64::from(info.flow_secs) * 1_000_000_000
+            && seen.backend_slot / MAX_BACKENDS_PER_GROUP == group
+            && let Some(b) = BACKENDS.get(seen.backend_slot)
+            && b.epoch == seen.epoch
+            && b.usable()
+        {
+            // Refreshing once a second is enough for an idle timeout counted in seconds, and
+            // spares the cache line a write per packet.
+            if age >= FLOW_TOUCH_NS {
+                // SAFETY: as above; an 8-byte aligned store.
+                unsafe { (*state).last_seen_ns = now };
+            }
+            return Some((seen.backend_slot, *b));
+        }
+    }
+    let hash = if info.l4_flags & l4_flags::HASH_SRC_PORT != 0 {
+        maglev::client_hash(&flow.src, flow.src_port)
+    } else {
+        maglev::source_hash(&flow.src)
+    };
+    let half = MAGLEV_GEN.get(group).and_then(|g| live_half(*g))?;
+    // The map lookups check their own indices. `entry` is below MAGLEV_CHUNK by construction
+    // (LLVM drops the slice check); the backend bound keeps the slot inside the group's and
+    // turns NO_BACKEND away.
+    let (chunk, entry) = maglev_position(group, half, maglev::table_slot(hash));
+    let backend = *MAGLEV.get(chunk)?.backends.get(entry as usize)?;
+    if backend >= MAX_BACKENDS_PER_GROUP {
+        return None;
+    }
+    let slot = backend_stats_slot(group, backend);
+    let b = *BACKENDS.get(slot)?;
+    if !b.usable() {
+        return None;
+    }
+    if info.flow_secs != 0 {
+        let state = FlowState {
+            backend_slot: slot,
+            epoch: b.epoch,
+            last_seen_ns: now,
+        };
+        // A full table evicts its least recently used flow; a failed insert only means this
+        // flow follows the ring next time.
+        let _ = FLOWS.insert(flow, state, 0);
+    }
+    Some((slot, b))
+}

@@ -1,0 +1,577 @@
+//! L4 forwarding through BPF_PROG_TEST_RUN: the exact frames `edgelb_xdp` sends back out
+//! (`XDP_TX`) for L4 listeners, checked field by field with etherparse and an independent
+//! checksum, and byte for byte against the reference; the flow table; the drops; and
+//! `edgelb_decap`, which must give back the original IP packet.
+use std::net::IpAddr;
+use std::time::Duration;
+
+use edgelb::acl::AclMode;
+use edgelb::dataplane::{BackendEntry, L4Listener, L4Listeners};
+use edgelb::decap::Decap;
+use edgelb_tests::dataplane_fixture::{Fixture, ip, rule};
+use edgelb_tests::packet::{Frame, TCP, UDP};
+use edgelb_tests::privilege::root_or_skip;
+use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
+use lb_common::maglev::{NO_BACKEND, TABLE_SIZE, client_hash, source_hash, table_slot};
+use lb_common::{
+    DecapOutcome, ENCAP_TTL, IPPROTO_IPIP, IPPROTO_IPV6, Outcome, XDP_PASS, XDP_TX, v4_mapped,
+};
+
+const GROUP: u32 = 3;
+const MAC_V4: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 4];
+const MAC_V6: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 6];
+/// The destination MAC of every frame `Frame` builds: this host's interface.
+const HOST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+
+/// Backends of [`GROUP`]: 0 IPv4, 1 IPv6, 2 not alive, 3 without a next hop, 4 IPv4.
+fn backends() -> Vec<BackendEntry> {
+    let b = |addr: &str, mac: [u8; 6], alive: bool| BackendEntry {
+        addr: ip(addr),
+        mac,
+        alive,
+    };
+    vec![
+        b("10.9.0.1", MAC_V4, true),
+        b("fd00:9::1", MAC_V6, true),
+        b("10.9.0.3", MAC_V4, false),
+        b("10.9.0.4", [0; 6], true),
+        b("10.9.0.5", MAC_V4, true),
+    ]
+}
+
+fn ring_of(backend: u32) -> Vec<u32> {
+    vec![backend; TABLE_SIZE as usize]
+}
+
+/// TCP and UDP L4 listeners on every address, port 443, group [`GROUP`], as `l4` says.
+fn setup(fx: &mut Fixture, l4: L4Listener) {
+    let rules = [
+        rule(1, "[::]:443", TCP, AclMode::Blacklist, &["10.66.0.0/16"]),
+        rule(2, "[::]:443", UDP, AclMode::All, &[]),
+    ];
+    let listeners: L4Listeners = [(1, l4), (2, l4)].into();
+    fx.apply_l4(&rules, &listeners);
+    fx.set_backends(GROUP, &backends());
+}
+
+fn client_of(frame: &Frame) -> [u8; 16] {
+    match frame.src {
+        IpAddr::V4(v4) => v4_mapped(v4.octets()),
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(v6.octets(), |v4| v4_mapped(v4.octets())),
+    }
+}
+
+/// RFC 1071, written again here so that a wrong checksum in both the program and the
+/// reference still fails.
+fn checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for (i, b) in header.iter().enumerate() {
+        sum += u32::from(*b) << if i % 2 == 0 { 8 } else { 0 };
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Sets the inner packet's TOS / traffic class, so that copying it shows.
+fn with_tos(mut bytes: Vec<u8>, tos: u8) -> Vec<u8> {
+    if bytes[12..14] == [0x08, 0x00] {
+        bytes[15] = tos;
+    } else {
+        bytes[14] = 0x60 | (tos >> 4);
+        bytes[15] = (tos << 4) | (bytes[15] & 0x0f);
+    }
+    bytes
+}
+
+/// Checks every field of the frame the program sent for `input` to `backend` (`addr`, `mac`).
+fn check_encapsulated(
+    what: &str,
+    input: &[u8],
+    out: &[u8],
+    addr: IpAddr,
+    mac: [u8; 6],
+    hash: u32,
+    tos: u8,
+) {
+    let inner_v4 = input[12..14] == [0x08, 0x00];
+    let proto = if inner_v4 { IPPROTO_IPIP } else { IPPROTO_IPV6 };
+    assert_eq!(&out[0..6], &mac, "{what}: destination MAC is the next hop");
+    assert_eq!(
+        &out[6..12],
+        &HOST_MAC,
+        "{what}: source MAC is the interface's"
+    );
+    let inner_len = out.len() - 14 - if addr.is_ipv4() { 20 } else { 40 };
+    assert_eq!(
+        inner_len,
+        input.len() - 14,
+        "{what}: one outer header added"
+    );
+    match addr {
+        IpAddr::V4(dst) => {
+            assert_eq!(&out[12..14], &[0x08, 0x00], "{what}");
+            let h = Ipv4HeaderSlice::from_slice(&out[14..]).expect("outer IPv4 header");
+            assert_eq!(h.ihl(), 5, "{what}");
+            assert_eq!(
+                h.dcp().value() << 2 | h.ecn().value(),
+                tos,
+                "{what}: TOS copied"
+            );
+            assert_eq!(usize::from(h.total_len()), inner_len + 20, "{what}");
+            assert_eq!(h.identification(), 0, "{what}");
+            assert!(h.dont_fragment() && !h.more_fragments(), "{what}");
+            assert_eq!(h.fragments_offset().value(), 0, "{what}");
+            assert_eq!(h.ttl(), ENCAP_TTL, "{what}");
+            assert_eq!(h.protocol().0, proto, "{what}");
+            assert_eq!(checksum(&out[14..34]), 0, "{what}: header checksum");
+            assert_eq!(
+                h.source(),
+                [172, 16, (hash >> 8) as u8, hash as u8],
+                "{what}: source from the client hash"
+            );
+            assert_eq!(h.destination(), dst.octets(), "{what}");
+        }
+        IpAddr::V6(dst) => {
+            assert_eq!(&out[12..14], &[0x86, 0xdd], "{what}");
+            let h = Ipv6HeaderSlice::from_slice(&out[14..]).expect("outer IPv6 header");
+            assert_eq!(h.traffic_class(), tos, "{what}: traffic class copied");
+            assert_eq!(h.flow_label().value(), hash & 0xf_ffff, "{what}");
+            assert_eq!(usize::from(h.payload_length()), inner_len, "{what}");
+            assert_eq!(h.next_header().0, proto, "{what}");
+            assert_eq!(h.hop_limit(), ENCAP_TTL, "{what}");
+            let mut src = [0u8; 16];
+            src[..4].copy_from_slice(&[0xfd, 0x00, 0x0e, 0x1b]);
+            src[12..].copy_from_slice(&hash.to_be_bytes());
+            assert_eq!(h.source(), src, "{what}: source from the client hash");
+            assert_eq!(h.destination(), dst.octets(), "{what}");
+        }
+    }
+    assert_eq!(
+        &out[out.len() - inner_len..],
+        &input[14..],
+        "{what}: inner packet untouched"
+    );
+}
+
+#[test]
+fn l4_frames_leave_encapsulated_towards_their_backend() {
+    if !root_or_skip("l4_frames_leave_encapsulated_towards_their_backend") {
+        return;
+    }
+    let mut fx = Fixture::load();
+    setup(&mut fx, L4Listener::in_group(GROUP));
+    let cases: Vec<(&str, Frame, u32)> = vec![
+        (
+            "TCP IPv4 in IPv4",
+            Frame::tcp("10.2.3.4", "10.0.0.1", 443),
+            0,
+        ),
+        (
+            "UDP IPv4 in IPv4",
+            Frame::udp("10.2.3.4", "10.0.0.1", 443),
+            0,
+        ),
+        (
+            "TCP IPv6 in IPv6",
+            Frame::tcp("fd00:7::9", "fd00::1", 443),
+            1,
+        ),
+        (
+            "UDP IPv6 in IPv6",
+            Frame::udp("fd00:7::9", "fd00::1", 443),
+            1,
+        ),
+        (
+            "TCP IPv4 in IPv6",
+            Frame::tcp("10.2.3.4", "10.0.0.1", 443),
+            1,
+        ),
+        (
+            "UDP IPv6 in IPv4",
+            Frame::udp("fd00:7::9", "fd00::1", 443),
+            0,
+        ),
+        (
+            "IPv4 with options",
+            Frame::tcp("10.2.3.4", "10.0.0.1", 443).v4_options(8),
+            4,
+        ),
+        (
+            "IPv4-mapped client",
+            Frame::tcp("::ffff:10.2.3.4", "fd00::1", 443),
+            0,
+        ),
+        (
+            "payload",
+            {
+                let mut f = Frame::udp("10.2.3.5", "10.0.0.1", 443);
+                f.payload = 900;
+                f
+            },
+            1,
+        ),
+    ];
+    for (what, frame, backend) in cases {
+        fx.set_ring(GROUP, ring_of(backend));
+        let tos = 0xb8;
+        let input = with_tos(frame.bytes(), tos);
+        let before = fx.backend_counters(GROUP, backend);
+        let (verdict, out, decision, expected) = fx.run_output(&input);
+        assert_eq!(verdict, XDP_TX, "{what}");
+        assert_eq!(decision.outcome, Outcome::ForwardedL4, "{what}");
+        let entry = backends()[backend as usize];
+        let hash = client_hash(&client_of(&frame), frame.src_port);
+        check_encapsulated(what, &input, &out, entry.addr, entry.mac, hash, tos);
+        assert_eq!(out, expected, "{what}: kernel and reference frames differ");
+        let after = fx.backend_counters(GROUP, backend);
+        assert_eq!(after.packets - before.packets, 1, "{what}");
+        assert_eq!(
+            after.bytes - before.bytes,
+            input.len() as u64,
+            "{what}: bytes as received"
+        );
+    }
+    assert_eq!(fx.counters(1).packets_of(Outcome::ForwardedL4), 5);
+    assert_eq!(fx.counters(2).packets_of(Outcome::ForwardedL4), 4);
+}
+
+#[test]
+fn frames_with_nowhere_to_go_are_dropped_and_tagged_ones_passed() {
+    if !root_or_skip("frames_with_nowhere_to_go_are_dropped_and_tagged_ones_passed") {
+        return;
+    }
+    let mut fx = Fixture::load();
+    setup(&mut fx, L4Listener::in_group(GROUP));
+    let frame = || Frame::tcp("10.2.3.4", "10.0.0.1", 443);
+    // (what, ring written first, frame, outcome)
+    type Case = (&'static str, Option<Vec<u32>>, Vec<u8>, Outcome);
+    let cases: Vec<Case> = vec![
+        ("no ring yet", None, frame().bytes(), Outcome::NoBackend),
+        (
+            "ring entry names none",
+            Some(vec![NO_BACKEND; TABLE_SIZE as usize]),
+            frame().bytes(),
+            Outcome::NoBackend,
+        ),
+        (
+            "backend not alive",
+            Some(ring_of(2)),
+            frame().bytes(),
+            Outcome::NoBackend,
+        ),
+        (
+            "backend without next hop",
+            Some(ring_of(3)),
+            frame().bytes(),
+            Outcome::NoBackend,
+        ),
+        (
+            "backend slot never written",
+            Some(ring_of(9)),
+            frame().bytes(),
+            Outcome::NoBackend,
+        ),
+        (
+            "VLAN-tagged",
+            Some(ring_of(0)),
+            frame().vlans(&[0x8100]).bytes(),
+            Outcome::VlanL4,
+        ),
+        (
+            "refused by the ACL",
+            Some(ring_of(0)),
+            Frame::tcp("10.66.0.1", "10.0.0.1", 443).bytes(),
+            Outcome::DroppedAcl,
+        ),
+    ];
+    for (what, ring, input, outcome) in cases {
+        if let Some(ring) = ring {
+            fx.set_ring(GROUP, ring);
+        }
+        let before = fx.counters(1).packets_of(outcome);
+        let (verdict, out, decision, expected) = fx.run_output(&input);
+        assert_eq!(decision.outcome, outcome, "{what}");
+        assert_eq!(verdict, outcome.action(), "{what}");
+        assert_eq!(out, input, "{what}: frame unchanged");
+        assert_eq!(expected, input, "{what}");
+        assert_eq!(fx.counters(1).packets_of(outcome) - before, 1, "{what}");
+    }
+    assert_eq!(Outcome::NoBackend.action(), lb_common::XDP_DROP);
+    assert_eq!(Outcome::VlanL4.action(), XDP_PASS);
+    for b in 0..5 {
+        assert_eq!(
+            fx.backend_counters(GROUP, b).packets,
+            0,
+            "backend {b} counted a drop"
+        );
+    }
+}
+
+/// The backend a frame was sent to, by outer destination.
+fn sent_to(fx: &mut Fixture, frame: &Frame) -> Option<IpAddr> {
+    let (verdict, out, decision, expected) = fx.run_output(&frame.bytes());
+    assert_eq!(out, expected, "kernel and reference frames differ");
+    assert_eq!(verdict, decision.outcome.action());
+    if verdict != XDP_TX {
+        return None;
+    }
+    Some(match &out[12..14] {
+        [0x08, 0x00] => IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).expect("4 bytes")),
+        _ => IpAddr::from(<[u8; 16]>::try_from(&out[38..54]).expect("16 bytes")),
+    })
+}
+
+#[test]
+fn flows_stay_on_their_backend_across_ring_changes_until_it_dies_or_they_expire() {
+    if !root_or_skip("flows_stay_on_their_backend_across_ring_changes_until_it_dies_or_they_expire")
+    {
+        return;
+    }
+    let mut fx = Fixture::load();
+    setup(
+        &mut fx,
+        L4Listener {
+            group: GROUP,
+            flow_secs: 2,
+            hash_src_port: false,
+        },
+    );
+    let a = Some(ip("10.9.0.1"));
+    let b = Some(ip("10.9.0.5"));
+    let flow = Frame::tcp("10.2.3.4", "10.0.0.1", 443);
+    let mut other_port = flow.clone();
+    other_port.src_port = 40001;
+    fx.set_ring(GROUP, ring_of(0));
+    assert_eq!(sent_to(&mut fx, &flow), a);
+    fx.set_ring(GROUP, ring_of(4));
+    assert_eq!(
+        sent_to(&mut fx, &flow),
+        a,
+        "a ring change moved an existing flow"
+    );
+    assert_eq!(
+        sent_to(&mut fx, &other_port),
+        b,
+        "a new flow follows the ring"
+    );
+    // Backend 0 dies: its flow is re-picked from the ring, and stays there when it returns.
+    let mut set = backends();
+    set[0].alive = false;
+    fx.set_backends(GROUP, &set);
+    assert_eq!(sent_to(&mut fx, &flow), b, "a dead backend kept its flow");
+    fx.set_backends(GROUP, &backends());
+    fx.set_ring(GROUP, ring_of(0));
+    assert_eq!(sent_to(&mut fx, &flow), b);
+    // Backend 4's slot gets another address: its flows follow the ring.
+    let mut set = backends();
+    set[4].addr = ip("10.9.0.55");
+    fx.set_backends(GROUP, &set);
+    assert_eq!(
+        sent_to(&mut fx, &flow),
+        a,
+        "a flow went to the slot's new address"
+    );
+    assert_eq!(sent_to(&mut fx, &other_port), a);
+    // Idle for longer than flow_secs: the flow follows the ring again.
+    fx.set_ring(GROUP, ring_of(4));
+    assert_eq!(sent_to(&mut fx, &flow), a);
+    std::thread::sleep(Duration::from_millis(2200));
+    fx.tables.now_ns += 2_200_000_000;
+    assert_eq!(
+        sent_to(&mut fx, &flow),
+        Some(ip("10.9.0.55")),
+        "an expired flow stayed"
+    );
+}
+
+#[test]
+fn without_a_flow_table_flows_follow_the_ring_and_port_hashing_spreads_one_client() {
+    if !root_or_skip(
+        "without_a_flow_table_flows_follow_the_ring_and_port_hashing_spreads_one_client",
+    ) {
+        return;
+    }
+    let mut fx = Fixture::load();
+    setup(&mut fx, L4Listener::in_group(GROUP));
+    let flow = Frame::tcp("10.2.3.4", "10.0.0.1", 443);
+    fx.set_ring(GROUP, ring_of(0));
+    assert_eq!(sent_to(&mut fx, &flow), Some(ip("10.9.0.1")));
+    fx.set_ring(GROUP, ring_of(4));
+    assert_eq!(sent_to(&mut fx, &flow), Some(ip("10.9.0.5")));
+
+    // A ring alternating backends 0 and 4 by slot parity.
+    let ring: Vec<u32> = (0..TABLE_SIZE)
+        .map(|i| if i % 2 == 0 { 0 } else { 4 })
+        .collect();
+    fx.set_ring(GROUP, ring.clone());
+    let client = v4_mapped([10, 2, 3, 4]);
+    let expect = |hash: u32| match ring[table_slot(hash) as usize] {
+        0 => Some(ip("10.9.0.1")),
+        _ => Some(ip("10.9.0.5")),
+    };
+    let ports: Vec<u16> = (40000..40016).collect();
+    for port in &ports {
+        let mut f = flow.clone();
+        f.src_port = *port;
+        assert_eq!(
+            sent_to(&mut fx, &f),
+            expect(source_hash(&client)),
+            "address hashing"
+        );
+    }
+    setup(
+        &mut fx,
+        L4Listener {
+            group: GROUP,
+            flow_secs: 0,
+            hash_src_port: true,
+        },
+    );
+    let mut seen = std::collections::HashSet::new();
+    for port in &ports {
+        let mut f = flow.clone();
+        f.src_port = *port;
+        let to = sent_to(&mut fx, &f);
+        assert_eq!(to, expect(client_hash(&client, *port)), "port {port}");
+        seen.insert(to);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "16 source ports of one client all went to one backend"
+    );
+}
+
+fn decap() -> Decap {
+    let mut d = Decap::load().unwrap_or_else(|e| panic!("loading edgelb_decap: {e}"));
+    for vip in ["10.0.0.1", "fd00::1"] {
+        d.add_vip(ip(vip))
+            .unwrap_or_else(|e| panic!("VIP {vip}: {e}"));
+    }
+    d
+}
+
+#[test]
+fn decap_gives_back_the_original_packet_of_every_encapsulation() {
+    if !root_or_skip("decap_gives_back_the_original_packet_of_every_encapsulation") {
+        return;
+    }
+    let mut fx = Fixture::load();
+    setup(&mut fx, L4Listener::in_group(GROUP));
+    let mut d = decap();
+    let cases = [
+        ("IPv4 in IPv4", Frame::tcp("10.2.3.4", "10.0.0.1", 443), 0),
+        ("IPv6 in IPv6", Frame::udp("fd00:7::9", "fd00::1", 443), 1),
+        ("IPv4 in IPv6", Frame::udp("10.2.3.4", "10.0.0.1", 443), 1),
+        ("IPv6 in IPv4", Frame::tcp("fd00:7::9", "fd00::1", 443), 0),
+    ];
+    for (what, frame, backend) in cases {
+        fx.set_ring(GROUP, ring_of(backend));
+        let original = with_tos(frame.bytes(), 0x28);
+        let (verdict, tunnelled) = fx.dp.test_run_output(&original).expect("encap run");
+        assert_eq!(verdict, XDP_TX, "{what}");
+        let before = d.counters().expect("counters");
+        let (verdict, out) = d.test_run_output(&tunnelled).expect("decap run");
+        assert_eq!(verdict, XDP_PASS, "{what}");
+        assert_eq!(
+            &out[12..],
+            &original[12..],
+            "{what}: not the original IP packet"
+        );
+        assert_eq!(&out[..12], &tunnelled[..12], "{what}: MACs as received");
+        let after = d.counters().expect("counters");
+        let i = DecapOutcome::Decapsulated as usize;
+        assert_eq!(after.packets[i] - before.packets[i], 1, "{what}");
+        assert_eq!(
+            after.bytes[i] - before.bytes[i],
+            tunnelled.len() as u64,
+            "{what}"
+        );
+    }
+}
+
+#[test]
+fn decap_passes_everything_else_untouched_and_counts_why() {
+    if !root_or_skip("decap_passes_everything_else_untouched_and_counts_why") {
+        return;
+    }
+    let mut fx = Fixture::load();
+    setup(&mut fx, L4Listener::in_group(GROUP));
+    fx.set_ring(GROUP, ring_of(0));
+    let (_, v4_in_v4) = fx
+        .dp
+        .test_run_output(&Frame::tcp("10.2.3.4", "10.0.0.1", 443).bytes())
+        .expect("encap run");
+    fx.set_ring(GROUP, ring_of(1));
+    let (_, v6_in_v6) = fx
+        .dp
+        .test_run_output(&Frame::tcp("fd00:7::9", "fd00::1", 443).bytes())
+        .expect("encap run");
+    let mut not_a_vip = v4_in_v4.clone();
+    not_a_vip[34 + 19] = 99; // inner destination 10.0.0.99
+    let mut outer_fragment = v4_in_v4.clone();
+    outer_fragment[14 + 6] = 0x20; // more fragments
+    let mut wrong_inner = v4_in_v4.clone();
+    wrong_inner[34] = 0x65; // protocol 4 but version 6
+    let mut v6_wrong_inner = v6_in_v6.clone();
+    v6_wrong_inner[54] = 0x45;
+    let mut other_proto = v4_in_v4.clone();
+    other_proto[14 + 9] = 47; // GRE
+    let cases: Vec<(&str, Vec<u8>, DecapOutcome)> = vec![
+        (
+            "plain TCP to the VIP",
+            Frame::tcp("10.2.3.4", "10.0.0.1", 443).bytes(),
+            DecapOutcome::NotOurs,
+        ),
+        (
+            "plain IPv6",
+            Frame::udp("fd00:7::9", "fd00::1", 53).bytes(),
+            DecapOutcome::NotOurs,
+        ),
+        (
+            "tunnelled to another address",
+            not_a_vip,
+            DecapOutcome::NotOurs,
+        ),
+        ("another protocol", other_proto, DecapOutcome::NotOurs),
+        ("outer fragment", outer_fragment, DecapOutcome::Malformed),
+        (
+            "IPv4 protocol, IPv6 inside",
+            wrong_inner,
+            DecapOutcome::Malformed,
+        ),
+        (
+            "IPv6 next header, IPv4 inside",
+            v6_wrong_inner,
+            DecapOutcome::Malformed,
+        ),
+        (
+            "inner header truncated",
+            v4_in_v4[..34 + 12].to_vec(),
+            DecapOutcome::Malformed,
+        ),
+        (
+            "IPv6 inner truncated",
+            v6_in_v6[..54 + 30].to_vec(),
+            DecapOutcome::Malformed,
+        ),
+    ];
+    let mut d = decap();
+    for (what, input, outcome) in cases {
+        let before = d.counters().expect("counters");
+        let (verdict, out) = d.test_run_output(&input).expect("decap run");
+        assert_eq!(verdict, XDP_PASS, "{what}");
+        assert_eq!(out, input, "{what}: changed");
+        let after = d.counters().expect("counters");
+        let i = outcome as usize;
+        assert_eq!(
+            after.packets[i] - before.packets[i],
+            1,
+            "{what}: not counted {outcome:?}"
+        );
+    }
+}
