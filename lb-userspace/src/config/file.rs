@@ -160,6 +160,8 @@ fn listener(
             "idle_timeout" => args.idle_timeout = w.scalar(&key, v)?,
             "request_timeout" => args.request_timeout = w.scalar(&key, v)?,
             "response_timeout" => args.response_timeout = w.scalar(&key, v)?,
+            "handshake_timeout" => args.handshake_timeout = w.scalar(&key, v)?,
+            "max_connections" => args.max_connections = w.scalar(&key, v)?,
             "access_control" => args.access_control = w.choice(&key, v)?,
             "ip_group" => args.ip_groups = w.strings(&key, v)?,
             "ip_group_file" => args.ip_group_files = w.paths(&key, v)?,

@@ -95,6 +95,8 @@ pub struct ListenerConfig {
     /// Indices into [`Config::groups`] of the groups requests can reach: the default group
     /// first, then every group a rule forwards to.
     pub groups: Vec<usize>,
+    /// Client connections open at once; more are accepted and closed at once.
+    pub max_connections: usize,
 }
 
 /// The TLS half of an https listener: the loaded settings and the files they came from.
@@ -135,6 +137,8 @@ pub struct Timeouts {
     pub idle: Duration,
     pub request: Duration,
     pub response: Duration,
+    /// A TLS handshake not finished by then is abandoned.
+    pub handshake: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -481,6 +485,7 @@ fn listener(
         idle: parse::seconds("--idle-timeout", &args.idle_timeout, 0, 4000)?,
         request: parse::seconds("--request-timeout", &args.request_timeout, 1, 300)?,
         response: parse::seconds("--response-timeout", &args.response_timeout, 1, 300)?,
+        handshake: parse::seconds("--handshake-timeout", &args.handshake_timeout, 1, 300)?,
     };
     let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
     let rules = RuleSet::compile(&rule_specs, &names).map_err(rule_error)?;
@@ -513,8 +518,17 @@ fn listener(
         rules: Arc::new(rules),
         rule_specs,
         groups: reachable,
+        max_connections: parse::number(
+            "--max-connections",
+            &args.max_connections,
+            1,
+            MAX_CONNECTIONS_LIMIT,
+        )? as usize,
     })
 }
+
+/// Largest `--max-connections`: more than any host's file descriptors.
+const MAX_CONNECTIONS_LIMIT: u32 = 10_000_000;
 
 /// Largest `--sticky-duration` of a group behind a tcp/udp listener: the flow table's
 /// entries are kernel memory, and the manual caps it at an hour.
