@@ -331,6 +331,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "10")]
     pub drain_timeout: String,
 
+    /// Accept private keys (--key, --sni-cert, --sticky-key-file) that group or others may read.
+    #[arg(long)]
+    pub allow_readable_keys: bool,
+
     /// Log a line per request: client, SNI, listener, backend, status, time to response headers.
     #[arg(long)]
     pub access_log: bool,

@@ -51,6 +51,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "admin_allow_remote",
     "drain_timeout",
     "access_log",
+    "allow_readable_keys",
     "xdp_iface",
     "xdp_mode",
     "ip_groups",
@@ -582,6 +583,7 @@ impl Walker<'_> {
             "admin_allow_remote" => args.admin_allow_remote = self.boolean(key, v)?,
             "drain_timeout" => args.drain_timeout = self.scalar(key, v)?,
             "access_log" => args.access_log = self.boolean(key, v)?,
+            "allow_readable_keys" => args.allow_readable_keys = self.boolean(key, v)?,
             "xdp_iface" => args.xdp_ifaces = self.strings(key, v)?,
             "xdp_mode" => args.xdp_mode = self.choice(key, v)?,
             _ => {
