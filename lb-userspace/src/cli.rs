@@ -331,6 +331,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "10")]
     pub drain_timeout: String,
 
+    /// Once sockets are bound and XDP attached, run as this user (keeping only the capabilities
+    /// map updates and reloads need; see README). Files read on reload must be readable by it.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
     /// Accept private keys (--key, --sni-cert, --sticky-key-file) that group or others may read.
     #[arg(long)]
     pub allow_readable_keys: bool,

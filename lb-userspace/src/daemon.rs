@@ -76,6 +76,17 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             }
         };
     node.serve(sockets);
+    if let Some(user) = &node.config.ops.user {
+        let keep = crate::privilege::kept(dataplane.is_some());
+        if let Err(e) = crate::privilege::drop_to(user, &keep) {
+            node.stop_listeners();
+            if let Some(dp) = dataplane.as_mut() {
+                dp.detach_all();
+            }
+            return Err(StartError::Runtime(format!("--user {}: {e}", user.name)));
+        }
+        info!(user = user.name, uid = user.uid, kept = ?keep, "running as an unprivileged user");
+    }
     node.start_health_checks();
     log_ready(&node, dataplane.as_ref(), worker_count, fd_limit);
 
@@ -305,6 +316,9 @@ fn reload(
     }
     if fresh.ops.admin != node.config.ops.admin {
         return Err("admin cannot change on reload; restart edgelb".into());
+    }
+    if fresh.ops.user != node.config.ops.user {
+        return Err("user cannot change on reload; restart edgelb".into());
     }
     // New backends' next hops are asked for now and found by the next refreshes.
     hops.refresh(&crate::node::l4_backends(&fresh), &fresh.xdp.ifaces);

@@ -13,6 +13,7 @@ pub mod health;
 pub mod metrics;
 pub mod nexthop;
 pub mod node;
+pub mod privilege;
 pub mod proxy;
 pub mod rules;
 pub mod server;

@@ -398,3 +398,99 @@ fn a_shared_ip_group_whitelists_one_listener_and_blacklists_another() {
         "a dropped client reached userspace:\n{log}"
     );
 }
+
+/// `--user nobody`: after attaching XDP the daemon runs as nobody; its main thread keeps only
+/// CAP_NET_BIND_SERVICE (this kernel needs no capability to write maps through open
+/// descriptors or to close an XDP link), its workers nothing; a reload still rewrites the XDP
+/// maps, and the stop still detaches the program.
+#[test]
+fn as_an_unprivileged_user_it_still_reloads_maps_and_detaches() {
+    if !root_or_skip("as_an_unprivileged_user_it_still_reloads_maps_and_detaches") {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let s = setup();
+    for file in [&s.args[3], &s.args[5]] {
+        std::os::unix::fs::chown(file, Some(NOBODY), Some(NOBODY)).expect("chown to nobody");
+    }
+    let group = s.dir.write("group.txt", format!("{CLIENT_A_V4}/32\n"));
+    let group_arg = group.display().to_string();
+    let d = start(
+        &s,
+        &[
+            "--user",
+            "nobody",
+            "--access-control",
+            "whitelist",
+            "--ip-group-file",
+            &group_arg,
+            "--xdp-iface",
+            &s.topo.lb_if,
+            "--xdp-mode",
+            "native",
+        ],
+    );
+    let status = |task: &str| {
+        std::fs::read_to_string(format!("/proc/{}/{task}status", d.pid())).unwrap_or_default()
+    };
+    let field = |text: &str, name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_default()
+    };
+    let main = status("");
+    assert!(
+        field(&main, "Uid:").starts_with(&format!("{NOBODY}\t")),
+        "{main}"
+    );
+    // CAP_NET_BIND_SERVICE (10).
+    let kept = 1u64 << 10;
+    assert_eq!(field(&main, "CapEff:"), format!("{kept:016x}"), "{main}");
+    let mut workers = 0;
+    for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).expect("tasks") {
+        let tid = task
+            .expect("task")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let text = status(&format!("task/{tid}/"));
+        if field(&text, "Name:").starts_with("edgelb-worker") {
+            workers += 1;
+            assert_eq!(field(&text, "CapEff:"), "0000000000000000", "{text}");
+            assert_eq!(field(&text, "CapPrm:"), "0000000000000000", "{text}");
+        }
+    }
+    assert!(workers > 0, "no worker threads found");
+    assert_eq!(
+        curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca).code,
+        0
+    );
+
+    std::fs::write(&group, format!("{CLIENT_B_V4}/32\n")).expect("rewrite the group");
+    d.signal(Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d.log().contains("reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        curl_ok(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca).code,
+        0
+    );
+    assert_eq!(
+        curl(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca).code,
+        CURL_TIMEOUT,
+        "the reload as nobody did not reach the XDP maps"
+    );
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        !s.topo.lb_has_xdp(),
+        "XDP still attached after the stop:\n{log}"
+    );
+}

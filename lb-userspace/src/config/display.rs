@@ -103,6 +103,14 @@ impl Config {
             None => writeln!(f, "  admin           off")?,
         }
         writeln!(f, "  drain-timeout   {}s", self.ops.drain_timeout.as_secs())?;
+        match &self.ops.user {
+            Some(u) => writeln!(
+                f,
+                "  user            {} (uid {}, gid {})",
+                u.name, u.uid, u.gid
+            )?,
+            None => writeln!(f, "  user            (stays the starting user)")?,
+        }
         writeln!(f, "xdp")?;
         if self.xdp.enabled() {
             writeln!(f, "  mode            {}", self.xdp.mode.name())?;

@@ -52,6 +52,7 @@ const GLOBAL_KEYS: &[&str] = &[
     "drain_timeout",
     "access_log",
     "allow_readable_keys",
+    "user",
     "xdp_iface",
     "xdp_mode",
     "ip_groups",
@@ -584,6 +585,7 @@ impl Walker<'_> {
             "drain_timeout" => args.drain_timeout = self.scalar(key, v)?,
             "access_log" => args.access_log = self.boolean(key, v)?,
             "allow_readable_keys" => args.allow_readable_keys = self.boolean(key, v)?,
+            "user" => args.user = Some(self.string(key, v)?),
             "xdp_iface" => args.xdp_ifaces = self.strings(key, v)?,
             "xdp_mode" => args.xdp_mode = self.choice(key, v)?,
             _ => {

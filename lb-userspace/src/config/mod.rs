@@ -23,6 +23,7 @@ use crate::cli::{
     RunArgs, SslAuthArg, StickyArg, XdpModeArg,
 };
 use crate::health::{CheckKind, HealthCheck};
+use crate::privilege::User;
 use crate::proxy::sticky::{StickTable, Stickiness, StickyKey, validate_cookie_name};
 use crate::rules::{Action, RuleSet, RuleSpec};
 use crate::tls::certs::{CertError, PairFile, check_private, load_ca_bundle, load_certified_key};
@@ -48,6 +49,8 @@ pub struct OpsConfig {
     pub admin_allow_remote: bool,
     pub drain_timeout: Duration,
     pub access_log: bool,
+    /// `--user`: who the daemon runs as once sockets are bound and XDP attached.
+    pub user: Option<User>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -432,6 +435,9 @@ fn merge_globals(node: &mut RunArgs, file: &RunArgs, defaults: &RunArgs) {
     if node.admin.is_none() {
         node.admin = file.admin.clone();
     }
+    if node.user.is_none() {
+        node.user = file.user.clone();
+    }
     node.admin_allow_remote |= file.admin_allow_remote;
     node.access_log |= file.access_log;
     if node.drain_timeout == defaults.drain_timeout {
@@ -506,6 +512,13 @@ fn ops(args: &RunArgs) -> Result<OpsConfig, ConfigError> {
         admin_allow_remote: args.admin_allow_remote,
         drain_timeout: parse::seconds("--drain-timeout", &args.drain_timeout, 0, 300)?,
         access_log: args.access_log,
+        user: args
+            .user
+            .as_deref()
+            .map(|name| {
+                User::lookup(name).map_err(|problem| ConfigError::new("--user", name, problem))
+            })
+            .transpose()?,
     })
 }
 
