@@ -14,6 +14,7 @@ use crate::cli::RunArgs;
 use crate::config::{Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
 use crate::metrics::Metrics;
+use crate::nexthop::NextHops;
 use crate::node::Node;
 use crate::workers::{self, Workers};
 
@@ -51,10 +52,20 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     let mut sighup = signal(SignalKind::hangup())
         .map_err(|e| StartError::Runtime(format!("installing the SIGHUP handler: {e}")))?;
 
+    // Next hops first, so that the first packets of a tcp/udp listener find their backends.
+    let mut hops = NextHops::default();
+    let l4_backends = crate::node::l4_backends(&config);
+    for _ in 0..20 {
+        hops.refresh(&l4_backends, &config.xdp.ifaces);
+        if hops.all_resolved(&l4_backends) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let workers = Workers::start(worker_count)
         .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}")))?;
     let (mut node, sockets) =
-        match Node::start(config, workers, metrics.clone(), dataplane.as_mut()) {
+        match Node::start(config, workers, metrics.clone(), dataplane.as_mut(), &hops) {
             Ok(started) => started,
             Err(e) => {
                 if let Some(dp) = dataplane.as_mut() {
@@ -67,9 +78,6 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     node.start_health_checks();
     log_ready(&node, dataplane.as_ref(), worker_count);
 
-    // The kernel's copies of the groups' Maglev rings follow the balancers: same clients,
-    // same backends, whichever side picks.
-    write_rings(dataplane.as_mut(), &node);
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(4);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
@@ -82,18 +90,36 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     // The main thread owns the data plane: it copies what the admin endpoint shows from the
     // kernel's counters and the balancers' health, once a second.
+    // Next hops are looked up again every few seconds, every second while one is missing.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks = 0u64;
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
-            _ = refresh.tick() => refresh_status(&admin_state, &node, dataplane.as_ref()),
-            _ = node.health_changed.notified() => write_rings(dataplane.as_mut(), &node),
+            _ = refresh.tick() => {
+                ticks += 1;
+                let backends = node.l4_backends();
+                if (ticks.is_multiple_of(NEXT_HOP_REFRESH_TICKS) || !hops.all_resolved(&backends))
+                    && hops.refresh(&backends, &node.config.xdp.ifaces)
+                    && let Some(dp) = dataplane.as_mut()
+                {
+                    node.write_l4_groups(dp, &hops);
+                }
+                refresh_status(&admin_state, &node, dataplane.as_ref());
+            }
+            // The kernel's copies of the groups' rings and backend health follow the
+            // balancers: same clients, same backends, whichever side picks.
+            _ = node.health_changed.notified() => {
+                if let Some(dp) = dataplane.as_mut() {
+                    node.write_l4_groups(dp, &hops);
+                }
+            }
             _ = sighup.recv() => {
-                let _ = reload_logged("SIGHUP", args, &mut node, dataplane.as_mut(), &admin_state);
+                let _ = reload_logged("SIGHUP", args, &mut node, dataplane.as_mut(), &mut hops, &admin_state);
             }
             Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload_logged("POST /reload", args, &mut node, dataplane.as_mut(), &admin_state));
+                let _ = reply.send(reload_logged("POST /reload", args, &mut node, dataplane.as_mut(), &mut hops, &admin_state));
             }
         }
     }
@@ -162,6 +188,13 @@ fn start_dataplane(config: &Config) -> Result<Option<Dataplane>, StartError> {
                 privilege_hint(&e)
             )));
         }
+        Err(e) if config.listeners.iter().any(|l| l.protocol.is_l4()) => {
+            return Err(StartError::Usage(format!(
+                "XDP unavailable, and tcp/udp listeners are forwarded by it: {}{}",
+                error_chain(&e),
+                privilege_hint(&e)
+            )));
+        }
         Err(e) => {
             warn!(
                 error = %error_chain(&e),
@@ -204,14 +237,18 @@ fn privilege_hint(e: &DataplaneError) -> &'static str {
     }
 }
 
+/// Seconds between two lookups of next hops that are all known.
+const NEXT_HOP_REFRESH_TICKS: u64 = 5;
+
 fn reload_logged(
     why: &str,
     args: &RunArgs,
     node: &mut Node,
     dataplane: Option<&mut Dataplane>,
+    hops: &mut NextHops,
     admin: &AdminState,
 ) -> Result<(), String> {
-    let result = reload(args, node, dataplane);
+    let result = reload(args, node, dataplane, hops);
     match &result {
         Ok(()) => {
             admin.metrics.reloaded();
@@ -232,7 +269,8 @@ fn reload_logged(
 fn reload(
     args: &RunArgs,
     node: &mut Node,
-    mut dataplane: Option<&mut Dataplane>,
+    dataplane: Option<&mut Dataplane>,
+    hops: &mut NextHops,
 ) -> Result<(), String> {
     let fresh = Config::from_args(args).map_err(|e| e.to_string())?;
     if fresh.xdp.ifaces != node.config.xdp.ifaces || fresh.xdp.mode != node.config.xdp.mode {
@@ -241,22 +279,9 @@ fn reload(
     if fresh.ops.admin != node.config.ops.admin {
         return Err("admin cannot change on reload; restart edgelb".into());
     }
-    node.reload(fresh, dataplane.as_deref_mut())?;
-    write_rings(dataplane, node);
-    Ok(())
-}
-
-fn write_rings(dataplane: Option<&mut Dataplane>, node: &Node) {
-    let Some(dp) = dataplane else {
-        return;
-    };
-    for (slot, g) in node.ring_groups() {
-        if let Some(table) = g.balancer.maglev_table()
-            && let Err(e) = dp.set_ring(slot, &table)
-        {
-            warn!(group = g.config.name, error = %error_chain(&e), "writing the Maglev ring to the data plane");
-        }
-    }
+    // New backends' next hops are asked for now and found by the next refreshes.
+    hops.refresh(&crate::node::l4_backends(&fresh), &fresh.xdp.ifaces);
+    node.reload(fresh, dataplane, hops)
 }
 
 /// Copies backend health into the metrics and XDP counters into the status view. Without a
@@ -279,6 +304,19 @@ fn refresh_status(state: &AdminState, node: &Node, dataplane: Option<&Dataplane>
     });
     let mut view = node.view(attached);
     if let Some(dp) = dataplane {
+        for (g, slot) in node.l4_slots() {
+            let group = &node.groups[g];
+            for (i, b) in group.config.backends.iter().enumerate() {
+                if let Ok(c) = dp.backend_counters(slot, i as u32) {
+                    state.metrics.set_xdp_backend(
+                        &group.config.name,
+                        &b.addr.to_string(),
+                        c.packets,
+                        c.bytes,
+                    );
+                }
+            }
+        }
         for (status, l) in view.listeners.iter_mut().zip(&node.listeners) {
             if let Ok(c) = dp.counters(l.id) {
                 for o in Outcome::ALL {
@@ -317,6 +355,17 @@ fn log_counters(dp: &Dataplane, node: &Node) {
                 info!("xdp counters listener={label:?} {}", fields.join(" "));
             }
             Err(e) => warn!(error = %error_chain(&e), "reading XDP counters"),
+        }
+    }
+    for (g, slot) in node.l4_slots() {
+        let group = &node.groups[g];
+        for (i, b) in group.config.backends.iter().enumerate() {
+            if let Ok(c) = dp.backend_counters(slot, i as u32) {
+                info!(
+                    "xdp backend counters group={:?} backend={} forwarded={} bytes={}",
+                    group.config.name, b.addr, c.packets, c.bytes
+                );
+            }
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod decap;
 pub mod entry;
 pub mod health;
 pub mod metrics;
+pub mod nexthop;
 pub mod node;
 pub mod proxy;
 pub mod rules;

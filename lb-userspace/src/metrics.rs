@@ -52,6 +52,8 @@ pub struct Metrics {
     handshakes: Family<HandshakeLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
     xdp_packets: Family<XdpLabels, Gauge<u64, AtomicU64>>,
+    xdp_backend_packets: Family<BackendLabels, Gauge<u64, AtomicU64>>,
+    xdp_backend_bytes: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     reloads: Counter,
 }
 
@@ -98,6 +100,18 @@ impl Metrics {
             "Packets the XDP program counted, by listener and outcome (totals since load)",
             xdp_packets.clone(),
         );
+        let xdp_backend_packets = Family::<BackendLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "xdp_backend_packets",
+            "Frames the XDP program forwarded to a tcp/udp listener's backend (totals since load)",
+            xdp_backend_packets.clone(),
+        );
+        let xdp_backend_bytes = Family::<BackendLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "xdp_backend_bytes",
+            "Bytes of those frames as received, before encapsulation",
+            xdp_backend_bytes.clone(),
+        );
         let reloads = Counter::default();
         registry.register("reloads", "Configuration reloads applied", reloads.clone());
         Arc::new(Metrics {
@@ -108,6 +122,8 @@ impl Metrics {
             handshakes,
             backend_healthy,
             xdp_packets,
+            xdp_backend_packets,
+            xdp_backend_bytes,
             reloads,
         })
     }
@@ -170,6 +186,16 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .set(total);
+    }
+
+    /// Frames the XDP program forwarded to an L4 backend, summed over CPUs.
+    pub fn set_xdp_backend(&self, group: &str, backend: &str, packets: u64, bytes: u64) {
+        let labels = BackendLabels {
+            group: group.into(),
+            backend: backend.into(),
+        };
+        self.xdp_backend_packets.get_or_create(&labels).set(packets);
+        self.xdp_backend_bytes.get_or_create(&labels).set(bytes);
     }
 
     pub fn reloaded(&self) {

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use lb_common::{IPPROTO_TCP, MAX_L4_GROUPS, MAX_LISTENERS};
+use std::net::IpAddr;
+
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, MAX_L4_GROUPS, MAX_LISTENERS};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
@@ -14,9 +16,12 @@ use tracing::{info, warn};
 
 use crate::admin::{GroupView, ListenerStatus, NodeView};
 use crate::balance::Balancer;
-use crate::config::{Config, GroupConfig, ListenerConfig};
-use crate::dataplane::{Dataplane, ListenerRule, error_chain};
+use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig};
+use crate::dataplane::{
+    BackendEntry, Dataplane, L4Listener, L4Listeners, ListenerRule, error_chain,
+};
 use crate::metrics::Metrics;
+use crate::nexthop::NextHops;
 use crate::proxy::sticky::Stickiness;
 use crate::proxy::{ListenerSettings, RouteTarget, Routes, Upstream};
 use crate::server::{ListenerContext, Live};
@@ -67,6 +72,7 @@ impl Node {
         workers: Workers,
         metrics: Arc<Metrics>,
         dataplane: Option<&mut Dataplane>,
+        hops: &NextHops,
     ) -> Result<(Node, Vec<Vec<std::net::TcpListener>>), String> {
         let health_changed = Arc::new(Notify::new());
         let groups = build_groups(&config, &[], workers.len())?;
@@ -83,8 +89,7 @@ impl Node {
             )?);
         }
         if let Some(dp) = dataplane {
-            dp.apply(&listener_rules(&config, &ids))
-                .map_err(|e| format!("XDP maps: {}", error_chain(&e)))?;
+            write_dataplane(dp, &config, &groups, &ids, hops)?;
         }
         let mut node = Node {
             config,
@@ -163,6 +168,7 @@ impl Node {
         &mut self,
         fresh: Config,
         dataplane: Option<&mut Dataplane>,
+        hops: &NextHops,
     ) -> Result<(), String> {
         let groups = build_groups(&fresh, &self.groups, self.workers.len())?;
         let mut prepared = Vec::new();
@@ -178,8 +184,7 @@ impl Node {
         }
         let ids = assign_ids(&fresh, &self.listeners);
         if let Some(dp) = dataplane {
-            dp.apply(&listener_rules(&fresh, &ids))
-                .map_err(|e| format!("XDP maps: {}", error_chain(&e)))?;
+            write_dataplane(dp, &fresh, &groups, &ids, hops)?;
         }
 
         // Everything is ready: from here on nothing fails.
@@ -247,14 +252,24 @@ impl Node {
         }
     }
 
-    /// The group rings the data plane holds: group position -> ring slot, for the first
-    /// groups that fit.
-    pub fn ring_groups(&self) -> impl Iterator<Item = (u32, &GroupRuntime)> {
-        self.groups
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| (*i as u32) < MAX_L4_GROUPS)
-            .map(|(i, g)| (i as u32, g))
+    /// Rewrites the backends (health, next hops) and rings of every group behind a tcp/udp
+    /// listener: after a health transition or a next-hop change.
+    pub fn write_l4_groups(&self, dp: &mut Dataplane, hops: &NextHops) {
+        for (g, slot) in l4_slots(&self.config) {
+            if let Err(e) = write_group(dp, &self.groups[g], slot, hops) {
+                warn!(group = self.groups[g].config.name, error = %e, "writing the group to the data plane");
+            }
+        }
+    }
+
+    /// Addresses of the backends the XDP program forwards to, for next-hop resolution.
+    pub fn l4_backends(&self) -> Vec<IpAddr> {
+        l4_backends(&self.config)
+    }
+
+    /// (group position, ring slot) of the groups behind tcp/udp listeners.
+    pub fn l4_slots(&self) -> Vec<(usize, u32)> {
+        l4_slots(&self.config)
     }
 
     /// What `/status` shows, without the XDP counters (the caller adds them).
@@ -356,6 +371,102 @@ fn keep_sessions(fresh: &mut GroupConfig, running: &GroupConfig) {
     }
 }
 
+/// Groups behind tcp/udp listeners get the kernel's ring slots, in configuration order (the
+/// config has checked that they fit).
+fn l4_slots(config: &Config) -> Vec<(usize, u32)> {
+    let mut groups: Vec<usize> = config
+        .listeners
+        .iter()
+        .filter(|l| l.protocol.is_l4())
+        .map(|l| l.groups[0])
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+        .into_iter()
+        .enumerate()
+        .filter(|(slot, _)| (*slot as u32) < MAX_L4_GROUPS)
+        .map(|(slot, g)| (g, slot as u32))
+        .collect()
+}
+
+/// Addresses of the backends of the groups behind tcp/udp listeners.
+pub fn l4_backends(config: &Config) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = l4_slots(config)
+        .into_iter()
+        .flat_map(|(g, _)| config.groups[g].backends.iter().map(|b| b.addr.ip()))
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// One group's backends (address, next hop, health) and ring, into ring slot `slot`.
+fn write_group(
+    dp: &mut Dataplane,
+    g: &GroupRuntime,
+    slot: u32,
+    hops: &NextHops,
+) -> Result<(), String> {
+    let entries: Vec<BackendEntry> = g
+        .config
+        .backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| BackendEntry {
+            addr: b.addr.ip(),
+            mac: hops.mac(b.addr.ip()),
+            alive: g.balancer.is_healthy(i),
+        })
+        .collect();
+    dp.set_backends(slot, &entries)
+        .map_err(|e| format!("backends: {}", error_chain(&e)))?;
+    if let Some(table) = g.balancer.maglev_table() {
+        dp.set_ring(slot, &table)
+            .map_err(|e| format!("Maglev ring: {}", error_chain(&e)))?;
+    }
+    Ok(())
+}
+
+/// Everything the XDP program needs for `config`: the L4 groups first (so a listener never
+/// points at a group not written yet), then listeners, ACLs and L4 settings.
+fn write_dataplane(
+    dp: &mut Dataplane,
+    config: &Config,
+    groups: &[GroupRuntime],
+    ids: &[u32],
+    hops: &NextHops,
+) -> Result<(), String> {
+    let slots = l4_slots(config);
+    for &(g, slot) in &slots {
+        write_group(dp, &groups[g], slot, hops)
+            .map_err(|e| format!("XDP maps: group {:?}: {e}", groups[g].config.name))?;
+    }
+    let rules = listener_rules(config, ids);
+    let l4: L4Listeners = config
+        .listeners
+        .iter()
+        .zip(ids)
+        .filter(|(l, id)| l.protocol.is_l4() && rules.iter().any(|r| r.id == **id))
+        .filter_map(|(l, id)| {
+            let group = l.groups[0];
+            let slot = slots.iter().find(|(g, _)| *g == group)?.1;
+            let flow_secs =
+                u32::try_from(config.groups[group].flow_idle.as_secs()).unwrap_or(u32::MAX);
+            Some((
+                *id,
+                L4Listener {
+                    group: slot,
+                    flow_secs,
+                    hash_src_port: false,
+                },
+            ))
+        })
+        .collect();
+    dp.apply_l4(&rules, &l4)
+        .map_err(|e| format!("XDP maps: {}", error_chain(&e)))
+}
+
 fn prepare_listener(
     l: &ListenerConfig,
     config: &Config,
@@ -364,11 +475,18 @@ fn prepare_listener(
     metrics: &Metrics,
     workers: usize,
 ) -> Result<Prepared, String> {
-    let kept = running
-        .iter()
-        .any(|r| r.config.name == l.name && r.config.listen == l.listen);
+    // A listener keeps its sockets when only its settings change; a tcp/udp listener has
+    // none (the XDP program forwards its packets), so changing to or from one starts anew.
+    let kept = running.iter().any(|r| {
+        r.config.name == l.name
+            && r.config.listen == l.listen
+            && (!(r.config.protocol.is_l4() || l.protocol.is_l4())
+                || r.config.protocol == l.protocol)
+    });
     let sockets = if kept {
         None
+    } else if l.protocol.is_l4() {
+        Some(Vec::new())
     } else {
         Some(
             workers::bind(l.listen, workers)
@@ -392,7 +510,8 @@ fn prepare_listener(
             (g, metrics.requests(&l.name, &group.name, &keys))
         })
         .collect();
-    let live = (0..workers)
+    let live_workers = if l.protocol.is_l4() { 0 } else { workers };
+    let live = (0..live_workers)
         .map(|w| Live {
             tls: tls.clone(),
             access: l.access.clone(),
@@ -471,7 +590,11 @@ fn listener_rules(config: &Config, ids: &[u32]) -> Vec<ListenerRule> {
             Some(ListenerRule {
                 id,
                 addr: l.listen,
-                proto: IPPROTO_TCP,
+                proto: if l.protocol == FrontendProtocol::Udp {
+                    IPPROTO_UDP
+                } else {
+                    IPPROTO_TCP
+                },
                 mode: l.access.mode,
                 prefixes: l.access.prefixes.clone(),
             })

@@ -434,3 +434,70 @@ fn missing_required_flags_are_named() {
         assert!(stderr.contains(expected), "{stderr}");
     }
 }
+
+/// A tcp/udp listener is forwarded by the XDP program with the group's Maglev ring: `check`
+/// accepts one set up that way and refuses, by flag, what it cannot do.
+#[test]
+fn l4_listeners_are_checked_for_what_xdp_forwarding_needs() {
+    let base = [
+        "check",
+        "--protocol",
+        "tcp",
+        "--listen",
+        "10.100.0.1:5000",
+        "--backend",
+        "127.0.0.1:5000",
+    ];
+    let ok = ["--xdp-iface", "lo", "--algorithm", "source-ip-hash"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--algorithm", "source-ip-hash"],
+            "--protocol \"tcp\": listener \"listener-1\" is forwarded by the XDP program: give --xdp-iface",
+        ),
+        (
+            vec!["--xdp-iface", "lo"],
+            "must use --algorithm source-ip-hash, not weighted-round-robin",
+        ),
+        (
+            [&ok[..], &["--rule", "path=/;action=forward"]].concat(),
+            "--rule: rules route HTTP requests",
+        ),
+        (
+            [&ok[..], &["--sticky-duration", "61"]].concat(),
+            "--sticky-duration \"61\": must be 1-60 for a group behind a tcp listener",
+        ),
+        (
+            [&ok[..], &["--transfer-lb-ip"]].concat(),
+            "--transfer-lb-ip: a tcp listener adds no headers",
+        ),
+        (
+            [&ok[..], &["--xdp-mode", "off"]].concat(),
+            "is forwarded by the XDP program",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (extra, expected) in &cases {
+        let out = run(&[&base[..], &extra[..]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.code() != Some(2) || !stderr.contains(expected) {
+            failures.push(format!("{extra:?}: exit {:?}: {stderr}", out.status.code()));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    let out = run(&[&base[..], &ok[..], &["--protocol", "udp"][..]].concat()[..]);
+    // clap refuses --protocol twice; the udp form is checked on its own below.
+    assert_eq!(out.status.code(), Some(2));
+    let mut udp = base.to_vec();
+    udp[2] = "udp";
+    for args in [base.to_vec(), udp] {
+        let out = run(&[&args[..], &ok[..]].concat());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && stdout.contains("forwarding      in XDP, IP-in-IP to group \"server_group-1\""),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -54,17 +54,22 @@ impl Config {
             }
             writeln!(f, "  tls-policy      {}", tls.settings.policy)?;
         }
+        if l.protocol.is_l4() {
+            let g = self.default_group(l);
+            writeln!(
+                f,
+                "  forwarding      in XDP, IP-in-IP to group {:?} (Maglev), idle flows keep their backend {} min",
+                g.name,
+                g.flow_idle.as_secs() / 60
+            )?;
+            return fmt_access(f, l);
+        }
         writeln!(
             f,
             "  http2           {}",
             if l.http2 { "on" } else { "off" }
         )?;
-        write!(f, "  access-control  {}", l.access.mode.name())?;
-        if l.access.mode != AclMode::All {
-            let list: Vec<String> = l.access.prefixes.iter().map(ToString::to_string).collect();
-            write!(f, " ({} prefixes: {})", list.len(), list.join(", "))?;
-        }
-        writeln!(f)?;
+        fmt_access(f, l)?;
         match l.transfer_lb_ip {
             TransferLbIp::Off => writeln!(f, "  transfer-lb-ip  off")?,
             TransferLbIp::LocalAddress => {
@@ -178,4 +183,13 @@ fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
         writeln!(f, "  backend         {} weight={}", b.addr, b.weight)?;
     }
     Ok(())
+}
+
+fn fmt_access(f: &mut fmt::Formatter<'_>, l: &ListenerConfig) -> fmt::Result {
+    write!(f, "  access-control  {}", l.access.mode.name())?;
+    if l.access.mode != AclMode::All {
+        let list: Vec<String> = l.access.prefixes.iter().map(ToString::to_string).collect();
+        write!(f, " ({} prefixes: {})", list.len(), list.join(", "))?;
+    }
+    writeln!(f)
 }

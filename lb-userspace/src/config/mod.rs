@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
+use lb_common::{MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS};
 use rustls::RootCertStore;
 
 use crate::acl::{AccessControl, AclMode};
@@ -53,6 +54,9 @@ pub struct OpsConfig {
 pub enum FrontendProtocol {
     Https,
     Http,
+    /// Forwarded in XDP, never seen by userspace.
+    Tcp,
+    Udp,
 }
 
 impl FrontendProtocol {
@@ -60,7 +64,14 @@ impl FrontendProtocol {
         match self {
             FrontendProtocol::Https => "https",
             FrontendProtocol::Http => "http",
+            FrontendProtocol::Tcp => "tcp",
+            FrontendProtocol::Udp => "udp",
         }
+    }
+
+    /// Whether the XDP program forwards this listener's packets itself (no socket).
+    pub fn is_l4(self) -> bool {
+        matches!(self, FrontendProtocol::Tcp | FrontendProtocol::Udp)
     }
 }
 
@@ -140,6 +151,9 @@ pub struct GroupConfig {
     pub sticky: Option<Arc<Stickiness>>,
     /// Where the lb-cookie key came from, for `check` (None: generated at start).
     pub sticky_key_file: Option<PathBuf>,
+    /// `--sticky-duration`: also how long an idle flow of a tcp/udp listener keeps its
+    /// backend when the ring changes.
+    pub flow_idle: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -311,10 +325,12 @@ impl Config {
             listeners.push(flag_listener);
         }
         check_unique_listeners(&listeners, file.as_ref().map(|f| f.path.as_path()))?;
+        let xdp = xdp(&node)?;
+        check_l4(&listeners, &groups, &xdp)?;
         Ok(Config {
             listeners,
             groups,
-            xdp: xdp(&node)?,
+            xdp,
             ops: ops(&node)?,
             file: args.config.clone(),
         })
@@ -410,7 +426,11 @@ fn check_unique_listeners(
             )
             .in_file(at(), false));
         }
-        if let Some(o) = listeners[..i].iter().find(|o| o.listen == l.listen) {
+        let udp = |l: &ListenerConfig| l.protocol == FrontendProtocol::Udp;
+        if let Some(o) = listeners[..i]
+            .iter()
+            .find(|o| o.listen == l.listen && udp(o) == udp(l))
+        {
             return Err(ConfigError::new(
                 "listen",
                 l.listen.to_string(),
@@ -464,6 +484,9 @@ fn listener(
     };
     let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
     let rules = RuleSet::compile(&rule_specs, &names).map_err(rule_error)?;
+    if protocol.is_l4() {
+        l4_checks(args, protocol, &groups[default], &rule_specs)?;
+    }
     let mut reachable = vec![default];
     for i in 0..rules.len() {
         if let Some(Action::Forward { index, .. }) = rules.action(i)
@@ -493,6 +516,121 @@ fn listener(
     })
 }
 
+/// Largest `--sticky-duration` of a group behind a tcp/udp listener: the flow table's
+/// entries are kernel memory, and the manual caps it at an hour.
+const L4_MAX_STICKY_MINUTES: u32 = 60;
+
+/// What a tcp/udp listener, forwarded by the XDP program with the group's Maglev ring, cannot
+/// have: rules and HTTP settings, another algorithm, cookies, or no XDP at all.
+fn l4_checks(
+    args: &RunArgs,
+    protocol: FrontendProtocol,
+    group: &GroupConfig,
+    rules: &[RuleSpec],
+) -> Result<(), ConfigError> {
+    let scheme = protocol.scheme();
+    if !rules.is_empty() {
+        return Err(ConfigError::missing(
+            "--rule",
+            format!(
+                "rules route HTTP requests; a {scheme} listener forwards packets, use https or http"
+            ),
+        ));
+    }
+    if args.transfer_lb_ip.is_some() {
+        return Err(ConfigError::missing(
+            "--transfer-lb-ip",
+            format!("a {scheme} listener adds no headers: its packets reach the backend unchanged"),
+        ));
+    }
+    if group.algorithm != Algorithm::SourceIpHash {
+        return Err(ConfigError::new(
+            "--protocol",
+            scheme,
+            format!(
+                "is balanced in XDP by source-IP hashing (Maglev): group {:?} must use --algorithm source-ip-hash, not {}",
+                group.name,
+                group.algorithm.name()
+            ),
+        ));
+    }
+    if group.sticky.is_some() {
+        return Err(ConfigError::new(
+            "--protocol",
+            scheme,
+            format!(
+                "cannot use sticky cookies (group {:?}); its flows stay on their backend for --sticky-duration",
+                group.name
+            ),
+        ));
+    }
+    let minutes = group.flow_idle.as_secs() / 60;
+    if minutes > u64::from(L4_MAX_STICKY_MINUTES) {
+        return Err(ConfigError::new(
+            "--sticky-duration",
+            minutes.to_string(),
+            format!(
+                "must be 1-{L4_MAX_STICKY_MINUTES} for a group behind a {scheme} listener (group {:?})",
+                group.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Node-wide limits of tcp/udp listeners: XDP must be on, and their groups must fit the
+/// kernel's rings.
+fn check_l4(
+    listeners: &[ListenerConfig],
+    groups: &[GroupConfig],
+    xdp: &XdpConfig,
+) -> Result<(), ConfigError> {
+    let Some(l4) = listeners.iter().find(|l| l.protocol.is_l4()) else {
+        return Ok(());
+    };
+    if !xdp.enabled() {
+        return Err(ConfigError::new(
+            "--protocol",
+            l4.protocol.scheme(),
+            format!(
+                "listener {:?} is forwarded by the XDP program: give --xdp-iface IFACE (and not --xdp-mode off)",
+                l4.name
+            ),
+        ));
+    }
+    let mut l4_groups: Vec<usize> = listeners
+        .iter()
+        .filter(|l| l.protocol.is_l4())
+        .map(|l| l.groups[0])
+        .collect();
+    l4_groups.sort_unstable();
+    l4_groups.dedup();
+    if l4_groups.len() > MAX_L4_GROUPS as usize {
+        return Err(ConfigError::new(
+            "--protocol",
+            l4.protocol.scheme(),
+            format!(
+                "tcp/udp listeners use {} groups; the XDP program holds the rings of at most {MAX_L4_GROUPS}",
+                l4_groups.len()
+            ),
+        ));
+    }
+    for &g in &l4_groups {
+        let group = &groups[g];
+        if group.backends.len() > MAX_BACKENDS_PER_GROUP as usize {
+            return Err(ConfigError::new(
+                "--backend",
+                group.backends.len().to_string(),
+                format!(
+                    "group {:?} is behind a tcp/udp listener: at most {MAX_BACKENDS_PER_GROUP} backends",
+                    group.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Where and how a listener accepts: address, protocol and (for https) the TLS half.
 fn frontend(
     args: &RunArgs,
@@ -504,22 +642,13 @@ fn frontend(
     let protocol = match args.protocol {
         ProtocolArg::Https => FrontendProtocol::Https,
         ProtocolArg::Http => FrontendProtocol::Http,
-        ProtocolArg::Tcp | ProtocolArg::Udp => {
-            return Err(ConfigError::new(
-                "--protocol",
-                if args.protocol == ProtocolArg::Tcp {
-                    "tcp"
-                } else {
-                    "udp"
-                },
-                "L4 (XDP-forwarded) listeners are not available in this version; use https or http",
-            ));
-        }
+        ProtocolArg::Tcp => FrontendProtocol::Tcp,
+        ProtocolArg::Udp => FrontendProtocol::Udp,
     };
     let tls = match protocol {
         FrontendProtocol::Https => Some(listener_tls(args)?),
-        FrontendProtocol::Http => {
-            refuse_tls_flags_on_http(args)?;
+        _ => {
+            refuse_tls_flags(args, protocol)?;
             None
         }
     };
@@ -626,7 +755,7 @@ fn pair_error(e: CertError, cert: &std::path::Path, key: &std::path::Path) -> Co
     }
 }
 
-fn refuse_tls_flags_on_http(args: &RunArgs) -> Result<(), ConfigError> {
+fn refuse_tls_flags(args: &RunArgs, protocol: FrontendProtocol) -> Result<(), ConfigError> {
     let given: [(&'static str, bool); 6] = [
         ("--cert", args.cert.is_some()),
         ("--key", args.key.is_some()),
@@ -638,7 +767,15 @@ fn refuse_tls_flags_on_http(args: &RunArgs) -> Result<(), ConfigError> {
     match given.iter().find(|(_, present)| *present) {
         Some((flag, _)) => Err(ConfigError::missing(
             *flag,
-            "has no effect on an http listener (--protocol http); use --protocol https",
+            format!(
+                "has no effect on {} {1} listener (--protocol {1}); TLS is terminated by https listeners only",
+                if protocol == FrontendProtocol::Http {
+                    "an"
+                } else {
+                    "a"
+                },
+                protocol.scheme()
+            ),
         )),
         None => Ok(()),
     }
@@ -780,6 +917,14 @@ fn group(args: &RunArgs) -> Result<GroupConfig, ConfigError> {
             .transpose()?,
         sticky: stickiness(args)?.map(Arc::new),
         sticky_key_file: args.sticky_key_file.clone(),
+        flow_idle: Duration::from_secs(
+            60 * u64::from(parse::number(
+                "--sticky-duration",
+                &args.sticky_duration,
+                1,
+                1440,
+            )?),
+        ),
         hc_domain,
     })
 }
