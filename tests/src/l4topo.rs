@@ -37,6 +37,11 @@
 //! - **decapsulation**: `edgelb decap --iface IFACE --vip 10.100.0.1 --vip fd00:100::1` (an XDP
 //!   program that strips the outer header of packets for those VIPs and passes the rest), or
 //!   an `ipip`/`ip6tnl` tunnel device where the kernel has one;
+//! - on the edgelb node's side, **complete checksums** in the frames it receives: a NIC
+//!   delivers them so, but a veth fed by a local stack (containers, this topology) may pass
+//!   frames whose TCP/UDP checksum was left to offload, which XDP forwards as they are and the
+//!   backend then drops; turn checksum offload off on the sending side
+//!   (`ethtool -K IFACE tx off`);
 //! - **MTU**: the links between the edgelb node and the backend carry the client's packets
 //!   plus the outer header, 20 bytes (IPv4) or 40 (IPv6): their MTU must be that much larger
 //!   than the clients' (here 1600 against 1500), or the clients' MSS clamped;
@@ -276,6 +281,25 @@ impl L4Topo {
             );
         }
         batch(&router, &r);
+        // Checksums filled in before frames reach an lb node, as on a wire. A veth passes on
+        // a locally sent (here: forwarded) packet with its TCP/UDP checksum left to "the
+        // hardware" (CHECKSUM_PARTIAL: only the pseudo-header sum is in the packet); the lb's
+        // XDP program sees the bytes only, XDP_TX sends them on as they are, and the backend
+        // drops the packet (TcpInCsumErrors). With checksum offload off on the router's end,
+        // the router's stack computes each checksum before the frame leaves.
+        for l in &lb_links {
+            let out = router
+                .command("ethtool")
+                .args(["-K", &l.router_if, "tx", "off"])
+                .output()
+                .expect("run ethtool (cargo xtask setup installs it)");
+            assert!(
+                out.status.success(),
+                "ethtool -K {} tx off: {}",
+                l.router_if,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
 
         // The client: every source address on its one link, default routes via the router.
         // arp_announce=2: its ARP requests come from 10.1.0.2, not from a source the router
@@ -488,6 +512,137 @@ impl L4Topo {
         );
     }
 
+    /// Installs nftables counters in the router's forward path, read with
+    /// [`L4Topo::counter`]: `to_lbK` (packets to a VIP sent to lb node K, 1-based),
+    /// `vip_via_lbK` (packets from a VIP, i.e. backends' replies, sent to or coming from lb
+    /// node K: there should be none) and `vip_direct` (replies from a VIP forwarded from a
+    /// backend's link to the client's).
+    pub fn count_vip_traffic(&self) {
+        let mut rules = String::new();
+        let mut counters = String::from("counter vip_direct {}\n");
+        for (k, l) in self.lb_links.iter().enumerate() {
+            let (to, via, i) = (
+                format!("to_lb{}", k + 1),
+                format!("vip_via_lb{}", k + 1),
+                &l.router_if,
+            );
+            counters += &format!("counter {to} {{}}\ncounter {via} {{}}\n");
+            rules += &format!(
+                "oifname \"{i}\" ip daddr {VIP_V4} counter name {to}\n\
+                 oifname \"{i}\" ip6 daddr {VIP_V6} counter name {to}\n\
+                 oifname \"{i}\" ip saddr {VIP_V4} counter name {via}\n\
+                 oifname \"{i}\" ip6 saddr {VIP_V6} counter name {via}\n\
+                 iifname \"{i}\" ip saddr {VIP_V4} counter name {via}\n\
+                 iifname \"{i}\" ip6 saddr {VIP_V6} counter name {via}\n"
+            );
+        }
+        for l in &self.backend_links {
+            let (b, c) = (&l.router_if, &self.client_link.router_if);
+            rules += &format!(
+                "iifname \"{b}\" oifname \"{c}\" ip saddr {VIP_V4} counter name vip_direct\n\
+                 iifname \"{b}\" oifname \"{c}\" ip6 saddr {VIP_V6} counter name vip_direct\n"
+            );
+        }
+        let ruleset = format!(
+            "table inet l4test {{\n{counters}chain forward {{\n\
+             type filter hook forward priority 0; policy accept;\n{rules}}}\n}}\n"
+        );
+        let mut child = self
+            .router
+            .command("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run nft (cargo xtask setup installs nftables)");
+        child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(ruleset.as_bytes())
+            .expect("write to nft");
+        let out = child.wait_with_output().expect("nft runs");
+        assert!(
+            out.status.success(),
+            "nft -f failed: {}\n{ruleset}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Packets counted so far by the router's counter `name` ([`L4Topo::count_vip_traffic`]).
+    pub fn counter(&self, name: &str) -> u64 {
+        let out = self
+            .router
+            .command("nft")
+            .args(["list", "counter", "inet", "l4test", name])
+            .output()
+            .expect("nft runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .skip_while(|w| *w != "packets")
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no packets in nft's counter {name}: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+    }
+
+    /// The lb node (0-based) the router's VIP route sends the TCP connection `local` →
+    /// VIP:PORT through (the kernel's own multipath choice, asked with `ip route get`).
+    pub fn lb_of_connection(&self, local: SocketAddr) -> usize {
+        let v6 = local.is_ipv6();
+        let mut args = Vec::new();
+        if v6 {
+            args.push("-6".to_string());
+        }
+        args.extend(
+            [
+                "route",
+                "get",
+                &vip(v6).to_string(),
+                "from",
+                &local.ip().to_string(),
+                "iif",
+                &self.client_link.router_if,
+                "ipproto",
+                "tcp",
+                "sport",
+                &local.port().to_string(),
+                "dport",
+                &PORT.to_string(),
+            ]
+            .map(String::from),
+        );
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = self.router.ip(&args);
+        (0..LBS)
+            .find(|&k| out.contains(&format!("via {} ", lb_addr(k, v6))))
+            .unwrap_or_else(|| panic!("{local}: the route goes through no lb node: {out}"))
+    }
+
+    /// The sockets of `ns` listening on (TCP) or bound to (UDP) port [`PORT`], as `ss` shows
+    /// them.
+    pub fn sockets_on_port(ns: &Netns) -> Vec<String> {
+        let out = ns
+            .command("ss")
+            .args(["-Htuln"])
+            .output()
+            .expect("ss runs (iproute2)");
+        let suffix = format!(":{PORT}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .nth(4)
+                    .is_some_and(|a| a.ends_with(&suffix))
+            })
+            .map(String::from)
+            .collect()
+    }
+
     /// A socket of the client namespace.
     fn client_socket(&self, dst: SocketAddr, ty: Type) -> io::Result<Socket> {
         let domain = Domain::for_address(dst);
@@ -510,6 +665,7 @@ impl L4Topo {
         stream.set_write_timeout(Some(timeout))?;
         stream.set_nodelay(true)?;
         Ok(HttpConn {
+            local: stream.local_addr()?,
             reader: BufReader::new(stream),
         })
     }
@@ -559,6 +715,8 @@ impl Default for L4Topo {
 
 /// An HTTP/1.1 connection to a backend's server (through a VIP), kept open between requests.
 pub struct HttpConn {
+    /// The client's end.
+    pub local: SocketAddr,
     reader: BufReader<TcpStream>,
 }
 

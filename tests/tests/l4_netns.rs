@@ -2,12 +2,130 @@
 //! router, edgelb nodes balancing TCP and UDP listeners entirely in XDP (IP-in-IP to the
 //! backends), backends answering the clients directly.
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use edgelb_tests::l4topo::{L4Topo, client_v4, client_v6, vip_addr};
+use edgelb_tests::daemon::{Daemon, xdp_counter};
+use edgelb_tests::l4topo::{
+    BACKENDS, CLIENT_V6_SOURCES, HttpConn, L4Topo, PORT, backend_addr, client_v4, client_v6,
+    vip_addr,
+};
 use edgelb_tests::privilege::root_or_skip;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
+/// Weights of be1, be2, be3.
+const WEIGHTS: [u32; BACKENDS] = [1, 1, 2];
+/// The client (10.0.1.7) every listener refuses.
+const REFUSED: u8 = 7;
+const LISTENERS: [&str; 4] = ["tcp4", "udp4", "tcp6", "udp6"];
+
+/// edgelb's config for lb node `lb`: a tcp and a udp listener on each VIP, all balancing the
+/// three backends (weights [`WEIGHTS`]) by source IP in XDP, refusing [`REFUSED`], and
+/// checking the backends' TCP port every second (one failure flips a backend).
+fn config(topo: &L4Topo, lb: usize) -> PathBuf {
+    let backends: Vec<String> = (0..BACKENDS)
+        .map(|n| {
+            format!(
+                "\"{}:{PORT},weight={}\"",
+                backend_addr(n, false),
+                WEIGHTS[n]
+            )
+        })
+        .collect();
+    let mut s = format!(
+        r#"xdp_iface = ["{iface}"]
+xdp_mode = "native"
+
+[ip_groups]
+refused = ["{refused}/32"]
+
+[[group]]
+name = "be"
+backend = [{backends}]
+algorithm = "source-ip-hash"
+health_check = "tcp"
+hc_interval = 1
+hc_timeout = 1
+hc_retries = 1
+"#,
+        iface = topo.lb_links[lb].far_if,
+        refused = client_v4(REFUSED),
+        backends = backends.join(", "),
+    );
+    for name in LISTENERS {
+        s += &format!(
+            r#"
+[[listener]]
+name = "{name}"
+protocol = "{proto}"
+listen = "{listen}"
+group = "be"
+access_control = "blacklist"
+ip_groups = ["refused"]
+"#,
+            proto = &name[..3],
+            listen = vip_addr(name.ends_with('6')),
+        );
+    }
+    topo.logs.write(&format!("lb{}.toml", lb + 1), s)
+}
+
+/// edgelb on lb node `lb` (0-based), XDP attached natively to its link.
+fn start_lb(topo: &L4Topo, lb: usize) -> Daemon {
+    let config = config(topo, lb);
+    Daemon::start(
+        Some(&topo.lbs[lb]),
+        &["--config", &config.to_string_lossy()],
+        topo.logs.path(),
+    )
+}
+
+/// Client sources 10.0.1.1 ..= 10.0.1.`last`, without the refused one.
+fn sources_v4(last: u8) -> Vec<IpAddr> {
+    (1..=last)
+        .filter(|&i| i != REFUSED)
+        .map(client_v4)
+        .collect()
+}
+
+/// Which backend answers each of `sources` over a new TCP connection to the VIP.
+fn tcp_map(topo: &L4Topo, sources: &[IpAddr]) -> BTreeMap<IpAddr, String> {
+    sources
+        .iter()
+        .map(|&src| {
+            let dst = vip_addr(src.is_ipv6());
+            let b = topo
+                .tcp_backend(src, dst, TIMEOUT)
+                .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
+            (src, b)
+        })
+        .collect()
+}
+
+/// The `xdp backend counters` lines of a stopped edgelb's log: forwarded frames per backend.
+fn backend_counters(log: &str) -> BTreeMap<String, u64> {
+    log.lines()
+        .filter(|l| l.contains("xdp backend counters"))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("no {name} in {l:?}"))
+                    .to_string()
+            };
+            (
+                field("backend="),
+                field("forwarded=").parse().expect("a number"),
+            )
+        })
+        .collect()
+}
+
+fn timed_out(r: &io::Result<String>) -> bool {
+    matches!(r, Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock))
+}
 
 /// Without any load balancer (the VIP routed straight to backends), TCP and UDP from many
 /// client sources of both families reach the VIP and the answers come back: addressing,
@@ -94,6 +212,302 @@ fn topology_without_lb_reaches_the_vip_directly_and_by_ecmp() {
             tcp.as_deref().ok(),
             Some("be3"),
             "TCP {src} -> {dst}: {tcp:?}"
+        );
+    }
+}
+
+/// One edgelb node (lb1) balances a tcp and a udp listener on each VIP in XDP: from 199
+/// client addresses every TCP connection and UDP exchange completes, both listeners send a
+/// client to the same backend (same ring, source-IP hash), the spread follows the weights
+/// 1/1/2, IPv6 clients are served too, the refused client's packets are dropped (it times
+/// out), and the replies never touch lb1: it has no socket on the port, the router forwards
+/// no packet from a VIP to or from it, and every packet the router sent it for a VIP is one
+/// its XDP program forwarded or dropped.
+#[test]
+fn one_lb_balances_tcp_and_udp_by_weight_refuses_a_client_and_replies_bypass_it() {
+    if !root_or_skip("one_lb_balances_tcp_and_udp_by_weight_refuses_a_client_and_replies_bypass_it")
+    {
+        return;
+    }
+    let topo = L4Topo::new();
+    topo.count_vip_traffic();
+    let lb = start_lb(&topo, 0);
+    let sockets = L4Topo::sockets_on_port(&topo.lbs[0]);
+    assert!(
+        sockets.is_empty(),
+        "lb1 has sockets on the port: {sockets:?}"
+    );
+
+    let sources = sources_v4(200);
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    for &src in &sources {
+        let dst = vip_addr(false);
+        let tcp = topo
+            .tcp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
+        let udp = topo
+            .udp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
+        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
+        *spread.entry(tcp).or_default() += 1;
+    }
+    eprintln!("IPv4: {} clients, backends {spread:?}", sources.len());
+    // Weights 1/1/2 of 199 clients: about 50/50/100. Ignoring the weights would give about
+    // 66 each, below be3's bound.
+    let count = |b: &str| spread.get(b).copied().unwrap_or(0);
+    for (b, (lo, hi)) in [("be1", (30, 70)), ("be2", (30, 70)), ("be3", (80, 120))] {
+        assert!(
+            (lo..=hi).contains(&count(b)),
+            "{b}: {} of {} clients, expected {lo}-{hi}: {spread:?}",
+            count(b),
+            sources.len()
+        );
+    }
+
+    let mut spread6: BTreeMap<String, usize> = BTreeMap::new();
+    for src in (1..=CLIENT_V6_SOURCES).map(client_v6) {
+        let dst = vip_addr(true);
+        let tcp = topo
+            .tcp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
+        let udp = topo
+            .udp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
+        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
+        *spread6.entry(tcp).or_default() += 1;
+    }
+    eprintln!("IPv6: {CLIENT_V6_SOURCES} clients, backends {spread6:?}");
+    assert!(
+        spread6.len() >= 2,
+        "IPv6 clients all on one backend: {spread6:?}"
+    );
+
+    let refused = client_v4(REFUSED);
+    let short = Duration::from_millis(700);
+    let tcp = topo.tcp_backend(refused, vip_addr(false), short);
+    assert!(timed_out(&tcp), "refused {refused} over TCP: {tcp:?}");
+    let udp = topo.udp_backend(refused, vip_addr(false), short);
+    assert!(timed_out(&udp), "refused {refused} over UDP: {udp:?}");
+    // Its neighbour is still served.
+    assert!(
+        topo.tcp_backend(client_v4(REFUSED + 1), vip_addr(false), TIMEOUT)
+            .is_ok()
+    );
+
+    let (to_lb, via_lb, direct) = (
+        topo.counter("to_lb1"),
+        topo.counter("vip_via_lb1"),
+        topo.counter("vip_direct"),
+    );
+    eprintln!(
+        "router: {to_lb} packets to a VIP sent to lb1, {via_lb} from a VIP to or from lb1, {direct} replies forwarded straight to the client"
+    );
+    assert_eq!(via_lb, 0, "replies went through lb1");
+    // At least a SYN-ACK and a response per TCP connection, and an answer per datagram.
+    let exchanges = (sources.len() + 1 + usize::from(CLIENT_V6_SOURCES)) as u64;
+    assert!(
+        direct >= 3 * exchanges,
+        "{direct} direct replies for {exchanges} clients"
+    );
+
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{status}:\n{log}");
+    let sum = |name: &str| -> u64 { LISTENERS.iter().map(|l| xdp_counter(&log, l, name)).sum() };
+    let (forwarded, dropped) = (sum("forwarded_l4"), sum("dropped_acl"));
+    eprintln!("lb1 XDP: forwarded_l4={forwarded} dropped_acl={dropped}");
+    assert_eq!(
+        sum("no_backend") + sum("encap_failed") + sum("passed"),
+        0,
+        "{log}"
+    );
+    assert!(
+        dropped >= 2,
+        "the refused client's SYN and datagram: {dropped}"
+    );
+    assert_eq!(
+        forwarded + dropped,
+        to_lb,
+        "every packet for a VIP that reached lb1 was forwarded or dropped by XDP"
+    );
+    let per_backend = backend_counters(&log);
+    eprintln!("lb1 XDP frames per backend: {per_backend:?}");
+    assert_eq!(per_backend.len(), BACKENDS, "{log}");
+    assert_eq!(per_backend.values().sum::<u64>(), forwarded, "{log}");
+}
+
+/// A backend that crashes and fails its health checks leaves the ring: its clients move to
+/// the others, and the others' clients keep their backend.
+#[test]
+fn crashed_backend_leaves_the_ring_only_its_clients_move() {
+    if !root_or_skip("crashed_backend_leaves_the_ring_only_its_clients_move") {
+        return;
+    }
+    let mut topo = L4Topo::new();
+    let lb = start_lb(&topo, 0);
+    let sources = sources_v4(120);
+    let before = tcp_map(&topo, &sources);
+    let on_be2: Vec<IpAddr> = before
+        .iter()
+        .filter(|(_, b)| *b == "be2")
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(!on_be2.is_empty(), "nobody on be2: {before:?}");
+
+    topo.kill_server(1);
+    let killed = Instant::now();
+    let probe = on_be2[0];
+    loop {
+        match topo.tcp_backend(probe, vip_addr(false), Duration::from_millis(500)) {
+            Ok(b) if b != "be2" => break,
+            other => assert!(
+                killed.elapsed() < Duration::from_secs(10),
+                "{probe} still not moved 10 s after be2 died ({other:?}):\n{}",
+                lb.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("ring without be2 after {:?}", killed.elapsed());
+
+    let after = tcp_map(&topo, &sources);
+    let mut moved: BTreeMap<String, usize> = BTreeMap::new();
+    let mut changed = Vec::new();
+    for (src, b) in &before {
+        let now = &after[src];
+        if b == "be2" {
+            assert_ne!(now, "be2", "{src}");
+            *moved.entry(now.clone()).or_default() += 1;
+            let udp = topo.udp_backend(*src, vip_addr(false), TIMEOUT);
+            assert_eq!(udp.as_ref().ok(), Some(now), "{src} over UDP: {udp:?}");
+        } else if now != b {
+            changed.push(format!("{src}: {b} -> {now}"));
+        }
+    }
+    eprintln!(
+        "{} of {} clients were on be2, now {moved:?}; others changed: {changed:?}",
+        on_be2.len(),
+        sources.len()
+    );
+    assert!(
+        changed.is_empty(),
+        "clients of live backends moved: {changed:?}"
+    );
+    let log = lb.log();
+    assert!(log.contains("backend unhealthy"), "{log}");
+}
+
+/// Two edgelb nodes behind ECMP: long-lived TCP connections, spread over both by the router,
+/// keep working (each line answered by the same backend) when lb1 is withdrawn from the
+/// route and then stopped: lb2 picks the same backends from the same ring. New connections
+/// work and land on the same backends too.
+#[test]
+fn ecmp_connections_survive_losing_an_lb_node() {
+    if !root_or_skip("ecmp_connections_survive_losing_an_lb_node") {
+        return;
+    }
+    let topo = L4Topo::new();
+    topo.count_vip_traffic();
+    topo.route_vip_via_lbs(&[0, 1]);
+    let (lb1, _lb2) = std::thread::scope(|s| {
+        let a = s.spawn(|| start_lb(&topo, 0));
+        let b = s.spawn(|| start_lb(&topo, 1));
+        (a.join().expect("lb1 starts"), b.join().expect("lb2 starts"))
+    });
+
+    let sources: Vec<IpAddr> = sources_v4(21)
+        .into_iter()
+        .chain((1..=4).map(client_v6))
+        .collect();
+    struct Long {
+        conn: HttpConn,
+        backend: String,
+        lb: usize,
+        answered: usize,
+        failure: Option<String>,
+    }
+    let mut conns: Vec<Long> = sources
+        .iter()
+        .map(|&src| {
+            let mut conn = topo
+                .tcp_connect(src, vip_addr(src.is_ipv6()), TIMEOUT)
+                .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+            let backend = conn
+                .ask()
+                .unwrap_or_else(|e| panic!("first request from {src}: {e}"));
+            let lb = topo.lb_of_connection(conn.local);
+            Long {
+                conn,
+                backend,
+                lb,
+                answered: 1,
+                failure: None,
+            }
+        })
+        .collect();
+    let via_lb1 = conns.iter().filter(|c| c.lb == 0).count();
+    eprintln!(
+        "{} connections, {via_lb1} through lb1, {} through lb2",
+        conns.len(),
+        conns.len() - via_lb1
+    );
+    assert!(
+        via_lb1 > 0 && via_lb1 < conns.len(),
+        "ECMP used one lb only"
+    );
+
+    let rounds = |conns: &mut Vec<Long>, n: usize| {
+        for _ in 0..n {
+            for c in conns.iter_mut().filter(|c| c.failure.is_none()) {
+                match c.conn.ask() {
+                    Ok(b) if b == c.backend => c.answered += 1,
+                    other => {
+                        c.failure = Some(format!(
+                            "{} (via lb{}, on {}): {other:?} after {} answers",
+                            c.conn.local,
+                            c.lb + 1,
+                            c.backend,
+                            c.answered
+                        ))
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    rounds(&mut conns, 5);
+    assert!(topo.counter("to_lb1") > 0 && topo.counter("to_lb2") > 0);
+
+    // lb1's route withdrawn, as its BGP session going down would; then lb1 stops.
+    topo.route_vip_via_lbs(&[1]);
+    let to_lb1 = topo.counter("to_lb1");
+    rounds(&mut conns, 10);
+    let (status, log1) = lb1.stop();
+    assert!(status.success(), "{status}:\n{log1}");
+    rounds(&mut conns, 5);
+    assert_eq!(topo.counter("to_lb1"), to_lb1, "packets still sent to lb1");
+
+    let failures: Vec<&String> = conns.iter().filter_map(|c| c.failure.as_ref()).collect();
+    let survived = conns.len() - failures.len();
+    eprintln!(
+        "{survived} of {} connections survived ({via_lb1} moved from lb1 to lb2), {} answers in all",
+        conns.len(),
+        conns.iter().map(|c| c.answered).sum::<usize>()
+    );
+    assert!(failures.is_empty(), "connections broken: {failures:#?}");
+    let lb1_forwarded: u64 = LISTENERS
+        .iter()
+        .map(|l| xdp_counter(&log1, l, "forwarded_l4"))
+        .sum();
+    assert!(lb1_forwarded > 0, "lb1 forwarded nothing:\n{log1}");
+
+    // New connections, through lb2 alone, reach the backend the old ones had.
+    for c in &conns {
+        let src = c.conn.local.ip();
+        let b = topo.tcp_backend(src, vip_addr(src.is_ipv6()), TIMEOUT);
+        assert_eq!(
+            b.as_ref().ok(),
+            Some(&c.backend),
+            "new connection from {src}: {b:?}"
         );
     }
 }
