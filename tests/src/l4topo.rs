@@ -193,6 +193,21 @@ fn batch(ns: &Netns, commands: &str) {
     );
 }
 
+/// `ethtool -K IFACE FEATURES` inside `ns`.
+fn ethtool(ns: &Netns, iface: &str, features: &[&str]) {
+    let out = ns
+        .command("ethtool")
+        .args(["-K", iface])
+        .args(features)
+        .output()
+        .expect("run ethtool (cargo xtask setup installs it)");
+    assert!(
+        out.status.success(),
+        "ethtool -K {iface} {features:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A veth pair `router_ns` ⇔ `far_ns`.
 fn link(router: &Netns, far: &Netns, tag: &str) -> Link {
     let link = Link {
@@ -288,17 +303,7 @@ impl L4Topo {
         // drops the packet (TcpInCsumErrors). With checksum offload off on the router's end,
         // the router's stack computes each checksum before the frame leaves.
         for l in &lb_links {
-            let out = router
-                .command("ethtool")
-                .args(["-K", &l.router_if, "tx", "off"])
-                .output()
-                .expect("run ethtool (cargo xtask setup installs it)");
-            assert!(
-                out.status.success(),
-                "ethtool -K {} tx off: {}",
-                l.router_if,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            ethtool(&router, &l.router_if, &["tx", "off"]);
         }
 
         // The client: every source address on its one link, default routes via the router.
@@ -320,6 +325,9 @@ impl L4Topo {
             cmds += &format!("address add {}/128 dev {c} nodad\n", client_v6(i));
         }
         batch(&client, &cmds);
+        // Packets of at most the MTU from the client, as from the Internet: no segmentation
+        // offload, so each packet the router forwards (and counts) is one frame on the wire.
+        ethtool(&client, c, &["tso", "off", "gso", "off"]);
 
         // The lb nodes: an address on their link and default routes via the router; no VIP.
         for (k, (ns, l)) in lbs.iter().zip(&lb_links).enumerate() {
@@ -726,6 +734,28 @@ impl HttpConn {
         self.reader
             .get_mut()
             .write_all(b"GET / HTTP/1.1\r\nhost: vip\r\n\r\n")?;
+        Ok(self.response()?.0)
+    }
+
+    /// Sends `POST /echo` with a body of `len` bytes (full-sized segments, each growing by
+    /// the outer header on its way to the backend); returns the backend's name and the body
+    /// length it received.
+    pub fn upload(&mut self, len: usize) -> io::Result<(String, usize)> {
+        let head = format!("POST /echo HTTP/1.1\r\nhost: vip\r\ncontent-length: {len}\r\n\r\n");
+        let w = self.reader.get_mut();
+        w.write_all(head.as_bytes())?;
+        w.write_all(&vec![b'x'; len])?;
+        let (backend, body) = self.response()?;
+        let received = body
+            .lines()
+            .find_map(|l| l.strip_prefix("body-bytes: "))
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no body-bytes in {body:?}")))?;
+        Ok((backend, received))
+    }
+
+    /// Reads one response: the backend's name and the body.
+    fn response(&mut self) -> io::Result<(String, String)> {
         let mut line = String::new();
         self.reader.read_line(&mut line)?;
         if !line.starts_with("HTTP/1.1 200") {
@@ -751,6 +781,7 @@ impl HttpConn {
         }
         let mut body = vec![0u8; length];
         self.reader.read_exact(&mut body)?;
-        backend.ok_or_else(|| io::Error::other("no x-backend header"))
+        let backend = backend.ok_or_else(|| io::Error::other("no x-backend header"))?;
+        Ok((backend, String::from_utf8_lossy(&body).into_owned()))
     }
 }

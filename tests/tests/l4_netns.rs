@@ -282,6 +282,19 @@ fn one_lb_balances_tcp_and_udp_by_weight_refuses_a_client_and_replies_bypass_it(
         "IPv6 clients all on one backend: {spread6:?}"
     );
 
+    // Full-sized segments: 1500-byte client packets, 1520 or 1540 bytes once encapsulated,
+    // fit the 1600-byte links behind the router.
+    for src in [client_v4(3), client_v6(3)] {
+        let len = 256 * 1024;
+        let mut conn = topo
+            .tcp_connect(src, vip_addr(src.is_ipv6()), TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+        let (_, received) = conn
+            .upload(len)
+            .unwrap_or_else(|e| panic!("upload from {src}: {e}"));
+        assert_eq!(received, len, "{src}");
+    }
+
     let refused = client_v4(REFUSED);
     let short = Duration::from_millis(700);
     let tcp = topo.tcp_backend(refused, vip_addr(false), short);
