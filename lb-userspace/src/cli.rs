@@ -202,6 +202,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "SECS", default_value = "60")]
     pub response_timeout: String,
 
+    /// Seconds a client has to complete the TLS handshake (1-300).
+    #[arg(long, value_name = "SECS", default_value = "10")]
+    pub handshake_timeout: String,
+
+    /// Client connections this listener keeps open at once (1-10000000); more are accepted
+    /// and closed at once, so the node (and its admin endpoint) stay reachable.
+    #[arg(long, value_name = "N", default_value = "100000")]
+    pub max_connections: String,
+
     /// Forwarding rule, repeatable, evaluated in order:
     /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.
     #[arg(long = "rule", value_name = "RULE")]
@@ -321,6 +330,10 @@ pub struct RunArgs {
     /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT (0-300).
     #[arg(long, value_name = "SECS", default_value = "10")]
     pub drain_timeout: String,
+
+    /// Accept private keys (--key, --sni-cert, --sticky-key-file) that group or others may read.
+    #[arg(long)]
+    pub allow_readable_keys: bool,
 
     /// Log a line per request: client, SNI, listener, backend, status, time to response headers.
     #[arg(long)]

@@ -38,6 +38,7 @@ impl StartError {
 }
 
 pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
+    let fd_limit = raise_fd_limit();
     let worker_count = workers::default_count();
     let mut dataplane = start_dataplane(&config)?;
     let metrics = Metrics::new();
@@ -76,7 +77,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         };
     node.serve(sockets);
     node.start_health_checks();
-    log_ready(&node, dataplane.as_ref(), worker_count);
+    log_ready(&node, dataplane.as_ref(), worker_count, fd_limit);
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(4);
     let admin_state = Arc::new(AdminState {
@@ -136,7 +137,32 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     Ok(())
 }
 
-fn log_ready(node: &Node, dataplane: Option<&Dataplane>, workers: usize) {
+/// Every connection is a descriptor: the soft limit (often 1024) goes up to the hard one, as
+/// nginx's worker_rlimit_nofile does. Returns the limit in effect.
+fn raise_fd_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return raised.rlim_cur;
+            }
+        }
+    }
+    limit.rlim_cur
+}
+
+fn log_ready(node: &Node, dataplane: Option<&Dataplane>, workers: usize, fd_limit: u64) {
     let xdp = dataplane.map_or("off".to_string(), |dp| {
         dp.attached()
             .map(|(i, m)| format!("{i}:{}", m.name()))
@@ -165,6 +191,7 @@ fn log_ready(node: &Node, dataplane: Option<&Dataplane>, workers: usize) {
         listeners = node.listeners.len(),
         groups = node.groups.len(),
         workers,
+        fd_limit,
         xdp,
         "edgelb ready"
     );

@@ -33,6 +33,12 @@ struct HandshakeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusedLabels {
+    listener: String,
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BackendLabels {
     group: String,
     backend: String,
@@ -50,6 +56,7 @@ pub struct Metrics {
     latency: Family<ListenerLabels, Histogram>,
     connections: Family<ListenerLabels, Gauge>,
     handshakes: Family<HandshakeLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
     xdp_packets: Family<XdpLabels, Gauge<u64, AtomicU64>>,
     xdp_backend_packets: Family<BackendLabels, Gauge<u64, AtomicU64>>,
@@ -112,6 +119,12 @@ impl Metrics {
             "Bytes of those frames as received, before encapsulation",
             xdp_backend_bytes.clone(),
         );
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Client connections closed on accept, by listener and reason (access_control, max_connections)",
+            refused.clone(),
+        );
         let reloads = Counter::default();
         registry.register("reloads", "Configuration reloads applied", reloads.clone());
         Arc::new(Metrics {
@@ -120,6 +133,7 @@ impl Metrics {
             latency,
             connections,
             handshakes,
+            refused,
             backend_healthy,
             xdp_packets,
             xdp_backend_packets,
@@ -145,6 +159,7 @@ impl Metrics {
             latency: self.latency.get_or_create(&l).clone(),
             connections: self.connections.get_or_create(&l).clone(),
             handshakes: self.handshakes.clone(),
+            refused: self.refused.clone(),
             listener: listener.into(),
         }
     }
@@ -208,6 +223,7 @@ pub struct ListenerMetrics {
     latency: Histogram,
     connections: Gauge,
     handshakes: Family<HandshakeLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
     listener: String,
 }
 
@@ -238,6 +254,16 @@ impl ListenerMetrics {
     pub fn connection_opened(&self) -> ConnectionGuard {
         self.connections.inc();
         ConnectionGuard(self.connections.clone())
+    }
+
+    /// A connection closed on accept, and why.
+    pub fn refused(&self, reason: &str) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                listener: self.listener.clone(),
+                reason: reason.into(),
+            })
+            .inc();
     }
 
     /// A handshake's result: `ok`, or a short failure reason.

@@ -24,7 +24,7 @@ use crate::metrics::Metrics;
 use crate::nexthop::NextHops;
 use crate::proxy::sticky::Stickiness;
 use crate::proxy::{ListenerSettings, RouteTarget, Routes, Upstream};
-use crate::server::{ListenerContext, Live};
+use crate::server::{ConnectionLimit, ListenerContext, Live};
 use crate::workers::{self, Workers};
 
 /// A backend group as it runs.
@@ -44,6 +44,7 @@ pub struct ListenerRuntime {
     /// One per worker, in worker order.
     contexts: Vec<Arc<ListenerContext>>,
     stop: watch::Sender<bool>,
+    limit: Arc<ConnectionLimit>,
 }
 
 pub struct Node {
@@ -130,6 +131,7 @@ impl Node {
     fn new_listener(&self, p: Prepared, id: u32) -> (ListenerRuntime, Vec<std::net::TcpListener>) {
         let (stop, _) = watch::channel(false);
         let metrics = self.metrics.listener(&p.config.name);
+        let limit = ConnectionLimit::new(p.config.max_connections);
         let access_log = self
             .config
             .ops
@@ -146,6 +148,7 @@ impl Node {
                     stop: stop.subscribe(),
                     open: self.workers.open(i),
                     access_log: access_log.clone(),
+                    limit: limit.clone(),
                 })
             })
             .collect();
@@ -155,6 +158,7 @@ impl Node {
                 id,
                 contexts,
                 stop,
+                limit,
             },
             p.sockets.unwrap_or_default(),
         )
@@ -200,6 +204,7 @@ impl Node {
                     for (ctx, live) in running.contexts.iter().zip(p.live) {
                         ctx.live.store(Arc::new(live));
                     }
+                    running.limit.set_max(p.config.max_connections);
                     running.config = p.config;
                     listeners.push(running);
                 }

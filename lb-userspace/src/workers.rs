@@ -162,10 +162,19 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     if !ctx.live.load().access.admits(peer.ip()) {
                         debug!(client = %peer, "connection refused by access control");
+                        ctx.metrics.refused("access_control");
                         drop(stream);
                         continue;
                     }
-                    tokio::spawn(serve_connection(stream, ctx.clone()));
+                    // Accepted and closed at once: the client learns now, and the descriptor
+                    // is not held. Leaving it in the backlog would hide the limit in timeouts.
+                    let Some(slot) = ctx.limit.try_acquire() else {
+                        debug!(client = %peer, "connection refused: --max-connections reached");
+                        ctx.metrics.refused("max_connections");
+                        drop(stream);
+                        continue;
+                    };
+                    tokio::spawn(serve_connection(stream, ctx.clone(), slot));
                 }
                 // Running out of descriptors or a connection reset before accept: keep serving.
                 Err(e) => {

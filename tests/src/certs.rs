@@ -22,6 +22,15 @@ impl TempDir {
         std::fs::write(&p, contents).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         p
     }
+
+    /// As [`TempDir::write`], readable by the owner only, as edgelb wants private keys.
+    pub fn write_private(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.write(name, contents);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+        p
+    }
 }
 
 impl Default for TempDir {
@@ -54,6 +63,6 @@ pub fn self_signed(dir: &TempDir, name: &str, ips: &[IpAddr]) -> ServerCert {
         .expect("self-signing a fresh certificate");
     ServerCert {
         cert: dir.write(&format!("{name}.crt"), cert.pem()),
-        key: dir.write(&format!("{name}.key"), key.serialize_pem()),
+        key: dir.write_private(&format!("{name}.key"), key.serialize_pem()),
     }
 }

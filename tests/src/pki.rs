@@ -67,7 +67,7 @@ impl Ca {
             .expect("signing a test certificate");
         Leaf {
             cert: dir.write(&format!("{file}.crt"), cert.pem()),
-            key: dir.write(&format!("{file}.key"), key.serialize_pem()),
+            key: dir.write_private(&format!("{file}.key"), key.serialize_pem()),
             der: cert.der().to_vec(),
         }
     }

@@ -501,3 +501,29 @@ fn l4_listeners_are_checked_for_what_xdp_forwarding_needs() {
         );
     }
 }
+
+/// A private key that group or others may read is refused (naming the flag and the file)
+/// unless the operator says otherwise.
+#[test]
+fn readable_private_keys_are_refused_unless_allowed() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = files();
+    std::fs::set_permissions(&f.key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let args = base(&f);
+    let out = run(&[&["check"][..], &args[..]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "--key \"{}\": a private key readable by group or others (mode 0644)",
+            f.key
+        )),
+        "{stderr}"
+    );
+    let out = run(&[&["check"][..], &args[..], &["--allow-readable-keys"][..]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -432,12 +432,12 @@ fn the_example_config_is_valid() {
     );
     for pair in ["shop", "static", "wild", "partners"] {
         s.dir.write(&format!("certs/{pair}.pem"), &cert);
-        s.dir.write(&format!("certs/{pair}.key"), &key);
+        s.dir.write_private(&format!("certs/{pair}.key"), &key);
     }
     let ca = std::fs::read(&s.ca.cert_pem).expect("ca");
     s.dir.write("certs/partners-ca.pem", &ca);
     s.dir.write("backend-ca.pem", &ca);
-    s.dir.write("sticky.key", [7u8; 32]);
+    s.dir.write_private("sticky.key", [7u8; 32]);
     s.dir.write(
         "office.txt",
         "# office\n192.0.2.128/25\n2001:db8:200::/48\n",

@@ -61,7 +61,7 @@ async fn lb_cookies_pin_clients_and_cannot_be_forged() {
         .iter()
         .map(|n| BackendProcess::start(n, "127.0.0.1:0"))
         .collect();
-    let key_file = s.dir.write("sticky.key", [7u8; 48]);
+    let key_file = s.dir.write_private("sticky.key", [7u8; 48]);
     let key = StickyKey::from_file(&key_file).expect("key file");
     let other_key = StickyKey::generate().expect("random key");
     let mut args: Vec<String> = [

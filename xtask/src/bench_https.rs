@@ -624,6 +624,8 @@ fn make_cert(dir: &Path) -> Result<Certs> {
         .args(["-out".as_ref(), cert.as_os_str()])
         .output()
         .context("openssl could not make the ECDSA P-256 certificate")?;
+    // edgelb refuses keys that others may read.
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     let mut both = fs::read_to_string(&cert)?;
     both.push_str(&fs::read_to_string(&key)?);
     fs::write(&combined, both)?;

@@ -427,6 +427,11 @@ impl Demo {
                 "-out",
                 &self.path(&format!("{stem}.key")),
             ])?;
+            // edgelb refuses keys that others may read.
+            fs::set_permissions(
+                self.path(&format!("{stem}.key")),
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )?;
             openssl(&[
                 "req",
                 "-new",

@@ -1,5 +1,6 @@
-//! Project tasks: `cargo xtask setup | build | run | test | ci | bench`.
+//! Project tasks: `cargo xtask setup | build | run | test | ci | demo | bench | backend-setup`.
 //! Every task that builds or tests first runs `setup`, so each is one command on a fresh machine.
+mod backend_setup;
 mod bench_https;
 mod cmd;
 mod demo;
@@ -39,6 +40,15 @@ enum Task {
     Ci,
     /// Namespaced end-to-end demo (root): balancing, SNI, rules, XDP drops, failover, shutdown.
     Demo,
+    /// Print what a backend of a tcp/udp listener needs (VIP on lo, sysctls, decapsulation).
+    BackendSetup {
+        /// The listeners' VIPs, repeatable.
+        #[arg(long = "vip", value_name = "ADDR", default_values_t = ["203.0.113.10".to_string(), "2001:db8::10".to_string()])]
+        vips: Vec<String>,
+        /// The backend's interface towards the edgelb nodes.
+        #[arg(long, value_name = "IFACE", default_value = "eth0")]
+        iface: String,
+    },
     /// Benchmarks, printed as tables.
     Bench {
         #[arg(value_enum)]
@@ -61,6 +71,10 @@ fn main() -> Result<()> {
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match cli.task {
+        Task::BackendSetup { vips, iface } => {
+            print!("{}", backend_setup::script(&vips, &iface));
+            Ok(())
+        }
         Task::Setup => setup::run(),
         Task::Build => {
             setup::run()?;

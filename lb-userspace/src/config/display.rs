@@ -84,11 +84,13 @@ impl Config {
         let t = &l.timeouts;
         writeln!(
             f,
-            "  timeouts        idle={}s request={}s response={}s",
+            "  timeouts        idle={}s request={}s response={}s handshake={}s",
             t.idle.as_secs(),
             t.request.as_secs(),
-            t.response.as_secs()
-        )
+            t.response.as_secs(),
+            t.handshake.as_secs()
+        )?;
+        writeln!(f, "  max-connections {}", l.max_connections)
     }
 
     fn fmt_node(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -25,7 +25,7 @@ use crate::cli::{
 use crate::health::{CheckKind, HealthCheck};
 use crate::proxy::sticky::{StickTable, Stickiness, StickyKey, validate_cookie_name};
 use crate::rules::{Action, RuleSet, RuleSpec};
-use crate::tls::certs::{CertError, PairFile, load_ca_bundle, load_certified_key};
+use crate::tls::certs::{CertError, PairFile, check_private, load_ca_bundle, load_certified_key};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
 
@@ -95,6 +95,8 @@ pub struct ListenerConfig {
     /// Indices into [`Config::groups`] of the groups requests can reach: the default group
     /// first, then every group a rule forwards to.
     pub groups: Vec<usize>,
+    /// Client connections open at once; more are accepted and closed at once.
+    pub max_connections: usize,
 }
 
 /// The TLS half of an https listener: the loaded settings and the files they came from.
@@ -135,6 +137,8 @@ pub struct Timeouts {
     pub idle: Duration,
     pub request: Duration,
     pub response: Duration,
+    /// A TLS handshake not finished by then is abandoned.
+    pub handshake: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -232,6 +236,9 @@ impl Config {
         let mut node = args.clone();
         let mut groups: Vec<GroupConfig> = Vec::new();
         let mut listeners = Vec::new();
+        // Where each listener and group came from: a file table, or None for the flags.
+        let mut listener_at: Vec<Option<String>> = Vec::new();
+        let mut group_at: Vec<Option<String>> = Vec::new();
         if let Some(file) = &file {
             let at = format!("{}: top level", file.path.display());
             xdp(&file.globals).map_err(|e| e.in_file(at.clone(), false))?;
@@ -240,6 +247,7 @@ impl Config {
             for g in &file.groups {
                 let group = group(&g.args).map_err(|e| e.in_file(g.location.clone(), true))?;
                 add_group(&mut groups, group, || g.location.clone())?;
+                group_at.push(Some(g.location.clone()));
             }
             let ip_groups = named_ip_groups(file)?;
             for l in &file.listeners {
@@ -278,6 +286,7 @@ impl Config {
                 )
                 .map_err(in_file)?;
                 listeners.push(listener);
+                listener_at.push(Some(l.location.clone()));
             }
         }
         if file.is_none() || args.listen.is_some() {
@@ -303,6 +312,7 @@ impl Config {
                         Err(e)
                     })?;
                     add_group(&mut groups, group, || "--group-name".to_string())?;
+                    group_at.push(None);
                     groups.len() - 1
                 }
             };
@@ -323,6 +333,10 @@ impl Config {
             };
             let flag_listener = listener(args, default, &groups, Vec::new(), specs, &rule_error)?;
             listeners.push(flag_listener);
+            listener_at.push(None);
+        }
+        if !node.allow_readable_keys {
+            check_key_files(&listeners, &listener_at, &groups, &group_at)?;
         }
         check_unique_listeners(&listeners, file.as_ref().map(|f| f.path.as_path()))?;
         let xdp = xdp(&node)?;
@@ -340,6 +354,45 @@ impl Config {
     pub fn default_group(&self, l: &ListenerConfig) -> &GroupConfig {
         &self.groups[l.groups[0]]
     }
+}
+
+/// Every private key the configuration names must be readable by its owner only.
+fn check_key_files(
+    listeners: &[ListenerConfig],
+    listener_at: &[Option<String>],
+    groups: &[GroupConfig],
+    group_at: &[Option<String>],
+) -> Result<(), ConfigError> {
+    let located = |e: ConfigError, at: &Option<String>, group_table: bool| match at {
+        Some(at) => e.in_file(at.clone(), group_table),
+        None => e,
+    };
+    for (l, at) in listeners.iter().zip(listener_at) {
+        let Some(tls) = &l.tls else { continue };
+        let keys = std::iter::once(("--key", &tls.key_path))
+            .chain(tls.sni_files.iter().map(|(_, _, key)| ("--sni-cert", key)));
+        for (flag, key) in keys {
+            check_private(key).map_err(|problem| {
+                located(
+                    ConfigError::new(flag, key.display().to_string(), problem),
+                    at,
+                    false,
+                )
+            })?;
+        }
+    }
+    for (g, at) in groups.iter().zip(group_at) {
+        if let Some(key) = &g.sticky_key_file {
+            check_private(key).map_err(|problem| {
+                located(
+                    ConfigError::new("--sticky-key-file", key.display().to_string(), problem),
+                    at,
+                    true,
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 fn names(groups: &[GroupConfig]) -> String {
@@ -375,6 +428,7 @@ fn add_group(
 
 /// Top-level settings: a flag given on the command line wins over the file's value.
 fn merge_globals(node: &mut RunArgs, file: &RunArgs, defaults: &RunArgs) {
+    node.allow_readable_keys |= file.allow_readable_keys;
     if node.admin.is_none() {
         node.admin = file.admin.clone();
     }
@@ -481,6 +535,7 @@ fn listener(
         idle: parse::seconds("--idle-timeout", &args.idle_timeout, 0, 4000)?,
         request: parse::seconds("--request-timeout", &args.request_timeout, 1, 300)?,
         response: parse::seconds("--response-timeout", &args.response_timeout, 1, 300)?,
+        handshake: parse::seconds("--handshake-timeout", &args.handshake_timeout, 1, 300)?,
     };
     let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
     let rules = RuleSet::compile(&rule_specs, &names).map_err(rule_error)?;
@@ -513,8 +568,17 @@ fn listener(
         rules: Arc::new(rules),
         rule_specs,
         groups: reachable,
+        max_connections: parse::number(
+            "--max-connections",
+            &args.max_connections,
+            1,
+            MAX_CONNECTIONS_LIMIT,
+        )? as usize,
     })
 }
+
+/// Largest `--max-connections`: more than any host's file descriptors.
+const MAX_CONNECTIONS_LIMIT: u32 = 10_000_000;
 
 /// Largest `--sticky-duration` of a group behind a tcp/udp listener: the flow table's
 /// entries are kernel memory, and the manual caps it at an hour.

@@ -50,6 +50,47 @@ pub struct ListenerContext {
     pub open: Arc<AtomicUsize>,
     /// Log one line per request (`--access-log`), under the listener's name.
     pub access_log: Option<Arc<str>>,
+    /// `--max-connections`, for all of the listener's workers together.
+    pub limit: Arc<ConnectionLimit>,
+}
+
+/// A listener's cap on open client connections, shared by its workers; a reload may change
+/// the cap.
+pub struct ConnectionLimit {
+    max: AtomicUsize,
+    open: AtomicUsize,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(ConnectionLimit {
+            max: AtomicUsize::new(max),
+            open: AtomicUsize::new(0),
+        })
+    }
+
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Room for one more connection (held until the guard is dropped), or None at the cap.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Slot> {
+        let before = self.open.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max.load(Ordering::Relaxed) {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One connection's place under its listener's [`ConnectionLimit`].
+pub struct Slot(Arc<ConnectionLimit>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Counts a connection in [`ListenerContext::open`] until dropped.
@@ -68,7 +109,7 @@ impl Drop for Open {
     }
 }
 
-pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
+pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slot: Slot) {
     let _ = stream.set_nodelay(true);
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
@@ -96,8 +137,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>) {
         .await;
         return;
     };
-    // The handshake is part of the request: it must finish within the request timeout.
-    let tls_stream = match tokio::time::timeout(timeouts.request, tls.accept(stream)).await {
+    let tls_stream = match tokio::time::timeout(timeouts.handshake, tls.accept(stream)).await {
         Ok(Ok(s)) => {
             ctx.metrics.handshake("ok");
             s

@@ -38,6 +38,23 @@ impl CertError {
     }
 }
 
+/// Refuses a private key file that users other than its owner may read: a key readable by a
+/// group or by everyone has likely been copied around already.
+pub fn check_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read: {e}"))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "a private key readable by group or others (mode {:04o}): chmod 600 it (owned by the user edgelb runs as), or pass --allow-readable-keys",
+            mode & 0o7777
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a PEM certificate chain.
 pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;

@@ -1,0 +1,149 @@
+//! Greedy and slow clients against the limits an operator sets: TLS handshakes that never
+//! finish are cut at `--handshake-timeout`; a client opening connections until
+//! `--max-connections` gets the extra ones closed at once while the admin endpoint and the
+//! connections already open keep working; descriptors stay bounded throughout.
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use edgelb_tests::backend::Backend;
+use edgelb_tests::https::{self, ClientOpts, get};
+use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
+
+fn admin_get(addr: &str, path: &str) -> String {
+    let mut s = TcpStream::connect(addr).expect("admin endpoint");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("answer");
+    text
+}
+
+/// Whether the server closes `s` (EOF or reset) within `within`.
+fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
+    s.set_read_timeout(Some(within)).expect("read timeout");
+    let mut buf = [0u8; 64];
+    matches!(s.read(&mut buf), Ok(0))
+        || matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_finishes_is_cut_at_the_handshake_timeout() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let admin = free_addr().to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--handshake-timeout",
+        "1",
+        "--admin",
+        &admin,
+    ]);
+
+    // Half a ClientHello, then silence.
+    let mut silent = TcpStream::connect(addr).expect("connect");
+    silent
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("partial hello");
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(8)),
+        "a stalled handshake is still open after {:?}",
+        started.elapsed()
+    );
+    // A client that does its handshake is served as usual.
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    let reply = https::send(addr, SERVER_NAME, config, get("/"))
+        .await
+        .expect("a normal request");
+    assert_eq!(reply.status, 200);
+    let metrics = admin_get(&admin, "/metrics");
+    assert!(
+        metrics
+            .contains("edgelb_tls_handshakes_total{listener=\"listener-1\",result=\"timeout\"} 1"),
+        "{metrics}"
+    );
+    drop(lb);
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_and_the_node_stays_reachable() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let admin = free_addr().to_string();
+    const LIMIT: usize = 200;
+    let limit = LIMIT.to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--max-connections",
+        &limit,
+        "--handshake-timeout",
+        "30",
+        "--admin",
+        &admin,
+    ]);
+    let base_fds = lb.fds();
+    let base_rss = lb.rss_kib();
+
+    // A greedy client: ten times the limit, none of them doing anything.
+    let mut open = Vec::new();
+    let mut peak_fds = 0;
+    for _ in 0..LIMIT * 10 {
+        if let Ok(c) = TcpStream::connect(addr) {
+            open.push(c);
+        }
+        peak_fds = peak_fds.max(lb.fds());
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    peak_fds = peak_fds.max(lb.fds());
+    let mut closed = 0;
+    for c in &mut open {
+        c.set_nonblocking(true).expect("nonblocking");
+        let mut buf = [0u8; 1];
+        match c.read(&mut buf) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            _ => {}
+        }
+    }
+    let peak_rss = lb.rss_kib();
+    eprintln!(
+        "{} connections opened, {closed} closed by edgelb; descriptors {base_fds} -> peak {peak_fds}; RSS {base_rss} KiB -> {peak_rss} KiB",
+        open.len()
+    );
+    assert!(
+        closed >= LIMIT * 9 - 50,
+        "only {closed} of {} connections past the limit were closed",
+        open.len()
+    );
+    assert!(
+        peak_fds <= base_fds + LIMIT + 50,
+        "descriptors grew from {base_fds} to {peak_fds} with a limit of {LIMIT}"
+    );
+    // The admin endpoint is another socket: it still answers, and says why.
+    let metrics = admin_get(&admin, "/metrics");
+    assert!(
+        metrics.contains(
+            "edgelb_connections_refused_total{listener=\"listener-1\",reason=\"max_connections\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(admin_get(&admin, "/healthz").contains("ok"));
+
+    // Room again once the greedy client lets go.
+    drop(open);
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    let mut served = false;
+    for _ in 0..50 {
+        if let Ok(r) = https::send(addr, SERVER_NAME, config.clone(), get("/")).await {
+            served = r.status == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "no request served after the greedy client left");
+    drop(lb);
+}

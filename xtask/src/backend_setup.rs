@@ -1,0 +1,67 @@
+//! `cargo xtask backend-setup`: what a backend of a tcp/udp listener needs, as commands to
+//! run on it. edgelb forwards those listeners' packets IP-in-IP (Katran-style direct server
+//! return): the backend must take the outer header off, accept packets for the VIP as its
+//! own, and answer the client directly from the VIP.
+
+/// The setup script for a backend with `vips` reached through interface `iface`.
+pub fn script(vips: &[String], iface: &str) -> String {
+    let mut out = String::new();
+    out.push_str("# --- on every backend of a tcp/udp listener (as root) ---\n\n");
+    out.push_str(
+        "# 1. The VIP is an address of the backend, on lo, so its services accept it and\n",
+    );
+    out.push_str("#    answer from it. It must not answer ARP/ND for it on the network: the\n");
+    out.push_str("#    edgelb nodes (or the router's ECMP route to them) own the VIP there.\n");
+    for vip in vips {
+        let len = if vip.contains(':') { 128 } else { 32 };
+        out.push_str(&format!("ip addr add {vip}/{len} dev lo\n"));
+    }
+    out.push_str("sysctl -w net.ipv4.conf.all.arp_ignore=1     # answer ARP only for addresses of the asked interface\n");
+    out.push_str(
+        "sysctl -w net.ipv4.conf.all.arp_announce=2   # never announce the VIP as a source\n",
+    );
+    out.push_str("# Decapsulated packets arrive with the client's source on an interface the\n");
+    out.push_str("# reverse route may not point to: strict reverse-path filtering drops them.\n");
+    out.push_str("sysctl -w net.ipv4.conf.all.rp_filter=0\n");
+    out.push_str(&format!("sysctl -w net.ipv4.conf.{iface}.rp_filter=0\n"));
+    out.push_str("sysctl -w net.ipv4.conf.lo.rp_filter=0\n\n");
+    out.push_str(
+        "# 2a. Where the kernel has IP-in-IP tunnels (CONFIG_NET_IPIP, CONFIG_IPV6_TUNNEL):\n",
+    );
+    out.push_str("ip link add name ipip0 type ipip external && ip link set ipip0 up\n");
+    out.push_str("ip link add name ip6tnl0 type ip6tnl external && ip link set ip6tnl0 up\n");
+    out.push_str("sysctl -w net.ipv4.conf.ipip0.rp_filter=0\n\n");
+    out.push_str(
+        "# 2b. Where it has none (check: zcat /proc/config.gz | grep -E 'NET_IPIP|IPV6_TUNNEL'),\n",
+    );
+    out.push_str("#     edgelb's own XDP decapsulator (as a service; it detaches on exit):\n");
+    let vip_flags: Vec<String> = vips.iter().map(|v| format!("--vip {v}")).collect();
+    out.push_str(&format!(
+        "edgelb decap --iface {iface} {}\n\n",
+        vip_flags.join(" ")
+    ));
+    out.push_str(
+        "# 3. MTU: the outer header adds 20 (IPv4) or 40 (IPv6) bytes. Links between the\n",
+    );
+    out.push_str("#    edgelb nodes and the backends need that much more MTU than the clients'\n");
+    out.push_str("#    path (e.g. 1540 behind a 1500 edge), or clients need a lower MSS.\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_names_every_vip_and_the_interface() {
+        let s = script(&["10.100.0.1".into(), "fd00:100::1".into()], "eth1");
+        for line in [
+            "ip addr add 10.100.0.1/32 dev lo",
+            "ip addr add fd00:100::1/128 dev lo",
+            "sysctl -w net.ipv4.conf.eth1.rp_filter=0",
+            "edgelb decap --iface eth1 --vip 10.100.0.1 --vip fd00:100::1",
+        ] {
+            assert!(s.contains(line), "missing {line:?} in\n{s}");
+        }
+    }
+}
