@@ -23,26 +23,21 @@ const LISTENERS: [&str; 4] = ["tcp4", "udp4", "tcp6", "udp6"];
 
 /// edgelb's config for lb node `lb`: a tcp and a udp listener on each VIP, all balancing the
 /// three backends (weights [`WEIGHTS`]) by source IP in XDP, refusing [`REFUSED`], and
-/// checking the backends' TCP port every second (one failure flips a backend).
-fn config(topo: &L4Topo, lb: usize) -> PathBuf {
-    let backends: Vec<String> = (0..BACKENDS)
-        .map(|n| {
-            format!(
-                "\"{}:{PORT},weight={}\"",
-                backend_addr(n, false),
-                WEIGHTS[n]
-            )
-        })
-        .collect();
-    let mut s = format!(
-        r#"xdp_iface = ["{iface}"]
-xdp_mode = "native"
-
-[ip_groups]
-refused = ["{refused}/32"]
-
+/// checking the backends' TCP port every second (one failure flips a backend). With
+/// `outer_v6`, the IPv6 listeners' group names the backends by their IPv6 addresses (IPv6
+/// outer headers); otherwise every listener uses the IPv4 one.
+fn config(topo: &L4Topo, lb: usize, outer_v6: bool) -> PathBuf {
+    let group = |name: &str, v6: bool| {
+        let backends: Vec<String> = (0..BACKENDS)
+            .map(|n| {
+                let addr = std::net::SocketAddr::new(backend_addr(n, v6), PORT);
+                format!("\"{addr},weight={}\"", WEIGHTS[n])
+            })
+            .collect();
+        format!(
+            r#"
 [[group]]
-name = "be"
+name = "{name}"
 backend = [{backends}]
 algorithm = "source-ip-hash"
 health_check = "tcp"
@@ -50,23 +45,38 @@ hc_interval = 1
 hc_timeout = 1
 hc_retries = 1
 "#,
+            backends = backends.join(", ")
+        )
+    };
+    let mut s = format!(
+        r#"xdp_iface = ["{iface}"]
+xdp_mode = "native"
+
+[ip_groups]
+refused = ["{refused}/32"]
+"#,
         iface = topo.lb_links[lb].far_if,
         refused = client_v4(REFUSED),
-        backends = backends.join(", "),
     );
+    s += &group("be", false);
+    if outer_v6 {
+        s += &group("be6", true);
+    }
     for name in LISTENERS {
+        let v6 = name.ends_with('6');
         s += &format!(
             r#"
 [[listener]]
 name = "{name}"
 protocol = "{proto}"
 listen = "{listen}"
-group = "be"
+group = "{group}"
 access_control = "blacklist"
 ip_groups = ["refused"]
 "#,
             proto = &name[..3],
-            listen = vip_addr(name.ends_with('6')),
+            listen = vip_addr(v6),
+            group = if v6 && outer_v6 { "be6" } else { "be" },
         );
     }
     topo.logs.write(&format!("lb{}.toml", lb + 1), s)
@@ -74,7 +84,11 @@ ip_groups = ["refused"]
 
 /// edgelb on lb node `lb` (0-based), XDP attached natively to its link.
 fn start_lb(topo: &L4Topo, lb: usize) -> Daemon {
-    let config = config(topo, lb);
+    start_lb_with(topo, lb, false)
+}
+
+fn start_lb_with(topo: &L4Topo, lb: usize, outer_v6: bool) -> Daemon {
+    let config = config(topo, lb, outer_v6);
     Daemon::start(
         Some(&topo.lbs[lb]),
         &["--config", &config.to_string_lossy()],
@@ -523,4 +537,52 @@ fn ecmp_connections_survive_losing_an_lb_node() {
             "new connection from {src}: {b:?}"
         );
     }
+}
+
+/// IPv6 clients of a group of IPv6 backend addresses: the packets travel IPv6-in-IPv6 (40
+/// more bytes, full-sized segments too), next hops found by neighbour discovery; TCP and UDP
+/// agree, every backend gets clients, and IPv4 clients of the IPv4 group still work beside.
+#[test]
+fn ipv6_backends_get_ipv6_outer_headers() {
+    if !root_or_skip("ipv6_backends_get_ipv6_outer_headers") {
+        return;
+    }
+    let topo = L4Topo::new();
+    let lb = start_lb_with(&topo, 0, true);
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    for src in (1..=CLIENT_V6_SOURCES).map(client_v6) {
+        let dst = vip_addr(true);
+        let tcp = topo
+            .tcp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
+        let udp = topo
+            .udp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
+        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
+        *spread.entry(tcp).or_default() += 1;
+    }
+    eprintln!("IPv6 over IPv6: {CLIENT_V6_SOURCES} clients, backends {spread:?}");
+    assert_eq!(spread.len(), BACKENDS, "{spread:?}");
+    let src = client_v6(3);
+    let len = 256 * 1024;
+    let received = topo
+        .tcp_connect(src, vip_addr(true), TIMEOUT)
+        .and_then(|mut c| c.upload(len))
+        .unwrap_or_else(|e| panic!("upload from {src}: {e}"));
+    assert_eq!(received.1, len);
+    for src in sources_v4(5) {
+        topo.tcp_backend(src, vip_addr(false), TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP {src}: {e}"));
+    }
+
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{status}:\n{log}");
+    let per_backend = backend_counters(&log);
+    eprintln!("lb1 XDP frames per backend: {per_backend:?}");
+    let v6_frames: u64 = (0..BACKENDS)
+        .map(|n| per_backend[&std::net::SocketAddr::new(backend_addr(n, true), PORT).to_string()])
+        .sum();
+    let tcp6_udp6 =
+        xdp_counter(&log, "tcp6", "forwarded_l4") + xdp_counter(&log, "udp6", "forwarded_l4");
+    assert_eq!(v6_frames, tcp6_udp6, "{log}");
 }
