@@ -6,7 +6,7 @@
 //! - `/set-cookie/NAME=VALUE`: sets that cookie,
 //! - a request with `Upgrade: websocket`: switches protocols and echoes raw bytes back.
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,6 +91,25 @@ impl Backend {
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
     }
+}
+
+/// A UDP socket on `bind` (in this namespace) answering every datagram, on a thread of its
+/// own, with `backend NAME ` followed by the datagram. Bind it to the address clients send to
+/// (a VIP, not a wildcard): the answer then leaves from that address.
+pub fn udp_echo(name: &str, bind: &str) -> SocketAddr {
+    let socket =
+        UdpSocket::bind(bind).unwrap_or_else(|e| panic!("udp echo {name}: bind {bind}: {e}"));
+    let addr = socket.local_addr().expect("bound socket has an address");
+    let prefix = format!("backend {name} ");
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = socket.recv_from(&mut buf) {
+            let mut reply = prefix.clone().into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from);
+        }
+    });
+    addr
 }
 
 /// A port on 127.0.0.1 that nothing listens on (bound, then closed).
@@ -201,9 +220,26 @@ pub struct BackendProcess {
 impl BackendProcess {
     /// Starts `test-backend NAME BIND` and waits for the address it bound.
     pub fn start(name: &str, bind: &str) -> Self {
+        Self::start_in(None, name, bind, &[])
+    }
+
+    /// Starts `test-backend NAME BIND UDP_BIND...` inside `ns` (None: this namespace) and
+    /// waits for the address it bound: an HTTP backend on `bind`, and a UDP echo on each of
+    /// `udp` ([`udp_echo`]).
+    pub fn start_in(
+        ns: Option<&crate::netns::Netns>,
+        name: &str,
+        bind: &str,
+        udp: &[&str],
+    ) -> Self {
         let bin = crate::daemon::binary().with_file_name("test-backend");
-        let mut child = std::process::Command::new(&bin)
+        let mut cmd = match ns {
+            Some(ns) => ns.command(&bin.to_string_lossy()),
+            None => std::process::Command::new(&bin),
+        };
+        let mut child = cmd
             .args([name, bind])
+            .args(udp)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));

@@ -6,6 +6,7 @@ pub mod client;
 pub mod daemon;
 pub mod dataplane_fixture;
 pub mod https;
+pub mod l4topo;
 pub mod listener;
 pub mod netns;
 pub mod packet;

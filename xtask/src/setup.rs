@@ -16,6 +16,8 @@ const PACKAGES: &[&str] = &[
     "openssl",
     "ca-certificates",
     "procps",
+    "nftables",
+    "ethtool",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

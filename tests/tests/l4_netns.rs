@@ -1,0 +1,588 @@
+//! End to end, as root, in the routed topology of [`edgelb_tests::l4topo`]: clients behind a
+//! router, edgelb nodes balancing TCP and UDP listeners entirely in XDP (IP-in-IP to the
+//! backends), backends answering the clients directly.
+use std::collections::BTreeMap;
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use edgelb_tests::daemon::{Daemon, xdp_counter};
+use edgelb_tests::l4topo::{
+    BACKENDS, CLIENT_V6_SOURCES, HttpConn, L4Topo, PORT, backend_addr, client_v4, client_v6,
+    vip_addr,
+};
+use edgelb_tests::privilege::root_or_skip;
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+/// Weights of be1, be2, be3.
+const WEIGHTS: [u32; BACKENDS] = [1, 1, 2];
+/// The client (10.0.1.7) every listener refuses.
+const REFUSED: u8 = 7;
+const LISTENERS: [&str; 4] = ["tcp4", "udp4", "tcp6", "udp6"];
+
+/// edgelb's config for lb node `lb`: a tcp and a udp listener on each VIP, all balancing the
+/// three backends (weights [`WEIGHTS`]) by source IP in XDP, refusing [`REFUSED`], and
+/// checking the backends' TCP port every second (one failure flips a backend). With
+/// `outer_v6`, the IPv6 listeners' group names the backends by their IPv6 addresses (IPv6
+/// outer headers); otherwise every listener uses the IPv4 one.
+fn config(topo: &L4Topo, lb: usize, outer_v6: bool) -> PathBuf {
+    let group = |name: &str, v6: bool| {
+        let backends: Vec<String> = (0..BACKENDS)
+            .map(|n| {
+                let addr = std::net::SocketAddr::new(backend_addr(n, v6), PORT);
+                format!("\"{addr},weight={}\"", WEIGHTS[n])
+            })
+            .collect();
+        format!(
+            r#"
+[[group]]
+name = "{name}"
+backend = [{backends}]
+algorithm = "source-ip-hash"
+health_check = "tcp"
+hc_interval = 1
+hc_timeout = 1
+hc_retries = 1
+"#,
+            backends = backends.join(", ")
+        )
+    };
+    let mut s = format!(
+        r#"xdp_iface = ["{iface}"]
+xdp_mode = "native"
+
+[ip_groups]
+refused = ["{refused}/32"]
+"#,
+        iface = topo.lb_links[lb].far_if,
+        refused = client_v4(REFUSED),
+    );
+    s += &group("be", false);
+    if outer_v6 {
+        s += &group("be6", true);
+    }
+    for name in LISTENERS {
+        let v6 = name.ends_with('6');
+        s += &format!(
+            r#"
+[[listener]]
+name = "{name}"
+protocol = "{proto}"
+listen = "{listen}"
+group = "{group}"
+access_control = "blacklist"
+ip_groups = ["refused"]
+"#,
+            proto = &name[..3],
+            listen = vip_addr(v6),
+            group = if v6 && outer_v6 { "be6" } else { "be" },
+        );
+    }
+    topo.logs.write(&format!("lb{}.toml", lb + 1), s)
+}
+
+/// edgelb on lb node `lb` (0-based), XDP attached natively to its link.
+fn start_lb(topo: &L4Topo, lb: usize) -> Daemon {
+    start_lb_with(topo, lb, false)
+}
+
+fn start_lb_with(topo: &L4Topo, lb: usize, outer_v6: bool) -> Daemon {
+    let config = config(topo, lb, outer_v6);
+    Daemon::start(
+        Some(&topo.lbs[lb]),
+        &["--config", &config.to_string_lossy()],
+        topo.logs.path(),
+    )
+}
+
+/// Client sources 10.0.1.1 ..= 10.0.1.`last`, without the refused one.
+fn sources_v4(last: u8) -> Vec<IpAddr> {
+    (1..=last)
+        .filter(|&i| i != REFUSED)
+        .map(client_v4)
+        .collect()
+}
+
+/// Which backend answers each of `sources` over a new TCP connection to the VIP.
+fn tcp_map(topo: &L4Topo, sources: &[IpAddr]) -> BTreeMap<IpAddr, String> {
+    sources
+        .iter()
+        .map(|&src| {
+            let dst = vip_addr(src.is_ipv6());
+            let b = topo
+                .tcp_backend(src, dst, TIMEOUT)
+                .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
+            (src, b)
+        })
+        .collect()
+}
+
+/// The `xdp backend counters` lines of a stopped edgelb's log: forwarded frames per backend.
+fn backend_counters(log: &str) -> BTreeMap<String, u64> {
+    log.lines()
+        .filter(|l| l.contains("xdp backend counters"))
+        .map(|l| {
+            let field = |name: &str| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(name))
+                    .unwrap_or_else(|| panic!("no {name} in {l:?}"))
+                    .to_string()
+            };
+            (
+                field("backend="),
+                field("forwarded=").parse().expect("a number"),
+            )
+        })
+        .collect()
+}
+
+fn timed_out(r: &io::Result<String>) -> bool {
+    matches!(r, Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock))
+}
+
+/// Without any load balancer (the VIP routed straight to backends), TCP and UDP from many
+/// client sources of both families reach the VIP and the answers come back: addressing,
+/// routes, sysctls and the direct reply path are right before edgelb is in the way. A
+/// multipath route spreads clients over its next hops, and removing one moves them all.
+#[test]
+fn topology_without_lb_reaches_the_vip_directly_and_by_ecmp() {
+    if !root_or_skip("topology_without_lb_reaches_the_vip_directly_and_by_ecmp") {
+        return;
+    }
+    let topo = L4Topo::new();
+    for (key, want) in [
+        ("net.ipv4.ip_forward", "1"),
+        ("net.ipv6.conf.all.forwarding", "1"),
+        ("net.ipv4.fib_multipath_hash_policy", "1"),
+        ("net.ipv6.fib_multipath_hash_policy", "1"),
+    ] {
+        assert_eq!(L4Topo::sysctl(&topo.router, key), want, "router {key}");
+    }
+    let be_if = &topo.backend_links[0].far_if;
+    for (key, want) in [
+        ("net.ipv4.conf.all.rp_filter".to_string(), "0"),
+        (format!("net.ipv4.conf.{be_if}.rp_filter"), "0"),
+        ("net.ipv4.conf.all.arp_ignore".to_string(), "1"),
+        ("net.ipv4.conf.all.arp_announce".to_string(), "2"),
+    ] {
+        assert_eq!(L4Topo::sysctl(&topo.backends[0], &key), want, "be1 {key}");
+    }
+
+    topo.route_vip_to_backends(&[0]);
+    let sources: Vec<_> = [1u8, 2, 7, 100, 254]
+        .into_iter()
+        .map(client_v4)
+        .chain([1u16, 5, 0x16].into_iter().map(client_v6))
+        .collect();
+    for &src in &sources {
+        let dst = vip_addr(src.is_ipv6());
+        let tcp = topo.tcp_backend(src, dst, TIMEOUT);
+        assert_eq!(
+            tcp.as_deref().ok(),
+            Some("be1"),
+            "TCP {src} -> {dst}: {tcp:?}"
+        );
+        let udp = topo.udp_backend(src, dst, TIMEOUT);
+        assert_eq!(
+            udp.as_deref().ok(),
+            Some("be1"),
+            "UDP {src} -> {dst}: {udp:?}"
+        );
+    }
+
+    // ECMP over be2 and be3, hashed on the 5-tuple: both get connections of both families.
+    topo.route_vip_to_backends(&[1, 2]);
+    let routes = topo.vip_routes();
+    assert_eq!(routes.matches("nexthop").count(), 4, "{routes}");
+    let mut seen = BTreeMap::new();
+    for &src in &sources {
+        for _ in 0..4 {
+            let dst = vip_addr(src.is_ipv6());
+            let tcp = topo
+                .tcp_backend(src, dst, TIMEOUT)
+                .unwrap_or_else(|e| panic!("TCP {src} -> {dst} over ECMP: {e}"));
+            *seen.entry((src.is_ipv6(), tcp)).or_insert(0) += 1;
+        }
+    }
+    let keys: Vec<_> = seen.keys().cloned().collect();
+    assert_eq!(
+        keys,
+        [
+            (false, "be2".to_string()),
+            (false, "be3".to_string()),
+            (true, "be2".to_string()),
+            (true, "be3".to_string())
+        ],
+        "{seen:?}"
+    );
+
+    // be2 withdrawn: everything goes to be3.
+    topo.route_vip_to_backends(&[2]);
+    for &src in &sources {
+        let dst = vip_addr(src.is_ipv6());
+        let tcp = topo.tcp_backend(src, dst, TIMEOUT);
+        assert_eq!(
+            tcp.as_deref().ok(),
+            Some("be3"),
+            "TCP {src} -> {dst}: {tcp:?}"
+        );
+    }
+}
+
+/// One edgelb node (lb1) balances a tcp and a udp listener on each VIP in XDP: from 199
+/// client addresses every TCP connection and UDP exchange completes, both listeners send a
+/// client to the same backend (same ring, source-IP hash), the spread follows the weights
+/// 1/1/2, IPv6 clients are served too, the refused client's packets are dropped (it times
+/// out), and the replies never touch lb1: it has no socket on the port, the router forwards
+/// no packet from a VIP to or from it, and every packet the router sent it for a VIP is one
+/// its XDP program forwarded or dropped.
+#[test]
+fn one_lb_balances_tcp_and_udp_by_weight_refuses_a_client_and_replies_bypass_it() {
+    if !root_or_skip("one_lb_balances_tcp_and_udp_by_weight_refuses_a_client_and_replies_bypass_it")
+    {
+        return;
+    }
+    let topo = L4Topo::new();
+    topo.count_vip_traffic();
+    let lb = start_lb(&topo, 0);
+    let sockets = L4Topo::sockets_on_port(&topo.lbs[0]);
+    assert!(
+        sockets.is_empty(),
+        "lb1 has sockets on the port: {sockets:?}"
+    );
+
+    let sources = sources_v4(200);
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    for &src in &sources {
+        let dst = vip_addr(false);
+        let tcp = topo
+            .tcp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
+        let udp = topo
+            .udp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
+        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
+        *spread.entry(tcp).or_default() += 1;
+    }
+    eprintln!("IPv4: {} clients, backends {spread:?}", sources.len());
+    // Weights 1/1/2 of 199 clients: about 50/50/100. Ignoring the weights would give about
+    // 66 each, below be3's bound.
+    let count = |b: &str| spread.get(b).copied().unwrap_or(0);
+    for (b, (lo, hi)) in [("be1", (30, 70)), ("be2", (30, 70)), ("be3", (80, 120))] {
+        assert!(
+            (lo..=hi).contains(&count(b)),
+            "{b}: {} of {} clients, expected {lo}-{hi}: {spread:?}",
+            count(b),
+            sources.len()
+        );
+    }
+
+    let mut spread6: BTreeMap<String, usize> = BTreeMap::new();
+    for src in (1..=CLIENT_V6_SOURCES).map(client_v6) {
+        let dst = vip_addr(true);
+        let tcp = topo
+            .tcp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
+        let udp = topo
+            .udp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
+        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
+        *spread6.entry(tcp).or_default() += 1;
+    }
+    eprintln!("IPv6: {CLIENT_V6_SOURCES} clients, backends {spread6:?}");
+    assert!(
+        spread6.len() >= 2,
+        "IPv6 clients all on one backend: {spread6:?}"
+    );
+
+    // Full-sized segments: 1500-byte client packets, 1520 or 1540 bytes once encapsulated,
+    // fit the 1600-byte links behind the router.
+    for src in [client_v4(3), client_v6(3)] {
+        let len = 256 * 1024;
+        let mut conn = topo
+            .tcp_connect(src, vip_addr(src.is_ipv6()), TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+        let (_, received) = conn
+            .upload(len)
+            .unwrap_or_else(|e| panic!("upload from {src}: {e}"));
+        assert_eq!(received, len, "{src}");
+    }
+
+    let refused = client_v4(REFUSED);
+    let short = Duration::from_millis(700);
+    let tcp = topo.tcp_backend(refused, vip_addr(false), short);
+    assert!(timed_out(&tcp), "refused {refused} over TCP: {tcp:?}");
+    let udp = topo.udp_backend(refused, vip_addr(false), short);
+    assert!(timed_out(&udp), "refused {refused} over UDP: {udp:?}");
+    // Its neighbour is still served.
+    assert!(
+        topo.tcp_backend(client_v4(REFUSED + 1), vip_addr(false), TIMEOUT)
+            .is_ok()
+    );
+
+    let (to_lb, via_lb, direct) = (
+        topo.counter("to_lb1"),
+        topo.counter("vip_via_lb1"),
+        topo.counter("vip_direct"),
+    );
+    eprintln!(
+        "router: {to_lb} packets to a VIP sent to lb1, {via_lb} from a VIP to or from lb1, {direct} replies forwarded straight to the client"
+    );
+    assert_eq!(via_lb, 0, "replies went through lb1");
+    // At least a SYN-ACK and a response per TCP connection, and an answer per datagram.
+    let exchanges = (sources.len() + 1 + usize::from(CLIENT_V6_SOURCES)) as u64;
+    assert!(
+        direct >= 3 * exchanges,
+        "{direct} direct replies for {exchanges} clients"
+    );
+
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{status}:\n{log}");
+    let sum = |name: &str| -> u64 { LISTENERS.iter().map(|l| xdp_counter(&log, l, name)).sum() };
+    let (forwarded, dropped) = (sum("forwarded_l4"), sum("dropped_acl"));
+    eprintln!("lb1 XDP: forwarded_l4={forwarded} dropped_acl={dropped}");
+    assert_eq!(
+        sum("no_backend") + sum("encap_failed") + sum("passed"),
+        0,
+        "{log}"
+    );
+    assert!(
+        dropped >= 2,
+        "the refused client's SYN and datagram: {dropped}"
+    );
+    assert_eq!(
+        forwarded + dropped,
+        to_lb,
+        "every packet for a VIP that reached lb1 was forwarded or dropped by XDP"
+    );
+    let per_backend = backend_counters(&log);
+    eprintln!("lb1 XDP frames per backend: {per_backend:?}");
+    assert_eq!(per_backend.len(), BACKENDS, "{log}");
+    assert_eq!(per_backend.values().sum::<u64>(), forwarded, "{log}");
+}
+
+/// A backend that crashes and fails its health checks leaves the ring: its clients move to
+/// the others, and the others' clients keep their backend.
+#[test]
+fn crashed_backend_leaves_the_ring_only_its_clients_move() {
+    if !root_or_skip("crashed_backend_leaves_the_ring_only_its_clients_move") {
+        return;
+    }
+    let mut topo = L4Topo::new();
+    let lb = start_lb(&topo, 0);
+    let sources = sources_v4(120);
+    let before = tcp_map(&topo, &sources);
+    let on_be2: Vec<IpAddr> = before
+        .iter()
+        .filter(|(_, b)| *b == "be2")
+        .map(|(s, _)| *s)
+        .collect();
+    assert!(!on_be2.is_empty(), "nobody on be2: {before:?}");
+
+    topo.kill_server(1);
+    let killed = Instant::now();
+    let probe = on_be2[0];
+    loop {
+        match topo.tcp_backend(probe, vip_addr(false), Duration::from_millis(500)) {
+            Ok(b) if b != "be2" => break,
+            other => assert!(
+                killed.elapsed() < Duration::from_secs(10),
+                "{probe} still not moved 10 s after be2 died ({other:?}):\n{}",
+                lb.log()
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("ring without be2 after {:?}", killed.elapsed());
+
+    let after = tcp_map(&topo, &sources);
+    let mut moved: BTreeMap<String, usize> = BTreeMap::new();
+    let mut changed = Vec::new();
+    for (src, b) in &before {
+        let now = &after[src];
+        if b == "be2" {
+            assert_ne!(now, "be2", "{src}");
+            *moved.entry(now.clone()).or_default() += 1;
+            let udp = topo.udp_backend(*src, vip_addr(false), TIMEOUT);
+            assert_eq!(udp.as_ref().ok(), Some(now), "{src} over UDP: {udp:?}");
+        } else if now != b {
+            changed.push(format!("{src}: {b} -> {now}"));
+        }
+    }
+    eprintln!(
+        "{} of {} clients were on be2, now {moved:?}; others changed: {changed:?}",
+        on_be2.len(),
+        sources.len()
+    );
+    assert!(
+        changed.is_empty(),
+        "clients of live backends moved: {changed:?}"
+    );
+    let log = lb.log();
+    assert!(log.contains("backend unhealthy"), "{log}");
+}
+
+/// Two edgelb nodes behind ECMP: long-lived TCP connections, spread over both by the router,
+/// keep working (each line answered by the same backend) when lb1 is withdrawn from the
+/// route and then stopped: lb2 picks the same backends from the same ring. New connections
+/// work and land on the same backends too.
+#[test]
+fn ecmp_connections_survive_losing_an_lb_node() {
+    if !root_or_skip("ecmp_connections_survive_losing_an_lb_node") {
+        return;
+    }
+    let topo = L4Topo::new();
+    topo.count_vip_traffic();
+    topo.route_vip_via_lbs(&[0, 1]);
+    let (lb1, _lb2) = std::thread::scope(|s| {
+        let a = s.spawn(|| start_lb(&topo, 0));
+        let b = s.spawn(|| start_lb(&topo, 1));
+        (a.join().expect("lb1 starts"), b.join().expect("lb2 starts"))
+    });
+
+    let sources: Vec<IpAddr> = sources_v4(21)
+        .into_iter()
+        .chain((1..=4).map(client_v6))
+        .collect();
+    struct Long {
+        conn: HttpConn,
+        backend: String,
+        lb: usize,
+        answered: usize,
+        failure: Option<String>,
+    }
+    let mut conns: Vec<Long> = sources
+        .iter()
+        .map(|&src| {
+            let mut conn = topo
+                .tcp_connect(src, vip_addr(src.is_ipv6()), TIMEOUT)
+                .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+            let backend = conn
+                .ask()
+                .unwrap_or_else(|e| panic!("first request from {src}: {e}"));
+            let lb = topo.lb_of_connection(conn.local);
+            Long {
+                conn,
+                backend,
+                lb,
+                answered: 1,
+                failure: None,
+            }
+        })
+        .collect();
+    let via_lb1 = conns.iter().filter(|c| c.lb == 0).count();
+    eprintln!(
+        "{} connections, {via_lb1} through lb1, {} through lb2",
+        conns.len(),
+        conns.len() - via_lb1
+    );
+    assert!(
+        via_lb1 > 0 && via_lb1 < conns.len(),
+        "ECMP used one lb only"
+    );
+
+    let rounds = |conns: &mut Vec<Long>, n: usize| {
+        for _ in 0..n {
+            for c in conns.iter_mut().filter(|c| c.failure.is_none()) {
+                match c.conn.ask() {
+                    Ok(b) if b == c.backend => c.answered += 1,
+                    other => {
+                        c.failure = Some(format!(
+                            "{} (via lb{}, on {}): {other:?} after {} answers",
+                            c.conn.local,
+                            c.lb + 1,
+                            c.backend,
+                            c.answered
+                        ))
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    rounds(&mut conns, 5);
+    assert!(topo.counter("to_lb1") > 0 && topo.counter("to_lb2") > 0);
+
+    // lb1's route withdrawn, as its BGP session going down would; then lb1 stops.
+    topo.route_vip_via_lbs(&[1]);
+    let to_lb1 = topo.counter("to_lb1");
+    rounds(&mut conns, 10);
+    let (status, log1) = lb1.stop();
+    assert!(status.success(), "{status}:\n{log1}");
+    rounds(&mut conns, 5);
+    assert_eq!(topo.counter("to_lb1"), to_lb1, "packets still sent to lb1");
+
+    let failures: Vec<&String> = conns.iter().filter_map(|c| c.failure.as_ref()).collect();
+    let survived = conns.len() - failures.len();
+    eprintln!(
+        "{survived} of {} connections survived ({via_lb1} moved from lb1 to lb2), {} answers in all",
+        conns.len(),
+        conns.iter().map(|c| c.answered).sum::<usize>()
+    );
+    assert!(failures.is_empty(), "connections broken: {failures:#?}");
+    let lb1_forwarded: u64 = LISTENERS
+        .iter()
+        .map(|l| xdp_counter(&log1, l, "forwarded_l4"))
+        .sum();
+    assert!(lb1_forwarded > 0, "lb1 forwarded nothing:\n{log1}");
+
+    // New connections, through lb2 alone, reach the backend the old ones had.
+    for c in &conns {
+        let src = c.conn.local.ip();
+        let b = topo.tcp_backend(src, vip_addr(src.is_ipv6()), TIMEOUT);
+        assert_eq!(
+            b.as_ref().ok(),
+            Some(&c.backend),
+            "new connection from {src}: {b:?}"
+        );
+    }
+}
+
+/// IPv6 clients of a group of IPv6 backend addresses: the packets travel IPv6-in-IPv6 (40
+/// more bytes, full-sized segments too), next hops found by neighbour discovery; TCP and UDP
+/// agree, every backend gets clients, and IPv4 clients of the IPv4 group still work beside.
+#[test]
+fn ipv6_backends_get_ipv6_outer_headers() {
+    if !root_or_skip("ipv6_backends_get_ipv6_outer_headers") {
+        return;
+    }
+    let topo = L4Topo::new();
+    let lb = start_lb_with(&topo, 0, true);
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    for src in (1..=CLIENT_V6_SOURCES).map(client_v6) {
+        let dst = vip_addr(true);
+        let tcp = topo
+            .tcp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
+        let udp = topo
+            .udp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
+        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
+        *spread.entry(tcp).or_default() += 1;
+    }
+    eprintln!("IPv6 over IPv6: {CLIENT_V6_SOURCES} clients, backends {spread:?}");
+    assert_eq!(spread.len(), BACKENDS, "{spread:?}");
+    let src = client_v6(3);
+    let len = 256 * 1024;
+    let received = topo
+        .tcp_connect(src, vip_addr(true), TIMEOUT)
+        .and_then(|mut c| c.upload(len))
+        .unwrap_or_else(|e| panic!("upload from {src}: {e}"));
+    assert_eq!(received.1, len);
+    for src in sources_v4(5) {
+        topo.tcp_backend(src, vip_addr(false), TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP {src}: {e}"));
+    }
+
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{status}:\n{log}");
+    let per_backend = backend_counters(&log);
+    eprintln!("lb1 XDP frames per backend: {per_backend:?}");
+    let v6_frames: u64 = (0..BACKENDS)
+        .map(|n| per_backend[&std::net::SocketAddr::new(backend_addr(n, true), PORT).to_string()])
+        .sum();
+    let tcp6_udp6 =
+        xdp_counter(&log, "tcp6", "forwarded_l4") + xdp_counter(&log, "udp6", "forwarded_l4");
+    assert_eq!(v6_frames, tcp6_udp6, "{log}");
+}
