@@ -381,6 +381,21 @@ fn bad_input_is_one_clear_line_and_exit_code_2() {
             "--slow-start \"10\": must be a whole number of seconds, 30-1200",
         ),
         (
+            "a device as the certificate",
+            vec!["--cert", "/dev/zero"],
+            "--cert \"/dev/zero\": not a regular file",
+        ),
+        (
+            "a device as an IP group file",
+            vec![
+                "--access-control",
+                "whitelist",
+                "--ip-group-file",
+                "/dev/zero",
+            ],
+            "--ip-group-file \"/dev/zero\": not a regular file",
+        ),
+        (
             "unknown health check",
             vec!["--health-check", "icmp"],
             "--health-check",

@@ -63,6 +63,8 @@ const GLOBAL_KEYS: &[&str] = &[
 /// Reads and walks the file. `defaults` is the flags' default values, the start of every table.
 pub fn load(path: &Path, defaults: &RunArgs) -> Result<FileConfig, ConfigError> {
     let shown = path.display().to_string();
+    crate::tls::certs::check_regular(path)
+        .map_err(|problem| ConfigError::new("--config", &shown, problem))?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("--config", &shown, format!("cannot read: {e}")))?;
     let table: Table = text.parse().map_err(|e: toml::de::Error| {

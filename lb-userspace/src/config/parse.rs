@@ -232,6 +232,8 @@ pub fn cidr_list(flag: &'static str, value: &str) -> Result<Vec<IpNet>, ConfigEr
 /// A file of CIDRs, one per line, `#` comments and blank lines ignored.
 pub fn cidr_file(path: &Path) -> Result<Vec<IpNet>, ConfigError> {
     let shown = path.display().to_string();
+    crate::tls::certs::check_regular(path)
+        .map_err(|problem| ConfigError::new("--ip-group-file", &shown, problem))?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("--ip-group-file", &shown, format!("cannot read: {e}")))?;
     let mut nets = Vec::new();

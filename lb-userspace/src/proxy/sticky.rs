@@ -78,6 +78,7 @@ impl StickyKey {
     /// A key file holds at least 32 bytes of anything (at most 4096); all of its bytes are the
     /// key.
     pub fn from_file(path: &Path) -> Result<Self, String> {
+        crate::tls::certs::check_regular(path).map_err(|p| format!("{}: {p}", path.display()))?;
         let file = std::fs::File::open(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let mut bytes = Vec::new();

@@ -55,9 +55,29 @@ pub fn check_private(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Files the configuration names (certificates, keys, CA bundles, IP group files, the config
+/// itself) are read whole: at most this big.
+pub const MAX_CONFIG_FILE_LEN: u64 = 64 * 1024 * 1024;
+
+/// Checks that `path` is a regular file of reasonable size before it is read whole: a typo
+/// such as `/dev/zero` or a FIFO must be an error, not a hang or an exhausted memory.
+pub fn check_regular(path: &Path) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_string());
+    }
+    if meta.len() > MAX_CONFIG_FILE_LEN {
+        return Err(format!(
+            "{} bytes: larger than the {MAX_CONFIG_FILE_LEN} bytes a configuration file may have",
+            meta.len()
+        ));
+    }
+    Ok(())
+}
+
 /// Reads a PEM certificate chain.
 pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+    check_regular(path)?;
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("not a PEM certificate file: {e}"))?;
@@ -75,7 +95,7 @@ pub fn load_certified_key(
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, CertError> {
     let chain = load_chain(cert).map_err(CertError::cert)?;
-    std::fs::metadata(key).map_err(|e| CertError::key(format!("cannot read: {e}")))?;
+    check_regular(key).map_err(CertError::key)?;
     // The parse error names what was missing, never the key's bytes.
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         CertError::key(format!(
