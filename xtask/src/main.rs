@@ -60,7 +60,9 @@ enum Task {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Bench {
-    /// Per-packet cost of the XDP program (BPF_PROG_TEST_RUN with repeat).
+    /// Per-packet cost of the XDP program (BPF_PROG_TEST_RUN with repeat), then packets per
+    /// CPU-second of the receiver against nftables and the kernel stack, with kernel-generated
+    /// live frames (`--repeat N`, `--live-secs S`; installs nftables).
     Xdp,
     /// edgelb vs nginx vs haproxy terminating TLS on loopback under h2load (`--duration SECS`).
     Https,
@@ -108,6 +110,7 @@ fn main() -> Result<()> {
             args,
         } => {
             setup::run()?;
+            bench_xdp_prepare()?;
             Cmd::new("cargo")
                 .args([
                     "run",
@@ -126,6 +129,24 @@ fn main() -> Result<()> {
             args,
         } => bench_https::run(&args),
     }
+}
+
+/// `bench xdp` compares edgelb with nftables: the `nft` tool must be there. Debian's package
+/// ships `nftables.service` disabled; were it enabled, it would replace the host's whole
+/// ruleset at boot with /etc/nftables.conf, so it is disabled (never stopped: stopping it
+/// flushes the ruleset). The bench's own table lives in a namespace of its own.
+fn bench_xdp_prepare() -> Result<()> {
+    setup::ensure_debs(&["nftables"])?;
+    let enabled = Cmd::new("systemctl")
+        .args(["is-enabled", "nftables"])
+        .output()
+        .is_some_and(|s| s.trim() == "enabled");
+    if enabled {
+        Cmd::new("systemctl")
+            .args(["disable", "--quiet", "nftables"])
+            .run()?;
+    }
+    Ok(())
 }
 
 fn build() -> Result<()> {

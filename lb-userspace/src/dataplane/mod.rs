@@ -36,7 +36,7 @@ use tracing::{info, warn};
 
 pub use backends::BackendEntry;
 pub use rules::{DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule};
-pub use test_runner::TestRunner;
+pub use test_runner::{TestRunner, run_live_frames};
 
 /// The embedded eBPF object (both programs), or None in a build without it.
 pub(crate) fn object_bytes() -> Option<&'static [u8]> {

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edgelb::acl::AclMode;
 use edgelb::dataplane::{BackendEntry, Dataplane, L4Groups, ListenerRule};
+use edgelb_tests::live_bench;
 use edgelb_tests::packet::{Frame, TCP};
 use edgelb_tests::rng::Rng;
 use ipnet::IpNet;
@@ -25,6 +26,8 @@ fn main() -> anyhow::Result<()> {
         .map(|v| v.parse())
         .transpose()?
         .unwrap_or(1_000_000);
+    let live_secs = live_bench::duration_arg()?;
+    live_bench::install_signal_handlers();
     let mut dp = Dataplane::load()?;
     println!(
         "edgelb XDP program, BPF_PROG_TEST_RUN, repeat={repeat}, mean ns per packet (kernel's own timing)"
@@ -144,7 +147,8 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    Ok(())
+    // Packets per CPU-second of the receiver, next to nftables and the kernel stack.
+    live_bench::run(&mut dp, live_secs.as_secs_f64())
 }
 
 /// A whitelist listener on port 443 with `n` prefixes of one family, one of which admits the
