@@ -26,6 +26,8 @@ pub struct Activity {
     parked: AtomicU32,
     /// Milliseconds since `start` when a response body last handed over a frame.
     last_sent: AtomicU64,
+    /// Signalled when a request finishes (a permit is kept if nobody waits).
+    finished: tokio::sync::Notify,
 }
 
 /// When a connection must be closed, and why.
@@ -53,6 +55,7 @@ impl Activity {
             last_done: AtomicU64::new(NONE),
             parked: AtomicU32::new(0),
             last_sent: AtomicU64::new(0),
+            finished: tokio::sync::Notify::new(),
         })
     }
 
@@ -81,6 +84,11 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.receiving_since.store(NONE, Ordering::Relaxed);
         RequestGuard(self.clone())
+    }
+
+    /// Resolves when a request has finished since the last call.
+    pub async fn finished(&self) {
+        self.finished.notified().await;
     }
 
     /// `http1`: bytes read while idle start a request (for HTTP/2 they may be pings or
@@ -177,6 +185,7 @@ impl Drop for RequestGuard {
         let now = self.0.now_ms();
         self.0.last_done.store(now, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.finished.notify_one();
     }
 }
 

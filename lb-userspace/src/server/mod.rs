@@ -304,22 +304,26 @@ async fn serve_http<S>(
     tokio::pin!(connection);
 
     let (request, http1) = (timeouts.request, !h2);
-    // Timers are only re-armed when a deadline may have moved: a request arriving can bring
-    // it forward by at most the request timeout, and a busy connection is looked at again
-    // after the shorter of the two timeouts.
+    // The deadline is looked at again when it is due, when a request finishes (which may
+    // bring it forward: the idle timeout can be shorter than the request timeout that applies
+    // before the first request), and every so often while requests are in flight.
     let recheck = idle.min(request).max(Duration::from_millis(250));
     let expired = async {
         loop {
             let now = tokio::time::Instant::now();
-            match activity.deadline(idle, request, http1) {
-                Deadline::Busy => tokio::time::sleep(recheck).await,
+            let wake = match activity.deadline(idle, request, http1) {
                 Deadline::Idle(at) | Deadline::Request(at) | Deadline::Sending(at) if at <= now => {
                     return activity.deadline(idle, request, http1);
                 }
-                Deadline::Idle(at) => tokio::time::sleep_until(at.min(now + request)).await,
+                Deadline::Busy => now + recheck,
+                Deadline::Idle(at) => at.min(now + request),
                 // A parked response may move on at any time: look again as for a busy one.
-                Deadline::Sending(at) => tokio::time::sleep_until(at.min(now + recheck)).await,
-                Deadline::Request(at) => tokio::time::sleep_until(at).await,
+                Deadline::Sending(at) => at.min(now + recheck),
+                Deadline::Request(at) => at,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = activity.finished() => {}
             }
         }
     };
