@@ -1,11 +1,13 @@
 //! What a client connection is doing, for its timeouts: when it last read bytes, whether a
-//! request is being received, how many are in flight, when the last one finished.
+//! request is being received, how many are in flight, when the last one finished, and whether
+//! responses are waiting for the client to take them.
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
@@ -19,6 +21,13 @@ pub struct Activity {
     in_flight: AtomicU32,
     /// Milliseconds since `start` when the last response finished; NONE before the first.
     last_done: AtomicU64,
+    /// Response bodies that have handed over a frame and have not been asked for the next one
+    /// yet: the client has not taken what was sent (socket full, or no HTTP/2 window).
+    parked: AtomicU32,
+    /// Milliseconds since `start` when a response body last handed over a frame.
+    last_sent: AtomicU64,
+    /// Signalled when a request finishes (a permit is kept if nobody waits).
+    finished: tokio::sync::Notify,
 }
 
 /// When a connection must be closed, and why.
@@ -31,6 +40,10 @@ pub enum Deadline {
     Request(Instant),
     /// Requests in flight: their own timeouts apply; look again later.
     Busy,
+    /// Responses are waiting for the client, and none has moved since: the request timeout
+    /// from the last move (a client that stops reading cannot hold a connection, and the
+    /// backend connection behind it, forever).
+    Sending(Instant),
 }
 
 impl Activity {
@@ -40,6 +53,9 @@ impl Activity {
             receiving_since: AtomicU64::new(NONE),
             in_flight: AtomicU32::new(0),
             last_done: AtomicU64::new(NONE),
+            parked: AtomicU32::new(0),
+            last_sent: AtomicU64::new(0),
+            finished: tokio::sync::Notify::new(),
         })
     }
 
@@ -70,10 +86,20 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
+    /// Resolves when a request has finished since the last call.
+    pub async fn finished(&self) {
+        self.finished.notified().await;
+    }
+
     /// `http1`: bytes read while idle start a request (for HTTP/2 they may be pings or
     /// window updates, so only the idle timeout applies there).
     pub fn deadline(&self, idle: Duration, request: Duration, http1: bool) -> Deadline {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
+            if self.parked.load(Ordering::Relaxed) > 0 {
+                return Deadline::Sending(
+                    self.at(self.last_sent.load(Ordering::Relaxed)) + request,
+                );
+            }
             return Deadline::Busy;
         }
         let receiving = self.receiving_since.load(Ordering::Relaxed);
@@ -89,11 +115,77 @@ impl Activity {
 
 pub struct RequestGuard(Arc<Activity>);
 
+/// A response body that tells its connection's [`Activity`] when it waits for the client: from
+/// handing a data frame to hyper until hyper asks for the next one. hyper only asks once the
+/// previous frame is on its way (HTTP/1: written or buffered; HTTP/2: within the client's
+/// window), so a body parked for long means a client that does not read.
+pub struct Sending<B> {
+    body: B,
+    activity: Arc<Activity>,
+    parked: bool,
+}
+
+impl<B> Sending<B> {
+    pub fn new(body: B, activity: Arc<Activity>) -> Self {
+        Sending {
+            body,
+            activity,
+            parked: false,
+        }
+    }
+
+    fn unpark(&mut self) {
+        if self.parked {
+            self.parked = false;
+            self.activity.parked.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for Sending<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        self.unpark();
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && frame.is_data()
+            && !self.body.is_end_stream()
+        {
+            // Stamped before it counts as parked: a stall is measured from here.
+            let now = self.activity.now_ms();
+            self.activity.last_sent.store(now, Ordering::Relaxed);
+            self.parked = true;
+            self.activity.parked.fetch_add(1, Ordering::Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl<B> Drop for Sending<B> {
+    fn drop(&mut self) {
+        self.unpark();
+    }
+}
+
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let now = self.0.now_ms();
         self.0.last_done.store(now, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.finished.notify_one();
     }
 }
 

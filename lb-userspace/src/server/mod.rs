@@ -24,7 +24,7 @@ use crate::proxy::Routes;
 use crate::proxy::body::WithGuard;
 use crate::proxy::headers::ConnInfo;
 use crate::tls::ClientIdentity;
-use activity::{Activity, Deadline, Tracked};
+use activity::{Activity, Deadline, Sending, Tracked};
 use arc_swap::ArcSwap;
 
 /// How long a connection being closed for a timeout may take to finish what it is writing.
@@ -109,6 +109,63 @@ impl Drop for Open {
     }
 }
 
+/// HTTP/2 limits, chosen here rather than left to hyper's and h2's defaults (which may change
+/// between releases). Worst case per connection: 100 streams x 128 KiB of response waiting to
+/// be sent, plus 1 MiB of request bodies received and not yet forwarded, plus one header block
+/// of at most 32 KiB being decoded.
+pub mod h2 {
+    use std::time::Duration;
+
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: requests one connection may have in flight, each a
+    /// backend request. RFC 9113 asks for at least 100; nginx advertises 128, hyper 200.
+    /// A stream opened beyond it is refused (RST_STREAM REFUSED_STREAM).
+    pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+    /// SETTINGS_MAX_HEADER_LIST_SIZE, the decoded size of one request's header block
+    /// (RFC 9113 counts each field as name + value + 32). The same 32 KiB as nginx's
+    /// `large_client_header_buffers` (4 x 8 KiB); hyper's default is 16 KiB, too small for
+    /// some cookie-heavy sites. Larger blocks get 431 and their stream is reset; h2 also caps
+    /// the CONTINUATION frames of a block at 5 here (CVE-2024-27316 class floods).
+    pub const MAX_HEADER_LIST_SIZE: u32 = 32 * 1024;
+    /// Streams the client may reset before the server has even accepted them, before the
+    /// connection ends with GOAWAY ENHANCE_YOUR_CALM: the rapid-reset attack
+    /// (CVE-2023-44487). h2's own default, set explicitly since hyper leaves it to h2.
+    pub const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+    /// Streams the server may reset for the client's protocol errors (malformed or
+    /// connection-specific headers, ...) before GOAWAY: hyper's default is 1024, which lets
+    /// one connection make the server build and send a thousand resets. A correct client
+    /// makes none.
+    pub const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 64;
+    /// Response bytes buffered per stream for a client that reads slowly (hyper: 400 KiB,
+    /// 40 MiB per connection at 100 streams); the body is not read from the backend beyond it.
+    pub const MAX_SEND_BUF_SIZE: usize = 128 * 1024;
+    /// Flow-control windows: how much request body a client may send before the service has
+    /// consumed it, per stream and for the whole connection. Fixed (the adaptive window can
+    /// grow them to megabytes per stream): 1 MiB per connection at most.
+    pub const STREAM_WINDOW: u32 = 256 * 1024;
+    pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
+    /// SETTINGS_MAX_FRAME_SIZE: the protocol's minimum and default, 16 KiB.
+    pub const MAX_FRAME_SIZE: u32 = 16 * 1024;
+    /// A PING when the client has sent nothing for this long; no answer within
+    /// [`KEEP_ALIVE_TIMEOUT`] closes the connection. This finds dead peers during long
+    /// responses, when the idle timeout does not apply.
+    pub const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+}
+
+fn h2_limits<E>(b: &mut auto::Http2Builder<'_, E>) {
+    b.max_concurrent_streams(h2::MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(h2::MAX_HEADER_LIST_SIZE)
+        .max_pending_accept_reset_streams(h2::MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(h2::MAX_LOCAL_ERROR_RESET_STREAMS)
+        .max_send_buf_size(h2::MAX_SEND_BUF_SIZE)
+        .adaptive_window(false)
+        .initial_stream_window_size(h2::STREAM_WINDOW)
+        .initial_connection_window_size(h2::CONNECTION_WINDOW)
+        .max_frame_size(h2::MAX_FRAME_SIZE)
+        .keep_alive_interval(h2::KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(h2::KEEP_ALIVE_TIMEOUT);
+}
+
 pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slot: Slot) {
     let _ = stream.set_nodelay(true);
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
@@ -191,6 +248,7 @@ async fn serve_http<S>(
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let guard = service_activity.request_started();
+        let activity_for_body = service_activity.clone();
         let (conn, metrics, access_log) = (conn.clone(), metrics.clone(), access_log.clone());
         // Routes are read per request: a reload reaches open keep-alive connections too.
         let live = ctx_for_requests.live.load_full();
@@ -224,7 +282,9 @@ async fn serve_http<S>(
                     "request"
                 );
             }
-            Ok::<_, Infallible>(resp.map(|b| WithGuard::new(b, guard).boxed()))
+            Ok::<_, Infallible>(
+                resp.map(|b| Sending::new(WithGuard::new(b, guard), activity_for_body).boxed()),
+            )
         }
     });
 
@@ -234,7 +294,7 @@ async fn serve_http<S>(
         .http1()
         .timer(TokioTimer::new())
         .keep_alive(!idle.is_zero());
-    builder.http2().timer(TokioTimer::new());
+    h2_limits(builder.http2().timer(TokioTimer::new()));
     let builder = if h2 {
         builder.http2_only()
     } else {
@@ -244,20 +304,26 @@ async fn serve_http<S>(
     tokio::pin!(connection);
 
     let (request, http1) = (timeouts.request, !h2);
-    // Timers are only re-armed when a deadline may have moved: a request arriving can bring
-    // it forward by at most the request timeout, and a busy connection is looked at again
-    // after the shorter of the two timeouts.
+    // The deadline is looked at again when it is due, when a request finishes (which may
+    // bring it forward: the idle timeout can be shorter than the request timeout that applies
+    // before the first request), and every so often while requests are in flight.
     let recheck = idle.min(request).max(Duration::from_millis(250));
     let expired = async {
         loop {
             let now = tokio::time::Instant::now();
-            match activity.deadline(idle, request, http1) {
-                Deadline::Busy => tokio::time::sleep(recheck).await,
-                Deadline::Idle(at) | Deadline::Request(at) if at <= now => {
+            let wake = match activity.deadline(idle, request, http1) {
+                Deadline::Idle(at) | Deadline::Request(at) | Deadline::Sending(at) if at <= now => {
                     return activity.deadline(idle, request, http1);
                 }
-                Deadline::Idle(at) => tokio::time::sleep_until(at.min(now + request)).await,
-                Deadline::Request(at) => tokio::time::sleep_until(at).await,
+                Deadline::Busy => now + recheck,
+                Deadline::Idle(at) => at.min(now + request),
+                // A parked response may move on at any time: look again as for a busy one.
+                Deadline::Sending(at) => at.min(now + recheck),
+                Deadline::Request(at) => at,
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake) => {}
+                () = activity.finished() => {}
             }
         }
     };
@@ -271,6 +337,7 @@ async fn serve_http<S>(
         why = expired => {
             match why {
                 Deadline::Request(_) => debug!(client = %peer, timeout = ?request, "request not received in time: closing"),
+                Deadline::Sending(_) => debug!(client = %peer, timeout = ?request, "client not reading its response: closing"),
                 _ => debug!(client = %peer, timeout = ?idle, "idle: closing"),
             }
             connection.as_mut().graceful_shutdown();

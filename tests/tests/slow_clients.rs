@@ -1,0 +1,321 @@
+//! Slow and greedy HTTP/1.1 clients: a request body trickled a byte at a time, a client that
+//! stops reading a large response, and hundreds of idle keep-alive connections. The daemon's
+//! RSS and descriptors are sampled throughout and the peaks printed.
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use edgelb_tests::backend::Backend;
+use edgelb_tests::daemon::Daemon;
+use edgelb_tests::https::{self, ClientOpts};
+use edgelb_tests::listener::{SERVER_NAME, Setup};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// Samples a process's RSS and descriptor count every 10 ms until dropped.
+struct Peaks {
+    stop: Arc<AtomicBool>,
+    rss: Arc<AtomicU64>,
+    fds: Arc<AtomicU64>,
+    base: (u64, u64),
+}
+
+impl Peaks {
+    fn watch(lb: &Daemon) -> Peaks {
+        let pid = lb.pid();
+        let base = (lb.rss_kib(), lb.fds() as u64);
+        let (stop, rss, fds) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU64::new(base.0)),
+            Arc::new(AtomicU64::new(base.1)),
+        );
+        let (s, r, f) = (stop.clone(), rss.clone(), fds.clone());
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                if let Some(kib) = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                {
+                    r.fetch_max(kib, Ordering::Relaxed);
+                }
+                let n = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
+                f.fetch_max(n as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        Peaks {
+            stop,
+            rss,
+            fds,
+            base,
+        }
+    }
+
+    /// Prints and returns (peak RSS KiB, peak descriptors).
+    fn report(&self, what: &str) -> (u64, u64) {
+        let (rss, fds) = (
+            self.rss.load(Ordering::Relaxed),
+            self.fds.load(Ordering::Relaxed),
+        );
+        eprintln!(
+            "{what}: RSS {} KiB -> peak {rss} KiB, descriptors {} -> peak {fds}",
+            self.base.0, self.base.1
+        );
+        (rss, fds)
+    }
+}
+
+impl Drop for Peaks {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A backend whose every response is `size` bytes; counts what it managed to write and the
+/// connections that ended (the client side, edgelb, went away).
+struct BigBackend {
+    addr: SocketAddr,
+    written: Arc<AtomicU64>,
+    ended: Arc<AtomicU64>,
+}
+
+fn big_backend(size: usize) -> BigBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (written, ended) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (w, e) = (written.clone(), ended.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (w, e) = (w.clone(), e.clone());
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n"
+                );
+                if stream.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if stream.write_all(&chunk[..n]).is_err() {
+                        e.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    w.fetch_add(n as u64, Ordering::Relaxed);
+                    left -= n;
+                }
+            });
+        }
+    });
+    BigBackend {
+        addr,
+        written,
+        ended,
+    }
+}
+
+async fn h1(s: &Setup, addr: SocketAddr) -> TlsStream<TcpStream> {
+    let mut opts = ClientOpts::new(&s.ca.cert_pem);
+    opts.alpn = &[b"http/1.1"];
+    https::connect(addr, SERVER_NAME, opts.config())
+        .await
+        .expect("connect")
+}
+
+/// Reads until EOF or an error; what was read, and whether it ended within `within`.
+async fn read_to_end(tls: &mut TlsStream<TcpStream>, within: Duration) -> (String, bool) {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return (String::from_utf8_lossy(&all).into_owned(), true),
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+            Err(_) => return (String::from_utf8_lossy(&all).into_owned(), false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_request_body_that_stalls_is_cut_and_one_that_trickles_is_not() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--request-timeout",
+        "2",
+        "--idle-timeout",
+        "30",
+    ]);
+    let peaks = Peaks::watch(&lb);
+    let head = b"POST /echo HTTP/1.1\r\nhost: edgelb.test\r\ncontent-length: 100\r\n\r\n";
+
+    // One byte of the body, then nothing.
+    let mut tls = h1(&s, addr).await;
+    tls.write_all(head).await.expect("head");
+    tls.write_all(b"x").await.expect("byte");
+    let started = Instant::now();
+    let (answer, ended) = read_to_end(&mut tls, Duration::from_secs(15)).await;
+    let stalled = started.elapsed();
+    let status = answer.lines().next().unwrap_or("(nothing)").to_string();
+    eprintln!(
+        "body stalled after 1 of 100 bytes: {status:?}, connection closed: {ended} after {stalled:?}"
+    );
+    assert!(ended, "connection still open after 15 s");
+    assert!(status.starts_with("HTTP/1.1 408"), "{answer}");
+
+    // A byte every 500 ms: each gap is shorter than the 2 s request timeout.
+    let mut tls = h1(&s, addr).await;
+    tls.write_all(head).await.expect("head");
+    let started = Instant::now();
+    let mut sent = 0;
+    let mut buf = [0u8; 1024];
+    let mut cut = None;
+    while sent < 100 {
+        if tls.write_all(b"x").await.is_err() || tls.flush().await.is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        sent += 1;
+        if let Ok(r) = tokio::time::timeout(Duration::from_millis(500), tls.read(&mut buf)).await {
+            cut = Some(started.elapsed());
+            eprintln!(
+                "trickle: {:?}",
+                r.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+            );
+            break;
+        }
+        if sent == 20 {
+            break;
+        }
+    }
+    eprintln!(
+        "body trickled a byte per 500 ms (request timeout 2 s): {sent} bytes over {:?}, cut: {cut:?}",
+        started.elapsed()
+    );
+    peaks.report("slow POST");
+}
+
+#[tokio::test]
+async fn an_http1_client_that_stops_reading_a_large_response_is_cut() {
+    let s = Setup::new();
+    const SIZE: usize = 256 << 20;
+    let big = big_backend(SIZE);
+    let be = big.addr.to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--idle-timeout",
+        "3",
+        "--request-timeout",
+        "3",
+    ]);
+    let peaks = Peaks::watch(&lb);
+    let mut clients = Vec::new();
+    let started = Instant::now();
+    // Ten clients ask for 256 MiB each and read nothing.
+    for _ in 0..10 {
+        let mut tls = h1(&s, addr).await;
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n")
+            .await
+            .expect("request");
+        tls.flush().await.expect("flush");
+        clients.push(tls);
+    }
+    // This runtime has one thread: while the test sleeps here nothing reads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && big.ended.load(Ordering::Relaxed) < 10 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cut_after = started.elapsed();
+    let written = big.written.load(Ordering::Relaxed);
+    eprintln!(
+        "10 HTTP/1.1 clients not reading 256 MiB responses: all 10 backend connections cut by edgelb after {cut_after:?}; the backend wrote {} MiB in all ({} KiB per client)",
+        written >> 20,
+        (written >> 10) / 10
+    );
+    let (rss, _) = peaks.report("HTTP/1.1 slow readers");
+    assert_eq!(big.ended.load(Ordering::Relaxed), 10);
+    assert!(rss < peaks.base.0 + 64 * 1024, "RSS grew to {rss} KiB");
+    // The clients see their connection end once they read again.
+    for mut tls in clients {
+        let (_, ended) = read_to_end(&mut tls, Duration::from_secs(10)).await;
+        assert!(ended);
+    }
+}
+
+#[tokio::test]
+async fn hundreds_of_idle_keep_alive_connections_close_at_the_idle_timeout() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--idle-timeout",
+        "3",
+        "--request-timeout",
+        "10",
+    ]);
+    let peaks = Peaks::watch(&lb);
+    const N: usize = 300;
+    let mut open = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    for _ in 0..N {
+        let mut tls = h1(&s, addr).await;
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n")
+            .await
+            .expect("request");
+        let n = tls.read(&mut buf).await.expect("response");
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        open.push((tls, Instant::now()));
+    }
+    let fds_open = lb.fds();
+    let mut idle_for = Vec::new();
+    for (tls, at) in &mut open {
+        let (_, ended) = read_to_end(tls, Duration::from_secs(10)).await;
+        assert!(ended, "a kept-alive connection is still open after 10 s");
+        idle_for.push(at.elapsed());
+    }
+    idle_for.sort();
+    let after = {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lb.fds() as u64 > peaks.base.1 + 2 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        lb.fds()
+    };
+    eprintln!(
+        "{N} idle keep-alive connections (idle timeout 3 s): closed after {:?} (first) to {:?} (last); descriptors with all open {fds_open}, after {after}",
+        idle_for[0],
+        idle_for[N - 1]
+    );
+    peaks.report("idle keep-alive connections");
+    assert!(
+        idle_for[0] >= Duration::from_millis(2900),
+        "{:?}",
+        idle_for[0]
+    );
+    assert!(
+        after as u64 <= peaks.base.1 + 2,
+        "descriptors left: {after}"
+    );
+}
