@@ -36,6 +36,12 @@ impl Cmd {
         self
     }
 
+    pub fn current_dir(mut self, dir: impl AsRef<std::path::Path>) -> Self {
+        self.line = format!("(cd {}; {})", dir.as_ref().display(), self.line);
+        self.inner.current_dir(dir);
+        self
+    }
+
     pub fn env(mut self, key: &str, value: impl AsRef<OsStr>) -> Self {
         self.line = format!("{key}={} {}", value.as_ref().to_string_lossy(), self.line);
         self.inner.env(key, value);

@@ -4,6 +4,7 @@ mod backend_setup;
 mod bench_https;
 mod cmd;
 mod demo;
+mod fuzz;
 mod setup;
 mod signals;
 
@@ -40,6 +41,14 @@ enum Task {
     Ci,
     /// Namespaced end-to-end demo (root): balancing, SNI, rules, XDP drops, failover, shutdown.
     Demo,
+    /// Run each cargo-fuzz target (or those named) for a bounded time from its seed corpus.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+        /// Targets to run (default: all).
+        targets: Vec<String>,
+    },
     /// Print what a backend of a tcp/udp listener needs (VIP on lo, sysctls, decapsulation).
     BackendSetup {
         /// The listeners' VIPs, repeatable.
@@ -98,7 +107,13 @@ fn main() -> Result<()> {
             Cmd::new("cargo").args(["fmt", "--all", "--check"]).run()?;
             clippy()?;
             // In CI the privileged tests must run: they fail rather than skip when not root.
-            test(true)
+            test(true)?;
+            // Briefly: enough to replay the seeds and catch what a change broke outright.
+            fuzz::run(CI_FUZZ_SECONDS, &[])
+        }
+        Task::Fuzz { seconds, targets } => {
+            setup::run()?;
+            fuzz::run(seconds, &targets)
         }
         Task::Demo => {
             setup::run()?;
@@ -148,6 +163,9 @@ fn bench_xdp_prepare() -> Result<()> {
     }
     Ok(())
 }
+
+/// Seconds each fuzz target runs in `cargo xtask ci`.
+const CI_FUZZ_SECONDS: u32 = 10;
 
 fn build() -> Result<()> {
     Cmd::new("cargo")

@@ -22,6 +22,7 @@ const PACKAGES: &[&str] = &[
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.1";
 
 pub fn run() -> Result<()> {
     let mut did = Vec::new();
@@ -53,6 +54,18 @@ pub fn run() -> Result<()> {
             .env("PATH", path)
             .run()?;
         did.push("bpf-linker");
+    }
+    if !cargo_fuzz_installed() {
+        Cmd::new("cargo")
+            .args([
+                "install",
+                "--locked",
+                "cargo-fuzz",
+                "--version",
+                CARGO_FUZZ_VERSION,
+            ])
+            .run()?;
+        did.push("cargo-fuzz");
     }
     if did.is_empty() {
         eprintln!("xtask setup: nothing to do, everything is installed");
@@ -96,6 +109,13 @@ fn bpf_linker_installed() -> bool {
         .args(["--version"])
         .output()
         .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+}
+
+fn cargo_fuzz_installed() -> bool {
+    Cmd::new(cargo_bin().join("cargo-fuzz"))
+        .args(["--version"])
+        .output()
+        .is_some_and(|v| v.contains(CARGO_FUZZ_VERSION))
 }
 
 fn install_debs(missing: &[&str]) -> Result<()> {
