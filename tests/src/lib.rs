@@ -11,4 +11,5 @@ pub mod netns;
 pub mod packet;
 pub mod pki;
 pub mod privilege;
+pub mod raw;
 pub mod rng;

@@ -81,6 +81,15 @@ pub fn check_request(parts: &mut Parts) -> Result<(), StatusCode> {
         if authority.as_str().contains('@') {
             return Err(StatusCode::BAD_REQUEST);
         }
+        // A Host naming someone else is refused rather than overridden (as HAProxy does):
+        // whatever read the Host before us would disagree with what we route by.
+        if let Some(host) = headers.get(HOST)
+            && !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err(StatusCode::BAD_REQUEST);
+        }
         let value =
             HeaderValue::from_str(authority.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?;
         headers.insert(HOST, value);
@@ -170,6 +179,14 @@ mod tests {
         }
         assert_eq!(
             check("http://b.test/x", &[("host", "a")]),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            check("http://b.test/x", &[("host", "B.test")]),
+            Ok(HeaderValue::from_static("b.test"))
+        );
+        assert_eq!(
+            check("http://b.test/x", &[]),
             Ok(HeaderValue::from_static("b.test"))
         );
         assert_eq!(
