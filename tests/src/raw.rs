@@ -499,8 +499,15 @@ pub fn exchange_tls(
 
 /// Splits responses off the front of `buf`: statuses, `x-request-id`s, bytes used.
 pub fn split_responses(buf: &[u8]) -> (Vec<u16>, Vec<Option<String>>, usize) {
+    split_at_most(buf, usize::MAX)
+}
+
+/// As [`split_responses`], `max` responses at most.
+pub fn split_at_most(buf: &[u8], max: usize) -> (Vec<u16>, Vec<Option<String>>, usize) {
     let (mut statuses, mut ids, mut at) = (Vec::new(), Vec::new(), 0);
-    while let Some(end) = buf[at..].windows(4).position(|w| w == b"\r\n\r\n") {
+    while statuses.len() < max
+        && let Some(end) = buf[at..].windows(4).position(|w| w == b"\r\n\r\n")
+    {
         let head = String::from_utf8_lossy(&buf[at..at + end]).to_string();
         let Some(status) = head
             .strip_prefix("HTTP/1.")

@@ -23,8 +23,9 @@ pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 /// How long an idle pooled backend connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest response head (status line and headers) read from a backend; a larger one is a
-/// failed request (502). hyper's other limit: 100 header fields.
+/// Largest response head (header fields) taken from a backend; a larger one is a failed
+/// request (502). Also hyper's read buffer limit for backend connections. hyper's other
+/// limit: 100 header fields.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 pub enum BackendClient {

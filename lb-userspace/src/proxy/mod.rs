@@ -263,6 +263,17 @@ impl Upstream {
                         warn!(backend = %backend, group = self.group.name, "backend response has both Transfer-Encoding and Content-Length: 502");
                         return error_page(StatusCode::BAD_GATEWAY);
                     }
+                    let head: usize = resp
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                        .sum();
+                    if head > client::MAX_RESPONSE_HEAD {
+                        // hyper's read buffer limit bounds memory, but a head that arrives in
+                        // one read can pass it: the limit is checked here.
+                        warn!(backend = %backend, group = self.group.name, bytes = head, "backend response head too large: 502");
+                        return error_page(StatusCode::BAD_GATEWAY);
+                    }
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = upgrade
                     {
