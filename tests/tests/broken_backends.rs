@@ -231,6 +231,10 @@ fn stream_big(addr: SocketAddr, mib: u64) -> (u64, Duration) {
     let mut body = 0u64;
     let want = mib << 20;
     while body < want {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{body} of {want} bytes after 3 minutes"
+        );
         let n = tcp.read(&mut buf).expect("read the big body");
         assert!(n > 0, "closed after {body} of {want} body bytes");
         if head.ends_with(b"\r\n\r\n") {

@@ -606,3 +606,135 @@ async fn http2_content_length_mismatch_is_refused() {
     assert_eq!(recorder.count(), 1, "{:?}", recorder.requests(0));
     assert!(recorder.invalid().is_empty(), "{:?}", recorder.invalid());
 }
+
+/// A frame: 24-bit length, type, flags, stream id, payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK literal field without indexing, new name, no Huffman (RFC 7541 6.2.2); short
+/// strings only.
+fn hpack_literal(out: &mut Vec<u8>, name: &str, value: &str) {
+    out.push(0x00);
+    out.push(name.len() as u8);
+    out.extend_from_slice(name.as_bytes());
+    out.push(value.len() as u8);
+    out.extend_from_slice(value.as_bytes());
+}
+
+/// One GET on a new HTTP/2 connection, written frame by frame (the h2 crate's client refuses
+/// to send connection-specific fields), with `extra` fields: how stream 1 ended.
+async fn h2_raw_get(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    extra: &[(&str, &str)],
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = https::connect(addr, SERVER_NAME, config)
+        .await
+        .expect("connect");
+    let mut block = Vec::new();
+    for (n, v) in [
+        (":method", "GET"),
+        (":scheme", "https"),
+        (":path", "/h2raw"),
+        (":authority", "edgelb.test"),
+    ]
+    .iter()
+    .chain(extra)
+    {
+        hpack_literal(&mut block, n, v);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(h2_frame(0x4, 0, 0, &[]));
+    // END_STREAM | END_HEADERS
+    out.extend(h2_frame(0x1, 0x5, 1, &block));
+    tls.write_all(&out).await.expect("write frames");
+    let read = async {
+        loop {
+            let mut head = [0u8; 9];
+            if tls.read_exact(&mut head).await.is_err() {
+                return "connection closed".to_string();
+            }
+            let len =
+                (usize::from(head[0]) << 16) | (usize::from(head[1]) << 8) | usize::from(head[2]);
+            let (kind, flags) = (head[3], head[4]);
+            let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+            let mut payload = vec![0u8; len];
+            if tls.read_exact(&mut payload).await.is_err() {
+                return "connection closed".to_string();
+            }
+            match (kind, stream) {
+                (0x4, 0) if flags & 1 == 0 => {
+                    let _ = tls.write_all(&h2_frame(0x4, 0x1, 0, &[])).await;
+                }
+                (0x3, 1) => {
+                    let code = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                    let name = if code == 1 { "PROTOCOL_ERROR" } else { "other" };
+                    return format!("RST_STREAM {name} ({code})");
+                }
+                (0x7, 0) => return "GOAWAY".to_string(),
+                (0x1, 1) => {
+                    // hyper sends common statuses as indexed fields (static table 8-14).
+                    let status = match payload.first().map(|b| b & 0x7f) {
+                        Some(8) => "200",
+                        Some(12) => "400",
+                        Some(13) => "404",
+                        Some(14) => "500",
+                        _ => "other",
+                    };
+                    return format!("HEADERS :status {status}");
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), read)
+        .await
+        .unwrap_or_else(|_| "no answer in 5 s".into())
+}
+
+/// Connection-specific fields are malformed in HTTP/2 (RFC 9113 8.2.2): the h2 layer resets
+/// the stream before edgelb sees it; `te: trailers` is allowed and not forwarded (hop-by-hop);
+/// a `host` differing from `:authority` is refused by edgelb (400).
+#[tokio::test]
+async fn http2_connection_specific_fields_are_refused() {
+    let s = Setup::new();
+    let recorder = Recorder::start();
+    let be = recorder.addr.to_string();
+    let (_lb, addr) = s.start(&["--backend", &be, "--health-check", "off"]);
+    let mut opts = ClientOpts::new(&s.ca.cert_pem);
+    opts.alpn = &[b"h2"];
+    let config = opts.config();
+    let cases: [(&str, &str, &str); 8] = [
+        ("connection", "keep-alive", "RST_STREAM PROTOCOL_ERROR (1)"),
+        (
+            "transfer-encoding",
+            "chunked",
+            "RST_STREAM PROTOCOL_ERROR (1)",
+        ),
+        ("upgrade", "websocket", "RST_STREAM PROTOCOL_ERROR (1)"),
+        ("keep-alive", "timeout=5", "RST_STREAM PROTOCOL_ERROR (1)"),
+        (
+            "proxy-connection",
+            "keep-alive",
+            "RST_STREAM PROTOCOL_ERROR (1)",
+        ),
+        ("te", "gzip", "RST_STREAM PROTOCOL_ERROR (1)"),
+        ("host", "other.test", "HEADERS :status 400"),
+        ("te", "trailers", "HEADERS :status 200"),
+    ];
+    for (name, value, expected) in cases {
+        let got = h2_raw_get(addr, config.clone(), &[(name, value)]).await;
+        println!("h2 request with {name}: {value} -> {got}");
+        assert_eq!(got, expected, "{name}: {value}");
+    }
+    let seen = recorder.requests(0);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].header("te"), None);
+    assert_eq!(seen[0].header("host"), Some("edgelb.test"));
+}
