@@ -39,6 +39,8 @@ struct Log {
     requests: Vec<Seen>,
     /// Bytes no strict parser could frame: (connection, reason, bytes).
     invalid: Vec<(usize, String, Vec<u8>)>,
+    /// Per connection, bytes received that do not make a whole request yet.
+    pending: std::collections::BTreeMap<usize, Vec<u8>>,
     connections: usize,
 }
 
@@ -92,6 +94,19 @@ impl Recorder {
         self.log.lock().expect("log").connections
     }
 
+    /// Bytes received, per connection, that are not (yet) a whole request: a backend waiting
+    /// for a body that will not come.
+    pub fn pending(&self) -> Vec<(usize, Vec<u8>)> {
+        self.log
+            .lock()
+            .expect("log")
+            .pending
+            .iter()
+            .filter(|(_, b)| !b.is_empty())
+            .map(|(c, b)| (*c, b.clone()))
+            .collect()
+    }
+
     /// What the strict parser could not frame, with the bytes.
     pub fn invalid(&self) -> Vec<(usize, String, Vec<u8>)> {
         self.log.lock().expect("log").invalid.clone()
@@ -126,8 +141,13 @@ fn serve(mut stream: TcpStream, conn: usize, log: &Mutex<Log>) {
                 }
             }
         }
+        log.lock()
+            .expect("log")
+            .pending
+            .insert(conn, pending.clone());
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => {
+                log.lock().expect("log").pending.remove(&conn);
                 if !pending.is_empty() {
                     log.lock().expect("log").invalid.push((
                         conn,

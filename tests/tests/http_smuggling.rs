@@ -380,17 +380,20 @@ struct Run {
     seen: Vec<raw::Seen>,
     /// Bytes that reached the backend but that the strict parser could not frame.
     invalid: Vec<Vec<u8>>,
+    /// Bytes that reached the backend and are not a whole request when the client is done.
+    pending: Vec<Vec<u8>>,
 }
 
 impl Run {
     /// Requests that reached the backend, framed or not.
     fn reached(&self) -> usize {
-        self.seen.len() + self.invalid.len()
+        self.seen.len() + self.invalid.len() + self.pending.len()
     }
 }
 
 fn run(addr: SocketAddr, recorder: &Recorder, bytes: &[u8], tls: Option<&ClientTls>) -> Run {
     let (from, invalid_before) = (recorder.count(), recorder.invalid().len());
+    let pending_before = recorder.pending();
     let exchange = match tls {
         None => raw::exchange_tcp(addr, bytes),
         Some(t) => raw::exchange_tls(addr, t.config.clone(), SERVER_NAME, bytes),
@@ -401,6 +404,13 @@ fn run(addr: SocketAddr, recorder: &Recorder, bytes: &[u8], tls: Option<&ClientT
         invalid: recorder.invalid()[invalid_before..]
             .iter()
             .map(|(_, _, bytes)| bytes.clone())
+            .collect(),
+        // Left over from an earlier case (a proxy still holding that connection) is not ours.
+        pending: recorder
+            .pending()
+            .into_iter()
+            .filter(|p| !pending_before.contains(p))
+            .map(|(_, b)| b)
             .collect(),
     }
 }
@@ -415,6 +425,9 @@ fn judge(case: &Case, edgelb: &Run, haproxy: Option<&Run>) -> Vec<String> {
     let ex = &edgelb.exchange;
     if !edgelb.invalid.is_empty() {
         bad.push("the backend could not frame what edgelb sent".to_string());
+    }
+    if !edgelb.pending.is_empty() {
+        bad.push("the backend waits for the rest of a request".to_string());
     }
     let answered = ex.finals().iter().filter(|s| **s == 200).count();
     if answered != edgelb.seen.len() {
@@ -458,6 +471,11 @@ fn saw(run: &Run) -> String {
         run.invalid
             .iter()
             .map(|b| format!("UNFRAMEABLE: {}", raw::escape(b, 400))),
+    );
+    all.extend(
+        run.pending
+            .iter()
+            .map(|b| format!("INCOMPLETE, backend waiting: {}", raw::escape(b, 400))),
     );
     if all.is_empty() {
         return "nothing".into();
