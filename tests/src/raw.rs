@@ -49,6 +49,7 @@ struct Log {
 /// - `/bad-status`: a malformed status line,
 /// - `/te-cl`: a response with both Transfer-Encoding and Content-Length,
 /// - `/stall`: a 200 head announcing 100 bytes, 10 of them, then nothing for 20 s,
+/// - `/silent`: no answer at all for 20 s,
 /// - `/stale`: answered as the first request of a connection; later on a connection, read
 ///   and the connection closed without an answer (a keep-alive close racing a reuse),
 /// - `/big?mib=N`: N MiB of body,
@@ -189,6 +190,10 @@ fn respond(stream: &mut TcpStream, seen: &Seen) -> bool {
             let mut out = b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n".to_vec();
             out.extend_from_slice(&[b'x'; 10]);
             let _ = stream.write_all(&out);
+            std::thread::sleep(Duration::from_secs(20));
+            false
+        }
+        "/silent" => {
             std::thread::sleep(Duration::from_secs(20));
             false
         }

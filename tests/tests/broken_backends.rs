@@ -160,6 +160,16 @@ fn broken_responses_become_502_or_a_cut_connection() {
     assert!(closed, "connection left open after the backend reset");
     assert!(body_after_head(&got) < 1000, "{text}");
 
+    // No answer at all: 504 after the response timeout (2 s).
+    let started = Instant::now();
+    let silent = c.send("GET", "/silent", "5", b"").expect("answer");
+    println!(
+        "silent backend: {} after {:?}",
+        silent.status,
+        started.elapsed()
+    );
+    assert_eq!(silent.status, 504);
+
     // Stalls after the head and 10 of 100 bytes: cut after the response timeout (2 s).
     let (got, closed, took) = get_until_close(addr, "/stall");
     println!(
