@@ -507,13 +507,15 @@ fn smuggling_table_edgelb_is_at_least_as_strict_as_haproxy() {
         dir.path(),
     );
     let hp_addr = free_addr();
-    let _haproxy = Haproxy::start(
-        dir.path(),
-        &HAPROXY_CONFIG
-            .replace("@PORT@", &hp_addr.port().to_string())
-            .replace("@BACKEND@", &to_haproxy.addr.to_string()),
-        hp_addr,
-    );
+    let haproxy = raw::ensure_haproxy().then(|| {
+        Haproxy::start(
+            dir.path(),
+            &HAPROXY_CONFIG
+                .replace("@PORT@", &hp_addr.port().to_string())
+                .replace("@BACKEND@", &to_haproxy.addr.to_string()),
+            hp_addr,
+        )
+    });
     // edgelb over TLS, for the cases marked tls, against its own recorder.
     let s = Setup::new();
     let to_tls = Recorder::start();
@@ -536,24 +538,26 @@ fn smuggling_table_edgelb_is_at_least_as_strict_as_haproxy() {
     for case in &cases {
         // Both proxies at once: each has its own backend.
         let (e, h) = std::thread::scope(|scope| {
-            let h = scope.spawn(|| run(hp_addr, &to_haproxy, &case.bytes, None));
+            let h = haproxy
+                .as_ref()
+                .map(|_| scope.spawn(|| run(hp_addr, &to_haproxy, &case.bytes, None)));
             let e = run(addr, &to_edgelb, &case.bytes, None);
-            (e, h.join().expect("haproxy run"))
+            (e, h.map(|h| h.join().expect("haproxy run")))
         });
-        for problem in judge(case, &e, Some(&h)) {
+        for problem in judge(case, &e, h.as_ref()) {
             failures.push(format!("{}: {problem}", case.name));
         }
         table.push(format!(
             "| {} | {} | {} | {} | {} |",
             case.name,
             e.exchange.outcome(),
-            h.exchange.outcome(),
+            h.as_ref().map_or("n/a".into(), |h| h.exchange.outcome()),
             saw(&e),
-            saw(&h)
+            h.as_ref().map_or("n/a".into(), saw)
         ));
         if case.tls {
             let t = run(tls_addr, &to_tls, &case.bytes, Some(&client_tls));
-            for problem in judge(case, &t, Some(&h)) {
+            for problem in judge(case, &t, h.as_ref()) {
                 failures.push(format!("{} (TLS): {problem}", case.name));
             }
             tls_rows.push(format!("| {} | {} |", case.name, t.exchange.outcome()));
