@@ -53,12 +53,16 @@ impl<B: Body + Unpin, G: Unpin> Body for WithGuard<B, G> {
 #[error("request body stalled for more than {0:?}")]
 pub struct Stalled(pub Duration);
 
-/// `body`, failing with [`Stalled`] when no frame arrives within `limit` of the previous one,
-/// so that a client trickling its body cannot hold a backend connection forever.
+/// `body`, failing with [`Stalled`] when it keeps its reader waiting for a frame longer than
+/// `limit`, so that a client trickling its body (or a backend its response) cannot hold a
+/// connection forever. Only time spent waiting counts: a reader that comes back late (a slow
+/// client downloading) finds the clock started when it asked.
 pub struct StallTimeout<B> {
     body: B,
     limit: Duration,
     timer: Pin<Box<Sleep>>,
+    /// The last poll found no frame: the timer runs.
+    waiting: bool,
 }
 
 impl<B> StallTimeout<B> {
@@ -67,6 +71,7 @@ impl<B> StallTimeout<B> {
             body,
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
+            waiting: false,
         }
     }
 }
@@ -86,14 +91,20 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
-                let deadline = Instant::now() + this.limit;
-                this.timer.as_mut().reset(deadline);
+                this.waiting = false;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(this.limit))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    let deadline = Instant::now() + this.limit;
+                    this.timer.as_mut().reset(deadline);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(this.limit))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -151,5 +162,49 @@ where
             hint.set_upper(upper + prefix);
         }
         hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    /// A body fed by a channel.
+    struct Fed(mpsc::Receiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn only_time_spent_waiting_counts() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = StallTimeout::new(Fed(rx), Duration::from_secs(1));
+        tx.send(Bytes::from_static(b"a")).await.expect("send");
+        assert!(body.frame().await.is_some_and(|f| f.is_ok()));
+        // The reader is away for twice the limit, then asks while the next frame is still
+        // on its way: not a stall.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let later = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = later.send(Bytes::from_static(b"b")).await;
+        });
+        let frame = body.frame().await.expect("a frame");
+        assert!(frame.is_ok(), "{frame:?}");
+        // Waiting longer than the limit is one.
+        let stalled = body.frame().await.expect("an error");
+        assert!(stalled.is_err_and(|e| e.is::<Stalled>()));
+        drop(tx);
     }
 }
