@@ -353,3 +353,37 @@ fn responses_never_reach_another_client() {
     assert!(wrong_a.is_empty(), "client A: {wrong_a:?}");
     assert!(wrong_b.is_empty(), "client B: {wrong_b:?}");
 }
+
+/// Bodies over the 64 KiB edgelb reads before forwarding stream through intact, with the
+/// framing they came with (`Content-Length` or chunked, re-encoded).
+#[test]
+fn large_request_bodies_stream_through_intact() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let recorder = Recorder::start();
+    let (_lb, addr) = edgelb(&recorder, dir.path());
+    let body: Vec<u8> = (0..200 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut c = Client::new(addr);
+    let a = c.send("POST", "/up", "cl", &body).expect("answer");
+    assert_eq!((a.status, a.id.as_deref()), (200, Some("cl")));
+
+    let mut chunked =
+        b"POST /up HTTP/1.1\r\nhost: t\r\nx-request-id: te\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    for part in body.chunks(4096) {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let ex = edgelb_tests::raw::exchange_tcp(addr, &chunked);
+    assert_eq!(ex.finals(), vec![200], "{}", ex.outcome());
+
+    let seen = recorder.requests(0);
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].header("content-length"), Some("204800"));
+    assert_eq!(seen[1].header("transfer-encoding"), Some("chunked"));
+    for s in &seen {
+        assert!(s.body == body, "{} body bytes differ", s.body.len());
+    }
+    assert!(recorder.invalid().is_empty());
+}

@@ -101,6 +101,11 @@ fn cases() -> Vec<Case> {
             Refuse(400),
         ),
         case(
+            "Content-Length: 005",
+            &format!("POST /c HTTP/1.1\r\n{h}Content-Length: 005\r\n\r\nhello"),
+            Forward(1),
+        ),
+        case(
             "Content-Length: +5",
             &format!("POST /c HTTP/1.1\r\n{h}Content-Length: +5\r\n\r\nhello"),
             Refuse(400),

@@ -193,6 +193,15 @@ impl Upstream {
             Ok(o) => o,
             Err(status) => return refusal(status, version),
         };
+        // The length sent is the one of the body sent, in canonical form (`005` becomes `5`):
+        // hyper writes it from the body read whole, or from the length it parsed.
+        let declared = parts
+            .headers
+            .remove(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let (Outgoing::Stream(_), Some(n)) = (&outgoing, declared) {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
         let idempotent = matches!(
             parts.method,
             Method::GET
