@@ -169,13 +169,20 @@ pub async fn send_from(
     let session = session(&tls);
     let io = TokioIo::new(tls);
     let resp = if session.alpn.as_deref() == Some(b"h2") {
-        // HTTP/2 carries scheme and authority as pseudo-headers: the URI must be absolute.
+        // HTTP/2 carries scheme and authority as pseudo-headers: the URI must be absolute,
+        // its authority the Host asked for (RFC 9113 8.3.1: the two may not differ).
         let path = req
             .uri()
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_string();
-        *req.uri_mut() = format!("https://edgelb.test{path}")
+        let authority = req
+            .headers()
+            .get(hyper::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("edgelb.test")
+            .to_string();
+        *req.uri_mut() = format!("https://{authority}{path}")
             .parse()
             .map_err(|e| format!("uri: {e}"))?;
         let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)

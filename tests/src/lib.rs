@@ -13,5 +13,6 @@ pub mod netns;
 pub mod packet;
 pub mod pki;
 pub mod privilege;
+pub mod raw;
 pub mod rawxdp;
 pub mod rng;

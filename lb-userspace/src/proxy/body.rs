@@ -48,57 +48,80 @@ impl<B: Body + Unpin, G: Unpin> Body for WithGuard<B, G> {
     }
 }
 
-/// The request body stalled: no data for longer than the request timeout, or, after the
-/// first request timeout, less than [`MIN_BODY_RATE`] on average.
+/// A body stalled: no data for longer than the timeout, or (request bodies) less than
+/// [`MIN_BODY_RATE`] on average once past the timeout.
 #[derive(Debug, thiserror::Error)]
-#[error("request body stalled: {0}")]
+#[error("body stalled: {0}")]
 pub struct Stalled(String);
 
-/// Bytes per second a request body must average once it has taken longer than the request
-/// timeout (Apache's mod_reqtimeout uses the same floor). Without it a client sending a byte
-/// just before each gap would reach the limit holds a backend connection forever.
+/// Bytes per second a request body must average once its reader has waited for it longer
+/// than the request timeout (Apache's mod_reqtimeout uses the same floor). Without it a client
+/// sending a byte just before each gap would reach the limit holds a backend connection forever.
 pub const MIN_BODY_RATE: u64 = 500;
 
-/// `body`, failing with [`Stalled`] when no frame arrives within `limit` of the previous one,
-/// or when the body falls below [`MIN_BODY_RATE`] after its first `limit`, so that a client
-/// trickling its body cannot hold a backend connection forever.
+/// `body`, failing with [`Stalled`] when it keeps its reader waiting for a frame longer than
+/// `limit` (and, with a minimum rate, when it averages less than that rate once the reader has
+/// waited `limit` in all), so that a client trickling its body (or a backend its response)
+/// cannot hold a connection forever. Only time spent waiting counts: a reader that comes back
+/// late (a slow client downloading, a backend reading slowly) finds the clock started when it
+/// asked.
 pub struct StallTimeout<B> {
     body: B,
     limit: Duration,
-    started: Instant,
+    /// Bytes per second the body must average past `limit` of waiting; None: gaps only.
+    min_rate: Option<u64>,
     received: u64,
+    /// Time spent waiting for frames that came.
+    waited: Duration,
     timer: Pin<Box<Sleep>>,
+    /// When the current wait began, if the last poll found no frame.
+    waiting_since: Option<Instant>,
 }
 
 impl<B> StallTimeout<B> {
+    /// Gaps only: for response bodies, whose pace is the backend's business.
     pub fn new(body: B, limit: Duration) -> Self {
         StallTimeout {
             body,
             limit,
-            started: Instant::now(),
+            min_rate: None,
             received: 0,
+            waited: Duration::ZERO,
             timer: Box::pin(tokio::time::sleep(limit)),
+            waiting_since: None,
         }
     }
 
-    /// The next frame must come before the gap limit and before the average rate falls under
-    /// the floor: `received` bytes buy `received / MIN_BODY_RATE` seconds past the grace.
-    fn deadline(&self, now: Instant) -> Instant {
-        let bought = Duration::from_millis(self.received.saturating_mul(1000) / MIN_BODY_RATE);
-        (now + self.limit).min(self.started + self.limit + bought)
+    /// Gaps and [`MIN_BODY_RATE`]: for request bodies.
+    pub fn request(body: B, limit: Duration) -> Self {
+        StallTimeout {
+            min_rate: Some(MIN_BODY_RATE),
+            ..Self::new(body, limit)
+        }
     }
 
-    fn why(&self, now: Instant) -> Stalled {
-        let elapsed = now.saturating_duration_since(self.started);
-        if elapsed > self.limit
-            && u128::from(self.received) * 1000 < u128::from(MIN_BODY_RATE) * elapsed.as_millis()
-        {
-            Stalled(format!(
-                "{} bytes in {elapsed:?}, under {MIN_BODY_RATE} bytes/s",
-                self.received
-            ))
-        } else {
-            Stalled(format!("no data for {:?}", self.limit))
+    /// How long the wait starting now may last: the gap limit, or less when the bytes
+    /// received so far do not buy that much time at the minimum rate.
+    fn allowance(&self) -> Duration {
+        match self.min_rate {
+            None => self.limit,
+            Some(rate) => {
+                let bought = Duration::from_millis(self.received.saturating_mul(1000) / rate);
+                self.limit
+                    .min((self.limit + bought).saturating_sub(self.waited))
+            }
+        }
+    }
+
+    /// Why the wait that just ran out was too long (the allowance it was given tells).
+    fn why(&self) -> Stalled {
+        match self.min_rate {
+            Some(rate) if self.allowance() < self.limit => Stalled(format!(
+                "{} bytes after {:?} of waiting, under {rate} bytes/s",
+                self.received,
+                self.waited + self.allowance()
+            )),
+            _ => Stalled(format!("no data for {:?}", self.limit)),
         }
     }
 }
@@ -118,19 +141,28 @@ where
         let this = &mut *self;
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
-                if let Some(Ok(data)) = frame.as_ref().map(|f| f.as_ref().map(Frame::data_ref))
-                    && let Some(data) = data
+                if let Some(since) = this.waiting_since.take() {
+                    this.waited += since.elapsed();
+                }
+                if let Some(Ok(f)) = &frame
+                    && let Some(data) = f.data_ref()
                 {
                     this.received = this.received.saturating_add(data.len() as u64);
                 }
-                let deadline = this.deadline(Instant::now());
-                this.timer.as_mut().reset(deadline);
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
-            Poll::Pending => match this.timer.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(this.why(Instant::now()))))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if this.waiting_since.is_none() {
+                    let now = Instant::now();
+                    this.waiting_since = Some(now);
+                    let deadline = now + this.allowance();
+                    this.timer.as_mut().reset(deadline);
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(this.why())))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 
@@ -140,5 +172,97 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// `prefix`, then the rest of `body`: a body whose first bytes were already read.
+pub struct Prefixed<B> {
+    prefix: Option<Bytes>,
+    body: B,
+}
+
+impl<B> Prefixed<B> {
+    pub fn new(prefix: Bytes, body: B) -> Self {
+        Prefixed {
+            prefix: Some(prefix).filter(|p| !p.is_empty()),
+            body,
+        }
+    }
+}
+
+impl<B> Body for Prefixed<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_none() && self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let prefix = self.prefix.as_ref().map_or(0, |p| p.len() as u64);
+        let rest = self.body.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + prefix);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + prefix);
+        }
+        hint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use tokio::sync::mpsc;
+
+    /// A body fed by a channel.
+    struct Fed(mpsc::Receiver<Bytes>);
+
+    impl Body for Fed {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
+        }
+    }
+
+    #[tokio::test]
+    async fn only_time_spent_waiting_counts() {
+        let (tx, rx) = mpsc::channel(4);
+        let mut body = StallTimeout::new(Fed(rx), Duration::from_secs(1));
+        tx.send(Bytes::from_static(b"a")).await.expect("send");
+        assert!(body.frame().await.is_some_and(|f| f.is_ok()));
+        // The reader is away for twice the limit, then asks while the next frame is still
+        // on its way: not a stall.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let later = tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = later.send(Bytes::from_static(b"b")).await;
+        });
+        let frame = body.frame().await.expect("a frame");
+        assert!(frame.is_ok(), "{frame:?}");
+        // Waiting longer than the limit is one.
+        let stalled = body.frame().await.expect("an error");
+        assert!(stalled.is_err_and(|e| e.is::<Stalled>()));
+        drop(tx);
     }
 }

@@ -23,6 +23,10 @@ pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 /// How long an idle pooled backend connection is kept.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest response head (header fields) taken from a backend; a larger one is a failed
+/// request (502). Also hyper's read buffer limit for backend connections. hyper's other
+/// limit: 100 header fields.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
 pub enum BackendClient {
     Http(Client<HttpConnector, UpstreamBody>),
@@ -35,7 +39,9 @@ impl BackendClient {
         http.set_nodelay(true);
         http.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let mut builder = Client::builder(TokioExecutor::new());
-        builder.pool_idle_timeout(POOL_IDLE);
+        builder
+            .pool_idle_timeout(POOL_IDLE)
+            .http1_max_buf_size(MAX_RESPONSE_HEAD);
         match &group.protocol {
             BackendProtocol::Http => Ok(BackendClient::Http(builder.build(http))),
             BackendProtocol::Https(verify) => {

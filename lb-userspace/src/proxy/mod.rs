@@ -4,13 +4,14 @@ pub mod body;
 pub mod client;
 pub mod headers;
 pub mod sticky;
+pub mod strict;
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Bytes, Incoming};
-use hyper::header::{CONTENT_LENGTH, HOST, HeaderValue};
+use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
 use tracing::{debug, warn};
 
@@ -19,9 +20,10 @@ use crate::config::{GroupConfig, Timeouts, TransferLbIp};
 use crate::dataplane::error_chain;
 use crate::metrics::RequestCounters;
 use crate::rules::{Action, RequestInfo, RuleSet};
-use body::{BoxError, StallTimeout, WithGuard};
+use body::{BoxError, Prefixed, StallTimeout, Stalled, WithGuard};
 use client::{BackendClient, UpstreamBody};
 use headers::ConnInfo;
+use hyper_util::client::legacy::connect::capture_connection;
 
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
@@ -70,6 +72,15 @@ impl Routes {
         req: Request<Incoming>,
         conn: &ConnInfo,
     ) -> (Response<ProxyBody>, Served) {
+        let (mut parts, body) = req.into_parts();
+        if let Err(status) = strict::check_request(&mut parts) {
+            debug!(client = %conn.peer, status = status.as_u16(), "request refused");
+            if let Some(t) = self.target(self.default) {
+                t.requests.count(None, status.as_u16());
+            }
+            return (refusal(status, parts.version), Served::default());
+        }
+        let req = Request::from_parts(parts, body);
         let (decision, rule) = apply_rules(&self.rules, &req, conn);
         let group = match decision {
             Decision::Answer(answer) => {
@@ -129,14 +140,14 @@ enum Outgoing {
     /// Empty or read whole: can be sent any number of times.
     Replayable(Bytes),
     /// Streaming: can be sent once.
-    Stream(Option<StallTimeout<Incoming>>),
+    Stream(Option<UpstreamBody>),
 }
 
 impl Outgoing {
     fn take(&mut self) -> Option<UpstreamBody> {
         match self {
             Outgoing::Replayable(b) => Some(Full::new(b.clone()).map_err(|n| match n {}).boxed()),
-            Outgoing::Stream(s) => s.take().map(BodyExt::boxed),
+            Outgoing::Stream(s) => s.take(),
         }
     }
 }
@@ -167,15 +178,11 @@ impl Upstream {
     ) -> Response<ProxyBody> {
         let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let version = parts.version;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
         headers::add_client_headers(&mut parts.headers, conn, settings.transfer_lb_ip);
-        // HTTP/2 clients carry the host in :authority; HTTP/1.1 backends need it as Host.
-        if !parts.headers.contains_key(HOST)
-            && let Some(authority) = parts.uri.authority()
-            && let Ok(value) = HeaderValue::from_str(authority.as_str())
-        {
-            parts.headers.insert(HOST, value);
-        }
+        // `strict::check_request` made Host the :authority of HTTP/2 requests (and of
+        // absolute-form HTTP/1.1 targets): HTTP/1.1 backends get it as Host.
         let path = parts
             .uri
             .path_and_query()
@@ -184,8 +191,17 @@ impl Upstream {
 
         let mut outgoing = match read_body(body, &parts.headers, settings.timeouts.request).await {
             Ok(o) => o,
-            Err(status) => return error_page(status),
+            Err(status) => return refusal(status, version),
         };
+        // The length sent is the one of the body sent, in canonical form (`005` becomes `5`):
+        // hyper writes it from the body read whole, or from the length it parsed.
+        let declared = parts
+            .headers
+            .remove(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if let (Outgoing::Stream(_), Some(n)) = (&outgoing, declared) {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
         let idempotent = matches!(
             parts.method,
             Method::GET
@@ -205,11 +221,17 @@ impl Upstream {
             .and_then(|backend| self.balancer.index_of(&backend));
         let mut tried: Vec<usize> = Vec::new();
         let mut status = StatusCode::SERVICE_UNAVAILABLE;
+        // A backend to resend to once, on another connection, after a connection of the pool
+        // closed under the request (the backend's keep-alive timeout racing our reuse).
+        let mut resend_to: Option<usize> = None;
+        let mut resent = false;
         loop {
             // A pinned client goes to its backend while that one can take it; otherwise it is
             // balanced like anyone else, and re-pinned to where it lands.
-            let pick = pinned
+            let pick = resend_to
+                .take()
                 .and_then(|i| self.balancer.pick_backend(i, &tried))
+                .or_else(|| pinned.and_then(|i| self.balancer.pick_backend(i, &tried)))
                 .or_else(|| self.balancer.pick(client_ip, &tried));
             let Some(pick) = pick else {
                 return error_page(status);
@@ -232,12 +254,35 @@ impl Upstream {
             *out.uri_mut() = uri;
             *out.version_mut() = Version::HTTP_11;
             *out.headers_mut() = parts.headers.clone();
+            let connection = capture_connection(&mut out);
 
             let sent =
                 tokio::time::timeout(settings.timeouts.response, self.client.request(out)).await;
             let retry_safe = matches!(outgoing, Outgoing::Replayable(_));
             match sent {
                 Ok(Ok(mut resp)) => {
+                    if resp.headers().contains_key(TRANSFER_ENCODING)
+                        && resp.headers().contains_key(CONTENT_LENGTH)
+                    {
+                        // RFC 9112 6.3: a sign of response splitting. The connection may hold
+                        // bytes framed either way: never reuse it, and answer nothing of it.
+                        if let Some(c) = connection.connection_metadata().as_ref() {
+                            c.poison();
+                        }
+                        warn!(backend = %backend, group = self.group.name, "backend response has both Transfer-Encoding and Content-Length: 502");
+                        return error_page(StatusCode::BAD_GATEWAY);
+                    }
+                    let head: usize = resp
+                        .headers()
+                        .iter()
+                        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                        .sum();
+                    if head > client::MAX_RESPONSE_HEAD {
+                        // hyper's read buffer limit bounds memory, but a head that arrives in
+                        // one read can pass it: the limit is checked here.
+                        warn!(backend = %backend, group = self.group.name, bytes = head, "backend response head too large: 502");
+                        return error_page(StatusCode::BAD_GATEWAY);
+                    }
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = upgrade
                     {
@@ -259,15 +304,24 @@ impl Upstream {
                             now,
                         );
                     }
-                    return resp.map(|b| WithGuard::new(b.map_err(BoxError::from), pick).boxed());
+                    // A body that stalls longer than the response timeout is cut (the client
+                    // sees its connection close before the end of the body).
+                    let stall = settings.timeouts.response;
+                    return resp.map(|b| WithGuard::new(StallTimeout::new(b, stall), pick).boxed());
                 }
                 Ok(Err(e)) => {
                     // A refused connection never saw the request: any method may go elsewhere.
                     let again = retry_safe && (e.is_connect() || idempotent);
-                    warn!(backend = %backend, group = self.group.name, error = %error_chain(&e), retry = again, "backend request failed");
+                    let resend = again && !resent && !e.is_connect() && connection_lost(&e);
+                    warn!(backend = %backend, group = self.group.name, error = %error_chain(&e), retry = again, same_backend = resend, "backend request failed");
                     status = StatusCode::BAD_GATEWAY;
                     if !again {
                         return error_page(status);
+                    }
+                    if resend {
+                        resent = true;
+                        tried.pop();
+                        resend_to = Some(pick.index);
                     }
                 }
                 Err(_) => {
@@ -283,8 +337,9 @@ impl Upstream {
     }
 }
 
-/// Small bodies are read whole (with the request timeout as the longest stall) so that a
-/// retry can resend them; others stream.
+/// Bodies up to [`REPLAYABLE_BODY_LIMIT`] (declared or chunked) are read whole, with the
+/// request timeout as the longest stall, so that a retry can resend them and so that a body
+/// whose framing is broken is refused before anything reaches a backend; others stream.
 async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
@@ -293,21 +348,65 @@ async fn read_body(
     if body.is_end_stream() {
         return Ok(Outgoing::Replayable(Bytes::new()));
     }
-    let body = StallTimeout::new(body, request_timeout);
+    let mut body = StallTimeout::request(body, request_timeout);
     let length = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    match length {
-        Some(n) if n <= REPLAYABLE_BODY_LIMIT => match body.collect().await {
-            Ok(collected) => Ok(Outgoing::Replayable(collected.to_bytes())),
-            Err(e) => {
-                debug!(error = %e, "reading the request body failed");
-                Err(StatusCode::REQUEST_TIMEOUT)
-            }
-        },
-        _ => Ok(Outgoing::Stream(Some(body))),
+    if length.is_some_and(|n| n > REPLAYABLE_BODY_LIMIT) {
+        return Ok(Outgoing::Stream(Some(body.boxed())));
     }
+    let mut read = Vec::new();
+    loop {
+        match body.frame().await {
+            None => return Ok(Outgoing::Replayable(Bytes::from(read))),
+            Some(Err(e)) => {
+                debug!(error = %e, "reading the request body failed");
+                return Err(if e.is::<Stalled>() {
+                    StatusCode::REQUEST_TIMEOUT
+                } else {
+                    StatusCode::BAD_REQUEST
+                });
+            }
+            // Trailers are dropped: backends are not told to expect any (`Trailer` is
+            // hop-by-hop).
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read.extend_from_slice(&data);
+                }
+                if read.len() as u64 > REPLAYABLE_BODY_LIMIT {
+                    let rest = Prefixed::new(Bytes::from(read), body);
+                    return Ok(Outgoing::Stream(Some(rest.boxed())));
+                }
+            }
+        }
+    }
+}
+
+/// Whether a backend request failed because its connection closed or was reset before a
+/// response arrived: what a pooled keep-alive connection that the backend closed at the
+/// moment it was reused looks like.
+fn connection_lost(e: &hyper_util::client::legacy::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && h.is_incomplete_message()
+        {
+            return true;
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            )
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 /// What the rules say about a request.
@@ -387,6 +486,17 @@ async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, backend: hyper::upgr
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
         debug!(error = %e, "upgraded connection ended with an error");
     }
+}
+
+/// An error page for a request edgelb refuses; HTTP/1 connections are closed after it, since
+/// what follows on them may not be where this request ends.
+pub fn refusal(status: StatusCode, version: Version) -> Response<ProxyBody> {
+    let mut resp = error_page(status);
+    if version < Version::HTTP_2 {
+        resp.headers_mut()
+            .insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 pub fn error_page(status: StatusCode) -> Response<ProxyBody> {

@@ -27,6 +27,10 @@ use crate::tls::ClientIdentity;
 use activity::{Activity, Deadline, Sending, Tracked};
 use arc_swap::ArcSwap;
 
+/// Largest HTTP/1 request head (request line and headers): larger ones get 431. As
+/// HAProxy's default (16 KiB buffers); HTTP/2's header list limit is hyper's, also 16 KiB.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
 /// How long a connection being closed for a timeout may take to finish what it is writing.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -293,6 +297,7 @@ async fn serve_http<S>(
     builder
         .http1()
         .timer(TokioTimer::new())
+        .max_buf_size(MAX_REQUEST_HEAD)
         .keep_alive(!idle.is_zero());
     h2_limits(builder.http2().timer(TokioTimer::new()));
     let builder = if h2 {

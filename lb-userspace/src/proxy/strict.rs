@@ -1,0 +1,214 @@
+//! What a request must look like before it is forwarded, on top of what hyper's HTTP/1.1
+//! parser (httparse) and the h2 crate already refuse: anything a second parser behind edgelb
+//! could frame or route differently is refused with 400 (414 for a long target, 417 for an
+//! unknown expectation) and the connection closed.
+//!
+//! hyper already refuses: invalid field names and values (NUL, CR, other controls), obs-fold,
+//! whitespace before the colon, a `Transfer-Encoding` whose last coding is not `chunked`,
+//! `Transfer-Encoding` in HTTP/1.0, differing or malformed `Content-Length`, chunk sizes that
+//! overflow, chunk lines not ending in CRLF. It answers `Transfer-Encoding` together with
+//! `Content-Length` by ignoring the length and closing the connection after the response;
+//! repeated identical lengths become one. The body is always re-framed on the way out.
+use hyper::header::{CONTENT_LENGTH, EXPECT, HOST, HeaderValue, TRANSFER_ENCODING};
+use hyper::http::request::Parts;
+use hyper::http::uri::Authority;
+use hyper::{Method, StatusCode, Version};
+
+/// Longest request target (path and query) forwarded; longer ones get 414.
+pub const MAX_TARGET: usize = 8 * 1024;
+
+/// Checks and normalises a request's head in place: `Host` becomes the authority of an
+/// absolute-form target (or HTTP/2 `:authority`), a met `Expect: 100-continue` is dropped.
+/// `Err` is the status to answer with (the connection is then closed).
+pub fn check_request(parts: &mut Parts) -> Result<(), StatusCode> {
+    if parts.method == Method::CONNECT {
+        // Not a forward proxy: a tunnel would reach wherever the client names.
+        return Err(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
+    if target_len > MAX_TARGET {
+        return Err(StatusCode::URI_TOO_LONG);
+    }
+    let headers = &mut parts.headers;
+    // One coding, `chunked`, once: `gzip, chunked` would reach the backend still gzipped
+    // but without the header saying so (it is hop-by-hop), and `chunked, chunked` is invalid.
+    let mut codings = 0;
+    for value in headers.get_all(TRANSFER_ENCODING) {
+        let value = value.to_str().map_err(|_| StatusCode::BAD_REQUEST)?;
+        for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
+            if !coding.eq_ignore_ascii_case("chunked") {
+                return Err(StatusCode::BAD_REQUEST);
+            }
+            codings += 1;
+        }
+    }
+    if codings > 1 || (headers.contains_key(TRANSFER_ENCODING) && codings == 0) {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    if headers.get_all(CONTENT_LENGTH).iter().count() > 1 {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    // `Transfer_Encoding` and `Content_Length` are other fields to us, but servers that map
+    // `_` to `-` (CGI-style environments) would frame the body by them.
+    for name in headers.keys() {
+        let name = name.as_str();
+        if name.contains('_') {
+            let dashed = name.replace('_', "-");
+            if dashed == "transfer-encoding" || dashed == "content-length" {
+                return Err(StatusCode::BAD_REQUEST);
+            }
+        }
+    }
+    match headers.get_all(EXPECT).iter().next() {
+        None => {}
+        // hyper has answered `100 Continue` when the body was first read; the backend gets
+        // the body at once and has nothing to expect.
+        Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => {
+            if headers.get_all(EXPECT).iter().count() > 1 {
+                return Err(StatusCode::EXPECTATION_FAILED);
+            }
+            headers.remove(EXPECT);
+        }
+        Some(_) => return Err(StatusCode::EXPECTATION_FAILED),
+    }
+    let hosts = headers.get_all(HOST).iter().count();
+    if hosts > 1 {
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    if let Some(authority) = parts.uri.authority() {
+        // Absolute form (or HTTP/2's :authority): the target's authority wins over Host
+        // (RFC 9112 3.2.2), and the backend sees the one edgelb routed by.
+        if authority.as_str().contains('@') {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        // A Host naming someone else is refused rather than overridden (as HAProxy does):
+        // whatever read the Host before us would disagree with what we route by.
+        if let Some(host) = headers.get(HOST)
+            && !host
+                .as_bytes()
+                .eq_ignore_ascii_case(authority.as_str().as_bytes())
+        {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+        let value =
+            HeaderValue::from_str(authority.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?;
+        headers.insert(HOST, value);
+    } else if let Some(host) = headers.get(HOST) {
+        let valid = host
+            .to_str()
+            .ok()
+            .and_then(|h| h.parse::<Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
+        if !valid {
+            return Err(StatusCode::BAD_REQUEST);
+        }
+    } else if parts.version == Version::HTTP_11 {
+        // RFC 9112 3.2: an HTTP/1.1 request without Host is refused.
+        return Err(StatusCode::BAD_REQUEST);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::Request;
+
+    fn parts(uri: &str, headers: &[(&str, &str)]) -> Parts {
+        let mut b = Request::builder().uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("valid request").into_parts().0
+    }
+
+    #[test]
+    fn framing_must_be_unambiguous() {
+        let ok = |h: &[(&str, &str)]| check_request(&mut parts("/", h));
+        assert_eq!(ok(&[("host", "a")]), Ok(()));
+        assert_eq!(
+            ok(&[("host", "a"), ("transfer-encoding", "chunked")]),
+            Ok(())
+        );
+        for te in ["gzip, chunked", "chunked, chunked", "identity", ""] {
+            assert_eq!(
+                ok(&[("host", "a"), ("transfer-encoding", te)]),
+                Err(StatusCode::BAD_REQUEST),
+                "{te}"
+            );
+        }
+        let two_te = [
+            ("host", "a"),
+            ("transfer-encoding", "gzip"),
+            ("transfer-encoding", "chunked"),
+        ];
+        assert_eq!(ok(&two_te), Err(StatusCode::BAD_REQUEST));
+        let two_cl = [
+            ("host", "a"),
+            ("content-length", "1"),
+            ("content-length", "1"),
+        ];
+        assert_eq!(ok(&two_cl), Err(StatusCode::BAD_REQUEST));
+        for name in ["transfer_encoding", "content_length", "Transfer_Encoding"] {
+            assert_eq!(
+                ok(&[("host", "a"), (name, "chunked")]),
+                Err(StatusCode::BAD_REQUEST),
+                "{name}"
+            );
+        }
+        assert_eq!(ok(&[("host", "a"), ("x_custom", "1")]), Ok(()));
+    }
+
+    #[test]
+    fn host_is_single_valid_and_follows_the_target() {
+        let check = |uri: &str, h: &[(&str, &str)]| {
+            let mut p = parts(uri, h);
+            check_request(&mut p).map(|()| p.headers[HOST].clone())
+        };
+        assert_eq!(check("/", &[]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(
+            check("/", &[("host", "a"), ("host", "b")]),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        for bad in ["a b", "a/b", "u@a", ""] {
+            assert_eq!(
+                check("/", &[("host", bad)]),
+                Err(StatusCode::BAD_REQUEST),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            check("http://b.test/x", &[("host", "a")]),
+            Err(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            check("http://b.test/x", &[("host", "B.test")]),
+            Ok(HeaderValue::from_static("b.test"))
+        );
+        assert_eq!(
+            check("http://b.test/x", &[]),
+            Ok(HeaderValue::from_static("b.test"))
+        );
+        assert_eq!(
+            check("/", &[("host", "a:81")]),
+            Ok(HeaderValue::from_static("a:81"))
+        );
+    }
+
+    #[test]
+    fn expectations_and_targets() {
+        let mut p = parts("/", &[("host", "a"), ("expect", "100-Continue")]);
+        assert_eq!(check_request(&mut p), Ok(()));
+        assert!(!p.headers.contains_key(EXPECT));
+        let mut p = parts("/", &[("host", "a"), ("expect", "fly")]);
+        assert_eq!(check_request(&mut p), Err(StatusCode::EXPECTATION_FAILED));
+        let long = format!("/{}", "a".repeat(MAX_TARGET));
+        assert_eq!(
+            check_request(&mut parts(&long, &[("host", "a")])),
+            Err(StatusCode::URI_TOO_LONG)
+        );
+        let mut p = parts("b.test:443", &[("host", "b.test:443")]);
+        p.method = Method::CONNECT;
+        assert_eq!(check_request(&mut p), Err(StatusCode::METHOD_NOT_ALLOWED));
+    }
+}

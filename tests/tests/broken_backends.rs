@@ -1,0 +1,389 @@
+//! Backends that misbehave, behind a real edgelb (`--protocol http`): resets mid-response,
+//! malformed status lines, Transfer-Encoding with Content-Length, stalls after the head, a
+//! keep-alive connection closed as it is reused, 100 KB of headers, a 1 GiB body (edgelb's
+//! memory must stay flat), and responses that must never reach the wrong client.
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use edgelb_tests::daemon::Daemon;
+use edgelb_tests::listener::free_addr;
+use edgelb_tests::raw::{Recorder, split_at_most};
+
+/// edgelb in front of `recorder`, with a 2 s response timeout.
+fn edgelb(recorder: &Recorder, dir: &std::path::Path) -> (Daemon, SocketAddr) {
+    let addr = free_addr();
+    let (listen, be) = (addr.to_string(), recorder.addr.to_string());
+    let lb = Daemon::start(
+        None,
+        &[
+            "--protocol",
+            "http",
+            "--listen",
+            &listen,
+            "--backend",
+            &be,
+            "--health-check",
+            "off",
+            "--response-timeout",
+            "2",
+            "--xdp-mode",
+            "off",
+        ],
+        dir,
+    );
+    (lb, addr)
+}
+
+/// A keep-alive client connection that sends requests one at a time.
+struct Client {
+    addr: SocketAddr,
+    tcp: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    id: Option<String>,
+}
+
+impl Client {
+    fn new(addr: SocketAddr) -> Self {
+        Client {
+            addr,
+            tcp: None,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Sends `method path` with `x-request-id: id`; the response, or None when the
+    /// connection closed or timed out before a whole response (the connection is dropped).
+    fn send(&mut self, method: &str, path: &str, id: &str, body: &[u8]) -> Option<Answer> {
+        if self.tcp.is_none() {
+            let tcp = TcpStream::connect(self.addr).expect("connect");
+            tcp.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            self.tcp = Some(tcp);
+            self.buf.clear();
+        }
+        let tcp = self.tcp.as_mut()?;
+        let mut req = format!(
+            "{method} {path} HTTP/1.1\r\nhost: t\r\nx-request-id: {id}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(body);
+        if tcp.write_all(&req).is_err() {
+            self.tcp = None;
+            return None;
+        }
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            let (statuses, ids, used) = split_at_most(&self.buf, 1);
+            if let (Some(&status), Some(id)) = (statuses.first(), ids.first()) {
+                self.buf.drain(..used);
+                return Some(Answer {
+                    status,
+                    id: id.clone(),
+                });
+            }
+            match tcp.read(&mut chunk) {
+                Ok(0) | Err(_) => {
+                    self.tcp = None;
+                    return None;
+                }
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+}
+
+/// Sends raw `GET path` and reads until the server closes (10 s at most): the bytes, whether
+/// it closed, and how long that took.
+fn get_until_close(addr: SocketAddr, path: &str) -> (Vec<u8>, bool, Duration) {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let started = Instant::now();
+    tcp.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match tcp.read(&mut chunk) {
+            Ok(0) => return (got, true, started.elapsed()),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return (got, false, started.elapsed());
+            }
+            Err(_) => return (got, true, started.elapsed()),
+        }
+    }
+}
+
+fn body_after_head(got: &[u8]) -> usize {
+    got.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(0, |p| got.len() - p - 4)
+}
+
+#[test]
+fn broken_responses_become_502_or_a_cut_connection() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let recorder = Recorder::start();
+    let (_lb, addr) = edgelb(&recorder, dir.path());
+    let mut c = Client::new(addr);
+
+    let bad = c.send("GET", "/bad-status", "1", b"").expect("answer");
+    assert_eq!(bad.status, 502, "malformed status line");
+    let huge = c.send("GET", "/huge-headers", "2", b"").expect("answer");
+    assert_eq!(huge.status, 502, "100 KB of response headers");
+
+    let before = recorder.count();
+    let te_cl = c.send("GET", "/te-cl", "3", b"").expect("answer");
+    assert_eq!(te_cl.status, 502, "Transfer-Encoding with Content-Length");
+    let ok = c.send("GET", "/ok", "4", b"").expect("answer");
+    assert_eq!((ok.status, ok.id.as_deref()), (200, Some("4")));
+    let seen = recorder.requests(before);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_ne!(
+        seen[0].conn, seen[1].conn,
+        "the connection that carried the TE+CL response was used again"
+    );
+
+    // Reset after 100 of 1000 body bytes: the head has gone to the client, so the client's
+    // connection is closed short of the announced length.
+    let (got, closed, _) = get_until_close(addr, "/reset-mid");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(closed, "connection left open after the backend reset");
+    assert!(body_after_head(&got) < 1000, "{text}");
+
+    // No answer at all: 504 after the response timeout (2 s).
+    let started = Instant::now();
+    let silent = c.send("GET", "/silent", "5", b"").expect("answer");
+    println!(
+        "silent backend: {} after {:?}",
+        silent.status,
+        started.elapsed()
+    );
+    assert_eq!(silent.status, 504);
+
+    // Stalls after the head and 10 of 100 bytes: cut after the response timeout (2 s).
+    let (got, closed, took) = get_until_close(addr, "/stall");
+    println!(
+        "stalled body: {} body bytes, closed={closed} after {took:?}",
+        body_after_head(&got)
+    );
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 200"));
+    assert!(closed, "a stalled response was not cut within 10 s");
+    assert!(body_after_head(&got) < 100);
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+    assert!(recorder.invalid().is_empty(), "{:?}", recorder.invalid());
+}
+
+#[test]
+fn a_pooled_connection_closed_under_a_request_is_resent_only_if_idempotent() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let recorder = Recorder::start();
+    let (_lb, addr) = edgelb(&recorder, dir.path());
+    let mut c = Client::new(addr);
+    // The first /stale of a backend connection is answered; the next one on it is read and
+    // the connection closed without an answer.
+    for id in ["g1", "g2", "g3"] {
+        let a = c.send("GET", "/stale", id, b"").expect("answer");
+        assert_eq!((a.status, a.id.as_deref()), (200, Some(id)), "GET {id}");
+    }
+    let gets = |id: &str| {
+        recorder
+            .requests(0)
+            .iter()
+            .filter(|s| s.header("x-request-id") == Some(id))
+            .count()
+    };
+    println!(
+        "backend saw g1 {}x, g2 {}x, g3 {}x",
+        gets("g1"),
+        gets("g2"),
+        gets("g3")
+    );
+    assert_eq!(gets("g1"), 1);
+    assert_eq!(gets("g2"), 2, "resent once on another connection");
+    assert_eq!(gets("g3"), 2);
+
+    let p = c.send("POST", "/stale", "p1", b"once").expect("answer");
+    assert_eq!(p.status, 502, "{p:?}");
+    assert_eq!(gets("p1"), 1, "a POST must not be resent");
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Reads `GET /big?mib=N` through edgelb as fast as possible; the body bytes and the time.
+fn stream_big(addr: SocketAddr, mib: u64) -> (u64, Duration) {
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let started = Instant::now();
+    tcp.write_all(format!("GET /big?mib={mib} HTTP/1.1\r\nhost: t\r\n\r\n").as_bytes())
+        .expect("write");
+    let mut buf = vec![0u8; 1 << 20];
+    let mut head = Vec::new();
+    let mut body = 0u64;
+    let want = mib << 20;
+    while body < want {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{body} of {want} bytes after 3 minutes"
+        );
+        let n = tcp.read(&mut buf).expect("read the big body");
+        assert!(n > 0, "closed after {body} of {want} body bytes");
+        if head.ends_with(b"\r\n\r\n") {
+            body += n as u64;
+        } else {
+            // The head is small and comes first: split it off this read.
+            let mut i = 0;
+            while i < n && !head.ends_with(b"\r\n\r\n") {
+                head.push(buf[i]);
+                i += 1;
+            }
+            body += (n - i) as u64;
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    (body, started.elapsed())
+}
+
+#[test]
+fn a_1_gib_response_streams_in_flat_memory() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let recorder = Recorder::start();
+    let (lb, addr) = edgelb(&recorder, dir.path());
+    let pid = lb.pid();
+    // Warm up: pools, buffers and worker threads exist before the baseline.
+    stream_big(addr, 16);
+    let baseline = vm_rss_kib(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(vm_rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let (bytes, took) = stream_big(addr, 1024);
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().expect("sampler");
+    let after = vm_rss_kib(pid);
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "1 GiB through edgelb in {took:.1?} ({:.0} MiB/s); edgelb VmRSS {baseline} KiB before, \
+         peak {peak} KiB, {after} KiB after (growth {} KiB)",
+        bytes as f64 / (1 << 20) as f64 / took.as_secs_f64(),
+        peak.saturating_sub(baseline)
+    );
+    assert_eq!(bytes, 1 << 30);
+    assert!(
+        peak.saturating_sub(baseline) < 64 * 1024,
+        "edgelb grew by {} KiB while streaming",
+        peak - baseline
+    );
+}
+
+#[test]
+fn responses_never_reach_another_client() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let recorder = Recorder::start();
+    let (_lb, addr) = edgelb(&recorder, dir.path());
+    const ROUNDS: usize = 60;
+    // Client A makes the backend misbehave; client B asks for plain answers meanwhile.
+    let a = std::thread::spawn(move || {
+        let mut c = Client::new(addr);
+        let paths = ["/splice", "/te-cl", "/bad-status", "/reset-mid", "/ok"];
+        let mut wrong = Vec::new();
+        let mut statuses = std::collections::BTreeMap::new();
+        for i in 0..ROUNDS {
+            let path = paths[i % paths.len()];
+            let id = format!("a-{i}");
+            match c.send("GET", path, &id, b"") {
+                Some(ans) => {
+                    *statuses
+                        .entry(format!("{path} {}", ans.status))
+                        .or_insert(0) += 1;
+                    if ans.id.as_deref().is_some_and(|got| got != id) {
+                        wrong.push(format!("{path} {id} got {ans:?}"));
+                    }
+                }
+                None => *statuses.entry(format!("{path} cut")).or_insert(0) += 1,
+            }
+        }
+        (wrong, statuses)
+    });
+    let b = std::thread::spawn(move || {
+        let mut c = Client::new(addr);
+        let mut wrong = Vec::new();
+        for i in 0..ROUNDS * 2 {
+            let id = format!("b-{i}");
+            match c.send("GET", "/ok", &id, b"") {
+                Some(ans) if ans.status == 200 && ans.id.as_deref() == Some(id.as_str()) => {}
+                other => wrong.push(format!("{id} got {other:?}")),
+            }
+        }
+        wrong
+    });
+    let (wrong_a, statuses) = a.join().expect("client a");
+    let wrong_b = b.join().expect("client b");
+    println!("client A outcomes: {statuses:?}");
+    assert!(wrong_a.is_empty(), "client A: {wrong_a:?}");
+    assert!(wrong_b.is_empty(), "client B: {wrong_b:?}");
+}
+
+/// Bodies over the 64 KiB edgelb reads before forwarding stream through intact, with the
+/// framing they came with (`Content-Length` or chunked, re-encoded).
+#[test]
+fn large_request_bodies_stream_through_intact() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let recorder = Recorder::start();
+    let (_lb, addr) = edgelb(&recorder, dir.path());
+    let body: Vec<u8> = (0..200 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut c = Client::new(addr);
+    let a = c.send("POST", "/up", "cl", &body).expect("answer");
+    assert_eq!((a.status, a.id.as_deref()), (200, Some("cl")));
+
+    let mut chunked =
+        b"POST /up HTTP/1.1\r\nhost: t\r\nx-request-id: te\r\ntransfer-encoding: chunked\r\n\r\n"
+            .to_vec();
+    for part in body.chunks(4096) {
+        chunked.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+        chunked.extend_from_slice(part);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let ex = edgelb_tests::raw::exchange_tcp(addr, &chunked);
+    assert_eq!(ex.finals(), vec![200], "{}", ex.outcome());
+
+    let seen = recorder.requests(0);
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].header("content-length"), Some("204800"));
+    assert_eq!(seen[1].header("transfer-encoding"), Some("chunked"));
+    for s in &seen {
+        assert!(s.body == body, "{} body bytes differ", s.body.len());
+    }
+    assert!(recorder.invalid().is_empty());
+}
