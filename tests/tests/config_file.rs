@@ -452,10 +452,10 @@ fn the_example_config_is_valid() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    for l in ["shop", "shop-http", "partners"] {
+    for l in ["shop", "shop-http", "partners", "dns"] {
         assert!(stdout.contains(&format!("listener {l:?}")), "{stdout}");
     }
-    for g in ["web", "api", "accounts", "static"] {
+    for g in ["web", "api", "accounts", "static", "dns"] {
         assert!(stdout.contains(&format!("group {g:?}")), "{stdout}");
     }
     assert!(stdout.contains("rule            maintenance"), "{stdout}");
