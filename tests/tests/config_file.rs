@@ -5,13 +5,13 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use edgelb_tests::backend::Backend;
 use edgelb_tests::daemon::{self, Daemon, Signal};
 use edgelb_tests::https::{self, ClientOpts, get};
 use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
+use edgelb_tests::load::Load;
 
 /// The file name of `path`: the config refers to certificates relative to itself.
 fn name(path: &Path) -> String {
@@ -239,26 +239,7 @@ async fn reloads_add_remove_and_rebind_listeners_without_a_failed_request() {
     let config = ClientOpts::new(&s.ca.cert_pem).config();
 
     // Load on the listener every reload keeps, on new connections, for the whole test.
-    let (stop, ok, failed) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let secure = node.secure;
-    let load: Vec<_> = (0..3)
-        .map(|_| {
-            let (stop, ok, failed, config) =
-                (stop.clone(), ok.clone(), failed.clone(), config.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match https::send(secure, SERVER_NAME, config.clone(), get("/api/x")).await {
-                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(3, node.secure, config.clone(), "/api/x");
 
     // 1: the http listener goes, an https listener for the api group comes, web loses a backend.
     let extra_at = free_addr();
@@ -308,7 +289,7 @@ group = "api"
 
     // 3..10: reloads of the same file, under load.
     for round in 3..=10 {
-        while ok.load(Ordering::Relaxed) < round * 250 {
+        while load.ok() < round * 250 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         lb.signal(Signal::SIGHUP);
@@ -331,11 +312,7 @@ group = "api"
     );
     assert_eq!(backend_of(moved, &config, "/").await, "backend api");
 
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.expect("load task");
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.finish().await;
     eprintln!("{ok} requests during 11 reloads, {failed} failed");
     assert!(ok >= 2500, "only {ok} requests went through");
     assert_eq!(failed, 0, "{failed} of {} requests failed", ok + failed);

@@ -1,14 +1,13 @@
 //! SIGHUP reloads: certificates and IP group files change under a running edgelb, under load,
 //! without a failed request; a bad reload changes nothing.
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use edgelb_tests::backend::Backend;
 use edgelb_tests::daemon::Signal;
 use edgelb_tests::https::{self, ClientOpts, get};
 use edgelb_tests::listener::{SERVER_NAME, Setup};
+use edgelb_tests::load::Load;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -31,30 +30,12 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     let (lb, addr) = s.start(&["--backend", &be]);
     let config = ClientOpts::new(&s.ca.cert_pem).config();
 
-    let (stop, ok, failed) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let load: Vec<_> = (0..4)
-        .map(|_| {
-            let (stop, ok, failed, config) =
-                (stop.clone(), ok.clone(), failed.clone(), config.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    match https::send(addr, SERVER_NAME, config.clone(), get("/")).await {
-                        Ok(r) if r.status == 200 => ok.fetch_add(1, Ordering::Relaxed),
-                        _ => failed.fetch_add(1, Ordering::Relaxed),
-                    };
-                }
-            })
-        })
-        .collect();
+    let load = Load::start(4, addr, config.clone(), "/");
 
     let mut last = s.server.der.clone();
     for round in 1..=10 {
         // Reloads spread over thousands of requests.
-        while ok.load(Ordering::Relaxed) < round * 250 {
+        while load.ok() < round * 250 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // A new certificate from the same CA, written over the files edgelb was started with.
@@ -90,11 +71,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         .peer_cert;
     assert!(seen == last, "a refused reload changed the certificate");
 
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.expect("load task");
-    }
-    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (ok, failed) = load.finish().await;
     eprintln!("{ok} requests during 11 reloads, {failed} failed");
     assert!(ok >= 2500, "only {ok} requests went through");
     assert_eq!(

@@ -4,78 +4,16 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgelb_tests::backend::Backend;
-use edgelb_tests::daemon::Daemon;
 use edgelb_tests::https::{self, ClientOpts};
 use edgelb_tests::listener::{SERVER_NAME, Setup};
+use edgelb_tests::peaks::Peaks;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-/// Samples a process's RSS and descriptor count every 10 ms until dropped.
-struct Peaks {
-    stop: Arc<AtomicBool>,
-    rss: Arc<AtomicU64>,
-    fds: Arc<AtomicU64>,
-    base: (u64, u64),
-}
-
-impl Peaks {
-    fn watch(lb: &Daemon) -> Peaks {
-        let pid = lb.pid();
-        let base = (lb.rss_kib(), lb.fds() as u64);
-        let (stop, rss, fds) = (
-            Arc::new(AtomicBool::new(false)),
-            Arc::new(AtomicU64::new(base.0)),
-            Arc::new(AtomicU64::new(base.1)),
-        );
-        let (s, r, f) = (stop.clone(), rss.clone(), fds.clone());
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                if let Some(kib) = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                {
-                    r.fetch_max(kib, Ordering::Relaxed);
-                }
-                let n = std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count());
-                f.fetch_max(n as u64, Ordering::Relaxed);
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        });
-        Peaks {
-            stop,
-            rss,
-            fds,
-            base,
-        }
-    }
-
-    /// Prints and returns (peak RSS KiB, peak descriptors).
-    fn report(&self, what: &str) -> (u64, u64) {
-        let (rss, fds) = (
-            self.rss.load(Ordering::Relaxed),
-            self.fds.load(Ordering::Relaxed),
-        );
-        eprintln!(
-            "{what}: RSS {} KiB -> peak {rss} KiB, descriptors {} -> peak {fds}",
-            self.base.0, self.base.1
-        );
-        (rss, fds)
-    }
-}
-
-impl Drop for Peaks {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
 
 /// A backend whose every response is `size` bytes; counts what it managed to write and the
 /// connections that ended (the client side, edgelb, went away).
