@@ -9,7 +9,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rustls::pki_types::pem::PemObject;
@@ -266,5 +266,60 @@ impl Drop for BackendProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A backend whose every response is `size` bytes; counts what it managed to write and the
+/// connections that ended (the client side, edgelb, went away).
+pub struct BigBackend {
+    pub addr: SocketAddr,
+    /// Body bytes written so far, over all connections.
+    pub written: Arc<AtomicU64>,
+    /// Connections that ended before their body was written.
+    pub ended: Arc<AtomicU64>,
+}
+
+pub fn big_backend(size: usize) -> BigBackend {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (written, ended) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (w, e) = (written.clone(), ended.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (w, e) = (w.clone(), e.clone());
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n"
+                );
+                if stream.write_all(reply.as_bytes()).is_err() {
+                    return;
+                }
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut left = size;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if stream.write_all(&chunk[..n]).is_err() {
+                        e.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    w.fetch_add(n as u64, Ordering::Relaxed);
+                    left -= n;
+                }
+            });
+        }
+    });
+    BigBackend {
+        addr,
+        written,
+        ended,
     }
 }

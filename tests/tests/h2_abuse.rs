@@ -5,13 +5,12 @@
 //! to send most of them). Each test samples the daemon's RSS and descriptors throughout,
 //! prints the peaks, and checks that a normal client is still served.
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use edgelb_tests::backend::Backend;
+use edgelb_tests::backend::{Backend, big_backend};
 use edgelb_tests::daemon::Daemon;
 use edgelb_tests::https::{self, ClientOpts, get};
 use edgelb_tests::listener::{SERVER_NAME, Setup};
@@ -755,59 +754,6 @@ async fn connection_specific_headers_reset_the_stream_and_too_many_end_the_conne
     assert_eq!(seen.resets_with(PROTOCOL_ERROR), 64);
     normal_client_served(&s, addr).await;
     assert_bounded(&peaks, "connection-specific headers", 32 * 1024, 32);
-}
-
-/// A backend whose every response is `size` bytes; counts what it managed to write and the
-/// connections that ended (the client side, edgelb, went away).
-struct BigBackend {
-    addr: SocketAddr,
-    written: Arc<AtomicU64>,
-    ended: Arc<AtomicU64>,
-}
-
-fn big_backend(size: usize) -> BigBackend {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (written, ended) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let (w, e) = (written.clone(), ended.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (w, e) = (w.clone(), e.clone());
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n"
-                );
-                if stream.write_all(reply.as_bytes()).is_err() {
-                    return;
-                }
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut left = size;
-                while left > 0 {
-                    let n = left.min(chunk.len());
-                    if stream.write_all(&chunk[..n]).is_err() {
-                        e.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    w.fetch_add(n as u64, Ordering::Relaxed);
-                    left -= n;
-                }
-            });
-        }
-    });
-    BigBackend {
-        addr,
-        written,
-        ended,
-    }
 }
 
 #[tokio::test]

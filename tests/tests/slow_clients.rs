@@ -1,72 +1,17 @@
 //! Slow and greedy HTTP/1.1 clients: a request body trickled a byte at a time, a client that
 //! stops reading a large response, and hundreds of idle keep-alive connections. The daemon's
 //! RSS and descriptors are sampled throughout and the peaks printed.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use edgelb_tests::backend::Backend;
+use edgelb_tests::backend::{Backend, big_backend};
 use edgelb_tests::https::{self, ClientOpts};
 use edgelb_tests::listener::{SERVER_NAME, Setup};
 use edgelb_tests::peaks::Peaks;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-/// A backend whose every response is `size` bytes; counts what it managed to write and the
-/// connections that ended (the client side, edgelb, went away).
-struct BigBackend {
-    addr: SocketAddr,
-    written: Arc<AtomicU64>,
-    ended: Arc<AtomicU64>,
-}
-
-fn big_backend(size: usize) -> BigBackend {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = listener.local_addr().expect("address");
-    let (written, ended) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let (w, e) = (written.clone(), ended.clone());
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let (w, e) = (w.clone(), e.clone());
-            std::thread::spawn(move || {
-                let mut stream = stream;
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match stream.read(&mut byte) {
-                        Ok(1) => head.push(byte[0]),
-                        _ => return,
-                    }
-                }
-                let reply = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {size}\r\n\r\n"
-                );
-                if stream.write_all(reply.as_bytes()).is_err() {
-                    return;
-                }
-                let chunk = vec![b'x'; 64 * 1024];
-                let mut left = size;
-                while left > 0 {
-                    let n = left.min(chunk.len());
-                    if stream.write_all(&chunk[..n]).is_err() {
-                        e.fetch_add(1, Ordering::Relaxed);
-                        return;
-                    }
-                    w.fetch_add(n as u64, Ordering::Relaxed);
-                    left -= n;
-                }
-            });
-        }
-    });
-    BigBackend {
-        addr,
-        written,
-        ended,
-    }
-}
 
 async fn h1(s: &Setup, addr: SocketAddr) -> TlsStream<TcpStream> {
     let mut opts = ClientOpts::new(&s.ca.cert_pem);
