@@ -105,6 +105,10 @@ struct Sample {
     secs: f64,
     rss_kib: u64,
     fds: usize,
+    /// edgelb's user + system CPU time, in clock ticks.
+    cpu_ticks: u64,
+    /// The machine's busy and total CPU time (all CPUs), in clock ticks.
+    machine: (u64, u64),
 }
 
 struct Kill {
@@ -361,13 +365,18 @@ impl Soak {
         for line in status_text.lines() {
             println!("   | {line}");
         }
-        println!("edgelb log, warnings and errors (first 20):");
-        for line in log
-            .lines()
-            .filter(|l| l.contains("WARN") || l.contains("ERROR"))
-            .take(20)
-        {
-            println!("   | {line}");
+        println!("edgelb log, warnings and errors by message (timestamps removed):");
+        let mut grouped: BTreeMap<String, usize> = BTreeMap::new();
+        for line in log.lines() {
+            let Some(at) = line.find(" WARN ").or_else(|| line.find(" ERROR ")) else {
+                continue;
+            };
+            *grouped.entry(line[at + 1..].to_string()).or_insert(0) += 1;
+        }
+        let mut grouped: Vec<(String, usize)> = grouped.into_iter().collect();
+        grouped.sort_by(|a, b| b.1.cmp(&a.1));
+        for (line, n) in grouped.iter().take(15) {
+            println!("   {n:>6} x {line}");
         }
         verdict
     }
@@ -899,6 +908,20 @@ impl Report<'_> {
             "RSS growth from warm-up ({:.0} s) to the end of the load: {growth:+.1} %",
             self.warm.secs
         );
+        let e = self.end_loaded;
+        let wall = (e.secs - s0.secs).max(1.0);
+        // Clock ticks are 100 per second on Linux.
+        let edgelb_cpu = (e.cpu_ticks - s0.cpu_ticks) as f64 / 100.0 / wall;
+        let (busy, total) = (
+            e.machine.0.saturating_sub(s0.machine.0),
+            e.machine.1.saturating_sub(s0.machine.1),
+        );
+        println!(
+            "CPU during the load: edgelb {:.2} cores on average; the whole machine {:.0} % busy ({} CPUs, shared with other work)",
+            edgelb_cpu,
+            busy as f64 * 100.0 / total.max(1) as f64,
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
         println!(
             "\nreloads: {} SIGHUP sent, {} applied, {} refused",
             self.reloads_sent, self.reloads_applied, self.reloads_refused
@@ -972,7 +995,40 @@ fn sample(pid: u32, secs: f64) -> Result<Sample> {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     let fds = fs::read_dir(format!("/proc/{pid}/fd"))?.count();
-    Ok(Sample { secs, rss_kib, fds })
+    // /proc/PID/stat: fields 14 and 15 (utime, stime) after the parenthesised command name.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or("")
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let cpu_ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    // /proc/stat's first line: user nice system idle iowait irq softirq steal ...
+    let machine = fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|t| {
+            let v: Vec<u64> = t
+                .lines()
+                .next()?
+                .split_whitespace()
+                .skip(1)
+                .take(8)
+                .map(|f| f.parse().unwrap_or(0))
+                .collect();
+            let total: u64 = v.iter().sum();
+            let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+            Some((total - idle, total))
+        })
+        .unwrap_or((0, 0));
+    Ok(Sample {
+        secs,
+        rss_kib,
+        fds,
+        cpu_ticks,
+        machine,
+    })
 }
 
 fn now_ms() -> u64 {
