@@ -374,7 +374,7 @@ impl Soak {
             *grouped.entry(line[at + 1..].to_string()).or_insert(0) += 1;
         }
         let mut grouped: Vec<(String, usize)> = grouped.into_iter().collect();
-        grouped.sort_by(|a, b| b.1.cmp(&a.1));
+        grouped.sort_by_key(|g| std::cmp::Reverse(g.1));
         for (line, n) in grouped.iter().take(15) {
             println!("   {n:>6} x {line}");
         }
@@ -1058,4 +1058,74 @@ fn netns_stdout(ns: &str, program: &str, args: &[&str]) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reloads_change_the_acl_without_touching_the_load() {
+        let mut acl = Acl {
+            probe_listed: true,
+            extras: Vec::new(),
+        };
+        let mut probe = Vec::new();
+        for i in 0..RELOADS {
+            acl.step(i);
+            let text = acl.text();
+            for p in LOAD_PREFIXES {
+                assert!(text.contains(p), "reload {i} lost {p}");
+            }
+            probe.push(acl.probe_listed);
+        }
+        // Delisted by the 5th reload only, and no extra prefix left at the end.
+        assert_eq!(
+            probe,
+            [true, true, true, true, false, true, true, true, true, true]
+        );
+        assert!(acl.extras.is_empty(), "{:?}", acl.extras);
+    }
+
+    #[test]
+    fn a_failure_counts_inside_a_window_when_it_overlaps_one() {
+        let kills = [Kill {
+            backend: "s1",
+            secs: 75.0,
+            at_ms: 100_000,
+        }];
+        let zero = Sample {
+            secs: 0.0,
+            rss_kib: 0,
+            fds: 0,
+            cpu_ticks: 0,
+            machine: (0, 0),
+        };
+        let r = Report {
+            secs: 60.0,
+            summaries: &[],
+            kills: &kills,
+            samples: &[],
+            warm: zero,
+            end: zero,
+            end_loaded: zero,
+            reloads_sent: 0,
+            reloads_applied: 0,
+            reloads_refused: 0,
+            unhealthy: 0,
+            healthy: 0,
+            warnings: 0,
+            probe: ProbeDrops::default(),
+            dropped_end: 0,
+            exit_ok: true,
+            xdp_left: false,
+        };
+        // In flight at the kill, ended within the window, started within it: inside.
+        assert!(r.in_window(99_000, 100_010));
+        assert!(r.in_window(101_000, 101_500));
+        assert!(r.in_window(100_000 + WINDOW_MS, 100_000 + WINDOW_MS + 5));
+        // Over before the kill, or started after the window: outside.
+        assert!(!r.in_window(98_000, 99_999));
+        assert!(!r.in_window(100_001 + WINDOW_MS, 100_100 + WINDOW_MS));
+    }
 }
