@@ -318,6 +318,19 @@ impl Soak {
         samples.push(end);
         let dropped_end = self.dropped_acl()?;
         let status_text = self.status()?;
+        // What the descriptors left after the load are: connections to the backends (pooled).
+        let backend_conns = netns_stdout(
+            &self.lb,
+            "ss",
+            &[
+                "-Htn",
+                "state",
+                "established",
+                "( dport >= :8181 and dport <= :8183 )",
+            ],
+        )?
+        .lines()
+        .count();
 
         // Stop: SIGTERM, exit 0, nothing left attached.
         let mut child = self.edgelb.take().context("edgelb is not running")?;
@@ -359,6 +372,7 @@ impl Soak {
             dropped_end,
             exit_ok: exit.is_some_and(|s| s.success()),
             xdp_left,
+            backend_conns,
         };
         let verdict = report.print();
         println!("\nedgelb status at the end of the load:");
@@ -749,6 +763,7 @@ struct Report<'a> {
     dropped_end: u64,
     exit_ok: bool,
     xdp_left: bool,
+    backend_conns: usize,
 }
 
 const CAUSES: [(&str, &str); 8] = [
@@ -922,6 +937,17 @@ impl Report<'_> {
             busy as f64 * 100.0 / total.max(1) as f64,
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
+        println!(
+            "edgelb's connections to the backends open 2 s after the load: {}",
+            self.backend_conns
+        );
+        let series: Vec<String> = self
+            .samples
+            .iter()
+            .filter(|s| s.secs < 11.0 || (s.secs % 60.0) < 5.0)
+            .map(|s| format!("{:.0} s {:.1}", s.secs, mib(s.rss_kib)))
+            .collect();
+        println!("RSS (MiB) over the run: {}", series.join(", "));
         println!(
             "\nreloads: {} SIGHUP sent, {} applied, {} refused",
             self.reloads_sent, self.reloads_applied, self.reloads_refused
@@ -1119,6 +1145,7 @@ mod tests {
             dropped_end: 0,
             exit_ok: true,
             xdp_left: false,
+            backend_conns: 0,
         };
         // In flight at the kill, ended within the window, started within it: inside.
         assert!(r.in_window(99_000, 100_010));
