@@ -367,102 +367,7 @@ impl Demo {
     }
 
     fn certificates(&self) -> Result<()> {
-        let ext = self.tmp.join("ca.ext");
-        fs::write(
-            &ext,
-            "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
-        )?;
-        openssl(&[
-            "ecparam",
-            "-name",
-            "prime256v1",
-            "-genkey",
-            "-noout",
-            "-out",
-            &self.path("ca.key"),
-        ])?;
-        openssl(&[
-            "req",
-            "-new",
-            "-key",
-            &self.path("ca.key"),
-            "-subj",
-            "/CN=edgelb demo CA",
-            "-out",
-            &self.path("ca.csr"),
-        ])?;
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &self.path("ca.csr"),
-            "-signkey",
-            &self.path("ca.key"),
-            "-days",
-            "2",
-            "-sha256",
-            "-extfile",
-            &self.path("ca.ext"),
-            "-out",
-            &self.path("ca.pem"),
-        ])?;
-        for (stem, name, serial) in [
-            ("default", "edgelb.demo", "1001"),
-            ("api", "api.edgelb.demo", "1002"),
-        ] {
-            let ext = self.tmp.join(format!("{stem}.ext"));
-            fs::write(
-                &ext,
-                format!(
-                    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
-                     extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{name}\n"
-                ),
-            )?;
-            openssl(&[
-                "ecparam",
-                "-name",
-                "prime256v1",
-                "-genkey",
-                "-noout",
-                "-out",
-                &self.path(&format!("{stem}.key")),
-            ])?;
-            // edgelb refuses keys that others may read.
-            fs::set_permissions(
-                self.path(&format!("{stem}.key")),
-                std::os::unix::fs::PermissionsExt::from_mode(0o600),
-            )?;
-            openssl(&[
-                "req",
-                "-new",
-                "-key",
-                &self.path(&format!("{stem}.key")),
-                "-subj",
-                &format!("/CN={name}/O=edgelb demo"),
-                "-out",
-                &self.path(&format!("{stem}.csr")),
-            ])?;
-            openssl(&[
-                "x509",
-                "-req",
-                "-in",
-                &self.path(&format!("{stem}.csr")),
-                "-CA",
-                &self.path("ca.pem"),
-                "-CAkey",
-                &self.path("ca.key"),
-                "-set_serial",
-                serial,
-                "-days",
-                "2",
-                "-sha256",
-                "-extfile",
-                &ext.to_string_lossy(),
-                "-out",
-                &self.path(&format!("{stem}.pem")),
-            ])?;
-        }
-        Ok(())
+        certificates(&self.tmp)
     }
 
     fn start_edgelb(&mut self, edgelb: &Path) -> Result<()> {
@@ -690,7 +595,7 @@ fn print_indented(text: &str) {
     }
 }
 
-fn print_tail(text: &str, n: usize) {
+pub(crate) fn print_tail(text: &str, n: usize) {
     let lines: Vec<&str> = text.lines().collect();
     for line in &lines[lines.len().saturating_sub(n)..] {
         println!("   | {line}");
@@ -712,7 +617,7 @@ fn print_distribution(counts: &BTreeMap<String, usize>, n: usize) {
 }
 
 /// The value of a `  NAME  N` line of `edgelb status`.
-fn counter(status: &str, name: &str) -> u64 {
+pub(crate) fn counter(status: &str, name: &str) -> u64 {
     status
         .lines()
         .filter_map(|l| {
@@ -725,7 +630,7 @@ fn counter(status: &str, name: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")
         .args(args)
         .output()
@@ -740,7 +645,7 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-fn openssl(args: &[&str]) -> Result<()> {
+pub(crate) fn openssl(args: &[&str]) -> Result<()> {
     let out = Command::new("openssl")
         .args(args)
         .output()
@@ -764,7 +669,7 @@ fn openssl_field(cert: &Path, field: &str) -> String {
         .unwrap_or_default()
 }
 
-fn target_dir() -> PathBuf {
+pub(crate) fn target_dir() -> PathBuf {
     // The workspace root is the current directory (main sets it).
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) if !dir.is_empty() => PathBuf::from(dir),
@@ -772,7 +677,7 @@ fn target_dir() -> PathBuf {
     }
 }
 
-fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -780,11 +685,113 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn wait_secs(secs: f64) -> Result<()> {
+pub(crate) fn wait_secs(secs: f64) -> Result<()> {
     let t = Instant::now();
     while t.elapsed().as_secs_f64() < secs {
         check_stop()?;
         sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// A demo CA (`ca.pem`), and certificates signed by it for `edgelb.demo` (`default.pem`,
+/// `default.key`) and `api.edgelb.demo` (`api.pem`, `api.key`), written into `dir`.
+pub(crate) fn certificates(dir: &Path) -> Result<()> {
+    let path = |f: &str| dir.join(f).to_string_lossy().into_owned();
+    let ext = dir.join("ca.ext");
+    fs::write(
+        &ext,
+        "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+    )?;
+    openssl(&[
+        "ecparam",
+        "-name",
+        "prime256v1",
+        "-genkey",
+        "-noout",
+        "-out",
+        &path("ca.key"),
+    ])?;
+    openssl(&[
+        "req",
+        "-new",
+        "-key",
+        &path("ca.key"),
+        "-subj",
+        "/CN=edgelb demo CA",
+        "-out",
+        &path("ca.csr"),
+    ])?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &path("ca.csr"),
+        "-signkey",
+        &path("ca.key"),
+        "-days",
+        "2",
+        "-sha256",
+        "-extfile",
+        &path("ca.ext"),
+        "-out",
+        &path("ca.pem"),
+    ])?;
+    for (stem, name, serial) in [
+        ("default", "edgelb.demo", "1001"),
+        ("api", "api.edgelb.demo", "1002"),
+    ] {
+        let ext = dir.join(format!("{stem}.ext"));
+        fs::write(
+            &ext,
+            format!(
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+                 extendedKeyUsage=serverAuth\nsubjectAltName=DNS:{name}\n"
+            ),
+        )?;
+        openssl(&[
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+            &path(&format!("{stem}.key")),
+        ])?;
+        // edgelb refuses keys that others may read.
+        fs::set_permissions(
+            path(&format!("{stem}.key")),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )?;
+        openssl(&[
+            "req",
+            "-new",
+            "-key",
+            &path(&format!("{stem}.key")),
+            "-subj",
+            &format!("/CN={name}/O=edgelb demo"),
+            "-out",
+            &path(&format!("{stem}.csr")),
+        ])?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &path(&format!("{stem}.csr")),
+            "-CA",
+            &path("ca.pem"),
+            "-CAkey",
+            &path("ca.key"),
+            "-set_serial",
+            serial,
+            "-days",
+            "2",
+            "-sha256",
+            "-extfile",
+            &ext.to_string_lossy(),
+            "-out",
+            &path(&format!("{stem}.pem")),
+        ])?;
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | build | run | test | ci | demo | bench | backend-setup`.
+//! Project tasks: `cargo xtask setup | build | run | test | ci | demo | soak | bench | backend-setup`.
 //! Every task that builds or tests first runs `setup`, so each is one command on a fresh machine.
 mod backend_setup;
 mod bench_https;
@@ -7,6 +7,7 @@ mod demo;
 mod fuzz;
 mod setup;
 mod signals;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -41,6 +42,13 @@ enum Task {
     Ci,
     /// Namespaced end-to-end demo (root): balancing, SNI, rules, XDP drops, failover, shutdown.
     Demo,
+    /// Soak (root, not in CI): edgelb in namespaces under mixed HTTPS load for N minutes while
+    /// backends are killed and restarted, reloads and XDP ACL changes happen; prints a report.
+    Soak {
+        /// How long the load runs.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+    },
     /// Run each cargo-fuzz target (or those named) for a bounded time from its seed corpus.
     Fuzz {
         /// Seconds per target.
@@ -119,6 +127,11 @@ fn main() -> Result<()> {
             setup::run()?;
             build()?;
             demo::run()
+        }
+        Task::Soak { minutes } => {
+            setup::run()?;
+            build()?;
+            soak::run(minutes)
         }
         Task::Bench {
             what: Bench::Xdp,
