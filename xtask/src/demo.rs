@@ -10,7 +10,6 @@
 //! deletes the namespaces and temp dir; children also die with xtask via PR_SET_PDEATHSIG).
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
@@ -19,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::Cmd;
+use crate::scene::{Scene, spawn_backend};
 use crate::signals::{self, SIGTERM, check_stop, die_with_parent, send_signal};
 
 const ADMIN: &str = "127.0.0.1:9900";
@@ -48,7 +48,7 @@ pub fn run() -> Result<()> {
     let result = demo.play(&bin.join("edgelb"), &bin.join("test-backend"));
     if let Err(e) = &result {
         println!("\n!! demo failed: {e:#}");
-        if let Ok(log) = fs::read_to_string(demo.tmp.join("edgelb.log")) {
+        if let Ok(log) = fs::read_to_string(demo.scene.tmp.join("edgelb.log")) {
             println!("-- last edgelb log lines --");
             print_tail(&log, 15);
         }
@@ -61,26 +61,18 @@ struct Demo {
     lb: String,
     c1: String,
     c2: String,
-    tmp: PathBuf,
-    namespaces: Vec<String>,
-    backends: Vec<Option<Child>>,
-    edgelb: Option<Child>,
+    scene: Scene,
     checks: Vec<(String, bool)>,
 }
 
 impl Demo {
     fn new() -> Result<Self> {
         let id = std::process::id();
-        let tmp = std::env::temp_dir().join(format!("edgelb-demo-{id}"));
-        fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(Self {
             lb: format!("edgelb-demo-lb-{id}"),
             c1: format!("edgelb-demo-c1-{id}"),
             c2: format!("edgelb-demo-c2-{id}"),
-            tmp,
-            namespaces: Vec::new(),
-            backends: Vec::new(),
-            edgelb: None,
+            scene: Scene::new("demo", Duration::from_secs(5))?,
             checks: Vec::new(),
         })
     }
@@ -97,7 +89,7 @@ impl Demo {
         self.topology()?;
         for (name, addr) in BACKENDS {
             let child = self.spawn_backend(backend_bin, name, addr)?;
-            self.backends.push(Some(child));
+            self.scene.backends.push(Some(child));
         }
         println!(
             "   {} : veth lbc1 10.77.1.1/24, veth lbc2 10.77.2.1/24, backends b1 {} b2 {} (weight 2) b3 {}",
@@ -114,7 +106,7 @@ impl Demo {
             ("default", "default.pem"),
             ("SNI", "api.pem"),
         ] {
-            let subject = openssl_field(&self.tmp.join(file), "-subject");
+            let subject = openssl_field(&self.scene.tmp.join(file), "-subject");
             println!("   {name:<8} {}  {}", file, subject.trim());
         }
         check_stop()?;
@@ -205,7 +197,7 @@ impl Demo {
         check_stop()?;
 
         section("6. Failover: backend b2 (127.0.0.1:8082) killed");
-        if let Some(mut b2) = self.backends[1].take() {
+        if let Some(mut b2) = self.scene.backends[1].take() {
             let _ = b2.kill();
             let _ = b2.wait();
         }
@@ -231,7 +223,7 @@ impl Demo {
         check_stop()?;
 
         section("7. Shutdown");
-        let mut child = self.edgelb.take().context("edgelb is not running")?;
+        let mut child = self.scene.edgelb.take().context("edgelb is not running")?;
         send_signal(child.id(), SIGTERM);
         let t = Instant::now();
         let exit = loop {
@@ -254,7 +246,7 @@ impl Demo {
             "edgelb exits 0 on SIGTERM",
             exit.is_some_and(|s| s.success()),
         );
-        let log = fs::read_to_string(self.tmp.join("edgelb.log")).unwrap_or_default();
+        let log = fs::read_to_string(self.scene.tmp.join("edgelb.log")).unwrap_or_default();
         println!("   last log lines:");
         print_tail(&log, 6);
         self.check(
@@ -278,8 +270,7 @@ impl Demo {
             }
         );
         self.check("no XDP left attached", attached.is_empty());
-        self.kill_children();
-        self.delete_namespaces();
+        self.scene.tear_down();
         let left = Cmd::new("ip")
             .args(["netns", "list"])
             .output()
@@ -309,7 +300,7 @@ impl Demo {
     fn topology(&mut self) -> Result<()> {
         for ns in [self.lb.clone(), self.c1.clone(), self.c2.clone()] {
             ip(&["netns", "add", &ns])?;
-            self.namespaces.push(ns.clone());
+            self.scene.namespaces.push(ns.clone());
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         for (client, veth, net) in [(self.c1.clone(), "lbc1", 1), (self.c2.clone(), "lbc2", 2)] {
@@ -342,36 +333,17 @@ impl Demo {
     }
 
     fn spawn_backend(&self, bin: &Path, name: &str, addr: &str) -> Result<Child> {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.lb])
-            .arg(bin)
-            .args([name, addr])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            BufReader::new(out).read_line(&mut line)?;
-        }
-        if line.trim().is_empty() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("test-backend {name} {addr} did not start");
-        }
-        println!("   backend {name} listening on {}", line.trim());
+        let (child, listening) = spawn_backend(&self.lb, bin, name, addr)?;
+        println!("   backend {name} listening on {listening}");
         Ok(child)
     }
 
     fn certificates(&self) -> Result<()> {
-        certificates(&self.tmp)
+        certificates(&self.scene.tmp)
     }
 
     fn start_edgelb(&mut self, edgelb: &Path) -> Result<()> {
-        let log_path = self.tmp.join("edgelb.log");
+        let log_path = self.scene.tmp.join("edgelb.log");
         let log = fs::File::create(&log_path)?;
         let args: Vec<String> = [
             "--listen",
@@ -444,7 +416,7 @@ impl Demo {
         loop {
             let text = fs::read_to_string(&log_path).unwrap_or_default();
             if text.contains("edgelb ready") {
-                self.edgelb = Some(child);
+                self.scene.edgelb = Some(child);
                 println!("   edgelb ready after {:.1} s:", t.elapsed().as_secs_f64());
                 print_tail(&text, 4);
                 return Ok(());
@@ -542,46 +514,7 @@ impl Demo {
     }
 
     fn path(&self, file: &str) -> String {
-        self.tmp.join(file).to_string_lossy().into_owned()
-    }
-
-    fn kill_children(&mut self) {
-        if let Some(mut child) = self.edgelb.take() {
-            // SIGTERM first so the daemon detaches XDP itself; then no mercy.
-            send_signal(child.id(), SIGTERM);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(5) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for mut child in self.backends.drain(..).flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn delete_namespaces(&mut self) {
-        // Deleting a namespace deletes its veth ends (and their peers) and any XDP program on them.
-        for ns in self.namespaces.drain(..) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &ns])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        self.kill_children();
-        self.delete_namespaces();
-        let _ = fs::remove_dir_all(&self.tmp);
+        self.scene.path(file)
     }
 }
 
@@ -631,28 +564,22 @@ pub(crate) fn counter(status: &str, name: &str) -> u64 {
 }
 
 pub(crate) fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "`ip {}` failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+    quiet("ip", args)
 }
 
 pub(crate) fn openssl(args: &[&str]) -> Result<()> {
-    let out = Command::new("openssl")
+    quiet("openssl", args)
+}
+
+/// Runs `program args` to completion with its output captured; a failure carries its stderr.
+fn quiet(program: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(program)
         .args(args)
         .output()
-        .context("running openssl")?;
+        .with_context(|| format!("running {program}"))?;
     if !out.status.success() {
         bail!(
-            "`openssl {}` failed: {}",
+            "`{program} {}` failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );

@@ -5,6 +5,7 @@ mod bench_https;
 mod cmd;
 mod demo;
 mod fuzz;
+mod scene;
 mod setup;
 mod signals;
 mod soak;

@@ -20,7 +20,6 @@
 //! PR_SET_PDEATHSIG).
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead as _, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
@@ -31,6 +30,7 @@ use serde_json::Value;
 
 use crate::cmd::Cmd;
 use crate::demo::{self, counter, ip, is_root, print_tail, target_dir};
+use crate::scene::{Scene, spawn_backend};
 use crate::signals::{self, SIGHUP, SIGTERM, check_stop, die_with_parent, send_signal};
 
 const ADMIN: &str = "127.0.0.1:9901";
@@ -90,7 +90,7 @@ pub fn run(minutes: f64) -> Result<()> {
     let result = soak.play(minutes * 60.0);
     if let Err(e) = &result {
         println!("\n!! soak failed: {e:#}");
-        if let Ok(log) = fs::read_to_string(soak.tmp.join("edgelb.log")) {
+        if let Ok(log) = fs::read_to_string(soak.scene.tmp.join("edgelb.log")) {
             println!("-- last edgelb log lines --");
             print_tail(&log, 20);
         }
@@ -119,45 +119,37 @@ struct Kill {
 
 struct Soak {
     bin: PathBuf,
-    tmp: PathBuf,
     lb: String,
     clients: Vec<String>,
-    namespaces: Vec<String>,
-    backends: Vec<Option<Child>>,
-    edgelb: Option<Child>,
-    loads: Vec<Child>,
+    /// `others` are the load generators.
+    scene: Scene,
 }
 
 impl Soak {
     fn new(bin: PathBuf) -> Result<Self> {
         let id = std::process::id();
-        let tmp = std::env::temp_dir().join(format!("edgelb-soak-{id}"));
-        fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
         Ok(Self {
             bin,
-            tmp,
             lb: format!("edgelb-soak-lb-{id}"),
             clients: (1..=CLIENTS)
                 .map(|n| format!("edgelb-soak-c{n}-{id}"))
                 .collect(),
-            namespaces: Vec::new(),
-            backends: Vec::new(),
-            edgelb: None,
-            loads: Vec::new(),
+            // A loaded edgelb drains for up to its drain timeout.
+            scene: Scene::new("soak", Duration::from_secs(15))?,
         })
     }
 
     fn path(&self, file: &str) -> String {
-        self.tmp.join(file).to_string_lossy().into_owned()
+        self.scene.path(file)
     }
 
     fn play(&mut self, secs: f64) -> Result<()> {
         println!("== soak: {:.0} s ==", secs);
         self.topology()?;
-        demo::certificates(&self.tmp)?;
+        demo::certificates(&self.scene.tmp)?;
         for (name, addr) in BACKENDS {
             let child = self.spawn_backend(name, addr)?;
-            self.backends.push(Some(child));
+            self.scene.backends.push(Some(child));
         }
         let mut acl = Acl {
             probe_listed: true,
@@ -165,7 +157,7 @@ impl Soak {
         };
         self.write_acl(&acl)?;
         self.start_edgelb()?;
-        let pid = self.edgelb.as_ref().context("edgelb")?.id();
+        let pid = self.scene.edgelb.as_ref().context("edgelb")?.id();
         let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim() != "edgelb" {
             bail!("pid {pid} is {comm:?}, not edgelb: cannot sample its memory");
@@ -201,7 +193,7 @@ impl Soak {
         loop {
             check_stop()?;
             let now = t0.elapsed().as_secs_f64();
-            if let Some(status) = self.edgelb.as_mut().context("edgelb")?.try_wait()? {
+            if let Some(status) = self.scene.edgelb.as_mut().context("edgelb")?.try_wait()? {
                 bail!("edgelb exited during the run: {status}");
             }
             if now - last_sample >= 5.0 {
@@ -217,7 +209,7 @@ impl Soak {
             {
                 let (name, addr) = BACKENDS[i];
                 let child = self.spawn_backend(name, addr)?;
-                self.backends[i] = Some(child);
+                self.scene.backends[i] = Some(child);
                 println!("[{now:6.1} s] backend {name} {addr} restarted");
                 restart = None;
             }
@@ -225,7 +217,7 @@ impl Soak {
                 let i = next_victim % BACKENDS.len();
                 next_victim += 1;
                 next_kill += 1;
-                if let Some(mut child) = self.backends[i].take() {
+                if let Some(mut child) = self.scene.backends[i].take() {
                     let _ = child.kill();
                     let at_ms = now_ms();
                     let _ = child.wait();
@@ -281,19 +273,23 @@ impl Soak {
         }
         if let Some((i, _)) = restart.take() {
             let (name, addr) = BACKENDS[i];
-            self.backends[i] = Some(self.spawn_backend(name, addr)?);
+            self.scene.backends[i] = Some(self.spawn_backend(name, addr)?);
         }
 
         // The load stops by itself; its last requests may take up to its timeout (10 s).
         let mut summaries = Vec::new();
         let t_wait = Instant::now();
-        for (n, mut child) in std::mem::take(&mut self.loads).into_iter().enumerate() {
+        for (n, mut child) in std::mem::take(&mut self.scene.others)
+            .into_iter()
+            .enumerate()
+        {
             loop {
                 check_stop()?;
                 if let Some(status) = child.try_wait()? {
                     if !status.success() {
-                        let err = fs::read_to_string(self.tmp.join(format!("load-c{}.err", n + 1)))
-                            .unwrap_or_default();
+                        let err =
+                            fs::read_to_string(self.scene.tmp.join(format!("load-c{}.err", n + 1)))
+                                .unwrap_or_default();
                         bail!("soak-load in c{} failed: {status}\n{err}", n + 1);
                     }
                     break;
@@ -305,7 +301,7 @@ impl Soak {
                 }
                 sleep(Duration::from_millis(100));
             }
-            let text = fs::read_to_string(self.tmp.join(format!("load-c{}.json", n + 1)))?;
+            let text = fs::read_to_string(self.scene.tmp.join(format!("load-c{}.json", n + 1)))?;
             let v: Value = serde_json::from_str(text.trim())
                 .with_context(|| format!("soak-load c{} printed {text:?}", n + 1))?;
             summaries.push(v);
@@ -333,7 +329,7 @@ impl Soak {
         .count();
 
         // Stop: SIGTERM, exit 0, nothing left attached.
-        let mut child = self.edgelb.take().context("edgelb is not running")?;
+        let mut child = self.scene.edgelb.take().context("edgelb is not running")?;
         send_signal(child.id(), SIGTERM);
         let t = Instant::now();
         let exit = loop {
@@ -349,7 +345,7 @@ impl Soak {
         };
         let links = netns_stdout(&self.lb, "ip", &["-d", "link", "show"])?;
         let xdp_left = links.contains("prog/xdp");
-        let log = fs::read_to_string(self.tmp.join("edgelb.log")).unwrap_or_default();
+        let log = fs::read_to_string(self.scene.tmp.join("edgelb.log")).unwrap_or_default();
 
         let report = Report {
             secs,
@@ -400,7 +396,7 @@ impl Soak {
         all.extend(self.clients.iter().cloned());
         for ns in all {
             ip(&["netns", "add", &ns])?;
-            self.namespaces.push(ns.clone());
+            self.scene.namespaces.push(ns.clone());
             ip(&["-n", &ns, "link", "set", "lo", "up"])?;
         }
         for (n, client) in (1..=CLIENTS).zip(self.clients.clone()) {
@@ -432,40 +428,19 @@ impl Soak {
     }
 
     fn spawn_backend(&self, name: &str, addr: &str) -> Result<Child> {
-        let bin = self.bin.join("test-backend");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.lb])
-            .arg(&bin)
-            .args([name, addr])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        die_with_parent(&mut cmd);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut line = String::new();
-        if let Some(out) = child.stdout.take() {
-            BufReader::new(out).read_line(&mut line)?;
-        }
-        if line.trim().is_empty() {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("test-backend {name} {addr} did not start");
-        }
-        Ok(child)
+        spawn_backend(&self.lb, &self.bin.join("test-backend"), name, addr).map(|(child, _)| child)
     }
 
     /// Written to a temporary name and renamed, so edgelb never reads half a file.
     fn write_acl(&self, acl: &Acl) -> Result<()> {
-        let tmp = self.tmp.join("whitelist.txt.new");
+        let tmp = self.scene.tmp.join("whitelist.txt.new");
         fs::write(&tmp, acl.text())?;
-        fs::rename(&tmp, self.tmp.join("whitelist.txt"))?;
+        fs::rename(&tmp, self.scene.tmp.join("whitelist.txt"))?;
         Ok(())
     }
 
     fn start_edgelb(&mut self) -> Result<()> {
-        let log_path = self.tmp.join("edgelb.log");
+        let log_path = self.scene.tmp.join("edgelb.log");
         let log = fs::File::create(&log_path)?;
         let mut args: Vec<String> = [
             "--listen",
@@ -518,7 +493,7 @@ impl Soak {
         loop {
             let text = fs::read_to_string(&log_path).unwrap_or_default();
             if text.contains("edgelb ready") {
-                self.edgelb = Some(child);
+                self.scene.edgelb = Some(child);
                 println!("edgelb ready after {:.1} s", t.elapsed().as_secs_f64());
                 return Ok(());
             }
@@ -540,8 +515,8 @@ impl Soak {
         let load = self.bin.join("soak-load");
         for (n, client) in (1..=CLIENTS).zip(self.clients.clone()) {
             let sources: Vec<String> = (2..=4).map(|h| format!("10.78.{n}.{h}")).collect();
-            let out = fs::File::create(self.tmp.join(format!("load-c{n}.json")))?;
-            let err = fs::File::create(self.tmp.join(format!("load-c{n}.err")))?;
+            let out = fs::File::create(self.scene.tmp.join(format!("load-c{n}.json")))?;
+            let err = fs::File::create(self.scene.tmp.join(format!("load-c{n}.err")))?;
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", &client])
                 .arg(&load)
@@ -576,7 +551,7 @@ impl Soak {
             let child = cmd
                 .spawn()
                 .with_context(|| format!("starting {}", load.display()))?;
-            self.loads.push(child);
+            self.scene.others.push(child);
         }
         println!(
             "load: {CLIENTS} namespaces x (3 HTTP/1.1 keep-alive + 1 HTTP/2 connection x 3 streams + 2 new-connection) = 24 in flight, 10 ms pause after each; every 10th request a POST"
@@ -585,7 +560,7 @@ impl Soak {
     }
 
     fn reloads_logged(&self) -> usize {
-        fs::read_to_string(self.tmp.join("edgelb.log"))
+        fs::read_to_string(self.scene.tmp.join("edgelb.log"))
             .unwrap_or_default()
             .matches(RELOADED)
             .count()
@@ -644,49 +619,6 @@ impl Soak {
 
     fn dropped_acl(&self) -> Result<u64> {
         Ok(counter(&self.status()?, "dropped_acl"))
-    }
-
-    fn kill_children(&mut self) {
-        for mut child in self.loads.drain(..) {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if let Some(mut child) = self.edgelb.take() {
-            // SIGTERM first so the daemon detaches XDP itself; then no mercy.
-            send_signal(child.id(), SIGTERM);
-            let t = Instant::now();
-            while t.elapsed() < Duration::from_secs(15) {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        for mut child in self.backends.drain(..).flatten() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn delete_namespaces(&mut self) {
-        // Deleting a namespace deletes its veth ends (and their peers) and any XDP program on them.
-        for ns in self.namespaces.drain(..) {
-            let _ = Command::new("ip")
-                .args(["netns", "del", &ns])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for Soak {
-    fn drop(&mut self) {
-        self.kill_children();
-        self.delete_namespaces();
-        let _ = fs::remove_dir_all(&self.tmp);
     }
 }
 
