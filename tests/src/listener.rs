@@ -1,6 +1,7 @@
 //! An HTTPS listener under test on loopback: a test CA, a server certificate for
 //! `edgelb.test` and 127.0.0.1, and edgelb started with them plus the test's own flags.
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
 
 use crate::certs::TempDir;
 use crate::daemon::Daemon;
@@ -52,6 +53,25 @@ impl Default for Setup {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// Starts edgelb with an `--protocol http` listener on a free loopback port in front of
+/// `backend`, XDP off, plus `extra` flags; its log goes to `dir`.
+pub fn start_http(backend: SocketAddr, extra: &[&str], dir: &Path) -> (Daemon, SocketAddr) {
+    let addr = free_addr();
+    let (listen, be) = (addr.to_string(), backend.to_string());
+    let mut args = vec![
+        "--protocol",
+        "http",
+        "--listen",
+        &listen,
+        "--backend",
+        &be,
+        "--xdp-mode",
+        "off",
+    ];
+    args.extend_from_slice(extra);
+    (Daemon::start(None, &args, dir), addr)
 }
 
 /// A loopback address with a port nothing listens on right now.

@@ -7,32 +7,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use edgelb_tests::daemon::Daemon;
-use edgelb_tests::listener::free_addr;
 use edgelb_tests::raw::{Recorder, split_at_most};
 
 /// edgelb in front of `recorder`, with a 2 s response timeout.
 fn edgelb(recorder: &Recorder, dir: &std::path::Path) -> (Daemon, SocketAddr) {
-    let addr = free_addr();
-    let (listen, be) = (addr.to_string(), recorder.addr.to_string());
-    let lb = Daemon::start(
-        None,
-        &[
-            "--protocol",
-            "http",
-            "--listen",
-            &listen,
-            "--backend",
-            &be,
-            "--health-check",
-            "off",
-            "--response-timeout",
-            "2",
-            "--xdp-mode",
-            "off",
-        ],
+    edgelb_tests::listener::start_http(
+        recorder.addr,
+        &["--health-check", "off", "--response-timeout", "2"],
         dir,
-    );
-    (lb, addr)
+    )
 }
 
 /// A keep-alive client connection that sends requests one at a time.

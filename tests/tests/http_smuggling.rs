@@ -7,7 +7,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use edgelb_tests::daemon::Daemon;
 use edgelb_tests::https::{self, ClientOpts};
 use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
 use edgelb_tests::raw::{self, Exchange, Haproxy, Recorder};
@@ -493,24 +492,8 @@ fn smuggling_table_edgelb_is_at_least_as_strict_as_haproxy() {
     let dir = edgelb_tests::certs::TempDir::new();
     let to_edgelb = Recorder::start();
     let to_haproxy = Recorder::start();
-    let addr = free_addr();
-    let (listen, be) = (addr.to_string(), to_edgelb.addr.to_string());
-    let _lb = Daemon::start(
-        None,
-        &[
-            "--protocol",
-            "http",
-            "--listen",
-            &listen,
-            "--backend",
-            &be,
-            "--health-check",
-            "off",
-            "--xdp-mode",
-            "off",
-        ],
-        dir.path(),
-    );
+    let (_lb, addr) =
+        edgelb_tests::listener::start_http(to_edgelb.addr, &["--health-check", "off"], dir.path());
     let hp_addr = free_addr();
     let haproxy = raw::ensure_haproxy().then(|| {
         Haproxy::start(

@@ -386,22 +386,7 @@ fn an_http_listener_proxies_in_clear_and_says_so() {
     use std::io::{Read, Write};
     let backend = Backend::start("plain", "127.0.0.1:0", None);
     let dir = edgelb_tests::certs::TempDir::new();
-    let addr = edgelb_tests::listener::free_addr();
-    let (listen, be) = (addr.to_string(), backend.addr.to_string());
-    let _lb = edgelb_tests::daemon::Daemon::start(
-        None,
-        &[
-            "--protocol",
-            "http",
-            "--listen",
-            &listen,
-            "--backend",
-            &be,
-            "--xdp-mode",
-            "off",
-        ],
-        dir.path(),
-    );
+    let (_lb, addr) = edgelb_tests::listener::start_http(backend.addr, &[], dir.path());
     let mut tcp = std::net::TcpStream::connect(addr).expect("connect");
     tcp.write_all(b"GET /echo HTTP/1.1\r\nhost: edgelb.test\r\nconnection: close\r\n\r\n")
         .expect("request");

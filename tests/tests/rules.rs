@@ -3,27 +3,16 @@
 use std::io::{Read, Write};
 
 use edgelb_tests::backend::Backend;
-use edgelb_tests::daemon::Daemon;
 use edgelb_tests::https::{self, ClientOpts, get};
-use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
+use edgelb_tests::listener::{SERVER_NAME, Setup};
 
 #[test]
 fn an_http_listener_redirects_everything_to_https() {
     let backend = Backend::start("a", "127.0.0.1:0", None);
     let dir = edgelb_tests::certs::TempDir::new();
-    let addr = free_addr();
-    let (listen, be) = (addr.to_string(), backend.addr.to_string());
-    let _lb = Daemon::start(
-        None,
+    let (_lb, addr) = edgelb_tests::listener::start_http(
+        backend.addr,
         &[
-            "--protocol",
-            "http",
-            "--listen",
-            &listen,
-            "--backend",
-            &be,
-            "--xdp-mode",
-            "off",
             "--rule",
             "name=to-https;path-prefix=/;action=redirect:301:https://{host}{path}{query}",
         ],

@@ -269,6 +269,32 @@ fn auto_mode_falls_back_to_generic_xdp_with_a_warning() {
     assert!(!s.topo.lb.ip(&["link", "show", "dev", "lo"]).contains("xdp"));
 }
 
+/// Rewrites the whitelist file `group` (listing client A) to list client B, reloads, and checks
+/// that B is now served and A dropped at XDP.
+fn whitelist_b_instead_of_a(s: &Setup, d: &Daemon, group: &std::path::Path) {
+    std::fs::write(group, format!("{CLIENT_B_V4}/32\n")).expect("rewrite the group");
+    d.signal(Signal::SIGHUP);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !d.log().contains("reloaded") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload:\n{}",
+            d.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        curl_ok(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca).code,
+        0,
+        "newly listed client not served"
+    );
+    assert_eq!(
+        curl(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca).code,
+        CURL_TIMEOUT,
+        "delisted client still served"
+    );
+}
+
 #[test]
 fn a_reloaded_ip_group_file_moves_the_xdp_drops_without_reattaching() {
     if !root_or_skip("a_reloaded_ip_group_file_moves_the_xdp_drops_without_reattaching") {
@@ -299,27 +325,7 @@ fn a_reloaded_ip_group_file_moves_the_xdp_drops_without_reattaching() {
         CURL_TIMEOUT
     );
 
-    std::fs::write(&group, format!("{CLIENT_B_V4}/32\n")).expect("rewrite the group");
-    d.signal(Signal::SIGHUP);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !d.log().contains("reloaded") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload:\n{}",
-            d.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(
-        curl_ok(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca).code,
-        0,
-        "newly listed client not served"
-    );
-    assert_eq!(
-        curl(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca).code,
-        CURL_TIMEOUT,
-        "delisted client still served"
-    );
+    whitelist_b_instead_of_a(&s, &d, &group);
     assert!(s.topo.lb_has_xdp());
 
     let (status, log) = d.stop();
@@ -467,26 +473,7 @@ fn as_an_unprivileged_user_it_still_reloads_maps_and_detaches() {
         0
     );
 
-    std::fs::write(&group, format!("{CLIENT_B_V4}/32\n")).expect("rewrite the group");
-    d.signal(Signal::SIGHUP);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !d.log().contains("reloaded") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no reload:\n{}",
-            d.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(
-        curl_ok(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca).code,
-        0
-    );
-    assert_eq!(
-        curl(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca).code,
-        CURL_TIMEOUT,
-        "the reload as nobody did not reach the XDP maps"
-    );
+    whitelist_b_instead_of_a(&s, &d, &group);
     let (status, log) = d.stop();
     assert!(status.success(), "{log}");
     assert!(

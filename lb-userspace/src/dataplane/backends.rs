@@ -14,7 +14,7 @@ use lb_common::{
     backend_stats_slot, v4_mapped,
 };
 
-use super::{Dataplane, DataplaneError, maglev::check_group, map_err};
+use super::{Dataplane, DataplaneError, maglev::backend_slot, maglev::check_group, map_err};
 
 /// One backend of a group, as [`Dataplane::set_backends`] takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,18 +112,14 @@ impl Dataplane {
 
     /// Backend `backend` of `group` as the kernel reads it from `BACKENDS`.
     pub fn backend(&self, group: u32, backend: u32) -> Result<BackendInfo, DataplaneError> {
-        check_group(group)?;
-        if backend >= MAX_BACKENDS_PER_GROUP {
-            return Err(DataplaneError::Backend(backend));
-        }
+        let slot = backend_slot(group, backend)?;
         let map: Array<&MapData, BackendInfo> = Array::try_from(
             self.ebpf
                 .map(MAP_BACKENDS)
                 .ok_or_else(|| missing(MAP_BACKENDS))?,
         )
         .map_err(map_err(MAP_BACKENDS))?;
-        map.get(&backend_stats_slot(group, backend), 0)
-            .map_err(map_err(MAP_BACKENDS))
+        map.get(&slot, 0).map_err(map_err(MAP_BACKENDS))
     }
 
     /// Sets the prefixes outer source addresses are made in: `v4` is the /16 (first two

@@ -32,6 +32,15 @@ pub(super) fn check_group(group: u32) -> Result<(), DataplaneError> {
     }
 }
 
+/// The `BACKENDS`/`BACKEND_STATS` slot of backend `backend` of `group`, if both are in range.
+pub(super) fn backend_slot(group: u32, backend: u32) -> Result<u32, DataplaneError> {
+    check_group(group)?;
+    if backend >= MAX_BACKENDS_PER_GROUP {
+        return Err(DataplaneError::Backend(backend));
+    }
+    Ok(backend_stats_slot(group, backend))
+}
+
 /// Checks that `table` is a ring the kernel can read: [`TABLE_SIZE`] entries, each a backend
 /// index it can count or [`NO_BACKEND`].
 fn check_ring(table: &[u32]) -> Result<(), DataplaneError> {
@@ -135,19 +144,14 @@ impl Dataplane {
         group: u32,
         backend: u32,
     ) -> Result<BackendCounters, DataplaneError> {
-        check_group(group)?;
-        if backend >= MAX_BACKENDS_PER_GROUP {
-            return Err(DataplaneError::Backend(backend));
-        }
+        let slot = backend_slot(group, backend)?;
         let stats: PerCpuArray<&MapData, BackendCounters> = PerCpuArray::try_from(
             self.ebpf
                 .map(MAP_BACKEND_STATS)
                 .ok_or_else(|| missing(MAP_BACKEND_STATS))?,
         )
         .map_err(map_err(MAP_BACKEND_STATS))?;
-        let per_cpu = stats
-            .get(&backend_stats_slot(group, backend), 0)
-            .map_err(map_err(MAP_BACKEND_STATS))?;
+        let per_cpu = stats.get(&slot, 0).map_err(map_err(MAP_BACKEND_STATS))?;
         let mut sum = BackendCounters::default();
         for c in per_cpu.iter() {
             sum.add(c);
