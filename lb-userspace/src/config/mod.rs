@@ -884,7 +884,7 @@ fn access_control(args: &RunArgs, shared: Vec<IpNet>) -> Result<AccessControl, C
             mode.name(),
             "needs an IP address group: give --ip-group CIDR,... or --ip-group-file PATH",
         )),
-        _ => Ok(AccessControl { mode, prefixes }),
+        _ => Ok(AccessControl::new(mode, prefixes)),
     }
 }
 
