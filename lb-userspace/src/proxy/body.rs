@@ -73,7 +73,9 @@ pub struct StallTimeout<B> {
     received: u64,
     /// Time spent waiting for frames that came.
     waited: Duration,
-    timer: Pin<Box<Sleep>>,
+    /// Made at the first wait: a body whose frames are always ready (most small responses)
+    /// never needs one.
+    timer: Option<Pin<Box<Sleep>>>,
     /// When the current wait began, if the last poll found no frame.
     waiting_since: Option<Instant>,
 }
@@ -87,7 +89,7 @@ impl<B> StallTimeout<B> {
             min_rate: None,
             received: 0,
             waited: Duration::ZERO,
-            timer: Box::pin(tokio::time::sleep(limit)),
+            timer: None,
             waiting_since: None,
         }
     }
@@ -156,9 +158,15 @@ where
                     let now = Instant::now();
                     this.waiting_since = Some(now);
                     let deadline = now + this.allowance();
-                    this.timer.as_mut().reset(deadline);
+                    match &mut this.timer {
+                        Some(timer) => timer.as_mut().reset(deadline),
+                        None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+                    }
                 }
-                match this.timer.as_mut().poll(cx) {
+                let Some(timer) = this.timer.as_mut() else {
+                    return Poll::Pending;
+                };
+                match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(this.why())))),
                     Poll::Pending => Poll::Pending,
                 }

@@ -40,6 +40,32 @@ pub struct ConnInfo {
     pub identity: ClientIdentity,
     /// The server name the client asked for in its ClientHello.
     pub sni: Option<String>,
+    /// The client's address and the listener's port as header values, rendered once per
+    /// connection rather than for each request.
+    client_ip: HeaderValue,
+    local_port: HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(
+        peer: SocketAddr,
+        local: SocketAddr,
+        scheme: &'static str,
+        identity: ClientIdentity,
+        sni: Option<String>,
+    ) -> Self {
+        ConnInfo {
+            // An address renders as digits, dots, colons and hex letters: a valid value.
+            client_ip: HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            local_port: HeaderValue::from(local.port()),
+            peer,
+            local,
+            scheme,
+            identity,
+            sni,
+        }
+    }
 }
 
 /// Whether the request asks to switch protocols (WebSocket and other HTTP/1.1 upgrades).
@@ -56,6 +82,11 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers, including those the `Connection` header names. With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` pass (a protocol switch in progress).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most requests and responses carry none: one pass over the names instead of a removal
+    // (a hash and a probe) per hop-by-hop name.
+    if !keep_upgrade && !headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -80,19 +111,24 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// Adds what the backend should know about the client.
 pub fn add_client_headers(headers: &mut HeaderMap, conn: &ConnInfo, lb_ip: TransferLbIp) {
-    let client = conn.peer.ip().to_canonical();
-    let mut chain: Vec<String> = headers
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .collect();
-    chain.push(client.to_string());
-    set(headers, X_FORWARDED_FOR, &chain.join(", "));
-    set(headers, X_FORWARDED_PROTO, conn.scheme);
-    set(headers, X_FORWARDED_PORT, &conn.local.port().to_string());
-    set(headers, X_REAL_IP, &client.to_string());
+    if headers.contains_key(&X_FORWARDED_FOR) {
+        let mut chain = String::new();
+        for v in headers.get_all(&X_FORWARDED_FOR) {
+            let Ok(v) = v.to_str() else { continue };
+            let v = v.trim();
+            if !v.is_empty() {
+                chain.push_str(v);
+                chain.push_str(", ");
+            }
+        }
+        chain.push_str(conn.client_ip.to_str().unwrap_or_default());
+        set(headers, X_FORWARDED_FOR, &chain);
+    } else {
+        headers.insert(X_FORWARDED_FOR, conn.client_ip.clone());
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
+    headers.insert(X_FORWARDED_PORT, conn.local_port.clone());
+    headers.insert(X_REAL_IP, conn.client_ip.clone());
     headers.remove(&X_FORWARDED_ELB_IP);
     let lb: Option<IpAddr> = match lb_ip {
         TransferLbIp::Off => None,
@@ -124,13 +160,13 @@ mod tests {
     use super::*;
 
     fn conn() -> ConnInfo {
-        ConnInfo {
-            peer: "[::ffff:10.1.2.3]:5555".parse().expect("static"),
-            local: "10.0.0.1:443".parse().expect("static"),
-            scheme: "https",
-            identity: ClientIdentity::default(),
-            sni: None,
-        }
+        ConnInfo::new(
+            "[::ffff:10.1.2.3]:5555".parse().expect("static"),
+            "10.0.0.1:443".parse().expect("static"),
+            "https",
+            ClientIdentity::default(),
+            None,
+        )
     }
 
     #[test]
@@ -150,6 +186,9 @@ mod tests {
         assert!(!h.contains_key(&X_FORWARDED_ELB_IP));
         add_client_headers(&mut h, &conn(), TransferLbIp::LocalAddress);
         assert_eq!(h[&X_FORWARDED_ELB_IP], "10.0.0.1");
+        let mut fresh = HeaderMap::new();
+        add_client_headers(&mut fresh, &conn(), TransferLbIp::Off);
+        assert_eq!(fresh[&X_FORWARDED_FOR], "10.1.2.3");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! over pooled HTTP/1.1 connections; failures are retried on another backend where that is safe.
 pub mod body;
 pub mod client;
+pub mod h1;
 pub mod headers;
 pub mod sticky;
 pub mod strict;
@@ -12,7 +13,7 @@ use std::time::SystemTime;
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Body, Bytes, Incoming};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
-use hyper::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use tracing::{debug, warn};
 
 use crate::balance::Balancer;
@@ -22,8 +23,8 @@ use crate::metrics::RequestCounters;
 use crate::rules::{Action, RequestInfo, RuleSet};
 use body::{BoxError, Prefixed, StallTimeout, Stalled, WithGuard};
 use client::{BackendClient, UpstreamBody};
+use h1::OutBody;
 use headers::ConnInfo;
-use hyper_util::client::legacy::connect::capture_connection;
 
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
@@ -144,10 +145,11 @@ enum Outgoing {
 }
 
 impl Outgoing {
-    fn take(&mut self) -> Option<UpstreamBody> {
+    /// The body for the next attempt; None when a stream was already sent.
+    fn take(&mut self, declared: Option<u64>) -> Option<OutBody> {
         match self {
-            Outgoing::Replayable(b) => Some(Full::new(b.clone()).map_err(|n| match n {}).boxed()),
-            Outgoing::Stream(s) => s.take(),
+            Outgoing::Replayable(b) => Some(OutBody::Full(b.clone())),
+            Outgoing::Stream(s) => s.take().map(|s| OutBody::Stream(s, declared)),
         }
     }
 }
@@ -189,19 +191,21 @@ impl Upstream {
             .map_or("/", |p| p.as_str())
             .to_string();
 
-        let mut outgoing = match read_body(body, &parts.headers, settings.timeouts.request).await {
-            Ok(o) => o,
-            Err(status) => return refusal(status, version),
+        // Boxed: only requests with a body need the reader's state.
+        let mut outgoing = if body.is_end_stream() {
+            Outgoing::Replayable(Bytes::new())
+        } else {
+            match Box::pin(read_body(body, &parts.headers, settings.timeouts.request)).await {
+                Ok(o) => o,
+                Err(status) => return refusal(status, version),
+            }
         };
         // The length sent is the one of the body sent, in canonical form (`005` becomes `5`):
-        // hyper writes it from the body read whole, or from the length it parsed.
+        // the client writes it from the body read whole, or from the length parsed.
         let declared = parts
             .headers
             .remove(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if let (Outgoing::Stream(_), Some(n)) = (&outgoing, declared) {
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
-        }
         let idempotent = matches!(
             parts.method,
             Method::GET
@@ -238,26 +242,18 @@ impl Upstream {
             };
             tried.push(pick.index);
             let backend = self.group.backends[pick.index].addr;
-            let Some(body) = outgoing.take() else {
+            let Some(body) = outgoing.take(declared) else {
                 return error_page(status);
             };
-            let Ok(uri) = Uri::builder()
-                .scheme(self.client.scheme())
-                .authority(backend.to_string())
-                .path_and_query(path.as_str())
-                .build()
-            else {
-                return error_page(StatusCode::BAD_REQUEST);
-            };
-            let mut out = Request::new(body);
-            *out.method_mut() = parts.method.clone();
-            *out.uri_mut() = uri;
-            *out.version_mut() = Version::HTTP_11;
-            *out.headers_mut() = parts.headers.clone();
-            let connection = capture_connection(&mut out);
-
-            let sent =
-                tokio::time::timeout(settings.timeouts.response, self.client.request(out)).await;
+            let send = self.client.h1().send(
+                pick.index,
+                backend,
+                &parts.method,
+                &path,
+                &parts.headers,
+                body,
+            );
+            let sent = tokio::time::timeout(settings.timeouts.response, send).await;
             let retry_safe = matches!(outgoing, Outgoing::Replayable(_));
             match sent {
                 Ok(Ok(mut resp)) => {
@@ -265,10 +261,8 @@ impl Upstream {
                         && resp.headers().contains_key(CONTENT_LENGTH)
                     {
                         // RFC 9112 6.3: a sign of response splitting. The connection may hold
-                        // bytes framed either way: never reuse it, and answer nothing of it.
-                        if let Some(c) = connection.connection_metadata().as_ref() {
-                            c.poison();
-                        }
+                        // bytes framed either way: answer nothing of it, and drop it with the
+                        // unread body (only a body read to its end returns a connection).
                         warn!(backend = %backend, group = self.group.name, "backend response has both Transfer-Encoding and Content-Length: 502");
                         return error_page(StatusCode::BAD_GATEWAY);
                     }
@@ -285,8 +279,8 @@ impl Upstream {
                     }
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = upgrade
+                        && let Some(backend_side) = resp.body_mut().take_upgraded()
                     {
-                        let backend_side = hyper::upgrade::on(&mut resp);
                         tokio::spawn(splice_upgraded(client_side, backend_side));
                     }
                     let keep_upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -312,7 +306,7 @@ impl Upstream {
                 Ok(Err(e)) => {
                     // A refused connection never saw the request: any method may go elsewhere.
                     let again = retry_safe && (e.is_connect() || idempotent);
-                    let resend = again && !resent && !e.is_connect() && connection_lost(&e);
+                    let resend = again && !resent && e.is_lost();
                     warn!(backend = %backend, group = self.group.name, error = %error_chain(&e), retry = again, same_backend = resend, "backend request failed");
                     status = StatusCode::BAD_GATEWAY;
                     if !again {
@@ -383,32 +377,6 @@ async fn read_body(
     }
 }
 
-/// Whether a backend request failed because its connection closed or was reset before a
-/// response arrived: what a pooled keep-alive connection that the backend closed at the
-/// moment it was reused looks like.
-fn connection_lost(e: &hyper_util::client::legacy::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h) = err.downcast_ref::<hyper::Error>()
-            && h.is_incomplete_message()
-        {
-            return true;
-        }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-            )
-        {
-            return true;
-        }
-        source = err.source();
-    }
-    false
-}
-
 /// What the rules say about a request.
 enum Decision {
     /// A redirect or fixed response.
@@ -472,18 +440,28 @@ fn apply_rules(
     (answer, Some(matched.index))
 }
 
-/// Copies bytes both ways between an upgraded client connection and backend connection.
-async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, backend: hyper::upgrade::OnUpgrade) {
-    let (client, backend) = match tokio::try_join!(client, backend) {
-        Ok(pair) => pair,
+/// Copies bytes both ways between an upgraded client connection and backend connection,
+/// starting with what the backend sent right behind its `101`.
+async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, backend: h1::Conn) {
+    use tokio::io::AsyncWriteExt;
+    let client = match client.await {
+        Ok(c) => c,
         Err(e) => {
             debug!(error = %e, "protocol upgrade failed");
             return;
         }
     };
     let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut backend = hyper_util::rt::TokioIo::new(backend);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+    let h1::Conn {
+        io: mut backend,
+        rbuf: early,
+        ..
+    } = backend;
+    let spliced = async {
+        client.write_all(&early).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut backend).await
+    };
+    if let Err(e) = spliced.await {
         debug!(error = %e, "upgraded connection ended with an error");
     }
 }

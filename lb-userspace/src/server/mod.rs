@@ -3,14 +3,16 @@
 pub mod activity;
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -20,9 +22,9 @@ use tracing::debug;
 use crate::acl::AccessControl;
 use crate::config::Timeouts;
 use crate::metrics::{ListenerMetrics, handshake_failure};
-use crate::proxy::Routes;
 use crate::proxy::body::WithGuard;
 use crate::proxy::headers::ConnInfo;
+use crate::proxy::{ProxyBody, Routes};
 use crate::tls::ClientIdentity;
 use activity::{Activity, Deadline, Sending, Tracked};
 use arc_swap::ArcSwap;
@@ -156,7 +158,7 @@ pub mod h2 {
     pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 }
 
-fn h2_limits<E>(b: &mut auto::Http2Builder<'_, E>) {
+fn h2_limits<E>(b: &mut http2::Builder<E>) {
     b.max_concurrent_streams(h2::MAX_CONCURRENT_STREAMS)
         .max_header_list_size(h2::MAX_HEADER_LIST_SIZE)
         .max_pending_accept_reset_streams(h2::MAX_PENDING_ACCEPT_RESET_STREAMS)
@@ -180,13 +182,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
     let live = ctx.live.load_full();
     let timeouts = live.routes.settings.timeouts;
     let Some(tls) = &live.tls else {
-        let conn = ConnInfo {
-            peer,
-            local,
-            scheme: "http",
-            identity: ClientIdentity::default(),
-            sni: None,
-        };
+        let conn = ConnInfo::new(peer, local, "http", ClientIdentity::default(), None);
         serve_http(
             Tracked::new(stream, activity.clone()),
             conn,
@@ -216,13 +212,13 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
     };
     let session = tls_stream.get_ref().1;
     let h2 = live.http2 && session.alpn_protocol() == Some(b"h2");
-    let conn = ConnInfo {
+    let conn = ConnInfo::new(
         peer,
         local,
-        scheme: "https",
-        identity: ClientIdentity::from_connection(session),
-        sni: session.server_name().map(str::to_string),
-    };
+        "https",
+        ClientIdentity::from_connection(session),
+        session.server_name().map(str::to_string),
+    );
     serve_http(
         Tracked::new(tls_stream, activity.clone()),
         conn,
@@ -292,28 +288,78 @@ async fn serve_http<S>(
         }
     });
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // One protocol per connection, chosen by ALPN: each served by its own hyper connection
+    // type (boxed), so that an HTTP/1.1 connection does not carry room for HTTP/2's state.
     let idle = timeouts.idle;
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .max_buf_size(MAX_REQUEST_HEAD)
-        .keep_alive(!idle.is_zero());
-    h2_limits(builder.http2().timer(TokioTimer::new()));
-    let builder = if h2 {
-        builder.http2_only()
+    if h2 {
+        let mut builder = http2::Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        h2_limits(&mut builder);
+        let connection = builder.serve_connection(TokioIo::new(io), service);
+        Box::pin(drive(connection, peer, activity, timeouts, false, ctx)).await;
     } else {
-        builder.http1_only()
-    };
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    tokio::pin!(connection);
+        let mut builder = http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .max_buf_size(MAX_REQUEST_HEAD)
+            .keep_alive(!idle.is_zero());
+        let connection = builder
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        Box::pin(drive(connection, peer, activity, timeouts, true, ctx)).await;
+    }
+}
 
-    let (request, http1) = (timeouts.request, !h2);
+/// A hyper server connection of either protocol.
+trait ServerConnection: Future<Output = Result<(), hyper::Error>> {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S> ServerConnection for http1::UpgradeableConnection<I, S>
+where
+    Self: Future<Output = Result<(), hyper::Error>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = ProxyBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http1::UpgradeableConnection::graceful_shutdown(self);
+    }
+}
+
+impl<I, S, E> ServerConnection for http2::Connection<I, S, E>
+where
+    Self: Future<Output = Result<(), hyper::Error>>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = ProxyBody>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        http2::Connection::graceful_shutdown(self);
+    }
+}
+
+/// Serves `connection` until it ends, times out (idle, request, a client not reading), or
+/// the listener stops.
+async fn drive<C: ServerConnection>(
+    connection: C,
+    peer: std::net::SocketAddr,
+    activity: Arc<Activity>,
+    timeouts: Timeouts,
+    http1: bool,
+    ctx: &Arc<ListenerContext>,
+) {
+    tokio::pin!(connection);
+    let (idle, request) = (timeouts.idle, timeouts.request);
     // The deadline is looked at again when it is due, when a request finishes (which may
     // bring it forward: the idle timeout can be shorter than the request timeout that applies
     // before the first request), and every so often while requests are in flight.
     let recheck = idle.min(request).max(Duration::from_millis(250));
     let expired = async {
+        // One timer for the connection, moved only when the deadline comes earlier than it
+        // is set for: a later deadline (every finished request makes one) is found when the
+        // timer fires, rather than paid for with a timer update per request.
+        let timer = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(timer);
         loop {
             let now = tokio::time::Instant::now();
             let wake = match activity.deadline(idle, request, http1) {
@@ -326,8 +372,11 @@ async fn serve_http<S>(
                 Deadline::Sending(at) => at.min(now + recheck),
                 Deadline::Request(at) => at,
             };
+            if timer.is_elapsed() || wake < timer.deadline() {
+                timer.as_mut().reset(wake);
+            }
             tokio::select! {
-                () = tokio::time::sleep_until(wake) => {}
+                () = &mut timer => {}
                 () = activity.finished() => {}
             }
         }

@@ -1,0 +1,277 @@
+//! edgelb's HTTP/1.1 client for backends. The request's own task takes an idle connection
+//! from the worker's pool (or connects), writes the head (and a small body) in one write,
+//! and parses the response head in place; the response body reads from the connection and
+//! gives it back to the pool when it ends. No connection task, no channel, no lock shared
+//! between threads: what hyper-util's pooled client does with three of each per request.
+mod body;
+mod head;
+mod pool;
+mod stream;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::{HeaderMap, Method, Response};
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+pub use body::ResponseBody;
+pub use head::RequestFraming;
+pub use stream::{BackendStream, Conn};
+
+use body::ReturnTo;
+use pool::Pool;
+
+/// A body up to this size is copied behind the head and sent in the same write.
+const COALESCE_BODY: usize = 16 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No connection could be made (refused, unreachable, timed out, TLS handshake failed):
+    /// the backend never saw the request.
+    #[error("connect: {0}")]
+    Connect(io::Error),
+    /// The connection closed or was reset before a whole response head arrived.
+    #[error("connection closed before a response: {0}")]
+    Lost(io::Error),
+    /// The body ended before its framing said it would.
+    #[error("connection closed before the response body ended")]
+    Incomplete,
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("invalid response: {0}")]
+    BadResponse(String),
+    #[error("response head larger than {0} bytes")]
+    HeadTooLarge(usize),
+    /// Reading the request body from the client failed.
+    #[error("request body: {0}")]
+    RequestBody(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl Error {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Error::Connect(_))
+    }
+
+    /// What a pooled keep-alive connection that the backend closed as it was reused looks
+    /// like (and any connection that dies before answering).
+    pub fn is_lost(&self) -> bool {
+        matches!(self, Error::Lost(_))
+    }
+}
+
+/// What is sent as the request body.
+pub enum OutBody {
+    /// Known in full (possibly empty): can be sent again.
+    Full(Bytes),
+    /// Streamed from the client, once; with its declared length, or chunked.
+    Stream(super::client::UpstreamBody, Option<u64>),
+}
+
+/// TLS towards backends: the connector and the name to present (the backend's address when
+/// no `--hc-domain` is given).
+pub struct Tls {
+    pub connector: TlsConnector,
+    pub name: Option<ServerName<'static>>,
+}
+
+/// One worker's client for one group: its pool of connections to the group's backends.
+pub struct Client {
+    tls: Option<Tls>,
+    pool: Arc<Pool>,
+    connect_timeout: Duration,
+    max_head: usize,
+}
+
+impl Client {
+    pub fn new(
+        backends: usize,
+        tls: Option<Tls>,
+        connect_timeout: Duration,
+        max_head: usize,
+    ) -> Self {
+        Client {
+            tls,
+            pool: Pool::new(backends),
+            connect_timeout,
+            max_head,
+        }
+    }
+
+    /// Sends one request to backend `index` at `addr` and reads the response head. The head
+    /// in `headers` goes out as it is, with `Host` added (the backend's address) when
+    /// missing and the framing header for `body`.
+    pub async fn send(
+        &self,
+        index: usize,
+        addr: SocketAddr,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        body: OutBody,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let mut conn = match self.pool.take(index) {
+            Some(conn) => conn,
+            // Boxed: a TLS handshake's state is large, and every request's future would
+            // otherwise carry room for it.
+            None => Box::pin(self.connect(addr)).await?,
+        };
+        let framing = match &body {
+            OutBody::Full(b) if b.is_empty() => RequestFraming::Empty,
+            OutBody::Full(b) => RequestFraming::Length(b.len() as u64),
+            OutBody::Stream(_, Some(n)) => RequestFraming::Length(*n),
+            OutBody::Stream(_, None) => RequestFraming::Chunked,
+        };
+        let mut wbuf = std::mem::take(&mut conn.wbuf);
+        wbuf.clear();
+        // The backend's address is only rendered for the rare request without Host.
+        let host = if headers.contains_key(hyper::header::HOST) {
+            String::new()
+        } else {
+            addr.to_string()
+        };
+        head::write_request(&mut wbuf, method, target, headers, &host, framing);
+        let sent = send_body(&mut conn, &mut wbuf, body).await;
+        conn.wbuf = wbuf;
+        sent?;
+        let head = loop {
+            match head::parse_response(&mut conn.rbuf, method)? {
+                // Interim responses (100 Continue, 103 Early Hints) are not passed on.
+                Some(h) if h.status.is_informational() && h.status.as_u16() != 101 => continue,
+                Some(h) => break h,
+                None => {}
+            }
+            if conn.rbuf.len() > self.max_head {
+                return Err(Error::HeadTooLarge(self.max_head));
+            }
+            match conn.fill().await {
+                Ok(0) => {
+                    return Err(Error::Lost(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "closed",
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => return Err(lost_or_io(e)),
+            }
+        };
+        let upgraded = head.status.as_u16() == 101;
+        let return_to = (head.keep_alive && !upgraded).then(|| ReturnTo {
+            pool: self.pool.clone(),
+            backend: index,
+        });
+        let body = if upgraded {
+            ResponseBody::upgraded(conn)
+        } else {
+            ResponseBody::new(head.framing, conn, return_to)
+        };
+        let mut resp = Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        Ok(resp)
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, Error> {
+        let connect = async {
+            let tcp = TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let Some(tls) = &self.tls else {
+                return Ok(BackendStream::Plain(tcp));
+            };
+            let name = tls
+                .name
+                .clone()
+                .unwrap_or_else(|| ServerName::IpAddress(addr.ip().into()));
+            let stream = tls.connector.connect(name, tcp).await?;
+            Ok(BackendStream::Tls(Box::new(stream)))
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(io)) => Ok(Conn::new(io)),
+            Ok(Err(e)) => Err(Error::Connect(e)),
+            Err(_) => Err(Error::Connect(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {:?}", self.connect_timeout),
+            ))),
+        }
+    }
+}
+
+/// Writes the head in `wbuf` and the body: a small full body in the same write, a stream
+/// as it comes (chunked when its length is unknown).
+async fn send_body(conn: &mut Conn, wbuf: &mut Vec<u8>, body: OutBody) -> Result<(), Error> {
+    let io = &mut conn.io;
+    match body {
+        OutBody::Full(b) if b.len() <= COALESCE_BODY => {
+            wbuf.extend_from_slice(&b);
+            io.write_all(wbuf).await.map_err(lost_or_io)?;
+        }
+        OutBody::Full(b) => {
+            io.write_all(wbuf).await.map_err(lost_or_io)?;
+            io.write_all(&b).await.map_err(lost_or_io)?;
+        }
+        OutBody::Stream(body, length) => {
+            io.write_all(wbuf).await.map_err(lost_or_io)?;
+            Box::pin(send_stream(io, body, length.is_none())).await?;
+        }
+    }
+    io.flush().await.map_err(lost_or_io)
+}
+
+/// A streamed body as it comes from the client, chunked when its length is not known.
+async fn send_stream(
+    io: &mut BackendStream,
+    mut body: super::client::UpstreamBody,
+    chunked: bool,
+) -> Result<(), Error> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(Error::RequestBody)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            io.write_all(format!("{:x}\r\n", data.len()).as_bytes())
+                .await
+                .map_err(Error::Io)?;
+        }
+        io.write_all(&data).await.map_err(Error::Io)?;
+        if chunked {
+            io.write_all(b"\r\n").await.map_err(Error::Io)?;
+        }
+    }
+    if chunked {
+        io.write_all(b"0\r\n\r\n").await.map_err(Error::Io)?;
+    }
+    Ok(())
+}
+
+/// A reset or closed connection before a response is a lost one; anything else an I/O error.
+fn lost_or_io(e: io::Error) -> Error {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::ConnectionAborted
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::UnexpectedEof => Error::Lost(e),
+        _ => Error::Io(e),
+    }
+}
+
+/// The TLS client configuration for backends, with ALPN `http/1.1`.
+pub fn tls(config: ClientConfig, name: Option<ServerName<'static>>) -> Tls {
+    let mut config = config;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Tls {
+        connector: TlsConnector::from(Arc::new(config)),
+        name,
+    }
+}
