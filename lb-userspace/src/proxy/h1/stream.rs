@@ -53,7 +53,7 @@ impl Conn {
 
     /// Going idle: a buffer grown for a large body is let go, and the next reads start small.
     pub fn shrink(&mut self) {
-        if self.rbuf.capacity() > 4 * MIN_READ_SIZE {
+        if self.rbuf.capacity() > MAX_READ_SIZE {
             self.rbuf = BytesMut::new();
         }
         self.read_size = MIN_READ_SIZE;
@@ -80,7 +80,7 @@ impl Conn {
     }
 }
 
-const MIN_READ_SIZE: usize = 8 * 1024;
+const MIN_READ_SIZE: usize = 16 * 1024;
 const MAX_READ_SIZE: usize = 64 * 1024;
 
 impl AsyncRead for BackendStream {
