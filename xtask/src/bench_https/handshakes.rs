@@ -23,6 +23,8 @@ use crate::signals::{SIGINT, send_signal};
 pub struct Handshakes {
     pub full: u64,
     pub resumed: u64,
+    /// Packets tcpdump says the kernel dropped (then some handshakes were not seen).
+    pub dropped: u64,
 }
 
 /// A running capture of what the server on `port` sends.
@@ -40,7 +42,8 @@ impl Capture {
         // Core 1, with the load: the proxy keeps core 0 to itself. -U writes each packet at
         // once; -Z root keeps root, so it can write in our directory.
         cmd.args(["-c", "1", "tcpdump", "-i", "lo", "-n", "-U", "-Z", "root"])
-            .args(["-s", "600", "-w"])
+            // A 16 MiB capture buffer: tcpdump competes with h2load for core 1.
+            .args(["-B", "16384", "-s", "600", "-w"])
             .arg(&file)
             .arg(format!(
                 "tcp src port {port} and (((ip[2:2] - ((ip[0]&0xf)<<2)) - ((tcp[12]&0xf0)>>2)) != 0)"
@@ -66,7 +69,16 @@ impl Capture {
         self.proc.wait_exit(Duration::from_secs(5))?;
         let pcap =
             fs::read(&self.file).with_context(|| format!("cannot read {}", self.file.display()))?;
-        count_server_hellos(&pcap)
+        let mut counts = count_server_hellos(&pcap)?;
+        // "12 packets dropped by kernel" on stderr when it exits.
+        counts.dropped = self
+            .proc
+            .stderr_text()
+            .lines()
+            .find_map(|l| l.strip_suffix(" packets dropped by kernel"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0);
+        Ok(counts)
     }
 }
 
@@ -208,7 +220,8 @@ mod tests {
             counts,
             Handshakes {
                 full: 2,
-                resumed: 1
+                resumed: 1,
+                dropped: 0
             }
         );
         assert!(count_server_hellos(b"nonsense, not a capture").is_err());

@@ -566,7 +566,7 @@ impl Bench<'_> {
         let ok_per_sec = report.ok as f64 / report.secs;
         Ok(Cell {
             ok_per_sec,
-            bad: report.total.saturating_sub(report.ok).max(report.failed),
+            bad: report.bad,
             problem,
             proxy_cpu: busy,
             core0_busy: end.core0.since(&start.core0),

@@ -184,8 +184,13 @@ fn handshake_note(s: &mut String, r: &Results) {
             .zip(row)
             .filter_map(|(p, c)| {
                 let h = c.as_ref()?.handshakes?;
+                let missed = if h.dropped > 0 {
+                    format!(" (tcpdump missed {} packets)", h.dropped)
+                } else {
+                    String::new()
+                };
                 Some(format!(
-                    "{} {} full + {} resumed",
+                    "{} {} full + {} resumed{missed}",
                     p.name(),
                     h.full,
                     h.resumed
