@@ -1,0 +1,358 @@
+//! The Markdown report: throughput, CPU efficiency, latency, diagnostics, memory.
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use super::memory::Memory;
+use super::{CONCURRENCY, Cell, H2_100_CLIENTS, PROXIES, Results};
+use crate::cmd::Cmd;
+
+pub fn render(r: &Results, about: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "\n{about}\n");
+    if !r.workloads.is_empty() {
+        workload_tables(&mut s, r);
+    }
+    if let Some(memory) = &r.memory {
+        memory_table(&mut s, memory, r.memory_conns);
+        if r.memory_conns < r.memory_conns_wanted {
+            let _ = writeln!(
+                s,
+                "\n**{} connections, not {}**: the open-files hard limit here is {}, and haproxy \
+                 needs two descriptors per connection it may hold (it refuses to start \
+                 otherwise); raising the hard limit needs CAP_SYS_RESOURCE.",
+                r.memory_conns, r.memory_conns_wanted, r.nofile
+            );
+        }
+    }
+    s
+}
+
+/// The tables of the h2load workloads.
+fn workload_tables(s: &mut String, r: &Results) {
+    throughput_table(s, r, "req/s (2xx)", |c| c.ok_per_sec);
+    let _ = writeln!(
+        s,
+        "\nTLS 1.3 pinned on all three (ECDSA P-256 certificate); the proxy alone on core 0 (one \
+         worker/thread), h2load + backend nginx on core 1. {CONCURRENCY} requests in flight \
+         (HTTP/2 16 streams: {} connections; 100 streams: {H2_100_CLIENTS} connections, {} in \
+         flight). Keep-alive and HTTP/2: {}s after {}s warm-up (h2load -D). New connections: \
+         about {}s (h2load -n) after a warm-up.",
+        CONCURRENCY / 16,
+        H2_100_CLIENTS * 100,
+        r.duration,
+        r.warm_up,
+        r.duration
+    );
+    let _ = writeln!(
+        s,
+        "\nRequests per CPU-second of the proxy (its own user + system time, all its processes, \
+         over the measured window): what the proxy costs, whoever limits the rate.\n"
+    );
+    throughput_table(s, r, "req per proxy CPU-s", |c| c.ok_per_cpu_sec);
+    latency_table(s, r);
+    diagnostics_table(s, r);
+    handshake_note(s, r);
+}
+
+/// One row per workload: the three proxies' `value`, then edgelb/nginx and edgelb/haproxy.
+fn throughput_table(s: &mut String, r: &Results, what: &str, value: fn(&Cell) -> f64) {
+    let _ = writeln!(
+        s,
+        "| workload ({what}) | edgelb | nginx | haproxy | edgelb/nginx | edgelb/haproxy |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+    for (w, row) in r.workloads.iter().zip(&r.cells) {
+        let cells: Vec<String> = row
+            .iter()
+            .map(|c| c.as_ref().map_or("-".into(), |c| cell_text(c, value(c))))
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} |",
+            w.name,
+            cells[0],
+            cells[1],
+            cells[2],
+            ratio(&row[0], &row[1], value),
+            ratio(&row[0], &row[2], value)
+        );
+    }
+}
+
+fn ratio(a: &Option<Cell>, b: &Option<Cell>, value: fn(&Cell) -> f64) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if a.problem.is_none() && b.problem.is_none() && value(b) > 0.0 => {
+            format!("{:.2}", value(a) / value(b))
+        }
+        _ => "n/a".into(),
+    }
+}
+
+fn latency_table(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "\nLatency of 2xx responses, p50 / p99 in ms (h2load --log-file, measured phase only; from \
+         sending the request to the end of the response, so a new connection's handshake is not \
+         in it).\n"
+    );
+    let _ = writeln!(s, "| workload | edgelb | nginx | haproxy |");
+    let _ = writeln!(s, "|---|---:|---:|---:|");
+    for (w, row) in r.workloads.iter().zip(&r.cells) {
+        let text = |c: &Option<Cell>| match c {
+            Some(Cell {
+                p50_us: Some(p50),
+                p99_us: Some(p99),
+                ..
+            }) => format!("{} / {}", ms(*p50), ms(*p99)),
+            _ => "-".into(),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} |",
+            w.name,
+            text(&row[0]),
+            text(&row[1]),
+            text(&row[2])
+        );
+    }
+}
+
+fn ms(us: u32) -> String {
+    let ms = f64::from(us) / 1000.0;
+    if ms < 10.0 {
+        format!("{ms:.2}")
+    } else {
+        format!("{ms:.1}")
+    }
+}
+
+fn diagnostics_table(s: &mut String, r: &Results) {
+    let _ = writeln!(
+        s,
+        "\nDiagnostics, each as edgelb / nginx / haproxy. proxy CPU: cores the proxy used (1.00 = \
+         saturated). core 0: all load on it (above proxy CPU = something else ran there). core 1: \
+         h2load + backend (~100% = the load side limits: compare req per proxy CPU-second then). \
+         backend conns: connections the backend accepted during the run.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workload | proxy CPU | core 0 busy | core 1 busy | backend conns |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for (w, row) in r.workloads.iter().zip(&r.cells) {
+        let join = |f: &dyn Fn(&Cell) -> String| {
+            row.iter()
+                .map(|c| c.as_ref().map_or("-".into(), f))
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            w.name,
+            join(&|c| format!("{:.2}", c.proxy_cpu)),
+            join(&|c| format!("{:.0}%", c.core0_busy * 100.0)),
+            join(&|c| format!("{:.0}%", c.core1_busy * 100.0)),
+            join(&|c| c.backend_conns.to_string()),
+        );
+    }
+    let ciphers: Vec<String> = r
+        .cells
+        .first()
+        .map(|row| {
+            PROXIES
+                .iter()
+                .zip(row)
+                .filter_map(|(p, c)| Some(format!("{} {}", p.name(), c.as_ref()?.cipher)))
+                .collect()
+        })
+        .unwrap_or_default();
+    if !ciphers.is_empty() {
+        let _ = writeln!(s, "\nCipher suites chosen: {}.", ciphers.join(", "));
+    }
+}
+
+/// Which handshakes were full and which resumed.
+fn handshake_note(s: &mut String, r: &Results) {
+    let mut lines = Vec::new();
+    for (w, row) in r.workloads.iter().zip(&r.cells) {
+        let counts: Vec<String> = PROXIES
+            .iter()
+            .zip(row)
+            .filter_map(|(p, c)| {
+                let h = c.as_ref()?.handshakes?;
+                let missed = if h.dropped > 0 {
+                    format!(" (tcpdump missed {} packets)", h.dropped)
+                } else {
+                    String::new()
+                };
+                Some(format!(
+                    "{} {} full + {} resumed{missed}",
+                    p.name(),
+                    h.full,
+                    h.resumed
+                ))
+            })
+            .collect();
+        if !counts.is_empty() {
+            lines.push(format!("{}: {}", w.name, counts.join(", ")));
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nTLS handshakes. Keep-alive and HTTP/2: each of h2load's connections does one full TLS \
+         1.3 handshake at the start, none after. New connection per request: h2load resumes a \
+         client's previous session (PSK with X25519) whenever the last connection ended with \
+         close_notify both ways; counted from the ServerHellos on loopback (pre_shared_key \
+         extension = resumed) during each cell's probe run of {} requests, in which each of the \
+         {CONCURRENCY} clients' first connection is necessarily full:",
+        u64::from(CONCURRENCY) * 10
+    );
+    for l in lines {
+        let _ = writeln!(s, "- {l}");
+    }
+}
+
+fn memory_table(s: &mut String, m: &[Option<Memory>; 3], conns: u64) {
+    let _ = writeln!(
+        s,
+        "\nMemory: RSS (smaps_rollup Rss, summed over the proxy's processes) freshly started, then \
+         holding {conns} idle keep-alive TLS 1.3 connections, each after one HTTP/1.1 request \
+         (full handshakes, opened 200 at a time by idle-conns on core 1).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| proxy | RSS fresh (MiB) | RSS with {conns} conns (MiB) | KiB per connection | closed early |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    for (p, m) in PROXIES.iter().zip(m) {
+        let Some(m) = m else { continue };
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} | {:.1} | {} |",
+            p.name(),
+            m.fresh_kib as f64 / 1024.0,
+            m.loaded_kib as f64 / 1024.0,
+            m.growth_per_conn_kib(),
+            m.closed_early
+        );
+    }
+    let loaded = |i: usize| m[i].map(|m| m.loaded_kib as f64);
+    for (i, other) in [(1, "nginx"), (2, "haproxy")] {
+        if let (Some(e), Some(o)) = (loaded(0), loaded(i))
+            && o > 0.0
+        {
+            let _ = writeln!(
+                s,
+                "\nedgelb/{other} RSS with the connections: {:.2}.",
+                e / o
+            );
+        }
+    }
+}
+
+fn cell_text(c: &Cell, v: f64) -> String {
+    let mut t = thousands(v);
+    if c.tls != "TLSv1.3" {
+        let _ = write!(t, " ({})", c.tls);
+    }
+    if c.bad > 0 {
+        let _ = write!(t, " ({} non-2xx/failed)", c.bad);
+    }
+    if let Some(p) = &c.problem {
+        let _ = write!(t, " INVALID: {p}");
+    }
+    t
+}
+
+/// 41234.6 -> "41,235".
+pub fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Date, kernel, CPU and the versions of everything measured.
+pub fn environment(edgelb: &Path) -> String {
+    let date = Cmd::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .unwrap_or_default();
+    let kernel = Cmd::new("uname").args(["-r"]).output().unwrap_or_default();
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // The version: the first word after `prefix` on the first line of stdout and stderr (nginx
+    // -v prints on stderr, the others on stdout).
+    let version = |program: &OsStr, arg: &str, prefix: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .ok()
+            .and_then(|o| {
+                let mut all = String::from_utf8_lossy(&o.stdout).into_owned();
+                all.push_str(&String::from_utf8_lossy(&o.stderr));
+                let line = all.lines().next()?.trim().to_string();
+                let rest = line.strip_prefix(prefix)?;
+                Some(rest.split_whitespace().next()?.to_string())
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    let rev = Cmd::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .unwrap_or_default();
+    format!(
+        "{} · {cores} × {} · kernel {} · h2load {} · nginx {} · haproxy {} · OpenSSL {} · edgelb {} ({}, \
+         rustls {})",
+        date.trim(),
+        cpu,
+        kernel.trim(),
+        version("h2load".as_ref(), "--version", "h2load nghttp2/"),
+        version("nginx".as_ref(), "-v", "nginx version: nginx/"),
+        version("haproxy".as_ref(), "-v", "HAProxy version "),
+        version("openssl".as_ref(), "version", "OpenSSL "),
+        version(edgelb.as_os_str(), "--version", "edgelb "),
+        rev.trim(),
+        locked_version("rustls").unwrap_or_else(|| "?".into()),
+    )
+}
+
+/// A package's version in Cargo.lock (the first entry if there are several).
+fn locked_version(package: &str) -> Option<String> {
+    let lock = fs::read_to_string("Cargo.lock").ok()?;
+    let mut lines = lock.lines();
+    lines.find(|l| *l == format!("name = \"{package}\""))?;
+    let v = lines.next()?.strip_prefix("version = \"")?;
+    Some(v.trim_end_matches('"').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(41234.6), "41,235");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+    }
+}
