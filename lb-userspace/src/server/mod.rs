@@ -194,7 +194,10 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
         .await;
         return;
     };
-    let tls_stream = match tokio::time::timeout(timeouts.handshake, tls.accept(stream)).await {
+    // Boxed, as the connection itself below: the task then holds two pointers for its whole
+    // life, not room for the largest state of each step (memory per idle connection).
+    let handshake = Box::pin(tls.accept(stream));
+    let tls_stream = match tokio::time::timeout(timeouts.handshake, handshake).await {
         Ok(Ok(s)) => {
             ctx.metrics.handshake("ok");
             s
@@ -230,14 +233,17 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
     .await;
 }
 
-async fn serve_http<S>(
+/// The connection's HTTP serving, boxed: `io` moves into it rather than being kept in the
+/// caller's state too.
+fn serve_http<'a, S>(
     io: S,
     conn: ConnInfo,
     h2: bool,
     activity: Arc<Activity>,
     timeouts: Timeouts,
-    ctx: &Arc<ListenerContext>,
-) where
+    ctx: &'a Arc<ListenerContext>,
+) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = conn.peer;
@@ -259,7 +265,9 @@ async fn serve_http<S>(
                 .is_some()
                 .then(|| (req.method().clone(), req.uri().path().to_string()));
             let routes = &live.routes;
-            let (resp, served) = routes.handle(req, &conn).await;
+            // Boxed: hyper keeps room for this future in every HTTP/1.1 connection (idle ones
+            // too) and moves it at least twice for every HTTP/2 stream; a pointer is cheaper.
+            let (resp, served) = Box::pin(routes.handle(req, &conn)).await;
             let took = started.elapsed();
             metrics.observe(took);
             if let (Some(listener), Some((method, path))) = (access_log, request_line) {
@@ -296,7 +304,7 @@ async fn serve_http<S>(
         builder.timer(TokioTimer::new());
         h2_limits(&mut builder);
         let connection = builder.serve_connection(TokioIo::new(io), service);
-        Box::pin(drive(connection, peer, activity, timeouts, false, ctx)).await;
+        Box::pin(drive(connection, peer, activity, timeouts, false, ctx))
     } else {
         let mut builder = http1::Builder::new();
         builder
@@ -306,7 +314,7 @@ async fn serve_http<S>(
         let connection = builder
             .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
-        Box::pin(drive(connection, peer, activity, timeouts, true, ctx)).await;
+        Box::pin(drive(connection, peer, activity, timeouts, true, ctx))
     }
 }
 
