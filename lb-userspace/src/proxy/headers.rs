@@ -5,7 +5,10 @@
 use std::net::{IpAddr, SocketAddr};
 
 use hyper::HeaderMap;
-use hyper::header::{CONNECTION, HeaderName, HeaderValue, UPGRADE};
+use hyper::header::{
+    CONNECTION, HeaderName, HeaderValue, PROXY_AUTHENTICATE, TE, TRAILER, TRANSFER_ENCODING,
+    UPGRADE,
+};
 
 use crate::config::TransferLbIp;
 use crate::tls::ClientIdentity;
@@ -20,15 +23,15 @@ pub const X_CLIENT_VERIFY: HeaderName = HeaderName::from_static("x-client-verify
 /// The verified client certificate's subject, e.g. `CN=client-1, O=Example`.
 pub const X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 8] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    PROXY_AUTHENTICATE,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// What a connection knows about its client, fixed at accept and handshake.
@@ -84,7 +87,8 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most requests and responses carry none: one pass over the names instead of a removal
     // (a hash and a probe) per hop-by-hop name.
-    if !keep_upgrade && !headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+    // (Names compare as an enum tag when both are standard headers, as bytes otherwise.)
+    if !keep_upgrade && !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -99,7 +103,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
-        if keep_upgrade && (name == "connection" || name == "upgrade") {
+        if keep_upgrade && (name == CONNECTION || name == UPGRADE) {
             continue;
         }
         headers.remove(name);
