@@ -222,6 +222,39 @@ fn respond(stream: &mut TcpStream, seen: &Seen) -> bool {
             let _ = stream.write_all(out.as_bytes());
             true
         }
+        // Framings a backend may use, for the backend client.
+        "/chunked" => {
+            let body = format!("id={id}");
+            let (a, b) = body.split_at(2);
+            let out = format!(
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n{:x};ext=1\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\nx-trailer: t\r\n\r\n",
+                a.len(),
+                b.len()
+            );
+            stream.write_all(out.as_bytes()).is_ok()
+        }
+        "/interim" => {
+            let body = format!("id={id}");
+            let out = format!(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+                 HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(out.as_bytes()).is_ok()
+        }
+        "/no-content" => stream.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").is_ok(),
+        "/http10" => {
+            // No length: the body ends with the connection.
+            let _ = stream.write_all(format!("HTTP/1.0 200 OK\r\n\r\nid={id}").as_bytes());
+            false
+        }
+        _ if seen.method == "HEAD" => {
+            let out = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                id.len() + 3
+            );
+            stream.write_all(out.as_bytes()).is_ok()
+        }
         "/splice" => {
             let body = format!("id={id}");
             let out = format!(

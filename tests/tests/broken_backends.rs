@@ -370,3 +370,76 @@ fn large_request_bodies_stream_through_intact() {
     }
     assert!(recorder.invalid().is_empty());
 }
+
+/// Every framing a backend may answer with reaches the client whole, and the backend
+/// connection is reused after each that ends cleanly (and only then).
+#[test]
+fn backend_framings_arrive_whole_and_clean_endings_reuse_the_connection() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let recorder = Recorder::start();
+    let (_edgelb, addr) = edgelb(&recorder, dir.path());
+    let url = |path: &str| format!("http://{addr}{path}");
+    // One curl, one keep-alive connection to edgelb, the requests in order.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "--http1.1",
+            "-H",
+            "x-request-id: f",
+            "-w",
+            "|%{http_code}\n",
+        ])
+        .args([
+            url("/chunked"),
+            url("/interim"),
+            url("/no-content"),
+            url("/plain"),
+            url("/http10"),
+            url("/after"),
+        ])
+        .output()
+        .expect("curl runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "id=f|200", "id=f|200", "|204", "id=f|200", "id=f|200", "id=f|200"
+        ],
+        "curl printed {text:?}"
+    );
+    let head = std::process::Command::new("curl")
+        .args(["-s", "-I", "--http1.1", "-H", "x-request-id: h"])
+        .arg(url("/head"))
+        .output()
+        .expect("curl runs");
+    let head = String::from_utf8_lossy(&head.stdout).to_lowercase();
+    assert!(
+        head.starts_with("http/1.1 200") && head.contains("content-length: 4"),
+        "{head:?}"
+    );
+    let seen: Vec<(String, usize)> = recorder
+        .requests(0)
+        .iter()
+        .map(|r| (r.path.clone(), r.conn))
+        .collect();
+    let conn_of = |path: &str| {
+        seen.iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, c)| *c)
+            .unwrap_or_else(|| panic!("{path} never reached the backend: {seen:?}"))
+    };
+    // Chunked (with extensions and trailers), interim responses, 204 and a plain length all
+    // end cleanly: one backend connection carries them all. The HTTP/1.0 answer ends with its
+    // connection, so what follows needs another; HEAD's length is not a body to wait for.
+    let first = conn_of("/chunked");
+    for path in ["/interim", "/no-content", "/plain", "/http10"] {
+        assert_eq!(conn_of(path), first, "{path} on a new connection: {seen:?}");
+    }
+    assert_ne!(
+        conn_of("/after"),
+        first,
+        "reused a connection that had ended: {seen:?}"
+    );
+    assert_eq!(conn_of("/head"), conn_of("/after"), "{seen:?}");
+}
