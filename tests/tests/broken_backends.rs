@@ -418,6 +418,18 @@ fn backend_framings_arrive_whole_and_clean_endings_reuse_the_connection() {
         head.starts_with("http/1.1 200") && head.contains("content-length: 4"),
         "{head:?}"
     );
+    // On the wire to the client: no trailer and no interim response is passed on.
+    let raw = std::process::Command::new("curl")
+        .args(["-s", "-i", "--raw", "--http1.1", "-H", "x-request-id: r"])
+        .args([url("/chunked"), url("/interim")])
+        .output()
+        .expect("curl runs");
+    let raw = String::from_utf8_lossy(&raw.stdout).to_lowercase();
+    assert!(raw.contains("id=r"), "{raw:?}");
+    assert!(
+        !raw.contains("x-trailer") && !raw.contains(" 100 ") && !raw.contains(" 103 "),
+        "{raw:?}"
+    );
     let seen: Vec<(String, usize)> = recorder
         .requests(0)
         .iter()

@@ -163,13 +163,13 @@ where
                         None => this.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
                     }
                 }
-                let Some(timer) = this.timer.as_mut() else {
-                    return Poll::Pending;
-                };
-                match timer.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(this.why())))),
-                    Poll::Pending => Poll::Pending,
+                // The wait, this poll's or an earlier one's, has set the timer.
+                if let Some(timer) = this.timer.as_mut()
+                    && timer.as_mut().poll(cx).is_ready()
+                {
+                    return Poll::Ready(Some(Err(Box::new(this.why()))));
                 }
+                Poll::Pending
             }
         }
     }

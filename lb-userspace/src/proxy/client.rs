@@ -18,38 +18,30 @@ pub type UpstreamBody = BoxBody<Bytes, BoxError>;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest response head (status line and header fields) taken from a backend; a larger one
-/// is a failed request (502). The other limit: 100 header fields.
+/// fails the attempt as any invalid response does (another backend for an idempotent
+/// request, else 502). The other limit: 100 header fields.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 
-/// One worker's connections to one group's backends.
-pub struct BackendClient(h1::Client);
-
-impl BackendClient {
-    pub fn new(group: &GroupConfig) -> Result<Self, rustls::Error> {
-        let tls = match &group.protocol {
-            BackendProtocol::Http => None,
-            BackendProtocol::Https(verify) => {
-                let name = match &group.hc_domain {
-                    Some(domain) => Some(
-                        ServerName::try_from(domain.clone())
-                            .map_err(|e| rustls::Error::General(format!("--hc-domain: {e}")))?,
-                    ),
-                    None => None,
-                };
-                Some(h1::tls(client_tls(verify)?, name))
-            }
-        };
-        Ok(BackendClient(h1::Client::new(
-            group.backends.len(),
-            tls,
-            CONNECT_TIMEOUT,
-            MAX_RESPONSE_HEAD,
-        )))
-    }
-
-    pub fn h1(&self) -> &h1::Client {
-        &self.0
-    }
+/// One worker's client for one group's backends, as the group's settings ask.
+pub fn backend_client(group: &GroupConfig) -> Result<h1::Client, rustls::Error> {
+    let tls = match &group.protocol {
+        BackendProtocol::Http => None,
+        BackendProtocol::Https(verify) => {
+            let name = group
+                .hc_domain
+                .as_ref()
+                .map(|domain| ServerName::try_from(domain.clone()))
+                .transpose()
+                .map_err(|e| rustls::Error::General(format!("--hc-domain: {e}")))?;
+            Some(h1::tls(client_tls(verify)?, name))
+        }
+    };
+    Ok(h1::Client::new(
+        group.backends.len(),
+        tls,
+        CONNECT_TIMEOUT,
+        MAX_RESPONSE_HEAD,
+    ))
 }
 
 /// The TLS client configuration for backends (and their health checks), without ALPN (each

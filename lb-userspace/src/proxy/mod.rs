@@ -22,7 +22,7 @@ use crate::dataplane::error_chain;
 use crate::metrics::RequestCounters;
 use crate::rules::{Action, RequestInfo, RuleSet};
 use body::{BoxError, Prefixed, StallTimeout, Stalled, WithGuard};
-use client::{BackendClient, UpstreamBody};
+use client::UpstreamBody;
 use h1::OutBody;
 use headers::ConnInfo;
 
@@ -133,7 +133,7 @@ const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;
 pub struct Upstream {
     group: GroupConfig,
     balancer: Arc<Balancer>,
-    client: BackendClient,
+    client: h1::Client,
 }
 
 /// A request body as the retry loop sees it.
@@ -159,7 +159,7 @@ impl Upstream {
     pub fn new(group: GroupConfig, balancer: Arc<Balancer>) -> Result<Self, rustls::Error> {
         Ok(Upstream {
             balancer,
-            client: BackendClient::new(&group)?,
+            client: client::backend_client(&group)?,
             group,
         })
     }
@@ -185,11 +185,7 @@ impl Upstream {
         headers::add_client_headers(&mut parts.headers, conn, settings.transfer_lb_ip);
         // `strict::check_request` made Host the :authority of HTTP/2 requests (and of
         // absolute-form HTTP/1.1 targets): HTTP/1.1 backends get it as Host.
-        let path = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
+        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
 
         // Boxed: only requests with a body need the reader's state.
         let mut outgoing = if body.is_end_stream() {
@@ -245,11 +241,11 @@ impl Upstream {
             let Some(body) = outgoing.take(declared) else {
                 return error_page(status);
             };
-            let send = self.client.h1().send(
+            let send = self.client.send(
                 pick.index,
                 backend,
                 &parts.method,
-                &path,
+                path,
                 &parts.headers,
                 body,
             );
@@ -264,17 +260,6 @@ impl Upstream {
                         // bytes framed either way: answer nothing of it, and drop it with the
                         // unread body (only a body read to its end returns a connection).
                         warn!(backend = %backend, group = self.group.name, "backend response has both Transfer-Encoding and Content-Length: 502");
-                        return error_page(StatusCode::BAD_GATEWAY);
-                    }
-                    let head: usize = resp
-                        .headers()
-                        .iter()
-                        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-                        .sum();
-                    if head > client::MAX_RESPONSE_HEAD {
-                        // hyper's read buffer limit bounds memory, but a head that arrives in
-                        // one read can pass it: the limit is checked here.
-                        warn!(backend = %backend, group = self.group.name, bytes = head, "backend response head too large: 502");
                         return error_page(StatusCode::BAD_GATEWAY);
                     }
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS

@@ -77,9 +77,13 @@ pub struct ResponseHead {
 }
 
 /// Parses a complete response head at the start of `buf` and removes it from `buf`.
-/// `Ok(None)`: more bytes are needed. 1xx heads other than 101 are returned like any other;
-/// the caller skips them.
-pub fn parse_response(buf: &mut BytesMut, request: &Method) -> Result<Option<ResponseHead>, Error> {
+/// `Ok(None)`: more bytes are needed. A head longer than `max_head` bytes, complete or not,
+/// is an error. 1xx heads other than 101 are returned like any other; the caller skips them.
+pub fn parse_response(
+    buf: &mut BytesMut,
+    request: &Method,
+    max_head: usize,
+) -> Result<Option<ResponseHead>, Error> {
     // Uninitialised slots and spans on the stack: this runs for every response, and zeroing
     // a hundred header slots (3 KiB) or allocating the spans showed in profiles.
     let mut fields =
@@ -87,8 +91,9 @@ pub fn parse_response(buf: &mut BytesMut, request: &Method) -> Result<Option<Res
     let mut parsed = httparse::Response::new(&mut []);
     let parser = httparse::ParserConfig::default();
     let len = match parser.parse_response_with_uninit_headers(&mut parsed, buf, &mut fields) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
+        Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+        Ok(httparse::Status::Partial) if buf.len() <= max_head => return Ok(None),
+        Ok(_) => return Err(Error::HeadTooLarge(max_head)),
         Err(e) => return Err(Error::BadResponse(format!("response head: {e}"))),
     };
     let code = parsed.code.unwrap_or(0);
@@ -202,7 +207,7 @@ mod tests {
 
     fn parse(raw: &str, method: Method) -> Result<Option<ResponseHead>, Error> {
         let mut buf = BytesMut::from(raw);
-        parse_response(&mut buf, &method)
+        parse_response(&mut buf, &method, 1024)
     }
 
     #[test]
@@ -305,7 +310,7 @@ mod tests {
     #[test]
     fn header_values_share_the_read_buffer() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nX-A: b c\r\n\r\nrest");
-        let r = parse_response(&mut buf, &Method::GET)
+        let r = parse_response(&mut buf, &Method::GET, 1024)
             .expect("valid")
             .expect("complete");
         assert_eq!(r.headers["x-a"], "b c");

@@ -129,27 +129,21 @@ impl Client {
             OutBody::Stream(_, Some(n)) => RequestFraming::Length(*n),
             OutBody::Stream(_, None) => RequestFraming::Chunked,
         };
-        let mut wbuf = std::mem::take(&mut conn.wbuf);
-        wbuf.clear();
+        conn.wbuf.clear();
         // The backend's address is only rendered for the rare request without Host.
         let host = if headers.contains_key(hyper::header::HOST) {
             String::new()
         } else {
             addr.to_string()
         };
-        head::write_request(&mut wbuf, method, target, headers, &host, framing);
-        let sent = send_body(&mut conn, &mut wbuf, body).await;
-        conn.wbuf = wbuf;
-        sent?;
+        head::write_request(&mut conn.wbuf, method, target, headers, &host, framing);
+        send_body(&mut conn, body).await?;
         let head = loop {
-            match head::parse_response(&mut conn.rbuf, method)? {
+            match head::parse_response(&mut conn.rbuf, method, self.max_head)? {
                 // Interim responses (100 Continue, 103 Early Hints) are not passed on.
                 Some(h) if h.status.is_informational() && h.status.as_u16() != 101 => continue,
                 Some(h) => break h,
                 None => {}
-            }
-            if conn.rbuf.len() > self.max_head {
-                return Err(Error::HeadTooLarge(self.max_head));
             }
             match conn.fill().await {
                 Ok(0) => {
@@ -204,10 +198,10 @@ impl Client {
     }
 }
 
-/// Writes the head in `wbuf` and the body: a small full body in the same write, a stream
-/// as it comes (chunked when its length is unknown).
-async fn send_body(conn: &mut Conn, wbuf: &mut Vec<u8>, body: OutBody) -> Result<(), Error> {
-    let io = &mut conn.io;
+/// Writes the head in `conn.wbuf` and the body: a small full body in the same write, a
+/// stream as it comes (chunked when its length is unknown).
+async fn send_body(conn: &mut Conn, body: OutBody) -> Result<(), Error> {
+    let Conn { io, wbuf, .. } = conn;
     match body {
         OutBody::Full(b) if b.len() <= COALESCE_BODY => {
             wbuf.extend_from_slice(&b);
@@ -267,8 +261,7 @@ fn lost_or_io(e: io::Error) -> Error {
 }
 
 /// The TLS client configuration for backends, with ALPN `http/1.1`.
-pub fn tls(config: ClientConfig, name: Option<ServerName<'static>>) -> Tls {
-    let mut config = config;
+pub fn tls(mut config: ClientConfig, name: Option<ServerName<'static>>) -> Tls {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Tls {
         connector: TlsConnector::from(Arc::new(config)),

@@ -1,6 +1,7 @@
 //! Idle keep-alive connections to a group's backends, for one worker. Every request and every
 //! response body of that worker runs on its one thread, so the lock is never contended; it is
 //! there because hyper may move a response body between tasks of that thread.
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -24,14 +25,14 @@ struct Idle {
 pub struct Pool {
     /// Per backend (by index in the group), oldest first.
     idle: Mutex<Vec<Vec<Idle>>>,
-    sweeping: std::sync::atomic::AtomicBool,
+    sweeping: AtomicBool,
 }
 
 impl Pool {
     pub fn new(backends: usize) -> Arc<Self> {
         Arc::new(Pool {
             idle: Mutex::new((0..backends).map(|_| Vec::new()).collect()),
-            sweeping: std::sync::atomic::AtomicBool::new(false),
+            sweeping: AtomicBool::new(false),
         })
     }
 
@@ -70,7 +71,6 @@ impl Pool {
     /// The first connection put back starts a task on this worker that closes connections
     /// idle too long; it ends with the pool.
     fn start_sweeping(self: &Arc<Self>) {
-        use std::sync::atomic::Ordering;
         if self.sweeping.swap(true, Ordering::Relaxed) {
             return;
         }
