@@ -10,7 +10,7 @@
 //! deletes the namespaces and temp dir; children also die with xtask via PR_SET_PDEATHSIG).
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use anyhow::{Context as _, Result, bail};
 use crate::cmd::Cmd;
 use crate::scene::{Scene, spawn_backend};
 use crate::signals::{self, SIGTERM, check_stop, die_with_parent, send_signal};
+use crate::target_dir;
 
 const ADMIN: &str = "127.0.0.1:9900";
 const BACKENDS: [(&str, &str); 3] = [
@@ -32,16 +33,7 @@ pub fn run() -> Result<()> {
     if !is_root() {
         bail!("the demo creates network namespaces and attaches XDP: run it as root");
     }
-    Cmd::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "edgelb-tests",
-            "--bin",
-            "test-backend",
-        ])
-        .run()?;
+    crate::build_test_bins(&["test-backend"])?;
     signals::install_handlers();
     let bin = target_dir().join("release");
     let mut demo = Demo::new()?;
@@ -594,14 +586,6 @@ fn openssl_field(cert: &Path, field: &str) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
-}
-
-pub(crate) fn target_dir() -> PathBuf {
-    // The workspace root is the current directory (main sets it).
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => PathBuf::from("target"),
-    }
 }
 
 pub(crate) fn is_root() -> bool {

@@ -181,10 +181,28 @@ fn bench_xdp_prepare() -> Result<()> {
 /// Seconds each fuzz target runs in `cargo xtask ci`.
 const CI_FUZZ_SECONDS: u32 = 10;
 
+/// edgelb, release.
 fn build() -> Result<()> {
     Cmd::new("cargo")
         .args(["build", "--release", "-p", "lb-userspace"])
         .run()
+}
+
+/// Release binaries of the tests crate (backends, load generators, clients), by name.
+pub(crate) fn build_test_bins(bins: &[&str]) -> Result<()> {
+    let mut cargo = Cmd::new("cargo").args(["build", "--release", "-p", "edgelb-tests"]);
+    for bin in bins {
+        cargo = cargo.args(["--bin", bin]);
+    }
+    cargo.run()
+}
+
+/// Where cargo puts what it builds (the working directory is the workspace root, see main).
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => PathBuf::from("target"),
+    }
 }
 
 fn test(ci: bool) -> Result<()> {

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
-use crate::cmd::Cmd;
-use crate::demo::{self, counter, ip, is_root, print_tail, target_dir};
+use crate::demo::{self, counter, ip, is_root, print_tail};
 use crate::scene::{Scene, spawn_backend};
 use crate::signals::{self, SIGHUP, SIGTERM, check_stop, die_with_parent, send_signal};
+use crate::target_dir;
 
 const ADMIN: &str = "127.0.0.1:9901";
 const SNI: &str = "edgelb.demo";
@@ -72,18 +72,7 @@ pub fn run(minutes: f64) -> Result<()> {
     if !(minutes > 0.0 && minutes <= 24.0 * 60.0) {
         bail!("--minutes must be above 0 and at most a day");
     }
-    Cmd::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "edgelb-tests",
-            "--bin",
-            "test-backend",
-            "--bin",
-            "soak-load",
-        ])
-        .run()?;
+    crate::build_test_bins(&["test-backend", "soak-load"])?;
     signals::install_handlers();
     let bin = target_dir().join("release");
     let mut soak = Soak::new(bin)?;

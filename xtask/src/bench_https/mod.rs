@@ -39,11 +39,11 @@ use self::handshakes::{Capture, Handshakes};
 use self::memory::Memory;
 use self::procs::{
     CoreTicks, Proc, TempDir, backend_accepts, clock_ticks_per_sec, core_ticks, free_ports,
-    http_get, keep_system_services_off, pinned, run_bounded, run_bounded_with, target_dir,
+    http_get, keep_system_services_off, pinned, run_bounded, run_bounded_with,
 };
-use crate::cmd::Cmd;
 use crate::setup;
 use crate::signals::{self, check_stop};
+use crate::target_dir;
 
 #[derive(Parser)]
 #[command(
@@ -408,20 +408,9 @@ pub fn run(args: &[String]) -> Result<()> {
 /// Builds the edgelb binary and, for the memory test, the idle-conns client (release, each
 /// its own cargo run so edgelb is built with its own features only, as it ships).
 fn build(memory: bool) -> Result<(PathBuf, PathBuf)> {
-    Cmd::new("cargo")
-        .args(["build", "--release", "-p", "lb-userspace"])
-        .run()?;
+    crate::build()?;
     if memory {
-        Cmd::new("cargo")
-            .args([
-                "build",
-                "--release",
-                "-p",
-                "edgelb-tests",
-                "--bin",
-                "idle-conns",
-            ])
-            .run()?;
+        crate::build_test_bins(&["idle-conns"])?;
     }
     let release = target_dir().join("release");
     let edgelb = release.join("edgelb");

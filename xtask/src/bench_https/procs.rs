@@ -36,18 +36,10 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &'static str, mut cmd: Command, dir: &Path) -> Result<Self> {
+    pub fn spawn(name: &'static str, cmd: Command, dir: &Path) -> Result<Self> {
         let stderr = dir.join(format!("{}.stderr", name.replace(' ', "-")));
         let stdout = dir.join(format!("{}.stdout", name.replace(' ', "-")));
-        let line = command_line(&cmd);
-        eprintln!("xtask: {line} &");
-        cmd.stdin(Stdio::null())
-            .stdout(File::create(&stdout)?)
-            .stderr(File::create(&stderr)?);
-        die_with_parent(&mut cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {name}: `{line}`"))?;
+        let (child, _) = spawn_logged(cmd, &stdout, &stderr, " &")?;
         Ok(Self {
             name,
             child,
@@ -177,6 +169,26 @@ impl Drop for Proc {
     }
 }
 
+/// Starts `cmd` with its output in files and no stdin, dying with xtask, after printing its
+/// command line (with `suffix`); the child and that line.
+fn spawn_logged(
+    mut cmd: Command,
+    stdout: &Path,
+    stderr: &Path,
+    suffix: &str,
+) -> Result<(Child, String)> {
+    let line = command_line(&cmd);
+    eprintln!("xtask: {line}{suffix}");
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(stdout)?)
+        .stderr(File::create(stderr)?);
+    die_with_parent(&mut cmd);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start `{line}`"))?;
+    Ok((child, line))
+}
+
 /// Runs a command to completion with a time limit, returning its stdout; stops it on
 /// SIGINT/SIGTERM to xtask.
 pub fn run_bounded(name: &str, cmd: Command, dir: &Path, limit: Duration) -> Result<String> {
@@ -187,22 +199,14 @@ pub fn run_bounded(name: &str, cmd: Command, dir: &Path, limit: Duration) -> Res
 /// command runs (to sample the proxy's CPU time when h2load's warm-up ends).
 pub fn run_bounded_with(
     name: &str,
-    mut cmd: Command,
+    cmd: Command,
     dir: &Path,
     limit: Duration,
     tick: &mut dyn FnMut(Duration),
 ) -> Result<String> {
     let out_path = dir.join(format!("{name}.out"));
     let err_path = dir.join(format!("{name}.err"));
-    let line = command_line(&cmd);
-    eprintln!("xtask: {line}");
-    cmd.stdin(Stdio::null())
-        .stdout(File::create(&out_path)?)
-        .stderr(File::create(&err_path)?);
-    die_with_parent(&mut cmd);
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot start `{line}`"))?;
+    let (mut child, line) = spawn_logged(cmd, &out_path, &err_path, "")?;
     let started = Instant::now();
     let deadline = started + limit;
     let status = loop {
@@ -282,13 +286,6 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))
         .collect()
-}
-
-pub fn target_dir() -> PathBuf {
-    // The working directory is the workspace root (see main).
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"))
 }
 
 /// The Debian packages enable nginx and haproxy as services listening on port 80. Containers
