@@ -238,10 +238,10 @@ pub const fn maglev_position(group: u32, half: u32, slot: u32) -> (u32, u32) {
     )
 }
 
-/// The half of a group's ring that is live, from its `MAGLEV_GEN` value: the generation, i.e.
-/// how many rings the daemon has written for the group since the program was loaded. 0 (the
-/// array's initial content) means no ring yet: the group picks no backend. Generation `g > 0`
-/// lives in half `g & 1`; the writer skips 0 when the counter wraps.
+/// The half of a group's ring and backends that is live, from its `MAGLEV_GEN` value: the
+/// generation, i.e. how many states the daemon has published for the group since the program
+/// was loaded. 0 (the array's initial content) means no ring yet: the group picks no backend.
+/// Generation `g > 0` lives in half `g & 1`; the writer skips 0 when the counter wraps.
 #[inline(always)]
 pub const fn live_half(generation: u32) -> Option<u32> {
     if generation == 0 {
@@ -285,8 +285,21 @@ impl BackendCounters {
     }
 }
 
-/// Entries of the `BACKENDS` array, indexed like `BACKEND_STATS` ([`backend_stats_slot`]).
-pub const BACKENDS_SLOTS: u32 = BACKEND_STATS_SLOTS;
+/// Entries of the `BACKENDS` array: like the rings, two halves per group
+/// ([`backend_slot`]), published together by the group's `MAGLEV_GEN`.
+pub const BACKENDS_SLOTS: u32 = MAX_L4_GROUPS * 2 * MAX_BACKENDS_PER_GROUP;
+
+/// Index in `BACKENDS` of backend `backend` of `group` in half `half` (0 or 1).
+///
+/// A group's live half ([`live_half`] of its `MAGLEV_GEN`) names both its ring and its
+/// backends, so one 4-byte store publishes a new ring and new backend entries together: a
+/// packet never pairs a ring entry with a backend entry of another state, and never reads an
+/// entry while it is being copied (entries are 28 bytes; the kernel copies them without a
+/// lock). A backend keeps its index for as long as it is configured in the group.
+#[inline(always)]
+pub const fn backend_slot(group: u32, half: u32, backend: u32) -> u32 {
+    (group * 2 + half) * MAX_BACKENDS_PER_GROUP + backend
+}
 
 /// Bits of [`BackendInfo::flags`].
 pub mod backend_flags {
@@ -300,7 +313,8 @@ pub mod backend_flags {
     pub const IPV6: u16 = 2;
 }
 
-/// Value of the `BACKENDS` array: where L4 frames sent to one backend of one group go.
+/// Value of the `BACKENDS` array: where L4 frames sent to one backend of one group go (one
+/// entry per half, [`backend_slot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct BackendInfo {
@@ -311,8 +325,9 @@ pub struct BackendInfo {
     pub next_hop_mac: [u8; 6],
     /// Bits of [`backend_flags`].
     pub flags: u16,
-    /// Changes whenever the slot is given another address (never 0 for a written slot), so a
-    /// flow remembered for the slot's previous backend is not sent to the new one.
+    /// Changes whenever the backend index is given to another backend (never 0 for a written
+    /// entry; both halves carry the same epoch for the same backend), so a flow remembered for
+    /// the index's previous backend is not sent to the new one.
     pub epoch: u32,
 }
 
@@ -403,7 +418,8 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct FlowState {
-    /// `BACKENDS` index ([`backend_stats_slot`]): group and backend in one.
+    /// [`backend_stats_slot`] of the backend: its group and index in one, the same in both
+    /// halves of `BACKENDS`.
     pub backend_slot: u32,
     /// [`BackendInfo::epoch`] when the flow was sent there.
     pub epoch: u32,
@@ -642,6 +658,12 @@ mod tests {
             backend_stats_slot(MAX_L4_GROUPS - 1, MAX_BACKENDS_PER_GROUP - 1),
             BACKEND_STATS_SLOTS - 1
         );
+        assert_eq!(
+            backend_slot(MAX_L4_GROUPS - 1, 1, MAX_BACKENDS_PER_GROUP - 1),
+            BACKENDS_SLOTS - 1
+        );
+        assert_eq!(backend_slot(0, 1, 0), MAX_BACKENDS_PER_GROUP);
+        assert_eq!(backend_slot(1, 0, 3), 2 * MAX_BACKENDS_PER_GROUP + 3);
         let key = ListenerKey::new(ANY_V4, 0x1234, IPPROTO_TCP);
         let bytes = bytemuck::bytes_of(&key);
         assert_eq!(&bytes[16..18], &0x1234u16.to_ne_bytes());

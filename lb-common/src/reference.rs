@@ -57,7 +57,8 @@ pub struct Tables {
     /// The live Maglev ring of each backend group that has one ([`maglev::TABLE_SIZE`]
     /// entries), keyed by group.
     pub rings: HashMap<u32, Vec<u32>>,
-    /// `BACKENDS` entries by [`backend_stats_slot`]; a missing one is all zero (not usable).
+    /// The live half's `BACKENDS` entries by [`backend_stats_slot`]; a missing one is all zero
+    /// (not usable).
     pub backends: HashMap<u32, BackendInfo>,
     /// The `ENCAP` entry.
     pub encap: EncapConfig,

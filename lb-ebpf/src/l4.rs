@@ -4,7 +4,7 @@ use aya_ebpf::helpers::bpf_ktime_get_ns;
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     BackendInfo, FLOW_TOUCH_NS, FlowKey, FlowState, ListenerInfo, MAX_BACKENDS_PER_GROUP, Outcome,
-    backend_stats_slot, l4_flags, live_half, maglev, maglev_position,
+    backend_slot, backend_stats_slot, l4_flags, live_half, maglev, maglev_position,
 };
 
 use crate::{BACKEND_STATS, BACKENDS, FLOWS, MAGLEV, MAGLEV_GEN, encap};
@@ -35,11 +35,13 @@ pub fn forward(
     Outcome::ForwardedL4
 }
 
-/// The `BACKENDS` slot of the backend `flow` goes to, and its entry; None if it has no usable
-/// one.
+/// The [`backend_stats_slot`] of the backend `flow` goes to, and its entry; None if it has no
+/// usable one.
 #[inline(always)]
 fn choose(info: &ListenerInfo, flow: &FlowKey) -> Option<(u32, BackendInfo)> {
     let group = info.l4_group;
+    // Read once: the ring and the backend entries below are of this one published state.
+    let half = MAGLEV_GEN.get(group).and_then(|g| live_half(*g))?;
     // The clock is read only by listeners that keep flows: it costs a helper call.
     let now = if info.flow_secs != 0 {
         // SAFETY: a helper without arguments or side effects.
@@ -57,7 +59,11 @@ fn choose(info: &ListenerInfo, flow: &FlowKey) -> Option<(u32, BackendInfo)> {
         let age = now.wrapping_sub(seen.last_seen_ns);
         if age < u64::from(info.flow_secs) * 1_000_000_000
             && seen.backend_slot / MAX_BACKENDS_PER_GROUP == group
-            && let Some(b) = BACKENDS.get(seen.backend_slot)
+            && let Some(b) = BACKENDS.get(backend_slot(
+                group,
+                half,
+                seen.backend_slot % MAX_BACKENDS_PER_GROUP,
+            ))
             && b.epoch == seen.epoch
             && b.usable()
         {
@@ -75,7 +81,6 @@ fn choose(info: &ListenerInfo, flow: &FlowKey) -> Option<(u32, BackendInfo)> {
     } else {
         maglev::source_hash(&flow.src)
     };
-    let half = MAGLEV_GEN.get(group).and_then(|g| live_half(*g))?;
     // The map lookups check their own indices. `entry` is below MAGLEV_CHUNK by construction
     // (LLVM drops the slice check); the backend bound keeps the slot inside the group's and
     // turns NO_BACKEND away.
@@ -84,11 +89,11 @@ fn choose(info: &ListenerInfo, flow: &FlowKey) -> Option<(u32, BackendInfo)> {
     if backend >= MAX_BACKENDS_PER_GROUP {
         return None;
     }
-    let slot = backend_stats_slot(group, backend);
-    let b = *BACKENDS.get(slot)?;
+    let b = *BACKENDS.get(backend_slot(group, half, backend))?;
     if !b.usable() {
         return None;
     }
+    let slot = backend_stats_slot(group, backend);
     if info.flow_secs != 0 {
         let state = FlowState {
             backend_slot: slot,

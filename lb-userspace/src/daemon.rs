@@ -4,18 +4,18 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lb_common::{NO_LISTENER_SLOT, Outcome};
+use lb_common::{BackendCounters, NO_LISTENER_SLOT, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState, NodeView};
 use crate::cli::RunArgs;
-use crate::config::{Config, XdpMode};
+use crate::config::{Backend as BackendConfig, Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
 use crate::metrics::Metrics;
 use crate::nexthop::NextHops;
-use crate::node::Node;
+use crate::node::{GroupRuntime, Node};
 use crate::workers::{self, Workers};
 
 /// Why the daemon could not start. Usage errors (the flags ask for something this host cannot
@@ -345,18 +345,13 @@ fn refresh_status(state: &AdminState, node: &Node, dataplane: Option<&Dataplane>
     });
     let mut view = node.view(attached);
     if let Some(dp) = dataplane {
-        for (g, slot) in node.l4_slots() {
-            let group = &node.groups[g];
-            for (i, b) in group.config.backends.iter().enumerate() {
-                if let Ok(c) = dp.backend_counters(slot, i as u32) {
-                    state.metrics.set_xdp_backend(
-                        &group.config.name,
-                        &b.addr.to_string(),
-                        c.packets,
-                        c.bytes,
-                    );
-                }
-            }
+        for (group, b, c) in l4_backend_counters(dp, node) {
+            state.metrics.set_xdp_backend(
+                &group.config.name,
+                &b.addr.to_string(),
+                c.packets,
+                c.bytes,
+            );
         }
         for (status, l) in view.listeners.iter_mut().zip(&node.listeners) {
             if let Ok(c) = dp.counters(l.id) {
@@ -398,15 +393,32 @@ fn log_counters(dp: &Dataplane, node: &Node) {
             Err(e) => warn!(error = %error_chain(&e), "reading XDP counters"),
         }
     }
-    for (g, slot) in node.l4_slots() {
+    for (group, b, c) in l4_backend_counters(dp, node) {
+        info!(
+            "xdp backend counters group={:?} backend={} forwarded={} bytes={}",
+            group.config.name, b.addr, c.packets, c.bytes
+        );
+    }
+}
+
+/// What XDP forwarded to each backend of the groups behind tcp/udp listeners.
+fn l4_backend_counters<'a>(
+    dp: &Dataplane,
+    node: &'a Node,
+) -> Vec<(&'a GroupRuntime, &'a BackendConfig, BackendCounters)> {
+    let mut out = Vec::new();
+    for g in node.l4_group_positions() {
         let group = &node.groups[g];
-        for (i, b) in group.config.backends.iter().enumerate() {
-            if let Ok(c) = dp.backend_counters(slot, i as u32) {
-                info!(
-                    "xdp backend counters group={:?} backend={} forwarded={} bytes={}",
-                    group.config.name, b.addr, c.packets, c.bytes
-                );
+        let Some(slot) = dp.slots().group(&group.config.name) else {
+            continue;
+        };
+        for b in &group.config.backends {
+            if let Some(index) = dp.slots().backend(&group.config.name, b.addr)
+                && let Ok(c) = dp.backend_counters(slot, index)
+            {
+                out.push((group, b, c));
             }
         }
     }
+    out
 }

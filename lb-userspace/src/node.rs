@@ -18,7 +18,7 @@ use crate::admin::{GroupView, ListenerStatus, NodeView};
 use crate::balance::Balancer;
 use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig};
 use crate::dataplane::{
-    BackendEntry, Dataplane, L4Listener, L4Listeners, ListenerRule, error_chain,
+    BackendEntry, Dataplane, L4Group, L4ListenerSpec, ListenerRule, error_chain,
 };
 use crate::metrics::Metrics;
 use crate::nexthop::NextHops;
@@ -257,13 +257,11 @@ impl Node {
         }
     }
 
-    /// Rewrites the backends (health, next hops) and rings of every group behind a tcp/udp
+    /// Publishes the backends (health, next hops) and rings of every group behind a tcp/udp
     /// listener: after a health transition or a next-hop change.
     pub fn write_l4_groups(&self, dp: &mut Dataplane, hops: &NextHops) {
-        for (g, slot) in l4_slots(&self.config) {
-            if let Err(e) = write_group(dp, &self.groups[g], slot, hops) {
-                warn!(group = self.groups[g].config.name, error = %e, "writing the group to the data plane");
-            }
+        if let Err(e) = dp.update_groups(&l4_groups(&self.config, &self.groups, hops)) {
+            warn!(error = %error_chain(&e), "writing L4 groups to the data plane");
         }
     }
 
@@ -272,9 +270,9 @@ impl Node {
         l4_backends(&self.config)
     }
 
-    /// (group position, ring slot) of the groups behind tcp/udp listeners.
-    pub fn l4_slots(&self) -> Vec<(usize, u32)> {
-        l4_slots(&self.config)
+    /// Positions of the groups behind tcp/udp listeners.
+    pub fn l4_group_positions(&self) -> Vec<usize> {
+        l4_group_positions(&self.config)
     }
 
     /// What `/status` shows, without the XDP counters (the caller adds them).
@@ -376,9 +374,9 @@ fn keep_sessions(fresh: &mut GroupConfig, running: &GroupConfig) {
     }
 }
 
-/// Groups behind tcp/udp listeners get the kernel's ring slots, in configuration order (the
-/// config has checked that they fit).
-fn l4_slots(config: &Config) -> Vec<(usize, u32)> {
+/// Positions of the groups behind tcp/udp listeners (the config has checked that the kernel
+/// holds them all).
+fn l4_group_positions(config: &Config) -> Vec<usize> {
     let mut groups: Vec<usize> = config
         .listeners
         .iter()
@@ -387,54 +385,52 @@ fn l4_slots(config: &Config) -> Vec<(usize, u32)> {
         .collect();
     groups.sort_unstable();
     groups.dedup();
+    groups.truncate(MAX_L4_GROUPS as usize);
     groups
-        .into_iter()
-        .enumerate()
-        .filter(|(slot, _)| (*slot as u32) < MAX_L4_GROUPS)
-        .map(|(slot, g)| (g, slot as u32))
-        .collect()
 }
 
 /// Addresses of the backends of the groups behind tcp/udp listeners.
 pub fn l4_backends(config: &Config) -> Vec<IpAddr> {
-    let mut out: Vec<IpAddr> = l4_slots(config)
+    let mut out: Vec<IpAddr> = l4_group_positions(config)
         .into_iter()
-        .flat_map(|(g, _)| config.groups[g].backends.iter().map(|b| b.addr.ip()))
+        .flat_map(|g| config.groups[g].backends.iter().map(|b| b.addr.ip()))
         .collect();
     out.sort_unstable();
     out.dedup();
     out
 }
 
-/// One group's backends (address, next hop, health) and ring, into ring slot `slot`.
-fn write_group(
-    dp: &mut Dataplane,
-    g: &GroupRuntime,
-    slot: u32,
-    hops: &NextHops,
-) -> Result<(), String> {
-    let entries: Vec<BackendEntry> = g
-        .config
-        .backends
-        .iter()
-        .enumerate()
-        .map(|(i, b)| BackendEntry {
-            addr: b.addr.ip(),
-            mac: hops.mac(b.addr.ip()),
-            alive: g.balancer.is_healthy(i),
+/// The groups behind tcp/udp listeners as the kernel should hold them: backends (address,
+/// next hop, health) and ring.
+fn l4_groups(config: &Config, groups: &[GroupRuntime], hops: &NextHops) -> Vec<L4Group> {
+    l4_group_positions(config)
+        .into_iter()
+        .map(|g| {
+            let g = &groups[g];
+            L4Group {
+                name: g.config.name.clone(),
+                backends: g
+                    .config
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, b)| {
+                        let entry = BackendEntry {
+                            addr: b.addr.ip(),
+                            mac: hops.mac(b.addr.ip()),
+                            alive: g.balancer.is_healthy(i),
+                        };
+                        (b.addr, entry)
+                    })
+                    .collect(),
+                ring: g.balancer.maglev_table(),
+            }
         })
-        .collect();
-    dp.set_backends(slot, &entries)
-        .map_err(|e| format!("backends: {}", error_chain(&e)))?;
-    if let Some(table) = g.balancer.maglev_table() {
-        dp.set_ring(slot, &table)
-            .map_err(|e| format!("Maglev ring: {}", error_chain(&e)))?;
-    }
-    Ok(())
+        .collect()
 }
 
-/// Everything the XDP program needs for `config`: the L4 groups first (so a listener never
-/// points at a group not written yet), then listeners, ACLs and L4 settings.
+/// Everything the XDP program needs for `config`, as one change (see
+/// [`Dataplane::apply_config`]): the L4 groups, the listeners, their ACLs and L4 settings.
 fn write_dataplane(
     dp: &mut Dataplane,
     config: &Config,
@@ -442,33 +438,28 @@ fn write_dataplane(
     ids: &[u32],
     hops: &NextHops,
 ) -> Result<(), String> {
-    let slots = l4_slots(config);
-    for &(g, slot) in &slots {
-        write_group(dp, &groups[g], slot, hops)
-            .map_err(|e| format!("XDP maps: group {:?}: {e}", groups[g].config.name))?;
-    }
     let rules = listener_rules(config, ids);
-    let l4: L4Listeners = config
+    let positions = l4_group_positions(config);
+    let l4: Vec<L4ListenerSpec> = config
         .listeners
         .iter()
         .zip(ids)
-        .filter(|(l, id)| l.protocol.is_l4() && rules.iter().any(|r| r.id == **id))
-        .filter_map(|(l, id)| {
-            let group = l.groups[0];
-            let slot = slots.iter().find(|(g, _)| *g == group)?.1;
-            let flow_secs =
-                u32::try_from(config.groups[group].flow_idle.as_secs()).unwrap_or(u32::MAX);
-            Some((
-                *id,
-                L4Listener {
-                    group: slot,
-                    flow_secs,
-                    hash_src_port: false,
-                },
-            ))
+        .filter(|(l, id)| {
+            l.protocol.is_l4()
+                && rules.iter().any(|r| r.id == **id)
+                && positions.contains(&l.groups[0])
+        })
+        .map(|(l, id)| {
+            let group = &config.groups[l.groups[0]];
+            L4ListenerSpec {
+                id: *id,
+                group: group.name.clone(),
+                flow_secs: u32::try_from(group.flow_idle.as_secs()).unwrap_or(u32::MAX),
+                hash_src_port: false,
+            }
         })
         .collect();
-    dp.apply_l4(&rules, &l4)
+    dp.apply_config(&rules, &l4, &l4_groups(config, groups, hops))
         .map_err(|e| format!("XDP maps: {}", error_chain(&e)))
 }
 

@@ -1,20 +1,38 @@
-//! Where L4 listeners' frames go: each backend's address and next-hop MAC (`BACKENDS`), and the
-//! prefixes of outer source addresses (`ENCAP`).
+//! Where L4 listeners' frames go: each group's backends (address, next-hop MAC, health) in
+//! `BACKENDS` and its Maglev ring in `MAGLEV`, published together; and the prefixes of outer
+//! source addresses (`ENCAP`).
 //!
-//! A slot's epoch changes whenever the slot is given a different address, so that flows the
-//! kernel remembers for the slot's previous backend (`FLOWS` stores the epoch) are re-picked
-//! rather than sent to whatever now sits in the slot. Epochs come from one counter for every
-//! slot, so an epoch also names its group.
+//! Both maps hold two halves per group. A new state is written whole into the half the program
+//! is not reading, then the group's `MAGLEV_GEN` entry is bumped to the next generation, whose
+//! parity names that half: a packet reads the generation first, then ring and backend entries
+//! of the half it names, so it sees the old state or the new one, never a mix and never an
+//! entry half copied. A half that has just stopped being live is rewritten only after
+//! [`GRACE`], so a packet still reading it finishes first.
+//!
+//! A backend index's epoch changes whenever the index is given a different address, so that
+//! flows the kernel remembers for the index's previous backend (`FLOWS` stores the epoch) are
+//! re-picked rather than sent to whatever now sits there. Epochs come from one counter for
+//! every index, so an epoch also names its group.
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use aya::maps::{Array, MapData};
+use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use lb_common::maglev::{NO_BACKEND, TABLE_SIZE};
 use lb_common::{
-    BackendInfo, EncapConfig, MAP_BACKENDS, MAP_ENCAP, MAX_BACKENDS_PER_GROUP, backend_flags,
-    backend_stats_slot, v4_mapped,
+    BackendCounters, BackendInfo, EncapConfig, MAGLEV_CHUNK, MAGLEV_CHUNKS_PER_RING,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_ENCAP, MAP_MAGLEV, MAP_MAGLEV_GEN, MAX_BACKENDS_PER_GROUP,
+    MAX_L4_GROUPS, MaglevChunk, backend_flags, backend_slot, backend_stats_slot, live_half,
+    maglev_position, next_generation, v4_mapped,
 };
 
-use super::{Dataplane, DataplaneError, maglev::backend_slot, maglev::check_group, map_err};
+use super::maglev::{backend_index, check_group, check_ring};
+use super::{Dataplane, DataplaneError, map_err};
+
+/// How long a half that stopped being live stays untouched. An XDP program run lasts
+/// microseconds; this is the bound on how long one can still be reading the old half.
+pub const GRACE: Duration = Duration::from_millis(10);
 
 /// One backend of a group, as [`Dataplane::set_backends`] takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,17 +46,66 @@ pub struct BackendEntry {
     pub alive: bool,
 }
 
-/// `BACKENDS` as last written, by slot, and the last epoch handed out.
-#[derive(Default)]
-pub(super) struct Written {
-    slots: HashMap<u32, BackendInfo>,
-    epoch: u32,
+/// One half of a group as last written.
+#[derive(Clone, Default)]
+struct Half {
+    /// `BACKENDS` entries by backend index (absent: zero).
+    backends: HashMap<u32, BackendInfo>,
+    /// The ring, None until one is written.
+    ring: Option<Arc<Vec<u32>>>,
+    /// What the backends were made from (index = backend index).
+    entries: Arc<Vec<Option<BackendEntry>>>,
+    /// When it last stopped being live.
+    left_live: Option<Instant>,
 }
 
-impl Written {
-    /// The value for `slot` holding `entry`: the slot's epoch kept while its address is the
-    /// same, a new one otherwise.
-    fn info(&mut self, slot: u32, entry: &BackendEntry) -> BackendInfo {
+#[derive(Clone, Default)]
+struct Group {
+    /// `MAGLEV_GEN` as last written (the array starts zeroed): 0 means no state published.
+    generation: u32,
+    halves: [Half; 2],
+}
+
+impl Group {
+    /// The half a new state goes to.
+    fn next_half(&self) -> usize {
+        live_half(next_generation(self.generation)).unwrap_or(0) as usize
+    }
+
+    /// The half that holds the group's current state: the live one, or before the first
+    /// publication the one being filled.
+    fn current(&self) -> &Half {
+        let half = live_half(self.generation).map_or(self.next_half(), |h| h as usize);
+        &self.halves[half]
+    }
+}
+
+/// The L4 groups' halves as last written, and the epochs handed out.
+pub(super) struct Groups {
+    groups: Vec<Group>,
+    /// By [`backend_stats_slot`]: the address an index holds and its epoch.
+    epochs: HashMap<u32, ([u8; 16], u32)>,
+    last_epoch: u32,
+}
+
+impl Default for Groups {
+    fn default() -> Self {
+        Groups {
+            groups: vec![Group::default(); MAX_L4_GROUPS as usize],
+            epochs: HashMap::new(),
+            last_epoch: 0,
+        }
+    }
+}
+
+impl Groups {
+    pub(super) fn generation(&self, group: u32) -> u32 {
+        self.groups[group as usize].generation
+    }
+
+    /// The value for backend index `slot` (a stats slot) holding `entry`, and whether the index
+    /// changed hands (a new epoch).
+    fn info(&mut self, slot: u32, entry: &BackendEntry) -> (BackendInfo, bool) {
         let (addr, v6) = match entry.addr {
             IpAddr::V4(v4) => (v4_mapped(v4.octets()), false),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
@@ -48,11 +115,12 @@ impl Written {
                 None => (v6.octets(), true),
             },
         };
-        let epoch = match self.slots.get(&slot) {
-            Some(old) if old.addr == addr && old.epoch != 0 => old.epoch,
+        let (epoch, fresh) = match self.epochs.get(&slot) {
+            Some((old, epoch)) if *old == addr => (*epoch, false),
             _ => {
-                self.epoch = self.epoch.checked_add(1).unwrap_or(1);
-                self.epoch
+                self.last_epoch = self.last_epoch.checked_add(1).unwrap_or(1);
+                self.epochs.insert(slot, (addr, self.last_epoch));
+                (self.last_epoch, true)
             }
         };
         let mut flags = 0;
@@ -62,27 +130,93 @@ impl Written {
         if v6 {
             flags |= backend_flags::IPV6;
         }
-        BackendInfo {
+        let info = BackendInfo {
             addr,
             next_hop_mac: entry.mac,
             flags,
             epoch,
-        }
+        };
+        (info, fresh)
     }
 }
 
 impl Dataplane {
-    /// Makes `backends` the backends of `group`: entry `i` is backend `i` of the group's ring.
-    /// Slots past the end of the list are cleared. Only changed slots are written; a slot
-    /// whose address changes gets a new epoch, so flows remembered for it move.
+    /// Makes `backends` the backends of `group`: entry `i` is backend `i` of the group's ring;
+    /// the rest are cleared. Published at once with the group's current ring (if it has one
+    /// yet); a backend whose address changes gets a new epoch, so flows remembered for its
+    /// index move.
     pub fn set_backends(
         &mut self,
         group: u32,
         backends: &[BackendEntry],
     ) -> Result<(), DataplaneError> {
         check_group(group)?;
-        if backends.len() > MAX_BACKENDS_PER_GROUP as usize {
-            return Err(DataplaneError::TooManyBackends(backends.len()));
+        let entries = Arc::new(backends.iter().copied().map(Some).collect());
+        let ring = self.backends.groups[group as usize].current().ring.clone();
+        let next = self.stage_group(group, entries, ring)?;
+        self.publish_group(group, next)
+    }
+
+    /// Makes `table` (a ring from `lb_common::maglev::build_table`: [`TABLE_SIZE`] backend
+    /// indices below [`MAX_BACKENDS_PER_GROUP`], or [`NO_BACKEND`]) the live ring of `group`,
+    /// with the group's current backends. Packets in flight see the old state or the new one,
+    /// never a mix. On an error the live state is unchanged.
+    pub fn set_ring(&mut self, group: u32, table: &[u32]) -> Result<(), DataplaneError> {
+        check_group(group)?;
+        check_ring(table)?;
+        let entries = self.backends.groups[group as usize]
+            .current()
+            .entries
+            .clone();
+        let next = self.stage_group(group, entries, Some(Arc::new(table.to_vec())))?;
+        self.publish_group(group, next)
+    }
+
+    /// Writes a state of `group` into the half the program is not reading: `entries` by backend
+    /// index (None: no backend there) and the ring. Nothing the program reads changes; returns
+    /// the generation that [`Dataplane::publish_group`] makes live.
+    pub(super) fn stage_group(
+        &mut self,
+        group: u32,
+        entries: Arc<Vec<Option<BackendEntry>>>,
+        ring: Option<Arc<Vec<u32>>>,
+    ) -> Result<u32, DataplaneError> {
+        check_group(group)?;
+        if entries.len() > MAX_BACKENDS_PER_GROUP as usize {
+            return Err(DataplaneError::TooManyBackends(entries.len()));
+        }
+        if let Some(ring) = &ring {
+            check_ring(ring)?;
+        }
+        let g = &self.backends.groups[group as usize];
+        let next = next_generation(g.generation);
+        let half = g.next_half();
+        if let Some(left) = g.halves[half].left_live {
+            let since = left.elapsed();
+            if since < GRACE {
+                std::thread::sleep(GRACE - since);
+            }
+        }
+
+        let mut renamed = Vec::new();
+        let mut wanted = Vec::new();
+        for index in 0..MAX_BACKENDS_PER_GROUP {
+            let value = match entries.get(index as usize).copied().flatten() {
+                Some(entry) => {
+                    let (info, fresh) =
+                        self.backends.info(backend_stats_slot(group, index), &entry);
+                    if fresh {
+                        renamed.push(index);
+                    }
+                    info
+                }
+                None => BackendInfo::default(),
+            };
+            wanted.push(value);
+        }
+        // An index given to another backend starts counting from zero.
+        for index in renamed {
+            self.zero_backend_counters(backend_stats_slot(group, index))?;
         }
         let mut map: Array<&mut MapData, BackendInfo> = Array::try_from(
             self.ebpf
@@ -90,36 +224,163 @@ impl Dataplane {
                 .ok_or_else(|| missing(MAP_BACKENDS))?,
         )
         .map_err(map_err(MAP_BACKENDS))?;
-        for index in 0..MAX_BACKENDS_PER_GROUP {
-            let slot = backend_stats_slot(group, index);
-            let value = match backends.get(index as usize) {
-                Some(entry) => self.backends.info(slot, entry),
-                None if self.backends.slots.contains_key(&slot) => BackendInfo::default(),
-                None => continue,
-            };
-            if self.backends.slots.get(&slot) == Some(&value) {
+        let written = &mut self.backends.groups[group as usize].halves[half];
+        for (index, value) in (0u32..).zip(wanted) {
+            let old = written.backends.get(&index).copied().unwrap_or_default();
+            if old == value {
                 continue;
             }
-            map.set(slot, value, 0).map_err(map_err(MAP_BACKENDS))?;
+            map.set(backend_slot(group, half as u32, index), value, 0)
+                .map_err(map_err(MAP_BACKENDS))?;
             if value == BackendInfo::default() {
-                self.backends.slots.remove(&slot);
+                written.backends.remove(&index);
             } else {
-                self.backends.slots.insert(slot, value);
+                written.backends.insert(index, value);
             }
         }
+        written.entries = entries;
+
+        if let Some(ring) = ring {
+            let same = written.ring.as_ref().is_some_and(|r| **r == *ring);
+            if !same {
+                let known = written.ring.take();
+                let mut chunks: Array<&mut MapData, MaglevChunk> = Array::try_from(
+                    self.ebpf
+                        .map_mut(MAP_MAGLEV)
+                        .ok_or_else(|| missing(MAP_MAGLEV))?,
+                )
+                .map_err(map_err(MAP_MAGLEV))?;
+                let (base, _) = maglev_position(group, half as u32, 0);
+                let size = MAGLEV_CHUNK as usize;
+                for (i, entries) in (0..).zip(ring.chunks(size)) {
+                    let unchanged = known.as_ref().is_some_and(|k| {
+                        k.get(i as usize * size..)
+                            .is_some_and(|k| k.starts_with(entries))
+                    });
+                    if unchanged {
+                        continue;
+                    }
+                    // The last chunk runs past the ring's end; those entries are never read.
+                    let mut chunk = MaglevChunk {
+                        backends: [NO_BACKEND; MAGLEV_CHUNK as usize],
+                    };
+                    chunk.backends[..entries.len()].copy_from_slice(entries);
+                    chunks
+                        .set(base + i, chunk, 0)
+                        .map_err(map_err(MAP_MAGLEV))?;
+                }
+                self.backends.groups[group as usize].halves[half].ring = Some(ring);
+            }
+        }
+        Ok(next)
+    }
+
+    /// Makes generation `next` (from [`Dataplane::stage_group`]) the live state of `group`,
+    /// with one 4-byte store. A half without a ring is not published: the group then picks no
+    /// backend until it has one.
+    pub(super) fn publish_group(&mut self, group: u32, next: u32) -> Result<(), DataplaneError> {
+        let g = &self.backends.groups[group as usize];
+        let Some(half) = live_half(next) else {
+            return Ok(());
+        };
+        if g.halves[half as usize].ring.is_none() {
+            return Ok(());
+        }
+        self.set_generation(group, next)
+    }
+
+    /// Writes `MAGLEV_GEN` for `group`: publishes a staged state, or (rolling back) makes the
+    /// previous one live again.
+    pub(super) fn set_generation(
+        &mut self,
+        group: u32,
+        generation: u32,
+    ) -> Result<(), DataplaneError> {
+        let mut generations: Array<&mut MapData, u32> = Array::try_from(
+            self.ebpf
+                .map_mut(MAP_MAGLEV_GEN)
+                .ok_or_else(|| missing(MAP_MAGLEV_GEN))?,
+        )
+        .map_err(map_err(MAP_MAGLEV_GEN))?;
+        generations
+            .set(group, generation, 0)
+            .map_err(map_err(MAP_MAGLEV_GEN))?;
+        let g = &mut self.backends.groups[group as usize];
+        if let Some(old) = live_half(g.generation) {
+            g.halves[old as usize].left_live = Some(Instant::now());
+        }
+        g.generation = generation;
         Ok(())
     }
 
-    /// Backend `backend` of `group` as the kernel reads it from `BACKENDS`.
+    fn zero_backend_counters(&mut self, slot: u32) -> Result<(), DataplaneError> {
+        let mut stats: PerCpuArray<&mut MapData, BackendCounters> = PerCpuArray::try_from(
+            self.ebpf
+                .map_mut(MAP_BACKEND_STATS)
+                .ok_or_else(|| missing(MAP_BACKEND_STATS))?,
+        )
+        .map_err(map_err(MAP_BACKEND_STATS))?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| DataplaneError::Map {
+            map: MAP_BACKEND_STATS,
+            reason: format!("counting CPUs: {e}"),
+        })?;
+        let zero = PerCpuValues::try_from(vec![BackendCounters::default(); cpus]).map_err(|e| {
+            DataplaneError::Map {
+                map: MAP_BACKEND_STATS,
+                reason: e.to_string(),
+            }
+        })?;
+        stats.set(slot, zero, 0).map_err(map_err(MAP_BACKEND_STATS))
+    }
+
+    /// Backend `backend` of `group` as the kernel reads it from the live half of `BACKENDS`
+    /// (before the first publication, the half being filled).
     pub fn backend(&self, group: u32, backend: u32) -> Result<BackendInfo, DataplaneError> {
-        let slot = backend_slot(group, backend)?;
+        backend_index(group, backend)?;
+        let g = &self.backends.groups[group as usize];
+        let half = live_half(g.generation).unwrap_or(g.next_half() as u32);
         let map: Array<&MapData, BackendInfo> = Array::try_from(
             self.ebpf
                 .map(MAP_BACKENDS)
                 .ok_or_else(|| missing(MAP_BACKENDS))?,
         )
         .map_err(map_err(MAP_BACKENDS))?;
-        map.get(&slot, 0).map_err(map_err(MAP_BACKENDS))
+        map.get(&backend_slot(group, half, backend), 0)
+            .map_err(map_err(MAP_BACKENDS))
+    }
+
+    /// The live ring of `group`, read back from the kernel's map.
+    pub fn ring(&self, group: u32) -> Result<Vec<u32>, DataplaneError> {
+        check_group(group)?;
+        let half =
+            live_half(self.backends.generation(group)).ok_or(DataplaneError::NoRing(group))?;
+        let ring: Array<&MapData, MaglevChunk> = Array::try_from(
+            self.ebpf
+                .map(MAP_MAGLEV)
+                .ok_or_else(|| missing(MAP_MAGLEV))?,
+        )
+        .map_err(map_err(MAP_MAGLEV))?;
+        let (base, _) = maglev_position(group, half, 0);
+        let mut out = Vec::with_capacity((MAGLEV_CHUNKS_PER_RING * MAGLEV_CHUNK) as usize);
+        for i in base..base + MAGLEV_CHUNKS_PER_RING {
+            let chunk = ring.get(&i, 0).map_err(map_err(MAP_MAGLEV))?;
+            out.extend_from_slice(&chunk.backends);
+        }
+        out.truncate(TABLE_SIZE as usize);
+        Ok(out)
+    }
+
+    /// The generation of `group`'s live state as the kernel reads it from `MAGLEV_GEN`: 0
+    /// before the first publication, then one more per state published.
+    pub fn ring_generation(&self, group: u32) -> Result<u32, DataplaneError> {
+        check_group(group)?;
+        let generations: Array<&MapData, u32> = Array::try_from(
+            self.ebpf
+                .map(MAP_MAGLEV_GEN)
+                .ok_or_else(|| missing(MAP_MAGLEV_GEN))?,
+        )
+        .map_err(map_err(MAP_MAGLEV_GEN))?;
+        generations.get(&group, 0).map_err(map_err(MAP_MAGLEV_GEN))
     }
 
     /// Sets the prefixes outer source addresses are made in: `v4` is the /16 (first two
@@ -149,7 +410,7 @@ impl Dataplane {
     }
 }
 
-fn missing(map: &'static str) -> DataplaneError {
+pub(super) fn missing(map: &'static str) -> DataplaneError {
     DataplaneError::Map {
         map,
         reason: "missing from the object".into(),
@@ -170,26 +431,27 @@ mod tests {
 
     #[test]
     fn epochs_change_with_the_address_only() {
-        let mut w = Written::default();
-        let a = w.info(3, &entry("10.0.0.1"));
+        let mut w = Groups::default();
+        let (a, fresh) = w.info(3, &entry("10.0.0.1"));
+        assert!(fresh);
         assert_eq!(a.addr, v4_mapped([10, 0, 0, 1]));
         assert_eq!(a.flags, backend_flags::ALIVE);
-        w.slots.insert(3, a);
-        let dead = w.info(
+        let (dead, fresh) = w.info(
             3,
             &BackendEntry {
                 alive: false,
                 ..entry("10.0.0.1")
             },
         );
+        assert!(!fresh);
         assert_eq!((dead.epoch, dead.flags), (a.epoch, 0));
-        let moved = w.info(3, &entry("10.0.0.2"));
-        assert_ne!(moved.epoch, a.epoch);
-        let other_slot = w.info(4, &entry("10.0.0.1"));
+        let (moved, fresh) = w.info(3, &entry("10.0.0.2"));
+        assert!(fresh && moved.epoch != a.epoch);
+        let (other_slot, _) = w.info(4, &entry("10.0.0.1"));
         assert!(other_slot.epoch != a.epoch && other_slot.epoch != moved.epoch);
-        let v6 = w.info(5, &entry("fd00::1"));
+        let (v6, _) = w.info(5, &entry("fd00::1"));
         assert_eq!(v6.flags, backend_flags::ALIVE | backend_flags::IPV6);
-        let mapped = w.info(6, &entry("::ffff:10.0.0.1"));
+        let (mapped, _) = w.info(6, &entry("::ffff:10.0.0.1"));
         assert_eq!((mapped.addr, mapped.flags), (a.addr, backend_flags::ALIVE));
     }
 }

@@ -15,10 +15,12 @@
 //! [`lb_common::DEFAULT_ENCAP_V6`]); [`Dataplane::set_encap_source`] changes them. The backends
 //! need `edgelb decap` (or an ipip/ip6tnl tunnel) and the VIP on an interface, and the path
 //! an MTU 20 (IPv4) or 40 (IPv6) bytes larger than the clients'.
+mod apply;
 mod backends;
 mod maglev;
 mod object;
 pub mod rules;
+mod slots;
 mod test_runner;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,8 +36,10 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-pub use backends::BackendEntry;
+pub use apply::{L4Group, L4ListenerSpec};
+pub use backends::{BackendEntry, GRACE};
 pub use rules::{DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule};
+pub use slots::Slots;
 pub use test_runner::{TestRunner, run_live_frames};
 
 /// The embedded eBPF object (both programs), or None in a build without it.
@@ -105,6 +109,14 @@ pub enum DataplaneError {
     Backend(u32),
     #[error("{0} backends in one group; the XDP program holds {MAX_BACKENDS_PER_GROUP}")]
     TooManyBackends(usize),
+    #[error(
+        "{groups} L4 backend groups next to the {running} running ones: the XDP program holds \
+         {MAX_L4_GROUPS}, and a new group cannot take the slot of a group removed in the same \
+         reload; remove groups in one reload and add them in the next"
+    )]
+    GroupSlots { groups: usize, running: usize },
+    #[error("L4 listener {id} names backend group {group:?}, which is not among the L4 groups")]
+    UnknownGroup { id: u32, group: String },
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
@@ -127,10 +139,12 @@ pub struct Dataplane {
     /// The non-empty `PORTS` slots as last written. The array starts zeroed and nothing else
     /// writes it, so this is its content without reading 131,072 entries back.
     ports: BTreeMap<u32, PortListeners>,
-    /// `MAGLEV_GEN` as last written: which half of each group's ring is live.
-    generations: maglev::Generations,
-    /// `BACKENDS` as last written (absent: zero), and the last epoch handed out.
-    backends: backends::Written,
+    /// Both halves of every L4 group's backends and ring as last written, and which is live.
+    backends: backends::Groups,
+    /// The slots of the L4 groups and backends that [`Dataplane::apply_config`] last wrote.
+    slots: Slots,
+    /// What [`Dataplane::apply_config`] last wrote, to put back if a later one fails.
+    applied: (Vec<ListenerRule>, L4Listeners),
 }
 
 impl Dataplane {
@@ -147,8 +161,9 @@ impl Dataplane {
             ebpf,
             attachments: Vec::new(),
             ports: BTreeMap::new(),
-            generations: Default::default(),
             backends: Default::default(),
+            slots: Slots::default(),
+            applied: Default::default(),
         };
         dp.set_encap_source(DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6)?;
         Ok(dp)
@@ -219,16 +234,7 @@ impl Dataplane {
         rules: &[ListenerRule],
         l4: &L4Listeners,
     ) -> Result<(), DataplaneError> {
-        if let Some(bad) = rules.iter().find(|r| r.id == 0 || r.id > MAX_LISTENERS) {
-            return Err(DataplaneError::ListenerId(bad.id));
-        }
-        for (id, listener) in l4 {
-            maglev::check_group(listener.group)?;
-            if !rules.iter().any(|r| r.id == *id) {
-                return Err(DataplaneError::GroupOfUnknownListener(*id));
-            }
-        }
-        let desired = DesiredMaps::from_rules_l4(rules, l4).map_err(DataplaneError::Protocol)?;
+        let desired = self.check_rules(rules, l4)?;
         // Prefixes first, listeners last: a new whitelist listener must not appear before
         // its allowed prefixes do, or it would drop admitted clients for a moment.
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, true)?;
@@ -266,6 +272,24 @@ impl Dataplane {
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, false)?;
         sync_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, &desired.acl_v6, false)?;
         Ok(())
+    }
+
+    /// What the maps must hold for `rules` and `l4`, or why they cannot.
+    fn check_rules(
+        &self,
+        rules: &[ListenerRule],
+        l4: &L4Listeners,
+    ) -> Result<DesiredMaps, DataplaneError> {
+        if let Some(bad) = rules.iter().find(|r| r.id == 0 || r.id > MAX_LISTENERS) {
+            return Err(DataplaneError::ListenerId(bad.id));
+        }
+        for (id, listener) in l4 {
+            maglev::check_group(listener.group)?;
+            if !rules.iter().any(|r| r.id == *id) {
+                return Err(DataplaneError::GroupOfUnknownListener(*id));
+            }
+        }
+        DesiredMaps::from_rules_l4(rules, l4).map_err(DataplaneError::Protocol)
     }
 
     /// Writes the slots of `desired` that differ from what the array holds (`write`), or
