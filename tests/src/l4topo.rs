@@ -551,8 +551,32 @@ impl L4Topo {
                  iifname \"{b}\" oifname \"{c}\" ip6 saddr {VIP_V6} counter name vip_direct\n"
             );
         }
+        self.nft_counters("l4test", &counters, &rules);
+    }
+
+    /// Installs nftables counters of tunnelled (IPv4-in-IPv4) packets the router forwards to
+    /// each backend, by the inner protocol: `tcp_beN` and `udp_beN` (1-based), read with
+    /// [`L4Topo::counter_in`]`("l4inner", ..)`.
+    pub fn count_tunnelled(&self) {
+        let (mut counters, mut rules) = (String::new(), String::new());
+        for (n, l) in self.backend_links.iter().enumerate() {
+            for (proto, number) in [("tcp", 6), ("udp", 17)] {
+                let name = format!("{proto}_be{}", n + 1);
+                counters += &format!("counter {name} {{}}\n");
+                // The inner protocol is byte 9 of the inner header, after 20 outer bytes.
+                rules += &format!(
+                    "oifname \"{}\" ip protocol 4 @nh,232,8 {number} counter name {name}\n",
+                    l.router_if
+                );
+            }
+        }
+        self.nft_counters("l4inner", &counters, &rules);
+    }
+
+    /// Adds table `table` to the router: `counters`, and `rules` in its forward path.
+    fn nft_counters(&self, table: &str, counters: &str, rules: &str) {
         let ruleset = format!(
-            "table inet l4test {{\n{counters}chain forward {{\n\
+            "table inet {table} {{\n{counters}chain forward {{\n\
              type filter hook forward priority 0; policy accept;\n{rules}}}\n}}\n"
         );
         let mut child = self
@@ -579,10 +603,15 @@ impl L4Topo {
 
     /// Packets counted so far by the router's counter `name` ([`L4Topo::count_vip_traffic`]).
     pub fn counter(&self, name: &str) -> u64 {
+        self.counter_in("l4test", name)
+    }
+
+    /// Packets counted so far by the router's counter `name` in nftables table `table`.
+    pub fn counter_in(&self, table: &str, name: &str) -> u64 {
         let out = self
             .router
             .command("nft")
-            .args(["list", "counter", "inet", "l4test", name])
+            .args(["list", "counter", "inet", table, name])
             .output()
             .expect("nft runs");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -702,17 +731,36 @@ impl L4Topo {
         let socket: UdpSocket = s.into();
         socket.connect(dst)?;
         socket.set_read_timeout(Some(timeout))?;
-        let payload = format!("hello from {src}");
-        socket.send(payload.as_bytes())?;
-        let mut buf = [0u8; 2048];
-        let n = socket.recv(&mut buf)?;
-        let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
-        reply
-            .strip_prefix("backend ")
-            .and_then(|r| r.strip_suffix(&payload))
-            .map(|name| name.trim().to_string())
-            .ok_or_else(|| io::Error::other(format!("unexpected UDP answer {reply:?}")))
+        udp_exchange(&socket, &format!("hello from {src}"))
     }
+
+    /// A UDP socket from client source `src` connected to `dst`: one flow for as long as it
+    /// is kept, for [`udp_exchange`].
+    pub fn udp_flow(&self, src: IpAddr, dst: SocketAddr, timeout: Duration) -> UdpSocket {
+        let flow = || -> io::Result<UdpSocket> {
+            let s = self.client_socket(dst, Type::DGRAM)?;
+            s.bind(&SocketAddr::new(src, 0).into())?;
+            let socket: UdpSocket = s.into();
+            socket.connect(dst)?;
+            socket.set_read_timeout(Some(timeout))?;
+            Ok(socket)
+        };
+        flow().unwrap_or_else(|e| panic!("UDP socket {src} -> {dst}: {e}"))
+    }
+}
+
+/// Sends `payload` on the connected `socket` and returns the name of the backend that echoed
+/// it.
+pub fn udp_exchange(socket: &UdpSocket, payload: &str) -> io::Result<String> {
+    socket.send(payload.as_bytes())?;
+    let mut buf = [0u8; 2048];
+    let n = socket.recv(&mut buf)?;
+    let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
+    reply
+        .strip_prefix("backend ")
+        .and_then(|r| r.strip_suffix(payload))
+        .map(|name| name.trim().to_string())
+        .ok_or_else(|| io::Error::other(format!("unexpected UDP answer {reply:?}")))
 }
 
 impl Default for L4Topo {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use edgelb_tests::daemon::{Daemon, xdp_counter};
 use edgelb_tests::l4topo::{
-    BACKENDS, CLIENT_V6_SOURCES, HttpConn, L4Topo, PORT, backend_addr, client_v4, client_v6,
-    vip_addr,
+    BACKENDS, CLIENT_V6_SOURCES, HttpConn, L4Topo, PORT, backend_addr, backend_name, client_v4,
+    client_v6, vip_addr,
 };
 use edgelb_tests::privilege::root_or_skip;
 
@@ -585,4 +585,216 @@ fn ipv6_backends_get_ipv6_outer_headers() {
     let tcp6_udp6 =
         xdp_counter(&log, "tcp6", "forwarded_l4") + xdp_counter(&log, "udp6", "forwarded_l4");
     assert_eq!(v6_frames, tcp6_udp6, "{log}");
+}
+
+/// The backends (0-based, in file order) and weights of groups `t` (TCP) and `u` (UDP) in
+/// reload `k`: be1 always in `t`, be2 in and out of both, be3 always alone in `u`; orders,
+/// weights and the groups' order in the file change every time.
+fn reload_state(k: usize) -> (Vec<(usize, u32)>, Vec<(usize, u32)>) {
+    let mut t = vec![(0, 1 + (k % 3) as u32)];
+    if k % 3 != 1 {
+        t.push((1, 1 + ((k / 2) % 4) as u32));
+    }
+    if k % 2 == 1 {
+        t.reverse();
+    }
+    let mut u = vec![(2, 1 + (k % 5) as u32)];
+    if k % 4 == 2 {
+        u.insert(k % 2, (1, 2));
+    }
+    (t, u)
+}
+
+fn reload_config(topo: &L4Topo, lb: usize, k: usize) -> PathBuf {
+    let (t, u) = reload_state(k);
+    let group = |name: &str, backends: &[(usize, u32)]| {
+        let list: Vec<String> = backends
+            .iter()
+            .map(|(n, w)| format!("\"{}:{PORT},weight={w}\"", backend_addr(*n, false)))
+            .collect();
+        format!(
+            "\n[[group]]\nname = \"{name}\"\nbackend = [{}]\nalgorithm = \"source-ip-hash\"\n",
+            list.join(", ")
+        )
+    };
+    let mut s = format!(
+        "xdp_iface = [\"{}\"]\nxdp_mode = \"native\"\n",
+        topo.lb_links[lb].far_if
+    );
+    let groups = [group("t", &t), group("u", &u)];
+    s += &groups[k % 2];
+    s += &groups[1 - k % 2];
+    for (name, proto, g) in [("tcp4", "tcp", "t"), ("udp4", "udp", "u")] {
+        s += &format!(
+            "\n[[listener]]\nname = \"{name}\"\nprotocol = \"{proto}\"\nlisten = \"{}\"\n\
+             group = \"{g}\"\n",
+            vip_addr(false)
+        );
+    }
+    topo.logs.write(&format!("lb{}.toml", lb + 1), s)
+}
+
+fn wait_for_log(d: &Daemon, marker: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.log().matches(marker).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{marker:?} not {n} times:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// 100 reloads of both ECMP nodes under traffic, each adding or removing a backend, reordering
+/// and reweighting backends and the groups themselves: the tunnelled packets counted at each
+/// backend's link never carry a protocol whose group named that backend neither before nor
+/// after the reload; long-lived TCP connections on a backend that stays configured and UDP
+/// flows keep their backend throughout; new connections always reach a configured backend.
+#[test]
+fn reloads_under_traffic_keep_flows_and_never_reach_an_unnamed_backend() {
+    if !root_or_skip("reloads_under_traffic_keep_flows_and_never_reach_an_unnamed_backend") {
+        return;
+    }
+    const RELOADS: usize = 100;
+    let topo = L4Topo::new();
+    topo.count_tunnelled();
+    topo.route_vip_via_lbs(&[0, 1]);
+    let lbs: Vec<Daemon> = std::thread::scope(|s| {
+        let started: Vec<_> = (0..2)
+            .map(|lb| {
+                let topo = &topo;
+                s.spawn(move || {
+                    let config = reload_config(topo, lb, 0);
+                    Daemon::start(
+                        Some(&topo.lbs[lb]),
+                        &["--config", &config.to_string_lossy()],
+                        topo.logs.path(),
+                    )
+                })
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|h| h.join().expect("an lb starts"))
+            .collect()
+    });
+
+    struct Long {
+        conn: HttpConn,
+        backend: String,
+        answered: usize,
+        broken: Option<String>,
+    }
+    let sources = sources_v4(24);
+    let mut conns: Vec<Long> = sources
+        .iter()
+        .map(|&src| {
+            let mut conn = topo
+                .tcp_connect(src, vip_addr(false), TIMEOUT)
+                .unwrap_or_else(|e| panic!("connect from {src}: {e}"));
+            let backend = conn.ask().unwrap_or_else(|e| panic!("from {src}: {e}"));
+            Long {
+                conn,
+                backend,
+                answered: 1,
+                broken: None,
+            }
+        })
+        .collect();
+    let on = |name: &str| conns.iter().filter(|c| c.backend == name).count();
+    assert!(
+        on("be1") > 0 && on("be2") > 0,
+        "clients on both TCP backends"
+    );
+    let udp: Vec<std::net::UdpSocket> = sources[..8]
+        .iter()
+        .map(|&src| topo.udp_flow(src, vip_addr(false), TIMEOUT))
+        .collect();
+
+    let counters = |topo: &L4Topo| -> BTreeMap<String, u64> {
+        ["tcp", "udp"]
+            .iter()
+            .flat_map(|p| (1..=BACKENDS).map(move |n| format!("{p}_be{n}")))
+            .map(|name| (name.clone(), topo.counter_in("l4inner", &name)))
+            .collect()
+    };
+    let mut last = counters(&topo);
+    let mut new_conns = 0;
+    for k in 1..=RELOADS {
+        for (lb, d) in lbs.iter().enumerate() {
+            reload_config(&topo, lb, k);
+            d.signal(nix::sys::signal::Signal::SIGHUP);
+        }
+        for d in &lbs {
+            wait_for_log(d, "configuration and certificates reloaded", k);
+        }
+        // Traffic while state k is live.
+        for c in conns.iter_mut().filter(|c| c.broken.is_none()) {
+            match c.conn.ask() {
+                Ok(b) if b == c.backend => c.answered += 1,
+                other => c.broken = Some(format!("reload {k}: {other:?}")),
+            }
+        }
+        for (i, s) in udp.iter().enumerate() {
+            let answer = edgelb_tests::l4topo::udp_exchange(s, &format!("reload {k} flow {i}"));
+            assert_eq!(
+                answer.as_deref().ok(),
+                Some("be3"),
+                "UDP flow {i} at reload {k}"
+            );
+        }
+        let (t, u) = reload_state(k);
+        let (t_before, u_before) = reload_state(k - 1);
+        let src = client_v4(30 + (k % 200) as u8);
+        let b = topo
+            .tcp_backend(src, vip_addr(false), TIMEOUT)
+            .unwrap_or_else(|e| panic!("new connection from {src} at reload {k}: {e}"));
+        assert!(
+            t.iter().any(|(n, _)| backend_name(*n) == b),
+            "new connection at reload {k} reached {b}, not in {t:?}"
+        );
+        new_conns += 1;
+
+        let now = counters(&topo);
+        for n in 0..BACKENDS {
+            for (proto, state, before) in [("tcp", &t, &t_before), ("udp", &u, &u_before)] {
+                let name = format!("{proto}_be{}", n + 1);
+                let named = state.iter().chain(before.iter()).any(|(b, _)| *b == n);
+                assert!(
+                    named || now[&name] == last[&name],
+                    "reload {k}: {} {proto} packets reached be{} (group {proto}: {before:?} -> {state:?})",
+                    now[&name] - last[&name],
+                    n + 1
+                );
+            }
+        }
+        last = now;
+    }
+
+    let broken: Vec<String> = conns
+        .iter()
+        .filter(|c| c.backend == "be1")
+        .filter_map(|c| c.broken.clone())
+        .collect();
+    let on_be2 = conns.iter().filter(|c| c.backend == "be2").count();
+    eprintln!(
+        "{RELOADS} reloads of 2 nodes: {} connections on be1 and {on_be2} on be2 ({} of those \
+         broken, be2 being removed), {} answers, {} UDP flows on be3, {new_conns} new \
+         connections; tunnelled packets per backend: {last:?}",
+        conns.len() - on_be2,
+        conns
+            .iter()
+            .filter(|c| c.backend == "be2" && c.broken.is_some())
+            .count(),
+        conns.iter().map(|c| c.answered).sum::<usize>(),
+        udp.len(),
+    );
+    assert!(broken.is_empty(), "connections on be1 broken: {broken:#?}");
+    assert!(last["tcp_be3"] == 0 && last["udp_be1"] == 0, "{last:?}");
+    for d in lbs {
+        let (status, log) = d.stop();
+        assert!(status.success(), "{status}:\n{log}");
+        assert!(!log.contains("writing L4 groups"), "{log}");
+    }
 }
