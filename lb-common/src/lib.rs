@@ -33,6 +33,7 @@ pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_ENCAP: &str = "ENCAP";
 pub const MAP_FLOWS: &str = "FLOWS";
+pub const MAP_NEW_FLOWS: &str = "NEW_FLOWS";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 
@@ -396,7 +397,17 @@ pub const ENCAP_TTL: u8 = 64;
 
 /// Flows the `FLOWS` LRU hash remembers; the least recently used are forgotten first.
 /// Kernel memory: about 262,144 * (40 + 16 + ~50 bytes of overhead) = 28 MB.
+///
+/// A flow enters `FLOWS` with its second packet; its first is remembered in `NEW_FLOWS`
+/// ([`MAX_NEW_FLOWS`]). A flood of packets from spoofed sources, one each, churns `NEW_FLOWS`
+/// only, so the flows that keep established connections on their backend across ring changes
+/// stay. (A flood that repeats each spoofed 5-tuple does reach `FLOWS`; it costs the attacker
+/// twice the packets, and LRU order still keeps the flows that are busy.)
 pub const MAX_FLOWS: u32 = 262_144;
+/// Flows seen once that the `NEW_FLOWS` LRU hash remembers (7 MB). While a flood churns it, a
+/// real flow's second packet may find its first forgotten: it then follows the ring (the same
+/// backend unless the ring changed in between) and is remembered again.
+pub const MAX_NEW_FLOWS: u32 = 65_536;
 /// A flow's `last_seen_ns` is rewritten only when it is at least this old, so a busy flow costs
 /// one map write per second rather than one per packet.
 pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;

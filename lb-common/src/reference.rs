@@ -25,13 +25,16 @@
 //!    b. With `flow_secs > 0`, a `FLOWS` entry for the 5-tuple (addresses IPv4-mapped) seen
 //!    less than `flow_secs` ago, for a backend slot of this group whose `BACKENDS` entry is
 //!    usable ([`BackendInfo::usable`]) and still has the entry's epoch, names the backend;
-//!    its `last_seen_ns` is refreshed when at least [`FLOW_TOUCH_NS`] old.
+//!    its `last_seen_ns` is refreshed when at least [`FLOW_TOUCH_NS`] old. Else a
+//!    `NEW_FLOWS` entry that passes the same checks names it, and is copied into `FLOWS`
+//!    with the current time (the flow's second packet promotes it).
 //!    c. Otherwise the entry `table_slot(h)` of the group's live ring names it, where `h` is
 //!    `source_hash(src)`, or `client_hash(src, src_port)` with
 //!    [`l4_flags::HASH_SRC_PORT`] (`src` IPv4-mapped for IPv4 and IPv4-mapped IPv6
 //!    sources). No ring, an entry not below [`MAX_BACKENDS_PER_GROUP`], or a backend that
-//!    is not usable: `NoBackend` (dropped). A usable one is remembered in `FLOWS` (when
-//!    `flow_secs > 0`) with its epoch and the current time.
+//!    is not usable: `NoBackend` (dropped). A usable one is remembered (when
+//!    `flow_secs > 0`) with its epoch and the current time: in `FLOWS` if it held the flow
+//!    (for a backend gone since), else in `NEW_FLOWS`.
 //!    d. `ForwardedL4`: the frame counts in the backend's `BACKEND_STATS` slot, and leaves as
 //!    [`encapsulate`] builds it.
 //!
@@ -64,6 +67,8 @@ pub struct Tables {
     pub encap: EncapConfig,
     /// `FLOWS`, updated by [`classify`] as the program updates it.
     pub flows: HashMap<FlowKey, FlowState>,
+    /// `NEW_FLOWS`, likewise.
+    pub new_flows: HashMap<FlowKey, FlowState>,
     /// The clock `FLOWS` times are read against, in nanoseconds (the program's
     /// `bpf_ktime_get_ns`).
     pub now_ns: u64,
@@ -401,25 +406,35 @@ fn forward_to(info: &ListenerInfo, flow: &FlowKey, tables: &mut Tables) -> Resul
     let group = info.l4_group;
     let now = tables.now_ns;
     let backend_at = |slot: u32| tables.backends.get(&slot).copied().unwrap_or_default();
-    if info.flow_secs != 0
-        && let Some(f) = tables.flows.get(flow).copied()
-    {
+    let valid = |f: &FlowState| {
         let b = backend_at(f.backend_slot);
-        let age = now.wrapping_sub(f.last_seen_ns);
-        if age < u64::from(info.flow_secs) * 1_000_000_000
+        now.wrapping_sub(f.last_seen_ns) < u64::from(info.flow_secs) * 1_000_000_000
             && f.backend_slot / MAX_BACKENDS_PER_GROUP == group
             && b.usable()
             && b.epoch == f.epoch
+    };
+    let known = tables.flows.contains_key(flow);
+    if info.flow_secs != 0 {
+        if let Some(f) = tables.flows.get(flow).copied()
+            && valid(&f)
         {
-            if age >= FLOW_TOUCH_NS {
-                tables.flows.insert(
-                    *flow,
-                    FlowState {
-                        last_seen_ns: now,
-                        ..f
-                    },
-                );
+            if now.wrapping_sub(f.last_seen_ns) >= FLOW_TOUCH_NS {
+                let touched = FlowState {
+                    last_seen_ns: now,
+                    ..f
+                };
+                tables.flows.insert(*flow, touched);
             }
+            return Ok(f.backend_slot);
+        }
+        if let Some(f) = tables.new_flows.get(flow).copied()
+            && valid(&f)
+        {
+            let promoted = FlowState {
+                last_seen_ns: now,
+                ..f
+            };
+            tables.flows.insert(*flow, promoted);
             return Ok(f.backend_slot);
         }
     }
@@ -439,7 +454,12 @@ fn forward_to(info: &ListenerInfo, flow: &FlowKey, tables: &mut Tables) -> Resul
         return Err(Outcome::NoBackend);
     }
     if info.flow_secs != 0 {
-        tables.flows.insert(
+        let table = if known {
+            &mut tables.flows
+        } else {
+            &mut tables.new_flows
+        };
+        table.insert(
             *flow,
             FlowState {
                 backend_slot: slot,
@@ -618,6 +638,13 @@ mod tests {
         let frame = tcp_v4([1, 2, 3, 4], [10, 0, 0, 1], 443);
         let backend = |t: &mut Tables| classify(&frame, t).backend.map(|p| p.backend);
         assert_eq!(backend(&mut t), Some(0));
+        assert!(
+            t.flows.is_empty() && t.new_flows.len() == 1,
+            "a first packet"
+        );
+        assert_eq!(backend(&mut t), Some(0));
+        assert_eq!(t.flows.len(), 1, "the second packet promotes the flow");
+        t.new_flows.clear();
         t.rings.insert(0, to(1));
         t.now_ns = 9_999_999_999;
         assert_eq!(backend(&mut t), Some(0), "a ring change keeps the flow");

@@ -7,7 +7,7 @@ use lb_common::{
     backend_slot, backend_stats_slot, l4_flags, live_half, maglev, maglev_position,
 };
 
-use crate::{BACKEND_STATS, BACKENDS, FLOWS, MAGLEV, MAGLEV_GEN, encap};
+use crate::{BACKEND_STATS, BACKENDS, FLOWS, MAGLEV, MAGLEV_GEN, NEW_FLOWS, encap};
 
 /// Sends the frame of `flow` (admitted by `info`, an L4 listener, untagged) to its backend.
 #[inline(always)]
@@ -49,31 +49,37 @@ fn choose(info: &ListenerInfo, flow: &FlowKey) -> Option<(u32, BackendInfo)> {
     } else {
         0
     };
-    if info.flow_secs != 0
-        && let Some(state) = FLOWS.get_ptr_mut(flow)
-    {
-        // SAFETY: the value lives as long as the program runs; a concurrent update on another
-        // CPU can at worst give a torn value, which the checks below then reject or accept as
-        // a valid backend of this group.
-        let seen = unsafe { *state };
-        let age = now.wrapping_sub(seen.last_seen_ns);
-        if age < u64::from(info.flow_secs) * 1_000_000_000
-            && seen.backend_slot / MAX_BACKENDS_PER_GROUP == group
-            && let Some(b) = BACKENDS.get(backend_slot(
-                group,
-                half,
-                seen.backend_slot % MAX_BACKENDS_PER_GROUP,
-            ))
-            && b.epoch == seen.epoch
-            && b.usable()
-        {
-            // Refreshing once a second is enough for an idle timeout counted in seconds, and
-            // spares the cache line a write per packet.
-            if age >= FLOW_TOUCH_NS {
-                // SAFETY: as above; an 8-byte aligned store.
-                unsafe { (*state).last_seen_ns = now };
+    // A flow `FLOWS` knows but whose backend is gone stays there with the new pick.
+    let mut known = false;
+    if info.flow_secs != 0 {
+        if let Some(state) = FLOWS.get_ptr_mut(flow) {
+            known = true;
+            if let Some(b) = remembered(info, state, half, now) {
+                // SAFETY: as in `remembered`.
+                let seen = unsafe { *state };
+                // Refreshing once a second is enough for an idle timeout counted in seconds, and
+                // spares the cache line a write per packet.
+                if now.wrapping_sub(seen.last_seen_ns) >= FLOW_TOUCH_NS {
+                    // SAFETY: an 8-byte aligned store into a value that lives as long as the run.
+                    unsafe { (*state).last_seen_ns = now };
+                }
+                return Some((seen.backend_slot, b));
             }
-            return Some((seen.backend_slot, *b));
+        }
+        // A flow's second packet: it is a flow, not a lone (perhaps spoofed) packet, and moves
+        // to the table that floods of first packets never reach.
+        if let Some(state) = NEW_FLOWS.get_ptr_mut(flow)
+            && let Some(b) = remembered(info, state, half, now)
+        {
+            // SAFETY: as in `remembered`.
+            let seen = unsafe { *state };
+            let promoted = FlowState {
+                last_seen_ns: now,
+                ..seen
+            };
+            // A failed insert only means the next packet tries again.
+            let _ = FLOWS.insert(flow, promoted, 0);
+            return Some((seen.backend_slot, b));
         }
     }
     let hash = if info.l4_flags & l4_flags::HASH_SRC_PORT != 0 {
@@ -102,7 +108,36 @@ fn choose(info: &ListenerInfo, flow: &FlowKey) -> Option<(u32, BackendInfo)> {
         };
         // A full table evicts its least recently used flow; a failed insert only means this
         // flow follows the ring next time.
-        let _ = FLOWS.insert(flow, state, 0);
+        let _ = if known {
+            FLOWS.insert(flow, state, 0)
+        } else {
+            NEW_FLOWS.insert(flow, state, 0)
+        };
     }
     Some((slot, b))
+}
+
+/// The backend entry a remembered flow still goes to: seen less than the listener's idle time
+/// ago, for a backend of this group whose index still holds the backend it was sent to
+/// (same epoch) and that is usable.
+#[inline(always)]
+fn remembered(
+    info: &ListenerInfo,
+    state: *mut FlowState,
+    half: u32,
+    now: u64,
+) -> Option<BackendInfo> {
+    // SAFETY: the value lives as long as the program runs; a concurrent update on another CPU
+    // can at worst give a torn value, which the checks below then reject or accept as a valid
+    // backend of this group.
+    let seen = unsafe { *state };
+    let age = now.wrapping_sub(seen.last_seen_ns);
+    if age >= u64::from(info.flow_secs) * 1_000_000_000
+        || seen.backend_slot / MAX_BACKENDS_PER_GROUP != info.l4_group
+    {
+        return None;
+    }
+    let index = seen.backend_slot % MAX_BACKENDS_PER_GROUP;
+    let b = *BACKENDS.get(backend_slot(info.l4_group, half, index))?;
+    (b.epoch == seen.epoch && b.usable()).then_some(b)
 }

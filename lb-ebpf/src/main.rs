@@ -20,7 +20,7 @@ use lb_common::{
     BackendInfo, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EncapConfig, FlowKey,
     FlowState, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP,
     IPV6_ROUTING, ListenerInfo, ListenerKey, MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_FLOWS,
-    MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_LISTENERS, MAX_VLAN_TAGS, MaglevChunk,
+    MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_LISTENERS, MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk,
     NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS, PortListeners, STATS_SLOTS, acl, port_slot,
     v4_mapped,
 };
@@ -60,9 +60,15 @@ static BACKENDS: Array<BackendInfo> = Array::with_max_entries(BACKENDS_SLOTS, 0)
 #[map(name = "ENCAP")]
 static ENCAP: Array<EncapConfig> = Array::with_max_entries(1, 0);
 
-/// The backend of each recent flow of L4 listeners with a flow table.
+/// The backend of each recent flow of L4 listeners with a flow table that has sent more than
+/// one packet.
 #[map(name = "FLOWS")]
 static FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+
+/// The backend of each flow seen once: where first packets are remembered, so that a flood of
+/// them (spoofed sources) evicts only other first packets, never `FLOWS`.
+#[map(name = "NEW_FLOWS")]
+static NEW_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_NEW_FLOWS, 0);
 
 #[xdp]
 pub fn edgelb_xdp(ctx: XdpContext) -> u32 {

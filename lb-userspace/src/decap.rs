@@ -12,7 +12,7 @@ use aya::{Ebpf, EbpfLoader};
 use lb_common::{
     DECAP_PROGRAM_NAME, DecapCounters, DecapOutcome, MAP_ACL_V4, MAP_ACL_V6, MAP_BACKEND_STATS,
     MAP_BACKENDS, MAP_DECAP_STATS, MAP_DECAP_VIPS, MAP_FLOWS, MAP_LISTENERS, MAP_MAGLEV,
-    MAP_MAGLEV_GEN, MAP_PORTS, MAP_STATS, v4_mapped,
+    MAP_MAGLEV_GEN, MAP_NEW_FLOWS, MAP_PORTS, MAP_STATS, v4_mapped,
 };
 use tracing::{info, warn};
 
@@ -49,6 +49,7 @@ impl Decap {
             MAP_BACKEND_STATS,
             MAP_BACKENDS,
             MAP_FLOWS,
+            MAP_NEW_FLOWS,
         ] {
             loader.map_max_entries(map, 1);
         }

@@ -587,10 +587,13 @@ fn ipv6_backends_get_ipv6_outer_headers() {
     assert_eq!(v6_frames, tcp6_udp6, "{log}");
 }
 
+/// Backends (0-based) with their weights, in file order.
+type Weighted = Vec<(usize, u32)>;
+
 /// The backends (0-based, in file order) and weights of groups `t` (TCP) and `u` (UDP) in
 /// reload `k`: be1 always in `t`, be2 in and out of both, be3 always alone in `u`; orders,
 /// weights and the groups' order in the file change every time.
-fn reload_state(k: usize) -> (Vec<(usize, u32)>, Vec<(usize, u32)>) {
+fn reload_state(k: usize) -> (Weighted, Weighted) {
     let mut t = vec![(0, 1 + (k % 3) as u32)];
     if k % 3 != 1 {
         t.push((1, 1 + ((k / 2) % 4) as u32));

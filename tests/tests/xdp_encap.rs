@@ -575,3 +575,71 @@ fn decap_passes_everything_else_untouched_and_counts_why() {
         );
     }
 }
+
+/// A million first packets from random (spoofed) sources, then the ring changes as when a
+/// backend is added: every flow that had sent two packets before the flood keeps its backend.
+/// The flood only churns `NEW_FLOWS`; with one table it would have evicted all of them.
+#[test]
+fn a_flood_of_spoofed_first_packets_leaves_established_flows_on_their_backend() {
+    if !root_or_skip("a_flood_of_spoofed_first_packets_leaves_established_flows_on_their_backend") {
+        return;
+    }
+    const FLOOD: u32 = 1_000_000;
+    let mut fx = Fixture::load();
+    setup(
+        &mut fx,
+        L4Listener {
+            group: GROUP,
+            flow_secs: 600,
+            hash_src_port: false,
+        },
+    );
+    fx.set_ring(GROUP, ring_of(0));
+    let established: Vec<Frame> = (0..200u32)
+        .map(|i| {
+            Frame::tcp(
+                &format!("10.2.{}.{}", i / 200, i % 200 + 1),
+                "10.0.0.1",
+                443,
+            )
+        })
+        .collect();
+    for f in &established {
+        for _ in 0..2 {
+            assert_eq!(sent_to(&mut fx, f), Some(ip("10.9.0.1")));
+        }
+    }
+
+    let before = fx.counters(1).packets_of(Outcome::ForwardedL4);
+    let mut frame = Frame::tcp("10.2.0.1", "10.0.0.1", 443).bytes();
+    let mut x: u32 = 0x9e37_79b9;
+    for _ in 0..FLOOD {
+        // xorshift32: sources all over the IPv4 space, none of them the established ones'.
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        frame[26..30].copy_from_slice(&(x | 0x8000_0000).to_be_bytes());
+        let verdict = fx.dp.test_run(&frame).expect("BPF_PROG_TEST_RUN");
+        assert_eq!(verdict, XDP_TX);
+    }
+    let flooded = fx.counters(1).packets_of(Outcome::ForwardedL4) - before;
+    assert_eq!(flooded, u64::from(FLOOD));
+
+    fx.set_ring(GROUP, ring_of(4));
+    let moved: Vec<String> = established
+        .iter()
+        .filter(|f| sent_to(&mut fx, f) != Some(ip("10.9.0.1")))
+        .map(|f| f.src.to_string())
+        .collect();
+    assert!(
+        moved.is_empty(),
+        "{} of {} established flows lost their backend after the flood: {moved:?}",
+        moved.len(),
+        established.len()
+    );
+    assert_eq!(
+        sent_to(&mut fx, &Frame::tcp("10.2.9.9", "10.0.0.1", 443)),
+        Some(ip("10.9.0.5")),
+        "a new flow follows the new ring"
+    );
+}
