@@ -110,8 +110,12 @@ fn backends_keep_their_slots_and_a_failed_change_leaves_the_kernel_as_it_was() {
     let kept_3 = index(&dp, "10.3.3.2:8080");
     let gone = index(&dp, "10.3.2.2:8080");
     let second = group("web", &["10.3.4.2:8080", "10.3.3.2:8080", "10.3.1.2:8080"]);
-    dp.apply_config(&rules(Vec::new()), &[listener("web", 0)], &[second.clone()])
-        .expect("second configuration");
+    dp.apply_config(
+        &rules(Vec::new()),
+        &[listener("web", 0)],
+        std::slice::from_ref(&second),
+    )
+    .expect("second configuration");
     assert_eq!(dp.slots().group("web"), Some(slot));
     assert_eq!(index(&dp, "10.3.1.2:8080"), kept_1);
     assert_eq!(index(&dp, "10.3.3.2:8080"), kept_3);
@@ -136,7 +140,11 @@ fn backends_keep_their_slots_and_a_failed_change_leaves_the_kernel_as_it_was() {
         .collect();
     let third = group("web", &["10.3.5.2:8080"]);
     let err = dp
-        .apply_config(&rules(too_many), &[listener("web", 30)], &[third.clone()])
+        .apply_config(
+            &rules(too_many),
+            &[listener("web", 30)],
+            std::slice::from_ref(&third),
+        )
         .expect_err("the ACL trie cannot hold the third configuration");
     assert!(err.to_string().contains("ACL_V4"), "{err}");
     assert_eq!(dp.ring_generation(slot).expect("generation"), generation);
