@@ -34,6 +34,7 @@ pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_ENCAP: &str = "ENCAP";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_NEW_FLOWS: &str = "NEW_FLOWS";
+pub const MAP_FRAGS: &str = "FRAGS";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 
@@ -438,6 +439,32 @@ pub struct FlowState {
     pub last_seen_ns: u64,
 }
 
+/// Fragmented datagrams of L4 listeners whose ports the `FRAGS` LRU hash remembers (1 MB).
+pub const MAX_FRAGS: u32 = 16_384;
+
+/// Key of the `FRAGS` LRU hash: one fragmented datagram, as its fragments all name it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct FragKey {
+    /// Addresses as in [`FlowKey`] (IPv4-mapped for IPv4).
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// The IP identification: 16 bits for IPv4, the fragment header's 32 for IPv6.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `FRAGS` LRU hash: the ports the first fragment of a datagram carried, which
+/// the later fragments (no transport header) are classified and forwarded with, so that all
+/// fragments of a datagram reach the same backend. Ports in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct FragPorts {
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
 /// Entries of the `DECAP_VIPS` hash (IPv4-mapped addresses; the value is unused).
 pub const MAX_DECAP_VIPS: u32 = 1024;
 
@@ -523,7 +550,8 @@ pub enum Outcome {
     /// Truncated or malformed headers, too many VLAN tags or IPv6 extension headers: `XDP_PASS`,
     /// so that the kernel (and the daemon's own check on accept) decide.
     Unparsable = 3,
-    /// A non-first IP fragment, which carries no ports: `XDP_PASS`.
+    /// A non-first IP fragment, which carries no ports, of a datagram whose first fragment
+    /// no L4 listener forwarded (so `FRAGS` has no ports for it): `XDP_PASS`.
     Fragment = 4,
     /// Admitted by an L4 listener and sent IP-in-IP to a backend of its group: `XDP_TX`.
     ForwardedL4 = 5,
@@ -624,6 +652,8 @@ mod pod {
     unsafe impl aya::Pod for super::EncapConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowState {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::DecapCounters {}
 }
 
@@ -643,6 +673,8 @@ mod tests {
         assert_eq!(size_of::<EncapConfig>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
         assert_eq!(size_of::<FlowState>(), 16);
+        assert_eq!(size_of::<FragKey>(), 40);
+        assert_eq!(size_of::<FragPorts>(), 4);
         assert_eq!(size_of::<DecapCounters>(), 8 * 2 * DECAP_OUTCOMES);
         assert_eq!(port_slot(443, IPPROTO_TCP), Some(886));
         assert_eq!(port_slot(65535, IPPROTO_UDP), Some(PORT_SLOTS - 1));

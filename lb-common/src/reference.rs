@@ -6,13 +6,16 @@
 //! 1. Ethernet header (14 bytes) or `Unparsable`.
 //! 2. Up to [`MAX_VLAN_TAGS`] 802.1Q/802.1ad tags (4 bytes each) or `Unparsable`; a further tag
 //!    is `Unparsable`. An ethertype other than IPv4/IPv6 is `NotOurs`.
-//! 3. IPv4: 20 bytes, version 4, IHL >= 5, else `Unparsable`. A non-zero fragment offset is
-//!    `Fragment`. A protocol other than TCP/UDP is `NotOurs`. The destination port (bytes 2..4
-//!    of the L4 header, found through the IHL) must be present, else `Unparsable`.
+//! 3. IPv4: 20 bytes, version 4, IHL >= 5, else `Unparsable`. A non-zero fragment offset
+//!    (a later fragment) takes its ports from the `FRAGS` entry of (source, destination, id,
+//!    protocol) when the protocol is TCP/UDP and there is one, else it is `Fragment`.
+//!    Otherwise a protocol other than TCP/UDP is `NotOurs`, and the ports (bytes 0..4 of the
+//!    L4 header, found through the IHL) must be present, else `Unparsable`.
 //! 4. IPv6: 40 bytes and version 6, else `Unparsable`. Extension headers (hop-by-hop, routing,
 //!    destination options, AH, fragment) are walked, at most [`MAX_IPV6_EXT_HEADERS`]; a
 //!    truncated one, or one more than the bound, is `Unparsable`; a fragment header with a
-//!    non-zero offset is `Fragment`. Then as IPv4 from the protocol on.
+//!    non-zero offset ends the walk (a later fragment: its next header is the protocol, its
+//!    32-bit id the datagram's). Then as IPv4 from the protocol on.
 //! 5. Listener lookup: exact address, the family wildcard ([`ANY_V4`] or [`ANY`]), and for IPv4
 //!    also [`ANY`]. A destination that is itself a wildcard address (`::`, `::ffff:0.0.0.0`)
 //!    matches wildcard listeners only. No listener: `NotOurs`.
@@ -21,7 +24,9 @@
 //!    value passes.
 //! 7. An admitted frame of a listener whose `l4_group` is below [`MAX_L4_GROUPS`] (an L4
 //!    listener) is forwarded, never `Passed`:
-//!    a. VLAN-tagged: `VlanL4` (passed untouched).
+//!    a. VLAN-tagged: `VlanL4` (passed untouched). Else a first fragment (more-fragments
+//!    set, offset 0) records its ports in `FRAGS`, so that the later fragments of its
+//!    datagram follow it.
 //!    b. With `flow_secs > 0`, a `FLOWS` entry for the 5-tuple (addresses IPv4-mapped) seen
 //!    less than `flow_secs` ago, for a backend slot of this group whose `BACKENDS` entry is
 //!    usable ([`BackendInfo::usable`]) and still has the entry's epoch, names the backend;
@@ -69,6 +74,8 @@ pub struct Tables {
     pub flows: HashMap<FlowKey, FlowState>,
     /// `NEW_FLOWS`, likewise.
     pub new_flows: HashMap<FlowKey, FlowState>,
+    /// `FRAGS`, likewise.
+    pub frags: HashMap<FragKey, FragPorts>,
     /// The clock `FLOWS` times are read against, in nanoseconds (the program's
     /// `bpf_ktime_get_ns`).
     pub now_ns: u64,
@@ -204,9 +211,16 @@ pub fn ipv4_checksum(header: &[u8]) -> u16 {
     !(sum as u16)
 }
 
+#[derive(Clone, Copy)]
 enum Src {
     V4([u8; 4]),
     V6([u8; 16]),
+}
+
+enum Frag {
+    Whole,
+    First(u32),
+    Later(u32),
 }
 
 /// The decision for `frame` (updating `tables.flows` as the program updates `FLOWS`).
@@ -246,15 +260,21 @@ fn classify_inner(
         return Err(unparsable);
     }
 
-    let (src, dst, proto, l4) = match ethertype {
+    let (src, dst, proto, l4, frag) = match ethertype {
         ETH_P_IPV4 => {
             let ip: [u8; 20] = bytes(frame, off)?;
             if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
                 return Err(unparsable);
             }
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
-                return Err(fragment);
-            }
+            let id = u32::from(u16::from_be_bytes([ip[4], ip[5]]));
+            let flags = u16::from_be_bytes([ip[6], ip[7]]);
+            let frag = if flags & 0x1fff != 0 {
+                Frag::Later(id)
+            } else if flags & 0x2000 != 0 {
+                Frag::First(id)
+            } else {
+                Frag::Whole
+            };
             let src = [ip[12], ip[13], ip[14], ip[15]];
             let dst = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
             (
@@ -262,6 +282,7 @@ fn classify_inner(
                 dst,
                 ip[9],
                 off + usize::from(ip[0] & 0x0f) * 4,
+                frag,
             )
         }
         ETH_P_IPV6 => {
@@ -271,6 +292,7 @@ fn classify_inner(
             }
             let mut next = ip[6];
             let mut l4 = off + 40;
+            let mut frag = Frag::Whole;
             for _ in 0..MAX_IPV6_EXT_HEADERS {
                 match next {
                     IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
@@ -285,19 +307,26 @@ fn classify_inner(
                     }
                     IPV6_FRAGMENT => {
                         let h: [u8; 8] = bytes(frame, l4)?;
-                        if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                            return Err(fragment);
-                        }
+                        let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                         next = h[0];
                         l4 += 8;
+                        if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                            frag = Frag::Later(id);
+                            break;
+                        }
+                        if h[3] & 1 != 0 {
+                            frag = Frag::First(id);
+                        }
                     }
                     _ => break,
                 }
             }
-            if matches!(
-                next,
-                IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT
-            ) {
+            if !matches!(frag, Frag::Later(_))
+                && matches!(
+                    next,
+                    IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT
+                )
+            {
                 return Err(unparsable);
             }
             let mut src = [0u8; 16];
@@ -308,16 +337,39 @@ fn classify_inner(
                 Some(v4) => Src::V4(v4),
                 None => Src::V6(src),
             };
-            (src, dst, next, l4)
+            (src, dst, next, l4, frag)
         }
         _ => return Err(not_ours),
     };
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Err(not_ours);
-    }
-    let ports: [u8; 4] = bytes(frame, l4)?;
-    let port = u16::from_be_bytes([ports[2], ports[3]]);
-    let src_port = u16::from_be_bytes([ports[0], ports[1]]);
+    let frag_key = |id: u32| FragKey {
+        src: match src {
+            Src::V4(a) => v4_mapped(a),
+            Src::V6(a) => a,
+        },
+        dst,
+        id,
+        proto,
+        _pad: [0; 3],
+    };
+    let (src_port, port) = match frag {
+        Frag::Later(id) => {
+            if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+                return Err(fragment);
+            }
+            let ports = tables.frags.get(&frag_key(id)).ok_or(fragment)?;
+            (ports.src_port, ports.dst_port)
+        }
+        Frag::Whole | Frag::First(_) => {
+            if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+                return Err(not_ours);
+            }
+            let ports: [u8; 4] = bytes(frame, l4)?;
+            (
+                u16::from_be_bytes([ports[0], ports[1]]),
+                u16::from_be_bytes([ports[2], ports[3]]),
+            )
+        }
+    };
 
     let is_v4 = ethertype == ETH_P_IPV4;
     let family_any = if is_v4 { ANY_V4 } else { ANY };
@@ -361,6 +413,15 @@ fn classify_inner(
         Src::V4(a) => v4_mapped(a),
         Src::V6(a) => a,
     };
+    if off == 14
+        && let Frag::First(id) = frag
+    {
+        let ports = FragPorts {
+            src_port,
+            dst_port: port,
+        };
+        tables.frags.insert(frag_key(id), ports);
+    }
     let flow = FlowKey {
         src: client,
         dst,

@@ -18,11 +18,11 @@ use aya_ebpf::{
 use lb_common::{
     ACL_LISTENER_ID_BITS, AclV4, AclV6, BACKEND_STATS_SLOTS, BACKENDS_SLOTS, BackendCounters,
     BackendInfo, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EncapConfig, FlowKey,
-    FlowState, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP,
-    IPV6_ROUTING, ListenerInfo, ListenerKey, MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_FLOWS,
-    MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_LISTENERS, MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk,
-    NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS, PortListeners, STATS_SLOTS, acl, port_slot,
-    v4_mapped,
+    FlowState, FragKey, FragPorts, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS,
+    IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, ListenerInfo, ListenerKey, MAGLEV_ENTRIES,
+    MAX_ACL_ENTRIES, MAX_FLOWS, MAX_FRAGS, MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_LISTENERS,
+    MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk, NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS,
+    PortListeners, STATS_SLOTS, acl, port_slot, v4_mapped,
 };
 
 #[map(name = "LISTENERS")]
@@ -59,6 +59,10 @@ static BACKENDS: Array<BackendInfo> = Array::with_max_entries(BACKENDS_SLOTS, 0)
 /// One entry: the prefixes of outer source addresses.
 #[map(name = "ENCAP")]
 static ENCAP: Array<EncapConfig> = Array::with_max_entries(1, 0);
+
+/// The ports of fragmented datagrams whose first fragment an L4 listener admitted.
+#[map(name = "FRAGS")]
+static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::with_max_entries(MAX_FRAGS, 0);
 
 /// The backend of each recent flow of L4 listeners with a flow table that has sent more than
 /// one packet.
@@ -125,6 +129,46 @@ enum Src {
     V6([u8; 16]),
 }
 
+/// Where a packet stands in its datagram.
+enum Frag {
+    /// Not fragmented.
+    Whole,
+    /// The first fragment (it carries the transport header), with the datagram's id.
+    First(u32),
+    /// A later fragment (no transport header), with the datagram's id.
+    Later(u32),
+}
+
+/// An IP header parsed down to the transport header.
+struct Parsed {
+    src: Src,
+    dst: [u8; 16],
+    proto: u8,
+    /// Offset of the transport header (meaningless for [`Frag::Later`]).
+    l4: usize,
+    is_v4: bool,
+    frag: Frag,
+}
+
+impl Parsed {
+    fn src_mapped(&self) -> [u8; 16] {
+        match self.src {
+            Src::V4(addr) => v4_mapped(addr),
+            Src::V6(addr) => addr,
+        }
+    }
+
+    fn frag_key(&self, id: u32) -> FragKey {
+        FragKey {
+            src: self.src_mapped(),
+            dst: self.dst,
+            id,
+            proto: self.proto,
+            _pad: [0; 3],
+        }
+    }
+}
+
 #[inline(always)]
 fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
     let eth = bytes::<14>(ctx, 0)?;
@@ -138,21 +182,38 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
         ethertype = u16::from_be_bytes([tag[2], tag[3]]);
         off += 4;
     }
-    let (src, dst, proto, l4, is_v4) = match ethertype {
+    let p = match ethertype {
         ETH_P_IPV4 => parse_ipv4(ctx, off)?,
         ETH_P_IPV6 => parse_ipv6(ctx, off)?,
         ETH_P_8021Q | ETH_P_8021AD => return Err(Outcome::Unparsable),
         _ => return Err(Outcome::NotOurs),
     };
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Err(Outcome::NotOurs);
-    }
-    let ports = bytes::<4>(ctx, l4)?;
-    let port = u16::from_be_bytes([ports[2], ports[3]]);
-    let src_port = u16::from_be_bytes([ports[0], ports[1]]);
+    let (proto, dst, is_v4) = (p.proto, p.dst, p.is_v4);
+    let (src_port, port) = match p.frag {
+        // Only a datagram an L4 listener forwarded has its ports remembered; any other later
+        // fragment goes to the stack, which reassembles it.
+        Frag::Later(id) => {
+            if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+                return Err(Outcome::Fragment);
+            }
+            // SAFETY: map values are plain integers, copied out at once.
+            let ports = unsafe { FRAGS.get(&p.frag_key(id)) }.ok_or(Outcome::Fragment)?;
+            (ports.src_port, ports.dst_port)
+        }
+        Frag::Whole | Frag::First(_) => {
+            if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+                return Err(Outcome::NotOurs);
+            }
+            let ports = bytes::<4>(ctx, p.l4)?;
+            (
+                u16::from_be_bytes([ports[0], ports[1]]),
+                u16::from_be_bytes([ports[2], ports[3]]),
+            )
+        }
+    };
 
     let info = find_listener(dst, port, proto, is_v4).ok_or(Outcome::NotOurs)?;
-    let listed = match src {
+    let listed = match p.src {
         Src::V4(addr) => {
             let data = AclV4 {
                 listener_id: info.id.to_be_bytes(),
@@ -184,11 +245,17 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
     if off != 14 {
         return Ok((info.id, Outcome::VlanL4));
     }
+    if let Frag::First(id) = p.frag {
+        let ports = FragPorts {
+            src_port,
+            dst_port: port,
+        };
+        // A full table forgets the oldest datagram; a failed insert leaves this one's later
+        // fragments to the stack.
+        let _ = FRAGS.insert(&p.frag_key(id), &ports, 0);
+    }
     let flow = FlowKey {
-        src: match src {
-            Src::V4(addr) => v4_mapped(addr),
-            Src::V6(addr) => addr,
-        },
+        src: p.src_mapped(),
         dst,
         src_port,
         dst_port: port,
@@ -217,21 +284,29 @@ fn find_listener(dst: [u8; 16], port: u16, proto: u8, is_v4: bool) -> Option<Lis
     None
 }
 
-type Parsed = (Src, [u8; 16], u8, usize, bool);
-
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, off: usize) -> Result<Parsed, Outcome> {
     let ip = bytes::<20>(ctx, off)?;
     if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
         return Err(Outcome::Unparsable);
     }
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
-        return Err(Outcome::Fragment);
-    }
-    let src = [ip[12], ip[13], ip[14], ip[15]];
-    let dst = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
-    let l4 = off + (ip[0] & 0x0f) as usize * 4;
-    Ok((Src::V4(src), dst, ip[9], l4, true))
+    let id = u32::from(u16::from_be_bytes([ip[4], ip[5]]));
+    let flags = u16::from_be_bytes([ip[6], ip[7]]);
+    let frag = if flags & 0x1fff != 0 {
+        Frag::Later(id)
+    } else if flags & 0x2000 != 0 {
+        Frag::First(id)
+    } else {
+        Frag::Whole
+    };
+    Ok(Parsed {
+        src: Src::V4([ip[12], ip[13], ip[14], ip[15]]),
+        dst: v4_mapped([ip[16], ip[17], ip[18], ip[19]]),
+        proto: ip[9],
+        l4: off + (ip[0] & 0x0f) as usize * 4,
+        is_v4: true,
+        frag,
+    })
 }
 
 #[inline(always)]
@@ -246,6 +321,7 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Parsed, Outcome> {
     dst.copy_from_slice(&ip[24..40]);
     let mut next = ip[6];
     let mut l4 = off + 40;
+    let mut frag = Frag::Whole;
     for _ in 0..MAX_IPV6_EXT_HEADERS {
         match next {
             IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS => {
@@ -260,26 +336,41 @@ fn parse_ipv6(ctx: &XdpContext, off: usize) -> Result<Parsed, Outcome> {
             }
             IPV6_FRAGMENT => {
                 let h = bytes::<8>(ctx, l4)?;
-                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
-                    return Err(Outcome::Fragment);
-                }
+                let id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
                 next = h[0];
                 l4 += 8;
+                if u16::from_be_bytes([h[2], h[3]]) >> 3 != 0 {
+                    // What follows is the middle of the datagram, not headers.
+                    frag = Frag::Later(id);
+                    break;
+                }
+                if h[3] & 1 != 0 {
+                    frag = Frag::First(id);
+                }
             }
             _ => break,
         }
     }
-    if matches!(
-        next,
-        IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT
-    ) {
+    if !matches!(frag, Frag::Later(_))
+        && matches!(
+            next,
+            IPV6_HOP_BY_HOP | IPV6_ROUTING | IPV6_DEST_OPTS | IPV6_AUTH | IPV6_FRAGMENT
+        )
+    {
         return Err(Outcome::Unparsable);
     }
     let src = match lb_common::v4_unmapped(&src) {
         Some(v4) => Src::V4(v4),
         None => Src::V6(src),
     };
-    Ok((src, dst, next, l4, false))
+    Ok(Parsed {
+        src,
+        dst,
+        proto: next,
+        l4,
+        is_v4: false,
+        frag,
+    })
 }
 
 #[cfg(not(test))]

@@ -11,7 +11,7 @@ use aya::programs::{Xdp, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::{
     DECAP_PROGRAM_NAME, DecapCounters, DecapOutcome, MAP_ACL_V4, MAP_ACL_V6, MAP_BACKEND_STATS,
-    MAP_BACKENDS, MAP_DECAP_STATS, MAP_DECAP_VIPS, MAP_FLOWS, MAP_LISTENERS, MAP_MAGLEV,
+    MAP_BACKENDS, MAP_DECAP_STATS, MAP_DECAP_VIPS, MAP_FLOWS, MAP_FRAGS, MAP_LISTENERS, MAP_MAGLEV,
     MAP_MAGLEV_GEN, MAP_NEW_FLOWS, MAP_PORTS, MAP_STATS, v4_mapped,
 };
 use tracing::{info, warn};
@@ -50,6 +50,7 @@ impl Decap {
             MAP_BACKENDS,
             MAP_FLOWS,
             MAP_NEW_FLOWS,
+            MAP_FRAGS,
         ] {
             loader.map_max_entries(map, 1);
         }

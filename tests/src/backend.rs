@@ -102,7 +102,8 @@ pub fn udp_echo(name: &str, bind: &str) -> SocketAddr {
     let addr = socket.local_addr().expect("bound socket has an address");
     let prefix = format!("backend {name} ");
     std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
+        // Datagrams up to the largest UDP payload, so fragmented ones come back whole.
+        let mut buf = vec![0u8; 65_536];
         while let Ok((n, from)) = socket.recv_from(&mut buf) {
             let mut reply = prefix.clone().into_bytes();
             reply.extend_from_slice(&buf[..n]);

@@ -753,7 +753,7 @@ impl L4Topo {
 /// it.
 pub fn udp_exchange(socket: &UdpSocket, payload: &str) -> io::Result<String> {
     socket.send(payload.as_bytes())?;
-    let mut buf = [0u8; 2048];
+    let mut buf = vec![0u8; 65_536];
     let n = socket.recv(&mut buf)?;
     let reply = String::from_utf8_lossy(&buf[..n]).into_owned();
     reply

@@ -801,3 +801,37 @@ fn reloads_under_traffic_keep_flows_and_never_reach_an_unnamed_backend() {
         assert!(!log.contains("writing L4 groups"), "{log}");
     }
 }
+
+/// 8 KiB UDP datagrams to the VIP leave the client in fragments (MTU 1500): every fragment
+/// reaches the backend the first one went to, which reassembles the datagram and echoes it
+/// whole.
+#[test]
+fn fragmented_udp_datagrams_arrive_whole() {
+    if !root_or_skip("fragmented_udp_datagrams_arrive_whole") {
+        return;
+    }
+    let topo = L4Topo::new();
+    topo.route_vip_via_lbs(&[0]);
+    let lb = start_lb(&topo, 0);
+    let sources: Vec<IpAddr> = sources_v4(6);
+    for &src in &sources {
+        let flow = topo.udp_flow(src, vip_addr(src.is_ipv6()), TIMEOUT);
+        let small = edgelb_tests::l4topo::udp_exchange(&flow, "small")
+            .unwrap_or_else(|e| panic!("{src}: a small datagram: {e}"));
+        let big: String = (0..8192).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        let echoed = match edgelb_tests::l4topo::udp_exchange(&flow, &big) {
+            Ok(e) => e,
+            Err(e) => {
+                let (_, log) = lb.stop();
+                panic!("{src}: an 8 KiB datagram: {e}\n{log}")
+            }
+        };
+        assert_eq!(echoed, small, "{src}: the datagram went elsewhere");
+    }
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{status}:\n{log}");
+    // A small datagram and one of 6 fragments from each source.
+    let forwarded = xdp_counter(&log, "udp4", "forwarded_l4");
+    assert_eq!(forwarded, 7 * sources.len() as u64, "{log}");
+    assert_eq!(xdp_counter(&log, "(no listener)", "fragment"), 0, "{log}");
+}

@@ -9,7 +9,7 @@ use edgelb::acl::AclMode;
 use edgelb::dataplane::{BackendEntry, L4Listener, L4Listeners};
 use edgelb::decap::Decap;
 use edgelb_tests::dataplane_fixture::{Fixture, ip, rule};
-use edgelb_tests::packet::{Frame, TCP, UDP};
+use edgelb_tests::packet::{Ext, Frame, TCP, UDP};
 use edgelb_tests::privilege::root_or_skip;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use lb_common::maglev::{NO_BACKEND, TABLE_SIZE, client_hash, source_hash, table_slot};
@@ -642,4 +642,75 @@ fn a_flood_of_spoofed_first_packets_leaves_established_flows_on_their_backend() 
         Some(ip("10.9.0.5")),
         "a new flow follows the new ring"
     );
+}
+
+/// The later fragments of a datagram carry no ports: they are forwarded with the ports its
+/// first fragment had, to the same backend, even when the flow table and the ring disagree;
+/// later fragments of a datagram whose first fragment no L4 listener took go to the stack.
+#[test]
+fn later_fragments_follow_their_first_to_its_backend() {
+    if !root_or_skip("later_fragments_follow_their_first_to_its_backend") {
+        return;
+    }
+    let mut fx = Fixture::load();
+    setup(
+        &mut fx,
+        L4Listener {
+            group: GROUP,
+            flow_secs: 60,
+            hash_src_port: false,
+        },
+    );
+    fx.set_ring(GROUP, ring_of(0));
+    for (src, dst, first, later) in [
+        (
+            "10.2.3.4",
+            "10.0.0.1",
+            Frame::udp("10.2.3.4", "10.0.0.1", 443).v4_fragment(0, true),
+            Frame::udp("10.2.3.4", "10.0.0.1", 443).v4_fragment(185, false),
+        ),
+        (
+            "fd00:2::3:4",
+            "fd00::1",
+            Frame::udp("fd00:2::3:4", "fd00::1", 443).exts(&[Ext::Fragment {
+                offset: 0,
+                more: true,
+            }]),
+            Frame::udp("fd00:2::3:4", "fd00::1", 443).exts(&[Ext::Fragment {
+                offset: 185,
+                more: false,
+            }]),
+        ),
+    ] {
+        let mut later = later;
+        // What would be ports in a whole packet is the middle of the datagram here.
+        later.src_port = 0xdead;
+        later.dst_port = 0xbeef;
+        let stray = {
+            let mut f = later.clone();
+            f.src = ip(if src.contains(':') {
+                "fd00:2::9:9"
+            } else {
+                "10.2.9.9"
+            });
+            f
+        };
+        let before = fx.counters(0).packets_of(Outcome::Fragment);
+        assert_eq!(sent_to(&mut fx, &stray), None, "{src}: a stray fragment");
+        assert_eq!(fx.counters(0).packets_of(Outcome::Fragment) - before, 1);
+
+        assert_eq!(
+            sent_to(&mut fx, &first),
+            Some(ip("10.9.0.1")),
+            "{src} -> {dst}"
+        );
+        // The ring moves on and the flow table would keep the datagram where it went.
+        fx.set_ring(GROUP, ring_of(4));
+        assert_eq!(
+            sent_to(&mut fx, &later),
+            Some(ip("10.9.0.1")),
+            "{src}: the later fragment"
+        );
+        fx.set_ring(GROUP, ring_of(0));
+    }
 }

@@ -386,8 +386,15 @@ fn an_l4_listener_sends_a_client_to_one_backend_whatever_its_headers() {
             Some("fd00:7::9"),
         ),
         (
-            "IPv4 non-first fragment",
+            "IPv4 later fragment of the first fragment's datagram",
             v4().v4_fragment(9, false).bytes(),
+            Some("10.2.3.4"),
+        ),
+        (
+            "IPv4 later fragment of a datagram whose first one was not seen",
+            Frame::tcp("10.2.3.5", "10.0.0.1", 443)
+                .v4_fragment(9, false)
+                .bytes(),
             None,
         ),
         (
