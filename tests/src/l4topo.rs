@@ -34,9 +34,18 @@
 //!   `net.ipv4.conf.all.rp_filter=0` and `net.ipv4.conf.IFACE.rp_filter=0` (the kernel uses
 //!   the larger of the two). A decapsulated packet comes from the client's address on an
 //!   interface the reply may not leave through;
-//! - **decapsulation**: `edgelb decap --iface IFACE --vip 10.100.0.1 --vip fd00:100::1` (an XDP
-//!   program that strips the outer header of packets for those VIPs and passes the rest), or
-//!   an `ipip`/`ip6tnl` tunnel device where the kernel has one;
+//! - **decapsulation**: `edgelb decap --iface IFACE --vip 10.100.0.1 --vip fd00:100::1
+//!   --from 172.16.0.0/16 --from fd00:e1b::/96` (an XDP program that strips the outer header of
+//!   packets for those VIPs whose outer source lies in a `--from` prefix, drops the tunnelled
+//!   packets for the VIPs from any other source, and passes the rest), or an `ipip`/`ip6tnl`
+//!   tunnel device where the kernel has one;
+//! - **trusted outer sources**: `--from` (required) names where the edgelb nodes' tunnelled
+//!   packets come from. Their outer source is not a node's own address but one of the outer
+//!   source prefixes the nodes share (172.16.0.0/16 and fd00:e1b::/96, the low bits a hash of
+//!   the client, for the backends' RSS). Anyone else who can reach the backend could
+//!   otherwise tunnel packets to the VIP around the balancers' access control. The check is
+//!   by address only: the network in front of the backends must not let outside packets in
+//!   with a source in those prefixes (anti-spoofing at the edge);
 //! - on the edgelb node's side, **complete checksums** in the frames it receives: a NIC
 //!   delivers them so, but a veth fed by a local stack (containers, this topology) may pass
 //!   frames whose TCP/UDP checksum was left to offload, which XDP forwards as they are and the
@@ -52,6 +61,7 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
+use edgelb::decap::balancer_sources;
 use socket2::{Domain, Socket, Type};
 
 use crate::backend::BackendProcess;
@@ -123,6 +133,17 @@ pub fn lb_addr(k: usize, v6: bool) -> IpAddr {
     } else {
         IpAddr::V4(Ipv4Addr::new(10, 2, k, 2))
     }
+}
+
+/// The `--from` flags of the backends' `edgelb decap`: the edgelb nodes' outer source
+/// prefixes, then `extra` (addresses or prefixes).
+pub fn decap_from(extra: &[IpAddr]) -> Vec<String> {
+    balancer_sources()
+        .iter()
+        .map(ToString::to_string)
+        .chain(extra.iter().map(ToString::to_string))
+        .flat_map(|net| ["--from".to_string(), net])
+        .collect()
 }
 
 /// A veth pair between the router and another namespace.
@@ -391,19 +412,18 @@ impl L4Topo {
         // The XDP programs, loaded in parallel (each takes a moment to load).
         let vip4 = VIP_V4.to_string();
         let vip6 = VIP_V6.to_string();
+        let from = decap_from(&[]);
+        let from: Vec<&str> = from.iter().map(String::as_str).collect();
         let (decaps, router_xdp) = std::thread::scope(|s| {
             let decaps: Vec<_> = topo
                 .backends
                 .iter()
                 .zip(&topo.backend_links)
                 .map(|(ns, l)| {
-                    let (logs, vip4, vip6) = (topo.logs.path(), &vip4, &vip6);
+                    let (logs, vip4, vip6, from) = (topo.logs.path(), &vip4, &vip6, &from);
                     s.spawn(move || {
-                        Daemon::start(
-                            Some(ns),
-                            &["decap", "--iface", &l.far_if, "--vip", vip4, "--vip", vip6],
-                            logs,
-                        )
+                        let args = ["decap", "--iface", &l.far_if, "--vip", vip4, "--vip", vip6];
+                        Daemon::start(Some(ns), &[&args[..], from].concat(), logs)
                     })
                 })
                 .collect();
@@ -411,9 +431,11 @@ impl L4Topo {
                 .lb_links
                 .iter()
                 .map(|l| {
-                    let (router, logs) = (&topo.router, topo.logs.path());
+                    let (router, logs, from) = (&topo.router, topo.logs.path(), &from);
                     s.spawn(move || {
-                        Daemon::start(Some(router), &["decap", "--iface", &l.router_if], logs)
+                        // --from is required; with no VIP it never applies.
+                        let args = ["decap", "--iface", &l.router_if];
+                        Daemon::start(Some(router), &[&args[..], from].concat(), logs)
                     })
                 })
                 .collect();

@@ -1,10 +1,30 @@
 //! `cargo xtask backend-setup`: what a backend of a tcp/udp listener needs, as commands to
 //! run on it. edgelb forwards those listeners' packets IP-in-IP (Katran-style direct server
-//! return): the backend must take the outer header off, accept packets for the VIP as its
-//! own, and answer the client directly from the VIP.
+//! return): the backend must take the outer header off (only for packets from the edgelb
+//! nodes), accept packets for the VIP as its own, and answer the client directly from the VIP.
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-/// The setup script for a backend with `vips` reached through interface `iface`.
-pub fn script(vips: &[String], iface: &str) -> String {
+use lb_common::{DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6};
+
+/// The prefixes edgelb nodes take the outer source addresses of tunnelled packets from
+/// (`lb_common::EncapConfig`), as `--from` values.
+pub fn balancer_sources() -> Vec<String> {
+    let [a, b] = DEFAULT_ENCAP_V4;
+    let mut v6 = [0u8; 16];
+    v6[..DEFAULT_ENCAP_V6.len()].copy_from_slice(&DEFAULT_ENCAP_V6);
+    vec![
+        format!(
+            "{}/{}",
+            Ipv4Addr::new(a, b, 0, 0),
+            8 * DEFAULT_ENCAP_V4.len()
+        ),
+        format!("{}/{}", Ipv6Addr::from(v6), 8 * DEFAULT_ENCAP_V6.len()),
+    ]
+}
+
+/// The setup script for a backend with `vips` reached through interface `iface`, whose
+/// tunnelled packets come from the outer source prefixes `from`.
+pub fn script(vips: &[String], iface: &str, from: &[String]) -> String {
     let mut out = String::new();
     out.push_str("# --- on every backend of a tcp/udp listener (as root) ---\n\n");
     out.push_str(
@@ -25,6 +45,16 @@ pub fn script(vips: &[String], iface: &str) -> String {
     out.push_str("sysctl -w net.ipv4.conf.all.rp_filter=0\n");
     out.push_str(&format!("sysctl -w net.ipv4.conf.{iface}.rp_filter=0\n"));
     out.push_str("sysctl -w net.ipv4.conf.lo.rp_filter=0\n\n");
+    out.push_str("# 2. Decapsulation, only of packets from the edgelb nodes: their outer source\n");
+    out.push_str("#    lies in these prefixes (shared by all nodes; not their own addresses):\n");
+    out.push_str(&format!("#    {}\n", from.join(" ")));
+    out.push_str(
+        "#    From anyone else, a tunnelled packet would reach the VIP around the nodes'\n",
+    );
+    out.push_str("#    access control. The check is by address: the network must drop packets\n");
+    out.push_str(
+        "#    from outside with a source in those prefixes before they reach a backend.\n",
+    );
     out.push_str(
         "# 2a. Where the kernel has IP-in-IP tunnels (CONFIG_NET_IPIP, CONFIG_IPV6_TUNNEL):\n",
     );
@@ -34,11 +64,18 @@ pub fn script(vips: &[String], iface: &str) -> String {
     out.push_str(
         "# 2b. Where it has none (check: zcat /proc/config.gz | grep -E 'NET_IPIP|IPV6_TUNNEL'),\n",
     );
-    out.push_str("#     edgelb's own XDP decapsulator (as a service; it detaches on exit):\n");
-    let vip_flags: Vec<String> = vips.iter().map(|v| format!("--vip {v}")).collect();
+    out.push_str(
+        "#     edgelb's own XDP decapsulator (as a service; it detaches on exit); it drops\n",
+    );
+    out.push_str("#     tunnelled packets for the VIPs from outside the --from prefixes itself:\n");
+    let flags: Vec<String> = vips
+        .iter()
+        .map(|v| format!("--vip {v}"))
+        .chain(from.iter().map(|f| format!("--from {f}")))
+        .collect();
     out.push_str(&format!(
         "edgelb decap --iface {iface} {}\n\n",
-        vip_flags.join(" ")
+        flags.join(" ")
     ));
     out.push_str(
         "# 3. MTU: the outer header adds 20 (IPv4) or 40 (IPv6) bytes. Links between the\n",
@@ -53,13 +90,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_script_names_every_vip_and_the_interface() {
-        let s = script(&["10.100.0.1".into(), "fd00:100::1".into()], "eth1");
+    fn the_script_names_every_vip_the_interface_and_the_trusted_sources() {
+        let s = script(
+            &["10.100.0.1".into(), "fd00:100::1".into()],
+            "eth1",
+            &balancer_sources(),
+        );
         for line in [
             "ip addr add 10.100.0.1/32 dev lo",
             "ip addr add fd00:100::1/128 dev lo",
             "sysctl -w net.ipv4.conf.eth1.rp_filter=0",
-            "edgelb decap --iface eth1 --vip 10.100.0.1 --vip fd00:100::1",
+            "edgelb decap --iface eth1 --vip 10.100.0.1 --vip fd00:100::1 --from 172.16.0.0/16 --from fd00:e1b::/96\n",
         ] {
             assert!(s.contains(line), "missing {line:?} in\n{s}");
         }
