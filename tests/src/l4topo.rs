@@ -62,7 +62,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use edgelb::decap::balancer_sources;
-use socket2::{Domain, Socket, Type};
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::backend::BackendProcess;
 use crate::certs::TempDir;
@@ -457,6 +457,34 @@ impl L4Topo {
         topo
     }
 
+    /// Replaces backend `n`'s `edgelb decap` by one that also trusts the outer sources
+    /// `extra`; returns the old one's exit status and log (its counters at exit).
+    pub fn restart_decap(
+        &mut self,
+        n: usize,
+        extra: &[IpAddr],
+    ) -> (std::process::ExitStatus, String) {
+        let args = [
+            "decap",
+            "--iface",
+            &self.backend_links[n].far_if,
+            "--vip",
+            &VIP_V4.to_string(),
+            "--vip",
+            &VIP_V6.to_string(),
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain(decap_from(extra))
+        .collect::<Vec<_>>();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Stopped first: a second program would not replace the first on the interface.
+        let old = self.backend_decaps.remove(n).stop();
+        let fresh = Daemon::start(Some(&self.backends[n]), &args, self.logs.path());
+        self.backend_decaps.insert(n, fresh);
+        old
+    }
+
     /// Starts backend `n`'s servers (TCP: HTTP on `[::]:PORT`, answering `x-backend: beN`;
     /// UDP: echo on the VIPs, answering `backend beN <datagram>`).
     pub fn start_server(&mut self, n: usize) {
@@ -709,6 +737,62 @@ impl L4Topo {
         timeout: Duration,
     ) -> io::Result<String> {
         self.tcp_connect(src, dst, timeout)?.ask()
+    }
+
+    /// From the client namespace, what a balancer sends a backend, made by someone else: a UDP
+    /// datagram from `inner_src` to the VIP of its family, port [`PORT`], inside an outer
+    /// header from `outer_src` (an address of the client) to `outer_dst`. Returns the answer
+    /// that comes back to `inner_src` within `wait`, if any: a backend that decapsulated the
+    /// packet answers the client directly.
+    pub fn udp_tunnelled_answer(
+        &self,
+        outer_src: IpAddr,
+        outer_dst: IpAddr,
+        inner_src: IpAddr,
+        wait: Duration,
+    ) -> io::Result<Option<String>> {
+        let dst = vip_addr(inner_src.is_ipv6());
+        let s = self.client_socket(dst, Type::DGRAM)?;
+        s.bind(&SocketAddr::new(inner_src, 0).into())?;
+        let socket: UdpSocket = s.into();
+        socket.set_read_timeout(Some(wait))?;
+        let port = socket.local_addr()?.port();
+        let payload = format!("tunnelled from {outer_src}");
+        let builder = match (inner_src, dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64)
+            }
+            _ => unreachable!("the VIP is of the source's family"),
+        }
+        .udp(port, PORT);
+        let mut inner = Vec::with_capacity(builder.size(payload.len()));
+        builder
+            .write(&mut inner, payload.as_bytes())
+            .map_err(io::Error::other)?;
+        // The kernel writes the outer header: the raw socket's protocol is its next header.
+        let next_header = if inner_src.is_ipv4() { 4 } else { 41 };
+        let domain = Domain::for_address(SocketAddr::new(outer_dst, 0));
+        let raw = in_netns(&self.client.path(), move || {
+            Socket::new(domain, Type::RAW, Some(Protocol::from(next_header)))
+        })?;
+        raw.bind(&SocketAddr::new(outer_src, 0).into())?;
+        raw.send_to(&inner, &SocketAddr::new(outer_dst, 0).into())?;
+        let mut buf = [0u8; 2048];
+        match socket.recv(&mut buf) {
+            Ok(n) => Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned())),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The name of the backend that answers a UDP datagram from `src` to `dst` (the answer
