@@ -38,7 +38,7 @@
 //!   --from 172.16.0.0/16 --from fd00:e1b::/96` (an XDP program that strips the outer header of
 //!   packets for those VIPs whose outer source lies in a `--from` prefix, drops the tunnelled
 //!   packets for the VIPs from any other source, and passes the rest), or an `ipip`/`ip6tnl`
-//!   tunnel device where the kernel has one;
+//!   tunnel device where the kernel has one (with a firewall rule doing what `--from` does);
 //! - **trusted outer sources**: `--from` (required) names where the edgelb nodes' tunnelled
 //!   packets come from. Their outer source is not a node's own address but one of the outer
 //!   source prefixes the nodes share (172.16.0.0/16 and fd00:e1b::/96, the low bits a hash of

@@ -22,6 +22,32 @@ pub fn balancer_sources() -> Vec<String> {
     ]
 }
 
+/// An nftables ruleset that drops IP-in-IP and IPv6-in-IP from outer sources outside `from`,
+/// for hosts whose kernel tunnel devices would otherwise decapsulate them from anyone.
+fn tunnel_firewall(from: &[String]) -> String {
+    let (v6, v4): (Vec<&str>, Vec<&str>) = from
+        .iter()
+        .map(String::as_str)
+        .partition(|f| f.contains(':'));
+    let rule = |family: &str, list: &[&str]| {
+        if list.is_empty() {
+            format!("    meta nfproto {family} meta l4proto {{ 4, 41 }} drop\n")
+        } else {
+            let saddr = if family == "ipv4" { "ip" } else { "ip6" };
+            format!(
+                "    meta l4proto {{ 4, 41 }} {saddr} saddr != {{ {} }} drop\n",
+                list.join(", ")
+            )
+        }
+    };
+    format!(
+        "nft -f - <<'EOF'\ntable inet edgelb_tunnels {{\n  chain input {{\n    \
+         type filter hook input priority filter - 10; policy accept;\n{}{}  }}\n}}\nEOF\n",
+        rule("ipv4", &v4),
+        rule("ipv6", &v6)
+    )
+}
+
 /// The setup script for a backend with `vips` reached through interface `iface`, whose
 /// tunnelled packets come from the outer source prefixes `from`.
 pub fn script(vips: &[String], iface: &str, from: &[String]) -> String {
@@ -56,11 +82,15 @@ pub fn script(vips: &[String], iface: &str, from: &[String]) -> String {
         "#    from outside with a source in those prefixes before they reach a backend.\n",
     );
     out.push_str(
-        "# 2a. Where the kernel has IP-in-IP tunnels (CONFIG_NET_IPIP, CONFIG_IPV6_TUNNEL):\n",
+        "# 2a. Where the kernel has IP-in-IP tunnels (CONFIG_NET_IPIP, CONFIG_IPV6_TUNNEL);\n",
     );
+    out.push_str("#     the firewall drops tunnelled packets from other sources, which the\n");
+    out.push_str("#     devices would accept:\n");
     out.push_str("ip link add name ipip0 type ipip external && ip link set ipip0 up\n");
     out.push_str("ip link add name ip6tnl0 type ip6tnl external && ip link set ip6tnl0 up\n");
-    out.push_str("sysctl -w net.ipv4.conf.ipip0.rp_filter=0\n\n");
+    out.push_str("sysctl -w net.ipv4.conf.ipip0.rp_filter=0\n");
+    out.push_str(&tunnel_firewall(from));
+    out.push('\n');
     out.push_str(
         "# 2b. Where it has none (check: zcat /proc/config.gz | grep -E 'NET_IPIP|IPV6_TUNNEL'),\n",
     );
@@ -101,6 +131,24 @@ mod tests {
             "ip addr add fd00:100::1/128 dev lo",
             "sysctl -w net.ipv4.conf.eth1.rp_filter=0",
             "edgelb decap --iface eth1 --vip 10.100.0.1 --vip fd00:100::1 --from 172.16.0.0/16 --from fd00:e1b::/96\n",
+            "    meta l4proto { 4, 41 } ip saddr != { 172.16.0.0/16 } drop",
+            "    meta l4proto { 4, 41 } ip6 saddr != { fd00:e1b::/96 } drop",
+        ] {
+            assert!(s.contains(line), "missing {line:?} in\n{s}");
+        }
+    }
+
+    #[test]
+    fn a_family_without_trusted_sources_has_its_tunnels_dropped() {
+        let s = script(
+            &["10.100.0.1".into()],
+            "eth0",
+            &["10.2.0.0/16".into(), "10.9.0.1".into()],
+        );
+        for line in [
+            "--vip 10.100.0.1 --from 10.2.0.0/16 --from 10.9.0.1\n",
+            "    meta l4proto { 4, 41 } ip saddr != { 10.2.0.0/16, 10.9.0.1 } drop",
+            "    meta nfproto ipv6 meta l4proto { 4, 41 } drop",
         ] {
             assert!(s.contains(line), "missing {line:?} in\n{s}");
         }
