@@ -307,8 +307,10 @@ pub fn main(iface: &str, vips: &[String], from: &[String]) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Colours only on a terminal: as a service its log goes to a file or the journal.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -108,10 +108,14 @@ fn decap_attaches_logs_counters_and_detaches_on_sigterm() {
     assert!(log.contains("decap counters decapsulated=0"), "{log}");
     assert!(log.contains("refused=0 (0 bytes)"), "{log}");
     assert!(
-        log.contains("\"10.2.1.2/32 172.16.0.0/16 fd00:e1b::/96\""),
+        log.contains("from=\"10.2.1.2/32 172.16.0.0/16 fd00:e1b::/96\""),
         "the trusted sources, as the program got them: {log}"
     );
     assert!(!log.contains("no --from prefix overlaps"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "colour codes in a log file: {log:?}"
+    );
     assert!(log.contains("decap program detached"), "{log}");
     assert!(
         ns.ip(&["link", "show", "lo"]).find("xdp").is_none(),
