@@ -37,6 +37,8 @@ pub const MAP_NEW_FLOWS: &str = "NEW_FLOWS";
 pub const MAP_FRAGS: &str = "FRAGS";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
+pub const MAP_DECAP_SOURCES_V4: &str = "DECAP_SOURCES_V4";
+pub const MAP_DECAP_SOURCES_V6: &str = "DECAP_SOURCES_V6";
 
 /// Listeners the data plane can know at once. Listener ids run from 1 to `MAX_LISTENERS`;
 /// id 0 is the counter slot for traffic that belongs to no listener.
@@ -468,33 +470,54 @@ pub struct FragPorts {
 /// Entries of the `DECAP_VIPS` hash (IPv4-mapped addresses; the value is unused).
 pub const MAX_DECAP_VIPS: u32 = 1024;
 
+/// Prefixes each of the `DECAP_SOURCES_V4` and `DECAP_SOURCES_V6` tries can hold: the outer
+/// source addresses tunnelled packets for a VIP may come from (`edgelb decap --from`). Keys
+/// are the address bytes in network order behind the prefix length; the value is unused.
+pub const MAX_DECAP_SOURCES: u32 = 1024;
+
 /// What the decap program concluded about one frame; indices of [`DecapCounters`].
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DecapOutcome {
-    /// IP-in-IP to a configured VIP: outer header removed, `XDP_PASS`.
+    /// IP-in-IP to a configured VIP from a trusted outer source: outer header removed,
+    /// `XDP_PASS`.
     Decapsulated = 0,
     /// Anything else: passed untouched.
     NotOurs = 1,
     /// An IP-in-IP packet whose outer or inner header is truncated, fragmented or of the wrong
     /// version: passed untouched (the stack drops it, having no tunnel).
     Malformed = 2,
+    /// IP-in-IP to a configured VIP from an outer source outside the trusted prefixes:
+    /// `XDP_DROP`. Decapsulating it would let anyone who reaches the backend tunnel traffic to
+    /// the VIP around the balancers' access control; passing it would hand it to a host's own
+    /// ipip/ip6tnl device, if it has one, which would decapsulate it.
+    Refused = 3,
 }
 
-pub const DECAP_OUTCOMES: usize = 3;
+pub const DECAP_OUTCOMES: usize = 4;
 
 impl DecapOutcome {
     pub const ALL: [DecapOutcome; DECAP_OUTCOMES] = [
         DecapOutcome::Decapsulated,
         DecapOutcome::NotOurs,
         DecapOutcome::Malformed,
+        DecapOutcome::Refused,
     ];
+
+    /// The XDP action taken for this outcome.
+    pub const fn action(self) -> u32 {
+        match self {
+            DecapOutcome::Refused => XDP_DROP,
+            _ => XDP_PASS,
+        }
+    }
 
     pub const fn name(self) -> &'static str {
         match self {
             DecapOutcome::Decapsulated => "decapsulated",
             DecapOutcome::NotOurs => "not_ours",
             DecapOutcome::Malformed => "malformed",
+            DecapOutcome::Refused => "refused",
         }
     }
 }
@@ -752,8 +775,18 @@ mod tests {
             assert_eq!(Outcome::ALL[o as usize], o);
         }
         for o in DecapOutcome::ALL {
+            let expected = match o {
+                DecapOutcome::Refused => XDP_DROP,
+                _ => XDP_PASS,
+            };
+            assert_eq!(o.action(), expected, "{o:?}");
             assert_eq!(DecapOutcome::ALL[o as usize], o);
         }
+        assert_eq!(
+            DecapOutcome::ALL.map(DecapOutcome::name),
+            ["decapsulated", "not_ours", "malformed", "refused"],
+            "the counter names `edgelb decap` logs"
+        );
     }
 
     #[test]

@@ -33,7 +33,9 @@ pub enum Command {
         admin: String,
     },
     /// On an L4 backend without ipip/ip6tnl: strip the IP-in-IP header edgelb's XDP forwarding
-    /// adds to packets for the VIPs, in XDP on IFACE, until SIGTERM/SIGINT.
+    /// adds to packets for the VIPs, in XDP on IFACE, until SIGTERM/SIGINT. Only packets from
+    /// the --from prefixes are decapsulated; tunnelled packets for a VIP from any other outer
+    /// source are dropped.
     Decap {
         /// Interface the tunnelled packets arrive on.
         #[arg(long, value_name = "IFACE")]
@@ -41,6 +43,11 @@ pub enum Command {
         /// A VIP whose tunnelled packets are decapsulated, repeatable.
         #[arg(long = "vip", value_name = "ADDR")]
         vips: Vec<String>,
+        /// Required, repeatable: an IPv4 or IPv6 prefix (or a bare address) the outer source of
+        /// tunnelled packets must lie in: the edgelb nodes' outer source prefixes,
+        /// 172.16.0.0/16 and fd00:e1b::/96.
+        #[arg(long = "from", value_name = "CIDR")]
+        from: Vec<String>,
     },
 }
 

@@ -20,7 +20,7 @@ pub fn main() -> ExitCode {
             Err(e) => usage_error(&e),
         },
         Some(Command::Status { admin }) => crate::status::print(&admin),
-        Some(Command::Decap { iface, vips }) => crate::decap::main(&iface, &vips),
+        Some(Command::Decap { iface, vips, from }) => crate::decap::main(&iface, &vips, &from),
         None => {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -165,3 +165,16 @@ pub fn xdp_counter(log: &str, listener: &str, name: &str) -> u64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name}= on {line:?}"))
 }
+
+/// The packets counted `name` (`decapsulated`, `refused`, ...) on the last `decap counters`
+/// line of an `edgelb decap` log: at exit, the program's totals.
+pub fn decap_counter(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rfind(|l| l.contains("decap counters "))
+        .unwrap_or_else(|| panic!("no decap counters line in the log:\n{log}"));
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= on {line:?}"))
+}

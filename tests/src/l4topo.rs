@@ -34,9 +34,18 @@
 //!   `net.ipv4.conf.all.rp_filter=0` and `net.ipv4.conf.IFACE.rp_filter=0` (the kernel uses
 //!   the larger of the two). A decapsulated packet comes from the client's address on an
 //!   interface the reply may not leave through;
-//! - **decapsulation**: `edgelb decap --iface IFACE --vip 10.100.0.1 --vip fd00:100::1` (an XDP
-//!   program that strips the outer header of packets for those VIPs and passes the rest), or
-//!   an `ipip`/`ip6tnl` tunnel device where the kernel has one;
+//! - **decapsulation**: `edgelb decap --iface IFACE --vip 10.100.0.1 --vip fd00:100::1
+//!   --from 172.16.0.0/16 --from fd00:e1b::/96` (an XDP program that strips the outer header of
+//!   packets for those VIPs whose outer source lies in a `--from` prefix, drops the tunnelled
+//!   packets for the VIPs from any other source, and passes the rest), or an `ipip`/`ip6tnl`
+//!   tunnel device where the kernel has one (with a firewall rule doing what `--from` does);
+//! - **trusted outer sources**: `--from` (required) names where the edgelb nodes' tunnelled
+//!   packets come from. Their outer source is not a node's own address but one of the outer
+//!   source prefixes the nodes share (172.16.0.0/16 and fd00:e1b::/96, the low bits a hash of
+//!   the client, for the backends' RSS). Anyone else who can reach the backend could
+//!   otherwise tunnel packets to the VIP around the balancers' access control. The check is
+//!   by address only: the network in front of the backends must not let outside packets in
+//!   with a source in those prefixes (anti-spoofing at the edge);
 //! - on the edgelb node's side, **complete checksums** in the frames it receives: a NIC
 //!   delivers them so, but a veth fed by a local stack (containers, this topology) may pass
 //!   frames whose TCP/UDP checksum was left to offload, which XDP forwards as they are and the
@@ -52,7 +61,8 @@ use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use socket2::{Domain, Socket, Type};
+use edgelb::decap::balancer_sources;
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::backend::BackendProcess;
 use crate::certs::TempDir;
@@ -123,6 +133,17 @@ pub fn lb_addr(k: usize, v6: bool) -> IpAddr {
     } else {
         IpAddr::V4(Ipv4Addr::new(10, 2, k, 2))
     }
+}
+
+/// The `--from` flags of the backends' `edgelb decap`: the edgelb nodes' outer source
+/// prefixes, then `extra` (addresses or prefixes).
+pub fn decap_from(extra: &[IpAddr]) -> Vec<String> {
+    balancer_sources()
+        .iter()
+        .map(ToString::to_string)
+        .chain(extra.iter().map(ToString::to_string))
+        .flat_map(|net| ["--from".to_string(), net])
+        .collect()
 }
 
 /// A veth pair between the router and another namespace.
@@ -391,19 +412,18 @@ impl L4Topo {
         // The XDP programs, loaded in parallel (each takes a moment to load).
         let vip4 = VIP_V4.to_string();
         let vip6 = VIP_V6.to_string();
+        let from = decap_from(&[]);
+        let from: Vec<&str> = from.iter().map(String::as_str).collect();
         let (decaps, router_xdp) = std::thread::scope(|s| {
             let decaps: Vec<_> = topo
                 .backends
                 .iter()
                 .zip(&topo.backend_links)
                 .map(|(ns, l)| {
-                    let (logs, vip4, vip6) = (topo.logs.path(), &vip4, &vip6);
+                    let (logs, vip4, vip6, from) = (topo.logs.path(), &vip4, &vip6, &from);
                     s.spawn(move || {
-                        Daemon::start(
-                            Some(ns),
-                            &["decap", "--iface", &l.far_if, "--vip", vip4, "--vip", vip6],
-                            logs,
-                        )
+                        let args = ["decap", "--iface", &l.far_if, "--vip", vip4, "--vip", vip6];
+                        Daemon::start(Some(ns), &[&args[..], from].concat(), logs)
                     })
                 })
                 .collect();
@@ -411,9 +431,11 @@ impl L4Topo {
                 .lb_links
                 .iter()
                 .map(|l| {
-                    let (router, logs) = (&topo.router, topo.logs.path());
+                    let (router, logs, from) = (&topo.router, topo.logs.path(), &from);
                     s.spawn(move || {
-                        Daemon::start(Some(router), &["decap", "--iface", &l.router_if], logs)
+                        // --from is required; with no VIP it never applies.
+                        let args = ["decap", "--iface", &l.router_if];
+                        Daemon::start(Some(router), &[&args[..], from].concat(), logs)
                     })
                 })
                 .collect();
@@ -433,6 +455,34 @@ impl L4Topo {
             topo.start_server(n);
         }
         topo
+    }
+
+    /// Replaces backend `n`'s `edgelb decap` by one that also trusts the outer sources
+    /// `extra`; returns the old one's exit status and log (its counters at exit).
+    pub fn restart_decap(
+        &mut self,
+        n: usize,
+        extra: &[IpAddr],
+    ) -> (std::process::ExitStatus, String) {
+        let args = [
+            "decap",
+            "--iface",
+            &self.backend_links[n].far_if,
+            "--vip",
+            &VIP_V4.to_string(),
+            "--vip",
+            &VIP_V6.to_string(),
+        ]
+        .map(String::from)
+        .into_iter()
+        .chain(decap_from(extra))
+        .collect::<Vec<_>>();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        // Stopped first: a second program would not replace the first on the interface.
+        let old = self.backend_decaps.remove(n).stop();
+        let fresh = Daemon::start(Some(&self.backends[n]), &args, self.logs.path());
+        self.backend_decaps.insert(n, fresh);
+        old
     }
 
     /// Starts backend `n`'s servers (TCP: HTTP on `[::]:PORT`, answering `x-backend: beN`;
@@ -716,6 +766,62 @@ impl L4Topo {
         timeout: Duration,
     ) -> io::Result<String> {
         self.tcp_connect(src, dst, timeout)?.ask()
+    }
+
+    /// From the client namespace, what a balancer sends a backend, made by someone else: a UDP
+    /// datagram from `inner_src` to the VIP of its family, port [`PORT`], inside an outer
+    /// header from `outer_src` (an address of the client) to `outer_dst`. Returns the answer
+    /// that comes back to `inner_src` within `wait`, if any: a backend that decapsulated the
+    /// packet answers the client directly.
+    pub fn udp_tunnelled_answer(
+        &self,
+        outer_src: IpAddr,
+        outer_dst: IpAddr,
+        inner_src: IpAddr,
+        wait: Duration,
+    ) -> io::Result<Option<String>> {
+        let dst = vip_addr(inner_src.is_ipv6());
+        let s = self.client_socket(dst, Type::DGRAM)?;
+        s.bind(&SocketAddr::new(inner_src, 0).into())?;
+        let socket: UdpSocket = s.into();
+        socket.set_read_timeout(Some(wait))?;
+        let port = socket.local_addr()?.port();
+        let payload = format!("tunnelled from {outer_src}");
+        let builder = match (inner_src, dst.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                etherparse::PacketBuilder::ipv4(s.octets(), d.octets(), 64)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                etherparse::PacketBuilder::ipv6(s.octets(), d.octets(), 64)
+            }
+            _ => unreachable!("the VIP is of the source's family"),
+        }
+        .udp(port, PORT);
+        let mut inner = Vec::with_capacity(builder.size(payload.len()));
+        builder
+            .write(&mut inner, payload.as_bytes())
+            .map_err(io::Error::other)?;
+        // The kernel writes the outer header: the raw socket's protocol is its next header.
+        let next_header = if inner_src.is_ipv4() { 4 } else { 41 };
+        let domain = Domain::for_address(SocketAddr::new(outer_dst, 0));
+        let raw = in_netns(&self.client.path(), move || {
+            Socket::new(domain, Type::RAW, Some(Protocol::from(next_header)))
+        })?;
+        raw.bind(&SocketAddr::new(outer_src, 0).into())?;
+        raw.send_to(&inner, &SocketAddr::new(outer_dst, 0).into())?;
+        let mut buf = [0u8; 2048];
+        match socket.recv(&mut buf) {
+            Ok(n) => Ok(Some(String::from_utf8_lossy(&buf[..n]).into_owned())),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The name of the backend that answers a UDP datagram from `src` to `dst` (the answer

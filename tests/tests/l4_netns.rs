@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use edgelb_tests::daemon::{Daemon, xdp_counter};
+use edgelb_tests::daemon::{Daemon, decap_counter, xdp_counter};
 use edgelb_tests::l4topo::{
     BACKENDS, CLIENT_V6_SOURCES, HttpConn, L4Topo, PORT, backend_addr, backend_name, client_v4,
     client_v6, vip_addr,
@@ -834,4 +834,70 @@ fn fragmented_udp_datagrams_arrive_whole() {
     let forwarded = xdp_counter(&log, "udp4", "forwarded_l4");
     assert_eq!(forwarded, 7 * sources.len() as u64, "{log}");
     assert_eq!(xdp_counter(&log, "(no listener)", "fragment"), 0, "{log}");
+}
+
+/// Someone who reaches a backend directly cannot tunnel packets to the VIP around the
+/// balancer: IP-in-IP from the client's own address to be1 carrying a UDP datagram for the
+/// VIP (IPv4 in IPv4, IPv6 in IPv6) gets no answer, and be1's `edgelb decap` counts both
+/// `refused`, while clients served through lb1 reach be1 as before. The same packets are
+/// answered once be1 also trusts the client's address: nothing but `--from` stopped them.
+#[test]
+fn tunnelled_packets_from_outside_the_balancers_are_refused_at_the_backend() {
+    if !root_or_skip("tunnelled_packets_from_outside_the_balancers_are_refused_at_the_backend") {
+        return;
+    }
+    let mut topo = L4Topo::new();
+    let _lb = start_lb(&topo, 0);
+    let client: [IpAddr; 2] = [[10, 1, 0, 2].into(), "fd00:1::2".parse().expect("static")];
+    let forged = [
+        (client[0], backend_addr(0, false), client_v4(9)),
+        (client[1], backend_addr(0, true), client_v6(9)),
+    ];
+    let short = Duration::from_millis(500);
+    for &(outer, be, inner) in &forged {
+        let answer = topo
+            .udp_tunnelled_answer(outer, be, inner, short)
+            .unwrap_or_else(|e| panic!("sending IP-in-IP {outer} -> {be}: {e}"));
+        assert_eq!(answer, None, "{outer} -> {be}, for {inner}: be1 answered");
+    }
+    // Through lb1, a client that the ring sends to be1 is served (be1 decapsulates lb1's
+    // packets), and clients of both families are served at all.
+    let be1 = backend_name(0);
+    let through_lb = (1..=20)
+        .map(client_v4)
+        .find(|&src| {
+            let b = topo.tcp_backend(src, vip_addr(false), TIMEOUT);
+            b.as_deref().ok() == Some(be1.as_str())
+        })
+        .unwrap_or_else(|| panic!("no client of 10.0.1.1-20 reached be1 through lb1"));
+    for src in [through_lb, client_v6(9)] {
+        let dst = vip_addr(src.is_ipv6());
+        topo.udp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP {src} -> {dst} through lb1: {e}"));
+    }
+
+    let (status, log) = topo.restart_decap(0, &client);
+    assert!(status.success(), "{status}:\n{log}");
+    let (refused, decapsulated) = (
+        decap_counter(&log, "refused"),
+        decap_counter(&log, "decapsulated"),
+    );
+    eprintln!("be1 decap: refused={refused} decapsulated={decapsulated}");
+    assert_eq!(refused, 2, "the two forged packets: {log}");
+    assert!(
+        decapsulated >= 3,
+        "lb1's packets of a TCP exchange and a datagram: {log}"
+    );
+
+    for &(outer, be, inner) in &forged {
+        let answer = topo
+            .udp_tunnelled_answer(outer, be, inner, TIMEOUT)
+            .unwrap_or_else(|e| panic!("sending IP-in-IP {outer} -> {be}: {e}"));
+        let want = format!("backend {be1} tunnelled from {outer}");
+        assert_eq!(
+            answer.as_deref(),
+            Some(want.as_str()),
+            "{outer} -> {be}, for {inner}, once trusted"
+        );
+    }
 }

@@ -1,20 +1,22 @@
 //! L4 forwarding through BPF_PROG_TEST_RUN: the exact frames `edgelb_xdp` sends back out
 //! (`XDP_TX`) for L4 listeners, checked field by field with etherparse and an independent
 //! checksum, and byte for byte against the reference; the flow table; the drops; and
-//! `edgelb_decap`, which must give back the original IP packet.
+//! `edgelb_decap`, which must give back the original IP packet when the outer source is one it
+//! trusts, and drop tunnelled packets for its VIPs from any other.
 use std::net::IpAddr;
 use std::time::Duration;
 
 use edgelb::acl::AclMode;
 use edgelb::dataplane::{BackendEntry, L4Listener, L4Listeners};
-use edgelb::decap::Decap;
+use edgelb::decap::{Decap, balancer_sources};
 use edgelb_tests::dataplane_fixture::{Fixture, ip, rule};
 use edgelb_tests::packet::{Ext, Frame, TCP, UDP};
 use edgelb_tests::privilege::root_or_skip;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use lb_common::maglev::{NO_BACKEND, TABLE_SIZE, client_hash, source_hash, table_slot};
 use lb_common::{
-    DecapOutcome, ENCAP_TTL, IPPROTO_IPIP, IPPROTO_IPV6, Outcome, XDP_PASS, XDP_TX, v4_mapped,
+    DecapOutcome, ENCAP_TTL, IPPROTO_IPIP, IPPROTO_IPV6, Outcome, XDP_DROP, XDP_PASS, XDP_TX,
+    v4_mapped,
 };
 
 const GROUP: u32 = 3;
@@ -446,13 +448,45 @@ fn without_a_flow_table_flows_follow_the_ring_and_port_hashing_spreads_one_clien
     );
 }
 
-fn decap() -> Decap {
+/// The decap program for VIPs 10.0.0.1 and fd00::1, trusting outer sources in `from`.
+fn decap_from(from: &[&str]) -> Decap {
     let mut d = Decap::load().unwrap_or_else(|e| panic!("loading edgelb_decap: {e}"));
     for vip in ["10.0.0.1", "fd00::1"] {
         d.add_vip(ip(vip))
             .unwrap_or_else(|e| panic!("VIP {vip}: {e}"));
     }
+    for net in from {
+        let net = net
+            .parse()
+            .unwrap_or_else(|_| panic!("test prefix {net:?}"));
+        d.add_source(net)
+            .unwrap_or_else(|e| panic!("source {net}: {e}"));
+    }
     d
+}
+
+/// The decap program as `cargo xtask backend-setup` runs it: trusting the balancers' outer
+/// source prefixes.
+fn decap() -> Decap {
+    let from = balancer_sources().map(|n| n.to_string());
+    decap_from(&[&from[0], &from[1]])
+}
+
+/// `frame` (as the balancer sent it) with the outer source replaced by `src`; the IPv4 header
+/// checksum is made right again, so only the address differs.
+fn from_outer_source(frame: &[u8], src: &str) -> Vec<u8> {
+    let mut out = frame.to_vec();
+    match (ip(src), &out[12..14]) {
+        (IpAddr::V4(a), [0x08, 0x00]) => {
+            out[26..30].copy_from_slice(&a.octets());
+            out[24..26].copy_from_slice(&[0, 0]);
+            let sum = checksum(&out[14..34]);
+            out[24..26].copy_from_slice(&sum.to_be_bytes());
+        }
+        (IpAddr::V6(a), [0x86, 0xdd]) => out[22..38].copy_from_slice(&a.octets()),
+        (a, _) => panic!("outer source {a} of another family than the outer header"),
+    }
+    out
 }
 
 #[test]
@@ -713,4 +747,140 @@ fn later_fragments_follow_their_first_to_its_backend() {
         );
         fx.set_ring(GROUP, ring_of(0));
     }
+}
+
+/// The `--from` check, case by case: tunnelled packets for a VIP are decapsulated only when
+/// their outer source lies in a trusted prefix (the balancers' /16 and /96, a bare address, an
+/// IPv6 /48), of the outer header's own family; from anywhere else they are dropped and
+/// counted `refused`, untouched. Tunnelled packets for other addresses are not the program's
+/// to judge and pass. A program given no source refuses everything for its VIPs.
+#[test]
+fn decap_trusts_only_the_from_prefixes_and_drops_the_rest_for_a_vip() {
+    if !root_or_skip("decap_trusts_only_the_from_prefixes_and_drops_the_rest_for_a_vip") {
+        return;
+    }
+    let mut fx = Fixture::load();
+    setup(&mut fx, L4Listener::in_group(GROUP));
+    // (inner packet, backend: 0 IPv4 outer, 1 IPv6 outer)
+    let mut tunnel = |frame: Frame, backend: u32| -> (Vec<u8>, Vec<u8>) {
+        fx.set_ring(GROUP, ring_of(backend));
+        let original = frame.bytes();
+        let (verdict, out) = fx.dp.test_run_output(&original).expect("encap run");
+        assert_eq!(verdict, XDP_TX, "encapsulating {frame:?}");
+        (original, out)
+    };
+    let v4_in_v4 = tunnel(Frame::tcp("10.2.3.4", "10.0.0.1", 443), 0);
+    let v6_in_v6 = tunnel(Frame::udp("fd00:7::9", "fd00::1", 443), 1);
+    let v4_in_v6 = tunnel(Frame::udp("10.2.3.4", "10.0.0.1", 443), 1);
+    let v6_in_v4 = tunnel(Frame::tcp("fd00:7::9", "fd00::1", 443), 0);
+    let not_a_vip = tunnel(Frame::tcp("10.2.3.4", "10.0.0.99", 443), 0);
+    let (pass, refuse) = (
+        (XDP_PASS, DecapOutcome::Decapsulated),
+        (XDP_DROP, DecapOutcome::Refused),
+    );
+    let cases = [
+        (
+            "IPv4 outer, balancers' /16",
+            &v4_in_v4,
+            "172.16.200.7",
+            pass,
+        ),
+        ("IPv4 outer, a client", &v4_in_v4, "10.1.0.2", refuse),
+        (
+            "IPv4 outer, just past the /16",
+            &v4_in_v4,
+            "172.17.0.0",
+            refuse,
+        ),
+        (
+            "IPv4 outer, the trusted address",
+            &v4_in_v4,
+            "10.5.0.9",
+            pass,
+        ),
+        ("IPv4 outer, its neighbour", &v4_in_v4, "10.5.0.10", refuse),
+        (
+            "IPv6 outer, balancers' /96",
+            &v6_in_v6,
+            "fd00:e1b::ffff:1",
+            pass,
+        ),
+        (
+            "IPv6 outer, past the /96",
+            &v6_in_v6,
+            "fd00:e1b::1:0:0",
+            refuse,
+        ),
+        (
+            "IPv6 outer, inside the /48",
+            &v6_in_v6,
+            "fd00:5:0:ffff::1",
+            pass,
+        ),
+        ("IPv6 outer, past the /48", &v6_in_v6, "fd00:5:1::1", refuse),
+        ("IPv4 in IPv6, trusted", &v4_in_v6, "fd00:e1b::2", pass),
+        ("IPv4 in IPv6, a client", &v4_in_v6, "fd00:1::2", refuse),
+        ("IPv6 in IPv4, trusted", &v6_in_v4, "172.16.0.1", pass),
+        ("IPv6 in IPv4, a client", &v6_in_v4, "10.1.0.2", refuse),
+        (
+            "IPv6 outer, a trusted IPv4 address IPv4-mapped",
+            &v4_in_v6,
+            "::ffff:172.16.0.1",
+            refuse,
+        ),
+        (
+            "not for a VIP, a client",
+            &not_a_vip,
+            "10.1.0.2",
+            (XDP_PASS, DecapOutcome::NotOurs),
+        ),
+    ];
+    let mut d = decap_from(&[
+        "172.16.0.0/16",
+        "fd00:e1b::/96",
+        "10.5.0.9/32",
+        "fd00:5::/48",
+    ]);
+    for (what, (original, tunnelled), src, (verdict, outcome)) in cases {
+        let input = from_outer_source(tunnelled, src);
+        let before = d.counters().expect("counters");
+        let (got, out) = d.test_run_output(&input).expect("decap run");
+        assert_eq!(got, verdict, "{what}: verdict");
+        if outcome == DecapOutcome::Decapsulated {
+            assert_eq!(
+                &out[12..],
+                &original[12..],
+                "{what}: not the original packet"
+            );
+        } else {
+            assert_eq!(out, input, "{what}: changed");
+        }
+        let after = d.counters().expect("counters");
+        for o in DecapOutcome::ALL {
+            let i = o as usize;
+            let (packets, bytes) = if o == outcome {
+                (1, input.len() as u64)
+            } else {
+                (0, 0)
+            };
+            assert_eq!(
+                after.packets[i] - before.packets[i],
+                packets,
+                "{what}: {o:?}"
+            );
+            assert_eq!(
+                after.bytes[i] - before.bytes[i],
+                bytes,
+                "{what}: {o:?} bytes"
+            );
+        }
+    }
+
+    let mut none = decap_from(&[]);
+    for (what, (_, tunnelled)) in [("IPv4 outer", &v4_in_v4), ("IPv6 outer", &v6_in_v6)] {
+        let (verdict, _) = none.test_run_output(tunnelled).expect("decap run");
+        assert_eq!(verdict, XDP_DROP, "no trusted source, {what}");
+    }
+    let refused = none.counters().expect("counters").packets[DecapOutcome::Refused as usize];
+    assert_eq!(refused, 2, "no trusted source");
 }

@@ -66,6 +66,11 @@ enum Task {
         /// The backend's interface towards the edgelb nodes.
         #[arg(long, value_name = "IFACE", default_value = "eth0")]
         iface: String,
+        /// Where the edgelb nodes' tunnelled packets come from (their outer source prefixes;
+        /// not the nodes' own addresses), repeatable. Tunnelled packets for a VIP from
+        /// anywhere else are dropped.
+        #[arg(long = "from", value_name = "CIDR", default_values_t = backend_setup::balancer_sources())]
+        from: Vec<String>,
     },
     /// Benchmarks, printed as tables.
     Bench {
@@ -91,8 +96,8 @@ fn main() -> Result<()> {
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match cli.task {
-        Task::BackendSetup { vips, iface } => {
-            print!("{}", backend_setup::script(&vips, &iface));
+        Task::BackendSetup { vips, iface, from } => {
+            print!("{}", backend_setup::script(&vips, &iface, &from));
             Ok(())
         }
         Task::Setup => setup::run(),

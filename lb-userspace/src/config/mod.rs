@@ -29,6 +29,7 @@ use crate::rules::{Action, RuleSet, RuleSpec};
 use crate::tls::certs::{CertError, PairFile, check_private, load_ca_bundle, load_certified_key};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
+pub(crate) use parse::cidr;
 
 #[derive(Clone, Debug)]
 pub struct Config {

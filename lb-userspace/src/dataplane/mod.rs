@@ -152,6 +152,8 @@ impl Dataplane {
     pub fn load() -> Result<Self, DataplaneError> {
         let bytes = object::bytes().ok_or(DataplaneError::NoObject)?;
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(lb_common::MAP_DECAP_SOURCES_V4, 1)
+            .map_max_entries(lb_common::MAP_DECAP_SOURCES_V6, 1)
             .load(bytes)
             .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
         let prog = xdp_program(&mut ebpf)?;
