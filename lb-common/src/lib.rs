@@ -35,6 +35,7 @@ pub const MAP_ENCAP: &str = "ENCAP";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_NEW_FLOWS: &str = "NEW_FLOWS";
 pub const MAP_FRAGS: &str = "FRAGS";
+pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 pub const MAP_DECAP_SOURCES_V4: &str = "DECAP_SOURCES_V4";
@@ -61,6 +62,8 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPV6_HOP_BY_HOP: u8 = 0;
 pub const IPV6_ROUTING: u8 = 43;
 pub const IPV6_FRAGMENT: u8 = 44;
@@ -590,10 +593,43 @@ pub enum Outcome {
     /// Admitted by an L4 listener, a backend chosen, but the frame could not be grown for the
     /// outer header (no headroom): `XDP_DROP`, for the same reason as [`Outcome::NoBackend`].
     EncapFailed = 8,
+    /// Admitted by an L4 listener, but too big for the egress MTU once encapsulated: answered
+    /// in place with ICMP "fragmentation needed" (IPv4 with don't-fragment) or ICMPv6 "packet
+    /// too big", naming the MTU the client can use: `XDP_TX` back towards the client.
+    TooBigAnswered = 9,
+    /// As [`Outcome::TooBigAnswered`], but not answered: IPv4 without don't-fragment (a
+    /// router would fragment it; XDP cannot), an ICMP message itself, IPv4 options, or over
+    /// the per-CPU rate of answers ([`ICMP_ANSWERS_PER_SEC`]): `XDP_DROP`.
+    TooBig = 10,
+    /// An ICMP or ICMPv6 error addressed to an L4 listener's VIP about a packet the VIP sent
+    /// (a backend's direct reply), sent IP-in-IP to the backend that owns the flow in it:
+    /// `XDP_TX`. Path MTU discovery of the backends' replies depends on it.
+    ForwardedIcmp = 11,
 }
 
 /// Number of [`Outcome`]s, the length of the arrays in [`Counters`].
-pub const OUTCOMES: usize = 9;
+pub const OUTCOMES: usize = 12;
+
+/// ICMP "too big" answers each CPU sends per second at most (as a router rate-limits its
+/// ICMP errors); beyond it such frames are dropped and counted [`Outcome::TooBig`].
+pub const ICMP_ANSWERS_PER_SEC: u64 = 1000;
+
+/// Value of the single-entry per-CPU `ICMP_RATE` array: answers sent in the current second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct IcmpRate {
+    /// `bpf_ktime_get_ns() / 1e9` of the second being counted.
+    pub second: u64,
+    pub sent: u64,
+}
+
+/// Bytes of the offending packet an ICMP "fragmentation needed" quotes: its IPv4 header
+/// (without options) and the first 8 bytes after it, as RFC 792 asks; the ports are in them.
+pub const ICMP_V4_QUOTE: usize = 28;
+/// Bytes an ICMPv6 "packet too big" quotes: the IPv6 header and 8 bytes after it.
+pub const ICMP_V6_QUOTE: usize = 48;
+/// The smallest MTU an IPv6 link may have (RFC 8200): "packet too big" never names less.
+pub const IPV6_MIN_MTU: u32 = 1280;
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -610,13 +646,18 @@ impl Outcome {
         Outcome::NoBackend,
         Outcome::VlanL4,
         Outcome::EncapFailed,
+        Outcome::TooBigAnswered,
+        Outcome::TooBig,
+        Outcome::ForwardedIcmp,
     ];
 
     /// The XDP action taken for this outcome.
     pub const fn action(self) -> u32 {
         match self {
-            Outcome::DroppedAcl | Outcome::NoBackend | Outcome::EncapFailed => XDP_DROP,
-            Outcome::ForwardedL4 => XDP_TX,
+            Outcome::DroppedAcl | Outcome::NoBackend | Outcome::EncapFailed | Outcome::TooBig => {
+                XDP_DROP
+            }
+            Outcome::ForwardedL4 | Outcome::TooBigAnswered | Outcome::ForwardedIcmp => XDP_TX,
             _ => XDP_PASS,
         }
     }
@@ -632,6 +673,9 @@ impl Outcome {
             Outcome::NoBackend => "no_backend",
             Outcome::VlanL4 => "vlan_l4",
             Outcome::EncapFailed => "encap_failed",
+            Outcome::TooBigAnswered => "too_big_answered",
+            Outcome::TooBig => "too_big",
+            Outcome::ForwardedIcmp => "forwarded_icmp",
         }
     }
 }
@@ -677,6 +721,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
+    unsafe impl aya::Pod for super::IcmpRate {}
     unsafe impl aya::Pod for super::DecapCounters {}
 }
 
@@ -767,8 +812,11 @@ mod tests {
     fn refusals_and_undeliverable_l4_frames_drop_forwarded_ones_leave_the_rest_pass() {
         for o in Outcome::ALL {
             let expected = match o {
-                Outcome::DroppedAcl | Outcome::NoBackend | Outcome::EncapFailed => XDP_DROP,
-                Outcome::ForwardedL4 => XDP_TX,
+                Outcome::DroppedAcl
+                | Outcome::NoBackend
+                | Outcome::EncapFailed
+                | Outcome::TooBig => XDP_DROP,
+                Outcome::ForwardedL4 | Outcome::TooBigAnswered | Outcome::ForwardedIcmp => XDP_TX,
                 _ => XDP_PASS,
             };
             assert_eq!(o.action(), expected, "{o:?}");

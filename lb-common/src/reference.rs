@@ -40,8 +40,13 @@
 //!    is not usable: `NoBackend` (dropped). A usable one is remembered (when
 //!    `flow_secs > 0`) with its epoch and the current time: in `FLOWS` if it held the flow
 //!    (for a backend gone since), else in `NEW_FLOWS`.
-//!    d. `ForwardedL4`: the frame counts in the backend's `BACKEND_STATS` slot, and leaves as
-//!    [`encapsulate`] builds it.
+//!    d. A frame longer than the interface's MTU (plus its Ethernet header) once grown by
+//!    the outer header (20 bytes, 40 for an IPv6 backend) is answered `TooBigAnswered` with
+//!    [`too_big_answer`] naming the MTU less that overhead, or `TooBig` (dropped) when that
+//!    gives none; it counts in no backend's slot. (The program also stops answering past
+//!    [`ICMP_ANSWERS_PER_SEC`] per CPU, which this reference does not model.)
+//!    e. Else `ForwardedL4`: the frame counts in the backend's `BACKEND_STATS` slot, and
+//!    leaves as [`encapsulate`] builds it.
 //!
 //! Listener outcomes count in the listener id's slot; the others in [`NO_LISTENER_SLOT`].
 use std::collections::HashMap;
@@ -76,6 +81,9 @@ pub struct Tables {
     pub new_flows: HashMap<FlowKey, FlowState>,
     /// `FRAGS`, likewise.
     pub frags: HashMap<FragKey, FragPorts>,
+    /// The MTU of the interface frames arrive on (and leave by `XDP_TX`); 0: unknown, nothing
+    /// is too big (BPF_PROG_TEST_RUN runs on the namespace's loopback, MTU 65536 by default).
+    pub mtu: u32,
     /// The clock `FLOWS` times are read against, in nanoseconds (the program's
     /// `bpf_ktime_get_ns`).
     pub now_ns: u64,
@@ -121,6 +129,15 @@ pub fn ring_pick_hash(ring: &[u32], hash: u32) -> Option<u32> {
         .filter(|b| *b < MAX_BACKENDS_PER_GROUP)
 }
 
+/// How a frame leaves the program, when it is not passed or dropped as it came.
+#[derive(Clone, Debug)]
+enum Leave {
+    /// Encapsulated towards a backend.
+    Encap(Forward),
+    /// Replaced by this ICMP answer (rule 7d).
+    Answer(Vec<u8>),
+}
+
 /// What [`encapsulate`] needs of a forwarded frame besides the frame.
 #[derive(Clone, Copy, Debug)]
 struct Forward {
@@ -137,14 +154,81 @@ pub fn run(frame: &[u8], tables: &mut Tables) -> (Decision, Vec<u8>) {
         Err(d) => (d, None),
     };
     let out = match forward {
-        Some(f) => {
+        Some(Leave::Encap(f)) => {
             let backend = tables.backends.get(&f.slot).copied().unwrap_or_default();
             let hash = maglev::client_hash(&f.client, f.src_port);
             encapsulate(frame, &backend, &tables.encap, hash)
         }
+        Some(Leave::Answer(answer)) => answer,
         None => frame.to_vec(),
     };
     (decision, out)
+}
+
+/// The ICMP answer to an untagged `frame` too big for the MTU once encapsulated, telling its
+/// sender that `mtu` bytes fit; None when it is not answered. IPv4 (header without options,
+/// don't-fragment set, TCP or UDP): Ethernet addresses swapped, an IPv4 header (TOS 0, id 0,
+/// no flags, TTL 64, protocol 1) from the frame's destination to its source, ICMP type 3 code
+/// 4 with the MTU (at most 65535) in the low 16 bits of its second word, quoting the frame's
+/// first [`ICMP_V4_QUOTE`] IP bytes. IPv6 (next header not ICMPv6): an IPv6 header (traffic
+/// class and flow label 0, hop limit 64, next header 58) likewise, ICMPv6 type 2 code 0 with
+/// the MTU (at least [`IPV6_MIN_MTU`]), quoting [`ICMP_V6_QUOTE`] bytes.
+pub fn too_big_answer(frame: &[u8], mtu: u32) -> Option<Vec<u8>> {
+    let ip = frame.get(14..)?;
+    let mut out = Vec::with_capacity(110);
+    out.extend_from_slice(&frame[6..12]);
+    out.extend_from_slice(&frame[0..6]);
+    if frame[12..14] == ETH_P_IPV4.to_be_bytes() {
+        let quote = ip.get(..ICMP_V4_QUOTE)?;
+        if quote[0] != 0x45
+            || quote[6] & 0x40 == 0
+            || (quote[9] != IPPROTO_TCP && quote[9] != IPPROTO_UDP)
+        {
+            return None;
+        }
+        out.extend_from_slice(&ETH_P_IPV4.to_be_bytes());
+        let mut h = [0u8; 20];
+        h[0] = 0x45;
+        h[2..4].copy_from_slice(&((28 + ICMP_V4_QUOTE) as u16).to_be_bytes());
+        h[8] = 64;
+        h[9] = IPPROTO_ICMP;
+        h[12..16].copy_from_slice(&quote[16..20]);
+        h[16..20].copy_from_slice(&quote[12..16]);
+        let sum = ipv4_checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        out.extend_from_slice(&h);
+        let mut icmp = std::vec![3u8, 4, 0, 0, 0, 0];
+        icmp.extend_from_slice(&(mtu.min(0xffff) as u16).to_be_bytes());
+        icmp.extend_from_slice(quote);
+        let sum = ipv4_checksum(&icmp);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        out.extend_from_slice(&icmp);
+    } else {
+        let quote = ip.get(..ICMP_V6_QUOTE)?;
+        if quote[0] >> 4 != 6 || quote[6] == IPPROTO_ICMPV6 {
+            return None;
+        }
+        out.extend_from_slice(&ETH_P_IPV6.to_be_bytes());
+        let len = (8 + ICMP_V6_QUOTE) as u16;
+        out.extend_from_slice(&(6u32 << 28).to_be_bytes());
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&[IPPROTO_ICMPV6, 64]);
+        out.extend_from_slice(&quote[24..40]);
+        out.extend_from_slice(&quote[8..24]);
+        let mut icmp = std::vec![2u8, 0, 0, 0];
+        icmp.extend_from_slice(&mtu.max(IPV6_MIN_MTU).to_be_bytes());
+        icmp.extend_from_slice(quote);
+        let mut pseudo = Vec::with_capacity(40 + icmp.len());
+        pseudo.extend_from_slice(&quote[24..40]);
+        pseudo.extend_from_slice(&quote[8..24]);
+        pseudo.extend_from_slice(&u32::from(len).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+        pseudo.extend_from_slice(&icmp);
+        let sum = ipv4_checksum(&pseudo);
+        icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+        out.extend_from_slice(&icmp);
+    }
+    Some(out)
 }
 
 /// The frame sent to `backend` for an untagged `frame` whose client hashes to `hash`
@@ -240,7 +324,7 @@ fn bytes<const N: usize>(frame: &[u8], off: usize) -> Result<[u8; N], Decision> 
 fn classify_inner(
     frame: &[u8],
     tables: &mut Tables,
-) -> Result<(Decision, Option<Forward>), Decision> {
+) -> Result<(Decision, Option<Leave>), Decision> {
     let unparsable = Decision::global(Outcome::Unparsable);
     let not_ours = Decision::global(Outcome::NotOurs);
     let fragment = Decision::global(Outcome::Fragment);
@@ -436,21 +520,40 @@ fn classify_inner(
         forward_to(&info, &flow, tables)
     };
     Ok(match picked {
-        Ok(slot) => (
-            Decision {
-                outcome: Outcome::ForwardedL4,
-                slot: info.id,
-                backend: Some(BackendPick {
-                    group: info.l4_group,
-                    backend: slot % MAX_BACKENDS_PER_GROUP,
-                }),
-            },
-            Some(Forward {
-                slot,
-                client,
-                src_port,
-            }),
-        ),
+        Ok(slot) => {
+            let backend = tables.backends.get(&slot).copied().unwrap_or_default();
+            let overhead = if backend.outer_v6() { 40 } else { 20 };
+            if tables.mtu != 0 && frame.len() + overhead > tables.mtu as usize + 14 {
+                let mtu = tables.mtu.saturating_sub(overhead as u32);
+                let answer = too_big_answer(frame, mtu);
+                let outcome = if answer.is_some() {
+                    Outcome::TooBigAnswered
+                } else {
+                    Outcome::TooBig
+                };
+                let decision = Decision {
+                    outcome,
+                    slot: info.id,
+                    backend: None,
+                };
+                return Ok((decision, answer.map(Leave::Answer)));
+            }
+            (
+                Decision {
+                    outcome: Outcome::ForwardedL4,
+                    slot: info.id,
+                    backend: Some(BackendPick {
+                        group: info.l4_group,
+                        backend: slot % MAX_BACKENDS_PER_GROUP,
+                    }),
+                },
+                Some(Leave::Encap(Forward {
+                    slot,
+                    client,
+                    src_port,
+                })),
+            )
+        }
         Err(outcome) => (
             Decision {
                 outcome,

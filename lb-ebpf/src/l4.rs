@@ -7,20 +7,36 @@ use lb_common::{
     backend_slot, backend_stats_slot, l4_flags, live_half, maglev, maglev_position,
 };
 
-use crate::{BACKEND_STATS, BACKENDS, FLOWS, MAGLEV, MAGLEV_GEN, NEW_FLOWS, encap};
+use crate::{BACKEND_STATS, BACKENDS, FLOWS, MAGLEV, MAGLEV_GEN, NEW_FLOWS, encap, icmp};
+
+/// [`forward`]: the inner packet is IPv4.
+pub const INNER_V4: u32 = 1;
+/// [`forward`]: answer a frame too big for the MTU (the client's own packets, not ICMP).
+pub const ANSWER_TOO_BIG: u32 = 2;
 
 /// Sends the frame of `flow` (admitted by `info`, an L4 listener, untagged) to its backend.
+/// A frame that would not fit the egress MTU once encapsulated is answered with ICMP "too
+/// big" with [`ANSWER_TOO_BIG`] in `flags`, else dropped.
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
     info: &ListenerInfo,
     flow: &FlowKey,
-    inner_v4: bool,
     len: u64,
+    flags: u32,
 ) -> Outcome {
+    let inner_v4 = flags & INNER_V4 != 0;
+    let answer = flags & ANSWER_TOO_BIG != 0;
     let Some((slot, backend)) = choose(info, flow) else {
         return Outcome::NoBackend;
     };
+    let overhead = if backend.outer_v6() { 40 } else { 20 };
+    if let Some(mtu) = icmp::too_big(ctx, overhead) {
+        if !answer {
+            return Outcome::TooBig;
+        }
+        return icmp::answer_too_big(ctx, inner_v4, mtu.saturating_sub(overhead as u32));
+    }
     let hash = maglev::client_hash(&flow.src, flow.src_port);
     if encap::push(ctx, &backend, inner_v4, hash).is_none() {
         return Outcome::EncapFailed;

@@ -8,6 +8,7 @@
 
 mod decap;
 mod encap;
+mod icmp;
 mod l4;
 
 use aya_ebpf::{
@@ -19,10 +20,10 @@ use lb_common::{
     ACL_LISTENER_ID_BITS, AclV4, AclV6, BACKEND_STATS_SLOTS, BACKENDS_SLOTS, BackendCounters,
     BackendInfo, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EncapConfig, FlowKey,
     FlowState, FragKey, FragPorts, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS,
-    IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, ListenerInfo, ListenerKey, MAGLEV_ENTRIES,
-    MAX_ACL_ENTRIES, MAX_FLOWS, MAX_FRAGS, MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_LISTENERS,
-    MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk, NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS,
-    PortListeners, STATS_SLOTS, acl, port_slot, v4_mapped,
+    IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, IcmpRate, ListenerInfo, ListenerKey,
+    MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_FLOWS, MAX_FRAGS, MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS,
+    MAX_LISTENERS, MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk, NO_LISTENER_SLOT, OUTCOMES, Outcome,
+    PORT_SLOTS, PortListeners, STATS_SLOTS, acl, port_slot, v4_mapped,
 };
 
 #[map(name = "LISTENERS")]
@@ -59,6 +60,10 @@ static BACKENDS: Array<BackendInfo> = Array::with_max_entries(BACKENDS_SLOTS, 0)
 /// One entry: the prefixes of outer source addresses.
 #[map(name = "ENCAP")]
 static ENCAP: Array<EncapConfig> = Array::with_max_entries(1, 0);
+
+/// One entry per CPU: ICMP "too big" answers sent this second.
+#[map(name = "ICMP_RATE")]
+static ICMP_RATE: PerCpuArray<IcmpRate> = PerCpuArray::with_max_entries(1, 0);
 
 /// The ports of fragmented datagrams whose first fragment an L4 listener admitted.
 #[map(name = "FRAGS")]
@@ -197,7 +202,7 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
                 return Err(Outcome::Fragment);
             }
             // SAFETY: map values are plain integers, copied out at once.
-            let ports = unsafe { FRAGS.get(&p.frag_key(id)) }.ok_or(Outcome::Fragment)?;
+            let ports = unsafe { FRAGS.get(p.frag_key(id)) }.ok_or(Outcome::Fragment)?;
             (ports.src_port, ports.dst_port)
         }
         Frag::Whole | Frag::First(_) => {
@@ -252,7 +257,7 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
         };
         // A full table forgets the oldest datagram; a failed insert leaves this one's later
         // fragments to the stack.
-        let _ = FRAGS.insert(&p.frag_key(id), &ports, 0);
+        let _ = FRAGS.insert(p.frag_key(id), ports, 0);
     }
     let flow = FlowKey {
         src: p.src_mapped(),
@@ -262,7 +267,8 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
         proto,
         _pad: [0; 3],
     };
-    Ok((info.id, l4::forward(ctx, &info, &flow, is_v4, len)))
+    let flags = if is_v4 { l4::INNER_V4 } else { 0 } | l4::ANSWER_TOO_BIG;
+    Ok((info.id, l4::forward(ctx, &info, &flow, len, flags)))
 }
 
 #[inline(always)]

@@ -52,8 +52,11 @@
 //!   backend then drops; turn checksum offload off on the sending side
 //!   (`ethtool -K IFACE tx off`);
 //! - **MTU**: the links between the edgelb node and the backend carry the client's packets
-//!   plus the outer header, 20 bytes (IPv4) or 40 (IPv6): their MTU must be that much larger
-//!   than the clients' (here 1600 against 1500), or the clients' MSS clamped;
+//!   plus the outer header, 20 bytes (IPv4) or 40 (IPv6). At the same MTU as the clients'
+//!   (here 1500 everywhere) edgelb answers packets that would not fit with ICMP "too big", and
+//!   clients doing path MTU discovery (every TCP stack; UDP with don't-fragment) send smaller
+//!   ones; fragments (never don't-fragment) that would not fit are dropped and counted
+//!   `too_big`. Links 20/40 bytes larger than the clients' avoid both (jumbo frames);
 //! - **servers bound to the VIP or a wildcard**. A UDP server must answer from the VIP: bind
 //!   it to the VIP (or use `IP_PKTINFO`), since a wildcard socket's answer leaves from the
 //!   address the route picks.
@@ -82,11 +85,12 @@ pub const CLIENT_V6_SOURCES: u16 = 0x16;
 
 /// The client's link: the MTU clients see.
 const CLIENT_MTU: &str = "1500";
-/// Every link behind the router (router–lb, router–backend): the tunnelled packets are a
-/// client packet plus an outer header of 20 (IPv4) or 40 (IPv6) bytes, and are sent with
-/// "don't fragment". Sent back out of the lb by XDP_TX, a frame too large for the link would
-/// be lost silently, so these links must carry at least 1500 + 40 bytes.
-const INNER_MTU: &str = "1600";
+/// Every link behind the router (router–lb, router–backend), as [`L4Topo::new`] makes them:
+/// the same as the clients'. A client packet plus the outer header (20 or 40 bytes) then does
+/// not fit; edgelb answers it with ICMP "fragmentation needed" / "packet too big", and the
+/// client's path MTU discovery sends smaller ones. [`L4Topo::with_inner_mtu`] makes room
+/// instead, as an operator can with jumbo frames behind the balancers.
+pub const INNER_MTU: u32 = 1500;
 
 pub const fn vip(v6: bool) -> IpAddr {
     if v6 {
@@ -256,6 +260,11 @@ impl L4Topo {
     /// Builds the topology with the VIP routed to lb1 (nothing answers for it until edgelb
     /// runs there), the backends' decap programs and servers running.
     pub fn new() -> Self {
+        Self::with_inner_mtu(INNER_MTU)
+    }
+
+    /// As [`L4Topo::new`], with links of MTU `inner_mtu` behind the router.
+    pub fn with_inner_mtu(inner_mtu: u32) -> Self {
         let client = Netns::new("l4c");
         let router = Netns::new("l4r");
         let lbs: Vec<Netns> = (0..LBS).map(|_| Netns::new("l4l")).collect();
@@ -300,7 +309,7 @@ impl L4Topo {
         );
         for (k, l) in lb_links.iter().enumerate() {
             r += &format!(
-                "link set {i} mtu {INNER_MTU} up\n\
+                "link set {i} mtu {inner_mtu} up\n\
                  address add 10.2.{n}.1/24 dev {i}\n\
                  address add fd00:2:{n}::1/64 dev {i} nodad\n",
                 i = l.router_if,
@@ -309,7 +318,7 @@ impl L4Topo {
         }
         for (k, l) in backend_links.iter().enumerate() {
             r += &format!(
-                "link set {i} mtu {INNER_MTU} up\n\
+                "link set {i} mtu {inner_mtu} up\n\
                  address add 10.3.{n}.1/24 dev {i}\n\
                  address add fd00:3:{n}::1/64 dev {i} nodad\n",
                 i = l.router_if,
@@ -355,7 +364,7 @@ impl L4Topo {
             batch(
                 ns,
                 &format!(
-                    "link set {i} mtu {INNER_MTU} up\n\
+                    "link set {i} mtu {inner_mtu} up\n\
                      address add 10.2.{n}.2/24 dev {i}\n\
                      address add fd00:2:{n}::2/64 dev {i} nodad\n\
                      route add default via 10.2.{n}.1\n\
@@ -382,7 +391,7 @@ impl L4Topo {
             batch(
                 ns,
                 &format!(
-                    "link set {i} mtu {INNER_MTU} up\n\
+                    "link set {i} mtu {inner_mtu} up\n\
                      address add 10.3.{n}.2/24 dev {i}\n\
                      address add fd00:3:{n}::2/64 dev {i} nodad\n\
                      address add {VIP_V4}/32 dev lo\n\
@@ -572,8 +581,9 @@ impl L4Topo {
 
     /// Installs nftables counters in the router's forward path, read with
     /// [`L4Topo::counter`]: `to_lbK` (packets to a VIP sent to lb node K, 1-based),
-    /// `vip_via_lbK` (packets from a VIP, i.e. backends' replies, sent to or coming from lb
-    /// node K: there should be none) and `vip_direct` (replies from a VIP forwarded from a
+    /// `vip_via_lbK` (TCP and UDP packets from a VIP, i.e. backends' replies, sent to or
+    /// coming from lb node K: there should be none; lb nodes do answer from the VIP with ICMP
+    /// "too big") and `vip_direct` (replies from a VIP forwarded from a
     /// backend's link to the client's).
     pub fn count_vip_traffic(&self) {
         let mut rules = String::new();
@@ -588,10 +598,10 @@ impl L4Topo {
             rules += &format!(
                 "oifname \"{i}\" ip daddr {VIP_V4} counter name {to}\n\
                  oifname \"{i}\" ip6 daddr {VIP_V6} counter name {to}\n\
-                 oifname \"{i}\" ip saddr {VIP_V4} counter name {via}\n\
-                 oifname \"{i}\" ip6 saddr {VIP_V6} counter name {via}\n\
-                 iifname \"{i}\" ip saddr {VIP_V4} counter name {via}\n\
-                 iifname \"{i}\" ip6 saddr {VIP_V6} counter name {via}\n"
+                 oifname \"{i}\" ip saddr {VIP_V4} meta l4proto {{ tcp, udp }} counter name {via}\n\
+                 oifname \"{i}\" ip6 saddr {VIP_V6} meta l4proto {{ tcp, udp }} counter name {via}\n\
+                 iifname \"{i}\" ip saddr {VIP_V4} meta l4proto {{ tcp, udp }} counter name {via}\n\
+                 iifname \"{i}\" ip6 saddr {VIP_V6} meta l4proto {{ tcp, udp }} counter name {via}\n"
             );
         }
         for l in &self.backend_links {

@@ -41,6 +41,8 @@ pub struct Frame {
     pub v4_options: usize,
     /// IPv4 fragment offset (8-byte units) and more-fragments flag.
     pub v4_fragment: (u16, bool),
+    /// IPv4 don't-fragment flag.
+    pub v4_df: bool,
     pub v6_exts: Vec<Ext>,
     pub payload: usize,
 }
@@ -56,6 +58,7 @@ impl Frame {
             dst_port,
             v4_options: 0,
             v4_fragment: (0, false),
+            v4_df: false,
             v6_exts: Vec::new(),
             payload: 0,
         }
@@ -84,6 +87,18 @@ impl Frame {
         self
     }
 
+    /// Sets IPv4's don't-fragment flag, as TCP stacks doing path MTU discovery do.
+    pub fn df(mut self) -> Self {
+        self.v4_df = true;
+        self
+    }
+
+    /// A payload of `bytes` after the transport header.
+    pub fn payload(mut self, bytes: usize) -> Self {
+        self.payload = bytes;
+        self
+    }
+
     pub fn exts(mut self, exts: &[Ext]) -> Self {
         self.v6_exts = exts.to_vec();
         self
@@ -103,8 +118,9 @@ impl Frame {
                 let opts = self.v4_options.min(40).div_ceil(4) * 4;
                 let ihl = 5 + opts / 4;
                 let total = (ihl * 4 + l4.len()) as u16;
-                let frag =
-                    (self.v4_fragment.0 & 0x1fff) | if self.v4_fragment.1 { 0x2000 } else { 0 };
+                let frag = (self.v4_fragment.0 & 0x1fff)
+                    | if self.v4_fragment.1 { 0x2000 } else { 0 }
+                    | if self.v4_df { 0x4000 } else { 0 };
                 out.push(0x40 | ihl as u8);
                 out.push(0);
                 out.extend_from_slice(&total.to_be_bytes());

@@ -13,6 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use edgelb::acl::AclMode;
 use edgelb::dataplane::{BackendEntry, L4Listener, L4Listeners, ListenerRule};
 use edgelb_tests::dataplane_fixture::Fixture;
+use edgelb_tests::netns::{Netns, in_netns};
 use edgelb_tests::packet::{Ext, Frame, ICMP, TCP, UDP};
 use edgelb_tests::privilege::root_or_skip;
 use edgelb_tests::rng::Rng;
@@ -266,6 +267,12 @@ fn random_frame(rng: &mut Rng) -> Frame {
     }
     if rng.chance(20) {
         f.payload = rng.below(64);
+        // Some near the MTU (1500 here), with don't-fragment or not, so that a few no longer
+        // fit once encapsulated.
+        if f.payload < 16 {
+            f.payload += 1440;
+            f.v4_df = f.payload.is_multiple_of(2);
+        }
     }
     f
 }
@@ -313,7 +320,16 @@ fn kernel_program_agrees_with_the_reference_classifier() {
     if !root_or_skip("kernel_program_agrees_with_the_reference_classifier") {
         return;
     }
+    // On the loopback of a namespace of its own, MTU 1500, like a NIC's: BPF_PROG_TEST_RUN
+    // runs there, and the too-big rules come into play.
+    let ns = Netns::new("diff");
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    in_netns(&ns.path(), differential);
+}
+
+fn differential() {
     let mut fx = Fixture::load();
+    fx.tables.mtu = 1500;
     let mut mismatches = Vec::new();
     let mut total = 0usize;
     let mut by_outcome = [0usize; OUTCOMES];
@@ -420,10 +436,14 @@ fn kernel_program_agrees_with_the_reference_classifier() {
     );
     // The generator must reach every outcome, or the comparison proves little. Tagged
     // frames to L4 listeners are rarer; a failed encapsulation needs a frame without
-    // headroom, which BPF_PROG_TEST_RUN never gives.
+    // headroom, which BPF_PROG_TEST_RUN never gives. Too-big frames of L4 listeners are
+    // rare here; `xdp_encap` compares each kind with the reference byte for byte.
     assert!(
         Outcome::ALL.iter().all(|o| match o {
-            Outcome::EncapFailed => true,
+            Outcome::EncapFailed
+            | Outcome::ForwardedIcmp
+            | Outcome::TooBig
+            | Outcome::TooBigAnswered => true,
             Outcome::VlanL4 => by_outcome[*o as usize] >= 10,
             _ => by_outcome[*o as usize] >= 50,
         }),

@@ -884,3 +884,95 @@ fn decap_trusts_only_the_from_prefixes_and_drops_the_rest_for_a_vip() {
     let refused = none.counters().expect("counters").packets[DecapOutcome::Refused as usize];
     assert_eq!(refused, 2, "no trusted source");
 }
+
+/// On an interface with MTU 1500 (the loopback of a namespace of its own, which
+/// BPF_PROG_TEST_RUN runs on): a full-sized TCP segment with don't-fragment, IPv4 or IPv6,
+/// would not fit once encapsulated, and is answered in place with ICMP "fragmentation needed"
+/// (MTU 1480) / ICMPv6 "packet too big" (MTU 1480; 1460 towards an IPv6 backend), byte for
+/// byte as the reference builds it, with checksums an independent parser accepts; without
+/// don't-fragment it is dropped; a frame that fits is forwarded as before.
+#[test]
+fn frames_too_big_once_encapsulated_are_answered_with_icmp() {
+    if !root_or_skip("frames_too_big_once_encapsulated_are_answered_with_icmp") {
+        return;
+    }
+    let ns = edgelb_tests::netns::Netns::new("mtu");
+    ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    edgelb_tests::netns::in_netns(&ns.path(), || {
+        let mut fx = Fixture::load();
+        fx.tables.mtu = 1500;
+        setup(&mut fx, L4Listener::in_group(GROUP));
+        let full = |f: Frame| {
+            let header = f.bytes().len();
+            f.payload(1514 - header)
+        };
+        let run = |fx: &mut Fixture, f: &Frame| {
+            let frame = f.bytes();
+            assert_eq!(frame.len(), f.bytes().len());
+            let (verdict, out, decision, expected) = fx.run_output(&frame);
+            assert_eq!(out, expected, "kernel and reference frames differ");
+            assert_eq!(verdict, decision.outcome.action());
+            (decision.outcome, out)
+        };
+        for (backend, v6_outer_mtu) in [(0u32, 1480u32), (1, 1460)] {
+            fx.set_ring(GROUP, ring_of(backend));
+            let (outcome, out) = run(&mut fx, &full(Frame::tcp("10.2.3.4", "10.0.0.1", 443).df()));
+            assert_eq!(outcome, Outcome::TooBigAnswered);
+            assert_eq!(out.len(), 14 + 20 + 8 + 28);
+            assert_eq!(&out[0..12], &[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+            let ip = Ipv4HeaderSlice::from_slice(&out[14..]).expect("an IPv4 header");
+            assert_eq!(
+                (ip.source(), ip.destination(), ip.protocol().0),
+                ([10, 0, 0, 1], [10, 2, 3, 4], 1)
+            );
+            assert_eq!(ip.header_checksum(), ip.to_header().calc_header_checksum());
+            let icmp = &out[34..];
+            assert_eq!((icmp[0], icmp[1]), (3, 4));
+            assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), v6_outer_mtu as u16);
+            assert_eq!(ones_complement(icmp), 0, "ICMP checksum");
+
+            let (outcome, out) = run(&mut fx, &full(Frame::tcp("fd00:2::3:4", "fd00::1", 443)));
+            assert_eq!(outcome, Outcome::TooBigAnswered);
+            let ip = Ipv6HeaderSlice::from_slice(&out[14..]).expect("an IPv6 header");
+            assert_eq!(ip.next_header().0, 58);
+            assert_eq!(
+                (ip.source_addr(), ip.destination_addr()),
+                (
+                    "fd00::1".parse().expect("a"),
+                    "fd00:2::3:4".parse().expect("a")
+                )
+            );
+            let icmp = &out[54..];
+            assert_eq!((icmp[0], icmp[1]), (2, 0));
+            assert_eq!(
+                u32::from_be_bytes([icmp[4], icmp[5], icmp[6], icmp[7]]),
+                v6_outer_mtu
+            );
+            let mut pseudo = out[22..54].to_vec();
+            pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 58]);
+            pseudo.extend_from_slice(icmp);
+            assert_eq!(ones_complement(&pseudo), 0, "ICMPv6 checksum");
+        }
+        fx.set_ring(GROUP, ring_of(0));
+        let before = fx.counters(1).packets_of(Outcome::TooBig);
+        let (outcome, _) = run(&mut fx, &full(Frame::tcp("10.2.3.4", "10.0.0.1", 443)));
+        assert_eq!(outcome, Outcome::TooBig, "no don't-fragment: dropped");
+        assert_eq!(fx.counters(1).packets_of(Outcome::TooBig) - before, 1);
+        let fits = Frame::tcp("10.2.3.4", "10.0.0.1", 443).df().payload(1440);
+        assert_eq!(run(&mut fx, &fits).0, Outcome::ForwardedL4);
+    });
+}
+
+/// The ones' complement sum of `bytes` folded and inverted: 0 when they carry their own
+/// correct Internet checksum.
+fn ones_complement(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}

@@ -1,0 +1,201 @@
+//! ICMP at the VIP. Frames of L4 listeners too big for the egress MTU once encapsulated are
+//! answered with ICMP "fragmentation needed" / ICMPv6 "packet too big" (so the client's path
+//! MTU discovery works across the tunnel), and ICMP errors addressed to a VIP about a
+//! backend's direct reply are sent on to that backend (so the backend's does).
+use aya_ebpf::helpers::{
+    bpf_check_mtu, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+};
+use aya_ebpf::programs::XdpContext;
+use lb_common::{
+    ETH_P_IPV4, ETH_P_IPV6, ICMP_ANSWERS_PER_SEC, ICMP_V4_QUOTE, ICMP_V6_QUOTE, IPPROTO_ICMP,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_MIN_MTU, Outcome,
+};
+
+use crate::{ICMP_RATE, at};
+
+/// `bpf_check_mtu`'s answer when the frame does not fit.
+const MTU_FRAG_NEEDED: i64 = 1;
+/// TTL / hop limit of the answers.
+const TTL: u8 = 64;
+
+/// The egress device's MTU if the frame, grown by `overhead` bytes, would exceed it.
+#[inline(always)]
+pub fn too_big(ctx: &XdpContext, overhead: i32) -> Option<u32> {
+    let mut mtu: u32 = 0;
+    // SAFETY: the helper reads the context and writes the one u32 it is given.
+    let r = unsafe { bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu, overhead, 0) };
+    (r == MTU_FRAG_NEEDED).then_some(mtu)
+}
+
+/// Turns the frame (an IPv4 or IPv6 packet of an L4 listener, untagged) into the ICMP answer
+/// telling its sender that `mtu` bytes fit, addressed from the VIP back to the client through
+/// the Ethernet neighbour it came from. [`Outcome::TooBig`] when it must not be answered.
+#[inline(always)]
+pub fn answer_too_big(ctx: &XdpContext, v4: bool, mtu: u32) -> Outcome {
+    let answered = if v4 {
+        answer_v4(ctx, mtu)
+    } else {
+        answer_v6(ctx, mtu)
+    };
+    match answered {
+        Some(()) => Outcome::TooBigAnswered,
+        None => Outcome::TooBig,
+    }
+}
+
+// Both answers make room for their headers in front of the packet (the quote is then where
+// it must be, uncopied: the program's stack is 512 bytes), then cut what follows the quote.
+
+#[inline(always)]
+fn answer_v4(ctx: &XdpContext, mtu: u32) -> Option<()> {
+    // SAFETY (every dereference of `at`): the range was checked against data_end.
+    let eth = unsafe { *at::<14>(ctx, 0)? };
+    let ip = unsafe { &*at::<ICMP_V4_QUOTE>(ctx, 14)? };
+    // Options would make the quote miss the ports; a fragmentable packet is a router's to
+    // fragment (XDP cannot); an ICMP message is never answered with another.
+    let proto = ip[9];
+    if ip[0] != 0x45 || ip[6] & 0x40 == 0 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return None;
+    }
+    if !rate_allows() {
+        return None;
+    }
+    const LEN: usize = 14 + 20 + 8 + ICMP_V4_QUOTE;
+    const Q: usize = LEN - ICMP_V4_QUOTE;
+    grow(ctx, 28)?;
+    resize(ctx, LEN)?;
+    let h = unsafe { &mut *at::<LEN>(ctx, 0)? };
+    ethernet_back(h, &eth, ETH_P_IPV4);
+    h[14] = 0x45;
+    h[15] = 0;
+    h[16..18].copy_from_slice(&((20 + 8 + ICMP_V4_QUOTE) as u16).to_be_bytes());
+    h[18..22].copy_from_slice(&[0; 4]);
+    h[22] = TTL;
+    h[23] = IPPROTO_ICMP;
+    h[24..26].copy_from_slice(&[0; 2]);
+    // From the VIP, which the client sent to, back to the client.
+    for i in 0..4 {
+        h[26 + i] = h[Q + 16 + i];
+        h[30 + i] = h[Q + 12 + i];
+    }
+    let sum = checksum(sum_words(&h[14..34], 0));
+    h[24..26].copy_from_slice(&sum.to_be_bytes());
+    // Destination unreachable, fragmentation needed; the next-hop MTU in the low 16 bits.
+    h[34] = 3;
+    h[35] = 4;
+    h[36..40].copy_from_slice(&[0; 4]);
+    h[40..42].copy_from_slice(&(mtu.min(0xffff) as u16).to_be_bytes());
+    let sum = checksum(sum_words(&h[34..], 0));
+    h[36..38].copy_from_slice(&sum.to_be_bytes());
+    Some(())
+}
+
+#[inline(always)]
+fn answer_v6(ctx: &XdpContext, mtu: u32) -> Option<()> {
+    // SAFETY (every dereference of `at`): the range was checked against data_end.
+    let eth = unsafe { *at::<14>(ctx, 0)? };
+    let ip = unsafe { &*at::<ICMP_V6_QUOTE>(ctx, 14)? };
+    if ip[0] >> 4 != 6 || ip[6] == IPPROTO_ICMPV6 {
+        return None;
+    }
+    if !rate_allows() {
+        return None;
+    }
+    const LEN: usize = 14 + 40 + 8 + ICMP_V6_QUOTE;
+    const Q: usize = LEN - ICMP_V6_QUOTE;
+    const PAYLOAD: u16 = (8 + ICMP_V6_QUOTE) as u16;
+    grow(ctx, 48)?;
+    resize(ctx, LEN)?;
+    let h = unsafe { &mut *at::<LEN>(ctx, 0)? };
+    ethernet_back(h, &eth, ETH_P_IPV6);
+    h[14..18].copy_from_slice(&(6u32 << 28).to_be_bytes());
+    h[18..20].copy_from_slice(&PAYLOAD.to_be_bytes());
+    h[20] = IPPROTO_ICMPV6;
+    h[21] = TTL;
+    for i in 0..16 {
+        h[22 + i] = h[Q + 24 + i];
+        h[38 + i] = h[Q + 8 + i];
+    }
+    h[54] = 2;
+    h[55] = 0;
+    h[56..58].copy_from_slice(&[0; 2]);
+    h[58..62].copy_from_slice(&mtu.max(IPV6_MIN_MTU).to_be_bytes());
+    // The pseudo-header: addresses, upper-layer length, next header.
+    let pseudo = sum_words(&h[22..54], u32::from(PAYLOAD) + u32::from(IPPROTO_ICMPV6));
+    let sum = checksum(sum_words(&h[54..], pseudo));
+    h[56..58].copy_from_slice(&sum.to_be_bytes());
+    Some(())
+}
+
+/// Moves the frame's start `by` bytes earlier, into the headroom.
+#[inline(always)]
+fn grow(ctx: &XdpContext, by: i32) -> Option<()> {
+    // SAFETY: the helper checks the headroom itself and fails without changing the frame.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -by) } != 0 {
+        return None;
+    }
+    Some(())
+}
+
+/// Back out of the interface to the neighbour the frame came from.
+#[inline(always)]
+fn ethernet_back(h: &mut [u8], old: &[u8; 14], ethertype: u16) {
+    h[0..6].copy_from_slice(&old[6..12]);
+    h[6..12].copy_from_slice(&old[0..6]);
+    h[12..14].copy_from_slice(&ethertype.to_be_bytes());
+}
+
+/// Cuts the frame to `len` bytes (it is longer: it did not fit the MTU).
+#[inline(always)]
+fn resize(ctx: &XdpContext, len: usize) -> Option<()> {
+    let now = ctx.data_end() - ctx.data();
+    if now < len {
+        return None;
+    }
+    // SAFETY: the helper checks the new end lies inside the frame.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, -((now - len) as i32)) } != 0 {
+        return None;
+    }
+    Some(())
+}
+
+/// Whether this CPU may send one more answer this second (and counts it).
+#[inline(always)]
+fn rate_allows() -> bool {
+    let Some(rate) = ICMP_RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a helper without arguments; the per-CPU value is only touched by this CPU.
+    unsafe {
+        let second = bpf_ktime_get_ns() / 1_000_000_000;
+        if (*rate).second != second {
+            (*rate).second = second;
+            (*rate).sent = 0;
+        }
+        if (*rate).sent >= ICMP_ANSWERS_PER_SEC {
+            return false;
+        }
+        (*rate).sent += 1;
+    }
+    true
+}
+
+/// `initial` plus the 16-bit big-endian words of `bytes` (an even number of them).
+#[inline(always)]
+fn sum_words(bytes: &[u8], initial: u32) -> u32 {
+    let mut sum = initial;
+    let mut i = 0;
+    while i + 1 < bytes.len() {
+        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+        i += 2;
+    }
+    sum
+}
+
+/// The Internet checksum of a sum of words.
+#[inline(always)]
+fn checksum(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
