@@ -18,6 +18,14 @@ use bytemuck::{Pod, Zeroable};
 
 /// Name of the XDP program inside the object built from `lb-ebpf`.
 pub const PROGRAM_NAME: &str = "edgelb_xdp";
+/// Name of the XDP program `edgelb_xdp` hands ICMP errors to (a tail call through `TAIL`,
+/// entry [`TAIL_ICMP`]): it has a stack of its own for them. Same object.
+pub const ICMP_PROGRAM_NAME: &str = "edgelb_icmp";
+/// Entry of the `TAIL` program array that holds [`ICMP_PROGRAM_NAME`].
+pub const TAIL_ICMP: u32 = 0;
+/// Entries of the `TAIL` program array.
+pub const TAIL_SLOTS: u32 = 1;
+
 /// Name of the decapsulating XDP program (run on L4 backends by `edgelb decap`), same object.
 pub const DECAP_PROGRAM_NAME: &str = "edgelb_decap";
 
@@ -36,6 +44,7 @@ pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_NEW_FLOWS: &str = "NEW_FLOWS";
 pub const MAP_FRAGS: &str = "FRAGS";
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
+pub const MAP_TAIL: &str = "TAIL";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
 pub const MAP_DECAP_STATS: &str = "DECAP_STATS";
 pub const MAP_DECAP_SOURCES_V4: &str = "DECAP_SOURCES_V4";

@@ -48,6 +48,8 @@
 //!    e. Else `ForwardedL4`: the frame counts in the backend's `BACKEND_STATS` slot, and
 //!    leaves as [`encapsulate`] builds it.
 //!
+//! 8. ICMP errors to a VIP: see `icmp_error` (checked after rule 4, before the ports).
+//!
 //! Listener outcomes count in the listener id's slot; the others in [`NO_LISTENER_SLOT`].
 use std::collections::HashMap;
 use std::vec::Vec;
@@ -425,6 +427,16 @@ fn classify_inner(
         }
         _ => return Err(not_ours),
     };
+    let is_icmp = (ethertype == ETH_P_IPV4 && proto == IPPROTO_ICMP)
+        || (ethertype == ETH_P_IPV6 && proto == IPPROTO_ICMPV6);
+    if off == 14
+        && matches!(frag, Frag::Whole)
+        && is_icmp
+        && frame.len() >= l4 + 4
+        && is_icmp_error(frame[l4], ethertype == ETH_P_IPV4)
+    {
+        return icmp_error(frame, tables);
+    }
     let frag_key = |id: u32| FragKey {
         src: match src {
             Src::V4(a) => v4_mapped(a),
@@ -456,33 +468,12 @@ fn classify_inner(
     };
 
     let is_v4 = ethertype == ETH_P_IPV4;
-    let family_any = if is_v4 { ANY_V4 } else { ANY };
-    let candidates: &[[u8; 16]] = if is_v4 {
-        &[dst, family_any, ANY]
+    let info = find_listener(tables, dst, port, proto, is_v4).ok_or(not_ours)?;
+    let outcome = if admitted(tables, info, &src) {
+        Outcome::Passed
     } else {
-        &[dst, family_any]
+        Outcome::DroppedAcl
     };
-    let exact_is_wildcard = dst == ANY || dst == ANY_V4;
-    let info = candidates
-        .iter()
-        .skip(usize::from(exact_is_wildcard))
-        .find_map(|addr| tables.listeners.get(&ListenerKey::new(*addr, port, proto)))
-        .ok_or(not_ours)?;
-
-    let listed = tables.acl.iter().any(|(id, prefix)| {
-        *id == info.id
-            && match (prefix, &src) {
-                (AclPrefix::V4(net, len), Src::V4(a)) => prefix_matches(net, *len, a),
-                (AclPrefix::V6(net, len), Src::V6(a)) => prefix_matches(net, *len, a),
-                _ => false,
-            }
-    });
-    let outcome = match info.acl {
-        acl::ALLOW if !listed => Outcome::DroppedAcl,
-        acl::DENY if listed => Outcome::DroppedAcl,
-        _ => Outcome::Passed,
-    };
-    let info = *info;
     if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {
         return Ok((
             Decision {
@@ -563,6 +554,162 @@ fn classify_inner(
             None,
         ),
     })
+}
+
+/// Rule 5: the listener of (`dst`, `port`, `proto`).
+fn find_listener(
+    tables: &Tables,
+    dst: [u8; 16],
+    port: u16,
+    proto: u8,
+    is_v4: bool,
+) -> Option<ListenerInfo> {
+    let family_any = if is_v4 { ANY_V4 } else { ANY };
+    let candidates: &[[u8; 16]] = if is_v4 {
+        &[dst, family_any, ANY]
+    } else {
+        &[dst, family_any]
+    };
+    let exact_is_wildcard = dst == ANY || dst == ANY_V4;
+    candidates
+        .iter()
+        .skip(usize::from(exact_is_wildcard))
+        .find_map(|addr| tables.listeners.get(&ListenerKey::new(*addr, port, proto)))
+        .copied()
+}
+
+/// Rule 6: whether `info`'s access control admits `src`.
+fn admitted(tables: &Tables, info: ListenerInfo, src: &Src) -> bool {
+    let listed = tables.acl.iter().any(|(id, prefix)| {
+        *id == info.id
+            && match (prefix, src) {
+                (AclPrefix::V4(net, len), Src::V4(a)) => prefix_matches(net, *len, a),
+                (AclPrefix::V6(net, len), Src::V6(a)) => prefix_matches(net, *len, a),
+                _ => false,
+            }
+    });
+    !matches!((info.acl, listed), (acl::ALLOW, false) | (acl::DENY, true))
+}
+
+/// Whether ICMP (`v4`) or ICMPv6 type `kind` quotes the packet it is about (rule 8).
+fn is_icmp_error(kind: u8, v4: bool) -> bool {
+    if v4 {
+        matches!(kind, 3 | 11 | 12)
+    } else {
+        matches!(kind, 1..=4)
+    }
+}
+
+/// Rule 8: an untagged, unfragmented ICMP error (IPv6: the ICMPv6 header right after the
+/// IPv6 header) quoting an IPv4 header without options (IPv6: a header followed by TCP or
+/// UDP, or by the fragment header of a first fragment and then TCP or UDP) of a TCP or UDP
+/// packet from an L4 listener's address and port: handled as a packet of
+/// the flow it quotes (client = the quoted destination), under the listener's access control
+/// for the client, forwarded as rule 7b-c pick, counted `ForwardedIcmp`; too big once
+/// encapsulated it is `TooBig`, never answered. Anything else is `NotOurs`.
+fn icmp_error(frame: &[u8], tables: &mut Tables) -> Result<(Decision, Option<Leave>), Decision> {
+    let not_ours = Decision::global(Outcome::NotOurs);
+    let v4 = frame[12..14] == ETH_P_IPV4.to_be_bytes();
+    let ip = frame.get(14..).ok_or(not_ours)?;
+    let (dst, l4) = if v4 {
+        let h = ip.get(..20).ok_or(not_ours)?;
+        (
+            v4_mapped([h[16], h[17], h[18], h[19]]),
+            14 + usize::from(h[0] & 0x0f) * 4,
+        )
+    } else {
+        let h = ip.get(..40).ok_or(not_ours)?;
+        if h[6] != IPPROTO_ICMPV6 {
+            return Err(not_ours);
+        }
+        let mut dst = [0u8; 16];
+        dst.copy_from_slice(&h[24..40]);
+        (dst, 54)
+    };
+    let (client, client_port, vip_port, proto) = if v4 {
+        let q = frame.get(l4 + 8..l4 + 36).ok_or(not_ours)?;
+        if q[0] != 0x45 || (q[9] != IPPROTO_TCP && q[9] != IPPROTO_UDP) {
+            return Err(not_ours);
+        }
+        (
+            v4_mapped([q[16], q[17], q[18], q[19]]),
+            u16::from_be_bytes([q[22], q[23]]),
+            u16::from_be_bytes([q[20], q[21]]),
+            q[9],
+        )
+    } else {
+        let q = frame.get(l4 + 8..l4 + 48).ok_or(not_ours)?;
+        if q[0] >> 4 != 6 {
+            return Err(not_ours);
+        }
+        let (proto, ports) = if q[6] == IPV6_FRAGMENT {
+            let f = frame.get(l4 + 48..l4 + 60).ok_or(not_ours)?;
+            if u16::from_be_bytes([f[2], f[3]]) >> 3 != 0 {
+                return Err(not_ours);
+            }
+            (f[0], &f[8..12])
+        } else {
+            (q[6], frame.get(l4 + 48..l4 + 52).ok_or(not_ours)?)
+        };
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+            return Err(not_ours);
+        }
+        let mut client = [0u8; 16];
+        client.copy_from_slice(&q[24..40]);
+        (
+            client,
+            u16::from_be_bytes([ports[2], ports[3]]),
+            u16::from_be_bytes([ports[0], ports[1]]),
+            proto,
+        )
+    };
+    let info = find_listener(tables, dst, vip_port, proto, v4).ok_or(not_ours)?;
+    if info.l4_group >= MAX_L4_GROUPS {
+        return Err(not_ours);
+    }
+    let src = match v4_unmapped(&client) {
+        Some(a) => Src::V4(a),
+        None => Src::V6(client),
+    };
+    let decided = |outcome| Decision {
+        outcome,
+        slot: info.id,
+        backend: None,
+    };
+    if !admitted(tables, info, &src) {
+        return Ok((decided(Outcome::DroppedAcl), None));
+    }
+    let flow = FlowKey {
+        src: client,
+        dst,
+        src_port: client_port,
+        dst_port: vip_port,
+        proto,
+        _pad: [0; 3],
+    };
+    let slot = match forward_to(&info, &flow, tables) {
+        Ok(slot) => slot,
+        Err(outcome) => return Ok((decided(outcome), None)),
+    };
+    let backend = tables.backends.get(&slot).copied().unwrap_or_default();
+    let overhead = if backend.outer_v6() { 40 } else { 20 };
+    if tables.mtu != 0 && frame.len() + overhead > tables.mtu as usize + 14 {
+        return Ok((decided(Outcome::TooBig), None));
+    }
+    let decision = Decision {
+        outcome: Outcome::ForwardedIcmp,
+        slot: info.id,
+        backend: Some(BackendPick {
+            group: info.l4_group,
+            backend: slot % MAX_BACKENDS_PER_GROUP,
+        }),
+    };
+    let forward = Forward {
+        slot,
+        client,
+        src_port: client_port,
+    };
+    Ok((decision, Some(Leave::Encap(forward))))
 }
 
 /// Rule 7b and 7c: the `BACKENDS` slot an admitted L4 frame goes to.

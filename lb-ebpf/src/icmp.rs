@@ -8,7 +8,7 @@ use aya_ebpf::helpers::{
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     ETH_P_IPV4, ETH_P_IPV6, ICMP_ANSWERS_PER_SEC, ICMP_V4_QUOTE, ICMP_V6_QUOTE, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_MIN_MTU, Outcome,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_FRAGMENT, IPV6_MIN_MTU, Outcome,
 };
 
 use crate::{ICMP_RATE, at};
@@ -198,4 +198,75 @@ fn checksum(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
+}
+
+/// Whether ICMP (`v4`) or ICMPv6 type `kind` is an error that quotes the packet it is about:
+/// destination unreachable (fragmentation needed among them), time exceeded, parameter
+/// problem, and for ICMPv6 packet too big.
+#[inline(always)]
+pub fn is_error(kind: u8, v4: bool) -> bool {
+    if v4 {
+        matches!(kind, 3 | 11 | 12)
+    } else {
+        matches!(kind, 1..=4)
+    }
+}
+
+/// An ICMP error's quote of a packet the VIP sent: the flow it belongs to, seen from the
+/// client (source: the client, destination: the VIP).
+pub struct Quoted {
+    pub client: [u8; 16],
+    pub client_port: u16,
+    pub vip_port: u16,
+    pub proto: u8,
+}
+
+/// The flow an ICMP (`v4`) or ICMPv6 error at `l4` quotes, if it is an error about a TCP or
+/// UDP packet.
+#[inline(always)]
+pub fn quoted(ctx: &XdpContext, l4: usize, v4: bool) -> Option<Quoted> {
+    // SAFETY (every dereference of `at`): the range was checked against data_end.
+    let icmp = unsafe { *at::<8>(ctx, l4)? };
+    if !is_error(icmp[0], v4) {
+        return None;
+    }
+    if v4 {
+        let q = unsafe { *at::<28>(ctx, l4 + 8)? };
+        if q[0] != 0x45 || (q[9] != IPPROTO_TCP && q[9] != IPPROTO_UDP) {
+            return None;
+        }
+        Some(Quoted {
+            client: lb_common::v4_mapped([q[16], q[17], q[18], q[19]]),
+            client_port: u16::from_be_bytes([q[22], q[23]]),
+            vip_port: u16::from_be_bytes([q[20], q[21]]),
+            proto: q[9],
+        })
+    } else {
+        let q = unsafe { &*at::<40>(ctx, l4 + 8)? };
+        if q[0] >> 4 != 6 {
+            return None;
+        }
+        // A reply too big for a link further on was often a fragment (IPv6 routers never
+        // fragment): the first one quotes its fragment header, then the ports.
+        let (proto, ports) = if q[6] == IPV6_FRAGMENT {
+            let f = unsafe { &*at::<12>(ctx, l4 + 48)? };
+            if u16::from_be_bytes([f[2], f[3]]) >> 3 != 0 {
+                return None;
+            }
+            (f[0], [f[8], f[9], f[10], f[11]])
+        } else {
+            (q[6], unsafe { *at::<4>(ctx, l4 + 48)? })
+        };
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+            return None;
+        }
+        let mut client = [0u8; 16];
+        client.copy_from_slice(&q[24..40]);
+        Some(Quoted {
+            client,
+            client_port: u16::from_be_bytes([ports[2], ports[3]]),
+            vip_port: u16::from_be_bytes([ports[0], ports[1]]),
+            proto,
+        })
+    }
 }

@@ -9,21 +9,23 @@
 mod decap;
 mod encap;
 mod icmp;
+mod icmp_error;
 mod l4;
 
 use aya_ebpf::{
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key},
     programs::XdpContext,
 };
 use lb_common::{
     ACL_LISTENER_ID_BITS, AclV4, AclV6, BACKEND_STATS_SLOTS, BACKENDS_SLOTS, BackendCounters,
     BackendInfo, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EncapConfig, FlowKey,
-    FlowState, FragKey, FragPorts, IPPROTO_TCP, IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS,
-    IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, IcmpRate, ListenerInfo, ListenerKey,
-    MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_FLOWS, MAX_FRAGS, MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS,
-    MAX_LISTENERS, MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk, NO_LISTENER_SLOT, OUTCOMES, Outcome,
-    PORT_SLOTS, PortListeners, STATS_SLOTS, acl, port_slot, v4_mapped,
+    FlowState, FragKey, FragPorts, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, IcmpRate,
+    ListenerInfo, ListenerKey, MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_FLOWS, MAX_FRAGS,
+    MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_LISTENERS, MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk,
+    NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS, PortListeners, STATS_SLOTS, TAIL_ICMP,
+    TAIL_SLOTS, acl, port_slot, v4_mapped,
 };
 
 #[map(name = "LISTENERS")]
@@ -61,6 +63,10 @@ static BACKENDS: Array<BackendInfo> = Array::with_max_entries(BACKENDS_SLOTS, 0)
 #[map(name = "ENCAP")]
 static ENCAP: Array<EncapConfig> = Array::with_max_entries(1, 0);
 
+/// `edgelb_icmp`, for the tail call.
+#[map(name = "TAIL")]
+static TAIL: ProgramArray = ProgramArray::with_max_entries(TAIL_SLOTS, 0);
+
 /// One entry per CPU: ICMP "too big" answers sent this second.
 #[map(name = "ICMP_RATE")]
 static ICMP_RATE: PerCpuArray<IcmpRate> = PerCpuArray::with_max_entries(1, 0);
@@ -93,12 +99,12 @@ pub fn edgelb_xdp(ctx: XdpContext) -> u32 {
 
 /// The whole frame's length, Ethernet header included.
 #[inline(always)]
-fn frame_len(ctx: &XdpContext) -> u64 {
+pub(crate) fn frame_len(ctx: &XdpContext) -> u64 {
     (ctx.data_end() - ctx.data()) as u64
 }
 
 #[inline(always)]
-fn count(slot: u32, outcome: Outcome, len: u64) {
+pub(crate) fn count(slot: u32, outcome: Outcome, len: u64) {
     if let Some(c) = STATS.get_ptr_mut(slot) {
         let i = outcome as usize;
         if i < OUTCOMES {
@@ -113,7 +119,7 @@ fn count(slot: u32, outcome: Outcome, len: u64) {
 
 /// The one place where packet bounds are checked: a pointer to `N` bytes at `off`.
 #[inline(always)]
-fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<*mut [u8; N]> {
+pub(crate) fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<*mut [u8; N]> {
     let start = ctx.data();
     if start + off + N > ctx.data_end() {
         return None;
@@ -122,14 +128,15 @@ fn at<const N: usize>(ctx: &XdpContext, off: usize) -> Option<*mut [u8; N]> {
 }
 
 #[inline(always)]
-fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<&[u8; N], Outcome> {
+pub(crate) fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<&[u8; N], Outcome> {
     // SAFETY: `at` checked the range against data_end; [u8; N] needs no alignment.
     at(ctx, off)
         .map(|p| unsafe { &*p })
         .ok_or(Outcome::Unparsable)
 }
 
-enum Src {
+#[derive(Clone, Copy)]
+pub(crate) enum Src {
     V4([u8; 4]),
     V6([u8; 16]),
 }
@@ -194,6 +201,18 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
         _ => return Err(Outcome::NotOurs),
     };
     let (proto, dst, is_v4) = (p.proto, p.dst, p.is_v4);
+    // ICMP errors are `edgelb_icmp`'s: it has a stack of its own for them. If the tail call
+    // fails (no program in `TAIL`), the frame is not ours.
+    if off == 14
+        && matches!(p.frag, Frag::Whole)
+        && ((is_v4 && proto == IPPROTO_ICMP) || (!is_v4 && proto == IPPROTO_ICMPV6))
+        && let Ok(header) = bytes::<4>(ctx, p.l4)
+        && icmp::is_error(header[0], is_v4)
+    {
+        // SAFETY: on success the call does not return; the other program counts the frame.
+        unsafe { TAIL.tail_call(ctx, TAIL_ICMP) };
+        return Err(Outcome::NotOurs);
+    }
     let (src_port, port) = match p.frag {
         // Only a datagram an L4 listener forwarded has its ports remembered; any other later
         // fragment goes to the stack, which reassembles it.
@@ -218,30 +237,10 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
     };
 
     let info = find_listener(dst, port, proto, is_v4).ok_or(Outcome::NotOurs)?;
-    let listed = match p.src {
-        Src::V4(addr) => {
-            let data = AclV4 {
-                listener_id: info.id.to_be_bytes(),
-                addr,
-            };
-            ACL_V4
-                .get(Key::new(ACL_LISTENER_ID_BITS + 32, data))
-                .is_some()
-        }
-        Src::V6(addr) => {
-            let data = AclV6 {
-                listener_id: info.id.to_be_bytes(),
-                addr,
-            };
-            ACL_V6
-                .get(Key::new(ACL_LISTENER_ID_BITS + 128, data))
-                .is_some()
-        }
-    };
-    let outcome = match info.acl {
-        acl::ALLOW if !listed => Outcome::DroppedAcl,
-        acl::DENY if listed => Outcome::DroppedAcl,
-        _ => Outcome::Passed,
+    let outcome = if admitted(&info, p.src) {
+        Outcome::Passed
+    } else {
+        Outcome::DroppedAcl
     };
     // Listeners served in userspace carry NO_GROUP, which fails this one comparison.
     if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {
@@ -271,8 +270,43 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
     Ok((info.id, l4::forward(ctx, &info, &flow, len, flags)))
 }
 
+/// Whether `info`'s access control admits `src`.
 #[inline(always)]
-fn find_listener(dst: [u8; 16], port: u16, proto: u8, is_v4: bool) -> Option<ListenerInfo> {
+pub(crate) fn admitted(info: &ListenerInfo, src: Src) -> bool {
+    let listed = match src {
+        Src::V4(addr) => {
+            let data = AclV4 {
+                listener_id: info.id.to_be_bytes(),
+                addr,
+            };
+            ACL_V4
+                .get(Key::new(ACL_LISTENER_ID_BITS + 32, data))
+                .is_some()
+        }
+        Src::V6(addr) => {
+            let data = AclV6 {
+                listener_id: info.id.to_be_bytes(),
+                addr,
+            };
+            ACL_V6
+                .get(Key::new(ACL_LISTENER_ID_BITS + 128, data))
+                .is_some()
+        }
+    };
+    match info.acl {
+        acl::ALLOW => listed,
+        acl::DENY => !listed,
+        _ => true,
+    }
+}
+
+#[inline(always)]
+pub(crate) fn find_listener(
+    dst: [u8; 16],
+    port: u16,
+    proto: u8,
+    is_v4: bool,
+) -> Option<ListenerInfo> {
     let ports = PORTS.get(port_slot(port, proto)?)?;
     if ports.exact != 0 {
         let key = ListenerKey::new(dst, port, proto);

@@ -19,7 +19,8 @@ use lb_common::{
     DECAP_PROGRAM_NAME, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, DecapCounters, DecapOutcome,
     MAP_ACL_V4, MAP_ACL_V6, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_DECAP_SOURCES_V4,
     MAP_DECAP_SOURCES_V6, MAP_DECAP_STATS, MAP_DECAP_VIPS, MAP_FLOWS, MAP_FRAGS, MAP_ICMP_RATE,
-    MAP_LISTENERS, MAP_MAGLEV, MAP_MAGLEV_GEN, MAP_NEW_FLOWS, MAP_PORTS, MAP_STATS, v4_mapped,
+    MAP_LISTENERS, MAP_MAGLEV, MAP_MAGLEV_GEN, MAP_NEW_FLOWS, MAP_PORTS, MAP_STATS, MAP_TAIL,
+    v4_mapped,
 };
 use tracing::{info, warn};
 
@@ -60,6 +61,7 @@ impl Decap {
             MAP_NEW_FLOWS,
             MAP_FRAGS,
             MAP_ICMP_RATE,
+            MAP_TAIL,
         ] {
             loader.map_max_entries(map, 1);
         }

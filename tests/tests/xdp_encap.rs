@@ -976,3 +976,91 @@ fn ones_complement(bytes: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// An ICMP error addressed to the VIP about a packet the VIP sent (a backend's reply to a
+/// client) quotes that packet: it is sent to the backend of the client's flow (IPv4 and IPv6,
+/// ICMP "fragmentation needed" / ICMPv6 "packet too big"), byte for byte as the reference
+/// says; errors about ports no L4 listener has, and pings, are passed.
+#[test]
+fn icmp_errors_to_the_vip_reach_the_backend_of_the_flow_they_quote() {
+    if !root_or_skip("icmp_errors_to_the_vip_reach_the_backend_of_the_flow_they_quote") {
+        return;
+    }
+    let mut fx = Fixture::load();
+    setup(
+        &mut fx,
+        L4Listener {
+            group: GROUP,
+            flow_secs: 60,
+            hash_src_port: false,
+        },
+    );
+    // The client's flow goes to backend 0 and stays there; the ring then moves on.
+    fx.set_ring(GROUP, ring_of(0));
+    let client = Frame::tcp("10.2.3.4", "10.0.0.1", 443);
+    assert_eq!(sent_to(&mut fx, &client), Some(ip("10.9.0.1")));
+    assert_eq!(sent_to(&mut fx, &client), Some(ip("10.9.0.1")));
+    fx.set_ring(GROUP, ring_of(4));
+    let client6 = Frame::tcp("fd00:2::3:4", "fd00::1", 443);
+    assert_eq!(sent_to(&mut fx, &client6), Some(ip("10.9.0.5")));
+
+    let error = |from: &str, about: &Frame, kind: u8, code: u8| -> Vec<u8> {
+        // The backend's reply: from the VIP's port to the client's.
+        let mut reply = Frame::new(about.dst, about.src, about.proto, about.src_port);
+        reply.src_port = about.dst_port;
+        let reply = reply.bytes();
+        let v4 = about.src.is_ipv4();
+        let quote = &reply[14..14 + if v4 { 28 } else { 48 }];
+        let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0xc8];
+        icmp.extend_from_slice(quote);
+        let mut outer = Frame::new(ip(from), about.dst, if v4 { 1 } else { 58 }, 0).bytes();
+        let l4 = if v4 { 34 } else { 54 };
+        outer.truncate(l4);
+        outer.extend_from_slice(&icmp);
+        let total = (outer.len() - 14) as u16;
+        if v4 {
+            outer[16..18].copy_from_slice(&total.to_be_bytes());
+        } else {
+            outer[18..20].copy_from_slice(&(total - 40).to_be_bytes());
+        }
+        outer
+    };
+    let before = fx.counters(1).packets_of(Outcome::ForwardedIcmp);
+    for (frame, backend) in [
+        (error("10.1.0.1", &client, 3, 4), "10.9.0.1"),
+        (error("10.1.0.1", &client, 11, 0), "10.9.0.1"),
+        (error("fd00:1::1", &client6, 2, 0), "10.9.0.5"),
+    ] {
+        let (verdict, out, decision, expected) = fx.run_output(&frame);
+        assert_eq!(out, expected, "kernel and reference frames differ");
+        assert_eq!(decision.outcome, Outcome::ForwardedIcmp);
+        assert_eq!(verdict, XDP_TX);
+        assert_eq!(
+            IpAddr::from(<[u8; 4]>::try_from(&out[30..34]).expect("4")),
+            ip(backend)
+        );
+    }
+    assert_eq!(
+        fx.counters(1).packets_of(Outcome::ForwardedIcmp) - before,
+        3
+    );
+
+    let mut elsewhere = client.clone();
+    elsewhere.dst_port = 444;
+    let ping = Frame::new(ip("10.1.0.1"), ip("10.0.0.1"), 1, 0).bytes();
+    for (what, frame) in [
+        (
+            "an error about another port",
+            error("10.1.0.1", &elsewhere, 3, 4),
+        ),
+        ("a ping", ping),
+    ] {
+        let (verdict, out, decision, expected) = fx.run_output(&frame);
+        assert_eq!(out, expected, "{what}");
+        assert_eq!(
+            (verdict, decision.outcome),
+            (XDP_PASS, Outcome::NotOurs),
+            "{what}"
+        );
+    }
+}

@@ -25,14 +25,14 @@ mod test_runner;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key};
+use aya::maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, ProgramArray, lpm_trie::Key};
 use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::XdpLinkId};
 use aya::{Ebpf, EbpfLoader};
 use lb_common::maglev::TABLE_SIZE;
 use lb_common::{
-    AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ListenerInfo, ListenerKey,
-    MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS, MAX_BACKENDS_PER_GROUP,
-    MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME, PortListeners,
+    AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ICMP_PROGRAM_NAME, ListenerInfo,
+    ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS, MAP_TAIL,
+    MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME, PortListeners, TAIL_ICMP,
 };
 use tracing::{info, warn};
 
@@ -159,6 +159,7 @@ impl Dataplane {
         let prog = xdp_program(&mut ebpf)?;
         prog.load()
             .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
+        load_icmp_program(&mut ebpf)?;
         let mut dp = Dataplane {
             ebpf,
             attachments: Vec::new(),
@@ -407,6 +408,34 @@ fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
         })?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(error_chain(&e)))
+}
+
+/// Loads `edgelb_icmp` and puts it where `edgelb_xdp` tail-calls it for ICMP errors (until
+/// then they pass as not ours).
+fn load_icmp_program(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(ICMP_PROGRAM_NAME)
+        .ok_or_else(|| {
+            DataplaneError::Load(format!(
+                "program {ICMP_PROGRAM_NAME} missing from the object"
+            ))
+        })?
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(error_chain(&e)))?;
+    prog.load()
+        .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
+    let fd = prog
+        .fd()
+        .map_err(|e| DataplaneError::Load(error_chain(&e)))?
+        .try_clone()
+        .map_err(|e| DataplaneError::Load(e.to_string()))?;
+    let map = ebpf.map_mut(MAP_TAIL).ok_or(DataplaneError::Map {
+        map: MAP_TAIL,
+        reason: "missing from the object".into(),
+    })?;
+    let mut tail: ProgramArray<&mut MapData> =
+        ProgramArray::try_from(map).map_err(map_err(MAP_TAIL))?;
+    tail.set(TAIL_ICMP, &fd, 0).map_err(map_err(MAP_TAIL))
 }
 
 /// Runs `prog` once on `frame` through BPF_PROG_TEST_RUN, with room for the frame to grow.

@@ -1,0 +1,75 @@
+//! `edgelb_icmp`, tail-called by `edgelb_xdp` for ICMP and ICMPv6 errors: one addressed to an
+//! L4 listener's VIP about a packet the VIP sent (a backend's direct reply: "fragmentation
+//! needed" / "packet too big" for path MTU discovery, unreachable, time exceeded) goes to the
+//! backend that owns the flow it quotes, picked as the client's own packets are, under the
+//! listener's access control for that client. A program of its own because the forwarding
+//! path inlined twice does not fit one 512-byte stack.
+use aya_ebpf::{macros::xdp, programs::XdpContext};
+use lb_common::{
+    ETH_P_IPV4, ETH_P_IPV6, FlowKey, IPPROTO_ICMPV6, MAX_L4_GROUPS, NO_LISTENER_SLOT, Outcome,
+    v4_mapped, v4_unmapped,
+};
+
+use crate::{Src, admitted, bytes, count, find_listener, frame_len, icmp, l4};
+
+#[xdp]
+pub fn edgelb_icmp(ctx: XdpContext) -> u32 {
+    let len = frame_len(&ctx);
+    let (slot, outcome) = match icmp_error(&ctx, len) {
+        Ok(decision) => decision,
+        Err(outcome) => (NO_LISTENER_SLOT, outcome),
+    };
+    count(slot, outcome, len);
+    outcome.action()
+}
+
+/// `edgelb_xdp` only calls for untagged, unfragmented ICMP errors; IPv6 ones with extension
+/// headers before the ICMPv6 header are not looked into.
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
+    let eth = bytes::<14>(ctx, 0)?;
+    let (dst, l4, v4) = match u16::from_be_bytes([eth[12], eth[13]]) {
+        ETH_P_IPV4 => {
+            let ip = bytes::<20>(ctx, 14)?;
+            let dst = v4_mapped([ip[16], ip[17], ip[18], ip[19]]);
+            (dst, 14 + (ip[0] & 0x0f) as usize * 4, true)
+        }
+        ETH_P_IPV6 => {
+            let ip = bytes::<40>(ctx, 14)?;
+            if ip[6] != IPPROTO_ICMPV6 {
+                return Err(Outcome::NotOurs);
+            }
+            let mut dst = [0u8; 16];
+            dst.copy_from_slice(&ip[24..40]);
+            (dst, 54, false)
+        }
+        _ => return Err(Outcome::NotOurs),
+    };
+    let q = icmp::quoted(ctx, l4, v4).ok_or(Outcome::NotOurs)?;
+    let info = find_listener(dst, q.vip_port, q.proto, v4).ok_or(Outcome::NotOurs)?;
+    // Listeners served in userspace have sockets, which the stack tells of their errors.
+    if info.l4_group >= MAX_L4_GROUPS {
+        return Err(Outcome::NotOurs);
+    }
+    let client = match v4_unmapped(&q.client) {
+        Some(addr) => Src::V4(addr),
+        None => Src::V6(q.client),
+    };
+    if !admitted(&info, client) {
+        return Ok((info.id, Outcome::DroppedAcl));
+    }
+    let flow = FlowKey {
+        src: q.client,
+        dst,
+        src_port: q.client_port,
+        dst_port: q.vip_port,
+        proto: q.proto,
+        _pad: [0; 3],
+    };
+    let flags = if v4 { l4::INNER_V4 } else { 0 };
+    let outcome = match l4::forward(ctx, &info, &flow, len, flags) {
+        Outcome::ForwardedL4 => Outcome::ForwardedIcmp,
+        other => other,
+    };
+    Ok((info.id, outcome))
+}
