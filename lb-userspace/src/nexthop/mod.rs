@@ -3,16 +3,23 @@
 //! network), looked up in the neighbour table. The XDP program cannot consult either table
 //! cheaply, so the daemon resolves them and writes the result into `BACKENDS`.
 //!
-//! The tables are read over rtnetlink ([`rtnl`]): one request per table and backend, answered
-//! inside the system call, where running `ip -json` cost a process and a JSON parse per
-//! lookup, and a dependency on iproute2 being installed and its output staying the same.
+//! The tables are read over rtnetlink ([`rtnl`]), and the kernel's announcements of changes
+//! ([`events`]) say when to read them again. A next hop's MAC changes when a router is
+//! replaced or fails over to its peer, and every frame the XDP program sends to the old MAC
+//! is lost until the new one is in `BACKENDS`: it has to follow within a fraction of a
+//! second, not at the next poll. (This used to run `ip -json` every few seconds; polling
+//! faster would cost a process per backend per poll and still lag.) A slow periodic look
+//! remains, should an announcement be lost without the kernel saying so.
+mod events;
 mod rtnl;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use tracing::{info, warn};
 
+pub use events::Watch;
 use netlink_packet_route::route::RouteType;
 pub use rtnl::NetlinkError;
 use rtnl::{Route, Rtnl};
@@ -62,6 +69,8 @@ pub struct NextHops {
     /// Opened at the first look (none is needed without L4 backends), and again after a
     /// socket error.
     kernel: Option<Rtnl>,
+    /// The next hops' addresses, for [`Watch`] to pick the neighbour changes that matter.
+    watched: events::Watched,
 }
 
 impl NextHops {
@@ -75,9 +84,15 @@ impl NextHops {
         backends.iter().all(|b| self.mac(*b) != [0; 6])
     }
 
+    /// Subscribes to the kernel's announcements of neighbour and route changes; the returned
+    /// [`Watch`] wakes when [`NextHops::refresh`] should run again. Needs a tokio runtime.
+    pub fn watch(&self) -> Result<Watch, NetlinkError> {
+        Watch::start(self.watched.clone())
+    }
+
     /// Looks every backend up again; returns whether any MAC changed. An unresolved
     /// neighbour is made to resolve (a datagram to the discard port makes the kernel ask for
-    /// it), so a later refresh finds it. `ifaces` are where the XDP program is attached:
+    /// it), and its resolution is announced. `ifaces` are where the XDP program is attached:
     /// a next hop elsewhere cannot be reached by `XDP_TX`, which sends frames back out of the
     /// interface they came in on.
     pub fn refresh(&mut self, backends: &[IpAddr], ifaces: &[String]) -> bool {
@@ -141,6 +156,10 @@ impl NextHops {
                 }
             }
         }
+        // Before asking for resolutions, so that their announcements find the addresses.
+        self.watched.store(Arc::new(
+            self.hops.values().map(|h| h.addr).collect::<HashSet<_>>(),
+        ));
         for backend in unresolved {
             provoke(backend);
         }

@@ -346,6 +346,12 @@ pub fn decode_neighbour(payload: &[u8]) -> Result<Neighbour, DecodeError> {
     Ok(neighbour)
 }
 
+/// The address family of a neighbour message (`AF_BRIDGE` for a bridge's forwarding table,
+/// which shares the announcements' group with ARP and neighbour discovery).
+pub fn neighbour_family(payload: &[u8]) -> Option<AddressFamily> {
+    NeighbourHeader::parse(payload).ok().map(|h| h.family)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
