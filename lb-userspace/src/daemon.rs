@@ -14,7 +14,7 @@ use crate::cli::RunArgs;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
 use crate::metrics::Metrics;
-use crate::nexthop::NextHops;
+use crate::nexthop::{NextHops, Watch};
 use crate::node::{GroupRuntime, Node};
 use crate::workers::{self, Workers};
 
@@ -55,6 +55,21 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
 
     // Next hops first, so that the first packets of a tcp/udp listener find their backends.
     let mut hops = NextHops::default();
+    // Without a data plane there are no L4 backends, nor next hops to follow.
+    let hop_watch = match dataplane {
+        Some(_) => hops
+            .watch()
+            .inspect_err(|e| {
+                warn!(error = %e, "no announcements of neighbour and route changes from the kernel; next hops are looked up every {NEXT_HOP_POLL_TICKS} s instead");
+            })
+            .ok(),
+        None => None,
+    };
+    let next_hop_ticks = if hop_watch.is_some() {
+        NEXT_HOP_SAFETY_TICKS
+    } else {
+        NEXT_HOP_POLL_TICKS
+    };
     let l4_backends = crate::node::l4_backends(&config);
     for _ in 0..20 {
         hops.refresh(&l4_backends, &config.xdp.ifaces);
@@ -102,7 +117,8 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     // The main thread owns the data plane: it copies what the admin endpoint shows from the
     // kernel's counters and the balancers' health, once a second.
-    // Next hops are looked up again every few seconds, every second while one is missing.
+    // Next hops are looked up again when the kernel announces a change, every second while
+    // one is missing, and now and then in case an announcement was lost.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
     loop {
@@ -111,14 +127,13 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = refresh.tick() => {
                 ticks += 1;
-                let backends = node.l4_backends();
-                if (ticks.is_multiple_of(NEXT_HOP_REFRESH_TICKS) || !hops.all_resolved(&backends))
-                    && hops.refresh(&backends, &node.config.xdp.ifaces)
-                    && let Some(dp) = dataplane.as_mut()
-                {
-                    node.write_l4_groups(dp, &hops);
+                if ticks.is_multiple_of(next_hop_ticks) || !hops.all_resolved(&node.l4_backends()) {
+                    refresh_next_hops(&mut hops, &node, dataplane.as_mut());
                 }
                 refresh_status(&admin_state, &node, dataplane.as_ref());
+            }
+            _ = next_hop_change(hop_watch.as_ref()) => {
+                refresh_next_hops(&mut hops, &node, dataplane.as_mut());
             }
             // The kernel's copies of the groups' rings and backend health follow the
             // balancers: same clients, same backends, whichever side picks.
@@ -275,8 +290,29 @@ fn privilege_hint(e: &DataplaneError) -> &'static str {
     }
 }
 
-/// Seconds between two lookups of next hops that are all known.
-const NEXT_HOP_REFRESH_TICKS: u64 = 5;
+/// Seconds between two lookups of next hops that are all known, when the kernel announces
+/// changes: only a safety net, should an announcement be lost unnoticed.
+const NEXT_HOP_SAFETY_TICKS: u64 = 30;
+/// The same when it does not: the only way to notice a change.
+const NEXT_HOP_POLL_TICKS: u64 = 5;
+
+/// Completes when the kernel announced a change that may move a next hop; never without
+/// announcements.
+async fn next_hop_change(watch: Option<&Watch>) {
+    match watch {
+        Some(w) => w.changed().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Looks the L4 backends' next hops up again and publishes them if a MAC changed.
+fn refresh_next_hops(hops: &mut NextHops, node: &Node, dataplane: Option<&mut Dataplane>) {
+    if hops.refresh(&node.l4_backends(), &node.config.xdp.ifaces)
+        && let Some(dp) = dataplane
+    {
+        node.write_l4_groups(dp, hops);
+    }
+}
 
 fn reload_logged(
     why: &str,

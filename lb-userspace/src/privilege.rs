@@ -109,7 +109,7 @@ pub fn drop_to(user: &User, keep: &CapsHashSet) -> Result<(), String> {
         .and_then(|()| caps::set(None, CapSet::Permitted, keep))
         .and_then(|()| caps::set(None, CapSet::Effective, keep))
         .map_err(|e| format!("keeping {keep:?}: {e}"))?;
-    // Nothing this process starts later (ip, for next hops) may gain privileges back.
+    // Nothing this process may start later can gain privileges back.
     // SAFETY: as above.
     unsafe {
         libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);

@@ -12,6 +12,7 @@ use edgelb_tests::l4topo::{
     BACKENDS, CLIENT_V6_SOURCES, HttpConn, L4Topo, PORT, backend_addr, backend_name, client_v4,
     client_v6, vip_addr,
 };
+use edgelb_tests::netns::in_netns;
 use edgelb_tests::privilege::root_or_skip;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -1018,4 +1019,91 @@ fn get_int(s: &std::net::UdpSocket, level: i32, name: i32) -> i32 {
     };
     assert_eq!(r, 0, "getsockopt({level}, {name})");
     value
+}
+
+/// The router changes its MAC address on lb1's link under traffic, twice (a router replaced,
+/// or a VRRP-style failover to a peer with its own address), and edgelb follows within a
+/// second each time, for IPv4 and IPv6 next hops.
+///
+/// The router announces its new address as such a router does: with `arp_notify` and
+/// `ndisc_notify` on its interface, its kernel sends a gratuitous ARP and an unsolicited
+/// neighbour advertisement (override flag) when the address changes, and lb1's kernel rewrites
+/// its entries for 10.2.1.1 and fd00:2:1::1 (STALE, new MAC) and announces that. lb1's own
+/// stack then reaches the router at once (its health checks keep passing); its XDP program
+/// sends to whatever MAC `BACKENDS` holds, and the router's stack drops frames addressed to
+/// its old MAC (`PACKET_OTHERHOST`). So a UDP exchange through the VIP from the client works
+/// again only once edgelb has written the new MAC: measured from the change, it must take
+/// under a second. The 5 s poll this replaced took up to 5 s; and a poll that happened to
+/// fall just after the first change cannot come in time for the second, made right after.
+#[test]
+fn router_mac_change_is_followed_within_a_second() {
+    if !root_or_skip("router_mac_change_is_followed_within_a_second") {
+        return;
+    }
+    let topo = L4Topo::new();
+    let lb = start_lb_with(&topo, 0, true);
+    let router_if = topo.lb_links[0].router_if.clone();
+    let announce = [
+        format!("/proc/sys/net/ipv4/conf/{router_if}/arp_notify"),
+        format!("/proc/sys/net/ipv6/conf/{router_if}/ndisc_notify"),
+    ];
+    in_netns(&topo.router.path(), move || {
+        for path in announce {
+            std::fs::write(&path, "1").unwrap_or_else(|e| panic!("write {path}: {e}"));
+        }
+    });
+    let clients = [client_v4(1), client_v6(1)];
+    // Served before the change: both families through lb1.
+    for src in clients {
+        let dst = vip_addr(src.is_ipv6());
+        topo.udp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP {src} -> {dst} before the change: {e}"));
+    }
+
+    for mac in ["02:00:5e:10:00:01", "02:00:5e:10:00:02"] {
+        let changed = Instant::now();
+        topo.router
+            .ip(&["link", "set", "dev", &router_if, "address", mac]);
+        // Longer than the old poll, so that a failure says how long it took.
+        let give_up = Duration::from_secs(7);
+        for src in clients {
+            let dst = vip_addr(src.is_ipv6());
+            while let Err(e) = topo.udp_backend(src, dst, Duration::from_millis(50)) {
+                assert!(
+                    changed.elapsed() < give_up,
+                    "UDP {src} -> {dst} not served {give_up:?} after the router's MAC became {mac}: {e}\n{}",
+                    lb.log()
+                );
+            }
+        }
+        let took = changed.elapsed();
+        eprintln!("router MAC {mac}: UDP through lb1 served again after {took:?}");
+        assert!(
+            took < Duration::from_secs(1),
+            "served again only {took:?} after the router's MAC became {mac}"
+        );
+        let log = lb.log();
+        for n in 0..BACKENDS {
+            for v6 in [false, true] {
+                let backend = format!("backend={}", backend_addr(n, v6));
+                assert!(
+                    log.lines().any(|l| l.contains("next hop changed")
+                        && l.contains(&backend)
+                        && l.contains(mac)),
+                    "no \"next hop changed\" to {mac} for {backend}:\n{log}"
+                );
+            }
+        }
+    }
+
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{status}:\n{log}");
+    let lost: u64 = LISTENERS
+        .iter()
+        .map(|l| xdp_counter(&log, l, "no_backend"))
+        .sum();
+    assert_eq!(
+        lost, 0,
+        "the backends kept their next hop throughout: {log}"
+    );
 }
