@@ -40,8 +40,8 @@
 //!    is not usable: `NoBackend` (dropped). A usable one is remembered (when
 //!    `flow_secs > 0`) with its epoch and the current time: in `FLOWS` if it held the flow
 //!    (for a backend gone since), else in `NEW_FLOWS`.
-//!    d. A frame longer than the interface's MTU (plus its Ethernet header) once grown by
-//!    the outer header (20 bytes, 40 for an IPv6 backend) is answered `TooBigAnswered` with
+//!    d. A frame longer than the interface's MTU and than [`MTU_FLOOR`] (plus its Ethernet
+//!    header) once grown by the outer header (20 bytes, 40 for an IPv6 backend) is answered `TooBigAnswered` with
 //!    [`too_big_answer`] naming the MTU less that overhead, or `TooBig` (dropped) when that
 //!    gives none; it counts in no backend's slot. (The program also stops answering past
 //!    [`ICMP_ANSWERS_PER_SEC`] per CPU, which this reference does not model.)
@@ -514,7 +514,7 @@ fn classify_inner(
         Ok(slot) => {
             let backend = tables.backends.get(&slot).copied().unwrap_or_default();
             let overhead = if backend.outer_v6() { 40 } else { 20 };
-            if tables.mtu != 0 && frame.len() + overhead > tables.mtu as usize + 14 {
+            if too_big(tables, frame.len() + overhead) {
                 let mtu = tables.mtu.saturating_sub(overhead as u32);
                 let answer = too_big_answer(frame, mtu);
                 let outcome = if answer.is_some() {
@@ -554,6 +554,12 @@ fn classify_inner(
             None,
         ),
     })
+}
+
+/// Rule 7d: whether a frame of `len` bytes once encapsulated exceeds the interface's MTU (and
+/// [`MTU_FLOOR`], below which the program does not ask).
+fn too_big(tables: &Tables, len: usize) -> bool {
+    tables.mtu != 0 && len > tables.mtu as usize + 14 && len > MTU_FLOOR as usize + 14
 }
 
 /// Rule 5: the listener of (`dst`, `port`, `proto`).
@@ -693,7 +699,7 @@ fn icmp_error(frame: &[u8], tables: &mut Tables) -> Result<(Decision, Option<Lea
     };
     let backend = tables.backends.get(&slot).copied().unwrap_or_default();
     let overhead = if backend.outer_v6() { 40 } else { 20 };
-    if tables.mtu != 0 && frame.len() + overhead > tables.mtu as usize + 14 {
+    if too_big(tables, frame.len() + overhead) {
         return Ok((decided(Outcome::TooBig), None));
     }
     let decision = Decision {

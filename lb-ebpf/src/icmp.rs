@@ -8,7 +8,7 @@ use aya_ebpf::helpers::{
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     ETH_P_IPV4, ETH_P_IPV6, ICMP_ANSWERS_PER_SEC, ICMP_V4_QUOTE, ICMP_V6_QUOTE, IPPROTO_ICMP,
-    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_FRAGMENT, IPV6_MIN_MTU, Outcome,
+    IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_FRAGMENT, IPV6_MIN_MTU, MTU_FLOOR, Outcome,
 };
 
 use crate::{ICMP_RATE, at};
@@ -18,9 +18,13 @@ const MTU_FRAG_NEEDED: i64 = 1;
 /// TTL / hop limit of the answers.
 const TTL: u8 = 64;
 
-/// The egress device's MTU if the frame, grown by `overhead` bytes, would exceed it.
+/// The egress device's MTU if the frame (`len` bytes), grown by `overhead` bytes, would
+/// exceed it.
 #[inline(always)]
-pub fn too_big(ctx: &XdpContext, overhead: i32) -> Option<u32> {
+pub fn too_big(ctx: &XdpContext, len: u64, overhead: i32) -> Option<u32> {
+    if len + overhead as u64 <= u64::from(MTU_FLOOR) + 14 {
+        return None;
+    }
     let mut mtu: u32 = 0;
     // SAFETY: the helper reads the context and writes the one u32 it is given.
     let r = unsafe { bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu, overhead, 0) };

@@ -31,7 +31,7 @@ pub fn forward(
         return Outcome::NoBackend;
     };
     let overhead = if backend.outer_v6() { 40 } else { 20 };
-    if let Some(mtu) = icmp::too_big(ctx, overhead) {
+    if let Some(mtu) = icmp::too_big(ctx, len, overhead) {
         if !answer {
             return Outcome::TooBig;
         }
