@@ -197,6 +197,32 @@ impl Frame {
     }
 }
 
+/// An ICMP (IPv4) or ICMPv6 error of type `kind`, code `code`, sent by `from` to the
+/// destination of `about` (a VIP), quoting the reply to `about` (from the VIP's port back to
+/// the client's): what a router on a backend's direct path back to the client sends. The
+/// quote is the reply's IP header and 8 bytes (IPv6: 48 bytes); the second ICMP word holds
+/// 1480 (an MTU, for "too big" errors).
+pub fn icmp_error(from: IpAddr, about: &Frame, kind: u8, code: u8) -> Vec<u8> {
+    let mut reply = Frame::new(about.dst, about.src, about.proto, about.src_port);
+    reply.src_port = about.dst_port;
+    let reply = reply.bytes();
+    let v4 = about.src.is_ipv4();
+    let quote = &reply[14..14 + if v4 { 28 } else { 48 }];
+    let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0xc8];
+    icmp.extend_from_slice(quote);
+    let mut outer = Frame::new(from, about.dst, if v4 { ICMP } else { 58 }, 0).bytes();
+    let l4 = if v4 { 34 } else { 54 };
+    outer.truncate(l4);
+    outer.extend_from_slice(&icmp);
+    let total = (outer.len() - 14) as u16;
+    if v4 {
+        outer[16..18].copy_from_slice(&total.to_be_bytes());
+    } else {
+        outer[18..20].copy_from_slice(&(total - 40).to_be_bytes());
+    }
+    outer
+}
+
 pub fn parse(ip: &str) -> IpAddr {
     ip.parse()
         .unwrap_or_else(|_| panic!("test address {ip:?} does not parse"))

@@ -10,7 +10,7 @@ use edgelb::acl::AclMode;
 use edgelb::dataplane::{BackendEntry, L4Listener, L4Listeners};
 use edgelb::decap::{Decap, balancer_sources};
 use edgelb_tests::dataplane_fixture::{Fixture, ip, rule};
-use edgelb_tests::packet::{Ext, Frame, TCP, UDP};
+use edgelb_tests::packet::{Ext, Frame, TCP, UDP, icmp_error};
 use edgelb_tests::privilege::root_or_skip;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use lb_common::maglev::{NO_BACKEND, TABLE_SIZE, client_hash, source_hash, table_slot};
@@ -1004,27 +1004,8 @@ fn icmp_errors_to_the_vip_reach_the_backend_of_the_flow_they_quote() {
     let client6 = Frame::tcp("fd00:2::3:4", "fd00::1", 443);
     assert_eq!(sent_to(&mut fx, &client6), Some(ip("10.9.0.5")));
 
-    let error = |from: &str, about: &Frame, kind: u8, code: u8| -> Vec<u8> {
-        // The backend's reply: from the VIP's port to the client's.
-        let mut reply = Frame::new(about.dst, about.src, about.proto, about.src_port);
-        reply.src_port = about.dst_port;
-        let reply = reply.bytes();
-        let v4 = about.src.is_ipv4();
-        let quote = &reply[14..14 + if v4 { 28 } else { 48 }];
-        let mut icmp = vec![kind, code, 0, 0, 0, 0, 0x05, 0xc8];
-        icmp.extend_from_slice(quote);
-        let mut outer = Frame::new(ip(from), about.dst, if v4 { 1 } else { 58 }, 0).bytes();
-        let l4 = if v4 { 34 } else { 54 };
-        outer.truncate(l4);
-        outer.extend_from_slice(&icmp);
-        let total = (outer.len() - 14) as u16;
-        if v4 {
-            outer[16..18].copy_from_slice(&total.to_be_bytes());
-        } else {
-            outer[18..20].copy_from_slice(&(total - 40).to_be_bytes());
-        }
-        outer
-    };
+    let error =
+        |from: &str, about: &Frame, kind: u8, code: u8| icmp_error(ip(from), about, kind, code);
     let before = fx.counters(1).packets_of(Outcome::ForwardedIcmp);
     for (frame, backend) in [
         (error("10.1.0.1", &client, 3, 4), "10.9.0.1"),
