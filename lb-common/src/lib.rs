@@ -360,6 +360,12 @@ impl BackendInfo {
     pub const fn outer_v6(&self) -> bool {
         self.flags & backend_flags::IPV6 != 0
     }
+
+    /// Bytes the outer header adds to a frame sent to this backend.
+    #[inline(always)]
+    pub const fn overhead(&self) -> u32 {
+        if self.outer_v6() { 40 } else { 20 }
+    }
 }
 
 /// Value of the single-entry `ENCAP` array: the prefixes outer source addresses are made in.
@@ -640,8 +646,8 @@ pub const ICMP_V6_QUOTE: usize = 48;
 /// The smallest MTU an IPv6 link may have (RFC 8200): "packet too big" never names less.
 pub const IPV6_MIN_MTU: u32 = 1280;
 /// Frames that fit this MTU once encapsulated are sent without asking the kernel for the
-/// interface's (a helper call on every packet, ~10 ns): every link that carries IPv6 has at
-/// least this much. On an interface with a smaller MTU such frames would be dropped by the
+/// interface's (a helper call per packet): every link that carries IPv6 has at least this
+/// much. On an interface with a smaller MTU such frames would be dropped by the
 /// driver instead of answered.
 pub const MTU_FLOOR: u32 = IPV6_MIN_MTU;
 

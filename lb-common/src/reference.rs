@@ -513,9 +513,9 @@ fn classify_inner(
     Ok(match picked {
         Ok(slot) => {
             let backend = tables.backends.get(&slot).copied().unwrap_or_default();
-            let overhead = if backend.outer_v6() { 40 } else { 20 };
-            if too_big(tables, frame.len() + overhead) {
-                let mtu = tables.mtu.saturating_sub(overhead as u32);
+            let overhead = backend.overhead();
+            if too_big(tables, frame.len() + overhead as usize) {
+                let mtu = tables.mtu.saturating_sub(overhead);
                 let answer = too_big_answer(frame, mtu);
                 let outcome = if answer.is_some() {
                     Outcome::TooBigAnswered
@@ -698,8 +698,7 @@ fn icmp_error(frame: &[u8], tables: &mut Tables) -> Result<(Decision, Option<Lea
         Err(outcome) => return Ok((decided(outcome), None)),
     };
     let backend = tables.backends.get(&slot).copied().unwrap_or_default();
-    let overhead = if backend.outer_v6() { 40 } else { 20 };
-    if too_big(tables, frame.len() + overhead) {
+    if too_big(tables, frame.len() + backend.overhead() as usize) {
         return Ok((decided(Outcome::TooBig), None));
     }
     let decision = Decision {

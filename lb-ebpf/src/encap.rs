@@ -89,7 +89,7 @@ fn ethernet(h: &mut [u8], backend: &BackendInfo, old: &[u8; 14], ethertype: u16)
 
 /// Moves the frame's start `by` bytes earlier, into the headroom.
 #[inline(always)]
-fn grow(ctx: &XdpContext, by: i32) -> Option<()> {
+pub(crate) fn grow(ctx: &XdpContext, by: i32) -> Option<()> {
     // SAFETY: the helper checks the headroom itself and fails without changing the frame.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -by) } != 0 {
         return None;

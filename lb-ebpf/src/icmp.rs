@@ -2,15 +2,14 @@
 //! answered with ICMP "fragmentation needed" / ICMPv6 "packet too big" (so the client's path
 //! MTU discovery works across the tunnel), and ICMP errors addressed to a VIP about a
 //! backend's direct reply are sent on to that backend (so the backend's does).
-use aya_ebpf::helpers::{
-    bpf_check_mtu, bpf_ktime_get_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
-};
+use aya_ebpf::helpers::{bpf_check_mtu, bpf_ktime_get_ns, bpf_xdp_adjust_tail};
 use aya_ebpf::programs::XdpContext;
 use lb_common::{
     ETH_P_IPV4, ETH_P_IPV6, ICMP_ANSWERS_PER_SEC, ICMP_V4_QUOTE, ICMP_V6_QUOTE, IPPROTO_ICMP,
     IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_FRAGMENT, IPV6_MIN_MTU, MTU_FLOOR, Outcome,
 };
 
+use crate::encap::grow;
 use crate::{ICMP_RATE, at};
 
 /// `bpf_check_mtu`'s answer when the frame does not fit.
@@ -21,13 +20,13 @@ const TTL: u8 = 64;
 /// The egress device's MTU if the frame (`len` bytes), grown by `overhead` bytes, would
 /// exceed it.
 #[inline(always)]
-pub fn too_big(ctx: &XdpContext, len: u64, overhead: i32) -> Option<u32> {
-    if len + overhead as u64 <= u64::from(MTU_FLOOR) + 14 {
+pub fn too_big(ctx: &XdpContext, len: u64, overhead: u32) -> Option<u32> {
+    if len + u64::from(overhead) <= u64::from(MTU_FLOOR) + 14 {
         return None;
     }
     let mut mtu: u32 = 0;
     // SAFETY: the helper reads the context and writes the one u32 it is given.
-    let r = unsafe { bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu, overhead, 0) };
+    let r = unsafe { bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu, overhead as i32, 0) };
     (r == MTU_FRAG_NEEDED).then_some(mtu)
 }
 
@@ -128,16 +127,6 @@ fn answer_v6(ctx: &XdpContext, mtu: u32) -> Option<()> {
     let pseudo = sum_words(&h[22..54], u32::from(PAYLOAD) + u32::from(IPPROTO_ICMPV6));
     let sum = checksum(sum_words(&h[54..], pseudo));
     h[56..58].copy_from_slice(&sum.to_be_bytes());
-    Some(())
-}
-
-/// Moves the frame's start `by` bytes earlier, into the headroom.
-#[inline(always)]
-fn grow(ctx: &XdpContext, by: i32) -> Option<()> {
-    // SAFETY: the helper checks the headroom itself and fails without changing the frame.
-    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -by) } != 0 {
-        return None;
-    }
     Some(())
 }
 

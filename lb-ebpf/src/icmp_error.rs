@@ -6,21 +6,15 @@
 //! path inlined twice does not fit one 512-byte stack.
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    ETH_P_IPV4, ETH_P_IPV6, FlowKey, IPPROTO_ICMPV6, MAX_L4_GROUPS, NO_LISTENER_SLOT, Outcome,
-    v4_mapped, v4_unmapped,
+    ETH_P_IPV4, ETH_P_IPV6, FlowKey, IPPROTO_ICMPV6, MAX_L4_GROUPS, Outcome, v4_mapped, v4_unmapped,
 };
 
-use crate::{Src, admitted, bytes, count, find_listener, frame_len, icmp, l4};
+use crate::{Src, admitted, bytes, find_listener, frame_len, icmp, l4, verdict};
 
 #[xdp]
 pub fn edgelb_icmp(ctx: XdpContext) -> u32 {
     let len = frame_len(&ctx);
-    let (slot, outcome) = match icmp_error(&ctx, len) {
-        Ok(decision) => decision,
-        Err(outcome) => (NO_LISTENER_SLOT, outcome),
-    };
-    count(slot, outcome, len);
-    outcome.action()
+    verdict(icmp_error(&ctx, len), len)
 }
 
 /// `edgelb_xdp` only calls for untagged, unfragmented ICMP errors; IPv6 ones with extension

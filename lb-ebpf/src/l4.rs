@@ -30,12 +30,12 @@ pub fn forward(
     let Some((slot, backend)) = choose(info, flow) else {
         return Outcome::NoBackend;
     };
-    let overhead = if backend.outer_v6() { 40 } else { 20 };
+    let overhead = backend.overhead();
     if let Some(mtu) = icmp::too_big(ctx, len, overhead) {
         if !answer {
             return Outcome::TooBig;
         }
-        return icmp::answer_too_big(ctx, inner_v4, mtu.saturating_sub(overhead as u32));
+        return icmp::answer_too_big(ctx, inner_v4, mtu.saturating_sub(overhead));
     }
     let hash = maglev::client_hash(&flow.src, flow.src_port);
     if encap::push(ctx, &backend, inner_v4, hash).is_none() {

@@ -89,7 +89,14 @@ static NEW_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(
 pub fn edgelb_xdp(ctx: XdpContext) -> u32 {
     // Taken first: forwarding grows the frame, and counters report frames as received.
     let len = frame_len(&ctx);
-    let (slot, outcome) = match classify(&ctx, len) {
+    verdict(classify(&ctx, len), len)
+}
+
+/// Counts a frame's decision (a listener's slot and outcome, or an outcome of no listener)
+/// and returns its action.
+#[inline(always)]
+pub(crate) fn verdict(decision: Result<(u32, Outcome), Outcome>, len: u64) -> u32 {
+    let (slot, outcome) = match decision {
         Ok(decision) => decision,
         Err(outcome) => (NO_LISTENER_SLOT, outcome),
     };

@@ -25,7 +25,7 @@ use lb_common::{
 use tracing::{info, warn};
 
 use crate::config::{ConfigError, cidr};
-use crate::dataplane::{AttachMode, DataplaneError, error_chain};
+use crate::dataplane::{AttachMode, DataplaneError, error_chain, missing};
 
 /// The loaded decap program, its VIPs, its trusted sources and where it is attached.
 pub struct Decap {
@@ -95,35 +95,25 @@ impl Decap {
         match net {
             IpNet::V4(n) => {
                 let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
-                self.sources_v4()?
+                self.sources(MAP_DECAP_SOURCES_V4)?
                     .insert(&key, 1, 0)
                     .map_err(map_err(MAP_DECAP_SOURCES_V4))
             }
             IpNet::V6(n) => {
                 let key = Key::new(u32::from(n.prefix_len()), n.network().octets());
-                self.sources_v6()?
+                self.sources(MAP_DECAP_SOURCES_V6)?
                     .insert(&key, 1, 0)
                     .map_err(map_err(MAP_DECAP_SOURCES_V6))
             }
         }
     }
 
-    fn sources_v4(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 4], u8>, DataplaneError> {
-        LpmTrie::try_from(
-            self.ebpf
-                .map_mut(MAP_DECAP_SOURCES_V4)
-                .ok_or_else(|| missing(MAP_DECAP_SOURCES_V4))?,
-        )
-        .map_err(map_err(MAP_DECAP_SOURCES_V4))
-    }
-
-    fn sources_v6(&mut self) -> Result<LpmTrie<&mut MapData, [u8; 16], u8>, DataplaneError> {
-        LpmTrie::try_from(
-            self.ebpf
-                .map_mut(MAP_DECAP_SOURCES_V6)
-                .ok_or_else(|| missing(MAP_DECAP_SOURCES_V6))?,
-        )
-        .map_err(map_err(MAP_DECAP_SOURCES_V6))
+    fn sources<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<LpmTrie<&mut MapData, K, u8>, DataplaneError> {
+        LpmTrie::try_from(self.ebpf.map_mut(name).ok_or_else(|| missing(name))?)
+            .map_err(map_err(name))
     }
 
     /// Attaches to `iface`: natively, or in skb mode when the driver refuses (with a warning),
@@ -199,21 +189,7 @@ impl Drop for Decap {
 }
 
 fn program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    ebpf.program_mut(DECAP_PROGRAM_NAME)
-        .ok_or_else(|| {
-            DataplaneError::Load(format!(
-                "program {DECAP_PROGRAM_NAME} missing from the object"
-            ))
-        })?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(error_chain(&e)))
-}
-
-fn missing(map: &'static str) -> DataplaneError {
-    DataplaneError::Map {
-        map,
-        reason: "missing from the object".into(),
-    }
+    crate::dataplane::named_program(ebpf, DECAP_PROGRAM_NAME)
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {

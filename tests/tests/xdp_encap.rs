@@ -41,6 +41,15 @@ fn backends() -> Vec<BackendEntry> {
     ]
 }
 
+/// An L4 listener of [`GROUP`] that keeps flows for `secs` idle seconds.
+fn with_flows(secs: u32) -> L4Listener {
+    L4Listener {
+        group: GROUP,
+        flow_secs: secs,
+        hash_src_port: false,
+    }
+}
+
 fn ring_of(backend: u32) -> Vec<u32> {
     vec![backend; TABLE_SIZE as usize]
 }
@@ -334,14 +343,7 @@ fn flows_stay_on_their_backend_across_ring_changes_until_it_dies_or_they_expire(
         return;
     }
     let mut fx = Fixture::load();
-    setup(
-        &mut fx,
-        L4Listener {
-            group: GROUP,
-            flow_secs: 2,
-            hash_src_port: false,
-        },
-    );
+    setup(&mut fx, with_flows(2));
     let a = Some(ip("10.9.0.1"));
     let b = Some(ip("10.9.0.5"));
     let flow = Frame::tcp("10.2.3.4", "10.0.0.1", 443);
@@ -620,14 +622,7 @@ fn a_flood_of_spoofed_first_packets_leaves_established_flows_on_their_backend() 
     }
     const FLOOD: u32 = 1_000_000;
     let mut fx = Fixture::load();
-    setup(
-        &mut fx,
-        L4Listener {
-            group: GROUP,
-            flow_secs: 600,
-            hash_src_port: false,
-        },
-    );
+    setup(&mut fx, with_flows(600));
     fx.set_ring(GROUP, ring_of(0));
     let established: Vec<Frame> = (0..200u32)
         .map(|i| {
@@ -687,14 +682,7 @@ fn later_fragments_follow_their_first_to_its_backend() {
         return;
     }
     let mut fx = Fixture::load();
-    setup(
-        &mut fx,
-        L4Listener {
-            group: GROUP,
-            flow_secs: 60,
-            hash_src_port: false,
-        },
-    );
+    setup(&mut fx, with_flows(60));
     fx.set_ring(GROUP, ring_of(0));
     for (src, dst, first, later) in [
         (
@@ -904,11 +892,12 @@ fn frames_too_big_once_encapsulated_are_answered_with_icmp() {
         setup(&mut fx, L4Listener::in_group(GROUP));
         let full = |f: Frame| {
             let header = f.bytes().len();
-            f.payload(1514 - header)
+            let f = f.payload(1514 - header);
+            assert_eq!(f.bytes().len(), 1514, "a full-sized frame");
+            f
         };
         let run = |fx: &mut Fixture, f: &Frame| {
             let frame = f.bytes();
-            assert_eq!(frame.len(), f.bytes().len());
             let (verdict, out, decision, expected) = fx.run_output(&frame);
             assert_eq!(out, expected, "kernel and reference frames differ");
             assert_eq!(verdict, decision.outcome.action());
@@ -929,7 +918,7 @@ fn frames_too_big_once_encapsulated_are_answered_with_icmp() {
             let icmp = &out[34..];
             assert_eq!((icmp[0], icmp[1]), (3, 4));
             assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), v6_outer_mtu as u16);
-            assert_eq!(ones_complement(icmp), 0, "ICMP checksum");
+            assert_eq!(checksum(icmp), 0, "ICMP checksum");
 
             let (outcome, out) = run(&mut fx, &full(Frame::tcp("fd00:2::3:4", "fd00::1", 443)));
             assert_eq!(outcome, Outcome::TooBigAnswered);
@@ -952,7 +941,7 @@ fn frames_too_big_once_encapsulated_are_answered_with_icmp() {
             pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
             pseudo.extend_from_slice(&[0, 0, 0, 58]);
             pseudo.extend_from_slice(icmp);
-            assert_eq!(ones_complement(&pseudo), 0, "ICMPv6 checksum");
+            assert_eq!(checksum(&pseudo), 0, "ICMPv6 checksum");
         }
         fx.set_ring(GROUP, ring_of(0));
         let before = fx.counters(1).packets_of(Outcome::TooBig);
@@ -962,19 +951,6 @@ fn frames_too_big_once_encapsulated_are_answered_with_icmp() {
         let fits = Frame::tcp("10.2.3.4", "10.0.0.1", 443).df().payload(1440);
         assert_eq!(run(&mut fx, &fits).0, Outcome::ForwardedL4);
     });
-}
-
-/// The ones' complement sum of `bytes` folded and inverted: 0 when they carry their own
-/// correct Internet checksum.
-fn ones_complement(bytes: &[u8]) -> u16 {
-    let mut sum: u32 = bytes
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An ICMP error addressed to the VIP about a packet the VIP sent (a backend's reply to a
@@ -987,14 +963,7 @@ fn icmp_errors_to_the_vip_reach_the_backend_of_the_flow_they_quote() {
         return;
     }
     let mut fx = Fixture::load();
-    setup(
-        &mut fx,
-        L4Listener {
-            group: GROUP,
-            flow_secs: 60,
-            hash_src_port: false,
-        },
-    );
+    setup(&mut fx, with_flows(60));
     // The client's flow goes to backend 0 and stays there; the ring then moves on.
     fx.set_ring(GROUP, ring_of(0));
     let client = Frame::tcp("10.2.3.4", "10.0.0.1", 443);

@@ -82,7 +82,7 @@ impl Dataplane {
         // Invisible until published.
         let mut staged = Vec::new();
         for g in groups {
-            staged.push(self.stage_named(&slots, g)?);
+            staged.extend(self.stage_named(&slots, g)?);
         }
         let before: Vec<Staged> = staged
             .iter()
@@ -109,14 +109,9 @@ impl Dataplane {
     pub fn update_groups(&mut self, groups: &[L4Group]) -> Result<(), DataplaneError> {
         let slots = self.slots.clone();
         for g in groups {
-            if slots.group(&g.name).is_none() {
-                return Err(DataplaneError::UnknownGroup {
-                    id: 0,
-                    group: g.name.clone(),
-                });
+            if let Some((slot, next)) = self.stage_named(&slots, g)? {
+                self.publish_group(slot, next)?;
             }
-            let (slot, next) = self.stage_named(&slots, g)?;
-            self.publish_group(slot, next)?;
         }
         Ok(())
     }
@@ -127,7 +122,13 @@ impl Dataplane {
     }
 
     /// Stages `g` in its slot: backends at their stable indices, the ring translated to them.
-    fn stage_named(&mut self, slots: &Slots, g: &L4Group) -> Result<(u32, u32), DataplaneError> {
+    /// None when the group's live state is that already (a health or next-hop change of
+    /// another group, a reload that left it alone): nothing to write or publish.
+    fn stage_named(
+        &mut self,
+        slots: &Slots,
+        g: &L4Group,
+    ) -> Result<Option<Staged>, DataplaneError> {
         let slot = slots
             .group(&g.name)
             .ok_or_else(|| DataplaneError::UnknownGroup {
@@ -157,8 +158,11 @@ impl Dataplane {
                     .collect::<Vec<u32>>(),
             )
         });
+        if self.backends.is_live(slot, &entries, ring.as_deref()) {
+            return Ok(None);
+        }
         let next = self.stage_group(slot, Arc::new(entries), ring)?;
-        Ok((slot, next))
+        Ok(Some((slot, next)))
     }
 
     fn publish_all(&mut self, staged: &[Staged]) -> Result<(), DataplaneError> {

@@ -28,7 +28,7 @@ use lb_common::{
 };
 
 use super::maglev::{backend_index, check_group, check_ring};
-use super::{Dataplane, DataplaneError, map_err};
+use super::{Dataplane, DataplaneError, map_err, missing};
 
 /// How long a half that stopped being live stays untouched. An XDP program run lasts
 /// microseconds; this is the bound on how long one can still be reading the old half.
@@ -74,9 +74,12 @@ impl Group {
 
     /// The half that holds the group's current state: the live one, or before the first
     /// publication the one being filled.
+    fn current_half(&self) -> usize {
+        live_half(self.generation).map_or(self.next_half(), |h| h as usize)
+    }
+
     fn current(&self) -> &Half {
-        let half = live_half(self.generation).map_or(self.next_half(), |h| h as usize);
-        &self.halves[half]
+        &self.halves[self.current_half()]
     }
 }
 
@@ -101,6 +104,21 @@ impl Default for Groups {
 impl Groups {
     pub(super) fn generation(&self, group: u32) -> u32 {
         self.groups[group as usize].generation
+    }
+
+    /// Whether `group` is published with exactly these entries and this ring.
+    pub(super) fn is_live(
+        &self,
+        group: u32,
+        entries: &[Option<BackendEntry>],
+        ring: Option<&Vec<u32>>,
+    ) -> bool {
+        let g = &self.groups[group as usize];
+        let Some(half) = live_half(g.generation) else {
+            return false;
+        };
+        let live = &g.halves[half as usize];
+        *live.entries == entries && live.ring.as_deref() == ring
     }
 
     /// The value for backend index `slot` (a stats slot) holding `entry`, and whether the index
@@ -337,8 +355,7 @@ impl Dataplane {
     /// (before the first publication, the half being filled).
     pub fn backend(&self, group: u32, backend: u32) -> Result<BackendInfo, DataplaneError> {
         backend_index(group, backend)?;
-        let g = &self.backends.groups[group as usize];
-        let half = live_half(g.generation).unwrap_or(g.next_half() as u32);
+        let half = self.backends.groups[group as usize].current_half() as u32;
         let map: Array<&MapData, BackendInfo> = Array::try_from(
             self.ebpf
                 .map(MAP_BACKENDS)
@@ -407,13 +424,6 @@ impl Dataplane {
             Array::try_from(self.ebpf.map(MAP_ENCAP).ok_or_else(|| missing(MAP_ENCAP))?)
                 .map_err(map_err(MAP_ENCAP))?;
         map.get(&0, 0).map_err(map_err(MAP_ENCAP))
-    }
-}
-
-pub(super) fn missing(map: &'static str) -> DataplaneError {
-    DataplaneError::Map {
-        map,
-        reason: "missing from the object".into(),
     }
 }
 

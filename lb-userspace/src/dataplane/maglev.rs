@@ -9,8 +9,7 @@ use lb_common::{
     BackendCounters, MAP_BACKEND_STATS, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, backend_stats_slot,
 };
 
-use super::backends::missing;
-use super::{Dataplane, DataplaneError, map_err};
+use super::{Dataplane, DataplaneError, map_err, missing};
 
 /// Checks that `group` is one the kernel holds a ring for.
 pub(super) fn check_group(group: u32) -> Result<(), DataplaneError> {

@@ -249,10 +249,7 @@ impl Dataplane {
         let map = self
             .ebpf
             .map_mut(MAP_LISTENERS)
-            .ok_or(DataplaneError::Map {
-                map: MAP_LISTENERS,
-                reason: "missing from the object".into(),
-            })?;
+            .ok_or_else(|| missing(MAP_LISTENERS))?;
         let mut listeners: HashMap<&mut MapData, ListenerKey, ListenerInfo> =
             HashMap::try_from(map).map_err(map_err(MAP_LISTENERS))?;
         let present: Vec<ListenerKey> = listeners.keys().filter_map(Result::ok).collect();
@@ -302,10 +299,10 @@ impl Dataplane {
         desired: &BTreeMap<u32, PortListeners>,
         write: bool,
     ) -> Result<(), DataplaneError> {
-        let map = self.ebpf.map_mut(MAP_PORTS).ok_or(DataplaneError::Map {
-            map: MAP_PORTS,
-            reason: "missing from the object".into(),
-        })?;
+        let map = self
+            .ebpf
+            .map_mut(MAP_PORTS)
+            .ok_or_else(|| missing(MAP_PORTS))?;
         let mut ports: Array<&mut MapData, PortListeners> =
             Array::try_from(map).map_err(map_err(MAP_PORTS))?;
         if write {
@@ -334,10 +331,7 @@ impl Dataplane {
 
     /// The counters of one slot (a listener id, or 0 for traffic of no listener), summed over CPUs.
     pub fn counters(&self, slot: u32) -> Result<Counters, DataplaneError> {
-        let map = self.ebpf.map(MAP_STATS).ok_or(DataplaneError::Map {
-            map: MAP_STATS,
-            reason: "missing from the object".into(),
-        })?;
+        let map = self.ebpf.map(MAP_STATS).ok_or_else(|| missing(MAP_STATS))?;
         let stats: PerCpuArray<&MapData, Counters> =
             PerCpuArray::try_from(map).map_err(map_err(MAP_STATS))?;
         let per_cpu = stats.get(&slot, 0).map_err(map_err(MAP_STATS))?;
@@ -386,12 +380,7 @@ impl Dataplane {
     /// it (BPF_PROG_TEST_RUN) while this one keeps writing the maps: tests of map updates
     /// under traffic. It writes nothing.
     pub fn test_runner(&mut self) -> Result<TestRunner, DataplaneError> {
-        let fd = xdp_program(&mut self.ebpf)?
-            .fd()
-            .map_err(|e| DataplaneError::Load(error_chain(&e)))?
-            .try_clone()
-            .map_err(|e| DataplaneError::Load(e.to_string()))?;
-        Ok(TestRunner::new(fd))
+        Ok(TestRunner::new(own_fd(xdp_program(&mut self.ebpf)?)?))
     }
 }
 
@@ -402,37 +391,44 @@ impl Drop for Dataplane {
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, DataplaneError> {
-    ebpf.program_mut(PROGRAM_NAME)
-        .ok_or_else(|| {
-            DataplaneError::Load(format!("program {PROGRAM_NAME} missing from the object"))
-        })?
+    named_program(ebpf, PROGRAM_NAME)
+}
+
+/// The XDP program `name` of the object.
+pub(crate) fn named_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &str,
+) -> Result<&'a mut Xdp, DataplaneError> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| DataplaneError::Load(format!("program {name} missing from the object")))?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(error_chain(&e)))
+}
+
+/// A descriptor of the loaded `prog` that outlives the borrow of the object.
+fn own_fd(prog: &Xdp) -> Result<aya::programs::ProgramFd, DataplaneError> {
+    prog.fd()
+        .map_err(|e| DataplaneError::Load(error_chain(&e)))?
+        .try_clone()
+        .map_err(|e| DataplaneError::Load(e.to_string()))
+}
+
+/// The error for map `map` absent from the object.
+pub(crate) fn missing(map: &'static str) -> DataplaneError {
+    DataplaneError::Map {
+        map,
+        reason: "missing from the object".into(),
+    }
 }
 
 /// Loads `edgelb_icmp` and puts it where `edgelb_xdp` tail-calls it for ICMP errors (until
 /// then they pass as not ours).
 fn load_icmp_program(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(ICMP_PROGRAM_NAME)
-        .ok_or_else(|| {
-            DataplaneError::Load(format!(
-                "program {ICMP_PROGRAM_NAME} missing from the object"
-            ))
-        })?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(error_chain(&e)))?;
+    let prog = named_program(ebpf, ICMP_PROGRAM_NAME)?;
     prog.load()
         .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
-    let fd = prog
-        .fd()
-        .map_err(|e| DataplaneError::Load(error_chain(&e)))?
-        .try_clone()
-        .map_err(|e| DataplaneError::Load(e.to_string()))?;
-    let map = ebpf.map_mut(MAP_TAIL).ok_or(DataplaneError::Map {
-        map: MAP_TAIL,
-        reason: "missing from the object".into(),
-    })?;
+    let fd = own_fd(prog)?;
+    let map = ebpf.map_mut(MAP_TAIL).ok_or_else(|| missing(MAP_TAIL))?;
     let mut tail: ProgramArray<&mut MapData> =
         ProgramArray::try_from(map).map_err(map_err(MAP_TAIL))?;
     tail.set(TAIL_ICMP, &fd, 0).map_err(map_err(MAP_TAIL))
@@ -464,10 +460,7 @@ fn sync_trie<K: aya::Pod + bytemuck::Pod, const N: usize>(
     desired: &BTreeSet<(u32, [u8; N])>,
     add: bool,
 ) -> Result<(), DataplaneError> {
-    let map = ebpf.map_mut(name).ok_or(DataplaneError::Map {
-        map: name,
-        reason: "missing from the object".into(),
-    })?;
+    let map = ebpf.map_mut(name).ok_or_else(|| missing(name))?;
     let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map).map_err(map_err(name))?;
     let present: BTreeSet<(u32, [u8; N])> = trie
         .keys()
