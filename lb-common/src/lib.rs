@@ -435,7 +435,8 @@ pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
 
 /// Key of the `FLOWS` LRU hash: a frame's 5-tuple, addresses IPv4-mapped for IPv4, ports in
 /// host byte order.
-#[repr(C)]
+// 8-aligned: the XDP program reads its addresses as words, not bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -455,7 +456,7 @@ pub struct FlowState {
     pub backend_slot: u32,
     /// [`BackendInfo::epoch`] when the flow was sent there.
     pub epoch: u32,
-    /// `bpf_ktime_get_ns` when the flow was last seen (to within [`FLOW_TOUCH_NS`]).
+    /// `bpf_ktime_get_coarse_ns` when the flow was last seen (to within [`FLOW_TOUCH_NS`]).
     pub last_seen_ns: u64,
 }
 
@@ -463,7 +464,8 @@ pub struct FlowState {
 pub const MAX_FRAGS: u32 = 16_384;
 
 /// Key of the `FRAGS` LRU hash: one fragmented datagram, as its fragments all name it.
-#[repr(C)]
+// 8-aligned: the XDP program reads its addresses as words, not bytes.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct FragKey {
     /// Addresses as in [`FlowKey`] (IPv4-mapped for IPv4).

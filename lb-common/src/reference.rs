@@ -87,7 +87,7 @@ pub struct Tables {
     /// is too big (BPF_PROG_TEST_RUN runs on the namespace's loopback, MTU 65536 by default).
     pub mtu: u32,
     /// The clock `FLOWS` times are read against, in nanoseconds (the program's
-    /// `bpf_ktime_get_ns`).
+    /// `bpf_ktime_get_coarse_ns`).
     pub now_ns: u64,
 }
 

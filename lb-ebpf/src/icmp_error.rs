@@ -6,10 +6,10 @@
 //! path inlined twice does not fit one 512-byte stack.
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    ETH_P_IPV4, ETH_P_IPV6, FlowKey, IPPROTO_ICMPV6, MAX_L4_GROUPS, Outcome, v4_mapped, v4_unmapped,
+    ETH_P_IPV4, ETH_P_IPV6, FlowKey, IPPROTO_ICMPV6, MAX_L4_GROUPS, Outcome, v4_mapped,
 };
 
-use crate::{Src, admitted, bytes, find_listener, frame_len, icmp, l4, verdict};
+use crate::{admitted, bytes, find_listener, frame_len, icmp, l4, verdict};
 
 #[xdp]
 pub fn edgelb_icmp(ctx: XdpContext) -> u32 {
@@ -40,16 +40,12 @@ fn icmp_error(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
         _ => return Err(Outcome::NotOurs),
     };
     let q = icmp::quoted(ctx, l4, v4).ok_or(Outcome::NotOurs)?;
-    let info = find_listener(dst, q.vip_port, q.proto, v4).ok_or(Outcome::NotOurs)?;
+    let info = find_listener(&dst, q.vip_port, q.proto, v4).ok_or(Outcome::NotOurs)?;
     // Listeners served in userspace have sockets, which the stack tells of their errors.
     if info.l4_group >= MAX_L4_GROUPS {
         return Err(Outcome::NotOurs);
     }
-    let client = match v4_unmapped(&q.client) {
-        Some(addr) => Src::V4(addr),
-        None => Src::V6(q.client),
-    };
-    if !admitted(&info, client) {
+    if !admitted(&info, &q.client) {
         return Ok((info.id, Outcome::DroppedAcl));
     }
     let flow = FlowKey {

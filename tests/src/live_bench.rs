@@ -44,7 +44,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use edgelb::acl::AclMode;
-use edgelb::dataplane::{BackendEntry, Dataplane, L4Groups, ListenerRule, run_live_frames};
+use edgelb::dataplane::{
+    BackendEntry, Dataplane, L4Listener, L4Listeners, ListenerRule, run_live_frames,
+};
 use ipnet::IpNet;
 use lb_common::Outcome;
 use lb_common::maglev::build_table;
@@ -69,6 +71,10 @@ const ADMITTED_V4: &str = "198.51.100.7";
 const VIP_V4: &str = "192.0.2.1";
 const PORT: u16 = 443;
 const LISTENER: u32 = 1;
+/// The flow table's idle time of the L4 rows that keep one: `--sticky-duration`'s default.
+const FLOW_SECS: u32 = 20 * 60;
+/// Rounds of the L4 and forwarding rows.
+const L4_ROUNDS: usize = 3;
 const NFT_TABLE: &str = "edgelb_bench";
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -232,8 +238,13 @@ impl Setup {
         let est_ns = start.elapsed().as_nanos() as f64 / f64::from(warm);
         let repeat = (self.secs * 1e9 / est_ns).clamp(1e5, 4e9) as u32;
         let cpu0 = self.clock.now();
+        let t0 = monotonic();
         let kernel_ns = run_live_frames(prog, frame, self.lb_ifindex, repeat, 0)?;
         let cpu = self.clock.now() - cpu0;
+        if std::env::var_os("EDGELB_BENCH_TIMES").is_some() {
+            // For `perf report --time`, with `perf record -k mono`.
+            eprintln!("xdp-bench: measured run {t0:.6},{:.6}", monotonic());
+        }
         check_stop()?;
         Ok((
             Sample {
@@ -268,6 +279,12 @@ impl Setup {
         }
         Ok(total)
     }
+}
+
+/// CLOCK_MONOTONIC in seconds, as `perf record -k mono` stamps its samples.
+fn monotonic() -> f64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
 }
 
 fn run_in(ns: &Netns, args: &[&str]) -> Result<String> {
@@ -428,7 +445,15 @@ struct Row {
 }
 
 /// Runs every case and prints the table. `dp` is edgelb's loaded program (not attached).
-pub fn run(dp: &mut Dataplane, secs: f64) -> Result<()> {
+/// Which rows [`run`] measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Cases {
+    All,
+    /// The generator floor and the L4 forwarding rows only.
+    L4,
+}
+
+pub fn run(dp: &mut Dataplane, secs: f64, cases: Cases) -> Result<()> {
     let setup = Setup::new(secs)?;
     let edgelb = dp.test_runner()?;
     let drop_all = RawXdp::verdict("bench_drop", XDP_DROP)?;
@@ -449,7 +474,7 @@ pub fn run(dp: &mut Dataplane, secs: f64) -> Result<()> {
         sample: floor,
         versus: None,
     });
-    for (family, frame) in &frames {
+    for (family, frame) in frames.iter().filter(|_| cases == Cases::All) {
         let before = snmp("Tcp", "InSegs")?;
         let (s, sent) = setup.measure(pass_all.fd(), frame)?;
         let seen = snmp("Tcp", "InSegs")? - before;
@@ -465,7 +490,12 @@ pub fn run(dp: &mut Dataplane, secs: f64) -> Result<()> {
         });
     }
 
-    for n in [10usize, 100_000] {
+    let sizes: &[usize] = if cases == Cases::All {
+        &[10, 100_000]
+    } else {
+        &[]
+    };
+    for &n in sizes {
         let (v4, v6) = blacklist(n);
         dp.apply(&[blacklist_rule(&v4, &v6)])?;
         let t = Instant::now();
@@ -511,10 +541,7 @@ pub fn run(dp: &mut Dataplane, secs: f64) -> Result<()> {
         result?;
     }
 
-    // L4: the same blacklist of 10, a source it admits, an L4 listener balancing over 8
-    // backends reached through lbb's MAC.
-    let (v4, v6) = blacklist(10);
-    let rule = blacklist_rule(&v4, &v6);
+    // L4: a listener balancing over 8 backends reached through lbb's MAC, a source it admits.
     let keys: Vec<String> = (1..=8).map(|i| format!("10.1.0.{i}:8080")).collect();
     let backends: Vec<(&[u8], u32)> = keys.iter().map(|k| (k.as_bytes(), 1)).collect();
     dp.set_ring(0, &build_table(&backends))?;
@@ -527,58 +554,110 @@ pub fn run(dp: &mut Dataplane, secs: f64) -> Result<()> {
         })
         .collect();
     dp.set_backends(0, &entries)?;
-    dp.apply_in_groups(std::slice::from_ref(&rule), &L4Groups::from([(rule.id, 0)]))?;
     let frame = syn(ADMITTED_V4, VIP_V4);
+    // lbb puts back what forwarding changed: edgelb's outer IPv4 header (20 bytes) is written
+    // over the old Ethernet header; the kernel changes the TTL, the checksum and both MACs
+    // (bytes 0..26 of the frame).
+    let unencap = RawXdp::restoring_sink("bench_unencap", 20, &frame[..14])?;
+    let unfwd = RawXdp::restoring_sink("bench_unfwd", 0, &frame[..26])?;
+    // What an operator's L4 listener does by default (a flow table: `--sticky-duration`), and
+    // the ring alone; without access control and with the blacklist of 10.
+    let (v4, v6) = blacklist(10);
+    let listed = blacklist_rule(&v4, &v6);
+    let open = ListenerRule {
+        mode: AclMode::All,
+        prefixes: Vec::new(),
+        ..listed.clone()
+    };
+    let variants = [
+        (&open, FLOW_SECS),
+        (&open, 0),
+        (&listed, FLOW_SECS),
+        (&listed, 0),
+    ];
+    // Every case once per round, the median of the rounds reported: this host's speed drifts
+    // over tens of seconds, and a ratio of two rows is only fair if they saw the same drift.
+    let mut tx_runs = Vec::new();
+    let mut l4_runs = vec![Vec::new(); variants.len()];
+    let mut fwd_runs = Vec::new();
+    for _ in 0..L4_ROUNDS {
+        // The bare transmission, unchanged frames: lbb only drops.
+        drop(sink.take());
+        sink = Some(XdpLink::native(drop_all.fd(), setup.peer_ifindex)?);
+        tx_runs.push(setup.measure(tx_all.fd(), &frame)?.0);
 
-    // The bare transmission, unchanged frames: lbb only drops.
-    let (tx, _) = setup.measure(tx_all.fd(), &frame)?;
+        drop(sink.take());
+        sink = Some(XdpLink::native(unencap.fd(), setup.peer_ifindex)?);
+        for ((rule, flow_secs), runs) in variants.iter().zip(&mut l4_runs) {
+            let l4 = L4Listener {
+                flow_secs: *flow_secs,
+                ..L4Listener::in_group(0)
+            };
+            dp.apply_l4(
+                std::slice::from_ref(*rule),
+                &L4Listeners::from([(rule.id, l4)]),
+            )?;
+            let before = dp.counters(LISTENER)?.packets[Outcome::ForwardedL4 as usize];
+            let (sample, sent) = setup.measure(edgelb.fd(), &frame)?;
+            let forwarded = dp.counters(LISTENER)?.packets[Outcome::ForwardedL4 as usize] - before;
+            ensure!(
+                forwarded == sent,
+                "edgelb L4: forwarded {forwarded} of {sent} (frames not restored?)"
+            );
+            runs.push(sample);
+        }
+
+        drop(sink.take());
+        sink = Some(XdpLink::native(unfwd.fd(), setup.peer_ifindex)?);
+        let before = snmp("Ip", "ForwDatagrams")?;
+        let (sample, sent) = setup.measure(pass_all.fd(), &frame)?;
+        let forwarded = snmp("Ip", "ForwDatagrams")? - before;
+        ensure!(
+            forwarded == sent,
+            "kernel forwarding: forwarded {forwarded} of {sent} (frames not restored?)"
+        );
+        fwd_runs.push(sample);
+    }
+    drop(sink);
     rows.push(Row {
         case: "XDP_TX alone (program returning XDP_TX), to lbb".into(),
         prefixes: "-".into(),
-        sample: tx,
+        sample: median(tx_runs),
         versus: None,
     });
-
-    // edgelb: the outer IPv4 header (20 bytes) is written over the old Ethernet header.
-    let restore = RawXdp::restoring_sink("bench_unencap", 20, &frame[..14])?;
-    drop(sink.take());
-    sink = Some(XdpLink::native(restore.fd(), setup.peer_ifindex)?);
-    let before = dp.counters(LISTENER)?.packets[Outcome::ForwardedL4 as usize];
-    let (l4, sent) = setup.measure(edgelb.fd(), &frame)?;
-    let forwarded = dp.counters(LISTENER)?.packets[Outcome::ForwardedL4 as usize] - before;
-    ensure!(
-        forwarded == sent,
-        "edgelb L4: forwarded {forwarded} of {sent} (frames not restored?)"
-    );
-    rows.push(Row {
-        case: "edgelb L4 forward: Maglev, IPv4-in-IPv4, XDP_TX, ipv4".into(),
-        prefixes: "10".into(),
-        sample: l4,
-        versus: None,
-    });
-
-    // The kernel: TTL, checksum and both MACs change (bytes 0..26 of the frame).
-    let restore = RawXdp::restoring_sink("bench_unfwd", 0, &frame[..26])?;
-    drop(sink.take());
-    sink = Some(XdpLink::native(restore.fd(), setup.peer_ifindex)?);
-    let before = snmp("Ip", "ForwDatagrams")?;
-    let (fwd, sent) = setup.measure(pass_all.fd(), &frame)?;
-    let forwarded = snmp("Ip", "ForwDatagrams")? - before;
-    ensure!(
-        forwarded == sent,
-        "kernel forwarding: forwarded {forwarded} of {sent} (frames not restored?)"
-    );
+    for ((rule, flow_secs), runs) in variants.iter().zip(l4_runs) {
+        let table = if *flow_secs == 0 {
+            "ring only"
+        } else {
+            "flow table"
+        };
+        rows.push(Row {
+            case: format!("edgelb L4 forward ({table}): IPv4-in-IPv4, XDP_TX, ipv4"),
+            prefixes: if rule.prefixes.is_empty() {
+                "-".into()
+            } else {
+                (rule.prefixes.len() / 2).to_string()
+            },
+            sample: median(runs),
+            versus: None,
+        });
+    }
     rows.push(Row {
         case: "kernel ip_forward (XDP_PASS), to lbb, ipv4".into(),
         prefixes: "-".into(),
-        sample: fwd,
+        sample: median(fwd_runs),
         versus: None,
     });
-    drop(sink);
 
     print_table(&rows, floor);
     drop(setup);
     Ok(())
+}
+
+/// The run of median CPU time per frame.
+fn median(mut runs: Vec<Sample>) -> Sample {
+    runs.sort_by(|a, b| a.cpu_ns.total_cmp(&b.cpu_ns));
+    runs[runs.len() / 2]
 }
 
 fn print_table(rows: &[Row], floor: Sample) {

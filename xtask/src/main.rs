@@ -85,7 +85,7 @@ enum Task {
 enum Bench {
     /// Per-packet cost of the XDP program (BPF_PROG_TEST_RUN with repeat), then packets per
     /// CPU-second of the receiver against nftables and the kernel stack, with kernel-generated
-    /// live frames (`--repeat N`, `--live-secs S`; installs nftables).
+    /// live frames (`--repeat N`, `--live-secs S`, `--l4`: the live L4 rows only; installs nftables).
     Xdp,
     /// edgelb vs nginx vs haproxy terminating TLS on loopback under h2load (`--duration SECS`).
     Https,

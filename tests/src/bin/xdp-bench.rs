@@ -29,6 +29,10 @@ fn main() -> anyhow::Result<()> {
     let live_secs = live_bench::duration_arg()?;
     live_bench::install_signal_handlers();
     let mut dp = Dataplane::load()?;
+    if std::env::args().any(|a| a == "--l4") {
+        // Only the live L4 rows: what `perf record` is pointed at when profiling the forward path.
+        return live_bench::run(&mut dp, live_secs.as_secs_f64(), live_bench::Cases::L4);
+    }
     println!(
         "edgelb XDP program, BPF_PROG_TEST_RUN, repeat={repeat}, mean ns per packet (kernel's own timing)"
     );
@@ -148,7 +152,7 @@ fn main() -> anyhow::Result<()> {
         }
     }
     // Packets per CPU-second of the receiver, next to nftables and the kernel stack.
-    live_bench::run(&mut dp, live_secs.as_secs_f64())
+    live_bench::run(&mut dp, live_secs.as_secs_f64(), live_bench::Cases::All)
 }
 
 /// A whitelist listener on port 443 with `n` prefixes of one family, one of which admits the
