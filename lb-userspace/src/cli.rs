@@ -77,7 +77,9 @@ pub enum SslAuthArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum OnOff {
+    #[value(alias = "true")]
     On,
+    #[value(alias = "false")]
     Off,
 }
 
@@ -157,7 +159,13 @@ pub struct RunArgs {
     pub tags: Vec<String>,
 
     /// Frontend protocol: https and http are served in userspace.
-    #[arg(long, value_enum, value_name = "PROTO", default_value = "https")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "PROTO",
+        default_value = "https"
+    )]
     pub protocol: ProtocolArg,
 
     /// Frontend address and port, e.g. 0.0.0.0:443 or [::]:443 (required without --config).
@@ -177,7 +185,7 @@ pub struct RunArgs {
     pub sni_certs: Vec<String>,
 
     /// SSL authentication: one-way, or mutual (clients need a certificate from --client-ca).
-    #[arg(long, value_enum, value_name = "MODE")]
+    #[arg(long, value_enum, ignore_case = true, value_name = "MODE")]
     pub ssl_auth: Option<SslAuthArg>,
 
     /// CA bundle (PEM) that client certificates must chain to; implies --ssl-auth mutual.
@@ -189,7 +197,13 @@ pub struct RunArgs {
     pub tls_policy: Option<String>,
 
     /// Offer HTTP/2 to clients (ALPN h2).
-    #[arg(long, value_enum, value_name = "on|off", default_value = "on")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "on|off",
+        default_value = "on"
+    )]
     pub http2: OnOff,
 
     /// Add X-Forwarded-ELB-IP: the given IP, else the local address the client connected to.
@@ -198,24 +212,49 @@ pub struct RunArgs {
 
     /// Seconds a keep-alive connection may wait for its next request (0-4000; 0 closes after
     /// each response).
-    #[arg(long, value_name = "SECS", default_value = "60")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "60"
+    )]
     pub idle_timeout: String,
 
     /// Seconds a client has to send a request's headers, and the longest stall in its body (1-300).
-    #[arg(long, value_name = "SECS", default_value = "60")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "60"
+    )]
     pub request_timeout: String,
 
     /// Seconds a backend has to start its response before another is tried or 504 (1-300).
-    #[arg(long, value_name = "SECS", default_value = "60")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "60"
+    )]
     pub response_timeout: String,
 
     /// Seconds a client has to complete the TLS handshake (1-300).
-    #[arg(long, value_name = "SECS", default_value = "10")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "10"
+    )]
     pub handshake_timeout: String,
 
     /// Client connections this listener keeps open at once (1-10000000); more are accepted
     /// and closed at once, so the node (and its admin endpoint) stay reachable.
-    #[arg(long, value_name = "N", default_value = "100000")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "100000"
+    )]
     pub max_connections: String,
 
     /// Forwarding rule, repeatable, evaluated in order:
@@ -239,13 +278,20 @@ pub struct RunArgs {
     #[arg(
         long,
         value_enum,
+        ignore_case = true,
         value_name = "ALGORITHM",
         default_value = "weighted-round-robin"
     )]
     pub algorithm: AlgorithmArg,
 
     /// Protocol to backends.
-    #[arg(long, value_enum, value_name = "PROTO", default_value = "http")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "PROTO",
+        default_value = "http"
+    )]
     pub backend_protocol: BackendProtocolArg,
 
     /// CA bundle (PEM) that HTTPS backends' certificates must chain to.
@@ -261,11 +307,17 @@ pub struct RunArgs {
     pub hc_domain: Option<String>,
 
     /// Active health checks of every backend.
-    #[arg(long, value_enum, value_name = "KIND", default_value = "tcp")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "KIND",
+        default_value = "tcp"
+    )]
     pub health_check: HealthCheckArg,
 
     /// Port health checks go to (1-65535); default: each backend's own port.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", allow_negative_numbers = true)]
     pub hc_port: Option<String>,
 
     /// Path of http/https health checks (1-80 characters, starting with /).
@@ -273,24 +325,45 @@ pub struct RunArgs {
     pub hc_path: String,
 
     /// Seconds between two checks of a backend (1-50).
-    #[arg(long, value_name = "SECS", default_value = "5")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "5"
+    )]
     pub hc_interval: String,
 
     /// Seconds a check may take (1-50).
-    #[arg(long, value_name = "SECS", default_value = "3")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "3"
+    )]
     pub hc_timeout: String,
 
     /// Consecutive failures before a backend is unhealthy, and successes before it is healthy
     /// again (1-10).
-    #[arg(long, value_name = "N", default_value = "3")]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "3"
+    )]
     pub hc_retries: String,
 
     /// Seconds over which a backend that becomes healthy ramps up to its full weight (30-1200).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub slow_start: Option<String>,
 
     /// Sticky sessions (weighted round robin only).
-    #[arg(long, value_enum, value_name = "MODE", default_value = "off")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "MODE",
+        default_value = "off"
+    )]
     pub sticky_session: StickyArg,
 
     /// The backend's session cookie, for --sticky-session app-cookie.
@@ -298,7 +371,12 @@ pub struct RunArgs {
     pub cookie_name: Option<String>,
 
     /// Minutes a sticky client stays pinned (1-1440).
-    #[arg(long, value_name = "MINUTES", default_value = "20")]
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        allow_negative_numbers = true,
+        default_value = "20"
+    )]
     pub sticky_duration: String,
 
     /// Key (at least 32 bytes) authenticating lb-cookies, shared by every edgelb node that
@@ -307,7 +385,13 @@ pub struct RunArgs {
     pub sticky_key_file: Option<PathBuf>,
 
     /// Who may connect: everyone, only the IP address group, or everyone but the group.
-    #[arg(long, value_enum, value_name = "MODE", default_value = "all")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "MODE",
+        default_value = "all"
+    )]
     pub access_control: AccessControlArg,
 
     /// IP address group: comma-separated IPv4/IPv6 CIDRs (a bare address is a host), repeatable.
@@ -323,7 +407,13 @@ pub struct RunArgs {
     pub xdp_ifaces: Vec<String>,
 
     /// How to attach the XDP program.
-    #[arg(long, value_enum, value_name = "MODE", default_value = "auto")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "MODE",
+        default_value = "auto"
+    )]
     pub xdp_mode: XdpModeArg,
 
     /// Admin endpoint (/healthz, /metrics, /status); loopback unless --admin-allow-remote.
@@ -335,7 +425,12 @@ pub struct RunArgs {
     pub admin_allow_remote: bool,
 
     /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT (0-300).
-    #[arg(long, value_name = "SECS", default_value = "10")]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "10"
+    )]
     pub drain_timeout: String,
 
     /// Once sockets are bound and XDP attached, run as this user (keeping only the capabilities
@@ -352,8 +447,19 @@ pub struct RunArgs {
     pub access_log: bool,
 
     /// Log lines as human-readable text or JSON.
-    #[arg(long, value_enum, value_name = "FORMAT", default_value = "text")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
     pub log_format: LogFormat,
+
+    /// The flags given on the command line and their values as typed, in `--help` order;
+    /// filled by [`crate::usage::parse_from`].
+    #[arg(skip)]
+    pub explicit: Vec<(String, String)>,
 }
 
 /// Only the run flags, to learn their defaults.

@@ -1,14 +1,24 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use crate::cli::{Cli, Command, LogFormat};
+use crate::cli::{Command, LogFormat};
 use crate::config::Config;
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// The whole command line of `edgelb`; also run by the integration tests' copy of the binary.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match crate::usage::parse_from(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let (text, to_stderr, code) = crate::usage::report(&e);
+            if to_stderr {
+                eprintln!("{text}");
+            } else {
+                print!("{text}");
+            }
+            return ExitCode::from(code);
+        }
+    };
     match cli.command {
         Some(Command::Check(args)) => match Config::from_args(&args) {
             Ok(config) => {

@@ -19,4 +19,5 @@ pub mod rules;
 pub mod server;
 pub mod status;
 pub mod tls;
+pub mod usage;
 pub mod workers;

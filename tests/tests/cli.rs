@@ -542,3 +542,108 @@ fn readable_private_keys_are_refused_unless_allowed() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// What clap itself refuses is one line in edgelb's words too, with exit code 2; the words a
+/// config file accepts are accepted by the flags, in any case.
+#[test]
+fn usage_errors_are_one_line_and_flags_take_the_files_words() {
+    let f = files();
+    let refused: [(&[&str], &str); 5] = [
+        (
+            &["--http2", "maybe"],
+            "edgelb: error: --http2 \"maybe\": expected one of: on, off",
+        ),
+        (
+            &["--idle-timeout", "-1"],
+            "edgelb: error: --idle-timeout \"-1\": must be a whole number of seconds, 0-4000",
+        ),
+        (
+            &["--bogus"],
+            "edgelb: error: \"--bogus\": no such flag (edgelb --help lists them)",
+        ),
+        (&["--hc-port"], "edgelb: error: --hc-port: needs a value"),
+        (
+            &["--backend", "127.0.0.1:70000"],
+            "edgelb: error: --backend \"127.0.0.1:70000\": port 70000 is out of range 1-65535",
+        ),
+    ];
+    for (extra, expected) in refused {
+        let mut args = vec!["check"];
+        args.extend(
+            base(&f)
+                .into_iter()
+                .filter(|a| *a != "--backend" && *a != "127.0.0.1:18080"),
+        );
+        if !extra.contains(&"--backend") {
+            args.extend(["--backend", "127.0.0.1:18080"]);
+        }
+        args.extend(extra);
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim_end(), expected, "{extra:?}");
+    }
+    for extra in [
+        ["--http2", "true"],
+        ["--http2", "OFF"],
+        ["--protocol", "HTTPS"],
+        ["--algorithm", "Source-IP-Hash"],
+    ] {
+        let mut args = vec!["check"];
+        args.extend(base(&f));
+        args.extend(extra);
+        let out = run(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Next to `--config` without `--listen`, a listener's or group's flag has nothing to apply
+/// to: refused, never ignored. The node's own flags apply, and one given explicitly beats the
+/// file even at its default value.
+#[test]
+fn flags_next_to_a_config_file_apply_or_are_refused() {
+    let dir = TempDir::new();
+    let file = dir.write(
+        "edgelb.toml",
+        "drain_timeout = 3\n\n[[group]]\nname = \"g\"\nbackend = [\"127.0.0.1:30080\"]\n\n\
+         [[listener]]\nlisten = \"127.0.0.1:18443\"\nprotocol = \"http\"\ngroup = \"g\"\n",
+    );
+    let config = file.display().to_string();
+    for (extra, flag) in [
+        (vec!["--idle-timeout", "99999"], "--idle-timeout \"99999\""),
+        (vec!["--backend", "garbage"], "--backend \"garbage\""),
+        (vec!["--http2", "off"], "--http2 \"off\""),
+    ] {
+        let mut args = vec!["check", "--config", &config];
+        args.extend(extra.iter().copied());
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert_eq!(
+            stderr.trim_end(),
+            format!(
+                "edgelb: error: {flag}: sets the listener of --listen, which is not given: \
+                 with --config, give --listen for a listener of these flags, or set it in the file"
+            )
+        );
+    }
+    let drain = |args: &[&str]| {
+        let out = run(args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.trim_start().starts_with("drain-timeout"))
+            .map(|l| l.split_whitespace().last().unwrap_or_default().to_string())
+    };
+    assert_eq!(drain(&["check", "--config", &config]), Some("3s".into()));
+    // 10 is the flag's default: given explicitly, it still wins.
+    assert_eq!(
+        drain(&["check", "--config", &config, "--drain-timeout", "10"]),
+        Some("10s".into())
+    );
+}

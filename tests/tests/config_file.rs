@@ -374,6 +374,22 @@ fn bad_files_are_refused_with_the_key_and_value() {
             ),
             "cert: has no effect on an http listener",
         ),
+        // A string value is quoted once, by the message, whatever it holds.
+        (
+            good.replace(
+                "drain_timeout = 2",
+                "drain_timeout = 2\naccess_log = \"yes\"",
+            ),
+            "access_log = \"yes\": expected true or false, found a string",
+        ),
+        (
+            good.replace("drain_timeout = 2", "drain_timeout = 2.5"),
+            "drain_timeout = \"2.5\": expected a whole number, found a number with a fraction",
+        ),
+        (
+            good.replace("health_check = \"off\"", "health_check = 3"),
+            "health_check = \"3\": expected a string, found an integer",
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (text, expected)) in cases.iter().enumerate() {

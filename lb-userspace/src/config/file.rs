@@ -405,11 +405,18 @@ impl Walker<'_> {
     }
 
     fn wrong(&self, key: &str, v: &Value, expected: &str) -> ConfigError {
-        self.problem(
-            key,
-            &v.to_string(),
-            &format!("expected {expected}, found a {}", v.type_str()),
-        )
+        // A string is shown as its text: the message quotes values once, itself.
+        let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+        let found = match v {
+            Value::String(_) => "a string",
+            Value::Integer(_) => "an integer",
+            Value::Float(_) => "a number with a fraction",
+            Value::Boolean(_) => "true or false",
+            Value::Datetime(_) => "a date",
+            Value::Array(_) => "a list",
+            Value::Table(_) => "a table",
+        };
+        self.problem(key, &shown, &format!("expected {expected}, found {found}"))
     }
 
     fn unknown(&self, key: &str, hint: &str) -> ConfigError {
@@ -428,7 +435,7 @@ impl Walker<'_> {
         match v {
             Value::Integer(n) => Ok(n.to_string()),
             Value::String(s) => Ok(s.clone()),
-            _ => Err(self.wrong(key, v, "a number")),
+            _ => Err(self.wrong(key, v, "a whole number")),
         }
     }
 
@@ -448,7 +455,8 @@ impl Walker<'_> {
     /// One of the flag's values, with the flag's own aliases.
     fn choice<E: ValueEnum>(&self, key: &str, v: &Value) -> Result<E, ConfigError> {
         let s = self.string(key, v)?;
-        E::from_str(&s, false).map_err(|_| {
+        // Case as on the command line, where every choice ignores it.
+        E::from_str(&s, true).map_err(|_| {
             let allowed: Vec<String> = E::value_variants()
                 .iter()
                 .filter_map(|e| e.to_possible_value())

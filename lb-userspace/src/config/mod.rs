@@ -237,6 +237,9 @@ impl Config {
             .as_deref()
             .map(|path| file::load(path, &defaults))
             .transpose()?;
+        if file.is_some() && args.listen.is_none() {
+            unused_listener_flags(args)?;
+        }
         let mut node = args.clone();
         let mut groups: Vec<GroupConfig> = Vec::new();
         let mut listeners = Vec::new();
@@ -247,7 +250,7 @@ impl Config {
             let at = format!("{}: top level", file.path.display());
             xdp(&file.globals).map_err(|e| e.in_file(at.clone(), false))?;
             ops(&file.globals).map_err(|e| e.in_file(at, false))?;
-            merge_globals(&mut node, &file.globals, &defaults);
+            merge_globals(&mut node, &file.globals);
             for g in &file.groups {
                 let group = group(&g.args).map_err(|e| e.in_file(g.location.clone(), true))?;
                 add_group(&mut groups, group, || g.location.clone())?;
@@ -430,8 +433,40 @@ fn add_group(
     Ok(())
 }
 
+/// Flags that are the node's, not a listener's or a group's: they apply with `--config` alone.
+const NODE_FLAGS: [&str; 10] = [
+    "--config",
+    "--xdp-iface",
+    "--xdp-mode",
+    "--admin",
+    "--admin-allow-remote",
+    "--drain-timeout",
+    "--user",
+    "--allow-readable-keys",
+    "--access-log",
+    "--log-format",
+];
+
+/// With `--config` and no `--listen`, the flags of a listener and its group have nothing to
+/// apply to: refused, never ignored.
+fn unused_listener_flags(args: &RunArgs) -> Result<(), ConfigError> {
+    match args
+        .explicit
+        .iter()
+        .find(|(flag, _)| !NODE_FLAGS.contains(&flag.as_str()))
+    {
+        Some((flag, value)) => Err(ConfigError::new(
+            flag.clone(),
+            value.clone(),
+            "sets the listener of --listen, which is not given: with --config, give --listen \
+             for a listener of these flags, or set it in the file",
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Top-level settings: a flag given on the command line wins over the file's value.
-fn merge_globals(node: &mut RunArgs, file: &RunArgs, defaults: &RunArgs) {
+fn merge_globals(node: &mut RunArgs, file: &RunArgs) {
     node.allow_readable_keys |= file.allow_readable_keys;
     if node.admin.is_none() {
         node.admin = file.admin.clone();
@@ -441,12 +476,13 @@ fn merge_globals(node: &mut RunArgs, file: &RunArgs, defaults: &RunArgs) {
     }
     node.admin_allow_remote |= file.admin_allow_remote;
     node.access_log |= file.access_log;
-    if node.drain_timeout == defaults.drain_timeout {
+    if !node.given("--drain-timeout") {
         node.drain_timeout = file.drain_timeout.clone();
     }
-    if node.xdp_mode == defaults.xdp_mode {
+    if !node.given("--xdp-mode") {
         node.xdp_mode = file.xdp_mode;
     }
+
     for iface in &file.xdp_ifaces {
         if !node.xdp_ifaces.contains(iface) {
             node.xdp_ifaces.push(iface.clone());

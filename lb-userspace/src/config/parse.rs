@@ -260,11 +260,19 @@ pub fn backend(value: &str) -> Result<Backend, ConfigError> {
     let mut parts = value.split(',');
     let addr = parts.next().unwrap_or_default();
     let addr: SocketAddr = addr.parse().map_err(|_| {
-        ConfigError::new(
-            FLAG,
-            value,
-            "expected ADDR:PORT[,weight=N], e.g. 10.0.1.5:8080,weight=3",
-        )
+        let port = addr
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse::<u64>().ok());
+        match port {
+            Some(p) if p > 65535 => {
+                ConfigError::new(FLAG, value, format!("port {p} is out of range 1-65535"))
+            }
+            _ => ConfigError::new(
+                FLAG,
+                value,
+                "expected ADDR:PORT[,weight=N], e.g. 10.0.1.5:8080,weight=3",
+            ),
+        }
     })?;
     if addr.port() == 0 {
         return Err(ConfigError::new(FLAG, value, "port must be 1-65535"));
