@@ -39,6 +39,9 @@ impl StartError {
 
 pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     let fd_limit = raise_fd_limit();
+    for w in config.warnings(crate::config::fd_limit()) {
+        tracing::warn!("{w}");
+    }
     let worker_count = workers::default_count();
     let mut dataplane = start_dataplane(&config)?;
     let metrics = Metrics::new();
@@ -347,6 +350,9 @@ fn reload(
     hops: &mut NextHops,
 ) -> Result<(), String> {
     let fresh = Config::from_args(args).map_err(|e| e.to_string())?;
+    for w in fresh.warnings(crate::config::fd_limit()) {
+        tracing::warn!("reload: {w}");
+    }
     if fresh.xdp.ifaces != node.config.xdp.ifaces || fresh.xdp.mode != node.config.xdp.mode {
         return Err("xdp_iface and xdp_mode cannot change on reload; restart edgelb".into());
     }

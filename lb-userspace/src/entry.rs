@@ -22,6 +22,9 @@ pub fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check(args)) => match Config::from_args(&args) {
             Ok(config) => {
+                for w in config.warnings(crate::config::fd_limit()) {
+                    eprintln!("edgelb: warning: {w}");
+                }
                 // A closed pipe (`edgelb check | head`) is not an error worth a panic.
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{config}configuration OK");

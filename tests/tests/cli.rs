@@ -548,7 +548,7 @@ fn readable_private_keys_are_refused_unless_allowed() {
 #[test]
 fn usage_errors_are_one_line_and_flags_take_the_files_words() {
     let f = files();
-    let refused: [(&[&str], &str); 5] = [
+    let refused: [(&[&str], &str); 6] = [
         (
             &["--http2", "maybe"],
             "edgelb: error: --http2 \"maybe\": expected one of: on, off",
@@ -562,6 +562,12 @@ fn usage_errors_are_one_line_and_flags_take_the_files_words() {
             "edgelb: error: \"--bogus\": no such flag (edgelb --help lists them)",
         ),
         (&["--hc-port"], "edgelb: error: --hc-port: needs a value"),
+        (
+            &["--rule", "path-regex=([;action=forward"],
+            "edgelb: error: --rule \"path-regex=([;action=forward\": path-regex \"([\": not a \
+             valid regex (Rust regex syntax, at most 1048576 bytes compiled): unclosed character \
+             class",
+        ),
         (
             &["--backend", "127.0.0.1:70000"],
             "edgelb: error: --backend \"127.0.0.1:70000\": port 70000 is out of range 1-65535",
@@ -646,4 +652,57 @@ fn flags_next_to_a_config_file_apply_or_are_refused() {
         drain(&["check", "--config", &config, "--drain-timeout", "10"]),
         Some("10s".into())
     );
+}
+
+/// Settings that are valid alone but have no effect or contradict each other or the machine
+/// are accepted with a warning each, naming the flags; a coherent configuration has none.
+#[test]
+fn settings_without_effect_get_a_warning() {
+    let f = files();
+    let mut args = vec!["check"];
+    args.extend(base(&f));
+    args.extend(["--max-connections", "100"]);
+    let out = run(&args);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "",
+        "no warnings expected"
+    );
+
+    let mut args = vec!["check"];
+    args.extend(base(&f));
+    args.extend([
+        "--xdp-mode",
+        "native",
+        "--hc-interval",
+        "2",
+        "--hc-timeout",
+        "9",
+        "--max-connections",
+        "10000000",
+    ]);
+    let out = run(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "edgelb: warning: --xdp-mode native has no effect without --xdp-iface: XDP stays off"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--hc-timeout 9s is longer than --hc-interval 2s"),
+        "{stderr}"
+    );
+    let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(_, hard)| hard);
+    if hard < 10_000_000 {
+        assert!(
+            stderr
+                .contains("--max-connections: the listeners may hold 10000000 client connections")
+                && stderr.contains(&format!("this process may open {hard} (RLIMIT_NOFILE)")),
+            "{stderr}"
+        );
+    }
 }

@@ -338,7 +338,12 @@ fn bad_files_are_refused_with_the_key_and_value() {
         ),
         (
             good.replace("group = \"api\"", "group = \"payments\""),
-            "rule = \"api\"",
+            "listener \"secure\": rule \"api\": group = \"payments\": ",
+        ),
+        (
+            good.replace("path_prefix = \"/api\"", "path_regex = \"([\""),
+            "listener \"secure\": rule \"api\": path_regex = \"([\": not a valid regex (Rust \
+             regex syntax, at most 1048576 bytes compiled): unclosed character class",
         ),
         (
             good.replace("ip_groups = [\"local\"]", "ip_groups = [\"office\"]"),
@@ -451,5 +456,12 @@ fn the_example_config_is_valid() {
     for g in ["web", "api", "accounts", "static", "dns"] {
         assert!(stdout.contains(&format!("group {g:?}")), "{stdout}");
     }
-    assert!(stdout.contains("rule            maintenance"), "{stdout}");
+    // Rules are shown in the file's own syntax, conditions and action.
+    for rule in [
+        r#"rule            { name = "api-v2", path_prefix = "/api/v2", method = ["GET", "POST", "PUT", "DELETE"], header = { "x-client" = ["mobile", "web"] }, query = { "beta" = ["1"] }, client = ["0.0.0.0/0", "::/0"], action = "forward", group = "api" }"#,
+        r#"rule            { name = "maintenance", path_prefix = "/checkout/legacy", action = "fixed", status = 503, content_type = "text/plain", body = "Back soon.\n" }"#,
+        r#"rule            { name = "old-blog", path = "/blog", action = "redirect", status = 301, location = "https://blog.example.com{path}{query}" }"#,
+    ] {
+        assert!(stdout.contains(rule), "{rule}\n{stdout}");
+    }
 }

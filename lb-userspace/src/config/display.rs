@@ -4,6 +4,7 @@ use std::fmt;
 
 use super::{BackendProtocol, BackendVerify, Config, GroupConfig, ListenerConfig, TransferLbIp};
 use crate::acl::AclMode;
+use crate::rules::{ActionSpec, PathMatch, RuleSpec};
 
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,7 +80,7 @@ impl Config {
         }
         writeln!(f, "  group           {}", self.default_group(l).name)?;
         for r in &l.rule_specs {
-            writeln!(f, "  rule            {}: {:?}", r.name, r.action)?;
+            writeln!(f, "  rule            {}", rule_line(r))?;
         }
         let t = &l.timeouts;
         writeln!(
@@ -202,4 +203,82 @@ fn fmt_access(f: &mut fmt::Formatter<'_>, l: &ListenerConfig) -> fmt::Result {
         write!(f, " ({} prefixes: {})", list.len(), list.join(", "))?;
     }
     writeln!(f)
+}
+
+/// A rule as a TOML inline table with the keys of a `[[listener.rule]]` table: what `check`
+/// shows can be pasted back into the file.
+fn rule_line(r: &RuleSpec) -> String {
+    let mut keys = vec![format!("name = {}", quoted(&r.name))];
+    if !r.hosts.is_empty() {
+        keys.push(format!("host = {}", list(&r.hosts)));
+    }
+    for p in &r.paths {
+        keys.push(match p {
+            PathMatch::Exact(v) => format!("path = {}", quoted(v)),
+            PathMatch::Prefix(v) => format!("path_prefix = {}", quoted(v)),
+            PathMatch::Regex(v) => format!("path_regex = {}", quoted(v)),
+        });
+    }
+    if !r.methods.is_empty() {
+        keys.push(format!("method = {}", list(&r.methods)));
+    }
+    for (key, pairs) in [("header", &r.headers), ("query", &r.query)] {
+        if !pairs.is_empty() {
+            let inner: Vec<String> = pairs
+                .iter()
+                .map(|(name, values)| format!("{} = {}", quoted(name), list(values)))
+                .collect();
+            keys.push(format!("{key} = {{ {} }}", inner.join(", ")));
+        }
+    }
+    if !r.client_cidrs.is_empty() {
+        keys.push(format!("client = {}", list(&r.client_cidrs)));
+    }
+    match &r.action {
+        ActionSpec::Forward { group } => {
+            keys.push("action = \"forward\"".into());
+            keys.push(format!("group = {}", quoted(group)));
+        }
+        ActionSpec::Redirect { status, location } => {
+            keys.push("action = \"redirect\"".into());
+            keys.push(format!("status = {status}"));
+            keys.push(format!("location = {}", quoted(location)));
+        }
+        ActionSpec::Fixed {
+            status,
+            content_type,
+            body,
+        } => {
+            keys.push("action = \"fixed\"".into());
+            keys.push(format!("status = {status}"));
+            keys.push(format!("content_type = {}", quoted(content_type)));
+            keys.push(format!("body = {}", quoted(body)));
+        }
+    }
+    format!("{{ {} }}", keys.join(", "))
+}
+
+/// A TOML basic string on one line (the `toml` crate would write a multi-line one for a body
+/// with newlines).
+fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|i| quoted(i)).collect();
+    format!("[{}]", quoted.join(", "))
 }

@@ -5,6 +5,9 @@ mod error;
 mod file;
 mod parse;
 mod rule_flag;
+mod warnings;
+
+pub use warnings::fd_limit;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -280,8 +283,13 @@ impl Config {
                     })?;
                     shared.extend(prefixes.iter().copied());
                 }
+                // `FILE: listener "web": rule "api": path_regex = "([": not a valid regex`.
                 let rule_error = |e: crate::rules::RuleError| {
-                    ConfigError::new("rule", e.rule.clone(), e.to_string())
+                    ConfigError::new(
+                        format!("rule {:?}: {}", e.rule, e.field),
+                        e.value,
+                        e.problem,
+                    )
                 };
                 let listener = listener(
                     &l.args,
@@ -329,14 +337,25 @@ impl Config {
                 .enumerate()
                 .map(|(i, r)| rule_flag::parse(r, i, &groups[default].name))
                 .collect::<Result<Vec<_>, _>>()?;
+            // `--rule "path-regex=([;action=forward": path-regex "([": not a valid regex`: the
+            // flag as typed (rules keep the order of the flags), the part of it at fault.
+            let names: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
             let rule_error = |e: crate::rules::RuleError| {
-                let value = args
-                    .rules
+                let value = names
                     .iter()
-                    .find(|r| r.contains(&e.rule))
+                    .position(|n| *n == e.rule)
+                    .and_then(|i| args.rules.get(i))
                     .cloned()
                     .unwrap_or_else(|| e.rule.clone());
-                ConfigError::new("--rule", value, e.to_string())
+                let part = match e.field {
+                    "group" | "status" | "location" | "content_type" | "body" => "action".into(),
+                    field => field.replace('_', "-"),
+                };
+                ConfigError::new(
+                    "--rule",
+                    value,
+                    format!("{part} {:?}: {}", e.value, e.problem),
+                )
             };
             let flag_listener = listener(args, default, &groups, Vec::new(), specs, &rule_error)?;
             listeners.push(flag_listener);

@@ -153,7 +153,10 @@ impl PathMatcher {
                     format!(
                         "not a valid regex (Rust regex syntax, at most {REGEX_SIZE_LIMIT} bytes \
                          compiled): {}",
-                        e.lines().last().unwrap_or(&e).trim()
+                        {
+                            let last = e.lines().last().unwrap_or(&e).trim();
+                            last.strip_prefix("error: ").unwrap_or(last)
+                        }
                     )
                 }),
         }

@@ -112,8 +112,8 @@ impl Default for ActionSpec {
     }
 }
 
-/// Why a rule was refused: which rule (its name, or `#index` when it has none), which field,
-/// the offending value and what is allowed.
+/// Why a rule was refused: which rule (its name, or `#index` when it has none), which field
+/// (its key in a `[[listener.rule]]` table), the offending value and what is allowed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("rule {rule:?}: {field} {value:?}: {problem}")]
 pub struct RuleError {
@@ -351,7 +351,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
         return Err(err(
             "conditions",
             "",
-            "a rule needs at least one condition (hosts, paths, methods, headers, query, client_cidrs)"
+            "a rule needs at least one condition (host, path, path_prefix, path_regex, method, header, query, client)"
                 .into(),
         ));
     }
@@ -359,16 +359,17 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
     let hosts = spec
         .hosts
         .iter()
-        .map(|h| HostPattern::parse(h).map_err(|p| err("hosts", h, p)))
+        .map(|h| HostPattern::parse(h).map_err(|p| err("host", h, p)))
         .collect::<Result<Vec<_>, _>>()?;
 
     let paths = spec
         .paths
         .iter()
         .map(|m| {
-            PathMatcher::compile(m).map_err(|p| {
-                let (PathMatch::Exact(v) | PathMatch::Prefix(v) | PathMatch::Regex(v)) = m;
-                err("paths", v, p)
+            PathMatcher::compile(m).map_err(|p| match m {
+                PathMatch::Exact(v) => err("path", v, p),
+                PathMatch::Prefix(v) => err("path_prefix", v, p),
+                PathMatch::Regex(v) => err("path_regex", v, p),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -380,7 +381,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
             .unwrap_or(0);
         if bit == 0 {
             return Err(err(
-                "methods",
+                "method",
                 m,
                 format!("not a known HTTP method; allowed: {KNOWN_METHODS}"),
             ));
@@ -392,7 +393,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
     for (name, values) in &spec.headers {
         let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             err(
-                "headers",
+                "header",
                 name,
                 "not a valid header name (an HTTP token: letters, digits and !#$%&'*+-.^_`|~)"
                     .into(),
@@ -401,7 +402,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
         let values = globs(values, "printable ASCII", |v| {
             v.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
         })
-        .map_err(|(v, p)| err("headers", &format!("{name}: {v}"), p))?;
+        .map_err(|(v, p)| err("header", &format!("{name}: {v}"), p))?;
         headers.push(HeaderCond {
             name: header,
             values,
@@ -435,7 +436,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
         .map(|c| {
             matchers::parse_cidr(c).ok_or_else(|| {
                 err(
-                    "client_cidrs",
+                    "client",
                     c,
                     "not an IPv4 or IPv6 prefix (e.g. 10.0.0.0/8, 2001:db8::/32) or address".into(),
                 )
@@ -456,7 +457,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
                     known.push_str(", …");
                 }
                 return Err(err(
-                    "action.group",
+                    "group",
                     group,
                     format!("no such group (known: {known})"),
                 ));
@@ -469,13 +470,13 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
         ActionSpec::Redirect { status, location } => {
             if ![301, 302, 303, 307, 308].contains(status) {
                 return Err(err(
-                    "action.status",
+                    "status",
                     &status.to_string(),
                     "a redirect status must be one of 301, 302, 303, 307, 308".into(),
                 ));
             }
-            let location = LocationTemplate::parse(location)
-                .map_err(|p| err("action.location", location, p))?;
+            let location =
+                LocationTemplate::parse(location).map_err(|p| err("location", location, p))?;
             Action::Redirect {
                 status: StatusCode::from_u16(*status).expect("checked redirect status"),
                 location,
@@ -491,7 +492,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
                 .filter(|_| (200..=599).contains(status))
                 .ok_or_else(|| {
                     err(
-                        "action.status",
+                        "status",
                         &status.to_string(),
                         "a fixed response status must be 200-599".into(),
                     )
@@ -501,14 +502,14 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
                 .filter(|_| !content_type.trim().is_empty())
                 .ok_or_else(|| {
                     err(
-                        "action.content_type",
+                        "content_type",
                         content_type,
                         "not a valid header value (non-empty visible ASCII and spaces)".into(),
                     )
                 })?;
             if body.len() > MAX_FIXED_BODY {
                 return Err(err(
-                    "action.body",
+                    "body",
                     &format!("{} bytes", body.len()),
                     format!("a fixed response body may have at most {MAX_FIXED_BODY} bytes"),
                 ));

@@ -626,7 +626,7 @@ fn validation_errors_name_rule_field_value() {
                 hosts: vec![bad.into()],
                 ..rule("host")
             },
-            "hosts",
+            "host",
             bad,
         );
     }
@@ -638,13 +638,17 @@ fn validation_errors_name_rule_field_value() {
         PathMatch::Regex(String::new()),
         PathMatch::Regex("a{1000}{1000}".into()),
     ] {
-        let (PathMatch::Exact(v) | PathMatch::Prefix(v) | PathMatch::Regex(v)) = bad.clone();
+        let (field, v) = match bad.clone() {
+            PathMatch::Exact(v) => ("path", v),
+            PathMatch::Prefix(v) => ("path_prefix", v),
+            PathMatch::Regex(v) => ("path_regex", v),
+        };
         assert_err(
             RuleSpec {
                 paths: vec![bad],
                 ..rule("path")
             },
-            "paths",
+            field,
             &v,
         );
     }
@@ -653,7 +657,7 @@ fn validation_errors_name_rule_field_value() {
             methods: vec!["GET".into(), "FETCH".into()],
             ..rule("m")
         },
-        "methods",
+        "method",
         "FETCH",
     );
     assert_err(
@@ -661,7 +665,7 @@ fn validation_errors_name_rule_field_value() {
             headers: vec![("bad header".into(), vec!["x".into()])],
             ..rule("h")
         },
-        "headers",
+        "header",
         "bad header",
     );
     assert_err(
@@ -669,7 +673,7 @@ fn validation_errors_name_rule_field_value() {
             headers: vec![("x-a".into(), vec!["line\nbreak".into()])],
             ..rule("hv")
         },
-        "headers",
+        "header",
         "x-a: line\nbreak",
     );
     assert_err(
@@ -677,7 +681,7 @@ fn validation_errors_name_rule_field_value() {
             headers: vec![("x-a".into(), vec![])],
             ..rule("hv0")
         },
-        "headers",
+        "header",
         "x-a: ",
     );
     assert_err(
@@ -701,7 +705,7 @@ fn validation_errors_name_rule_field_value() {
             client_cidrs: vec!["10.0.0.0/33".into()],
             ..rule("c")
         },
-        "client_cidrs",
+        "client",
         "10.0.0.0/33",
     );
     assert_err(
@@ -709,7 +713,7 @@ fn validation_errors_name_rule_field_value() {
             action: fwd("nope"),
             ..with_path("g")
         },
-        "action.group",
+        "group",
         "nope",
     );
     assert_err(
@@ -720,7 +724,7 @@ fn validation_errors_name_rule_field_value() {
             },
             ..with_path("rs")
         },
-        "action.status",
+        "status",
         "200",
     );
     for bad in ["", "https://{host}{port}", "https://{host", "/a}b", "/a b"] {
@@ -732,7 +736,7 @@ fn validation_errors_name_rule_field_value() {
                 },
                 ..with_path("rl")
             },
-            "action.location",
+            "location",
             bad,
         );
     }
@@ -746,7 +750,7 @@ fn validation_errors_name_rule_field_value() {
                 },
                 ..with_path("fs")
             },
-            "action.status",
+            "status",
             &status.to_string(),
         );
     }
@@ -759,7 +763,7 @@ fn validation_errors_name_rule_field_value() {
             },
             ..with_path("ct")
         },
-        "action.content_type",
+        "content_type",
         "text/plain\r\nx: y",
     );
     assert_err(
@@ -771,7 +775,7 @@ fn validation_errors_name_rule_field_value() {
             },
             ..with_path("body")
         },
-        "action.body",
+        "body",
         "1025 bytes",
     );
     // The failing rule is named by its index when it has no name, and later rules are found.

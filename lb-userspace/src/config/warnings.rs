@@ -1,0 +1,57 @@
+//! Settings that are valid one by one but have no effect or contradict each other or the
+//! machine: `edgelb check` prints them and the daemon logs them at start and on reload.
+use super::{Config, XdpMode};
+use crate::health::CheckKind;
+
+impl Config {
+    /// One line per finding, naming the flags (file keys are the same words) and the values.
+    /// `fd_limit` is the most files the process may open (RLIMIT_NOFILE's hard limit, which
+    /// the daemon raises its soft limit to); None if unknown.
+    pub fn warnings(&self, fd_limit: Option<u64>) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.xdp.ifaces.is_empty() && matches!(self.xdp.mode, XdpMode::Native | XdpMode::Skb) {
+            out.push(format!(
+                "--xdp-mode {} has no effect without --xdp-iface: XDP stays off",
+                self.xdp.mode.name()
+            ));
+        }
+        for g in &self.groups {
+            let h = &g.health;
+            if h.kind != CheckKind::Off && h.timeout > h.interval {
+                out.push(format!(
+                    "group {:?}: --hc-timeout {}s is longer than --hc-interval {}s: a check \
+                     still running when the next is due delays it",
+                    g.name,
+                    h.timeout.as_secs(),
+                    h.interval.as_secs()
+                ));
+            }
+        }
+        // Each client connection of an HTTP(S) listener is a socket (and, while a request is
+        // in flight, so is its backend connection): past the limit, accept fails.
+        let connections: u64 = self
+            .listeners
+            .iter()
+            .filter(|l| !l.protocol.is_l4())
+            .map(|l| l.max_connections as u64)
+            .sum();
+        if let Some(limit) = fd_limit
+            && connections > limit
+        {
+            out.push(format!(
+                "--max-connections: the listeners may hold {connections} client connections, \
+                 each a file descriptor and another one to a backend during a request, but this \
+                 process may open {limit} (RLIMIT_NOFILE): raise the limit (LimitNOFILE= in a \
+                 systemd unit, ulimit -Hn) or lower --max-connections"
+            ));
+        }
+        out
+    }
+}
+
+/// The hard RLIMIT_NOFILE of this process.
+pub fn fd_limit() -> Option<u64> {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(_, hard)| hard)
+}
