@@ -181,8 +181,8 @@ pub struct RunArgs {
     pub key: Option<PathBuf>,
 
     /// Certificate for a server name, repeatable: DOMAIN=CERT:KEY, DOMAIN exact or *.wildcard.
-    #[arg(long = "sni-cert", value_name = "DOMAIN=CERT:KEY")]
-    pub sni_certs: Vec<String>,
+    #[arg(long = "sni-cert", value_name = "DOMAIN=CERT:KEY", value_parser = crate::config::sni_cert)]
+    pub sni_certs: Vec<crate::config::SniCert>,
 
     /// SSL authentication: one-way, or mutual (clients need a certificate from --client-ca).
     #[arg(long, value_enum, ignore_case = true, value_name = "MODE")]

@@ -99,6 +99,11 @@ pub fn one_line(e: &clap::Error) -> String {
         (ErrorKind::InvalidValue, Some(flag), Some(value)) if !valid.is_empty() => {
             format!("{flag} {value:?}: expected one of: {valid}")
         }
+        // A value parser's own refusal: its message says what is allowed.
+        (ErrorKind::ValueValidation, Some(flag), Some(value)) => {
+            let why = std::error::Error::source(e).map_or_else(|| first_line(e), |s| s.to_string());
+            format!("{flag} {value:?}: {why}")
+        }
         (ErrorKind::UnknownArgument, Some(arg), _) => {
             format!("{arg:?}: no such flag{suggested} (edgelb --help lists them)")
         }

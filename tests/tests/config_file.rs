@@ -465,3 +465,37 @@ fn the_example_config_is_valid() {
         assert!(stdout.contains(rule), "{rule}\n{stdout}");
     }
 }
+
+/// A `{ domain, cert, key }` table's paths are taken as they are: colons in them (which the
+/// flag's `DOMAIN=CERT:KEY` cannot carry in the key's path) are fine.
+#[test]
+fn sni_cert_tables_take_paths_with_colons() {
+    let s = Setup::new();
+    let node = Node::new();
+    std::fs::create_dir_all(s.dir.path().join("a:b")).expect("dir");
+    let (cert, key) = (
+        std::fs::read(&s.server.cert).expect("cert"),
+        std::fs::read(&s.server.key).expect("key"),
+    );
+    s.dir.write("a:b/c:d.pem", &cert);
+    s.dir.write_private("a:b/c:d.key", &key);
+    let text = node.file(&s, &[&node.web[0]], "").replace(
+        "idle_timeout = 30",
+        "idle_timeout = 30\nsni_cert = [{ domain = \"www.example.com\", cert = \"a:b/c:d.pem\", key = \"a:b/c:d.key\" }]",
+    );
+    let file = s.dir.write("colons.toml", text);
+    let out = daemon::run(&["check", "--config", &file.to_string_lossy()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = s.dir.path().display();
+    assert!(
+        stdout.contains(&format!(
+            "sni-cert        www.example.com = {dir}/a:b/c:d.pem : {dir}/a:b/c:d.key"
+        )),
+        "{stdout}"
+    );
+}

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
+
+use super::SniCert;
 use toml::{Table, Value};
 
 use super::ConfigError;
@@ -508,43 +510,45 @@ impl Walker<'_> {
         }
     }
 
-    /// `sni_cert = ["DOMAIN=CERT:KEY"]` as the flag, or tables `{ domain, cert, key }`; paths
-    /// are made relative to the file either way.
-    fn sni_certs(&self, key: &str, v: &Value) -> Result<Vec<String>, ConfigError> {
+    /// `sni_cert = ["DOMAIN=CERT:KEY"]` as the flag, or tables `{ domain, cert, key }` (whose
+    /// paths may hold colons); paths are made relative to the file either way.
+    fn sni_certs(&self, key: &str, v: &Value) -> Result<Vec<SniCert>, ConfigError> {
         let items = match v {
             Value::Array(items) => items.as_slice(),
             _ => return Err(self.wrong(key, v, "a list")),
         };
         items
             .iter()
-            .map(|item| match item {
-                Value::String(s) => {
-                    let (domain, pair) = s.split_once('=').ok_or_else(|| {
+            .map(|item| {
+                let sni = match item {
+                    Value::String(s) => super::sni_cert(s).map_err(|_| {
                         self.problem(key, s, "expected DOMAIN=CERT:KEY or { domain, cert, key }")
-                    })?;
-                    let (cert, k) = pair.rsplit_once(':').ok_or_else(|| {
-                        self.problem(key, s, "expected DOMAIN=CERT:KEY or { domain, cert, key }")
-                    })?;
-                    Ok(format!(
-                        "{domain}={}:{}",
-                        self.dir.join(cert).display(),
-                        self.dir.join(k).display()
-                    ))
-                }
-                Value::Table(t) => {
-                    let field = |f: &str| {
-                        t.get(f).and_then(Value::as_str).ok_or_else(|| {
-                            self.wrong(key, item, "a table with domain, cert and key strings")
-                        })
-                    };
-                    Ok(format!(
-                        "{}={}:{}",
-                        field("domain")?,
-                        self.dir.join(field("cert")?).display(),
-                        self.dir.join(field("key")?).display()
-                    ))
-                }
-                _ => Err(self.wrong(key, item, "DOMAIN=CERT:KEY or { domain, cert, key }")),
+                    })?,
+                    Value::Table(t) => {
+                        let field = |f: &str| {
+                            t.get(f).and_then(Value::as_str).ok_or_else(|| {
+                                self.wrong(key, item, "a table with domain, cert and key strings")
+                            })
+                        };
+                        SniCert {
+                            domain: field("domain")?.to_string(),
+                            cert: field("cert")?.into(),
+                            key: field("key")?.into(),
+                        }
+                    }
+                    _ => {
+                        return Err(self.wrong(
+                            key,
+                            item,
+                            "DOMAIN=CERT:KEY or { domain, cert, key }",
+                        ));
+                    }
+                };
+                Ok(SniCert {
+                    cert: self.dir.join(&sni.cert),
+                    key: self.dir.join(&sni.key),
+                    ..sni
+                })
             })
             .collect()
     }

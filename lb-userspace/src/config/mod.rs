@@ -7,6 +7,7 @@ mod parse;
 mod rule_flag;
 mod warnings;
 
+pub use parse::{SniCert, sni_cert};
 pub use warnings::fd_limit;
 
 use std::collections::BTreeMap;
@@ -817,8 +818,11 @@ fn listener_tls(args: &RunArgs) -> Result<ListenerTls, ConfigError> {
 
     let mut sni = Vec::with_capacity(args.sni_certs.len());
     let mut sni_files = Vec::with_capacity(args.sni_certs.len());
-    for value in &args.sni_certs {
-        let (name, cert, key) = parse::sni_cert(value)?;
+    for sni_cert in &args.sni_certs {
+        let value = sni_cert.to_string();
+        let name = SniName::parse(&sni_cert.domain)
+            .map_err(|problem| ConfigError::new("--sni-cert", &value, problem))?;
+        let (cert, key) = (sni_cert.cert.clone(), sni_cert.key.clone());
         if sni_files.iter().any(|(n, _, _)| *n == name) {
             return Err(ConfigError::new(
                 "--sni-cert",

@@ -7,7 +7,6 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::{Backend, ConfigError};
-use crate::tls::SniName;
 use crate::tls::sni::is_dns_label;
 
 const CIDR_HELP: &str = "expected an IPv4/IPv6 address or CIDR such as 10.0.0.0/8 or fd00::/64 \
@@ -142,22 +141,40 @@ pub fn number(flag: &'static str, value: &str, min: u32, max: u32) -> Result<u32
 }
 
 /// `DOMAIN=CERT:KEY`; the paths are split at the last colon.
-pub fn sni_cert(value: &str) -> Result<(SniName, PathBuf, PathBuf), ConfigError> {
-    const FLAG: &str = "--sni-cert";
-    let shape = || {
-        ConfigError::new(
-            FLAG,
-            value,
-            "expected DOMAIN=CERT:KEY, e.g. www.example.com=www.pem:www.key",
-        )
-    };
+pub fn sni_cert(value: &str) -> Result<SniCert, String> {
+    let shape = || "expected DOMAIN=CERT:KEY, e.g. www.example.com=www.pem:www.key".to_string();
     let (domain, files) = value.split_once('=').ok_or_else(shape)?;
     let (cert, key) = files.rsplit_once(':').ok_or_else(shape)?;
-    if cert.is_empty() || key.is_empty() {
+    if domain.is_empty() || cert.is_empty() || key.is_empty() {
         return Err(shape());
     }
-    let name = SniName::parse(domain).map_err(|problem| ConfigError::new(FLAG, value, problem))?;
-    Ok((name, PathBuf::from(cert), PathBuf::from(key)))
+    Ok(SniCert {
+        domain: domain.to_string(),
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+    })
+}
+
+/// A `--sni-cert` (or a config file's `sni_cert` entry): a server name and its certificate
+/// and key files. The file's `{ domain, cert, key }` tables become one without passing through
+/// the flag's `DOMAIN=CERT:KEY`, so their paths may contain colons.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SniCert {
+    pub domain: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl std::fmt::Display for SniCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}={}:{}",
+            self.domain,
+            self.cert.display(),
+            self.key.display()
+        )
+    }
 }
 
 /// `--hc-domain`: a backend's private IP address, or a domain name of at least two labels of
@@ -405,10 +422,10 @@ mod tests {
         ] {
             assert!(hc_domain(bad).is_err(), "{bad}");
         }
-        let (name, cert, key) = sni_cert("*.Example.com=/a/b.pem:/a/b.key").expect("sni");
+        let sni = sni_cert("*.Example.com=/a/b:c.pem:/a/b.key").expect("sni");
         assert_eq!(
-            (name.as_str(), cert.to_str(), key.to_str()),
-            ("*.example.com", Some("/a/b.pem"), Some("/a/b.key"))
+            (sni.domain.as_str(), sni.cert.to_str(), sni.key.to_str()),
+            ("*.Example.com", Some("/a/b:c.pem"), Some("/a/b.key"))
         );
         assert!(sni_cert("example.com=/a/b.pem").is_err());
         assert!(hc_path("/healthz?full=1").is_ok());
