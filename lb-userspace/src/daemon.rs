@@ -103,7 +103,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             }
             return Err(StartError::Runtime(format!("--user {}: {e}", user.name)));
         }
-        info!(user = user.name, uid = user.uid, kept = ?keep, "running as an unprivileged user");
+        info!(user = user.name, uid = user.uid.as_raw(), kept = ?keep, "running as an unprivileged user");
     }
     node.start_health_checks();
     log_ready(&node, dataplane.as_ref(), worker_count, fd_limit);
@@ -169,26 +169,14 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
 /// Every connection is a descriptor: the soft limit (often 1024) goes up to the hard one, as
 /// nginx's worker_rlimit_nofile does. Returns the limit in effect.
 fn raise_fd_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return 0;
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: limit.rlim_max,
-                rlim_max: limit.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                return raised.rlim_cur;
-            }
-        }
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
     }
-    limit.rlim_cur
+    soft
 }
 
 fn log_ready(node: &Node, dataplane: Option<&Dataplane>, workers: usize, fd_limit: u64) {

@@ -83,9 +83,8 @@ fn usage_error(e: &crate::config::ConfigError) -> ExitCode {
 /// each touched 2 MiB region then counts whole. Measured with 3,000 idle TLS connections:
 /// 33 KiB of RSS per connection with huge pages, 25 KiB without; throughput unchanged.
 fn no_huge_pages() {
-    // SAFETY: prctl with integer arguments only; on failure (old kernel) nothing changes.
-    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
-    if rc != 0 {
+    // On failure (old kernel) nothing changes.
+    if nix::sys::prctl::set_thp_disable(true).is_err() {
         tracing::debug!("PR_SET_THP_DISABLE refused; transparent huge pages stay as configured");
     }
 }

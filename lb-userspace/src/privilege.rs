@@ -2,45 +2,33 @@
 //! user. The main thread (the one owner of the BPF maps, and the thread that binds a reload's
 //! new listeners) keeps the few capabilities that work still needs; the worker threads, which
 //! talk to clients and backends, keep none.
-use std::ffi::CString;
-
 use caps::{CapSet, Capability, CapsHashSet};
+use nix::sys::prctl;
+use nix::unistd::{self, Gid, Uid};
 
 /// The user edgelb switches to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
     pub name: String,
-    pub uid: libc::uid_t,
-    pub gid: libc::gid_t,
+    pub uid: Uid,
+    pub gid: Gid,
 }
 
 impl User {
     /// Looks `name` up in the user database.
     pub fn lookup(name: &str) -> Result<User, String> {
-        let c_name = CString::new(name).map_err(|_| "not a user name".to_string())?;
-        // SAFETY: passwd is plain data (integers and pointers); all-zero is a valid value.
-        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let mut buf = vec![0 as libc::c_char; 16 * 1024];
-        // SAFETY: every pointer refers to memory owned here and sized as passed; getpwnam_r
-        // writes only into `pw` and `buf` and sets `result` to `&pw` or null.
-        let rc = unsafe {
-            libc::getpwnam_r(
-                c_name.as_ptr(),
-                &mut pw,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc != 0 || result.is_null() {
-            return Err("no such user on this host".to_string());
+        if name.contains('\0') {
+            return Err("not a user name".to_string());
         }
-        Ok(User {
-            name: name.to_string(),
-            uid: pw.pw_uid,
-            gid: pw.pw_gid,
-        })
+        match unistd::User::from_name(name) {
+            Ok(Some(pw)) => Ok(User {
+                name: name.to_string(),
+                uid: pw.uid,
+                gid: pw.gid,
+            }),
+            Ok(None) => Err("no such user on this host".to_string()),
+            Err(e) => Err(format!("cannot read the user database: {e}")),
+        }
     }
 }
 
@@ -78,42 +66,19 @@ fn kernel_before(major: u32, minor: u32) -> bool {
 /// calling thread only. glibc applies setuid to every thread; the kernel then clears the
 /// capabilities of each thread that did not ask to keep them.
 pub fn drop_to(user: &User, keep: &CapsHashSet) -> Result<(), String> {
-    // SAFETY: plain system calls with integer arguments (and a null, zero-length group list).
-    unsafe {
-        if libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) != 0 {
-            return Err(format!(
-                "prctl(PR_SET_KEEPCAPS): {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        if libc::setgroups(0, std::ptr::null()) != 0 {
-            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
-        }
-        if libc::setgid(user.gid) != 0 {
-            return Err(format!(
-                "setgid({}): {}",
-                user.gid,
-                std::io::Error::last_os_error()
-            ));
-        }
-        if libc::setuid(user.uid) != 0 {
-            return Err(format!(
-                "setuid({}): {}",
-                user.uid,
-                std::io::Error::last_os_error()
-            ));
-        }
-        libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0);
-    }
+    prctl::set_keepcaps(true).map_err(|e| format!("prctl(PR_SET_KEEPCAPS): {e}"))?;
+    unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    unistd::setgid(user.gid).map_err(|e| format!("setgid({}): {e}", user.gid))?;
+    unistd::setuid(user.uid).map_err(|e| format!("setuid({}): {e}", user.uid))?;
+    // The switch is done: the flag only mattered across setuid, and is cleared as before
+    // (its failure would change nothing this process does next).
+    let _ = prctl::set_keepcaps(false);
     caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
         .and_then(|()| caps::set(None, CapSet::Permitted, keep))
         .and_then(|()| caps::set(None, CapSet::Effective, keep))
         .map_err(|e| format!("keeping {keep:?}: {e}"))?;
     // Nothing this process may start later can gain privileges back.
-    // SAFETY: as above.
-    unsafe {
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
-    }
+    prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
     Ok(())
 }
 
@@ -123,7 +88,7 @@ mod tests {
 
     #[test]
     fn users_are_looked_up() {
-        assert_eq!(User::lookup("root").map(|u| u.uid), Ok(0));
+        assert_eq!(User::lookup("root").map(|u| u.uid), Ok(Uid::from_raw(0)));
         assert!(User::lookup("no-such-user-here").is_err());
         assert!(User::lookup("bad\0name").is_err());
     }

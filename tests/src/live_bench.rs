@@ -79,21 +79,18 @@ const NFT_TABLE: &str = "edgelb_bench";
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(_: i32) {
     STOP.store(true, Ordering::Relaxed);
 }
 
 /// Ctrl-C and SIGTERM interrupt the run in progress (the test run returns EINTR) and let the
 /// namespace, the programs and the nft table be removed on the way out.
 pub fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-        unsafe {
-            libc::signal(
-                sig,
-                on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
-            );
-        }
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe. signal(2)
+        // fails only for an invalid signal number, and these two are valid.
+        let _ = unsafe { signal(sig, SigHandler::Handler(on_signal)) };
     }
 }
 
@@ -128,21 +125,11 @@ struct CpuClock {
 impl CpuClock {
     /// Pins the calling thread to the CPU it is on.
     fn pin() -> Result<(Self, usize)> {
-        // SAFETY: sched_getcpu takes no arguments.
-        let cpu = unsafe { libc::sched_getcpu() };
-        ensure!(cpu >= 0, "sched_getcpu failed");
-        let cpu = cpu as usize;
-        // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET writes inside it.
-        let rc = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-        };
-        ensure!(
-            rc == 0,
-            "sched_setaffinity: {}",
-            std::io::Error::last_os_error()
-        );
+        use nix::sched::{CpuSet, sched_getcpu, sched_setaffinity};
+        let cpu = sched_getcpu().context("sched_getcpu")?;
+        let mut set = CpuSet::new();
+        set.set(cpu).context("CPU_SET")?;
+        sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).context("sched_setaffinity")?;
         let name = format!("ksoftirqd/{cpu}");
         let ksoftirqd = fs::read_dir("/proc")?
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
@@ -154,13 +141,11 @@ impl CpuClock {
 
     /// Nanoseconds of CPU used so far by this thread and by the ksoftirqd.
     fn now(&self) -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes one timespec, which lives across the call.
-        unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-        let thread = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+        // This thread's clock always exists; a failure would read as no time spent.
+        let thread = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map_or(0, |ts| {
+                ts.tv_sec() as u64 * 1_000_000_000 + ts.tv_nsec() as u64
+            });
         let softirq = self
             .ksoftirqd
             .and_then(|pid| fs::read_to_string(format!("/proc/{pid}/schedstat")).ok())
@@ -304,11 +289,7 @@ fn run_in(ns: &Netns, args: &[&str]) -> Result<String> {
 }
 
 fn ifindex(name: &str) -> Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: a NUL-terminated name that lives across the call.
-    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    ensure!(i != 0, "no interface {name}");
-    Ok(i)
+    nix::net::if_::if_nametoindex(name).with_context(|| format!("no interface {name}"))
 }
 
 /// A counter of `/proc/net/snmp` (of this thread's namespace), e.g. ("Tcp", "InSegs").

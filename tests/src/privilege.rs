@@ -3,8 +3,7 @@
 
 /// True when the calling test may go on; false (after printing why) when it must skip.
 pub fn root_or_skip(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
         return true;
     }
     if std::env::var_os("CI").is_some() {

@@ -673,8 +673,7 @@ pub fn ensure_haproxy() -> bool {
         return present();
     }
     if !present() {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
+        if !nix::unistd::geteuid().is_root() {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "haproxy is missing and only root can install it"

@@ -965,7 +965,8 @@ fn at_mtu_1500_everywhere_path_mtu_discovery_works_through_the_tunnel() {
         }
     };
     assert!(refused, "the client never learnt the path MTU");
-    let mtu = get_int(&flow, libc::IPPROTO_IP, libc::IP_MTU);
+    let mtu = nix::sys::socket::getsockopt(&flow, nix::sys::socket::sockopt::IpMtu)
+        .expect("getsockopt(IP_MTU)");
     assert_eq!(mtu, 1480, "the path MTU the client learnt");
 
     for src in [client_v4(11), client_v6(11)] {
@@ -1001,24 +1002,6 @@ fn set_int(s: &std::net::UdpSocket, level: i32, name: i32, value: i32) {
         )
     };
     assert_eq!(r, 0, "setsockopt({level}, {name})");
-}
-
-fn get_int(s: &std::net::UdpSocket, level: i32, name: i32) -> i32 {
-    use std::os::fd::AsRawFd;
-    let mut value: i32 = 0;
-    let mut len = std::mem::size_of::<i32>() as libc::socklen_t;
-    // SAFETY: a valid descriptor and pointers to an int and its length.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            level,
-            name,
-            (&mut value as *mut i32).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(r, 0, "getsockopt({level}, {name})");
-    value
 }
 
 /// The router changes its MAC address on lb1's link under traffic, twice (a router replaced,

@@ -1,23 +1,15 @@
-//! Signals for the long-running tasks (bench, demo), without a libc dependency: Ctrl-C and
-//! SIGTERM set a flag the tasks check between steps, so their drop guards clean up; children
-//! die with xtask even when it is SIGKILLed.
+//! Signals for the long-running tasks (bench, demo): Ctrl-C and SIGTERM set a flag the tasks
+//! check between steps, so their drop guards clean up; children die with xtask even when it
+//! is SIGKILLed.
 use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Result, bail};
+use nix::sys::signal::{self, SigHandler};
+use nix::unistd::Pid;
 
-pub const SIGHUP: i32 = 1;
-pub const SIGINT: i32 = 2;
-pub const SIGKILL: i32 = 9;
-pub const SIGTERM: i32 = 15;
-const PR_SET_PDEATHSIG: i32 = 1;
-
-unsafe extern "C" {
-    fn signal(signum: i32, handler: usize) -> usize;
-    fn kill(pid: i32, sig: i32) -> i32;
-    fn prctl(option: i32, ...) -> i32;
-}
+pub use nix::sys::signal::Signal::{self, SIGHUP, SIGINT, SIGKILL, SIGTERM};
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -28,10 +20,9 @@ extern "C" fn on_stop_signal(_signum: i32) {
 
 pub fn install_handlers() {
     for sig in [SIGINT, SIGTERM] {
-        // SAFETY: `on_stop_signal` is an `extern "C" fn(i32)` that only stores to an atomic.
-        unsafe {
-            signal(sig, on_stop_signal as extern "C" fn(i32) as usize);
-        }
+        // SAFETY: `on_stop_signal` only stores to an atomic, which is async-signal-safe.
+        // signal(2) fails only for an invalid signal number, and these two are valid.
+        let _ = unsafe { signal::signal(sig, SigHandler::Handler(on_stop_signal)) };
     }
 }
 
@@ -47,12 +38,10 @@ pub fn check_stop() -> Result<()> {
     Ok(())
 }
 
-pub fn send_signal(pid: u32, sig: i32) {
+/// Sends `sig` to `pid`; a process that is already gone (ESRCH) is no error.
+pub fn send_signal(pid: u32, sig: Signal) {
     if let Ok(pid) = i32::try_from(pid) {
-        // SAFETY: kill(2) takes plain integers; a pid that is gone only yields ESRCH.
-        unsafe {
-            kill(pid, sig);
-        }
+        let _ = signal::kill(Pid::from_raw(pid), sig);
     }
 }
 
@@ -61,7 +50,7 @@ pub fn die_with_parent(cmd: &mut Command) {
     // SAFETY: prctl(2) is async-signal-safe and touches no memory of this process.
     unsafe {
         cmd.pre_exec(|| {
-            prctl(PR_SET_PDEATHSIG, SIGKILL as std::ffi::c_ulong);
+            let _ = nix::sys::prctl::set_pdeathsig(SIGKILL);
             Ok(())
         });
     }

@@ -320,16 +320,14 @@ pub fn backend(value: &str) -> Result<Backend, ConfigError> {
 
 /// An existing network interface.
 pub fn interface(name: &str) -> Result<(), ConfigError> {
-    let Ok(c_name) = std::ffi::CString::new(name) else {
+    if name.contains('\0') {
         return Err(ConfigError::new(
             "--xdp-iface",
             name,
             "not an interface name",
         ));
-    };
-    // SAFETY: if_nametoindex reads a NUL-terminated string and has no other effect.
-    let index = unsafe { libc::if_nametoindex(c_name.as_ptr()) };
-    if index == 0 {
+    }
+    if nix::net::if_::if_nametoindex(name).is_err() {
         return Err(ConfigError::new(
             "--xdp-iface",
             name,

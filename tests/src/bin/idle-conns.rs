@@ -75,29 +75,16 @@ fn main() {
 
 /// Each connection is a descriptor: lift the soft limit to what is needed (or the hard limit).
 fn raise_nofile_limit(want: u64) {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            return;
-        }
-        if lim.rlim_cur >= want {
-            return;
-        }
-        if lim.rlim_max < want {
-            // Root may raise the hard limit too.
-            lim.rlim_max = want;
-        }
-        lim.rlim_cur = want.min(lim.rlim_max);
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-            eprintln!(
-                "idle-conns: cannot raise RLIMIT_NOFILE to {want}: {}",
-                std::io::Error::last_os_error()
-            );
-        }
+    if soft >= want {
+        return;
+    }
+    // Root may raise the hard limit too.
+    if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, want, hard.max(want)) {
+        eprintln!("idle-conns: cannot raise RLIMIT_NOFILE to {want}: {e}");
     }
 }
 
