@@ -273,8 +273,7 @@ fn start_dataplane(config: &Config) -> Result<Option<Dataplane>, StartError> {
 }
 
 fn privilege_hint(e: &DataplaneError) -> &'static str {
-    let text = error_chain(e);
-    if text.contains("Operation not permitted") || text.contains("EPERM") {
+    if e.errno() == Some(libc::EPERM) {
         " (loading XDP needs root, or CAP_BPF and CAP_NET_ADMIN)"
     } else {
         ""

@@ -65,12 +65,10 @@ impl Decap {
         ] {
             loader.map_max_entries(map, 1);
         }
-        let mut ebpf = loader
-            .load(bytes)
-            .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
+        let mut ebpf = loader.load(bytes).map_err(|e| DataplaneError::load(&e))?;
         program(&mut ebpf)?
             .load()
-            .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
+            .map_err(|e| DataplaneError::load(&e))?;
         Ok(Decap {
             ebpf,
             attached: None,
@@ -150,10 +148,9 @@ impl Decap {
         let Some((iface, _, link)) = self.attached.take() else {
             return;
         };
-        match program(&mut self.ebpf).and_then(|p| {
-            p.detach(link)
-                .map_err(|e| DataplaneError::Load(error_chain(&e)))
-        }) {
+        match program(&mut self.ebpf)
+            .and_then(|p| p.detach(link).map_err(|e| DataplaneError::load(&e)))
+        {
             Ok(()) => info!(iface, "decap program detached"),
             Err(e) => warn!(iface, error = %e, "decap detach failed"),
         }

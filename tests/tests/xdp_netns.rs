@@ -481,3 +481,43 @@ fn as_an_unprivileged_user_it_still_reloads_maps_and_detaches() {
         "XDP still attached after the stop:\n{log}"
     );
 }
+
+/// Without the privileges XDP needs, a start that requires XDP fails at once with exit code 2,
+/// the OS error, and what to do about it (found from the errno, not from the message's words).
+#[test]
+fn without_privileges_a_required_xdp_fails_with_a_hint() {
+    if !root_or_skip("without_privileges_a_required_xdp_fails_with_a_hint") {
+        return;
+    }
+    use std::os::unix::process::CommandExt as _;
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody");
+    let mut cmd = std::process::Command::new(edgelb_tests::daemon::binary());
+    // It fails before binding: the port is never used.
+    cmd.args([
+        "--listen",
+        "127.0.0.1:18999",
+        "--protocol",
+        "http",
+        "--backend",
+        "127.0.0.1:9",
+        "--xdp-iface",
+        "lo",
+        "--xdp-mode",
+        "skb",
+    ])
+    .uid(nobody.uid.as_raw())
+    .gid(nobody.gid.as_raw())
+    .stdin(std::process::Stdio::null());
+    let out = cmd.output().expect("run edgelb as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("edgelb: error: --xdp-mode skb: loading the XDP program:")
+            && stderr
+                .contains("(os error 1) (loading XDP needs root, or CAP_BPF and CAP_NET_ADMIN)"),
+        "{stderr}"
+    );
+}

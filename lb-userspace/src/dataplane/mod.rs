@@ -76,8 +76,12 @@ impl AttachMode {
 pub enum DataplaneError {
     #[error("this edgelb was built without its XDP program (AYA_BUILD_SKIP=1)")]
     NoObject,
-    #[error("loading the XDP program: {0}")]
-    Load(String),
+    #[error("loading the XDP program: {detail}")]
+    Load {
+        detail: String,
+        /// The OS error under it, if any (EPERM: not privileged enough).
+        errno: Option<i32>,
+    },
     #[error("interface {iface} refused XDP in {} mode: {reason}", mode.name())]
     Attach {
         iface: String,
@@ -155,10 +159,9 @@ impl Dataplane {
             .map_max_entries(lb_common::MAP_DECAP_SOURCES_V4, 1)
             .map_max_entries(lb_common::MAP_DECAP_SOURCES_V6, 1)
             .load(bytes)
-            .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
+            .map_err(|e| DataplaneError::load(&e))?;
         let prog = xdp_program(&mut ebpf)?;
-        prog.load()
-            .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
+        prog.load().map_err(|e| DataplaneError::load(&e))?;
         load_icmp_program(&mut ebpf)?;
         let mut dp = Dataplane {
             ebpf,
@@ -400,17 +403,20 @@ pub(crate) fn named_program<'a>(
     name: &str,
 ) -> Result<&'a mut Xdp, DataplaneError> {
     ebpf.program_mut(name)
-        .ok_or_else(|| DataplaneError::Load(format!("program {name} missing from the object")))?
+        .ok_or_else(|| DataplaneError::Load {
+            detail: format!("program {name} missing from the object"),
+            errno: None,
+        })?
         .try_into()
-        .map_err(|e: aya::programs::ProgramError| DataplaneError::Load(error_chain(&e)))
+        .map_err(|e: aya::programs::ProgramError| DataplaneError::load(&e))
 }
 
 /// A descriptor of the loaded `prog` that outlives the borrow of the object.
 fn own_fd(prog: &Xdp) -> Result<aya::programs::ProgramFd, DataplaneError> {
     prog.fd()
-        .map_err(|e| DataplaneError::Load(error_chain(&e)))?
+        .map_err(|e| DataplaneError::load(&e))?
         .try_clone()
-        .map_err(|e| DataplaneError::Load(e.to_string()))
+        .map_err(|e| DataplaneError::load(&e))
 }
 
 /// The error for map `map` absent from the object.
@@ -425,8 +431,7 @@ pub(crate) fn missing(map: &'static str) -> DataplaneError {
 /// then they pass as not ours).
 fn load_icmp_program(ebpf: &mut Ebpf) -> Result<(), DataplaneError> {
     let prog = named_program(ebpf, ICMP_PROGRAM_NAME)?;
-    prog.load()
-        .map_err(|e| DataplaneError::Load(error_chain(&e)))?;
+    prog.load().map_err(|e| DataplaneError::load(&e))?;
     let fd = own_fd(prog)?;
     let map = ebpf.map_mut(MAP_TAIL).ok_or_else(|| missing(MAP_TAIL))?;
     let mut tail: ProgramArray<&mut MapData> =
@@ -487,6 +492,39 @@ fn sync_trie<K: aya::Pod + bytemuck::Pod, const N: usize>(
 }
 
 /// An error with its sources, on one line (the verifier's log, a netlink errno...).
+impl DataplaneError {
+    /// A failure to load, with its whole cause chain and the OS error in it.
+    pub fn load(e: &(dyn std::error::Error + 'static)) -> Self {
+        DataplaneError::Load {
+            detail: error_chain(e),
+            errno: os_errno(e),
+        }
+    }
+
+    /// The OS error behind this one, if any.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            DataplaneError::Load { errno, .. } => *errno,
+            _ => None,
+        }
+    }
+}
+
+/// The first OS error code in `e`'s cause chain.
+pub fn os_errno(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(code) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return Some(code);
+        }
+        cause = c.source();
+    }
+    None
+}
+
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
