@@ -99,6 +99,17 @@ pub fn one_line(e: &clap::Error) -> String {
         (ErrorKind::InvalidValue, Some(flag), Some(value)) if !valid.is_empty() => {
             format!("{flag} {value:?}: expected one of: {valid}")
         }
+        (ErrorKind::MissingRequiredArgument, _, _) => {
+            let missing = match e.get(ContextKind::InvalidArg) {
+                Some(ContextValue::Strings(args)) => args
+                    .iter()
+                    .map(|a| a.split_whitespace().next().unwrap_or_default())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                _ => return first_line(e),
+            };
+            format!("{missing}: required (see --help)")
+        }
         // A value parser's own refusal: its message says what is allowed.
         (ErrorKind::ValueValidation, Some(flag), Some(value)) => {
             let why = std::error::Error::source(e).map_or_else(|| first_line(e), |s| s.to_string());
@@ -151,6 +162,10 @@ mod tests {
             "\"--bogus\": no such flag (edgelb --help lists them)"
         );
         assert!(error(&["--listne", "x"]).contains("did you mean --listen?"));
+        assert_eq!(
+            error(&["decap", "--from", "10.0.0.0/8"]),
+            "--iface: required (see --help)"
+        );
     }
 
     #[test]
