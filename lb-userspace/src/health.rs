@@ -4,7 +4,6 @@
 //! consecutive successes healthy again. Transitions are logged with the reason.
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::Empty;
 use hyper::Request;
@@ -20,39 +19,7 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
 use crate::balance::Balancer;
-use crate::config::BackendVerify;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CheckKind {
-    Off,
-    Tcp,
-    Http,
-    Https,
-}
-
-impl CheckKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            CheckKind::Off => "off",
-            CheckKind::Tcp => "tcp",
-            CheckKind::Http => "http",
-            CheckKind::Https => "https",
-        }
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthCheck {
-    pub kind: CheckKind,
-    /// None: each backend's own port.
-    pub port: Option<u16>,
-    pub path: String,
-    /// Host header and SNI name; None: the backend's address.
-    pub domain: Option<String>,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub retries: u32,
-}
+use crate::config::{BackendVerify, CheckKind, HealthCheck};
 
 /// Starts one checking task per backend on the current runtime. `changed` is notified after
 /// every health transition (the data plane rewrites the group's Maglev ring then). Aborting

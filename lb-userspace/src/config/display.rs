@@ -147,7 +147,7 @@ fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
         writeln!(f, "  hc-domain       {d}")?;
     }
     let h = &g.health;
-    if h.kind == crate::health::CheckKind::Off {
+    if h.kind == super::CheckKind::Off {
         writeln!(f, "  health-check    off")?;
     } else {
         write!(
@@ -161,7 +161,7 @@ fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
         if let Some(port) = h.port {
             write!(f, ", port {port}")?;
         }
-        if h.kind != crate::health::CheckKind::Tcp {
+        if h.kind != super::CheckKind::Tcp {
             write!(f, ", path {}", h.path)?;
         }
         writeln!(f)?;

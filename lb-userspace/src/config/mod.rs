@@ -3,10 +3,12 @@
 mod display;
 mod error;
 mod file;
+mod health_check;
 mod parse;
 mod rule_flag;
 mod warnings;
 
+pub use health_check::{CheckKind, HealthCheck};
 pub use parse::{SniCert, sni_cert};
 pub use warnings::fd_limit;
 
@@ -26,7 +28,6 @@ use crate::cli::{
     AccessControlArg, AlgorithmArg, BackendProtocolArg, HealthCheckArg, OnOff, ProtocolArg,
     RunArgs, SslAuthArg, StickyArg, XdpModeArg,
 };
-use crate::health::{CheckKind, HealthCheck};
 use crate::privilege::User;
 use crate::proxy::sticky::{StickTable, Stickiness, StickyKey, validate_cookie_name};
 use crate::rules::{Action, RuleSet, RuleSpec};

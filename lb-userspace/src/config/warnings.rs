@@ -1,7 +1,7 @@
 //! Settings that are valid one by one but have no effect or contradict each other or the
 //! machine: `edgelb check` prints them and the daemon logs them at start and on reload.
+use super::CheckKind;
 use super::{Config, XdpMode};
-use crate::health::CheckKind;
 
 impl Config {
     /// One line per finding, naming the flags (file keys are the same words) and the values.
