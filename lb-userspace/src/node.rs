@@ -22,7 +22,7 @@ use crate::dataplane::{
 };
 use crate::metrics::Metrics;
 use crate::nexthop::NextHops;
-use crate::proxy::sticky::Stickiness;
+use crate::proxy::sticky::Sticky;
 use crate::proxy::{ListenerSettings, RouteTarget, Routes, Upstream};
 use crate::server::{ConnectionLimit, ListenerContext, Live};
 use crate::workers::{self, Workers};
@@ -31,6 +31,8 @@ use crate::workers::{self, Workers};
 pub struct GroupRuntime {
     pub config: GroupConfig,
     pub balancer: Arc<Balancer>,
+    /// Stickiness with its sessions (app-cookie), shared by the upstreams.
+    pub sticky: Option<Arc<Sticky>>,
     /// One per worker, in worker order.
     upstreams: Vec<Arc<Upstream>>,
     health: Vec<AbortHandle>,
@@ -325,11 +327,16 @@ fn build_groups(
 ) -> Result<Vec<GroupRuntime>, String> {
     let mut out = Vec::with_capacity(config.groups.len());
     for g in &config.groups {
-        let mut g = g.clone();
+        let g = g.clone();
         let kept = running.iter().find(|r| same_balancing(&r.config, &g));
-        if let Some(r) = kept {
-            keep_sessions(&mut g, &r.config);
-        }
+        // App-cookie sessions are the runtime's: a reload that keeps the balancer and the
+        // cookie keeps them, so clients stay where they are.
+        let sticky = g.sticky.clone().map(|settings| {
+            Arc::new(Sticky::new(
+                settings,
+                kept.and_then(|r| r.sticky.as_deref()),
+            ))
+        });
         let balancer = match kept {
             Some(r) => r.balancer.clone(),
             None => {
@@ -338,7 +345,7 @@ fn build_groups(
             }
         };
         let upstreams = (0..workers)
-            .map(|_| Upstream::new(g.clone(), balancer.clone()).map(Arc::new))
+            .map(|_| Upstream::new(g.clone(), balancer.clone(), sticky.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("group {:?}: backend TLS configuration: {e}", g.name))?;
         // The health tasks stay with a kept balancer when the checks are the same.
@@ -349,29 +356,12 @@ fn build_groups(
         out.push(GroupRuntime {
             config: g,
             balancer,
+            sticky,
             upstreams,
             health,
         });
     }
     Ok(out)
-}
-
-/// App-cookie sessions live in the group's stick table: a reload that keeps the cookie keeps
-/// the table, so clients stay where they are.
-fn keep_sessions(fresh: &mut GroupConfig, running: &GroupConfig) {
-    if let (
-        Some(Stickiness::AppCookie { name, duration, .. }),
-        Some(Stickiness::AppCookie {
-            name: old_name,
-            duration: old_duration,
-            ..
-        }),
-    ) = (fresh.sticky.as_deref(), running.sticky.as_deref())
-        && name == old_name
-        && duration == old_duration
-    {
-        fresh.sticky = running.sticky.clone();
-    }
 }
 
 /// Positions of the groups behind tcp/udp listeners (the config has checked that the kernel

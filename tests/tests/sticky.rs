@@ -4,8 +4,9 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use edgelb::proxy::sticky::{LB_COOKIE, Stickiness, StickyKey};
+use edgelb::proxy::sticky::{LB_COOKIE, Stickiness, Sticky, StickyKey};
 use edgelb_tests::backend::BackendProcess;
+use edgelb_tests::daemon::Signal;
 use edgelb_tests::https::{self, ClientOpts, Reply, get};
 use edgelb_tests::listener::{SERVER_NAME, Setup};
 use hyper::HeaderMap;
@@ -41,10 +42,13 @@ fn sticky_cookie(reply: &Reply) -> Option<String> {
 
 /// A cookie for `backend` made with `key`, as another edgelb node would, at time `at`.
 fn token(key: &StickyKey, backend: &str, at: SystemTime) -> String {
-    let s = Stickiness::LbCookie {
-        key: key.clone(),
-        duration: Duration::from_secs(60),
-    };
+    let s = Sticky::new(
+        std::sync::Arc::new(Stickiness::LbCookie {
+            key: key.clone(),
+            duration: Duration::from_secs(60),
+        }),
+        None,
+    );
     let mut h = HeaderMap::new();
     s.on_response(&mut h, backend, false, true, at);
     h.get("set-cookie")
@@ -170,13 +174,30 @@ async fn the_backends_own_cookie_pins_the_client_to_the_backend_that_set_it() {
         args.push(b.addr.to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (_lb, addr) = s.start(&args);
+    let (lb, addr) = s.start(&args);
+    let mut logins = Vec::new();
     for session in ["abc", "def", "ghi"] {
         let login = request(addr, &s, &format!("/set-cookie/SESSIONID={session}"), None).await;
         let cookie = format!("theme=dark; SESSIONID={session}");
         for i in 0..100 {
             let r = request(addr, &s, "/", Some(&cookie)).await;
             assert_eq!(r.body, login.body, "session {session}, request {i}");
+        }
+        logins.push((cookie, login.body));
+    }
+    // The sessions are the group runtime's: a reload that keeps the cookie keeps them.
+    lb.signal(Signal::SIGHUP);
+    for _ in 0..200 {
+        if lb.log().contains("reloaded") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(lb.log().contains("reloaded"), "{}", lb.log());
+    for (cookie, body) in &logins {
+        for i in 0..20 {
+            let r = request(addr, &s, "/", Some(cookie)).await;
+            assert_eq!(&r.body, body, "{cookie} after the reload, request {i}");
         }
     }
     // An unknown session value is balanced normally.

@@ -29,7 +29,7 @@ use crate::cli::{
     RunArgs, SslAuthArg, StickyArg, XdpModeArg,
 };
 use crate::privilege::User;
-use crate::proxy::sticky::{StickTable, Stickiness, StickyKey, validate_cookie_name};
+use crate::proxy::sticky::{Stickiness, StickyKey, validate_cookie_name};
 use crate::rules::{Action, RuleSet, RuleSpec};
 use crate::tls::certs::{CertError, PairFile, check_private, load_ca_bundle, load_certified_key};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};
@@ -1067,9 +1067,6 @@ fn group(args: &RunArgs) -> Result<GroupConfig, ConfigError> {
     })
 }
 
-/// Entries of an app-cookie stick table: the memory bound of one group's sessions.
-const STICK_TABLE_CAPACITY: usize = 100_000;
-
 fn stickiness(args: &RunArgs) -> Result<Option<Stickiness>, ConfigError> {
     let mode = match args.sticky_session {
         StickyArg::Off => "off",
@@ -1124,11 +1121,7 @@ fn stickiness(args: &RunArgs) -> Result<Option<Stickiness>, ConfigError> {
             })?;
             validate_cookie_name(&name)
                 .map_err(|problem| ConfigError::new("--cookie-name", &name, problem))?;
-            Some(Stickiness::AppCookie {
-                name,
-                duration,
-                table: StickTable::new(STICK_TABLE_CAPACITY),
-            })
+            Some(Stickiness::AppCookie { name, duration })
         }
     })
 }

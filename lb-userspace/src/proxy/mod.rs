@@ -133,6 +133,7 @@ const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;
 pub struct Upstream {
     group: GroupConfig,
     balancer: Arc<Balancer>,
+    sticky: Option<Arc<sticky::Sticky>>,
     client: h1::Client,
 }
 
@@ -156,8 +157,13 @@ impl Outgoing {
 
 impl Upstream {
     /// `balancer` is shared by every worker's upstream; the connection pool is this one's own.
-    pub fn new(group: GroupConfig, balancer: Arc<Balancer>) -> Result<Self, rustls::Error> {
+    pub fn new(
+        group: GroupConfig,
+        balancer: Arc<Balancer>,
+        sticky: Option<Arc<sticky::Sticky>>,
+    ) -> Result<Self, rustls::Error> {
         Ok(Upstream {
+            sticky,
             balancer,
             client: client::backend_client(&group)?,
             group,
@@ -212,7 +218,7 @@ impl Upstream {
                 | Method::DELETE
         );
         let client_ip = conn.peer.ip().to_canonical();
-        let sticky = self.group.sticky.as_deref();
+        let sticky = self.sticky.as_deref();
         // Cookie expiries need the wall clock; groups without stickiness don't read it.
         let now = sticky.map(|_| SystemTime::now());
         let pinned = sticky

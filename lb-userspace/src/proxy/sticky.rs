@@ -114,36 +114,72 @@ impl fmt::Debug for StickyKey {
     }
 }
 
-/// How a backend group keeps clients on one backend.
+/// How a backend group keeps clients on one backend: settings only. The sessions of
+/// app-cookie mode are runtime state, in [`Sticky`].
 #[derive(Debug)]
 pub enum Stickiness {
-    LbCookie {
-        key: StickyKey,
-        duration: Duration,
-    },
-    AppCookie {
-        name: String,
-        duration: Duration,
-        table: StickTable,
-    },
+    LbCookie { key: StickyKey, duration: Duration },
+    AppCookie { name: String, duration: Duration },
 }
 
-impl Stickiness {
+/// Entries of an app-cookie group's stick table.
+pub const STICK_TABLE_CAPACITY: usize = 100_000;
+
+/// A group's stickiness as it runs: its settings and, in app-cookie mode, the table of
+/// sessions, shared by every worker and kept by the group runtime across reloads that keep
+/// the cookie and its duration.
+#[derive(Debug)]
+pub struct Sticky {
+    settings: Arc<Stickiness>,
+    table: Option<Arc<StickTable>>,
+}
+
+impl Sticky {
+    /// `running`: the same group's stickiness before a reload, whose sessions carry over when
+    /// the cookie and the duration did not change.
+    pub fn new(settings: Arc<Stickiness>, running: Option<&Sticky>) -> Sticky {
+        let table = match &*settings {
+            Stickiness::LbCookie { .. } => None,
+            Stickiness::AppCookie { name, duration } => {
+                let kept = running.and_then(|r| match (&*r.settings, &r.table) {
+                    (
+                        Stickiness::AppCookie {
+                            name: old_name,
+                            duration: old_duration,
+                        },
+                        Some(table),
+                    ) if old_name == name && old_duration == duration => Some(table.clone()),
+                    _ => None,
+                });
+                Some(kept.unwrap_or_else(|| Arc::new(StickTable::new(STICK_TABLE_CAPACITY))))
+            }
+        };
+        Sticky { settings, table }
+    }
+
+    /// Whether `other` shares this one's sessions (tests of reloads).
+    pub fn shares_sessions_with(&self, other: &Sticky) -> bool {
+        matches!((&self.table, &other.table), (Some(a), Some(b)) if Arc::ptr_eq(a, b))
+    }
+
     /// The backend (address string) this request is pinned to, if a valid, unexpired cookie
     /// says so. Whether that backend still exists and may take the request is the caller's
     /// call.
     pub fn pinned(&self, request_headers: &HeaderMap, now: SystemTime) -> Option<String> {
-        match self {
-            Stickiness::LbCookie { key, .. } => {
+        match (&*self.settings, &self.table) {
+            (Stickiness::LbCookie { key, .. }, _) => {
                 let now = unix_secs(now);
                 request_cookies(request_headers, LB_COOKIE)
                     .take(MAX_CANDIDATES)
                     .find_map(|value| open_token(key, value, now))
             }
-            Stickiness::AppCookie { name, table, .. } => request_cookies(request_headers, name)
-                .take(MAX_CANDIDATES)
-                .filter_map(|value| std::str::from_utf8(value).ok())
-                .find_map(|value| table.get(value, now)),
+            (Stickiness::AppCookie { name, .. }, Some(table)) => {
+                request_cookies(request_headers, name)
+                    .take(MAX_CANDIDATES)
+                    .filter_map(|value| std::str::from_utf8(value).ok())
+                    .find_map(|value| table.get(value, now))
+            }
+            (Stickiness::AppCookie { .. }, None) => None,
         }
     }
 
@@ -164,8 +200,8 @@ impl Stickiness {
         https: bool,
         now: SystemTime,
     ) {
-        match self {
-            Stickiness::LbCookie { key, duration } => {
+        match (&*self.settings, &self.table) {
+            (Stickiness::LbCookie { key, duration }, _) => {
                 if already_pinned {
                     return;
                 }
@@ -183,11 +219,7 @@ impl Stickiness {
                     response_headers.append(SET_COOKIE, value);
                 }
             }
-            Stickiness::AppCookie {
-                name,
-                duration,
-                table,
-            } => {
+            (Stickiness::AppCookie { name, duration }, Some(table)) => {
                 for header in response_headers.get_all(SET_COOKIE) {
                     let Some(set) = parse_set_cookie(header.as_bytes()) else {
                         continue;
@@ -205,6 +237,7 @@ impl Stickiness {
                     }
                 }
             }
+            (Stickiness::AppCookie { .. }, None) => {}
         }
     }
 }
@@ -603,26 +636,28 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(1_700_000_000)
     }
 
-    fn lb(key: StickyKey) -> Stickiness {
-        Stickiness::LbCookie {
-            key,
-            duration: MINUTES_30,
+    fn lb(key: StickyKey) -> Sticky {
+        Sticky::new(
+            Arc::new(Stickiness::LbCookie {
+                key,
+                duration: MINUTES_30,
+            }),
+            None,
+        )
+    }
+
+    fn app(capacity: usize) -> Sticky {
+        Sticky {
+            settings: Arc::new(Stickiness::AppCookie {
+                name: "SESSIONID".to_string(),
+                duration: MINUTES_30,
+            }),
+            table: Some(Arc::new(StickTable::new(capacity))),
         }
     }
 
-    fn app(capacity: usize) -> Stickiness {
-        Stickiness::AppCookie {
-            name: "SESSIONID".to_string(),
-            duration: MINUTES_30,
-            table: StickTable::new(capacity),
-        }
-    }
-
-    fn table(s: &Stickiness) -> &StickTable {
-        match s {
-            Stickiness::AppCookie { table, .. } => table,
-            Stickiness::LbCookie { .. } => panic!("not app-cookie"),
-        }
+    fn table(s: &Sticky) -> &StickTable {
+        s.table.as_deref().expect("app-cookie")
     }
 
     fn cookies(values: &[&str]) -> HeaderMap {
@@ -649,7 +684,7 @@ mod tests {
     }
 
     /// The token from the lb-cookie that `on_response` issues for `backend` at `now`.
-    fn issue(s: &Stickiness, backend: &str, now: SystemTime) -> String {
+    fn issue(s: &Sticky, backend: &str, now: SystemTime) -> String {
         let mut h = HeaderMap::new();
         s.on_response(&mut h, backend, false, true, now);
         let set = set_cookie_strings(&h);
@@ -659,7 +694,7 @@ mod tests {
         token.to_string()
     }
 
-    fn pinned_with(s: &Stickiness, token: &str, now: SystemTime) -> Option<String> {
+    fn pinned_with(s: &Sticky, token: &str, now: SystemTime) -> Option<String> {
         s.pinned(&cookies(&[&format!("{LB_COOKIE}={token}")]), now)
     }
 
@@ -754,7 +789,7 @@ mod tests {
         let huge = "A".repeat(10_000);
         assert_eq!(pinned_with(&s, &huge, t0()), None);
         // A valid MAC under a different version byte is still refused.
-        let key = match &s {
+        let key = match &*s.settings {
             Stickiness::LbCookie { key, .. } => key,
             Stickiness::AppCookie { .. } => unreachable!(),
         };
@@ -812,11 +847,42 @@ mod tests {
         assert!(set_cookie_strings(&h)[0].contains("; Max-Age=86400;"));
     }
 
-    fn lb_with_duration(duration: Duration) -> Stickiness {
-        Stickiness::LbCookie {
-            key: StickyKey::generate().unwrap(),
-            duration,
+    fn lb_with_duration(duration: Duration) -> Sticky {
+        Sticky::new(
+            Arc::new(Stickiness::LbCookie {
+                key: StickyKey::generate().unwrap(),
+                duration,
+            }),
+            None,
+        )
+    }
+
+    /// Sessions are runtime state: a reload keeps them only for the same cookie and duration.
+    #[test]
+    fn sessions_carry_over_a_reload_that_keeps_the_cookie() {
+        let settings = |name: &str, minutes: u64| {
+            Arc::new(Stickiness::AppCookie {
+                name: name.to_string(),
+                duration: Duration::from_secs(60 * minutes),
+            })
+        };
+        let running = Sticky::new(settings("SESSIONID", 30), None);
+        let mut h = set_cookies(&["SESSIONID=abc; Path=/"]);
+        running.on_response(&mut h, "10.0.0.5:8080", false, true, t0());
+        let request = cookies(&["SESSIONID=abc"]);
+        let same = Sticky::new(settings("SESSIONID", 30), Some(&running));
+        assert!(same.shares_sessions_with(&running));
+        assert_eq!(
+            same.pinned(&request, t0()).as_deref(),
+            Some("10.0.0.5:8080")
+        );
+        for changed in [settings("OTHER", 30), settings("SESSIONID", 31)] {
+            let fresh = Sticky::new(changed, Some(&running));
+            assert!(!fresh.shares_sessions_with(&running));
         }
+        let lb = lb(StickyKey::generate().unwrap());
+        let after_lb = Sticky::new(settings("SESSIONID", 30), Some(&lb));
+        assert_eq!(after_lb.pinned(&request, t0()), None);
     }
 
     #[test]
