@@ -181,8 +181,8 @@ pub struct RunArgs {
     pub key: Option<PathBuf>,
 
     /// Certificate for a server name, repeatable: DOMAIN=CERT:KEY, DOMAIN exact or *.wildcard.
-    #[arg(long = "sni-cert", value_name = "DOMAIN=CERT:KEY", value_parser = crate::config::sni_cert)]
-    pub sni_certs: Vec<crate::config::SniCert>,
+    #[arg(long = "sni-cert", value_name = "DOMAIN=CERT:KEY", value_parser = sni_cert)]
+    pub sni_certs: Vec<SniCert>,
 
     /// SSL authentication: one-way, or mutual (clients need a certificate from --client-ca).
     #[arg(long, value_enum, ignore_case = true, value_name = "MODE")]
@@ -457,7 +457,7 @@ pub struct RunArgs {
     pub log_format: LogFormat,
 
     /// The flags given on the command line and their values as typed, in `--help` order;
-    /// filled by [`crate::usage::parse_from`].
+    /// filled by `usage::parse_from`.
     #[arg(skip)]
     pub explicit: Vec<(String, String)>,
 }
@@ -475,5 +475,42 @@ impl RunArgs {
         DefaultsOnly::try_parse_from(["edgelb"])
             .map(|d| d.run)
             .map_err(|e| format!("the flags' defaults do not parse: {e}"))
+    }
+}
+
+/// `DOMAIN=CERT:KEY`; the paths are split at the last colon.
+pub fn sni_cert(value: &str) -> Result<SniCert, String> {
+    let shape = || "expected DOMAIN=CERT:KEY, e.g. www.example.com=www.pem:www.key".to_string();
+    let (domain, files) = value.split_once('=').ok_or_else(shape)?;
+    let (cert, key) = files.rsplit_once(':').ok_or_else(shape)?;
+    if domain.is_empty() || cert.is_empty() || key.is_empty() {
+        return Err(shape());
+    }
+    Ok(SniCert {
+        domain: domain.to_string(),
+        cert: PathBuf::from(cert),
+        key: PathBuf::from(key),
+    })
+}
+
+/// A `--sni-cert` (or a config file's `sni_cert` entry): a server name and its certificate
+/// and key files. The file's `{ domain, cert, key }` tables become one without passing through
+/// the flag's `DOMAIN=CERT:KEY`, so their paths may contain colons.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SniCert {
+    pub domain: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl std::fmt::Display for SniCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}={}:{}",
+            self.domain,
+            self.cert.display(),
+            self.key.display()
+        )
     }
 }

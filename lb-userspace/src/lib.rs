@@ -10,6 +10,7 @@ pub mod dataplane;
 pub mod decap;
 pub mod entry;
 pub mod health;
+mod layering;
 pub mod metrics;
 pub mod nexthop;
 pub mod node;

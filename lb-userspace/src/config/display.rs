@@ -168,7 +168,7 @@ fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
     }
     match g.sticky.as_deref() {
         None => writeln!(f, "  sticky-session  off")?,
-        Some(crate::proxy::sticky::Stickiness::LbCookie { duration, .. }) => {
+        Some(super::Stickiness::LbCookie { duration, .. }) => {
             let key = g
                 .sticky_key_file
                 .as_ref()
@@ -181,7 +181,7 @@ fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
                 duration.as_secs() / 60
             )?
         }
-        Some(crate::proxy::sticky::Stickiness::AppCookie { name, duration, .. }) => writeln!(
+        Some(super::Stickiness::AppCookie { name, duration, .. }) => writeln!(
             f,
             "  sticky-session  app-cookie {name}, {} min",
             duration.as_secs() / 60

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use clap::ValueEnum;
 
-use super::SniCert;
+use crate::cli::SniCert;
 use toml::{Table, Value};
 
 use super::ConfigError;
@@ -521,7 +521,7 @@ impl Walker<'_> {
             .iter()
             .map(|item| {
                 let sni = match item {
-                    Value::String(s) => super::sni_cert(s).map_err(|_| {
+                    Value::String(s) => crate::cli::sni_cert(s).map_err(|_| {
                         self.problem(key, s, "expected DOMAIN=CERT:KEY or { domain, cert, key }")
                     })?,
                     Value::Table(t) => {

@@ -6,10 +6,11 @@ mod file;
 mod health_check;
 mod parse;
 mod rule_flag;
+mod sticky;
 mod warnings;
 
 pub use health_check::{CheckKind, HealthCheck};
-pub use parse::{SniCert, sni_cert};
+pub use sticky::{Stickiness, StickyKey, validate_cookie_name};
 pub use warnings::fd_limit;
 
 use std::collections::BTreeMap;
@@ -29,7 +30,6 @@ use crate::cli::{
     RunArgs, SslAuthArg, StickyArg, XdpModeArg,
 };
 use crate::privilege::User;
-use crate::proxy::sticky::{Stickiness, StickyKey, validate_cookie_name};
 use crate::rules::{Action, RuleSet, RuleSpec};
 use crate::tls::certs::{CertError, PairFile, check_private, load_ca_bundle, load_certified_key};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};

@@ -1,7 +1,7 @@
 //! Parsers for single flag values, each returning the typed value or a [`ConfigError`] that
 //! says what is allowed.
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -138,43 +138,6 @@ pub fn number(flag: &'static str, value: &str, min: u32, max: u32) -> Result<u32
         .ok_or_else(|| {
             ConfigError::new(flag, value, format!("must be a whole number, {min}-{max}"))
         })
-}
-
-/// `DOMAIN=CERT:KEY`; the paths are split at the last colon.
-pub fn sni_cert(value: &str) -> Result<SniCert, String> {
-    let shape = || "expected DOMAIN=CERT:KEY, e.g. www.example.com=www.pem:www.key".to_string();
-    let (domain, files) = value.split_once('=').ok_or_else(shape)?;
-    let (cert, key) = files.rsplit_once(':').ok_or_else(shape)?;
-    if domain.is_empty() || cert.is_empty() || key.is_empty() {
-        return Err(shape());
-    }
-    Ok(SniCert {
-        domain: domain.to_string(),
-        cert: PathBuf::from(cert),
-        key: PathBuf::from(key),
-    })
-}
-
-/// A `--sni-cert` (or a config file's `sni_cert` entry): a server name and its certificate
-/// and key files. The file's `{ domain, cert, key }` tables become one without passing through
-/// the flag's `DOMAIN=CERT:KEY`, so their paths may contain colons.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SniCert {
-    pub domain: String,
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
-impl std::fmt::Display for SniCert {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}={}:{}",
-            self.domain,
-            self.cert.display(),
-            self.key.display()
-        )
-    }
 }
 
 /// `--hc-domain`: a backend's private IP address, or a domain name of at least two labels of
@@ -420,12 +383,12 @@ mod tests {
         ] {
             assert!(hc_domain(bad).is_err(), "{bad}");
         }
-        let sni = sni_cert("*.Example.com=/a/b:c.pem:/a/b.key").expect("sni");
+        let sni = crate::cli::sni_cert("*.Example.com=/a/b:c.pem:/a/b.key").expect("sni");
         assert_eq!(
             (sni.domain.as_str(), sni.cert.to_str(), sni.key.to_str()),
             ("*.Example.com", Some("/a/b:c.pem"), Some("/a/b.key"))
         );
-        assert!(sni_cert("example.com=/a/b.pem").is_err());
+        assert!(crate::cli::sni_cert("example.com=/a/b.pem").is_err());
         assert!(hc_path("/healthz?full=1").is_ok());
         for bad in [
             "",

@@ -19,26 +19,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::Read;
-use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::{hmac, rand};
+use aws_lc_rs::hmac;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use hyper::HeaderMap;
 use hyper::header::{COOKIE, HeaderValue, SET_COOKIE};
 
+pub use crate::config::{Stickiness, StickyKey, validate_cookie_name};
+
 /// Name of the cookie edgelb sets in lb-cookie mode.
 pub const LB_COOKIE: &str = "EDGELB_STICKY";
-
-/// Shorter keys would make the HMAC easier to brute-force than the 256 bits it can offer.
-const MIN_KEY_LEN: usize = 32;
-/// Refusing larger files catches a flag pointing at the wrong file (or at /dev/urandom, which
-/// would never finish reading).
-const MAX_KEY_FILE_LEN: u64 = 4096;
-const GENERATED_KEY_LEN: usize = 32;
 
 /// Bumped if the token layout changes, so that old tokens fail cleanly instead of misparsing.
 const TOKEN_VERSION: u8 = 1;
@@ -53,74 +46,6 @@ const MAX_CANDIDATES: usize = 8;
 /// App-cookie values longer than this are not recorded: the table is bounded in entries, and
 /// this bounds the memory each entry may take. Real session ids are far shorter.
 const MAX_APP_VALUE_LEN: usize = 512;
-
-/// The key that authenticates lb-cookies.
-///
-/// From a file, the key is the file's bytes exactly as stored, a trailing newline included:
-/// nodes meant to honour each other's cookies need byte-identical files.
-#[derive(Clone)]
-pub struct StickyKey(
-    // Boxed because the HMAC state dwarfs the other variant of `Stickiness`.
-    Box<hmac::Key>,
-);
-
-impl StickyKey {
-    /// A random key, for a node that shares cookies with no other: its cookies stop being
-    /// honoured when it restarts.
-    pub fn generate() -> Result<Self, String> {
-        let mut bytes = [0u8; GENERATED_KEY_LEN];
-        rand::fill(&mut bytes).map_err(|_| "the system random generator failed".to_string())?;
-        let key = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
-        bytes.fill(0);
-        Ok(StickyKey(Box::new(key)))
-    }
-
-    /// A key file holds at least 32 bytes of anything (at most 4096); all of its bytes are the
-    /// key.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        crate::tls::certs::check_regular(path).map_err(|p| format!("{}: {p}", path.display()))?;
-        let file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let mut bytes = Vec::new();
-        file.take(MAX_KEY_FILE_LEN + 1)
-            .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let too_long = bytes.len() as u64 > MAX_KEY_FILE_LEN;
-        let len = bytes.len();
-        let result = if len < MIN_KEY_LEN {
-            Err(format!(
-                "{} holds {len} bytes; a key needs at least {MIN_KEY_LEN}",
-                path.display()
-            ))
-        } else if too_long {
-            Err(format!(
-                "{} is longer than {MAX_KEY_FILE_LEN} bytes; is it the right file?",
-                path.display()
-            ))
-        } else {
-            Ok(StickyKey(Box::new(hmac::Key::new(
-                hmac::HMAC_SHA256,
-                &bytes,
-            ))))
-        };
-        bytes.fill(0);
-        result
-    }
-}
-
-impl fmt::Debug for StickyKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("StickyKey(<redacted>)")
-    }
-}
-
-/// How a backend group keeps clients on one backend: settings only. The sessions of
-/// app-cookie mode are runtime state, in [`Sticky`].
-#[derive(Debug)]
-pub enum Stickiness {
-    LbCookie { key: StickyKey, duration: Duration },
-    AppCookie { name: String, duration: Duration },
-}
 
 /// Entries of an app-cookie group's stick table.
 pub const STICK_TABLE_CAPACITY: usize = 100_000;
@@ -378,25 +303,6 @@ impl fmt::Debug for StickTable {
     }
 }
 
-/// Cookie names must be RFC 6265 tokens (RFC 9110 `tchar`s).
-pub fn validate_cookie_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("a cookie name cannot be empty".to_string());
-    }
-    if name.bytes().all(is_tchar) {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name:?} is not a valid cookie name: use ASCII letters, digits and \
-             !#$%&'*+-.^_`|~ only (no spaces, '=', ';' or other separators)"
-        ))
-    }
-}
-
-fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -408,7 +314,7 @@ fn seal_token(key: &StickyKey, backend: &str, expiry: u64) -> Option<String> {
     raw.push(addr_len);
     raw.extend_from_slice(backend.as_bytes());
     raw.extend_from_slice(&expiry.to_be_bytes());
-    let tag = hmac::sign(&key.0, &raw);
+    let tag = hmac::sign(key.hmac(), &raw);
     raw.extend_from_slice(tag.as_ref());
     Some(URL_SAFE_NO_PAD.encode(raw))
 }
@@ -426,7 +332,7 @@ fn open_token(key: &StickyKey, token: &[u8], now: u64) -> Option<String> {
         return None;
     }
     let (signed, tag) = raw.split_at(2 + addr_len + 8);
-    hmac::verify(&key.0, signed, tag).ok()?;
+    hmac::verify(key.hmac(), signed, tag).ok()?;
     let (addr, expiry) = signed[2..].split_at(addr_len);
     let expiry = u64::from_be_bytes(expiry.try_into().ok()?);
     if expiry <= now {
@@ -629,6 +535,7 @@ fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     const MINUTES_30: Duration = Duration::from_secs(30 * 60);
 
@@ -795,7 +702,7 @@ mod tests {
         };
         let mut v2 = raw[..raw.len() - TAG_LEN].to_vec();
         v2[0] = 2;
-        let tag = hmac::sign(&key.0, &v2);
+        let tag = hmac::sign(key.hmac(), &v2);
         v2.extend_from_slice(tag.as_ref());
         assert_eq!(pinned_with(&s, &URL_SAFE_NO_PAD.encode(&v2), t0()), None);
     }
