@@ -19,7 +19,7 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
 use crate::balance::Balancer;
-use crate::config::{BackendVerify, CheckKind, HealthCheck};
+use crate::config::{CheckKind, HealthCheck};
 
 /// Starts one checking task per backend on the current runtime. `changed` is notified after
 /// every health transition (the data plane rewrites the group's Maglev ring then). Aborting
@@ -157,7 +157,7 @@ where
 /// Checks ask "does it answer", not "is it who it claims": certificates are not verified
 /// (handshake signatures still are), as cloud load balancers' checks do.
 fn insecure_tls() -> Result<ClientConfig, rustls::Error> {
-    let mut config = crate::proxy::client::client_tls(&BackendVerify::Insecure)?;
+    let mut config = crate::tls::client::client_config(None)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }

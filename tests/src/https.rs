@@ -231,7 +231,7 @@ pub async fn connect_unverified(addr: SocketAddr, sni: &str) -> Result<Vec<u8>, 
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .dangerous()
-        .with_custom_certificate_verifier(edgelb::proxy::client::accept_any_certificate(provider))
+        .with_custom_certificate_verifier(edgelb::tls::client::accept_any_certificate(provider))
         .with_no_client_auth();
     let tls = connect(addr, sni, Arc::new(config)).await?;
     Ok(session(&tls).peer_cert)

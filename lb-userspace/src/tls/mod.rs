@@ -1,6 +1,7 @@
 //! TLS termination: certificates (default and per server name), client certificate
 //! verification, security policies, ALPN, and the rustls configuration built from them.
 pub mod certs;
+pub mod client;
 pub mod policy;
 pub mod sni;
 
