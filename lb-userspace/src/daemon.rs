@@ -16,6 +16,7 @@ use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
 use crate::metrics::Metrics;
 use crate::nexthop::{NextHops, Watch};
 use crate::node::{GroupRuntime, Node};
+use crate::reloads::Reloads;
 use crate::workers::{self, Workers};
 
 /// Why the daemon could not start. Usage errors (the flags ask for something this host cannot
@@ -124,6 +125,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     // one is missing, and now and then in case an announcement was lost.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
+    let (mut reloads, mut reads) = Reloads::new(args);
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
@@ -145,11 +147,14 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                     node.write_l4_groups(dp, &hops);
                 }
             }
-            _ = sighup.recv() => {
-                let _ = reload_logged("SIGHUP", args, &mut node, dataplane.as_mut(), &mut hops, &admin_state);
-            }
-            Some(reply) = reload_rx.recv() => {
-                let _ = reply.send(reload_logged("POST /reload", args, &mut node, dataplane.as_mut(), &mut hops, &admin_state));
+            _ = sighup.recv() => reloads.request("SIGHUP", None),
+            Some(reply) = reload_rx.recv() => reloads.request("POST /reload", Some(reply)),
+            Some(read) = reads.recv() => {
+                let result = reload_logged(read.why, read.config, &mut node, dataplane.as_mut(), &mut hops, &admin_state);
+                for waiter in read.waiting {
+                    let _ = waiter.send(result.clone());
+                }
+                reloads.finished();
             }
         }
     }
@@ -306,13 +311,13 @@ fn refresh_next_hops(hops: &mut NextHops, node: &Node, dataplane: Option<&mut Da
 
 fn reload_logged(
     why: &str,
-    args: &RunArgs,
+    fresh: Result<Config, String>,
     node: &mut Node,
     dataplane: Option<&mut Dataplane>,
     hops: &mut NextHops,
     admin: &AdminState,
 ) -> Result<(), String> {
-    let result = reload(args, node, dataplane, hops);
+    let result = fresh.and_then(|fresh| reload(fresh, node, dataplane, hops));
     match &result {
         Ok(()) => {
             admin.metrics.reloaded();
@@ -328,15 +333,15 @@ fn reload_logged(
     result
 }
 
-/// Reads the flags' files and the config file again and swaps in what they say. Everything
-/// is built and checked before anything is swapped, so a bad file changes nothing.
+/// Swaps in a configuration read again from the flags' files and the config file (off this
+/// thread, by `Reloads`). Everything is built and checked before anything is swapped, so a
+/// bad file changes nothing.
 fn reload(
-    args: &RunArgs,
+    fresh: Config,
     node: &mut Node,
     dataplane: Option<&mut Dataplane>,
     hops: &mut NextHops,
 ) -> Result<(), String> {
-    let fresh = Config::from_args(args).map_err(|e| e.to_string())?;
     for w in fresh.warnings(crate::config::fd_limit()) {
         tracing::warn!("reload: {w}");
     }

@@ -16,6 +16,7 @@ pub mod nexthop;
 pub mod node;
 pub mod privilege;
 pub mod proxy;
+pub mod reloads;
 pub mod rules;
 pub mod server;
 pub mod status;

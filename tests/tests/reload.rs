@@ -129,3 +129,54 @@ async fn an_ip_group_file_change_takes_effect_on_reload() {
         "a bad reload changed access control"
     );
 }
+
+/// A reload reads its files (here 2,000 certificates) off the thread that serves the admin
+/// endpoint and the health checks: /healthz keeps answering while the files are read, rather
+/// than waiting for the reload to finish.
+#[tokio::test]
+async fn a_slow_reload_does_not_hold_up_the_admin_endpoint() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let admin = edgelb_tests::listener::free_addr().to_string();
+    let (cert, key) = (s.server.cert.display(), s.server.key.display());
+    let sni: Vec<String> = (0..2000)
+        .map(|i| format!("d{i}.example.com={cert}:{key}"))
+        .collect();
+    let mut args = vec!["--backend", &be, "--admin", &admin];
+    for value in &sni {
+        args.extend(["--sni-cert", value]);
+    }
+    let (lb, _addr) = s.start(&args);
+    let healthz = |admin: &str| {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(admin).ok()?;
+        c.write_all(b"GET /healthz HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        c.read_to_string(&mut text).ok()?;
+        text.starts_with("HTTP/1.0 200").then_some(())
+    };
+    assert!(healthz(&admin).is_some(), "/healthz before the reload");
+    lb.signal(Signal::SIGHUP);
+    let mut answered = 0;
+    let mut reloaded = false;
+    for _ in 0..2000 {
+        if lb.log().contains("configuration and certificates reloaded") {
+            reloaded = true;
+            break;
+        }
+        let admin = admin.clone();
+        if tokio::task::spawn_blocking(move || healthz(&admin))
+            .await
+            .expect("healthz task")
+            .is_some()
+        {
+            answered += 1;
+        }
+    }
+    assert!(reloaded, "{}", lb.log());
+    assert!(
+        answered >= 3,
+        "/healthz answered {answered} times while 2,000 certificates were read"
+    );
+}

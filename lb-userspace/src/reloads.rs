@@ -1,0 +1,76 @@
+//! Reloads read their files off the main thread. Reading and checking a configuration (2,000
+//! certificates take about a second) is blocking work; on the main thread it would hold up
+//! what shares that thread: health checks, the admin endpoint, next-hop refreshes. The read
+//! runs on tokio's blocking pool; the main thread, which owns the running node and the data
+//! plane, only swaps in the result. Requests that arrive during a read are served by one more
+//! read after it (their files may have changed after the first one began).
+use tokio::sync::{mpsc, oneshot};
+
+use crate::cli::RunArgs;
+use crate::config::Config;
+
+/// Who asked for a reload and waits for its outcome (POST /reload; a signal waits for none).
+pub type Waiter = oneshot::Sender<Result<(), String>>;
+
+/// A finished read: why it was asked for, the configuration or why it was refused, and who
+/// waits for the outcome of applying it.
+pub struct Read {
+    pub why: &'static str,
+    pub config: Result<Config, String>,
+    pub waiting: Vec<Waiter>,
+}
+
+pub struct Reloads {
+    args: RunArgs,
+    done_tx: mpsc::UnboundedSender<Read>,
+    reading: bool,
+    /// Asked for while a read was running: served by the next one.
+    queued: Option<(&'static str, Vec<Waiter>)>,
+}
+
+impl Reloads {
+    /// The reads' results arrive on the returned receiver, one per read.
+    pub fn new(args: &RunArgs) -> (Self, mpsc::UnboundedReceiver<Read>) {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let reloads = Reloads {
+            args: args.clone(),
+            done_tx,
+            reading: false,
+            queued: None,
+        };
+        (reloads, done_rx)
+    }
+
+    /// Starts a read now, or after the running one.
+    pub fn request(&mut self, why: &'static str, waiter: Option<Waiter>) {
+        if self.reading {
+            let (_, waiting) = self.queued.get_or_insert((why, Vec::new()));
+            waiting.extend(waiter);
+        } else {
+            self.start(why, waiter.into_iter().collect());
+        }
+    }
+
+    /// Called once a read's result was applied: starts the queued read, if any.
+    pub fn finished(&mut self) {
+        self.reading = false;
+        if let Some((why, waiting)) = self.queued.take() {
+            self.start(why, waiting);
+        }
+    }
+
+    fn start(&mut self, why: &'static str, waiting: Vec<Waiter>) {
+        self.reading = true;
+        let args = self.args.clone();
+        let done = self.done_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let config = Config::from_args(&args).map_err(|e| e.to_string());
+            // The receiver lives as long as the main loop; after it, nobody waits.
+            let _ = done.send(Read {
+                why,
+                config,
+                waiting,
+            });
+        });
+    }
+}
