@@ -1,10 +1,10 @@
-//! The command line: any arguments (one per line) parse or are refused with an error, and a
+//! The command line: any arguments (one per line) parse or are refused with a one-line error, and a
 //! parsed run configuration validates or is refused: never a panic or a hang. Arguments with
 //! a `/` are left out so that the fuzzer names no file outside the working directory.
 #![no_main]
-use clap::Parser;
-use edgelb::cli::{Cli, Command};
+use edgelb::cli::Command;
 use edgelb::config::Config;
+use edgelb::usage;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,8 +15,14 @@ fuzz_target!(|data: &[u8]| {
     if args.iter().any(|a| a.contains('/')) {
         return;
     }
-    let Ok(cli) = Cli::try_parse_from(&args) else {
-        return;
+    // As the binary parses: explicit flags recorded, a refusal rendered as one line.
+    let cli = match usage::parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let (text, _, _) = usage::report(&e);
+            assert!(!text.is_empty());
+            return;
+        }
     };
     match &cli.command {
         Some(Command::Check(run)) => {

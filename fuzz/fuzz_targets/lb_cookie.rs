@@ -1,26 +1,28 @@
 //! Sticky-session cookies from clients are untrusted: any Cookie header is read without a
 //! panic, and only a cookie this node sealed pins a client (to exactly the backend sealed in).
 #![no_main]
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use edgelb::proxy::sticky::{StickTable, Stickiness, StickyKey};
+use edgelb::proxy::sticky::{Stickiness, Sticky, StickyKey};
 use hyper::HeaderMap;
 use hyper::header::{COOKIE, HeaderValue, SET_COOKIE};
 use libfuzzer_sys::fuzz_target;
 
-fn sticky() -> &'static (Stickiness, Stickiness) {
-    static S: OnceLock<(Stickiness, Stickiness)> = OnceLock::new();
+fn sticky() -> &'static (Sticky, Sticky) {
+    static S: OnceLock<(Sticky, Sticky)> = OnceLock::new();
     S.get_or_init(|| {
         let key = StickyKey::generate().expect("a random key");
         let duration = Duration::from_secs(1200);
         (
-            Stickiness::LbCookie { key, duration },
-            Stickiness::AppCookie {
-                name: "SID".into(),
-                duration,
-                table: StickTable::new(1000),
-            },
+            Sticky::new(Arc::new(Stickiness::LbCookie { key, duration }), None),
+            Sticky::new(
+                Arc::new(Stickiness::AppCookie {
+                    name: "SID".into(),
+                    duration,
+                }),
+                None,
+            ),
         )
     })
 }
