@@ -6,6 +6,37 @@ use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::prctl;
 use nix::unistd::{self, Gid, Uid};
 
+/// Why `--user` cannot be looked up or switched to. OS errors keep their errno.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PrivilegeError {
+    #[error("not a user name")]
+    BadName,
+    #[error("no such user on this host")]
+    NoSuchUser,
+    #[error("cannot read the user database: {0}")]
+    Database(nix::Error),
+    /// A system call of the switch (`setuid(65534)`, ...) and its errno.
+    #[error("{call}: {errno}")]
+    Call { call: String, errno: nix::Error },
+    #[error("keeping {keep}: {reason}")]
+    Capabilities { keep: String, reason: String },
+}
+
+impl PrivilegeError {
+    fn call(call: impl Into<String>) -> impl FnOnce(nix::Error) -> Self {
+        let call = call.into();
+        move |errno| PrivilegeError::Call { call, errno }
+    }
+
+    /// The OS error, if the failure was one.
+    pub fn errno(&self) -> Option<nix::Error> {
+        match self {
+            PrivilegeError::Database(e) | PrivilegeError::Call { errno: e, .. } => Some(*e),
+            _ => None,
+        }
+    }
+}
+
 /// The user edgelb switches to.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct User {
@@ -16,9 +47,9 @@ pub struct User {
 
 impl User {
     /// Looks `name` up in the user database.
-    pub fn lookup(name: &str) -> Result<User, String> {
+    pub fn lookup(name: &str) -> Result<User, PrivilegeError> {
         if name.contains('\0') {
-            return Err("not a user name".to_string());
+            return Err(PrivilegeError::BadName);
         }
         match unistd::User::from_name(name) {
             Ok(Some(pw)) => Ok(User {
@@ -26,8 +57,8 @@ impl User {
                 uid: pw.uid,
                 gid: pw.gid,
             }),
-            Ok(None) => Err("no such user on this host".to_string()),
-            Err(e) => Err(format!("cannot read the user database: {e}")),
+            Ok(None) => Err(PrivilegeError::NoSuchUser),
+            Err(e) => Err(PrivilegeError::Database(e)),
         }
     }
 }
@@ -65,20 +96,23 @@ fn kernel_before(major: u32, minor: u32) -> bool {
 /// Switches the whole process to `user` (supplementary groups dropped), keeping `keep` on the
 /// calling thread only. glibc applies setuid to every thread; the kernel then clears the
 /// capabilities of each thread that did not ask to keep them.
-pub fn drop_to(user: &User, keep: &CapsHashSet) -> Result<(), String> {
-    prctl::set_keepcaps(true).map_err(|e| format!("prctl(PR_SET_KEEPCAPS): {e}"))?;
-    unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
-    unistd::setgid(user.gid).map_err(|e| format!("setgid({}): {e}", user.gid))?;
-    unistd::setuid(user.uid).map_err(|e| format!("setuid({}): {e}", user.uid))?;
+pub fn drop_to(user: &User, keep: &CapsHashSet) -> Result<(), PrivilegeError> {
+    prctl::set_keepcaps(true).map_err(PrivilegeError::call("prctl(PR_SET_KEEPCAPS)"))?;
+    unistd::setgroups(&[]).map_err(PrivilegeError::call("setgroups"))?;
+    unistd::setgid(user.gid).map_err(PrivilegeError::call(format!("setgid({})", user.gid)))?;
+    unistd::setuid(user.uid).map_err(PrivilegeError::call(format!("setuid({})", user.uid)))?;
     // The switch is done: the flag only mattered across setuid, and is cleared as before
     // (its failure would change nothing this process does next).
     let _ = prctl::set_keepcaps(false);
     caps::set(None, CapSet::Inheritable, &CapsHashSet::new())
         .and_then(|()| caps::set(None, CapSet::Permitted, keep))
         .and_then(|()| caps::set(None, CapSet::Effective, keep))
-        .map_err(|e| format!("keeping {keep:?}: {e}"))?;
+        .map_err(|e| PrivilegeError::Capabilities {
+            keep: format!("{keep:?}"),
+            reason: e.to_string(),
+        })?;
     // Nothing this process may start later can gain privileges back.
-    prctl::set_no_new_privs().map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
+    prctl::set_no_new_privs().map_err(PrivilegeError::call("prctl(PR_SET_NO_NEW_PRIVS)"))?;
     Ok(())
 }
 
@@ -89,7 +123,16 @@ mod tests {
     #[test]
     fn users_are_looked_up() {
         assert_eq!(User::lookup("root").map(|u| u.uid), Ok(Uid::from_raw(0)));
-        assert!(User::lookup("no-such-user-here").is_err());
-        assert!(User::lookup("bad\0name").is_err());
+        assert_eq!(
+            User::lookup("no-such-user-here"),
+            Err(PrivilegeError::NoSuchUser)
+        );
+        assert_eq!(User::lookup("bad\0name"), Err(PrivilegeError::BadName));
+        let e = PrivilegeError::call("setuid(65534)")(nix::Error::EPERM);
+        assert_eq!(e.errno(), Some(nix::Error::EPERM));
+        assert_eq!(
+            e.to_string(),
+            "setuid(65534): EPERM: Operation not permitted"
+        );
     }
 }

@@ -548,7 +548,7 @@ fn readable_private_keys_are_refused_unless_allowed() {
 #[test]
 fn usage_errors_are_one_line_and_flags_take_the_files_words() {
     let f = files();
-    let refused: [(&[&str], &str); 6] = [
+    let refused: [(&[&str], &str); 7] = [
         (
             &["--http2", "maybe"],
             "edgelb: error: --http2 \"maybe\": expected one of: on, off",
@@ -562,6 +562,10 @@ fn usage_errors_are_one_line_and_flags_take_the_files_words() {
             "edgelb: error: \"--bogus\": no such flag (edgelb --help lists them)",
         ),
         (&["--hc-port"], "edgelb: error: --hc-port: needs a value"),
+        (
+            &["--user", "no-such-user-here"],
+            "edgelb: error: --user \"no-such-user-here\": no such user on this host",
+        ),
         (
             &["--rule", "path-regex=([;action=forward"],
             "edgelb: error: --rule \"path-regex=([;action=forward\": path-regex \"([\": not a \

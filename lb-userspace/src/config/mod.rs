@@ -574,7 +574,7 @@ fn ops(args: &RunArgs) -> Result<OpsConfig, ConfigError> {
             .user
             .as_deref()
             .map(|name| {
-                User::lookup(name).map_err(|problem| ConfigError::new("--user", name, problem))
+                User::lookup(name).map_err(|e| ConfigError::new("--user", name, e.to_string()))
             })
             .transpose()?,
     })
