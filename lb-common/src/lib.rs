@@ -130,9 +130,20 @@ pub const fn v4_mapped(v4: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// Whether `v6` starts with the IPv4-mapped prefix `::ffff:`. Compared as two words rather
+/// than twelve bytes: in the XDP program the address sits in an 8-aligned flow key, and this
+/// is two loads on the path of every frame.
+#[inline(always)]
+pub const fn is_v4_mapped(v6: &[u8; 16]) -> bool {
+    let head = u64::from_ne_bytes([v6[0], v6[1], v6[2], v6[3], v6[4], v6[5], v6[6], v6[7]]);
+    let mid = u32::from_be_bytes([v6[8], v6[9], v6[10], v6[11]]);
+    head == 0 && mid == 0xffff
+}
+
 /// The IPv4 address inside an IPv4-mapped IPv6 address, if it is one.
-pub fn v4_unmapped(v6: &[u8; 16]) -> Option<[u8; 4]> {
-    if v6[..10] == [0; 10] && v6[10] == 0xff && v6[11] == 0xff {
+#[inline(always)]
+pub const fn v4_unmapped(v6: &[u8; 16]) -> Option<[u8; 4]> {
+    if is_v4_mapped(v6) {
         Some([v6[12], v6[13], v6[14], v6[15]])
     } else {
         None

@@ -59,16 +59,18 @@ const V4_MAPPED_STATE: u32 = mix_block(
 /// The state after the 16 address bytes.
 #[inline(always)]
 const fn address_state(addr: &[u8; 16]) -> u32 {
-    let head = u64::from_le_bytes([
-        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-    ]);
-    let third = u32::from_le_bytes([addr[8], addr[9], addr[10], addr[11]]);
-    let h = if head == 0 && third == u32::from_le_bytes([0, 0, 0xff, 0xff]) {
+    let h = if crate::is_v4_mapped(addr) {
         V4_MAPPED_STATE
     } else {
-        let h = mix_block(SOURCE_SEED, head as u32);
-        let h = mix_block(h, (head >> 32) as u32);
-        mix_block(h, third)
+        let h = mix_block(
+            SOURCE_SEED,
+            u32::from_le_bytes([addr[0], addr[1], addr[2], addr[3]]),
+        );
+        let h = mix_block(h, u32::from_le_bytes([addr[4], addr[5], addr[6], addr[7]]));
+        mix_block(
+            h,
+            u32::from_le_bytes([addr[8], addr[9], addr[10], addr[11]]),
+        )
     };
     mix_block(
         h,

@@ -25,7 +25,7 @@ use lb_common::{
     ListenerInfo, ListenerKey, MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_FLOWS, MAX_FRAGS,
     MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_LISTENERS, MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk,
     NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS, PortListeners, STATS_SLOTS, TAIL_ICMP,
-    TAIL_SLOTS, acl, port_slot,
+    TAIL_SLOTS, acl, port_slot, v4_unmapped,
 };
 
 #[map(name = "LISTENERS")]
@@ -268,7 +268,7 @@ pub(crate) fn admitted(info: &ListenerInfo, src: &[u8; 16]) -> bool {
         return true;
     }
     // An IPv4-mapped source is an IPv4 client, whichever family the frame is.
-    let listed = match mapped_v4(src) {
+    let listed = match v4_unmapped(src) {
         Some(addr) => {
             let data = AclV4 {
                 listener_id: info.id.to_be_bytes(),
@@ -293,17 +293,6 @@ pub(crate) fn admitted(info: &ListenerInfo, src: &[u8; 16]) -> bool {
     } else {
         !listed
     }
-}
-
-/// The IPv4 address of an IPv4-mapped one, compared as two words (the key is 8-aligned)
-/// rather than twelve bytes.
-#[inline(always)]
-fn mapped_v4(addr: &[u8; 16]) -> Option<[u8; 4]> {
-    let head = u64::from_ne_bytes([
-        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-    ]);
-    let mid = u32::from_be_bytes([addr[8], addr[9], addr[10], addr[11]]);
-    (head == 0 && mid == 0xffff).then_some([addr[12], addr[13], addr[14], addr[15]])
 }
 
 #[inline(always)]

@@ -40,7 +40,8 @@ impl StartError {
 
 pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     let fd_limit = raise_fd_limit();
-    for w in config.warnings(crate::config::fd_limit()) {
+    // The limit just raised (0: unknown).
+    for w in config.warnings((fd_limit > 0).then_some(fd_limit)) {
         tracing::warn!("{w}");
     }
     let worker_count = workers::default_count();

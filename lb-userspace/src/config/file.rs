@@ -48,7 +48,7 @@ pub struct FileConfig {
     pub groups: Vec<FileGroup>,
 }
 
-const GLOBAL_KEYS: &[&str] = &[
+pub(super) const GLOBAL_KEYS: &[&str] = &[
     "admin",
     "admin_allow_remote",
     "drain_timeout",

@@ -454,28 +454,15 @@ fn add_group(
     Ok(())
 }
 
-/// Flags that are the node's, not a listener's or a group's: they apply with `--config` alone.
-const NODE_FLAGS: [&str; 10] = [
-    "--config",
-    "--xdp-iface",
-    "--xdp-mode",
-    "--admin",
-    "--admin-allow-remote",
-    "--drain-timeout",
-    "--user",
-    "--allow-readable-keys",
-    "--access-log",
-    "--log-format",
-];
-
 /// With `--config` and no `--listen`, the flags of a listener and its group have nothing to
 /// apply to: refused, never ignored.
 fn unused_listener_flags(args: &RunArgs) -> Result<(), ConfigError> {
-    match args
-        .explicit
-        .iter()
-        .find(|(flag, _)| !NODE_FLAGS.contains(&flag.as_str()))
-    {
+    // The node's own flags are the file's top-level keys, plus the two a file cannot set.
+    let node_flag = |flag: &str| {
+        matches!(flag, "--config" | "--log-format")
+            || file::GLOBAL_KEYS.contains(&error::file_key(flag, false).as_str())
+    };
+    match args.explicit.iter().find(|(flag, _)| !node_flag(flag)) {
         Some((flag, value)) => Err(ConfigError::new(
             flag.clone(),
             value.clone(),
