@@ -18,21 +18,21 @@ impl ConfigError {
     pub fn new(
         key: impl Into<Cow<'static, str>>,
         value: impl Into<String>,
-        problem: impl Into<String>,
+        problem: impl ToString,
     ) -> Self {
         ConfigError {
             key: key.into(),
             value: Some(value.into()),
-            problem: problem.into(),
+            problem: problem.to_string(),
             location: None,
         }
     }
 
-    pub fn missing(key: impl Into<Cow<'static, str>>, problem: impl Into<String>) -> Self {
+    pub fn missing(key: impl Into<Cow<'static, str>>, problem: impl ToString) -> Self {
         ConfigError {
             key: key.into(),
             value: None,
-            problem: problem.into(),
+            problem: problem.to_string(),
             location: None,
         }
     }
