@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use edgelb::cli::RunArgs;
-use edgelb::config::Config;
+use edgelb::config::spec::{GroupSpec, ListenerSpec, NodeSpec};
+use edgelb::config::{Config, Flags};
 use libfuzzer_sys::fuzz_target;
 
 fn scratch() -> &'static PathBuf {
@@ -23,11 +23,14 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::write(&file, data).is_err() {
         return;
     }
-    let Ok(mut args) = RunArgs::defaults() else {
-        return;
+    let flags = Flags {
+        file: Some(&file),
+        listener: &ListenerSpec::default(),
+        group: &GroupSpec::default(),
+        node: &NodeSpec::default(),
+        given: &[],
     };
-    args.config = Some(file);
-    if let Ok(config) = Config::from_args(&args) {
+    if let Ok(config) = Config::from_flags(&flags) {
         // What `check` prints must be printable.
         let _ = config.to_string();
     }

@@ -26,10 +26,10 @@ fuzz_target!(|data: &[u8]| {
     };
     match &cli.command {
         Some(Command::Check(run)) => {
-            let _ = Config::from_args(run);
+            let _ = Config::from_flags(&run.flags());
         }
         None => {
-            let _ = Config::from_args(&cli.run);
+            let _ = Config::from_flags(&cli.run.flags());
         }
         _ => {}
     }

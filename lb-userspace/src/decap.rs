@@ -24,7 +24,8 @@ use lb_common::{
 };
 use tracing::{info, warn};
 
-use crate::config::{ConfigError, cidr};
+use crate::config::ConfigError;
+use crate::config::values::{Cidr, TextValue};
 use crate::dataplane::{AttachMode, DataplaneError, error_chain, missing};
 
 /// The loaded decap program, its VIPs, its trusted sources and where it is attached.
@@ -256,7 +257,11 @@ pub fn parse_args(iface: &str, vips: &[String], from: &[String]) -> Result<Decap
     }
     let mut sources = from
         .iter()
-        .map(|f| cidr("--from", f))
+        .map(|f| {
+            Cidr::parse(f)
+                .map(|c| c.0)
+                .map_err(|problem| ConfigError::new("--from", f.trim(), problem))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     sources.sort();
     sources.dedup();

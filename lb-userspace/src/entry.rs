@@ -20,7 +20,7 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Some(Command::Check(args)) => match Config::from_args(&args) {
+        Some(Command::Check(args)) => match Config::from_flags(&args.flags()) {
             Ok(config) => {
                 for w in config.warnings(crate::config::fd_limit()) {
                     eprintln!("edgelb: warning: {w}");
@@ -47,7 +47,7 @@ pub fn main() -> ExitCode {
                     .init(),
             }
             no_huge_pages();
-            let config = match Config::from_args(&cli.run) {
+            let config = match Config::from_flags(&cli.run.flags()) {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e),
             };

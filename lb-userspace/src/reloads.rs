@@ -64,7 +64,7 @@ impl Reloads {
         let args = self.args.clone();
         let done = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let config = Config::from_args(&args).map_err(|e| e.to_string());
+            let config = Config::from_flags(&args.flags()).map_err(|e| e.to_string());
             // The receiver lives as long as the main loop; after it, nobody waits.
             let _ = done.send(Read {
                 why,

@@ -175,9 +175,9 @@ mod tests {
             "--drain-timeout",
             "10",
             "--backend",
-            "a",
+            "10.0.0.1:80",
             "--backend",
-            "b",
+            "10.0.0.2:80",
         ])
         .expect("parses");
         assert!(cli.run.given("--drain-timeout"));
@@ -185,7 +185,7 @@ mod tests {
         assert!(
             cli.run
                 .explicit
-                .contains(&("--backend".into(), "a b".into()))
+                .contains(&("--backend".into(), "10.0.0.1:80 10.0.0.2:80".into()))
         );
         let cli = parse_from(["edgelb", "check", "--access-log"]).expect("parses");
         let Some(Command::Check(run)) = cli.command else {

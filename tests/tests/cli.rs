@@ -624,9 +624,30 @@ fn flags_next_to_a_config_file_apply_or_are_refused() {
          [[listener]]\nlisten = \"127.0.0.1:18443\"\nprotocol = \"http\"\ngroup = \"g\"\n",
     );
     let config = file.display().to_string();
+    // Valid values: refused because nothing takes them. An invalid one is refused sooner,
+    // by the flag's own parser (the same one that reads the file's key).
+    for (extra, expected) in [
+        (
+            vec!["--idle-timeout", "99999"],
+            "edgelb: error: --idle-timeout \"99999\": must be a whole number of seconds, 0-4000",
+        ),
+        (
+            vec!["--backend", "garbage"],
+            "edgelb: error: --backend \"garbage\": expected ADDR:PORT[,weight=N], e.g. 10.0.1.5:8080,weight=3",
+        ),
+    ] {
+        let mut args = vec!["check", "--config", &config];
+        args.extend(extra.iter().copied());
+        let out = run(&args);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), expected);
+    }
     for (extra, flag) in [
-        (vec!["--idle-timeout", "99999"], "--idle-timeout \"99999\""),
-        (vec!["--backend", "garbage"], "--backend \"garbage\""),
+        (vec!["--idle-timeout", "99"], "--idle-timeout \"99\""),
+        (
+            vec!["--backend", "127.0.0.1:30081"],
+            "--backend \"127.0.0.1:30081\"",
+        ),
         (vec!["--http2", "off"], "--http2 \"off\""),
     ] {
         let mut args = vec!["check", "--config", &config];

@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 /// What a check does: nothing, a TCP connect, or a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum CheckKind {
     Off,
     Tcp,

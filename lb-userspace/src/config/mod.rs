@@ -6,7 +6,10 @@ mod file;
 mod health_check;
 mod parse;
 mod rule_flag;
+mod rule_table;
+pub mod spec;
 mod sticky;
+pub mod values;
 mod warnings;
 
 pub use health_check::{CheckKind, HealthCheck};
@@ -25,16 +28,16 @@ use rustls::RootCertStore;
 
 use crate::acl::{AccessControl, AclMode};
 use crate::balance::Algorithm;
-use crate::cli::{
-    AccessControlArg, AlgorithmArg, BackendProtocolArg, HealthCheckArg, OnOff, ProtocolArg,
-    RunArgs, SslAuthArg, StickyArg, XdpModeArg,
-};
 use crate::privilege::User;
 use crate::rules::{Action, RuleSet, RuleSpec};
 use crate::tls::certs::{CertError, PairFile, check_private, load_ca_bundle, load_certified_key};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
-pub(crate) use parse::cidr;
+use spec::{GroupSpec, ListenerSpec, NodeSpec};
+pub use values::Backend;
+use values::{
+    AccessControlArg, AlgorithmArg, BackendProtocolArg, LbIp, OnOff, SslAuthArg, StickyArg,
+};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -59,7 +62,7 @@ pub struct OpsConfig {
     pub user: Option<User>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum FrontendProtocol {
     Https,
     Http,
@@ -169,13 +172,6 @@ pub struct GroupConfig {
     pub flow_idle: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Backend {
-    pub addr: SocketAddr,
-    /// 0-100; 0 receives no new requests.
-    pub weight: u8,
-}
-
 #[derive(Clone, Debug)]
 pub enum BackendProtocol {
     Http,
@@ -199,11 +195,15 @@ impl std::fmt::Debug for BackendVerify {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpMode {
+    /// Native XDP, falling back to generic (skb) mode with a warning.
     Auto,
+    /// Native (driver) mode only: refuse to start if the driver cannot.
     Native,
+    /// Generic mode: any interface, after the kernel has allocated the packet.
     Skb,
+    /// No XDP: access control is enforced on accept only.
     Off,
 }
 
@@ -231,21 +231,33 @@ impl XdpConfig {
     }
 }
 
+/// The command line as the configuration reads it: the file, the flags of one listener, its
+/// group and the node, and which flags were typed (the rest are at their defaults).
+pub struct Flags<'a> {
+    pub file: Option<&'a std::path::Path>,
+    pub listener: &'a ListenerSpec,
+    pub group: &'a GroupSpec,
+    pub node: &'a NodeSpec,
+    /// The flags given on the command line and their values as typed, in `--help` order.
+    pub given: &'a [(String, String)],
+}
+
+impl Flags<'_> {
+    fn given(&self, flag: &str) -> bool {
+        self.given.iter().any(|(f, _)| f == flag)
+    }
+}
+
 impl Config {
-    /// Validates every flag, and the config file when `--config` names one, and loads every
+    /// Validates the flags, and the config file when `--config` names one, and loads every
     /// file they name. The file's listeners come first; flags add one listener on top.
-    pub fn from_args(args: &RunArgs) -> Result<Config, ConfigError> {
-        let defaults =
-            RunArgs::defaults().map_err(|problem| ConfigError::missing("edgelb", problem))?;
-        let file = args
-            .config
-            .as_deref()
-            .map(|path| file::load(path, &defaults))
-            .transpose()?;
-        if file.is_some() && args.listen.is_none() {
-            unused_listener_flags(args)?;
+    pub fn from_flags(flags: &Flags) -> Result<Config, ConfigError> {
+        let file = flags.file.map(file::load).transpose()?;
+        let with_listener = flags.listener.listen.is_some();
+        if file.is_some() && !with_listener {
+            unused_listener_flags(flags)?;
         }
-        let mut node = args.clone();
+        let mut node = flags.node.clone();
         let mut groups: Vec<GroupConfig> = Vec::new();
         let mut listeners = Vec::new();
         // Where each listener and group came from: a file table, or None for the flags.
@@ -253,11 +265,11 @@ impl Config {
         let mut group_at: Vec<Option<String>> = Vec::new();
         if let Some(file) = &file {
             let at = format!("{}: top level", file.path.display());
-            xdp(&file.globals).map_err(|e| e.in_file(at.clone(), false))?;
-            ops(&file.globals).map_err(|e| e.in_file(at, false))?;
-            merge_globals(&mut node, &file.globals);
+            xdp(&file.node).map_err(|e| e.in_file(at.clone(), false))?;
+            ops(&file.node).map_err(|e| e.in_file(at, false))?;
+            merge_node(&mut node, &file.node, flags);
             for g in &file.groups {
-                let group = group(&g.args).map_err(|e| e.in_file(g.location.clone(), true))?;
+                let group = group(&g.spec).map_err(|e| e.in_file(g.location.clone(), true))?;
                 add_group(&mut groups, group, || g.location.clone())?;
                 group_at.push(Some(g.location.clone()));
             }
@@ -275,7 +287,7 @@ impl Config {
                         ))
                     })?;
                 let mut shared = Vec::new();
-                for name in &l.ip_groups {
+                for name in &l.spec.ip_groups {
                     let prefixes = ip_groups.get(name).ok_or_else(|| {
                         in_file(ConfigError::new(
                             "ip_groups",
@@ -285,6 +297,13 @@ impl Config {
                     })?;
                     shared.extend(prefixes.iter().copied());
                 }
+                let specs = l
+                    .spec
+                    .rule_tables
+                    .iter()
+                    .enumerate()
+                    .map(|(n, t)| rule_table::spec(t, n, &l.group, &l.location))
+                    .collect::<Result<Vec<_>, _>>()?;
                 // `FILE: listener "web": rule "api": path_regex = "([": not a valid regex`.
                 let rule_error = |e: crate::rules::RuleError| {
                     ConfigError::new(
@@ -293,38 +312,33 @@ impl Config {
                         e.problem,
                     )
                 };
-                let listener = listener(
-                    &l.args,
-                    default,
-                    &groups,
-                    shared,
-                    l.rules.clone(),
-                    &rule_error,
-                )
-                .map_err(in_file)?;
+                let listener = listener(&l.spec, default, &groups, shared, specs, &rule_error)
+                    .map_err(in_file)?;
                 listeners.push(listener);
                 listener_at.push(Some(l.location.clone()));
             }
         }
-        if file.is_none() || args.listen.is_some() {
+        if file.is_none() || with_listener {
+            let (args, group_args) = (flags.listener, flags.group);
             let default = match &file {
                 // With a file, a flag listener without --backend uses the file's group of
                 // that name.
-                Some(_) if args.backends.is_empty() => {
-                    groups.iter().position(|g| g.name == args.group_name).ok_or_else(|| {
+                Some(_) if group_args.backend.is_empty() => groups
+                    .iter()
+                    .position(|g| g.name == group_args.group_name.0)
+                    .ok_or_else(|| {
                         ConfigError::new(
                             "--group-name",
-                            &args.group_name,
+                            &group_args.group_name.0,
                             format!(
                                 "give --backend for the listener of --listen, or name a group of the config file ({})",
                                 names(&groups)
                             ),
                         )
-                    })?
-                }
+                    })?,
                 _ => {
                     // The listener's own flags are reported first, in the order of --help.
-                    let group = group(args).or_else(|e| {
+                    let group = group(group_args).or_else(|e| {
                         frontend(args)?;
                         Err(e)
                     })?;
@@ -374,7 +388,7 @@ impl Config {
             groups,
             xdp,
             ops: ops(&node)?,
-            file: args.config.clone(),
+            file: flags.file.map(std::path::Path::to_path_buf),
         })
     }
 
@@ -456,13 +470,18 @@ fn add_group(
 
 /// With `--config` and no `--listen`, the flags of a listener and its group have nothing to
 /// apply to: refused, never ignored.
-fn unused_listener_flags(args: &RunArgs) -> Result<(), ConfigError> {
-    // The node's own flags are the file's top-level keys, plus the two a file cannot set.
+fn unused_listener_flags(flags: &Flags) -> Result<(), ConfigError> {
+    use clap::Args;
+    let node = NodeSpec::augment_args(clap::Command::new("node"));
+    // The node's own flags, plus the two only the command line has.
     let node_flag = |flag: &str| {
         matches!(flag, "--config" | "--log-format")
-            || file::GLOBAL_KEYS.contains(&error::file_key(flag, false).as_str())
+            || node.get_arguments().any(|a| {
+                a.get_long()
+                    .is_some_and(|l| flag.strip_prefix("--") == Some(l))
+            })
     };
-    match args.explicit.iter().find(|(flag, _)| !node_flag(flag)) {
+    match flags.given.iter().find(|(flag, _)| !node_flag(flag)) {
         Some((flag, value)) => Err(ConfigError::new(
             flag.clone(),
             value.clone(),
@@ -473,27 +492,28 @@ fn unused_listener_flags(args: &RunArgs) -> Result<(), ConfigError> {
     }
 }
 
-/// Top-level settings: a flag given on the command line wins over the file's value.
-fn merge_globals(node: &mut RunArgs, file: &RunArgs) {
-    node.allow_readable_keys |= file.allow_readable_keys;
-    if node.admin.is_none() {
-        node.admin = file.admin.clone();
+/// The node's settings: a flag given on the command line wins over the file's value, even at
+/// its default; switches add up, interfaces too.
+fn merge_node(node: &mut NodeSpec, file: &NodeSpec, flags: &Flags) {
+    let file = file.clone();
+    if !flags.given("--admin") {
+        node.admin = file.admin;
     }
-    if node.user.is_none() {
-        node.user = file.user.clone();
+    if !flags.given("--user") {
+        node.user = file.user;
     }
-    node.admin_allow_remote |= file.admin_allow_remote;
-    node.access_log |= file.access_log;
-    if !node.given("--drain-timeout") {
-        node.drain_timeout = file.drain_timeout.clone();
+    if !flags.given("--drain-timeout") {
+        node.drain_timeout = file.drain_timeout;
     }
-    if !node.given("--xdp-mode") {
+    if !flags.given("--xdp-mode") {
         node.xdp_mode = file.xdp_mode;
     }
-
-    for iface in &file.xdp_ifaces {
-        if !node.xdp_ifaces.contains(iface) {
-            node.xdp_ifaces.push(iface.clone());
+    node.allow_readable_keys |= file.allow_readable_keys;
+    node.admin_allow_remote |= file.admin_allow_remote;
+    node.access_log |= file.access_log;
+    for iface in file.xdp_iface {
+        if !node.xdp_iface.contains(&iface) {
+            node.xdp_iface.push(iface);
         }
     }
 }
@@ -502,10 +522,7 @@ fn named_ip_groups(file: &file::FileConfig) -> Result<BTreeMap<String, Vec<IpNet
     let mut out = BTreeMap::new();
     for (name, g) in &file.ip_groups {
         let at = format!("{}: ip_groups.{name}", file.path.display());
-        let mut prefixes = Vec::new();
-        for c in &g.cidrs {
-            prefixes.push(parse::cidr("cidrs", c).map_err(|e| e.in_file(at.clone(), false))?);
-        }
+        let mut prefixes: Vec<IpNet> = g.cidrs.iter().map(|c| c.0).collect();
         for f in &g.files {
             prefixes.extend(parse::cidr_file(f).map_err(|e| e.in_file(at.clone(), false))?);
         }
@@ -547,15 +564,14 @@ fn check_unique_listeners(
     Ok(())
 }
 
-fn ops(args: &RunArgs) -> Result<OpsConfig, ConfigError> {
+fn ops(args: &NodeSpec) -> Result<OpsConfig, ConfigError> {
     Ok(OpsConfig {
         admin: args
             .admin
-            .as_deref()
-            .map(|a| admin_addr(a, args.admin_allow_remote))
+            .map(|a| admin_addr(a.0, args.admin_allow_remote))
             .transpose()?,
         admin_allow_remote: args.admin_allow_remote,
-        drain_timeout: parse::seconds("--drain-timeout", &args.drain_timeout, 0, 300)?,
+        drain_timeout: args.drain_timeout.0,
         access_log: args.access_log,
         user: args
             .user
@@ -570,7 +586,7 @@ fn ops(args: &RunArgs) -> Result<OpsConfig, ConfigError> {
 /// One listener from its flags (or a file table read into them). `default` and the rules'
 /// targets are positions in `groups`; `shared` are prefixes of named IP groups.
 fn listener(
-    args: &RunArgs,
+    args: &ListenerSpec,
     default: usize,
     groups: &[GroupConfig],
     shared: Vec<IpNet>,
@@ -578,22 +594,16 @@ fn listener(
     rule_error: &dyn Fn(crate::rules::RuleError) -> ConfigError,
 ) -> Result<ListenerConfig, ConfigError> {
     let (listen, protocol, tls) = frontend(args)?;
-    let transfer_lb_ip = match args.transfer_lb_ip.as_deref() {
+    let transfer_lb_ip = match args.transfer_lb_ip {
         None => TransferLbIp::Off,
-        Some("") => TransferLbIp::LocalAddress,
-        Some(ip) => TransferLbIp::Fixed(ip.parse().map_err(|_| {
-            ConfigError::new(
-                "--transfer-lb-ip",
-                ip,
-                "expected an IPv4 or IPv6 address, or no value for the local address",
-            )
-        })?),
+        Some(LbIp::Local) => TransferLbIp::LocalAddress,
+        Some(LbIp::Fixed(ip)) => TransferLbIp::Fixed(ip),
     };
     let timeouts = Timeouts {
-        idle: parse::seconds("--idle-timeout", &args.idle_timeout, 0, 4000)?,
-        request: parse::seconds("--request-timeout", &args.request_timeout, 1, 300)?,
-        response: parse::seconds("--response-timeout", &args.response_timeout, 1, 300)?,
-        handshake: parse::seconds("--handshake-timeout", &args.handshake_timeout, 1, 300)?,
+        idle: args.idle_timeout.0,
+        request: args.request_timeout.0,
+        response: args.response_timeout.0,
+        handshake: args.handshake_timeout.0,
     };
     let names: Vec<&str> = groups.iter().map(|g| g.name.as_str()).collect();
     let rules = RuleSet::compile(&rule_specs, &names).map_err(rule_error)?;
@@ -609,13 +619,9 @@ fn listener(
         }
     }
     Ok(ListenerConfig {
-        name: parse::label("--name", &args.name)?,
-        description: args
-            .description
-            .as_deref()
-            .map(|d| parse::description("--description", d))
-            .transpose()?,
-        tags: parse::tags(&args.tags)?,
+        name: args.name.0.clone(),
+        description: args.description.as_ref().map(|d| d.0.clone()),
+        tags: unique_tags(&args.tag)?,
         protocol,
         listen,
         tls,
@@ -626,17 +632,25 @@ fn listener(
         rules: Arc::new(rules),
         rule_specs,
         groups: reachable,
-        max_connections: parse::number(
-            "--max-connections",
-            &args.max_connections,
-            1,
-            MAX_CONNECTIONS_LIMIT,
-        )? as usize,
+        max_connections: args.max_connections.0 as usize,
     })
 }
 
-/// Largest `--max-connections`: more than any host's file descriptors.
-const MAX_CONNECTIONS_LIMIT: u32 = 10_000_000;
+/// `--tag` keys are unique per listener.
+fn unique_tags(tags: &[values::Tag]) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(tags.len());
+    for t in tags {
+        if out.iter().any(|(k, _)| *k == t.key) {
+            return Err(ConfigError::new(
+                "--tag",
+                t.to_string(),
+                format!("key {:?} is given twice; tag keys must be unique", t.key),
+            ));
+        }
+        out.push((t.key.clone(), t.value.clone()));
+    }
+    Ok(out)
+}
 
 /// Largest `--sticky-duration` of a group behind a tcp/udp listener: the flow table's
 /// entries are kernel memory, and the manual caps it at an hour.
@@ -645,7 +659,7 @@ const L4_MAX_STICKY_MINUTES: u32 = 60;
 /// What a tcp/udp listener, forwarded by the XDP program with the group's Maglev ring, cannot
 /// have: rules and HTTP settings, another algorithm, cookies, or no XDP at all.
 fn l4_checks(
-    args: &RunArgs,
+    args: &ListenerSpec,
     protocol: FrontendProtocol,
     group: &GroupConfig,
     rules: &[RuleSpec],
@@ -755,18 +769,12 @@ fn check_l4(
 
 /// Where and how a listener accepts: address, protocol and (for https) the TLS half.
 fn frontend(
-    args: &RunArgs,
+    args: &ListenerSpec,
 ) -> Result<(SocketAddr, FrontendProtocol, Option<ListenerTls>), ConfigError> {
-    let listen = args.listen.as_deref().ok_or_else(|| {
+    let listen = args.listen.map(|a| a.0).ok_or_else(|| {
         ConfigError::missing("--listen", "required: the ADDR:PORT to accept clients on")
     })?;
-    let listen = parse::socket_addr("--listen", listen)?;
-    let protocol = match args.protocol {
-        ProtocolArg::Https => FrontendProtocol::Https,
-        ProtocolArg::Http => FrontendProtocol::Http,
-        ProtocolArg::Tcp => FrontendProtocol::Tcp,
-        ProtocolArg::Udp => FrontendProtocol::Udp,
-    };
+    let protocol = args.protocol;
     let tls = match protocol {
         FrontendProtocol::Https => Some(listener_tls(args)?),
         _ => {
@@ -777,19 +785,18 @@ fn frontend(
     Ok((listen, protocol, tls))
 }
 
-fn admin_addr(value: &str, allow_remote: bool) -> Result<SocketAddr, ConfigError> {
-    let addr = parse::socket_addr("--admin", value)?;
+fn admin_addr(addr: SocketAddr, allow_remote: bool) -> Result<SocketAddr, ConfigError> {
     if !addr.ip().is_loopback() && !allow_remote {
         return Err(ConfigError::new(
             "--admin",
-            value,
+            addr.to_string(),
             "not a loopback address: the admin endpoint exposes the node's state; add --admin-allow-remote to serve it there",
         ));
     }
     Ok(addr)
 }
 
-fn listener_tls(args: &RunArgs) -> Result<ListenerTls, ConfigError> {
+fn listener_tls(args: &ListenerSpec) -> Result<ListenerTls, ConfigError> {
     let cert = args
         .cert
         .as_ref()
@@ -804,9 +811,9 @@ fn listener_tls(args: &RunArgs) -> Result<ListenerTls, ConfigError> {
     let provider = policy.provider();
     let default = load_certified_key(cert, key, &provider).map_err(|e| pair_error(e, cert, key))?;
 
-    let mut sni = Vec::with_capacity(args.sni_certs.len());
-    let mut sni_files = Vec::with_capacity(args.sni_certs.len());
-    for sni_cert in &args.sni_certs {
+    let mut sni = Vec::with_capacity(args.sni_cert.len());
+    let mut sni_files = Vec::with_capacity(args.sni_cert.len());
+    for sni_cert in &args.sni_cert {
         let value = sni_cert.to_string();
         let name = SniName::parse(&sni_cert.domain)
             .map_err(|problem| ConfigError::new("--sni-cert", &value, problem))?;
@@ -880,11 +887,11 @@ fn pair_error(e: CertError, cert: &std::path::Path, key: &std::path::Path) -> Co
     }
 }
 
-fn refuse_tls_flags(args: &RunArgs, protocol: FrontendProtocol) -> Result<(), ConfigError> {
+fn refuse_tls_flags(args: &ListenerSpec, protocol: FrontendProtocol) -> Result<(), ConfigError> {
     let given: [(&'static str, bool); 6] = [
         ("--cert", args.cert.is_some()),
         ("--key", args.key.is_some()),
-        ("--sni-cert", !args.sni_certs.is_empty()),
+        ("--sni-cert", !args.sni_cert.is_empty()),
         ("--client-ca", args.client_ca.is_some()),
         ("--ssl-auth", args.ssl_auth.is_some()),
         ("--tls-policy", args.tls_policy.is_some()),
@@ -906,12 +913,10 @@ fn refuse_tls_flags(args: &RunArgs, protocol: FrontendProtocol) -> Result<(), Co
     }
 }
 
-fn access_control(args: &RunArgs, shared: Vec<IpNet>) -> Result<AccessControl, ConfigError> {
+fn access_control(args: &ListenerSpec, shared: Vec<IpNet>) -> Result<AccessControl, ConfigError> {
     let mut prefixes = shared;
-    for group in &args.ip_groups {
-        prefixes.extend(parse::cidr_list("--ip-group", group)?);
-    }
-    for file in &args.ip_group_files {
+    prefixes.extend(args.ip_group.iter().map(|c| c.0));
+    for file in &args.ip_group_file {
         prefixes.extend(parse::cidr_file(file)?);
     }
     prefixes.sort();
@@ -936,18 +941,14 @@ fn access_control(args: &RunArgs, shared: Vec<IpNet>) -> Result<AccessControl, C
     }
 }
 
-fn group(args: &RunArgs) -> Result<GroupConfig, ConfigError> {
-    if args.backends.is_empty() {
+fn group(args: &GroupSpec) -> Result<GroupConfig, ConfigError> {
+    if args.backend.is_empty() {
         return Err(ConfigError::missing(
             "--backend",
             "at least one backend is required: --backend ADDR:PORT[,weight=N]",
         ));
     }
-    let backends = args
-        .backends
-        .iter()
-        .map(|b| parse::backend(b))
-        .collect::<Result<Vec<_>, _>>()?;
+    let backends = args.backend.clone();
     if let Some(dup) = backends
         .iter()
         .enumerate()
@@ -959,11 +960,7 @@ fn group(args: &RunArgs) -> Result<GroupConfig, ConfigError> {
             "is given twice; give each backend once, with its weight",
         ));
     }
-    let hc_domain = args
-        .hc_domain
-        .as_deref()
-        .map(parse::hc_domain)
-        .transpose()?;
+    let hc_domain = args.hc_domain.as_ref().map(|d| d.0.clone());
     let protocol = match args.backend_protocol {
         BackendProtocolArg::Http => {
             if args.backend_ca.is_some() {
@@ -1004,12 +1001,8 @@ fn group(args: &RunArgs) -> Result<GroupConfig, ConfigError> {
         },
     };
     Ok(GroupConfig {
-        name: parse::label("--group-name", &args.group_name)?,
-        description: args
-            .group_description
-            .as_deref()
-            .map(|d| parse::description("--group-description", d))
-            .transpose()?,
+        name: args.group_name.0.clone(),
+        description: args.group_description.as_ref().map(|d| d.0.clone()),
         backends,
         algorithm: match args.algorithm {
             AlgorithmArg::Wrr => Algorithm::WeightedRoundRobin,
@@ -1018,43 +1011,23 @@ fn group(args: &RunArgs) -> Result<GroupConfig, ConfigError> {
         },
         protocol,
         health: HealthCheck {
-            kind: match args.health_check {
-                HealthCheckArg::Off => CheckKind::Off,
-                HealthCheckArg::Tcp => CheckKind::Tcp,
-                HealthCheckArg::Http => CheckKind::Http,
-                HealthCheckArg::Https => CheckKind::Https,
-            },
-            port: args
-                .hc_port
-                .as_deref()
-                .map(|p| parse::number("--hc-port", p, 1, 65535).map(|p| p as u16))
-                .transpose()?,
-            path: parse::hc_path(&args.hc_path)?,
+            kind: args.health_check,
+            port: args.hc_port.map(|p| p.0 as u16),
+            path: args.hc_path.0.clone(),
             domain: hc_domain.clone(),
-            interval: parse::seconds("--hc-interval", &args.hc_interval, 1, 50)?,
-            timeout: parse::seconds("--hc-timeout", &args.hc_timeout, 1, 50)?,
-            retries: parse::number("--hc-retries", &args.hc_retries, 1, 10)?,
+            interval: args.hc_interval.0,
+            timeout: args.hc_timeout.0,
+            retries: args.hc_retries.0,
         },
-        slow_start: args
-            .slow_start
-            .as_deref()
-            .map(|s| parse::seconds("--slow-start", s, 30, 1200))
-            .transpose()?,
+        slow_start: args.slow_start.map(|s| s.0),
         sticky: stickiness(args)?.map(Arc::new),
         sticky_key_file: args.sticky_key_file.clone(),
-        flow_idle: Duration::from_secs(
-            60 * u64::from(parse::number(
-                "--sticky-duration",
-                &args.sticky_duration,
-                1,
-                1440,
-            )?),
-        ),
+        flow_idle: Duration::from_secs(60 * u64::from(args.sticky_duration.0)),
         hc_domain,
     })
 }
 
-fn stickiness(args: &RunArgs) -> Result<Option<Stickiness>, ConfigError> {
+fn stickiness(args: &GroupSpec) -> Result<Option<Stickiness>, ConfigError> {
     let mode = match args.sticky_session {
         StickyArg::Off => "off",
         StickyArg::LbCookie => "lb-cookie",
@@ -1079,14 +1052,7 @@ fn stickiness(args: &RunArgs) -> Result<Option<Stickiness>, ConfigError> {
             "only applies with --sticky-session lb-cookie",
         ));
     }
-    let duration = Duration::from_secs(
-        60 * u64::from(parse::number(
-            "--sticky-duration",
-            &args.sticky_duration,
-            1,
-            1440,
-        )?),
-    );
+    let duration = Duration::from_secs(60 * u64::from(args.sticky_duration.0));
     Ok(match args.sticky_session {
         StickyArg::Off => None,
         StickyArg::LbCookie => {
@@ -1113,15 +1079,10 @@ fn stickiness(args: &RunArgs) -> Result<Option<Stickiness>, ConfigError> {
     })
 }
 
-fn xdp(args: &RunArgs) -> Result<XdpConfig, ConfigError> {
-    let mode = match args.xdp_mode {
-        XdpModeArg::Auto => XdpMode::Auto,
-        XdpModeArg::Native => XdpMode::Native,
-        XdpModeArg::Skb => XdpMode::Skb,
-        XdpModeArg::Off => XdpMode::Off,
-    };
+fn xdp(args: &NodeSpec) -> Result<XdpConfig, ConfigError> {
+    let mode = args.xdp_mode;
     let mut ifaces = Vec::new();
-    for iface in &args.xdp_ifaces {
+    for iface in &args.xdp_iface {
         if mode != XdpMode::Off {
             parse::interface(iface)?;
         }

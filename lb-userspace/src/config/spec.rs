@@ -1,0 +1,517 @@
+//! What the operator writes, before it is checked as a whole: a listener, a backend group and
+//! the node's own settings. Each struct is both the flags (clap) and a table of the config
+//! file (serde): a flag and its key are one field, of one type, read by one parser. The file
+//! key is the flag without `--` and with `_` for `-` (in a group, `--group-name` is `name`).
+use std::path::{Path, PathBuf};
+
+use clap::{Args, FromArgMatches};
+use serde::Deserialize;
+
+use super::values::{
+    self, AccessControlArg, AlgorithmArg, Backend, BackendProtocolArg, Cidr, Count, Description,
+    HcDomain, HcPath, Label, LbIp, OnOff, Port, Seconds, SniCert, SslAuthArg, StatusCode,
+    StickyArg, Tag,
+};
+use super::{CheckKind, FrontendProtocol, XdpMode};
+
+/// One listener: where it accepts, TLS, timeouts, access control and rules.
+#[derive(Clone, Debug, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// Listener name, in logs and metrics (1-255 characters).
+    #[arg(long, value_name = "NAME", default_value = "listener-1")]
+    pub name: Label,
+
+    /// Listener description (at most 255 characters).
+    #[arg(long, value_name = "TEXT")]
+    pub description: Option<Description>,
+
+    /// Listener tag KEY=VALUE, repeatable; keys unique, 1-128 characters.
+    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    #[serde(alias = "tags", deserialize_with = "values::tags")]
+    pub tag: Vec<Tag>,
+
+    /// Frontend protocol: https and http are served in userspace.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "PROTO",
+        default_value = "https"
+    )]
+    pub protocol: FrontendProtocol,
+
+    /// Frontend address and port, e.g. 0.0.0.0:443 or [::]:443 (required without --config).
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Option<values::Addr>,
+
+    /// Server certificate chain (PEM), the default certificate.
+    #[arg(long, value_name = "PATH")]
+    pub cert: Option<PathBuf>,
+
+    /// Private key of --cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, value_name = "PATH")]
+    pub key: Option<PathBuf>,
+
+    /// Certificate for a server name, repeatable: DOMAIN=CERT:KEY, DOMAIN exact or *.wildcard.
+    #[arg(long = "sni-cert", value_name = "DOMAIN=CERT:KEY")]
+    #[serde(alias = "sni_certs")]
+    pub sni_cert: Vec<SniCert>,
+
+    /// SSL authentication: one-way, or mutual (clients need a certificate from --client-ca).
+    #[arg(long, value_enum, ignore_case = true, value_name = "MODE")]
+    pub ssl_auth: Option<SslAuthArg>,
+
+    /// CA bundle (PEM) that client certificates must chain to; implies --ssl-auth mutual.
+    #[arg(long, value_name = "PATH")]
+    pub client_ca: Option<PathBuf>,
+
+    /// Security policy: tls-1-2 (default), tls-1-2-strict or tls-1-3.
+    #[arg(long, value_name = "POLICY")]
+    pub tls_policy: Option<String>,
+
+    /// Offer HTTP/2 to clients (ALPN h2).
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "on|off",
+        default_value = "on"
+    )]
+    pub http2: OnOff,
+
+    /// Add X-Forwarded-ELB-IP: the given IP, else the local address the client connected to.
+    #[arg(long, value_name = "IP", num_args = 0..=1, default_missing_value = "")]
+    #[serde(deserialize_with = "values::lb_ip")]
+    pub transfer_lb_ip: Option<LbIp>,
+
+    /// Seconds a keep-alive connection may wait for its next request (0-4000; 0 closes after
+    /// each response).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "60"
+    )]
+    pub idle_timeout: Seconds<0, 4000>,
+
+    /// Seconds a client has to send a request's headers, and the longest stall in its body (1-300).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "60"
+    )]
+    pub request_timeout: Seconds<1, 300>,
+
+    /// Seconds a backend has to start its response before another is tried or 504 (1-300).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "60"
+    )]
+    pub response_timeout: Seconds<1, 300>,
+
+    /// Seconds a client has to complete the TLS handshake (1-300).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "10"
+    )]
+    pub handshake_timeout: Seconds<1, 300>,
+
+    /// Client connections this listener keeps open at once (1-10000000); more are accepted
+    /// and closed at once, so the node (and its admin endpoint) stay reachable.
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "100000"
+    )]
+    pub max_connections: Count<1, 10_000_000>,
+
+    /// Forwarding rule, repeatable, evaluated in order:
+    /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.
+    #[arg(long = "rule", value_name = "RULE")]
+    #[serde(skip)]
+    pub rules: Vec<String>,
+
+    /// Who may connect: everyone, only the IP address group, or everyone but the group.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "MODE",
+        default_value = "all"
+    )]
+    pub access_control: AccessControlArg,
+
+    /// IP address group: comma-separated IPv4/IPv6 CIDRs (a bare address is a host), repeatable.
+    #[arg(long = "ip-group", value_name = "CIDR,...", value_delimiter = ',')]
+    #[serde(deserialize_with = "values::cidr_lists")]
+    pub ip_group: Vec<Cidr>,
+
+    /// IP address group file: one CIDR per line, `#` starts a comment. Repeatable.
+    #[arg(long = "ip-group-file", value_name = "PATH")]
+    #[serde(deserialize_with = "values::one_or_many")]
+    pub ip_group_file: Vec<PathBuf>,
+
+    /// File only: the `[[group]]` that takes requests no rule claims.
+    #[arg(skip)]
+    pub group: Option<String>,
+
+    /// File only: names of `[ip_groups.NAME]` tables whose prefixes this listener's access
+    /// control uses too.
+    #[arg(skip)]
+    #[serde(deserialize_with = "values::one_or_many")]
+    pub ip_groups: Vec<String>,
+
+    /// File only: `[[listener.rule]]` tables, the file's form of `--rule`.
+    #[arg(skip)]
+    #[serde(rename = "rule", alias = "rules")]
+    pub rule_tables: Vec<RuleTable>,
+}
+
+/// A backend group: its servers, how they are balanced, checked and kept sticky.
+#[derive(Clone, Debug, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupSpec {
+    /// Backend group name (1-255 characters).
+    #[arg(
+        long = "group-name",
+        value_name = "NAME",
+        default_value = "server_group-1"
+    )]
+    #[serde(rename = "name")]
+    pub group_name: Label,
+
+    /// Backend server, repeatable: ADDR:PORT with an optional weight 0-100 (default 1).
+    #[arg(long = "backend", value_name = "ADDR:PORT[,weight=N]")]
+    #[serde(alias = "backends", deserialize_with = "values::one_or_many")]
+    pub backend: Vec<Backend>,
+
+    /// Backend group description (at most 255 characters).
+    #[arg(long = "group-description", value_name = "TEXT")]
+    #[serde(rename = "description")]
+    pub group_description: Option<Description>,
+
+    /// How requests are spread over backends.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "ALGORITHM",
+        default_value = "weighted-round-robin"
+    )]
+    pub algorithm: AlgorithmArg,
+
+    /// Protocol to backends.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "PROTO",
+        default_value = "http"
+    )]
+    pub backend_protocol: BackendProtocolArg,
+
+    /// CA bundle (PEM) that HTTPS backends' certificates must chain to.
+    #[arg(long, value_name = "PATH")]
+    pub backend_ca: Option<PathBuf>,
+
+    /// Do not verify HTTPS backends' certificates.
+    #[arg(long)]
+    pub backend_insecure: bool,
+
+    /// Domain for health checks' Host header and the SNI name sent to HTTPS backends.
+    #[arg(long, value_name = "DOMAIN")]
+    pub hc_domain: Option<HcDomain>,
+
+    /// Active health checks of every backend.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "KIND",
+        default_value = "tcp"
+    )]
+    pub health_check: CheckKind,
+
+    /// Port health checks go to (1-65535); default: each backend's own port.
+    #[arg(long, value_name = "PORT", allow_negative_numbers = true)]
+    pub hc_port: Option<Port>,
+
+    /// Path of http/https health checks (1-80 characters, starting with /).
+    #[arg(long, value_name = "PATH", default_value = "/")]
+    pub hc_path: HcPath,
+
+    /// Seconds between two checks of a backend (1-50).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "5"
+    )]
+    pub hc_interval: Seconds<1, 50>,
+
+    /// Seconds a check may take (1-50).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "3"
+    )]
+    pub hc_timeout: Seconds<1, 50>,
+
+    /// Consecutive failures before a backend is unhealthy, and successes before it is healthy
+    /// again (1-10).
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "3"
+    )]
+    pub hc_retries: Count<1, 10>,
+
+    /// Seconds over which a backend that becomes healthy ramps up to its full weight (30-1200).
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub slow_start: Option<Seconds<30, 1200>>,
+
+    /// Sticky sessions (weighted round robin only).
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "MODE",
+        default_value = "off"
+    )]
+    pub sticky_session: StickyArg,
+
+    /// The backend's session cookie, for --sticky-session app-cookie.
+    #[arg(long, value_name = "NAME")]
+    pub cookie_name: Option<String>,
+
+    /// Minutes a sticky client stays pinned (1-1440).
+    #[arg(
+        long,
+        value_name = "MINUTES",
+        allow_negative_numbers = true,
+        default_value = "20"
+    )]
+    pub sticky_duration: Count<1, 1440>,
+
+    /// Key (at least 32 bytes) authenticating lb-cookies, shared by every edgelb node that
+    /// must honour them; default: a random key made at start.
+    #[arg(long, value_name = "PATH")]
+    pub sticky_key_file: Option<PathBuf>,
+}
+
+/// The node's own settings: XDP, the admin endpoint, shutdown, privileges, logs. In the file,
+/// the top-level keys.
+#[derive(Clone, Debug, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSpec {
+    /// Interface to attach the XDP program to, repeatable. None: XDP is off.
+    #[arg(long = "xdp-iface", value_name = "IFACE")]
+    #[serde(deserialize_with = "values::one_or_many")]
+    pub xdp_iface: Vec<String>,
+
+    /// How to attach the XDP program.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "MODE",
+        default_value = "auto"
+    )]
+    pub xdp_mode: XdpMode,
+
+    /// Admin endpoint (/healthz, /metrics, /status); loopback unless --admin-allow-remote.
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub admin: Option<values::Addr>,
+
+    /// Serve the admin endpoint on a non-loopback address.
+    #[arg(long)]
+    pub admin_allow_remote: bool,
+
+    /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT (0-300).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "10"
+    )]
+    pub drain_timeout: Seconds<0, 300>,
+
+    /// Once sockets are bound and XDP attached, run as this user (keeping only the capabilities
+    /// map updates and reloads need; see README). Files read on reload must be readable by it.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Accept private keys (--key, --sni-cert, --sticky-key-file) that group or others may read.
+    #[arg(long)]
+    pub allow_readable_keys: bool,
+
+    /// Log a line per request: client, SNI, listener, backend, status, time to response headers.
+    #[arg(long)]
+    pub access_log: bool,
+}
+
+/// A `[[listener.rule]]` table: conditions (all must hold; a list holds when any of its
+/// entries does) and an action.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTable {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "values::one_or_many")]
+    pub host: Vec<String>,
+    #[serde(default, deserialize_with = "values::one_or_many")]
+    pub path: Vec<String>,
+    #[serde(default, deserialize_with = "values::one_or_many")]
+    pub path_prefix: Vec<String>,
+    #[serde(default, deserialize_with = "values::one_or_many")]
+    pub path_regex: Vec<String>,
+    #[serde(default, deserialize_with = "values::one_or_many")]
+    pub method: Vec<String>,
+    /// `header = { "x-env" = ["prod", "stage"] }`: a name and the values it may have.
+    #[serde(default)]
+    pub header: std::collections::BTreeMap<String, OneOrMany>,
+    #[serde(default)]
+    pub query: std::collections::BTreeMap<String, OneOrMany>,
+    #[serde(default, deserialize_with = "values::one_or_many")]
+    pub client: Vec<String>,
+    pub action: Option<String>,
+    pub group: Option<String>,
+    pub status: Option<StatusCode>,
+    pub location: Option<String>,
+    pub content_type: Option<String>,
+    pub body: Option<String>,
+}
+
+/// The values of a header or query condition: one string or a list.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(transparent)]
+pub struct OneOrMany(#[serde(deserialize_with = "values::one_or_many")] pub Vec<String>);
+
+/// An `[ip_groups.NAME]` entry: a list of CIDRs, or a table with inline CIDRs and files.
+#[derive(Clone, Debug, Default)]
+pub struct IpGroupSpec {
+    pub cidrs: Vec<Cidr>,
+    pub files: Vec<PathBuf>,
+}
+
+impl<'de> Deserialize<'de> for IpGroupSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, Visitor};
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            #[serde(default, deserialize_with = "values::one_or_many")]
+            cidrs: Vec<Cidr>,
+            #[serde(default, deserialize_with = "values::one_or_many")]
+            files: Vec<PathBuf>,
+        }
+        struct Form;
+        impl<'de> Visitor<'de> for Form {
+            type Value = IpGroupSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of CIDRs, or a table with cidrs = [...] and files = [...]")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<IpGroupSpec, A::Error> {
+                let cidrs = Vec::<Cidr>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
+                Ok(IpGroupSpec {
+                    cidrs,
+                    files: Vec::new(),
+                })
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<IpGroupSpec, A::Error> {
+                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(IpGroupSpec {
+                    cidrs: t.cidrs,
+                    files: t.files,
+                })
+            }
+        }
+        d.deserialize_any(Form)
+    }
+}
+
+/// Every field at its flag's default: where each file table starts.
+fn flag_defaults<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("edgelb"));
+    // The defaults are constants of this file; a unit test parses them.
+    command
+        .try_get_matches_from(["edgelb"])
+        .and_then(|m| T::from_arg_matches(&m))
+        .unwrap_or_else(|e| panic!("the flags' defaults do not parse: {e}"))
+}
+
+impl Default for ListenerSpec {
+    fn default() -> Self {
+        flag_defaults()
+    }
+}
+
+impl Default for GroupSpec {
+    fn default() -> Self {
+        flag_defaults()
+    }
+}
+
+impl Default for NodeSpec {
+    fn default() -> Self {
+        flag_defaults()
+    }
+}
+
+/// Relative paths in a file are relative to the file, wherever edgelb was started from.
+fn under(dir: &Path, path: &mut PathBuf) {
+    *path = dir.join(&*path);
+}
+
+impl ListenerSpec {
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for p in [&mut self.cert, &mut self.key, &mut self.client_ca]
+            .into_iter()
+            .flatten()
+        {
+            under(dir, p);
+        }
+        for sni in &mut self.sni_cert {
+            under(dir, &mut sni.cert);
+            under(dir, &mut sni.key);
+        }
+        self.ip_group_file.iter_mut().for_each(|p| under(dir, p));
+    }
+}
+
+impl GroupSpec {
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        for p in [&mut self.backend_ca, &mut self.sticky_key_file]
+            .into_iter()
+            .flatten()
+        {
+            under(dir, p);
+        }
+    }
+}
+
+impl IpGroupSpec {
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        self.files.iter_mut().for_each(|p| under(dir, p));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flags_defaults_parse() {
+        assert_eq!(ListenerSpec::default().name.0, "listener-1");
+        assert_eq!(GroupSpec::default().group_name.0, "server_group-1");
+        assert_eq!(NodeSpec::default().drain_timeout.0.as_secs(), 10);
+    }
+}
