@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use lb_common::{BackendCounters, NO_LISTENER_SLOT, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminState, NodeView};
+use crate::admin::{self, AdminState, NodeView, Refusal};
 use crate::cli::RunArgs;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
 use crate::metrics::Metrics;
 use crate::nexthop::{NextHops, Watch};
 use crate::node::{GroupRuntime, Node};
-use crate::reloads::Reloads;
+use crate::reloads::{ReloadError, Reloads, Waiter};
 use crate::workers::{self, Workers};
 
 /// Why the daemon could not start. Usage errors (the flags ask for something this host cannot
@@ -48,7 +48,11 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     let mut dataplane = start_dataplane(&config)?;
     let metrics = Metrics::new();
     let admin = match config.ops.admin {
-        Some(addr) => Some(admin::bind(addr).await.map_err(StartError::Runtime)?),
+        Some(addr) => Some(
+            admin::bind(addr)
+                .await
+                .map_err(|e| StartError::Runtime(e.to_string()))?,
+        ),
         None => None,
     };
     let mut sigterm = signal(SignalKind::terminate())
@@ -92,7 +96,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 if let Some(dp) = dataplane.as_mut() {
                     dp.detach_all();
                 }
-                return Err(StartError::Runtime(e));
+                return Err(StartError::Runtime(e.to_string()));
             }
         };
     node.serve(sockets);
@@ -110,7 +114,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     node.start_health_checks();
     log_ready(&node, dataplane.as_ref(), worker_count, fd_limit);
 
-    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(4);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<Waiter>(4);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         view: Mutex::new(NodeView::default()),
@@ -312,13 +316,15 @@ fn refresh_next_hops(hops: &mut NextHops, node: &Node, dataplane: Option<&mut Da
 
 fn reload_logged(
     why: &str,
-    fresh: Result<Config, String>,
+    fresh: Result<Config, ReloadError>,
     node: &mut Node,
     dataplane: Option<&mut Dataplane>,
     hops: &mut NextHops,
     admin: &AdminState,
-) -> Result<(), String> {
-    let result = fresh.and_then(|fresh| reload(fresh, node, dataplane, hops));
+) -> Result<(), Refusal> {
+    let result = fresh
+        .and_then(|fresh| reload(fresh, node, dataplane, hops))
+        .map_err(|e| Arc::new(e) as Refusal);
     match &result {
         Ok(()) => {
             admin.metrics.reloaded();
@@ -342,22 +348,22 @@ fn reload(
     node: &mut Node,
     dataplane: Option<&mut Dataplane>,
     hops: &mut NextHops,
-) -> Result<(), String> {
+) -> Result<(), ReloadError> {
     for w in fresh.warnings(crate::config::fd_limit()) {
         tracing::warn!("reload: {w}");
     }
     if fresh.xdp.ifaces != node.config.xdp.ifaces || fresh.xdp.mode != node.config.xdp.mode {
-        return Err("xdp_iface and xdp_mode cannot change on reload; restart edgelb".into());
+        return Err(ReloadError::NeedsRestart("xdp_iface and xdp_mode"));
     }
     if fresh.ops.admin != node.config.ops.admin {
-        return Err("admin cannot change on reload; restart edgelb".into());
+        return Err(ReloadError::NeedsRestart("admin"));
     }
     if fresh.ops.user != node.config.ops.user {
-        return Err("user cannot change on reload; restart edgelb".into());
+        return Err(ReloadError::NeedsRestart("user"));
     }
     // New backends' next hops are asked for now and found by the next refreshes.
     hops.refresh(&crate::node::l4_backends(&fresh), &fresh.xdp.ifaces);
-    node.reload(fresh, dataplane, hops)
+    Ok(node.reload(fresh, dataplane, hops)?)
 }
 
 /// Copies backend health into the metrics and XDP counters into the status view. Without a
