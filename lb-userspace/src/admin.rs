@@ -18,13 +18,20 @@ use tracing::{debug, warn};
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
 
+/// Why a reload was refused, as `POST /reload` answers it. Shared: one reload may answer
+/// several requests.
+pub type Refusal = Arc<dyn std::error::Error + Send + Sync>;
+
+/// Where the main thread answers one `POST /reload`.
+pub type ReloadReply = oneshot::Sender<Result<(), Refusal>>;
+
 /// What `/status` reports. The main thread writes the view at start, after every reload and
 /// once a second (XDP counters); balancers are read live.
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub view: Mutex<NodeView>,
     /// Asks the main thread (the owner of the data plane) to reload; it answers on the oneshot.
-    pub reload: mpsc::Sender<oneshot::Sender<Result<(), String>>>,
+    pub reload: mpsc::Sender<ReloadReply>,
 }
 
 #[derive(Default)]
@@ -129,11 +136,20 @@ impl AdminState {
     }
 }
 
+/// The admin address could not be bound; the OS error (and its errno) is the source.
+#[derive(Debug, thiserror::Error)]
+#[error("--admin {addr}: cannot bind: {source}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Binds the admin address (config has already refused a non-loopback one unless allowed).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
     TcpListener::bind(addr)
         .await
-        .map_err(|e| format!("--admin {addr}: cannot bind: {e}"))
+        .map_err(|source| BindError { addr, source })
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
@@ -193,12 +209,13 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
     resp
 }
 
-async fn request_reload(state: &AdminState) -> Result<(), String> {
+/// Asks the main thread to reload and waits for the outcome; the error is the text of the
+/// answer.
+async fn request_reload(state: &AdminState) -> anyhow::Result<()> {
     let (tx, rx) = oneshot::channel();
-    state
-        .reload
-        .send(tx)
-        .await
-        .map_err(|_| "edgelb is stopping".to_string())?;
-    rx.await.map_err(|_| "edgelb is stopping".to_string())?
+    // Either end gone: the main loop has ended.
+    let stopping = || anyhow::anyhow!("edgelb is stopping");
+    state.reload.send(tx).await.map_err(|_| stopping())?;
+    rx.await.map_err(|_| stopping())??;
+    Ok(())
 }

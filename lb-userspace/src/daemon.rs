@@ -6,17 +6,17 @@ use std::time::Duration;
 
 use lb_common::{BackendCounters, NO_LISTENER_SLOT, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::admin::{self, AdminState, NodeView};
+use crate::admin::{self, AdminState, NodeView, Refusal};
 use crate::cli::RunArgs;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
 use crate::metrics::Metrics;
 use crate::nexthop::{NextHops, Watch};
 use crate::node::{GroupRuntime, Node};
-use crate::reloads::Reloads;
+use crate::reloads::{ReloadError, Reloads, Waiter};
 use crate::workers::{self, Workers};
 
 /// Why the daemon could not start. Usage errors (the flags ask for something this host cannot
@@ -25,8 +25,9 @@ use crate::workers::{self, Workers};
 pub enum StartError {
     #[error("{0}")]
     Usage(String),
+    /// The error itself when there is one (a bind's keeps its errno), else what failed.
     #[error("{0}")]
-    Runtime(String),
+    Runtime(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StartError {
@@ -48,15 +49,19 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     let mut dataplane = start_dataplane(&config)?;
     let metrics = Metrics::new();
     let admin = match config.ops.admin {
-        Some(addr) => Some(admin::bind(addr).await.map_err(StartError::Runtime)?),
+        Some(addr) => Some(
+            admin::bind(addr)
+                .await
+                .map_err(|e| StartError::Runtime(e.into()))?,
+        ),
         None => None,
     };
     let mut sigterm = signal(SignalKind::terminate())
-        .map_err(|e| StartError::Runtime(format!("installing the SIGTERM handler: {e}")))?;
+        .map_err(|e| StartError::Runtime(format!("installing the SIGTERM handler: {e}").into()))?;
     let mut sigint = signal(SignalKind::interrupt())
-        .map_err(|e| StartError::Runtime(format!("installing the SIGINT handler: {e}")))?;
+        .map_err(|e| StartError::Runtime(format!("installing the SIGINT handler: {e}").into()))?;
     let mut sighup = signal(SignalKind::hangup())
-        .map_err(|e| StartError::Runtime(format!("installing the SIGHUP handler: {e}")))?;
+        .map_err(|e| StartError::Runtime(format!("installing the SIGHUP handler: {e}").into()))?;
 
     // Next hops first, so that the first packets of a tcp/udp listener find their backends.
     let mut hops = NextHops::default();
@@ -84,7 +89,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let workers = Workers::start(worker_count)
-        .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}")))?;
+        .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}").into()))?;
     let (mut node, sockets) =
         match Node::start(config, workers, metrics.clone(), dataplane.as_mut(), &hops) {
             Ok(started) => started,
@@ -92,7 +97,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 if let Some(dp) = dataplane.as_mut() {
                     dp.detach_all();
                 }
-                return Err(StartError::Runtime(e));
+                return Err(StartError::Runtime(e.into()));
             }
         };
     node.serve(sockets);
@@ -103,14 +108,16 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             if let Some(dp) = dataplane.as_mut() {
                 dp.detach_all();
             }
-            return Err(StartError::Runtime(format!("--user {}: {e}", user.name)));
+            return Err(StartError::Runtime(
+                format!("--user {}: {e}", user.name).into(),
+            ));
         }
         info!(user = user.name, uid = user.uid.as_raw(), kept = ?keep, "running as an unprivileged user");
     }
     node.start_health_checks();
     log_ready(&node, dataplane.as_ref(), worker_count, fd_limit);
 
-    let (reload_tx, mut reload_rx) = mpsc::channel::<oneshot::Sender<Result<(), String>>>(4);
+    let (reload_tx, mut reload_rx) = mpsc::channel::<Waiter>(4);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         view: Mutex::new(NodeView::default()),
@@ -312,13 +319,15 @@ fn refresh_next_hops(hops: &mut NextHops, node: &Node, dataplane: Option<&mut Da
 
 fn reload_logged(
     why: &str,
-    fresh: Result<Config, String>,
+    fresh: Result<Config, ReloadError>,
     node: &mut Node,
     dataplane: Option<&mut Dataplane>,
     hops: &mut NextHops,
     admin: &AdminState,
-) -> Result<(), String> {
-    let result = fresh.and_then(|fresh| reload(fresh, node, dataplane, hops));
+) -> Result<(), Refusal> {
+    let result = fresh
+        .and_then(|fresh| reload(fresh, node, dataplane, hops))
+        .map_err(|e| Arc::new(e) as Refusal);
     match &result {
         Ok(()) => {
             admin.metrics.reloaded();
@@ -342,22 +351,22 @@ fn reload(
     node: &mut Node,
     dataplane: Option<&mut Dataplane>,
     hops: &mut NextHops,
-) -> Result<(), String> {
+) -> Result<(), ReloadError> {
     for w in fresh.warnings(crate::config::fd_limit()) {
         tracing::warn!("reload: {w}");
     }
     if fresh.xdp.ifaces != node.config.xdp.ifaces || fresh.xdp.mode != node.config.xdp.mode {
-        return Err("xdp_iface and xdp_mode cannot change on reload; restart edgelb".into());
+        return Err(ReloadError::NeedsRestart("xdp_iface and xdp_mode"));
     }
     if fresh.ops.admin != node.config.ops.admin {
-        return Err("admin cannot change on reload; restart edgelb".into());
+        return Err(ReloadError::NeedsRestart("admin"));
     }
     if fresh.ops.user != node.config.ops.user {
-        return Err("user cannot change on reload; restart edgelb".into());
+        return Err(ReloadError::NeedsRestart("user"));
     }
     // New backends' next hops are asked for now and found by the next refreshes.
     hops.refresh(&crate::node::l4_backends(&fresh), &fresh.xdp.ifaces);
-    node.reload(fresh, dataplane, hops)
+    Ok(node.reload(fresh, dataplane, hops)?)
 }
 
 /// Copies backend health into the metrics and XDP counters into the status view. Without a

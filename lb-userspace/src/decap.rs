@@ -307,6 +307,7 @@ pub fn main(iface: &str, vips: &[String], from: &[String]) -> ExitCode {
     };
     match runtime.block_on(run(&args)) {
         Ok(()) => ExitCode::SUCCESS,
+        // `{}`: the failed step's own message, which already holds its cause.
         Err(e) => {
             eprintln!("edgelb: error: {e}");
             ExitCode::FAILURE
@@ -314,15 +315,15 @@ pub fn main(iface: &str, vips: &[String], from: &[String]) -> ExitCode {
     }
 }
 
-async fn run(args: &DecapArgs) -> Result<(), String> {
+async fn run(args: &DecapArgs) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let iface = args.iface.as_str();
-    let mut decap = Decap::load().map_err(|e| e.to_string())?;
+    let mut decap = Decap::load()?;
     for vip in &args.vips {
-        decap.add_vip(*vip).map_err(|e| e.to_string())?;
+        decap.add_vip(*vip)?;
     }
     for net in &args.sources {
-        decap.add_source(*net).map_err(|e| e.to_string())?;
+        decap.add_source(*net)?;
     }
     let from = args
         .sources
@@ -337,7 +338,7 @@ async fn run(args: &DecapArgs) -> Result<(), String> {
             "no --from prefix overlaps {v4} or {v6}, where edgelb nodes send tunnelled packets from: every one of them will be refused"
         );
     }
-    let mode = decap.attach(iface, None).map_err(|e| e.to_string())?;
+    let mode = decap.attach(iface, None)?;
     info!(
         iface,
         mode = mode.name(),
@@ -345,8 +346,8 @@ async fn run(args: &DecapArgs) -> Result<(), String> {
         from,
         "edgelb ready: decapsulating IP-in-IP for the VIPs from the --from sources"
     );
-    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
-    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     tick.tick().await;
     loop {

@@ -4,13 +4,14 @@
 //! consecutive successes healthy again. Transitions are logged with the reason.
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http_body_util::Empty;
-use hyper::Request;
 use hyper::body::Bytes;
+use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{InvalidDnsNameError, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -79,6 +80,8 @@ pub fn spawn(
                         passes = 0;
                         fails = fails.saturating_add(1);
                         if healthy && fails >= check.retries && balancer.set_healthy(index, false) {
+                            // A string field, which the text log quotes.
+                            let reason = reason.to_string();
                             warn!(group, backend = %addr, check = check.kind.name(), reason, fails, "backend unhealthy");
                             changed.notify_one();
                         }
@@ -91,18 +94,63 @@ pub fn spawn(
     tasks
 }
 
-/// One check; the error is the reason a person would want in the log.
+/// Why a check failed: the reason a person would want in the log.
+#[derive(Debug, thiserror::Error)]
+enum ProbeError {
+    /// Nothing listens (ECONNREFUSED): the common case, said plainly.
+    #[error("connection refused")]
+    Refused {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect: {source}")]
+    Connect {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("server name: {source}")]
+    ServerName {
+        #[source]
+        source: InvalidDnsNameError,
+    },
+    #[error("TLS error: {source}")]
+    Tls {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake: {source}")]
+    Handshake {
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("request: {source}")]
+    BuildRequest {
+        #[source]
+        source: hyper::http::Error,
+    },
+    #[error("request: {source}")]
+    Request {
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("status {}", .0.as_u16())]
+    Status(StatusCode),
+    #[error("timeout after {}s", .0.as_secs())]
+    Timeout(Duration),
+}
+
+/// One check.
 async fn probe(
     check: &HealthCheck,
     target: SocketAddr,
     tls: &Arc<ClientConfig>,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     let attempt = async {
         let tcp = TcpStream::connect(target)
             .await
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::ConnectionRefused => "connection refused".to_string(),
-                _ => format!("connect: {e}"),
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::ConnectionRefused => ProbeError::Refused { source },
+                _ => ProbeError::Connect { source },
             })?;
         let _ = tcp.set_nodelay(true);
         match check.kind {
@@ -110,47 +158,46 @@ async fn probe(
             CheckKind::Http => http_get(tcp, check, target).await,
             CheckKind::Https => {
                 let name = match &check.domain {
-                    Some(d) => {
-                        ServerName::try_from(d.clone()).map_err(|e| format!("server name: {e}"))?
-                    }
+                    Some(d) => ServerName::try_from(d.clone())
+                        .map_err(|source| ProbeError::ServerName { source })?,
                     None => ServerName::IpAddress(target.ip().into()),
                 };
                 let stream = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| format!("TLS error: {e}"))?;
+                    .map_err(|source| ProbeError::Tls { source })?;
                 http_get(stream, check, target).await
             }
         }
     };
     timeout(check.timeout, attempt)
         .await
-        .unwrap_or_else(|_| Err(format!("timeout after {}s", check.timeout.as_secs())))
+        .unwrap_or_else(|_| Err(ProbeError::Timeout(check.timeout)))
 }
 
-async fn http_get<S>(io: S, check: &HealthCheck, target: SocketAddr) -> Result<(), String>
+async fn http_get<S>(io: S, check: &HealthCheck, target: SocketAddr) -> Result<(), ProbeError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| format!("HTTP handshake: {e}"))?;
+        .map_err(|source| ProbeError::Handshake { source })?;
     tokio::spawn(conn);
     let host = check.domain.clone().unwrap_or_else(|| target.to_string());
     let req = Request::get(check.path.as_str())
         .header(hyper::header::HOST, host)
         .header(hyper::header::USER_AGENT, "edgelb-health-check")
         .body(Empty::<Bytes>::new())
-        .map_err(|e| format!("request: {e}"))?;
+        .map_err(|source| ProbeError::BuildRequest { source })?;
     let status = sender
         .send_request(req)
         .await
-        .map_err(|e| format!("request: {e}"))?
+        .map_err(|source| ProbeError::Request { source })?
         .status();
     if status.is_success() || status.is_redirection() {
         Ok(())
     } else {
-        Err(format!("status {}", status.as_u16()))
+        Err(ProbeError::Status(status))
     }
 }
 
@@ -160,4 +207,26 @@ fn insecure_tls() -> Result<ClientConfig, rustls::Error> {
     let mut config = crate::tls::client::client_config(None)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_read_as_before() {
+        let refused = std::io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(
+            ProbeError::Refused { source: refused }.to_string(),
+            "connection refused"
+        );
+        assert_eq!(
+            ProbeError::Timeout(Duration::from_secs(2)).to_string(),
+            "timeout after 2s"
+        );
+        assert_eq!(
+            ProbeError::Status(StatusCode::SERVICE_UNAVAILABLE).to_string(),
+            "status 503"
+        );
+    }
 }

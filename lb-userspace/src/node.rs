@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, MAX_L4_GROUPS, MAX_LISTENERS};
 use tokio::sync::{Notify, watch};
@@ -18,7 +18,7 @@ use crate::admin::{GroupView, ListenerStatus, NodeView};
 use crate::balance::Balancer;
 use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig};
 use crate::dataplane::{
-    BackendEntry, Dataplane, L4Group, L4ListenerSpec, ListenerRule, error_chain,
+    BackendEntry, Dataplane, DataplaneError, L4Group, L4ListenerSpec, ListenerRule, error_chain,
 };
 use crate::metrics::Metrics;
 use crate::nexthop::NextHops;
@@ -26,6 +26,37 @@ use crate::proxy::sticky::Sticky;
 use crate::proxy::{ListenerSettings, RouteTarget, Routes, Upstream};
 use crate::server::{ConnectionLimit, ListenerContext, Live};
 use crate::workers::{self, Workers};
+
+/// Why a configuration could not be brought up. Nothing running has changed when this is
+/// returned (see [`Node::reload`]).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("group {group:?}: backend TLS configuration: {source}")]
+    BackendTls {
+        group: String,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The OS refused a listener's address (EADDRINUSE, EACCES...); its errno is the source's.
+    #[error("listener {listener:?}: {addr}: cannot bind: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("listener {listener:?}: TLS configuration: {source}")]
+    ServerTls {
+        listener: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("XDP maps: {}", error_chain(.source))]
+    Dataplane {
+        #[source]
+        source: DataplaneError,
+    },
+}
 
 /// A backend group as it runs.
 pub struct GroupRuntime {
@@ -76,7 +107,7 @@ impl Node {
         metrics: Arc<Metrics>,
         dataplane: Option<&mut Dataplane>,
         hops: &NextHops,
-    ) -> Result<(Node, Vec<Vec<std::net::TcpListener>>), String> {
+    ) -> Result<(Node, Vec<Vec<std::net::TcpListener>>), NodeError> {
         let health_changed = Arc::new(Notify::new());
         let groups = build_groups(&config, &[], workers.len())?;
         let ids = assign_ids(&config, &[]);
@@ -175,7 +206,7 @@ impl Node {
         fresh: Config,
         dataplane: Option<&mut Dataplane>,
         hops: &NextHops,
-    ) -> Result<(), String> {
+    ) -> Result<(), NodeError> {
         let groups = build_groups(&fresh, &self.groups, self.workers.len())?;
         let mut prepared = Vec::new();
         for l in &fresh.listeners {
@@ -324,7 +355,7 @@ fn build_groups(
     config: &Config,
     running: &[GroupRuntime],
     workers: usize,
-) -> Result<Vec<GroupRuntime>, String> {
+) -> Result<Vec<GroupRuntime>, NodeError> {
     let mut out = Vec::with_capacity(config.groups.len());
     for g in &config.groups {
         let g = g.clone();
@@ -347,7 +378,10 @@ fn build_groups(
         let upstreams = (0..workers)
             .map(|_| Upstream::new(g.clone(), balancer.clone(), sticky.clone()).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("group {:?}: backend TLS configuration: {e}", g.name))?;
+            .map_err(|source| NodeError::BackendTls {
+                group: g.name.clone(),
+                source,
+            })?;
         // The health tasks stay with a kept balancer when the checks are the same.
         let health = match kept {
             Some(r) if r.config.health == g.health => r.health.clone(),
@@ -427,7 +461,7 @@ fn write_dataplane(
     groups: &[GroupRuntime],
     ids: &[u32],
     hops: &NextHops,
-) -> Result<(), String> {
+) -> Result<(), NodeError> {
     let rules = listener_rules(config, ids);
     let positions = l4_group_positions(config);
     let l4: Vec<L4ListenerSpec> = config
@@ -450,7 +484,7 @@ fn write_dataplane(
         })
         .collect();
     dp.apply_config(&rules, &l4, &l4_groups(config, groups, hops))
-        .map_err(|e| format!("XDP maps: {}", error_chain(&e)))
+        .map_err(|source| NodeError::Dataplane { source })
 }
 
 fn prepare_listener(
@@ -460,7 +494,7 @@ fn prepare_listener(
     running: &[ListenerRuntime],
     metrics: &Metrics,
     workers: usize,
-) -> Result<Prepared, String> {
+) -> Result<Prepared, NodeError> {
     // A listener keeps its sockets when only its settings change; a tcp/udp listener has
     // none (the XDP program forwards its packets), so changing to or from one starts anew.
     let kept = running.iter().any(|r| {
@@ -475,14 +509,21 @@ fn prepare_listener(
         Some(Vec::new())
     } else {
         Some(
-            workers::bind(l.listen, workers)
-                .map_err(|e| format!("listener {:?}: {}: cannot bind: {e}", l.name, l.listen))?,
+            workers::bind(l.listen, workers).map_err(|source| NodeError::Bind {
+                listener: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?,
         )
     };
     let tls = match &l.tls {
         Some(tls) => Some(TlsAcceptor::from(
-            crate::tls::server_config(&tls.settings, l.http2)
-                .map_err(|e| format!("listener {:?}: TLS configuration: {e}", l.name))?,
+            crate::tls::server_config(&tls.settings, l.http2).map_err(|source| {
+                NodeError::ServerTls {
+                    listener: l.name.clone(),
+                    source,
+                }
+            })?,
         )),
         None => None,
     };

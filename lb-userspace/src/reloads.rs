@@ -4,19 +4,35 @@
 //! runs on tokio's blocking pool; the main thread, which owns the running node and the data
 //! plane, only swaps in the result. Requests that arrive during a read are served by one more
 //! read after it (their files may have changed after the first one began).
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::cli::RunArgs;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::node::NodeError;
+
+/// Why a reload was refused; the running configuration stays. Its text is what `POST /reload`
+/// answers and what the log says.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The flags and files do not make a valid configuration: the configuration's own message.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A setting that only a restart can change (`xdp_iface and xdp_mode`, `admin`, `user`).
+    #[error("{0} cannot change on reload; restart edgelb")]
+    NeedsRestart(&'static str),
+    /// The new configuration could not be brought up (a socket, TLS, the XDP maps).
+    #[error(transparent)]
+    Node(#[from] NodeError),
+}
 
 /// Who asked for a reload and waits for its outcome (POST /reload; a signal waits for none).
-pub type Waiter = oneshot::Sender<Result<(), String>>;
+pub type Waiter = crate::admin::ReloadReply;
 
 /// A finished read: why it was asked for, the configuration or why it was refused, and who
 /// waits for the outcome of applying it.
 pub struct Read {
     pub why: &'static str,
-    pub config: Result<Config, String>,
+    pub config: Result<Config, ReloadError>,
     pub waiting: Vec<Waiter>,
 }
 
@@ -64,7 +80,7 @@ impl Reloads {
         let args = self.args.clone();
         let done = self.done_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let config = Config::from_flags(&args.flags()).map_err(|e| e.to_string());
+            let config = Config::from_flags(&args.flags()).map_err(ReloadError::Config);
             // The receiver lives as long as the main loop; after it, nobody waits.
             let _ = done.send(Read {
                 why,
@@ -72,5 +88,28 @@ impl Reloads {
                 waiting,
             });
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_say_what_needs_a_restart() {
+        assert_eq!(
+            ReloadError::NeedsRestart("xdp_iface and xdp_mode").to_string(),
+            "xdp_iface and xdp_mode cannot change on reload; restart edgelb"
+        );
+        let bind = NodeError::Bind {
+            listener: "web".into(),
+            addr: "127.0.0.1:8443".parse().expect("an address"),
+            source: std::io::Error::from_raw_os_error(libc::EADDRINUSE),
+        };
+        let os = std::io::Error::from_raw_os_error(libc::EADDRINUSE);
+        assert_eq!(
+            ReloadError::from(bind).to_string(),
+            format!("listener \"web\": 127.0.0.1:8443: cannot bind: {os}")
+        );
     }
 }

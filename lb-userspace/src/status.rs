@@ -4,6 +4,7 @@ use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::Value;
 
 pub fn print(admin: &str) -> ExitCode {
@@ -15,25 +16,26 @@ pub fn print(admin: &str) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("edgelb: error: --admin {admin:?}: {e}");
+            // `{:#}`: the context and its cause, `cannot connect: Connection refused (os error 111)`.
+            eprintln!("edgelb: error: --admin {admin:?}: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn fetch(admin: &str) -> Result<Value, String> {
-    let mut stream = TcpStream::connect(admin).map_err(|e| format!("cannot connect: {e}"))?;
+fn fetch(admin: &str) -> anyhow::Result<Value> {
+    let mut stream = TcpStream::connect(admin).context("cannot connect")?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    write!(stream, "GET /status HTTP/1.0\r\nHost: {admin}\r\n\r\n").map_err(|e| e.to_string())?;
+    write!(stream, "GET /status HTTP/1.0\r\nHost: {admin}\r\n\r\n")?;
     let mut text = String::new();
     stream
         .read_to_string(&mut text)
-        .map_err(|e| format!("reading the answer: {e}"))?;
+        .context("reading the answer")?;
     let body = text
         .split_once("\r\n\r\n")
         .map(|(_, b)| b)
-        .ok_or("not an HTTP answer")?;
-    serde_json::from_str(body).map_err(|e| format!("not a status document: {e}"))
+        .context("not an HTTP answer")?;
+    serde_json::from_str(body).context("not a status document")
 }
 
 fn render(status: &Value) -> String {

@@ -7,6 +7,7 @@
 //! `redirect:STATUS:LOCATION`,
 //! `fixed:STATUS:CONTENT-TYPE:BODY`.
 use super::ConfigError;
+use super::values::Refused;
 use crate::rules::{ActionSpec, PathMatch, RuleSpec};
 
 const HELP: &str = "expected KEY=VALUE pairs separated by ';' with keys name, host, path, \
@@ -49,7 +50,7 @@ pub fn parse(value: &str, index: usize, default_group: &str) -> Result<RuleSpec,
             "header" => rule.headers.push(named("NAME")?),
             "query" => rule.query.push(named("KEY")?),
             "client" => rule.client_cidrs.extend(list()),
-            "action" => action = Some(parse_action(v, default_group).map_err(err)?),
+            "action" => action = Some(parse_action(v, default_group).map_err(|r| err(r.0))?),
             other => return Err(err(format!("unknown key {other:?}; {HELP}"))),
         }
     }
@@ -57,7 +58,7 @@ pub fn parse(value: &str, index: usize, default_group: &str) -> Result<RuleSpec,
     Ok(rule)
 }
 
-fn parse_action(v: &str, default_group: &str) -> Result<ActionSpec, String> {
+fn parse_action(v: &str, default_group: &str) -> Result<ActionSpec, Refused> {
     let status = |s: &str| {
         s.parse::<u16>()
             .map_err(|_| format!("status {s:?} is not a number"))
@@ -93,7 +94,8 @@ fn parse_action(v: &str, default_group: &str) -> Result<ActionSpec, String> {
         }
         _ => Err(format!(
             "unknown action {v:?}: forward[:GROUP], redirect:STATUS:LOCATION or fixed:STATUS:CONTENT-TYPE:BODY"
-        )),
+        )
+        .into()),
     }
 }
 

@@ -2,7 +2,7 @@
 //! app-cookie mode and the tokens of lb-cookie mode are `proxy::sticky`'s, at run time.
 use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use aws_lc_rs::{hmac, rand};
@@ -31,12 +31,36 @@ impl StickyKey {
     }
 }
 
+/// Why no lb-cookie key could be had. The file's errors name the file; an OS error keeps its
+/// errno as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum StickyKeyError {
+    #[error("the system random generator failed")]
+    Random,
+    #[error("{}: {source}", path.display())]
+    NotAFile {
+        path: PathBuf,
+        #[source]
+        source: crate::tls::certs::FileCheckError,
+    },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} holds {len} bytes; a key needs at least {MIN_KEY_LEN}", path.display())]
+    TooShort { path: PathBuf, len: usize },
+    #[error("{} is longer than {MAX_KEY_FILE_LEN} bytes; is it the right file?", path.display())]
+    TooLong { path: PathBuf },
+}
+
 impl StickyKey {
     /// A random key, for a node that shares cookies with no other: its cookies stop being
     /// honoured when it restarts.
-    pub fn generate() -> Result<Self, String> {
+    pub fn generate() -> Result<Self, StickyKeyError> {
         let mut bytes = [0u8; GENERATED_KEY_LEN];
-        rand::fill(&mut bytes).map_err(|_| "the system random generator failed".to_string())?;
+        rand::fill(&mut bytes).map_err(|_| StickyKeyError::Random)?;
         let key = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
         bytes.fill(0);
         Ok(StickyKey(Box::new(key)))
@@ -44,26 +68,27 @@ impl StickyKey {
 
     /// A key file holds at least 32 bytes of anything (at most 4096); all of its bytes are the
     /// key.
-    pub fn from_file(path: &Path) -> Result<Self, String> {
-        crate::tls::certs::check_regular(path).map_err(|p| format!("{}: {p}", path.display()))?;
-        let file = std::fs::File::open(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<Self, StickyKeyError> {
+        let owned = || path.to_path_buf();
+        crate::tls::certs::check_regular(path).map_err(|source| StickyKeyError::NotAFile {
+            path: owned(),
+            source,
+        })?;
+        let read = |source| StickyKeyError::Read {
+            path: owned(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(read)?;
         let mut bytes = Vec::new();
         file.take(MAX_KEY_FILE_LEN + 1)
             .read_to_end(&mut bytes)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            .map_err(read)?;
         let too_long = bytes.len() as u64 > MAX_KEY_FILE_LEN;
         let len = bytes.len();
         let result = if len < MIN_KEY_LEN {
-            Err(format!(
-                "{} holds {len} bytes; a key needs at least {MIN_KEY_LEN}",
-                path.display()
-            ))
+            Err(StickyKeyError::TooShort { path: owned(), len })
         } else if too_long {
-            Err(format!(
-                "{} is longer than {MAX_KEY_FILE_LEN} bytes; is it the right file?",
-                path.display()
-            ))
+            Err(StickyKeyError::TooLong { path: owned() })
         } else {
             Ok(StickyKey(Box::new(hmac::Key::new(
                 hmac::HMAC_SHA256,
@@ -89,18 +114,27 @@ pub enum Stickiness {
     AppCookie { name: String, duration: Duration },
 }
 
+/// A cookie name that is not an RFC 6265 token.
+#[derive(Debug, thiserror::Error)]
+pub enum CookieNameError {
+    #[error("a cookie name cannot be empty")]
+    Empty,
+    #[error(
+        "{0:?} is not a valid cookie name: use ASCII letters, digits and \
+         !#$%&'*+-.^_`|~ only (no spaces, '=', ';' or other separators)"
+    )]
+    NotAToken(String),
+}
+
 /// Cookie names must be RFC 6265 tokens (RFC 9110 `tchar`s).
-pub fn validate_cookie_name(name: &str) -> Result<(), String> {
+pub fn validate_cookie_name(name: &str) -> Result<(), CookieNameError> {
     if name.is_empty() {
-        return Err("a cookie name cannot be empty".to_string());
+        return Err(CookieNameError::Empty);
     }
     if name.bytes().all(is_tchar) {
         Ok(())
     } else {
-        Err(format!(
-            "{name:?} is not a valid cookie name: use ASCII letters, digits and \
-             !#$%&'*+-.^_`|~ only (no spaces, '=', ';' or other separators)"
-        ))
+        Err(CookieNameError::NotAToken(name.to_string()))
     }
 }
 

@@ -15,6 +15,24 @@ use serde::de::{self, Deserializer, IntoDeserializer, Visitor};
 
 use crate::tls::sni::is_dns_label;
 
+/// Why a value is refused: what is allowed, e.g. "must be a whole number of seconds, 1-300".
+/// The flag or key and the value are added by whoever reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl From<String> for Refused {
+    fn from(s: String) -> Self {
+        Refused(s)
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(s: &str) -> Self {
+        Refused(s.to_string())
+    }
+}
+
 /// A value written as text on the command line and in the file (or, for numbers, as a TOML
 /// integer). `parse` returns the typed value or what is allowed.
 pub trait TextValue: Sized {
@@ -22,7 +40,7 @@ pub trait TextValue: Sized {
     const EXPECTED: &'static str;
     /// Whether the file may write it as an integer.
     const NUMBER: bool = false;
-    fn parse(text: &str) -> Result<Self, String>;
+    fn parse(text: &str) -> Result<Self, Refused>;
 }
 
 struct TextVisitor<T>(PhantomData<T>);
@@ -51,8 +69,8 @@ impl<T: TextValue> Visitor<'_> for TextVisitor<T> {
 macro_rules! text_value {
     ($([$($generics:tt)*] $t:ty),* $(,)?) => {$(
         impl<$($generics)*> FromStr for $t {
-            type Err = String;
-            fn from_str(s: &str) -> Result<Self, String> {
+            type Err = Refused;
+            fn from_str(s: &str) -> Result<Self, Refused> {
                 <Self as TextValue>::parse(s)
             }
         }
@@ -84,10 +102,10 @@ pub struct Seconds<const MIN: u64, const MAX: u64>(pub Duration);
 impl<const MIN: u64, const MAX: u64> TextValue for Seconds<MIN, MAX> {
     const EXPECTED: &'static str = "a whole number";
     const NUMBER: bool = true;
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         whole(text, MIN, MAX)
             .map(|s| Seconds(Duration::from_secs(s)))
-            .ok_or_else(|| format!("must be a whole number of seconds, {MIN}-{MAX}"))
+            .ok_or_else(|| format!("must be a whole number of seconds, {MIN}-{MAX}").into())
     }
 }
 
@@ -105,10 +123,10 @@ pub struct Count<const MIN: u32, const MAX: u32>(pub u32);
 impl<const MIN: u32, const MAX: u32> TextValue for Count<MIN, MAX> {
     const EXPECTED: &'static str = "a whole number";
     const NUMBER: bool = true;
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         whole(text, MIN.into(), MAX.into())
             .map(|n| Count(n as u32))
-            .ok_or_else(|| format!("must be a whole number, {MIN}-{MAX}"))
+            .ok_or_else(|| format!("must be a whole number, {MIN}-{MAX}").into())
     }
 }
 
@@ -127,7 +145,7 @@ pub type Description = Text<0, 255>;
 
 impl<const MIN: usize, const MAX: usize> TextValue for Text<MIN, MAX> {
     const EXPECTED: &'static str = "a string";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         let len = text.chars().count();
         if !(MIN..=MAX).contains(&len) {
             let allowed = if MIN == 0 {
@@ -135,7 +153,7 @@ impl<const MIN: usize, const MAX: usize> TextValue for Text<MIN, MAX> {
             } else {
                 format!("{MIN}-{MAX}")
             };
-            return Err(format!("must be {allowed} characters, got {len}"));
+            return Err(format!("must be {allowed} characters, got {len}").into());
         }
         if text.chars().any(char::is_control) {
             return Err("must not contain control characters".into());
@@ -154,11 +172,11 @@ pub struct Tag {
 
 impl TextValue for Tag {
     const EXPECTED: &'static str = "a string";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         let (key, value) = text.split_once('=').ok_or("expected KEY=VALUE")?;
         let key_len = key.chars().count();
         if !(1..=128).contains(&key_len) {
-            return Err(format!("key must be 1-128 characters, got {key_len}"));
+            return Err(format!("key must be 1-128 characters, got {key_len}").into());
         }
         if value.chars().count() > 255 {
             return Err("value must be at most 255 characters".into());
@@ -214,7 +232,7 @@ pub struct HcPath(pub String);
 
 impl TextValue for HcPath {
     const EXPECTED: &'static str = "a string";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         const ALLOWED: &str = "-/._~';@$*+,=!:()%&?";
         let ok = (1..=80).contains(&text.len())
             && text.starts_with('/')
@@ -224,7 +242,8 @@ impl TextValue for HcPath {
         if !ok {
             return Err(format!(
                 "must be 1-80 characters starting with /, of letters, digits and {ALLOWED}"
-            ));
+            )
+            .into());
         }
         Ok(HcPath(text.to_string()))
     }
@@ -238,7 +257,7 @@ pub struct HcDomain(pub String);
 
 impl TextValue for HcDomain {
     const EXPECTED: &'static str = "a string";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         if let Ok(ip) = text.parse::<IpAddr>() {
             let private = match ip {
                 IpAddr::V4(v4) => v4.is_private() || v4.is_loopback(),
@@ -271,7 +290,7 @@ pub struct Addr(pub SocketAddr);
 
 impl TextValue for Addr {
     const EXPECTED: &'static str = "a string";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         let addr: SocketAddr = text.parse().map_err(|_| {
             "expected ADDR:PORT, e.g. 10.0.0.1:443 or [fd00::1]:443, with port 1-65535".to_string()
         })?;
@@ -292,14 +311,14 @@ pub struct Cidr(pub IpNet);
 
 impl TextValue for Cidr {
     const EXPECTED: &'static str = "a string";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         let text = text.trim();
         if let Ok(net) = text.parse::<IpNet>() {
             return Ok(Cidr(net.trunc()));
         }
         text.parse::<IpAddr>()
             .map(|ip| Cidr(IpNet::from(ip)))
-            .map_err(|_| CIDR_HELP.to_string())
+            .map_err(|_| CIDR_HELP.into())
     }
 }
 
@@ -324,12 +343,12 @@ pub enum LbIp {
 
 impl TextValue for LbIp {
     const EXPECTED: &'static str = "true, false or an IP address";
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         if text.is_empty() {
             return Ok(LbIp::Local);
         }
         text.parse().map(LbIp::Fixed).map_err(|_| {
-            "expected an IPv4 or IPv6 address, or no value for the local address".to_string()
+            "expected an IPv4 or IPv6 address, or no value for the local address".into()
         })
     }
 }
@@ -359,7 +378,7 @@ pub struct StatusCode(pub u16);
 impl TextValue for StatusCode {
     const EXPECTED: &'static str = "an HTTP status code";
     const NUMBER: bool = true;
-    fn parse(text: &str) -> Result<Self, String> {
+    fn parse(text: &str) -> Result<Self, Refused> {
         text.parse()
             .map(StatusCode)
             .map_err(|_| "expected an HTTP status code".into())
@@ -376,8 +395,8 @@ pub struct Backend {
 }
 
 impl FromStr for Backend {
-    type Err = String;
-    fn from_str(value: &str) -> Result<Self, String> {
+    type Err = Refused;
+    fn from_str(value: &str) -> Result<Self, Refused> {
         let mut parts = value.split(',');
         let addr = parts.next().unwrap_or_default();
         let addr: SocketAddr = addr.parse().map_err(|_| {
@@ -405,7 +424,8 @@ impl FromStr for Backend {
                 _ => {
                     return Err(format!(
                         "unknown option {opt:?}: the only option is weight=N (0-100)"
-                    ));
+                    )
+                    .into());
                 }
             }
         }
@@ -454,9 +474,10 @@ pub struct SniCert {
 }
 
 impl FromStr for SniCert {
-    type Err = String;
-    fn from_str(value: &str) -> Result<Self, String> {
-        let shape = || "expected DOMAIN=CERT:KEY, e.g. www.example.com=www.pem:www.key".to_string();
+    type Err = Refused;
+    fn from_str(value: &str) -> Result<Self, Refused> {
+        let shape =
+            || Refused::from("expected DOMAIN=CERT:KEY, e.g. www.example.com=www.pem:www.key");
         let (domain, files) = value.split_once('=').ok_or_else(shape)?;
         let (cert, key) = files.rsplit_once(':').ok_or_else(shape)?;
         if domain.is_empty() || cert.is_empty() || key.is_empty() {
@@ -683,7 +704,7 @@ mod tests {
             assert!(b(bad).is_err(), "{bad}");
         }
         assert_eq!(
-            b("127.0.0.1:70000").expect_err("port"),
+            b("127.0.0.1:70000").expect_err("port").to_string(),
             "port 70000 is out of range 1-65535"
         );
     }
@@ -703,7 +724,7 @@ mod tests {
         );
         for bad in ["4001", "-1", "1.5", ""] {
             let e = Seconds::<0, 4000>::parse(bad).expect_err(bad);
-            assert!(e.contains("0-4000"), "{e}");
+            assert!(e.0.contains("0-4000"), "{e}");
         }
         assert!(Seconds::<1, 300>::parse("0").is_err());
         assert!(Tag::parse("team=").is_ok());

@@ -74,6 +74,14 @@ pub(super) fn wildcard_parent(host: &str) -> Option<&str> {
     }
 }
 
+/// Why a rule's host was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "not a host name: dot-separated labels of 1-63 letters, digits and hyphens (not at a \
+     label's ends), at most 253 characters, optionally after a leading \"*.\"; no port"
+)]
+pub(super) struct HostPatternError;
+
 /// A configured host, lower-cased.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum HostPattern {
@@ -83,7 +91,7 @@ pub(super) enum HostPattern {
 }
 
 impl HostPattern {
-    pub(super) fn parse(raw: &str) -> Result<HostPattern, String> {
+    pub(super) fn parse(raw: &str) -> Result<HostPattern, HostPatternError> {
         let lower = raw.to_ascii_lowercase();
         let (wild, name) = match lower.strip_prefix("*.") {
             Some(rest) => (true, rest),
@@ -96,12 +104,7 @@ impl HostPattern {
                 && !l.ends_with('-')
         };
         if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-            return Err(
-                "not a host name: dot-separated labels of 1-63 letters, digits and \
-                 hyphens (not at a label's ends), at most 253 characters, optionally after a \
-                 leading \"*.\"; no port"
-                    .into(),
-            );
+            return Err(HostPatternError);
         }
         Ok(if wild {
             HostPattern::Wildcard(name.into())
@@ -119,6 +122,35 @@ impl HostPattern {
     }
 }
 
+/// Why a rule's path, path prefix or path regex was refused.
+#[derive(Clone, Debug, thiserror::Error)]
+pub(super) enum PathError {
+    #[error(
+        "a path must start with '/' and be visible ASCII without '?' or '#' (it is compared, \
+         as received, with the request path without its query)"
+    )]
+    NotLiteral,
+    #[error("an empty regex matches every path; leave the path out instead")]
+    EmptyRegex,
+    /// The regex crate's own message is several lines (the pattern, a caret, the reason):
+    /// only the reason is shown, since the pattern is already part of the rule's error.
+    #[error(
+        "not a valid regex (Rust regex syntax, at most {REGEX_SIZE_LIMIT} bytes compiled): {}",
+        regex_reason(.source)
+    )]
+    Regex {
+        #[source]
+        source: regex::Error,
+    },
+}
+
+/// The last line of a regex error without its `error: ` label.
+fn regex_reason(e: &regex::Error) -> String {
+    let e = e.to_string();
+    let last = e.lines().last().unwrap_or(&e).trim();
+    last.strip_prefix("error: ").unwrap_or(last).to_string()
+}
+
 #[derive(Clone, Debug)]
 pub(super) enum PathMatcher {
     Exact(Box<str>),
@@ -127,38 +159,24 @@ pub(super) enum PathMatcher {
 }
 
 impl PathMatcher {
-    pub(super) fn compile(m: &PathMatch) -> Result<PathMatcher, String> {
+    pub(super) fn compile(m: &PathMatch) -> Result<PathMatcher, PathError> {
         let literal_ok = |p: &str| {
             p.starts_with('/')
                 && p.bytes()
                     .all(|b| (b'!'..=b'~').contains(&b) && b != b'?' && b != b'#')
         };
         match m {
-            PathMatch::Exact(p) | PathMatch::Prefix(p) if !literal_ok(p) => Err(
-                "a path must start with '/' and be visible ASCII without '?' or '#' (it is \
-                 compared, as received, with the request path without its query)"
-                    .into(),
-            ),
+            PathMatch::Exact(p) | PathMatch::Prefix(p) if !literal_ok(p) => {
+                Err(PathError::NotLiteral)
+            }
             PathMatch::Exact(p) => Ok(PathMatcher::Exact(p.as_str().into())),
             PathMatch::Prefix(p) => Ok(PathMatcher::Prefix(p.as_str().into())),
-            PathMatch::Regex(p) if p.is_empty() => {
-                Err("an empty regex matches every path; leave the path out instead".into())
-            }
+            PathMatch::Regex(p) if p.is_empty() => Err(PathError::EmptyRegex),
             PathMatch::Regex(p) => RegexBuilder::new(p)
                 .size_limit(REGEX_SIZE_LIMIT)
                 .build()
                 .map(PathMatcher::Regex)
-                .map_err(|e| {
-                    let e = e.to_string();
-                    format!(
-                        "not a valid regex (Rust regex syntax, at most {REGEX_SIZE_LIMIT} bytes \
-                         compiled): {}",
-                        {
-                            let last = e.lines().last().unwrap_or(&e).trim();
-                            last.strip_prefix("error: ").unwrap_or(last)
-                        }
-                    )
-                }),
+                .map_err(|source| PathError::Regex { source }),
         }
     }
 

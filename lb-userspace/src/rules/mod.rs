@@ -359,7 +359,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
     let hosts = spec
         .hosts
         .iter()
-        .map(|h| HostPattern::parse(h).map_err(|p| err("host", h, p)))
+        .map(|h| HostPattern::parse(h).map_err(|p| err("host", h, p.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
 
     let paths = spec
@@ -367,9 +367,9 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
         .iter()
         .map(|m| {
             PathMatcher::compile(m).map_err(|p| match m {
-                PathMatch::Exact(v) => err("path", v, p),
-                PathMatch::Prefix(v) => err("path_prefix", v, p),
-                PathMatch::Regex(v) => err("path_regex", v, p),
+                PathMatch::Exact(v) => err("path", v, p.to_string()),
+                PathMatch::Prefix(v) => err("path_prefix", v, p.to_string()),
+                PathMatch::Regex(v) => err("path_regex", v, p.to_string()),
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -475,8 +475,8 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
                     "a redirect status must be one of 301, 302, 303, 307, 308".into(),
                 ));
             }
-            let location =
-                LocationTemplate::parse(location).map_err(|p| err("location", location, p))?;
+            let location = LocationTemplate::parse(location)
+                .map_err(|p| err("location", location, p.to_string()))?;
             Action::Redirect {
                 status: StatusCode::from_u16(*status).expect("checked redirect status"),
                 location,

@@ -2,6 +2,21 @@
 use super::RequestInfo;
 use super::matchers::strip_port;
 
+const ALLOWED: &str = "placeholders are {scheme}, {host}, {path} and {query}";
+
+/// Why a redirect location was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum LocationError {
+    #[error("a redirect needs a location")]
+    Empty,
+    #[error("{0:?} cannot appear in a Location header (visible ASCII only; percent-encode)")]
+    NotVisibleAscii(char),
+    #[error("unmatched brace; {ALLOWED}")]
+    UnmatchedBrace,
+    #[error("unknown placeholder {{{0}}}; {ALLOWED}")]
+    UnknownPlaceholder(String),
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Part {
     Literal(Box<str>),
@@ -25,15 +40,12 @@ pub struct LocationTemplate {
 impl LocationTemplate {
     /// `Err(problem)` for an empty template, characters a `Location` header cannot carry, or
     /// an unknown or unclosed placeholder.
-    pub(super) fn parse(raw: &str) -> Result<LocationTemplate, String> {
-        const ALLOWED: &str = "placeholders are {scheme}, {host}, {path} and {query}";
+    pub(super) fn parse(raw: &str) -> Result<LocationTemplate, LocationError> {
         if raw.is_empty() {
-            return Err("a redirect needs a location".into());
+            return Err(LocationError::Empty);
         }
         if let Some(c) = raw.chars().find(|c| !c.is_ascii_graphic()) {
-            return Err(format!(
-                "{c:?} cannot appear in a Location header (visible ASCII only; percent-encode)"
-            ));
+            return Err(LocationError::NotVisibleAscii(c));
         }
         let mut parts = Vec::new();
         let mut rest = raw;
@@ -45,7 +57,7 @@ impl LocationTemplate {
                 continue;
             }
             let Some(end) = rest.strip_prefix('{').and_then(|r| r.find('}')) else {
-                return Err(format!("unmatched brace; {ALLOWED}"));
+                return Err(LocationError::UnmatchedBrace);
             };
             let name = &rest[1..=end];
             parts.push(match name {
@@ -53,7 +65,7 @@ impl LocationTemplate {
                 "host" => Part::Host,
                 "path" => Part::Path,
                 "query" => Part::Query,
-                _ => return Err(format!("unknown placeholder {{{name}}}; {ALLOWED}")),
+                _ => return Err(LocationError::UnknownPlaceholder(name.to_string())),
             });
             rest = &rest[end + 2..];
         }

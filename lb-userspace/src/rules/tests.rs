@@ -816,3 +816,65 @@ fn too_many_rules() {
     let set = RuleSet::compile(&rules[..MAX_RULES], GROUPS).expect("at the limit");
     assert_eq!(set.len(), MAX_RULES);
 }
+
+#[test]
+fn refused_hosts_paths_and_locations_keep_their_messages() {
+    let problem = |spec: RuleSpec| compile_err(spec).problem;
+    let allowed = "placeholders are {scheme}, {host}, {path} and {query}";
+    assert_eq!(
+        problem(RuleSpec {
+            hosts: vec!["a b.example".into()],
+            ..rule("h")
+        }),
+        "not a host name: dot-separated labels of 1-63 letters, digits and hyphens (not at a \
+         label's ends), at most 253 characters, optionally after a leading \"*.\"; no port"
+    );
+    assert_eq!(
+        problem(RuleSpec {
+            paths: vec![PathMatch::Exact("api".into())],
+            ..rule("p")
+        }),
+        "a path must start with '/' and be visible ASCII without '?' or '#' (it is compared, as \
+         received, with the request path without its query)"
+    );
+    assert_eq!(
+        problem(RuleSpec {
+            paths: vec![PathMatch::Regex(String::new())],
+            ..rule("p")
+        }),
+        "an empty regex matches every path; leave the path out instead"
+    );
+    let regex = problem(RuleSpec {
+        paths: vec![PathMatch::Regex("([".into())],
+        ..rule("p")
+    });
+    assert!(
+        regex
+            .starts_with("not a valid regex (Rust regex syntax, at most 1048576 bytes compiled): ")
+            && !regex.contains('\n')
+            && !regex.ends_with(": "),
+        "{regex}"
+    );
+    let location = |location: &str| {
+        problem(RuleSpec {
+            action: ActionSpec::Redirect {
+                status: 301,
+                location: location.into(),
+            },
+            ..with_path("r")
+        })
+    };
+    assert_eq!(location(""), "a redirect needs a location");
+    assert_eq!(
+        location("https://a b"),
+        "' ' cannot appear in a Location header (visible ASCII only; percent-encode)"
+    );
+    assert_eq!(
+        location("https://{host"),
+        format!("unmatched brace; {allowed}")
+    );
+    assert_eq!(
+        location("https://{port}/"),
+        format!("unknown placeholder {{port}}; {allowed}")
+    );
+}

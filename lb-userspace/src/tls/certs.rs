@@ -24,33 +24,55 @@ pub struct CertError {
 }
 
 impl CertError {
-    fn cert(problem: impl Into<String>) -> Self {
+    fn cert(problem: impl ToString) -> Self {
         CertError {
             file: PairFile::Cert,
-            problem: problem.into(),
+            problem: problem.to_string(),
         }
     }
-    fn key(problem: impl Into<String>) -> Self {
+    fn key(problem: impl ToString) -> Self {
         CertError {
             file: PairFile::Key,
-            problem: problem.into(),
+            problem: problem.to_string(),
         }
     }
 }
 
+/// Why a file the configuration names is refused before it is read: see [`check_regular`] and
+/// [`check_private`].
+#[derive(Debug, thiserror::Error)]
+pub enum FileCheckError {
+    /// `stat` failed; the OS error (and its errno) is the source.
+    #[error("cannot read: {source}")]
+    Io {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a regular file")]
+    NotRegular,
+    #[error(
+        "{len} bytes: larger than the {MAX_CONFIG_FILE_LEN} bytes a configuration file may have"
+    )]
+    TooLarge { len: u64 },
+    /// A private key that users other than its owner may read; `mode` is its permission bits.
+    #[error(
+        "a private key readable by group or others (mode {mode:04o}): chmod 600 it (owned by the user edgelb runs as), or pass --allow-readable-keys"
+    )]
+    Readable { mode: u32 },
+}
+
 /// Refuses a private key file that users other than its owner may read: a key readable by a
 /// group or by everyone has likely been copied around already.
-pub fn check_private(path: &Path) -> Result<(), String> {
+pub fn check_private(path: &Path) -> Result<(), FileCheckError> {
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read: {e}"))?
+        .map_err(|source| FileCheckError::Io { source })?
         .permissions()
         .mode();
     if mode & 0o077 != 0 {
-        return Err(format!(
-            "a private key readable by group or others (mode {:04o}): chmod 600 it (owned by the user edgelb runs as), or pass --allow-readable-keys",
-            mode & 0o7777
-        ));
+        return Err(FileCheckError::Readable {
+            mode: mode & 0o7777,
+        });
     }
     Ok(())
 }
@@ -61,28 +83,45 @@ pub const MAX_CONFIG_FILE_LEN: u64 = 64 * 1024 * 1024;
 
 /// Checks that `path` is a regular file of reasonable size before it is read whole: a typo
 /// such as `/dev/zero` or a FIFO must be an error, not a hang or an exhausted memory.
-pub fn check_regular(path: &Path) -> Result<(), String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?;
+pub fn check_regular(path: &Path) -> Result<(), FileCheckError> {
+    let meta = std::fs::metadata(path).map_err(|source| FileCheckError::Io { source })?;
     if !meta.is_file() {
-        return Err("not a regular file".to_string());
+        return Err(FileCheckError::NotRegular);
     }
     if meta.len() > MAX_CONFIG_FILE_LEN {
-        return Err(format!(
-            "{} bytes: larger than the {MAX_CONFIG_FILE_LEN} bytes a configuration file may have",
-            meta.len()
-        ));
+        return Err(FileCheckError::TooLarge { len: meta.len() });
     }
     Ok(())
 }
 
+/// Why a PEM certificate file or CA bundle cannot be used: see [`load_chain`] and
+/// [`load_ca_bundle`].
+#[derive(Debug, thiserror::Error)]
+pub enum PemFileError {
+    #[error(transparent)]
+    File(#[from] FileCheckError),
+    #[error("not a PEM certificate file: {source}")]
+    NotPem {
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("contains no PEM CERTIFICATE block")]
+    NoCertificate,
+    #[error("not a usable CA certificate: {source}")]
+    NotCa {
+        #[source]
+        source: rustls::Error,
+    },
+}
+
 /// Reads a PEM certificate chain.
-pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
     check_regular(path)?;
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("not a PEM certificate file: {e}"))?;
+        .map_err(|source| PemFileError::NotPem { source })?;
     if chain.is_empty() {
-        return Err("contains no PEM CERTIFICATE block".into());
+        return Err(PemFileError::NoCertificate);
     }
     Ok(chain)
 }
@@ -112,12 +151,12 @@ pub fn load_certified_key(
 }
 
 /// Reads a PEM bundle of trust anchors (for client certificates, or backends' certificates).
-pub fn load_ca_bundle(path: &Path) -> Result<Arc<RootCertStore>, String> {
+pub fn load_ca_bundle(path: &Path) -> Result<Arc<RootCertStore>, PemFileError> {
     let mut roots = RootCertStore::empty();
     for cert in load_chain(path)? {
         roots
             .add(cert)
-            .map_err(|e| format!("not a usable CA certificate: {e}"))?;
+            .map_err(|source| PemFileError::NotCa { source })?;
     }
     Ok(Arc::new(roots))
 }
@@ -144,4 +183,69 @@ pub fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
 pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     Some(parsed.subject().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of its own in the temporary directory, removed when dropped.
+    struct TempFile(std::path::PathBuf);
+
+    impl TempFile {
+        fn new(name: &str, contents: &[u8], mode: u32) -> Self {
+            use std::os::unix::fs::PermissionsExt;
+            let path = std::env::temp_dir()
+                .join(format!("edgelb-certs-test-{}-{name}", std::process::id()));
+            std::fs::write(&path, contents).expect("temporary directory is writable");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .expect("own file's mode can be set");
+            TempFile(path)
+        }
+    }
+
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    #[test]
+    fn refused_files_keep_their_messages_and_errno() {
+        let missing = Path::new("/nonexistent/edgelb-certs-test");
+        let e = check_regular(missing).expect_err("missing");
+        assert!(matches!(e, FileCheckError::Io { .. }), "{e:?}");
+        let io = std::io::Error::from_raw_os_error(libc::ENOENT);
+        assert_eq!(e.to_string(), format!("cannot read: {io}"));
+        let errno = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .and_then(std::io::Error::raw_os_error);
+        assert_eq!(errno, Some(libc::ENOENT));
+
+        let e = check_regular(&std::env::temp_dir()).expect_err("a directory");
+        assert_eq!(e.to_string(), "not a regular file");
+        assert_eq!(
+            FileCheckError::TooLarge {
+                len: MAX_CONFIG_FILE_LEN + 1
+            }
+            .to_string(),
+            "67108865 bytes: larger than the 67108864 bytes a configuration file may have"
+        );
+
+        let key = TempFile::new("key.pem", b"not a key", 0o644);
+        let e = check_private(&key.0).expect_err("readable by others");
+        assert_eq!(
+            e.to_string(),
+            "a private key readable by group or others (mode 0644): chmod 600 it (owned by the \
+             user edgelb runs as), or pass --allow-readable-keys"
+        );
+        let key = TempFile::new("key-600.pem", b"not a key", 0o600);
+        assert!(check_private(&key.0).is_ok());
+
+        let empty = TempFile::new("empty.pem", b"", 0o644);
+        let e = load_ca_bundle(&empty.0).expect_err("no certificate");
+        assert_eq!(e.to_string(), "contains no PEM CERTIFICATE block");
+        let e = load_chain(missing).expect_err("missing");
+        assert_eq!(e.to_string(), format!("cannot read: {io}"));
+    }
 }

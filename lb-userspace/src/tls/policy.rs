@@ -25,17 +25,26 @@ pub enum TlsPolicy {
 
 pub const POLICIES: &str = "tls-1-2, tls-1-2-strict, tls-1-3";
 
+/// Why a security policy name was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("TLS 1.0 and 1.1 are deprecated by RFC 8996 and not offered; choose one of {POLICIES}")]
+    Deprecated,
+    #[error("unknown security policy; choose one of {POLICIES}")]
+    Unknown,
+}
+
 impl TlsPolicy {
     /// Parses a policy name; the error says what is allowed, and why TLS 1.0/1.1 are not.
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, PolicyError> {
         match value.to_ascii_lowercase().as_str() {
             "tls-1-2" => Ok(TlsPolicy::Tls12),
             "tls-1-2-strict" => Ok(TlsPolicy::Tls12Strict),
             "tls-1-3" => Ok(TlsPolicy::Tls13),
-            v if v.starts_with("tls-1-0") || v.starts_with("tls-1-1") => Err(format!(
-                "TLS 1.0 and 1.1 are deprecated by RFC 8996 and not offered; choose one of {POLICIES}"
-            )),
-            _ => Err(format!("unknown security policy; choose one of {POLICIES}")),
+            v if v.starts_with("tls-1-0") || v.starts_with("tls-1-1") => {
+                Err(PolicyError::Deprecated)
+            }
+            _ => Err(PolicyError::Unknown),
         }
     }
 
@@ -105,12 +114,12 @@ mod tests {
     fn old_versions_are_refused_citing_rfc_8996() {
         for old in ["tls-1-0", "TLS-1-1", "tls-1-0-inherit"] {
             let e = TlsPolicy::parse(old).expect_err(old);
-            assert!(e.contains("RFC 8996"), "{e}");
+            assert_eq!(e, PolicyError::Deprecated);
+            assert!(e.to_string().contains("RFC 8996"), "{e}");
         }
-        assert!(
-            TlsPolicy::parse("tls-9")
-                .expect_err("unknown")
-                .contains(POLICIES)
+        assert_eq!(
+            TlsPolicy::parse("tls-9").expect_err("unknown").to_string(),
+            format!("unknown security policy; choose one of {POLICIES}")
         );
         assert_eq!(TlsPolicy::parse("tls-1-3"), Ok(TlsPolicy::Tls13));
     }

@@ -7,6 +7,14 @@ use std::sync::Arc;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+/// Why a `--sni-cert` domain was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "expected a domain name such as www.example.com or *.example.com \
+     (labels of letters, digits and hyphens, at least two labels)"
+)]
+pub struct SniNameError;
+
 /// A validated `--sni-cert` domain: lowercase, optionally `*.` followed by a name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SniName(String);
@@ -14,16 +22,12 @@ pub struct SniName(String);
 impl SniName {
     /// Accepts `example.com` or `*.example.com`: labels of letters, digits and hyphens (no
     /// leading or trailing hyphen, 1-63 characters), at least two labels, 253 characters at most.
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub fn parse(value: &str) -> Result<Self, SniNameError> {
         let lower = value.to_ascii_lowercase();
         let name = lower.strip_prefix("*.").unwrap_or(&lower);
         let labels: Vec<&str> = name.split('.').collect();
         if lower.len() > 253 || labels.len() < 2 || !labels.iter().all(|l| is_dns_label(l)) {
-            return Err(
-                "expected a domain name such as www.example.com or *.example.com \
-                        (labels of letters, digits and hyphens, at least two labels)"
-                    .into(),
-            );
+            return Err(SniNameError);
         }
         Ok(SniName(lower))
     }
@@ -139,7 +143,12 @@ mod tests {
             "a b.com",
             "",
         ] {
-            assert!(SniName::parse(bad).is_err(), "{bad}");
+            assert_eq!(SniName::parse(bad), Err(SniNameError), "{bad}");
         }
+        assert_eq!(
+            SniNameError.to_string(),
+            "expected a domain name such as www.example.com or *.example.com (labels of \
+             letters, digits and hyphens, at least two labels)"
+        );
     }
 }
