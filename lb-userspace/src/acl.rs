@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-/// `--access-control`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `--access-control`: its words are the flag's and the file key's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum AclMode {
     All,
+    #[value(alias = "allowlist")]
     Whitelist,
+    #[value(alias = "denylist")]
     Blacklist,
 }
 

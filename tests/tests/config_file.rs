@@ -499,3 +499,110 @@ fn sni_cert_tables_take_paths_with_colons() {
         "{stdout}"
     );
 }
+
+/// A flag and its file key are one typed value read by one parser: the same words are
+/// accepted by both, in any case, and a bad value is refused by both with the same words.
+#[test]
+fn a_flag_and_its_file_key_take_and_refuse_the_same_values() {
+    let s = Setup::new();
+    // (flag and value, the key's table and line, what both must say; None: both accept).
+    let cases: [(&[&str], &str, &str, Option<&str>); 8] = [
+        (
+            &["--idle-timeout", "5000"],
+            "listener",
+            "idle_timeout = 5000",
+            Some("\"5000\": must be a whole number of seconds, 0-4000"),
+        ),
+        (
+            &["--backend", "127.0.0.1:70000"],
+            "group",
+            "backend = [\"127.0.0.1:70000\"]",
+            Some("\"127.0.0.1:70000\": port 70000 is out of range 1-65535"),
+        ),
+        (
+            &["--hc-path", "healthz"],
+            "group",
+            "hc_path = \"healthz\"",
+            Some("\"healthz\": must be 1-80 characters starting with /"),
+        ),
+        (
+            &["--tag", "=x"],
+            "listener",
+            "tag = [\"=x\"]",
+            Some("\"=x\": key must be 1-128 characters, got 0"),
+        ),
+        (
+            &["--algorithm", "fastest"],
+            "group",
+            "algorithm = \"fastest\"",
+            Some(
+                "\"fastest\": expected one of: weighted-round-robin, weighted-least-connections, source-ip-hash",
+            ),
+        ),
+        (
+            &["--ip-group", "10.0.0.0/8,10.1.2.3/40"],
+            "listener",
+            "access_control = \"whitelist\"\nip_group = [\"10.0.0.0/8,10.1.2.3/40\"]",
+            Some("\"10.1.2.3/40\": expected an IPv4/IPv6 address or CIDR"),
+        ),
+        (
+            &["--algorithm", "WLC"],
+            "group",
+            "algorithm = \"WLC\"",
+            None,
+        ),
+        (&["--http2", "False"], "listener", "http2 = \"False\"", None),
+    ];
+    let mut failures = Vec::new();
+    for (i, (flag, table, line, expected)) in cases.iter().enumerate() {
+        let mut args = vec![
+            "check",
+            "--protocol",
+            "http",
+            "--listen",
+            "127.0.0.1:18080",
+            "--backend",
+            "127.0.0.1:30080",
+        ];
+        if flag[0] == "--backend" {
+            args.truncate(5);
+        }
+        if flag[0] == "--ip-group" {
+            args.extend(["--access-control", "whitelist"]);
+        }
+        args.extend(flag.iter().copied());
+        let by_flag = daemon::run(&args);
+
+        let (listener_line, group_line) = if *table == "listener" {
+            (*line, "")
+        } else {
+            ("", *line)
+        };
+        let backend = if flag[0] == "--backend" {
+            ""
+        } else {
+            "backend = [\"127.0.0.1:30080\"]"
+        };
+        let text = format!(
+            "[[group]]\nname = \"g\"\n{backend}\n{group_line}\n\n[[listener]]\nname = \"l\"\n\
+             protocol = \"http\"\nlisten = \"127.0.0.1:18080\"\ngroup = \"g\"\n{listener_line}\n"
+        );
+        let file = s.dir.write(&format!("same-{i}.toml"), text);
+        let by_file = daemon::run(&["check", "--config", &file.to_string_lossy()]);
+
+        for (how, out) in [("flag", &by_flag), ("file", &by_file)] {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let ok = match expected {
+                None => out.status.success(),
+                Some(said) => out.status.code() == Some(2) && stderr.contains(said),
+            };
+            if !ok {
+                failures.push(format!(
+                    "{flag:?} by {how}: exit {:?}, expected {expected:?}: {stderr}",
+                    out.status.code()
+                ));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

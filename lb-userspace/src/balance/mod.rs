@@ -17,10 +17,17 @@ use source_hash::SourceHash;
 use wlc::Wlc;
 use wrr::SmoothWrr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// `--algorithm`: its words are the flag's and the file key's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Algorithm {
+    /// Smooth weighted round robin.
+    #[value(name = "weighted-round-robin", alias = "wrr")]
     WeightedRoundRobin,
+    /// Fewest in-flight requests relative to weight.
+    #[value(name = "weighted-least-connections", alias = "wlc")]
     WeightedLeastConnections,
+    /// Maglev consistent hashing of the client address.
+    #[value(name = "source-ip-hash", alias = "source-ip")]
     SourceIpHash,
 }
 

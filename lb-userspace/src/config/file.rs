@@ -100,6 +100,7 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
                 }
             }
         }
+        split_cidr_lists(&mut t);
         let mut spec: ListenerSpec = typed(&Value::Table(t), &location, Scope::Listener)?;
         spec.resolve_paths(dir);
         let group = spec.group.clone().ok_or_else(|| {
@@ -137,6 +138,24 @@ fn underscored(t: Table) -> Table {
     t.into_iter()
         .map(|(k, v)| (k.replace('-', "_"), v))
         .collect()
+}
+
+/// `ip_group = ["10.0.0.0/8,fd00::/8"]` holds comma-separated lists, as `--ip-group` does:
+/// one CIDR per entry, so that a refusal names the entry at fault, as the flag's does.
+fn split_cidr_lists(t: &mut Table) {
+    let entries = match t.get("ip_group") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) if items.iter().all(Value::is_str) => {
+            items.iter().filter_map(Value::as_str).collect()
+        }
+        _ => return,
+    };
+    let split: Vec<Value> = entries
+        .iter()
+        .flat_map(|e| e.split(','))
+        .map(|c| Value::String(c.trim().to_string()))
+        .collect();
+    t.insert("ip_group".into(), Value::Array(split));
 }
 
 fn tables(v: Option<Value>, key: &str, at: &str) -> Result<Vec<Table>, ConfigError> {

@@ -35,9 +35,7 @@ use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
 use spec::{GroupSpec, ListenerSpec, NodeSpec};
 pub use values::Backend;
-use values::{
-    AccessControlArg, AlgorithmArg, BackendProtocolArg, LbIp, OnOff, SslAuthArg, StickyArg,
-};
+use values::{BackendProtocolArg, LbIp, OnOff, SslAuthArg, StickyArg};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -921,11 +919,7 @@ fn access_control(args: &ListenerSpec, shared: Vec<IpNet>) -> Result<AccessContr
     }
     prefixes.sort();
     prefixes.dedup();
-    let mode = match args.access_control {
-        AccessControlArg::All => AclMode::All,
-        AccessControlArg::Whitelist => AclMode::Whitelist,
-        AccessControlArg::Blacklist => AclMode::Blacklist,
-    };
+    let mode = args.access_control;
     match mode {
         AclMode::All if !prefixes.is_empty() => Err(ConfigError::new(
             "--access-control",
@@ -1004,11 +998,7 @@ fn group(args: &GroupSpec) -> Result<GroupConfig, ConfigError> {
         name: args.group_name.0.clone(),
         description: args.group_description.as_ref().map(|d| d.0.clone()),
         backends,
-        algorithm: match args.algorithm {
-            AlgorithmArg::Wrr => Algorithm::WeightedRoundRobin,
-            AlgorithmArg::Wlc => Algorithm::WeightedLeastConnections,
-            AlgorithmArg::SourceIp => Algorithm::SourceIpHash,
-        },
+        algorithm: args.algorithm,
         protocol,
         health: HealthCheck {
             kind: args.health_check,
@@ -1033,7 +1023,7 @@ fn stickiness(args: &GroupSpec) -> Result<Option<Stickiness>, ConfigError> {
         StickyArg::LbCookie => "lb-cookie",
         StickyArg::AppCookie => "app-cookie",
     };
-    if args.sticky_session != StickyArg::Off && args.algorithm != AlgorithmArg::Wrr {
+    if args.sticky_session != StickyArg::Off && args.algorithm != Algorithm::WeightedRoundRobin {
         return Err(ConfigError::new(
             "--sticky-session",
             mode,

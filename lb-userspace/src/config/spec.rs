@@ -8,11 +8,12 @@ use clap::{Args, FromArgMatches};
 use serde::Deserialize;
 
 use super::values::{
-    self, AccessControlArg, AlgorithmArg, Backend, BackendProtocolArg, Cidr, Count, Description,
-    HcDomain, HcPath, Label, LbIp, OnOff, Port, Seconds, SniCert, SslAuthArg, StatusCode,
-    StickyArg, Tag,
+    self, Backend, BackendProtocolArg, Cidr, Count, Description, HcDomain, HcPath, Label, LbIp,
+    OnOff, Port, Seconds, SniCert, SslAuthArg, StatusCode, StickyArg, Tag,
 };
 use super::{CheckKind, FrontendProtocol, XdpMode};
+use crate::acl::AclMode;
+use crate::balance::Algorithm;
 
 /// One listener: where it accepts, TLS, timeouts, access control and rules.
 #[derive(Clone, Debug, Args, Deserialize)]
@@ -146,11 +147,11 @@ pub struct ListenerSpec {
         value_name = "MODE",
         default_value = "all"
     )]
-    pub access_control: AccessControlArg,
+    pub access_control: AclMode,
 
     /// IP address group: comma-separated IPv4/IPv6 CIDRs (a bare address is a host), repeatable.
     #[arg(long = "ip-group", value_name = "CIDR,...", value_delimiter = ',')]
-    #[serde(deserialize_with = "values::cidr_lists")]
+    #[serde(deserialize_with = "values::one_or_many")]
     pub ip_group: Vec<Cidr>,
 
     /// IP address group file: one CIDR per line, `#` starts a comment. Repeatable.
@@ -205,7 +206,7 @@ pub struct GroupSpec {
         value_name = "ALGORITHM",
         default_value = "weighted-round-robin"
     )]
-    pub algorithm: AlgorithmArg,
+    pub algorithm: Algorithm,
 
     /// Protocol to backends.
     #[arg(

@@ -322,18 +322,6 @@ impl TextValue for Cidr {
     }
 }
 
-/// `ip_group = ["10.0.0.0/8,fd00::/8", "192.0.2.1"]`: strings of comma-separated CIDRs, as
-/// `--ip-group` takes them.
-pub fn cidr_lists<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Cidr>, D::Error> {
-    let mut out = Vec::new();
-    for list in one_or_many::<D, String>(d)? {
-        for item in list.split(',') {
-            out.push(Cidr::parse(item).map_err(de::Error::custom)?);
-        }
-    }
-    Ok(out)
-}
-
 /// `--transfer-lb-ip` with no value (the local address the client connected to) or an IP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LbIp {
@@ -601,25 +589,16 @@ impl<T: ValueEnum> Visitor<'_> for ChoiceVisitor<T> {
 }
 
 choice!(
-    AccessControlArg,
+    crate::acl::AclMode,
     super::FrontendProtocol,
     SslAuthArg,
     OnOff,
     BackendProtocolArg,
-    AlgorithmArg,
+    crate::balance::Algorithm,
     super::CheckKind,
     StickyArg,
     super::XdpMode,
 );
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AccessControlArg {
-    All,
-    #[value(alias = "allowlist")]
-    Whitelist,
-    #[value(alias = "denylist")]
-    Blacklist,
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SslAuthArg {
@@ -640,19 +619,6 @@ pub enum OnOff {
 pub enum BackendProtocolArg {
     Http,
     Https,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum AlgorithmArg {
-    /// Smooth weighted round robin.
-    #[value(name = "weighted-round-robin", alias = "wrr")]
-    Wrr,
-    /// Fewest in-flight requests relative to weight.
-    #[value(name = "weighted-least-connections", alias = "wlc")]
-    Wlc,
-    /// Maglev consistent hashing of the client address.
-    #[value(name = "source-ip-hash", alias = "source-ip")]
-    SourceIp,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
