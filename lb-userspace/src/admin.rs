@@ -40,6 +40,8 @@ pub struct NodeView {
     pub groups: Vec<GroupView>,
     /// `iface:mode` for each XDP attachment; empty when XDP is off.
     pub xdp_attached: Vec<String>,
+    /// The BGP sessions and announced routes; None without BGP.
+    pub bgp: Option<crate::bgp::BgpView>,
 }
 
 pub struct GroupView {
@@ -72,6 +74,7 @@ struct Status<'a> {
     listeners: &'a [ListenerStatus],
     groups: Vec<GroupStatus>,
     xdp: XdpStatus,
+    bgp: Option<&'a crate::bgp::BgpView>,
 }
 
 #[derive(Serialize)]
@@ -131,6 +134,7 @@ impl AdminState {
                 attached: view.xdp_attached.clone(),
                 counters: totals,
             },
+            bgp: view.bgp.as_ref(),
         };
         serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }

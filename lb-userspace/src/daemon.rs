@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState, NodeView, Refusal};
+use crate::bgp::Announcer;
 use crate::cli::RunArgs;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
@@ -101,12 +102,30 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             }
         };
     node.serve(sockets);
+    // Before any privilege drop: the speaker listens on BGP's port 179.
+    let mut bgp = match node.config.bgp.clone().map(Announcer::start).transpose() {
+        Ok(b) => b,
+        Err(e) => {
+            node.stop_listeners();
+            if let Some(dp) = dataplane.as_mut() {
+                dp.detach_all();
+            }
+            return Err(StartError::Runtime(e.into()));
+        }
+    };
+    if let (Some(user), Some(b)) = (&node.config.ops.user, &bgp) {
+        // The daemon talks to the speaker as that user from now on.
+        let _ = nix::unistd::chown(b.control_socket(), Some(user.uid), Some(user.gid));
+    }
     if let Some(user) = &node.config.ops.user {
         let keep = crate::privilege::kept(dataplane.is_some());
         if let Err(e) = crate::privilege::drop_to(user, &keep) {
             node.stop_listeners();
             if let Some(dp) = dataplane.as_mut() {
                 dp.detach_all();
+            }
+            if let Some(b) = bgp.take() {
+                b.stop();
             }
             return Err(StartError::Runtime(
                 format!("--user {}: {e}", user.name).into(),
@@ -123,7 +142,10 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         view: Mutex::new(NodeView::default()),
         reload: reload_tx,
     });
-    refresh_status(&admin_state, &node, dataplane.as_ref());
+    if let Some(b) = bgp.as_mut() {
+        b.update(node.announceable(b.announce_when())).await;
+    }
+    refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref());
     if let Some(listener) = admin {
         tokio::spawn(admin::serve(listener, admin_state.clone()));
     }
@@ -143,7 +165,11 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 if ticks.is_multiple_of(next_hop_ticks) || !hops.all_resolved(&node.l4_backends()) {
                     refresh_next_hops(&mut hops, &node, dataplane.as_mut());
                 }
-                refresh_status(&admin_state, &node, dataplane.as_ref());
+                if let Some(b) = bgp.as_mut() {
+                    b.poll().await;
+                    b.update(node.announceable(b.announce_when())).await;
+                }
+                refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref());
             }
             _ = next_hop_change(hop_watch.as_ref()) => {
                 refresh_next_hops(&mut hops, &node, dataplane.as_mut());
@@ -154,17 +180,35 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 if let Some(dp) = dataplane.as_mut() {
                     node.write_l4_groups(dp, &hops);
                 }
+                if let Some(b) = bgp.as_mut() {
+                    b.update(node.announceable(b.announce_when())).await;
+                    refresh_status(&admin_state, &node, dataplane.as_ref(), Some(b));
+                }
             }
             _ = sighup.recv() => reloads.request("SIGHUP", None),
             Some(reply) = reload_rx.recv() => reloads.request("POST /reload", Some(reply)),
             Some(read) = reads.recv() => {
-                let result = reload_logged(read.why, read.config, &mut node, dataplane.as_mut(), &mut hops, &admin_state);
+                let result = reload_logged(read.why, read.config, &mut node, dataplane.as_mut(), &mut hops, &admin_state, bgp.as_ref());
+                if let Some(b) = bgp.as_mut() {
+                    b.update(node.announceable(b.announce_when())).await;
+                }
                 for waiter in read.waiting {
                     let _ = waiter.send(result.clone());
                 }
                 reloads.finished();
             }
         }
+    }
+    // Routers first: they move new connections to the other nodes while this one still
+    // accepts, and only then do the listeners close.
+    if let Some(b) = bgp.as_mut() {
+        b.withdraw_all().await;
+        let delay = b.settings().withdraw_delay;
+        info!(
+            seconds = delay.as_secs(),
+            "BGP routes withdrawn; closing the listeners after --bgp-withdraw-delay"
+        );
+        tokio::time::sleep(delay).await;
     }
     node.stop_listeners();
     let drain = node.config.ops.drain_timeout;
@@ -175,6 +219,9 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     workers.shutdown(drain);
     if let Some(dp) = dataplane.as_mut() {
         dp.detach_all();
+    }
+    if let Some(b) = bgp {
+        b.stop();
     }
     Ok(())
 }
@@ -324,6 +371,7 @@ fn reload_logged(
     dataplane: Option<&mut Dataplane>,
     hops: &mut NextHops,
     admin: &AdminState,
+    bgp: Option<&Announcer>,
 ) -> Result<(), Refusal> {
     let result = fresh
         .and_then(|fresh| reload(fresh, node, dataplane, hops))
@@ -331,7 +379,7 @@ fn reload_logged(
     match &result {
         Ok(()) => {
             admin.metrics.reloaded();
-            refresh_status(admin, node, None);
+            refresh_status(admin, node, None, bgp);
             info!(
                 listeners = node.listeners.len(),
                 groups = node.groups.len(),
@@ -358,6 +406,9 @@ fn reload(
     if fresh.xdp.ifaces != node.config.xdp.ifaces || fresh.xdp.mode != node.config.xdp.mode {
         return Err(ReloadError::NeedsRestart("xdp_iface and xdp_mode"));
     }
+    if fresh.bgp != node.config.bgp {
+        return Err(ReloadError::NeedsRestart("the bgp_ settings"));
+    }
     if fresh.ops.admin != node.config.ops.admin {
         return Err(ReloadError::NeedsRestart("admin"));
     }
@@ -371,7 +422,12 @@ fn reload(
 
 /// Copies backend health into the metrics and XDP counters into the status view. Without a
 /// data plane argument the counters are kept from the last tick until the next one.
-fn refresh_status(state: &AdminState, node: &Node, dataplane: Option<&Dataplane>) {
+fn refresh_status(
+    state: &AdminState,
+    node: &Node,
+    dataplane: Option<&Dataplane>,
+    bgp: Option<&Announcer>,
+) {
     for g in &node.groups {
         let b = &g.balancer;
         for i in 0..b.len() {
@@ -388,6 +444,10 @@ fn refresh_status(state: &AdminState, node: &Node, dataplane: Option<&Dataplane>
             .collect()
     });
     let mut view = node.view(attached);
+    view.bgp = bgp.map(Announcer::view);
+    if let Some(b) = &view.bgp {
+        state.metrics.set_bgp(b);
+    }
     if let Some(dp) = dataplane {
         for (group, b, c) in l4_backend_counters(dp, node) {
             state.metrics.set_xdp_backend(

@@ -3,6 +3,7 @@
 pub mod acl;
 pub mod admin;
 pub mod balance;
+pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -62,6 +62,13 @@ pub struct Metrics {
     xdp_backend_packets: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     xdp_backend_bytes: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     reloads: Counter,
+    bgp_peer_established: Family<PeerLabels, Gauge>,
+    bgp_announced: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PeerLabels {
+    peer: String,
 }
 
 const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -127,6 +134,18 @@ impl Metrics {
         );
         let reloads = Counter::default();
         registry.register("reloads", "Configuration reloads applied", reloads.clone());
+        let bgp_peer_established = Family::<PeerLabels, Gauge>::default();
+        registry.register(
+            "bgp_peer_established",
+            "1 while the BGP session with the peer is established",
+            bgp_peer_established.clone(),
+        );
+        let bgp_announced = Gauge::default();
+        registry.register(
+            "bgp_announced_routes",
+            "Routes (listener addresses) announced over BGP now",
+            bgp_announced.clone(),
+        );
         Arc::new(Metrics {
             registry,
             requests,
@@ -139,6 +158,8 @@ impl Metrics {
             xdp_backend_packets,
             xdp_backend_bytes,
             reloads,
+            bgp_peer_established,
+            bgp_announced,
         })
     }
 
@@ -183,6 +204,17 @@ impl Metrics {
             by_backend: backends.iter().map(|b| counters(b)).collect(),
             local: counters("-"),
         }
+    }
+
+    pub fn set_bgp(&self, view: &crate::bgp::BgpView) {
+        for p in &view.peers {
+            self.bgp_peer_established
+                .get_or_create(&PeerLabels {
+                    peer: p.address.clone(),
+                })
+                .set(i64::from(p.established));
+        }
+        self.bgp_announced.set(view.announced.len() as i64);
     }
 
     pub fn set_backend_healthy(&self, group: &str, backend: &str, healthy: bool) {

@@ -2,7 +2,7 @@
 //! worker) and every listener (sockets, per-worker contexts), and how a new configuration
 //! replaces them. A reload is prepared completely (files read, sockets bound, TLS built)
 //! before anything running is touched, so a reload that fails changes nothing.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use crate::admin::{GroupView, ListenerStatus, NodeView};
 use crate::balance::Balancer;
+use crate::config::bgp::BgpAnnounce;
 use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig};
 use crate::dataplane::{
     BackendEntry, Dataplane, DataplaneError, L4Group, L4ListenerSpec, ListenerRule, error_chain,
@@ -309,6 +310,28 @@ impl Node {
     }
 
     /// What `/status` shows, without the XDP counters (the caller adds them).
+    /// The listeners' addresses a BGP speaker should announce now: each listener serves once
+    /// the node runs (its socket bound, or XDP attached for tcp/udp), and with
+    /// [`BgpAnnounce::Healthy`] its default group must have a healthy backend of weight above 0.
+    /// Wildcard addresses are never announced.
+    pub fn announceable(&self, when: BgpAnnounce) -> BTreeSet<IpAddr> {
+        self.listeners
+            .iter()
+            .filter(|l| !l.config.listen.ip().is_unspecified())
+            .filter(|l| {
+                when == BgpAnnounce::Serving || {
+                    let name = &self.config.default_group(&l.config).name;
+                    self.groups.iter().any(|g| {
+                        g.config.name == *name
+                            && (0..g.balancer.len())
+                                .any(|i| g.balancer.is_healthy(i) && g.balancer.weight(i) > 0)
+                    })
+                }
+            })
+            .map(|l| l.config.listen.ip())
+            .collect()
+    }
+
     pub fn view(&self, xdp_attached: Vec<String>) -> NodeView {
         NodeView {
             listeners: self
@@ -333,6 +356,7 @@ impl Node {
                 })
                 .collect(),
             xdp_attached,
+            bgp: None,
         }
     }
 }

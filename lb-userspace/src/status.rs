@@ -110,5 +110,35 @@ fn render(status: &Value) -> String {
             ));
         }
     }
+    let bgp = &status["bgp"];
+    if bgp.is_object() {
+        out.push_str(&format!(
+            "bgp as {} router-id {}\n",
+            bgp["local_as"].as_u64().unwrap_or(0),
+            bgp["router_id"].as_str().unwrap_or("?")
+        ));
+        for p in bgp["peers"].as_array().unwrap_or(&empty) {
+            out.push_str(&format!(
+                "  peer {:<40} as {:<10} {}\n",
+                p["address"].as_str().unwrap_or("?"),
+                p["asn"].as_u64().unwrap_or(0),
+                p["state"].as_str().unwrap_or("?")
+            ));
+        }
+        let announced: Vec<&str> = bgp["announced"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "  announced {}\n",
+            if announced.is_empty() {
+                "nothing".to_string()
+            } else {
+                announced.join(" ")
+            }
+        ));
+    }
     out
 }

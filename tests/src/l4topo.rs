@@ -265,9 +265,21 @@ impl L4Topo {
 
     /// As [`L4Topo::new`], with links of MTU `inner_mtu` behind the router.
     pub fn with_inner_mtu(inner_mtu: u32) -> Self {
+        let topo = Self::build(LBS, inner_mtu);
+        topo.route_vip_via_lbs(&[0]);
+        topo
+    }
+
+    /// As [`L4Topo::new`] with `lbs` lb nodes and no route to the VIPs at the router: the
+    /// test makes one (BGP).
+    pub fn with_lbs(lbs: usize) -> Self {
+        Self::build(lbs, INNER_MTU)
+    }
+
+    fn build(lb_count: usize, inner_mtu: u32) -> Self {
         let client = Netns::new("l4c");
         let router = Netns::new("l4r");
-        let lbs: Vec<Netns> = (0..LBS).map(|_| Netns::new("l4l")).collect();
+        let lbs: Vec<Netns> = (0..lb_count).map(|_| Netns::new("l4l")).collect();
         let backends: Vec<Netns> = (0..BACKENDS).map(|_| Netns::new("l4b")).collect();
         // Before the links exist, so that they inherit the defaults: no duplicate address
         // detection (addresses usable at once) and no reverse-path filter anywhere.
@@ -417,7 +429,6 @@ impl L4Topo {
             lb_links,
             backend_links,
         };
-        topo.route_vip_via_lbs(&[0]);
         // The XDP programs, loaded in parallel (each takes a moment to load).
         let vip4 = VIP_V4.to_string();
         let vip6 = VIP_V6.to_string();
@@ -715,7 +726,7 @@ impl L4Topo {
         );
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = self.router.ip(&args);
-        (0..LBS)
+        (0..self.lbs.len())
             .find(|&k| out.contains(&format!("via {} ", lb_addr(k, v6))))
             .unwrap_or_else(|| panic!("{local}: the route goes through no lb node: {out}"))
     }

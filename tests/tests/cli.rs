@@ -731,3 +731,59 @@ fn settings_without_effect_get_a_warning() {
         );
     }
 }
+
+/// BGP settings are checked as a whole: a peer or router id needs the local AS, the local AS
+/// needs a router id and a peer, values are range-checked; a complete set is accepted.
+#[test]
+fn bgp_settings_are_checked() {
+    let f = files();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--bgp-peer", "10.2.1.1,as=65000"],
+            "--bgp-peer \"10.2.1.1,as=65000\": needs --bgp-local-as",
+        ),
+        (
+            &["--bgp-local-as", "65001", "--bgp-peer", "10.2.1.1,as=65000"],
+            "--bgp-router-id: required with --bgp-local-as",
+        ),
+        (
+            &["--bgp-local-as", "65001", "--bgp-router-id", "10.2.1.2"],
+            "--bgp-peer: required with --bgp-local-as",
+        ),
+        (
+            &["--bgp-peer", "10.2.1.1"],
+            "--bgp-peer \"10.2.1.1\": expected ADDR,as=ASN",
+        ),
+        (
+            &["--bgp-hold-time", "2"],
+            "--bgp-hold-time \"2\": must be a whole number of seconds, 3-65535",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let mut args = vec!["check"];
+        args.extend(base(&f));
+        args.extend(extra);
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+    let mut args = vec!["check"];
+    args.extend(base(&f));
+    args.extend([
+        "--bgp-local-as",
+        "65001",
+        "--bgp-router-id",
+        "10.2.1.2",
+        "--bgp-peer",
+        "10.2.1.1,as=65000",
+        "--bgp-peer",
+        "fd00:2:1::1,as=65000",
+    ]);
+    let out = run(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -18,6 +18,7 @@ const PACKAGES: &[&str] = &[
     "procps",
     "nftables",
     "ethtool",
+    "bird2",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

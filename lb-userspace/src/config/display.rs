@@ -122,6 +122,34 @@ impl Config {
                 "  mode            off (access control enforced on accept only)"
             )?;
         }
+        if let Some(b) = &self.bgp {
+            writeln!(f, "bgp")?;
+            writeln!(
+                f,
+                "  local-as        {} (router id {})",
+                b.local_as, b.router_id
+            )?;
+            for p in &b.peers {
+                writeln!(f, "  peer            {} as {}", p.addr, p.asn)?;
+            }
+            writeln!(
+                f,
+                "  sessions        hold time {}s{}, through {}",
+                b.hold_time.as_secs(),
+                if b.bfd { ", BFD" } else { "" },
+                b.speaker.display()
+            )?;
+            let when = match b.announce {
+                super::bgp::BgpAnnounce::Healthy => "serving with a healthy backend",
+                super::bgp::BgpAnnounce::Serving => "serving",
+            };
+            writeln!(f, "  announce        each listener's address while {when}")?;
+            writeln!(
+                f,
+                "  withdraw-delay  {}s (routes go first on SIGTERM)",
+                b.withdraw_delay.as_secs()
+            )?;
+        }
         Ok(())
     }
 }

@@ -1,5 +1,6 @@
 //! The validated configuration: every flag parsed and range-checked once, every file it names
 //! read, so that the rest of the daemon never handles a raw string again.
+pub mod bgp;
 mod display;
 mod error;
 mod file;
@@ -45,6 +46,8 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     pub xdp: XdpConfig,
     pub ops: OpsConfig,
+    /// Announcements of the listeners' addresses over BGP; None: none.
+    pub bgp: Option<bgp::BgpConfig>,
     /// `--config`: read again on every reload.
     pub file: Option<PathBuf>,
 }
@@ -264,7 +267,8 @@ impl Config {
         if let Some(file) = &file {
             let at = format!("{}: top level", file.path.display());
             xdp(&file.node).map_err(|e| e.in_file(at.clone(), false))?;
-            ops(&file.node).map_err(|e| e.in_file(at, false))?;
+            ops(&file.node).map_err(|e| e.in_file(at.clone(), false))?;
+            bgp::bgp(&file.node).map_err(|e| e.in_file(at, false))?;
             merge_node(&mut node, &file.node, flags);
             for g in &file.groups {
                 let group = group(&g.spec).map_err(|e| e.in_file(g.location.clone(), true))?;
@@ -386,6 +390,7 @@ impl Config {
             groups,
             xdp,
             ops: ops(&node)?,
+            bgp: bgp::bgp(&node)?,
             file: flags.file.map(std::path::Path::to_path_buf),
         })
     }
@@ -506,6 +511,28 @@ fn merge_node(node: &mut NodeSpec, file: &NodeSpec, flags: &Flags) {
     if !flags.given("--xdp-mode") {
         node.xdp_mode = file.xdp_mode;
     }
+    if !flags.given("--bgp-local-as") {
+        node.bgp_local_as = file.bgp_local_as;
+    }
+    if !flags.given("--bgp-router-id") {
+        node.bgp_router_id = file.bgp_router_id;
+    }
+    if !flags.given("--bgp-peer") {
+        node.bgp_peer = file.bgp_peer.clone();
+    }
+    if !flags.given("--bgp-hold-time") {
+        node.bgp_hold_time = file.bgp_hold_time;
+    }
+    if !flags.given("--bgp-withdraw-delay") {
+        node.bgp_withdraw_delay = file.bgp_withdraw_delay;
+    }
+    if !flags.given("--bgp-announce") {
+        node.bgp_announce = file.bgp_announce;
+    }
+    if !flags.given("--bgp-speaker") {
+        node.bgp_speaker = file.bgp_speaker.clone();
+    }
+    node.bgp_bfd |= file.bgp_bfd;
     node.allow_readable_keys |= file.allow_readable_keys;
     node.admin_allow_remote |= file.admin_allow_remote;
     node.access_log |= file.access_log;

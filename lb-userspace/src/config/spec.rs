@@ -8,8 +8,9 @@ use clap::{Args, FromArgMatches};
 use serde::Deserialize;
 
 use super::values::{
-    self, Backend, BackendProtocolArg, Cidr, Count, Description, HcDomain, HcPath, Label, LbIp,
-    OnOff, Port, Seconds, SniCert, SslAuthArg, StatusCode, StickyArg, Tag,
+    self, Backend, BackendProtocolArg, BgpAnnounce, BgpPeer, Cidr, Count, Description, HcDomain,
+    HcPath, Label, LbIp, OnOff, Port, RouterId, Seconds, SniCert, SslAuthArg, StatusCode,
+    StickyArg, Tag,
 };
 use super::{CheckKind, FrontendProtocol, XdpMode};
 use crate::acl::AclMode;
@@ -358,6 +359,62 @@ pub struct NodeSpec {
     /// Log a line per request: client, SNI, listener, backend, status, time to response headers.
     #[arg(long)]
     pub access_log: bool,
+
+    /// This node's AS number (1-4294967295): announce the listeners' addresses over BGP to
+    /// every --bgp-peer, through BIRD (--bgp-speaker), as /32 and /128 routes via this node.
+    #[arg(long, value_name = "ASN", allow_negative_numbers = true)]
+    pub bgp_local_as: Option<Count<1, 4294967295>>,
+
+    /// BGP router id: an IPv4 address of this node (required with --bgp-local-as).
+    #[arg(long, value_name = "IPV4")]
+    pub bgp_router_id: Option<RouterId>,
+
+    /// BGP peer, repeatable: ADDR,as=ASN. IPv4 peers get the IPv4 routes, IPv6 peers the IPv6
+    /// ones.
+    #[arg(long = "bgp-peer", value_name = "ADDR,as=ASN")]
+    #[serde(deserialize_with = "values::one_or_many")]
+    pub bgp_peer: Vec<BgpPeer>,
+
+    /// Seconds a peer waits for a message before it drops the session and this node's routes
+    /// (3-65535): how long a node that died or went silent keeps its traffic.
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "9"
+    )]
+    pub bgp_hold_time: Seconds<3, 65535>,
+
+    /// Seconds between withdrawing the routes on SIGTERM/SIGINT and closing the listeners, for
+    /// the routers to move new connections elsewhere (0-300).
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        default_value = "5"
+    )]
+    pub bgp_withdraw_delay: Seconds<0, 300>,
+
+    /// When a listener's address is announced: healthy (serving, and its group has a healthy
+    /// backend) or serving (socket bound or XDP attached).
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "WHEN",
+        default_value = "healthy"
+    )]
+    pub bgp_announce: BgpAnnounce,
+
+    /// Run BFD on the BGP sessions, for peers that have it: a dead link is noticed in well
+    /// under a second instead of the hold time.
+    #[arg(long)]
+    pub bgp_bfd: bool,
+
+    /// The BIRD 2 daemon edgelb runs as its BGP speaker; its client is the same path with a
+    /// trailing c (birdc).
+    #[arg(long, value_name = "PATH", default_value = "bird")]
+    pub bgp_speaker: PathBuf,
 }
 
 /// A `[[listener.rule]]` table: conditions (all must hold; a list holds when any of its

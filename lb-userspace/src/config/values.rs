@@ -93,6 +93,8 @@ text_value!(
     [] Cidr,
     [] LbIp,
     [] StatusCode,
+    [] RouterId,
+    [] BgpPeer,
 );
 
 /// A whole number of seconds within `MIN..=MAX`.
@@ -373,6 +375,48 @@ impl TextValue for StatusCode {
     }
 }
 
+/// A BGP router id: an IPv4 address of the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouterId(pub std::net::Ipv4Addr);
+
+impl TextValue for RouterId {
+    const EXPECTED: &'static str = "a string";
+    fn parse(text: &str) -> Result<Self, Refused> {
+        text.parse()
+            .map(RouterId)
+            .map_err(|_| "expected an IPv4 address of this node, e.g. 10.2.1.2".into())
+    }
+}
+
+/// A BGP peer: `ADDR,as=ASN` (ASN 1-4294967295).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BgpPeer {
+    pub addr: IpAddr,
+    pub asn: u32,
+}
+
+impl TextValue for BgpPeer {
+    const EXPECTED: &'static str = "a string";
+    fn parse(text: &str) -> Result<Self, Refused> {
+        let shape = "expected ADDR,as=ASN, e.g. 10.2.1.1,as=65000";
+        let (addr, asn) = text.split_once(",as=").ok_or(shape)?;
+        let addr = addr.trim().parse().map_err(|_| shape)?;
+        let asn = asn
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|a| *a > 0)
+            .ok_or("the AS number must be 1-4294967295")?;
+        Ok(BgpPeer { addr, asn })
+    }
+}
+
+impl fmt::Display for BgpPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{},as={}", self.addr, self.asn)
+    }
+}
+
 /// A backend: `ADDR:PORT[,weight=N]` (weight 0-100, default 1), or in the file
 /// `{ address = "ADDR:PORT", weight = N }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -598,6 +642,7 @@ choice!(
     super::CheckKind,
     StickyArg,
     super::XdpMode,
+    BgpAnnounce,
 );
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -619,6 +664,15 @@ pub enum OnOff {
 pub enum BackendProtocolArg {
     Http,
     Https,
+}
+
+/// When a listener's address is announced over BGP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BgpAnnounce {
+    /// Serving (socket bound or XDP attached) and its group has a healthy backend.
+    Healthy,
+    /// Serving, whatever its backends' health.
+    Serving,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

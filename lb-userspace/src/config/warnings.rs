@@ -27,6 +27,19 @@ impl Config {
                 ));
             }
         }
+        if self.bgp.is_some() {
+            for l in self
+                .listeners
+                .iter()
+                .filter(|l| l.listen.ip().is_unspecified())
+            {
+                out.push(format!(
+                    "--bgp-local-as: listener {:?} listens on {}, a wildcard address, which is \
+                     not announced: give it the address clients are routed to",
+                    l.name, l.listen
+                ));
+            }
+        }
         // Each client connection of an HTTP(S) listener is a socket (and, while a request is
         // in flight, so is its backend connection): past the limit, accept fails.
         let connections: u64 = self

@@ -1,0 +1,385 @@
+//! BIRD 2 as this node's BGP speaker. edgelb writes BIRD's configuration (one static protocol
+//! per address family holding the routes to announce, one BGP session per peer exporting only
+//! those), runs `bird` as its child and changes what is announced by rewriting the routes and
+//! asking BIRD to `configure`, which leaves the sessions up. If edgelb dies, BIRD is told to
+//! stop (parent-death signal) and closes its sessions, which withdraws the routes at once; a
+//! node that goes silent loses them when the peers' hold timer runs out.
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::config::bgp::BgpConfig;
+
+/// Why BIRD could not be run or told what to announce.
+#[derive(Debug, thiserror::Error)]
+pub enum BirdError {
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot run {}: {source} (is BIRD 2 installed? Debian: bird2)", program.display())]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} did not open its control socket {} within {timeout:?}", program.display(), socket.display())]
+    NoSocket {
+        program: PathBuf,
+        socket: PathBuf,
+        timeout: Duration,
+    },
+    #[error("{} exited at start ({status}); its messages are in edgelb's log", program.display())]
+    Exited {
+        program: PathBuf,
+        status: std::process::ExitStatus,
+    },
+    #[error("birdc {command}: {reply}")]
+    Refused { command: String, reply: String },
+}
+
+/// One BGP session as BIRD reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerState {
+    /// BIRD's protocol state: `up`, `start`, `down`...
+    pub state: String,
+    /// The BGP state and why: `Established`, `Active  Socket: Connection refused`...
+    pub info: String,
+}
+
+impl PeerState {
+    pub fn established(&self) -> bool {
+        self.info.starts_with("Established")
+    }
+}
+
+pub struct Bird {
+    config: BgpConfig,
+    dir: PathBuf,
+    socket: PathBuf,
+    client: PathBuf,
+    child: Child,
+}
+
+impl Bird {
+    /// Writes the configuration with nothing announced and starts BIRD in `dir` (created,
+    /// private). Returns once BIRD answers on its control socket.
+    pub fn start(config: &BgpConfig, dir: &Path) -> Result<Bird, BirdError> {
+        std::fs::create_dir_all(dir).map_err(|source| BirdError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let write = |name: &str, text: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).map_err(|source| BirdError::Write { path, source })
+        };
+        write(CONFIG, &configuration(config, &BTreeSet::new()))?;
+        // BIRD's own check first: its message says what is wrong, where.
+        let check = Command::new(&config.speaker)
+            .arg("-p")
+            .arg("-c")
+            .arg(dir.join(CONFIG))
+            .output()
+            .map_err(|source| BirdError::Spawn {
+                program: config.speaker.clone(),
+                source,
+            })?;
+        if !check.status.success() {
+            return Err(BirdError::Refused {
+                command: "-p (configuration check)".into(),
+                reply: String::from_utf8_lossy(&check.stderr).trim().to_string(),
+            });
+        }
+        let socket = dir.join("bird.ctl");
+        let _ = std::fs::remove_file(&socket);
+        let mut command = Command::new(&config.speaker);
+        command
+            .arg("-f")
+            .arg("-c")
+            .arg(dir.join(CONFIG))
+            .arg("-s")
+            .arg(&socket)
+            .arg("-P")
+            .arg(dir.join("bird.pid"))
+            .stdin(Stdio::null());
+        // SAFETY: only an async-signal-safe prctl between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+                    .map_err(io::Error::from)
+            });
+        }
+        let mut child = command.spawn().map_err(|source| BirdError::Spawn {
+            program: config.speaker.clone(),
+            source,
+        })?;
+        let timeout = Duration::from_secs(10);
+        let started = Instant::now();
+        while !socket.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(BirdError::Exited {
+                    program: config.speaker.clone(),
+                    status,
+                });
+            }
+            if started.elapsed() > timeout {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BirdError::NoSocket {
+                    program: config.speaker.clone(),
+                    socket,
+                    timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut client = config.speaker.clone().into_os_string();
+        client.push("c");
+        Ok(Bird {
+            dir: dir.to_path_buf(),
+            socket,
+            client: client.into(),
+            child,
+            config: config.clone(),
+        })
+    }
+
+    /// Whether BIRD has exited, and how.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// The control socket, for a privilege drop to hand over.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Announces exactly `routes` (host routes of these addresses).
+    pub async fn announce(&self, routes: &BTreeSet<IpAddr>) -> Result<(), BirdError> {
+        let path = self.dir.join(CONFIG);
+        // A few lines: not worth a trip to the blocking pool.
+        std::fs::write(&path, configuration(&self.config, routes))
+            .map_err(|source| BirdError::Write { path, source })?;
+        let reply = self.birdc("configure").await?;
+        if reply.contains("Reconfigured") || reply.contains("Reconfiguration in progress") {
+            Ok(())
+        } else {
+            Err(BirdError::Refused {
+                command: "configure".into(),
+                reply,
+            })
+        }
+    }
+
+    /// Each peer's session, in the order of the configuration's peers (None: not reported).
+    pub async fn peers(&self, count: usize) -> Result<Vec<Option<PeerState>>, BirdError> {
+        let reply = self.birdc("show protocols").await?;
+        Ok((0..count)
+            .map(|i| parse_protocol(&reply, &peer_name(i)))
+            .collect())
+    }
+
+    async fn birdc(&self, command: &str) -> Result<String, BirdError> {
+        let out = tokio::process::Command::new(&self.client)
+            .arg("-s")
+            .arg(&self.socket)
+            .args(command.split(' '))
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|source| BirdError::Spawn {
+                program: self.client.clone(),
+                source,
+            })?;
+        let reply = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        if out.status.success() {
+            Ok(reply)
+        } else {
+            Err(BirdError::Refused {
+                command: command.into(),
+                reply: reply.trim().to_string(),
+            })
+        }
+    }
+
+    /// Stops BIRD: it closes its sessions (a Cease notification each) and exits.
+    pub fn stop(mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const CONFIG: &str = "bird.conf";
+
+fn peer_name(i: usize) -> String {
+    format!("peer{}", i + 1)
+}
+
+/// BIRD's configuration with `routes` in one static protocol per family. Announcing is
+/// rewriting it and `configure`: BIRD applies a change of static routes without touching the
+/// sessions.
+fn configuration(c: &BgpConfig, routes: &BTreeSet<IpAddr>) -> String {
+    let hold = c.hold_time.as_secs();
+    let statics = |v6: bool| {
+        routes
+            .iter()
+            .filter(|a| a.is_ipv6() == v6)
+            .fold(String::new(), |mut out, a| {
+                let len = if v6 { 128 } else { 32 };
+                let _ = write!(out, " route {a}/{len} blackhole;");
+                out
+            })
+    };
+    let mut out = format!(
+        "# Written by edgelb; rewritten whenever what is announced changes.\n\
+         log stderr all;\n\
+         router id {id};\n\
+         protocol device {{ }}\n\
+         protocol static edgelb4 {{ ipv4;{v4} }}\n\
+         protocol static edgelb6 {{ ipv6;{v6} }}\n",
+        id = c.router_id,
+        v4 = statics(false),
+        v6 = statics(true),
+    );
+    if c.bfd {
+        out += "protocol bfd { }\n";
+    }
+    for (i, p) in c.peers.iter().enumerate() {
+        let family = if p.addr.is_ipv6() { "ipv6" } else { "ipv4" };
+        let _ = write!(
+            out,
+            "protocol bgp {name} {{\n\
+             \x20 local as {local};\n\
+             \x20 neighbor {addr} as {asn};\n\
+             \x20 hold time {hold};\n\
+             \x20 keepalive time {keepalive};\n\
+             \x20 connect retry time 2;\n\
+             \x20 error wait time 1, 10;\n\
+             {bfd}\
+             \x20 {family} {{ import none; export where proto = \"edgelb{n}\"; next hop self; }};\n\
+             }}\n",
+            name = peer_name(i),
+            local = c.local_as,
+            addr = p.addr,
+            asn = p.asn,
+            keepalive = (hold / 3).max(1),
+            bfd = if c.bfd { "  bfd on;\n" } else { "" },
+            n = if p.addr.is_ipv6() { 6 } else { 4 },
+        );
+    }
+    out
+}
+
+/// The state and info of protocol `name` in `birdc show protocols`.
+fn parse_protocol(reply: &str, name: &str) -> Option<PeerState> {
+    reply.lines().find_map(|line| {
+        let mut cols = line.split_whitespace();
+        if cols.next()? != name {
+            return None;
+        }
+        let _proto = cols.next()?;
+        let _table = cols.next()?;
+        let state = cols.next()?.to_string();
+        let _since_date = cols.next()?;
+        // The since column is a time, or a date and a time.
+        let rest: Vec<&str> = cols.collect();
+        let info = match rest.first() {
+            Some(t) if t.contains(':') && t.len() <= 12 && t.chars().next()?.is_ascii_digit() => {
+                rest[1..].join(" ")
+            }
+            _ => rest.join(" "),
+        };
+        Some(PeerState { state, info })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocols_are_read_from_birdc() {
+        let reply = "BIRD 2.0.12 ready.\n\
+            Name       Proto      Table      State  Since         Info\n\
+            device1    Device     ---        up     10:01:02.123  \n\
+            peer1      BGP        ---        up     10:01:03.456  Established   \n\
+            peer2      BGP        ---        start  10:01:02.123  Active        Socket: Connection refused\n";
+        let p1 = parse_protocol(reply, "peer1").expect("peer1");
+        assert!(p1.established(), "{p1:?}");
+        assert_eq!(p1.state, "up");
+        let p2 = parse_protocol(reply, "peer2").expect("peer2");
+        assert!(!p2.established());
+        assert_eq!(p2.info, "Active Socket: Connection refused");
+        assert!(parse_protocol(reply, "peer3").is_none());
+    }
+
+    #[test]
+    fn configuration_exports_only_the_announced_routes_per_family() {
+        let c = BgpConfig {
+            local_as: 65001,
+            router_id: "10.2.1.2".parse().expect("id"),
+            peers: vec![
+                crate::config::bgp::BgpPeer {
+                    addr: "10.2.1.1".parse().expect("v4"),
+                    asn: 65000,
+                },
+                crate::config::bgp::BgpPeer {
+                    addr: "fd00:2:1::1".parse().expect("v6"),
+                    asn: 65000,
+                },
+            ],
+            hold_time: Duration::from_secs(3),
+            withdraw_delay: Duration::from_secs(1),
+            announce: crate::config::bgp::BgpAnnounce::Healthy,
+            bfd: false,
+            speaker: "bird".into(),
+        };
+        let routes = [
+            "10.100.0.1".parse().expect("v4"),
+            "fd00:100::1".parse().expect("v6"),
+        ]
+        .into_iter()
+        .collect();
+        let text = configuration(&c, &routes);
+        assert!(
+            text.contains("protocol static edgelb4 { ipv4; route 10.100.0.1/32 blackhole; }"),
+            "{text}"
+        );
+        assert!(
+            text.contains("protocol static edgelb6 { ipv6; route fd00:100::1/128 blackhole; }"),
+            "{text}"
+        );
+        assert!(text.contains("router id 10.2.1.2;"), "{text}");
+        assert!(text.contains("neighbor 10.2.1.1 as 65000;"), "{text}");
+        assert!(
+            text.contains(
+                "ipv4 { import none; export where proto = \"edgelb4\"; next hop self; };"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ipv6 { import none; export where proto = \"edgelb6\"; next hop self; };"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("hold time 3;") && text.contains("keepalive time 1;"));
+    }
+}

@@ -1,0 +1,191 @@
+//! Announcing this node's listener addresses to its routers over BGP, through BIRD. The
+//! daemon says which addresses should be announced (serving, and with a healthy backend when
+//! so configured); this module makes the speaker announce exactly those, withdraws them all
+//! before the node stops, and reports each session's state.
+mod bird;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use tracing::{info, warn};
+
+pub use bird::BirdError;
+use bird::{Bird, PeerState};
+
+use crate::config::bgp::{BgpAnnounce, BgpConfig};
+
+pub struct Announcer {
+    config: BgpConfig,
+    bird: Bird,
+    dir: PathBuf,
+    announced: BTreeSet<IpAddr>,
+    peers: Vec<Option<PeerState>>,
+    /// Set once the node is stopping: nothing is announced again.
+    withdrawn: bool,
+}
+
+/// What `/status` and `edgelb status` show of BGP.
+#[derive(Clone, Debug, Serialize)]
+pub struct BgpView {
+    pub local_as: u32,
+    pub router_id: String,
+    pub peers: Vec<PeerView>,
+    /// Addresses announced now, as routes.
+    pub announced: Vec<String>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerView {
+    pub address: String,
+    pub asn: u32,
+    pub established: bool,
+    /// The speaker's words for the session: `Established`, `Active Socket: Connection
+    /// refused`...
+    pub state: String,
+}
+
+impl Announcer {
+    /// Starts the speaker with nothing announced.
+    pub fn start(config: BgpConfig) -> Result<Announcer, BirdError> {
+        let dir = std::env::temp_dir().join(format!("edgelb-bgp-{}", std::process::id()));
+        let bird = Bird::start(&config, &dir)?;
+        info!(
+            local_as = config.local_as,
+            router_id = %config.router_id,
+            peers = config.peers.len(),
+            speaker = %config.speaker.display(),
+            "BGP speaker started"
+        );
+        Ok(Announcer {
+            peers: vec![None; config.peers.len()],
+            config,
+            bird,
+            dir,
+            announced: BTreeSet::new(),
+            withdrawn: false,
+        })
+    }
+
+    pub fn announce_when(&self) -> BgpAnnounce {
+        self.config.announce
+    }
+
+    pub fn settings(&self) -> &BgpConfig {
+        &self.config
+    }
+
+    /// The speaker's control socket: with `--user`, handed to that user.
+    pub fn control_socket(&self) -> &std::path::Path {
+        self.bird.socket()
+    }
+
+    /// Makes the announced routes exactly `wanted` (nothing once the node is stopping).
+    pub async fn update(&mut self, wanted: BTreeSet<IpAddr>) {
+        if self.withdrawn || wanted == self.announced {
+            return;
+        }
+        match self.bird.announce(&wanted).await {
+            Ok(()) => {
+                let added: Vec<String> = wanted
+                    .difference(&self.announced)
+                    .map(ToString::to_string)
+                    .collect();
+                let removed: Vec<String> = self
+                    .announced
+                    .difference(&wanted)
+                    .map(ToString::to_string)
+                    .collect();
+                info!(
+                    announced = ?added,
+                    withdrawn = ?removed,
+                    "BGP routes changed"
+                );
+                self.announced = wanted;
+            }
+            Err(e) => warn!(error = %e, "BGP: the speaker refused the routes; retrying"),
+        }
+    }
+
+    /// Withdraws every route for good: the node is stopping.
+    pub async fn withdraw_all(&mut self) {
+        self.update(BTreeSet::new()).await;
+        self.withdrawn = true;
+    }
+
+    /// Reads the sessions' states, logging each change; restarts the speaker if it died.
+    pub async fn poll(&mut self) {
+        if let Some(status) = self.bird.exited() {
+            warn!(%status, "BGP speaker exited; its routes are withdrawn; starting it again");
+            match Bird::start(&self.config, &self.dir) {
+                Ok(bird) => {
+                    self.bird = bird;
+                    // Announced afresh by the next update.
+                    self.announced.clear();
+                    self.peers = vec![None; self.config.peers.len()];
+                }
+                Err(e) => {
+                    warn!(error = %e, "BGP speaker cannot be started again");
+                    return;
+                }
+            }
+        }
+        let states = match self.bird.peers(self.config.peers.len()).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!(error = %e, "BGP: cannot read the sessions' state");
+                return;
+            }
+        };
+        for ((peer, old), new) in self.config.peers.iter().zip(&self.peers).zip(&states) {
+            let was = old.as_ref().is_some_and(PeerState::established);
+            let is = new.as_ref().is_some_and(PeerState::established);
+            if was != is {
+                let state = new.as_ref().map_or("unknown", |s| s.info.as_str());
+                if is {
+                    info!(peer = %peer.addr, asn = peer.asn, "BGP session established");
+                } else {
+                    warn!(peer = %peer.addr, asn = peer.asn, state, "BGP session down");
+                }
+            }
+        }
+        self.peers = states;
+    }
+
+    pub fn view(&self) -> BgpView {
+        BgpView {
+            local_as: self.config.local_as,
+            router_id: self.config.router_id.to_string(),
+            peers: self
+                .config
+                .peers
+                .iter()
+                .zip(&self.peers)
+                .map(|(p, s)| PeerView {
+                    address: p.addr.to_string(),
+                    asn: p.asn,
+                    established: s.as_ref().is_some_and(PeerState::established),
+                    state: s
+                        .as_ref()
+                        .map_or_else(|| "unknown".into(), |s| s.info.clone()),
+                })
+                .collect(),
+            announced: self
+                .announced
+                .iter()
+                .map(|a| match a {
+                    IpAddr::V4(_) => format!("{a}/32"),
+                    IpAddr::V6(_) => format!("{a}/128"),
+                })
+                .collect(),
+        }
+    }
+
+    /// Stops the speaker (its sessions close) and removes its files.
+    pub fn stop(self) {
+        self.bird.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        info!("BGP speaker stopped");
+    }
+}
