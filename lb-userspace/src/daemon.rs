@@ -113,9 +113,10 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             return Err(StartError::Runtime(e.into()));
         }
     };
-    if let (Some(user), Some(b)) = (&node.config.ops.user, &bgp) {
-        // The daemon talks to the speaker as that user from now on.
-        let _ = nix::unistd::chown(b.control_socket(), Some(user.uid), Some(user.gid));
+    if let (Some(user), Some(b)) = (&node.config.ops.user, &bgp)
+        && let Err(e) = b.hand_to(user.uid, user.gid)
+    {
+        warn!(error = %e, user = user.name, "BGP: the speaker's files stay root's; announcements will fail");
     }
     if let Some(user) = &node.config.ops.user {
         let keep = crate::privilege::kept(dataplane.is_some());

@@ -8,6 +8,7 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -43,6 +44,8 @@ pub enum BirdError {
     },
     #[error("birdc {command}: {reply}")]
     Refused { command: String, reply: String },
+    #[error("starting BIRD: {0}")]
+    Task(String),
 }
 
 /// One BGP session as BIRD reports it.
@@ -72,10 +75,15 @@ impl Bird {
     /// Writes the configuration with nothing announced and starts BIRD in `dir` (created,
     /// private). Returns once BIRD answers on its control socket.
     pub fn start(config: &BgpConfig, dir: &Path) -> Result<Bird, BirdError> {
-        std::fs::create_dir_all(dir).map_err(|source| BirdError::Write {
-            path: dir.to_path_buf(),
-            source,
-        })?;
+        // Private: the configuration names the peers.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| BirdError::Write {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
             std::fs::write(&path, text).map_err(|source| BirdError::Write { path, source })
@@ -156,9 +164,16 @@ impl Bird {
         self.child.try_wait().ok().flatten()
     }
 
-    /// The control socket, for a privilege drop to hand over.
-    pub fn socket(&self) -> &Path {
-        &self.socket
+    /// After a privilege drop the daemon rewrites the configuration and talks to BIRD (which
+    /// stays root) as `uid`: the directory, the configuration and the socket become its.
+    pub fn hand_to(&self, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<(), BirdError> {
+        for path in [self.dir.clone(), self.dir.join(CONFIG), self.socket.clone()] {
+            nix::unistd::chown(&path, Some(uid), Some(gid)).map_err(|e| BirdError::Write {
+                path,
+                source: e.into(),
+            })?;
+        }
+        Ok(())
     }
 
     /// Announces exactly `routes` (host routes of these addresses).

@@ -76,9 +76,9 @@ impl Announcer {
         &self.config
     }
 
-    /// The speaker's control socket: with `--user`, handed to that user.
-    pub fn control_socket(&self) -> &std::path::Path {
-        self.bird.socket()
+    /// With `--user`: the speaker's files become that user's, who runs the daemon from then on.
+    pub fn hand_to(&self, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<(), BirdError> {
+        self.bird.hand_to(uid, gid)
     }
 
     /// Makes the announced routes exactly `wanted` (nothing once the node is stopping).
@@ -118,7 +118,10 @@ impl Announcer {
     pub async fn poll(&mut self) {
         if let Some(status) = self.bird.exited() {
             warn!(%status, "BGP speaker exited; its routes are withdrawn; starting it again");
-            match Bird::start(&self.config, &self.dir) {
+            // Off this thread: starting waits for BIRD's control socket.
+            let (config, dir) = (self.config.clone(), self.dir.clone());
+            let started = tokio::task::spawn_blocking(move || Bird::start(&config, &dir)).await;
+            match started.unwrap_or_else(|e| Err(BirdError::Task(e.to_string()))) {
                 Ok(bird) => {
                     self.bird = bird;
                     // Announced afresh by the next update.
