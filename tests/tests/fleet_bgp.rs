@@ -44,7 +44,8 @@ impl RouterBird {
     fn start(topo: &L4Topo) -> Self {
         let mut conf = String::from(
             "log stderr all;\nrouter id 10.2.1.1;\nprotocol device { }\n\
-             protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n",
+             protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n\
+             protocol kernel { ipv6 { import none; export all; }; merge paths on; }\n",
         );
         for k in 0..NODES {
             conf += &format!(
@@ -53,6 +54,13 @@ impl RouterBird {
                  error wait time 1, 5; ipv4 {{ import all; export none; }}; }}\n",
                 n = k + 1,
                 addr = lb_addr(k, false),
+            );
+            conf += &format!(
+                "protocol bgp node{n}v6 {{ local fd00:2:{n}::1 as {ROUTER_AS}; neighbor {addr} as \
+                 {NODE_AS}; hold time {HOLD_SECS}; keepalive time 1; connect retry time 1; \
+                 error wait time 1, 5; ipv6 {{ import all; export none; }}; }}\n",
+                n = k + 1,
+                addr = lb_addr(k, true),
             );
         }
         let path = topo.logs.write("router-bird.conf", conf);
@@ -102,7 +110,7 @@ drain_timeout = 2
 admin = "127.0.0.1:9900"
 bgp_local_as = {NODE_AS}
 bgp_router_id = "{id}"
-bgp_peer = ["10.2.{n}.1,as={ROUTER_AS}"]
+bgp_peer = ["10.2.{n}.1,as={ROUTER_AS}", "fd00:2:{n}::1,as={ROUTER_AS}"]
 bgp_hold_time = {HOLD_SECS}
 bgp_withdraw_delay = {WITHDRAW_DELAY_SECS}
 
@@ -130,6 +138,12 @@ listen = "{l4}"
 group = "l4"
 
 [[listener]]
+name = "l4v6"
+protocol = "tcp"
+listen = "{l4v6}"
+group = "l4"
+
+[[listener]]
 name = "web"
 protocol = "http"
 listen = "{WEB_VIP}:{WEB_PORT}"
@@ -139,6 +153,7 @@ group = "web"
         id = lb_addr(k, false),
         n = k + 1,
         l4 = vip_addr(false),
+        l4v6 = vip_addr(true),
     );
     topo.logs.write(&format!("node{}.toml", k + 1), text)
 }
@@ -293,6 +308,24 @@ fn a_fleet_announces_over_bgp_and_leaves_without_a_failed_connection() {
         })
         .collect();
     let took = wait_for_routes(&topo, &[0, 1, 2], Duration::from_secs(30));
+    // The IPv6 VIP, over the IPv6 sessions: a /128 with the three nodes as next hops.
+    let start = Instant::now();
+    loop {
+        let v6 = topo.router.ip(&[
+            "-6",
+            "route",
+            "show",
+            &format!("{}/128", vip_addr(true).ip()),
+        ]);
+        if (0..NODES).all(|k| v6.contains(&format!("via {} ", lb_addr(k, true)))) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the IPv6 VIP is not routed through the three nodes: {v6:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     eprintln!(
         "routes through all {NODES} nodes {:?} after the first node started ({took:?} after the last was ready)",
         started.elapsed()
@@ -392,7 +425,7 @@ fn a_fleet_announces_over_bgp_and_leaves_without_a_failed_connection() {
         start.elapsed()
     );
     // What an operator sees on node 3: the session and the one address still announced.
-    let wanted = format!("announced {}/32\n", *VIP_V4);
+    let wanted = format!("announced {}/32 {}/128\n", *VIP_V4, vip_addr(true).ip());
     let mut status = String::new();
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(3) {
@@ -411,6 +444,19 @@ fn a_fleet_announces_over_bgp_and_leaves_without_a_failed_connection() {
         status.contains("Established") && status.contains(&wanted),
         "{status}"
     );
+    let metrics = topo.lbs[2]
+        .command("curl")
+        .args(["-s", "http://127.0.0.1:9900/metrics"])
+        .output()
+        .expect("curl /metrics");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        "edgelb_bgp_peer_established{peer=\"10.2.3.1\"} 1",
+        "edgelb_bgp_peer_established{peer=\"fd00:2:3::1\"} 1",
+        "edgelb_bgp_announced_routes 2",
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
     for d in nodes.into_iter().flatten() {
         let (status, log) = d.stop();
         assert!(status.success(), "{status}:\n{log}");
