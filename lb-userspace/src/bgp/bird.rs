@@ -116,7 +116,9 @@ impl Bird {
             .arg(&socket)
             .arg("-P")
             .arg(dir.join("bird.pid"))
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         // SAFETY: only an async-signal-safe prctl between fork and exec.
         unsafe {
             command.pre_exec(|| {
@@ -128,6 +130,9 @@ impl Bird {
             program: config.speaker.clone(),
             source,
         })?;
+        if let Some(stderr) = child.stderr.take() {
+            relay_log(stderr);
+        }
         let timeout = Duration::from_secs(10);
         let started = Instant::now();
         while !socket.exists() {
@@ -201,14 +206,22 @@ impl Bird {
             .collect())
     }
 
+    /// One birdc command, given [`BIRDC_TIMEOUT`]: a BIRD that hangs must not hold up the
+    /// daemon's main loop (health, admin endpoint).
     async fn birdc(&self, command: &str) -> Result<String, BirdError> {
-        let out = tokio::process::Command::new(&self.client)
+        let run = tokio::process::Command::new(&self.client)
             .arg("-s")
             .arg(&self.socket)
             .args(command.split(' '))
             .stdin(Stdio::null())
-            .output()
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(BIRDC_TIMEOUT, run)
             .await
+            .map_err(|_| BirdError::Refused {
+                command: command.into(),
+                reply: format!("no answer within {BIRDC_TIMEOUT:?}"),
+            })?
             .map_err(|source| BirdError::Spawn {
                 program: self.client.clone(),
                 source,
@@ -242,6 +255,29 @@ impl Bird {
 }
 
 const CONFIG: &str = "bird.conf";
+const BIRDC_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// BIRD's log lines become edgelb's (target `edgelb::bgp::bird`), in its format (text or
+/// JSON), until BIRD exits.
+fn relay_log(stderr: std::process::ChildStderr) {
+    use std::io::BufRead;
+    let spawned = std::thread::Builder::new()
+        .name("bird-log".into())
+        .spawn(move || {
+            for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                // "2026-12-02 13:09:50.957 <INFO> Started": edgelb stamps its own time.
+                let text = line.split_once("> ").map_or(line.as_str(), |(_, t)| t);
+                if line.contains("<ERR>") || line.contains("<WARN>") || line.contains("<FATAL>") {
+                    tracing::warn!(target: "edgelb::bgp::bird", "{text}");
+                } else {
+                    tracing::info!(target: "edgelb::bgp::bird", "{text}");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "BGP: BIRD's log is not relayed");
+    }
+}
 
 fn peer_name(i: usize) -> String {
     format!("peer{}", i + 1)
