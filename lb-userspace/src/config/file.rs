@@ -118,8 +118,11 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
     }
 
     let mut ip_groups = BTreeMap::new();
-    for (name, v) in ip_group_values {
+    for (name, mut v) in ip_group_values {
         let at = format!("{shown}: ip_groups.{name}");
+        if !v.is_table() {
+            v = Value::Table(Table::from_iter([("cidrs".to_string(), v)]));
+        }
         let mut g: IpGroupSpec = typed(&v, &at, Scope::IpGroup)?;
         g.resolve_paths(dir);
         ip_groups.insert(name, g);
@@ -230,10 +233,7 @@ fn explain(
             _ => None,
         })
         .collect();
-    let key = match (keys.is_empty(), scope) {
-        (true, Scope::IpGroup) => "cidrs".to_string(),
-        _ => keys.join("."),
-    };
+    let key = keys.join(".");
     let value = segments.iter().try_fold(raw, |v, s| match s {
         Segment::Map { key } => v.get(key.as_str()),
         Segment::Seq { index } => v.get(*index),

@@ -453,47 +453,15 @@ pub struct RuleTable {
 #[serde(transparent)]
 pub struct OneOrMany(#[serde(deserialize_with = "values::one_or_many")] pub Vec<String>);
 
-/// An `[ip_groups.NAME]` entry: a list of CIDRs, or a table with inline CIDRs and files.
-#[derive(Clone, Debug, Default)]
+/// An `[ip_groups.NAME]` table: inline CIDRs and files of CIDRs. (`NAME = [...]` is read as
+/// `cidrs = [...]`.)
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct IpGroupSpec {
+    #[serde(default, deserialize_with = "values::one_or_many")]
     pub cidrs: Vec<Cidr>,
+    #[serde(default, deserialize_with = "values::one_or_many")]
     pub files: Vec<PathBuf>,
-}
-
-impl<'de> Deserialize<'de> for IpGroupSpec {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{self, Visitor};
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Table {
-            #[serde(default, deserialize_with = "values::one_or_many")]
-            cidrs: Vec<Cidr>,
-            #[serde(default, deserialize_with = "values::one_or_many")]
-            files: Vec<PathBuf>,
-        }
-        struct Form;
-        impl<'de> Visitor<'de> for Form {
-            type Value = IpGroupSpec;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a list of CIDRs, or a table with cidrs = [...] and files = [...]")
-            }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<IpGroupSpec, A::Error> {
-                let cidrs = Vec::<Cidr>::deserialize(de::value::SeqAccessDeserializer::new(seq))?;
-                Ok(IpGroupSpec {
-                    cidrs,
-                    files: Vec::new(),
-                })
-            }
-            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<IpGroupSpec, A::Error> {
-                let t = Table::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(IpGroupSpec {
-                    cidrs: t.cidrs,
-                    files: t.files,
-                })
-            }
-        }
-        d.deserialize_any(Form)
-    }
 }
 
 /// Every field at its flag's default: where each file table starts.
@@ -506,23 +474,17 @@ fn flag_defaults<T: Args + FromArgMatches>() -> T {
         .unwrap_or_else(|e| panic!("the flags' defaults do not parse: {e}"))
 }
 
-impl Default for ListenerSpec {
-    fn default() -> Self {
-        flag_defaults()
-    }
+macro_rules! default_from_flags {
+    ($($t:ty),*) => {$(
+        impl Default for $t {
+            fn default() -> Self {
+                flag_defaults()
+            }
+        }
+    )*};
 }
 
-impl Default for GroupSpec {
-    fn default() -> Self {
-        flag_defaults()
-    }
-}
-
-impl Default for NodeSpec {
-    fn default() -> Self {
-        flag_defaults()
-    }
-}
+default_from_flags!(ListenerSpec, GroupSpec, NodeSpec);
 
 /// Relative paths in a file are relative to the file, wherever edgelb was started from.
 fn under(dir: &Path, path: &mut PathBuf) {
