@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use rustls::server::ProducesTickets;
 use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, MAX_L4_GROUPS, MAX_LISTENERS};
@@ -45,6 +46,12 @@ pub enum NodeError {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    /// The node's random ticket keys could not be made (at start only).
+    #[error("TLS session ticket keys: {source}")]
+    Tickets {
+        #[source]
+        source: rustls::Error,
     },
     #[error("listener {listener:?}: TLS configuration: {source}")]
     ServerTls {
@@ -89,6 +96,9 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     /// Notified after every health transition of any group.
     pub health_changed: Arc<Notify>,
+    /// The ticket keys used without `--tls-ticket-key-file`: random, made at start and kept
+    /// across reloads, so that sessions resume after a reload.
+    own_tickets: Arc<dyn ProducesTickets>,
 }
 
 /// A listener of the new configuration, ready to run.
@@ -110,8 +120,11 @@ impl Node {
         hops: &NextHops,
     ) -> Result<(Node, Vec<Vec<std::net::TcpListener>>), NodeError> {
         let health_changed = Arc::new(Notify::new());
+        let own_tickets =
+            crate::tls::tickets::generated().map_err(|source| NodeError::Tickets { source })?;
         let groups = build_groups(&config, &[], workers.len())?;
         let ids = assign_ids(&config, &[]);
+        let tickets = ticket_keys(&config, &own_tickets);
         let mut prepared = Vec::new();
         for l in &config.listeners {
             prepared.push(prepare_listener(
@@ -121,6 +134,7 @@ impl Node {
                 &[],
                 &metrics,
                 workers.len(),
+                &tickets,
             )?);
         }
         if let Some(dp) = dataplane {
@@ -133,6 +147,7 @@ impl Node {
             workers,
             metrics,
             health_changed,
+            own_tickets,
         };
         let mut sockets = Vec::new();
         for (p, id) in prepared.into_iter().zip(ids) {
@@ -209,6 +224,7 @@ impl Node {
         hops: &NextHops,
     ) -> Result<(), NodeError> {
         let groups = build_groups(&fresh, &self.groups, self.workers.len())?;
+        let tickets = ticket_keys(&fresh, &self.own_tickets);
         let mut prepared = Vec::new();
         for l in &fresh.listeners {
             prepared.push(prepare_listener(
@@ -218,6 +234,7 @@ impl Node {
                 &self.listeners,
                 &self.metrics,
                 self.workers.len(),
+                &tickets,
             )?);
         }
         let ids = assign_ids(&fresh, &self.listeners);
@@ -511,6 +528,15 @@ fn write_dataplane(
         .map_err(|source| NodeError::Dataplane { source })
 }
 
+/// The keys that seal the tickets of `config`'s https listeners: the key file's (read again on
+/// every reload), else the node's own.
+fn ticket_keys(config: &Config, own: &Arc<dyn ProducesTickets>) -> Arc<dyn ProducesTickets> {
+    match &config.tls_tickets {
+        Some(file) => file.keys.clone(),
+        None => own.clone(),
+    }
+}
+
 fn prepare_listener(
     l: &ListenerConfig,
     config: &Config,
@@ -518,6 +544,7 @@ fn prepare_listener(
     running: &[ListenerRuntime],
     metrics: &Metrics,
     workers: usize,
+    tickets: &Arc<dyn ProducesTickets>,
 ) -> Result<Prepared, NodeError> {
     // A listener keeps its sockets when only its settings change; a tcp/udp listener has
     // none (the XDP program forwards its packets), so changing to or from one starts anew.
@@ -542,7 +569,7 @@ fn prepare_listener(
     };
     let tls = match &l.tls {
         Some(tls) => Some(TlsAcceptor::from(
-            crate::tls::server_config(&tls.settings, l.http2).map_err(|source| {
+            crate::tls::server_config(&tls.settings, l.http2, tickets).map_err(|source| {
                 NodeError::ServerTls {
                     listener: l.name.clone(),
                     source,

@@ -109,6 +109,18 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Waits (10 s at most) until the log holds `marker` `n` times or more; panics with the
+    /// log otherwise.
+    pub async fn wait_for_log(&self, marker: &str, n: usize) {
+        for _ in 0..400 {
+            if self.log().matches(marker).count() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("{marker:?} did not appear {n} times:\n{}", self.log());
+    }
+
     /// Sends `signal` without waiting for anything (SIGHUP: reload).
     pub fn signal(&self, signal: Signal) {
         if let Some(c) = &self.child {

@@ -436,6 +436,8 @@ fn the_example_config_is_valid() {
     s.dir.write("certs/partners-ca.pem", &ca);
     s.dir.write("backend-ca.pem", &ca);
     s.dir.write_private("sticky.key", [7u8; 32]);
+    s.dir
+        .write_private("tickets.key", format!("{}\n", "ab".repeat(32)));
     s.dir.write(
         "office.txt",
         "# office\n192.0.2.128/25\n2001:db8:200::/48\n",
@@ -456,6 +458,14 @@ fn the_example_config_is_valid() {
     for g in ["web", "api", "accounts", "static", "dns"] {
         assert!(stdout.contains(&format!("group {g:?}")), "{stdout}");
     }
+    // A top-level path, relative to the file.
+    assert!(
+        stdout.contains(&format!(
+            "tls-tickets     1 key from {}/tickets.key",
+            s.dir.path().display()
+        )),
+        "{stdout}"
+    );
     // Rules are shown in the file's own syntax, conditions and action.
     for rule in [
         r#"rule            { name = "api-v2", path_prefix = "/api/v2", method = ["GET", "POST", "PUT", "DELETE"], header = { "x-client" = ["mobile", "web"] }, query = { "beta" = ["1"] }, client = ["0.0.0.0/0", "::/0"], action = "forward", group = "api" }"#,

@@ -112,6 +112,19 @@ impl Config {
             )?,
             None => writeln!(f, "  user            (stays the starting user)")?,
         }
+        match &self.tls_tickets {
+            Some(t) => writeln!(
+                f,
+                "  tls-tickets     {} key{} from {} (the first encrypts, all decrypt)",
+                t.keys.len(),
+                if t.keys.len() == 1 { "" } else { "s" },
+                t.path.display()
+            )?,
+            None => writeln!(
+                f,
+                "  tls-tickets     random keys of this node: kept across reloads, replaced every 6 h"
+            )?,
+        }
         writeln!(f, "xdp")?;
         if self.xdp.enabled() {
             writeln!(f, "  mode            {}", self.xdp.mode.name())?;

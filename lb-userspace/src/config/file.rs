@@ -71,7 +71,8 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
             ));
         }
     };
-    let node: NodeSpec = typed(&Value::Table(top), &top_at, Scope::Top)?;
+    let mut node: NodeSpec = typed(&Value::Table(top), &top_at, Scope::Top)?;
+    node.resolve_paths(dir);
 
     let mut groups = Vec::new();
     for (i, t) in group_tables.into_iter().enumerate() {

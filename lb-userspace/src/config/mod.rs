@@ -32,6 +32,7 @@ use crate::balance::Algorithm;
 use crate::privilege::User;
 use crate::rules::{Action, RuleSet, RuleSpec};
 use crate::tls::certs::{CertError, PairFile, check_private, load_ca_bundle, load_certified_key};
+use crate::tls::tickets::{TicketKeyFile, TicketKeys};
 use crate::tls::{SniName, TlsPolicy, TlsSettings};
 pub use error::ConfigError;
 use spec::{GroupSpec, ListenerSpec, NodeSpec};
@@ -48,6 +49,9 @@ pub struct Config {
     pub ops: OpsConfig,
     /// Announcements of the listeners' addresses over BGP; None: none.
     pub bgp: Option<bgp::BgpConfig>,
+    /// `--tls-ticket-key-file`: the keys that encrypt every https listener's session tickets.
+    /// None: random keys, which the running node makes at start and keeps across reloads.
+    pub tls_tickets: Option<TicketKeyFile>,
     /// `--config`: read again on every reload.
     pub file: Option<PathBuf>,
 }
@@ -379,9 +383,24 @@ impl Config {
             listeners.push(flag_listener);
             listener_at.push(None);
         }
+        // The file's top level, when the ticket key file is named there.
+        let tickets_at = file
+            .as_ref()
+            .filter(|f| {
+                f.node.tls_ticket_key_file.is_some() && !flags.given("--tls-ticket-key-file")
+            })
+            .map(|f| format!("{}: top level", f.path.display()));
+        let tickets_file = node
+            .tls_ticket_key_file
+            .as_deref()
+            .map(|path| (path, &tickets_at));
         if !node.allow_readable_keys {
-            check_key_files(&listeners, &listener_at, &groups, &group_at)?;
+            check_key_files(&listeners, &listener_at, &groups, &group_at, tickets_file)?;
         }
+        let tls_tickets = tls_tickets(&node).map_err(|e| match &tickets_at {
+            Some(at) => e.in_file(at.clone(), false),
+            None => e,
+        })?;
         check_unique_listeners(&listeners, file.as_ref().map(|f| f.path.as_path()))?;
         let xdp = xdp(&node)?;
         check_l4(&listeners, &groups, &xdp)?;
@@ -391,6 +410,7 @@ impl Config {
             xdp,
             ops: ops(&node)?,
             bgp: bgp::bgp(&node)?,
+            tls_tickets,
             file: flags.file.map(std::path::Path::to_path_buf),
         })
     }
@@ -401,12 +421,14 @@ impl Config {
     }
 }
 
-/// Every private key the configuration names must be readable by its owner only.
+/// Every private key the configuration names must be readable by its owner only. `tickets`:
+/// the ticket key file and where it is named (None: by the flag).
 fn check_key_files(
     listeners: &[ListenerConfig],
     listener_at: &[Option<String>],
     groups: &[GroupConfig],
     group_at: &[Option<String>],
+    tickets: Option<(&std::path::Path, &Option<String>)>,
 ) -> Result<(), ConfigError> {
     let located = |e: ConfigError, at: &Option<String>, group_table: bool| match at {
         Some(at) => e.in_file(at.clone(), group_table),
@@ -436,6 +458,15 @@ fn check_key_files(
                 )
             })?;
         }
+    }
+    if let Some((key, at)) = tickets {
+        check_private(key).map_err(|problem| {
+            located(
+                ConfigError::new("--tls-ticket-key-file", key.display().to_string(), problem),
+                at,
+                false,
+            )
+        })?;
     }
     Ok(())
 }
@@ -533,6 +564,9 @@ fn merge_node(node: &mut NodeSpec, file: &NodeSpec, flags: &Flags) {
         node.bgp_speaker = file.bgp_speaker.clone();
     }
     node.bgp_bfd |= file.bgp_bfd;
+    if !flags.given("--tls-ticket-key-file") {
+        node.tls_ticket_key_file = file.tls_ticket_key_file;
+    }
     node.allow_readable_keys |= file.allow_readable_keys;
     node.admin_allow_remote |= file.admin_allow_remote;
     node.access_log |= file.access_log;
@@ -606,6 +640,21 @@ fn ops(args: &NodeSpec) -> Result<OpsConfig, ConfigError> {
             })
             .transpose()?,
     })
+}
+
+/// The ticket keys of `--tls-ticket-key-file`, read now (and on every reload, so that a
+/// rotated file takes effect).
+fn tls_tickets(args: &NodeSpec) -> Result<Option<TicketKeyFile>, ConfigError> {
+    let Some(path) = &args.tls_ticket_key_file else {
+        return Ok(None);
+    };
+    let keys = TicketKeys::from_file(path).map_err(|problem| {
+        ConfigError::new("--tls-ticket-key-file", path.display().to_string(), problem)
+    })?;
+    Ok(Some(TicketKeyFile {
+        path: path.clone(),
+        keys: Arc::new(keys),
+    }))
 }
 
 /// One listener from its flags (or a file table read into them). `default` and the rules'

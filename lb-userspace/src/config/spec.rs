@@ -352,7 +352,15 @@ pub struct NodeSpec {
     #[arg(long, value_name = "NAME")]
     pub user: Option<String>,
 
-    /// Accept private keys (--key, --sni-cert, --sticky-key-file) that group or others may read.
+    /// Keys that encrypt TLS session tickets: one per line, 64 hex characters (32 random
+    /// bytes, `openssl rand -hex 32`), `#` comments. The first encrypts new tickets, every key
+    /// decrypts; the same file on every node resumes sessions on any of them. Re-read on
+    /// reload. Default: random keys made at start, kept across reloads.
+    #[arg(long, value_name = "PATH")]
+    pub tls_ticket_key_file: Option<PathBuf>,
+
+    /// Accept private keys (--key, --sni-cert, --sticky-key-file, --tls-ticket-key-file) that
+    /// group or others may read.
     #[arg(long)]
     pub allow_readable_keys: bool,
 
@@ -513,6 +521,14 @@ impl GroupSpec {
             .into_iter()
             .flatten()
         {
+            under(dir, p);
+        }
+    }
+}
+
+impl NodeSpec {
+    pub fn resolve_paths(&mut self, dir: &Path) {
+        if let Some(p) = &mut self.tls_ticket_key_file {
             under(dir, p);
         }
     }

@@ -4,10 +4,11 @@ pub mod certs;
 pub mod client;
 pub mod policy;
 pub mod sni;
+pub mod tickets;
 
 use std::sync::Arc;
 
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ProducesTickets, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 
@@ -25,10 +26,12 @@ pub struct TlsSettings {
 }
 
 /// The rustls server configuration of an HTTPS listener.
-/// `http2` decides whether ALPN offers `h2` besides `http/1.1`.
+/// `http2` decides whether ALPN offers `h2` besides `http/1.1`; `tickets` are the node's
+/// ticket keys, which the running node keeps across reloads (see [`tickets`]).
 pub fn server_config(
     settings: &TlsSettings,
     http2: bool,
+    tickets: &Arc<dyn ProducesTickets>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = settings.policy.provider();
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -51,8 +54,13 @@ pub fn server_config(
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    // Resumption: stateless tickets (TLS 1.2 and 1.3) plus the default in-memory session cache.
-    config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    // Resumption: stateless tickets (TLS 1.2 and 1.3), sealed with the node's keys so that
+    // they open on every node with the same keys and after a reload; plus the default
+    // in-memory session cache for TLS 1.2 clients without tickets (this configuration's own).
+    config.ticketer = Arc::new(tickets::ScopedTickets::new(
+        tickets.clone(),
+        settings.client_ca.as_deref(),
+    ));
     Ok(Arc::new(config))
 }
 
