@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let flags = Flags {
         file: Some(&file),
+        etcd: None,
         listener: &ListenerSpec::default(),
         group: &GroupSpec::default(),
         node: &NodeSpec::default(),

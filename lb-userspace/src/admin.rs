@@ -42,6 +42,23 @@ pub struct NodeView {
     pub xdp_attached: Vec<String>,
     /// The BGP sessions and announced routes; None without BGP.
     pub bgp: Option<crate::bgp::BgpView>,
+    /// Where the configuration comes from when it is etcd; None for flags and files.
+    pub etcd: Option<EtcdView>,
+}
+
+/// The configuration's source in etcd, as `/status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EtcdView {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// The revision of the configuration in use.
+    pub revision: i64,
+    /// Whether etcd answers now; while it does not, the configuration in use stays.
+    pub connected: bool,
+    /// Why etcd cannot be read, while it cannot.
+    pub error: Option<String>,
+    /// A newer revision that was refused, and why; None once one is applied.
+    pub refused: Option<(i64, String)>,
 }
 
 pub struct GroupView {
@@ -75,6 +92,7 @@ struct Status<'a> {
     groups: Vec<GroupStatus>,
     xdp: XdpStatus,
     bgp: Option<&'a crate::bgp::BgpView>,
+    etcd: Option<&'a EtcdView>,
 }
 
 #[derive(Serialize)]
@@ -135,6 +153,7 @@ impl AdminState {
                 counters: totals,
             },
             bgp: view.bgp.as_ref(),
+            etcd: view.etcd.as_ref(),
         };
         serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }

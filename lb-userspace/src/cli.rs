@@ -2,8 +2,8 @@
 //! listener, group and node structs (see `config::spec`) plus the two only a command line has.
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::Flags;
 use crate::config::spec::{GroupSpec, ListenerSpec, NodeSpec};
+use crate::config::{EtcdSnapshot, Flags};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -64,6 +64,27 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH")]
     pub config: Option<std::path::PathBuf>,
 
+    /// etcd endpoints (comma-separated, e.g. http://10.0.0.5:2379) to read the configuration
+    /// from instead of --config: the TOML at PREFIX/config, IP groups (CIDRs, one a line) at
+    /// PREFIX/ip_groups/NAME. Watched: a change is applied within a second, checked like a
+    /// reload; while etcd is unreachable the last good configuration keeps serving.
+    #[arg(
+        long,
+        value_name = "URL,...",
+        value_delimiter = ',',
+        conflicts_with = "config",
+        requires = "config_prefix"
+    )]
+    pub config_etcd: Vec<String>,
+
+    /// The key prefix of this node's configuration in etcd, e.g. /edgelb/web.
+    #[arg(long, value_name = "PREFIX", requires = "config_etcd", value_parser = etcd_prefix)]
+    pub config_prefix: Option<String>,
+
+    /// The configuration last read from etcd; filled before the configuration is built.
+    #[arg(skip)]
+    pub etcd_snapshot: Option<EtcdSnapshot>,
+
     #[command(flatten, next_help_heading = "Listener")]
     pub listener: ListenerSpec,
 
@@ -94,10 +115,20 @@ impl RunArgs {
     pub fn flags(&self) -> Flags<'_> {
         Flags {
             file: self.config.as_deref(),
+            etcd: self.etcd_snapshot.as_ref(),
             listener: &self.listener,
             group: &self.group,
             node: &self.node,
             given: &self.explicit,
         }
     }
+}
+
+/// An etcd key prefix: absolute, without a trailing slash (keys below it are `PREFIX/...`).
+fn etcd_prefix(value: &str) -> Result<String, String> {
+    let trimmed = value.trim_end_matches('/');
+    if !value.starts_with('/') || trimmed.is_empty() || value.contains(char::is_whitespace) {
+        return Err("expected an absolute key prefix such as /edgelb/web".into());
+    }
+    Ok(trimmed.to_string())
 }

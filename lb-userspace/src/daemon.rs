@@ -9,6 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
+use crate::admin::EtcdView;
 use crate::admin::{self, AdminState, NodeView, Refusal};
 use crate::bgp::Announcer;
 use crate::cli::RunArgs;
@@ -157,6 +158,24 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     let mut ticks = 0u64;
     let (mut reloads, mut reads) = Reloads::new(args);
+    let (etcd_tx, mut etcd_rx) = mpsc::unbounded_channel();
+    let mut etcd_view = None;
+    if let (Some(prefix), Some(snapshot)) = (&args.config_prefix, &args.etcd_snapshot) {
+        crate::etcd::watch(
+            args.config_etcd.clone(),
+            prefix.clone(),
+            snapshot.clone(),
+            etcd_tx,
+        );
+        etcd_view = Some(EtcdView {
+            endpoints: args.config_etcd.clone(),
+            prefix: prefix.clone(),
+            revision: snapshot.revision,
+            connected: true,
+            ..EtcdView::default()
+        });
+        show_etcd(&admin_state, etcd_view.as_ref());
+    }
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
@@ -188,8 +207,39 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             }
             _ = sighup.recv() => reloads.request("SIGHUP", None),
             Some(reply) = reload_rx.recv() => reloads.request("POST /reload", Some(reply)),
+            Some(event) = etcd_rx.recv() => {
+                if let Some(v) = etcd_view.as_mut() {
+                    match event {
+                        crate::etcd::Event::Changed(snapshot) => {
+                            info!(prefix = v.prefix, revision = snapshot.revision, "etcd: the configuration changed");
+                            (v.connected, v.error) = (true, None);
+                            reloads.set_etcd(snapshot);
+                            reloads.request("etcd", None);
+                        }
+                        crate::etcd::Event::Lost(e) => {
+                            if v.connected {
+                                warn!(error = %e, "etcd unreachable; the configuration in use stays");
+                            }
+                            (v.connected, v.error) = (false, Some(e));
+                        }
+                        crate::etcd::Event::Back => {
+                            info!(prefix = v.prefix, "etcd reachable again");
+                            (v.connected, v.error) = (true, None);
+                        }
+                    }
+                }
+                show_etcd(&admin_state, etcd_view.as_ref());
+            }
             Some(read) = reads.recv() => {
+                let revision = read.etcd_revision;
                 let result = reload_logged(read.why, read.config, &mut node, dataplane.as_mut(), &mut hops, &admin_state, bgp.as_ref());
+                if let (Some(v), Some(revision)) = (etcd_view.as_mut(), revision) {
+                    match &result {
+                        Ok(()) => (v.revision, v.refused) = (revision, None),
+                        Err(e) => v.refused = Some((revision, e.to_string())),
+                    }
+                    show_etcd(&admin_state, etcd_view.as_ref());
+                }
                 if let Some(b) = bgp.as_mut() {
                     b.update(node.announceable(b.announce_when())).await;
                 }
@@ -423,6 +473,10 @@ fn reload(
 
 /// Copies backend health into the metrics and XDP counters into the status view. Without a
 /// data plane argument the counters are kept from the last tick until the next one.
+fn show_etcd(state: &AdminState, view: Option<&EtcdView>) {
+    state.view.lock().unwrap_or_else(|p| p.into_inner()).etcd = view.cloned();
+}
+
 fn refresh_status(
     state: &AdminState,
     node: &Node,
@@ -476,7 +530,10 @@ fn refresh_status(
             }
         }
     }
-    *state.view.lock().unwrap_or_else(|p| p.into_inner()) = view;
+    let mut current = state.view.lock().unwrap_or_else(|p| p.into_inner());
+    // The configuration's source is the main loop's to say (`show_etcd`).
+    view.etcd = current.etcd.take();
+    *current = view;
 }
 
 /// One line per counter slot: what XDP did during this run, for the operator and for tests.

@@ -19,19 +19,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let mut cli = cli;
     match cli.command {
-        Some(Command::Check(args)) => match Config::from_flags(&args.flags()) {
-            Ok(config) => {
-                for w in config.warnings(crate::config::fd_limit()) {
-                    eprintln!("edgelb: warning: {w}");
-                }
-                // A closed pipe (`edgelb check | head`) is not an error worth a panic.
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{config}configuration OK");
-                ExitCode::SUCCESS
+        Some(Command::Check(mut args)) => {
+            if let Err(code) = read_etcd(&mut args) {
+                return code;
             }
-            Err(e) => usage_error(&e),
-        },
+            check(&args)
+        }
         Some(Command::Status { admin }) => crate::status::print(&admin),
         Some(Command::Decap { iface, vips, from }) => crate::decap::main(&iface, &vips, &from),
         None => {
@@ -47,6 +42,9 @@ pub fn main() -> ExitCode {
                     .init(),
             }
             no_huge_pages();
+            if let Err(code) = read_etcd(&mut cli.run) {
+                return code;
+            }
             let config = match Config::from_flags(&cli.run.flags()) {
                 Ok(c) => c,
                 Err(e) => return usage_error(&e),
@@ -69,6 +67,46 @@ pub fn main() -> ExitCode {
                     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
                 }
             }
+        }
+    }
+}
+
+fn check(args: &crate::cli::RunArgs) -> ExitCode {
+    match Config::from_flags(&args.flags()) {
+        Ok(config) => {
+            for w in config.warnings(crate::config::fd_limit()) {
+                eprintln!("edgelb: warning: {w}");
+            }
+            // A closed pipe (`edgelb check | head`) is not an error worth a panic.
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{config}configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(&e),
+    }
+}
+
+/// With `--config-etcd`: the configuration as etcd holds it now (exit 1 if etcd cannot be
+/// read: there is no configuration to start with).
+fn read_etcd(args: &mut crate::cli::RunArgs) -> Result<(), ExitCode> {
+    let Some(prefix) = args.config_prefix.clone() else {
+        return Ok(());
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("edgelb: error: starting the runtime: {e}");
+            ExitCode::FAILURE
+        })?;
+    match runtime.block_on(crate::etcd::fetch(&args.config_etcd, &prefix)) {
+        Ok(snapshot) => {
+            args.etcd_snapshot = Some(snapshot);
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("edgelb: error: --config-etcd: cannot read {prefix}: {e}");
+            Err(ExitCode::FAILURE)
         }
     }
 }

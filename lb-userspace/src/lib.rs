@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod decap;
 pub mod entry;
+pub mod etcd;
 pub mod health;
 mod layering;
 pub mod metrics;

@@ -374,6 +374,7 @@ impl Node {
                 .collect(),
             xdp_attached,
             bgp: None,
+            etcd: None,
         }
     }
 }

@@ -34,6 +34,8 @@ pub struct Read {
     pub why: &'static str,
     pub config: Result<Config, ReloadError>,
     pub waiting: Vec<Waiter>,
+    /// With `--config-etcd`: the revision of the configuration read.
+    pub etcd_revision: Option<i64>,
 }
 
 pub struct Reloads {
@@ -67,6 +69,11 @@ impl Reloads {
         }
     }
 
+    /// With `--config-etcd`: the configuration the next reads use.
+    pub fn set_etcd(&mut self, snapshot: crate::config::EtcdSnapshot) {
+        self.args.etcd_snapshot = Some(snapshot);
+    }
+
     /// Called once a read's result was applied: starts the queued read, if any.
     pub fn finished(&mut self) {
         self.reading = false;
@@ -86,6 +93,7 @@ impl Reloads {
                 why,
                 config,
                 waiting,
+                etcd_revision: args.etcd_snapshot.as_ref().map(|s| s.revision),
             });
         });
     }

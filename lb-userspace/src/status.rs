@@ -110,6 +110,25 @@ fn render(status: &Value) -> String {
             ));
         }
     }
+    let etcd = &status["etcd"];
+    if etcd.is_object() {
+        out.push_str(&format!(
+            "config etcd {} revision {} ({})\n",
+            etcd["prefix"].as_str().unwrap_or("?"),
+            etcd["revision"].as_i64().unwrap_or(0),
+            match etcd["error"].as_str() {
+                Some(e) => format!("unreachable, the configuration in use stays: {e}"),
+                None => "connected".to_string(),
+            }
+        ));
+        if let Some(r) = etcd["refused"].as_array() {
+            out.push_str(&format!(
+                "  revision {} refused: {}\n",
+                r.first().and_then(Value::as_i64).unwrap_or(0),
+                r.get(1).and_then(Value::as_str).unwrap_or("?")
+            ));
+        }
+    }
     let bgp = &status["bgp"];
     if bgp.is_object() {
         out.push_str(&format!(

@@ -19,6 +19,10 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "ethtool",
     "bird2",
+    // etcd-client's build compiles etcd's protocol; the etcd tests run a real etcd.
+    "protobuf-compiler",
+    "etcd-server",
+    "etcd-client",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -10,8 +10,9 @@ use serde::Deserialize;
 use serde_path_to_error::Segment;
 use toml::{Table, Value};
 
-use super::ConfigError;
 use super::spec::{GroupSpec, IpGroupSpec, ListenerSpec, NodeSpec};
+use super::values::{Cidr, TextValue};
+use super::{ConfigError, EtcdSnapshot};
 
 /// A listener table and where it is (`FILE: listener "NAME"`).
 pub struct FileListener {
@@ -51,10 +52,63 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
         .map_err(|problem| ConfigError::new("--config", &shown, problem))?;
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new("--config", &shown, format!("cannot read: {e}")))?;
-    let table: Table = text.parse().map_err(|e: toml::de::Error| {
-        ConfigError::new("--config", &shown, format!("not valid TOML: {e}"))
-    })?;
+    // Relative paths in the file are relative to the file, wherever edgelb was started from.
     let dir = path.parent().unwrap_or(Path::new("."));
+    from_text(&text, "--config", &shown, dir)
+}
+
+/// The configuration stored in etcd: the TOML of `PREFIX/config`, with each
+/// `PREFIX/ip_groups/NAME` key (CIDRs, one a line or comma-separated, `#` comments) as IP group
+/// NAME, in place of a group of that name in the TOML. Relative paths are relative to the
+/// working directory.
+pub fn load_etcd(s: &EtcdSnapshot) -> Result<FileConfig, ConfigError> {
+    let key = format!("{}/config", s.prefix);
+    let shown = format!("etcd {key}");
+    let text = s.config.as_deref().ok_or_else(|| {
+        ConfigError::new(
+            "--config-prefix",
+            &s.prefix,
+            format!(
+                "etcd has no key {key} (revision {}): put the TOML configuration there",
+                s.revision
+            ),
+        )
+    })?;
+    let mut file = from_text(text, "--config-prefix", &shown, Path::new("."))?;
+    for (name, list) in &s.ip_groups {
+        let at = format!("etcd {}/ip_groups/{name}", s.prefix);
+        let mut cidrs = Vec::new();
+        for (n, line) in list.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("");
+            for item in line.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+                let cidr = Cidr::parse(item).map_err(|problem| {
+                    ConfigError::new(format!("line {}", n + 1), item, problem)
+                        .in_file(at.clone(), false)
+                })?;
+                cidrs.push(cidr);
+            }
+        }
+        file.ip_groups.insert(
+            name.clone(),
+            IpGroupSpec {
+                cidrs,
+                files: Vec::new(),
+            },
+        );
+    }
+    Ok(file)
+}
+
+/// `text` as a configuration file; `flag` and `shown` say where it came from.
+fn from_text(
+    text: &str,
+    flag: &'static str,
+    shown: &str,
+    dir: &Path,
+) -> Result<FileConfig, ConfigError> {
+    let table: Table = text.parse().map_err(|e: toml::de::Error| {
+        ConfigError::new(flag, shown, format!("not valid TOML: {e}"))
+    })?;
     let mut top = underscored(table);
     let top_at = format!("{shown}: top level");
     let listener_tables = tables(top.remove("listener"), "listener", &top_at)?;
@@ -76,7 +130,7 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
 
     let mut groups = Vec::new();
     for (i, t) in group_tables.into_iter().enumerate() {
-        let location = located(&shown, "group", &t, i);
+        let location = located(shown, "group", &t, i);
         if !t.contains_key("name") {
             return Err(ConfigError::missing(
                 "name",
@@ -91,7 +145,7 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
 
     let mut listeners = Vec::new();
     for (i, mut t) in listener_tables.into_iter().enumerate() {
-        let location = located(&shown, "listener", &t, i);
+        let location = located(shown, "listener", &t, i);
         for key in ["rule", "rules"] {
             if let Some(Value::Array(rules)) = t.get_mut(key) {
                 for r in rules.iter_mut() {
@@ -129,7 +183,7 @@ pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
         ip_groups.insert(name, g);
     }
     Ok(FileConfig {
-        path: path.to_path_buf(),
+        path: PathBuf::from(shown),
         node,
         ip_groups,
         listeners,
@@ -157,7 +211,9 @@ fn split_cidr_lists(t: &mut Table) {
     let split: Vec<Value> = entries
         .iter()
         .flat_map(|e| e.split(','))
-        .map(|c| Value::String(c.trim().to_string()))
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .map(|c| Value::String(c.to_string()))
         .collect();
     t.insert("ip_group".into(), Value::Array(split));
 }
@@ -218,6 +274,15 @@ fn explain(
         segments.drain(..2);
     }
     let message = e.inner().message();
+    if let Some(rest) = message.strip_prefix("duplicate field `") {
+        let key = rest.split('`').next().unwrap_or_default();
+        return ConfigError::missing(
+            key.to_string(),
+            "given twice (a key and its other spelling: tag/tags, rule/rules, backend/backends, \
+             sni_cert/sni_certs, - and _)",
+        )
+        .in_file(location, false);
+    }
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let key = rest.split('`').next().unwrap_or_default();
         return ConfigError::missing(

@@ -236,10 +236,23 @@ impl XdpConfig {
     }
 }
 
+/// The configuration as stored in etcd under a key prefix, read at one revision: the TOML of
+/// `PREFIX/config` and the CIDR lists of the `PREFIX/ip_groups/NAME` keys. Fetched by the
+/// runtime (`etcd`); read here like a file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EtcdSnapshot {
+    pub prefix: String,
+    pub revision: i64,
+    pub config: Option<String>,
+    pub ip_groups: BTreeMap<String, String>,
+}
+
 /// The command line as the configuration reads it: the file, the flags of one listener, its
 /// group and the node, and which flags were typed (the rest are at their defaults).
 pub struct Flags<'a> {
     pub file: Option<&'a std::path::Path>,
+    /// `--config-etcd`: the configuration read from etcd, in place of a file.
+    pub etcd: Option<&'a EtcdSnapshot>,
     pub listener: &'a ListenerSpec,
     pub group: &'a GroupSpec,
     pub node: &'a NodeSpec,
@@ -257,7 +270,11 @@ impl Config {
     /// Validates the flags, and the config file when `--config` names one, and loads every
     /// file they name. The file's listeners come first; flags add one listener on top.
     pub fn from_flags(flags: &Flags) -> Result<Config, ConfigError> {
-        let file = flags.file.map(file::load).transpose()?;
+        let file = match (flags.file, flags.etcd) {
+            (Some(path), _) => Some(file::load(path)?),
+            (None, Some(snapshot)) => Some(file::load_etcd(snapshot)?),
+            (None, None) => None,
+        };
         let with_listener = flags.listener.listen.is_some();
         if file.is_some() && !with_listener {
             unused_listener_flags(flags)?;
@@ -509,11 +526,13 @@ fn unused_listener_flags(flags: &Flags) -> Result<(), ConfigError> {
     let node = NodeSpec::augment_args(clap::Command::new("node"));
     // The node's own flags, plus the two only the command line has.
     let node_flag = |flag: &str| {
-        matches!(flag, "--config" | "--log-format")
-            || node.get_arguments().any(|a| {
-                a.get_long()
-                    .is_some_and(|l| flag.strip_prefix("--") == Some(l))
-            })
+        matches!(
+            flag,
+            "--config" | "--config-etcd" | "--config-prefix" | "--log-format"
+        ) || node.get_arguments().any(|a| {
+            a.get_long()
+                .is_some_and(|l| flag.strip_prefix("--") == Some(l))
+        })
     };
     match flags.given.iter().find(|(flag, _)| !node_flag(flag)) {
         Some((flag, value)) => Err(ConfigError::new(
