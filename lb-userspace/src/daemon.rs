@@ -114,7 +114,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             return Err(StartError::Runtime(e.into()));
         }
     };
-    if let (Some(user), Some(b)) = (&node.config.ops.user, &bgp)
+    if let (Some(user), Some(b)) = (&node.config.ops.user, bgp.as_mut())
         && let Err(e) = b.hand_to(user.uid, user.gid)
     {
         warn!(error = %e, user = user.name, "BGP: the speaker's files stay root's; announcements will fail");
@@ -252,13 +252,21 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     // Routers first: they move new connections to the other nodes while this one still
     // accepts, and only then do the listeners close.
-    if let Some(b) = bgp.as_mut() {
-        b.withdraw_all().await;
+    if let Some(mut b) = bgp.take() {
         let delay = b.settings().withdraw_delay;
-        info!(
-            seconds = delay.as_secs(),
-            "BGP routes withdrawn; closing the listeners after --bgp-withdraw-delay"
-        );
+        if b.withdraw_all().await {
+            info!(
+                seconds = delay.as_secs(),
+                "BGP routes withdrawn; closing the listeners after --bgp-withdraw-delay"
+            );
+            bgp = Some(b);
+        } else {
+            warn!(
+                seconds = delay.as_secs(),
+                "BGP speaker did not withdraw the routes: stopped, its closing sessions withdraw them; closing the listeners after --bgp-withdraw-delay"
+            );
+            b.stop();
+        }
         tokio::time::sleep(delay).await;
     }
     node.stop_listeners();

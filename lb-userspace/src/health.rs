@@ -70,6 +70,10 @@ pub fn spawn(
                     Ok(()) => {
                         fails = 0;
                         passes = passes.saturating_add(1);
+                        // The first pass proves the backend: BGP may announce its listeners.
+                        if balancer.mark_passed(index) {
+                            changed.notify_one();
+                        }
                         if !healthy && passes >= check.retries && balancer.set_healthy(index, true)
                         {
                             info!(group, backend = %addr, check = check.kind.name(), passes, "backend healthy");

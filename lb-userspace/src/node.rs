@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::admin::{GroupView, ListenerStatus, NodeView};
 use crate::balance::Balancer;
+use crate::config::CheckKind;
 use crate::config::bgp::BgpAnnounce;
 use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig};
 use crate::dataplane::{
@@ -329,8 +330,10 @@ impl Node {
     /// What `/status` shows, without the XDP counters (the caller adds them).
     /// The listeners' addresses a BGP speaker should announce now: each listener serves once
     /// the node runs (its socket bound, or XDP attached for tcp/udp), and with
-    /// [`BgpAnnounce::Healthy`] its default group must have a healthy backend of weight above 0.
-    /// Wildcard addresses are never announced.
+    /// [`BgpAnnounce::Healthy`] its default group must have a backend of weight above 0 that is
+    /// healthy and has passed a check since the group started (unless it is not checked): a
+    /// node that starts with dead backends announces nothing. Wildcard addresses are never
+    /// announced.
     pub fn announceable(&self, when: BgpAnnounce) -> BTreeSet<IpAddr> {
         self.listeners
             .iter()
@@ -339,9 +342,12 @@ impl Node {
                 when == BgpAnnounce::Serving || {
                     let name = &self.config.default_group(&l.config).name;
                     self.groups.iter().any(|g| {
+                        let b = &g.balancer;
+                        let unchecked = g.config.health.kind == CheckKind::Off;
                         g.config.name == *name
-                            && (0..g.balancer.len())
-                                .any(|i| g.balancer.is_healthy(i) && g.balancer.weight(i) > 0)
+                            && (0..b.len()).any(|i| {
+                                b.is_healthy(i) && b.weight(i) > 0 && (unchecked || b.has_passed(i))
+                            })
                     })
                 }
             })

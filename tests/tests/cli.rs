@@ -737,7 +737,7 @@ fn settings_without_effect_get_a_warning() {
 #[test]
 fn bgp_settings_are_checked() {
     let f = files();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["--bgp-peer", "10.2.1.1,as=65000"],
             "--bgp-peer \"10.2.1.1,as=65000\": needs --bgp-local-as",
@@ -757,6 +757,32 @@ fn bgp_settings_are_checked() {
         (
             &["--bgp-hold-time", "2"],
             "--bgp-hold-time \"2\": must be a whole number of seconds, 3-65535",
+        ),
+        (
+            &["--bgp-bfd"],
+            "--bgp-bfd: has no effect without --bgp-local-as",
+        ),
+        (
+            &[
+                "--bgp-local-as",
+                "65001",
+                "--bgp-router-id",
+                "10.2.1.2",
+                "--bgp-peer",
+                "fe80::1,as=65000",
+            ],
+            "--bgp-peer \"fe80::1,as=65000\": a link-local address needs an interface",
+        ),
+        (
+            &[
+                "--bgp-local-as",
+                "65001",
+                "--bgp-router-id",
+                "0.0.0.0",
+                "--bgp-peer",
+                "10.2.1.1,as=65000",
+            ],
+            "--bgp-router-id \"0.0.0.0\": expected an IPv4 address of this node",
         ),
     ];
     for (extra, expected) in cases {

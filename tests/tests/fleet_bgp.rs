@@ -264,13 +264,21 @@ fn request(src: IpAddr) -> std::io::Result<()> {
     }
 }
 
-/// The BIRD that node `d` runs (its child).
+/// The BIRD that node `d` runs (a child of one of its threads).
 fn speaker_pid(d: &Daemon) -> i32 {
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", d.pid()))
-        .unwrap_or_default();
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", d.pid())).expect("the node runs");
+    let children: Vec<i32> = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect();
     children
-        .split_whitespace()
-        .filter_map(|p| p.parse::<i32>().ok())
+        .iter()
+        .copied()
         .find(|p| {
             std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "bird")
         })
@@ -457,6 +465,37 @@ fn a_fleet_announces_over_bgp_and_leaves_without_a_failed_connection() {
     ] {
         assert!(metrics.contains(line), "{line} not in\n{metrics}");
     }
+    // Node 3's speaker killed: edgelb starts it again, and it stays (a speaker started from a
+    // thread that later exits would get its parent-death signal then).
+    let node3 = nodes[2].as_ref().expect("node 3 runs");
+    signal(speaker_pid(node3), Signal::SIGKILL);
+    let start = Instant::now();
+    while next_hops(&topo, *VIP_V4).contains(&2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "node 3's routes stay"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let gone = start.elapsed();
+    while !next_hops(&topo, *VIP_V4).contains(&2) {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "node 3's speaker was not started again:\n{}",
+            node3.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "node 3's speaker killed: its routes gone after {gone:?}, back after {:?}",
+        start.elapsed()
+    );
+    std::thread::sleep(Duration::from_secs(12));
+    assert!(
+        next_hops(&topo, *VIP_V4).contains(&2),
+        "node 3's restarted speaker stopped again:\n{}",
+        node3.log()
+    );
     for d in nodes.into_iter().flatten() {
         let (status, log) = d.stop();
         assert!(status.success(), "{status}:\n{log}");

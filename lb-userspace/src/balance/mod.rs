@@ -59,6 +59,9 @@ struct BackendState {
     key: String,
     weight: u8,
     healthy: AtomicBool,
+    /// Whether a health check has passed since this balancer was made: until then "healthy"
+    /// is only the starting presumption.
+    passed: AtomicBool,
     /// Milliseconds since the balancer's epoch when the backend last became healthy;
     /// u64::MAX: healthy since the start (no slow start).
     up_since: AtomicU64,
@@ -111,6 +114,7 @@ impl Balancer {
                     key: addr.to_string(),
                     weight: *weight,
                     healthy: AtomicBool::new(true),
+                    passed: AtomicBool::new(false),
                     up_since: AtomicU64::new(u64::MAX),
                 })
                 .collect(),
@@ -228,6 +232,20 @@ impl Balancer {
             sh.rebuild(&self.hash_weights());
         }
         true
+    }
+
+    /// Records that a check of backend `index` passed; true the first time.
+    pub fn mark_passed(&self, index: usize) -> bool {
+        self.backends
+            .get(index)
+            .is_some_and(|b| !b.passed.swap(true, Ordering::Relaxed))
+    }
+
+    /// Whether a check of backend `index` has passed since the balancer was made.
+    pub fn has_passed(&self, index: usize) -> bool {
+        self.backends
+            .get(index)
+            .is_some_and(|b| b.passed.load(Ordering::Relaxed))
     }
 
     pub fn is_healthy(&self, index: usize) -> bool {

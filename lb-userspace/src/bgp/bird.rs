@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
-use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,7 +41,7 @@ pub enum BirdError {
         program: PathBuf,
         status: std::process::ExitStatus,
     },
-    #[error("birdc {command}: {reply}")]
+    #[error("{command}: {reply}")]
     Refused { command: String, reply: String },
     #[error("starting BIRD: {0}")]
     Task(String),
@@ -72,18 +71,19 @@ pub struct Bird {
 }
 
 impl Bird {
-    /// Writes the configuration with nothing announced and starts BIRD in `dir` (created,
-    /// private). Returns once BIRD answers on its control socket.
+    /// A fresh private directory for BIRD's files (the configuration names the peers):
+    /// made with a name no one can guess or have made before.
+    pub fn make_dir() -> Result<PathBuf, BirdError> {
+        let template = std::env::temp_dir().join("edgelb-bgp-XXXXXX");
+        nix::unistd::mkdtemp(&template).map_err(|e| BirdError::Write {
+            path: template,
+            source: e.into(),
+        })
+    }
+
+    /// Writes the configuration with nothing announced into `dir` (from [`Bird::make_dir`])
+    /// and starts BIRD. Returns once BIRD answers on its control socket.
     pub fn start(config: &BgpConfig, dir: &Path) -> Result<Bird, BirdError> {
-        // Private: the configuration names the peers.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| BirdError::Write {
-                path: dir.to_path_buf(),
-                source,
-            })?;
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
             std::fs::write(&path, text).map_err(|source| BirdError::Write { path, source })
@@ -101,7 +101,10 @@ impl Bird {
             })?;
         if !check.status.success() {
             return Err(BirdError::Refused {
-                command: "-p (configuration check)".into(),
+                command: format!(
+                    "{} -p (its check of the configuration)",
+                    config.speaker.display()
+                ),
                 reply: String::from_utf8_lossy(&check.stderr).trim().to_string(),
             });
         }
@@ -126,7 +129,7 @@ impl Bird {
                     .map_err(io::Error::from)
             });
         }
-        let mut child = command.spawn().map_err(|source| BirdError::Spawn {
+        let mut child = spawn_from_keeper(command).map_err(|source| BirdError::Spawn {
             program: config.speaker.clone(),
             source,
         })?;
@@ -192,7 +195,7 @@ impl Bird {
             Ok(())
         } else {
             Err(BirdError::Refused {
-                command: "configure".into(),
+                command: "birdc configure".into(),
                 reply,
             })
         }
@@ -219,7 +222,7 @@ impl Bird {
         let out = tokio::time::timeout(BIRDC_TIMEOUT, run)
             .await
             .map_err(|_| BirdError::Refused {
-                command: command.into(),
+                command: format!("birdc {command}"),
                 reply: format!("no answer within {BIRDC_TIMEOUT:?}"),
             })?
             .map_err(|source| BirdError::Spawn {
@@ -232,7 +235,7 @@ impl Bird {
             Ok(reply)
         } else {
             Err(BirdError::Refused {
-                command: command.into(),
+                command: format!("birdc {command}"),
                 reply: reply.trim().to_string(),
             })
         }
@@ -255,7 +258,45 @@ impl Bird {
 }
 
 const CONFIG: &str = "bird.conf";
-const BIRDC_TIMEOUT: Duration = Duration::from_secs(2);
+const BIRDC_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Spawns `command` from a thread that lives as long as the process. The kernel sends BIRD its
+/// parent-death signal when the *thread* that forked it exits, not the process; tokio's
+/// blocking-pool threads exit after a while idle, which would stop a BIRD started from one.
+fn spawn_from_keeper(mut command: Command) -> io::Result<Child> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static KEEPER: std::sync::OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<Job>>>> =
+        std::sync::OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("bird-keeper".into())
+            .spawn(move || {
+                for job in rx {
+                    job();
+                }
+            })
+            .ok()
+            .map(|_| std::sync::Mutex::new(tx))
+    });
+    let Some(keeper) = keeper else {
+        return Err(io::Error::other(
+            "cannot start the thread BIRD is started from",
+        ));
+    };
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _ = done_tx.send(command.spawn());
+    });
+    keeper
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send(job)
+        .map_err(|_| io::Error::other("the thread BIRD is started from is gone"))?;
+    done_rx
+        .recv()
+        .map_err(|_| io::Error::other("the thread BIRD is started from is gone"))?
+}
 
 /// BIRD's log lines become edgelb's (target `edgelb::bgp::bird`), in its format (text or
 /// JSON), until BIRD exits.
@@ -379,6 +420,12 @@ mod tests {
         assert!(!p2.established());
         assert_eq!(p2.info, "Active Socket: Connection refused");
         assert!(parse_protocol(reply, "peer3").is_none());
+        // After a day the Since column is a date, or a date and a time.
+        for since in ["2026-12-01", "2026-12-01 10:01:03"] {
+            let reply = format!("peer1      BGP        ---        up     {since}    Established\n");
+            let p = parse_protocol(&reply, "peer1").expect("peer1");
+            assert!(p.established(), "{since}: {p:?}");
+        }
     }
 
     #[test]

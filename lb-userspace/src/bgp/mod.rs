@@ -24,6 +24,11 @@ pub struct Announcer {
     peers: Vec<Option<PeerState>>,
     /// Set once the node is stopping: nothing is announced again.
     withdrawn: bool,
+    /// A speaker that died is started again, not before this, with a growing wait; never
+    /// after a privilege drop (it needs root for BGP's port).
+    restart_at: std::time::Instant,
+    restart_wait: std::time::Duration,
+    restartable: bool,
 }
 
 /// What `/status` and `edgelb status` show of BGP.
@@ -49,8 +54,10 @@ pub struct PeerView {
 impl Announcer {
     /// Starts the speaker with nothing announced.
     pub fn start(config: BgpConfig) -> Result<Announcer, BirdError> {
-        let dir = std::env::temp_dir().join(format!("edgelb-bgp-{}", std::process::id()));
-        let bird = Bird::start(&config, &dir)?;
+        let dir = Bird::make_dir()?;
+        let bird = Bird::start(&config, &dir).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })?;
         info!(
             local_as = config.local_as,
             router_id = %config.router_id,
@@ -65,6 +72,9 @@ impl Announcer {
             dir,
             announced: BTreeSet::new(),
             withdrawn: false,
+            restart_at: std::time::Instant::now(),
+            restart_wait: std::time::Duration::from_secs(1),
+            restartable: true,
         })
     }
 
@@ -77,7 +87,13 @@ impl Announcer {
     }
 
     /// With `--user`: the speaker's files become that user's, who runs the daemon from then on.
-    pub fn hand_to(&self, uid: nix::unistd::Uid, gid: nix::unistd::Gid) -> Result<(), BirdError> {
+    /// A speaker that dies after this cannot be started again (BGP's port needs root).
+    pub fn hand_to(
+        &mut self,
+        uid: nix::unistd::Uid,
+        gid: nix::unistd::Gid,
+    ) -> Result<(), BirdError> {
+        self.restartable = false;
         self.bird.hand_to(uid, gid)
     }
 
@@ -108,22 +124,40 @@ impl Announcer {
         }
     }
 
-    /// Withdraws every route for good: the node is stopping.
-    pub async fn withdraw_all(&mut self) {
+    /// Withdraws every route for good: the node is stopping. False if the speaker did not
+    /// take it; then the caller stops the speaker, whose closing sessions withdraw everything.
+    pub async fn withdraw_all(&mut self) -> bool {
         self.update(BTreeSet::new()).await;
         self.withdrawn = true;
+        self.announced.is_empty()
     }
 
     /// Reads the sessions' states, logging each change; restarts the speaker if it died.
     pub async fn poll(&mut self) {
         if let Some(status) = self.bird.exited() {
-            warn!(%status, "BGP speaker exited; its routes are withdrawn; starting it again");
+            if !self.announced.is_empty() || self.peers.iter().any(Option::is_some) {
+                warn!(%status, "BGP speaker exited: its sessions and routes are gone");
+                self.announced.clear();
+                self.peers = vec![None; self.config.peers.len()];
+                if !self.restartable {
+                    warn!(
+                        "BGP speaker cannot be started again after the privilege drop (--user): restart edgelb"
+                    );
+                }
+            }
+            if !self.restartable || std::time::Instant::now() < self.restart_at {
+                return;
+            }
+            self.restart_at = std::time::Instant::now() + self.restart_wait;
+            self.restart_wait = (self.restart_wait * 2).min(std::time::Duration::from_secs(30));
             // Off this thread: starting waits for BIRD's control socket.
             let (config, dir) = (self.config.clone(), self.dir.clone());
             let started = tokio::task::spawn_blocking(move || Bird::start(&config, &dir)).await;
             match started.unwrap_or_else(|e| Err(BirdError::Task(e.to_string()))) {
                 Ok(bird) => {
+                    info!("BGP speaker started again");
                     self.bird = bird;
+                    self.restart_wait = std::time::Duration::from_secs(1);
                     // Announced afresh by the next update.
                     self.announced.clear();
                     self.peers = vec![None; self.config.peers.len()];

@@ -39,6 +39,24 @@ pub fn bgp(node: &NodeSpec) -> Result<Option<BgpConfig>, ConfigError> {
                 "needs --bgp-local-as: this node's AS number",
             ));
         }
+        // The other settings have defaults: one that differs was given, for nothing.
+        let d = NodeSpec::default();
+        let given = [
+            ("--bgp-hold-time", node.bgp_hold_time != d.bgp_hold_time),
+            (
+                "--bgp-withdraw-delay",
+                node.bgp_withdraw_delay != d.bgp_withdraw_delay,
+            ),
+            ("--bgp-announce", node.bgp_announce != d.bgp_announce),
+            ("--bgp-bfd", node.bgp_bfd),
+            ("--bgp-speaker", node.bgp_speaker != d.bgp_speaker),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, g)| *g) {
+            return Err(ConfigError::missing(
+                *flag,
+                "has no effect without --bgp-local-as: this node's AS number",
+            ));
+        }
         return Ok(None);
     };
     let router_id = node.bgp_router_id.ok_or_else(|| {
@@ -47,6 +65,13 @@ pub fn bgp(node: &NodeSpec) -> Result<Option<BgpConfig>, ConfigError> {
             "required with --bgp-local-as: an IPv4 address of this node",
         )
     })?;
+    if router_id.0.is_unspecified() || router_id.0.is_broadcast() {
+        return Err(ConfigError::new(
+            "--bgp-router-id",
+            router_id.0.to_string(),
+            "expected an IPv4 address of this node",
+        ));
+    }
     if node.bgp_peer.is_empty() {
         return Err(ConfigError::missing(
             "--bgp-peer",
@@ -66,6 +91,14 @@ pub fn bgp(node: &NodeSpec) -> Result<Option<BgpConfig>, ConfigError> {
                 "--bgp-peer",
                 p.to_string(),
                 "expected a router's address",
+            ));
+        }
+        if matches!(p.addr, IpAddr::V6(a) if a.is_unicast_link_local()) {
+            return Err(ConfigError::new(
+                "--bgp-peer",
+                p.to_string(),
+                "a link-local address needs an interface, which BIRD is not given: use the \
+                 router's global or unique local address",
             ));
         }
     }

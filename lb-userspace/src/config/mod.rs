@@ -288,8 +288,7 @@ impl Config {
         if let Some(file) = &file {
             let at = format!("{}: top level", file.path.display());
             xdp(&file.node).map_err(|e| e.in_file(at.clone(), false))?;
-            ops(&file.node).map_err(|e| e.in_file(at.clone(), false))?;
-            bgp::bgp(&file.node).map_err(|e| e.in_file(at, false))?;
+            ops(&file.node).map_err(|e| e.in_file(at, false))?;
             merge_node(&mut node, &file.node, flags);
             for g in &file.groups {
                 let group = group(&g.spec).map_err(|e| e.in_file(g.location.clone(), true))?;
