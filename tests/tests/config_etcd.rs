@@ -1,0 +1,284 @@
+//! Configuration from etcd for a fleet: three edgelb nodes (XDP attached, an L4 listener with
+//! a blocklist) read one configuration from a real etcd and watch it. One IP group key
+//! changes: every node's XDP program drops the new source within a second. A bad value is
+//! refused by every node and changes nothing; with etcd gone the nodes keep serving and say so.
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use edgelb_tests::daemon::{self, Daemon};
+use edgelb_tests::l4topo::{BACKENDS, L4Topo, PORT, backend_addr, client_v4, vip_addr};
+use edgelb_tests::privilege::root_or_skip;
+
+const NODES: usize = 3;
+const PREFIX: &str = "/edgelb/test";
+/// The client source the blocklist takes in.
+const BLOCKED: u8 = 7;
+const ALLOWED: u8 = 8;
+
+struct Etcd {
+    child: Child,
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// etcd in the router's namespace, answering every node on its link's router address.
+fn start_etcd(topo: &L4Topo) -> Etcd {
+    let data = topo.logs.path().join("etcd-data");
+    let child = topo
+        .router
+        .command("etcd")
+        .args(["--name", "fleet", "--data-dir"])
+        .arg(&data)
+        .args([
+            "--listen-client-urls",
+            "http://0.0.0.0:2379",
+            "--advertise-client-urls",
+            "http://127.0.0.1:2379",
+            "--listen-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-advertise-peer-urls",
+            "http://127.0.0.1:2380",
+            "--initial-cluster",
+            "fleet=http://127.0.0.1:2380",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run etcd (cargo xtask setup installs etcd-server)");
+    let etcd = Etcd { child };
+    let start = Instant::now();
+    while etcdctl(topo, &["endpoint", "health"]).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "etcd did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    etcd
+}
+
+fn etcdctl(topo: &L4Topo, args: &[&str]) -> Result<String, String> {
+    let out = topo
+        .router
+        .command("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", "http://127.0.0.1:2379"])
+        .args(args)
+        .output()
+        .map_err(|e| format!("etcdctl: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn put(topo: &L4Topo, key: &str, value: &str) {
+    etcdctl(topo, &["put", &format!("{PREFIX}/{key}"), value]).expect("etcdctl put");
+}
+
+/// `edgelb status` of node `k`.
+fn status(topo: &L4Topo, k: usize) -> String {
+    let out = topo.lbs[k]
+        .command(&daemon::binary().to_string_lossy())
+        .args(["status", "--admin", "127.0.0.1:9900"])
+        .output()
+        .expect("edgelb status");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The etcd revision node `k` says it runs.
+fn revision(topo: &L4Topo, k: usize) -> i64 {
+    let s = status(topo, k);
+    s.lines()
+        .find_map(|l| l.strip_prefix(&format!("config etcd {PREFIX} revision ")))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("node {}: no etcd revision in\n{s}", k + 1))
+}
+
+/// Node `k`'s count of packets its XDP program dropped by access control.
+fn dropped(topo: &L4Topo, k: usize) -> u64 {
+    let s = status(topo, k);
+    s.split_whitespace()
+        .find_map(|w| w.strip_prefix("dropped_acl="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+fn config() -> String {
+    let backends: Vec<String> = (0..BACKENDS)
+        .map(|n| format!("\"{}:{PORT}\"", backend_addr(n, false)))
+        .collect();
+    format!(
+        r#"[ip_groups]
+blocked = ["10.0.9.9"]
+
+[[group]]
+name = "l4"
+backend = [{backends}]
+algorithm = "source-ip-hash"
+health_check = "tcp"
+hc_interval = 1
+hc_timeout = 1
+hc_retries = 1
+
+[[listener]]
+name = "l4"
+protocol = "tcp"
+listen = "{vip}"
+group = "l4"
+access_control = "blacklist"
+ip_groups = ["blocked"]
+"#,
+        backends = backends.join(", "),
+        vip = vip_addr(false),
+    )
+}
+
+#[test]
+fn a_blocklist_changed_in_etcd_reaches_every_node_within_a_second() {
+    if !root_or_skip("a_blocklist_changed_in_etcd_reaches_every_node_within_a_second") {
+        return;
+    }
+    let topo = L4Topo::with_lbs(NODES);
+    topo.route_vip_via_lbs(&[0, 1, 2]);
+    let etcd = start_etcd(&topo);
+    put(&topo, "config", &config());
+    put(&topo, "ip_groups/blocked", "10.0.9.9\n");
+    let nodes: Vec<Daemon> = (0..NODES)
+        .map(|k| {
+            let endpoint = format!("http://10.2.{}.1:2379", k + 1);
+            Daemon::start(
+                Some(&topo.lbs[k]),
+                &[
+                    "--config-etcd",
+                    &endpoint,
+                    "--config-prefix",
+                    PREFIX,
+                    "--xdp-iface",
+                    &topo.lb_links[k].far_if,
+                    "--xdp-mode",
+                    "native",
+                    "--admin",
+                    "127.0.0.1:9900",
+                ],
+                topo.logs.path(),
+            )
+        })
+        .collect();
+    let timeout = Duration::from_secs(3);
+    let connects = |src: u8| {
+        topo.tcp_backend(client_v4(src), vip_addr(false), timeout)
+            .is_ok()
+    };
+    assert!(connects(BLOCKED), "before the change the source is served");
+    let before: Vec<i64> = (0..NODES).map(|k| revision(&topo, k)).collect();
+
+    // The blocklist grows by one source: every node applies it.
+    let changed = Instant::now();
+    put(
+        &topo,
+        "ip_groups/blocked",
+        "10.0.9.9\n10.0.1.7 # abuse ticket 12\n",
+    );
+    let mut took = vec![None; NODES];
+    while took.iter().any(Option::is_none) {
+        for k in 0..NODES {
+            if took[k].is_none() && revision(&topo, k) > before[k] {
+                took[k] = Some(changed.elapsed());
+            }
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(5),
+            "not every node took the change: {took:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    eprintln!("the blocklist change reached the three nodes' XDP maps after {took:?}");
+    let slowest = took.iter().flatten().max().copied().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(2),
+        "a node took {slowest:?} (goal: within 1 s)"
+    );
+    // Connections from the source now go nowhere, whichever node their ports hash to, and
+    // every node's program dropped some of them.
+    let dropped_before: Vec<u64> = (0..NODES).map(|k| dropped(&topo, k)).collect();
+    for _ in 0..24 {
+        assert!(
+            topo.tcp_connect(
+                client_v4(BLOCKED),
+                vip_addr(false),
+                Duration::from_millis(300)
+            )
+            .is_err(),
+            "the blocked source got through"
+        );
+    }
+    assert!(connects(ALLOWED), "another source is served");
+    std::thread::sleep(Duration::from_millis(1200));
+    for k in 0..NODES {
+        assert!(
+            dropped(&topo, k) > dropped_before[k],
+            "node {}'s XDP program dropped nothing:\n{}",
+            k + 1,
+            status(&topo, k)
+        );
+    }
+
+    // A bad value: refused by every node, which keeps what it has.
+    let applied: Vec<i64> = (0..NODES).map(|k| revision(&topo, k)).collect();
+    put(&topo, "ip_groups/blocked", "10.0.0.0/33\n");
+    for k in 0..NODES {
+        let start = Instant::now();
+        loop {
+            let s = status(&topo, k);
+            if s.contains("refused: etcd /edgelb/test/ip_groups/blocked: line 1 = \"10.0.0.0/33\"")
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "node {} does not report the refusal:\n{s}",
+                k + 1
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(revision(&topo, k), applied[k], "node {} moved on", k + 1);
+    }
+    assert!(
+        topo.tcp_connect(
+            client_v4(BLOCKED),
+            vip_addr(false),
+            Duration::from_millis(300)
+        )
+        .is_err(),
+        "the blocklist in use was dropped"
+    );
+
+    // etcd gone: the nodes serve on and say so.
+    drop(etcd);
+    for k in 0..NODES {
+        let start = Instant::now();
+        while !status(&topo, k).contains("unreachable, the configuration in use stays") {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "node {} does not report etcd unreachable:\n{}",
+                k + 1,
+                status(&topo, k)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(connects(ALLOWED), "served while etcd is gone");
+    for d in nodes {
+        let (status, log) = d.stop();
+        assert!(status.success(), "{status}:\n{log}");
+    }
+}
