@@ -74,8 +74,27 @@ pub fn start_http(backend: SocketAddr, extra: &[&str], dir: &Path) -> (Daemon, S
     (Daemon::start(None, &args, dir), addr)
 }
 
-/// A loopback address with a port nothing listens on right now.
+/// A loopback address with a port nothing listens on right now, below the kernel's ephemeral
+/// range (32768-60999 by default): a port the kernel handed out as ephemeral can be taken, as
+/// the local port of another test's outgoing connection, between this check and the daemon's
+/// bind.
 pub fn free_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Tests of one binary share the sequence; binaries start at different points.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        10_000 + (std::process::id() % 20_000) as u16,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..20_000 {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + port % 22_000;
+        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+            return l.local_addr().expect("bound socket has an address");
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("bound socket has an address")
 }
