@@ -1,6 +1,7 @@
 //! The running daemon: brings up the XDP data plane and the node (listeners and groups),
 //! reloads on SIGHUP and `POST /reload`, and on SIGTERM/SIGINT stops, drains, detaches XDP
 //! and returns.
+use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -176,6 +177,39 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         });
         show_etcd(&admin_state, etcd_view.as_ref());
     }
+    // A reload read (its configuration, or why it was refused) applied: the node, the
+    // etcd revision shown, the announcements, the waiting requests.
+    let mut pending: Option<(crate::reloads::Read, tokio::time::Instant)> = None;
+    macro_rules! apply_read {
+        ($read:expr) => {{
+            let read = $read;
+            let revision = read.etcd_revision;
+            let result = reload_logged(
+                read.why,
+                read.config,
+                &mut node,
+                dataplane.as_mut(),
+                &mut hops,
+                &admin_state,
+                bgp.as_ref(),
+            );
+            if let (Some(v), Some(revision)) = (etcd_view.as_mut(), revision) {
+                match &result {
+                    Ok(()) => (v.revision, v.refused) = (revision, None),
+                    Err(e) => v.refused = Some((revision, e.to_string())),
+                }
+                show_etcd(&admin_state, etcd_view.as_ref());
+            }
+            if let Some(b) = bgp.as_mut() {
+                b.release();
+                b.update(node.announceable(b.announce_when())).await;
+            }
+            for waiter in read.waiting {
+                let _ = waiter.send(result.clone());
+            }
+            reloads.finished();
+        }};
+    }
     loop {
         tokio::select! {
             _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
@@ -230,23 +264,31 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 }
                 show_etcd(&admin_state, etcd_view.as_ref());
             }
-            Some(read) = reads.recv() => {
-                let revision = read.etcd_revision;
-                let result = reload_logged(read.why, read.config, &mut node, dataplane.as_mut(), &mut hops, &admin_state, bgp.as_ref());
-                if let (Some(v), Some(revision)) = (etcd_view.as_mut(), revision) {
-                    match &result {
-                        Ok(()) => (v.revision, v.refused) = (revision, None),
-                        Err(e) => v.refused = Some((revision, e.to_string())),
-                    }
-                    show_etcd(&admin_state, etcd_view.as_ref());
+            Some(read) = reads.recv(), if pending.is_none() => {
+                // With BGP, the addresses of listeners the new configuration drops are
+                // withdrawn first; the reload is applied once the routers had the delay.
+                let going = match (&read.config, bgp.as_ref()) {
+                    (Ok(fresh), Some(_)) => dropped_addresses(&node, fresh),
+                    _ => BTreeSet::new(),
+                };
+                let mut delay = Duration::ZERO;
+                if let Some(b) = bgp.as_mut()
+                    && !going.is_empty()
+                    && b.hold_back(going).await
+                {
+                    delay = b.settings().withdraw_delay;
                 }
-                if let Some(b) = bgp.as_mut() {
-                    b.update(node.announceable(b.announce_when())).await;
+                if delay.is_zero() {
+                    apply_read!(read);
+                } else {
+                    info!(seconds = delay.as_secs(), "reload drops announced listeners: withdrawn, applied after --bgp-withdraw-delay");
+                    pending = Some((read, tokio::time::Instant::now() + delay));
                 }
-                for waiter in read.waiting {
-                    let _ = waiter.send(result.clone());
+            }
+            _ = until(pending.as_ref().map(|(_, at)| *at)) => {
+                if let Some((read, _)) = pending.take() {
+                    apply_read!(read);
                 }
-                reloads.finished();
             }
         }
     }
@@ -481,6 +523,23 @@ fn reload(
 
 /// Copies backend health into the metrics and XDP counters into the status view. Without a
 /// data plane argument the counters are kept from the last tick until the next one.
+/// The announced-listener addresses of `node` that `fresh` has no listener on.
+fn dropped_addresses(node: &Node, fresh: &Config) -> BTreeSet<std::net::IpAddr> {
+    node.listeners
+        .iter()
+        .map(|l| l.config.listen.ip())
+        .filter(|ip| !fresh.listeners.iter().any(|f| f.listen.ip() == *ip))
+        .collect()
+}
+
+/// Resolves at `at`; never without one.
+async fn until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn show_etcd(state: &AdminState, view: Option<&EtcdView>) {
     state.view.lock().unwrap_or_else(|p| p.into_inner()).etcd = view.cloned();
 }

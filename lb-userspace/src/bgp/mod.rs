@@ -24,6 +24,9 @@ pub struct Announcer {
     peers: Vec<Option<PeerState>>,
     /// Set once the node is stopping: nothing is announced again.
     withdrawn: bool,
+    /// Addresses withdrawn ahead of a reload that drops their listeners: not announced
+    /// again whatever the running listeners say, until the reload is applied.
+    held: BTreeSet<IpAddr>,
     /// A speaker that died is started again, not before this, with a growing wait; never
     /// after a privilege drop (it needs root for BGP's port).
     restart_at: std::time::Instant,
@@ -72,6 +75,7 @@ impl Announcer {
             dir,
             announced: BTreeSet::new(),
             withdrawn: false,
+            held: BTreeSet::new(),
             restart_at: std::time::Instant::now(),
             restart_wait: std::time::Duration::from_secs(1),
             restartable: true,
@@ -97,8 +101,24 @@ impl Announcer {
         self.bird.hand_to(uid, gid)
     }
 
+    /// Withdraws those of `going` that are announced and keeps them withdrawn until
+    /// [`Announcer::release`]; true if any was announced (the caller then waits for the routers
+    /// before closing their listeners).
+    pub async fn hold_back(&mut self, going: BTreeSet<IpAddr>) -> bool {
+        let announced = self.announced.intersection(&going).count() > 0;
+        self.held = going;
+        let wanted = self.announced.clone();
+        self.update(wanted).await;
+        announced
+    }
+
+    pub fn release(&mut self) {
+        self.held.clear();
+    }
+
     /// Makes the announced routes exactly `wanted` (nothing once the node is stopping).
     pub async fn update(&mut self, wanted: BTreeSet<IpAddr>) {
+        let wanted: BTreeSet<IpAddr> = wanted.difference(&self.held).copied().collect();
         if self.withdrawn || wanted == self.announced {
             return;
         }
