@@ -307,12 +307,14 @@ fn a_fleet_announces_over_bgp_and_leaves_without_a_failed_connection() {
     let started = Instant::now();
     let mut nodes: Vec<Option<Daemon>> = (0..NODES)
         .map(|k| {
-            let config = node_config(&topo, k);
-            Some(Daemon::start(
-                Some(&topo.lbs[k]),
-                &["--config", &config.to_string_lossy()],
-                topo.logs.path(),
-            ))
+            let config = node_config(&topo, k).to_string_lossy().into_owned();
+            let mut args = vec!["--config", config.as_str()];
+            // Node 1 drops its privileges: it must still announce, withdraw and stop its
+            // (root) speaker when it leaves.
+            if k == 0 {
+                args.extend(["--user", "nobody"]);
+            }
+            Some(Daemon::start(Some(&topo.lbs[k]), &args, topo.logs.path()))
         })
         .collect();
     let took = wait_for_routes(&topo, &[0, 1, 2], Duration::from_secs(30));

@@ -241,19 +241,42 @@ impl Bird {
         }
     }
 
-    /// Stops BIRD: it closes its sessions (a Cease notification each) and exits.
+    /// Stops BIRD: it closes its sessions (a Cease notification each) and exits. After a
+    /// privilege drop the daemon may not signal the root BIRD: then `birdc down` asks it, and
+    /// if it is still there at the end, the parent-death signal stops it when edgelb exits.
     pub fn stop(mut self) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(3);
+        if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
+            let _ = Command::new(&self.client)
+                .arg("-s")
+                .arg(&self.socket)
+                .arg("down")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        if self.exits_within(Duration::from_secs(3)) {
+            return;
+        }
+        let _ = self.child.kill();
+        if !self.exits_within(Duration::from_secs(1)) {
+            tracing::warn!(
+                pid = self.child.id(),
+                "BGP speaker did not stop; it gets SIGTERM when edgelb exits"
+            );
+        }
+    }
+
+    fn exits_within(&mut self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
-                return;
+                return true;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        false
     }
 }
 
