@@ -150,6 +150,24 @@ pub fn decap_from(extra: &[IpAddr]) -> Vec<String> {
         .collect()
 }
 
+/// A `[[group]]` table balancing `backends` (TOML strings, comma-separated) by source IP, as
+/// tcp/udp listeners need, checking each backend's TCP port every second (one failure flips
+/// it).
+pub fn source_hash_group(name: &str, backends: &str) -> String {
+    format!(
+        r#"
+[[group]]
+name = "{name}"
+backend = [{backends}]
+algorithm = "source-ip-hash"
+health_check = "tcp"
+hc_interval = 1
+hc_timeout = 1
+hc_retries = 1
+"#
+    )
+}
+
 /// A veth pair between the router and another namespace.
 pub struct Link {
     /// The router's end.

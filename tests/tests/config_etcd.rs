@@ -6,7 +6,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use edgelb_tests::daemon::{self, Daemon};
-use edgelb_tests::l4topo::{BACKENDS, L4Topo, PORT, backend_addr, client_v4, vip_addr};
+use edgelb_tests::l4topo::{
+    BACKENDS, L4Topo, PORT, backend_addr, client_v4, source_hash_group, vip_addr,
+};
 use edgelb_tests::privilege::root_or_skip;
 
 const NODES: usize = 3;
@@ -116,19 +118,11 @@ fn config() -> String {
     let backends: Vec<String> = (0..BACKENDS)
         .map(|n| format!("\"{}:{PORT}\"", backend_addr(n, false)))
         .collect();
+    let group = source_hash_group("l4", &backends.join(", "));
     format!(
         r#"[ip_groups]
 blocked = ["10.0.9.9"]
-
-[[group]]
-name = "l4"
-backend = [{backends}]
-algorithm = "source-ip-hash"
-health_check = "tcp"
-hc_interval = 1
-hc_timeout = 1
-hc_retries = 1
-
+{group}
 [[listener]]
 name = "l4"
 protocol = "tcp"
@@ -137,7 +131,6 @@ group = "l4"
 access_control = "blacklist"
 ip_groups = ["blocked"]
 "#,
-        backends = backends.join(", "),
         vip = vip_addr(false),
     )
 }

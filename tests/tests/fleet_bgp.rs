@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use edgelb_tests::daemon::Daemon;
-use edgelb_tests::l4topo::{BACKENDS, L4Topo, PORT, backend_addr, client_v4, lb_addr, vip_addr};
+use edgelb_tests::l4topo::{
+    BACKENDS, L4Topo, PORT, backend_addr, client_v4, lb_addr, source_hash_group, vip_addr,
+};
 use edgelb_tests::netns::in_netns;
 use edgelb_tests::privilege::root_or_skip;
 use nix::sys::signal::Signal;
@@ -113,16 +115,7 @@ bgp_router_id = "{id}"
 bgp_peer = ["10.2.{n}.1,as={ROUTER_AS}", "fd00:2:{n}::1,as={ROUTER_AS}"]
 bgp_hold_time = {HOLD_SECS}
 bgp_withdraw_delay = {WITHDRAW_DELAY_SECS}
-
-[[group]]
-name = "l4"
-backend = [{backends}]
-algorithm = "source-ip-hash"
-health_check = "tcp"
-hc_interval = 1
-hc_timeout = 1
-hc_retries = 1
-
+{l4_group}
 [[group]]
 name = "web"
 backend = [{backends}]
@@ -154,6 +147,7 @@ group = "web"
         n = k + 1,
         l4 = vip_addr(false),
         l4v6 = vip_addr(true),
+        l4_group = source_hash_group("l4", &backends),
     );
     topo.logs.write(&format!("node{}.toml", k + 1), text)
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use edgelb_tests::daemon::{Daemon, decap_counter, xdp_counter};
 use edgelb_tests::l4topo::{
     BACKENDS, CLIENT_V6_SOURCES, HttpConn, L4Topo, PORT, backend_addr, backend_name, client_v4,
-    client_v6, vip_addr,
+    client_v6, source_hash_group, vip_addr,
 };
 use edgelb_tests::netns::in_netns;
 use edgelb_tests::privilege::root_or_skip;
@@ -35,19 +35,7 @@ fn config(topo: &L4Topo, lb: usize, outer_v6: bool) -> PathBuf {
                 format!("\"{addr},weight={}\"", WEIGHTS[n])
             })
             .collect();
-        format!(
-            r#"
-[[group]]
-name = "{name}"
-backend = [{backends}]
-algorithm = "source-ip-hash"
-health_check = "tcp"
-hc_interval = 1
-hc_timeout = 1
-hc_retries = 1
-"#,
-            backends = backends.join(", ")
-        )
+        source_hash_group(name, &backends.join(", "))
     };
     let mut s = format!(
         r#"xdp_iface = ["{iface}"]

@@ -548,43 +548,29 @@ fn unused_listener_flags(flags: &Flags) -> Result<(), ConfigError> {
 /// its default; switches add up, interfaces too.
 fn merge_node(node: &mut NodeSpec, file: &NodeSpec, flags: &Flags) {
     let file = file.clone();
-    if !flags.given("--admin") {
-        node.admin = file.admin;
+    // A setting's flag is its field with - for _: `bgp_hold_time` is `--bgp-hold-time`.
+    macro_rules! from_file_unless_given {
+        ($($field:ident),* $(,)?) => {$(
+            if !flags.given(&format!("--{}", stringify!($field).replace('_', "-"))) {
+                node.$field = file.$field;
+            }
+        )*};
     }
-    if !flags.given("--user") {
-        node.user = file.user;
-    }
-    if !flags.given("--drain-timeout") {
-        node.drain_timeout = file.drain_timeout;
-    }
-    if !flags.given("--xdp-mode") {
-        node.xdp_mode = file.xdp_mode;
-    }
-    if !flags.given("--bgp-local-as") {
-        node.bgp_local_as = file.bgp_local_as;
-    }
-    if !flags.given("--bgp-router-id") {
-        node.bgp_router_id = file.bgp_router_id;
-    }
-    if !flags.given("--bgp-peer") {
-        node.bgp_peer = file.bgp_peer.clone();
-    }
-    if !flags.given("--bgp-hold-time") {
-        node.bgp_hold_time = file.bgp_hold_time;
-    }
-    if !flags.given("--bgp-withdraw-delay") {
-        node.bgp_withdraw_delay = file.bgp_withdraw_delay;
-    }
-    if !flags.given("--bgp-announce") {
-        node.bgp_announce = file.bgp_announce;
-    }
-    if !flags.given("--bgp-speaker") {
-        node.bgp_speaker = file.bgp_speaker.clone();
-    }
+    from_file_unless_given!(
+        admin,
+        user,
+        drain_timeout,
+        xdp_mode,
+        bgp_local_as,
+        bgp_router_id,
+        bgp_peer,
+        bgp_hold_time,
+        bgp_withdraw_delay,
+        bgp_announce,
+        bgp_speaker,
+        tls_ticket_key_file,
+    );
     node.bgp_bfd |= file.bgp_bfd;
-    if !flags.given("--tls-ticket-key-file") {
-        node.tls_ticket_key_file = file.tls_ticket_key_file;
-    }
     node.allow_readable_keys |= file.allow_readable_keys;
     node.admin_allow_remote |= file.admin_allow_remote;
     node.access_log |= file.access_log;
