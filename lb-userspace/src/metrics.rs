@@ -55,6 +55,7 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<ListenerLabels, Histogram>,
     connections: Family<ListenerLabels, Gauge>,
+    parked: Family<ListenerLabels, Gauge>,
     handshakes: Family<HandshakeLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
@@ -95,6 +96,12 @@ impl Metrics {
             "active_connections",
             "Client connections open now",
             connections.clone(),
+        );
+        let parked = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "parked_connections",
+            "Idle HTTP/1.1 client connections holding no HTTP state, only the client stream",
+            parked.clone(),
         );
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register(
@@ -151,6 +158,7 @@ impl Metrics {
             requests,
             latency,
             connections,
+            parked,
             handshakes,
             refused,
             backend_healthy,
@@ -179,6 +187,7 @@ impl Metrics {
         ListenerMetrics {
             latency: self.latency.get_or_create(&l).clone(),
             connections: self.connections.get_or_create(&l).clone(),
+            parked: self.parked.get_or_create(&l).clone(),
             handshakes: self.handshakes.clone(),
             refused: self.refused.clone(),
             listener: listener.into(),
@@ -254,6 +263,7 @@ impl Metrics {
 pub struct ListenerMetrics {
     latency: Histogram,
     connections: Gauge,
+    parked: Gauge,
     handshakes: Family<HandshakeLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     listener: String,
@@ -283,9 +293,15 @@ impl ListenerMetrics {
         self.latency.observe(took.as_secs_f64());
     }
 
-    pub fn connection_opened(&self) -> ConnectionGuard {
+    pub fn connection_opened(&self) -> GaugeGuard {
         self.connections.inc();
-        ConnectionGuard(self.connections.clone())
+        GaugeGuard(self.connections.clone())
+    }
+
+    /// An idle HTTP/1.1 connection parked (holding no HTTP state) until the guard is dropped.
+    pub fn connection_parked(&self) -> GaugeGuard {
+        self.parked.inc();
+        GaugeGuard(self.parked.clone())
     }
 
     /// A connection closed on accept, and why.
@@ -309,10 +325,10 @@ impl ListenerMetrics {
     }
 }
 
-/// Counts a connection as open until dropped.
-pub struct ConnectionGuard(Gauge);
+/// Counts a connection in a gauge (open, parked) until dropped.
+pub struct GaugeGuard(Gauge);
 
-impl Drop for ConnectionGuard {
+impl Drop for GaugeGuard {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -1,5 +1,6 @@
 //! Shared pieces of edgelb's integration tests: crafted frames, network namespaces, certificates,
 //! a recording backend, and the daemon as a child process.
+pub mod admin;
 pub mod backend;
 pub mod certs;
 pub mod client;

@@ -1,29 +1,12 @@
 //! Operating a running edgelb: the admin endpoint (/healthz, /metrics, /status and `edgelb
 //! status`), and a graceful stop that lets in-flight requests finish.
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use edgelb_tests::admin::{get as http_get, request as http};
 use edgelb_tests::backend::Backend;
 use edgelb_tests::daemon::{self, Signal};
 use edgelb_tests::https::{self, ClientOpts, get};
 use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
-
-fn http_get(addr: &str, path: &str) -> String {
-    http(addr, "GET", path)
-}
-
-fn http(addr: &str, method: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("admin endpoint");
-    write!(
-        s,
-        "{method} {path} HTTP/1.0\r\nHost: admin\r\nContent-Length: 0\r\n\r\n"
-    )
-    .expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("answer");
-    text
-}
 
 #[tokio::test]
 async fn the_admin_endpoint_reports_requests_health_and_status() {

@@ -1,13 +1,15 @@
 //! Slow and greedy HTTP/1.1 clients: a request body trickled a byte at a time, a client that
-//! stops reading a large response, and hundreds of idle keep-alive connections. The daemon's
-//! RSS and descriptors are sampled throughout and the peaks printed.
+//! stops reading a large response, and hundreds of idle keep-alive connections (closed at the
+//! idle timeout, and parked before it). The daemon's RSS and descriptors are sampled
+//! throughout and the peaks printed.
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use edgelb_tests::admin;
 use edgelb_tests::backend::{Backend, big_backend};
 use edgelb_tests::https::{self, ClientOpts};
-use edgelb_tests::listener::{SERVER_NAME, Setup};
+use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
 use edgelb_tests::peaks::Peaks;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -209,4 +211,126 @@ async fn hundreds_of_idle_keep_alive_connections_close_at_the_idle_timeout() {
         after as u64 <= peaks.base.1 + 2,
         "descriptors left: {after}"
     );
+}
+
+/// Reads from `tls` until `n` whole responses have arrived (or 10 s pass): their statuses and
+/// everything read, as text.
+async fn responses(tls: &mut TlsStream<TcpStream>, n: usize) -> (Vec<u16>, String) {
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (statuses, _, _) = edgelb_tests::raw::split_at_most(&all, n);
+        if statuses.len() == n {
+            return (statuses, String::from_utf8_lossy(&all).into_owned());
+        }
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) | Err(_) => {
+                return (statuses, String::from_utf8_lossy(&all).into_owned());
+            }
+            Ok(Ok(k)) => all.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
+/// Waits up to 5 s for the listener's parked-connections gauge to read `want`; what it read.
+async fn parked(admin: &str, want: usize) -> Option<f64> {
+    let series = "edgelb_parked_connections{listener=\"listener-1\"}";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = admin::metric(admin, series);
+        if now == Some(want as f64) || Instant::now() > deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// An idle keep-alive connection is parked after a second: hyper lets go of it and only the
+/// TLS session is kept. Its next bytes take it up again, on the same connection, whatever
+/// they are: a request head split across the wake-up, two pipelined requests, a request with
+/// a body, a WebSocket upgrade. A parked connection that is used parks again.
+#[tokio::test]
+async fn idle_keep_alive_connections_park_and_take_up_their_next_request() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let (be, admin) = (backend.addr.to_string(), free_addr().to_string());
+    let (_lb, addr) = s.start(&["--backend", &be, "--admin", &admin]);
+    const N: usize = 20;
+    let mut conns = Vec::new();
+    for _ in 0..N {
+        let mut tls = h1(&s, addr).await;
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n")
+            .await
+            .expect("request");
+        assert_eq!(responses(&mut tls, 1).await.0, [200]);
+        conns.push(tls);
+    }
+    assert_eq!(
+        parked(&admin, N).await,
+        Some(N as f64),
+        "all idle connections parked"
+    );
+
+    // A head split across the wake-up: the first bytes wake the connection, the rest follow.
+    let split = &mut conns[0];
+    split
+        .write_all(b"GET /echo HTTP/1.1\r\nhost: edgelb.test\r\n")
+        .await
+        .expect("first half");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    split
+        .write_all(b"x-split: second-half\r\n\r\n")
+        .await
+        .expect("second half");
+    let (status, text) = responses(split, 1).await;
+    assert_eq!(status, [200], "{text}");
+    assert!(text.contains("x-split: second-half"), "{text}");
+
+    // Two pipelined requests in one write.
+    let pipelined = &mut conns[1];
+    pipelined
+        .write_all(
+            b"GET /status/201 HTTP/1.1\r\nhost: edgelb.test\r\n\r\nGET /status/202 HTTP/1.1\r\nhost: edgelb.test\r\n\r\n",
+        )
+        .await
+        .expect("pipelined");
+    assert_eq!(responses(pipelined, 2).await.0, [201, 202]);
+
+    // A request with a body larger than the wake-up read.
+    let post = &mut conns[2];
+    let body = vec![b'x'; 5000];
+    let mut request =
+        b"POST /echo HTTP/1.1\r\nhost: edgelb.test\r\ncontent-length: 5000\r\n\r\n".to_vec();
+    request.extend_from_slice(&body);
+    post.write_all(&request).await.expect("post");
+    let (status, text) = responses(post, 1).await;
+    assert_eq!(status, [200], "{text}");
+    assert!(text.contains("body-bytes: 5000"), "{text}");
+
+    // A WebSocket upgrade: the connection becomes a tunnel to the backend.
+    let ws = &mut conns[3];
+    ws.write_all(
+        b"GET / HTTP/1.1\r\nhost: edgelb.test\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(responses(ws, 1).await.0, [101]);
+    ws.write_all(b"ping").await.expect("tunnel write");
+    let mut echo = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut echo))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(&echo, b"ping");
+
+    // The three used for requests park again; the tunnel does not.
+    assert_eq!(parked(&admin, N - 1).await, Some((N - 1) as f64));
+    for (i, tls) in conns.iter_mut().enumerate().skip(4) {
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n")
+            .await
+            .expect("request");
+        let (status, text) = responses(tls, 1).await;
+        assert_eq!(status, [200], "connection {i}: {text}");
+    }
 }

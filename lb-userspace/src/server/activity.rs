@@ -3,12 +3,11 @@
 //! responses are waiting for the client to take them.
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 const NONE: u64 = u64::MAX;
@@ -28,6 +27,8 @@ pub struct Activity {
     last_sent: AtomicU64,
     /// Signalled when a request finishes (a permit is kept if nobody waits).
     finished: tokio::sync::Notify,
+    /// Set while an idle HTTP/1.1 connection is being taken off hyper (see `park`).
+    parking: AtomicBool,
 }
 
 /// When a connection must be closed, and why.
@@ -56,6 +57,7 @@ impl Activity {
             parked: AtomicU32::new(0),
             last_sent: AtomicU64::new(0),
             finished: tokio::sync::Notify::new(),
+            parking: AtomicBool::new(false),
         })
     }
 
@@ -67,7 +69,7 @@ impl Activity {
         self.start + Duration::from_millis(ms)
     }
 
-    fn bytes_read(&self) {
+    pub(super) fn bytes_read(&self) {
         if self.in_flight.load(Ordering::Relaxed) == 0 {
             let now = self.now_ms();
             let _ = self.receiving_since.compare_exchange(
@@ -89,6 +91,28 @@ impl Activity {
     /// Resolves when a request has finished since the last call.
     pub async fn finished(&self) {
         self.finished.notified().await;
+    }
+
+    /// When an idle connection may be parked: `after` from the end of its last request, if
+    /// one has ended and nothing is in flight or arriving since.
+    pub fn parkable_at(&self, after: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0
+            || self.receiving_since.load(Ordering::Relaxed) != NONE
+        {
+            return None;
+        }
+        match self.last_done.load(Ordering::Relaxed) {
+            NONE => None,
+            done => Some(self.at(done) + after),
+        }
+    }
+
+    pub fn set_parking(&self, parking: bool) {
+        self.parking.store(parking, Ordering::Relaxed);
+    }
+
+    pub fn is_parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
     }
 
     /// `http1`: bytes read while idle start a request (for HTTP/2 they may be pings or
@@ -186,62 +210,5 @@ impl Drop for RequestGuard {
         self.0.last_done.store(now, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.finished.notify_one();
-    }
-}
-
-/// A client stream that reports reads to its connection's [`Activity`].
-pub struct Tracked<S> {
-    inner: S,
-    activity: Arc<Activity>,
-}
-
-impl<S> Tracked<S> {
-    pub fn new(inner: S, activity: Arc<Activity>) -> Self {
-        Tracked { inner, activity }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.bytes_read();
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

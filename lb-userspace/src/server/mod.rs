@@ -1,6 +1,8 @@
 //! One client connection: TLS handshake (for https), HTTP/1.1 or HTTP/2 by ALPN, each request
 //! to the upstream, and the idle and request timeouts.
 pub mod activity;
+pub mod park;
+pub mod stream;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -26,8 +28,9 @@ use crate::proxy::body::WithGuard;
 use crate::proxy::headers::ConnInfo;
 use crate::proxy::{ProxyBody, Routes};
 use crate::tls::ClientIdentity;
-use activity::{Activity, Deadline, Sending, Tracked};
+use activity::{Activity, Deadline, Sending};
 use arc_swap::ArcSwap;
+use stream::ClientStream;
 
 /// Largest HTTP/1 request head (request line and headers): larger ones get 431. As
 /// HAProxy's default (16 KiB buffers); HTTP/2's header list limit is hyper's, also 16 KiB.
@@ -184,7 +187,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
     let Some(tls) = &live.tls else {
         let conn = ConnInfo::new(peer, local, "http", ClientIdentity::default(), None);
         serve_http(
-            Tracked::new(stream, activity.clone()),
+            ClientStream::new(stream, activity.clone()),
             conn,
             false,
             activity,
@@ -194,10 +197,14 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
         .await;
         return;
     };
-    // Boxed, as the connection itself below: the task then holds two pointers for its whole
-    // life, not room for the largest state of each step (memory per idle connection).
-    let handshake = Box::pin(tls.accept(stream));
-    let tls_stream = match tokio::time::timeout(timeouts.handshake, handshake).await {
+    // The handshake boxed, and the stream it yields boxed too: the task then holds a few
+    // pointers for the connection's whole life, not room for the largest state of each step
+    // (memory per idle connection).
+    let handshake = Box::pin(async move {
+        let accepted = tokio::time::timeout(timeouts.handshake, tls.accept(stream)).await;
+        accepted.map(|accepted| accepted.map(Box::new))
+    });
+    let tls_stream = match handshake.await {
         Ok(Ok(s)) => {
             ctx.metrics.handshake("ok");
             s
@@ -223,7 +230,7 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
         session.server_name().map(str::to_string),
     );
     serve_http(
-        Tracked::new(tls_stream, activity.clone()),
+        ClientStream::new(tls_stream, activity.clone()),
         conn,
         h2,
         activity,
@@ -233,16 +240,18 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
     .await;
 }
 
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// The connection's HTTP serving, boxed: `io` moves into it rather than being kept in the
 /// caller's state too.
 fn serve_http<'a, S>(
-    io: S,
+    io: ClientStream<S>,
     conn: ConnInfo,
     h2: bool,
     activity: Arc<Activity>,
     timeouts: Timeouts,
     ctx: &'a Arc<ListenerContext>,
-) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>>
+) -> BoxFuture<'a, ()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -298,24 +307,128 @@ where
 
     // One protocol per connection, chosen by ALPN: each served by its own hyper connection
     // type (boxed), so that an HTTP/1.1 connection does not carry room for HTTP/2's state.
-    let idle = timeouts.idle;
     if h2 {
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         h2_limits(&mut builder);
         let connection = builder.serve_connection(TokioIo::new(io), service);
-        Box::pin(drive(connection, peer, activity, timeouts, false, ctx))
+        Box::pin(async move {
+            drive(connection, peer, &activity, timeouts, false, None, ctx).await;
+        })
     } else {
-        let mut builder = http1::Builder::new();
-        builder
-            .timer(TokioTimer::new())
-            .max_buf_size(MAX_REQUEST_HEAD)
-            .keep_alive(!idle.is_zero());
-        let connection = builder
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        Box::pin(drive(connection, peer, activity, timeouts, true, ctx))
+        let io = Box::new(io);
+        Box::pin(serve_http1(io, service, peer, activity, timeouts, ctx))
     }
+}
+
+/// HTTP/1.1 over `io`, parked while idle (see [`park`]): one hyper connection after another,
+/// each taking up the client stream where the last let go of it.
+async fn serve_http1<S, F>(
+    mut io: Box<ClientStream<S>>,
+    service: F,
+    peer: std::net::SocketAddr,
+    activity: Arc<Activity>,
+    timeouts: Timeouts,
+    ctx: &Arc<ListenerContext>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: hyper::service::HttpService<hyper::body::Incoming, ResBody = ProxyBody>
+        + Clone
+        + Unpin
+        + Send
+        + 'static,
+    F::Future: Send + 'static,
+    F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let park_after = (!timeouts.idle.is_zero()).then_some(park::PARK_AFTER);
+    loop {
+        let Some(parked) = serve_until_parked(
+            io,
+            service.clone(),
+            peer,
+            &activity,
+            timeouts,
+            park_after,
+            ctx,
+        )
+        .await
+        else {
+            return;
+        };
+        io = parked;
+        activity.set_parking(false);
+        let _parked = ctx.metrics.connection_parked();
+        park::return_memory_soon();
+        if !wait_parked(&mut io, &activity, timeouts, ctx).await {
+            return;
+        }
+    }
+}
+
+/// One hyper HTTP/1.1 connection on `io`, until the connection ends (None) or parks (its
+/// stream back, with what hyper read and did not use). Boxed, so that parking frees the
+/// connection's state with its buffers.
+fn serve_until_parked<'a, S, F>(
+    io: Box<ClientStream<S>>,
+    service: F,
+    peer: std::net::SocketAddr,
+    activity: &'a Activity,
+    timeouts: Timeouts,
+    park_after: Option<Duration>,
+    ctx: &'a Arc<ListenerContext>,
+) -> BoxFuture<'a, Option<Box<ClientStream<S>>>>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: hyper::service::HttpService<hyper::body::Incoming, ResBody = ProxyBody>
+        + Unpin
+        + Send
+        + 'static,
+    F::Future: Send + 'static,
+    F::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .max_buf_size(MAX_REQUEST_HEAD)
+        .keep_alive(!timeouts.idle.is_zero());
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    Box::pin(async move {
+        let parts = drive(connection, peer, activity, timeouts, true, park_after, ctx)
+            .await?
+            .into_parts()?;
+        let mut io = parts.io.into_inner();
+        io.keep_unread(&parts.read_buf);
+        Some(io)
+    })
+}
+
+/// A parked connection until the client sends its next bytes (true), or until it closes: the
+/// client closed, the idle timeout passed, or the listener is stopping (false).
+async fn wait_parked<S>(
+    io: &mut ClientStream<S>,
+    activity: &Activity,
+    timeouts: Timeouts,
+    ctx: &ListenerContext,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Deadline::Idle(idle_until) = activity.deadline(timeouts.idle, timeouts.request, true)
+    else {
+        // Bytes of a request arrived while hyper let go: the next connection reads them.
+        return true;
+    };
+    let mut stop = ctx.stop.clone();
+    tokio::select! {
+        back = io.wait_for_client() => return matches!(back, Ok(true)),
+        () = tokio::time::sleep_until(idle_until) => {}
+        _ = stop.changed() => {}
+    }
+    // Closed as hyper closes an idle connection: TLS close_notify, then FIN.
+    let _ = tokio::time::timeout(CLOSE_GRACE, tokio::io::AsyncWriteExt::shutdown(io)).await;
+    false
 }
 
 /// A hyper server connection of either protocol.
@@ -346,70 +459,116 @@ where
     }
 }
 
+/// Why [`drive`] stops watching a connection's deadlines.
+enum Watch {
+    Expired(Deadline),
+    /// Idle long enough to be parked.
+    Park,
+}
+
 /// Serves `connection` until it ends, times out (idle, request, a client not reading), or
-/// the listener stops.
-async fn drive<C: ServerConnection>(
-    connection: C,
+/// the listener stops. `http1`: bytes arriving on an idle connection start a request (see
+/// [`Activity::deadline`]). With `park_after`, an idle connection is let go of after that long
+/// and returned, ended, for its stream to be taken back.
+async fn drive<C: ServerConnection + Unpin>(
+    mut connection: C,
     peer: std::net::SocketAddr,
-    activity: Arc<Activity>,
+    activity: &Activity,
     timeouts: Timeouts,
     http1: bool,
+    park_after: Option<Duration>,
     ctx: &Arc<ListenerContext>,
-) {
-    tokio::pin!(connection);
+) -> Option<C> {
+    let mut watch = std::pin::pin!(watch_deadlines(activity, timeouts, http1, park_after));
+    let mut stop = ctx.stop.clone();
+    let mut parking = false;
+    loop {
+        tokio::select! {
+            result = &mut connection => {
+                if let Err(e) = &result {
+                    debug!(client = %peer, error = %e, "connection ended with an error");
+                }
+                return (parking && result.is_ok()).then_some(connection);
+            }
+            why = &mut watch => {
+                let why = match why {
+                    Watch::Park => {
+                        // hyper closes an idle connection at once when asked to shut down
+                        // (with its stream's closing ignored, see `park`); one still
+                        // finishing a response is let go of when it has.
+                        parking = true;
+                        activity.set_parking(true);
+                        Pin::new(&mut connection).graceful_shutdown();
+                        watch.set(watch_deadlines(activity, timeouts, http1, None));
+                        continue;
+                    }
+                    Watch::Expired(why) => why,
+                };
+                match why {
+                    Deadline::Request(_) => debug!(client = %peer, timeout = ?timeouts.request, "request not received in time: closing"),
+                    Deadline::Sending(_) => debug!(client = %peer, timeout = ?timeouts.request, "client not reading its response: closing"),
+                    _ => debug!(client = %peer, timeout = ?timeouts.idle, "idle: closing"),
+                }
+                activity.set_parking(false);
+                Pin::new(&mut connection).graceful_shutdown();
+                let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
+                return None;
+            }
+            _ = stop.changed() => {
+                // Stopping: idle connections close now, busy ones after their responses (the
+                // worker bounds the wait with the drain timeout).
+                activity.set_parking(false);
+                Pin::new(&mut connection).graceful_shutdown();
+                let _ = connection.await;
+                return None;
+            }
+        }
+    }
+}
+
+/// Resolves when the connection's deadline has passed, or (with `park_after`) when it has
+/// been idle long enough to be parked.
+async fn watch_deadlines(
+    activity: &Activity,
+    timeouts: Timeouts,
+    http1: bool,
+    park_after: Option<Duration>,
+) -> Watch {
     let (idle, request) = (timeouts.idle, timeouts.request);
     // The deadline is looked at again when it is due, when a request finishes (which may
     // bring it forward: the idle timeout can be shorter than the request timeout that applies
     // before the first request), and every so often while requests are in flight.
     let recheck = idle.min(request).max(Duration::from_millis(250));
-    let expired = async {
-        // One timer for the connection, moved only when the deadline comes earlier than it
-        // is set for: a later deadline (every finished request makes one) is found when the
-        // timer fires, rather than paid for with a timer update per request.
-        let timer = tokio::time::sleep(Duration::ZERO);
-        tokio::pin!(timer);
-        loop {
-            let now = tokio::time::Instant::now();
-            let wake = match activity.deadline(idle, request, http1) {
-                Deadline::Idle(at) | Deadline::Request(at) | Deadline::Sending(at) if at <= now => {
-                    return activity.deadline(idle, request, http1);
-                }
-                Deadline::Busy => now + recheck,
-                Deadline::Idle(at) => at.min(now + request),
-                // A parked response may move on at any time: look again as for a busy one.
-                Deadline::Sending(at) => at.min(now + recheck),
-                Deadline::Request(at) => at,
-            };
-            if timer.is_elapsed() || wake < timer.deadline() {
-                timer.as_mut().reset(wake);
+    // One timer for the connection, moved only when the deadline comes earlier than it is
+    // set for: a later deadline (every finished request makes one) is found when the timer
+    // fires, rather than paid for with a timer update per request.
+    let timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(timer);
+    loop {
+        let now = tokio::time::Instant::now();
+        let deadline = activity.deadline(idle, request, http1);
+        let mut wake = match deadline {
+            Deadline::Idle(at) | Deadline::Request(at) | Deadline::Sending(at) if at <= now => {
+                return Watch::Expired(deadline);
             }
-            tokio::select! {
-                () = &mut timer => {}
-                () = activity.finished() => {}
+            Deadline::Busy => now + recheck,
+            Deadline::Idle(at) => at.min(now + request),
+            // A parked response may move on at any time: look again as for a busy one.
+            Deadline::Sending(at) => at.min(now + recheck),
+            Deadline::Request(at) => at,
+        };
+        if let Some(park_at) = park_after.and_then(|after| activity.parkable_at(after)) {
+            if park_at <= now {
+                return Watch::Park;
             }
+            wake = wake.min(park_at);
         }
-    };
-    let mut stop = ctx.stop.clone();
-    tokio::select! {
-        result = connection.as_mut() => {
-            if let Err(e) = result {
-                debug!(client = %peer, error = %e, "connection ended with an error");
-            }
+        if timer.is_elapsed() || wake < timer.deadline() {
+            timer.as_mut().reset(wake);
         }
-        why = expired => {
-            match why {
-                Deadline::Request(_) => debug!(client = %peer, timeout = ?request, "request not received in time: closing"),
-                Deadline::Sending(_) => debug!(client = %peer, timeout = ?request, "client not reading its response: closing"),
-                _ => debug!(client = %peer, timeout = ?idle, "idle: closing"),
-            }
-            connection.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
-        }
-        _ = stop.changed() => {
-            // Stopping: idle connections close now, busy ones after their responses (the
-            // worker bounds the wait with the drain timeout).
-            connection.as_mut().graceful_shutdown();
-            let _ = connection.await;
+        tokio::select! {
+            () = &mut timer => {}
+            () = activity.finished() => {}
         }
     }
 }
