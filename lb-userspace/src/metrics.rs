@@ -56,6 +56,7 @@ pub struct Metrics {
     latency: Family<ListenerLabels, Histogram>,
     connections: Family<ListenerLabels, Gauge>,
     parked: Family<ListenerLabels, Gauge>,
+    h2_floods: Family<FloodLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
@@ -65,6 +66,12 @@ pub struct Metrics {
     reloads: Counter,
     bgp_peer_established: Family<PeerLabels, Gauge>,
     bgp_announced: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FloodLabels {
+    listener: String,
+    frame: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -102,6 +109,12 @@ impl Metrics {
             "parked_connections",
             "Idle HTTP/1.1 client connections holding no HTTP state, only the client stream",
             parked.clone(),
+        );
+        let h2_floods = Family::<FloodLabels, Counter>::default();
+        registry.register(
+            "h2_floods",
+            "HTTP/2 connections ended with GOAWAY ENHANCE_YOUR_CALM for a control-frame flood, by the frame type sent most",
+            h2_floods.clone(),
         );
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register(
@@ -159,6 +172,7 @@ impl Metrics {
             latency,
             connections,
             parked,
+            h2_floods,
             handshakes,
             refused,
             backend_healthy,
@@ -188,6 +202,7 @@ impl Metrics {
             latency: self.latency.get_or_create(&l).clone(),
             connections: self.connections.get_or_create(&l).clone(),
             parked: self.parked.get_or_create(&l).clone(),
+            h2_floods: self.h2_floods.clone(),
             handshakes: self.handshakes.clone(),
             refused: self.refused.clone(),
             listener: listener.into(),
@@ -264,6 +279,7 @@ pub struct ListenerMetrics {
     latency: Histogram,
     connections: Gauge,
     parked: Gauge,
+    h2_floods: Family<FloodLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     listener: String,
@@ -302,6 +318,16 @@ impl ListenerMetrics {
     pub fn connection_parked(&self) -> GaugeGuard {
         self.parked.inc();
         GaugeGuard(self.parked.clone())
+    }
+
+    /// An HTTP/2 connection ended for a control-frame flood of mostly `frame`.
+    pub fn h2_flood(&self, frame: &str) {
+        self.h2_floods
+            .get_or_create(&FloodLabels {
+                listener: self.listener.clone(),
+                frame: frame.into(),
+            })
+            .inc();
     }
 
     /// A connection closed on accept, and why.

@@ -50,3 +50,17 @@ pub fn curl_ok(ns: &Netns, source: &str, url: &str, ca: &Path) -> CurlResult {
     }
     last
 }
+
+/// `curl --http2 https://SERVER_NAME:PORT/` on loopback to the listener at `addr`, trusting
+/// `ca`, with `extra` arguments (before the URL).
+pub fn curl_h2(ca: &str, addr: std::net::SocketAddr, extra: &[&str]) -> std::process::Output {
+    let name = crate::listener::SERVER_NAME;
+    let url = format!("https://{name}:{}/", addr.port());
+    let resolve = format!("{name}:{}:127.0.0.1", addr.port());
+    std::process::Command::new("curl")
+        .args(["-sS", "--http2", "--cacert", ca, "--resolve", &resolve])
+        .args(extra)
+        .arg(&url)
+        .output()
+        .expect("curl (cargo xtask setup installs it)")
+}

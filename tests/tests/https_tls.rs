@@ -332,22 +332,7 @@ fn curl_and_openssl_see_http2_and_the_policy() {
     };
 
     let (lb, addr) = s.start(&["--backend", &be]);
-    let url = format!("https://{SERVER_NAME}:{}/", addr.port());
-    let resolve = format!("{SERVER_NAME}:{}:127.0.0.1", addr.port());
-    let out = std::process::Command::new("curl")
-        .args([
-            "-sS",
-            "--http2",
-            "--cacert",
-            &ca,
-            "--resolve",
-            &resolve,
-            "-w",
-            "\nhttp_version=%{http_version}",
-            &url,
-        ])
-        .output()
-        .expect("curl (cargo xtask setup installs it)");
+    let out = edgelb_tests::client::curl_h2(&ca, addr, &["-w", "\nhttp_version=%{http_version}"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.starts_with("backend a\n") && text.ends_with("http_version=2"),

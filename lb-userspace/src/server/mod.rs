@@ -1,6 +1,7 @@
 //! One client connection: TLS handshake (for https), HTTP/1.1 or HTTP/2 by ALPN, each request
 //! to the upstream, and the idle and request timeouts.
 pub mod activity;
+pub mod h2_flood;
 pub mod park;
 pub mod stream;
 
@@ -30,6 +31,7 @@ use crate::proxy::{ProxyBody, Routes};
 use crate::tls::ClientIdentity;
 use activity::{Activity, Deadline, Sending};
 use arc_swap::ArcSwap;
+use h2_flood::FloodGuard;
 use stream::ClientStream;
 
 /// Largest HTTP/1 request head (request line and headers): larger ones get 431. As
@@ -311,6 +313,7 @@ where
         let mut builder = http2::Builder::new(TokioExecutor::new());
         builder.timer(TokioTimer::new());
         h2_limits(&mut builder);
+        let io = FloodGuard::new(io, ctx.metrics.clone(), peer);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         Box::pin(async move {
             drive(connection, peer, &activity, timeouts, false, None, ctx).await;

@@ -1,0 +1,410 @@
+//! HTTP/2 control-frame floods (the 2019 family: PING, SETTINGS, WINDOW_UPDATE, PRIORITY,
+//! RST_STREAM, empty DATA, unknown frame types). The h2 crate answers or absorbs each such
+//! frame, so one connection sending them as fast as it can keeps a core busy for as long as it
+//! likes. The client's frames are metered as they are read, beside h2 (which still parses
+//! everything): a connection whose control frames outrun the work it asks for is ended with
+//! GOAWAY ENHANCE_YOUR_CALM. Envoy and nginx limit these frames likewise; HAProxy 2.6 and
+//! the h2 crate do not.
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tracing::debug;
+
+use crate::metrics::ListenerMetrics;
+
+/// Control frames a connection may send before any allowance (a client's opening SETTINGS,
+/// WINDOW_UPDATE and PRIORITY frames, and bursts of PINGs some clients send).
+const BURST: u64 = 1000;
+/// Control frames allowed per frame of useful work: a request's HEADERS, DATA with a payload
+/// from the client, and DATA with a payload sent to it (a download makes the client send a
+/// WINDOW_UPDATE or two per DATA frame it takes).
+const PER_USEFUL: u64 = 8;
+/// Control frames allowed per second of the connection's life (keep-alive PINGs of a
+/// long-lived idle connection never reach the limit).
+const PER_SECOND: u64 = 100;
+
+const PREFACE_LEN: usize = 24;
+const HEADER_LEN: usize = 9;
+
+/// The frame types counted, by their wire type (unknown ones share the last slot).
+const KINDS: [&str; 8] = [
+    "empty_data",
+    "priority",
+    "rst_stream",
+    "settings",
+    "ping",
+    "window_update",
+    "empty_continuation",
+    "unknown",
+];
+
+/// Reads a stream of HTTP/2 frames a piece at a time (headers split anywhere) and keeps the
+/// counts the flood rule needs.
+pub struct FrameMeter {
+    preface_left: usize,
+    header: [u8; HEADER_LEN],
+    have: usize,
+    payload_left: usize,
+    control: [u64; KINDS.len()],
+    control_total: u64,
+    useful: u64,
+    /// The highest stream a request opened: the GOAWAY's last stream.
+    last_stream: u32,
+    started: Instant,
+}
+
+/// A frame header as it appears on the wire.
+struct Header {
+    len: usize,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+impl Header {
+    fn parse(b: &[u8; HEADER_LEN]) -> Header {
+        Header {
+            len: usize::from(b[0]) << 16 | usize::from(b[1]) << 8 | usize::from(b[2]),
+            kind: b[3],
+            flags: b[4],
+            stream: u32::from_be_bytes([b[5], b[6], b[7], b[8]]) & 0x7fff_ffff,
+        }
+    }
+}
+
+impl FrameMeter {
+    /// `preface`: the stream starts with the client connection preface.
+    pub fn new(preface: bool) -> Self {
+        FrameMeter {
+            preface_left: if preface { PREFACE_LEN } else { 0 },
+            header: [0; HEADER_LEN],
+            have: 0,
+            payload_left: 0,
+            control: [0; KINDS.len()],
+            control_total: 0,
+            useful: 0,
+            last_stream: 0,
+            started: Instant::now(),
+        }
+    }
+
+    /// Feeds the next bytes of the stream; calls `frame` with each header once complete.
+    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(&mut Self, Header)) {
+        while !bytes.is_empty() {
+            if self.preface_left > 0 {
+                let n = self.preface_left.min(bytes.len());
+                self.preface_left -= n;
+                bytes = &bytes[n..];
+            } else if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                self.payload_left -= n;
+                bytes = &bytes[n..];
+            } else {
+                let n = (HEADER_LEN - self.have).min(bytes.len());
+                self.header[self.have..self.have + n].copy_from_slice(&bytes[..n]);
+                self.have += n;
+                bytes = &bytes[n..];
+                if self.have == HEADER_LEN {
+                    self.have = 0;
+                    let header = Header::parse(&self.header);
+                    self.payload_left = header.len;
+                    frame(self, header);
+                }
+            }
+        }
+    }
+
+    /// Bytes the client sent.
+    pub fn received(&mut self, bytes: &[u8]) {
+        self.feed(bytes, |m, h| {
+            const END_STREAM: u8 = 0x1;
+            let kind = match h.kind {
+                0 if h.len == 0 && h.flags & END_STREAM == 0 => Some(0),
+                0 => None,
+                1 => {
+                    m.last_stream = m.last_stream.max(h.stream);
+                    None
+                }
+                2..=4 => Some(usize::from(h.kind) - 1),
+                6 => Some(4),
+                8 => Some(5),
+                9 if h.len == 0 => Some(6),
+                5 | 7 | 9 => None,
+                _ => Some(7),
+            };
+            match kind {
+                Some(k) => {
+                    m.control[k] += 1;
+                    m.control_total += 1;
+                }
+                None if h.kind == 1 || (h.kind == 0 && h.len > 0) => m.useful += 1,
+                None => {}
+            }
+        });
+    }
+
+    /// Bytes written to the client.
+    pub fn sent(&mut self, bytes: &[u8]) {
+        self.feed(bytes, |m, h| {
+            if h.kind == 0 && h.len > 0 {
+                m.useful += 1;
+            }
+        });
+    }
+
+    /// Whether the client's control frames have outrun its allowance.
+    pub fn flooding(&self) -> bool {
+        let earned = BURST.saturating_add(self.useful.saturating_mul(PER_USEFUL));
+        self.control_total > earned
+            && self.control_total
+                > earned.saturating_add(self.started.elapsed().as_secs() * PER_SECOND)
+    }
+
+    /// The control frame type sent most.
+    pub fn most_sent(&self) -> &'static str {
+        let (i, _) = self
+            .control
+            .iter()
+            .enumerate()
+            .max_by_key(|(_, n)| **n)
+            .unwrap_or((KINDS.len() - 1, &0));
+        KINDS[i]
+    }
+
+    /// GOAWAY (last stream, ENHANCE_YOUR_CALM), as written on the wire.
+    fn goaway(&self) -> Vec<u8> {
+        const ENHANCE_YOUR_CALM: u32 = 0xb;
+        let mut f = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
+        f.extend_from_slice(&self.last_stream.to_be_bytes());
+        f.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+        f
+    }
+}
+
+/// An HTTP/2 client stream with its frames metered both ways. Once the client floods, the
+/// guard writes GOAWAY (between two of h2's frames), closes the stream and gives h2 an end of
+/// stream, which ends the connection; the flood's last bytes are not handed to h2.
+pub struct FloodGuard<S> {
+    inner: S,
+    inbound: FrameMeter,
+    outbound: FrameMeter,
+    closing: Option<Closing>,
+    metrics: ListenerMetrics,
+    peer: std::net::SocketAddr,
+}
+
+/// How far the guard has got in ending a flooding connection.
+enum Closing {
+    /// The GOAWAY frame, and how much of it is written.
+    Goaway(Vec<u8>, usize),
+    Shutdown,
+    Done,
+}
+
+impl<S> FloodGuard<S> {
+    pub fn new(inner: S, metrics: ListenerMetrics, peer: std::net::SocketAddr) -> Self {
+        FloodGuard {
+            inner,
+            inbound: FrameMeter::new(true),
+            outbound: FrameMeter::new(false),
+            closing: None,
+            metrics,
+            peer,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> FloodGuard<S> {
+    /// Drives the closing of a flooding connection: GOAWAY, flush, shutdown (TLS close_notify
+    /// and FIN).
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            match &mut self.closing {
+                None | Some(Closing::Done) => return Poll::Ready(Ok(())),
+                Some(Closing::Goaway(frame, at)) => {
+                    if *at == frame.len() {
+                        self.closing = Some(Closing::Shutdown);
+                        continue;
+                    }
+                    let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &frame[*at..]))?;
+                    if n == 0 {
+                        return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                    }
+                    *at += n;
+                }
+                Some(Closing::Shutdown) => {
+                    ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+                    ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+                    self.closing = Some(Closing::Done);
+                }
+            }
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.closing.is_some() {
+            // An end of stream for h2, once the stream is closed (or could not be).
+            let _ = ready!(this.poll_close(cx));
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.inbound.received(&buf.filled()[before..]);
+            if this.inbound.flooding() {
+                let frame = this.inbound.most_sent();
+                debug!(client = %this.peer, frame, "HTTP/2 control-frame flood: GOAWAY ENHANCE_YOUR_CALM");
+                this.metrics.h2_flood(frame);
+                buf.set_filled(before);
+                // A frame of h2's half written (the client stopped reading) cannot be
+                // followed by the GOAWAY: the stream is only closed then.
+                let between_frames = this.outbound.have == 0 && this.outbound.payload_left == 0;
+                this.closing = Some(if between_frames {
+                    Closing::Goaway(this.inbound.goaway(), 0)
+                } else {
+                    Closing::Shutdown
+                });
+                let _ = ready!(this.poll_close(cx));
+                return Poll::Ready(Ok(()));
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for FloodGuard<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.closing.is_some() {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            self.outbound.sent(&buf[..n]);
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.closing.is_some() {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(mut n)) = polled {
+            for b in bufs {
+                let k = n.min(b.len());
+                self.outbound.sent(&b[..k]);
+                n -= k;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.closing.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.closing.is_some() {
+            return self.poll_close(cx);
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(kind: u8, flags: u8, stream: u32, len: usize) -> Vec<u8> {
+        let mut f = (len as u32).to_be_bytes()[1..].to_vec();
+        f.extend_from_slice(&[kind, flags]);
+        f.extend_from_slice(&stream.to_be_bytes());
+        f.extend(std::iter::repeat_n(0u8, len));
+        f
+    }
+
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+    #[test]
+    fn frames_are_counted_however_the_bytes_are_split() {
+        let mut wire = PREFACE.to_vec();
+        wire.extend(frame(4, 0, 0, 6)); // SETTINGS
+        wire.extend(frame(1, 0x5, 3, 20)); // HEADERS, a request
+        wire.extend(frame(0, 0, 3, 100)); // DATA with a payload
+        wire.extend(frame(0, 0, 3, 0)); // empty DATA
+        wire.extend(frame(0, 0x1, 3, 0)); // empty DATA ending the stream: not a flood frame
+        wire.extend(frame(6, 0, 0, 8)); // PING
+        wire.extend(frame(8, 0, 0, 4)); // WINDOW_UPDATE
+        wire.extend(frame(0x20, 0, 0, 3)); // unknown type
+        wire.extend(frame(1, 0x5, 7, 20)); // HEADERS, another request
+        for chunk in [1, 2, 5, 9, 10, 24, 33, wire.len()] {
+            let mut m = FrameMeter::new(true);
+            for piece in wire.chunks(chunk) {
+                m.received(piece);
+            }
+            assert_eq!(m.control, [1, 0, 0, 1, 1, 1, 0, 1], "chunks of {chunk}");
+            assert_eq!(m.useful, 3, "chunks of {chunk}");
+            assert_eq!(m.last_stream, 7);
+        }
+    }
+
+    #[test]
+    fn a_flood_is_found_after_its_allowance_and_work_earns_more() {
+        let ping = frame(6, 0, 0, 8);
+        let mut m = FrameMeter::new(false);
+        for _ in 0..BURST {
+            m.received(&ping);
+        }
+        assert!(!m.flooding());
+        m.received(&ping);
+        assert!(m.flooding());
+        assert_eq!(m.most_sent(), "ping");
+
+        // Data sent to the client earns WINDOW_UPDATEs: a download is not a flood.
+        let mut m = FrameMeter::new(false);
+        let update = frame(8, 0, 1, 4);
+        for _ in 0..10_000 {
+            m.sent(&frame(0, 0, 1, 16_384));
+            m.received(&update);
+            m.received(&update);
+        }
+        assert!(!m.flooding());
+    }
+
+    #[test]
+    fn goaway_names_the_last_request_and_enhance_your_calm() {
+        let mut m = FrameMeter::new(false);
+        m.received(&frame(1, 0x5, 9, 4));
+        assert_eq!(
+            m.goaway(),
+            [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0xb]
+        );
+    }
+}
