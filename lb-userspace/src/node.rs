@@ -596,6 +596,10 @@ fn prepare_listener(
         })
         .collect();
     let live_workers = if l.protocol.is_l4() { 0 } else { workers };
+    // One limiter for all the listener's workers: a client's connections may land on any.
+    let rate_limit = l
+        .rate_limit_requests
+        .map(|n| Arc::new(crate::proxy::rate_limit::RateLimiter::new(n)));
     let live = (0..live_workers)
         .map(|w| Live {
             tls: tls.clone(),
@@ -618,6 +622,7 @@ fn prepare_listener(
                     timeouts: l.timeouts,
                     transfer_lb_ip: l.transfer_lb_ip,
                 },
+                rate_limit: rate_limit.clone(),
             },
         })
         .collect();

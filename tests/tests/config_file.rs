@@ -516,7 +516,7 @@ fn sni_cert_tables_take_paths_with_colons() {
 fn a_flag_and_its_file_key_take_and_refuse_the_same_values() {
     let s = Setup::new();
     // (flag and value, the key's table and line, what both must say; None: both accept).
-    let cases: [(&[&str], &str, &str, Option<&str>); 8] = [
+    let cases: [(&[&str], &str, &str, Option<&str>); 10] = [
         (
             &["--idle-timeout", "5000"],
             "listener",
@@ -562,6 +562,18 @@ fn a_flag_and_its_file_key_take_and_refuse_the_same_values() {
             None,
         ),
         (&["--http2", "False"], "listener", "http2 = \"False\"", None),
+        (
+            &["--rate-limit-requests", "0"],
+            "listener",
+            "rate_limit_requests = 0",
+            Some("\"0\": must be a whole number, 1-1000000"),
+        ),
+        (
+            &["--rate-limit-requests", "50"],
+            "listener",
+            "rate_limit_requests = 50",
+            None,
+        ),
     ];
     let mut failures = Vec::new();
     for (i, (flag, table, line, expected)) in cases.iter().enumerate() {

@@ -1,22 +1,16 @@
 //! Greedy and slow clients against the limits an operator sets: TLS handshakes that never
 //! finish are cut at `--handshake-timeout`; a client opening connections until
 //! `--max-connections` gets the extra ones closed at once while the admin endpoint and the
-//! connections already open keep working; descriptors stay bounded throughout.
+//! connections already open keep working; descriptors stay bounded throughout; a client over
+//! `--rate-limit-requests` gets 429.
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use edgelb_tests::admin::get as admin_get;
 use edgelb_tests::backend::Backend;
 use edgelb_tests::https::{self, ClientOpts, get};
 use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
-
-fn admin_get(addr: &str, path: &str) -> String {
-    let mut s = TcpStream::connect(addr).expect("admin endpoint");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").expect("request");
-    let mut text = String::new();
-    s.read_to_string(&mut text).expect("answer");
-    text
-}
 
 /// Whether the server closes `s` (EOF or reset) within `within`.
 fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
@@ -146,4 +140,55 @@ async fn connections_past_the_limit_are_closed_and_the_node_stays_reachable() {
     }
     assert!(served, "no request served after the greedy client left");
     drop(lb);
+}
+
+/// `--rate-limit-requests 5`: a client's sixth request within the second gets 429 with
+/// Retry-After and never reaches the backend; another client address has its own allowance;
+/// a second later the first is served again.
+#[tokio::test]
+async fn requests_past_the_per_client_rate_get_429() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (_lb, addr) = s.start(&["--backend", &be, "--rate-limit-requests", "5"]);
+    let mut opts = ClientOpts::new(&s.ca.cert_pem);
+    opts.alpn = &[b"http/1.1"];
+    let mut tls = https::connect(addr, SERVER_NAME, opts.config())
+        .await
+        .expect("connect");
+    // Eight requests in one write: all arrive within the same few milliseconds.
+    let eight = "GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n".repeat(8);
+    tls.write_all(eight.as_bytes()).await.expect("requests");
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let statuses = loop {
+        let (statuses, _, _) = edgelb_tests::raw::split_responses(&all);
+        if statuses.len() >= 8 {
+            break statuses;
+        }
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => all.extend_from_slice(&buf[..n]),
+            _ => break statuses,
+        }
+    };
+    let text = String::from_utf8_lossy(&all);
+    assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429], "{text}");
+    assert!(text.contains("retry-after: 1\r\n"), "{text}");
+    assert_eq!(backend.served(), 5);
+
+    // Another client address: its own five.
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    let other = "127.0.0.2".parse().ok();
+    let reply = https::send_from(other, addr, SERVER_NAME, config.clone(), get("/"))
+        .await
+        .expect("request from 127.0.0.2");
+    assert_eq!(reply.status, 200);
+
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let reply = https::send(addr, SERVER_NAME, config, get("/"))
+        .await
+        .expect("request a second later");
+    assert_eq!(reply.status, 200);
 }

@@ -91,7 +91,11 @@ impl Config {
             t.response.as_secs(),
             t.handshake.as_secs()
         )?;
-        writeln!(f, "  max-connections {}", l.max_connections)
+        writeln!(f, "  max-connections {}", l.max_connections)?;
+        match l.rate_limit_requests {
+            Some(n) => writeln!(f, "  rate-limit      {n} requests/s per client"),
+            None => Ok(()),
+        }
     }
 
     fn fmt_node(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

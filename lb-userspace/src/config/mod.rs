@@ -114,6 +114,8 @@ pub struct ListenerConfig {
     pub groups: Vec<usize>,
     /// Client connections open at once; more are accepted and closed at once.
     pub max_connections: usize,
+    /// Requests per second per client address; None: not limited.
+    pub rate_limit_requests: Option<u32>,
 }
 
 /// The TLS half of an https listener: the loaded settings and the files they came from.
@@ -711,6 +713,7 @@ fn listener(
         rule_specs,
         groups: reachable,
         max_connections: args.max_connections.0 as usize,
+        rate_limit_requests: args.rate_limit_requests.map(|n| n.0),
     })
 }
 

@@ -134,6 +134,11 @@ pub struct ListenerSpec {
     )]
     pub max_connections: Count<1, 10_000_000>,
 
+    /// Requests per second each client address may make to this listener (1-1000000; IPv6
+    /// clients by their /64); more are answered 429 with Retry-After. Off unless given.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub rate_limit_requests: Option<Count<1, 1_000_000>>,
+
     /// Forwarding rule, repeatable, evaluated in order:
     /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.
     #[arg(long = "rule", value_name = "RULE")]

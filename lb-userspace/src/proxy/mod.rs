@@ -4,6 +4,7 @@ pub mod body;
 pub mod client;
 pub mod h1;
 pub mod headers;
+pub mod rate_limit;
 pub mod sticky;
 pub mod strict;
 
@@ -53,6 +54,8 @@ pub struct Routes {
     pub groups: Vec<Option<RouteTarget>>,
     pub default: usize,
     pub settings: ListenerSettings,
+    /// `--rate-limit-requests`, shared by the listener's workers.
+    pub rate_limit: Option<Arc<rate_limit::RateLimiter>>,
 }
 
 /// One group as a listener uses it: the worker's upstream and this listener's counters.
@@ -80,6 +83,15 @@ impl Routes {
                 t.requests.count(None, status.as_u16());
             }
             return (refusal(status, parts.version), Served::default());
+        }
+        if let Some(limit) = &self.rate_limit
+            && let rate_limit::Verdict::Refuse { retry_after } = limit.check(conn.peer.ip())
+        {
+            if let Some(t) = self.target(self.default) {
+                t.requests
+                    .count(None, StatusCode::TOO_MANY_REQUESTS.as_u16());
+            }
+            return (too_many_requests(retry_after), Served::default());
         }
         let req = Request::from_parts(parts, body);
         let (decision, rule) = apply_rules(&self.rules, &req, conn);
@@ -465,6 +477,14 @@ pub fn refusal(status: StatusCode, version: Version) -> Response<ProxyBody> {
         resp.headers_mut()
             .insert(CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
+}
+
+/// 429 for a client over `--rate-limit-requests`, with when to come back.
+fn too_many_requests(retry_after: u64) -> Response<ProxyBody> {
+    let mut resp = error_page(StatusCode::TOO_MANY_REQUESTS);
+    resp.headers_mut()
+        .insert(hyper::header::RETRY_AFTER, HeaderValue::from(retry_after));
     resp
 }
 

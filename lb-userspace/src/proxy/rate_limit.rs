@@ -1,0 +1,153 @@
+//! `--rate-limit-requests`: requests per second per client, a token bucket per client address
+//! (IPv6 clients by their /64, which one host usually holds whole), shared by the listener's
+//! workers. The table is bounded: when it is full, buckets that have refilled (clients idle
+//! for a second or more, the same as absent) make room; a client that finds no room is not
+//! limited, rather than a legitimate client being refused for others' addresses.
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// Shards of the table, each behind its own lock, so that the workers rarely wait on each other.
+const SHARDS: usize = 16;
+/// Clients tracked at once, all shards together: about 40 bytes each.
+pub const MAX_CLIENTS: usize = 100_000;
+
+pub struct RateLimiter {
+    per_second: f64,
+    shards: Vec<Mutex<HashMap<u128, Bucket>>>,
+}
+
+#[derive(Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+/// What the limiter says of one request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Admit,
+    /// Over the limit: seconds until the client's next request would be admitted.
+    Refuse {
+        retry_after: u64,
+    },
+}
+
+impl RateLimiter {
+    pub fn new(per_second: u32) -> Self {
+        RateLimiter {
+            per_second: f64::from(per_second.max(1)),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    /// The table key of a client: IPv4 (plain or IPv4-mapped) by address, IPv6 by /64.
+    fn key(ip: IpAddr) -> u128 {
+        match ip {
+            IpAddr::V4(v4) => u128::from(u32::from(v4)),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => u128::from(u32::from(v4)),
+                None => u128::from(v6) & !u128::from(u64::MAX) | 1 << 32,
+            },
+        }
+    }
+
+    pub fn check(&self, ip: IpAddr) -> Verdict {
+        self.check_at(ip, Instant::now())
+    }
+
+    fn check_at(&self, ip: IpAddr, now: Instant) -> Verdict {
+        let key = Self::key(ip);
+        // Low bits of the address spread clients of one network over the shards.
+        let shard = &self.shards[(key as usize ^ (key >> 64) as usize) % SHARDS];
+        // A poisoned shard (a panic while it was held) still holds valid buckets.
+        let mut table = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let full = Bucket {
+            tokens: self.per_second,
+            at: now,
+        };
+        let bucket = match table.get_mut(&key) {
+            Some(b) => b,
+            None => {
+                if table.len() >= MAX_CLIENTS / SHARDS {
+                    let rate = self.per_second;
+                    table.retain(|_, b| {
+                        b.tokens + now.duration_since(b.at).as_secs_f64() * rate < rate
+                    });
+                    if table.len() >= MAX_CLIENTS / SHARDS {
+                        return Verdict::Admit;
+                    }
+                }
+                table.entry(key).or_insert(full)
+            }
+        };
+        let refill = now.duration_since(bucket.at).as_secs_f64() * self.per_second;
+        bucket.tokens = (bucket.tokens + refill).min(self.per_second);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Verdict::Admit
+        } else {
+            let wait = (1.0 - bucket.tokens) / self.per_second;
+            Verdict::Refuse {
+                retry_after: wait.ceil().max(1.0) as u64,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn each_client_gets_its_rate_and_refills() {
+        let l = RateLimiter::new(3);
+        let t = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(l.check_at(a, t), Verdict::Admit);
+        }
+        assert_eq!(l.check_at(a, t), Verdict::Refuse { retry_after: 1 });
+        assert_eq!(l.check_at(b, t), Verdict::Admit);
+        // A third of a second gives one request back.
+        let later = t + Duration::from_millis(340);
+        assert_eq!(l.check_at(a, later), Verdict::Admit);
+        assert_eq!(l.check_at(a, later), Verdict::Refuse { retry_after: 1 });
+    }
+
+    #[test]
+    fn ipv6_clients_share_their_64_and_mapped_ipv4_is_ipv4() {
+        let l = RateLimiter::new(1);
+        let t = Instant::now();
+        let one: IpAddr = "fd00:1:2:3::1".parse().unwrap();
+        let same64: IpAddr = "fd00:1:2:3:ffff::9".parse().unwrap();
+        let other64: IpAddr = "fd00:1:2:4::1".parse().unwrap();
+        assert_eq!(l.check_at(one, t), Verdict::Admit);
+        assert!(matches!(l.check_at(same64, t), Verdict::Refuse { .. }));
+        assert_eq!(l.check_at(other64, t), Verdict::Admit);
+        let v4: IpAddr = "10.1.1.1".parse().unwrap();
+        let mapped: IpAddr = "::ffff:10.1.1.1".parse().unwrap();
+        assert_eq!(l.check_at(v4, t), Verdict::Admit);
+        assert!(matches!(l.check_at(mapped, t), Verdict::Refuse { .. }));
+    }
+
+    #[test]
+    fn the_table_stays_bounded_and_idle_clients_make_room() {
+        let l = RateLimiter::new(1);
+        let t = Instant::now();
+        for i in 0..(MAX_CLIENTS as u32 + 5_000) {
+            l.check_at(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()), t);
+        }
+        let tracked: usize = l.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        assert!(tracked <= MAX_CLIENTS, "{tracked}");
+        // A second later every bucket has refilled: a new client finds room and is limited.
+        let later = t + Duration::from_secs(2);
+        let new: IpAddr = "10.255.0.1".parse().unwrap();
+        assert_eq!(l.check_at(new, later), Verdict::Admit);
+        assert!(matches!(l.check_at(new, later), Verdict::Refuse { .. }));
+    }
+}
