@@ -95,6 +95,7 @@ fuzz_target!(|input: Input| {
                 .map(|(a, len)| format!("10.0.0.{a}/{}", 24 + len % 9))
                 .collect(),
             action: ActionSpec::Forward { group: "g".into() },
+            rate_limit: None,
         })
         .collect();
     let Ok(rules) = RuleSet::compile(&specs, &["g"]) else {

@@ -18,6 +18,7 @@ pub mod nexthop;
 pub mod node;
 pub mod privilege;
 pub mod proxy;
+pub mod rate_limit;
 pub mod reloads;
 pub mod rules;
 pub mod server;

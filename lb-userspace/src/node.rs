@@ -599,7 +599,7 @@ fn prepare_listener(
     // One limiter for all the listener's workers: a client's connections may land on any.
     let rate_limit = l
         .rate_limit_requests
-        .map(|n| Arc::new(crate::proxy::rate_limit::RateLimiter::new(n)));
+        .map(|n| Arc::new(crate::rate_limit::RateLimiter::new(n)));
     let live = (0..live_workers)
         .map(|w| Live {
             tls: tls.clone(),

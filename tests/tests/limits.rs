@@ -142,38 +142,65 @@ async fn connections_past_the_limit_are_closed_and_the_node_stays_reachable() {
     drop(lb);
 }
 
-/// `--rate-limit-requests 5`: a client's sixth request within the second gets 429 with
-/// Retry-After and never reaches the backend; another client address has its own allowance;
-/// a second later the first is served again.
-#[tokio::test]
-async fn requests_past_the_per_client_rate_get_429() {
+/// Sends `n` GETs of `path` in one write on one HTTP/1.1 connection (so they arrive within
+/// the same few milliseconds) and returns the statuses and the text of the answers.
+async fn pipelined(
+    s: &Setup,
+    addr: std::net::SocketAddr,
+    path: &str,
+    n: usize,
+) -> (Vec<u16>, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let s = Setup::new();
-    let backend = Backend::start("a", "127.0.0.1:0", None);
-    let be = backend.addr.to_string();
-    let (_lb, addr) = s.start(&["--backend", &be, "--rate-limit-requests", "5"]);
     let mut opts = ClientOpts::new(&s.ca.cert_pem);
     opts.alpn = &[b"http/1.1"];
     let mut tls = https::connect(addr, SERVER_NAME, opts.config())
         .await
         .expect("connect");
-    // Eight requests in one write: all arrive within the same few milliseconds.
-    let eight = "GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n".repeat(8);
-    tls.write_all(eight.as_bytes()).await.expect("requests");
+    let requests = format!("GET {path} HTTP/1.1\r\nhost: edgelb.test\r\n\r\n").repeat(n);
+    tls.write_all(requests.as_bytes()).await.expect("requests");
     let mut all = Vec::new();
     let mut buf = vec![0u8; 16 * 1024];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let statuses = loop {
+    loop {
         let (statuses, _, _) = edgelb_tests::raw::split_responses(&all);
-        if statuses.len() >= 8 {
-            break statuses;
+        if statuses.len() >= n {
+            return (statuses, String::from_utf8_lossy(&all).into_owned());
         }
         match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
-            Ok(Ok(n)) if n > 0 => all.extend_from_slice(&buf[..n]),
-            _ => break statuses,
+            Ok(Ok(k)) if k > 0 => all.extend_from_slice(&buf[..k]),
+            _ => return (statuses, String::from_utf8_lossy(&all).into_owned()),
         }
-    };
-    let text = String::from_utf8_lossy(&all);
+    }
+}
+
+/// A rule's `rate-limit`: the requests it matches are limited per client, the others not.
+#[tokio::test]
+async fn a_rule_limits_the_requests_it_matches() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (_lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--rule",
+        "name=login;path=/login;rate-limit=2;action=forward",
+    ]);
+    let (login, text) = pipelined(&s, addr, "/login", 4).await;
+    assert_eq!(login, [200, 200, 429, 429], "{text}");
+    let (other, text) = pipelined(&s, addr, "/other", 4).await;
+    assert_eq!(other, [200, 200, 200, 200], "{text}");
+}
+
+/// `--rate-limit-requests 5`: a client's sixth request within the second gets 429 with
+/// Retry-After and never reaches the backend; another client address has its own allowance;
+/// a second later the first is served again.
+#[tokio::test]
+async fn requests_past_the_per_client_rate_get_429() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (_lb, addr) = s.start(&["--backend", &be, "--rate-limit-requests", "5"]);
+    let (statuses, text) = pipelined(&s, addr, "/", 8).await;
     assert_eq!(statuses, [200, 200, 200, 200, 200, 429, 429, 429], "{text}");
     assert!(text.contains("retry-after: 1\r\n"), "{text}");
     assert_eq!(backend.served(), 5);

@@ -279,6 +279,9 @@ fn rule_line(r: &RuleSpec) -> String {
     if !r.client_cidrs.is_empty() {
         keys.push(format!("client = {}", list(&r.client_cidrs)));
     }
+    if let Some(n) = r.rate_limit {
+        keys.push(format!("rate_limit_requests = {n}"));
+    }
     match &r.action {
         ActionSpec::Forward { group } => {
             keys.push("action = \"forward\"".into());

@@ -3,6 +3,7 @@
 //!
 //! Keys: `name`, `host` (comma list), `path`, `path-prefix`, `path-regex`, `method` (comma
 //! list), `header` (`NAME:V1|V2`), `query` (`KEY:V1|V2`), `client` (comma list of CIDRs),
+//! `rate-limit` (requests per second per client address for the requests the rule matches),
 //! `action`: `forward` (the listener's group), `forward:GROUP` (a group of the config file),
 //! `redirect:STATUS:LOCATION`,
 //! `fixed:STATUS:CONTENT-TYPE:BODY`.
@@ -11,7 +12,7 @@ use super::values::Refused;
 use crate::rules::{ActionSpec, PathMatch, RuleSpec};
 
 const HELP: &str = "expected KEY=VALUE pairs separated by ';' with keys name, host, path, \
-                    path-prefix, path-regex, method, header, query, client and action \
+                    path-prefix, path-regex, method, header, query, client, rate-limit and action \
                     (forward[:GROUP] | redirect:STATUS:LOCATION | fixed:STATUS:CONTENT-TYPE:BODY)";
 
 pub fn parse(value: &str, index: usize, default_group: &str) -> Result<RuleSpec, ConfigError> {
@@ -51,6 +52,18 @@ pub fn parse(value: &str, index: usize, default_group: &str) -> Result<RuleSpec,
             "query" => rule.query.push(named("KEY")?),
             "client" => rule.client_cidrs.extend(list()),
             "action" => action = Some(parse_action(v, default_group).map_err(|r| err(r.0))?),
+            "rate-limit" => {
+                let n = v
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (1..=1_000_000).contains(n));
+                rule.rate_limit = Some(n.ok_or_else(|| {
+                    err(format!(
+                        "rate-limit={v:?}: requests per second per client, 1-1000000"
+                    ))
+                })?);
+            }
             other => return Err(err(format!("unknown key {other:?}; {HELP}"))),
         }
     }
@@ -149,11 +162,15 @@ mod tests {
                 body: "back soon: 5 min".into()
             }
         );
+        let r = parse("path=/login;rate-limit=20;action=forward", 0, "pool").expect("limited");
+        assert_eq!(r.rate_limit, Some(20));
         for bad in [
             "host=a.com",
             "action=teleport",
             "colour=red;action=forward",
             "action=redirect:301",
+            "path=/login;rate-limit=0;action=forward",
+            "path=/login;rate-limit=lots;action=forward",
         ] {
             let e = parse(bad, 0, "pool").expect_err(bad);
             assert!(e.to_string().starts_with("--rule"), "{e}");

@@ -63,5 +63,6 @@ pub fn spec(t: &RuleTable, n: usize, group: &str, listener: &str) -> Result<Rule
         query: named(&t.query),
         client_cidrs: t.client.clone(),
         action,
+        rate_limit: t.rate_limit_requests.map(|n| n.0),
     })
 }

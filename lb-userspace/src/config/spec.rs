@@ -459,6 +459,8 @@ pub struct RuleTable {
     pub location: Option<String>,
     pub content_type: Option<String>,
     pub body: Option<String>,
+    /// Requests per second per client address for the requests this rule matches.
+    pub rate_limit_requests: Option<Count<1, 1_000_000>>,
 }
 
 /// The values of a header or query condition: one string or a list.

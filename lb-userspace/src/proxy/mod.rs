@@ -4,7 +4,6 @@ pub mod body;
 pub mod client;
 pub mod h1;
 pub mod headers;
-pub mod rate_limit;
 pub mod sticky;
 pub mod strict;
 
@@ -55,7 +54,7 @@ pub struct Routes {
     pub default: usize,
     pub settings: ListenerSettings,
     /// `--rate-limit-requests`, shared by the listener's workers.
-    pub rate_limit: Option<Arc<rate_limit::RateLimiter>>,
+    pub rate_limit: Option<Arc<crate::rate_limit::RateLimiter>>,
 }
 
 /// One group as a listener uses it: the worker's upstream and this listener's counters.
@@ -84,17 +83,27 @@ impl Routes {
             }
             return (refusal(status, parts.version), Served::default());
         }
-        if let Some(limit) = &self.rate_limit
-            && let rate_limit::Verdict::Refuse { retry_after } = limit.check(conn.peer.ip())
-        {
-            if let Some(t) = self.target(self.default) {
-                t.requests
-                    .count(None, StatusCode::TOO_MANY_REQUESTS.as_u16());
-            }
-            return (too_many_requests(retry_after), Served::default());
-        }
         let req = Request::from_parts(parts, body);
         let (decision, rule) = apply_rules(&self.rules, &req, conn);
+        // The listener's limit, then the matched rule's: a request counts against both.
+        let limits = [
+            self.rate_limit.as_deref(),
+            rule.and_then(|r| self.rules.limiter(r)),
+        ];
+        for limit in limits.into_iter().flatten() {
+            if let crate::rate_limit::Verdict::Refuse { retry_after } = limit.check(conn.peer.ip())
+            {
+                if let Some(t) = self.target(self.default) {
+                    t.requests
+                        .count(None, StatusCode::TOO_MANY_REQUESTS.as_u16());
+                }
+                let served = Served {
+                    rule,
+                    ..Served::default()
+                };
+                return (too_many_requests(retry_after), served);
+            }
+        }
         let group = match decision {
             Decision::Answer(answer) => {
                 if let Some(t) = self.target(self.default) {

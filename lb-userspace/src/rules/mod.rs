@@ -49,11 +49,13 @@ mod template;
 mod tests;
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, StatusCode};
 use ipnet::IpNet;
 
+use crate::rate_limit::RateLimiter;
 use matchers::{Glob, HostPattern, PathMatcher, method_bit};
 pub use template::LocationTemplate;
 
@@ -77,6 +79,8 @@ pub struct RuleSpec {
     pub query: Vec<(String, Vec<String>)>,
     pub client_cidrs: Vec<String>,
     pub action: ActionSpec,
+    /// Requests per second per client address for the requests this rule matches.
+    pub rate_limit: Option<u32>,
 }
 
 /// A path condition, as configured.
@@ -189,6 +193,8 @@ struct Rule {
     query: Vec<QueryCond>,
     cidrs: Vec<IpNet>,
     action: Action,
+    /// Shared by the workers (the compiled set is).
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 /// Per-request values computed once per evaluation, not once per candidate rule.
@@ -281,6 +287,11 @@ impl RuleSet {
     }
 
     /// The name of rule `index` (as reported by [`Matched::index`]).
+    /// The per-client limit of rule `index`, if it has one.
+    pub fn limiter(&self, index: usize) -> Option<&RateLimiter> {
+        self.rules.get(index)?.limiter.as_deref()
+    }
+
     pub fn name(&self, index: usize) -> Option<&str> {
         self.rules.get(index).map(|r| r.name.as_str())
     }
@@ -531,6 +542,7 @@ fn compile_rule(i: usize, spec: &RuleSpec, groups: &[&str]) -> Result<Rule, Rule
         query,
         cidrs,
         action,
+        limiter: spec.rate_limit.map(|n| Arc::new(RateLimiter::new(n))),
     })
 }
 

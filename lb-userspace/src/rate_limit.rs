@@ -1,4 +1,4 @@
-//! `--rate-limit-requests`: requests per second per client, a token bucket per client address
+//! `--rate-limit-requests` (and a rule's `rate-limit`): requests per second per client, a token bucket per client address
 //! (IPv6 clients by their /64, which one host usually holds whole), shared by the listener's
 //! workers. The table is bounded: when it is full, buckets that have refilled (clients idle
 //! for a second or more, the same as absent) make room; a client that finds no room is not
@@ -16,6 +16,12 @@ pub const MAX_CLIENTS: usize = 100_000;
 pub struct RateLimiter {
     per_second: f64,
     shards: Vec<Mutex<HashMap<u128, Bucket>>>,
+}
+
+impl std::fmt::Debug for RateLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RateLimiter({}/s)", self.per_second)
+    }
 }
 
 #[derive(Clone, Copy)]
