@@ -2,20 +2,36 @@
 //! (IPv6 clients by their /64, which one host usually holds whole), shared by the listener's
 //! workers. The table is bounded: when it is full, buckets that have refilled (clients idle
 //! for a second or more, the same as absent) make room; a client that finds no room is not
-//! limited, rather than a legitimate client being refused for others' addresses.
+//! limited, rather than a legitimate client being refused for others' addresses. A request
+//! refused by one limit (a rule's) still counts against the other (the listener's).
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Shards of the table, each behind its own lock, so that the workers rarely wait on each other.
 const SHARDS: usize = 16;
 /// Clients tracked at once, all shards together: about 40 bytes each.
 pub const MAX_CLIENTS: usize = 100_000;
 
+/// How often a full shard is scanned for idle clients: between scans, clients that find no
+/// room are admitted without one (a flood of new addresses costs no scan per request).
+const PURGE_EVERY: Duration = Duration::from_millis(100);
+
 pub struct RateLimiter {
     per_second: f64,
-    shards: Vec<Mutex<HashMap<u128, Bucket>>>,
+    /// Picks a client's shard with a key of this process's own, so that nobody can aim many
+    /// addresses at one shard.
+    shard_of: std::collections::hash_map::RandomState,
+    shards: Vec<Mutex<Shard>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    buckets: HashMap<u128, Bucket>,
+    /// When the shard may next be scanned for idle clients.
+    next_purge: Option<Instant>,
 }
 
 impl std::fmt::Debug for RateLimiter {
@@ -44,7 +60,8 @@ impl RateLimiter {
     pub fn new(per_second: u32) -> Self {
         RateLimiter {
             per_second: f64::from(per_second.max(1)),
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shard_of: std::collections::hash_map::RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
         }
     }
 
@@ -65,29 +82,29 @@ impl RateLimiter {
 
     fn check_at(&self, ip: IpAddr, now: Instant) -> Verdict {
         let key = Self::key(ip);
-        // Low bits of the address spread clients of one network over the shards.
-        let shard = &self.shards[(key as usize ^ (key >> 64) as usize) % SHARDS];
+        let shard = &self.shards[self.shard_of.hash_one(key) as usize % SHARDS];
         // A poisoned shard (a panic while it was held) still holds valid buckets.
-        let mut table = shard.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
         let full = Bucket {
             tokens: self.per_second,
             at: now,
         };
-        let bucket = match table.get_mut(&key) {
-            Some(b) => b,
-            None => {
-                if table.len() >= MAX_CLIENTS / SHARDS {
-                    let rate = self.per_second;
-                    table.retain(|_, b| {
-                        b.tokens + now.duration_since(b.at).as_secs_f64() * rate < rate
-                    });
-                    if table.len() >= MAX_CLIENTS / SHARDS {
-                        return Verdict::Admit;
-                    }
-                }
-                table.entry(key).or_insert(full)
+        let rate = self.per_second;
+        let Shard {
+            buckets,
+            next_purge,
+        } = &mut *shard;
+        if !buckets.contains_key(&key) && buckets.len() >= MAX_CLIENTS / SHARDS {
+            if next_purge.is_some_and(|at| now < at) {
+                return Verdict::Admit;
             }
-        };
+            *next_purge = Some(now + PURGE_EVERY);
+            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < rate);
+            if buckets.len() >= MAX_CLIENTS / SHARDS {
+                return Verdict::Admit;
+            }
+        }
+        let bucket = buckets.entry(key).or_insert(full);
         let refill = now.duration_since(bucket.at).as_secs_f64() * self.per_second;
         bucket.tokens = (bucket.tokens + refill).min(self.per_second);
         bucket.at = now;
@@ -148,7 +165,11 @@ mod tests {
         for i in 0..(MAX_CLIENTS as u32 + 5_000) {
             l.check_at(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()), t);
         }
-        let tracked: usize = l.shards.iter().map(|s| s.lock().unwrap().len()).sum();
+        let tracked: usize = l
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().buckets.len())
+            .sum();
         assert!(tracked <= MAX_CLIENTS, "{tracked}");
         // A second later every bucket has refilled: a new client finds room and is limited.
         let later = t + Duration::from_secs(2);

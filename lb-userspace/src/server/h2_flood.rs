@@ -14,16 +14,19 @@ use tracing::debug;
 
 use crate::metrics::ListenerMetrics;
 
-/// Control frames a connection may send before any allowance (a client's opening SETTINGS,
-/// WINDOW_UPDATE and PRIORITY frames, and bursts of PINGs some clients send).
-const BURST: u64 = 1000;
-/// Control frames allowed per frame of useful work: a request's HEADERS, DATA with a payload
-/// from the client, and DATA with a payload sent to it (a download makes the client send a
-/// WINDOW_UPDATE or two per DATA frame it takes).
-const PER_USEFUL: u64 = 8;
-/// Control frames allowed per second of the connection's life (keep-alive PINGs of a
-/// long-lived idle connection never reach the limit).
-const PER_SECOND: u64 = 100;
+/// Control frames a connection may send in a burst, and the most it can have in hand: a
+/// client's opening SETTINGS, WINDOW_UPDATE and PRIORITY frames, bursts of PINGs some
+/// clients send. Credit never piles up beyond it, however long the connection has lived or
+/// however much it has downloaded.
+const BURST: i64 = 1000;
+/// Control frames allowed per frame of useful work: a request's HEADERS, and DATA of at least
+/// [`USEFUL_DATA`] bytes either way (a download makes the client send a WINDOW_UPDATE or two
+/// per DATA frame it takes; tiny DATA frames a client could provoke earn nothing).
+const PER_USEFUL: i64 = 8;
+const USEFUL_DATA: usize = 1024;
+/// Control frames allowed per second (keep-alive PINGs of a long-lived idle connection never
+/// reach the limit).
+const PER_SECOND: i64 = 100;
 
 const PREFACE_LEN: usize = 24;
 const HEADER_LEN: usize = 9;
@@ -48,11 +51,13 @@ pub struct FrameMeter {
     have: usize,
     payload_left: usize,
     control: [u64; KINDS.len()],
-    control_total: u64,
-    useful: u64,
-    /// The highest stream a request opened: the GOAWAY's last stream.
+    /// Control frames the connection may still send: spent one per control frame, earned
+    /// by work and by time, never above [`BURST`]; below zero is a flood.
+    credit: i64,
+    /// When time was last turned into credit.
+    credited_at: Instant,
+    /// The highest stream a request opened.
     last_stream: u32,
-    started: Instant,
 }
 
 /// A frame header as it appears on the wire.
@@ -83,10 +88,9 @@ impl FrameMeter {
             have: 0,
             payload_left: 0,
             control: [0; KINDS.len()],
-            control_total: 0,
-            useful: 0,
+            credit: BURST,
+            credited_at: Instant::now(),
             last_stream: 0,
-            started: Instant::now(),
         }
     }
 
@@ -137,29 +141,45 @@ impl FrameMeter {
             match kind {
                 Some(k) => {
                     m.control[k] += 1;
-                    m.control_total += 1;
+                    m.credit -= 1;
+                    if m.credit < 0 {
+                        m.credit_time();
+                    }
                 }
-                None if h.kind == 1 || (h.kind == 0 && h.len > 0) => m.useful += 1,
+                None if h.kind == 1 || (h.kind == 0 && h.len >= USEFUL_DATA) => m.earn(),
                 None => {}
             }
         });
     }
 
+    fn earn(&mut self) {
+        self.credit = (self.credit + PER_USEFUL).min(BURST);
+    }
+
+    /// Turns the time since it was last done into credit (looked at only when credit runs
+    /// out, so not a clock read per frame).
+    fn credit_time(&mut self) {
+        let now = Instant::now();
+        let ms = now.duration_since(self.credited_at).as_millis();
+        let earned = i64::try_from(ms.saturating_mul(PER_SECOND as u128) / 1000).unwrap_or(BURST);
+        if earned > 0 {
+            self.credit = self.credit.saturating_add(earned).min(BURST);
+            self.credited_at = now;
+        }
+    }
+
     /// Bytes written to the client.
     pub fn sent(&mut self, bytes: &[u8]) {
         self.feed(bytes, |m, h| {
-            if h.kind == 0 && h.len > 0 {
-                m.useful += 1;
+            if h.kind == 0 && h.len >= USEFUL_DATA {
+                m.earn();
             }
         });
     }
 
     /// Whether the client's control frames have outrun its allowance.
     pub fn flooding(&self) -> bool {
-        let earned = BURST.saturating_add(self.useful.saturating_mul(PER_USEFUL));
-        self.control_total > earned
-            && self.control_total
-                > earned.saturating_add(self.started.elapsed().as_secs() * PER_SECOND)
+        self.credit < 0
     }
 
     /// The control frame type sent most.
@@ -173,11 +193,11 @@ impl FrameMeter {
         KINDS[i]
     }
 
-    /// GOAWAY (last stream, ENHANCE_YOUR_CALM), as written on the wire.
-    fn goaway(&self) -> Vec<u8> {
+    /// GOAWAY (`last_stream`, ENHANCE_YOUR_CALM), as written on the wire.
+    fn goaway(last_stream: u32) -> Vec<u8> {
         const ENHANCE_YOUR_CALM: u32 = 0xb;
         let mut f = vec![0, 0, 8, 7, 0, 0, 0, 0, 0];
-        f.extend_from_slice(&self.last_stream.to_be_bytes());
+        f.extend_from_slice(&last_stream.to_be_bytes());
         f.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
         f
     }
@@ -191,6 +211,8 @@ pub struct FloodGuard<S> {
     inbound: FrameMeter,
     outbound: FrameMeter,
     closing: Option<Closing>,
+    /// The highest request stream h2 has been handed: the GOAWAY's last stream.
+    delivered_last_stream: u32,
     metrics: ListenerMetrics,
     peer: std::net::SocketAddr,
 }
@@ -210,6 +232,7 @@ impl<S> FloodGuard<S> {
             inbound: FrameMeter::new(true),
             outbound: FrameMeter::new(false),
             closing: None,
+            delivered_last_stream: 0,
             metrics,
             peer,
         }
@@ -269,13 +292,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<S> {
                 // followed by the GOAWAY: the stream is only closed then.
                 let between_frames = this.outbound.have == 0 && this.outbound.payload_left == 0;
                 this.closing = Some(if between_frames {
-                    Closing::Goaway(this.inbound.goaway(), 0)
+                    Closing::Goaway(FrameMeter::goaway(this.delivered_last_stream), 0)
                 } else {
                     Closing::Shutdown
                 });
                 let _ = ready!(this.poll_close(cx));
                 return Poll::Ready(Ok(()));
             }
+            this.delivered_last_stream = this.inbound.last_stream;
         }
         polled
     }
@@ -370,28 +394,54 @@ mod tests {
                 m.received(piece);
             }
             assert_eq!(m.control, [1, 0, 0, 1, 1, 1, 0, 1], "chunks of {chunk}");
-            assert_eq!(m.useful, 3, "chunks of {chunk}");
+            // Four control frames spent, two requests earned (the 100-byte DATA is too
+            // small to count), within the cap.
+            assert_eq!(m.credit, BURST, "chunks of {chunk}");
             assert_eq!(m.last_stream, 7);
         }
     }
 
     #[test]
     fn a_flood_is_found_after_its_allowance_and_work_earns_more() {
+        // Past the burst by more than the time a test run could earn (100 a second).
+        const PAST: i64 = BURST + 300;
         let ping = frame(6, 0, 0, 8);
         let mut m = FrameMeter::new(false);
         for _ in 0..BURST {
             m.received(&ping);
         }
         assert!(!m.flooding());
-        m.received(&ping);
+        for _ in BURST..PAST {
+            m.received(&ping);
+        }
         assert!(m.flooding());
         assert_eq!(m.most_sent(), "ping");
+
+        // Credit does not pile up: a long download leaves at most one burst in hand.
+        let mut m = FrameMeter::new(false);
+        let big = frame(0, 0, 1, 16_384);
+        for _ in 0..100_000 {
+            m.sent(&big);
+        }
+        for _ in 0..PAST {
+            m.received(&ping);
+        }
+        assert!(m.flooding());
+
+        // Tiny DATA frames earn nothing.
+        let mut m = FrameMeter::new(false);
+        let tiny = frame(0, 0, 1, 1);
+        for _ in 0..PAST {
+            m.sent(&tiny);
+            m.received(&ping);
+        }
+        assert!(m.flooding());
 
         // Data sent to the client earns WINDOW_UPDATEs: a download is not a flood.
         let mut m = FrameMeter::new(false);
         let update = frame(8, 0, 1, 4);
         for _ in 0..10_000 {
-            m.sent(&frame(0, 0, 1, 16_384));
+            m.sent(&big);
             m.received(&update);
             m.received(&update);
         }
@@ -400,10 +450,8 @@ mod tests {
 
     #[test]
     fn goaway_names_the_last_request_and_enhance_your_calm() {
-        let mut m = FrameMeter::new(false);
-        m.received(&frame(1, 0x5, 9, 4));
         assert_eq!(
-            m.goaway(),
+            FrameMeter::goaway(9),
             [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0xb]
         );
     }

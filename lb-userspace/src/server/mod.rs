@@ -10,6 +10,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -392,6 +393,9 @@ where
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
+        // The request and idle timeouts are edgelb's own (`drive`); hyper's default 30 s
+        // header timeout would otherwise also close idle connections at 30 s.
+        .header_read_timeout(None)
         .max_buf_size(MAX_REQUEST_HEAD)
         .keep_alive(!timeouts.idle.is_zero());
     let connection = builder
@@ -484,26 +488,41 @@ async fn drive<C: ServerConnection + Unpin>(
 ) -> Option<C> {
     let mut watch = std::pin::pin!(watch_deadlines(activity, timeouts, http1, park_after));
     let mut stop = ctx.stop.clone();
-    let mut parking = false;
     loop {
         tokio::select! {
             result = &mut connection => {
-                if let Err(e) = &result {
+                if let Err(e) = result {
                     debug!(client = %peer, error = %e, "connection ended with an error");
                 }
-                return (parking && result.is_ok()).then_some(connection);
+                return None;
             }
             why = &mut watch => {
                 let why = match why {
                     Watch::Park => {
                         // hyper closes an idle connection at once when asked to shut down
-                        // (with its stream's closing ignored, see `park`); one still
-                        // finishing a response is let go of when it has.
-                        parking = true;
+                        // (its stream's closing ignored, see `park`): parked. One that is
+                        // not idle (a request's head half read, a response still being
+                        // written) has only had keep-alive turned off, and may already have
+                        // told the client so: it ends as any other, not parked.
                         activity.set_parking(true);
                         Pin::new(&mut connection).graceful_shutdown();
-                        watch.set(watch_deadlines(activity, timeouts, http1, None));
-                        continue;
+                        let first = std::future::poll_fn(|cx| {
+                            Poll::Ready(Pin::new(&mut connection).poll(cx))
+                        })
+                        .await;
+                        match first {
+                            Poll::Ready(Ok(())) => return Some(connection),
+                            Poll::Ready(Err(e)) => {
+                                activity.set_parking(false);
+                                debug!(client = %peer, error = %e, "connection ended with an error");
+                                return None;
+                            }
+                            Poll::Pending => {
+                                activity.set_parking(false);
+                                watch.set(watch_deadlines(activity, timeouts, http1, None));
+                                continue;
+                            }
+                        }
                     }
                     Watch::Expired(why) => why,
                 };

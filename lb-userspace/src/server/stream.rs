@@ -34,10 +34,19 @@ impl<S> ClientStream<S> {
         }
     }
 
-    /// Keeps bytes a hyper connection read and did not use, for the next one. Copied: the
-    /// slice hyper returns holds on to its whole read buffer.
+    /// Keeps bytes a hyper connection read and did not use, for the next one, ahead of any
+    /// kept bytes it never got to read. Copied: the slice hyper returns holds on to its whole
+    /// read buffer. Kept bytes are a request arriving: its timeout applies.
     pub fn keep_unread(&mut self, bytes: &[u8]) {
-        self.unread = Bytes::copy_from_slice(bytes);
+        if !bytes.is_empty() {
+            let mut kept = Vec::with_capacity(bytes.len() + self.unread.len());
+            kept.extend_from_slice(bytes);
+            kept.extend_from_slice(&self.unread);
+            self.unread = Bytes::from(kept);
+        }
+        if !self.unread.is_empty() {
+            self.activity.bytes_read();
+        }
     }
 }
 
