@@ -659,7 +659,10 @@ async fn control_frame_floods_end_with_goaway_enhance_your_calm() {
 }
 
 /// A client that downloads a lot over HTTP/2 sends a WINDOW_UPDATE or two for every DATA
-/// frame it takes: that is not a flood (curl, 32 MiB, one request).
+/// frame it takes: that is not a flood. curl (32 MiB, few updates: its windows are large),
+/// then the most cautious client: 64 KiB windows and a WINDOW_UPDATE for the stream and one
+/// for the connection after every DATA frame (the same 32 MiB: over 4,000 updates, so
+/// only the credit the server's DATA frames earn lets it through).
 #[tokio::test]
 async fn a_large_http2_download_is_not_taken_for_a_flood() {
     let s = Setup::new();
@@ -684,6 +687,52 @@ async fn a_large_http2_download_is_not_taken_for_a_flood() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+
+    let mut c = Raw::connect(addr, &s, false, None).await;
+    let mut r = c.r.take().expect("reader");
+    let id = c.stream();
+    c.send(&header_frames(id, &request("GET", "/", &[]), true))
+        .await
+        .expect("request");
+    let (mut received, mut updates) = (0usize, 0usize);
+    let mut head = [0u8; 9];
+    let mut payload = Vec::new();
+    let done = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            r.read_exact(&mut head).await.expect("frame header");
+            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+            let (kind, flags) = (head[3], head[4]);
+            payload.resize(len, 0);
+            r.read_exact(&mut payload).await.expect("frame payload");
+            match kind {
+                SETTINGS if flags & ACK == 0 => {
+                    c.send(&frame(SETTINGS, ACK, 0, &[])).await.expect("ack");
+                }
+                GOAWAY => {
+                    panic!("GOAWAY after {received} bytes and {updates} updates: {payload:?}")
+                }
+                DATA => {
+                    received += len;
+                    if len > 0 {
+                        let inc = (len as u32).to_be_bytes();
+                        let mut both = frame(WINDOW_UPDATE, 0, 0, &inc);
+                        both.extend(frame(WINDOW_UPDATE, 0, id, &inc));
+                        c.send(&both).await.expect("window updates");
+                        updates += 2;
+                    }
+                    if flags & END_STREAM != 0 {
+                        return;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(done.is_ok(), "{received} bytes in 60 s");
+    eprintln!("cautious client: {received} bytes, {updates} WINDOW_UPDATEs sent");
+    assert_eq!(received, SIZE);
+    assert!(updates > 4_000, "{updates}");
 }
 
 #[tokio::test]

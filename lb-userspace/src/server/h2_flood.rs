@@ -43,13 +43,13 @@ const KINDS: [&str; 8] = [
     "unknown",
 ];
 
-/// Reads a stream of HTTP/2 frames a piece at a time (headers split anywhere) and keeps the
-/// counts the flood rule needs.
+/// The client's frame budget on one connection, fed both ways: control frames from the
+/// client spend it, work either way earns it.
 pub struct FrameMeter {
-    preface_left: usize,
-    header: [u8; HEADER_LEN],
-    have: usize,
-    payload_left: usize,
+    /// What the client sends (starting with the connection preface).
+    rx: FrameStream,
+    /// What the server sends.
+    tx: FrameStream,
     control: [u64; KINDS.len()],
     /// Control frames the connection may still send: spent one per control frame, earned
     /// by work and by time, never above [`BURST`]; below zero is a flood.
@@ -58,6 +58,15 @@ pub struct FrameMeter {
     credited_at: Instant,
     /// The highest stream a request opened.
     last_stream: u32,
+}
+
+/// One direction's bytes cut into frames, a piece at a time (headers split anywhere).
+#[derive(Default)]
+struct FrameStream {
+    preface_left: usize,
+    header: [u8; HEADER_LEN],
+    have: usize,
+    payload_left: usize,
 }
 
 /// A frame header as it appears on the wire.
@@ -79,23 +88,9 @@ impl Header {
     }
 }
 
-impl FrameMeter {
-    /// `preface`: the stream starts with the client connection preface.
-    pub fn new(preface: bool) -> Self {
-        FrameMeter {
-            preface_left: if preface { PREFACE_LEN } else { 0 },
-            header: [0; HEADER_LEN],
-            have: 0,
-            payload_left: 0,
-            control: [0; KINDS.len()],
-            credit: BURST,
-            credited_at: Instant::now(),
-            last_stream: 0,
-        }
-    }
-
-    /// Feeds the next bytes of the stream; calls `frame` with each header once complete.
-    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(&mut Self, Header)) {
+impl FrameStream {
+    /// Feeds the next bytes; calls `frame` with each header once complete.
+    fn feed(&mut self, mut bytes: &[u8], mut frame: impl FnMut(Header)) {
         while !bytes.is_empty() {
             if self.preface_left > 0 {
                 let n = self.preface_left.min(bytes.len());
@@ -114,42 +109,75 @@ impl FrameMeter {
                     self.have = 0;
                     let header = Header::parse(&self.header);
                     self.payload_left = header.len;
-                    frame(self, header);
+                    frame(header);
                 }
             }
         }
     }
 
+    /// Whether the stream is at a frame boundary (nothing of a frame half fed).
+    fn between_frames(&self) -> bool {
+        self.have == 0 && self.payload_left == 0
+    }
+}
+
+impl Default for FrameMeter {
+    fn default() -> Self {
+        FrameMeter {
+            rx: FrameStream {
+                preface_left: PREFACE_LEN,
+                ..FrameStream::default()
+            },
+            tx: FrameStream::default(),
+            control: [0; KINDS.len()],
+            credit: BURST,
+            credited_at: Instant::now(),
+            last_stream: 0,
+        }
+    }
+}
+
+impl FrameMeter {
     /// Bytes the client sent.
     pub fn received(&mut self, bytes: &[u8]) {
-        self.feed(bytes, |m, h| {
-            const END_STREAM: u8 = 0x1;
-            let kind = match h.kind {
-                0 if h.len == 0 && h.flags & END_STREAM == 0 => Some(0),
-                0 => None,
-                1 => {
-                    m.last_stream = m.last_stream.max(h.stream);
-                    None
-                }
-                2..=4 => Some(usize::from(h.kind) - 1),
-                6 => Some(4),
-                8 => Some(5),
-                9 if h.len == 0 => Some(6),
-                5 | 7 | 9 => None,
-                _ => Some(7),
-            };
-            match kind {
-                Some(k) => {
-                    m.control[k] += 1;
-                    m.credit -= 1;
-                    if m.credit < 0 {
-                        m.credit_time();
-                    }
-                }
-                None if h.kind == 1 || (h.kind == 0 && h.len >= USEFUL_DATA) => m.earn(),
-                None => {}
+        let mut rx = std::mem::take(&mut self.rx);
+        rx.feed(bytes, |h| self.client_frame(&h));
+        self.rx = rx;
+    }
+
+    fn client_frame(&mut self, h: &Header) {
+        const END_STREAM: u8 = 0x1;
+        let control = match h.kind {
+            1 => {
+                self.last_stream = self.last_stream.max(h.stream);
+                self.earn();
+                return;
             }
-        });
+            0 if h.len == 0 && h.flags & END_STREAM == 0 => 0,
+            0 => return self.data(h),
+            2..=4 => usize::from(h.kind) - 1,
+            6 => 4,
+            8 => 5,
+            9 if h.len == 0 => 6,
+            5 | 7 | 9 => return,
+            _ => 7,
+        };
+        self.control[control] += 1;
+        if self.credit == BURST {
+            // Time earns credit only while credit is short of the cap.
+            self.credited_at = Instant::now();
+        }
+        self.credit -= 1;
+        if self.credit < 0 {
+            self.credit_time();
+        }
+    }
+
+    /// A DATA frame either way: work, if it carries enough.
+    fn data(&mut self, h: &Header) {
+        if h.len >= USEFUL_DATA {
+            self.earn();
+        }
     }
 
     fn earn(&mut self) {
@@ -170,11 +198,13 @@ impl FrameMeter {
 
     /// Bytes written to the client.
     pub fn sent(&mut self, bytes: &[u8]) {
-        self.feed(bytes, |m, h| {
-            if h.kind == 0 && h.len >= USEFUL_DATA {
-                m.earn();
+        let mut tx = std::mem::take(&mut self.tx);
+        tx.feed(bytes, |h| {
+            if h.kind == 0 {
+                self.data(&h);
             }
         });
+        self.tx = tx;
     }
 
     /// Whether the client's control frames have outrun its allowance.
@@ -208,8 +238,7 @@ impl FrameMeter {
 /// stream, which ends the connection; the flood's last bytes are not handed to h2.
 pub struct FloodGuard<S> {
     inner: S,
-    inbound: FrameMeter,
-    outbound: FrameMeter,
+    meter: FrameMeter,
     closing: Option<Closing>,
     /// The highest request stream h2 has been handed: the GOAWAY's last stream.
     delivered_last_stream: u32,
@@ -229,8 +258,7 @@ impl<S> FloodGuard<S> {
     pub fn new(inner: S, metrics: ListenerMetrics, peer: std::net::SocketAddr) -> Self {
         FloodGuard {
             inner,
-            inbound: FrameMeter::new(true),
-            outbound: FrameMeter::new(false),
+            meter: FrameMeter::default(),
             closing: None,
             delivered_last_stream: 0,
             metrics,
@@ -282,16 +310,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            this.inbound.received(&buf.filled()[before..]);
-            if this.inbound.flooding() {
-                let frame = this.inbound.most_sent();
+            this.meter.received(&buf.filled()[before..]);
+            if this.meter.flooding() {
+                let frame = this.meter.most_sent();
                 debug!(client = %this.peer, frame, "HTTP/2 control-frame flood: GOAWAY ENHANCE_YOUR_CALM");
                 this.metrics.h2_flood(frame);
                 buf.set_filled(before);
                 // A frame of h2's half written (the client stopped reading) cannot be
                 // followed by the GOAWAY: the stream is only closed then.
-                let between_frames = this.outbound.have == 0 && this.outbound.payload_left == 0;
-                this.closing = Some(if between_frames {
+                this.closing = Some(if this.meter.tx.between_frames() {
                     Closing::Goaway(FrameMeter::goaway(this.delivered_last_stream), 0)
                 } else {
                     Closing::Shutdown
@@ -299,7 +326,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for FloodGuard<S> {
                 let _ = ready!(this.poll_close(cx));
                 return Poll::Ready(Ok(()));
             }
-            this.delivered_last_stream = this.inbound.last_stream;
+            this.delivered_last_stream = this.meter.last_stream;
         }
         polled
     }
@@ -316,7 +343,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FloodGuard<S> {
         }
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = polled {
-            self.outbound.sent(&buf[..n]);
+            self.meter.sent(&buf[..n]);
         }
         polled
     }
@@ -333,7 +360,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for FloodGuard<S> {
         if let Poll::Ready(Ok(mut n)) = polled {
             for b in bufs {
                 let k = n.min(b.len());
-                self.outbound.sent(&b[..k]);
+                self.meter.sent(&b[..k]);
                 n -= k;
                 if n == 0 {
                     break;
@@ -376,6 +403,12 @@ mod tests {
 
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+    fn past_preface() -> FrameMeter {
+        let mut m = FrameMeter::default();
+        m.received(PREFACE);
+        m
+    }
+
     #[test]
     fn frames_are_counted_however_the_bytes_are_split() {
         let mut wire = PREFACE.to_vec();
@@ -389,7 +422,7 @@ mod tests {
         wire.extend(frame(0x20, 0, 0, 3)); // unknown type
         wire.extend(frame(1, 0x5, 7, 20)); // HEADERS, another request
         for chunk in [1, 2, 5, 9, 10, 24, 33, wire.len()] {
-            let mut m = FrameMeter::new(true);
+            let mut m = FrameMeter::default();
             for piece in wire.chunks(chunk) {
                 m.received(piece);
             }
@@ -406,7 +439,7 @@ mod tests {
         // Past the burst by more than the time a test run could earn (100 a second).
         const PAST: i64 = BURST + 300;
         let ping = frame(6, 0, 0, 8);
-        let mut m = FrameMeter::new(false);
+        let mut m = past_preface();
         for _ in 0..BURST {
             m.received(&ping);
         }
@@ -418,7 +451,7 @@ mod tests {
         assert_eq!(m.most_sent(), "ping");
 
         // Credit does not pile up: a long download leaves at most one burst in hand.
-        let mut m = FrameMeter::new(false);
+        let mut m = past_preface();
         let big = frame(0, 0, 1, 16_384);
         for _ in 0..100_000 {
             m.sent(&big);
@@ -429,7 +462,7 @@ mod tests {
         assert!(m.flooding());
 
         // Tiny DATA frames earn nothing.
-        let mut m = FrameMeter::new(false);
+        let mut m = past_preface();
         let tiny = frame(0, 0, 1, 1);
         for _ in 0..PAST {
             m.sent(&tiny);
@@ -438,7 +471,7 @@ mod tests {
         assert!(m.flooding());
 
         // Data sent to the client earns WINDOW_UPDATEs: a download is not a flood.
-        let mut m = FrameMeter::new(false);
+        let mut m = past_preface();
         let update = frame(8, 0, 1, 4);
         for _ in 0..10_000 {
             m.sent(&big);
