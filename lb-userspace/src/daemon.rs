@@ -521,9 +521,8 @@ fn reload(
     Ok(node.reload(fresh, dataplane, hops)?)
 }
 
-/// Copies backend health into the metrics and XDP counters into the status view. Without a
-/// data plane argument the counters are kept from the last tick until the next one.
-/// The announced-listener addresses of `node` that `fresh` has no listener on.
+/// The addresses of `node`'s listeners that `fresh` has no listener on (those announced are
+/// withdrawn before the reload that drops them).
 fn dropped_addresses(node: &Node, fresh: &Config) -> BTreeSet<std::net::IpAddr> {
     node.listeners
         .iter()
@@ -544,6 +543,8 @@ fn show_etcd(state: &AdminState, view: Option<&EtcdView>) {
     state.view.lock().unwrap_or_else(|p| p.into_inner()).etcd = view.cloned();
 }
 
+/// Copies backend health into the metrics and XDP counters into the status view. Without a
+/// data plane argument the counters are kept from the last tick until the next one.
 fn refresh_status(
     state: &AdminState,
     node: &Node,

@@ -1,5 +1,6 @@
-//! `--rate-limit-requests` (and a rule's `rate-limit`): requests per second per client, a token bucket per client address
-//! (IPv6 clients by their /64, which one host usually holds whole), shared by the listener's
+//! `--rate-limit-requests` (and a rule's `rate-limit`): requests per second per client, a
+//! token bucket per client address (IPv6 clients by their /64, which one host usually holds
+//! whole), shared by the listener's
 //! workers. The table is bounded: when it is full, buckets that have refilled (clients idle
 //! for a second or more, the same as absent) make room; a client that finds no room is not
 //! limited, rather than a legitimate client being refused for others' addresses. A request
@@ -40,20 +41,21 @@ impl std::fmt::Debug for RateLimiter {
     }
 }
 
+/// A refused client may come back after this many seconds: at 1 request per second or more,
+/// a token is never further away.
+pub const RETRY_AFTER_SECS: u64 = 1;
+
 #[derive(Clone, Copy)]
 struct Bucket {
     tokens: f64,
     at: Instant,
 }
 
-/// What the limiter says of one request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    Admit,
-    /// Over the limit: seconds until the client's next request would be admitted.
-    Refuse {
-        retry_after: u64,
-    },
+impl Bucket {
+    /// The tokens the bucket holds at `now`, refilled at `rate` a second up to `rate`.
+    fn tokens_at(&self, now: Instant, rate: f64) -> f64 {
+        (self.tokens + now.duration_since(self.at).as_secs_f64() * rate).min(rate)
+    }
 }
 
 impl RateLimiter {
@@ -76,19 +78,16 @@ impl RateLimiter {
         }
     }
 
-    pub fn check(&self, ip: IpAddr) -> Verdict {
-        self.check_at(ip, Instant::now())
+    /// Whether the client at `ip` may make a request now (taking a token if so).
+    pub fn admit(&self, ip: IpAddr) -> bool {
+        self.admit_at(ip, Instant::now())
     }
 
-    fn check_at(&self, ip: IpAddr, now: Instant) -> Verdict {
+    fn admit_at(&self, ip: IpAddr, now: Instant) -> bool {
         let key = Self::key(ip);
         let shard = &self.shards[self.shard_of.hash_one(key) as usize % SHARDS];
         // A poisoned shard (a panic while it was held) still holds valid buckets.
         let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let full = Bucket {
-            tokens: self.per_second,
-            at: now,
-        };
         let rate = self.per_second;
         let Shard {
             buckets,
@@ -96,27 +95,26 @@ impl RateLimiter {
         } = &mut *shard;
         if !buckets.contains_key(&key) && buckets.len() >= MAX_CLIENTS / SHARDS {
             if next_purge.is_some_and(|at| now < at) {
-                return Verdict::Admit;
+                return true;
             }
             *next_purge = Some(now + PURGE_EVERY);
-            buckets.retain(|_, b| b.tokens + now.duration_since(b.at).as_secs_f64() * rate < rate);
+            // A full bucket is as good as none.
+            buckets.retain(|_, b| b.tokens_at(now, rate) < rate);
             if buckets.len() >= MAX_CLIENTS / SHARDS {
-                return Verdict::Admit;
+                return true;
             }
         }
-        let bucket = buckets.entry(key).or_insert(full);
-        let refill = now.duration_since(bucket.at).as_secs_f64() * self.per_second;
-        bucket.tokens = (bucket.tokens + refill).min(self.per_second);
+        let bucket = buckets.entry(key).or_insert(Bucket {
+            tokens: rate,
+            at: now,
+        });
+        bucket.tokens = bucket.tokens_at(now, rate);
         bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Verdict::Admit
-        } else {
-            let wait = (1.0 - bucket.tokens) / self.per_second;
-            Verdict::Refuse {
-                retry_after: wait.ceil().max(1.0) as u64,
-            }
+        if bucket.tokens < 1.0 {
+            return false;
         }
+        bucket.tokens -= 1.0;
+        true
     }
 }
 
@@ -132,14 +130,14 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().unwrap();
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         for _ in 0..3 {
-            assert_eq!(l.check_at(a, t), Verdict::Admit);
+            assert!(l.admit_at(a, t));
         }
-        assert_eq!(l.check_at(a, t), Verdict::Refuse { retry_after: 1 });
-        assert_eq!(l.check_at(b, t), Verdict::Admit);
+        assert!(!l.admit_at(a, t));
+        assert!(l.admit_at(b, t));
         // A third of a second gives one request back.
         let later = t + Duration::from_millis(340);
-        assert_eq!(l.check_at(a, later), Verdict::Admit);
-        assert_eq!(l.check_at(a, later), Verdict::Refuse { retry_after: 1 });
+        assert!(l.admit_at(a, later));
+        assert!(!l.admit_at(a, later));
     }
 
     #[test]
@@ -149,13 +147,13 @@ mod tests {
         let one: IpAddr = "fd00:1:2:3::1".parse().unwrap();
         let same64: IpAddr = "fd00:1:2:3:ffff::9".parse().unwrap();
         let other64: IpAddr = "fd00:1:2:4::1".parse().unwrap();
-        assert_eq!(l.check_at(one, t), Verdict::Admit);
-        assert!(matches!(l.check_at(same64, t), Verdict::Refuse { .. }));
-        assert_eq!(l.check_at(other64, t), Verdict::Admit);
+        assert!(l.admit_at(one, t));
+        assert!(!l.admit_at(same64, t));
+        assert!(l.admit_at(other64, t));
         let v4: IpAddr = "10.1.1.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:10.1.1.1".parse().unwrap();
-        assert_eq!(l.check_at(v4, t), Verdict::Admit);
-        assert!(matches!(l.check_at(mapped, t), Verdict::Refuse { .. }));
+        assert!(l.admit_at(v4, t));
+        assert!(!l.admit_at(mapped, t));
     }
 
     #[test]
@@ -163,7 +161,7 @@ mod tests {
         let l = RateLimiter::new(1);
         let t = Instant::now();
         for i in 0..(MAX_CLIENTS as u32 + 5_000) {
-            l.check_at(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()), t);
+            l.admit_at(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()), t);
         }
         let tracked: usize = l
             .shards
@@ -174,7 +172,7 @@ mod tests {
         // A second later every bucket has refilled: a new client finds room and is limited.
         let later = t + Duration::from_secs(2);
         let new: IpAddr = "10.255.0.1".parse().unwrap();
-        assert_eq!(l.check_at(new, later), Verdict::Admit);
-        assert!(matches!(l.check_at(new, later), Verdict::Refuse { .. }));
+        assert!(l.admit_at(new, later));
+        assert!(!l.admit_at(new, later));
     }
 }

@@ -270,3 +270,22 @@ pub async fn get_many(
     }
     Ok(bodies)
 }
+
+/// Reads from `tls` until `n` whole HTTP/1.1 responses have arrived, the connection ends, or
+/// 10 s pass: their statuses (at most `n`) and everything read, as text.
+pub async fn read_responses(tls: &mut TlsStream<TcpStream>, n: usize) -> (Vec<u16>, String) {
+    use tokio::io::AsyncReadExt;
+    let mut all = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (statuses, _, _) = crate::raw::split_at_most(&all, n);
+        if statuses.len() == n {
+            return (statuses, String::from_utf8_lossy(&all).into_owned());
+        }
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Ok(Ok(k)) if k > 0 => all.extend_from_slice(&buf[..k]),
+            _ => return (statuses, String::from_utf8_lossy(&all).into_owned()),
+        }
+    }
+}

@@ -49,6 +49,21 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// A TLS connection to the listener at `addr` trusting the test CA, offering only
+    /// HTTP/1.1, for raw requests.
+    pub async fn connect_h1(
+        &self,
+        addr: SocketAddr,
+    ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+        let mut opts = crate::https::ClientOpts::new(&self.ca.cert_pem);
+        opts.alpn = &[b"http/1.1"];
+        crate::https::connect(addr, SERVER_NAME, opts.config())
+            .await
+            .expect("connect")
+    }
+}
+
 impl Default for Setup {
     fn default() -> Self {
         Self::new()

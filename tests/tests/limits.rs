@@ -150,27 +150,11 @@ async fn pipelined(
     path: &str,
     n: usize,
 ) -> (Vec<u16>, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut opts = ClientOpts::new(&s.ca.cert_pem);
-    opts.alpn = &[b"http/1.1"];
-    let mut tls = https::connect(addr, SERVER_NAME, opts.config())
-        .await
-        .expect("connect");
+    use tokio::io::AsyncWriteExt;
+    let mut tls = s.connect_h1(addr).await;
     let requests = format!("GET {path} HTTP/1.1\r\nhost: edgelb.test\r\n\r\n").repeat(n);
     tls.write_all(requests.as_bytes()).await.expect("requests");
-    let mut all = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (statuses, _, _) = edgelb_tests::raw::split_responses(&all);
-        if statuses.len() >= n {
-            return (statuses, String::from_utf8_lossy(&all).into_owned());
-        }
-        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
-            Ok(Ok(k)) if k > 0 => all.extend_from_slice(&buf[..k]),
-            _ => return (statuses, String::from_utf8_lossy(&all).into_owned()),
-        }
-    }
+    https::read_responses(&mut tls, n).await
 }
 
 /// A rule's `rate-limit`: the requests it matches are limited per client, the others not.

@@ -2,26 +2,17 @@
 //! stops reading a large response, and hundreds of idle keep-alive connections (closed at the
 //! idle timeout, and parked before it). The daemon's RSS and descriptors are sampled
 //! throughout and the peaks printed.
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use edgelb_tests::admin;
 use edgelb_tests::backend::{Backend, big_backend};
-use edgelb_tests::https::{self, ClientOpts};
-use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
+use edgelb_tests::https;
+use edgelb_tests::listener::{Setup, free_addr};
 use edgelb_tests::peaks::Peaks;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-
-async fn h1(s: &Setup, addr: SocketAddr) -> TlsStream<TcpStream> {
-    let mut opts = ClientOpts::new(&s.ca.cert_pem);
-    opts.alpn = &[b"http/1.1"];
-    https::connect(addr, SERVER_NAME, opts.config())
-        .await
-        .expect("connect")
-}
 
 /// Reads until EOF or an error; what was read, and whether it ended within `within`.
 async fn read_to_end(tls: &mut TlsStream<TcpStream>, within: Duration) -> (String, bool) {
@@ -54,7 +45,7 @@ async fn a_request_body_that_stalls_or_trickles_is_cut() {
     let head = b"POST /echo HTTP/1.1\r\nhost: edgelb.test\r\ncontent-length: 100\r\n\r\n";
 
     // One byte of the body, then nothing.
-    let mut tls = h1(&s, addr).await;
+    let mut tls = s.connect_h1(addr).await;
     tls.write_all(head).await.expect("head");
     tls.write_all(b"x").await.expect("byte");
     let started = Instant::now();
@@ -68,7 +59,7 @@ async fn a_request_body_that_stalls_or_trickles_is_cut() {
     assert!(status.starts_with("HTTP/1.1 408"), "{answer}");
 
     // A byte every 500 ms: each gap is shorter than the 2 s request timeout.
-    let mut tls = h1(&s, addr).await;
+    let mut tls = s.connect_h1(addr).await;
     tls.write_all(head).await.expect("head");
     let started = Instant::now();
     let mut sent = 0;
@@ -126,7 +117,7 @@ async fn an_http1_client_that_stops_reading_a_large_response_is_cut() {
     let started = Instant::now();
     // Ten clients ask for 256 MiB each and read nothing.
     for _ in 0..10 {
-        let mut tls = h1(&s, addr).await;
+        let mut tls = s.connect_h1(addr).await;
         tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n")
             .await
             .expect("request");
@@ -173,7 +164,7 @@ async fn hundreds_of_idle_keep_alive_connections_close_at_the_idle_timeout() {
     let mut open = Vec::new();
     let mut buf = vec![0u8; 4096];
     for _ in 0..N {
-        let mut tls = h1(&s, addr).await;
+        let mut tls = s.connect_h1(addr).await;
         tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n")
             .await
             .expect("request");
@@ -213,26 +204,6 @@ async fn hundreds_of_idle_keep_alive_connections_close_at_the_idle_timeout() {
     );
 }
 
-/// Reads from `tls` until `n` whole responses have arrived (or 10 s pass): their statuses and
-/// everything read, as text.
-async fn responses(tls: &mut TlsStream<TcpStream>, n: usize) -> (Vec<u16>, String) {
-    let mut all = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (statuses, _, _) = edgelb_tests::raw::split_at_most(&all, n);
-        if statuses.len() == n {
-            return (statuses, String::from_utf8_lossy(&all).into_owned());
-        }
-        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
-            Ok(Ok(0) | Err(_)) | Err(_) => {
-                return (statuses, String::from_utf8_lossy(&all).into_owned());
-            }
-            Ok(Ok(k)) => all.extend_from_slice(&buf[..k]),
-        }
-    }
-}
-
 /// Waits up to 5 s for the listener's parked-connections gauge to read `want`; what it read.
 async fn parked(admin: &str, want: usize) -> Option<f64> {
     let series = "edgelb_parked_connections{listener=\"listener-1\"}";
@@ -259,11 +230,11 @@ async fn idle_keep_alive_connections_park_and_take_up_their_next_request() {
     const N: usize = 20;
     let mut conns = Vec::new();
     for _ in 0..N {
-        let mut tls = h1(&s, addr).await;
+        let mut tls = s.connect_h1(addr).await;
         tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n")
             .await
             .expect("request");
-        assert_eq!(responses(&mut tls, 1).await.0, [200]);
+        assert_eq!(https::read_responses(&mut tls, 1).await.0, [200]);
         conns.push(tls);
     }
     assert_eq!(
@@ -283,7 +254,7 @@ async fn idle_keep_alive_connections_park_and_take_up_their_next_request() {
         .write_all(b"x-split: second-half\r\n\r\n")
         .await
         .expect("second half");
-    let (status, text) = responses(split, 1).await;
+    let (status, text) = https::read_responses(split, 1).await;
     assert_eq!(status, [200], "{text}");
     assert!(text.contains("x-split: second-half"), "{text}");
 
@@ -295,7 +266,7 @@ async fn idle_keep_alive_connections_park_and_take_up_their_next_request() {
         )
         .await
         .expect("pipelined");
-    assert_eq!(responses(pipelined, 2).await.0, [201, 202]);
+    assert_eq!(https::read_responses(pipelined, 2).await.0, [201, 202]);
 
     // A request with a body larger than the wake-up read.
     let post = &mut conns[2];
@@ -304,7 +275,7 @@ async fn idle_keep_alive_connections_park_and_take_up_their_next_request() {
         b"POST /echo HTTP/1.1\r\nhost: edgelb.test\r\ncontent-length: 5000\r\n\r\n".to_vec();
     request.extend_from_slice(&body);
     post.write_all(&request).await.expect("post");
-    let (status, text) = responses(post, 1).await;
+    let (status, text) = https::read_responses(post, 1).await;
     assert_eq!(status, [200], "{text}");
     assert!(text.contains("body-bytes: 5000"), "{text}");
 
@@ -315,7 +286,7 @@ async fn idle_keep_alive_connections_park_and_take_up_their_next_request() {
     )
     .await
     .expect("upgrade");
-    assert_eq!(responses(ws, 1).await.0, [101]);
+    assert_eq!(https::read_responses(ws, 1).await.0, [101]);
     ws.write_all(b"ping").await.expect("tunnel write");
     let mut echo = [0u8; 4];
     tokio::time::timeout(Duration::from_secs(5), ws.read_exact(&mut echo))
@@ -337,7 +308,7 @@ async fn idle_keep_alive_connections_park_and_take_up_their_next_request() {
         .write_all(b"x-late: rest-of-head\r\n\r\n")
         .await
         .expect("rest of the head");
-    let (status, text) = responses(stalled, 2).await;
+    let (status, text) = https::read_responses(stalled, 2).await;
     assert_eq!(status, [200, 200], "{text}");
     assert!(text.contains("x-late: rest-of-head"), "{text}");
 
@@ -352,7 +323,7 @@ async fn idle_keep_alive_connections_park_and_take_up_their_next_request() {
         tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n")
             .await
             .expect("request");
-        let (status, text) = responses(tls, 1).await;
+        let (status, text) = https::read_responses(tls, 1).await;
         assert_eq!(status, [200], "connection {i}: {text}");
     }
 }

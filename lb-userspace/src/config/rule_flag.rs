@@ -8,7 +8,7 @@
 //! `redirect:STATUS:LOCATION`,
 //! `fixed:STATUS:CONTENT-TYPE:BODY`.
 use super::ConfigError;
-use super::values::Refused;
+use super::values::{Refused, RequestRate, TextValue};
 use crate::rules::{ActionSpec, PathMatch, RuleSpec};
 
 const HELP: &str = "expected KEY=VALUE pairs separated by ';' with keys name, host, path, \
@@ -53,16 +53,9 @@ pub fn parse(value: &str, index: usize, default_group: &str) -> Result<RuleSpec,
             "client" => rule.client_cidrs.extend(list()),
             "action" => action = Some(parse_action(v, default_group).map_err(|r| err(r.0))?),
             "rate-limit" => {
-                let n = v
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| (1..=1_000_000).contains(n));
-                rule.rate_limit = Some(n.ok_or_else(|| {
-                    err(format!(
-                        "rate-limit={v:?}: requests per second per client, 1-1000000"
-                    ))
-                })?);
+                let rate = <RequestRate as TextValue>::parse(v.trim())
+                    .map_err(|r| err(format!("rate-limit={v:?}: {}", r.0)))?;
+                rule.rate_limit = Some(rate.0);
             }
             other => return Err(err(format!("unknown key {other:?}; {HELP}"))),
         }

@@ -137,7 +137,7 @@ pub struct ListenerSpec {
     /// Requests per second each client address may make to this listener (1-1000000; IPv6
     /// clients by their /64); more are answered 429 with Retry-After. Off unless given.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub rate_limit_requests: Option<Count<1, 1_000_000>>,
+    pub rate_limit_requests: Option<values::RequestRate>,
 
     /// Forwarding rule, repeatable, evaluated in order:
     /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.
@@ -460,7 +460,7 @@ pub struct RuleTable {
     pub content_type: Option<String>,
     pub body: Option<String>,
     /// Requests per second per client address for the requests this rule matches.
-    pub rate_limit_requests: Option<Count<1, 1_000_000>>,
+    pub rate_limit_requests: Option<values::RequestRate>,
 }
 
 /// The values of a header or query condition: one string or a list.

@@ -135,6 +135,9 @@ impl<const MIN: u32, const MAX: u32> TextValue for Count<MIN, MAX> {
 /// A port, 1-65535.
 pub type Port = Count<1, 65535>;
 
+/// Requests per second per client (`--rate-limit-requests`, a rule's `rate-limit`).
+pub type RequestRate = Count<1, 1_000_000>;
+
 /// Text of `MIN..=MAX` characters without control characters.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Text<const MIN: usize, const MAX: usize>(pub String);

@@ -90,19 +90,20 @@ impl Routes {
             self.rate_limit.as_deref(),
             rule.and_then(|r| self.rules.limiter(r)),
         ];
-        for limit in limits.into_iter().flatten() {
-            if let crate::rate_limit::Verdict::Refuse { retry_after } = limit.check(conn.peer.ip())
-            {
-                if let Some(t) = self.target(self.default) {
-                    t.requests
-                        .count(None, StatusCode::TOO_MANY_REQUESTS.as_u16());
-                }
-                let served = Served {
-                    rule,
-                    ..Served::default()
-                };
-                return (too_many_requests(retry_after), served);
+        if limits
+            .into_iter()
+            .flatten()
+            .any(|limit| !limit.admit(conn.peer.ip()))
+        {
+            if let Some(t) = self.target(self.default) {
+                t.requests
+                    .count(None, StatusCode::TOO_MANY_REQUESTS.as_u16());
             }
+            let served = Served {
+                rule,
+                ..Served::default()
+            };
+            return (too_many_requests(), served);
         }
         let group = match decision {
             Decision::Answer(answer) => {
@@ -489,11 +490,13 @@ pub fn refusal(status: StatusCode, version: Version) -> Response<ProxyBody> {
     resp
 }
 
-/// 429 for a client over `--rate-limit-requests`, with when to come back.
-fn too_many_requests(retry_after: u64) -> Response<ProxyBody> {
+/// 429 for a client over `--rate-limit-requests` or a rule's limit, with when to come back.
+fn too_many_requests() -> Response<ProxyBody> {
     let mut resp = error_page(StatusCode::TOO_MANY_REQUESTS);
-    resp.headers_mut()
-        .insert(hyper::header::RETRY_AFTER, HeaderValue::from(retry_after));
+    resp.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        HeaderValue::from(crate::rate_limit::RETRY_AFTER_SECS),
+    );
     resp
 }
 

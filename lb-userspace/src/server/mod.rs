@@ -360,7 +360,6 @@ async fn serve_http1<S, F>(
             return;
         };
         io = parked;
-        activity.set_parking(false);
         let _parked = ctx.metrics.connection_parked();
         park::return_memory_soon();
         if !wait_parked(&mut io, &activity, timeouts, ctx).await {
@@ -422,9 +421,10 @@ async fn wait_parked<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    // Bytes kept from the last hyper connection make the deadline a request's (see
+    // `ClientStream::keep_unread`): the next connection reads them at once.
     let Deadline::Idle(idle_until) = activity.deadline(timeouts.idle, timeouts.request, true)
     else {
-        // Bytes of a request arrived while hyper let go: the next connection reads them.
         return true;
     };
     let mut stop = ctx.stop.clone();
@@ -510,15 +510,14 @@ async fn drive<C: ServerConnection + Unpin>(
                             Poll::Ready(Pin::new(&mut connection).poll(cx))
                         })
                         .await;
+                        activity.set_parking(false);
                         match first {
                             Poll::Ready(Ok(())) => return Some(connection),
                             Poll::Ready(Err(e)) => {
-                                activity.set_parking(false);
                                 debug!(client = %peer, error = %e, "connection ended with an error");
                                 return None;
                             }
                             Poll::Pending => {
-                                activity.set_parking(false);
                                 watch.set(watch_deadlines(activity, timeouts, http1, None));
                                 continue;
                             }
@@ -531,7 +530,6 @@ async fn drive<C: ServerConnection + Unpin>(
                     Deadline::Sending(_) => debug!(client = %peer, timeout = ?timeouts.request, "client not reading its response: closing"),
                     _ => debug!(client = %peer, timeout = ?timeouts.idle, "idle: closing"),
                 }
-                activity.set_parking(false);
                 Pin::new(&mut connection).graceful_shutdown();
                 let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
                 return None;
@@ -539,7 +537,6 @@ async fn drive<C: ServerConnection + Unpin>(
             _ = stop.changed() => {
                 // Stopping: idle connections close now, busy ones after their responses (the
                 // worker bounds the wait with the drain timeout).
-                activity.set_parking(false);
                 Pin::new(&mut connection).graceful_shutdown();
                 let _ = connection.await;
                 return None;

@@ -52,12 +52,10 @@ impl<S> ClientStream<S> {
 
 impl<S: AsyncRead + Unpin> ClientStream<S> {
     /// Waits, holding no buffer, until the client sends something: Ok(true) with its first
-    /// bytes kept for the next hyper connection, Ok(false) if the client closed.
+    /// bytes kept for the next hyper connection, Ok(false) if the client closed. Only called
+    /// with nothing kept (kept bytes are a request already arriving).
     pub async fn wait_for_client(&mut self) -> std::io::Result<bool> {
         std::future::poll_fn(|cx| {
-            if !self.unread.is_empty() {
-                return Poll::Ready(Ok(true));
-            }
             let mut buf = [MaybeUninit::<u8>::uninit(); WAKE_READ];
             let mut read = ReadBuf::uninit(&mut buf);
             ready!(Pin::new(&mut self.inner).poll_read(cx, &mut read))?;
