@@ -73,6 +73,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 10_000,
           value_parser = clap::value_parser!(u64).range(100..=15_000))]
     memory_conns: u64,
+    /// Measure this edgelb binary instead of building one (to compare two builds of edgelb,
+    /// run the bench once with each).
+    #[arg(long, value_name = "PATH")]
+    edgelb_bin: Option<PathBuf>,
 }
 
 /// Concurrency of the HTTP/1.1 workloads and of HTTP/2 with 16 streams: 64 requests in flight.
@@ -304,7 +308,12 @@ pub fn run(args: &[String]) -> Result<()> {
             args.memory_conns * 2 + 200
         );
     }
-    let (edgelb, idle_conns) = build(selected(WorkloadId::Memory))?;
+    let (built, idle_conns) = build(selected(WorkloadId::Memory))?;
+    let edgelb = match &args.edgelb_bin {
+        Some(path) if path.is_file() => path.clone(),
+        Some(path) => bail!("--edgelb-bin {}: no such file", path.display()),
+        None => built,
+    };
 
     let dir = TempDir::new()?;
     let ports = free_ports(5)?;
