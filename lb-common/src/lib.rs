@@ -175,6 +175,78 @@ pub struct ListenerInfo {
     pub flow_secs: u32,
     /// L4 listeners: bits of [`l4_flags`].
     pub l4_flags: u32,
+    /// Per-source limit on new TCP connections (SYN without ACK), as the interval between them
+    /// ([`rate_interval_ns`]); 0: no limit. See [`SourceKey`].
+    pub syn_interval_ns: u32,
+    /// Per-source limit on frames of any kind to the listener, likewise.
+    pub pps_interval_ns: u32,
+}
+
+/// The interval a per-source limit of `per_sec` events a second allows between two events,
+/// in nanoseconds (0: no limit). Each source may also spend a second's worth at once.
+pub const fn rate_interval_ns(per_sec: u32) -> u32 {
+    if per_sec == 0 {
+        0
+    } else {
+        (NS_PER_SEC / per_sec as u64) as u32
+    }
+}
+
+pub const NS_PER_SEC: u64 = 1_000_000_000;
+
+/// Sources whose limits the `SOURCES` LRU hash tracks, over all listeners (~11 MB). A source
+/// pushed out by newer ones starts again with a full second's worth when it comes back:
+/// per-source limits hold back a few busy sources, not a flood of spoofed ones.
+pub const MAX_SOURCES: u32 = 131_072;
+
+/// Key of the `SOURCES` LRU hash: a listener and one source, an IPv4 address (IPv4-mapped) or
+/// an IPv6 /64 (the rest zero), as one client is likely to hold them.
+// 8-aligned: the XDP program writes its address as words, not bytes.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Pod, Zeroable)]
+pub struct SourceKey {
+    pub src: [u8; 16],
+    pub listener_id: u32,
+    pub _pad: u32,
+}
+
+impl SourceKey {
+    /// The key of `src` (an IPv4-mapped or IPv6 address) at `listener_id`.
+    pub fn new(src: &[u8; 16], listener_id: u32) -> Self {
+        let mut key = SourceKey {
+            src: *src,
+            listener_id,
+            _pad: 0,
+        };
+        if v4_unmapped(src).is_none() {
+            key.src[8..].copy_from_slice(&[0; 8]);
+        }
+        key
+    }
+}
+
+/// Value of the `SOURCES` LRU hash: for each limit, the time (`bpf_ktime_get_coarse_ns`) at
+/// which the source's budget is whole again (the generic cell rate algorithm: each event
+/// moves it one interval on; an event that would move it more than a second past now is over
+/// the limit and leaves it). 0: no event yet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
+pub struct SourceState {
+    pub syn_tat: u64,
+    pub pps_tat: u64,
+}
+
+/// One event of a limit with `interval` ns against its time `tat` at `now`: Some(new tat) if
+/// within the limit, None if over it.
+#[inline(always)]
+pub const fn rate_admit(tat: u64, now: u64, interval: u32) -> Option<u64> {
+    let interval = interval as u64;
+    let tat = if tat > now { tat } else { now };
+    if tat - now > NS_PER_SEC - interval {
+        None
+    } else {
+        Some(tat + interval)
+    }
 }
 
 /// Bits of [`ListenerInfo::l4_flags`].
@@ -633,10 +705,13 @@ pub enum Outcome {
     /// (a backend's direct reply), sent IP-in-IP to the backend that owns the flow in it:
     /// `XDP_TX`. Path MTU discovery of the backends' replies depends on it.
     ForwardedIcmp = 11,
+    /// Addressed to a listener and admitted by its access control, but its source is over one
+    /// of the listener's per-source limits (new connections or frames per second): `XDP_DROP`.
+    RateLimited = 12,
 }
 
 /// Number of [`Outcome`]s, the length of the arrays in [`Counters`].
-pub const OUTCOMES: usize = 12;
+pub const OUTCOMES: usize = 13;
 
 /// ICMP "too big" answers each CPU sends per second at most (as a router rate-limits its
 /// ICMP errors); beyond it such frames are dropped and counted [`Outcome::TooBig`].
@@ -682,14 +757,17 @@ impl Outcome {
         Outcome::TooBigAnswered,
         Outcome::TooBig,
         Outcome::ForwardedIcmp,
+        Outcome::RateLimited,
     ];
 
     /// The XDP action taken for this outcome.
     pub const fn action(self) -> u32 {
         match self {
-            Outcome::DroppedAcl | Outcome::NoBackend | Outcome::EncapFailed | Outcome::TooBig => {
-                XDP_DROP
-            }
+            Outcome::DroppedAcl
+            | Outcome::NoBackend
+            | Outcome::EncapFailed
+            | Outcome::TooBig
+            | Outcome::RateLimited => XDP_DROP,
             Outcome::ForwardedL4 | Outcome::TooBigAnswered | Outcome::ForwardedIcmp => XDP_TX,
             _ => XDP_PASS,
         }
@@ -709,6 +787,7 @@ impl Outcome {
             Outcome::TooBigAnswered => "too_big_answered",
             Outcome::TooBig => "too_big",
             Outcome::ForwardedIcmp => "forwarded_icmp",
+            Outcome::RateLimited => "rate_limited",
         }
     }
 }
@@ -754,6 +833,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::SourceState {}
     unsafe impl aya::Pod for super::IcmpRate {}
     unsafe impl aya::Pod for super::DecapCounters {}
 }
@@ -764,11 +845,49 @@ mod tests {
     use core::mem::{align_of, size_of};
 
     #[test]
+    fn a_source_may_spend_a_second_of_its_rate_at_once_then_one_event_per_interval() {
+        let interval = rate_interval_ns(5);
+        assert_eq!(interval, 200_000_000);
+        let (mut tat, now) = (0, 7 * NS_PER_SEC);
+        let mut admitted = 0;
+        for _ in 0..20 {
+            if let Some(t) = rate_admit(tat, now, interval) {
+                tat = t;
+                admitted += 1;
+            }
+        }
+        assert_eq!(admitted, 5);
+        assert_eq!(rate_admit(tat, now + interval as u64 - 1, interval), None);
+        assert!(rate_admit(tat, now + interval as u64, interval).is_some());
+        // A quiet source starts over with a whole second's worth, not more.
+        assert_eq!(
+            rate_admit(tat, now + 60 * NS_PER_SEC, interval),
+            Some(now + 60 * NS_PER_SEC + interval as u64)
+        );
+        assert_eq!(rate_interval_ns(0), 0);
+        assert_eq!(rate_interval_ns(1), 1_000_000_000);
+        assert_eq!(rate_interval_ns(10_000_000), 100);
+    }
+
+    #[test]
+    fn ipv6_sources_are_limited_by_their_64_and_ipv4_by_address() {
+        let v6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9];
+        let mut expect = v6;
+        expect[8..].fill(0);
+        assert_eq!(SourceKey::new(&v6, 3).src, expect);
+        let v4 = v4_mapped([10, 0, 0, 7]);
+        assert_eq!(SourceKey::new(&v4, 3).src, v4);
+        assert_eq!(SourceKey::new(&v4, 3).listener_id, 3);
+    }
+
+    #[test]
     fn map_types_have_the_layout_the_kernel_side_reads() {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(align_of::<ListenerKey>(), 2);
-        assert_eq!(size_of::<ListenerInfo>(), 20);
-        assert_eq!(size_of::<PortListeners>(), 44);
+        assert_eq!(size_of::<ListenerInfo>(), 28);
+        assert_eq!(size_of::<PortListeners>(), 60);
+        assert_eq!(size_of::<SourceKey>(), 24);
+        assert_eq!(size_of::<SourceState>(), 16);
         assert_eq!(size_of::<BackendInfo>(), 28);
         assert_eq!(align_of::<BackendInfo>(), 4);
         assert_eq!(size_of::<EncapConfig>(), 16);
@@ -848,7 +967,8 @@ mod tests {
                 Outcome::DroppedAcl
                 | Outcome::NoBackend
                 | Outcome::EncapFailed
-                | Outcome::TooBig => XDP_DROP,
+                | Outcome::TooBig
+                | Outcome::RateLimited => XDP_DROP,
                 Outcome::ForwardedL4 | Outcome::TooBigAnswered | Outcome::ForwardedIcmp => XDP_TX,
                 _ => XDP_PASS,
             };

@@ -22,6 +22,10 @@
 //! 6. Access control against the source (IPv4-mapped IPv6 sources as IPv4): `all` passes,
 //!    `allow` passes on a match and drops otherwise, `deny` drops on a match; any other mode
 //!    value passes.
+//!    b. An admitted frame whose source (an IPv4 address, an IPv6 /64) is over one of the
+//!    listener's per-source limits is `RateLimited`: with `pps_interval_ns`, every frame counts;
+//!    with `syn_interval_ns`, TCP SYNs without ACK (not later fragments) count too
+//!    ([`rate_admit`] against the source's `SOURCES` entry at `now_ns`, frames first).
 //! 7. An admitted frame of a listener whose `l4_group` is below [`MAX_L4_GROUPS`] (an L4
 //!    listener) is forwarded, never `Passed`:
 //!    a. VLAN-tagged: `VlanL4` (passed untouched). Else a first fragment (more-fragments
@@ -83,6 +87,8 @@ pub struct Tables {
     pub new_flows: HashMap<FlowKey, FlowState>,
     /// `FRAGS`, likewise.
     pub frags: HashMap<FragKey, FragPorts>,
+    /// `SOURCES`, likewise.
+    pub sources: HashMap<SourceKey, SourceState>,
     /// The MTU of the interface frames arrive on (and leave by `XDP_TX`); 0: unknown, nothing
     /// is too big (BPF_PROG_TEST_RUN runs on the namespace's loopback, MTU 65536 by default).
     pub mtu: u32,
@@ -469,10 +475,20 @@ fn classify_inner(
 
     let is_v4 = ethertype == ETH_P_IPV4;
     let info = find_listener(tables, dst, port, proto, is_v4).ok_or(not_ours)?;
-    let outcome = if admitted(tables, info, &src) {
-        Outcome::Passed
-    } else {
+    let src_mapped = match src {
+        Src::V4(a) => v4_mapped(a),
+        Src::V6(a) => a,
+    };
+    let syn = proto == IPPROTO_TCP
+        && !matches!(frag, Frag::Later(_))
+        && frame.len() >= l4 + 14
+        && frame[l4 + 13] & 0x12 == 0x02;
+    let outcome = if !admitted(tables, info, &src) {
         Outcome::DroppedAcl
+    } else if over_source_limits(tables, &info, &src_mapped, syn) {
+        Outcome::RateLimited
+    } else {
+        Outcome::Passed
     };
     if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {
         return Ok((
@@ -788,6 +804,39 @@ fn forward_to(info: &ListenerInfo, flow: &FlowKey, tables: &mut Tables) -> Resul
 }
 
 /// Whether the first `len` bits of `addr` equal those of `net`.
+/// Rule 6b: whether a frame from `src` (IPv4-mapped) is over `info`'s per-source limits;
+/// one within them is counted against them in `sources` at `now_ns`.
+fn over_source_limits(tables: &mut Tables, info: &ListenerInfo, src: &[u8; 16], syn: bool) -> bool {
+    let syn_limited = syn && info.syn_interval_ns != 0;
+    if !syn_limited && info.pps_interval_ns == 0 {
+        return false;
+    }
+    let now = tables.now_ns;
+    let state = tables
+        .sources
+        .entry(SourceKey::new(src, info.id))
+        .or_default();
+    let mut next = *state;
+    if info.pps_interval_ns != 0 {
+        match rate_admit(state.pps_tat, now, info.pps_interval_ns) {
+            Some(tat) => next.pps_tat = tat,
+            None => return true,
+        }
+    }
+    if syn_limited {
+        match rate_admit(state.syn_tat, now, info.syn_interval_ns) {
+            Some(tat) => next.syn_tat = tat,
+            None => {
+                // The frames counted: the program has already moved the frame limit on.
+                state.pps_tat = next.pps_tat;
+                return true;
+            }
+        }
+    }
+    *state = next;
+    false
+}
+
 pub fn prefix_matches<const N: usize>(net: &[u8; N], len: u8, addr: &[u8; N]) -> bool {
     let len = usize::from(len).min(N * 8);
     let full = len / 8;
@@ -817,6 +866,8 @@ mod tests {
                 l4_group: NO_GROUP,
                 flow_secs: 0,
                 l4_flags: 0,
+                syn_interval_ns: 0,
+                pps_interval_ns: 0,
             },
         );
         t.acl = prefixes.iter().map(|p| (7, *p)).collect();

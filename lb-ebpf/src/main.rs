@@ -11,6 +11,7 @@ mod encap;
 mod icmp;
 mod icmp_error;
 mod l4;
+mod source_limits;
 
 use aya_ebpf::{
     macros::{map, xdp},
@@ -143,7 +144,7 @@ pub(crate) fn bytes<const N: usize>(ctx: &XdpContext, off: usize) -> Result<&[u8
 }
 
 /// Where a packet stands in its datagram.
-enum Frag {
+pub(crate) enum Frag {
     /// Not fragmented.
     Whole,
     /// The first fragment (it carries the transport header), with the datagram's id.
@@ -155,12 +156,12 @@ enum Frag {
 /// An IP header parsed down to the transport header. Its addresses went into the caller's
 /// [`FlowKey`]: kept in memory rather than as 32 byte-sized values, which cost spills and
 /// byte-wise rebuilding at every use (a third of the forward path's time before).
-struct Parsed {
-    proto: u8,
+pub(crate) struct Parsed {
+    pub(crate) proto: u8,
     /// Offset of the transport header (meaningless for [`Frag::Later`]).
-    l4: usize,
+    pub(crate) l4: usize,
     is_v4: bool,
-    frag: Frag,
+    pub(crate) frag: Frag,
 }
 
 #[inline(always)]
@@ -232,10 +233,12 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
     };
 
     let info = find_listener(&flow.dst, port, proto, is_v4).ok_or(Outcome::NotOurs)?;
-    let outcome = if admitted(&info, &flow.src) {
-        Outcome::Passed
-    } else {
+    let outcome = if !admitted(&info, &flow.src) {
         Outcome::DroppedAcl
+    } else if source_limits::over(ctx, &info, &flow.src, &p) {
+        Outcome::RateLimited
+    } else {
+        Outcome::Passed
     };
     // Listeners served in userspace carry NO_GROUP, which fails this one comparison.
     if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {

@@ -21,7 +21,8 @@ use crate::config::CheckKind;
 use crate::config::bgp::BgpAnnounce;
 use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig};
 use crate::dataplane::{
-    BackendEntry, Dataplane, DataplaneError, L4Group, L4ListenerSpec, ListenerRule, error_chain,
+    BackendEntry, Dataplane, DataplaneError, L4Group, L4ListenerSpec, ListenerRule, SourceLimits,
+    error_chain,
 };
 use crate::metrics::Metrics;
 use crate::nexthop::NextHops;
@@ -687,6 +688,10 @@ fn listener_rules(config: &Config, ids: &[u32]) -> Vec<ListenerRule> {
                 },
                 mode: l.access.mode,
                 prefixes: l.access.prefixes.clone(),
+                limits: SourceLimits {
+                    syn_per_sec: l.rate_limit_syn.unwrap_or(0),
+                    pps: l.rate_limit_pps.unwrap_or(0),
+                },
             })
         })
         .collect()

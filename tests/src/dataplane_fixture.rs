@@ -19,6 +19,7 @@ pub fn rule(id: u32, addr: &str, proto: u8, mode: AclMode, prefixes: &[&str]) ->
             .unwrap_or_else(|_| panic!("test listener address {addr:?}")),
         proto,
         mode,
+        limits: Default::default(),
         prefixes: prefixes
             .iter()
             .map(|p| {

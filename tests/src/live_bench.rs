@@ -392,6 +392,7 @@ fn blacklist_rule(v4: &[IpNet], v6: &[IpNet]) -> ListenerRule {
         addr: "[::]:443".parse().expect("static address"),
         proto: TCP,
         mode: AclMode::Blacklist,
+        limits: Default::default(),
         prefixes: v4.iter().chain(v6).copied().collect(),
     }
 }
@@ -547,6 +548,7 @@ pub fn run(dp: &mut Dataplane, secs: f64, cases: Cases) -> Result<()> {
     let listed = blacklist_rule(&v4, &v6);
     let open = ListenerRule {
         mode: AclMode::All,
+        limits: Default::default(),
         prefixes: Vec::new(),
         ..listed.clone()
     };

@@ -45,6 +45,8 @@ pub struct Frame {
     pub v4_df: bool,
     pub v6_exts: Vec<Ext>,
     pub payload: usize,
+    /// TCP flags (byte 13 of the header): a SYN unless set.
+    pub tcp_flags: u8,
 }
 
 impl Frame {
@@ -61,6 +63,7 @@ impl Frame {
             v4_df: false,
             v6_exts: Vec::new(),
             payload: 0,
+            tcp_flags: 0x02,
         }
     }
 
@@ -94,6 +97,11 @@ impl Frame {
     }
 
     /// A payload of `bytes` after the transport header.
+    pub fn tcp_flags(mut self, flags: u8) -> Self {
+        self.tcp_flags = flags;
+        self
+    }
+
     pub fn payload(mut self, bytes: usize) -> Self {
         self.payload = bytes;
         self
@@ -181,7 +189,22 @@ impl Frame {
                 out.extend_from_slice(&self.src_port.to_be_bytes());
                 out.extend_from_slice(&self.dst_port.to_be_bytes());
                 out.extend_from_slice(&[
-                    0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0,
+                    0,
+                    0,
+                    0,
+                    1,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0x50,
+                    self.tcp_flags,
+                    0xff,
+                    0xff,
+                    0,
+                    0,
+                    0,
+                    0,
                 ]);
             }
             UDP => {

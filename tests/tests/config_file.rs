@@ -516,7 +516,7 @@ fn sni_cert_tables_take_paths_with_colons() {
 fn a_flag_and_its_file_key_take_and_refuse_the_same_values() {
     let s = Setup::new();
     // (flag and value, the key's table and line, what both must say; None: both accept).
-    let cases: [(&[&str], &str, &str, Option<&str>); 10] = [
+    let cases: [(&[&str], &str, &str, Option<&str>); 14] = [
         (
             &["--idle-timeout", "5000"],
             "listener",
@@ -572,6 +572,30 @@ fn a_flag_and_its_file_key_take_and_refuse_the_same_values() {
             &["--rate-limit-requests", "50"],
             "listener",
             "rate_limit_requests = 50",
+            None,
+        ),
+        (
+            &["--rate-limit-syn", "20000000"],
+            "listener",
+            "rate_limit_syn = 20000000",
+            Some("\"20000000\": must be a whole number, 1-10000000"),
+        ),
+        (
+            &["--rate-limit-pps", "-5"],
+            "listener",
+            "rate_limit_pps = -5",
+            Some("\"-5\": must be a whole number, 1-10000000"),
+        ),
+        (
+            &["--rate-limit-syn", "100"],
+            "listener",
+            "rate_limit_syn = 100",
+            None,
+        ),
+        (
+            &["--rate-limit-pps", "5000"],
+            "listener",
+            "rate_limit_pps = 5000",
             None,
         ),
     ];

@@ -4,6 +4,7 @@ use edgelb_tests::backend::Backend;
 use edgelb_tests::certs::{TempDir, self_signed};
 use edgelb_tests::client::{curl, curl_ok};
 use edgelb_tests::daemon::{Daemon, Signal, xdp_counter};
+use edgelb_tests::netns::in_netns;
 use edgelb_tests::netns::{
     CLIENT_A_V4, CLIENT_A_V6, CLIENT_B_V4, CLIENT_B_V6, ClientLb, LB_V4, LB_V6,
 };
@@ -520,4 +521,84 @@ fn without_privileges_a_required_xdp_fails_with_a_hint() {
                 .contains("(os error 1) (loading XDP needs root, or CAP_BPF and CAP_NET_ADMIN)"),
         "{stderr}"
     );
+}
+
+/// Opens `n` TCP connections from `src` to `dst` at once (non-blocking connects) and counts
+/// those established within `wait`: shorter than the kernel's first SYN retransmission (1 s),
+/// so a connection whose SYN was dropped is not.
+fn burst_of_connects(ns: &str, src: &str, dst: &str, n: usize, wait: std::time::Duration) -> usize {
+    use socket2::{Domain, Socket, Type};
+    let (src, dst): (std::net::SocketAddr, std::net::SocketAddr) = (
+        std::net::SocketAddr::new(parse(src), 0),
+        dst.parse().expect("test address"),
+    );
+    in_netns(ns, move || {
+        let sockets: Vec<Socket> = (0..n)
+            .map(|_| {
+                let s = Socket::new(Domain::for_address(dst), Type::STREAM, None).expect("socket");
+                s.bind(&src.into()).expect("bind the client address");
+                s.set_nonblocking(true).expect("non-blocking");
+                // In progress: the SYN is on its way.
+                let _ = s.connect(&dst.into());
+                s
+            })
+            .collect();
+        std::thread::sleep(wait);
+        sockets.iter().filter(|s| s.peer_addr().is_ok()).count()
+    })
+}
+
+#[test]
+fn a_source_past_its_connection_rate_has_its_syns_dropped_at_xdp() {
+    if !root_or_skip("a_source_past_its_connection_rate_has_its_syns_dropped_at_xdp") {
+        return;
+    }
+    let s = setup();
+    let d = start(
+        &s,
+        &[
+            "--rate-limit-syn",
+            "3",
+            "--xdp-iface",
+            &s.topo.lb_if,
+            "--xdp-mode",
+            "native",
+        ],
+    );
+    assert!(s.topo.lb_has_xdp(), "XDP not attached to {}", s.topo.lb_if);
+    let ns = s.topo.client.path();
+    let wait = std::time::Duration::from_millis(500);
+    let lb = format!("{LB_V4}:8443");
+    let lb6 = format!("[{LB_V6}]:8443");
+    assert_eq!(
+        burst_of_connects(&ns, CLIENT_A_V4, &lb, 10, wait),
+        3,
+        "client A, IPv4"
+    );
+    // Another source has a budget of its own, on either family.
+    assert_eq!(
+        burst_of_connects(&ns, CLIENT_B_V4, &lb, 3, wait),
+        3,
+        "client B, IPv4"
+    );
+    assert_eq!(
+        burst_of_connects(&ns, CLIENT_A_V6, &lb6, 5, wait),
+        3,
+        "client A, IPv6"
+    );
+    // A second later the busy source is served again, through TLS to the backend.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
+    assert_eq!(
+        (r.code, r.body.as_str()),
+        (0, "backend b1\n"),
+        "{}",
+        r.stderr
+    );
+
+    let (status, log) = d.stop();
+    assert!(status.success(), "exit status {status}:\n{log}");
+    // 7 + 2 first SYNs over the limit (retransmissions may add to them).
+    let limited = xdp_counter(&log, "listener-1", "rate_limited");
+    assert!(limited >= 9, "rate_limited={limited}:\n{log}");
 }

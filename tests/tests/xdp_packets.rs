@@ -2,6 +2,7 @@
 //! A table of named cases pins the behaviour; a differential test holds the program to the
 //! reference classifier over thousands of generated frames and map contents.
 use edgelb::acl::AclMode::{All, Blacklist, Whitelist};
+use edgelb::dataplane::SourceLimits;
 use edgelb_tests::dataplane_fixture::{Fixture, rule};
 use edgelb_tests::packet::{Ext, Frame, ICMP, TCP, UDP};
 use edgelb_tests::privilege::root_or_skip;
@@ -430,4 +431,107 @@ fn an_l4_listener_sends_a_client_to_one_backend_whatever_its_headers() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
+    use Outcome::{Passed, RateLimited};
+    if !root_or_skip("sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited") {
+        return;
+    }
+    let limited = |id, addr, proto, syn_per_sec, pps| {
+        let mut r = rule(id, addr, proto, All, &[]);
+        r.limits = SourceLimits { syn_per_sec, pps };
+        r
+    };
+    let mut fx = Fixture::load();
+    fx.apply(&[
+        limited(1, "10.0.0.1:443", TCP, 3, 0),
+        limited(2, "10.0.0.1:53", UDP, 0, 4),
+        limited(3, "[::]:443", TCP, 2, 0),
+        rule(4, "10.0.0.1:80", TCP, All, &[]),
+    ]);
+    const ACK: u8 = 0x10;
+    const SYN_ACK: u8 = 0x12;
+    let syn = |src: &str, dst: &str| Frame::tcp(src, dst, 443).bytes();
+    let mut steps: Vec<(&str, Vec<u8>, Outcome, u32)> = Vec::new();
+    for i in 0..6 {
+        let want = if i < 3 { Passed } else { RateLimited };
+        steps.push((
+            "SYN from a busy IPv4 source",
+            syn("192.168.1.5", "10.0.0.1"),
+            want,
+            1,
+        ));
+    }
+    // Established traffic of the same source is not a new connection.
+    let ack = Frame::tcp("192.168.1.5", "10.0.0.1", 443)
+        .tcp_flags(ACK)
+        .bytes();
+    steps.push(("ACK from the busy source", ack, Passed, 1));
+    let syn_ack = Frame::tcp("192.168.1.5", "10.0.0.1", 443)
+        .tcp_flags(SYN_ACK)
+        .bytes();
+    steps.push(("SYN-ACK from the busy source", syn_ack, Passed, 1));
+    steps.push((
+        "SYN from another source",
+        syn("192.168.1.6", "10.0.0.1"),
+        Passed,
+        1,
+    ));
+    // Another listener, without limits, serves the busy source as before.
+    let other = Frame::tcp("192.168.1.5", "10.0.0.1", 80).bytes();
+    steps.push((
+        "SYN from the busy source to a listener without limits",
+        other,
+        Passed,
+        4,
+    ));
+    // IPv6 sources are limited by their /64.
+    steps.push(("SYN from fd00:1::1", syn("fd00:1::1", "fd00::9"), Passed, 3));
+    steps.push((
+        "SYN from fd00:1::2, the same /64",
+        syn("fd00:1::2", "fd00::9"),
+        Passed,
+        3,
+    ));
+    steps.push((
+        "SYN from fd00:1::3, the same /64",
+        syn("fd00:1::3", "fd00::9"),
+        RateLimited,
+        3,
+    ));
+    steps.push((
+        "SYN from fd00:2::1, another /64",
+        syn("fd00:2::1", "fd00::9"),
+        Passed,
+        3,
+    ));
+    // A frame limit counts every frame.
+    for i in 0..6 {
+        let want = if i < 4 { Passed } else { RateLimited };
+        let frame = Frame::udp("192.168.1.5", "10.0.0.1", 53)
+            .payload(10)
+            .bytes();
+        steps.push(("UDP from a busy source", frame, want, 2));
+    }
+    let mut failures = Vec::new();
+    for (what, frame, outcome, slot) in steps {
+        let before = fx.counters(slot);
+        let (verdict, reference) = fx.run(&frame);
+        let after = fx.counters(slot);
+        let counted = after.packets[outcome as usize] - before.packets[outcome as usize] == 1;
+        if verdict != outcome.action() || !counted || reference.outcome != outcome {
+            failures.push(format!(
+                "{what}: kernel verdict {verdict} (want {} for {outcome:?}), counted: {counted}, reference says {:?}",
+                outcome.action(),
+                reference.outcome
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "failing steps:\n{}",
+        failures.join("\n")
+    );
 }

@@ -92,8 +92,17 @@ impl Config {
             t.handshake.as_secs()
         )?;
         writeln!(f, "  max-connections {}", l.max_connections)?;
-        match l.rate_limit_requests {
-            Some(n) => writeln!(f, "  rate-limit      {n} requests/s per client"),
+        if let Some(n) = l.rate_limit_requests {
+            writeln!(f, "  rate-limit      {n} requests/s per client")?;
+        }
+        if let Some(n) = l.rate_limit_syn {
+            writeln!(
+                f,
+                "  rate-limit-syn  {n} new connections/s per source (XDP)"
+            )?;
+        }
+        match l.rate_limit_pps {
+            Some(n) => writeln!(f, "  rate-limit-pps  {n} frames/s per source (XDP)"),
             None => Ok(()),
         }
     }

@@ -116,6 +116,10 @@ pub struct ListenerConfig {
     pub max_connections: usize,
     /// Requests per second per client address; None: not limited.
     pub rate_limit_requests: Option<u32>,
+    /// New TCP connections and frames per second per source, enforced in XDP; None: not
+    /// limited.
+    pub rate_limit_syn: Option<u32>,
+    pub rate_limit_pps: Option<u32>,
 }
 
 /// The TLS half of an https listener: the loaded settings and the files they came from.
@@ -714,6 +718,8 @@ fn listener(
         groups: reachable,
         max_connections: args.max_connections.0 as usize,
         rate_limit_requests: args.rate_limit_requests.map(|n| n.0),
+        rate_limit_syn: args.rate_limit_syn.map(|n| n.0),
+        rate_limit_pps: args.rate_limit_pps.map(|n| n.0),
     })
 }
 

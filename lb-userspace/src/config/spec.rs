@@ -139,6 +139,17 @@ pub struct ListenerSpec {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub rate_limit_requests: Option<values::RequestRate>,
 
+    /// New TCP connections per second each source address (IPv6: each /64) may open to this
+    /// listener (1-10000000), enforced by the XDP program: SYNs past it are dropped at the NIC
+    /// and counted `rate_limited`. Off unless given; needs XDP.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub rate_limit_syn: Option<values::SourceRate>,
+
+    /// Frames per second each source address (IPv6: each /64) may send to this listener
+    /// (1-10000000), enforced by the XDP program as `--rate-limit-syn`.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub rate_limit_pps: Option<values::SourceRate>,
+
     /// Forwarding rule, repeatable, evaluated in order:
     /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.
     #[arg(long = "rule", value_name = "RULE")]

@@ -137,6 +137,8 @@ pub type Port = Count<1, 65535>;
 
 /// Requests per second per client (`--rate-limit-requests`, a rule's `rate-limit`).
 pub type RequestRate = Count<1, 1_000_000>;
+/// Events per second per source, for the XDP program's limits.
+pub type SourceRate = Count<1, 10_000_000>;
 
 /// Text of `MIN..=MAX` characters without control characters.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -15,6 +15,23 @@ impl Config {
                 self.xdp.mode.name()
             ));
         }
+        if !self.xdp.enabled() {
+            for l in &self.listeners {
+                let flags = [
+                    ("--rate-limit-syn", l.rate_limit_syn),
+                    ("--rate-limit-pps", l.rate_limit_pps),
+                ];
+                for (flag, value) in flags {
+                    if let Some(n) = value {
+                        out.push(format!(
+                            "listener {:?}: {flag} {n} is enforced by the XDP program, which is \
+                             off (no --xdp-iface, or --xdp-mode off): not enforced",
+                            l.name
+                        ));
+                    }
+                }
+            }
+        }
         for g in &self.groups {
             let h = &g.health;
             if h.kind != CheckKind::Off && h.timeout > h.interval {

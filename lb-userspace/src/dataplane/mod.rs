@@ -38,7 +38,7 @@ use tracing::{info, warn};
 
 pub use apply::{L4Group, L4ListenerSpec};
 pub use backends::{BackendEntry, GRACE};
-pub use rules::{DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule};
+pub use rules::{DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule, SourceLimits};
 pub use slots::Slots;
 pub use test_runner::{TestRunner, run_live_frames};
 

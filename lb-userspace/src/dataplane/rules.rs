@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use lb_common::{
     ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, ListenerInfo, ListenerKey, NO_GROUP,
-    PortListeners, acl, l4_flags, port_slot, v4_mapped,
+    PortListeners, acl, l4_flags, port_slot, rate_interval_ns, v4_mapped,
 };
 
 use crate::acl::AclMode;
@@ -19,6 +19,17 @@ pub struct ListenerRule {
     pub proto: u8,
     pub mode: AclMode,
     pub prefixes: Vec<IpNet>,
+    pub limits: SourceLimits,
+}
+
+/// Per-source limits the XDP program holds a listener's clients to (each source an IPv4
+/// address or an IPv6 /64); 0: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// New TCP connections (SYNs) per second.
+    pub syn_per_sec: u32,
+    /// Frames per second, of any kind.
+    pub pps: u32,
 }
 
 impl ListenerRule {
@@ -59,6 +70,8 @@ impl ListenerRule {
             } else {
                 0
             },
+            syn_interval_ns: rate_interval_ns(self.limits.syn_per_sec),
+            pps_interval_ns: rate_interval_ns(self.limits.pps),
         }
     }
 }

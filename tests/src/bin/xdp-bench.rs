@@ -186,6 +186,7 @@ fn whitelist(n: usize, v6: bool) -> ListenerRule {
             .expect("static address"),
         proto: TCP,
         mode: AclMode::Whitelist,
+        limits: Default::default(),
         prefixes,
     }
 }
