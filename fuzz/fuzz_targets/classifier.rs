@@ -20,9 +20,10 @@ fn tables() -> &'static Tables {
             l4_flags: 0,
             syn_interval_ns: 0,
             pps_interval_ns: 0,
+            block_secs: 0,
         };
         t.listeners
-            .insert(ListenerKey::new(ANY, 443, IPPROTO_TCP), ListenerInfo { l4_group: NO_GROUP, syn_interval_ns: 250_000_000, pps_interval_ns: 1_000_000, ..l4(1, 0) });
+            .insert(ListenerKey::new(ANY, 443, IPPROTO_TCP), ListenerInfo { l4_group: NO_GROUP, syn_interval_ns: 250_000_000, pps_interval_ns: 1_000_000, block_secs: 30, ..l4(1, 0) });
         t.listeners.insert(ListenerKey::new(ANY, 80, IPPROTO_TCP), l4(2, 0));
         t.listeners.insert(ListenerKey::new(ANY, 53, IPPROTO_UDP), l4(3, 0));
         t.acl.push((1, reference::AclPrefix::V4([10, 0, 0, 0], 8)));

@@ -43,6 +43,8 @@ pub const MAP_ENCAP: &str = "ENCAP";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_NEW_FLOWS: &str = "NEW_FLOWS";
 pub const MAP_FRAGS: &str = "FRAGS";
+pub const MAP_SOURCES: &str = "SOURCES";
+pub const MAP_BLOCKED: &str = "BLOCKED";
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
 pub const MAP_TAIL: &str = "TAIL";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
@@ -180,6 +182,9 @@ pub struct ListenerInfo {
     pub syn_interval_ns: u32,
     /// Per-source limit on frames of any kind to the listener, likewise.
     pub pps_interval_ns: u32,
+    /// Seconds a source that stays over a limit for [`BLOCK_AFTER_NS`] is then blocked
+    /// (all its frames to the listener dropped, `BLOCKED`); 0: never blocked.
+    pub block_secs: u32,
 }
 
 /// The interval a per-source limit of `per_sec` events a second allows between two events,
@@ -234,6 +239,72 @@ impl SourceKey {
 pub struct SourceState {
     pub syn_tat: u64,
     pub pps_tat: u64,
+    /// When the source was first refused since its budget was last whole; 0: not refused.
+    pub over_since: u64,
+}
+
+/// How long a source must stay over a limit (refused again this long after its first
+/// refusal, its budget never whole in between) to be blocked, with [`ListenerInfo::block_secs`].
+pub const BLOCK_AFTER_NS: u64 = NS_PER_SEC;
+
+/// Sources the `BLOCKED` LRU hash holds (keyed by [`SourceKey`], valued by the
+/// `bpf_ktime_get_coarse_ns` time the block ends).
+pub const MAX_BLOCKED: u32 = 65_536;
+
+/// What one frame does to its source at a listener with limits ([`source_event`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceVerdict {
+    Within,
+    Over,
+    /// Over, and long enough to be blocked (the listener blocks sources).
+    Block,
+}
+
+/// Counts one frame (a SYN without ACK if `syn`) of a source against `info`'s limits at
+/// `now`, updating `state`. The caller has checked that a limit applies to it.
+#[inline(always)]
+pub fn source_event(
+    state: &mut SourceState,
+    now: u64,
+    info: &ListenerInfo,
+    syn: bool,
+) -> SourceVerdict {
+    let syn_limited = syn && info.syn_interval_ns != 0;
+    let pps_limited = info.pps_interval_ns != 0;
+    // A whole budget ends a streak of refusals: the source has been within its rate.
+    if (!pps_limited || state.pps_tat <= now) && (!syn_limited || state.syn_tat <= now) {
+        state.over_since = 0;
+    }
+    if pps_limited {
+        match rate_admit(state.pps_tat, now, info.pps_interval_ns) {
+            Some(tat) => state.pps_tat = tat,
+            None => return refused(state, now, info),
+        }
+    }
+    if syn_limited {
+        match rate_admit(state.syn_tat, now, info.syn_interval_ns) {
+            Some(tat) => state.syn_tat = tat,
+            None => return refused(state, now, info),
+        }
+    }
+    SourceVerdict::Within
+}
+
+#[inline(always)]
+fn refused(state: &mut SourceState, now: u64, info: &ListenerInfo) -> SourceVerdict {
+    if info.block_secs == 0 {
+        return SourceVerdict::Over;
+    }
+    if state.over_since == 0 {
+        // `now` is never 0 in the kernel; 1 stands for it in the reference's tests.
+        state.over_since = if now == 0 { 1 } else { now };
+        SourceVerdict::Over
+    } else if now.saturating_sub(state.over_since) >= BLOCK_AFTER_NS {
+        state.over_since = 0;
+        SourceVerdict::Block
+    } else {
+        SourceVerdict::Over
+    }
 }
 
 /// One event of a limit with `interval` ns against its time `tat` at `now`: Some(new tat) if
@@ -242,7 +313,7 @@ pub struct SourceState {
 pub const fn rate_admit(tat: u64, now: u64, interval: u32) -> Option<u64> {
     let interval = interval as u64;
     let tat = if tat > now { tat } else { now };
-    if tat - now > NS_PER_SEC - interval {
+    if tat - now > NS_PER_SEC.saturating_sub(interval) {
         None
     } else {
         Some(tat + interval)
@@ -708,10 +779,13 @@ pub enum Outcome {
     /// Addressed to a listener and admitted by its access control, but its source is over one
     /// of the listener's per-source limits (new connections or frames per second): `XDP_DROP`.
     RateLimited = 12,
+    /// From a source blocked at this listener (it stayed over a limit, see
+    /// [`ListenerInfo::block_secs`]): `XDP_DROP`.
+    Blocked = 13,
 }
 
 /// Number of [`Outcome`]s, the length of the arrays in [`Counters`].
-pub const OUTCOMES: usize = 13;
+pub const OUTCOMES: usize = 14;
 
 /// ICMP "too big" answers each CPU sends per second at most (as a router rate-limits its
 /// ICMP errors); beyond it such frames are dropped and counted [`Outcome::TooBig`].
@@ -758,6 +832,7 @@ impl Outcome {
         Outcome::TooBig,
         Outcome::ForwardedIcmp,
         Outcome::RateLimited,
+        Outcome::Blocked,
     ];
 
     /// The XDP action taken for this outcome.
@@ -767,7 +842,8 @@ impl Outcome {
             | Outcome::NoBackend
             | Outcome::EncapFailed
             | Outcome::TooBig
-            | Outcome::RateLimited => XDP_DROP,
+            | Outcome::RateLimited
+            | Outcome::Blocked => XDP_DROP,
             Outcome::ForwardedL4 | Outcome::TooBigAnswered | Outcome::ForwardedIcmp => XDP_TX,
             _ => XDP_PASS,
         }
@@ -788,6 +864,7 @@ impl Outcome {
             Outcome::TooBig => "too_big",
             Outcome::ForwardedIcmp => "forwarded_icmp",
             Outcome::RateLimited => "rate_limited",
+            Outcome::Blocked => "blocked",
         }
     }
 }
@@ -870,6 +947,41 @@ mod tests {
     }
 
     #[test]
+    fn a_source_over_its_limit_for_a_second_is_blocked_one_within_it_never() {
+        let info = ListenerInfo {
+            pps_interval_ns: rate_interval_ns(10),
+            block_secs: 30,
+            ..ListenerInfo::default()
+        };
+        let ms = 1_000_000;
+        let flood = |info: &ListenerInfo| {
+            // 20 frames a second against 10, for two seconds.
+            let mut state = SourceState::default();
+            (0..40u64)
+                .map(|i| source_event(&mut state, 5 * NS_PER_SEC + i * 50 * ms, info, false))
+                .collect::<std::vec::Vec<_>>()
+        };
+        let verdicts = flood(&info);
+        // A second's worth of budget plus what refills meanwhile lasts 0.95 s; from then on
+        // every other frame is refused, and the refusal a second after the first blocks.
+        let first_over = verdicts.iter().position(|v| *v != SourceVerdict::Within);
+        let blocked = verdicts.iter().position(|v| *v == SourceVerdict::Block);
+        assert_eq!((first_over, blocked), (Some(19), Some(39)), "{verdicts:?}");
+        // Exactly the rate, for five seconds: never refused.
+        let mut state = SourceState::default();
+        assert!((0..50u64).all(|i| {
+            source_event(&mut state, NS_PER_SEC + i * 100 * ms, &info, false)
+                == SourceVerdict::Within
+        }));
+        // Without block_secs, the same flood is only ever over.
+        let info = ListenerInfo {
+            block_secs: 0,
+            ..info
+        };
+        assert!(!flood(&info).contains(&SourceVerdict::Block));
+    }
+
+    #[test]
     fn ipv6_sources_are_limited_by_their_64_and_ipv4_by_address() {
         let v6: [u8; 16] = [0xfd, 0, 0, 0, 0, 0, 0, 1, 9, 9, 9, 9, 9, 9, 9, 9];
         let mut expect = v6;
@@ -884,10 +996,10 @@ mod tests {
     fn map_types_have_the_layout_the_kernel_side_reads() {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(align_of::<ListenerKey>(), 2);
-        assert_eq!(size_of::<ListenerInfo>(), 28);
-        assert_eq!(size_of::<PortListeners>(), 60);
+        assert_eq!(size_of::<ListenerInfo>(), 32);
+        assert_eq!(size_of::<PortListeners>(), 68);
         assert_eq!(size_of::<SourceKey>(), 24);
-        assert_eq!(size_of::<SourceState>(), 16);
+        assert_eq!(size_of::<SourceState>(), 24);
         assert_eq!(size_of::<BackendInfo>(), 28);
         assert_eq!(align_of::<BackendInfo>(), 4);
         assert_eq!(size_of::<EncapConfig>(), 16);
@@ -968,7 +1080,8 @@ mod tests {
                 | Outcome::NoBackend
                 | Outcome::EncapFailed
                 | Outcome::TooBig
-                | Outcome::RateLimited => XDP_DROP,
+                | Outcome::RateLimited
+                | Outcome::Blocked => XDP_DROP,
                 Outcome::ForwardedL4 | Outcome::TooBigAnswered | Outcome::ForwardedIcmp => XDP_TX,
                 _ => XDP_PASS,
             };

@@ -25,7 +25,10 @@
 //!    b. An admitted frame whose source (an IPv4 address, an IPv6 /64) is over one of the
 //!    listener's per-source limits is `RateLimited`: with `pps_interval_ns`, every frame counts;
 //!    with `syn_interval_ns`, TCP SYNs without ACK (not later fragments) count too
-//!    ([`rate_admit`] against the source's `SOURCES` entry at `now_ns`, frames first).
+//!    ([`source_event`] on the source's `SOURCES` entry at `now_ns`, frames first). With
+//!    `block_secs`, a source with a `BLOCKED` entry later than `now_ns` is `Blocked` (all its
+//!    frames), and one that [`source_event`] finds over a limit long enough is blocked for
+//!    `block_secs` from this frame on, which is `Blocked` too.
 //! 7. An admitted frame of a listener whose `l4_group` is below [`MAX_L4_GROUPS`] (an L4
 //!    listener) is forwarded, never `Passed`:
 //!    a. VLAN-tagged: `VlanL4` (passed untouched). Else a first fragment (more-fragments
@@ -89,6 +92,8 @@ pub struct Tables {
     pub frags: HashMap<FragKey, FragPorts>,
     /// `SOURCES`, likewise.
     pub sources: HashMap<SourceKey, SourceState>,
+    /// `BLOCKED`, likewise: until when each source is blocked.
+    pub blocked: HashMap<SourceKey, u64>,
     /// The MTU of the interface frames arrive on (and leave by `XDP_TX`); 0: unknown, nothing
     /// is too big (BPF_PROG_TEST_RUN runs on the namespace's loopback, MTU 65536 by default).
     pub mtu: u32,
@@ -483,12 +488,10 @@ fn classify_inner(
         && !matches!(frag, Frag::Later(_))
         && frame.len() >= l4 + 14
         && frame[l4 + 13] & 0x12 == 0x02;
-    let outcome = if !admitted(tables, info, &src) {
-        Outcome::DroppedAcl
-    } else if over_source_limits(tables, &info, &src_mapped, syn) {
-        Outcome::RateLimited
+    let outcome = if admitted(tables, info, &src) {
+        source_limits(tables, &info, &src_mapped, syn)
     } else {
-        Outcome::Passed
+        Outcome::DroppedAcl
     };
     if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {
         return Ok((
@@ -803,40 +806,32 @@ fn forward_to(info: &ListenerInfo, flow: &FlowKey, tables: &mut Tables) -> Resul
     Ok(slot)
 }
 
-/// Whether the first `len` bits of `addr` equal those of `net`.
-/// Rule 6b: whether a frame from `src` (IPv4-mapped) is over `info`'s per-source limits;
-/// one within them is counted against them in `sources` at `now_ns`.
-fn over_source_limits(tables: &mut Tables, info: &ListenerInfo, src: &[u8; 16], syn: bool) -> bool {
-    let syn_limited = syn && info.syn_interval_ns != 0;
-    if !syn_limited && info.pps_interval_ns == 0 {
-        return false;
-    }
+/// Rule 6b: `Passed`, or why a frame from `src` (IPv4-mapped), admitted by `info`'s access
+/// control, is dropped; `sources` and `blocked` are updated at `now_ns` as the program does.
+fn source_limits(tables: &mut Tables, info: &ListenerInfo, src: &[u8; 16], syn: bool) -> Outcome {
+    let syn = syn && info.syn_interval_ns != 0;
+    let key = SourceKey::new(src, info.id);
     let now = tables.now_ns;
-    let state = tables
-        .sources
-        .entry(SourceKey::new(src, info.id))
-        .or_default();
-    let mut next = *state;
-    if info.pps_interval_ns != 0 {
-        match rate_admit(state.pps_tat, now, info.pps_interval_ns) {
-            Some(tat) => next.pps_tat = tat,
-            None => return true,
+    if info.block_secs != 0 && tables.blocked.get(&key).is_some_and(|&until| until > now) {
+        return Outcome::Blocked;
+    }
+    if !syn && info.pps_interval_ns == 0 {
+        return Outcome::Passed;
+    }
+    let state = tables.sources.entry(key).or_default();
+    match source_event(state, now, info, syn) {
+        SourceVerdict::Within => Outcome::Passed,
+        SourceVerdict::Over => Outcome::RateLimited,
+        SourceVerdict::Block => {
+            tables
+                .blocked
+                .insert(key, now + u64::from(info.block_secs) * NS_PER_SEC);
+            Outcome::Blocked
         }
     }
-    if syn_limited {
-        match rate_admit(state.syn_tat, now, info.syn_interval_ns) {
-            Some(tat) => next.syn_tat = tat,
-            None => {
-                // The frames counted: the program has already moved the frame limit on.
-                state.pps_tat = next.pps_tat;
-                return true;
-            }
-        }
-    }
-    *state = next;
-    false
 }
 
+/// Whether the first `len` bits of `addr` equal those of `net`.
 pub fn prefix_matches<const N: usize>(net: &[u8; N], len: u8, addr: &[u8; N]) -> bool {
     let len = usize::from(len).min(N * 8);
     let full = len / 8;
@@ -868,6 +863,7 @@ mod tests {
                 l4_flags: 0,
                 syn_interval_ns: 0,
                 pps_interval_ns: 0,
+                block_secs: 0,
             },
         );
         t.acl = prefixes.iter().map(|p| (7, *p)).collect();

@@ -233,12 +233,10 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
     };
 
     let info = find_listener(&flow.dst, port, proto, is_v4).ok_or(Outcome::NotOurs)?;
-    let outcome = if !admitted(&info, &flow.src) {
-        Outcome::DroppedAcl
-    } else if source_limits::over(ctx, &info, &flow.src, &p) {
-        Outcome::RateLimited
+    let outcome = if admitted(&info, &flow.src) {
+        source_limits::check(ctx, &info, &flow.src, &p)
     } else {
-        Outcome::Passed
+        Outcome::DroppedAcl
     };
     // Listeners served in userspace carry NO_GROUP, which fails this one comparison.
     if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {

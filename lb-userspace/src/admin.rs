@@ -2,7 +2,7 @@
 //! only unless the operator allows otherwise: it tells anyone who can reach it how the node is
 //! built and how it is doing.
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use http_body_util::Full;
@@ -32,7 +32,13 @@ pub struct AdminState {
     pub view: Mutex<NodeView>,
     /// Asks the main thread (the owner of the data plane) to reload; it answers on the oneshot.
     pub reload: mpsc::Sender<ReloadReply>,
+    /// Asks the main thread to lift the XDP blocks of an address; it answers how many.
+    pub unblock: mpsc::Sender<UnblockRequest>,
 }
+
+/// `POST /unblock?ip=ADDR`: the address, and where the main thread answers how many blocks it
+/// lifted (or why it could not).
+pub type UnblockRequest = (IpAddr, oneshot::Sender<Result<usize, String>>);
 
 #[derive(Default)]
 pub struct NodeView {
@@ -77,6 +83,15 @@ pub struct ListenerStatus {
     pub group: String,
     /// Packets by XDP outcome for this listener (empty when XDP is off).
     pub xdp_counters: Vec<(String, u64)>,
+    /// Sources the XDP program has blocked at this listener (`--auto-block`).
+    pub blocked: Vec<BlockedStatus>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BlockedStatus {
+    /// `10.0.0.7/32`, `fd00:1::/64`.
+    pub source: String,
+    pub secs_left: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -211,6 +226,10 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
                 format!("reload refused, the running configuration stays: {e}\n"),
             ),
         },
+        (&Method::POST, "/unblock") => match unblock(req.uri().query(), state).await {
+            Ok(n) => (StatusCode::OK, "text/plain", format!("unblocked {n}\n")),
+            Err((status, why)) => (status, "text/plain", format!("{why}\n")),
+        },
         (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
@@ -234,6 +253,35 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
 
 /// Asks the main thread to reload and waits for the outcome; the error is the text of the
 /// answer.
+/// `ip=ADDR` from the query; the number of blocks lifted.
+async fn unblock(query: Option<&str>, state: &AdminState) -> Result<usize, (StatusCode, String)> {
+    let value = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ip="))
+        .ok_or((
+            StatusCode::BAD_REQUEST,
+            "POST /unblock needs ?ip=ADDR (an IPv4 or IPv6 address)".to_string(),
+        ))?;
+    let ip: IpAddr = value.parse().map_err(|_| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("POST /unblock: ip={value:?} is not an IPv4 or IPv6 address"),
+        )
+    })?;
+    let stopping = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "edgelb is stopping".to_string(),
+        )
+    };
+    let (tx, rx) = oneshot::channel();
+    state.unblock.send((ip, tx)).await.map_err(|_| stopping())?;
+    rx.await
+        .map_err(|_| stopping())?
+        .map_err(|e| (StatusCode::CONFLICT, e))
+}
+
 async fn request_reload(state: &AdminState) -> anyhow::Result<()> {
     let (tx, rx) = oneshot::channel();
     // Either end gone: the main loop has ended.

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::admin::EtcdView;
-use crate::admin::{self, AdminState, NodeView, Refusal};
+use crate::admin::{self, AdminState, BlockedStatus, NodeView, Refusal};
 use crate::bgp::Announcer;
 use crate::cli::RunArgs;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
@@ -140,10 +140,12 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     log_ready(&node, dataplane.as_ref(), worker_count, fd_limit);
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<Waiter>(4);
+    let (unblock_tx, mut unblock_rx) = mpsc::channel::<admin::UnblockRequest>(4);
     let admin_state = Arc::new(AdminState {
         metrics: metrics.clone(),
         view: Mutex::new(NodeView::default()),
         reload: reload_tx,
+        unblock: unblock_tx,
     });
     if let Some(b) = bgp.as_mut() {
         b.update(node.announceable(b.announce_when())).await;
@@ -241,6 +243,17 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             }
             _ = sighup.recv() => reloads.request("SIGHUP", None),
             Some(reply) = reload_rx.recv() => reloads.request("POST /reload", Some(reply)),
+            Some((ip, reply)) = unblock_rx.recv() => {
+                let lifted = match dataplane.as_mut() {
+                    Some(dp) => dp.unblock(ip).map_err(|e| format!("POST /unblock: {e}")),
+                    None => Err("POST /unblock: XDP is off, so no source is blocked".to_string()),
+                };
+                if let Ok(n) = lifted {
+                    info!(source = %ip, lifted = n, "POST /unblock");
+                }
+                let _ = reply.send(lifted);
+                refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref());
+            }
             Some(event) = etcd_rx.recv() => {
                 if let Some(v) = etcd_view.as_mut() {
                     match event {
@@ -403,7 +416,8 @@ fn start_dataplane(config: &Config) -> Result<Option<Dataplane>, StartError> {
         Err(e) => {
             warn!(
                 error = %error_chain(&e),
-                "XDP unavailable{}; access control is enforced on accept only",
+                "XDP unavailable{}; access control is enforced on accept only, and per-source \
+                 limits (--rate-limit-syn, --rate-limit-pps, --auto-block) not at all",
                 privilege_hint(&e)
             );
             return Ok(None);
@@ -580,6 +594,7 @@ fn refresh_status(
                 c.bytes,
             );
         }
+        let blocked = dp.blocked().unwrap_or_default();
         for (status, l) in view.listeners.iter_mut().zip(&node.listeners) {
             if let Ok(c) = dp.counters(l.id) {
                 for o in Outcome::ALL {
@@ -588,6 +603,17 @@ fn refresh_status(
                     status.xdp_counters.push((o.name().to_string(), n));
                 }
             }
+            status.blocked = blocked
+                .iter()
+                .filter(|b| b.listener_id == l.id)
+                .map(|b| BlockedStatus {
+                    source: b.prefix(),
+                    secs_left: b.secs_left,
+                })
+                .collect();
+            state
+                .metrics
+                .set_blocked_sources(&l.config.name, status.blocked.len() as u64);
         }
     } else {
         let old = state.view.lock().unwrap_or_else(|p| p.into_inner());
@@ -595,6 +621,7 @@ fn refresh_status(
         for status in &mut view.listeners {
             if let Some(o) = old.listeners.iter().find(|o| o.name == status.name) {
                 status.xdp_counters = o.xdp_counters.clone();
+                status.blocked = o.blocked.clone();
             }
         }
     }

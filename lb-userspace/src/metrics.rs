@@ -61,6 +61,7 @@ pub struct Metrics {
     refused: Family<RefusedLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
     xdp_packets: Family<XdpLabels, Gauge<u64, AtomicU64>>,
+    blocked_sources: Family<ListenerLabels, Gauge<u64, AtomicU64>>,
     xdp_backend_packets: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     xdp_backend_bytes: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     reloads: Counter,
@@ -134,6 +135,12 @@ impl Metrics {
             "Packets the XDP program counted, by listener and outcome (totals since load)",
             xdp_packets.clone(),
         );
+        let blocked_sources = Family::<ListenerLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "xdp_blocked_sources",
+            "Sources the XDP program blocks now, by listener (--auto-block)",
+            blocked_sources.clone(),
+        );
         let xdp_backend_packets = Family::<BackendLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
             "xdp_backend_packets",
@@ -177,6 +184,7 @@ impl Metrics {
             refused,
             backend_healthy,
             xdp_packets,
+            blocked_sources,
             xdp_backend_packets,
             xdp_backend_bytes,
             reloads,
@@ -257,6 +265,14 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .set(total);
+    }
+
+    pub fn set_blocked_sources(&self, listener: &str, n: u64) {
+        self.blocked_sources
+            .get_or_create(&ListenerLabels {
+                listener: listener.into(),
+            })
+            .set(n);
     }
 
     /// Frames the XDP program forwarded to an L4 backend, summed over CPUs.

@@ -368,6 +368,7 @@ impl Node {
                     access_control: l.config.access.mode.name(),
                     group: self.config.default_group(&l.config).name.clone(),
                     xdp_counters: Vec::new(),
+                    blocked: Vec::new(),
                 })
                 .collect(),
             groups: self
@@ -691,6 +692,7 @@ fn listener_rules(config: &Config, ids: &[u32]) -> Vec<ListenerRule> {
                 limits: SourceLimits {
                     syn_per_sec: l.rate_limit_syn.unwrap_or(0),
                     pps: l.rate_limit_pps.unwrap_or(0),
+                    block_secs: l.auto_block.unwrap_or(0),
                 },
             })
         })

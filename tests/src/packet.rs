@@ -96,12 +96,12 @@ impl Frame {
         self
     }
 
-    /// A payload of `bytes` after the transport header.
     pub fn tcp_flags(mut self, flags: u8) -> Self {
         self.tcp_flags = flags;
         self
     }
 
+    /// A payload of `bytes` after the transport header.
     pub fn payload(mut self, bytes: usize) -> Self {
         self.payload = bytes;
         self

@@ -516,7 +516,7 @@ fn sni_cert_tables_take_paths_with_colons() {
 fn a_flag_and_its_file_key_take_and_refuse_the_same_values() {
     let s = Setup::new();
     // (flag and value, the key's table and line, what both must say; None: both accept).
-    let cases: [(&[&str], &str, &str, Option<&str>); 14] = [
+    let cases: [(&[&str], &str, &str, Option<&str>); 15] = [
         (
             &["--idle-timeout", "5000"],
             "listener",
@@ -591,6 +591,12 @@ fn a_flag_and_its_file_key_take_and_refuse_the_same_values() {
             "listener",
             "rate_limit_syn = 100",
             None,
+        ),
+        (
+            &["--auto-block", "60"],
+            "listener",
+            "auto_block = 60",
+            Some("\"60\": blocks sources over a per-source limit: give "),
         ),
         (
             &["--rate-limit-pps", "5000"],

@@ -464,7 +464,7 @@ fn differential() {
     assert!(
         Outcome::ALL.iter().all(|o| match o {
             Outcome::EncapFailed | Outcome::TooBig | Outcome::TooBigAnswered => true,
-            Outcome::RateLimited => by_outcome[*o as usize] == 0,
+            Outcome::RateLimited | Outcome::Blocked => by_outcome[*o as usize] == 0,
             Outcome::ForwardedIcmp => by_outcome[*o as usize] >= 10,
             Outcome::VlanL4 => by_outcome[*o as usize] >= 10,
             _ => by_outcome[*o as usize] >= 50,

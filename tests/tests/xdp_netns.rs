@@ -586,6 +586,13 @@ fn a_source_past_its_connection_rate_has_its_syns_dropped_at_xdp() {
         3,
         "client A, IPv6"
     );
+    // Client B's IPv6 address is in A's /64: the same source, whose budget has refilled by
+    // one connection (or two, were the machine to stall) in the half second since.
+    let b = burst_of_connects(&ns, CLIENT_B_V6, &lb6, 3, wait);
+    assert!(
+        b < 3,
+        "client B, IPv6, in client A's /64: {b} of 3 established"
+    );
     // A second later the busy source is served again, through TLS to the backend.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
@@ -598,7 +605,89 @@ fn a_source_past_its_connection_rate_has_its_syns_dropped_at_xdp() {
 
     let (status, log) = d.stop();
     assert!(status.success(), "exit status {status}:\n{log}");
-    // 7 + 2 first SYNs over the limit (retransmissions may add to them).
+    // 7 + 2 + 1 first SYNs over the limit (retransmissions may add to them).
     let limited = xdp_counter(&log, "listener-1", "rate_limited");
-    assert!(limited >= 9, "rate_limited={limited}:\n{log}");
+    assert!(limited >= 10, "rate_limited={limited}:\n{log}");
+}
+
+#[test]
+fn a_source_over_its_rate_for_a_second_is_blocked_listed_and_unblocked_on_request() {
+    if !root_or_skip(
+        "a_source_over_its_rate_for_a_second_is_blocked_listed_and_unblocked_on_request",
+    ) {
+        return;
+    }
+    let s = setup();
+    let admin = "127.0.0.1:9911";
+    let d = start(
+        &s,
+        &[
+            "--rate-limit-syn",
+            "2",
+            "--auto-block",
+            "30",
+            "--admin",
+            admin,
+            "--xdp-iface",
+            &s.topo.lb_if,
+            "--xdp-mode",
+            "native",
+        ],
+    );
+    let lb_ns = s.topo.lb.path();
+    let ask = |method: &'static str, path: String| {
+        in_netns(&lb_ns, move || {
+            edgelb_tests::admin::request(admin, method, &path)
+        })
+    };
+    let ns = s.topo.client.path();
+    let lb = format!("{LB_V4}:8443");
+    let wait = std::time::Duration::from_millis(100);
+    // ~30 connections a second against a limit of 2, for 1.5 s.
+    let established: usize = (0..15)
+        .map(|_| burst_of_connects(&ns, CLIENT_A_V4, &lb, 3, wait))
+        .sum();
+    assert!(established <= 6, "{established} connections got through");
+    // The refresh that lists blocks runs once a second.
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let status = ask("GET", "/status".into());
+    assert!(
+        status.contains(&format!("\"{CLIENT_A_V4}/32\"")),
+        "{status}"
+    );
+    let metrics = ask("GET", "/metrics".into());
+    assert!(
+        metrics.contains("edgelb_xdp_blocked_sources{listener=\"listener-1\"} 1"),
+        "{metrics}"
+    );
+    // Past the rate limit's second, the block still holds; other sources are served.
+    let wait = std::time::Duration::from_millis(500);
+    assert_eq!(
+        burst_of_connects(&ns, CLIENT_A_V4, &lb, 2, wait),
+        0,
+        "blocked A"
+    );
+    assert_eq!(burst_of_connects(&ns, CLIENT_B_V4, &lb, 2, wait), 2, "B");
+
+    let bad = ask("POST", "/unblock?ip=10.10.0".into());
+    assert!(bad.starts_with("HTTP/1.0 400"), "{bad}");
+    let lifted = ask("POST", format!("/unblock?ip={CLIENT_A_V4}"));
+    assert!(
+        lifted.starts_with("HTTP/1.0 200") && lifted.ends_with("unblocked 1\n"),
+        "{lifted}"
+    );
+    assert_eq!(
+        burst_of_connects(&ns, CLIENT_A_V4, &lb, 2, wait),
+        2,
+        "A unblocked"
+    );
+    let status = ask("GET", "/status".into());
+    assert!(
+        !status.contains(&format!("\"{CLIENT_A_V4}/32\"")),
+        "{status}"
+    );
+
+    let (status, log) = d.stop();
+    assert!(status.success(), "exit status {status}:\n{log}");
+    assert!(xdp_counter(&log, "listener-1", "blocked") >= 2, "{log}");
 }

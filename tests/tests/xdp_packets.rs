@@ -441,7 +441,11 @@ fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
     }
     let limited = |id, addr, proto, syn_per_sec, pps| {
         let mut r = rule(id, addr, proto, All, &[]);
-        r.limits = SourceLimits { syn_per_sec, pps };
+        r.limits = SourceLimits {
+            syn_per_sec,
+            pps,
+            block_secs: 0,
+        };
         r
     };
     let mut fx = Fixture::load();
@@ -450,6 +454,7 @@ fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
         limited(2, "10.0.0.1:53", UDP, 0, 4),
         limited(3, "[::]:443", TCP, 2, 0),
         rule(4, "10.0.0.1:80", TCP, All, &[]),
+        limited(5, "10.0.0.1:8443", TCP, 2, 4),
     ]);
     const ACK: u8 = 0x10;
     const SYN_ACK: u8 = 0x12;
@@ -514,6 +519,25 @@ fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
             .payload(10)
             .bytes();
         steps.push(("UDP from a busy source", frame, want, 2));
+    }
+    // Both limits: a SYN the connection limit refuses still counts as a frame; a frame the
+    // frame limit refuses leaves the connection budget alone.
+    let both = |flags| {
+        Frame::tcp("192.168.1.7", "10.0.0.1", 8443)
+            .tcp_flags(flags)
+            .bytes()
+    };
+    steps.push(("both limits: SYN 1", both(0x02), Passed, 5));
+    steps.push(("both limits: SYN 2", both(0x02), Passed, 5));
+    steps.push(("both limits: SYN 3, over 2/s", both(0x02), RateLimited, 5));
+    steps.push(("both limits: ACK, the 4th frame", both(ACK), Passed, 5));
+    steps.push(("both limits: ACK, the 5th frame", both(ACK), RateLimited, 5));
+    // Not SYNs: a TCP header cut short, and a later IPv6 fragment (no header at all).
+    let mut short = Frame::tcp("192.168.1.8", "10.0.0.1", 8443).bytes();
+    short.truncate(14 + 20 + 12);
+    for i in 0..5 {
+        let want = if i < 4 { Passed } else { RateLimited };
+        steps.push(("both limits: a short TCP header", short.clone(), want, 5));
     }
     let mut failures = Vec::new();
     for (what, frame, outcome, slot) in steps {

@@ -101,8 +101,11 @@ impl Config {
                 "  rate-limit-syn  {n} new connections/s per source (XDP)"
             )?;
         }
-        match l.rate_limit_pps {
-            Some(n) => writeln!(f, "  rate-limit-pps  {n} frames/s per source (XDP)"),
+        if let Some(n) = l.rate_limit_pps {
+            writeln!(f, "  rate-limit-pps  {n} frames/s per source (XDP)")?;
+        }
+        match l.auto_block {
+            Some(n) => writeln!(f, "  auto-block      {n}s for a source over a limit for 1s"),
             None => Ok(()),
         }
     }

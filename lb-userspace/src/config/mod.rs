@@ -120,6 +120,8 @@ pub struct ListenerConfig {
     /// limited.
     pub rate_limit_syn: Option<u32>,
     pub rate_limit_pps: Option<u32>,
+    /// Seconds a source over those limits for a second is blocked; None: never.
+    pub auto_block: Option<u32>,
 }
 
 /// The TLS half of an https listener: the loaded settings and the files they came from.
@@ -720,6 +722,7 @@ fn listener(
         rate_limit_requests: args.rate_limit_requests.map(|n| n.0),
         rate_limit_syn: args.rate_limit_syn.map(|n| n.0),
         rate_limit_pps: args.rate_limit_pps.map(|n| n.0),
+        auto_block: auto_block(args, protocol)?,
     })
 }
 
@@ -997,6 +1000,31 @@ fn refuse_tls_flags(args: &ListenerSpec, protocol: FrontendProtocol) -> Result<(
             ),
         )),
         None => Ok(()),
+    }
+}
+
+/// `--auto-block` blocks sources over a per-source limit: without one it would do nothing.
+/// (Checked here too: `--rate-limit-syn` counts TCP SYNs, which a UDP listener never gets.)
+fn auto_block(args: &ListenerSpec, protocol: FrontendProtocol) -> Result<Option<u32>, ConfigError> {
+    if let Some(n) = args.rate_limit_syn
+        && protocol == FrontendProtocol::Udp
+    {
+        return Err(ConfigError::new(
+            "--rate-limit-syn",
+            n.0.to_string(),
+            "limits new TCP connections, and a udp listener has none: use --rate-limit-pps N",
+        ));
+    }
+    match args.auto_block {
+        Some(secs) if args.rate_limit_syn.is_none() && args.rate_limit_pps.is_none() => {
+            Err(ConfigError::new(
+                "--auto-block",
+                secs.0.as_secs().to_string(),
+                "blocks sources over a per-source limit: give --rate-limit-syn N or --rate-limit-pps N",
+            ))
+        }
+        Some(secs) => Ok(Some(secs.0.as_secs() as u32)),
+        None => Ok(None),
     }
 }
 

@@ -150,6 +150,12 @@ pub struct ListenerSpec {
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub rate_limit_pps: Option<values::SourceRate>,
 
+    /// Seconds (1-86400) a source that stays over `--rate-limit-syn` or `--rate-limit-pps`
+    /// for a whole second is then blocked at the NIC, all its frames to this listener
+    /// dropped; listed in /status, removable with `POST /unblock?ip=ADDR`. Off unless given.
+    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    pub auto_block: Option<Seconds<1, 86_400>>,
+
     /// Forwarding rule, repeatable, evaluated in order:
     /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.
     #[arg(long = "rule", value_name = "RULE")]

@@ -17,6 +17,7 @@
 //! an MTU 20 (IPv4) or 40 (IPv6) bytes larger than the clients'.
 mod apply;
 mod backends;
+pub mod blocked;
 mod maglev;
 mod object;
 pub mod rules;

@@ -30,6 +30,8 @@ pub struct SourceLimits {
     pub syn_per_sec: u32,
     /// Frames per second, of any kind.
     pub pps: u32,
+    /// Seconds a source over a limit for a second is blocked; 0: never.
+    pub block_secs: u32,
 }
 
 impl ListenerRule {
@@ -72,6 +74,7 @@ impl ListenerRule {
             },
             syn_interval_ns: rate_interval_ns(self.limits.syn_per_sec),
             pps_interval_ns: rate_interval_ns(self.limits.pps),
+            block_secs: self.limits.block_secs,
         }
     }
 }
