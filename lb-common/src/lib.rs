@@ -239,13 +239,19 @@ impl SourceKey {
 pub struct SourceState {
     pub syn_tat: u64,
     pub pps_tat: u64,
-    /// When the source was first refused since its budget was last whole; 0: not refused.
+    /// When the source's current streak of refusals began; 0: none.
     pub over_since: u64,
+    /// When the source was last refused.
+    pub last_over: u64,
 }
 
-/// How long a source must stay over a limit (refused again this long after its first
-/// refusal, its budget never whole in between) to be blocked, with [`ListenerInfo::block_secs`].
+/// How long a source must stay over a limit to be blocked, with [`ListenerInfo::block_secs`]:
+/// refused this long after the first refusal of a streak. A streak ends when a source goes
+/// [`STREAK_GAP_NS`] (or two of its limit's intervals, if longer) without a refusal, so a
+/// source that sends faster than its limit all along is blocked, one that only overshoots
+/// now and then is not.
 pub const BLOCK_AFTER_NS: u64 = NS_PER_SEC;
+pub const STREAK_GAP_NS: u64 = NS_PER_SEC / 4;
 
 /// Sources the `BLOCKED` LRU hash holds (keyed by [`SourceKey`], valued by the
 /// `bpf_ktime_get_coarse_ns` time the block ends).
@@ -269,37 +275,36 @@ pub fn source_event(
     info: &ListenerInfo,
     syn: bool,
 ) -> SourceVerdict {
-    let syn_limited = syn && info.syn_interval_ns != 0;
-    let pps_limited = info.pps_interval_ns != 0;
-    // A whole budget ends a streak of refusals: the source has been within its rate.
-    if (!pps_limited || state.pps_tat <= now) && (!syn_limited || state.syn_tat <= now) {
-        state.over_since = 0;
-    }
-    if pps_limited {
+    if info.pps_interval_ns != 0 {
         match rate_admit(state.pps_tat, now, info.pps_interval_ns) {
             Some(tat) => state.pps_tat = tat,
-            None => return refused(state, now, info),
+            None => return refused(state, now, info, info.pps_interval_ns),
         }
     }
-    if syn_limited {
+    if syn && info.syn_interval_ns != 0 {
         match rate_admit(state.syn_tat, now, info.syn_interval_ns) {
             Some(tat) => state.syn_tat = tat,
-            None => return refused(state, now, info),
+            None => return refused(state, now, info, info.syn_interval_ns),
         }
     }
     SourceVerdict::Within
 }
 
 #[inline(always)]
-fn refused(state: &mut SourceState, now: u64, info: &ListenerInfo) -> SourceVerdict {
+fn refused(state: &mut SourceState, now: u64, info: &ListenerInfo, interval: u32) -> SourceVerdict {
     if info.block_secs == 0 {
         return SourceVerdict::Over;
     }
-    if state.over_since == 0 {
-        // `now` is never 0 in the kernel; 1 stands for it in the reference's tests.
-        state.over_since = if now == 0 { 1 } else { now };
-        SourceVerdict::Over
-    } else if now.saturating_sub(state.over_since) >= BLOCK_AFTER_NS {
+    let gap = if 2 * interval as u64 > STREAK_GAP_NS {
+        2 * interval as u64
+    } else {
+        STREAK_GAP_NS
+    };
+    if state.over_since == 0 || now.saturating_sub(state.last_over) > gap {
+        state.over_since = now;
+    }
+    state.last_over = now;
+    if now.saturating_sub(state.over_since) >= BLOCK_AFTER_NS {
         state.over_since = 0;
         SourceVerdict::Block
     } else {
@@ -973,6 +978,37 @@ mod tests {
             source_event(&mut state, NS_PER_SEC + i * 100 * ms, &info, false)
                 == SourceVerdict::Within
         }));
+        // Over now and then (a burst of 15 at once, then 9 a second, then another burst five
+        // seconds on): refused in both bursts, never blocked.
+        let mut state = SourceState::default();
+        let mut at = |t: u64| source_event(&mut state, NS_PER_SEC + t, &info, false);
+        let mut seen = std::vec::Vec::new();
+        for _ in 0..15 {
+            seen.push(at(0));
+        }
+        for i in 1..45u64 {
+            seen.push(at(i * NS_PER_SEC / 9));
+        }
+        for _ in 0..6 {
+            seen.push(at(5 * NS_PER_SEC));
+        }
+        assert!(seen.contains(&SourceVerdict::Over) && !seen.contains(&SourceVerdict::Block));
+        // A SYN flood is blocked even if the source's other frames are within their limit.
+        let both = ListenerInfo {
+            syn_interval_ns: rate_interval_ns(2),
+            pps_interval_ns: rate_interval_ns(1000),
+            block_secs: 30,
+            ..ListenerInfo::default()
+        };
+        let mut state = SourceState::default();
+        let mut blocked = false;
+        for i in 0..60u64 {
+            let t = 5 * NS_PER_SEC + i * 33 * ms;
+            blocked |= source_event(&mut state, t, &both, true) == SourceVerdict::Block;
+            // The handshake's ACK of each connection that got through.
+            source_event(&mut state, t + ms, &both, false);
+        }
+        assert!(blocked);
         // Without block_secs, the same flood is only ever over.
         let info = ListenerInfo {
             block_secs: 0,
@@ -999,7 +1035,7 @@ mod tests {
         assert_eq!(size_of::<ListenerInfo>(), 32);
         assert_eq!(size_of::<PortListeners>(), 68);
         assert_eq!(size_of::<SourceKey>(), 24);
-        assert_eq!(size_of::<SourceState>(), 24);
+        assert_eq!(size_of::<SourceState>(), 32);
         assert_eq!(size_of::<BackendInfo>(), 28);
         assert_eq!(align_of::<BackendInfo>(), 4);
         assert_eq!(size_of::<EncapConfig>(), 16);

@@ -17,8 +17,8 @@ use crate::{Frag, Parsed, bytes};
 #[map(name = "SOURCES")]
 static SOURCES: LruHashMap<SourceKey, SourceState> = LruHashMap::with_max_entries(MAX_SOURCES, 0);
 
-/// Blocked sources: until when (`bpf_ktime_get_coarse_ns`). Read and pruned by the daemon
-/// (`/status`, `POST /unblock`).
+/// Blocked sources: until when (`bpf_ktime_get_coarse_ns`). Expired entries stay until the
+/// table forgets them; the daemon lists them (`/status`) and deletes them (`POST /unblock`).
 #[map(name = "BLOCKED")]
 static BLOCKED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(MAX_BLOCKED, 0);
 

@@ -240,7 +240,8 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try /healthz, /metrics or /status\n".to_string(),
+            "not found: try GET /healthz, /metrics, /status, POST /reload, /unblock?ip=ADDR\n"
+                .to_string(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -253,12 +254,22 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
 
 /// Asks the main thread to reload and waits for the outcome; the error is the text of the
 /// answer.
+async fn request_reload(state: &AdminState) -> anyhow::Result<()> {
+    let (tx, rx) = oneshot::channel();
+    // Either end gone: the main loop has ended.
+    let stopping = || anyhow::anyhow!("edgelb is stopping");
+    state.reload.send(tx).await.map_err(|_| stopping())?;
+    rx.await.map_err(|_| stopping())??;
+    Ok(())
+}
+
 /// `ip=ADDR` from the query; the number of blocks lifted.
 async fn unblock(query: Option<&str>, state: &AdminState) -> Result<usize, (StatusCode, String)> {
     let value = query
         .unwrap_or("")
         .split('&')
         .find_map(|pair| pair.strip_prefix("ip="))
+        .map(|v| v.replace("%3A", ":").replace("%3a", ":"))
         .ok_or((
             StatusCode::BAD_REQUEST,
             "POST /unblock needs ?ip=ADDR (an IPv4 or IPv6 address)".to_string(),
@@ -280,13 +291,4 @@ async fn unblock(query: Option<&str>, state: &AdminState) -> Result<usize, (Stat
     rx.await
         .map_err(|_| stopping())?
         .map_err(|e| (StatusCode::CONFLICT, e))
-}
-
-async fn request_reload(state: &AdminState) -> anyhow::Result<()> {
-    let (tx, rx) = oneshot::channel();
-    // Either end gone: the main loop has ended.
-    let stopping = || anyhow::anyhow!("edgelb is stopping");
-    state.reload.send(tx).await.map_err(|_| stopping())?;
-    rx.await.map_err(|_| stopping())??;
-    Ok(())
 }

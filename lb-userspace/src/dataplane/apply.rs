@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use lb_common::maglev::NO_BACKEND;
-use tracing::error;
+use tracing::{error, warn};
 
 use super::{
     BackendEntry, Dataplane, DataplaneError, L4Listener, L4Listeners, ListenerRule, Slots,
@@ -100,6 +100,10 @@ impl Dataplane {
             return Err(e);
         }
         self.slots = slots;
+        let stale = super::blocked::stale_source_ids(&self.applied.0, rules);
+        if let Err(e) = self.forget_sources(&stale) {
+            warn!(error = %error_chain(&e), "forgetting per-source state of changed listeners");
+        }
         self.applied = (rules.to_vec(), listeners);
         Ok(())
     }

@@ -1,12 +1,13 @@
 //! Sources the XDP program has blocked (`--auto-block`): read for `/status` and `/metrics`,
-//! removed by `POST /unblock`. The program writes the entries; the daemon only reads them and
-//! deletes them.
+//! removed by `POST /unblock`, forgotten when their listener id changes hands. The program
+//! writes the entries; the daemon only reads and deletes them.
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 
 use aya::maps::{HashMap, MapData};
-use lb_common::{MAP_BLOCKED, SourceKey, v4_mapped, v4_unmapped};
+use lb_common::{MAP_BLOCKED, MAP_SOURCES, SourceKey, SourceState, v4_mapped, v4_unmapped};
 
-use super::{Dataplane, DataplaneError, map_err, missing};
+use super::{Dataplane, DataplaneError, ListenerRule, map_err, missing};
 
 /// One blocked source at one listener.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,9 +44,12 @@ fn source_of(key: &SourceKey) -> IpAddr {
 }
 
 impl Dataplane {
-    /// The sources blocked now, by listener and address; expired entries are left for the
-    /// table to forget.
+    /// The sources blocked now, by listener and address (none without a listener that blocks;
+    /// expired entries stay until the table forgets them).
     pub fn blocked(&self) -> Result<Vec<BlockedSource>, DataplaneError> {
+        if !self.applied.0.iter().any(|r| r.limits.block_secs != 0) {
+            return Ok(Vec::new());
+        }
         let now = now_ns();
         let map = self
             .ebpf
@@ -63,11 +67,14 @@ impl Dataplane {
                 secs_left: (until - now).div_ceil(1_000_000_000),
             })
             .collect();
+        // A walk over an LRU table the program is changing may see a key twice.
         out.sort_by_key(|b| (b.listener_id, b.source));
+        out.dedup_by_key(|b| (b.listener_id, b.source));
         Ok(out)
     }
 
-    /// Lifts the blocks of `addr` (its /64 for IPv6) at every listener; returns how many.
+    /// Lifts the blocks of `addr` (its /64 for IPv6) at every listener; returns how many were
+    /// in force.
     pub fn unblock(&mut self, addr: IpAddr) -> Result<usize, DataplaneError> {
         let src = match addr {
             IpAddr::V4(a) => v4_mapped(a.octets()),
@@ -75,21 +82,65 @@ impl Dataplane {
                 .to_ipv4_mapped()
                 .map_or(a.octets(), |v4| v4_mapped(v4.octets())),
         };
-        let wanted = SourceKey::new(&src, 0).src;
+        let ids: Vec<u32> = self.applied.0.iter().map(|r| r.id).collect();
+        let now = now_ns();
         let map = self
             .ebpf
             .map_mut(MAP_BLOCKED)
             .ok_or_else(|| missing(MAP_BLOCKED))?;
         let mut map: HashMap<&mut MapData, SourceKey, u64> =
             HashMap::try_from(map).map_err(map_err(MAP_BLOCKED))?;
-        let keys: Vec<SourceKey> = map
+        let mut lifted = 0;
+        for id in ids {
+            let key = SourceKey::new(&src, id);
+            if let Ok(until) = map.get(&key, 0) {
+                lifted += usize::from(until > now);
+                // Gone already (expired and forgotten): nothing to lift.
+                let _ = map.remove(&key);
+            }
+        }
+        Ok(lifted)
+    }
+
+    /// Forgets the sources' state and blocks at listeners `ids`: a listener id given to
+    /// another listener, or a listener that no longer blocks, must not inherit them.
+    pub(super) fn forget_sources(&mut self, ids: &BTreeSet<u32>) -> Result<(), DataplaneError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.forget_in::<u64>(MAP_BLOCKED, ids)?;
+        self.forget_in::<SourceState>(MAP_SOURCES, ids)
+    }
+
+    fn forget_in<V: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        ids: &BTreeSet<u32>,
+    ) -> Result<(), DataplaneError> {
+        let map = self.ebpf.map_mut(name).ok_or_else(|| missing(name))?;
+        let mut map: HashMap<&mut MapData, SourceKey, V> =
+            HashMap::try_from(map).map_err(map_err(name))?;
+        let stale: Vec<SourceKey> = map
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.src == wanted)
+            .filter(|k| ids.contains(&k.listener_id))
             .collect();
-        for key in &keys {
-            map.remove(key).map_err(map_err(MAP_BLOCKED))?;
+        for key in &stale {
+            // Gone already: forgotten by the table.
+            let _ = map.remove(key);
         }
-        Ok(keys.len())
+        Ok(())
     }
+}
+
+/// Listener ids whose per-source state must go when `new` replaces `old`: ids now naming
+/// another listener (or none), and listeners that stopped blocking.
+pub(super) fn stale_source_ids(old: &[ListenerRule], new: &[ListenerRule]) -> BTreeSet<u32> {
+    old.iter()
+        .filter(|o| match new.iter().find(|n| n.id == o.id) {
+            None => true,
+            Some(n) => n.key() != o.key() || (o.limits.block_secs != 0 && n.limits.block_secs == 0),
+        })
+        .map(|o| o.id)
+        .collect()
 }
