@@ -199,7 +199,8 @@ pub const fn rate_interval_ns(per_sec: u32) -> u32 {
 
 pub const NS_PER_SEC: u64 = 1_000_000_000;
 
-/// Sources whose limits the `SOURCES` LRU hash tracks, over all listeners (~11 MB). A source
+/// Sources whose limits the `SOURCES` LRU hash tracks, over all listeners (a 24-byte key and a
+/// 32-byte value each: 7.3 MB of entries before the kernel's own overhead). A source
 /// pushed out by newer ones starts again with a full second's worth when it comes back:
 /// per-source limits hold back a few busy sources, not a flood of spoofed ones.
 pub const MAX_SOURCES: u32 = 131_072;
@@ -295,11 +296,7 @@ fn refused(state: &mut SourceState, now: u64, info: &ListenerInfo, interval: u32
     if info.block_secs == 0 {
         return SourceVerdict::Over;
     }
-    let gap = if 2 * interval as u64 > STREAK_GAP_NS {
-        2 * interval as u64
-    } else {
-        STREAK_GAP_NS
-    };
+    let gap = (2 * interval as u64).max(STREAK_GAP_NS);
     if state.over_since == 0 || now.saturating_sub(state.last_over) > gap {
         state.over_since = now;
     }
@@ -590,7 +587,7 @@ pub const MAX_FLOWS: u32 = 262_144;
 pub const MAX_NEW_FLOWS: u32 = 65_536;
 /// A flow's `last_seen_ns` is rewritten only when it is at least this old, so a busy flow costs
 /// one map write per second rather than one per packet.
-pub const FLOW_TOUCH_NS: u64 = 1_000_000_000;
+pub const FLOW_TOUCH_NS: u64 = NS_PER_SEC;
 
 /// Key of the `FLOWS` LRU hash: a frame's 5-tuple, addresses IPv4-mapped for IPv4, ports in
 /// host byte order.

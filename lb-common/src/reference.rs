@@ -448,11 +448,13 @@ fn classify_inner(
     {
         return icmp_error(frame, tables);
     }
+    // The source as the maps key it: IPv4-mapped for IPv4.
+    let client = match src {
+        Src::V4(a) => v4_mapped(a),
+        Src::V6(a) => a,
+    };
     let frag_key = |id: u32| FragKey {
-        src: match src {
-            Src::V4(a) => v4_mapped(a),
-            Src::V6(a) => a,
-        },
+        src: client,
         dst,
         id,
         proto,
@@ -480,16 +482,12 @@ fn classify_inner(
 
     let is_v4 = ethertype == ETH_P_IPV4;
     let info = find_listener(tables, dst, port, proto, is_v4).ok_or(not_ours)?;
-    let src_mapped = match src {
-        Src::V4(a) => v4_mapped(a),
-        Src::V6(a) => a,
-    };
     let syn = proto == IPPROTO_TCP
         && !matches!(frag, Frag::Later(_))
         && frame.len() >= l4 + 14
         && frame[l4 + 13] & 0x12 == 0x02;
     let outcome = if admitted(tables, info, &src) {
-        source_limits(tables, &info, &src_mapped, syn)
+        source_limits(tables, &info, &client, syn)
     } else {
         Outcome::DroppedAcl
     };
@@ -503,10 +501,6 @@ fn classify_inner(
             None,
         ));
     }
-    let client = match src {
-        Src::V4(a) => v4_mapped(a),
-        Src::V6(a) => a,
-    };
     if off == 14
         && let Frag::First(id) = frag
     {

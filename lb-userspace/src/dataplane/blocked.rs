@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv6Addr};
 
 use aya::maps::{HashMap, MapData};
-use lb_common::{MAP_BLOCKED, MAP_SOURCES, SourceKey, SourceState, v4_mapped, v4_unmapped};
+use lb_common::{
+    MAP_BLOCKED, MAP_SOURCES, NS_PER_SEC, SourceKey, SourceState, v4_mapped, v4_unmapped,
+};
 
 use super::{Dataplane, DataplaneError, ListenerRule, map_err, missing};
 
@@ -32,7 +34,7 @@ impl BlockedSource {
 /// The program's clock, `bpf_ktime_get_coarse_ns`: CLOCK_MONOTONIC_COARSE.
 fn now_ns() -> u64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .map(|t| t.tv_sec() as u64 * NS_PER_SEC + t.tv_nsec() as u64)
         .unwrap_or(0)
 }
 
@@ -64,7 +66,7 @@ impl Dataplane {
             .map(|(key, until)| BlockedSource {
                 listener_id: key.listener_id,
                 source: source_of(&key),
-                secs_left: (until - now).div_ceil(1_000_000_000),
+                secs_left: (until - now).div_ceil(NS_PER_SEC),
             })
             .collect();
         // A walk over an LRU table the program is changing may see a key twice.
@@ -76,11 +78,10 @@ impl Dataplane {
     /// Lifts the blocks of `addr` (its /64 for IPv6) at every listener; returns how many were
     /// in force.
     pub fn unblock(&mut self, addr: IpAddr) -> Result<usize, DataplaneError> {
+        // An IPv4-mapped IPv6 address is already the key's form of its IPv4 address.
         let src = match addr {
             IpAddr::V4(a) => v4_mapped(a.octets()),
-            IpAddr::V6(a) => a
-                .to_ipv4_mapped()
-                .map_or(a.octets(), |v4| v4_mapped(v4.octets())),
+            IpAddr::V6(a) => a.octets(),
         };
         let ids: Vec<u32> = self.applied.0.iter().map(|r| r.id).collect();
         let now = now_ns();
