@@ -21,12 +21,18 @@ fn tables() -> &'static Tables {
             syn_interval_ns: 0,
             pps_interval_ns: 0,
             block_secs: 0,
+            syn_cookies: 0,
         };
         t.listeners
-            .insert(ListenerKey::new(ANY, 443, IPPROTO_TCP), ListenerInfo { l4_group: NO_GROUP, syn_interval_ns: 250_000_000, pps_interval_ns: 1_000_000, block_secs: 30, ..l4(1, 0) });
+            .insert(ListenerKey::new(ANY, 443, IPPROTO_TCP), ListenerInfo { l4_group: NO_GROUP, syn_interval_ns: 250_000_000, pps_interval_ns: 1_000_000, block_secs: 30, syn_cookies: syn_cookies::WATCH | syn_cookies::ANSWER, ..l4(1, 0) });
         t.listeners.insert(ListenerKey::new(ANY, 80, IPPROTO_TCP), l4(2, 0));
         t.listeners.insert(ListenerKey::new(ANY, 53, IPPROTO_UDP), l4(3, 0));
         t.acl.push((1, reference::AclPrefix::V4([10, 0, 0, 0], 8)));
+        // Listener 1 answers SYNs, its kernel stamps fresh: SYNs walk the option parser.
+        t.now_ns = 2;
+        for v4 in [true, false] {
+            t.syn_stamps.insert(syn_stamp_slot(1, v4), 1);
+        }
         let ring: Vec<u32> = (0..maglev::TABLE_SIZE).map(|i| i % 2).collect();
         t.rings.insert(0, ring);
         for (i, addr) in [v4_mapped([10, 2, 0, 2]), [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]]

@@ -45,6 +45,9 @@ pub const MAP_NEW_FLOWS: &str = "NEW_FLOWS";
 pub const MAP_FRAGS: &str = "FRAGS";
 pub const MAP_SOURCES: &str = "SOURCES";
 pub const MAP_BLOCKED: &str = "BLOCKED";
+pub const MAP_SYN_STAMPS: &str = "SYN_STAMPS";
+pub const MAP_SYNS: &str = "SYNS";
+pub const MAP_SYN_WSCALE: &str = "SYN_WSCALE";
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
 pub const MAP_TAIL: &str = "TAIL";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
@@ -185,6 +188,66 @@ pub struct ListenerInfo {
     /// Seconds a source that stays over a limit for [`BLOCK_AFTER_NS`] is then blocked
     /// (all its frames to the listener dropped, `BLOCKED`); 0: never blocked.
     pub block_secs: u32,
+    /// Bits of [`syn_cookies`]: whether the program counts the listener's SYNs and answers
+    /// them itself with SYN cookies.
+    pub syn_cookies: u32,
+}
+
+/// Bits of [`ListenerInfo::syn_cookies`], for TCP listeners served in userspace.
+pub mod syn_cookies {
+    /// Count the listener's new connections (SYN without ACK) in `SYNS`, for the daemon to
+    /// turn [`ANSWER`] on and off (`--syn-protect auto`).
+    pub const WATCH: u32 = 1;
+    /// Answer them with a SYN-ACK carrying a SYN cookie (`XDP_TX`); the client's ACK goes to
+    /// the kernel, which checks the cookie and creates the connection.
+    pub const ANSWER: u32 = 2;
+}
+
+/// Pure SYNs a listener answering with cookies still passes to the kernel, one per this
+/// interval per listener and address family: the kernel accepts a cookie only from a listener
+/// that sent one itself within the last two minutes (`tcp_synq_no_recent_overflow`), and
+/// with `net.ipv4.tcp_syncookies=2` the passed SYN is answered with one.
+pub const SYN_STAMP_NS: u64 = 30 * NS_PER_SEC;
+
+/// Entries of the `SYN_STAMPS` array: one per listener id and address family.
+pub const SYN_STAMP_SLOTS: u32 = STATS_SLOTS * 2;
+
+/// The `SYN_STAMPS` entry of a listener for IPv4 or IPv6 frames.
+pub const fn syn_stamp_slot(id: u32, v4: bool) -> u32 {
+    id * 2 + if v4 { 0 } else { 1 }
+}
+
+/// The low bits of a SYN cookie's TCP timestamp: the options the client's SYN asked for, as
+/// the kernel decodes them from the echoed timestamp (`cookie_timestamp_decode`). The rest
+/// of the timestamp is the kernel's millisecond clock, rounded down past these bits.
+pub mod cookie_ts {
+    /// Bits below these hold the options.
+    pub const BITS: u32 = 6;
+    /// The client's window scale; all ones: the client does not scale.
+    pub const WSCALE_MASK: u32 = 0x0f;
+    /// The client permits SACK.
+    pub const SACK: u32 = 1 << 4;
+}
+
+/// The timestamp value of a SYN cookie's SYN-ACK at `now_ms` (the kernel's TCP clock) for a
+/// client that sent window scale `wscale` (None: no window scaling) and `sack`: never later
+/// than the clock, as the kernel's own (`cookie_init_timestamp`), so that the connection's
+/// later timestamps never go backwards for the client.
+pub const fn cookie_timestamp(now_ms: u32, wscale: Option<u8>, sack: bool) -> u32 {
+    let mut options = match wscale {
+        Some(w) if w <= 14 => w as u32,
+        Some(_) => 14,
+        None => cookie_ts::WSCALE_MASK,
+    };
+    if sack {
+        options |= cookie_ts::SACK;
+    }
+    let ts = (now_ms >> cookie_ts::BITS << cookie_ts::BITS) | options;
+    if ts > now_ms {
+        ts.wrapping_sub(1 << cookie_ts::BITS)
+    } else {
+        ts
+    }
 }
 
 /// The interval a per-source limit of `per_sec` events a second allows between two events,
@@ -784,10 +847,14 @@ pub enum Outcome {
     /// From a source blocked at this listener (it stayed over a limit, see
     /// [`ListenerInfo::block_secs`]): `XDP_DROP`.
     Blocked = 13,
+    /// A new connection (SYN without ACK) to a listener answering with SYN cookies
+    /// ([`syn_cookies::ANSWER`]), answered in place with the SYN-ACK: `XDP_TX`. The kernel
+    /// never sees it; the client's ACK goes to the kernel, which checks the cookie.
+    SynCookie = 14,
 }
 
 /// Number of [`Outcome`]s, the length of the arrays in [`Counters`].
-pub const OUTCOMES: usize = 14;
+pub const OUTCOMES: usize = 15;
 
 /// ICMP "too big" answers each CPU sends per second at most (as a router rate-limits its
 /// ICMP errors); beyond it such frames are dropped and counted [`Outcome::TooBig`].
@@ -835,6 +902,7 @@ impl Outcome {
         Outcome::ForwardedIcmp,
         Outcome::RateLimited,
         Outcome::Blocked,
+        Outcome::SynCookie,
     ];
 
     /// The XDP action taken for this outcome.
@@ -846,7 +914,10 @@ impl Outcome {
             | Outcome::TooBig
             | Outcome::RateLimited
             | Outcome::Blocked => XDP_DROP,
-            Outcome::ForwardedL4 | Outcome::TooBigAnswered | Outcome::ForwardedIcmp => XDP_TX,
+            Outcome::ForwardedL4
+            | Outcome::TooBigAnswered
+            | Outcome::ForwardedIcmp
+            | Outcome::SynCookie => XDP_TX,
             _ => XDP_PASS,
         }
     }
@@ -867,6 +938,7 @@ impl Outcome {
             Outcome::ForwardedIcmp => "forwarded_icmp",
             Outcome::RateLimited => "rate_limited",
             Outcome::Blocked => "blocked",
+            Outcome::SynCookie => "syn_cookie",
         }
     }
 }
@@ -1026,11 +1098,31 @@ mod tests {
     }
 
     #[test]
+    fn cookie_timestamps_carry_the_options_and_never_run_ahead_of_the_clock() {
+        // The clock's low bits are above the options': the same 64 ms step.
+        assert_eq!(cookie_timestamp(0x1234_5678, Some(7), true), 0x1234_5657);
+        // Below them: one step back, so the value is not later than the clock.
+        assert_eq!(cookie_timestamp(0x1234_5640, Some(7), true), 0x1234_5617);
+        assert_eq!(cookie_timestamp(0x1234_567f, None, false), 0x1234_564f);
+        assert_eq!(cookie_timestamp(0x1234_567f, Some(15), false) & 0x3f, 14);
+        // Just after the clock wraps, the value wraps back with it.
+        assert_eq!(cookie_timestamp(3, Some(14), false), 0xffff_ffce);
+        for now in [0u32, 1, 63, 64, 1000, u32::MAX] {
+            for (w, sack) in [(None, false), (Some(0), true), (Some(14), false)] {
+                let ts = cookie_timestamp(now, w, sack);
+                assert!(now.wrapping_sub(ts) < 64, "{now} {ts}");
+                assert_eq!(ts & cookie_ts::SACK != 0, sack);
+                assert_eq!(ts & cookie_ts::WSCALE_MASK, w.map_or(15, u32::from));
+            }
+        }
+    }
+
+    #[test]
     fn map_types_have_the_layout_the_kernel_side_reads() {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(align_of::<ListenerKey>(), 2);
-        assert_eq!(size_of::<ListenerInfo>(), 32);
-        assert_eq!(size_of::<PortListeners>(), 68);
+        assert_eq!(size_of::<ListenerInfo>(), 36);
+        assert_eq!(size_of::<PortListeners>(), 76);
         assert_eq!(size_of::<SourceKey>(), 24);
         assert_eq!(size_of::<SourceState>(), 32);
         assert_eq!(size_of::<BackendInfo>(), 28);
@@ -1115,7 +1207,10 @@ mod tests {
                 | Outcome::TooBig
                 | Outcome::RateLimited
                 | Outcome::Blocked => XDP_DROP,
-                Outcome::ForwardedL4 | Outcome::TooBigAnswered | Outcome::ForwardedIcmp => XDP_TX,
+                Outcome::ForwardedL4
+                | Outcome::TooBigAnswered
+                | Outcome::ForwardedIcmp
+                | Outcome::SynCookie => XDP_TX,
                 _ => XDP_PASS,
             };
             assert_eq!(o.action(), expected, "{o:?}");

@@ -29,6 +29,9 @@
 //!    `block_secs`, a source with a `BLOCKED` entry later than `now_ns` is `Blocked` (all its
 //!    frames), and one that [`source_event`] finds over a limit long enough is blocked for
 //!    `block_secs` from this frame on, which is `Blocked` too.
+//!    c. A TCP SYN admitted so far, to a listener served in userspace that answers with SYN
+//!    cookies, is `SynCookie` (answered in place) as [`syn_cookie`] says, or `Passed`.
+//!    (`SYNS`, where listeners with [`syn_cookies::WATCH`] count their SYNs, is not modelled.)
 //! 7. An admitted frame of a listener whose `l4_group` is below [`MAX_L4_GROUPS`] (an L4
 //!    listener) is forwarded, never `Passed`:
 //!    a. VLAN-tagged: `VlanL4` (passed untouched). Else a first fragment (more-fragments
@@ -94,6 +97,8 @@ pub struct Tables {
     pub sources: HashMap<SourceKey, SourceState>,
     /// `BLOCKED`, likewise: until when each source is blocked.
     pub blocked: HashMap<SourceKey, u64>,
+    /// `SYN_STAMPS`, likewise, by [`syn_stamp_slot`] (missing: 0).
+    pub syn_stamps: HashMap<u32, u64>,
     /// The MTU of the interface frames arrive on (and leave by `XDP_TX`); 0: unknown, nothing
     /// is too big (BPF_PROG_TEST_RUN runs on the namespace's loopback, MTU 65536 by default).
     pub mtu: u32,
@@ -486,11 +491,21 @@ fn classify_inner(
         && !matches!(frag, Frag::Later(_))
         && frame.len() >= l4 + 14
         && frame[l4 + 13] & 0x12 == 0x02;
-    let outcome = if admitted(tables, info, &src) {
+    let mut outcome = if admitted(tables, info, &src) {
         source_limits(tables, &info, &client, syn)
     } else {
         Outcome::DroppedAcl
     };
+    if outcome == Outcome::Passed
+        && info.syn_cookies & syn_cookies::ANSWER != 0
+        && info.l4_group >= MAX_L4_GROUPS
+        && proto == IPPROTO_TCP
+        && off == 14
+        && matches!(frag, Frag::Whole)
+        && l4 == off + if is_v4 { 20 } else { 40 }
+    {
+        outcome = syn_cookie(tables, &info, &frame[l4..], is_v4);
+    }
     if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {
         return Ok((
             Decision {
@@ -825,6 +840,78 @@ fn source_limits(tables: &mut Tables, info: &ListenerInfo, src: &[u8; 16], syn: 
     }
 }
 
+/// Rule 6c: a frame of a listener answering with SYN cookies, from an IPv4 header without
+/// options or an IPv6 header without extension headers, untagged and unfragmented, whose
+/// TCP header (`tcp`, the rest of the frame) is complete: a SYN without ACK, RST or FIN
+/// is `SynCookie`, unless the listener's `SYN_STAMPS` entry for the family is unset or
+/// [`SYN_STAMP_NS`] old (then it is `Passed`, and the entry set to `now_ns`) or its options
+/// are malformed (`Passed`). The program also passes a SYN it cannot answer (the frame
+/// cannot be resized), which this reference does not model.
+fn syn_cookie(tables: &mut Tables, info: &ListenerInfo, tcp: &[u8], is_v4: bool) -> Outcome {
+    if tcp.len() < 20 || tcp[13] & 0x17 != 0x02 {
+        return Outcome::Passed;
+    }
+    let len = usize::from(tcp[12] >> 4) * 4;
+    if len < 20 || tcp.len() < len {
+        return Outcome::Passed;
+    }
+    let stamp = tables
+        .syn_stamps
+        .entry(syn_stamp_slot(info.id, is_v4))
+        .or_default();
+    if *stamp == 0 || tables.now_ns.saturating_sub(*stamp) >= SYN_STAMP_NS {
+        *stamp = tables.now_ns;
+        return Outcome::Passed;
+    }
+    match syn_options(&tcp[20..len]) {
+        Some(_) => Outcome::SynCookie,
+        None => Outcome::Passed,
+    }
+}
+
+/// The options of a SYN that shape its SYN cookie's answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SynOptions {
+    pub wscale: Option<u8>,
+    pub sack: bool,
+    /// The client's timestamp value, echoed.
+    pub tsval: Option<u32>,
+}
+
+/// Parses a TCP header's options (`opts`, after the fixed 20 bytes): None when one runs past
+/// the header or has a length below 2.
+pub fn syn_options(opts: &[u8]) -> Option<SynOptions> {
+    let mut out = SynOptions::default();
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(*opts.get(i + 1)?);
+                if len < 2 || i + len > opts.len() {
+                    return None;
+                }
+                match (kind, len) {
+                    (3, 3) => out.wscale = Some(opts[i + 2]),
+                    (4, 2) => out.sack = true,
+                    (8, 10) => {
+                        out.tsval = Some(u32::from_be_bytes([
+                            opts[i + 2],
+                            opts[i + 3],
+                            opts[i + 4],
+                            opts[i + 5],
+                        ]))
+                    }
+                    _ => {}
+                }
+                i += len;
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Whether the first `len` bits of `addr` equal those of `net`.
 pub fn prefix_matches<const N: usize>(net: &[u8; N], len: u8, addr: &[u8; N]) -> bool {
     let len = usize::from(len).min(N * 8);
@@ -858,6 +945,7 @@ mod tests {
                 syn_interval_ns: 0,
                 pps_interval_ns: 0,
                 block_secs: 0,
+                syn_cookies: 0,
             },
         );
         t.acl = prefixes.iter().map(|p| (7, *p)).collect();

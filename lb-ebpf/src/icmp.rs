@@ -132,7 +132,7 @@ fn answer_v6(ctx: &XdpContext, mtu: u32) -> Option<()> {
 
 /// Back out of the interface to the neighbour the frame came from.
 #[inline(always)]
-fn ethernet_back(h: &mut [u8], old: &[u8; 14], ethertype: u16) {
+pub(crate) fn ethernet_back(h: &mut [u8], old: &[u8; 14], ethertype: u16) {
     h[0..6].copy_from_slice(&old[6..12]);
     h[6..12].copy_from_slice(&old[0..6]);
     h[12..14].copy_from_slice(&ethertype.to_be_bytes());
@@ -175,7 +175,7 @@ fn rate_allows() -> bool {
 
 /// `initial` plus the 16-bit big-endian words of `bytes` (an even number of them).
 #[inline(always)]
-fn sum_words(bytes: &[u8], initial: u32) -> u32 {
+pub(crate) fn sum_words(bytes: &[u8], initial: u32) -> u32 {
     let mut sum = initial;
     let mut i = 0;
     while i + 1 < bytes.len() {
@@ -187,7 +187,7 @@ fn sum_words(bytes: &[u8], initial: u32) -> u32 {
 
 /// The Internet checksum of a sum of words.
 #[inline(always)]
-fn checksum(mut sum: u32) -> u16 {
+pub(crate) fn checksum(mut sum: u32) -> u16 {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)

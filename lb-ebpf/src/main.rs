@@ -12,6 +12,7 @@ mod icmp;
 mod icmp_error;
 mod l4;
 mod source_limits;
+mod syn_cookie;
 
 use aya_ebpf::{
     macros::{map, xdp},
@@ -160,7 +161,7 @@ pub(crate) struct Parsed {
     pub(crate) proto: u8,
     /// Offset of the transport header (meaningless for [`Frag::Later`]).
     pub(crate) l4: usize,
-    is_v4: bool,
+    pub(crate) is_v4: bool,
     pub(crate) frag: Frag,
 }
 
@@ -233,11 +234,15 @@ fn classify(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
     };
 
     let info = find_listener(&flow.dst, port, proto, is_v4).ok_or(Outcome::NotOurs)?;
-    let outcome = if admitted(&info, &flow.src) {
+    let mut outcome = if admitted(&info, &flow.src) {
         source_limits::check(ctx, &info, &flow.src, &p)
     } else {
         Outcome::DroppedAcl
     };
+    // Only listeners served in userspace answer SYNs (the daemon never sets it on others).
+    if outcome == Outcome::Passed && info.syn_cookies != 0 && info.l4_group >= MAX_L4_GROUPS {
+        outcome = syn_cookie::handle(ctx, &info, &p, off);
+    }
     // Listeners served in userspace carry NO_GROUP, which fails this one comparison.
     if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {
         return Ok((info.id, outcome));

@@ -85,6 +85,10 @@ pub struct ListenerStatus {
     pub xdp_counters: Vec<(String, u64)>,
     /// Sources the XDP program has blocked at this listener (`--auto-block`).
     pub blocked: Vec<BlockedStatus>,
+    /// `--syn-protect`: off, auto or on.
+    pub syn_protect: &'static str,
+    /// Whether the XDP program answers this listener's SYNs with cookies now.
+    pub syn_cookies_answering: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]

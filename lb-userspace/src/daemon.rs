@@ -14,12 +14,14 @@ use crate::admin::EtcdView;
 use crate::admin::{self, AdminState, BlockedStatus, NodeView, Refusal};
 use crate::bgp::Announcer;
 use crate::cli::RunArgs;
+use crate::config::SynProtection;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
 use crate::metrics::Metrics;
 use crate::nexthop::{NextHops, Watch};
 use crate::node::{GroupRuntime, Node};
 use crate::reloads::{ReloadError, Reloads, Waiter};
+use crate::syn_protect::{KernelCookies, Protected, SynProtect};
 use crate::workers::{self, Workers};
 
 /// Why the daemon could not start. Usage errors (the flags ask for something this host cannot
@@ -93,6 +95,11 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     let workers = Workers::start(worker_count)
         .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}").into()))?;
+    // Declared before the node: dropped after it, it restores the kernel's settings last.
+    let mut syn_protect = SynProtect::default();
+    if dataplane.is_some() {
+        syn_protect.prepare(&config);
+    }
     let (mut node, sockets) =
         match Node::start(config, workers, metrics.clone(), dataplane.as_mut(), &hops) {
             Ok(started) => started,
@@ -121,7 +128,12 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         warn!(error = %e, user = user.name, "BGP: the speaker's files stay root's; announcements will fail");
     }
     if let Some(user) = &node.config.ops.user {
-        let keep = crate::privilege::kept(dataplane.is_some());
+        let syn_protect = node
+            .config
+            .listeners
+            .iter()
+            .any(|l| l.syn_protect != SynProtection::Off);
+        let keep = crate::privilege::kept(dataplane.is_some(), syn_protect);
         if let Err(e) = crate::privilege::drop_to(user, &keep) {
             node.stop_listeners();
             if let Some(dp) = dataplane.as_mut() {
@@ -186,6 +198,9 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         ($read:expr) => {{
             let read = $read;
             let revision = read.etcd_revision;
+            if let (Some(_), Ok(fresh)) = (dataplane.as_ref(), read.config.as_ref()) {
+                syn_protect.prepare(fresh);
+            }
             let result = reload_logged(
                 read.why,
                 read.config,
@@ -224,6 +239,9 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 if let Some(b) = bgp.as_mut() {
                     b.poll().await;
                     b.update(node.announceable(b.announce_when())).await;
+                }
+                if let Some(dp) = dataplane.as_mut() {
+                    syn_protect.tick(dp, &protected(&node));
                 }
                 refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref());
             }
@@ -334,10 +352,24 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     if let Some(dp) = dataplane.as_mut() {
         dp.detach_all();
     }
+    syn_protect.restore();
     if let Some(b) = bgp {
         b.stop();
     }
     Ok(())
+}
+
+/// The listeners `--syn-protect` concerns, with their data-plane ids.
+fn protected(node: &Node) -> Vec<Protected<'_>> {
+    node.listeners
+        .iter()
+        .filter(|l| l.config.syn_protect != SynProtection::Off)
+        .map(|l| Protected {
+            id: l.id,
+            name: &l.config.name,
+            mode: l.config.syn_protect,
+        })
+        .collect()
 }
 
 /// Every connection is a descriptor: the soft limit (often 1024) goes up to the hard one, as
@@ -614,6 +646,30 @@ fn refresh_status(
             state
                 .metrics
                 .set_blocked_sources(&l.config.name, status.blocked.len() as u64);
+            status.syn_cookies_answering = match l.config.syn_protect {
+                SynProtection::Off => false,
+                SynProtection::On => true,
+                SynProtection::Auto { .. } => dp.syn_answering().contains(&l.id),
+            };
+            if l.config.syn_protect != SynProtection::Off {
+                state
+                    .metrics
+                    .set_syn_cookies_answering(&l.config.name, status.syn_cookies_answering);
+            }
+        }
+        if node
+            .listeners
+            .iter()
+            .any(|l| l.config.syn_protect != SynProtection::Off)
+            && let Some(k) = KernelCookies::read()
+        {
+            for (kind, n) in [
+                ("sent", k.sent),
+                ("received", k.received),
+                ("failed", k.failed),
+            ] {
+                state.metrics.set_kernel_syncookies(kind, n);
+            }
         }
     } else {
         let old = state.view.lock().unwrap_or_else(|p| p.into_inner());
@@ -622,6 +678,7 @@ fn refresh_status(
             if let Some(o) = old.listeners.iter().find(|o| o.name == status.name) {
                 status.xdp_counters = o.xdp_counters.clone();
                 status.blocked = o.blocked.clone();
+                status.syn_cookies_answering = o.syn_cookies_answering;
             }
         }
     }

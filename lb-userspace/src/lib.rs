@@ -23,6 +23,7 @@ pub mod reloads;
 pub mod rules;
 pub mod server;
 pub mod status;
+pub mod syn_protect;
 pub mod tls;
 pub mod usage;
 pub mod workers;

@@ -27,6 +27,11 @@ struct ListenerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CookieLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
     listener: String,
     result: String,
@@ -62,6 +67,8 @@ pub struct Metrics {
     backend_healthy: Family<BackendLabels, Gauge>,
     xdp_packets: Family<XdpLabels, Gauge<u64, AtomicU64>>,
     blocked_sources: Family<ListenerLabels, Gauge<u64, AtomicU64>>,
+    syn_cookies_answering: Family<ListenerLabels, Gauge>,
+    kernel_syncookies: Family<CookieLabels, Gauge<u64, AtomicU64>>,
     xdp_backend_packets: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     xdp_backend_bytes: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     reloads: Counter,
@@ -141,6 +148,18 @@ impl Metrics {
             "Sources the XDP program blocks now, by listener (--auto-block)",
             blocked_sources.clone(),
         );
+        let syn_cookies_answering = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "syn_cookies_answering",
+            "1 while the XDP program answers the listener's new connections with SYN cookies (--syn-protect)",
+            syn_cookies_answering.clone(),
+        );
+        let kernel_syncookies = Family::<CookieLabels, Gauge<u64, AtomicU64>>::default();
+        registry.register(
+            "tcp_syncookies",
+            "The kernel's SYN cookie counters in the daemon's network namespace (TcpExt): sent by the kernel, received (valid ACKs: connections made from a cookie, XDP's included), failed (ACKs with a bad cookie)",
+            kernel_syncookies.clone(),
+        );
         let xdp_backend_packets = Family::<BackendLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
             "xdp_backend_packets",
@@ -185,6 +204,8 @@ impl Metrics {
             backend_healthy,
             xdp_packets,
             blocked_sources,
+            syn_cookies_answering,
+            kernel_syncookies,
             xdp_backend_packets,
             xdp_backend_bytes,
             reloads,
@@ -273,6 +294,21 @@ impl Metrics {
                 listener: listener.into(),
             })
             .set(n);
+    }
+
+    pub fn set_syn_cookies_answering(&self, listener: &str, on: bool) {
+        self.syn_cookies_answering
+            .get_or_create(&ListenerLabels {
+                listener: listener.into(),
+            })
+            .set(i64::from(on));
+    }
+
+    /// The kernel's SYN cookie counters (`kind`: sent, received, failed).
+    pub fn set_kernel_syncookies(&self, kind: &'static str, total: u64) {
+        self.kernel_syncookies
+            .get_or_create(&CookieLabels { kind })
+            .set(total);
     }
 
     /// Frames the XDP program forwarded to an L4 backend, summed over CPUs.

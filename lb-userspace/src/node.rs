@@ -19,10 +19,10 @@ use crate::admin::{GroupView, ListenerStatus, NodeView};
 use crate::balance::Balancer;
 use crate::config::CheckKind;
 use crate::config::bgp::BgpAnnounce;
-use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig};
+use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig, SynProtection};
 use crate::dataplane::{
     BackendEntry, Dataplane, DataplaneError, L4Group, L4ListenerSpec, ListenerRule, SourceLimits,
-    error_chain,
+    SynCookies, error_chain,
 };
 use crate::metrics::Metrics;
 use crate::nexthop::NextHops;
@@ -369,6 +369,12 @@ impl Node {
                     group: self.config.default_group(&l.config).name.clone(),
                     xdp_counters: Vec::new(),
                     blocked: Vec::new(),
+                    syn_protect: match l.config.syn_protect {
+                        SynProtection::Off => "off",
+                        SynProtection::Auto { .. } => "auto",
+                        SynProtection::On => "on",
+                    },
+                    syn_cookies_answering: false,
                 })
                 .collect(),
             groups: self
@@ -693,6 +699,11 @@ fn listener_rules(config: &Config, ids: &[u32]) -> Vec<ListenerRule> {
                     syn_per_sec: l.rate_limit_syn.unwrap_or(0),
                     pps: l.rate_limit_pps.unwrap_or(0),
                     block_secs: l.auto_block.unwrap_or(0),
+                },
+                syn_cookies: match l.syn_protect {
+                    SynProtection::Off => SynCookies::Off,
+                    SynProtection::Auto { .. } => SynCookies::Watch,
+                    SynProtection::On => SynCookies::Answer,
                 },
             })
         })

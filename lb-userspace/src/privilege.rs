@@ -68,12 +68,16 @@ impl User {
 /// (closing its link) need nothing on kernels from 6.5 on (measured on 6.18 by the
 /// `--user` namespace test); older kernels check CAP_BPF on every bpf() call when
 /// unprivileged BPF is disabled, and detach through netlink (CAP_NET_ADMIN), so they keep
-/// those two as well.
-pub fn kept(xdp: bool) -> CapsHashSet {
+/// those two as well. `--syn-protect` changes kernel TCP settings (/proc/sys/net) while
+/// listeners answer SYNs in XDP, and puts them back at exit: that takes CAP_NET_ADMIN.
+pub fn kept(xdp: bool, syn_protect: bool) -> CapsHashSet {
     let mut set = CapsHashSet::new();
     set.insert(Capability::CAP_NET_BIND_SERVICE);
     if xdp && kernel_before(6, 5) {
         set.insert(Capability::CAP_BPF);
+        set.insert(Capability::CAP_NET_ADMIN);
+    }
+    if xdp && syn_protect {
         set.insert(Capability::CAP_NET_ADMIN);
     }
     set

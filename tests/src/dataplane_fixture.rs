@@ -20,6 +20,7 @@ pub fn rule(id: u32, addr: &str, proto: u8, mode: AclMode, prefixes: &[&str]) ->
         proto,
         mode,
         limits: Default::default(),
+        syn_cookies: Default::default(),
         prefixes: prefixes
             .iter()
             .map(|p| {

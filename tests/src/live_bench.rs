@@ -393,6 +393,7 @@ fn blacklist_rule(v4: &[IpNet], v6: &[IpNet]) -> ListenerRule {
         proto: TCP,
         mode: AclMode::Blacklist,
         limits: Default::default(),
+        syn_cookies: Default::default(),
         prefixes: v4.iter().chain(v6).copied().collect(),
     }
 }
@@ -549,6 +550,7 @@ pub fn run(dp: &mut Dataplane, secs: f64, cases: Cases) -> Result<()> {
     let open = ListenerRule {
         mode: AclMode::All,
         limits: Default::default(),
+        syn_cookies: Default::default(),
         prefixes: Vec::new(),
         ..listed.clone()
     };

@@ -47,6 +47,8 @@ pub struct Frame {
     pub payload: usize,
     /// TCP flags (byte 13 of the header): a SYN unless set.
     pub tcp_flags: u8,
+    /// TCP options, padded with end-of-list bytes to a multiple of 4 (at most 40).
+    pub tcp_options: Vec<u8>,
 }
 
 impl Frame {
@@ -64,6 +66,7 @@ impl Frame {
             v6_exts: Vec::new(),
             payload: 0,
             tcp_flags: 0x02,
+            tcp_options: Vec::new(),
         }
     }
 
@@ -98,6 +101,12 @@ impl Frame {
 
     pub fn tcp_flags(mut self, flags: u8) -> Self {
         self.tcp_flags = flags;
+        self
+    }
+
+    /// TCP options (kind, length, value...), as a client's SYN carries them.
+    pub fn tcp_options(mut self, options: &[u8]) -> Self {
+        self.tcp_options = options.to_vec();
         self
     }
 
@@ -186,6 +195,9 @@ impl Frame {
         let mut out = Vec::new();
         match self.proto {
             TCP => {
+                let mut options = self.tcp_options.clone();
+                options.truncate(40);
+                options.resize(options.len().div_ceil(4) * 4, 0);
                 out.extend_from_slice(&self.src_port.to_be_bytes());
                 out.extend_from_slice(&self.dst_port.to_be_bytes());
                 out.extend_from_slice(&[
@@ -197,7 +209,7 @@ impl Frame {
                     0,
                     0,
                     0,
-                    0x50,
+                    (5 + options.len() as u8 / 4) << 4,
                     self.tcp_flags,
                     0xff,
                     0xff,
@@ -206,6 +218,7 @@ impl Frame {
                     0,
                     0,
                 ]);
+                out.extend_from_slice(&options);
             }
             UDP => {
                 out.extend_from_slice(&self.src_port.to_be_bytes());

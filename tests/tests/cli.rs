@@ -489,6 +489,10 @@ fn l4_listeners_are_checked_for_what_xdp_forwarding_needs() {
             [&ok[..], &["--xdp-mode", "off"]].concat(),
             "is forwarded by the XDP program",
         ),
+        (
+            [&ok[..], &["--syn-protect", "on"]].concat(),
+            "--syn-protect \"on\": answers new connections of http and https listeners, and a tcp listener's are its backends' to answer",
+        ),
     ];
     let mut failures = Vec::new();
     for (extra, expected) in &cases {
@@ -706,6 +710,8 @@ fn settings_without_effect_get_a_warning() {
         "9",
         "--max-connections",
         "10000000",
+        "--syn-protect",
+        "auto",
     ]);
     let out = run(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -718,6 +724,12 @@ fn settings_without_effect_get_a_warning() {
     );
     assert!(
         stderr.contains("--hc-timeout 9s is longer than --hc-interval 2s"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "--syn-protect answers SYNs in the XDP program, which is off (no --xdp-iface, or --xdp-mode off): the kernel answers them"
+        ),
         "{stderr}"
     );
     let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)

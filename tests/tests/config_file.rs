@@ -516,7 +516,7 @@ fn sni_cert_tables_take_paths_with_colons() {
 fn a_flag_and_its_file_key_take_and_refuse_the_same_values() {
     let s = Setup::new();
     // (flag and value, the key's table and line, what both must say; None: both accept).
-    let cases: [(&[&str], &str, &str, Option<&str>); 15] = [
+    let cases: [(&[&str], &str, &str, Option<&str>); 18] = [
         (
             &["--idle-timeout", "5000"],
             "listener",
@@ -603,6 +603,24 @@ fn a_flag_and_its_file_key_take_and_refuse_the_same_values() {
             "listener",
             "rate_limit_pps = 5000",
             None,
+        ),
+        (
+            &["--syn-protect", "sometimes"],
+            "listener",
+            "syn_protect = \"sometimes\"",
+            Some("\"sometimes\": expected one of: off, auto, on"),
+        ),
+        (
+            &["--syn-protect", "AUTO", "--syn-protect-threshold", "5000"],
+            "listener",
+            "syn_protect = \"AUTO\"\nsyn_protect_threshold = 5000",
+            None,
+        ),
+        (
+            &["--syn-protect-threshold", "0"],
+            "listener",
+            "syn_protect_threshold = 0",
+            Some("\"0\": must be a whole number, 1-100000000"),
         ),
     ];
     let mut failures = Vec::new();

@@ -691,3 +691,216 @@ fn a_source_over_its_rate_for_a_second_is_blocked_listed_and_unblocked_on_reques
     assert!(status.success(), "exit status {status}:\n{log}");
     assert!(xdp_counter(&log, "listener-1", "blocked") >= 2, "{log}");
 }
+
+/// A `/proc/sys` setting inside the namespace at `ns`, as text.
+fn setting_in(ns: &str, key: &'static str) -> String {
+    in_netns(ns, move || {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string()
+    })
+}
+
+/// A TcpExt counter of `/proc/net/netstat` inside the namespace at `ns`.
+fn tcp_ext_in(ns: &str, name: &'static str) -> u64 {
+    in_netns(ns, move || {
+        // /proc/net is the main thread's namespace; this thread entered another.
+        let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("netstat");
+        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
+        let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+        names
+            .split_whitespace()
+            .zip(values.split_whitespace())
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or_else(|| panic!("no TcpExt {name}"))
+    })
+}
+
+/// `ss -tni` of the established connections in `ns` whose source or destination port is
+/// `port`: the kernel's view of their options (`wscale:SND,RCV`, `ts`, `sack`).
+fn ss_in(ns: &edgelb_tests::netns::Netns, filter: &str) -> String {
+    let out = ns
+        .command("ss")
+        .args(["-tniH", "state", "established", filter])
+        .output()
+        .expect("ss (iproute2)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `wscale:SND,RCV` of an `ss -i` line.
+fn wscale(ss: &str) -> Option<(u8, u8)> {
+    let w = ss
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("wscale:"))?;
+    let (a, b) = w.split_once(',')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+#[test]
+fn https_clients_connect_through_syn_cookies_answered_in_xdp_with_window_scaling() {
+    if !root_or_skip(
+        "https_clients_connect_through_syn_cookies_answered_in_xdp_with_window_scaling",
+    ) {
+        return;
+    }
+    const SIZE: usize = 64 << 20;
+    let topo = ClientLb::new();
+    let dir = TempDir::new();
+    let cert = self_signed(&dir, "lb", &[parse(LB_V4), parse(LB_V6)]);
+    let lb_ns = topo.lb.path();
+    let big = in_netns(&lb_ns, || edgelb_tests::backend::big_backend(SIZE));
+    let before = (
+        setting_in(&lb_ns, "net.ipv4.tcp_syncookies"),
+        setting_in(&lb_ns, "net.ipv4.tcp_timestamps"),
+    );
+    // The client's veth receives the SYN-ACKs the program sends with XDP_TX only with an XDP
+    // program of its own (toolchain notes): `edgelb decap` without VIPs passes everything.
+    let pass = Daemon::start(
+        Some(&topo.client),
+        &[
+            "decap",
+            "--iface",
+            &topo.client_if,
+            "--from",
+            "10.99.0.0/16",
+        ],
+        dir.path(),
+    );
+    let backend = big.addr.to_string();
+    let d = Daemon::start(
+        Some(&topo.lb),
+        &[
+            "--listen",
+            "[::]:8443",
+            "--cert",
+            &cert.cert.display().to_string(),
+            "--key",
+            &cert.key.display().to_string(),
+            "--backend",
+            &backend,
+            "--syn-protect",
+            "on",
+            "--xdp-iface",
+            &topo.lb_if,
+            "--xdp-mode",
+            "native",
+        ],
+        dir.path(),
+    );
+    assert!(topo.lb_has_xdp(), "XDP not attached to {}", topo.lb_if);
+    // While protection is on, the kernel answers the SYNs it still gets with cookies, and
+    // keeps timestamps without a per-connection offset (the options ride in them).
+    assert_eq!(
+        (
+            setting_in(&lb_ns, "net.ipv4.tcp_syncookies"),
+            setting_in(&lb_ns, "net.ipv4.tcp_timestamps")
+        ),
+        ("2".to_string(), "2".to_string())
+    );
+    let sent_before = tcp_ext_in(&lb_ns, "SyncookiesSent");
+    let received_before = tcp_ext_in(&lb_ns, "SyncookiesRecv");
+
+    // Each family's first SYN goes to the kernel (the listener's own cookie); the rest are
+    // answered by the program.
+    let v4 = format!("https://{LB_V4}:8443/");
+    let v6 = format!("https://[{LB_V6}]:8443/");
+    let mut answered = 0;
+    for (src, url, n) in [(CLIENT_A_V4, &v4, 4), (CLIENT_A_V6, &v6, 3)] {
+        for i in 0..n {
+            let out = topo
+                .client
+                .command("curl")
+                .args(["-sS", "--connect-timeout", "2", "--max-time", "20"])
+                .args(["--interface", src, "--cacert"])
+                .arg(&cert.cert)
+                .args(["-o", "/dev/null", "-w", "%{http_code} %{size_download}"])
+                .arg(url)
+                .output()
+                .expect("curl");
+            let said = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert_eq!(
+                said,
+                format!("200 {SIZE}"),
+                "curl {url} from {src} (#{i}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if i > 0 {
+                answered += 1;
+            }
+        }
+    }
+
+    // openssl's own handshake, too.
+    let out = topo
+        .client
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl s_client -connect {LB_V4}:8443 -CAfile {} -servername lb </dev/null 2>&1",
+            cert.cert.display()
+        ))
+        .output()
+        .expect("openssl");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("Verify return code: 0 (ok)"),
+        "openssl s_client:\n{said}"
+    );
+    answered += 1;
+
+    // One connection held open: the kernel's view of it on both ends. The server scales its
+    // window by what the SYN-ACK offered and the client by what it sent (the server learnt
+    // it back from the cookie's timestamp), and both use timestamps: 12 bytes of each
+    // segment go to them, so the MSS is 1460 - 12 (this `ss` does not print `ts` itself).
+    let lb = format!("{LB_V4}:8443");
+    let (stream, local) = in_netns(&topo.client.path(), move || {
+        let s = std::net::TcpStream::connect(&lb).expect("connect through a cookie");
+        let local = s.local_addr().expect("local address");
+        (s, local)
+    });
+    answered += 1;
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let client_side = ss_in(&topo.client, &format!("sport = :{}", local.port()));
+    let server_side = ss_in(&topo.lb, &format!("dport = :{}", local.port()));
+    let (c, s) = (wscale(&client_side), wscale(&server_side));
+    assert!(
+        matches!((c, s), (Some((cs, cr)), Some((ss, sr))) if cs == sr && cr == ss && cs > 0 && cr > 0),
+        "window scale: client {client_side:?}, server {server_side:?}"
+    );
+    for side in [&client_side, &server_side] {
+        assert!(
+            side.split_whitespace().any(|w| w == "mss:1448"),
+            "timestamps in use: {side:?}"
+        );
+    }
+    drop(stream);
+
+    let received = tcp_ext_in(&lb_ns, "SyncookiesRecv") - received_before;
+    let sent = tcp_ext_in(&lb_ns, "SyncookiesSent") - sent_before;
+    let (status, log) = d.stop();
+    assert!(status.success(), "exit status {status}:\n{log}");
+    let syn_cookies = xdp_counter(&log, "listener-1", "syn_cookie");
+    assert!(
+        syn_cookies >= answered,
+        "SYN-ACKs sent by the program: {syn_cookies}, connections it should have answered: {answered}"
+    );
+    // The kernel made every client connection from a cookie: the program's, and its own for
+    // the first SYN of each family. (With tcp_syncookies=2 it also answers the daemon's own
+    // connections to the backend with cookies: those count on both sides.)
+    assert!(
+        received >= answered + 2 && received >= sent + answered,
+        "kernel: {received} connections from cookies, {sent} cookies of its own; {answered} answered in XDP"
+    );
+    assert_eq!(
+        (
+            setting_in(&lb_ns, "net.ipv4.tcp_syncookies"),
+            setting_in(&lb_ns, "net.ipv4.tcp_timestamps")
+        ),
+        before,
+        "settings restored at exit"
+    );
+    drop(pass);
+}

@@ -2,7 +2,7 @@
 //! A table of named cases pins the behaviour; a differential test holds the program to the
 //! reference classifier over thousands of generated frames and map contents.
 use edgelb::acl::AclMode::{All, Blacklist, Whitelist};
-use edgelb::dataplane::SourceLimits;
+use edgelb::dataplane::{SourceLimits, SynCookies};
 use edgelb_tests::dataplane_fixture::{Fixture, rule};
 use edgelb_tests::packet::{Ext, Frame, ICMP, TCP, UDP};
 use edgelb_tests::privilege::root_or_skip;
@@ -433,6 +433,31 @@ fn an_l4_listener_sends_a_client_to_one_backend_whatever_its_headers() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// Runs one frame through the kernel and the reference: both must reach `outcome`, and the
+/// kernel count it once in `slot`; a difference goes into `failures`. Returns the kernel's
+/// output frame.
+fn step(
+    fx: &mut Fixture,
+    what: &str,
+    frame: &[u8],
+    outcome: Outcome,
+    slot: u32,
+    failures: &mut Vec<String>,
+) -> Vec<u8> {
+    let before = fx.counters(slot);
+    let (verdict, out, reference, _) = fx.run_output(frame);
+    let after = fx.counters(slot);
+    let counted = after.packets[outcome as usize] - before.packets[outcome as usize] == 1;
+    if verdict != outcome.action() || !counted || reference.outcome != outcome {
+        failures.push(format!(
+            "{what}: kernel verdict {verdict} (want {} for {outcome:?}), counted: {counted}, reference says {:?}",
+            outcome.action(),
+            reference.outcome
+        ));
+    }
+    out
+}
+
 #[test]
 fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
     use Outcome::{Passed, RateLimited};
@@ -541,16 +566,264 @@ fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
     }
     let mut failures = Vec::new();
     for (what, frame, outcome, slot) in steps {
-        let before = fx.counters(slot);
-        let (verdict, reference) = fx.run(&frame);
-        let after = fx.counters(slot);
-        let counted = after.packets[outcome as usize] - before.packets[outcome as usize] == 1;
-        if verdict != outcome.action() || !counted || reference.outcome != outcome {
-            failures.push(format!(
-                "{what}: kernel verdict {verdict} (want {} for {outcome:?}), counted: {counted}, reference says {:?}",
-                outcome.action(),
-                reference.outcome
-            ));
+        step(&mut fx, what, &frame, outcome, slot, &mut failures);
+    }
+    assert!(
+        failures.is_empty(),
+        "failing steps:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Options of a Linux client's SYN: MSS 1460, SACK permitted, timestamps (value 0x01020304),
+/// NOP, window scale 7.
+const LINUX_SYN_OPTIONS: [u8; 20] = [
+    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 0, 1, 3, 3, 7,
+];
+
+/// The Internet checksum over `words` (zero when they include a correct checksum).
+fn fold(words: &[u8], mut sum: u32) -> u16 {
+    for pair in words.chunks(2) {
+        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// The program's clock (`bpf_ktime_get_coarse_ns`), for the reference's SYN stamps.
+fn coarse_now_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
+        .unwrap_or_else(|e| panic!("reading the coarse clock: {e}"));
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}
+
+/// What a SYN-ACK of the program says, read back from its bytes.
+#[derive(Debug)]
+struct SynAck {
+    flags: u8,
+    seq: u32,
+    ack: u32,
+    ports: (u16, u16),
+    mss: Option<u16>,
+    sack: bool,
+    ts: Option<(u32, u32)>,
+    wscale: Option<u8>,
+}
+
+/// Checks the frame's Ethernet and IP headers and checksums against `syn`'s, and reads the TCP
+/// header.
+fn read_syn_ack(syn: &[u8], out: &[u8]) -> SynAck {
+    assert_eq!(
+        out[0..6],
+        syn[6..12],
+        "Ethernet destination: the SYN's source"
+    );
+    assert_eq!(
+        out[6..12],
+        syn[0..6],
+        "Ethernet source: the SYN's destination"
+    );
+    let (l4, pseudo) = if out[12..14] == [0x08, 0x00] {
+        let ip = &out[14..34];
+        assert_eq!(ip[0], 0x45);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([ip[2], ip[3]])),
+            out.len() - 14
+        );
+        assert_eq!(ip[9], 6);
+        assert_eq!(
+            ip[12..16],
+            syn[30..34],
+            "IPv4 source: the SYN's destination"
+        );
+        assert_eq!(
+            ip[16..20],
+            syn[26..30],
+            "IPv4 destination: the SYN's source"
+        );
+        assert_eq!(fold(ip, 0), 0, "IPv4 header checksum");
+        let mut pseudo = ip[12..20].to_vec();
+        pseudo.extend_from_slice(&[0, 6]);
+        pseudo.extend_from_slice(&((out.len() - 34) as u16).to_be_bytes());
+        (34, pseudo)
+    } else {
+        let ip = &out[14..54];
+        assert_eq!(ip[0] >> 4, 6);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([ip[4], ip[5]])),
+            out.len() - 54
+        );
+        assert_eq!(ip[6], 6);
+        assert_eq!(ip[8..24], syn[38..54], "IPv6 source: the SYN's destination");
+        assert_eq!(
+            ip[24..40],
+            syn[22..38],
+            "IPv6 destination: the SYN's source"
+        );
+        let mut pseudo = ip[8..40].to_vec();
+        pseudo.extend_from_slice(&((out.len() - 54) as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 6]);
+        (54, pseudo)
+    };
+    let t = &out[l4..];
+    let mut all = pseudo;
+    all.extend_from_slice(t);
+    assert_eq!(fold(&all, 0), 0, "TCP checksum");
+    let doff = usize::from(t[12] >> 4) * 4;
+    assert_eq!(doff, t.len(), "the TCP header is the whole segment");
+    let syn_tcp = &syn[l4..];
+    let mut a = SynAck {
+        flags: t[13],
+        seq: u32::from_be_bytes([t[4], t[5], t[6], t[7]]),
+        ack: u32::from_be_bytes([t[8], t[9], t[10], t[11]]),
+        ports: (
+            u16::from_be_bytes([t[0], t[1]]),
+            u16::from_be_bytes([t[2], t[3]]),
+        ),
+        mss: None,
+        sack: false,
+        ts: None,
+        wscale: None,
+    };
+    assert_eq!(
+        a.ports,
+        (
+            u16::from_be_bytes([syn_tcp[2], syn_tcp[3]]),
+            u16::from_be_bytes([syn_tcp[0], syn_tcp[1]])
+        ),
+        "ports swapped"
+    );
+    let mut i = 20;
+    while i < doff {
+        match t[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = usize::from(t[i + 1]);
+                match kind {
+                    2 => a.mss = Some(u16::from_be_bytes([t[i + 2], t[i + 3]])),
+                    3 => a.wscale = Some(t[i + 2]),
+                    4 => a.sack = true,
+                    8 => {
+                        let v = |o: usize| u32::from_be_bytes([t[o], t[o + 1], t[o + 2], t[o + 3]]);
+                        a.ts = Some((v(i + 2), v(i + 6)));
+                    }
+                    _ => panic!("unexpected option {kind}"),
+                }
+                i += len;
+            }
+        }
+    }
+    a
+}
+
+/// The window scale the kernel of this namespace gives its connections.
+fn kernel_wscale() -> u8 {
+    let field = |path: &str, n: usize| -> u64 {
+        std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .split_whitespace()
+            .nth(n)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{path}: no field {n}"))
+    };
+    edgelb::dataplane::syn_cookies::kernel_window_scale(
+        field("/proc/sys/net/ipv4/tcp_rmem", 2),
+        field("/proc/sys/net/core/rmem_max", 0),
+    ) as u8
+}
+
+#[test]
+fn a_syn_to_a_listener_with_syn_cookies_is_answered_in_place_with_a_syn_ack() {
+    use Outcome::{Passed, SynCookie};
+    if !root_or_skip("a_syn_to_a_listener_with_syn_cookies_is_answered_in_place_with_a_syn_ack") {
+        return;
+    }
+    let answering = |id, addr| {
+        let mut r = rule(id, addr, TCP, All, &[]);
+        r.syn_cookies = SynCookies::Answer;
+        r
+    };
+    let mut watching = rule(3, "10.0.0.1:8443", TCP, All, &[]);
+    watching.syn_cookies = SynCookies::Watch;
+    let mut fx = Fixture::load();
+    fx.apply(&[
+        answering(1, "10.0.0.1:443"),
+        answering(2, "[::]:443"),
+        watching,
+        rule(4, "10.0.0.1:80", TCP, All, &[]),
+    ]);
+    let syn4 = || Frame::tcp("192.168.1.5", "10.0.0.1", 443).tcp_options(&LINUX_SYN_OPTIONS);
+    let syn6 = || Frame::tcp("fd00:1::5", "fd00::9", 443).tcp_options(&LINUX_SYN_OPTIONS);
+    let mut steps: Vec<(&str, Vec<u8>, Outcome, u32)> = vec![
+        // The first SYN of each family goes to the kernel, which answers it with its own
+        // cookie: the listener's mark that it sent one, without which no cookie is accepted.
+        ("first IPv4 SYN: to the kernel", syn4().bytes(), Passed, 1),
+        ("first IPv6 SYN: to the kernel", syn6().bytes(), Passed, 2),
+        ("IPv4 SYN", syn4().bytes(), SynCookie, 1),
+        ("IPv6 SYN", syn6().bytes(), SynCookie, 2),
+        (
+            "IPv4 SYN without options",
+            Frame::tcp("192.168.1.6", "10.0.0.1", 443).bytes(),
+            SynCookie,
+            1,
+        ),
+        (
+            "IPv4 SYN with data",
+            syn4().payload(100).bytes(),
+            SynCookie,
+            1,
+        ),
+        ("ACK", syn4().tcp_flags(0x10).bytes(), Passed, 1),
+        ("SYN-ACK", syn4().tcp_flags(0x12).bytes(), Passed, 1),
+        ("RST", syn4().tcp_flags(0x04).bytes(), Passed, 1),
+        ("SYN+FIN", syn4().tcp_flags(0x03).bytes(), Passed, 1),
+        (
+            "SYN with an option running past the header",
+            syn4().tcp_options(&[2, 4, 5, 0xb4, 8, 30, 0, 0]).bytes(),
+            Passed,
+            1,
+        ),
+        (
+            "SYN with IPv4 options",
+            syn4().v4_options(4).bytes(),
+            Passed,
+            1,
+        ),
+        (
+            "SYN in a VLAN tag",
+            syn4().vlans(&[0x8100]).bytes(),
+            Passed,
+            1,
+        ),
+        (
+            "SYN behind an IPv6 extension header",
+            syn6().exts(&[Ext::Options { kind: 60, len8: 0 }]).bytes(),
+            Passed,
+            2,
+        ),
+        (
+            "SYN to a listener that only counts",
+            Frame::tcp("192.168.1.5", "10.0.0.1", 8443).bytes(),
+            Passed,
+            3,
+        ),
+        (
+            "SYN to a listener without cookies",
+            Frame::tcp("192.168.1.5", "10.0.0.1", 80).bytes(),
+            Passed,
+            4,
+        ),
+    ];
+    let mut failures = Vec::new();
+    let mut answers = Vec::new();
+    for (what, frame, outcome, slot) in steps.drain(..) {
+        fx.tables.now_ns = coarse_now_ns();
+        let out = step(&mut fx, what, &frame, outcome, slot, &mut failures);
+        if outcome == SynCookie {
+            answers.push((what, frame, out));
         }
     }
     assert!(
@@ -558,4 +831,50 @@ fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
         "failing steps:\n{}",
         failures.join("\n")
     );
+    assert_eq!(
+        fx.dp
+            .syn_counts(&[3])
+            .unwrap_or_else(|e| panic!("reading SYNS: {e}"))
+            .get(&3),
+        Some(&1),
+        "the counting listener's SYN"
+    );
+
+    let wscale = kernel_wscale();
+    // The kernel's TCP clock: milliseconds of CLOCK_MONOTONIC, truncated to 32 bits.
+    let now_ms = {
+        let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+            .unwrap_or_else(|e| panic!("clock: {e}"));
+        (t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000) as u32
+    };
+    for (what, syn, out) in answers {
+        let a = read_syn_ack(&syn, &out);
+        assert_eq!(a.flags, 0x12, "{what}: SYN-ACK flags");
+        assert_eq!(a.ack, 2, "{what}: acknowledges the SYN (sequence 1)");
+        assert_ne!(a.seq, 0, "{what}: the cookie");
+        // BPF_PROG_TEST_RUN runs on loopback, MTU 65536: the largest MSS that fits.
+        let v4 = syn[12..14] == [0x08, 0x00];
+        let mss: u16 = if v4 { 65_496 } else { 65_476 };
+        assert_eq!(a.mss, Some(mss), "{what}: MSS");
+        if what.contains("without options") {
+            // No timestamp to carry options in: none offered, as the kernel's own cookies.
+            assert_eq!((a.sack, a.ts, a.wscale), (false, None, None), "{what}");
+            assert_eq!(out.len(), syn.len() + 20, "{what}: 40-byte TCP header");
+            continue;
+        }
+        assert!(a.sack, "{what}: SACK permitted");
+        assert_eq!(a.wscale, Some(wscale), "{what}: the kernel's window scale");
+        let (tsval, tsecr) = a.ts.unwrap_or_else(|| panic!("{what}: timestamps"));
+        assert_eq!(tsecr, 0x0102_0304, "{what}: the client's timestamp echoed");
+        assert_eq!(
+            tsval & 0x3f,
+            7 | 0x10,
+            "{what}: the client's window scale and SACK"
+        );
+        let behind = now_ms.wrapping_sub(tsval);
+        assert!(
+            behind < 1000,
+            "{what}: timestamp {tsval} is the kernel's clock ({now_ms})"
+        );
+    }
 }

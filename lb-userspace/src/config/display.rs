@@ -2,7 +2,10 @@
 //! material never appears.
 use std::fmt;
 
-use super::{BackendProtocol, BackendVerify, Config, GroupConfig, ListenerConfig, TransferLbIp};
+use super::{
+    BackendProtocol, BackendVerify, Config, GroupConfig, ListenerConfig, SynProtection,
+    TransferLbIp,
+};
 use crate::acl::AclMode;
 use crate::rules::{ActionSpec, PathMatch, RuleSpec};
 
@@ -104,9 +107,16 @@ impl Config {
         if let Some(n) = l.rate_limit_pps {
             writeln!(f, "  rate-limit-pps  {n} frames/s per source (XDP)")?;
         }
-        match l.auto_block {
-            Some(n) => writeln!(f, "  auto-block      {n}s for a source over a limit for 1s"),
-            None => Ok(()),
+        if let Some(n) = l.auto_block {
+            writeln!(f, "  auto-block      {n}s for a source over a limit for 1s")?;
+        }
+        match l.syn_protect {
+            SynProtection::Off => Ok(()),
+            SynProtection::On => writeln!(f, "  syn-protect     on: SYN cookies in XDP"),
+            SynProtection::Auto { threshold } => writeln!(
+                f,
+                "  syn-protect     auto: SYN cookies in XDP above {threshold} SYNs/s"
+            ),
         }
     }
 

@@ -122,6 +122,20 @@ pub struct ListenerConfig {
     pub rate_limit_pps: Option<u32>,
     /// Seconds a source over those limits for a second is blocked; None: never.
     pub auto_block: Option<u32>,
+    /// When the XDP program answers new connections with SYN cookies.
+    pub syn_protect: SynProtection,
+}
+
+/// `--syn-protect` and its threshold, for an http or https listener.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SynProtection {
+    #[default]
+    Off,
+    /// While SYNs to the listener arrive faster than `threshold` a second.
+    Auto {
+        threshold: u32,
+    },
+    On,
 }
 
 /// The TLS half of an https listener: the loaded settings and the files they came from.
@@ -723,6 +737,7 @@ fn listener(
         rate_limit_syn: args.rate_limit_syn.map(|n| n.0),
         rate_limit_pps: args.rate_limit_pps.map(|n| n.0),
         auto_block: auto_block(args, protocol)?,
+        syn_protect: syn_protection(args, protocol)?,
     })
 }
 
@@ -1026,6 +1041,31 @@ fn auto_block(args: &ListenerSpec, protocol: FrontendProtocol) -> Result<Option<
         Some(secs) => Ok(Some(secs.0.as_secs() as u32)),
         None => Ok(None),
     }
+}
+
+/// SYN cookies answer connections the kernel accepts for the daemon: a tcp listener's SYNs
+/// go to its backends, a udp listener has none.
+fn syn_protection(
+    args: &ListenerSpec,
+    protocol: FrontendProtocol,
+) -> Result<SynProtection, ConfigError> {
+    if args.syn_protect != values::SynProtect::Off && protocol.is_l4() {
+        return Err(ConfigError::new(
+            "--syn-protect",
+            args.syn_protect.name(),
+            format!(
+                "answers new connections of http and https listeners, and a {} listener's are its backends' to answer: use off, or limit sources with --rate-limit-syn N / --rate-limit-pps N",
+                protocol.scheme()
+            ),
+        ));
+    }
+    Ok(match args.syn_protect {
+        values::SynProtect::Off => SynProtection::Off,
+        values::SynProtect::Auto => SynProtection::Auto {
+            threshold: args.syn_protect_threshold.0,
+        },
+        values::SynProtect::On => SynProtection::On,
+    })
 }
 
 fn access_control(args: &ListenerSpec, shared: Vec<IpNet>) -> Result<AccessControl, ConfigError> {

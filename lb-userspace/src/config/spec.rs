@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::values::{
     self, Backend, BackendProtocolArg, BgpAnnounce, BgpPeer, Cidr, Count, Description, HcDomain,
     HcPath, Label, LbIp, OnOff, Port, RouterId, Seconds, SniCert, SslAuthArg, StatusCode,
-    StickyArg, Tag,
+    StickyArg, SynProtect, Tag,
 };
 use super::{CheckKind, FrontendProtocol, XdpMode};
 use crate::acl::AclMode;
@@ -155,6 +155,30 @@ pub struct ListenerSpec {
     /// dropped; listed in /status, removable with `POST /unblock?ip=ADDR`. Off unless given.
     #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
     pub auto_block: Option<Seconds<1, 86_400>>,
+
+    /// SYN cookies at the NIC (http and https listeners; needs XDP): `on`, the XDP program
+    /// answers every new connection itself and the kernel only sees the client's ACK; `auto`,
+    /// only while SYNs to this listener arrive faster than `--syn-protect-threshold`; `off`.
+    /// While answering, the daemon sets net.ipv4.tcp_syncookies=2 and tcp_timestamps=2.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "off|auto|on",
+        default_value = "off"
+    )]
+    pub syn_protect: SynProtect,
+
+    /// SYNs per second to this listener (all sources) above which `--syn-protect auto`
+    /// answers them with cookies (1-100000000); it stops once they stay below half of it
+    /// for 10 seconds.
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        default_value = "20000"
+    )]
+    pub syn_protect_threshold: Count<1, 100_000_000>,
 
     /// Forwarding rule, repeatable, evaluated in order:
     /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.

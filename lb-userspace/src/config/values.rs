@@ -648,7 +648,27 @@ choice!(
     StickyArg,
     super::XdpMode,
     BgpAnnounce,
+    SynProtect,
 );
+
+/// `--syn-protect`: when the XDP program answers a listener's new connections with SYN cookies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum SynProtect {
+    Off,
+    /// While SYNs arrive faster than `--syn-protect-threshold`.
+    Auto,
+    On,
+}
+
+impl SynProtect {
+    pub fn name(self) -> &'static str {
+        match self {
+            SynProtect::Off => "off",
+            SynProtect::Auto => "auto",
+            SynProtect::On => "on",
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SslAuthArg {

@@ -30,6 +30,13 @@ impl Config {
                         ));
                     }
                 }
+                if l.syn_protect != super::SynProtection::Off {
+                    out.push(format!(
+                        "listener {:?}: --syn-protect answers SYNs in the XDP program, which is \
+                         off (no --xdp-iface, or --xdp-mode off): the kernel answers them",
+                        l.name
+                    ));
+                }
             }
         }
         for g in &self.groups {

@@ -15,7 +15,7 @@ use tracing::{error, warn};
 
 use super::{
     BackendEntry, Dataplane, DataplaneError, L4Listener, L4Listeners, ListenerRule, Slots,
-    error_chain,
+    SynCookies, error_chain,
 };
 
 /// A group slot and the generation staged for it.
@@ -91,8 +91,9 @@ impl Dataplane {
         let new_slot = |slot: u32| !self.slots.groups().any(|(_, s)| s == slot);
         let (fresh, running): (Vec<Staged>, Vec<Staged>) =
             staged.into_iter().partition(|(slot, _)| new_slot(*slot));
+        let live = self.with_answering(rules);
         let result = self.publish_all(&fresh).and_then(|()| {
-            self.apply_l4(rules, &listeners)?;
+            self.apply_l4(&live, &listeners)?;
             self.publish_all(&running)
         });
         if let Err(e) = result {
@@ -105,6 +106,11 @@ impl Dataplane {
             warn!(error = %error_chain(&e), "forgetting per-source state of changed listeners");
         }
         self.applied = (rules.to_vec(), listeners);
+        self.syn_answering.retain(|id| {
+            rules
+                .iter()
+                .any(|r| r.id == *id && r.syn_cookies == SynCookies::Watch)
+        });
         Ok(())
     }
 
@@ -180,7 +186,7 @@ impl Dataplane {
     /// attempted even if one fails (the kernel refusing writes it took a moment ago).
     fn roll_back(&mut self, before: &[Staged]) {
         let (rules, listeners) = self.applied.clone();
-        if let Err(e) = self.apply_l4(&rules, &listeners) {
+        if let Err(e) = self.apply_l4(&self.with_answering(&rules), &listeners) {
             error!(error = %error_chain(&e), "putting the previous XDP listeners back");
         }
         for (slot, generation) in before {

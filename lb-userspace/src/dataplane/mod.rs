@@ -22,6 +22,7 @@ mod maglev;
 mod object;
 pub mod rules;
 mod slots;
+pub mod syn_cookies;
 mod test_runner;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,7 +40,9 @@ use tracing::{info, warn};
 
 pub use apply::{L4Group, L4ListenerSpec};
 pub use backends::{BackendEntry, GRACE};
-pub use rules::{DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule, SourceLimits};
+pub use rules::{
+    DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule, SourceLimits, SynCookies,
+};
 pub use slots::Slots;
 pub use test_runner::{TestRunner, run_live_frames};
 
@@ -150,6 +153,8 @@ pub struct Dataplane {
     slots: Slots,
     /// What [`Dataplane::apply_config`] last wrote, to put back if a later one fails.
     applied: (Vec<ListenerRule>, L4Listeners),
+    /// `--syn-protect auto` listeners the daemon turned on (`syn_cookies`).
+    syn_answering: BTreeSet<u32>,
 }
 
 impl Dataplane {
@@ -171,6 +176,7 @@ impl Dataplane {
             backends: Default::default(),
             slots: Slots::default(),
             applied: Default::default(),
+            syn_answering: BTreeSet::new(),
         };
         dp.set_encap_source(DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6)?;
         Ok(dp)
@@ -242,6 +248,8 @@ impl Dataplane {
         l4: &L4Listeners,
     ) -> Result<(), DataplaneError> {
         let desired = self.check_rules(rules, l4)?;
+        // Before any listener answers SYNs with it.
+        self.write_window_scale(rules)?;
         // Prefixes first, listeners last: a new whitelist listener must not appear before
         // its allowed prefixes do, or it would drop admitted clients for a moment.
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, true)?;

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use lb_common::{
     ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, ListenerInfo, ListenerKey, NO_GROUP,
-    PortListeners, acl, l4_flags, port_slot, rate_interval_ns, v4_mapped,
+    PortListeners, acl, l4_flags, port_slot, rate_interval_ns, syn_cookies, v4_mapped,
 };
 
 use crate::acl::AclMode;
@@ -20,6 +20,29 @@ pub struct ListenerRule {
     pub mode: AclMode,
     pub prefixes: Vec<IpNet>,
     pub limits: SourceLimits,
+    pub syn_cookies: SynCookies,
+}
+
+/// What the XDP program does with a listener's new connections (SYNs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SynCookies {
+    /// Passes them to the kernel.
+    #[default]
+    Off,
+    /// Passes them, and counts them for the daemon (`--syn-protect auto`, not answering).
+    Watch,
+    /// Answers them with SYN cookies, and counts them.
+    Answer,
+}
+
+impl SynCookies {
+    fn bits(self) -> u32 {
+        match self {
+            SynCookies::Off => 0,
+            SynCookies::Watch => syn_cookies::WATCH,
+            SynCookies::Answer => syn_cookies::WATCH | syn_cookies::ANSWER,
+        }
+    }
 }
 
 /// Per-source limits the XDP program holds a listener's clients to (each source an IPv4
@@ -75,6 +98,12 @@ impl ListenerRule {
             syn_interval_ns: rate_interval_ns(self.limits.syn_per_sec),
             pps_interval_ns: rate_interval_ns(self.limits.pps),
             block_secs: self.limits.block_secs,
+            // Cookies answer for the kernel's own listening socket: not for L4 listeners.
+            syn_cookies: if l4.group == NO_GROUP {
+                self.syn_cookies.bits()
+            } else {
+                0
+            },
         }
     }
 }

@@ -187,6 +187,7 @@ fn whitelist(n: usize, v6: bool) -> ListenerRule {
         proto: TCP,
         mode: AclMode::Whitelist,
         limits: Default::default(),
+        syn_cookies: Default::default(),
         prefixes,
     }
 }
