@@ -904,3 +904,153 @@ fn https_clients_connect_through_syn_cookies_answered_in_xdp_with_window_scaling
     );
     drop(pass);
 }
+
+/// The first listener of a `/status` answer: whether it answers SYNs with cookies now, and
+/// how many the program answered.
+fn syn_status(answer: &str) -> (bool, u64) {
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("/status: {e}: {answer}"));
+    let l = &v["listeners"][0];
+    let answering = l["syn_cookies_answering"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("no syn_cookies_answering: {answer}"));
+    let sent = l["xdp_counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c[0] == "syn_cookie")
+        .and_then(|c| c[1].as_u64())
+        .unwrap_or(0);
+    (answering, sent)
+}
+
+#[test]
+fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_down() {
+    if !root_or_skip(
+        "under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_down",
+    ) {
+        return;
+    }
+    let s = setup();
+    let admin = "127.0.0.1:9912";
+    let pass = Daemon::start(
+        Some(&s.topo.client),
+        &[
+            "decap",
+            "--iface",
+            &s.topo.client_if,
+            "--from",
+            "10.99.0.0/16",
+        ],
+        s.dir.path(),
+    );
+    let d = start(
+        &s,
+        &[
+            "--syn-protect",
+            "auto",
+            "--syn-protect-threshold",
+            "100",
+            "--admin",
+            admin,
+            "--xdp-iface",
+            &s.topo.lb_if,
+            "--xdp-mode",
+            "native",
+        ],
+    );
+    let lb_ns = s.topo.lb.path();
+    let ask = |path: &'static str| {
+        in_netns(&lb_ns, move || {
+            edgelb_tests::admin::request(admin, "GET", path)
+        })
+    };
+    let settings = || {
+        (
+            setting_in(&lb_ns, "net.ipv4.tcp_syncookies"),
+            setting_in(&lb_ns, "net.ipv4.tcp_timestamps"),
+        )
+    };
+    let before = settings();
+    let answering = |yes: bool, within: std::time::Duration| {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let status = ask("/status");
+            if syn_status(&status).0 == yes {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "answering not {yes} after {within:?}: {status}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    // Quiet: the kernel answers, nothing is changed.
+    answering(false, std::time::Duration::ZERO);
+    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
+    assert_eq!(
+        (r.code, r.body.as_str()),
+        (0, "backend b1\n"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(settings(), before);
+
+    // 300 SYNs within a second, against a threshold of 100 a second.
+    let ns = s.topo.client.path();
+    let lb = format!("{LB_V4}:8443");
+    let got = burst_of_connects(
+        &ns,
+        CLIENT_A_V4,
+        &lb,
+        300,
+        std::time::Duration::from_millis(300),
+    );
+    assert!(got > 250, "the kernel answered {got} of 300");
+    let status = answering(true, std::time::Duration::from_secs(3));
+    assert_eq!(syn_status(&status).1, 0, "{status}");
+    assert_eq!(settings(), ("2".to_string(), "2".to_string()));
+    let metrics = ask("/metrics");
+    assert!(
+        metrics.contains("edgelb_syn_cookies_answering{listener=\"listener-1\"} 1"),
+        "{metrics}"
+    );
+    // While answering, clients get their SYN-ACK from the program (the first SYN still
+    // goes to the kernel).
+    for _ in 0..3 {
+        let r = curl_ok(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca);
+        assert_eq!(
+            (r.code, r.body.as_str()),
+            (0, "backend b1\n"),
+            "{}",
+            r.stderr
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let answered = syn_status(&ask("/status")).1;
+    assert!(answered >= 2, "SYN-ACKs from the program: {answered}");
+
+    // Quiet again: after 10 seconds below half the threshold the kernel answers again and
+    // the settings are back.
+    answering(false, std::time::Duration::from_secs(15));
+    assert_eq!(settings(), before);
+    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
+    assert_eq!(
+        (r.code, r.body.as_str()),
+        (0, "backend b1\n"),
+        "{}",
+        r.stderr
+    );
+
+    let (status, log) = d.stop();
+    assert!(status.success(), "exit status {status}:\n{log}");
+    assert!(
+        log.contains("SYN flood: answering new connections with SYN cookies in XDP")
+            && log.contains("SYN rate back to normal"),
+        "{log}"
+    );
+    assert_eq!(xdp_counter(&log, "listener-1", "syn_cookie"), answered);
+    drop(pass);
+}
