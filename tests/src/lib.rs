@@ -6,6 +6,7 @@ pub mod certs;
 pub mod client;
 pub mod daemon;
 pub mod dataplane_fixture;
+pub mod flood_bench;
 pub mod https;
 pub mod l4topo;
 pub mod listener;

@@ -118,13 +118,13 @@ impl Sample {
 }
 
 /// CPU time of one CPU's receive work: the pinned calling thread and that CPU's ksoftirqd.
-struct CpuClock {
+pub struct CpuClock {
     ksoftirqd: Option<u32>,
 }
 
 impl CpuClock {
     /// Pins the calling thread to the CPU it is on.
-    fn pin() -> Result<(Self, usize)> {
+    pub fn pin() -> Result<(Self, usize)> {
         use nix::sched::{CpuSet, sched_getcpu, sched_setaffinity};
         let cpu = sched_getcpu().context("sched_getcpu")?;
         let mut set = CpuSet::new();
@@ -140,7 +140,7 @@ impl CpuClock {
     }
 
     /// Nanoseconds of CPU used so far by this thread and by the ksoftirqd.
-    fn now(&self) -> u64 {
+    pub fn now(&self) -> u64 {
         // This thread's clock always exists; a failure would read as no time spent.
         let thread = nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
             .map_or(0, |ts| {
@@ -272,7 +272,8 @@ fn monotonic() -> f64 {
         .map_or(0.0, |t| t.tv_sec() as f64 + t.tv_nsec() as f64 / 1e9)
 }
 
-fn run_in(ns: &Netns, args: &[&str]) -> Result<String> {
+/// `ip netns exec NS ARGS...`: its standard output, or its standard error as the error.
+pub fn run_in(ns: &Netns, args: &[&str]) -> Result<String> {
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.name])
         .args(args)
@@ -288,7 +289,7 @@ fn run_in(ns: &Netns, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn ifindex(name: &str) -> Result<u32> {
+pub fn ifindex(name: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(name).with_context(|| format!("no interface {name}"))
 }
 
@@ -332,7 +333,7 @@ fn syn(src: &str, dst: &str) -> Vec<u8> {
 }
 
 /// The Internet checksum of `bytes` (checksum field zero) plus a partial sum.
-fn checksum(bytes: &[u8], mut sum: u32) -> u16 {
+pub fn checksum(bytes: &[u8], mut sum: u32) -> u16 {
     for pair in bytes.chunks(2) {
         sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
     }

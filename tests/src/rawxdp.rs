@@ -4,7 +4,14 @@
 //! repairs what a forwarded frame's rewrite changed), without an eBPF object of their own.
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_TYPE_PROG_ARRAY: u32 = 3;
+/// Helper ids (`enum bpf_func_id`).
+const GET_PRANDOM_U32: i32 = 7;
+const TAIL_CALL: i32 = 12;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_XDP: u32 = 37;
@@ -73,7 +80,110 @@ fn store_imm(dst: u8, off: i16, bytes: &[u8]) -> Insn {
     insn(0x62 | size, dst, 0, off, imm)
 }
 
+/// `dst &= imm`, `dst ^= imm` (BPF_ALU64 | BPF_AND / BPF_XOR | BPF_K).
+const fn and_imm(dst: u8, imm: i32) -> Insn {
+    insn(0x57, dst, 0, 0, imm)
+}
+
+const fn xor_imm(dst: u8, imm: i32) -> Insn {
+    insn(0xa7, dst, 0, 0, imm)
+}
+
+/// `*(u16 *)(dst + off) = src` (BPF_STX | BPF_MEM | BPF_H).
+const fn store_u16(dst: u8, src: u8, off: i16) -> Insn {
+    insn(0x6b, dst, src, off, 0)
+}
+
+/// `call helper`.
+const fn call(helper: i32) -> Insn {
+    insn(0x85, 0, 0, 0, helper)
+}
+
+/// `dst = map` (BPF_LD | BPF_IMM | BPF_DW with BPF_PSEUDO_MAP_FD): two instructions.
+fn load_map(dst: u8, map: BorrowedFd<'_>) -> [Insn; 2] {
+    [insn(0x18, dst, 1, 0, map.as_raw_fd()), insn(0, 0, 0, 0, 0)]
+}
+
 const EXIT: Insn = insn(0x95, 0, 0, 0, 0);
+
+/// `bpf(cmd, attr)` for an attribute struct living across the call; the new descriptor on
+/// success (for commands that return one).
+fn bpf<T>(cmd: libc::c_long, attr: &mut T, what: &str) -> std::io::Result<i64> {
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for `cmd` (the callers' structs follow the
+    // kernel's layout), alive for the call; what it points at outlives the call too.
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>()) };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(std::io::Error::new(err.kind(), format!("{what}: {err}")));
+    }
+    Ok(rc)
+}
+
+/// A one-entry program array, for a tail call into another XDP program.
+pub struct ProgArray {
+    fd: OwnedFd,
+}
+
+impl ProgArray {
+    /// An array whose entry 0 is `prog`.
+    pub fn holding(prog: BorrowedFd<'_>) -> std::io::Result<Self> {
+        #[repr(C, align(8))]
+        #[derive(Default)]
+        struct CreateAttr {
+            map_type: u32,
+            key_size: u32,
+            value_size: u32,
+            max_entries: u32,
+            map_flags: u32,
+        }
+        let mut attr = CreateAttr {
+            map_type: BPF_MAP_TYPE_PROG_ARRAY,
+            key_size: 4,
+            value_size: 4,
+            max_entries: 1,
+            ..CreateAttr::default()
+        };
+        let rc = bpf(BPF_MAP_CREATE, &mut attr, "creating a program array")?;
+        // SAFETY: a successful BPF_MAP_CREATE returns a new file descriptor that we now own.
+        let fd = unsafe { OwnedFd::from_raw_fd(rc as i32) };
+        #[repr(C, align(8))]
+        struct UpdateAttr {
+            map_fd: u32,
+            _pad: u32,
+            key: u64,
+            value: u64,
+            flags: u64,
+        }
+        let (key, value) = (0u32, prog.as_raw_fd() as u32);
+        let mut attr = UpdateAttr {
+            map_fd: fd.as_raw_fd() as u32,
+            _pad: 0,
+            key: &key as *const u32 as u64,
+            value: &value as *const u32 as u64,
+            flags: 0,
+        };
+        bpf(BPF_MAP_UPDATE_ELEM, &mut attr, "filling the program array")?;
+        Ok(ProgArray { fd })
+    }
+}
+
+/// A descriptor of the loaded program with id `id` (as `ip link` shows an attached one).
+pub fn prog_by_id(id: u32) -> std::io::Result<OwnedFd> {
+    #[repr(C, align(8))]
+    #[derive(Default)]
+    struct IdAttr {
+        id: u32,
+        next_id: u32,
+        open_flags: u32,
+    }
+    let mut attr = IdAttr {
+        id,
+        ..IdAttr::default()
+    };
+    let rc = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr, "BPF_PROG_GET_FD_BY_ID")?;
+    // SAFETY: a successful BPF_PROG_GET_FD_BY_ID returns a new file descriptor that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(rc as i32) })
+}
 
 /// A loaded XDP program; unloaded when dropped (and no link holds it).
 pub struct RawXdp {
@@ -113,6 +223,42 @@ impl RawXdp {
         ];
         prog.extend(stores);
         prog.extend([mov_imm(0, XDP_DROP as i32), EXIT]);
+        Self::load(name, &prog)
+    }
+
+    /// A SYN flood's source of spoofed clients, for live test runs of one IPv4 TCP frame whose
+    /// source address ends in 0.0, IP id is 0xffff and source port 0xffff (checksums correct
+    /// for those): each run writes a random 16-bit value R over the address's last two bytes
+    /// and its complement over the id and the port, which leaves both checksums correct
+    /// (R + !R is the same in one's complement whatever R is). Then the frame goes on to
+    /// `then` (entry 0 of the array, a tail call), or without one to the stack (`XDP_PASS`).
+    pub fn spoofer(name: &str, then: Option<&ProgArray>) -> std::io::Result<Self> {
+        let mut prog = vec![
+            mov_reg(6, 1),
+            call(GET_PRANDOM_U32),
+            mov_reg(7, 0),
+            and_imm(7, 0xffff),
+            mov_reg(8, 7),
+            xor_imm(8, 0xffff),
+            load_u32(2, 6, 0), // r2 = ctx->data
+            load_u32(3, 6, 4), // r3 = ctx->data_end
+            mov_reg(4, 2),
+            add_imm(4, 14 + 20 + 20),
+        ];
+        let mut tail = vec![
+            store_u16(2, 7, 14 + 14), // source address, last two bytes
+            store_u16(2, 8, 14 + 4),  // IP id
+            store_u16(2, 8, 14 + 20), // source port
+        ];
+        if let Some(array) = then {
+            tail.push(mov_reg(1, 6));
+            tail.extend(load_map(2, array.fd.as_fd()));
+            tail.push(mov_imm(3, 0));
+            tail.push(call(TAIL_CALL));
+        }
+        prog.push(jgt_reg(4, 3, i16::try_from(tail.len()).expect("few")));
+        prog.extend(tail);
+        prog.extend([mov_imm(0, XDP_PASS as i32), EXIT]);
         Self::load(name, &prog)
     }
 

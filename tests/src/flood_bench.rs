@@ -1,0 +1,460 @@
+//! NOT WORKING YET (issue 17 item 5): the first run (2026-12-02) printed nothing and had to be
+//! killed; where it stalls is not known. It is not wired into `cargo xtask` and no figure in
+//! the README comes from it.
+//!
+//! A SYN flood against an https listener, and the legitimate clients that still try to get in
+//! (`cargo xtask bench flood`): nginx behind the kernel's own SYN cookies, next to edgelb with
+//! `--syn-protect on` (cookies answered by its XDP program).
+//!
+//! The flood comes from the kernel itself, as in `bench xdp` ([`run_live_frames`]): one SYN
+//! frame, run again and again through a small program ([`RawXdp::spoofer`]) as if received by
+//! veth `lba` of the server's namespace. The program gives each copy a random source in
+//! 10.128.0.0/16 and source port, then passes it to the stack (nginx: the kernel answers with
+//! its cookies once the listener's queue is full) or tail-calls edgelb's own XDP program
+//! (which answers it with `XDP_TX`). Answers leave through `lba` for its peer `lbb`, whose
+//! program puts the frame's bytes back (live runs recycle their pages) and drops it. All of
+//! that runs on the generator's CPU, pinned to core 0: the flood's cost is the CPU time of
+//! that thread and of core 0's ksoftirqd, per frame.
+//!
+//! Meanwhile a client in a namespace of its own, pinned to core 1, opens TLS connections to the
+//! listener through a second veth pair (`vc` ↔ `vl`), one every 20 ms, and times each
+//! handshake (TCP connect to the end of the TLS handshake; 3 s at most). The same client runs
+//! alone first, for the baseline.
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::process::{Child, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use edgelb::dataplane::run_live_frames;
+
+use crate::certs::{TempDir, self_signed};
+use crate::daemon::Daemon;
+use crate::live_bench::{CpuClock, checksum, ifindex, run_in};
+use crate::netns::{Netns, in_netns};
+use crate::packet::{Frame, parse};
+use crate::rawxdp::{ProgArray, RawXdp, XDP_PASS, XdpLink, prog_by_id};
+
+const LB_IF: &str = "lba";
+const PEER_IF: &str = "lbb";
+const LB_MAC: &str = "02:00:00:00:00:01";
+const PEER_MAC: &str = "02:00:00:00:00:02";
+const LB_V4: &str = "10.20.0.1";
+const PEER_V4: &str = "10.20.0.2";
+const CLIENT_IF: &str = "vc";
+const SERVER_IF: &str = "vl";
+const SERVER_V4: &str = "10.30.0.1";
+const CLIENT_V4: &str = "10.30.0.2";
+const PORT: u16 = 8443;
+/// The legitimate client's pace and patience.
+const PACE: Duration = Duration::from_millis(20);
+const HANDSHAKE_LIMIT: Duration = Duration::from_secs(3);
+const BASELINE: Duration = Duration::from_secs(2);
+
+/// What one contender did.
+struct Row {
+    name: &'static str,
+    flood_frames: u64,
+    flood_secs: f64,
+    /// CPU time of the generator's core per flood frame, in nanoseconds.
+    cpu_ns: f64,
+    baseline: Handshakes,
+    under_flood: Handshakes,
+}
+
+/// The legitimate client's handshakes: how many were tried, and the times of those that
+/// completed.
+#[derive(Default)]
+struct Handshakes {
+    tried: usize,
+    times_ms: Vec<f64>,
+}
+
+impl Handshakes {
+    fn ok_percent(&self) -> f64 {
+        100.0 * self.times_ms.len() as f64 / self.tried.max(1) as f64
+    }
+
+    fn quantile(&self, q: f64) -> f64 {
+        if self.times_ms.is_empty() {
+            return f64::NAN;
+        }
+        let mut t = self.times_ms.clone();
+        t.sort_by(f64::total_cmp);
+        t[((t.len() - 1) as f64 * q).round() as usize]
+    }
+}
+
+/// The two namespaces and the programs on the veths' far ends.
+struct Topo {
+    lb: Netns,
+    client: Netns,
+    /// `lbb`'s program: puts the SYN's bytes back and drops the frame.
+    _sink: (RawXdp, XdpLink),
+    /// `vc`'s: `XDP_PASS`, so that `vc` receives what `vl`'s XDP program sends back.
+    _client_pass: (RawXdp, XdpLink),
+    lb_ifindex: u32,
+}
+
+/// The flood's SYN: from 10.128.0.0 port 65535 (the spoofer's starting point), IP id 0xffff,
+/// with a Linux client's options, checksums correct.
+fn flood_syn() -> Vec<u8> {
+    let mut frame = Frame::tcp("10.128.0.0", LB_V4, PORT);
+    frame.src_port = 0xffff;
+    let mut f = frame
+        .tcp_options(&[
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 0, 1, 3, 3, 7,
+        ])
+        .df()
+        .bytes();
+    // Frame::bytes writes the IP id as 0x1234: the spoofer's arithmetic wants 0xffff.
+    f[18..20].copy_from_slice(&[0xff, 0xff]);
+    let mac = |s: &str| -> Vec<u8> {
+        s.split(':')
+            .map(|b| u8::from_str_radix(b, 16).unwrap_or(0))
+            .collect()
+    };
+    f[0..6].copy_from_slice(&mac(LB_MAC));
+    f[6..12].copy_from_slice(&mac(PEER_MAC));
+    let sum = checksum(&f[14..34], 0);
+    f[24..26].copy_from_slice(&sum.to_be_bytes());
+    let tcp_len = (f.len() - 34) as u32;
+    let mut pseudo = 6 + tcp_len;
+    for pair in f[26..34].chunks(2) {
+        pseudo += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
+    }
+    let sum = checksum(&f[34..], pseudo);
+    f[34 + 16..34 + 18].copy_from_slice(&sum.to_be_bytes());
+    f
+}
+
+impl Topo {
+    fn new(syn: &[u8]) -> Result<Self> {
+        let lb = Netns::new("fl");
+        let client = Netns::new("fc");
+        for (key, value) in [
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+        ] {
+            run_in(&lb, &["sysctl", "-qw", &format!("{key}={value}")])?;
+        }
+        lb.ip(&[
+            "link", "add", LB_IF, "address", LB_MAC, "type", "veth", "peer", "name", PEER_IF,
+            "address", PEER_MAC,
+        ]);
+        lb.ip(&["addr", "add", &format!("{LB_V4}/24"), "dev", LB_IF]);
+        for iface in [LB_IF, PEER_IF] {
+            lb.ip(&["link", "set", iface, "up"]);
+        }
+        lb.ip(&[
+            "neigh",
+            "replace",
+            PEER_V4,
+            "lladdr",
+            PEER_MAC,
+            "dev",
+            LB_IF,
+            "nud",
+            "permanent",
+        ]);
+        // Answers to the spoofed sources leave through lba, to lbb's MAC.
+        lb.ip(&["route", "add", "10.128.0.0/16", "via", PEER_V4]);
+        crate::netns::ip(&[
+            "link",
+            "add",
+            CLIENT_IF,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SERVER_IF,
+            "netns",
+            &lb.name,
+        ]);
+        lb.ip(&["addr", "add", &format!("{SERVER_V4}/24"), "dev", SERVER_IF]);
+        lb.ip(&["link", "set", SERVER_IF, "up"]);
+        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", CLIENT_IF]);
+        client.ip(&["link", "set", CLIENT_IF, "up"]);
+
+        let syn = syn.to_vec();
+        let sink = in_netns(&lb.path(), move || -> Result<(RawXdp, XdpLink, u32)> {
+            let sink = RawXdp::restoring_sink("flood_sink", 0, &syn)?;
+            let link = XdpLink::native(sink.fd(), ifindex(PEER_IF)?)?;
+            Ok((sink, link, ifindex(LB_IF)?))
+        })?;
+        let client_pass = in_netns(&client.path(), || -> Result<(RawXdp, XdpLink)> {
+            let pass = RawXdp::verdict("flood_pass", XDP_PASS)?;
+            let link = XdpLink::native(pass.fd(), ifindex(CLIENT_IF)?)?;
+            Ok((pass, link))
+        })?;
+        Ok(Topo {
+            lb,
+            client,
+            _sink: (sink.0, sink.1),
+            _client_pass: client_pass,
+            lb_ifindex: sink.2,
+        })
+    }
+}
+
+/// One timed TLS handshake with the listener from the client namespace (the calling thread
+/// is in it).
+fn handshake(config: &Arc<rustls::ClientConfig>) -> Option<f64> {
+    let start = Instant::now();
+    let addr: SocketAddr = format!("{SERVER_V4}:{PORT}").parse().ok()?;
+    let mut tcp = TcpStream::connect_timeout(&addr, HANDSHAKE_LIMIT).ok()?;
+    let left = HANDSHAKE_LIMIT.checked_sub(start.elapsed())?;
+    tcp.set_read_timeout(Some(left)).ok()?;
+    tcp.set_write_timeout(Some(left)).ok()?;
+    let name = rustls::pki_types::ServerName::try_from("lb").ok()?;
+    let mut tls = rustls::ClientConnection::new(config.clone(), name).ok()?;
+    while tls.is_handshaking() {
+        tls.complete_io(&mut tcp).ok()?;
+    }
+    Some(start.elapsed().as_secs_f64() * 1e3)
+}
+
+/// The legitimate client for `secs`, on core 1, in the client namespace.
+fn clients(
+    client: &Netns,
+    ca: &std::path::Path,
+    secs: Duration,
+) -> std::thread::JoinHandle<Handshakes> {
+    let config = crate::https::ClientOpts::new(ca).config();
+    let path = client.path();
+    std::thread::spawn(move || {
+        in_netns(&path, move || {
+            let mut set = nix::sched::CpuSet::new();
+            if set.set(1).is_ok() {
+                let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+            }
+            let mut out = Handshakes::default();
+            let end = Instant::now() + secs;
+            while Instant::now() < end {
+                let next = Instant::now() + PACE;
+                out.tried += 1;
+                if let Some(ms) = handshake(&config) {
+                    out.times_ms.push(ms);
+                }
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+            }
+            out
+        })
+    })
+}
+
+/// A server under test, stopped when dropped.
+enum Server {
+    /// Held until the row is done.
+    Nginx {
+        _running: Nginx,
+    },
+    Edgelb(Daemon),
+}
+
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_nginx(topo: &Topo, dir: &TempDir, cert: &crate::certs::ServerCert) -> Result<Server> {
+    let d = dir.path().display();
+    let conf = format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log stderr warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           server {{\n    listen {PORT} ssl;\n    ssl_protocols TLSv1.3;\n\
+             ssl_certificate {};\n    ssl_certificate_key {};\n\
+             location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n",
+        cert.cert.display(),
+        cert.key.display()
+    );
+    let path = dir.write("nginx.conf", conf);
+    let child = topo
+        .lb
+        .command("nginx")
+        .arg("-c")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .context("starting nginx (cargo xtask bench flood installs it)")?;
+    Ok(Server::Nginx {
+        _running: Nginx(child),
+    })
+}
+
+fn start_edgelb(topo: &Topo, dir: &TempDir, cert: &crate::certs::ServerCert) -> Server {
+    let (c, k) = (
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+    );
+    Server::Edgelb(Daemon::start(
+        Some(&topo.lb),
+        &[
+            "--listen",
+            &format!("0.0.0.0:{PORT}"),
+            "--cert",
+            &c,
+            "--key",
+            &k,
+            "--backend",
+            "127.0.0.1:9",
+            "--syn-protect",
+            "on",
+            "--xdp-iface",
+            LB_IF,
+            "--xdp-iface",
+            SERVER_IF,
+            "--xdp-mode",
+            "native",
+        ],
+        dir.path(),
+    ))
+}
+
+/// The id of the XDP program attached to `iface` in `ns` (`ip -j link`).
+fn attached_prog(ns: &Netns, iface: &str) -> Result<u32> {
+    let out = run_in(ns, &["ip", "-j", "link", "show", "dev", iface])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+    v[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .map(|id| id as u32)
+        .with_context(|| format!("no XDP program on {iface}: {out}"))
+}
+
+/// Waits until a handshake from the client succeeds (the server is up).
+fn wait_ready(topo: &Topo, ca: &std::path::Path) -> Result<()> {
+    let config = crate::https::ClientOpts::new(ca).config();
+    let ok = in_netns(&topo.client.path(), move || {
+        (0..50).any(|_| {
+            let done = handshake(&config).is_some();
+            if !done {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done
+        })
+    });
+    if !ok {
+        bail!("the listener never completed a handshake");
+    }
+    Ok(())
+}
+
+/// Floods for `secs` from this thread (in the server's namespace, pinned) while the client
+/// tries; returns the frames sent and the generator core's CPU time.
+fn flood(
+    topo: &Topo,
+    prog: std::os::fd::BorrowedFd<'_>,
+    syn: &[u8],
+    secs: Duration,
+    clock: &CpuClock,
+) -> Result<(u64, f64, u64)> {
+    let start = Instant::now();
+    let cpu0 = clock.now();
+    let mut frames = 0u64;
+    while start.elapsed() < secs {
+        let n = 100_000;
+        run_live_frames(prog, syn, topo.lb_ifindex, n, 0)?;
+        frames += u64::from(n);
+    }
+    Ok((frames, start.elapsed().as_secs_f64(), clock.now() - cpu0))
+}
+
+/// Runs both contenders, `secs` of flood each, and prints the table.
+pub fn run(secs: Duration) -> Result<()> {
+    let syn = flood_syn();
+    let topo = Topo::new(&syn)?;
+    let dir = TempDir::new();
+    let cert = self_signed(&dir, "lb", &[parse(SERVER_V4), parse(LB_V4)]);
+    // This thread generates the flood: it lives in the server's namespace from here on.
+    let file = std::fs::File::open(topo.lb.path())?;
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .context("entering the server's namespace")?;
+    let mut set = nix::sched::CpuSet::new();
+    set.set(0).context("CPU_SET")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .context("sched_setaffinity")?;
+    let (clock, _) = CpuClock::pin()?;
+
+    let mut rows = Vec::new();
+    for name in ["nginx (kernel cookies)", "edgelb (XDP cookies)"] {
+        let server = if name.starts_with("nginx") {
+            start_nginx(&topo, &dir, &cert)?
+        } else {
+            start_edgelb(&topo, &dir, &cert)
+        };
+        wait_ready(&topo, &cert.cert)?;
+        let baseline = clients(&topo.client, &cert.cert, BASELINE)
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread"))?;
+        // The flood's program: spoofing, then the stack or edgelb's program.
+        let (spoofer, _array) = match &server {
+            Server::Nginx { .. } => (RawXdp::spoofer("flood_spoof", None)?, None),
+            Server::Edgelb(_) => {
+                let edgelb = prog_by_id(attached_prog(&topo.lb, LB_IF)?)?;
+                let array = ProgArray::holding(edgelb.as_fd())?;
+                (RawXdp::spoofer("flood_spoof", Some(&array))?, Some(array))
+            }
+        };
+        let client = clients(&topo.client, &cert.cert, secs);
+        let (frames, wall, cpu) = flood(&topo, spoofer.fd(), &syn, secs, &clock)?;
+        let under_flood = client
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread"))?;
+        if let Server::Edgelb(d) = server {
+            let (_, log) = d.stop();
+            let answered = crate::daemon::xdp_counter(&log, "listener-1", "syn_cookie");
+            println!("edgelb answered {answered} SYNs in XDP");
+        } else {
+            let cookies = run_in(&topo.lb, &["nstat", "-az", "TcpExtSyncookiesSent"])?;
+            println!("kernel: {}", cookies.lines().last().unwrap_or("").trim());
+            drop(server);
+        }
+        rows.push(Row {
+            name,
+            flood_frames: frames,
+            flood_secs: wall,
+            cpu_ns: cpu as f64 / frames.max(1) as f64,
+            baseline,
+            under_flood,
+        });
+    }
+    print_table(&rows);
+    Ok(())
+}
+
+fn print_table(rows: &[Row]) {
+    println!(
+        "\n| | flood SYNs/s | core-0 CPU per million flood SYNs | legitimate handshakes OK under flood | p50 / p99 under flood | alone: OK, p99 |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for r in rows {
+        println!(
+            "| {} | {:.0} | {:.0} ms | {:.1} % of {} | {:.1} / {:.1} ms | {:.1} %, {:.1} ms |",
+            r.name,
+            r.flood_frames as f64 / r.flood_secs,
+            r.cpu_ns, // ns per frame = ms per million frames
+            r.under_flood.ok_percent(),
+            r.under_flood.tried,
+            r.under_flood.quantile(0.5),
+            r.under_flood.quantile(0.99),
+            r.baseline.ok_percent(),
+            r.baseline.quantile(0.99),
+        );
+    }
+    if let [kernel, xdp] = rows {
+        println!(
+            "\nedgelb's CPU per flood SYN: {:.2} of the kernel's",
+            xdp.cpu_ns / kernel.cpu_ns
+        );
+    }
+}
