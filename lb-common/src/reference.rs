@@ -863,53 +863,28 @@ fn syn_cookie(tables: &mut Tables, info: &ListenerInfo, tcp: &[u8], is_v4: bool)
         *stamp = tables.now_ns;
         return Outcome::Passed;
     }
-    match syn_options(&tcp[20..len]) {
-        Some(_) => Outcome::SynCookie,
-        None => Outcome::Passed,
+    if options_well_formed(&tcp[20..len]) {
+        Outcome::SynCookie
+    } else {
+        Outcome::Passed
     }
 }
 
-/// The options of a SYN that shape its SYN cookie's answer.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SynOptions {
-    pub wscale: Option<u8>,
-    pub sack: bool,
-    /// The client's timestamp value, echoed.
-    pub tsval: Option<u32>,
-}
-
-/// Parses a TCP header's options (`opts`, after the fixed 20 bytes): None when one runs past
-/// the header or has a length below 2.
-pub fn syn_options(opts: &[u8]) -> Option<SynOptions> {
-    let mut out = SynOptions::default();
+/// Whether a TCP header's options (`opts`, after the fixed 20 bytes) are well formed: none
+/// has a length below 2 or runs past the header (an end-of-list ends them early).
+fn options_well_formed(opts: &[u8]) -> bool {
     let mut i = 0;
     while i < opts.len() {
         match opts[i] {
             0 => break,
             1 => i += 1,
-            kind => {
-                let len = usize::from(*opts.get(i + 1)?);
-                if len < 2 || i + len > opts.len() {
-                    return None;
-                }
-                match (kind, len) {
-                    (3, 3) => out.wscale = Some(opts[i + 2]),
-                    (4, 2) => out.sack = true,
-                    (8, 10) => {
-                        out.tsval = Some(u32::from_be_bytes([
-                            opts[i + 2],
-                            opts[i + 3],
-                            opts[i + 4],
-                            opts[i + 5],
-                        ]))
-                    }
-                    _ => {}
-                }
-                i += len;
-            }
+            _ => match opts.get(i + 1).map(|&n| usize::from(n)) {
+                Some(len) if len >= 2 && i + len <= opts.len() => i += len,
+                _ => return false,
+            },
         }
     }
-    Some(out)
+    true
 }
 
 /// Whether the first `len` bits of `addr` equal those of `net`.

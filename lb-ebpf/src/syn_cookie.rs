@@ -131,16 +131,20 @@ fn answer<const L4: usize>(ctx: &XdpContext, v4: bool) -> Option<()> {
     // most 60 bytes: the frame is made exactly that long (a SYN with data loses the data;
     // the client sends it again).
     set_len(ctx, L4 + TCP_MAX)?;
+    // The frame holds the IP header and TCP_MAX bytes of TCP header (set_len above).
+    let th = at::<TCP_MAX>(ctx, L4)?;
+    // 40 bytes: the IPv6 header, or the IPv4 one and the TCP header's start (the helper
+    // reads a whole `iphdr` or `ipv6hdr`).
+    let ip = at::<40>(ctx, 14)?;
     // Copied: the verifier lets the walk over options read the stack at a variable offset,
     // but the packet only with a check against its end before each byte.
-    let header: [u8; TCP_MAX] = unsafe { *at::<TCP_MAX>(ctx, L4)? };
+    // SAFETY: `at` checked the range against data_end.
+    let header: [u8; TCP_MAX] = unsafe { *th };
     let opts = parse_options(&header, th_len as usize)?;
     let mut mtu: u32 = 0;
     // SAFETY: the helper reads the context and writes the one u32 it is given.
     unsafe { bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu, 0, 0) };
-    // The frame holds the IP header and TCP_MAX bytes of TCP header (set_len above).
-    let th = at::<TCP_MAX>(ctx, L4)? as *mut tcphdr;
-    let ip = at::<20>(ctx, 14)?;
+    let th = th as *mut tcphdr;
     // SAFETY: both headers lie in the frame; the helper only reads them.
     let cookie = unsafe {
         if v4 {

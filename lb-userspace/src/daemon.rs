@@ -21,7 +21,7 @@ use crate::metrics::Metrics;
 use crate::nexthop::{NextHops, Watch};
 use crate::node::{GroupRuntime, Node};
 use crate::reloads::{ReloadError, Reloads, Waiter};
-use crate::syn_protect::{KernelCookies, Protected, SynProtect};
+use crate::syn_protect::{KernelCookies, Protected, SynProtect, answering};
 use crate::workers::{self, Workers};
 
 /// Why the daemon could not start. Usage errors (the flags ask for something this host cannot
@@ -646,11 +646,7 @@ fn refresh_status(
             state
                 .metrics
                 .set_blocked_sources(&l.config.name, status.blocked.len() as u64);
-            status.syn_cookies_answering = match l.config.syn_protect {
-                SynProtection::Off => false,
-                SynProtection::On => true,
-                SynProtection::Auto { .. } => dp.syn_answering().contains(&l.id),
-            };
+            status.syn_cookies_answering = answering(dp, l.id, l.config.syn_protect);
             if l.config.syn_protect != SynProtection::Off {
                 state
                     .metrics

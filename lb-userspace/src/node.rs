@@ -369,11 +369,7 @@ impl Node {
                     group: self.config.default_group(&l.config).name.clone(),
                     xdp_counters: Vec::new(),
                     blocked: Vec::new(),
-                    syn_protect: match l.config.syn_protect {
-                        SynProtection::Off => "off",
-                        SynProtection::Auto { .. } => "auto",
-                        SynProtection::On => "on",
-                    },
+                    syn_protect: l.config.syn_protect.name(),
                     syn_cookies_answering: false,
                 })
                 .collect(),

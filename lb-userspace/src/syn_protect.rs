@@ -49,6 +49,15 @@ pub struct SynProtect {
     saved: Option<Vec<(&'static str, String)>>,
 }
 
+/// Whether listener `id`, protected as `mode` says, answers SYNs in XDP now.
+pub fn answering(dp: &Dataplane, id: u32, mode: SynProtection) -> bool {
+    match mode {
+        SynProtection::Off => false,
+        SynProtection::On => true,
+        SynProtection::Auto { .. } => dp.syn_answering().contains(&id),
+    }
+}
+
 /// Whether an `auto` listener answers after a second with `rate` SYNs, having answered
 /// (`answering`) before.
 pub fn decide(answering: bool, rate: u64, threshold: u32, calm: &mut u32) -> bool {
@@ -67,8 +76,9 @@ pub fn decide(answering: bool, rate: u64, threshold: u32, calm: &mut u32) -> boo
 
 impl SynProtect {
     /// Before a configuration is applied: the settings, if one of its listeners answers at
-    /// once (`on`). A failure is logged; the listeners answer anyway, and the kernel refuses
-    /// their cookies (clients retry with a new SYN, which is answered again).
+    /// once (`on`). A failure is only logged: the listeners answer anyway, and the kernel
+    /// refuses their cookies (each retried SYN gets another one), so such a listener takes
+    /// no connections until the settings are set (a known defect, issue 17).
     pub fn prepare(&mut self, config: &Config) {
         if config
             .listeners
@@ -143,11 +153,7 @@ impl SynProtect {
                 }
             }
         }
-        let wanted = listeners.iter().any(|l| match l.mode {
-            SynProtection::On => true,
-            SynProtection::Auto { .. } => dp.syn_answering().contains(&l.id),
-            SynProtection::Off => false,
-        });
+        let wanted = listeners.iter().any(|l| answering(dp, l.id, l.mode));
         if !wanted {
             self.restore();
         }

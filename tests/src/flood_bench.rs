@@ -17,7 +17,7 @@
 //! that thread and of core 0's ksoftirqd, per frame.
 //!
 //! Meanwhile a client in a namespace of its own, pinned to core 1, opens TLS connections to the
-//! listener through a second veth pair (`vc` ↔ `vl`), one every 20 ms, and times each
+//! listener through a second veth pair (`ClientLb`'s), one every 20 ms, and times each
 //! handshake (TCP connect to the end of the TLS handshake; 3 s at most). The same client runs
 //! alone first, for the baseline.
 use std::net::{SocketAddr, TcpStream};
@@ -31,21 +31,13 @@ use edgelb::dataplane::run_live_frames;
 
 use crate::certs::{TempDir, self_signed};
 use crate::daemon::Daemon;
-use crate::live_bench::{CpuClock, checksum, ifindex, run_in};
-use crate::netns::{Netns, in_netns};
-use crate::packet::{Frame, parse};
+use crate::live_bench::{
+    CpuClock, LB_IF, LB_V4, PEER_IF, PEER_V4, add_bench_link, ifindex, run_in, with_checksums,
+};
+use crate::netns::{self, ClientLb, Netns, in_netns};
+use crate::packet::{Frame, LINUX_SYN_OPTIONS, parse};
 use crate::rawxdp::{ProgArray, RawXdp, XDP_PASS, XdpLink, prog_by_id};
 
-const LB_IF: &str = "lba";
-const PEER_IF: &str = "lbb";
-const LB_MAC: &str = "02:00:00:00:00:01";
-const PEER_MAC: &str = "02:00:00:00:00:02";
-const LB_V4: &str = "10.20.0.1";
-const PEER_V4: &str = "10.20.0.2";
-const CLIENT_IF: &str = "vc";
-const SERVER_IF: &str = "vl";
-const SERVER_V4: &str = "10.30.0.1";
-const CLIENT_V4: &str = "10.30.0.2";
 const PORT: u16 = 8443;
 /// The legitimate client's pace and patience.
 const PACE: Duration = Duration::from_millis(20);
@@ -86,113 +78,57 @@ impl Handshakes {
     }
 }
 
-/// The two namespaces and the programs on the veths' far ends.
-struct Topo {
-    lb: Netns,
-    client: Netns,
-    /// `lbb`'s program: puts the SYN's bytes back and drops the frame.
-    _sink: (RawXdp, XdpLink),
-    /// `vc`'s: `XDP_PASS`, so that `vc` receives what `vl`'s XDP program sends back.
-    _client_pass: (RawXdp, XdpLink),
-    lb_ifindex: u32,
-}
-
 /// The flood's SYN: from 10.128.0.0 port 65535 (the spoofer's starting point), IP id 0xffff,
 /// with a Linux client's options, checksums correct.
 fn flood_syn() -> Vec<u8> {
     let mut frame = Frame::tcp("10.128.0.0", LB_V4, PORT);
     frame.src_port = 0xffff;
-    let mut f = frame
-        .tcp_options(&[
-            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 0, 1, 3, 3, 7,
-        ])
-        .df()
-        .bytes();
+    let mut f = frame.tcp_options(&LINUX_SYN_OPTIONS).df().bytes();
     // Frame::bytes writes the IP id as 0x1234: the spoofer's arithmetic wants 0xffff.
     f[18..20].copy_from_slice(&[0xff, 0xff]);
-    let mac = |s: &str| -> Vec<u8> {
-        s.split(':')
-            .map(|b| u8::from_str_radix(b, 16).unwrap_or(0))
-            .collect()
-    };
-    f[0..6].copy_from_slice(&mac(LB_MAC));
-    f[6..12].copy_from_slice(&mac(PEER_MAC));
-    let sum = checksum(&f[14..34], 0);
-    f[24..26].copy_from_slice(&sum.to_be_bytes());
-    let tcp_len = (f.len() - 34) as u32;
-    let mut pseudo = 6 + tcp_len;
-    for pair in f[26..34].chunks(2) {
-        pseudo += u32::from(u16::from_be_bytes([pair[0], pair[1]]));
-    }
-    let sum = checksum(&f[34..], pseudo);
-    f[34 + 16..34 + 18].copy_from_slice(&sum.to_be_bytes());
-    f
+    with_checksums(f)
+}
+
+/// The client and server namespaces (`ClientLb`), the flood's link (`lba`/`lbb`) in the
+/// server's, and the programs on the veths' far ends.
+struct Topo {
+    net: ClientLb,
+    /// `lbb`'s program: puts the SYN's bytes back and drops the frame.
+    _sink: (RawXdp, XdpLink),
+    /// On the client's veth: `XDP_PASS`, so that it receives what edgelb's XDP program sends
+    /// back.
+    _client_pass: (RawXdp, XdpLink),
+    lb_ifindex: u32,
 }
 
 impl Topo {
     fn new(syn: &[u8]) -> Result<Self> {
-        let lb = Netns::new("fl");
-        let client = Netns::new("fc");
+        let net = ClientLb::new();
         for (key, value) in [
             ("net.ipv4.conf.all.rp_filter", "0"),
             ("net.ipv4.conf.default.rp_filter", "0"),
         ] {
-            run_in(&lb, &["sysctl", "-qw", &format!("{key}={value}")])?;
+            run_in(&net.lb, &["sysctl", "-qw", &format!("{key}={value}")])?;
         }
-        lb.ip(&[
-            "link", "add", LB_IF, "address", LB_MAC, "type", "veth", "peer", "name", PEER_IF,
-            "address", PEER_MAC,
-        ]);
-        lb.ip(&["addr", "add", &format!("{LB_V4}/24"), "dev", LB_IF]);
-        for iface in [LB_IF, PEER_IF] {
-            lb.ip(&["link", "set", iface, "up"]);
-        }
-        lb.ip(&[
-            "neigh",
-            "replace",
-            PEER_V4,
-            "lladdr",
-            PEER_MAC,
-            "dev",
-            LB_IF,
-            "nud",
-            "permanent",
-        ]);
+        add_bench_link(&net.lb);
         // Answers to the spoofed sources leave through lba, to lbb's MAC.
-        lb.ip(&["route", "add", "10.128.0.0/16", "via", PEER_V4]);
-        crate::netns::ip(&[
-            "link",
-            "add",
-            CLIENT_IF,
-            "netns",
-            &client.name,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            SERVER_IF,
-            "netns",
-            &lb.name,
-        ]);
-        lb.ip(&["addr", "add", &format!("{SERVER_V4}/24"), "dev", SERVER_IF]);
-        lb.ip(&["link", "set", SERVER_IF, "up"]);
-        client.ip(&["addr", "add", &format!("{CLIENT_V4}/24"), "dev", CLIENT_IF]);
-        client.ip(&["link", "set", CLIENT_IF, "up"]);
+        net.lb
+            .ip(&["route", "add", "10.128.0.0/16", "via", PEER_V4]);
 
         let syn = syn.to_vec();
-        let sink = in_netns(&lb.path(), move || -> Result<(RawXdp, XdpLink, u32)> {
+        let sink = in_netns(&net.lb.path(), move || -> Result<(RawXdp, XdpLink, u32)> {
             let sink = RawXdp::restoring_sink("flood_sink", 0, &syn)?;
             let link = XdpLink::native(sink.fd(), ifindex(PEER_IF)?)?;
             Ok((sink, link, ifindex(LB_IF)?))
         })?;
-        let client_pass = in_netns(&client.path(), || -> Result<(RawXdp, XdpLink)> {
+        let client_if = net.client_if.clone();
+        let client_pass = in_netns(&net.client.path(), move || -> Result<(RawXdp, XdpLink)> {
             let pass = RawXdp::verdict("flood_pass", XDP_PASS)?;
-            let link = XdpLink::native(pass.fd(), ifindex(CLIENT_IF)?)?;
+            let link = XdpLink::native(pass.fd(), ifindex(&client_if)?)?;
             Ok((pass, link))
         })?;
         Ok(Topo {
-            lb,
-            client,
+            net,
             _sink: (sink.0, sink.1),
             _client_pass: client_pass,
             lb_ifindex: sink.2,
@@ -204,7 +140,7 @@ impl Topo {
 /// is in it).
 fn handshake(config: &Arc<rustls::ClientConfig>) -> Option<f64> {
     let start = Instant::now();
-    let addr: SocketAddr = format!("{SERVER_V4}:{PORT}").parse().ok()?;
+    let addr: SocketAddr = format!("{}:{PORT}", netns::LB_V4).parse().ok()?;
     let mut tcp = TcpStream::connect_timeout(&addr, HANDSHAKE_LIMIT).ok()?;
     let left = HANDSHAKE_LIMIT.checked_sub(start.elapsed())?;
     tcp.set_read_timeout(Some(left)).ok()?;
@@ -279,6 +215,7 @@ fn start_nginx(topo: &Topo, dir: &TempDir, cert: &crate::certs::ServerCert) -> R
     );
     let path = dir.write("nginx.conf", conf);
     let child = topo
+        .net
         .lb
         .command("nginx")
         .arg("-c")
@@ -298,7 +235,7 @@ fn start_edgelb(topo: &Topo, dir: &TempDir, cert: &crate::certs::ServerCert) -> 
         cert.key.display().to_string(),
     );
     Server::Edgelb(Daemon::start(
-        Some(&topo.lb),
+        Some(&topo.net.lb),
         &[
             "--listen",
             &format!("0.0.0.0:{PORT}"),
@@ -313,7 +250,7 @@ fn start_edgelb(topo: &Topo, dir: &TempDir, cert: &crate::certs::ServerCert) -> 
             "--xdp-iface",
             LB_IF,
             "--xdp-iface",
-            SERVER_IF,
+            &topo.net.lb_if,
             "--xdp-mode",
             "native",
         ],
@@ -334,7 +271,7 @@ fn attached_prog(ns: &Netns, iface: &str) -> Result<u32> {
 /// Waits until a handshake from the client succeeds (the server is up).
 fn wait_ready(topo: &Topo, ca: &std::path::Path) -> Result<()> {
     let config = crate::https::ClientOpts::new(ca).config();
-    let ok = in_netns(&topo.client.path(), move || {
+    let ok = in_netns(&topo.net.client.path(), move || {
         (0..50).any(|_| {
             let done = handshake(&config).is_some();
             if !done {
@@ -374,9 +311,9 @@ pub fn run(secs: Duration) -> Result<()> {
     let syn = flood_syn();
     let topo = Topo::new(&syn)?;
     let dir = TempDir::new();
-    let cert = self_signed(&dir, "lb", &[parse(SERVER_V4), parse(LB_V4)]);
+    let cert = self_signed(&dir, "lb", &[parse(netns::LB_V4), parse(LB_V4)]);
     // This thread generates the flood: it lives in the server's namespace from here on.
-    let file = std::fs::File::open(topo.lb.path())?;
+    let file = std::fs::File::open(topo.net.lb.path())?;
     nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
         .context("entering the server's namespace")?;
     let mut set = nix::sched::CpuSet::new();
@@ -393,19 +330,19 @@ pub fn run(secs: Duration) -> Result<()> {
             start_edgelb(&topo, &dir, &cert)
         };
         wait_ready(&topo, &cert.cert)?;
-        let baseline = clients(&topo.client, &cert.cert, BASELINE)
+        let baseline = clients(&topo.net.client, &cert.cert, BASELINE)
             .join()
             .map_err(|_| anyhow::anyhow!("client thread"))?;
         // The flood's program: spoofing, then the stack or edgelb's program.
         let (spoofer, _array) = match &server {
             Server::Nginx { .. } => (RawXdp::spoofer("flood_spoof", None)?, None),
             Server::Edgelb(_) => {
-                let edgelb = prog_by_id(attached_prog(&topo.lb, LB_IF)?)?;
+                let edgelb = prog_by_id(attached_prog(&topo.net.lb, LB_IF)?)?;
                 let array = ProgArray::holding(edgelb.as_fd())?;
                 (RawXdp::spoofer("flood_spoof", Some(&array))?, Some(array))
             }
         };
-        let client = clients(&topo.client, &cert.cert, secs);
+        let client = clients(&topo.net.client, &cert.cert, secs);
         let (frames, wall, cpu) = flood(&topo, spoofer.fd(), &syn, secs, &clock)?;
         let under_flood = client
             .join()
@@ -415,7 +352,7 @@ pub fn run(secs: Duration) -> Result<()> {
             let answered = crate::daemon::xdp_counter(&log, "listener-1", "syn_cookie");
             println!("edgelb answered {answered} SYNs in XDP");
         } else {
-            let cookies = run_in(&topo.lb, &["nstat", "-az", "TcpExtSyncookiesSent"])?;
+            let cookies = run_in(&topo.net.lb, &["nstat", "-az", "TcpExtSyncookiesSent"])?;
             println!("kernel: {}", cookies.lines().last().unwrap_or("").trim());
             drop(server);
         }

@@ -56,13 +56,13 @@ use crate::packet::{Frame, TCP};
 use crate::rawxdp::{RawXdp, XDP_DROP, XDP_PASS, XDP_TX, XdpLink};
 use crate::rng::Rng;
 
-const LB_IF: &str = "lba";
-const PEER_IF: &str = "lbb";
+pub const LB_IF: &str = "lba";
+pub const PEER_IF: &str = "lbb";
 /// `Frame::bytes` addresses frames from this MAC to that one: `lbb` to `lba`.
 const LB_MAC: &str = "02:00:00:00:00:01";
 const PEER_MAC: &str = "02:00:00:00:00:02";
-const LB_V4: &str = "10.200.0.1";
-const PEER_V4: &str = "10.200.0.2";
+pub const LB_V4: &str = "10.200.0.1";
+pub const PEER_V4: &str = "10.200.0.2";
 const LB_V6: &str = "fd00:200::1";
 const BLOCKED_V4: &str = "203.0.113.9";
 const BLOCKED_V6: &str = "2001:db8:ffff::9";
@@ -176,26 +176,8 @@ impl Setup {
         ] {
             run_in(&ns, &["sysctl", "-qw", &format!("{key}={value}")])?;
         }
-        ns.ip(&[
-            "link", "add", LB_IF, "address", LB_MAC, "type", "veth", "peer", "name", PEER_IF,
-            "address", PEER_MAC,
-        ]);
-        ns.ip(&["addr", "add", &format!("{LB_V4}/24"), "dev", LB_IF]);
+        add_bench_link(&ns);
         ns.ip(&["addr", "add", &format!("{LB_V6}/64"), "dev", LB_IF, "nodad"]);
-        for iface in [LB_IF, PEER_IF] {
-            ns.ip(&["link", "set", iface, "up"]);
-        }
-        ns.ip(&[
-            "neigh",
-            "replace",
-            PEER_V4,
-            "lladdr",
-            PEER_MAC,
-            "dev",
-            LB_IF,
-            "nud",
-            "permanent",
-        ]);
         ns.ip(&["route", "add", &format!("{VIP_V4}/32"), "via", PEER_V4]);
         // This thread now lives in the namespace: ifindexes, live runs and links are its.
         let file = fs::File::open(ns.path())?;
@@ -266,6 +248,31 @@ impl Setup {
     }
 }
 
+/// Adds `lba` (LB_V4) and its peer `lbb` to `ns`, up, addressed as [`Frame::bytes`] addresses
+/// frames (`lbb` to `lba`), with `lbb` a permanent neighbour of `lba` at PEER_V4: what `lba`
+/// sends via PEER_V4 reaches `lbb`.
+pub fn add_bench_link(ns: &Netns) {
+    ns.ip(&[
+        "link", "add", LB_IF, "address", LB_MAC, "type", "veth", "peer", "name", PEER_IF,
+        "address", PEER_MAC,
+    ]);
+    ns.ip(&["addr", "add", &format!("{LB_V4}/24"), "dev", LB_IF]);
+    for iface in [LB_IF, PEER_IF] {
+        ns.ip(&["link", "set", iface, "up"]);
+    }
+    ns.ip(&[
+        "neigh",
+        "replace",
+        PEER_V4,
+        "lladdr",
+        PEER_MAC,
+        "dev",
+        LB_IF,
+        "nud",
+        "permanent",
+    ]);
+}
+
 /// CLOCK_MONOTONIC in seconds, as `perf record -k mono` stamps its samples.
 fn monotonic() -> f64 {
     nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
@@ -313,7 +320,12 @@ fn snmp(group: &str, field: &str) -> Result<u64> {
 
 /// A TCP SYN to port 443 with valid IPv4 and TCP checksums (the stack checks them).
 fn syn(src: &str, dst: &str) -> Vec<u8> {
-    let mut f = Frame::tcp(src, dst, PORT).bytes();
+    with_checksums(Frame::tcp(src, dst, PORT).bytes())
+}
+
+/// An untagged TCP frame of [`Frame::bytes`] (IPv4 without options, or IPv6 without extension
+/// headers) with its IPv4 header and TCP checksums filled in.
+pub fn with_checksums(mut f: Vec<u8>) -> Vec<u8> {
     let (ip_len, src_at, addr_len, proto_at) = if f[12..14] == [0x08, 0x00] {
         let sum = checksum(&f[14..34], 0);
         f[24..26].copy_from_slice(&sum.to_be_bytes());

@@ -7,6 +7,12 @@ pub const TCP: u8 = 6;
 pub const UDP: u8 = 17;
 pub const ICMP: u8 = 1;
 
+/// The options of a Linux client's SYN: MSS 1460, SACK permitted, timestamps (value
+/// 0x01020304, echo 0), NOP, window scale 7.
+pub const LINUX_SYN_OPTIONS: [u8; 20] = [
+    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 0, 1, 3, 3, 7,
+];
+
 /// An IPv6 extension header of the chain, in order.
 #[derive(Clone, Copy, Debug)]
 pub enum Ext {

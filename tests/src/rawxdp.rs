@@ -295,27 +295,18 @@ impl RawXdp {
         for (d, s) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
             *d = s;
         }
-        // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_PROG_LOAD; the instructions, the
-        // license and the log buffer it points at outlive the call, the log at its stated size.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_LOAD,
-                &mut attr as *mut LoadAttr,
-                std::mem::size_of::<LoadAttr>(),
-            )
-        };
-        if rc < 0 {
-            let err = std::io::Error::last_os_error();
+        let rc = bpf(
+            BPF_PROG_LOAD,
+            &mut attr,
+            &format!("loading XDP program {name}"),
+        )
+        .map_err(|e| {
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
-            return Err(std::io::Error::new(
-                err.kind(),
-                format!(
-                    "loading XDP program {name}: {err}: {}",
-                    String::from_utf8_lossy(&log[..end])
-                ),
-            ));
-        }
+            std::io::Error::new(
+                e.kind(),
+                format!("{e}: {}", String::from_utf8_lossy(&log[..end])),
+            )
+        })?;
         // SAFETY: a successful BPF_PROG_LOAD returns a new file descriptor that we now own.
         let fd = unsafe { OwnedFd::from_raw_fd(rc as i32) };
         Ok(RawXdp { fd })
@@ -350,22 +341,11 @@ impl XdpLink {
             flags: XDP_FLAGS_DRV_MODE,
             ..LinkAttr::default()
         };
-        // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_LINK_CREATE living across the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_LINK_CREATE,
-                &mut attr as *mut LinkAttr,
-                std::mem::size_of::<LinkAttr>(),
-            )
-        };
-        if rc < 0 {
-            let err = std::io::Error::last_os_error();
-            return Err(std::io::Error::new(
-                err.kind(),
-                format!("attaching XDP to ifindex {ifindex} (native): {err}"),
-            ));
-        }
+        let rc = bpf(
+            BPF_LINK_CREATE,
+            &mut attr,
+            &format!("attaching XDP to ifindex {ifindex} (native)"),
+        )?;
         // SAFETY: a successful BPF_LINK_CREATE returns a new file descriptor that we now own.
         Ok(XdpLink {
             _fd: unsafe { OwnedFd::from_raw_fd(rc as i32) },

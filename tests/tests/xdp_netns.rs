@@ -1,5 +1,6 @@
 //! End to end, as root: a client namespace joined by a veth pair to a load-balancer namespace
 //! where edgelb runs with its XDP program attached in native mode, a real backend, and curl.
+use edgelb::syn_protect::KernelCookies;
 use edgelb_tests::backend::Backend;
 use edgelb_tests::certs::{TempDir, self_signed};
 use edgelb_tests::client::{curl, curl_ok};
@@ -56,6 +57,17 @@ fn url_v6() -> String {
     format!("https://[{LB_V6}]:8443/")
 }
 
+/// curl from `src` to `url` (retried a few times) is answered by the backend.
+fn assert_served(s: &Setup, src: &str, url: &str) {
+    let r = curl_ok(&s.topo.client, src, url, &s.ca);
+    assert_eq!(
+        (r.code, r.body.as_str()),
+        (0, "backend b1\n"),
+        "{src} -> {url}: {}",
+        r.stderr
+    );
+}
+
 fn start(s: &Setup, extra: &[&str]) -> Daemon {
     let mut args: Vec<&str> = s.args.iter().map(String::as_str).collect();
     args.extend_from_slice(extra);
@@ -85,13 +97,7 @@ fn whitelisted_client_is_served_unlisted_client_is_dropped_at_xdp() {
     assert!(s.topo.lb_has_xdp(), "XDP not attached to {}", s.topo.lb_if);
 
     for (src, url) in [(CLIENT_A_V4, url_v4()), (CLIENT_A_V6, url_v6())] {
-        let r = curl_ok(&s.topo.client, src, &url, &s.ca);
-        assert_eq!(
-            (r.code, r.body.as_str()),
-            (0, "backend b1\n"),
-            "whitelisted {src}: {}",
-            r.stderr
-        );
+        assert_served(&s, src, &url);
     }
     for (src, url) in [(CLIENT_B_V4, url_v4()), (CLIENT_B_V6, url_v6())] {
         let r = curl(&s.topo.client, src, &url, &s.ca);
@@ -141,13 +147,7 @@ fn blacklisted_client_is_dropped_at_xdp_others_are_served() {
         ],
     );
 
-    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
-    assert_eq!(
-        (r.code, r.body.as_str()),
-        (0, "backend b1\n"),
-        "{}",
-        r.stderr
-    );
+    assert_served(&s, CLIENT_A_V4, &url_v4());
     for (src, url) in [(CLIENT_B_V4, url_v4()), (CLIENT_B_V6, url_v6())] {
         let r = curl(&s.topo.client, src, &url, &s.ca);
         assert_eq!(r.code, CURL_TIMEOUT, "blacklisted {src}: {}", r.stderr);
@@ -182,13 +182,7 @@ fn with_xdp_off_the_daemon_refuses_unlisted_clients_on_accept() {
     );
     assert!(!s.topo.lb_has_xdp(), "--xdp-mode off attached a program");
 
-    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
-    assert_eq!(
-        (r.code, r.body.as_str()),
-        (0, "backend b1\n"),
-        "{}",
-        r.stderr
-    );
+    assert_served(&s, CLIENT_A_V4, &url_v4());
     // The TCP handshake completes (no XDP), then the daemon closes the connection at once:
     // a TLS/connection error, not a timeout.
     let r = curl(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca);
@@ -595,13 +589,7 @@ fn a_source_past_its_connection_rate_has_its_syns_dropped_at_xdp() {
     );
     // A second later the busy source is served again, through TLS to the backend.
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
-    assert_eq!(
-        (r.code, r.body.as_str()),
-        (0, "backend b1\n"),
-        "{}",
-        r.stderr
-    );
+    assert_served(&s, CLIENT_A_V4, &url_v4());
 
     let (status, log) = d.stop();
     assert!(status.success(), "exit status {status}:\n{log}");
@@ -692,31 +680,43 @@ fn a_source_over_its_rate_for_a_second_is_blocked_listed_and_unblocked_on_reques
     assert!(xdp_counter(&log, "listener-1", "blocked") >= 2, "{log}");
 }
 
-/// A `/proc/sys` setting inside the namespace at `ns`, as text.
-fn setting_in(ns: &str, key: &'static str) -> String {
-    in_netns(ns, move || {
-        let path = format!("/proc/sys/{}", key.replace('.', "/"));
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
-            .trim()
-            .to_string()
+/// `net.ipv4.tcp_syncookies` and `net.ipv4.tcp_timestamps` inside the namespace at `ns`.
+fn cookie_settings(ns: &str) -> (String, String) {
+    in_netns(ns, || {
+        let read = |key: &str| {
+            let path = format!("/proc/sys/net/ipv4/{key}");
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+                .trim()
+                .to_string()
+        };
+        (read("tcp_syncookies"), read("tcp_timestamps"))
     })
 }
 
-/// A TcpExt counter of `/proc/net/netstat` inside the namespace at `ns`.
-fn tcp_ext_in(ns: &str, name: &'static str) -> u64 {
-    in_netns(ns, move || {
+/// The kernel's SYN cookie counters inside the namespace at `ns`.
+fn kernel_cookies(ns: &str) -> KernelCookies {
+    in_netns(ns, || {
         // /proc/net is the main thread's namespace; this thread entered another.
         let text = std::fs::read_to_string("/proc/thread-self/net/netstat").expect("netstat");
-        let mut lines = text.lines().filter(|l| l.starts_with("TcpExt:"));
-        let (names, values) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
-        names
-            .split_whitespace()
-            .zip(values.split_whitespace())
-            .find(|(n, _)| *n == name)
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or_else(|| panic!("no TcpExt {name}"))
+        KernelCookies::parse(&text).unwrap_or_else(|| panic!("no TcpExt cookies in {text}"))
     })
+}
+
+/// A program on the client's veth, which then receives the SYN-ACKs the daemon's sends with
+/// `XDP_TX` (toolchain notes): `edgelb decap` without VIPs passes everything.
+fn pass_on_client(topo: &ClientLb, dir: &TempDir) -> Daemon {
+    Daemon::start(
+        Some(&topo.client),
+        &[
+            "decap",
+            "--iface",
+            &topo.client_if,
+            "--from",
+            "10.99.0.0/16",
+        ],
+        dir.path(),
+    )
 }
 
 /// `ss -tni` of the established connections in `ns` whose source or destination port is
@@ -752,23 +752,8 @@ fn https_clients_connect_through_syn_cookies_answered_in_xdp_with_window_scaling
     let cert = self_signed(&dir, "lb", &[parse(LB_V4), parse(LB_V6)]);
     let lb_ns = topo.lb.path();
     let big = in_netns(&lb_ns, || edgelb_tests::backend::big_backend(SIZE));
-    let before = (
-        setting_in(&lb_ns, "net.ipv4.tcp_syncookies"),
-        setting_in(&lb_ns, "net.ipv4.tcp_timestamps"),
-    );
-    // The client's veth receives the SYN-ACKs the program sends with XDP_TX only with an XDP
-    // program of its own (toolchain notes): `edgelb decap` without VIPs passes everything.
-    let pass = Daemon::start(
-        Some(&topo.client),
-        &[
-            "decap",
-            "--iface",
-            &topo.client_if,
-            "--from",
-            "10.99.0.0/16",
-        ],
-        dir.path(),
-    );
+    let before = cookie_settings(&lb_ns);
+    let pass = pass_on_client(&topo, &dir);
     let backend = big.addr.to_string();
     let d = Daemon::start(
         Some(&topo.lb),
@@ -793,15 +778,8 @@ fn https_clients_connect_through_syn_cookies_answered_in_xdp_with_window_scaling
     assert!(topo.lb_has_xdp(), "XDP not attached to {}", topo.lb_if);
     // While protection is on, the kernel answers the SYNs it still gets with cookies, and
     // keeps timestamps without a per-connection offset (the options ride in them).
-    assert_eq!(
-        (
-            setting_in(&lb_ns, "net.ipv4.tcp_syncookies"),
-            setting_in(&lb_ns, "net.ipv4.tcp_timestamps")
-        ),
-        ("2".to_string(), "2".to_string())
-    );
-    let sent_before = tcp_ext_in(&lb_ns, "SyncookiesSent");
-    let received_before = tcp_ext_in(&lb_ns, "SyncookiesRecv");
+    assert_eq!(cookie_settings(&lb_ns), ("2".to_string(), "2".to_string()));
+    let cookies_before = kernel_cookies(&lb_ns);
 
     // Each family's first SYN goes to the kernel (the listener's own cookie); the rest are
     // answered by the program.
@@ -878,8 +856,9 @@ fn https_clients_connect_through_syn_cookies_answered_in_xdp_with_window_scaling
     }
     drop(stream);
 
-    let received = tcp_ext_in(&lb_ns, "SyncookiesRecv") - received_before;
-    let sent = tcp_ext_in(&lb_ns, "SyncookiesSent") - sent_before;
+    let cookies = kernel_cookies(&lb_ns);
+    let received = cookies.received - cookies_before.received;
+    let sent = cookies.sent - cookies_before.sent;
     let (status, log) = d.stop();
     assert!(status.success(), "exit status {status}:\n{log}");
     let syn_cookies = xdp_counter(&log, "listener-1", "syn_cookie");
@@ -894,14 +873,7 @@ fn https_clients_connect_through_syn_cookies_answered_in_xdp_with_window_scaling
         received >= answered + 2 && received >= sent + answered,
         "kernel: {received} connections from cookies, {sent} cookies of its own; {answered} answered in XDP"
     );
-    assert_eq!(
-        (
-            setting_in(&lb_ns, "net.ipv4.tcp_syncookies"),
-            setting_in(&lb_ns, "net.ipv4.tcp_timestamps")
-        ),
-        before,
-        "settings restored at exit"
-    );
+    assert_eq!(cookie_settings(&lb_ns), before, "settings restored at exit");
     drop(pass);
 }
 
@@ -934,17 +906,7 @@ fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_dow
     }
     let s = setup();
     let admin = "127.0.0.1:9912";
-    let pass = Daemon::start(
-        Some(&s.topo.client),
-        &[
-            "decap",
-            "--iface",
-            &s.topo.client_if,
-            "--from",
-            "10.99.0.0/16",
-        ],
-        s.dir.path(),
-    );
+    let pass = pass_on_client(&s.topo, &s.dir);
     let d = start(
         &s,
         &[
@@ -966,12 +928,7 @@ fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_dow
             edgelb_tests::admin::request(admin, "GET", path)
         })
     };
-    let settings = || {
-        (
-            setting_in(&lb_ns, "net.ipv4.tcp_syncookies"),
-            setting_in(&lb_ns, "net.ipv4.tcp_timestamps"),
-        )
-    };
+    let settings = || cookie_settings(&lb_ns);
     let before = settings();
     let answering = |yes: bool, within: std::time::Duration| {
         let deadline = std::time::Instant::now() + within;
@@ -989,13 +946,7 @@ fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_dow
     };
     // Quiet: the kernel answers, nothing is changed.
     answering(false, std::time::Duration::ZERO);
-    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
-    assert_eq!(
-        (r.code, r.body.as_str()),
-        (0, "backend b1\n"),
-        "{}",
-        r.stderr
-    );
+    assert_served(&s, CLIENT_A_V4, &url_v4());
     assert_eq!(settings(), before);
 
     // 300 SYNs within a second, against a threshold of 100 a second.
@@ -1020,13 +971,7 @@ fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_dow
     // While answering, clients get their SYN-ACK from the program (the first SYN still
     // goes to the kernel).
     for _ in 0..3 {
-        let r = curl_ok(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca);
-        assert_eq!(
-            (r.code, r.body.as_str()),
-            (0, "backend b1\n"),
-            "{}",
-            r.stderr
-        );
+        assert_served(&s, CLIENT_B_V4, &url_v4());
     }
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let answered = syn_status(&ask("/status")).1;
@@ -1036,13 +981,7 @@ fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_dow
     // the settings are back.
     answering(false, std::time::Duration::from_secs(15));
     assert_eq!(settings(), before);
-    let r = curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca);
-    assert_eq!(
-        (r.code, r.body.as_str()),
-        (0, "backend b1\n"),
-        "{}",
-        r.stderr
-    );
+    assert_served(&s, CLIENT_A_V4, &url_v4());
 
     let (status, log) = d.stop();
     assert!(status.success(), "exit status {status}:\n{log}");

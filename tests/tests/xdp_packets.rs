@@ -4,7 +4,8 @@
 use edgelb::acl::AclMode::{All, Blacklist, Whitelist};
 use edgelb::dataplane::{SourceLimits, SynCookies};
 use edgelb_tests::dataplane_fixture::{Fixture, rule};
-use edgelb_tests::packet::{Ext, Frame, ICMP, TCP, UDP};
+use edgelb_tests::live_bench::checksum;
+use edgelb_tests::packet::{Ext, Frame, ICMP, LINUX_SYN_OPTIONS, TCP, UDP};
 use edgelb_tests::privilege::root_or_skip;
 use lb_common::{NO_LISTENER_SLOT, Outcome};
 
@@ -575,23 +576,6 @@ fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
     );
 }
 
-/// Options of a Linux client's SYN: MSS 1460, SACK permitted, timestamps (value 0x01020304),
-/// NOP, window scale 7.
-const LINUX_SYN_OPTIONS: [u8; 20] = [
-    2, 4, 0x05, 0xb4, 4, 2, 8, 10, 1, 2, 3, 4, 0, 0, 0, 0, 1, 3, 3, 7,
-];
-
-/// The Internet checksum over `words` (zero when they include a correct checksum).
-fn fold(words: &[u8], mut sum: u32) -> u16 {
-    for pair in words.chunks(2) {
-        sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
 /// The program's clock (`bpf_ktime_get_coarse_ns`), for the reference's SYN stamps.
 fn coarse_now_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)
@@ -643,7 +627,7 @@ fn read_syn_ack(syn: &[u8], out: &[u8]) -> SynAck {
             syn[26..30],
             "IPv4 destination: the SYN's source"
         );
-        assert_eq!(fold(ip, 0), 0, "IPv4 header checksum");
+        assert_eq!(checksum(ip, 0), 0, "IPv4 header checksum");
         let mut pseudo = ip[12..20].to_vec();
         pseudo.extend_from_slice(&[0, 6]);
         pseudo.extend_from_slice(&((out.len() - 34) as u16).to_be_bytes());
@@ -670,7 +654,7 @@ fn read_syn_ack(syn: &[u8], out: &[u8]) -> SynAck {
     let t = &out[l4..];
     let mut all = pseudo;
     all.extend_from_slice(t);
-    assert_eq!(fold(&all, 0), 0, "TCP checksum");
+    assert_eq!(checksum(&all, 0), 0, "TCP checksum");
     let doff = usize::from(t[12] >> 4) * 4;
     assert_eq!(doff, t.len(), "the TCP header is the whole segment");
     let syn_tcp = &syn[l4..];
@@ -717,22 +701,6 @@ fn read_syn_ack(syn: &[u8], out: &[u8]) -> SynAck {
         }
     }
     a
-}
-
-/// The window scale the kernel of this namespace gives its connections.
-fn kernel_wscale() -> u8 {
-    let field = |path: &str, n: usize| -> u64 {
-        std::fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
-            .split_whitespace()
-            .nth(n)
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{path}: no field {n}"))
-    };
-    edgelb::dataplane::syn_cookies::kernel_window_scale(
-        field("/proc/sys/net/ipv4/tcp_rmem", 2),
-        field("/proc/sys/net/core/rmem_max", 0),
-    ) as u8
 }
 
 #[test]
@@ -840,7 +808,8 @@ fn a_syn_to_a_listener_with_syn_cookies_is_answered_in_place_with_a_syn_ack() {
         "the counting listener's SYN"
     );
 
-    let wscale = kernel_wscale();
+    let wscale = edgelb::dataplane::syn_cookies::window_scale_here()
+        .unwrap_or_else(|e| panic!("this namespace's window scale: {e}")) as u8;
     // The kernel's TCP clock: milliseconds of CLOCK_MONOTONIC, truncated to 32 bits.
     let now_ms = {
         let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)

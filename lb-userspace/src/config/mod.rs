@@ -138,6 +138,17 @@ pub enum SynProtection {
     On,
 }
 
+impl SynProtection {
+    /// As `--syn-protect` says it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SynProtection::Off => "off",
+            SynProtection::Auto { .. } => "auto",
+            SynProtection::On => "on",
+        }
+    }
+}
+
 /// The TLS half of an https listener: the loaded settings and the files they came from.
 #[derive(Clone)]
 pub struct ListenerTls {
@@ -1049,23 +1060,24 @@ fn syn_protection(
     args: &ListenerSpec,
     protocol: FrontendProtocol,
 ) -> Result<SynProtection, ConfigError> {
-    if args.syn_protect != values::SynProtect::Off && protocol.is_l4() {
+    let mode = match args.syn_protect {
+        values::SynProtect::Off => SynProtection::Off,
+        values::SynProtect::Auto => SynProtection::Auto {
+            threshold: args.syn_protect_threshold.0,
+        },
+        values::SynProtect::On => SynProtection::On,
+    };
+    if mode != SynProtection::Off && protocol.is_l4() {
         return Err(ConfigError::new(
             "--syn-protect",
-            args.syn_protect.name(),
+            mode.name(),
             format!(
                 "answers new connections of http and https listeners, and a {} listener's are its backends' to answer: use off, or limit sources with --rate-limit-syn N / --rate-limit-pps N",
                 protocol.scheme()
             ),
         ));
     }
-    Ok(match args.syn_protect {
-        values::SynProtect::Off => SynProtection::Off,
-        values::SynProtect::Auto => SynProtection::Auto {
-            threshold: args.syn_protect_threshold.0,
-        },
-        values::SynProtect::On => SynProtection::On,
-    })
+    Ok(mode)
 }
 
 fn access_control(args: &ListenerSpec, shared: Vec<IpNet>) -> Result<AccessControl, ConfigError> {

@@ -660,16 +660,6 @@ pub enum SynProtect {
     On,
 }
 
-impl SynProtect {
-    pub fn name(self) -> &'static str {
-        match self {
-            SynProtect::Off => "off",
-            SynProtect::Auto => "auto",
-            SynProtect::On => "on",
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum SslAuthArg {
     #[value(name = "one-way")]

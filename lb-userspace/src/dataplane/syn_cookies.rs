@@ -25,7 +25,7 @@ pub fn kernel_window_scale(tcp_rmem_max: u64, rmem_max: u64) -> u32 {
 }
 
 /// [`kernel_window_scale`] of this network namespace's settings.
-fn window_scale_here() -> Result<u32, DataplaneError> {
+pub fn window_scale_here() -> Result<u32, DataplaneError> {
     let read = |path: &'static str, field: usize| -> Result<u64, DataplaneError> {
         let text = std::fs::read_to_string(path).map_err(|e| DataplaneError::Map {
             map: MAP_SYN_WSCALE,
