@@ -28,11 +28,11 @@ fn tables() -> &'static Tables {
         t.listeners.insert(ListenerKey::new(ANY, 80, IPPROTO_TCP), l4(2, 0));
         t.listeners.insert(ListenerKey::new(ANY, 53, IPPROTO_UDP), l4(3, 0));
         t.acl.push((1, reference::AclPrefix::V4([10, 0, 0, 0], 8)));
-        // Listener 1 answers SYNs, its kernel stamps fresh: SYNs walk the option parser.
-        t.now_ns = 2;
-        for v4 in [true, false] {
-            t.syn_stamps.insert(syn_stamp_slot(1, v4), 1);
-        }
+        // Listener 1 answers SYNs. Its IPv4 stamp is fresh: SYNs walk the option parser. Its
+        // IPv6 one is due: SYNs also have their checksums checked.
+        t.now_ns = SYN_STAMP_NS + 2;
+        t.syn_stamps.insert(syn_stamp_slot(1, true), SYN_STAMP_NS);
+        t.syn_stamps.insert(syn_stamp_slot(1, false), 1);
         let ring: Vec<u32> = (0..maglev::TABLE_SIZE).map(|i| i % 2).collect();
         t.rings.insert(0, ring);
         for (i, addr) in [v4_mapped([10, 2, 0, 2]), [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2]]

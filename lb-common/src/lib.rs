@@ -10,6 +10,7 @@
 #[cfg(feature = "user")]
 extern crate std;
 
+pub mod inet;
 pub mod maglev;
 #[cfg(feature = "user")]
 pub mod reference;
@@ -47,7 +48,7 @@ pub const MAP_SOURCES: &str = "SOURCES";
 pub const MAP_BLOCKED: &str = "BLOCKED";
 pub const MAP_SYN_STAMPS: &str = "SYN_STAMPS";
 pub const MAP_SYNS: &str = "SYNS";
-pub const MAP_SYN_WSCALE: &str = "SYN_WSCALE";
+pub const MAP_SYN_OPTIONS: &str = "SYN_OPTIONS";
 pub const MAP_ICMP_RATE: &str = "ICMP_RATE";
 pub const MAP_TAIL: &str = "TAIL";
 pub const MAP_DECAP_VIPS: &str = "DECAP_VIPS";
@@ -203,11 +204,18 @@ pub mod syn_cookies {
     pub const ANSWER: u32 = 2;
 }
 
-/// Pure SYNs a listener answering with cookies still passes to the kernel, one per this
+/// Pure SYNs a listener answering with cookies still passes to the kernel, about one per this
 /// interval per listener and address family: the kernel accepts a cookie only from a listener
 /// that sent one itself within the last two minutes (`tcp_synq_no_recent_overflow`), and
-/// with `net.ipv4.tcp_syncookies=2` the passed SYN is answered with one.
-pub const SYN_STAMP_NS: u64 = 30 * NS_PER_SEC;
+/// with `net.ipv4.tcp_syncookies=2` the passed SYN is answered with one. Once the interval is
+/// over, the first SYN whose checksums are correct goes (one the kernel would drop unanswered
+/// would leave the mark stale); the first SYN of all goes after an unset entry (the daemon
+/// clears them whenever it changes listeners), or after [`SYN_STAMP_ANY_NS`].
+pub const SYN_STAMP_NS: u64 = 5 * NS_PER_SEC;
+
+/// After this long without a stamp, any SYN stamps: where checksums arrive unfinished (a
+/// veth's sender offloading them), none ever looks correct.
+pub const SYN_STAMP_ANY_NS: u64 = 30 * NS_PER_SEC;
 
 /// Entries of the `SYN_STAMPS` array: one per listener id and address family.
 pub const SYN_STAMP_SLOTS: u32 = STATS_SLOTS * 2;
@@ -215,6 +223,19 @@ pub const SYN_STAMP_SLOTS: u32 = STATS_SLOTS * 2;
 /// The `SYN_STAMPS` entry of a listener for IPv4 or IPv6 frames.
 pub const fn syn_stamp_slot(id: u32, v4: bool) -> u32 {
     id * 2 + if v4 { 0 } else { 1 }
+}
+
+/// The one entry of the `SYN_OPTIONS` array: what the host's TCP lets a SYN cookie's SYN-ACK
+/// offer (the kernel refuses a cookie claiming an option it has turned off). Written by the
+/// daemon from the host's settings.
+pub mod syn_options {
+    /// The window scale the kernel gives connections it creates from cookies (it depends on
+    /// the host's receive-buffer settings).
+    pub const WSCALE_MASK: u32 = 0x0f;
+    /// `net.ipv4.tcp_window_scaling` is on.
+    pub const SCALING: u32 = 1 << 8;
+    /// `net.ipv4.tcp_sack` is on.
+    pub const SACK: u32 = 1 << 9;
 }
 
 /// The low bits of a SYN cookie's TCP timestamp: the options the client's SYN asked for, as

@@ -504,7 +504,7 @@ fn classify_inner(
         && matches!(frag, Frag::Whole)
         && l4 == off + if is_v4 { 20 } else { 40 }
     {
-        outcome = syn_cookie(tables, &info, &frame[l4..], is_v4);
+        outcome = syn_cookie(tables, &info, &frame[off..l4], &frame[l4..], is_v4);
     }
     if outcome != Outcome::Passed || info.l4_group >= MAX_L4_GROUPS {
         return Ok((
@@ -841,33 +841,41 @@ fn source_limits(tables: &mut Tables, info: &ListenerInfo, src: &[u8; 16], syn: 
 }
 
 /// Rule 6c: a frame of a listener answering with SYN cookies, from an IPv4 header without
-/// options or an IPv6 header without extension headers, untagged and unfragmented, whose
-/// TCP header (`tcp`, the rest of the frame) is complete: a SYN without ACK, RST or FIN
-/// is `SynCookie`, unless the listener's `SYN_STAMPS` entry for the family is unset or
-/// [`SYN_STAMP_NS`] old (then it is `Passed`, and the entry set to `now_ns`) or its options
-/// are malformed (`Passed`). The program also passes a SYN it cannot answer (the frame
-/// cannot be resized), which this reference does not model.
-fn syn_cookie(tables: &mut Tables, info: &ListenerInfo, tcp: &[u8], is_v4: bool) -> Outcome {
+/// options or an IPv6 header without extension headers (`ip`), untagged and unfragmented,
+/// whose TCP header (`tcp`, the rest of the frame) is complete and its options well formed: a
+/// SYN without ACK, RST or FIN is `SynCookie`, unless it stamps the listener (`Passed`, and
+/// the listener's `SYN_STAMPS` entry for the family set to `now_ns`): when that entry is
+/// unset or [`SYN_STAMP_ANY_NS`] old, or [`SYN_STAMP_NS`] old and the SYN's checksums are
+/// correct ([`inet::tcp_header_checksum_ok`]). Anything else is `Passed`, unchanged. The
+/// program also passes a SYN it cannot answer (the frame cannot be resized), which this
+/// reference does not model.
+fn syn_cookie(
+    tables: &mut Tables,
+    info: &ListenerInfo,
+    ip: &[u8],
+    tcp: &[u8],
+    is_v4: bool,
+) -> Outcome {
     if tcp.len() < 20 || tcp[13] & 0x17 != 0x02 {
         return Outcome::Passed;
     }
     let len = usize::from(tcp[12] >> 4) * 4;
-    if len < 20 || tcp.len() < len {
+    if len < 20 || tcp.len() < len || !options_well_formed(&tcp[20..len]) {
         return Outcome::Passed;
     }
     let stamp = tables
         .syn_stamps
         .entry(syn_stamp_slot(info.id, is_v4))
         .or_default();
-    if *stamp == 0 || tables.now_ns.saturating_sub(*stamp) >= SYN_STAMP_NS {
+    let age = tables.now_ns.saturating_sub(*stamp);
+    if *stamp == 0
+        || age >= SYN_STAMP_ANY_NS
+        || (age >= SYN_STAMP_NS && inet::tcp_header_checksum_ok(ip, &tcp[..len], len as u32, is_v4))
+    {
         *stamp = tables.now_ns;
         return Outcome::Passed;
     }
-    if options_well_formed(&tcp[20..len]) {
-        Outcome::SynCookie
-    } else {
-        Outcome::Passed
-    }
+    Outcome::SynCookie
 }
 
 /// Whether a TCP header's options (`opts`, after the fixed 20 bytes) are well formed: none

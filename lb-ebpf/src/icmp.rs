@@ -7,6 +7,7 @@ use aya_ebpf::programs::XdpContext;
 use lb_common::{
     ETH_P_IPV4, ETH_P_IPV6, ICMP_ANSWERS_PER_SEC, ICMP_V4_QUOTE, ICMP_V6_QUOTE, IPPROTO_ICMP,
     IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP, IPV6_FRAGMENT, IPV6_MIN_MTU, MTU_FLOOR, Outcome,
+    inet::{checksum, sum_words},
 };
 
 use crate::encap::grow;
@@ -171,26 +172,6 @@ fn rate_allows() -> bool {
         (*rate).sent += 1;
     }
     true
-}
-
-/// `initial` plus the 16-bit big-endian words of `bytes` (an even number of them).
-#[inline(always)]
-pub(crate) fn sum_words(bytes: &[u8], initial: u32) -> u32 {
-    let mut sum = initial;
-    let mut i = 0;
-    while i + 1 < bytes.len() {
-        sum += u32::from(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-        i += 2;
-    }
-    sum
-}
-
-/// The Internet checksum of a sum of words.
-#[inline(always)]
-pub(crate) fn checksum(mut sum: u32) -> u16 {
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    !(sum as u16)
 }
 
 /// Whether ICMP (`v4`) or ICMPv6 type `kind` is an error that quotes the packet it is about:

@@ -9,23 +9,28 @@
 //! them while protection is on): `net.ipv4.tcp_syncookies=2`, and `net.ipv4.tcp_timestamps=2`
 //! (with 1 the kernel subtracts a secret per-connection offset from the echoed timestamp
 //! before reading the options). And the listener must have sent a cookie itself in the last
-//! two minutes: `stamp_due` passes it one SYN every `SYN_STAMP_NS` for that.
+//! two minutes: `stamp_due` passes it about one SYN every `SYN_STAMP_NS` for that.
+//!
+//! The SYN is read into the stack and checked whole (header, options, length) before the
+//! frame is changed: a SYN this module does not answer reaches the kernel as it came.
 use aya_ebpf::{
     bindings::{iphdr, ipv6hdr, tcphdr},
     helpers::{
         bpf_check_mtu, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_tcp_raw_gen_syncookie_ipv4,
-        bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail,
+        bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
     macros::map,
     maps::{Array, PerCpuArray},
     programs::XdpContext,
 };
 use lb_common::{
-    ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, ListenerInfo, Outcome, STATS_SLOTS, SYN_STAMP_NS,
-    SYN_STAMP_SLOTS, cookie_timestamp, syn_cookies, syn_stamp_slot,
+    ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, ListenerInfo, Outcome, STATS_SLOTS, SYN_STAMP_ANY_NS,
+    SYN_STAMP_NS, SYN_STAMP_SLOTS, cookie_timestamp,
+    inet::{checksum, sum_words, tcp_header_checksum_ok},
+    syn_cookies, syn_options, syn_stamp_slot,
 };
 
-use crate::icmp::{checksum, ethernet_back, sum_words};
+use crate::icmp::ethernet_back;
 use crate::{Frag, Parsed, at, bytes};
 
 /// Per listener id and family: when a SYN was last passed to the kernel to stamp it.
@@ -36,10 +41,14 @@ static SYN_STAMPS: Array<u64> = Array::with_max_entries(SYN_STAMP_SLOTS, 0);
 #[map(name = "SYNS")]
 static SYNS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_SLOTS, 0);
 
-/// One entry: the window scale the kernel gives connections it creates from cookies (it
-/// depends on the host's receive-buffer settings; the daemon writes it).
-#[map(name = "SYN_WSCALE")]
-static SYN_WSCALE: Array<u32> = Array::with_max_entries(1, 0);
+/// One entry per CPU: the SYN being answered, copied (`Syn`; too big for the stack beside
+/// what the program already keeps there).
+#[map(name = "SYN_SCRATCH")]
+static SYN_SCRATCH: PerCpuArray<Syn> = PerCpuArray::with_max_entries(1, 0);
+
+/// One entry: what the answers may offer (`lb_common::syn_options`; the daemon writes it).
+#[map(name = "SYN_OPTIONS")]
+static SYN_OPTIONS: Array<u32> = Array::with_max_entries(1, 0);
 
 /// The TCP header of the answer: 20 bytes and 20 of options (MSS, SACK permitted,
 /// timestamps, window scale, or NOPs in their place).
@@ -74,37 +83,110 @@ pub(crate) fn handle(ctx: &XdpContext, info: &ListenerInfo, p: &Parsed, off: usi
         // SAFETY: a per-CPU slot is only written by the program running on that CPU.
         unsafe { *n += 1 };
     }
-    if info.syn_cookies & syn_cookies::ANSWER == 0 || stamp_due(info.id, p.is_v4) {
+    if info.syn_cookies & syn_cookies::ANSWER == 0 {
+        return Outcome::Passed;
+    }
+    // Answered only behind an IP header without options or extension headers.
+    let syn = if p.is_v4 {
+        if p.l4 != 14 + 20 {
+            return Outcome::Passed;
+        }
+        read::<{ 14 + 20 }, 20>(ctx, tcp[12])
+    } else {
+        if p.l4 != 14 + 40 {
+            return Outcome::Passed;
+        }
+        read::<{ 14 + 40 }, 40>(ctx, tcp[12])
+    };
+    let Some(syn) = syn else {
+        return Outcome::Passed;
+    };
+    // SAFETY: this CPU's entry, used by nothing else while the program runs here.
+    let syn = unsafe { &*syn };
+    let Some(opts) = parse_options(&syn.tcp, syn.len as usize) else {
+        return Outcome::Passed;
+    };
+    if stamp_due(info.id, p.is_v4, syn) {
         return Outcome::Passed;
     }
     let answered = if p.is_v4 {
-        p.l4 == 14 + 20 && answer::<{ 14 + 20 }>(ctx, true).is_some()
+        answer::<{ 14 + 20 }>(ctx, true, syn, &opts)
     } else {
-        p.l4 == 14 + 40 && answer::<{ 14 + 40 }>(ctx, false).is_some()
+        answer::<{ 14 + 40 }>(ctx, false, syn, &opts)
     };
-    if answered {
+    if answered.is_some() {
         Outcome::SynCookie
     } else {
         Outcome::Passed
     }
 }
 
-/// Whether this SYN goes to the kernel so that the listener has sent a cookie recently
-/// (and records that it did). The entry is shared by all CPUs; racing ones may each pass one.
+/// A SYN's headers, copied: the cookie helper and the checksum read them whole, at lengths
+/// the verifier cannot tie to the frame's end, and the option walk reads at variable offsets
+/// (the verifier forgets a packet pointer's checked range after a variable add).
+#[repr(C)]
+struct Syn {
+    /// The IP header: IPv4's 20 bytes (then zeros) or IPv6's 40.
+    ip: [u8; 40],
+    /// The TCP header, `len` bytes of it, then zeros.
+    tcp: [u8; TCP_MAX],
+    len: u32,
+}
+
+/// The SYN whose IP header of `IP` bytes starts at 14 and TCP header at `L4`, given the
+/// byte of that header holding its length (`doff_byte`), copied into this CPU's
+/// `SYN_SCRATCH`; None when the frame is shorter than its headers say.
 #[inline(always)]
-fn stamp_due(id: u32, v4: bool) -> bool {
+fn read<const L4: usize, const IP: u32>(ctx: &XdpContext, doff_byte: u8) -> Option<*mut Syn> {
+    let syn = SYN_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's entry. The helper writes at most the lengths given, which fit the
+    // buffers (`len` is at most 15 * 4 = TCP_MAX), and fails when the frame is shorter.
+    unsafe {
+        // Zeros past the header: the checksum sums the whole buffer.
+        (*syn).ip = [0; 40];
+        (*syn).tcp = [0; TCP_MAX];
+        let len = u32::from(doff_byte >> 4) * 4;
+        (*syn).len = len;
+        // The options' length is what is checked and what the helper gets: the verifier only
+        // knows the bounds of the register compared (checked on `len` itself, the compiler
+        // compares a copy), and refuses a length it cannot see is non-zero.
+        let options = len.wrapping_sub(20);
+        if options > (TCP_MAX - 20) as u32
+            || bpf_xdp_load_bytes(ctx.ctx, 14, (*syn).ip.as_mut_ptr().cast(), IP) != 0
+            || bpf_xdp_load_bytes(ctx.ctx, L4 as u32, (*syn).tcp.as_mut_ptr().cast(), 20) != 0
+        {
+            return None;
+        }
+        if options != 0 {
+            let rest = (*syn).tcp.as_mut_ptr().add(20).cast();
+            if bpf_xdp_load_bytes(ctx.ctx, (L4 + 20) as u32, rest, options) != 0 {
+                return None;
+            }
+        }
+    }
+    Some(syn)
+}
+
+/// Whether this SYN goes to the kernel so that the listener has sent a cookie recently
+/// (and records that it did; `SYN_STAMP_NS` says which SYN). The entry is shared by all
+/// CPUs; racing ones may each pass one.
+#[inline(always)]
+fn stamp_due(id: u32, v4: bool, syn: &Syn) -> bool {
     let Some(stamp) = SYN_STAMPS.get_ptr_mut(syn_stamp_slot(id, v4)) else {
         return true;
     };
     // SAFETY: a helper without arguments; the entry is a plain integer, written whole.
     unsafe {
         let now = bpf_ktime_get_coarse_ns();
-        if *stamp == 0 || now.saturating_sub(*stamp) >= SYN_STAMP_NS {
+        let age = now.saturating_sub(*stamp);
+        let due = *stamp == 0
+            || age >= SYN_STAMP_ANY_NS
+            || (age >= SYN_STAMP_NS && tcp_header_checksum_ok(&syn.ip, &syn.tcp, syn.len, v4));
+        if due {
             *stamp = now;
-            return true;
         }
+        due
     }
-    false
 }
 
 /// The options of a SYN that shape the answer.
@@ -118,51 +200,33 @@ struct SynOptions {
 }
 
 /// Turns the SYN (its TCP header at `L4`, right after an IP header without options or
-/// extension headers) into the SYN-ACK, in place. None leaves the frame to the kernel.
+/// extension headers) into the SYN-ACK, in place. None: the frame is left as it came.
 #[inline(always)]
-fn answer<const L4: usize>(ctx: &XdpContext, v4: bool) -> Option<()> {
-    // SAFETY (every dereference of `at`): the range was checked against data_end.
-    let doff = unsafe { (*at::<20>(ctx, L4)?)[12] } >> 4;
-    if doff < 5 {
-        return None;
-    }
-    let th_len = u32::from(doff) * 4;
-    // The cookie helper reads the whole TCP header, of a length the verifier only knows is at
-    // most 60 bytes: the frame is made exactly that long (a SYN with data loses the data;
-    // the client sends it again).
-    set_len(ctx, L4 + TCP_MAX)?;
-    // The frame holds the IP header and TCP_MAX bytes of TCP header (set_len above).
-    let th = at::<TCP_MAX>(ctx, L4)?;
-    // 40 bytes: the IPv6 header, or the IPv4 one and the TCP header's start (the helper
-    // reads a whole `iphdr` or `ipv6hdr`).
-    let ip = at::<40>(ctx, 14)?;
-    // Copied: the verifier lets the walk over options read the stack at a variable offset,
-    // but the packet only with a check against its end before each byte.
-    // SAFETY: `at` checked the range against data_end.
-    let header: [u8; TCP_MAX] = unsafe { *th };
-    let opts = parse_options(&header, th_len as usize)?;
-    let mut mtu: u32 = 0;
-    // SAFETY: the helper reads the context and writes the one u32 it is given.
-    unsafe { bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu, 0, 0) };
-    let th = th as *mut tcphdr;
-    // SAFETY: both headers lie in the frame; the helper only reads them.
+fn answer<const L4: usize>(ctx: &XdpContext, v4: bool, syn: &Syn, opts: &SynOptions) -> Option<()> {
+    // Masked for the verifier, which cannot see that `read` bounded it (a multiple of 4 up
+    // to TCP_MAX stays what it was).
+    let len = syn.len & 0x3c;
+    // SAFETY: the helper reads the copies, of the lengths it is given (`read`).
     let cookie = unsafe {
+        let th = syn.tcp.as_ptr() as *mut tcphdr;
         if v4 {
-            bpf_tcp_raw_gen_syncookie_ipv4(ip as *mut iphdr, th, th_len)
+            bpf_tcp_raw_gen_syncookie_ipv4(syn.ip.as_ptr() as *mut iphdr, th, len)
         } else {
-            bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut ipv6hdr, th, th_len)
+            bpf_tcp_raw_gen_syncookie_ipv6(syn.ip.as_ptr() as *mut ipv6hdr, th, len)
         }
     };
     if cookie < 0 {
         return None;
     }
-    let cookie = cookie as u32;
-    let wscale = SYN_WSCALE.get(0).copied().unwrap_or(0) as u8;
+    let mut mtu: u32 = 0;
+    // SAFETY: the helper reads the context and writes the one u32 it is given.
+    unsafe { bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu, 0, 0) };
+    let host = SYN_OPTIONS.get(0).copied().unwrap_or(0);
     // SAFETY: a helper without arguments. The kernel's TCP clock counts milliseconds of it.
     let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
-
-    build::<L4>(ctx, v4, cookie, mtu, wscale, now_ms, &opts)?;
-    set_len(ctx, L4 + TCP_LEN)
+    // The last step that can fail: from here on the frame is the answer.
+    set_len(ctx, L4 + TCP_LEN)?;
+    build::<L4>(ctx, v4, cookie as u32, mtu, host, now_ms, opts)
 }
 
 /// Writes the SYN-ACK over the SYN.
@@ -172,7 +236,7 @@ fn build<const L4: usize>(
     v4: bool,
     cookie: u32,
     mtu: u32,
-    wscale: u8,
+    host: u32,
     now_ms: u32,
     o: &SynOptions,
 ) -> Option<()> {
@@ -221,7 +285,9 @@ fn build<const L4: usize>(
     t[16..20].copy_from_slice(&[0; 4]);
     t[20..24].copy_from_slice(&[2, 4, (mss >> 8) as u8, mss as u8]);
     // Without timestamps the cookie carries no options: the answer offers none either.
-    let (sack, scales) = (o.has_ts && o.sack, o.has_ts && o.wscale != 0xff);
+    let sack = o.has_ts && o.sack && host & syn_options::SACK != 0;
+    let scales = o.has_ts && o.wscale != 0xff && host & syn_options::SCALING != 0;
+    let wscale = (host & syn_options::WSCALE_MASK) as u8;
     t[24..26].copy_from_slice(if sack { &[4, 2] } else { &[1, 1] });
     if o.has_ts {
         let client = if scales { Some(o.wscale) } else { None };

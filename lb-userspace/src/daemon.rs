@@ -98,7 +98,9 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     // Declared before the node: dropped after it, it restores the kernel's settings last.
     let mut syn_protect = SynProtect::default();
     if dataplane.is_some() {
-        syn_protect.prepare(&config);
+        syn_protect
+            .prepare(&config)
+            .map_err(|e| StartError::Runtime(e.into()))?;
     }
     let (mut node, sockets) =
         match Node::start(config, workers, metrics.clone(), dataplane.as_mut(), &hops) {
@@ -198,12 +200,16 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         ($read:expr) => {{
             let read = $read;
             let revision = read.etcd_revision;
-            if let (Some(_), Ok(fresh)) = (dataplane.as_ref(), read.config.as_ref()) {
-                syn_protect.prepare(fresh);
-            }
+            let config = match read.config {
+                Ok(fresh) if dataplane.is_some() => match syn_protect.prepare(&fresh) {
+                    Ok(()) => Ok(fresh),
+                    Err(e) => Err(e.into()),
+                },
+                other => other,
+            };
             let result = reload_logged(
                 read.why,
-                read.config,
+                config,
                 &mut node,
                 dataplane.as_mut(),
                 &mut hops,
@@ -647,11 +653,10 @@ fn refresh_status(
                 .metrics
                 .set_blocked_sources(&l.config.name, status.blocked.len() as u64);
             status.syn_cookies_answering = answering(dp, l.id, l.config.syn_protect);
-            if l.config.syn_protect != SynProtection::Off {
-                state
-                    .metrics
-                    .set_syn_cookies_answering(&l.config.name, status.syn_cookies_answering);
-            }
+            // Also for listeners without protection: one turned off by a reload shows 0.
+            state
+                .metrics
+                .set_syn_cookies_answering(&l.config.name, status.syn_cookies_answering);
         }
         if node
             .listeners

@@ -23,6 +23,9 @@ pub enum ReloadError {
     /// The new configuration could not be brought up (a socket, TLS, the XDP maps).
     #[error(transparent)]
     Node(#[from] NodeError),
+    /// A kernel setting the configuration needs could not be written.
+    #[error(transparent)]
+    SynProtect(#[from] crate::syn_protect::SettingsError),
 }
 
 /// Who asked for a reload and waits for its outcome (POST /reload; a signal waits for none).

@@ -2,7 +2,10 @@
 //! (`dataplane::syn_cookies`), and the kernel settings that make the kernel accept those
 //! cookies while any listener does. `auto` listeners start answering when their SYNs arrive
 //! faster than their threshold, and stop once they have stayed below half of it for
-//! [`CALM_SECS`]. The main loop calls [`SynProtect::tick`] once a second.
+//! [`CALM_SECS`]. The main loop calls [`SynProtect::tick`] once a second. The settings go
+//! back [`RESTORE_SECS`] after the last listener stopped answering, or when the daemon ends.
+//! Without them no listener answers: a configuration with `on` listeners is refused, and an
+//! `auto` listener stays with the kernel.
 use std::collections::BTreeMap;
 
 use tracing::{info, warn};
@@ -13,6 +16,11 @@ use crate::dataplane::{Dataplane, error_chain};
 /// Seconds below half the threshold before an `auto` listener stops answering: a flood that
 /// pauses for a moment is still answered when it comes back.
 pub const CALM_SECS: u32 = 10;
+
+/// Seconds the settings stay after the last listener stopped answering: the clients its
+/// last SYN-ACKs went to still send their ACKs (and retransmit them), which the kernel checks
+/// with these settings.
+pub const RESTORE_SECS: u32 = 10;
 
 /// The kernel settings cookies from XDP need, and their values while any listener answers:
 /// `tcp_syncookies=2` makes the kernel answer the SYNs it still gets with cookies (which keeps
@@ -47,6 +55,21 @@ pub struct SynProtect {
     watching: BTreeMap<u32, Watch>,
     /// The settings' values before this daemon changed them; None: untouched.
     saved: Option<Vec<(&'static str, String)>>,
+    /// Seconds since the last listener stopped answering, while the settings are still set.
+    idle: u32,
+    /// A setting could not be written, and that was logged (once until one can).
+    refused: bool,
+}
+
+/// A setting SYN cookies from XDP need could not be written.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--syn-protect: cannot set {setting} to {value} ({reason}); without it the kernel refuses the SYN cookies XDP sends"
+)]
+pub struct SettingsError {
+    pub setting: String,
+    pub value: &'static str,
+    pub reason: String,
 }
 
 /// Whether listener `id`, protected as `mode` says, answers SYNs in XDP now.
@@ -76,17 +99,17 @@ pub fn decide(answering: bool, rate: u64, threshold: u32, calm: &mut u32) -> boo
 
 impl SynProtect {
     /// Before a configuration is applied: the settings, if one of its listeners answers at
-    /// once (`on`). A failure is only logged: the listeners answer anyway, and the kernel
-    /// refuses their cookies (each retried SYN gets another one), so such a listener takes
-    /// no connections until the settings are set (a known defect, issue 17).
-    pub fn prepare(&mut self, config: &Config) {
+    /// once (`on`). An error refuses the configuration: its listeners would answer with
+    /// cookies the kernel refuses, and take no connection.
+    pub fn prepare(&mut self, config: &Config) -> Result<(), SettingsError> {
         if config
             .listeners
             .iter()
             .any(|l| l.syn_protect == SynProtection::On)
         {
-            self.set_settings();
+            self.set_settings()?;
         }
+        Ok(())
     }
 
     /// A second has passed: `auto` listeners start or stop answering, and the settings follow.
@@ -129,8 +152,12 @@ impl SynProtect {
             if answer == answering {
                 continue;
             }
-            if answer {
-                self.set_settings();
+            if answer && let Err(e) = self.set_settings() {
+                if !self.refused {
+                    warn!(listener = l.name, syn_per_sec = rate, threshold, error = %e, "SYN flood: left to the kernel");
+                    self.refused = true;
+                }
+                continue;
             }
             match dp.set_syn_answering(l.id, answer) {
                 Ok(()) if answer => {
@@ -154,16 +181,21 @@ impl SynProtect {
             }
         }
         let wanted = listeners.iter().any(|l| answering(dp, l.id, l.mode));
-        if !wanted {
-            self.restore();
+        if wanted || self.saved.is_none() {
+            self.idle = 0;
+        } else {
+            self.idle += 1;
+            if self.idle >= RESTORE_SECS {
+                self.restore();
+            }
         }
     }
 
-    /// Sets [`SETTINGS`], remembering what they were; the first failure puts back what was
-    /// set.
-    fn set_settings(&mut self) {
+    /// Sets [`SETTINGS`], remembering what they were; on the first failure, puts back what
+    /// was set.
+    fn set_settings(&mut self) -> Result<(), SettingsError> {
         if self.saved.is_some() {
-            return;
+            return Ok(());
         }
         let mut saved = Vec::new();
         for (path, value) in SETTINGS {
@@ -174,10 +206,13 @@ impl SynProtect {
             match result {
                 Ok(old) => saved.push((path, old)),
                 Err(e) => {
-                    warn!(path, value, error = %e, "--syn-protect: the kernel will refuse SYN cookies from XDP without this setting");
                     self.saved = Some(saved);
                     self.restore();
-                    return;
+                    return Err(SettingsError {
+                        setting: setting_name(path),
+                        value,
+                        reason: e.to_string(),
+                    });
                 }
             }
         }
@@ -186,6 +221,8 @@ impl SynProtect {
             "--syn-protect: kernel settings changed while listeners answer SYNs in XDP"
         );
         self.saved = Some(saved);
+        self.refused = false;
+        Ok(())
     }
 
     /// Puts back what [`SynProtect::set_settings`] changed. Also at the end of the daemon.

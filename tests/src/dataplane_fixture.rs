@@ -3,11 +3,12 @@
 use std::net::IpAddr;
 
 use edgelb::acl::AclMode;
-use edgelb::dataplane::{BackendEntry, Dataplane, L4Groups, L4Listeners, ListenerRule};
+use edgelb::dataplane::{BackendEntry, Dataplane, L4Groups, L4Listeners, ListenerRule, SynCookies};
 use ipnet::IpNet;
 use lb_common::reference::{AclPrefix, Decision, Tables};
 use lb_common::{
     BackendCounters, Counters, MAX_BACKENDS_PER_GROUP, STATS_SLOTS, backend_stats_slot,
+    syn_stamp_slot,
 };
 
 /// A listener rule from readable parts: `rule(1, "10.0.0.1:443", TCP, Whitelist, &["10.0.0.0/8"])`.
@@ -100,6 +101,12 @@ impl Fixture {
             .apply_l4(rules, l4)
             .unwrap_or_else(|e| panic!("writing the maps: {e}"));
         let fresh = reference_tables_l4(rules, l4);
+        // The daemon clears the stamps of listeners with SYN cookies whenever it applies.
+        for r in rules.iter().filter(|r| r.syn_cookies != SynCookies::Off) {
+            for v4 in [true, false] {
+                self.tables.syn_stamps.remove(&syn_stamp_slot(r.id, v4));
+            }
+        }
         self.tables.listeners = fresh.listeners;
         self.tables.acl = fresh.acl;
         self.slots = std::iter::once(0)
@@ -107,6 +114,15 @@ impl Fixture {
             .collect();
         self.slots.sort_unstable();
         self.slots.dedup();
+    }
+
+    /// Makes listener `id`'s last stamp for the family `ns` (kernel monotonic clock), in the
+    /// kernel and in the reference.
+    pub fn set_syn_stamp(&mut self, id: u32, v4: bool, ns: u64) {
+        self.dp
+            .set_syn_stamp(id, v4, ns)
+            .unwrap_or_else(|e| panic!("writing the SYN stamp of listener {id}: {e}"));
+        self.tables.syn_stamps.insert(syn_stamp_slot(id, v4), ns);
     }
 
     /// Makes `ring` the live Maglev ring of `group`, in the kernel and in the reference.

@@ -732,6 +732,18 @@ fn settings_without_effect_get_a_warning() {
         ),
         "{stderr}"
     );
+    let mut args = vec!["check"];
+    args.extend(base(&f));
+    args.extend(["--syn-protect", "on", "--syn-protect-threshold", "5000"]);
+    let threshold = run(&args);
+    let said = String::from_utf8_lossy(&threshold.stderr);
+    assert_eq!(threshold.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains(
+            "--syn-protect-threshold 5000 has no effect with --syn-protect on: only auto reads it"
+        ),
+        "{said}"
+    );
     let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(0, |(_, hard)| hard);
     if hard < 10_000_000 {

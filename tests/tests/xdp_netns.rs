@@ -977,11 +977,24 @@ fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_dow
     let answered = syn_status(&ask("/status")).1;
     assert!(answered >= 2, "SYN-ACKs from the program: {answered}");
 
-    // Quiet again: after 10 seconds below half the threshold the kernel answers again and
-    // the settings are back.
+    // Quiet again: after 10 seconds below half the threshold the kernel answers again; the
+    // settings stay 10 seconds more, for the ACKs of the last cookies, then are put back.
     answering(false, std::time::Duration::from_secs(15));
-    assert_eq!(settings(), before);
+    assert_eq!(settings(), ("2".to_string(), "2".to_string()));
+    assert!(
+        ask("/metrics").contains("edgelb_syn_cookies_answering{listener=\"listener-1\"} 0"),
+        "the gauge back to 0"
+    );
     assert_served(&s, CLIENT_A_V4, &url_v4());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(13);
+    while settings() != before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "settings {:?} not restored to {before:?}",
+            settings()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
 
     let (status, log) = d.stop();
     assert!(status.success(), "exit status {status}:\n{log}");

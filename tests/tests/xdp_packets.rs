@@ -4,10 +4,12 @@
 use edgelb::acl::AclMode::{All, Blacklist, Whitelist};
 use edgelb::dataplane::{SourceLimits, SynCookies};
 use edgelb_tests::dataplane_fixture::{Fixture, rule};
-use edgelb_tests::live_bench::checksum;
+use edgelb_tests::live_bench::{checksum, with_checksums};
 use edgelb_tests::packet::{Ext, Frame, ICMP, LINUX_SYN_OPTIONS, TCP, UDP};
 use edgelb_tests::privilege::root_or_skip;
-use lb_common::{NO_LISTENER_SLOT, Outcome};
+use lb_common::{
+    NO_LISTENER_SLOT, NS_PER_SEC, Outcome, SYN_STAMP_ANY_NS, SYN_STAMP_NS, syn_options,
+};
 
 fn table_rules() -> Vec<edgelb::dataplane::ListenerRule> {
     vec![
@@ -794,6 +796,86 @@ fn a_syn_to_a_listener_with_syn_cookies_is_answered_in_place_with_a_syn_ack() {
             answers.push((what, frame, out));
         }
     }
+    // A SYN left to the kernel reaches it as it came: nothing is changed before the whole
+    // SYN has been read and found answerable.
+    let cut_short = syn4().bytes()[..14 + 20 + 30].to_vec();
+    for (what, frame) in [
+        (
+            "SYN with an option running past the header, unchanged",
+            syn4().tcp_options(&[2, 4, 5, 0xb4, 8, 30, 0, 0]).bytes(),
+        ),
+        ("SYN whose TCP header is cut short, unchanged", cut_short),
+    ] {
+        fx.tables.now_ns = coarse_now_ns();
+        let out = step(&mut fx, what, &frame, Passed, 1, &mut failures);
+        if out != frame {
+            failures.push(format!(
+                "{what}: the kernel got {} bytes changed",
+                out.len()
+            ));
+        }
+    }
+
+    // Stamps. Once one is due, only a SYN the kernel will answer stamps (one it drops, for a
+    // wrong checksum, would leave the listener unstamped and its cookies refused), unless
+    // none has for SYN_STAMP_ANY_NS.
+    let valid4 = || with_checksums(syn4().bytes());
+    let valid6 = || with_checksums(syn6().bytes());
+    let spoil = |mut f: Vec<u8>, at: usize| {
+        f[at] ^= 0x5a;
+        f
+    };
+    let tcp_sum4 = 14 + 20 + 16;
+    let tcp_sum6 = 14 + 40 + 16;
+    let now = coarse_now_ns();
+    fx.set_syn_stamp(1, true, now - SYN_STAMP_NS - NS_PER_SEC);
+    fx.set_syn_stamp(2, false, now - SYN_STAMP_NS - NS_PER_SEC);
+    let mut stamps: Vec<(&str, Vec<u8>, Outcome, u32)> = vec![
+        (
+            "due, IPv4 wrong TCP checksum: answered",
+            spoil(valid4(), tcp_sum4),
+            SynCookie,
+            1,
+        ),
+        (
+            "due, IPv4 wrong header checksum: answered",
+            spoil(valid4(), 14 + 10),
+            SynCookie,
+            1,
+        ),
+        (
+            "due, IPv4 SYN with data: answered",
+            with_checksums(syn4().payload(10).bytes()),
+            SynCookie,
+            1,
+        ),
+        (
+            "due, IPv6 wrong TCP checksum: answered",
+            spoil(valid6(), tcp_sum6),
+            SynCookie,
+            2,
+        ),
+        ("due, IPv4 correct SYN: stamps", valid4(), Passed, 1),
+        ("due, IPv6 correct SYN: stamps", valid6(), Passed, 2),
+        ("stamped IPv4: answered", valid4(), SynCookie, 1),
+        ("stamped IPv6: answered", valid6(), SynCookie, 2),
+    ];
+    for (what, frame, outcome, slot) in stamps.drain(..) {
+        fx.tables.now_ns = coarse_now_ns();
+        step(&mut fx, what, &frame, outcome, slot, &mut failures);
+    }
+    fx.set_syn_stamp(1, true, coarse_now_ns() - SYN_STAMP_ANY_NS - NS_PER_SEC);
+    fx.tables.now_ns = coarse_now_ns();
+    let what = "long overdue: a wrong checksum stamps";
+    step(
+        &mut fx,
+        what,
+        &spoil(valid4(), tcp_sum4),
+        Passed,
+        1,
+        &mut failures,
+    );
+
     assert!(
         failures.is_empty(),
         "failing steps:\n{}",
@@ -808,8 +890,14 @@ fn a_syn_to_a_listener_with_syn_cookies_is_answered_in_place_with_a_syn_ack() {
         "the counting listener's SYN"
     );
 
-    let wscale = edgelb::dataplane::syn_cookies::window_scale_here()
-        .unwrap_or_else(|e| panic!("this namespace's window scale: {e}")) as u8;
+    let host = edgelb::dataplane::syn_cookies::host_syn_options()
+        .unwrap_or_else(|e| panic!("this namespace's TCP settings: {e}"));
+    assert_eq!(
+        host & (syn_options::SCALING | syn_options::SACK),
+        syn_options::SCALING | syn_options::SACK,
+        "the test expects window scaling and SACK on, as Linux has them by default"
+    );
+    let wscale = (host & syn_options::WSCALE_MASK) as u8;
     // The kernel's TCP clock: milliseconds of CLOCK_MONOTONIC, truncated to 32 bits.
     let now_ms = {
         let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)

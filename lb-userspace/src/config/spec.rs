@@ -170,15 +170,10 @@ pub struct ListenerSpec {
     pub syn_protect: SynProtect,
 
     /// SYNs per second to this listener (all sources) above which `--syn-protect auto`
-    /// answers them with cookies (1-100000000); it stops once they stay below half of it
-    /// for 10 seconds.
-    #[arg(
-        long,
-        value_name = "N",
-        allow_negative_numbers = true,
-        default_value = "20000"
-    )]
-    pub syn_protect_threshold: Count<1, 100_000_000>,
+    /// answers them with cookies (1-100000000, default 20000); it stops once they stay below
+    /// half of it for 10 seconds.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub syn_protect_threshold: Option<Count<1, 100_000_000>>,
 
     /// Forwarding rule, repeatable, evaluated in order:
     /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.

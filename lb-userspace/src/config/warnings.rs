@@ -39,6 +39,18 @@ impl Config {
                 }
             }
         }
+        for l in &self.listeners {
+            if let Some(n) = l.syn_protect_threshold
+                && !matches!(l.syn_protect, super::SynProtection::Auto { .. })
+            {
+                out.push(format!(
+                    "listener {:?}: --syn-protect-threshold {n} has no effect with \
+                     --syn-protect {}: only auto reads it",
+                    l.name,
+                    l.syn_protect.name()
+                ));
+            }
+        }
         for g in &self.groups {
             let h = &g.health;
             if h.kind != CheckKind::Off && h.timeout > h.interval {

@@ -91,6 +91,16 @@ impl Dataplane {
         let new_slot = |slot: u32| !self.slots.groups().any(|(_, s)| s == slot);
         let (fresh, running): (Vec<Staged>, Vec<Staged>) =
             staged.into_iter().partition(|(slot, _)| new_slot(*slot));
+        // An `auto` listener keeps answering across a reload only as itself: same id, same
+        // address, still `auto` (a new listener may take a removed one's id).
+        let old = &self.applied.0;
+        self.syn_answering.retain(|id| {
+            rules.iter().any(|r| {
+                r.id == *id
+                    && r.syn_cookies == SynCookies::Watch
+                    && old.iter().any(|o| o.id == *id && o.key() == r.key())
+            })
+        });
         let live = self.with_answering(rules);
         let result = self.publish_all(&fresh).and_then(|()| {
             self.apply_l4(&live, &listeners)?;
@@ -106,11 +116,6 @@ impl Dataplane {
             warn!(error = %error_chain(&e), "forgetting per-source state of changed listeners");
         }
         self.applied = (rules.to_vec(), listeners);
-        self.syn_answering.retain(|id| {
-            rules
-                .iter()
-                .any(|r| r.id == *id && r.syn_cookies == SynCookies::Watch)
-        });
         Ok(())
     }
 

@@ -249,7 +249,7 @@ impl Dataplane {
     ) -> Result<(), DataplaneError> {
         let desired = self.check_rules(rules, l4)?;
         // Before any listener answers SYNs with it.
-        self.write_window_scale(rules)?;
+        self.prepare_syn_cookies(rules)?;
         // Prefixes first, listeners last: a new whitelist listener must not appear before
         // its allowed prefixes do, or it would drop admitted clients for a moment.
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, true)?;

@@ -1,11 +1,11 @@
 //! SYN cookies in the XDP program (`--syn-protect`): which listeners answer new connections
-//! themselves, the SYN counts `auto` decides by, and the window scale the answers offer. The
+//! themselves, the SYN counts `auto` decides by, and the TCP options the answers offer. The
 //! decision when to answer is the daemon's (`crate::syn_protect`); this module only writes
 //! what it decided.
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{Array, MapData, PerCpuArray};
-use lb_common::{MAP_SYN_WSCALE, MAP_SYNS};
+use lb_common::{MAP_SYN_OPTIONS, MAP_SYN_STAMPS, MAP_SYNS, syn_options, syn_stamp_slot};
 
 use super::{Dataplane, DataplaneError, ListenerRule, SynCookies, map_err, missing};
 
@@ -24,25 +24,35 @@ pub fn kernel_window_scale(tcp_rmem_max: u64, rmem_max: u64) -> u32 {
     }
 }
 
-/// [`kernel_window_scale`] of this network namespace's settings.
-pub fn window_scale_here() -> Result<u32, DataplaneError> {
+/// What this network namespace's TCP settings let a cookie's SYN-ACK offer
+/// (`lb_common::syn_options`): the window scale the kernel gives connections it creates from
+/// cookies, and whether window scaling and SACK are on at all.
+pub fn host_syn_options() -> Result<u32, DataplaneError> {
     let read = |path: &'static str, field: usize| -> Result<u64, DataplaneError> {
         let text = std::fs::read_to_string(path).map_err(|e| DataplaneError::Map {
-            map: MAP_SYN_WSCALE,
+            map: MAP_SYN_OPTIONS,
             reason: format!("reading {path}: {e}"),
         })?;
         text.split_whitespace()
             .nth(field)
             .and_then(|v| v.parse().ok())
             .ok_or_else(|| DataplaneError::Map {
-                map: MAP_SYN_WSCALE,
+                map: MAP_SYN_OPTIONS,
                 reason: format!("{path} holds {text:?}, not numbers"),
             })
     };
-    Ok(kernel_window_scale(
+    let scale = kernel_window_scale(
         read("/proc/sys/net/ipv4/tcp_rmem", 2)?,
         read("/proc/sys/net/core/rmem_max", 0)?,
-    ))
+    );
+    let mut options = scale & syn_options::WSCALE_MASK;
+    if read("/proc/sys/net/ipv4/tcp_window_scaling", 0)? != 0 {
+        options |= syn_options::SCALING;
+    }
+    if read("/proc/sys/net/ipv4/tcp_sack", 0)? != 0 {
+        options |= syn_options::SACK;
+    }
+    Ok(options)
 }
 
 impl Dataplane {
@@ -61,23 +71,30 @@ impl Dataplane {
             .collect()
     }
 
-    /// Writes the window scale cookies offer, when any of `rules` may answer (the settings
-    /// it comes from are read again each time).
-    pub(super) fn write_window_scale(
+    /// Before any of `rules` answers: writes the options cookies offer (the settings they
+    /// come from are read again each time), and clears every listener's stamp, so that the
+    /// next SYN of each goes to the kernel: a listener may have a new socket, or an id
+    /// another listener's, which the kernel has not seen send a cookie.
+    pub(super) fn prepare_syn_cookies(
         &mut self,
         rules: &[ListenerRule],
     ) -> Result<(), DataplaneError> {
         if rules.iter().all(|r| r.syn_cookies == SynCookies::Off) {
             return Ok(());
         }
-        let scale = window_scale_here()?;
+        let options = host_syn_options()?;
         let map = self
             .ebpf
-            .map_mut(MAP_SYN_WSCALE)
-            .ok_or_else(|| missing(MAP_SYN_WSCALE))?;
+            .map_mut(MAP_SYN_OPTIONS)
+            .ok_or_else(|| missing(MAP_SYN_OPTIONS))?;
         let mut map: Array<&mut MapData, u32> =
-            Array::try_from(map).map_err(map_err(MAP_SYN_WSCALE))?;
-        map.set(0, scale, 0).map_err(map_err(MAP_SYN_WSCALE))
+            Array::try_from(map).map_err(map_err(MAP_SYN_OPTIONS))?;
+        map.set(0, options, 0).map_err(map_err(MAP_SYN_OPTIONS))?;
+        for r in rules.iter().filter(|r| r.syn_cookies != SynCookies::Off) {
+            self.set_syn_stamp(r.id, true, 0)?;
+            self.set_syn_stamp(r.id, false, 0)?;
+        }
+        Ok(())
     }
 
     /// Makes `--syn-protect auto` listener `id` answer new connections with cookies, or stop.
@@ -101,6 +118,20 @@ impl Dataplane {
             }
         }
         result
+    }
+
+    /// Records that listener `id` last stamped the kernel for `v4` (or IPv6) frames at `ns`
+    /// on the kernel's monotonic clock (0: never), as the program records it. For tests and
+    /// tools that need the program to see a stamp of a given age.
+    pub fn set_syn_stamp(&mut self, id: u32, v4: bool, ns: u64) -> Result<(), DataplaneError> {
+        let map = self
+            .ebpf
+            .map_mut(MAP_SYN_STAMPS)
+            .ok_or_else(|| missing(MAP_SYN_STAMPS))?;
+        let mut map: Array<&mut MapData, u64> =
+            Array::try_from(map).map_err(map_err(MAP_SYN_STAMPS))?;
+        map.set(syn_stamp_slot(id, v4), ns, 0)
+            .map_err(map_err(MAP_SYN_STAMPS))
     }
 
     /// The `auto` listeners answering now.
