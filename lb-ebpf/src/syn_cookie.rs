@@ -16,7 +16,7 @@
 use aya_ebpf::{
     bindings::{iphdr, ipv6hdr, tcphdr},
     helpers::{
-        bpf_check_mtu, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_tcp_raw_gen_syncookie_ipv4,
+        bpf_check_mtu, bpf_ktime_get_coarse_ns, bpf_tcp_raw_gen_syncookie_ipv4,
         bpf_tcp_raw_gen_syncookie_ipv6, bpf_xdp_adjust_tail, bpf_xdp_load_bytes,
     },
     macros::map,
@@ -106,13 +106,15 @@ pub(crate) fn handle(ctx: &XdpContext, info: &ListenerInfo, p: &Parsed, off: usi
     let Some(opts) = parse_options(&syn.tcp, syn.len as usize) else {
         return Outcome::Passed;
     };
-    if stamp_due(info.id, p.is_v4, syn) {
+    // SAFETY: a helper without arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if stamp_due(info.id, p.is_v4, syn, now) {
         return Outcome::Passed;
     }
     let answered = if p.is_v4 {
-        answer::<{ 14 + 20 }>(ctx, true, syn, &opts)
+        answer::<{ 14 + 20 }>(ctx, true, syn, &opts, now)
     } else {
-        answer::<{ 14 + 40 }>(ctx, false, syn, &opts)
+        answer::<{ 14 + 40 }>(ctx, false, syn, &opts, now)
     };
     if answered.is_some() {
         Outcome::SynCookie
@@ -126,7 +128,8 @@ pub(crate) fn handle(ctx: &XdpContext, info: &ListenerInfo, p: &Parsed, off: usi
 /// (the verifier forgets a packet pointer's checked range after a variable add).
 #[repr(C)]
 struct Syn {
-    /// The IP header: IPv4's 20 bytes (then zeros) or IPv6's 40.
+    /// The IP header, ending where `tcp` starts (one copy takes both): IPv6's 40 bytes, or
+    /// zeros and IPv4's 20 (`Syn::ip`).
     ip: [u8; 40],
     /// The TCP header, `len` bytes of it, then zeros.
     tcp: [u8; TCP_MAX],
@@ -151,9 +154,11 @@ fn read<const L4: usize, const IP: u32>(ctx: &XdpContext, doff_byte: u8) -> Opti
         // knows the bounds of the register compared (checked on `len` itself, the compiler
         // compares a copy), and refuses a length it cannot see is non-zero.
         let options = len.wrapping_sub(20);
+        // The IP header and the TCP header's first 20 bytes, in one copy: `ip` and `tcp` are
+        // adjacent (`repr(C)`, byte arrays).
+        let headers = syn.cast::<u8>().add(40 - IP as usize);
         if options > (TCP_MAX - 20) as u32
-            || bpf_xdp_load_bytes(ctx.ctx, 14, (*syn).ip.as_mut_ptr().cast(), IP) != 0
-            || bpf_xdp_load_bytes(ctx.ctx, L4 as u32, (*syn).tcp.as_mut_ptr().cast(), 20) != 0
+            || bpf_xdp_load_bytes(ctx.ctx, 14, headers.cast(), IP + 20) != 0
         {
             return None;
         }
@@ -167,21 +172,28 @@ fn read<const L4: usize, const IP: u32>(ctx: &XdpContext, doff_byte: u8) -> Opti
     Some(syn)
 }
 
+impl Syn {
+    /// The IP header.
+    #[inline(always)]
+    fn ip(&self, v4: bool) -> &[u8] {
+        if v4 { &self.ip[20..] } else { &self.ip }
+    }
+}
+
 /// Whether this SYN goes to the kernel so that the listener has sent a cookie recently
 /// (and records that it did; `SYN_STAMP_NS` says which SYN). The entry is shared by all
 /// CPUs; racing ones may each pass one.
 #[inline(always)]
-fn stamp_due(id: u32, v4: bool, syn: &Syn) -> bool {
+fn stamp_due(id: u32, v4: bool, syn: &Syn, now: u64) -> bool {
     let Some(stamp) = SYN_STAMPS.get_ptr_mut(syn_stamp_slot(id, v4)) else {
         return true;
     };
-    // SAFETY: a helper without arguments; the entry is a plain integer, written whole.
+    // SAFETY: the entry is a plain integer, written whole.
     unsafe {
-        let now = bpf_ktime_get_coarse_ns();
         let age = now.saturating_sub(*stamp);
         let due = *stamp == 0
             || age >= SYN_STAMP_ANY_NS
-            || (age >= SYN_STAMP_NS && tcp_header_checksum_ok(&syn.ip, &syn.tcp, syn.len, v4));
+            || (age >= SYN_STAMP_NS && tcp_header_checksum_ok(syn.ip(v4), &syn.tcp, syn.len, v4));
         if due {
             *stamp = now;
         }
@@ -202,17 +214,24 @@ struct SynOptions {
 /// Turns the SYN (its TCP header at `L4`, right after an IP header without options or
 /// extension headers) into the SYN-ACK, in place. None: the frame is left as it came.
 #[inline(always)]
-fn answer<const L4: usize>(ctx: &XdpContext, v4: bool, syn: &Syn, opts: &SynOptions) -> Option<()> {
+fn answer<const L4: usize>(
+    ctx: &XdpContext,
+    v4: bool,
+    syn: &Syn,
+    opts: &SynOptions,
+    now: u64,
+) -> Option<()> {
     // Masked for the verifier, which cannot see that `read` bounded it (a multiple of 4 up
     // to TCP_MAX stays what it was).
     let len = syn.len & 0x3c;
     // SAFETY: the helper reads the copies, of the lengths it is given (`read`).
     let cookie = unsafe {
         let th = syn.tcp.as_ptr() as *mut tcphdr;
+        let ip = syn.ip(v4).as_ptr().cast_mut();
         if v4 {
-            bpf_tcp_raw_gen_syncookie_ipv4(syn.ip.as_ptr() as *mut iphdr, th, len)
+            bpf_tcp_raw_gen_syncookie_ipv4(ip as *mut iphdr, th, len)
         } else {
-            bpf_tcp_raw_gen_syncookie_ipv6(syn.ip.as_ptr() as *mut ipv6hdr, th, len)
+            bpf_tcp_raw_gen_syncookie_ipv6(ip as *mut ipv6hdr, th, len)
         }
     };
     if cookie < 0 {
@@ -222,8 +241,9 @@ fn answer<const L4: usize>(ctx: &XdpContext, v4: bool, syn: &Syn, opts: &SynOpti
     // SAFETY: the helper reads the context and writes the one u32 it is given.
     unsafe { bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu, 0, 0) };
     let host = SYN_OPTIONS.get(0).copied().unwrap_or(0);
-    // SAFETY: a helper without arguments. The kernel's TCP clock counts milliseconds of it.
-    let now_ms = (unsafe { bpf_ktime_get_ns() } / 1_000_000) as u32;
+    // The kernel's TCP clock counts milliseconds of the monotonic clock; the coarse one is
+    // never ahead of it, and the timestamp must never be (`cookie_timestamp`).
+    let now_ms = (now / 1_000_000) as u32;
     // The last step that can fail: from here on the frame is the answer.
     set_len(ctx, L4 + TCP_LEN)?;
     build::<L4>(ctx, v4, cookie as u32, mtu, host, now_ms, opts)

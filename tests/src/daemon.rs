@@ -8,18 +8,19 @@ use crate::netns::Netns;
 pub use nix::sys::signal::Signal;
 
 /// The edgelb binary built by this crate (same entry point as the shipped one).
+/// Found next to the running executable (a benchmark binary in target/<profile>) or one
+/// directory up (a test in target/<profile>/deps).
 pub fn binary() -> PathBuf {
-    let dir = std::env::current_exe()
-        .ok()
-        .and_then(|p| p.parent().and_then(Path::parent).map(Path::to_path_buf))
-        .expect("test executable lives in target/<profile>/deps");
-    let bin = dir.join("edgelb-under-test");
-    assert!(
-        bin.exists(),
-        "{} missing: build the tests crate's binaries (cargo test builds them)",
-        bin.display()
-    );
-    bin
+    let exe = std::env::current_exe().expect("the running executable's path");
+    let dirs: Vec<&Path> = exe.ancestors().skip(1).take(2).collect();
+    dirs.iter()
+        .map(|d| d.join("edgelb-under-test"))
+        .find(|bin| bin.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "edgelb-under-test missing from {dirs:?}: build the tests crate's binaries (cargo test builds them)"
+            )
+        })
 }
 
 /// Runs edgelb to completion (for `check` and invalid flags).

@@ -135,6 +135,8 @@ impl ProgArray {
             value_size: u32,
             max_entries: u32,
             map_flags: u32,
+            // Explicit, as in `prog_by_id`'s.
+            _pad: u32,
         }
         let mut attr = CreateAttr {
             map_type: BPF_MAP_TYPE_PROG_ARRAY,
@@ -175,6 +177,9 @@ pub fn prog_by_id(id: u32) -> std::io::Result<OwnedFd> {
         id: u32,
         next_id: u32,
         open_flags: u32,
+        // Explicit: the kernel refuses an attribute with non-zero bytes past the fields it
+        // knows, and padding may hold anything.
+        _pad: u32,
     }
     let mut attr = IdAttr {
         id,

@@ -89,6 +89,10 @@ enum Bench {
     Xdp,
     /// edgelb vs nginx vs haproxy terminating TLS on loopback under h2load (`--duration SECS`).
     Https,
+    /// A spoofed SYN flood (kernel-generated live frames) against nginx with the kernel's SYN
+    /// cookies and edgelb with `--syn-protect on`, while a client times TLS handshakes
+    /// (`--duration SECS`, of flood per contender, default 5; installs nginx).
+    Flood,
 }
 
 fn main() -> Result<()> {
@@ -162,6 +166,18 @@ fn main() -> Result<()> {
             what: Bench::Https,
             args,
         } => bench_https::run(&args),
+        Task::Bench {
+            what: Bench::Flood,
+            args,
+        } => {
+            setup::run()?;
+            setup::ensure_debs(&["nginx"])?;
+            bench_https::keep_system_services_off();
+            build_test_bins(&["flood-bench", "edgelb-under-test"])?;
+            Cmd::new(target_dir().join("release/flood-bench"))
+                .args(args)
+                .run()
+        }
     }
 }
 

@@ -20,6 +20,7 @@ mod h2load;
 mod handshakes;
 mod memory;
 mod procs;
+pub use procs::keep_system_services_off;
 mod report;
 mod svg;
 
@@ -39,7 +40,7 @@ use self::handshakes::{Capture, Handshakes};
 use self::memory::Memory;
 use self::procs::{
     CoreTicks, Proc, TempDir, backend_accepts, clock_ticks_per_sec, core_ticks, free_ports,
-    http_get, keep_system_services_off, pinned, run_bounded, run_bounded_with,
+    http_get, pinned, run_bounded, run_bounded_with,
 };
 use crate::setup;
 use crate::signals::{self, check_stop};
