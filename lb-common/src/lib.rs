@@ -210,7 +210,8 @@ pub mod syn_cookies {
 /// with `net.ipv4.tcp_syncookies=2` the passed SYN is answered with one. Once the interval is
 /// over, the first SYN whose checksums are correct goes (one the kernel would drop unanswered
 /// would leave the mark stale); the first SYN of all goes after an unset entry (the daemon
-/// clears them whenever it changes listeners), or after [`SYN_STAMP_ANY_NS`].
+/// clears them whenever it changes listeners), or after [`SYN_STAMP_ANY_NS`]. Never one
+/// from or to an address the kernel drops (`inet::syn_addresses_ok`).
 pub const SYN_STAMP_NS: u64 = 5 * NS_PER_SEC;
 
 /// After this long without a stamp, any SYN stamps: where checksums arrive unfinished (a

@@ -844,9 +844,10 @@ fn source_limits(tables: &mut Tables, info: &ListenerInfo, src: &[u8; 16], syn: 
 /// options or an IPv6 header without extension headers (`ip`), untagged and unfragmented,
 /// whose TCP header (`tcp`, the rest of the frame) is complete and its options well formed: a
 /// SYN without ACK, RST or FIN is `SynCookie`, unless it stamps the listener (`Passed`, and
-/// the listener's `SYN_STAMPS` entry for the family set to `now_ns`): when that entry is
-/// unset or [`SYN_STAMP_ANY_NS`] old, or [`SYN_STAMP_NS`] old and the SYN's checksums are
-/// correct ([`inet::tcp_header_checksum_ok`]). Anything else is `Passed`, unchanged. The
+/// the listener's `SYN_STAMPS` entry for the family set to `now_ns`): when its addresses are
+/// ones the kernel answers ([`inet::syn_addresses_ok`]) and that entry is unset or
+/// [`SYN_STAMP_ANY_NS`] old, or [`SYN_STAMP_NS`] old and the SYN's checksums are correct
+/// ([`inet::tcp_header_checksum_ok`]). Anything else is `Passed`, unchanged. The
 /// program also passes a SYN it cannot answer (the frame cannot be resized), which this
 /// reference does not model.
 fn syn_cookie(
@@ -868,9 +869,11 @@ fn syn_cookie(
         .entry(syn_stamp_slot(info.id, is_v4))
         .or_default();
     let age = tables.now_ns.saturating_sub(*stamp);
-    if *stamp == 0
-        || age >= SYN_STAMP_ANY_NS
-        || (age >= SYN_STAMP_NS && inet::tcp_header_checksum_ok(ip, &tcp[..len], len as u32, is_v4))
+    if inet::syn_addresses_ok(ip, is_v4)
+        && (*stamp == 0
+            || age >= SYN_STAMP_ANY_NS
+            || (age >= SYN_STAMP_NS
+                && inet::tcp_header_checksum_ok(ip, &tcp[..len], len as u32, is_v4)))
     {
         *stamp = tables.now_ns;
         return Outcome::Passed;

@@ -26,7 +26,7 @@ use aya_ebpf::{
 use lb_common::{
     ETH_P_IPV4, ETH_P_IPV6, IPPROTO_TCP, ListenerInfo, Outcome, STATS_SLOTS, SYN_STAMP_ANY_NS,
     SYN_STAMP_NS, SYN_STAMP_SLOTS, cookie_timestamp,
-    inet::{checksum, sum_words, tcp_header_checksum_ok},
+    inet::{checksum, sum_words, syn_addresses_ok, tcp_header_checksum_ok},
     syn_cookies, syn_options, syn_stamp_slot,
 };
 
@@ -191,9 +191,11 @@ fn stamp_due(id: u32, v4: bool, syn: &Syn, now: u64) -> bool {
     // SAFETY: the entry is a plain integer, written whole.
     unsafe {
         let age = now.saturating_sub(*stamp);
-        let due = *stamp == 0
-            || age >= SYN_STAMP_ANY_NS
-            || (age >= SYN_STAMP_NS && tcp_header_checksum_ok(syn.ip(v4), &syn.tcp, syn.len, v4));
+        let due = syn_addresses_ok(syn.ip(v4), v4)
+            && (*stamp == 0
+                || age >= SYN_STAMP_ANY_NS
+                || (age >= SYN_STAMP_NS
+                    && tcp_header_checksum_ok(syn.ip(v4), &syn.tcp, syn.len, v4)));
         if due {
             *stamp = now;
         }

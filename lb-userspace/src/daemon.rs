@@ -173,6 +173,9 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     // Next hops are looked up again when the kernel announces a change, every second while
     // one is missing, and now and then in case an announcement was lost.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
+    // Ticks missed while the loop was busy (a reload) are not made up in a burst: each tick
+    // is taken for a second (`SynProtect::tick` counts SYN rates and calm seconds by them).
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
     let (mut reloads, mut reads) = Reloads::new(args);
     let (etcd_tx, mut etcd_rx) = mpsc::unbounded_channel();

@@ -197,6 +197,17 @@ impl SynProtect {
         if self.saved.is_some() {
             return Ok(());
         }
+        // Both opened for writing before either is written: one that cannot be would
+        // otherwise have the other changed and put back at every retry.
+        for (path, value) in SETTINGS {
+            if let Err(e) = std::fs::OpenOptions::new().write(true).open(path) {
+                return Err(SettingsError {
+                    setting: setting_name(path),
+                    value,
+                    reason: e.to_string(),
+                });
+            }
+        }
         let mut saved = Vec::new();
         for (path, value) in SETTINGS {
             let result = std::fs::read_to_string(path).and_then(|old| {

@@ -930,6 +930,8 @@ fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_dow
     };
     let settings = || cookie_settings(&lb_ns);
     let before = settings();
+    // A fresh namespace has the kernel's defaults: the restore below is seen.
+    assert_ne!(before, ("2".to_string(), "2".to_string()));
     let answering = |yes: bool, within: std::time::Duration| {
         let deadline = std::time::Instant::now() + within;
         loop {

@@ -817,8 +817,8 @@ fn a_syn_to_a_listener_with_syn_cookies_is_answered_in_place_with_a_syn_ack() {
     }
 
     // Stamps. Once one is due, only a SYN the kernel will answer stamps (one it drops, for a
-    // wrong checksum, would leave the listener unstamped and its cookies refused), unless
-    // none has for SYN_STAMP_ANY_NS.
+    // wrong checksum or a martian address, would leave the listener unstamped and its
+    // cookies refused); any with plausible addresses once none has for SYN_STAMP_ANY_NS.
     let valid4 = || with_checksums(syn4().bytes());
     let valid6 = || with_checksums(syn6().bytes());
     let spoil = |mut f: Vec<u8>, at: usize| {
@@ -827,6 +827,9 @@ fn a_syn_to_a_listener_with_syn_cookies_is_answered_in_place_with_a_syn_ack() {
     };
     let tcp_sum4 = 14 + 20 + 16;
     let tcp_sum6 = 14 + 40 + 16;
+    // Ethernet's minimum: the IP header's length, not the frame's, says what is TCP.
+    let mut padded = with_checksums(Frame::tcp("192.168.1.5", "10.0.0.1", 443).bytes());
+    padded.resize(60, 0);
     let now = coarse_now_ns();
     fx.set_syn_stamp(1, true, now - SYN_STAMP_NS - NS_PER_SEC);
     fx.set_syn_stamp(2, false, now - SYN_STAMP_NS - NS_PER_SEC);
@@ -855,7 +858,32 @@ fn a_syn_to_a_listener_with_syn_cookies_is_answered_in_place_with_a_syn_ack() {
             SynCookie,
             2,
         ),
-        ("due, IPv4 correct SYN: stamps", valid4(), Passed, 1),
+        (
+            "due, IPv4 correct SYN from 127.0.0.1 (a martian): answered",
+            with_checksums(
+                Frame::tcp("127.0.0.1", "10.0.0.1", 443)
+                    .tcp_options(&LINUX_SYN_OPTIONS)
+                    .bytes(),
+            ),
+            SynCookie,
+            1,
+        ),
+        (
+            "due, IPv6 correct SYN from a v4-mapped source: answered",
+            with_checksums(
+                Frame::tcp("::ffff:192.168.1.5", "fd00::9", 443)
+                    .tcp_options(&LINUX_SYN_OPTIONS)
+                    .bytes(),
+            ),
+            SynCookie,
+            2,
+        ),
+        (
+            "due, IPv4 correct SYN padded to 60 bytes: stamps",
+            padded,
+            Passed,
+            1,
+        ),
         ("due, IPv6 correct SYN: stamps", valid6(), Passed, 2),
         ("stamped IPv4: answered", valid4(), SynCookie, 1),
         ("stamped IPv6: answered", valid6(), SynCookie, 2),

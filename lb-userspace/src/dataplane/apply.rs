@@ -93,6 +93,8 @@ impl Dataplane {
             staged.into_iter().partition(|(slot, _)| new_slot(*slot));
         // An `auto` listener keeps answering across a reload only as itself: same id, same
         // address, still `auto` (a new listener may take a removed one's id).
+        // Kept for the roll back: the running configuration goes on answering as it did.
+        let answering_before = self.syn_answering.clone();
         let old = &self.applied.0;
         self.syn_answering.retain(|id| {
             rules.iter().any(|r| {
@@ -107,6 +109,7 @@ impl Dataplane {
             self.publish_all(&running)
         });
         if let Err(e) = result {
+            self.syn_answering = answering_before;
             self.roll_back(&before);
             return Err(e);
         }

@@ -248,8 +248,8 @@ impl Dataplane {
         l4: &L4Listeners,
     ) -> Result<(), DataplaneError> {
         let desired = self.check_rules(rules, l4)?;
-        // Before any listener answers SYNs with it.
-        self.prepare_syn_cookies(rules)?;
+        // Before any listener answers SYNs with them.
+        self.write_syn_options(rules)?;
         // Prefixes first, listeners last: a new whitelist listener must not appear before
         // its allowed prefixes do, or it would drop admitted clients for a moment.
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, true)?;
@@ -279,6 +279,8 @@ impl Dataplane {
                     .map_err(map_err(MAP_LISTENERS))?;
             }
         }
+        // After the listeners: a SYN to one just replaced must not find its old stamp.
+        self.clear_syn_stamps(rules)?;
         self.sync_ports(&desired.ports, false)?;
         // Stale prefixes go only after the listeners that used them are gone.
         sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, false)?;

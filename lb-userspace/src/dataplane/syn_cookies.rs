@@ -72,10 +72,8 @@ impl Dataplane {
     }
 
     /// Before any of `rules` answers: writes the options cookies offer (the settings they
-    /// come from are read again each time), and clears every listener's stamp, so that the
-    /// next SYN of each goes to the kernel: a listener may have a new socket, or an id
-    /// another listener's, which the kernel has not seen send a cookie.
-    pub(super) fn prepare_syn_cookies(
+    /// come from are read again each time).
+    pub(super) fn write_syn_options(
         &mut self,
         rules: &[ListenerRule],
     ) -> Result<(), DataplaneError> {
@@ -89,7 +87,16 @@ impl Dataplane {
             .ok_or_else(|| missing(MAP_SYN_OPTIONS))?;
         let mut map: Array<&mut MapData, u32> =
             Array::try_from(map).map_err(map_err(MAP_SYN_OPTIONS))?;
-        map.set(0, options, 0).map_err(map_err(MAP_SYN_OPTIONS))?;
+        map.set(0, options, 0).map_err(map_err(MAP_SYN_OPTIONS))
+    }
+
+    /// Once `rules` are written: clears the stamps of those with SYN cookies, so that the
+    /// next SYN of each goes to the kernel: a listener may have a new socket, or an id that
+    /// was another listener's, which the kernel has not seen send a cookie.
+    pub(super) fn clear_syn_stamps(
+        &mut self,
+        rules: &[ListenerRule],
+    ) -> Result<(), DataplaneError> {
         for r in rules.iter().filter(|r| r.syn_cookies != SynCookies::Off) {
             self.set_syn_stamp(r.id, true, 0)?;
             self.set_syn_stamp(r.id, false, 0)?;
