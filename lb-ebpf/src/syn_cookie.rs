@@ -11,8 +11,9 @@
 //! before reading the options). And the listener must have sent a cookie itself in the last
 //! two minutes: `stamp_due` passes it about one SYN every `SYN_STAMP_NS` for that.
 //!
-//! The SYN is read into the stack and checked whole (header, options, length) before the
-//! frame is changed: a SYN this module does not answer reaches the kernel as it came.
+//! The SYN is copied into a per-CPU scratch entry and checked whole (header, options,
+//! length) before the frame is changed: a SYN this module does not answer reaches the kernel
+//! as it came.
 use aya_ebpf::{
     bindings::{iphdr, ipv6hdr, tcphdr},
     helpers::{
@@ -145,8 +146,8 @@ fn read<const L4: usize, const IP: u32>(ctx: &XdpContext, doff_byte: u8) -> Opti
     // SAFETY: this CPU's entry. The helper writes at most the lengths given, which fit the
     // buffers (`len` is at most 15 * 4 = TCP_MAX), and fails when the frame is shorter.
     unsafe {
-        // Zeros past the header: the checksum sums the whole buffer.
-        (*syn).ip = [0; 40];
+        // Zeros past the header: the checksum sums the whole buffer. (`ip` needs none: IPv6
+        // fills it, and IPv4's first 20 bytes are never read.)
         (*syn).tcp = [0; TCP_MAX];
         let len = u32::from(doff_byte >> 4) * 4;
         (*syn).len = len;

@@ -204,10 +204,10 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             let read = $read;
             let revision = read.etcd_revision;
             let config = match read.config {
-                Ok(fresh) if dataplane.is_some() => match syn_protect.prepare(&fresh) {
-                    Ok(()) => Ok(fresh),
-                    Err(e) => Err(e.into()),
-                },
+                Ok(fresh) if dataplane.is_some() => syn_protect
+                    .prepare(&fresh)
+                    .map(|()| fresh)
+                    .map_err(Into::into),
                 other => other,
             };
             let result = reload_logged(

@@ -72,6 +72,16 @@ pub struct SettingsError {
     pub reason: String,
 }
 
+impl SettingsError {
+    fn new(path: &str, value: &'static str, e: &std::io::Error) -> Self {
+        SettingsError {
+            setting: setting_name(path),
+            value,
+            reason: e.to_string(),
+        }
+    }
+}
+
 /// Whether listener `id`, protected as `mode` says, answers SYNs in XDP now.
 pub fn answering(dp: &Dataplane, id: u32, mode: SynProtection) -> bool {
     match mode {
@@ -201,11 +211,7 @@ impl SynProtect {
         // otherwise have the other changed and put back at every retry.
         for (path, value) in SETTINGS {
             if let Err(e) = std::fs::OpenOptions::new().write(true).open(path) {
-                return Err(SettingsError {
-                    setting: setting_name(path),
-                    value,
-                    reason: e.to_string(),
-                });
+                return Err(SettingsError::new(path, value, &e));
             }
         }
         let mut saved = Vec::new();
@@ -219,11 +225,7 @@ impl SynProtect {
                 Err(e) => {
                     self.saved = Some(saved);
                     self.restore();
-                    return Err(SettingsError {
-                        setting: setting_name(path),
-                        value,
-                        reason: e.to_string(),
-                    });
+                    return Err(SettingsError::new(path, value, &e));
                 }
             }
         }

@@ -8,6 +8,7 @@ use crate::netns::Netns;
 pub use nix::sys::signal::Signal;
 
 /// The edgelb binary built by this crate (same entry point as the shipped one).
+///
 /// Found next to the running executable (a benchmark binary in target/<profile>) or one
 /// directory up (a test in target/<profile>/deps).
 pub fn binary() -> PathBuf {

@@ -22,9 +22,8 @@
 //! second veth pair (`ClientLb`'s), one every 20 ms, and times each handshake (TCP connect to
 //! the end of the TLS handshake; 3 s at most). The same client runs alone first, for the
 //! baseline. (Pinned to core 0 beside the flood, it was as successful: 100 % for both, p99
-//! 6-11 ms.) What this cannot show: a NIC's receive
-//! queue, where legitimate SYNs wait behind the flood's and are dropped with them once the
-//! core cannot keep up. Here the flood is generated as fast as the core processes it, and the
+//! 6-11 ms.) What this cannot show: a NIC's receive queue, where legitimate SYNs wait behind
+//! the flood's and are dropped with them once the core cannot keep up. Here the flood is generated as fast as the core processes it, and the
 //! client's frames take another path, so its handshakes succeed either way; the figure that
 //! carries over is the CPU per flood SYN, i.e. how big a flood one core absorbs.
 use std::net::{SocketAddr, TcpStream};
@@ -441,7 +440,7 @@ pub fn run(secs: Duration) -> Result<()> {
 const DOWNLOADS: usize = 15;
 const DOWNLOAD_SIZE: usize = 64 << 20;
 
-/// The median time of a 64 MiB download through edgelb from the client namespace, without
+/// The times of 64 MiB downloads through edgelb from the client namespace, without
 /// `--syn-protect` and with it on (the connection then made from the XDP program's cookie,
 /// window scaling and all): the cookies must not slow a transfer down.
 fn downloads(topo: &Topo, dir: &TempDir, cert: &crate::certs::ServerCert) -> Result<[Times; 2]> {

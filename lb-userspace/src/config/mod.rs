@@ -1058,9 +1058,9 @@ fn auto_block(args: &ListenerSpec, protocol: FrontendProtocol) -> Result<Option<
     }
 }
 
-/// `--syn-protect-threshold` when not given: about 5 times the new TLS connections one core
-/// completes in a second (3,000-4,400 in `bench https`), a rate at which the kernel's own
-/// cookies cost about 5 % of a core (2.5 µs a SYN in `bench flood`).
+/// `--syn-protect-threshold` when not given: 5-8 times the new TLS connections one core
+/// completes in a second (2,400-3,000 in `bench https`), a rate at which the kernel's own
+/// cookies cost 3-5 % of a core (1.5-2.7 µs a SYN in `bench flood`).
 pub const DEFAULT_SYN_PROTECT_THRESHOLD: u32 = 20_000;
 
 /// SYN cookies answer connections the kernel accepts for the daemon: a tcp listener's SYNs

@@ -91,10 +91,10 @@ impl Dataplane {
         let new_slot = |slot: u32| !self.slots.groups().any(|(_, s)| s == slot);
         let (fresh, running): (Vec<Staged>, Vec<Staged>) =
             staged.into_iter().partition(|(slot, _)| new_slot(*slot));
-        // An `auto` listener keeps answering across a reload only as itself: same id, same
-        // address, still `auto` (a new listener may take a removed one's id).
         // Kept for the roll back: the running configuration goes on answering as it did.
         let answering_before = self.syn_answering.clone();
+        // An `auto` listener keeps answering across a reload only as itself: same id, same
+        // address, still `auto` (a new listener may take a removed one's id).
         let old = &self.applied.0;
         self.syn_answering.retain(|id| {
             rules.iter().any(|r| {
