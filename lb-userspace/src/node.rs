@@ -88,6 +88,9 @@ pub struct ListenerRuntime {
     contexts: Vec<Arc<ListenerContext>>,
     stop: watch::Sender<bool>,
     limit: Arc<ConnectionLimit>,
+    /// Stops the QUIC endpoints of `--http3 on` (None: HTTP/3 off): a reload may turn HTTP/3
+    /// on or off while the TCP side carries on.
+    quic: Option<watch::Sender<bool>>,
 }
 
 pub struct Node {
@@ -103,11 +106,20 @@ pub struct Node {
     own_tickets: Arc<dyn ProducesTickets>,
 }
 
+/// The sockets a listener serves on, bound and not yet served.
+pub struct Listening {
+    tcp: Vec<std::net::TcpListener>,
+    /// HTTP/3's, with `--http3 on`.
+    udp: Option<Vec<std::net::UdpSocket>>,
+}
+
 /// A listener of the new configuration, ready to run.
 struct Prepared {
     config: ListenerConfig,
     /// New sockets to serve (None: keeps the running listener of the same name and address).
     sockets: Option<Vec<std::net::TcpListener>>,
+    /// New UDP sockets for HTTP/3 (None: keeps the running listener's, or HTTP/3 is off).
+    quic_sockets: Option<Vec<std::net::UdpSocket>>,
     live: Vec<Live>,
 }
 
@@ -120,7 +132,7 @@ impl Node {
         metrics: Arc<Metrics>,
         dataplane: Option<&mut Dataplane>,
         hops: &NextHops,
-    ) -> Result<(Node, Vec<Vec<std::net::TcpListener>>), NodeError> {
+    ) -> Result<(Node, Vec<Listening>), NodeError> {
         let health_changed = Arc::new(Notify::new());
         let own_tickets =
             crate::tls::tickets::generated().map_err(|source| NodeError::Tickets { source })?;
@@ -161,9 +173,17 @@ impl Node {
     }
 
     /// Starts accepting on the sockets [`Node::start`] bound.
-    pub fn serve(&self, sockets: Vec<Vec<std::net::TcpListener>>) {
+    pub fn serve(&self, sockets: Vec<Listening>) {
         for (l, s) in self.listeners.iter().zip(sockets) {
-            self.workers.serve(s, &l.contexts, &l.stop.subscribe());
+            self.serve_listener(l, s);
+        }
+    }
+
+    fn serve_listener(&self, l: &ListenerRuntime, sockets: Listening) {
+        self.workers
+            .serve(sockets.tcp, &l.contexts, &l.stop.subscribe());
+        if let (Some(udp), Some(stop)) = (sockets.udp, &l.quic) {
+            self.workers.serve_quic(udp, &l.contexts, &stop.subscribe());
         }
     }
 
@@ -179,7 +199,7 @@ impl Node {
         }
     }
 
-    fn new_listener(&self, p: Prepared, id: u32) -> (ListenerRuntime, Vec<std::net::TcpListener>) {
+    fn new_listener(&self, p: Prepared, id: u32) -> (ListenerRuntime, Listening) {
         let (stop, _) = watch::channel(false);
         let metrics = self.metrics.listener(&p.config.name);
         let limit = ConnectionLimit::new(p.config.max_connections);
@@ -203,6 +223,7 @@ impl Node {
                 })
             })
             .collect();
+        let quic = p.config.http3.then(|| watch::channel(false).0);
         (
             ListenerRuntime {
                 config: p.config,
@@ -210,8 +231,12 @@ impl Node {
                 contexts,
                 stop,
                 limit,
+                quic,
             },
-            p.sockets.unwrap_or_default(),
+            Listening {
+                tcp: p.sockets.unwrap_or_default(),
+                udp: p.quic_sockets,
+            },
         )
     }
 
@@ -258,6 +283,18 @@ impl Node {
                         ctx.live.store(Arc::new(live));
                     }
                     running.limit.set_max(p.config.max_connections);
+                    if let Some(udp) = p.quic_sockets {
+                        let (stop, _) = watch::channel(false);
+                        self.workers
+                            .serve_quic(udp, &running.contexts, &stop.subscribe());
+                        running.quic = Some(stop);
+                        info!(listener = running.config.name, "HTTP/3 started");
+                    } else if !p.config.http3
+                        && let Some(stop) = running.quic.take()
+                    {
+                        let _ = stop.send(true);
+                        info!(listener = running.config.name, "HTTP/3 stopped");
+                    }
                     running.config = p.config;
                     listeners.push(running);
                 }
@@ -266,8 +303,7 @@ impl Node {
                         stop_listener(r, "its address changed");
                     }
                     let (runtime, sockets) = self.new_listener(p, id);
-                    self.workers
-                        .serve(sockets, &runtime.contexts, &runtime.stop.subscribe());
+                    self.serve_listener(&runtime, sockets);
                     info!(listener = runtime.config.name, listen = %runtime.config.listen, "listener started");
                     listeners.push(runtime);
                 }
@@ -306,7 +342,7 @@ impl Node {
     /// Stops accepting on every listener; open connections finish what is in flight.
     pub fn stop_listeners(&self) {
         for l in &self.listeners {
-            let _ = l.stop.send(true);
+            stop(l);
         }
     }
 
@@ -389,8 +425,15 @@ impl Node {
     }
 }
 
-fn stop_listener(l: ListenerRuntime, why: &str) {
+fn stop(l: &ListenerRuntime) {
     let _ = l.stop.send(true);
+    if let Some(quic) = &l.quic {
+        let _ = quic.send(true);
+    }
+}
+
+fn stop_listener(l: ListenerRuntime, why: &str) {
+    stop(&l);
     info!(listener = l.config.name, listen = %l.config.listen, "listener stopped: {why}");
 }
 
@@ -578,6 +621,36 @@ fn prepare_listener(
             })?,
         )
     };
+    // HTTP/3's sockets: new ones unless the running listener (kept) already serves it.
+    let quic_running = kept
+        && running
+            .iter()
+            .any(|r| r.config.name == l.name && r.config.http3);
+    let quic_sockets = if l.http3 && !quic_running {
+        Some(
+            crate::server::http3::bind(l.listen, workers).map_err(|source| NodeError::Bind {
+                listener: l.name.clone(),
+                addr: l.listen,
+                source,
+            })?,
+        )
+    } else {
+        None
+    };
+    let quic = match (&l.tls, l.http3) {
+        (Some(tls), true) => Some(
+            crate::tls::quic_server_config(&tls.settings, tickets)
+                .and_then(crate::server::http3::server_config)
+                .map_err(|source| NodeError::ServerTls {
+                    listener: l.name.clone(),
+                    source,
+                })?,
+        ),
+        _ => None,
+    };
+    let alt_svc = quic
+        .as_ref()
+        .map(|_| crate::server::http3::alt_svc(l.listen.port()));
     let tls = match &l.tls {
         Some(tls) => Some(TlsAcceptor::from(
             crate::tls::server_config(&tls.settings, l.http2, tickets).map_err(|source| {
@@ -609,6 +682,8 @@ fn prepare_listener(
             tls: tls.clone(),
             access: l.access.clone(),
             http2: l.http2,
+            quic: quic.clone(),
+            alt_svc: alt_svc.clone(),
             routes: Routes {
                 rules: l.rules.clone(),
                 groups: groups
@@ -633,6 +708,7 @@ fn prepare_listener(
     Ok(Prepared {
         config: l.clone(),
         sockets,
+        quic_sockets,
         live,
     })
 }
@@ -681,7 +757,7 @@ fn listener_rules(config: &Config, ids: &[u32]) -> Vec<ListenerRule> {
                 );
                 return None;
             }
-            Some(ListenerRule {
+            let rule = ListenerRule {
                 id,
                 addr: l.listen,
                 proto: if l.protocol == FrontendProtocol::Udp {
@@ -701,7 +777,16 @@ fn listener_rules(config: &Config, ids: &[u32]) -> Vec<ListenerRule> {
                     SynProtection::Auto { .. } => SynCookies::Watch,
                     SynProtection::On => SynCookies::Answer,
                 },
-            })
+            };
+            // HTTP/3 takes the same port over UDP, under the same access control and
+            // per-source limits (the same id: one ACL, one set of counters).
+            let quic = l.http3.then(|| ListenerRule {
+                proto: IPPROTO_UDP,
+                syn_cookies: SynCookies::Off,
+                ..rule.clone()
+            });
+            Some(std::iter::once(rule).chain(quic))
         })
+        .flatten()
         .collect()
 }

@@ -117,6 +117,22 @@ impl Workers {
         }
     }
 
+    /// Serves HTTP/3 on `sockets` (one per worker, in worker order) until `stop` turns true.
+    pub fn serve_quic(
+        &self,
+        sockets: Vec<std::net::UdpSocket>,
+        contexts: &[Arc<ListenerContext>],
+        stop: &watch::Receiver<bool>,
+    ) {
+        for ((socket, ctx), handle) in sockets.into_iter().zip(contexts).zip(&self.handles) {
+            handle.spawn(crate::server::http3::serve_endpoint(
+                socket,
+                ctx.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+
     /// Stops every worker once its connections have finished, or after `drain`; whatever is
     /// still open then is cut when the runtime is dropped. Listeners must be stopped first.
     pub fn shutdown(self, drain: Duration) {

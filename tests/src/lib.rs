@@ -7,6 +7,7 @@ pub mod client;
 pub mod daemon;
 pub mod dataplane_fixture;
 pub mod flood_bench;
+pub mod h3;
 pub mod https;
 pub mod l4topo;
 pub mod listener;

@@ -106,7 +106,11 @@ pub fn free_addr() -> SocketAddr {
     for _ in 0..20_000 {
         let port = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = 10_000 + port % 22_000;
-        if let Ok(l) = TcpListener::bind(("127.0.0.1", port)) {
+        // Free over UDP too, for listeners that also serve HTTP/3.
+        if let (Ok(l), Ok(_)) = (
+            TcpListener::bind(("127.0.0.1", port)),
+            std::net::UdpSocket::bind(("127.0.0.1", port)),
+        ) {
             return l.local_addr().expect("bound socket has an address");
         }
     }

@@ -67,6 +67,8 @@ fn check_prints_the_effective_config_and_exits_0() {
         "tls-1-2-strict",
         "--http2",
         "off",
+        "--http3",
+        "on",
         "--idle-timeout",
         "0",
         "--transfer-lb-ip",
@@ -90,6 +92,7 @@ fn check_prints_the_effective_config_and_exits_0() {
         "algorithm       weighted-least-connections",
         "tls-policy      tls-1-2-strict",
         "http2           off",
+        "http3           on (QUIC on the same UDP port)",
         "ssl-auth        one-way",
         "timeouts        idle=0s request=60s response=60s",
         "transfer-lb-ip  the local address clients connect to",
@@ -492,6 +495,10 @@ fn l4_listeners_are_checked_for_what_xdp_forwarding_needs() {
         (
             [&ok[..], &["--syn-protect", "on"]].concat(),
             "--syn-protect \"on\": answers new connections of http and https listeners, and a tcp listener's are its backends' to answer",
+        ),
+        (
+            [&ok[..], &["--http3", "on"]].concat(),
+            "--http3 \"on\": HTTP/3 runs over QUIC, which is always encrypted: only an https listener can serve it (this one is tcp)",
         ),
     ];
     let mut failures = Vec::new();

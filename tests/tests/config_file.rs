@@ -379,6 +379,10 @@ fn bad_files_are_refused_with_the_key_and_value() {
             ),
             "cert: has no effect on an http listener",
         ),
+        (
+            good.replace("protocol = \"http\"", "protocol = \"http\"\nhttp3 = \"on\""),
+            "http3 = \"on\": HTTP/3 runs over QUIC, which is always encrypted: only an https listener can serve it (this one is http)",
+        ),
         // A string value is quoted once, by the message, whatever it holds.
         (
             good.replace(

@@ -23,11 +23,20 @@ const PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "etcd-server",
     "etcd-client",
+    // The HTTP/3 tests' independent client is Python's aioquic, in a virtualenv.
+    "python3",
+    "python3-venv",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const CARGO_FUZZ_VERSION: &str = "0.13.1";
+/// aioquic from PyPI (Debian does not package it), pinned; see tests/src/h3.rs.
+const AIOQUIC: &str = "aioquic==1.7.2";
+/// Under the workspace's target directory, where tests/src/h3.rs looks for it.
+fn aioquic_venv() -> std::path::PathBuf {
+    crate::workspace_root().join("target/aioquic-venv")
+}
 
 pub fn run() -> Result<()> {
     let mut did = Vec::new();
@@ -72,6 +81,16 @@ pub fn run() -> Result<()> {
             .run()?;
         did.push("cargo-fuzz");
     }
+    if !aioquic_installed() {
+        let venv = aioquic_venv();
+        Cmd::new("python3")
+            .args(["-m".as_ref(), "venv".as_ref(), venv.as_os_str()])
+            .run()?;
+        Cmd::new(venv.join("bin/pip"))
+            .args(["install", "--quiet", "--disable-pip-version-check", AIOQUIC])
+            .run()?;
+        did.push("aioquic");
+    }
     if did.is_empty() {
         eprintln!("xtask setup: nothing to do, everything is installed");
     } else {
@@ -114,6 +133,13 @@ fn bpf_linker_installed() -> bool {
         .args(["--version"])
         .output()
         .is_some_and(|v| v.contains(BPF_LINKER_VERSION))
+}
+
+fn aioquic_installed() -> bool {
+    Cmd::new(aioquic_venv().join("bin/python3"))
+        .args(["-c", "import aioquic; print(aioquic.__version__)"])
+        .output()
+        .is_some_and(|v| AIOQUIC.ends_with(v.trim()))
 }
 
 fn cargo_fuzz_installed() -> bool {

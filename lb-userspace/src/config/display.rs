@@ -73,6 +73,17 @@ impl Config {
             "  http2           {}",
             if l.http2 { "on" } else { "off" }
         )?;
+        if l.tls.is_some() {
+            writeln!(
+                f,
+                "  http3           {}",
+                if l.http3 {
+                    "on (QUIC on the same UDP port)"
+                } else {
+                    "off"
+                }
+            )?;
+        }
         fmt_access(f, l)?;
         match l.transfer_lb_ip {
             TransferLbIp::Off => writeln!(f, "  transfer-lb-ip  off")?,

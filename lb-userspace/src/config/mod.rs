@@ -102,6 +102,8 @@ pub struct ListenerConfig {
     /// Present exactly when the protocol is https.
     pub tls: Option<ListenerTls>,
     pub http2: bool,
+    /// HTTP/3 on the listener's port over UDP (https listeners only).
+    pub http3: bool,
     pub access: AccessControl,
     pub transfer_lb_ip: TransferLbIp,
     pub timeouts: Timeouts,
@@ -648,16 +650,21 @@ fn check_unique_listeners(
             .in_file(at(), false));
         }
         let udp = |l: &ListenerConfig| l.protocol == FrontendProtocol::Udp;
-        if let Some(o) = listeners[..i]
-            .iter()
-            .find(|o| o.listen == l.listen && udp(o) == udp(l))
-        {
-            return Err(ConfigError::new(
-                "listen",
-                l.listen.to_string(),
-                format!("listener {:?} already listens there", o.name),
-            )
-            .in_file(at(), false));
+        let tcp = |l: &ListenerConfig| !udp(l);
+        // An https listener with HTTP/3 takes its port over UDP as well.
+        let takes_udp = |l: &ListenerConfig| udp(l) || l.http3;
+        if let Some(o) = listeners[..i].iter().find(|o| {
+            o.listen == l.listen && ((tcp(o) && tcp(l)) || (takes_udp(o) && takes_udp(l)))
+        }) {
+            let why = if tcp(o) && tcp(l) {
+                format!("listener {:?} already listens there", o.name)
+            } else {
+                format!(
+                    "listener {:?} already takes this address over UDP (a udp listener, or --http3 on)",
+                    o.name
+                )
+            };
+            return Err(ConfigError::new("listen", l.listen.to_string(), why).in_file(at(), false));
         }
     }
     Ok(())
@@ -740,6 +747,7 @@ fn listener(
         listen,
         tls,
         http2: args.http2 == OnOff::On,
+        http3: http3(args, protocol)?,
         access: access_control(args, shared)?,
         transfer_lb_ip,
         timeouts,
@@ -1065,6 +1073,22 @@ pub const DEFAULT_SYN_PROTECT_THRESHOLD: u32 = 20_000;
 
 /// SYN cookies answer connections the kernel accepts for the daemon: a tcp listener's SYNs
 /// go to its backends, a udp listener has none.
+/// `--http3`: QUIC carries TLS, so only an https listener has the certificates for it.
+fn http3(args: &ListenerSpec, protocol: FrontendProtocol) -> Result<bool, ConfigError> {
+    let on = args.http3 == OnOff::On;
+    if on && protocol != FrontendProtocol::Https {
+        return Err(ConfigError::new(
+            "--http3",
+            "on",
+            format!(
+                "HTTP/3 runs over QUIC, which is always encrypted: only an https listener can serve it (this one is {})",
+                protocol.scheme()
+            ),
+        ));
+    }
+    Ok(on)
+}
+
 fn syn_protection(
     args: &ListenerSpec,
     protocol: FrontendProtocol,

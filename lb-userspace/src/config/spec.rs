@@ -82,6 +82,17 @@ pub struct ListenerSpec {
     )]
     pub http2: OnOff,
 
+    /// Also serve HTTP/3 (QUIC) on the same port over UDP, and advertise it with Alt-Svc
+    /// (https listeners).
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "on|off",
+        default_value = "off"
+    )]
+    pub http3: OnOff,
+
     /// Add X-Forwarded-ELB-IP: the given IP, else the local address the client connected to.
     #[arg(long, value_name = "IP", num_args = 0..=1, default_missing_value = "")]
     #[serde(deserialize_with = "values::lb_ip")]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
-use hyper::body::{Body, Bytes, Incoming};
+use hyper::body::{Body, Bytes};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use tracing::{debug, warn};
@@ -27,6 +27,18 @@ use h1::OutBody;
 use headers::ConnInfo;
 
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A client's request body as the proxy takes it: hyper's for HTTP/1.1 and HTTP/2, the
+/// request stream's for HTTP/3.
+pub trait RequestBody:
+    Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<B> RequestBody for B where
+    B: Body<Data = Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
 
 /// Who answered a request: the group it went to (None when a rule answered), the backend
 /// (None when edgelb answered itself) and the rule that matched, if any (an index into the
@@ -70,9 +82,9 @@ impl Routes {
 
     /// Answers one request: by a rule's redirect or fixed response, or by the group the
     /// first matching rule (else the default) names. Counts it for that group.
-    pub async fn handle(
+    pub async fn handle<B: RequestBody>(
         &self,
-        req: Request<Incoming>,
+        req: Request<B>,
         conn: &ConnInfo,
     ) -> (Response<ProxyBody>, Served) {
         let (mut parts, body) = req.into_parts();
@@ -199,9 +211,9 @@ impl Upstream {
     /// Forwards one request and returns the backend's response (and sets which backend it
     /// was), or an error page: 503 when no backend can take it, 502 when backends failed, 504
     /// when they did not answer in time.
-    pub async fn forward(
+    pub async fn forward<B: RequestBody>(
         &self,
-        mut req: Request<Incoming>,
+        mut req: Request<B>,
         conn: &ConnInfo,
         settings: &ListenerSettings,
         served_by: &mut Option<usize>,
@@ -347,8 +359,8 @@ impl Upstream {
 /// Bodies up to [`REPLAYABLE_BODY_LIMIT`] (declared or chunked) are read whole, with the
 /// request timeout as the longest stall, so that a retry can resend them and so that a body
 /// whose framing is broken is refused before anything reaches a backend; others stream.
-async fn read_body(
-    body: Incoming,
+async fn read_body<B: RequestBody>(
+    body: B,
     headers: &HeaderMap,
     request_timeout: std::time::Duration,
 ) -> Result<Outgoing, StatusCode> {
@@ -400,11 +412,7 @@ enum Decision {
 }
 
 /// The first matching rule's decision, and which rule matched.
-fn apply_rules(
-    rules: &RuleSet,
-    req: &Request<Incoming>,
-    conn: &ConnInfo,
-) -> (Decision, Option<usize>) {
+fn apply_rules<B>(rules: &RuleSet, req: &Request<B>, conn: &ConnInfo) -> (Decision, Option<usize>) {
     if rules.is_empty() {
         return (Decision::Forward(None), None);
     }

@@ -2,6 +2,7 @@
 //! to the upstream, and the idle and request timeouts.
 pub mod activity;
 pub mod h2_flood;
+pub mod http3;
 pub mod park;
 pub mod stream;
 
@@ -49,6 +50,10 @@ pub struct Live {
     pub access: AccessControl,
     pub http2: bool,
     pub routes: Routes,
+    /// HTTP/3 (`--http3 on`): the QUIC configuration new connections get, and the `Alt-Svc`
+    /// header that advertises it on HTTP/1.1 and HTTP/2 responses.
+    pub quic: Option<Arc<quinn::ServerConfig>>,
+    pub alt_svc: Option<hyper::header::HeaderValue>,
 }
 
 /// What every connection of a listener on one worker shares.
@@ -279,27 +284,24 @@ where
             let routes = &live.routes;
             // Boxed: hyper keeps room for this future in every HTTP/1.1 connection (idle ones
             // too) and moves it at least twice for every HTTP/2 stream; a pointer is cheaper.
-            let (resp, served) = Box::pin(routes.handle(req, &conn)).await;
+            let (mut resp, served) = Box::pin(routes.handle(req, &conn)).await;
+            if let Some(alt_svc) = &live.alt_svc {
+                // HTTP/3 is the edge's to offer, whatever a backend says of its own.
+                resp.headers_mut()
+                    .insert(hyper::header::ALT_SVC, alt_svc.clone());
+            }
             let took = started.elapsed();
             metrics.observe(took);
             if let (Some(listener), Some((method, path))) = (access_log, request_line) {
-                let backend = served
-                    .group
-                    .and_then(|g| routes.target(g))
-                    .zip(served.backend)
-                    .and_then(|(t, b)| t.upstream.balancer().key(b));
-                tracing::info!(
-                    target: "edgelb::access",
-                    client = %conn.peer,
-                    sni = conn.sni.as_deref().unwrap_or("-"),
-                    listener = &*listener,
-                    method = %method,
-                    path,
-                    rule = served.rule.and_then(|r| routes.rules.name(r)).unwrap_or("-"),
-                    backend = backend.unwrap_or("-"),
-                    status = resp.status().as_u16(),
-                    ms = took.as_secs_f64() * 1000.0,
-                    "request"
+                log_request(
+                    &listener,
+                    &conn,
+                    routes,
+                    &method,
+                    &path,
+                    served,
+                    resp.status(),
+                    took,
                 );
             }
             Ok::<_, Infallible>(
@@ -323,6 +325,38 @@ where
         let io = Box::new(io);
         Box::pin(serve_http1(io, service, peer, activity, timeouts, ctx))
     }
+}
+
+/// One request's line in the access log (`--access-log`), whichever protocol carried it.
+#[allow(clippy::too_many_arguments)]
+fn log_request(
+    listener: &str,
+    conn: &ConnInfo,
+    routes: &Routes,
+    method: &hyper::Method,
+    path: &str,
+    served: crate::proxy::Served,
+    status: hyper::StatusCode,
+    took: Duration,
+) {
+    let backend = served
+        .group
+        .and_then(|g| routes.target(g))
+        .zip(served.backend)
+        .and_then(|(t, b)| t.upstream.balancer().key(b));
+    tracing::info!(
+        target: "edgelb::access",
+        client = %conn.peer,
+        sni = conn.sni.as_deref().unwrap_or("-"),
+        listener,
+        method = %method,
+        path,
+        rule = served.rule.and_then(|r| routes.rules.name(r)).unwrap_or("-"),
+        backend = backend.unwrap_or("-"),
+        status = status.as_u16(),
+        ms = took.as_secs_f64() * 1000.0,
+        "request"
+    );
 }
 
 /// HTTP/1.1 over `io`, parked while idle (see [`park`]): one hyper connection after another,

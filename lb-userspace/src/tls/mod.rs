@@ -33,9 +33,32 @@ pub fn server_config(
     http2: bool,
     tickets: &Arc<dyn ProducesTickets>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let alpn: &[&[u8]] = if http2 {
+        &[b"h2", b"http/1.1"]
+    } else {
+        &[b"http/1.1"]
+    };
+    build(settings, settings.policy.versions(), alpn, tickets).map(Arc::new)
+}
+
+/// The same listener's configuration for QUIC (HTTP/3): the same certificates, client
+/// verification and suites, TLS 1.3 only (the only version QUIC carries) and ALPN `h3`.
+pub fn quic_server_config(
+    settings: &TlsSettings,
+    tickets: &Arc<dyn ProducesTickets>,
+) -> Result<ServerConfig, rustls::Error> {
+    build(settings, &[&rustls::version::TLS13], &[b"h3"], tickets)
+}
+
+fn build(
+    settings: &TlsSettings,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    alpn: &[&[u8]],
+    tickets: &Arc<dyn ProducesTickets>,
+) -> Result<ServerConfig, rustls::Error> {
     let provider = settings.policy.provider();
-    let builder = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(settings.policy.versions())?;
+    let builder =
+        ServerConfig::builder_with_provider(provider.clone()).with_protocol_versions(versions)?;
     let builder = match &settings.client_ca {
         Some(roots) => {
             // Every client must present a certificate chaining to the CA: the handshake fails
@@ -49,11 +72,7 @@ pub fn server_config(
     };
     let resolver = SniResolver::new(Some(settings.default.clone()), &settings.sni);
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = if http2 {
-        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
-    } else {
-        vec![b"http/1.1".to_vec()]
-    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Resumption: stateless tickets (TLS 1.2 and 1.3), sealed with the node's keys so that
     // they open on every node with the same keys and after a reload; plus the default
     // in-memory session cache for TLS 1.2 clients without tickets (this configuration's own).
@@ -61,7 +80,7 @@ pub fn server_config(
         tickets.clone(),
         settings.client_ca.as_deref(),
     ));
-    Ok(Arc::new(config))
+    Ok(config)
 }
 
 /// What the handshake established about the client, passed on to backends as headers.
@@ -73,11 +92,13 @@ pub struct ClientIdentity {
 
 impl ClientIdentity {
     pub fn from_connection(conn: &rustls::ServerConnection) -> Self {
+        Self::from_chain(conn.peer_certificates())
+    }
+
+    /// From the chain the client presented (verified by the handshake), if any.
+    pub fn from_chain(chain: Option<&[rustls_pki_types::CertificateDer<'_>]>) -> Self {
         ClientIdentity {
-            subject: conn
-                .peer_certificates()
-                .and_then(|chain| chain.first())
-                .and_then(certs::subject),
+            subject: chain.and_then(|c| c.first()).and_then(certs::subject),
         }
     }
 }

@@ -1,0 +1,393 @@
+//! HTTP/3 on an https listener (`--http3 on`): QUIC on the listener's port over UDP, one
+//! endpoint per worker (SO_REUSEPORT sockets, as the TCP side), each request through the same
+//! routes, balancing and headers as HTTP/1.1 and HTTP/2. Backends still get HTTP/1.1.
+mod body;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::h3::error::Code;
+use ::h3::server::{RequestResolver, RequestStream};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::header::HeaderValue;
+use hyper::{Request, Response};
+use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
+use rustls_pki_types::CertificateDer;
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, warn};
+
+use super::{ListenerContext, Open, Slot, log_request};
+use crate::config::Timeouts;
+use crate::proxy::headers::ConnInfo;
+use crate::tls::ClientIdentity;
+use body::RequestBody;
+
+/// Limits, as HTTP/2's (see [`super::h2`]) where the protocols share them.
+pub mod limits {
+    use std::time::Duration;
+
+    /// Requests one connection may have in flight (QUIC's bidirectional stream limit); the
+    /// client cannot open more until one ends.
+    pub const MAX_CONCURRENT_STREAMS: u32 = super::super::h2::MAX_CONCURRENT_STREAMS;
+    /// Unidirectional streams a client may open: HTTP/3 needs three (control, QPACK encoder
+    /// and decoder); a few more for the reserved (GREASE) kinds clients send.
+    pub const MAX_UNI_STREAMS: u32 = 8;
+    /// SETTINGS_MAX_FIELD_SECTION_SIZE: one request's decoded header block (as HTTP/2's
+    /// header list limit). QPACK's dynamic table is not offered (h3 encodes statically).
+    pub const MAX_FIELD_SECTION_SIZE: u64 = super::super::h2::MAX_HEADER_LIST_SIZE as u64;
+    /// Flow-control windows for request bodies, per stream and per connection.
+    pub const STREAM_WINDOW: u32 = super::super::h2::STREAM_WINDOW;
+    pub const CONNECTION_WINDOW: u32 = super::super::h2::CONNECTION_WINDOW;
+    /// Response bytes in flight per connection, not yet acknowledged by the client.
+    pub const SEND_WINDOW: u64 = 4 * 1024 * 1024;
+    /// A peer silent this long (not even acknowledging) is gone: QUIC's idle timeout. The
+    /// listener's own idle timeout (no requests) is enforced above it.
+    pub const TRANSPORT_IDLE: Duration = Duration::from_secs(30);
+    /// PINGs while a connection is open, so that a request waiting on a slow backend is not
+    /// mistaken for a dead peer by either side.
+    pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
+}
+
+/// H3_NO_ERROR (RFC 9114 8.1), closing a connection that is done.
+const H3_NO_ERROR: u32 = 0x100;
+
+/// `count` UDP sockets on `addr`, one per worker, all bound before any is used.
+pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
+    (0..count.max(1))
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+            socket.set_reuse_port(true)?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(false)?;
+            }
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            Ok(socket.into())
+        })
+        .collect()
+}
+
+/// The QUIC server configuration of a listener: its TLS (see
+/// [`crate::tls::quic_server_config`]) and the limits above.
+pub fn server_config(tls: rustls::ServerConfig) -> Result<Arc<quinn::ServerConfig>, rustls::Error> {
+    let crypto = QuicServerConfig::try_from(tls)
+        .map_err(|e| rustls::Error::General(format!("QUIC: {e}")))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(limits::MAX_CONCURRENT_STREAMS.into())
+        .max_concurrent_uni_streams(limits::MAX_UNI_STREAMS.into())
+        .stream_receive_window(limits::STREAM_WINDOW.into())
+        .receive_window(limits::CONNECTION_WINDOW.into())
+        .send_window(limits::SEND_WINDOW)
+        .keep_alive_interval(Some(limits::KEEP_ALIVE))
+        .max_idle_timeout(limits::TRANSPORT_IDLE.try_into().ok());
+    config.transport_config(Arc::new(transport));
+    // Each worker's endpoint knows only its own connections, and the kernel picks the worker
+    // by the client's address and port: a client that moved would reach one that does not
+    // know it. Telling clients not to migrate keeps them where they are.
+    config.migration(false);
+    Ok(Arc::new(config))
+}
+
+/// The `Alt-Svc` value that advertises HTTP/3 on `port` for a day (as nginx's examples).
+pub fn alt_svc(port: u16) -> HeaderValue {
+    HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
+        .unwrap_or_else(|_| HeaderValue::from_static("clear"))
+}
+
+/// Serves QUIC on `socket` (one worker's) until `stop` turns true: new connections are then
+/// refused, and open ones get GOAWAY and finish the requests they have in flight.
+pub async fn serve_endpoint(
+    socket: std::net::UdpSocket,
+    ctx: Arc<ListenerContext>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let port = socket.local_addr().map_or(0, |a| a.port());
+    let Some(initial) = ctx.live.load().quic.clone() else {
+        return;
+    };
+    let endpoint = match quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some((*initial).clone()),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            warn!(error = %e, "cannot start the QUIC endpoint");
+            return;
+        }
+    };
+    loop {
+        if *stop.borrow_and_update() {
+            break;
+        }
+        tokio::select! {
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                accept(incoming, &ctx, &stop, port);
+            }
+            changed = stop.changed() => if changed.is_err() { break },
+        }
+    }
+    // Packets of new connections are answered with a refusal from now on; open connections
+    // keep the endpoint running until they end.
+    endpoint.set_server_config(None);
+    endpoint.wait_idle().await;
+}
+
+/// One connection attempt: dropped unanswered when access control refuses the client (as the
+/// XDP program does), refused at `--max-connections`, else served.
+fn accept(
+    incoming: quinn::Incoming,
+    ctx: &Arc<ListenerContext>,
+    stop: &watch::Receiver<bool>,
+    port: u16,
+) {
+    let peer = incoming.remote_address();
+    let live = ctx.live.load();
+    if !live.access.admits(peer.ip()) {
+        debug!(client = %peer, "QUIC connection refused by access control");
+        ctx.metrics.refused("access_control");
+        incoming.ignore();
+        return;
+    }
+    let Some(config) = live.quic.clone() else {
+        incoming.refuse();
+        return;
+    };
+    let Some(slot) = ctx.limit.try_acquire() else {
+        debug!(client = %peer, "QUIC connection refused: --max-connections reached");
+        ctx.metrics.refused("max_connections");
+        incoming.refuse();
+        return;
+    };
+    let local = SocketAddr::new(
+        incoming
+            .local_ip()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        port,
+    );
+    tokio::spawn(serve_connection(
+        incoming,
+        config,
+        ctx.clone(),
+        slot,
+        stop.clone(),
+        local,
+    ));
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    config: Arc<quinn::ServerConfig>,
+    ctx: Arc<ListenerContext>,
+    _slot: Slot,
+    mut stop: watch::Receiver<bool>,
+    local: SocketAddr,
+) {
+    let peer = incoming.remote_address();
+    let _open = (ctx.metrics.connection_opened(), Open::new(&ctx.open));
+    let timeouts = ctx.live.load().routes.settings.timeouts;
+    let handshake = async {
+        let connecting = incoming.accept_with(config)?;
+        connecting.await
+    };
+    let conn = match tokio::time::timeout(timeouts.handshake, handshake).await {
+        Ok(Ok(conn)) => {
+            ctx.metrics.handshake("ok");
+            conn
+        }
+        Ok(Err(e)) => {
+            ctx.metrics.handshake(handshake_failure(&e));
+            debug!(client = %peer, error = %e, "QUIC handshake failed");
+            return;
+        }
+        Err(_) => {
+            ctx.metrics.handshake("timeout");
+            debug!(client = %peer, "QUIC handshake timed out");
+            return;
+        }
+    };
+    let sni = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<HandshakeData>().ok())
+        .and_then(|d| d.server_name);
+    let chain = conn
+        .peer_identity()
+        .and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let identity = ClientIdentity::from_chain(chain.as_deref().map(Vec::as_slice));
+    let info = Arc::new(ConnInfo::new(peer, local, "https", identity, sni));
+    let quic = conn.clone();
+    let mut h3 = match ::h3::server::builder()
+        .max_field_section_size(limits::MAX_FIELD_SECTION_SIZE)
+        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+        .await
+    {
+        Ok(h3) => h3,
+        Err(e) => {
+            debug!(client = %peer, error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+    };
+    let mut requests = JoinSet::new();
+    let mut stopping = false;
+    // The listener's idle timeout: no request in flight for this long closes the connection
+    // (0: after the first response). QUIC's own idle timeout only finds dead peers.
+    let idle = tokio::time::sleep(timeouts.idle.max(Duration::from_millis(1)));
+    tokio::pin!(idle);
+    let mut served = false;
+    loop {
+        tokio::select! {
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    served = true;
+                    requests.spawn(serve_request(resolver, info.clone(), ctx.clone(), timeouts));
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(client = %peer, error = %e, "HTTP/3 connection ended");
+                    return;
+                }
+            },
+            Some(_) = requests.join_next(), if !requests.is_empty() => {
+                if requests.is_empty() {
+                    if stopping || (timeouts.idle.is_zero() && served) {
+                        break;
+                    }
+                    idle.as_mut().reset(tokio::time::Instant::now() + timeouts.idle);
+                }
+            }
+            () = &mut idle, if requests.is_empty() && !stopping => {
+                debug!(client = %peer, timeout = ?timeouts.idle, "idle: closing");
+                break;
+            }
+            _ = stop.changed(), if !stopping => {
+                // GOAWAY: the client opens no more requests here; those in flight finish.
+                stopping = true;
+                let _ = h3.shutdown(0).await;
+                if requests.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    if !stopping {
+        let _ = h3.shutdown(0).await;
+    }
+    while requests.join_next().await.is_some() {}
+    quic.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
+}
+
+/// Why a QUIC handshake failed, in the words of the TCP side's `handshake` metric.
+fn handshake_failure(e: &quinn::ConnectionError) -> &'static str {
+    use quinn::ConnectionError as E;
+    match e {
+        E::TimedOut => "timeout",
+        E::TransportError(t) => match u64::from(t.code) {
+            // TLS alerts travel as 0x100 + alert (RFC 9001 4.8).
+            0x174 => "no_client_certificate",
+            0x12a | 0x12b | 0x12c | 0x12d | 0x12e | 0x130 => "bad_certificate",
+            0x178 => "no_application_protocol",
+            0x128 | 0x146 => "incompatible",
+            0x100..=0x1ff => "protocol_error",
+            _ => "other",
+        },
+        E::ConnectionClosed(_) | E::ApplicationClosed(_) => "alert_received",
+        E::Reset => "reset",
+        _ => "other",
+    }
+}
+
+type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+
+/// One request: its head (within the request timeout), the routes' answer, and the response
+/// sent back on the stream.
+async fn serve_request(
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    conn: Arc<ConnInfo>,
+    ctx: Arc<ListenerContext>,
+    timeouts: Timeouts,
+) {
+    let resolved = match tokio::time::timeout(timeouts.request, resolver.resolve_request()).await {
+        Ok(Ok(resolved)) => resolved,
+        Ok(Err(e)) => {
+            debug!(client = %conn.peer, error = %e, "HTTP/3 request refused");
+            return;
+        }
+        Err(_) => {
+            debug!(client = %conn.peer, timeout = ?timeouts.request, "HTTP/3 request head not received in time");
+            return;
+        }
+    };
+    let (req, stream): (Request<()>, _) = resolved;
+    let (mut send, recv) = stream.split();
+    let req = req.map(|()| RequestBody::new(recv));
+    let started = std::time::Instant::now();
+    let request_line = ctx
+        .access_log
+        .is_some()
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
+    // Routes are read per request: a reload reaches open connections too.
+    let live = ctx.live.load_full();
+    let (resp, served) = Box::pin(live.routes.handle(req, &conn)).await;
+    let took = started.elapsed();
+    ctx.metrics.observe(took);
+    if let (Some(listener), Some((method, path))) = (&ctx.access_log, request_line) {
+        log_request(
+            listener,
+            &conn,
+            &live.routes,
+            &method,
+            &path,
+            served,
+            resp.status(),
+            took,
+        );
+    }
+    if let Err(e) = send_response(&mut send, resp, timeouts.request).await {
+        debug!(client = %conn.peer, error = %e, "HTTP/3 response not sent");
+        send.stop_stream(Code::H3_REQUEST_CANCELLED);
+    }
+}
+
+/// Why a response could not be sent whole.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    #[error("{0}")]
+    Stream(#[from] ::h3::error::StreamError),
+    #[error("response body: {0}")]
+    Body(crate::proxy::body::BoxError),
+    #[error("client not reading its response for {0:?}")]
+    NotReading(Duration),
+}
+
+/// Sends `resp`, each write within `limit` (a client that stops reading is let go of).
+async fn send_response(
+    send: &mut SendStream,
+    resp: Response<crate::proxy::ProxyBody>,
+    limit: Duration,
+) -> Result<(), SendError> {
+    let (parts, mut body) = resp.into_parts();
+    send.send_response(Response::from_parts(parts, ())).await?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(SendError::Body)?;
+        match frame.into_data() {
+            Ok(data) => tokio::time::timeout(limit, send.send_data(data))
+                .await
+                .map_err(|_| SendError::NotReading(limit))??,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    send.send_trailers(trailers).await?;
+                }
+            }
+        }
+    }
+    send.finish().await?;
+    Ok(())
+}

@@ -1,0 +1,306 @@
+//! HTTP/3 (`--http3 on`) with an independent client, Python's aioquic: requests through to
+//! real backends with the listener's rules and headers, Alt-Svc on HTTP/1.1 and HTTP/2, SNI
+//! and mutual TLS over QUIC, the listener's access control at the XDP program for its UDP port,
+//! and a drain that lets requests in flight finish.
+use std::time::Duration;
+
+use edgelb_tests::backend::Backend;
+use edgelb_tests::daemon::{Daemon, xdp_counter};
+use edgelb_tests::h3::{self, Request};
+use edgelb_tests::https::{self, ClientOpts, get};
+use edgelb_tests::listener::{SERVER_NAME, Setup};
+use edgelb_tests::netns::{CLIENT_A_V4, CLIENT_B_V4, ClientLb, LB_V4};
+use edgelb_tests::packet::parse;
+use edgelb_tests::privilege::root_or_skip;
+
+fn lines(body: &str) -> Vec<&str> {
+    body.lines().collect()
+}
+
+#[tokio::test]
+async fn requests_over_http3_reach_the_backend_as_over_http2_and_alt_svc_advertises_it() {
+    if !h3::client_or_skip("requests_over_http3_reach_the_backend") {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--http3",
+        "on",
+        "--transfer-lb-ip",
+        "--rule",
+        "name=maintenance;path=/maintenance;action=fixed:503:text/plain:back soon",
+        "--access-log",
+    ]);
+    let port = addr.port();
+    let client = Request::get(&s.ca.cert_pem, SERVER_NAME);
+
+    let replies = client
+        .send(None, "127.0.0.1", port, &["/", "/echo", "/maintenance"])
+        .unwrap_or_else(|e| panic!("HTTP/3 GETs: {e:?}\n{}", lb.log()));
+    assert_eq!(replies.len(), 3);
+    assert_eq!(
+        (replies[0].status, replies[0].body.as_str()),
+        (200, "backend a\n")
+    );
+    assert_eq!(replies[0].header("x-backend"), Some("a"));
+    let echo = lines(&replies[1].body);
+    for expected in [
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-proto: https",
+        "host: edgelb.test",
+        "x-forwarded-elb-ip: 127.0.0.1",
+    ] {
+        assert!(echo.contains(&expected), "{expected:?} missing: {echo:?}");
+    }
+    // The rule answers, as it does over HTTP/1.1 and HTTP/2.
+    assert_eq!(
+        (replies[2].status, replies[2].body.as_str()),
+        (503, "back soon")
+    );
+
+    let mut post = client.clone();
+    post.method = "POST";
+    post.data = Some("hello over quic");
+    let replies = post
+        .send(None, "127.0.0.1", port, &["/echo"])
+        .unwrap_or_else(|e| panic!("HTTP/3 POST: {e:?}"));
+    assert_eq!(replies[0].status, 200);
+    assert!(
+        lines(&replies[0].body).contains(&"body-bytes: 15"),
+        "{}",
+        replies[0].body
+    );
+    assert_eq!(backend.served(), 3);
+
+    // HTTP/1.1 and HTTP/2 answers advertise HTTP/3 on the same port.
+    let want = format!("h3=\":{port}\"; ma=86400");
+    for alpn in [&[&b"h2"[..]][..], &[&b"http/1.1"[..]][..]] {
+        let mut opts = ClientOpts::new(&s.ca.cert_pem);
+        opts.alpn = alpn;
+        let reply = https::send(addr, SERVER_NAME, opts.config(), get("/"))
+            .await
+            .expect("a TCP request");
+        assert_eq!(
+            reply.headers.get("alt-svc").and_then(|v| v.to_str().ok()),
+            Some(want.as_str()),
+            "{alpn:?}"
+        );
+    }
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("method=POST path=\"/echo\"") && log.contains("status=503"),
+        "HTTP/3 requests are in the access log:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn without_http3_there_is_no_quic_and_no_alt_svc() {
+    if !h3::client_or_skip("without_http3_there_is_no_quic_and_no_alt_svc") {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (_lb, addr) = s.start(&["--backend", &be]);
+    let mut client = Request::get(&s.ca.cert_pem, SERVER_NAME);
+    client.timeout = 1.0;
+    let failed = client
+        .send(None, "127.0.0.1", addr.port(), &["/"])
+        .expect_err("HTTP/3 answered with --http3 off");
+    assert_eq!(failed.code, Some(2), "{failed:?}");
+    let reply = https::send(
+        addr,
+        SERVER_NAME,
+        ClientOpts::new(&s.ca.cert_pem).config(),
+        get("/"),
+    )
+    .await
+    .expect("HTTPS");
+    assert!(reply.headers.get("alt-svc").is_none());
+}
+
+#[test]
+fn sni_and_mutual_tls_apply_to_quic() {
+    if !h3::client_or_skip("sni_and_mutual_tls_apply_to_quic") {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let shop = s.ca.server(&s.dir, "shop", &["shop.example.com"], &[]);
+    let sni = format!(
+        "shop.example.com={}:{}",
+        shop.cert.display(),
+        shop.key.display()
+    );
+    let clients = edgelb_tests::pki::Ca::new(&s.dir, "clients");
+    let other = edgelb_tests::pki::Ca::new(&s.dir, "other");
+    let good = clients.client(&s.dir, "good", "client-1");
+    let stranger = other.client(&s.dir, "stranger", "client-2");
+    let client_ca = clients.cert_pem.display().to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--http3",
+        "on",
+        "--sni-cert",
+        &sni,
+        "--client-ca",
+        &client_ca,
+    ]);
+    let port = addr.port();
+
+    // aioquic verifies the certificate against the name it sends: only the SNI certificate
+    // passes for shop.example.com, only the default one for edgelb.test.
+    let mut ok = Request::get(&s.ca.cert_pem, "shop.example.com");
+    ok.client_cert = Some((&good.cert, &good.key));
+    let reply = ok
+        .send(None, "127.0.0.1", port, &["/echo"])
+        .unwrap_or_else(|e| {
+            panic!(
+                "SNI name with a good client certificate: {e:?}\n{}",
+                lb.log()
+            )
+        });
+    assert_eq!(reply[0].status, 200);
+    let echo = lines(&reply[0].body);
+    assert!(echo.contains(&"host: shop.example.com"), "{echo:?}");
+    assert!(echo.contains(&"x-client-verify: SUCCESS"), "{echo:?}");
+    assert!(
+        echo.contains(&"x-client-cert-subject: CN=client-1, O=edgelb tests"),
+        "{echo:?}"
+    );
+    let mut default_name = ok.clone();
+    default_name.server_name = SERVER_NAME;
+    assert_eq!(
+        default_name
+            .send(None, "127.0.0.1", port, &["/"])
+            .expect("the default certificate")[0]
+            .status,
+        200
+    );
+
+    let mut none = Request::get(&s.ca.cert_pem, SERVER_NAME);
+    none.timeout = 2.0;
+    let mut wrong = none.clone();
+    wrong.client_cert = Some((&stranger.cert, &stranger.key));
+    for (what, client) in [("no certificate", none), ("another CA's", wrong)] {
+        let failed = client
+            .send(None, "127.0.0.1", port, &["/"])
+            .expect_err(what);
+        assert!(matches!(failed.code, Some(2 | 3)), "{what}: {failed:?}");
+    }
+    assert_eq!(backend.served(), 2, "an unauthenticated client was served");
+}
+
+#[test]
+fn a_drain_lets_http3_requests_in_flight_finish() {
+    if !h3::client_or_skip("a_drain_lets_http3_requests_in_flight_finish") {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start_delayed("slow", "127.0.0.1:0", Duration::from_millis(1500));
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &be, "--http3", "on", "--drain-timeout", "10"]);
+    let ca = s.ca.cert_pem.clone();
+    let port = addr.port();
+    let request = std::thread::spawn(move || {
+        Request::get(&ca, SERVER_NAME).send(None, "127.0.0.1", port, &["/"])
+    });
+    // The request reaches the backend, then the daemon is told to stop.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backend.served() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(backend.served(), 1, "the request never reached the backend");
+    let (status, log) = lb.stop();
+    let reply = request.join().expect("client thread");
+    let reply = reply.unwrap_or_else(|e| panic!("the request in flight was cut: {e:?}\n{log}"));
+    assert_eq!(
+        (reply[0].status, reply[0].body.as_str()),
+        (200, "backend slow\n")
+    );
+    assert!(status.success(), "{log}");
+}
+
+/// As root: the client and edgelb in namespaces joined by a veth pair, edgelb's XDP program
+/// attached in native mode. The listener's access control covers its UDP port: a client the
+/// whitelist does not name has its QUIC packets dropped at XDP and never reaches userspace.
+#[test]
+fn the_access_control_of_an_http3_listener_drops_quic_at_xdp() {
+    if !root_or_skip("the_access_control_of_an_http3_listener_drops_quic_at_xdp")
+        || !h3::client_or_skip("the_access_control_of_an_http3_listener_drops_quic_at_xdp")
+    {
+        return;
+    }
+    let topo = ClientLb::new();
+    let dir = edgelb_tests::certs::TempDir::new();
+    let cert = edgelb_tests::certs::self_signed(&dir, "lb", &[parse(LB_V4)]);
+    let backend = Backend::start("b1", "127.0.0.1:0", Some(&topo.lb.path()));
+    let (cert_path, key_path, be) = (
+        cert.cert.display().to_string(),
+        cert.key.display().to_string(),
+        backend.addr.to_string(),
+    );
+    for (mode, served, dropped) in [
+        ("whitelist", CLIENT_A_V4, CLIENT_B_V4),
+        ("blacklist", CLIENT_B_V4, CLIENT_A_V4),
+    ] {
+        let ip_group = format!("{CLIENT_A_V4}/32");
+        let d = Daemon::start(
+            Some(&topo.lb),
+            &[
+                "--listen",
+                "[::]:8443",
+                "--cert",
+                &cert_path,
+                "--key",
+                &key_path,
+                "--backend",
+                &be,
+                "--http3",
+                "on",
+                "--access-control",
+                mode,
+                "--ip-group",
+                &ip_group,
+                "--xdp-iface",
+                &topo.lb_if,
+                "--xdp-mode",
+                "native",
+            ],
+            dir.path(),
+        );
+        let mut client = Request::get(&cert.cert, LB_V4);
+        client.bind = Some(served);
+        let reply = client
+            .send(Some(&topo.client), LB_V4, 8443, &["/"])
+            .unwrap_or_else(|e| panic!("{mode}: {served} over HTTP/3: {e:?}\n{}", d.log()));
+        assert_eq!(
+            (reply[0].status, reply[0].body.as_str()),
+            (200, "backend b1\n")
+        );
+
+        client.bind = Some(dropped);
+        client.timeout = 1.5;
+        let failed = client
+            .send(Some(&topo.client), LB_V4, 8443, &["/"])
+            .expect_err("a refused client was served over HTTP/3");
+        assert_eq!(failed.code, Some(2), "{mode}: {failed:?}");
+        let (status, log) = d.stop();
+        assert!(status.success(), "{log}");
+        // Its Initial packet and the client's retransmissions, each dropped at the NIC.
+        let drops = xdp_counter(&log, "listener-1", "dropped_acl");
+        assert!(drops >= 2, "{mode}: dropped_acl={drops}:\n{log}");
+        assert!(
+            !log.contains("QUIC connection refused by access control"),
+            "{mode}: a refused client reached userspace:\n{log}"
+        );
+    }
+    assert_eq!(backend.served(), 2);
+}
