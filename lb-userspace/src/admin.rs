@@ -50,6 +50,35 @@ pub struct NodeView {
     pub bgp: Option<crate::bgp::BgpView>,
     /// Where the configuration comes from when it is etcd; None for flags and files.
     pub etcd: Option<EtcdView>,
+    /// Every certificate the https listeners serve: from files, and from ACME.
+    pub certificates: Vec<CertificateView>,
+}
+
+/// One certificate as `/status` shows it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CertificateView {
+    pub listener: String,
+    /// `file` (`--cert`, `--sni-cert`) or `acme`.
+    pub source: &'static str,
+    /// The names it serves (for a file certificate, the SNI entry or the certificate's own).
+    pub names: Vec<String>,
+    /// The file, for a file certificate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Unix seconds; None for an ACME certificate not issued yet.
+    pub not_after: Option<i64>,
+    /// Seconds left until `not_after` (negative once expired).
+    pub expires_in_seconds: Option<i64>,
+    /// ACME: when it is renewed, why the last order failed, failures since the last success,
+    /// and when the next attempt is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub renew_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failures: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<i64>,
 }
 
 /// The configuration's source in etcd, as `/status` shows it.
@@ -112,6 +141,7 @@ struct Status<'a> {
     xdp: XdpStatus,
     bgp: Option<&'a crate::bgp::BgpView>,
     etcd: Option<&'a EtcdView>,
+    certificates: &'a [CertificateView],
 }
 
 #[derive(Serialize)]
@@ -173,6 +203,7 @@ impl AdminState {
             },
             bgp: view.bgp.as_ref(),
             etcd: view.etcd.as_ref(),
+            certificates: &view.certificates,
         };
         serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }

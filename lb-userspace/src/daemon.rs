@@ -17,7 +17,7 @@ use crate::cli::RunArgs;
 use crate::config::SynProtection;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
-use crate::metrics::Metrics;
+use crate::metrics::{CertificateMetric, Metrics};
 use crate::nexthop::{NextHops, Watch};
 use crate::node::{GroupRuntime, Node};
 use crate::reloads::{ReloadError, Reloads, Waiter};
@@ -242,6 +242,11 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
             _ = refresh.tick() => {
                 ticks += 1;
+                if ticks.is_multiple_of(86_400) {
+                    for w in node.config.expiring_certificates(crate::acme::unix_now()) {
+                        warn!("{w}");
+                    }
+                }
                 if ticks.is_multiple_of(next_hop_ticks) || !hops.all_resolved(&node.l4_backends()) {
                     refresh_next_hops(&mut hops, &node, dataplane.as_mut());
                 }
@@ -622,6 +627,15 @@ fn refresh_status(
             .collect()
     });
     let mut view = node.view(attached);
+    state
+        .metrics
+        .set_certificates(view.certificates.iter().map(|c| CertificateMetric {
+            listener: &c.listener,
+            source: c.source,
+            name: c.names.first().map_or("", String::as_str),
+            expires_in_seconds: c.expires_in_seconds,
+            acme_failures: c.failures,
+        }));
     view.bgp = bgp.map(Announcer::view);
     if let Some(b) = &view.bgp {
         state.metrics.set_bgp(b);

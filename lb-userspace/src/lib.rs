@@ -1,6 +1,7 @@
 //! edgelb: a load balancer for Linux edge nodes. The binary's pieces, as a library so that the
 //! integration tests drive the same code.
 pub mod acl;
+pub mod acme;
 pub mod admin;
 pub mod balance;
 pub mod bgp;

@@ -74,6 +74,28 @@ pub struct Metrics {
     reloads: Counter,
     bgp_peer_established: Family<PeerLabels, Gauge>,
     bgp_announced: Gauge,
+    certificate_expiry: Family<CertificateLabels, Gauge>,
+    acme_failures: Family<ListenerLabels, Gauge>,
+}
+
+/// One certificate's figures for [`Metrics::set_certificates`].
+pub struct CertificateMetric<'a> {
+    pub listener: &'a str,
+    pub source: &'a str,
+    /// Its first name.
+    pub name: &'a str,
+    pub expires_in_seconds: Option<i64>,
+    /// ACME certificates: orders failed in a row.
+    pub acme_failures: Option<u32>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CertificateLabels {
+    listener: String,
+    /// `file` or `acme`.
+    source: String,
+    /// The certificate's first name.
+    name: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -186,6 +208,18 @@ impl Metrics {
             "1 while the BGP session with the peer is established",
             bgp_peer_established.clone(),
         );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_seconds",
+            "Seconds until each served certificate expires (negative once expired), by listener, source (file or acme) and first name",
+            certificate_expiry.clone(),
+        );
+        let acme_failures = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "acme_order_failures",
+            "ACME orders failed in a row for a listener's certificate (0 after a success); the last error is in /status",
+            acme_failures.clone(),
+        );
         let bgp_announced = Gauge::default();
         registry.register(
             "bgp_announced_routes",
@@ -211,7 +245,34 @@ impl Metrics {
             reloads,
             bgp_peer_established,
             bgp_announced,
+            certificate_expiry,
+            acme_failures,
         })
+    }
+
+    /// Every certificate's time left, and each ACME certificate's failed orders: replaced
+    /// whole, so that certificates a reload removed disappear.
+    pub fn set_certificates<'a>(&self, certs: impl IntoIterator<Item = CertificateMetric<'a>>) {
+        self.certificate_expiry.clear();
+        self.acme_failures.clear();
+        for c in certs {
+            if let Some(left) = c.expires_in_seconds {
+                self.certificate_expiry
+                    .get_or_create(&CertificateLabels {
+                        listener: c.listener.to_string(),
+                        source: c.source.to_string(),
+                        name: c.name.to_string(),
+                    })
+                    .set(left);
+            }
+            if let Some(n) = c.acme_failures {
+                self.acme_failures
+                    .get_or_create(&ListenerLabels {
+                        listener: c.listener.to_string(),
+                    })
+                    .set(i64::from(n));
+            }
+        }
     }
 
     /// The Prometheus text exposition.

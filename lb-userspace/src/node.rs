@@ -15,10 +15,12 @@ use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
-use crate::admin::{GroupView, ListenerStatus, NodeView};
+use crate::acme::{Acme, DomainSet};
+use crate::admin::{CertificateView, GroupView, ListenerStatus, NodeView};
 use crate::balance::Balancer;
 use crate::config::CheckKind;
 use crate::config::bgp::BgpAnnounce;
+use crate::config::values::AcmeChallenge;
 use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig, SynProtection};
 use crate::dataplane::{
     BackendEntry, Dataplane, DataplaneError, L4Group, L4ListenerSpec, ListenerRule, SourceLimits,
@@ -104,6 +106,51 @@ pub struct Node {
     /// The ticket keys used without `--tls-ticket-key-file`: random, made at start and kept
     /// across reloads, so that sessions resume after a reload.
     own_tickets: Arc<dyn ProducesTickets>,
+    /// The ACME task and what it shares with the listeners, while a listener names
+    /// `--acme-domain`.
+    acme: Option<AcmeRuntime>,
+    /// The file certificates of the configuration in force, for `/status` and `/metrics`.
+    file_certs: Vec<CertificateView>,
+}
+
+/// The running ACME task: its certificates (kept across reloads with the same state
+/// directory) and the settings it works from.
+struct AcmeRuntime {
+    shared: Arc<Acme>,
+    settings: watch::Sender<crate::acme::Settings>,
+}
+
+/// The certificates `config`'s https listeners serve from files, as `/status` shows them.
+fn file_certificates(config: &Config) -> Vec<CertificateView> {
+    config
+        .file_certificates()
+        .into_iter()
+        .map(|c| CertificateView {
+            listener: c.listener,
+            source: "file",
+            names: c.names,
+            path: Some(c.path.display().to_string()),
+            not_after: c.not_after,
+            ..CertificateView::default()
+        })
+        .collect()
+}
+
+/// The ACME settings of `config` for the task, if it has any.
+fn acme_settings(config: &Config) -> Option<crate::acme::Settings> {
+    let acme = config.acme.clone()?;
+    Some(crate::acme::Settings {
+        config: acme,
+        sets: config
+            .listeners
+            .iter()
+            .filter(|l| !l.acme_domains.is_empty())
+            .map(|l| DomainSet {
+                listener: l.name.clone(),
+                names: l.acme_domains.clone(),
+            })
+            .collect(),
+    })
 }
 
 /// The sockets a listener serves on, bound and not yet served.
@@ -139,6 +186,7 @@ impl Node {
         let groups = build_groups(&config, &[], workers.len())?;
         let ids = assign_ids(&config, &[]);
         let tickets = ticket_keys(&config, &own_tickets);
+        let acme = acme_shared(&config, None);
         let mut prepared = Vec::new();
         for l in &config.listeners {
             prepared.push(prepare_listener(
@@ -149,6 +197,7 @@ impl Node {
                 &metrics,
                 workers.len(),
                 &tickets,
+                acme.as_ref(),
             )?);
         }
         if let Some(dp) = dataplane {
@@ -162,7 +211,11 @@ impl Node {
             metrics,
             health_changed,
             own_tickets,
+            acme: None,
+            file_certs: Vec::new(),
         };
+        node.file_certs = file_certificates(&node.config);
+        node.run_acme(acme);
         let mut sockets = Vec::new();
         for (p, id) in prepared.into_iter().zip(ids) {
             let (runtime, s) = node.new_listener(p, id);
@@ -252,6 +305,7 @@ impl Node {
     ) -> Result<(), NodeError> {
         let groups = build_groups(&fresh, &self.groups, self.workers.len())?;
         let tickets = ticket_keys(&fresh, &self.own_tickets);
+        let acme = acme_shared(&fresh, self.acme.as_ref().map(|a| &a.shared));
         let mut prepared = Vec::new();
         for l in &fresh.listeners {
             prepared.push(prepare_listener(
@@ -262,6 +316,7 @@ impl Node {
                 &self.metrics,
                 self.workers.len(),
                 &tickets,
+                acme.as_ref(),
             )?);
         }
         let ids = assign_ids(&fresh, &self.listeners);
@@ -336,7 +391,43 @@ impl Node {
             }
         }
         self.config = fresh;
+        self.file_certs = file_certificates(&self.config);
+        self.run_acme(acme);
         Ok(())
+    }
+
+    /// Starts, updates or stops the ACME task for the configuration now in force; `shared` is
+    /// what its listeners were built with.
+    fn run_acme(&mut self, shared: Option<Arc<Acme>>) {
+        let (Some(shared), Some(settings)) = (shared, acme_settings(&self.config)) else {
+            // Dropping the sender ends the task.
+            self.acme = None;
+            return;
+        };
+        match &self.acme {
+            Some(running) if Arc::ptr_eq(&running.shared, &shared) => {
+                running.settings.send_if_modified(|s| {
+                    let changed = *s != settings;
+                    *s = settings;
+                    changed
+                });
+            }
+            _ => {
+                let (tx, rx) = watch::channel(settings);
+                crate::acme::spawn(shared.clone(), rx);
+                self.acme = Some(AcmeRuntime {
+                    shared,
+                    settings: tx,
+                });
+            }
+        }
+    }
+
+    /// The ACME certificates' state, for `/status` and `/metrics`.
+    pub fn acme_status(&self) -> Vec<crate::acme::CertStatus> {
+        self.acme
+            .as_ref()
+            .map_or_else(Vec::new, |a| a.shared.status())
     }
 
     /// Stops accepting on every listener; open connections finish what is in flight.
@@ -421,7 +512,31 @@ impl Node {
             xdp_attached,
             bgp: None,
             etcd: None,
+            certificates: self.certificates(),
         }
+    }
+
+    /// Every certificate of the https listeners: the files' (read at start and on reload) and
+    /// the ACME task's, with the seconds each has left.
+    fn certificates(&self) -> Vec<CertificateView> {
+        let now = crate::acme::unix_now();
+        let mut out = self.file_certs.clone();
+        out.extend(self.acme_status().into_iter().map(|s| CertificateView {
+            listener: s.listener,
+            source: "acme",
+            names: s.names,
+            path: None,
+            not_after: s.not_after,
+            expires_in_seconds: None,
+            renew_at: s.renew_at,
+            last_error: s.last_error,
+            failures: Some(s.failures),
+            retry_at: s.retry_at,
+        }));
+        for c in &mut out {
+            c.expires_in_seconds = c.not_after.map(|t| t - now);
+        }
+        out
     }
 }
 
@@ -591,6 +706,17 @@ fn ticket_keys(config: &Config, own: &Arc<dyn ProducesTickets>) -> Arc<dyn Produ
     }
 }
 
+/// What the ACME task of `config` shares with its listeners: the running one's while the state
+/// directory stays the same (its certificates are served on at once), else a new one.
+fn acme_shared(config: &Config, running: Option<&Arc<Acme>>) -> Option<Arc<Acme>> {
+    let dir = &config.acme.as_ref()?.state_dir;
+    Some(match running {
+        Some(r) if r.state_dir() == dir => r.clone(),
+        _ => Acme::new(dir.clone()),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn prepare_listener(
     l: &ListenerConfig,
     config: &Config,
@@ -599,7 +725,22 @@ fn prepare_listener(
     metrics: &Metrics,
     workers: usize,
     tickets: &Arc<dyn ProducesTickets>,
+    acme: Option<&Arc<Acme>>,
 ) -> Result<Prepared, NodeError> {
+    let challenge = config.acme.as_ref().map(|a| a.challenge);
+    let acme_names =
+        acme.filter(|_| !l.acme_domains.is_empty())
+            .map(|acme| crate::tls::AcmeNames {
+                acme: acme.clone(),
+                names: l.acme_domains.clone().into(),
+                tls_alpn: challenge == Some(AcmeChallenge::TlsAlpn01),
+            });
+    // HTTP-01 answers on every http listener (the CA asks on port 80, whichever it is).
+    let acme_http = acme
+        .filter(|_| {
+            l.protocol == FrontendProtocol::Http && challenge == Some(AcmeChallenge::Http01)
+        })
+        .cloned();
     // A listener keeps its sockets when only its settings change; a tcp/udp listener has
     // none (the XDP program forwards its packets), so changing to or from one starts anew.
     let kept = running.iter().any(|r| {
@@ -639,7 +780,7 @@ fn prepare_listener(
     };
     let quic = match (&l.tls, l.http3) {
         (Some(tls), true) => Some(
-            crate::tls::quic_server_config(&tls.settings, tickets)
+            crate::tls::quic_server_config(&tls.settings, tickets, acme_names.as_ref())
                 .and_then(crate::server::http3::server_config)
                 .map_err(|source| NodeError::ServerTls {
                     listener: l.name.clone(),
@@ -653,12 +794,11 @@ fn prepare_listener(
         .map(|_| crate::server::http3::alt_svc(l.listen.port()));
     let tls = match &l.tls {
         Some(tls) => Some(TlsAcceptor::from(
-            crate::tls::server_config(&tls.settings, l.http2, tickets).map_err(|source| {
-                NodeError::ServerTls {
+            crate::tls::server_config(&tls.settings, l.http2, tickets, acme_names.as_ref())
+                .map_err(|source| NodeError::ServerTls {
                     listener: l.name.clone(),
                     source,
-                }
-            })?,
+                })?,
         )),
         None => None,
     };
@@ -684,6 +824,7 @@ fn prepare_listener(
             http2: l.http2,
             quic: quic.clone(),
             alt_svc: alt_svc.clone(),
+            acme_http: acme_http.clone(),
             routes: Routes {
                 rules: l.rules.clone(),
                 groups: groups

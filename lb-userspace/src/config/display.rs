@@ -57,6 +57,9 @@ impl Config {
                 None => writeln!(f, "  ssl-auth        one-way")?,
             }
             writeln!(f, "  tls-policy      {}", tls.settings.policy)?;
+            if !l.acme_domains.is_empty() {
+                writeln!(f, "  acme-domain     {}", l.acme_domains.join(", "))?;
+            }
         }
         if l.protocol.is_l4() {
             let g = self.default_group(l);
@@ -161,6 +164,20 @@ impl Config {
                 f,
                 "  tls-tickets     random keys of this node: kept across reloads, replaced every 6 h"
             )?,
+        }
+        if let Some(a) = &self.acme {
+            writeln!(f, "acme")?;
+            writeln!(f, "  directory       {}", a.directory)?;
+            writeln!(
+                f,
+                "  email           {}",
+                a.email.as_deref().unwrap_or("(none)")
+            )?;
+            writeln!(f, "  state-dir       {}", a.state_dir.display())?;
+            writeln!(f, "  challenge       {}", a.challenge.name())?;
+            if let Some(ca) = &a.ca {
+                writeln!(f, "  ca              {}", ca.display())?;
+            }
         }
         writeln!(f, "xdp")?;
         if self.xdp.enabled() {

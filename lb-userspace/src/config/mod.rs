@@ -1,5 +1,6 @@
 //! The validated configuration: every flag parsed and range-checked once, every file it names
 //! read, so that the rest of the daemon never handles a raw string again.
+pub mod acme;
 pub mod bgp;
 mod display;
 mod error;
@@ -52,6 +53,8 @@ pub struct Config {
     /// `--tls-ticket-key-file`: the keys that encrypt every https listener's session tickets.
     /// None: random keys, which the running node makes at start and keeps across reloads.
     pub tls_tickets: Option<TicketKeyFile>,
+    /// The ACME client, when a listener names `--acme-domain`.
+    pub acme: Option<acme::AcmeConfig>,
     /// `--config`: read again on every reload.
     pub file: Option<PathBuf>,
 }
@@ -104,6 +107,8 @@ pub struct ListenerConfig {
     pub http2: bool,
     /// HTTP/3 on the listener's port over UDP (https listeners only).
     pub http3: bool,
+    /// Names to get one certificate for from the ACME CA (https listeners only).
+    pub acme_domains: Vec<String>,
     pub access: AccessControl,
     pub transfer_lb_ip: TransferLbIp,
     pub timeouts: Timeouts,
@@ -458,6 +463,7 @@ impl Config {
         check_unique_listeners(&listeners, file.as_ref().map(|f| f.path.as_path()))?;
         let xdp = xdp(&node)?;
         check_l4(&listeners, &groups, &xdp)?;
+        let acme = acme::acme(&node, &listeners)?;
         Ok(Config {
             listeners,
             groups,
@@ -465,6 +471,7 @@ impl Config {
             ops: ops(&node)?,
             bgp: bgp::bgp(&node)?,
             tls_tickets,
+            acme,
             file: flags.file.map(std::path::Path::to_path_buf),
         })
     }
@@ -748,6 +755,7 @@ fn listener(
         tls,
         http2: args.http2 == OnOff::On,
         http3: http3(args, protocol)?,
+        acme_domains: acme::domains(args, protocol)?,
         access: access_control(args, shared)?,
         transfer_lb_ip,
         timeouts,

@@ -55,6 +55,13 @@ pub struct ListenerSpec {
     #[arg(long, value_name = "PATH")]
     pub key: Option<PathBuf>,
 
+    /// A name to get a certificate for from the ACME CA (--acme-directory), repeatable: one
+    /// certificate for all the listener's names, renewed by itself. --cert stays the default
+    /// for other names and until the first is issued.
+    #[arg(long = "acme-domain", value_name = "NAME")]
+    #[serde(deserialize_with = "values::one_or_many")]
+    pub acme_domain: Vec<String>,
+
     /// Certificate for a server name, repeatable: DOMAIN=CERT:KEY, DOMAIN exact or *.wildcard.
     #[arg(long = "sni-cert", value_name = "DOMAIN=CERT:KEY")]
     #[serde(alias = "sni_certs")]
@@ -411,6 +418,36 @@ pub struct NodeSpec {
     #[arg(long, value_name = "PATH")]
     pub tls_ticket_key_file: Option<PathBuf>,
 
+    /// ACME directory to order certificates from for --acme-domain names, e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory.
+    #[arg(long, value_name = "URL")]
+    pub acme_directory: Option<String>,
+
+    /// Contact address given to the ACME CA (expiry notices).
+    #[arg(long, value_name = "EMAIL")]
+    pub acme_email: Option<String>,
+
+    /// Where ACME certificates, their keys and the account are kept (created 0700; files
+    /// 0600). Nodes sharing it share certificates: one orders, the others pick them up.
+    #[arg(long, value_name = "PATH", default_value = "/var/lib/edgelb/acme")]
+    pub acme_state_dir: PathBuf,
+
+    /// PEM CA bundle to trust for the ACME directory's HTTPS (a private ACME CA); default: the
+    /// usual public roots.
+    #[arg(long, value_name = "PATH")]
+    pub acme_ca: Option<PathBuf>,
+
+    /// How the CA checks that this node answers for a name: tls-alpn-01 on the https
+    /// listener itself (port 443 for public CAs), or http-01 on an http listener (port 80).
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "tls-alpn-01|http-01",
+        default_value = "tls-alpn-01"
+    )]
+    pub acme_challenge: values::AcmeChallenge,
+
     /// Accept private keys (--key, --sni-cert, --sticky-key-file, --tls-ticket-key-file) that
     /// group or others may read.
     #[arg(long)]
@@ -583,6 +620,10 @@ impl GroupSpec {
 impl NodeSpec {
     pub fn resolve_paths(&mut self, dir: &Path) {
         if let Some(p) = &mut self.tls_ticket_key_file {
+            under(dir, p);
+        }
+        under(dir, &mut self.acme_state_dir);
+        if let Some(p) = &mut self.acme_ca {
             under(dir, p);
         }
     }

@@ -649,7 +649,28 @@ choice!(
     super::XdpMode,
     BgpAnnounce,
     SynProtect,
+    AcmeChallenge,
 );
+
+/// `--acme-challenge`: how the ACME CA checks that this node answers for a name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AcmeChallenge {
+    /// A TLS handshake with ALPN `acme-tls/1` on the https listener (RFC 8737).
+    #[value(name = "tls-alpn-01")]
+    TlsAlpn01,
+    /// A GET of `/.well-known/acme-challenge/TOKEN` on an http listener (RFC 8555 8.3).
+    #[value(name = "http-01")]
+    Http01,
+}
+
+impl AcmeChallenge {
+    pub fn name(self) -> &'static str {
+        match self {
+            AcmeChallenge::TlsAlpn01 => "tls-alpn-01",
+            AcmeChallenge::Http01 => "http-01",
+        }
+    }
+}
 
 /// `--syn-protect`: when the XDP program answers a listener's new connections with SYN cookies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -51,6 +51,10 @@ impl Config {
                 ));
             }
         }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        out.extend(self.expiring_certificates(now));
         for g in &self.groups {
             let h = &g.health;
             if h.kind != CheckKind::Off && h.timeout > h.interval {
@@ -103,4 +107,86 @@ pub fn fd_limit() -> Option<u64> {
     nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .ok()
         .map(|(_, hard)| hard)
+}
+
+/// A file certificate this close to expiry is warned about (at start, on reload, and daily).
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+impl Config {
+    /// One line per file certificate that expires within [`EXPIRY_WARNING_DAYS`] of `now`
+    /// (unix seconds), or has expired. ACME certificates renew themselves: not here.
+    pub fn expiring_certificates(&self, now: i64) -> Vec<String> {
+        self.file_certificates()
+            .into_iter()
+            .filter_map(|c| {
+                let left = c.not_after? - now;
+                if left >= EXPIRY_WARNING_DAYS * 86_400 {
+                    return None;
+                }
+                let when = if left < 0 {
+                    format!("expired {} days ago", -left / 86_400)
+                } else {
+                    format!(
+                        "expires in {} days {} hours",
+                        left / 86_400,
+                        left % 86_400 / 3600
+                    )
+                };
+                Some(format!(
+                    "listener {:?}: certificate {} ({}) {when}: replace the file and reload",
+                    c.listener,
+                    c.path.display(),
+                    c.names.join(", "),
+                ))
+            })
+            .collect()
+    }
+}
+
+/// A certificate an https listener serves from a file (`--cert`, `--sni-cert`).
+#[derive(Clone, Debug)]
+pub struct FileCert {
+    pub listener: String,
+    /// The SNI entry's name, or the default certificate's own DNS names.
+    pub names: Vec<String>,
+    pub path: std::path::PathBuf,
+    /// Unix seconds.
+    pub not_after: Option<i64>,
+}
+
+impl Config {
+    /// Every certificate the https listeners serve from files, with its expiry.
+    pub fn file_certificates(&self) -> Vec<FileCert> {
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            let Some(tls) = &l.tls else { continue };
+            let default_names = tls
+                .settings
+                .default
+                .cert
+                .first()
+                .map(crate::tls::certs::dns_names)
+                .unwrap_or_default();
+            let sni = tls
+                .sni_files
+                .iter()
+                .zip(&tls.settings.sni)
+                .map(|((name, path, _), (_, key))| (vec![name.as_str().to_string()], key, path));
+            for (names, key, path) in
+                std::iter::once((default_names, &tls.settings.default, &tls.cert_path)).chain(sni)
+            {
+                out.push(FileCert {
+                    listener: l.name.clone(),
+                    names,
+                    path: path.clone(),
+                    not_after: key
+                        .cert
+                        .first()
+                        .and_then(crate::tls::certs::validity)
+                        .map(|(_, after)| after),
+                });
+            }
+        }
+        out
+    }
 }

@@ -54,6 +54,8 @@ pub struct Live {
     /// header that advertises it on HTTP/1.1 and HTTP/2 responses.
     pub quic: Option<Arc<quinn::ServerConfig>>,
     pub alt_svc: Option<hyper::header::HeaderValue>,
+    /// HTTP-01 answers (`--acme-challenge http-01`), on http listeners.
+    pub acme_http: Option<Arc<crate::acme::Acme>>,
 }
 
 /// What every connection of a listener on one worker shares.
@@ -229,6 +231,11 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
         }
     };
     let session = tls_stream.get_ref().1;
+    if session.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+        // The CA's TLS-ALPN-01 validation: the handshake was the answer (RFC 8737 3).
+        debug!(client = %peer, sni = ?session.server_name(), "ACME TLS-ALPN-01 validation answered");
+        return;
+    }
     let h2 = live.http2 && session.alpn_protocol() == Some(b"h2");
     let conn = ConnInfo::new(
         peer,
@@ -282,6 +289,14 @@ where
                 .is_some()
                 .then(|| (req.method().clone(), req.uri().path().to_string()));
             let routes = &live.routes;
+            if let Some(answer) = live
+                .acme_http
+                .as_ref()
+                .and_then(|acme| acme_http_answer(acme, req.uri().path()))
+            {
+                return Ok(answer
+                    .map(|b| Sending::new(WithGuard::new(b, guard), activity_for_body).boxed()));
+            }
             // Boxed: hyper keeps room for this future in every HTTP/1.1 connection (idle ones
             // too) and moves it at least twice for every HTTP/2 stream; a pointer is cheaper.
             let (mut resp, served) = Box::pin(routes.handle(req, &conn)).await;
@@ -325,6 +340,25 @@ where
         let io = Box::new(io);
         Box::pin(serve_http1(io, service, peer, activity, timeouts, ctx))
     }
+}
+
+/// The HTTP-01 answer for a validation request's path, while its validation is pending.
+fn acme_http_answer(
+    acme: &crate::acme::Acme,
+    path: &str,
+) -> Option<hyper::Response<crate::proxy::ProxyBody>> {
+    let token = path.strip_prefix(crate::acme::HTTP_CHALLENGE_PREFIX)?;
+    let answer = acme.http_challenge(token)?;
+    let mut resp = hyper::Response::new(
+        http_body_util::Full::new(bytes::Bytes::from(answer))
+            .map_err(|n| match n {})
+            .boxed(),
+    );
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/octet-stream"),
+    );
+    Some(resp)
 }
 
 /// One request's line in the access log (`--access-log`), whichever protocol carried it.

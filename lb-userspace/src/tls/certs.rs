@@ -179,6 +179,13 @@ pub fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
         .collect()
 }
 
+/// A certificate's validity, not before and not after, in unix seconds.
+pub fn validity(cert: &CertificateDer<'_>) -> Option<(i64, i64)> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let v = parsed.validity();
+    Some((v.not_before.timestamp(), v.not_after.timestamp()))
+}
+
 /// A certificate's subject as x509-parser prints it, e.g. `CN=client-1, O=Example`.
 pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

@@ -32,13 +32,37 @@ pub fn server_config(
     settings: &TlsSettings,
     http2: bool,
     tickets: &Arc<dyn ProducesTickets>,
+    acme: Option<&AcmeNames>,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let alpn: &[&[u8]] = if http2 {
-        &[b"h2", b"http/1.1"]
+    let mut alpn: Vec<&[u8]> = if http2 {
+        vec![b"h2", b"http/1.1"]
     } else {
-        &[b"http/1.1"]
+        vec![b"http/1.1"]
     };
-    build(settings, settings.policy.versions(), alpn, tickets).map(Arc::new)
+    // Last: only the CA's validation handshakes offer it, and they offer nothing else.
+    if acme.is_some_and(|a| a.tls_alpn) {
+        alpn.push(ACME_TLS_ALPN);
+    }
+    build(settings, settings.policy.versions(), &alpn, tickets, acme).map(Arc::new)
+}
+
+/// The ALPN protocol of ACME's TLS-ALPN-01 validation handshakes (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+/// Certificates that come and go while the listener runs (the ACME task's), and the answers
+/// to TLS-ALPN-01 validations of their names.
+pub trait IssuedCerts: Send + Sync {
+    fn certificate(&self, name: &str) -> Option<Arc<CertifiedKey>>;
+    fn tls_alpn_challenge(&self, name: &str) -> Option<Arc<CertifiedKey>>;
+}
+
+/// A listener's `--acme-domain` names and where their certificates are: served for those
+/// names ahead of `--sni-cert`s, and (`tls_alpn`) the TLS-ALPN-01 answers for them.
+#[derive(Clone)]
+pub struct AcmeNames {
+    pub acme: Arc<dyn IssuedCerts>,
+    pub names: Arc<[String]>,
+    pub tls_alpn: bool,
 }
 
 /// The same listener's configuration for QUIC (HTTP/3): the same certificates, client
@@ -46,8 +70,20 @@ pub fn server_config(
 pub fn quic_server_config(
     settings: &TlsSettings,
     tickets: &Arc<dyn ProducesTickets>,
+    acme: Option<&AcmeNames>,
 ) -> Result<ServerConfig, rustls::Error> {
-    build(settings, &[&rustls::version::TLS13], &[b"h3"], tickets)
+    // Validation handshakes come over TCP: QUIC serves the certificates, not the answers.
+    let acme = acme.map(|a| AcmeNames {
+        tls_alpn: false,
+        ..a.clone()
+    });
+    build(
+        settings,
+        &[&rustls::version::TLS13],
+        &[b"h3"],
+        tickets,
+        acme.as_ref(),
+    )
 }
 
 fn build(
@@ -55,6 +91,7 @@ fn build(
     versions: &[&'static rustls::SupportedProtocolVersion],
     alpn: &[&[u8]],
     tickets: &Arc<dyn ProducesTickets>,
+    acme: Option<&AcmeNames>,
 ) -> Result<ServerConfig, rustls::Error> {
     let provider = settings.policy.provider();
     let builder =
@@ -71,7 +108,11 @@ fn build(
         None => builder.with_no_client_auth(),
     };
     let resolver = SniResolver::new(Some(settings.default.clone()), &settings.sni);
-    let mut config = builder.with_cert_resolver(Arc::new(resolver));
+    let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match acme {
+        Some(acme) => Arc::new(sni::WithAcme::new(resolver, acme.clone())),
+        None => Arc::new(resolver),
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     // Resumption: stateless tickets (TLS 1.2 and 1.3), sealed with the node's keys so that
     // they open on every node with the same keys and after a reload; plus the default

@@ -152,3 +152,55 @@ mod tests {
         );
     }
 }
+
+/// A listener's resolver with its ACME certificates in front: for its `--acme-domain` names,
+/// the certificate the ACME task holds (when it holds one), and the CA's TLS-ALPN-01
+/// validation handshakes answered with the challenge certificate (or refused: nothing else
+/// may answer them).
+#[derive(Debug)]
+pub struct WithAcme {
+    inner: SniResolver,
+    acme: super::AcmeNames,
+}
+
+impl std::fmt::Debug for super::AcmeNames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcmeNames")
+            .field("names", &self.names)
+            .field("tls_alpn", &self.tls_alpn)
+            .finish()
+    }
+}
+
+impl WithAcme {
+    pub fn new(inner: SniResolver, acme: super::AcmeNames) -> Self {
+        WithAcme { inner, acme }
+    }
+}
+
+impl ResolvesServerCert for WithAcme {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let validation = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == super::ACME_TLS_ALPN));
+        if let Some(name) = hello.server_name() {
+            let name = name.to_ascii_lowercase();
+            if self.acme.names.contains(&name) {
+                if validation {
+                    return self
+                        .acme
+                        .tls_alpn
+                        .then(|| self.acme.acme.tls_alpn_challenge(&name))
+                        .flatten();
+                }
+                if let Some(cert) = self.acme.acme.certificate(&name) {
+                    return Some(cert);
+                }
+            }
+        }
+        if validation {
+            return None;
+        }
+        self.inner.resolve(hello)
+    }
+}

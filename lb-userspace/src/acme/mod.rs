@@ -1,0 +1,104 @@
+//! Certificates from an ACME CA (RFC 8555) for the names https listeners give with
+//! `--acme-domain`: ordered by one task (the only writer), kept in the state directory, served
+//! by the listeners' certificate resolvers, renewed before they expire, all without a restart.
+mod challenge;
+mod order;
+mod store;
+mod task;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustls::sign::CertifiedKey;
+use serde::Serialize;
+
+pub use task::{Settings, renew_at, spawn, unix_now};
+
+/// The path prefix of HTTP-01 validation requests (RFC 8555 8.3).
+pub const HTTP_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// One listener's names, which get one certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainSet {
+    pub listener: String,
+    pub names: Vec<String>,
+}
+
+/// What `/status` and `/metrics` show of one ACME certificate.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CertStatus {
+    pub listener: String,
+    pub names: Vec<String>,
+    /// Unix seconds; None until a certificate is held.
+    pub not_after: Option<i64>,
+    /// When it is renewed (30 days before expiry, or at 2/3 of a shorter lifetime).
+    pub renew_at: Option<i64>,
+    /// Why the last order failed; None after a success.
+    pub last_error: Option<String>,
+    /// Failed orders since the last success.
+    pub failures: u32,
+    /// When the next order is tried after a failure (unix seconds).
+    pub retry_at: Option<i64>,
+}
+
+/// What the ACME task shares with the listeners: the certificates it holds, by name, and the
+/// state directory where the challenges it is answering are written (so that every node
+/// sharing the directory answers them, whichever node the CA asks).
+pub struct Acme {
+    state_dir: PathBuf,
+    certs: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    status: Mutex<Vec<CertStatus>>,
+}
+
+impl crate::tls::IssuedCerts for Acme {
+    /// The certificate issued for `name` (lower case), if one is held.
+    fn certificate(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.certs.load().get(name).cloned()
+    }
+
+    /// The TLS-ALPN-01 answer for `name` while a validation of it is pending, from any node.
+    fn tls_alpn_challenge(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        challenge::tls_alpn_certificate(&self.state_dir, name)
+    }
+}
+
+impl Acme {
+    pub fn new(state_dir: PathBuf) -> Arc<Self> {
+        Arc::new(Acme {
+            state_dir,
+            certs: ArcSwap::from_pointee(HashMap::new()),
+            status: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn state_dir(&self) -> &std::path::Path {
+        &self.state_dir
+    }
+
+    /// The HTTP-01 answer (the key authorization) for `token` while its validation is pending.
+    pub fn http_challenge(&self, token: &str) -> Option<String> {
+        challenge::http_answer(&self.state_dir, token)
+    }
+
+    pub fn status(&self) -> Vec<CertStatus> {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn set_status(&self, status: Vec<CertStatus>) {
+        if let Ok(mut s) = self.status.lock() {
+            *s = status;
+        }
+    }
+
+    /// Serves `key` for each of `names` from now on (new handshakes; open connections keep
+    /// the certificate they were made with).
+    fn install(&self, names: &[String], key: &Arc<CertifiedKey>) {
+        let mut certs = HashMap::clone(&self.certs.load());
+        for n in names {
+            certs.insert(n.clone(), key.clone());
+        }
+        self.certs.store(Arc::new(certs));
+    }
+}

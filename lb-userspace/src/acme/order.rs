@@ -1,0 +1,104 @@
+//! One order (RFC 8555 7.4): new order for the names, each pending authorization answered by
+//! the configured challenge, the order finalized with a CSR for a fresh key, the chain fetched.
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AuthorizationStatus, ChallengeType, Identifier, NewOrder, OrderStatus, RetryPolicy,
+};
+
+use super::challenge;
+use super::store::Store;
+use crate::config::values::AcmeChallenge;
+
+/// How long the CA may take to validate and to issue: a CA that takes longer has failed this
+/// attempt, which is retried later.
+const VALIDATION: RetryPolicy = RetryPolicy::new()
+    .initial_delay(Duration::from_millis(250))
+    .backoff(1.5)
+    .timeout(Duration::from_secs(90));
+
+/// A certificate chain and its key, both PEM.
+pub struct Issued {
+    pub chain_pem: String,
+    pub key_pem: String,
+}
+
+/// Orders a certificate for `names`, answering with `kind`.
+pub async fn order(
+    account: &Account,
+    names: &[String],
+    store: &Store,
+    kind: AcmeChallenge,
+) -> Result<Issued, String> {
+    let identifiers: Vec<Identifier> = names.iter().map(|n| Identifier::Dns(n.clone())).collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .map_err(|e| format!("new order: {e}"))?;
+    let mut answers = Vec::new();
+    let result = async {
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => return Err(format!("authorization is {other:?}")),
+            }
+            let (ty, dir) = match kind {
+                AcmeChallenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, challenge::TLS_ALPN),
+                AcmeChallenge::Http01 => (ChallengeType::Http01, challenge::HTTP),
+            };
+            let mut ch = authz
+                .challenge(ty)
+                .ok_or_else(|| format!("the CA offers no {} challenge", kind.name()))?;
+            let name = ch.identifier().to_string();
+            let key = match kind {
+                AcmeChallenge::TlsAlpn01 => name.clone(),
+                AcmeChallenge::Http01 => ch.token.clone(),
+            };
+            let answer = ch.key_authorization();
+            answers.push(
+                store
+                    .put_challenge(dir, &key, answer.as_str())
+                    .map_err(|e| format!("writing the {} answer for {name}: {e}", kind.name()))?,
+            );
+            ch.set_ready()
+                .await
+                .map_err(|e| format!("{name}: {}: {e}", kind.name()))?;
+        }
+        let status = order
+            .poll_ready(&VALIDATION)
+            .await
+            .map_err(|e| format!("waiting for validation: {e}"))?;
+        if status != OrderStatus::Ready {
+            let why = order
+                .state()
+                .error
+                .as_ref()
+                .map_or_else(|| format!("order is {status:?}"), |p| p.to_string());
+            return Err(format!("validation failed: {why}"));
+        }
+        let key = rcgen::KeyPair::generate().map_err(|e| format!("key: {e}"))?;
+        let csr = rcgen::CertificateParams::new(names.to_vec())
+            .and_then(|p| p.serialize_request(&key))
+            .map_err(|e| format!("CSR: {e}"))?;
+        order
+            .finalize_csr(csr.der())
+            .await
+            .map_err(|e| format!("finalize: {e}"))?;
+        let chain_pem = order
+            .poll_certificate(&VALIDATION)
+            .await
+            .map_err(|e| format!("certificate: {e}"))?;
+        Ok(Issued {
+            chain_pem,
+            key_pem: key.serialize_pem(),
+        })
+    }
+    .await;
+    for path in answers {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}

@@ -1,0 +1,157 @@
+//! The state directory: the account's credentials, each certificate and its key (0600), the
+//! answers to pending validations, and the lock that lets one node order at a time.
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+
+/// A certificate read from the directory.
+pub struct Stored {
+    pub key: Arc<CertifiedKey>,
+    pub not_before: i64,
+    pub not_after: i64,
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Held while this node orders; others find the lock taken and wait for the files.
+pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<File>);
+
+impl Store {
+    /// Creates the directory (0700) and its challenge directories where missing.
+    pub fn open(dir: &Path) -> std::io::Result<Store> {
+        for sub in ["", "challenges/tls-alpn-01", "challenges/http-01"] {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d)?;
+        }
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Store {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The file names of a set's certificate and key: the first name, and a hash of all of
+    /// them (a set that changes gets new files rather than a certificate missing a name).
+    fn stem(names: &[String]) -> String {
+        let mut sorted = names.to_vec();
+        sorted.sort();
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sorted.join(",").as_bytes());
+        let hash: String = digest.as_ref()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{}-{hash}", names.first().map_or("none", String::as_str))
+    }
+
+    pub fn cert_path(&self, names: &[String]) -> PathBuf {
+        self.dir.join(format!("{}.crt", Self::stem(names)))
+    }
+
+    pub fn key_path(&self, names: &[String]) -> PathBuf {
+        self.dir.join(format!("{}.key", Self::stem(names)))
+    }
+
+    /// The certificate for `names` if the directory holds one that covers them all.
+    pub fn load(&self, names: &[String]) -> Result<Option<Stored>, String> {
+        let (cert, key) = (self.cert_path(names), self.key_path(names));
+        if !cert.exists() || !key.exists() {
+            return Ok(None);
+        }
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let certified = crate::tls::certs::load_certified_key(&cert, &key, &provider)
+            .map_err(|e| format!("{}: {e}", cert.display()))?;
+        let leaf = certified
+            .cert
+            .first()
+            .ok_or_else(|| format!("{}: no certificate", cert.display()))?;
+        let (not_before, not_after) = crate::tls::certs::validity(leaf)
+            .ok_or_else(|| format!("{}: unreadable validity", cert.display()))?;
+        let covered = crate::tls::certs::dns_names(leaf);
+        if names.iter().any(|n| !covered.contains(n)) {
+            return Ok(None);
+        }
+        Ok(Some(Stored {
+            key: certified,
+            not_before,
+            not_after,
+        }))
+    }
+
+    /// Writes a new certificate and key for `names`: each to a temporary file (0600), then
+    /// renamed over the old, so that a reader never sees half of one.
+    pub fn save(&self, names: &[String], chain_pem: &str, key_pem: &str) -> std::io::Result<()> {
+        self.write(&self.key_path(names), key_pem.as_bytes())?;
+        self.write(&self.cert_path(names), chain_pem.as_bytes())
+    }
+
+    fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    }
+
+    fn account_path(&self, directory: &str) -> PathBuf {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, directory.as_bytes());
+        let hash: String = digest.as_ref()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        self.dir.join(format!("account-{hash}.json"))
+    }
+
+    /// The account registered with `directory` before, if any.
+    pub fn account(&self, directory: &str) -> Option<instant_acme::AccountCredentials> {
+        let text = std::fs::read_to_string(self.account_path(directory)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn save_account(
+        &self,
+        directory: &str,
+        credentials: &instant_acme::AccountCredentials,
+    ) -> std::io::Result<()> {
+        let text = serde_json::to_string(credentials).map_err(std::io::Error::other)?;
+        self.write(&self.account_path(directory), text.as_bytes())
+    }
+
+    /// The ordering lock, or None while another node (or process) holds it.
+    pub fn try_lock(&self) -> std::io::Result<Option<Lock>> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(self.dir.join("lock"))?;
+        match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(Some(Lock(lock))),
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
+            Err((_, e)) => Err(e.into()),
+        }
+    }
+
+    /// Publishes the answer to a pending validation (see [`super::challenge`]).
+    pub fn put_challenge(&self, kind: &str, key: &str, value: &str) -> std::io::Result<PathBuf> {
+        let path = super::challenge::path(&self.dir, kind, key).ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("unusable challenge key {key:?}"),
+            )
+        })?;
+        self.write(&path, value.as_bytes())?;
+        Ok(path)
+    }
+}

@@ -1,0 +1,247 @@
+//! The ACME task: the only writer of certificates. For each listener's names it keeps a
+//! certificate: read from the state directory (where another node may have put it), else
+//! ordered; renewed before it expires; retried with backoff when an order fails.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use instant_acme::{Account, NewAccount};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::order::order;
+use super::store::Store;
+use super::{Acme, CertStatus, DomainSet};
+use crate::config::acme::AcmeConfig;
+
+/// What the task works from: the client settings and each listener's names. A reload sends
+/// new ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub config: AcmeConfig,
+    pub sets: Vec<DomainSet>,
+}
+
+/// Renew this long before expiry, or at 2/3 of a lifetime shorter than three times it.
+const RENEW_BEFORE: i64 = 30 * 86_400;
+/// The state directory is looked at this often for certificates another node renewed.
+const RECHECK: Duration = Duration::from_secs(60);
+/// While another node holds the lock, look again this soon.
+const LOCKED_RETRY: Duration = Duration::from_secs(5);
+/// Backoff after a failed order: the first retry, doubled each time up to the last.
+const BACKOFF_FIRST: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(3600);
+
+/// When a certificate valid from `not_before` to `not_after` is renewed.
+pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
+    let lifetime = (not_after - not_before).max(0);
+    not_after - RENEW_BEFORE.min(lifetime / 3)
+}
+
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Starts the task on the current runtime; it runs until `settings`' sender is dropped.
+pub fn spawn(acme: Arc<Acme>, settings: watch::Receiver<Settings>) {
+    tokio::spawn(run(acme, settings));
+}
+
+/// One set's state between rounds.
+#[derive(Default)]
+struct SetState {
+    not_before: Option<i64>,
+    not_after: Option<i64>,
+    failures: u32,
+    retry_at: Option<tokio::time::Instant>,
+    last_error: Option<String>,
+}
+
+async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
+    let mut account: Option<(String, Account)> = None;
+    let mut states: HashMap<Vec<String>, SetState> = HashMap::new();
+    loop {
+        let current = settings.borrow_and_update().clone();
+        let mut wake = tokio::time::Instant::now() + RECHECK;
+        match Store::open(&current.config.state_dir) {
+            Err(e) => {
+                let why = format!(
+                    "state directory {}: {e}",
+                    current.config.state_dir.display()
+                );
+                warn!(error = why, "ACME");
+                for set in &current.sets {
+                    states.entry(set.names.clone()).or_default().last_error = Some(why.clone());
+                }
+            }
+            Ok(store) => {
+                for set in &current.sets {
+                    let state = states.entry(set.names.clone()).or_default();
+                    let next = keep(&acme, &store, &current.config, set, state, &mut account).await;
+                    wake = wake.min(next);
+                }
+            }
+        }
+        states.retain(|names, _| current.sets.iter().any(|s| s.names == *names));
+        acme.set_status(
+            current
+                .sets
+                .iter()
+                .map(|set| {
+                    let st = states.get(&set.names);
+                    CertStatus {
+                        listener: set.listener.clone(),
+                        names: set.names.clone(),
+                        not_after: st.and_then(|s| s.not_after),
+                        renew_at: st
+                            .and_then(|s| s.not_before.zip(s.not_after))
+                            .map(|(b, a)| renew_at(b, a)),
+                        last_error: st.and_then(|s| s.last_error.clone()),
+                        failures: st.map_or(0, |s| s.failures),
+                        retry_at: st.and_then(|s| s.retry_at).map(|at| {
+                            unix_now()
+                                + at.saturating_duration_since(tokio::time::Instant::now())
+                                    .as_secs() as i64
+                        }),
+                    }
+                })
+                .collect(),
+        );
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            changed = settings.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// Brings one set's certificate up to date; returns when it next needs looking at.
+async fn keep(
+    acme: &Acme,
+    store: &Store,
+    config: &AcmeConfig,
+    set: &DomainSet,
+    state: &mut SetState,
+    account: &mut Option<(String, Account)>,
+) -> tokio::time::Instant {
+    let clock = tokio::time::Instant::now();
+    let in_secs =
+        |at: i64| clock + Duration::from_secs(u64::try_from(at - unix_now()).unwrap_or(0));
+    // A certificate in the directory newer than the one served (this node's first start, or
+    // another node's renewal) is taken up.
+    match store.load(&set.names) {
+        Ok(Some(stored)) if Some(stored.not_after) > state.not_after => {
+            acme.install(&set.names, &stored.key);
+            state.not_before = Some(stored.not_before);
+            state.not_after = Some(stored.not_after);
+            info!(listener = set.listener, names = ?set.names, not_after = stored.not_after, "ACME certificate loaded");
+        }
+        Ok(_) => {}
+        Err(e) => warn!(
+            listener = set.listener,
+            error = e,
+            "ACME: unreadable certificate in the state directory; ordering a new one"
+        ),
+    }
+    if let (Some(b), Some(a)) = (state.not_before, state.not_after)
+        && unix_now() < renew_at(b, a)
+    {
+        return in_secs(renew_at(b, a)).min(clock + RECHECK);
+    }
+    if let Some(at) = state.retry_at
+        && at > clock
+    {
+        return at;
+    }
+    let Ok(Some(_lock)) = store.try_lock() else {
+        // Another node orders: its files are looked for again soon.
+        return clock + LOCKED_RETRY;
+    };
+    // Under the lock, the directory may already hold what the last holder ordered.
+    if let Ok(Some(stored)) = store.load(&set.names)
+        && Some(stored.not_after) > state.not_after
+    {
+        return clock;
+    }
+    info!(listener = set.listener, names = ?set.names, directory = config.directory, "ACME: ordering a certificate");
+    let result = match client(store, config, account).await {
+        Ok(acct) => order(acct, &set.names, store, config.challenge).await,
+        Err(e) => Err(e),
+    };
+    let saved = result.and_then(|issued| {
+        store
+            .save(&set.names, &issued.chain_pem, &issued.key_pem)
+            .map_err(|e| format!("saving the certificate: {e}"))
+    });
+    match saved {
+        Ok(()) => {
+            info!(listener = set.listener, names = ?set.names, "ACME certificate issued");
+            state.failures = 0;
+            state.retry_at = None;
+            state.last_error = None;
+            // Taken up at once by the next round, from the files just written.
+            clock
+        }
+        Err(e) => {
+            state.failures = state.failures.saturating_add(1);
+            let wait = BACKOFF_FIRST
+                .saturating_mul(1 << state.failures.saturating_sub(1).min(12))
+                .min(BACKOFF_MAX);
+            warn!(listener = set.listener, names = ?set.names, error = e, retry_in = ?wait, "ACME order failed");
+            state.last_error = Some(e);
+            state.retry_at = Some(clock + wait);
+            clock + wait
+        }
+    }
+}
+
+/// The account at the configured directory: the one kept in the state directory, else a new
+/// registration (kept there for next time).
+async fn client<'a>(
+    store: &Store,
+    config: &AcmeConfig,
+    account: &'a mut Option<(String, Account)>,
+) -> Result<&'a Account, String> {
+    if account
+        .as_ref()
+        .is_none_or(|(dir, _)| *dir != config.directory)
+    {
+        let builder = match &config.ca {
+            Some(ca) => Account::builder_with_root(ca),
+            None => Account::builder(),
+        }
+        .map_err(|e| format!("ACME client: {e}"))?;
+        let acct = match store.account(&config.directory) {
+            Some(credentials) => builder
+                .from_credentials(credentials)
+                .await
+                .map_err(|e| format!("account: {e}"))?,
+            None => {
+                let contact = config.email.as_ref().map(|e| format!("mailto:{e}"));
+                let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
+                let (acct, credentials) = builder
+                    .create(
+                        &NewAccount {
+                            contact: &contacts,
+                            terms_of_service_agreed: true,
+                            only_return_existing: false,
+                        },
+                        config.directory.clone(),
+                        None,
+                    )
+                    .await
+                    .map_err(|e| format!("registering an account at {}: {e}", config.directory))?;
+                store
+                    .save_account(&config.directory, &credentials)
+                    .map_err(|e| format!("saving the account: {e}"))?;
+                acct
+            }
+        };
+        *account = Some((config.directory.clone(), acct));
+    }
+    account
+        .as_ref()
+        .map(|(_, a)| a)
+        .ok_or_else(|| "no account".to_string())
+}
