@@ -16,6 +16,7 @@ pub mod load;
 pub mod netns;
 pub mod packet;
 pub mod peaks;
+pub mod pebble;
 pub mod pki;
 pub mod privilege;
 pub mod raw;

@@ -324,6 +324,55 @@ fn bad_input_is_one_clear_line_and_exit_code_2() {
             "--cert: has no effect on an http listener",
         ),
         (
+            "ACME names without a directory",
+            vec!["--acme-domain", "shop.example.com"],
+            "--acme-domain \"shop.example.com\": needs --acme-directory URL",
+        ),
+        (
+            "an ACME wildcard",
+            vec!["--acme-domain", "*.example.com"],
+            "--acme-domain \"*.example.com\": a wildcard needs the dns-01 challenge",
+        ),
+        (
+            "an ACME name that is not one",
+            vec!["--acme-domain", "shop_example"],
+            "--acme-domain \"shop_example\": not a DNS name",
+        ),
+        (
+            "an ACME directory in clear",
+            vec![
+                "--acme-domain",
+                "shop.example.com",
+                "--acme-directory",
+                "http://ca.example.com/dir",
+            ],
+            "--acme-directory \"http://ca.example.com/dir\": expected an https:// URL",
+        ),
+        (
+            "a bad ACME contact",
+            vec![
+                "--acme-domain",
+                "shop.example.com",
+                "--acme-directory",
+                "https://ca.example.com/dir",
+                "--acme-email",
+                "ops",
+            ],
+            "--acme-email \"ops\": expected an e-mail address",
+        ),
+        (
+            "HTTP-01 without an http listener",
+            vec![
+                "--acme-domain",
+                "shop.example.com",
+                "--acme-directory",
+                "https://ca.example.com/dir",
+                "--acme-challenge",
+                "http-01",
+            ],
+            "--acme-challenge \"http-01\": needs an http listener",
+        ),
+        (
             "sticky sessions with least connections",
             vec!["--sticky-session", "lb-cookie", "--algorithm", "wlc"],
             "--sticky-session \"lb-cookie\": only works with --algorithm weighted-round-robin",

@@ -26,6 +26,8 @@ const PACKAGES: &[&str] = &[
     // The HTTP/3 tests' independent client is Python's aioquic, in a virtualenv.
     "python3",
     "python3-venv",
+    // The ACME tests' CA.
+    "pebble",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

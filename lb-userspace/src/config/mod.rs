@@ -614,6 +614,11 @@ fn merge_node(node: &mut NodeSpec, file: &NodeSpec, flags: &Flags) {
         bgp_announce,
         bgp_speaker,
         tls_ticket_key_file,
+        acme_directory,
+        acme_email,
+        acme_state_dir,
+        acme_ca,
+        acme_challenge,
     );
     node.bgp_bfd |= file.bgp_bfd;
     node.allow_readable_keys |= file.allow_readable_keys;

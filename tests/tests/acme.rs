@@ -1,0 +1,316 @@
+//! ACME against a real CA, Debian's pebble, in a namespace of the test's own (root): a
+//! certificate ordered by TLS-ALPN-01 on the https listener, served, renewed while requests
+//! keep succeeding, ordered once for two nodes sharing the state directory; HTTP-01 on an
+//! http listener; a failure reported in /status and /metrics, then retried.
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use edgelb_tests::backend::Backend;
+use edgelb_tests::certs::TempDir;
+use edgelb_tests::daemon::Daemon;
+use edgelb_tests::pebble::{AcmeNs, DIRECTORY, PebbleConfig, curl};
+use edgelb_tests::pki::Ca;
+use edgelb_tests::privilege::root_or_skip;
+
+/// The ACME certificate entries of the node's `/status` (admin on `admin` in `ns`).
+fn acme_status(ns: &AcmeNs, admin: &str) -> Vec<serde_json::Value> {
+    let text = ns.output("curl", &["-s", &format!("http://{admin}/status")]);
+    let status: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    status["certificates"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter(|c| c["source"] == "acme")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits up to `secs` for `cond` on the node's ACME entry.
+fn wait_for(
+    ns: &AcmeNs,
+    admin: &str,
+    secs: u64,
+    what: &str,
+    cond: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(c) = acme_status(ns, admin).into_iter().find(&cond) {
+            return c;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not seen within {secs} s: {:?}",
+            acme_status(ns, admin)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The notAfter of the certificate served for `name` on `port`, as openssl prints it.
+fn served_not_after(ns: &AcmeNs, name: &str, port: u16) -> String {
+    let pem = ns.output(
+        "sh",
+        &[
+            "-c",
+            &format!(
+                "openssl s_client -connect 127.0.0.1:{port} -servername {name} </dev/null 2>/dev/null | openssl x509 -noout -enddate -issuer"
+            ),
+        ],
+    );
+    assert!(
+        pem.contains("Pebble"),
+        "not a pebble certificate for {name}: {pem:?}"
+    );
+    pem
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777)
+}
+
+#[test]
+fn a_certificate_is_ordered_once_for_two_nodes_served_and_renewed_while_requests_succeed() {
+    if !root_or_skip("a_certificate_is_ordered_once_for_two_nodes") {
+        return;
+    }
+    let ns = AcmeNs::new(&["shop.test", "www.shop.test"]);
+    let dir = TempDir::new();
+    // Valid 24 s: renewed at 2/3 of that, 16 s after issuance.
+    let ca_config = PebbleConfig::new(&dir, 8443, 8080, 24);
+    let pebble = ca_config.start(&ns);
+    let default = Ca::new(&dir, "default").server(&dir, "default", &["edgelb.test"], &[]);
+    let backend = Backend::start("b1", "127.0.0.1:0", Some(&ns.ns.path()));
+    let state = dir.path().join("acme-state");
+    let (cert, key, be, ca, state_arg) = (
+        default.cert.display().to_string(),
+        default.key.display().to_string(),
+        backend.addr.to_string(),
+        ca_config.https_ca.display().to_string(),
+        state.display().to_string(),
+    );
+    // Two nodes, one state directory. The CA validates on port 8443 only: when the node on
+    // 8444 orders, the one on 8443 answers from the files in the shared directory.
+    let node = |listen: &str, admin: &str| {
+        Daemon::start(
+            Some(&ns.ns),
+            &[
+                "--listen",
+                listen,
+                "--cert",
+                &cert,
+                "--key",
+                &key,
+                "--backend",
+                &be,
+                "--xdp-mode",
+                "off",
+                "--admin",
+                admin,
+                "--acme-domain",
+                "shop.test",
+                "--acme-domain",
+                "www.shop.test",
+                "--acme-directory",
+                DIRECTORY,
+                "--acme-ca",
+                &ca,
+                "--acme-state-dir",
+                &state_arg,
+                "--acme-email",
+                "ops@shop.test",
+            ],
+            dir.path(),
+        )
+    };
+    let a = node("127.0.0.1:8443", "127.0.0.1:9000");
+    let b = node("127.0.0.1:8444", "127.0.0.1:9001");
+    let issued = |c: &serde_json::Value| c["not_after"].is_i64();
+    let first = wait_for(&ns, "127.0.0.1:9000", 30, "issuance on node A", issued);
+    wait_for(&ns, "127.0.0.1:9001", 30, "issuance on node B", issued);
+    assert_eq!(
+        pebble.issued(),
+        1,
+        "two nodes sharing a state dir ordered twice:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(first["last_error"].is_null(), "{first}");
+    let root = pebble.root(&ns, &dir.path().join("pebble-root.pem"));
+    for (name, port) in [("shop.test", 8443), ("www.shop.test", 8444)] {
+        let out = curl(&ns, &root, name, port).output().expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "backend b1\n",
+            "{name}:{port}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The default certificate still answers other names.
+    assert!(!served_not_after(&ns, "shop.test", 8443).is_empty());
+    let metrics = ns.output("curl", &["-s", "http://127.0.0.1:9000/metrics"]);
+    assert!(
+        metrics.contains("edgelb_certificate_expiry_seconds{listener=\"listener-1\",source=\"acme\",name=\"shop.test\"}")
+            && metrics.contains("edgelb_certificate_expiry_seconds{listener=\"listener-1\",source=\"file\",name=\"edgelb.test\"}"),
+        "{metrics}"
+    );
+    // Keys and the directory are the owner's alone.
+    let keys: Vec<_> = std::fs::read_dir(&state)
+        .expect("state dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(mode(&keys[0]), 0o600);
+    assert_eq!(mode(&state), 0o700);
+
+    // Renewal: requests every 200 ms through it, none may fail.
+    let before = served_not_after(&ns, "shop.test", 8443);
+    let first_after = first["not_after"].as_i64().expect("issued");
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let mut served = 0;
+    let renewed = loop {
+        let out = curl(&ns, &root, "shop.test", 8443).output().expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "backend b1\n",
+            "a request failed during renewal: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            a.log()
+        );
+        served += 1;
+        let now = acme_status(&ns, "127.0.0.1:9000");
+        if let Some(c) = now
+            .iter()
+            .find(|c| c["not_after"].as_i64() > Some(first_after))
+        {
+            break c.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no renewal within 40 s:\n{}",
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(served > 10, "only {served} requests during the renewal");
+    assert!(renewed["last_error"].is_null(), "{renewed}");
+    let after = served_not_after(&ns, "shop.test", 8443);
+    assert_ne!(before, after, "the renewed certificate is not served");
+    // Node B takes the renewal from the directory rather than ordering its own.
+    wait_for(&ns, "127.0.0.1:9001", 10, "renewal on node B", |c| {
+        c["not_after"].as_i64() > Some(first_after)
+    });
+    assert_eq!(
+        pebble.issued(),
+        2,
+        "one renewal for both nodes:\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    let (status, log) = a.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("PRIVATE KEY"), "a key reached the log");
+}
+
+#[test]
+fn a_failed_order_is_reported_and_retried_and_http_01_answers_on_the_http_listener() {
+    if !root_or_skip("a_failed_order_is_reported_and_retried") {
+        return;
+    }
+    let ns = AcmeNs::new(&["api.test"]);
+    let dir = TempDir::new();
+    let default = Ca::new(&dir, "default").server(&dir, "default", &["edgelb.test"], &[]);
+    let backend = Backend::start("b1", "127.0.0.1:0", Some(&ns.ns.path()));
+    // The CA's configuration (and its HTTPS certificate) is made now; it runs later.
+    let ca_config = PebbleConfig::new(&dir, 8443, 8080, 3600);
+    let state = dir.path().join("acme-state");
+    let file = dir.write(
+        "edgelb.toml",
+        format!(
+            r#"
+xdp_mode = "off"
+admin = "127.0.0.1:9000"
+acme_directory = "{DIRECTORY}"
+acme_challenge = "http-01"
+acme_state_dir = "{state}"
+acme_ca = "{ca}"
+
+[[group]]
+name = "web"
+backend = ["{be}"]
+health_check = "off"
+
+[[listener]]
+name = "secure"
+listen = "127.0.0.1:8443"
+cert = "{cert}"
+key = "{key}"
+group = "web"
+acme_domain = ["api.test"]
+
+[[listener]]
+name = "plain"
+protocol = "http"
+listen = "127.0.0.1:8080"
+group = "web"
+"#,
+            state = state.display(),
+            be = backend.addr,
+            cert = default.cert.display(),
+            key = default.key.display(),
+            ca = ca_config.https_ca.display(),
+        ),
+    );
+    // No CA yet: the first orders fail.
+    let path = file.display().to_string();
+    let lb = Daemon::start(Some(&ns.ns), &["--config", &path], dir.path());
+    let failed = wait_for(&ns, "127.0.0.1:9000", 20, "a failed order", |c| {
+        c["failures"].as_u64() >= Some(1)
+    });
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("127.0.0.1:14000")),
+        "{failed}"
+    );
+    assert!(
+        failed["not_after"].is_null() && failed["retry_at"].is_i64(),
+        "{failed}"
+    );
+    let metrics = ns.output("curl", &["-s", "http://127.0.0.1:9000/metrics"]);
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("edgelb_acme_order_failures{listener=\"secure\"}")
+                && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    assert!(lb.log().contains("ACME order failed"), "{}", lb.log());
+
+    // The CA comes up: the next retry succeeds, by HTTP-01.
+    let pebble = ca_config.start(&ns);
+    let ok = wait_for(
+        &ns,
+        "127.0.0.1:9000",
+        40,
+        "issuance after the CA came up",
+        |c| c["not_after"].is_i64(),
+    );
+    assert!(ok["last_error"].is_null() && ok["failures"] == 0, "{ok}");
+    assert!(
+        pebble.log().contains(
+            "Attempting to validate w/ HTTP: http://api.test:8080/.well-known/acme-challenge/"
+        ),
+        "{}",
+        pebble.log()
+    );
+    let root = pebble.root(&ns, &dir.path().join("pebble-root.pem"));
+    let out = curl(&ns, &root, "api.test", 8443).output().expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "backend b1\n");
+    drop(lb);
+}
