@@ -893,3 +893,70 @@ fn bgp_settings_are_checked() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A file certificate close to expiry is warned about by `check` (and, the same lines, at
+/// start, on reload and daily); one far from it is not.
+#[test]
+fn a_certificate_expiring_within_14_days_is_warned_about() {
+    let dir = TempDir::new();
+    let (cert, key) = (dir.path().join("soon.pem"), dir.path().join("soon.key"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+        ])
+        .args([
+            "-subj",
+            "/CN=soon.example.com",
+            "-addext",
+            "subjectAltName=DNS:soon.example.com",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .args(["-days", "5"])
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let args = [
+        "check",
+        "--listen",
+        "127.0.0.1:18443",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--backend",
+        "127.0.0.1:18080",
+        "--allow-readable-keys",
+    ];
+    let out = run(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Made this second or the one before: 5 days left, or a little less.
+    let found = ["4 days 23 hours", "5 days 0 hours"].iter().any(|left| {
+        stderr.contains(&format!(
+            "edgelb: warning: listener \"listener-1\": certificate {cert} (soon.example.com) expires in {left}: replace the file and reload"
+        ))
+    });
+    assert!(found, "{stderr}");
+
+    let f = files();
+    let out = run(&[&["check"][..], &base(&f)[..]].concat());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("expires in"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

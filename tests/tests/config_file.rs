@@ -470,6 +470,14 @@ fn the_example_config_is_valid() {
         )),
         "{stdout}"
     );
+    for line in [
+        "http3           on (QUIC on the same UDP port)",
+        "acme-domain     shop.example.com, www.shop.example.com",
+        "directory       https://acme-v02.api.letsencrypt.org/directory",
+        "challenge       tls-alpn-01",
+    ] {
+        assert!(stdout.contains(line), "{line}\n{stdout}");
+    }
     // Rules are shown in the file's own syntax, conditions and action.
     for rule in [
         r#"rule            { name = "api-v2", path_prefix = "/api/v2", method = ["GET", "POST", "PUT", "DELETE"], header = { "x-client" = ["mobile", "web"] }, query = { "beta" = ["1"] }, client = ["0.0.0.0/0", "::/0"], action = "forward", group = "api" }"#,

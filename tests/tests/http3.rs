@@ -304,3 +304,67 @@ fn the_access_control_of_an_http3_listener_drops_quic_at_xdp() {
     }
     assert_eq!(backend.served(), 2);
 }
+
+/// A reload turns HTTP/3 on and off on a listener that keeps its TCP sockets: QUIC answers
+/// only while it is on, and HTTP/1.1 answers advertise it only then.
+#[tokio::test]
+async fn a_reload_turns_http3_on_and_off() {
+    if !h3::client_or_skip("a_reload_turns_http3_on_and_off") {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let addr = edgelb_tests::listener::free_addr();
+    let write = |http3: &str| {
+        s.dir.write(
+            "edgelb.toml",
+            format!(
+                "xdp_mode = \"off\"\n\n[[group]]\nname = \"web\"\nbackend = [\"{}\"]\nhealth_check = \"off\"\n\n\
+                 [[listener]]\nname = \"secure\"\nlisten = \"{addr}\"\ncert = \"{}\"\nkey = \"{}\"\ngroup = \"web\"\nhttp3 = \"{http3}\"\n",
+                backend.addr,
+                s.server.cert.display(),
+                s.server.key.display()
+            ),
+        )
+    };
+    let path = write("off").display().to_string();
+    let lb = Daemon::start(None, &["--config", &path], s.dir.path());
+    let mut client = Request::get(&s.ca.cert_pem, SERVER_NAME);
+    client.timeout = 1.0;
+    let alt_svc = || async {
+        let reply = https::send(
+            addr,
+            SERVER_NAME,
+            ClientOpts::new(&s.ca.cert_pem).config(),
+            get("/"),
+        )
+        .await
+        .expect("HTTPS");
+        reply.headers.contains_key("alt-svc")
+    };
+    let mut reloads = 0;
+    for (http3, served) in [("off", false), ("on", true), ("off", false)] {
+        if reloads > 0 || http3 == "on" {
+            write(http3);
+            lb.signal(edgelb_tests::daemon::Signal::SIGHUP);
+            reloads += 1;
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while lb.log().matches("certificates reloaded").count() < reloads {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no reload:\n{}",
+                    lb.log()
+                );
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+        }
+        let answer = client.send(None, "127.0.0.1", addr.port(), &["/"]);
+        assert_eq!(
+            answer.is_ok(),
+            served,
+            "http3 = {http3}: {answer:?}\n{}",
+            lb.log()
+        );
+        assert_eq!(alt_svc().await, served, "http3 = {http3}: Alt-Svc");
+    }
+}
