@@ -368,3 +368,28 @@ async fn a_reload_turns_http3_on_and_off() {
         assert_eq!(alt_svc().await, served, "http3 = {http3}: Alt-Svc");
     }
 }
+
+/// `--idle-timeout` applies to HTTP/3 connections as to others: one quiet for longer is
+/// closed (a request after that gets no answer on it); 0 still serves the first request.
+#[test]
+fn the_idle_timeout_closes_a_quiet_http3_connection() {
+    if !h3::client_or_skip("the_idle_timeout_closes_a_quiet_http3_connection") {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    for (idle, pause, answered) in [("1", 0.2, true), ("1", 2.5, false), ("0", 0.0, true)] {
+        let (lb, addr) = s.start(&["--backend", &be, "--http3", "on", "--idle-timeout", idle]);
+        let mut client = Request::get(&s.ca.cert_pem, SERVER_NAME);
+        client.pause = pause;
+        client.timeout = 2.0;
+        let paths: &[&str] = if idle == "0" { &["/"] } else { &["/", "/"] };
+        let result = client.send(None, "127.0.0.1", addr.port(), paths);
+        match (answered, &result) {
+            (true, Ok(replies)) => assert_eq!(replies.len(), paths.len()),
+            (false, Err(failed)) => assert_eq!(failed.code, Some(3), "{failed:?}"),
+            _ => panic!("idle {idle}, pause {pause}: {result:?}\n{}", lb.log()),
+        }
+    }
+}

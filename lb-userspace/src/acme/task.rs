@@ -28,6 +28,9 @@ const RENEW_BEFORE: i64 = 30 * 86_400;
 const RECHECK: Duration = Duration::from_secs(60);
 /// While another node holds the lock, look again this soon.
 const LOCKED_RETRY: Duration = Duration::from_secs(5);
+/// The longest one order may take, all steps together: a CA that stops answering fails the
+/// attempt (retried with backoff) rather than holding up the task.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 /// Backoff after a failed order: the first retry, doubled each time up to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(3600);
@@ -165,10 +168,13 @@ async fn keep(
         return clock;
     }
     info!(listener = set.listener, names = ?set.names, directory = config.directory, "ACME: ordering a certificate");
-    let result = match client(store, config, account).await {
-        Ok(acct) => order(acct, &set.names, store, config.challenge).await,
-        Err(e) => Err(e),
+    let attempt = async {
+        let acct = client(store, config, account).await?;
+        order(acct, &set.names, store, config.challenge).await
     };
+    let result = tokio::time::timeout(ORDER_TIMEOUT, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer from the CA within {ORDER_TIMEOUT:?}")));
     let saved = result.and_then(|issued| {
         store
             .save(&set.names, &issued.chain_pem, &issued.key_pem)

@@ -7,12 +7,13 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
-use super::Proxy;
 use super::procs::pinned;
+use super::{Proxy, Start};
 use crate::cmd::Cmd;
 
 pub struct Certs {
-    cert: PathBuf,
+    /// Self-signed, so also the CA file h3-load trusts.
+    pub cert: PathBuf,
     key: PathBuf,
     /// Certificate then key in one file, as haproxy's `crt` wants.
     combined: PathBuf,
@@ -27,6 +28,9 @@ pub fn make_cert(dir: &Path) -> Result<Certs> {
         .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
         .args(["-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // Not a CA (openssl's `-x509` default): h3-load checks the certificate with rustls,
+        // which refuses a CA certificate as a server's (h2load does not check it).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .args(["-keyout".as_ref(), key.as_os_str()])
         .args(["-out".as_ref(), cert.as_os_str()])
         .output()
@@ -217,9 +221,12 @@ pub fn write_deny_lists(dir: &Path, n: usize) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// The command that starts `proxy` on `port` (pinned to core 0, one worker/thread), writing
-/// its config first; with `acl`, the proxy refuses the 100k-prefix deny list (which does not
-/// cover 127.0.0.1, so every request is still served: the row shows the check's cost).
-pub fn proxy_command(setup: &Setup, proxy: Proxy, port: u16, acl: bool) -> Result<Command> {
+/// its config first; with `Start::DenyList`, the proxy refuses the 100k-prefix deny list
+/// (which does not cover 127.0.0.1, so every request is still served: the row shows the
+/// check's cost); with `Start::Http3` (edgelb only), it serves HTTP/3 on the same port over
+/// UDP as well.
+pub fn proxy_command(setup: &Setup, proxy: Proxy, port: u16, start: Start) -> Result<Command> {
+    let acl = start == Start::DenyList;
     let name = format!("{}{}", proxy.name(), if acl { "-acl" } else { "" });
     let dir = &setup.dir;
     let cmd = match proxy {
@@ -235,6 +242,9 @@ pub fn proxy_command(setup: &Setup, proxy: Proxy, port: u16, acl: bool) -> Resul
             if acl {
                 cmd.args(["--access-control", "blacklist"])
                     .args(["--ip-group-file".as_ref(), setup.deny_list.as_os_str()]);
+            }
+            if start == Start::Http3 {
+                cmd.args(["--http3", "on"]);
             }
             cmd.env("TOKIO_WORKER_THREADS", "1");
             cmd

@@ -6,6 +6,11 @@
 //! holding 10,000 idle keep-alive TLS connections. Printed as Markdown and written, with an SVG
 //! chart, to `target/bench/https.{md,svg}`.
 //!
+//! The HTTP/3 row is edgelb's alone (started again with `--http3 on`): Debian's nginx 1.22 and
+//! haproxy 2.6 have no QUIC, and its h2load no HTTP/3, so `h3-load` (tests/src/bin/h3-load.rs,
+//! quinn + h3) drives it, with h2load's place, timing and the same CPU accounting, as many
+//! streams on as many connections as the HTTP/2 16-stream row so the two compare.
+//!
 //! Layout (2 cores): the proxy under load is pinned to core 0 (`taskset -c 0`, one worker or
 //! thread each); h2load and the backend share core 1 (`taskset -c 1`). The backend is a second
 //! nginx (`worker_processes 1`, `return 200`, a 64 KiB file), cheap next to TLS, so it is not
@@ -17,6 +22,7 @@
 //! waiting), and if xtask itself is killed (PR_SET_PDEATHSIG on the children).
 mod configs;
 mod h2load;
+mod h3load;
 mod handshakes;
 mod memory;
 mod procs;
@@ -36,6 +42,7 @@ use self::configs::{
     write_deny_lists,
 };
 use self::h2load::{ok_latencies, parse_h2load, percentile};
+use self::h3load::parse_h3load;
 use self::handshakes::{Capture, Handshakes};
 use self::memory::Memory;
 use self::procs::{
@@ -49,7 +56,7 @@ use crate::target_dir;
 #[derive(Parser)]
 #[command(
     name = "cargo xtask bench https",
-    about = "edgelb vs nginx vs haproxy as TLS-terminating proxies on loopback (h2load)"
+    about = "edgelb vs nginx vs haproxy as TLS-terminating proxies on loopback (h2load; h3-load for edgelb's HTTP/3)"
 )]
 struct Args {
     /// Measured seconds per (proxy, workload) cell.
@@ -82,6 +89,9 @@ struct Args {
 
 /// Concurrency of the HTTP/1.1 workloads and of HTTP/2 with 16 streams: 64 requests in flight.
 const CONCURRENCY: u32 = 64;
+/// Streams per connection of HTTP/2's 16-stream row and of the HTTP/3 row (both on
+/// CONCURRENCY / 16 connections).
+const STREAMS: u32 = 16;
 /// HTTP/2 with 100 streams per connection (the most haproxy and edgelb allow by default; nginx
 /// allows 128) on 4 connections: 400 requests in flight, enough to fill every connection's
 /// window without making the run a test of one connection's head-of-line blocking.
@@ -125,21 +135,41 @@ enum WorkloadId {
     Newconn,
     /// A new TLS connection per request, with a 100,000-prefix deny list.
     Acl,
+    /// HTTP/3, 16 streams on 4 connections (edgelb only, driven by h3-load).
+    H3,
     /// RSS with 10,000 idle keep-alive TLS connections.
     Memory,
+}
+
+/// How the proxies serving a workload are started (each set started once, in this order, and
+/// stopped before the next).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Plain,
+    /// With the 100k-prefix deny list.
+    DenyList,
+    /// edgelb alone, with `--http3 on`; the workload is driven by h3-load, not h2load.
+    Http3,
 }
 
 pub struct Workload {
     id: WorkloadId,
     pub name: &'static str,
-    /// ALPN protocol h2load must report, so a proxy cannot pass by negotiating another one.
+    /// ALPN protocol h2load (or h3-load) must report, so a proxy cannot pass by negotiating
+    /// another one.
     alpn: &'static str,
     h2load_args: Vec<String>,
     path: &'static str,
     /// Timing-based (`-D`, `--warm-up-time`) if true; else count-based (`-n`), see below.
     timed: bool,
-    /// Served by the proxies started with the deny list.
-    acl: bool,
+    start: Start,
+}
+
+impl Workload {
+    /// Whether `proxy` can serve it at all (HTTP/3: edgelb only).
+    fn served_by(&self, proxy: Proxy) -> bool {
+        self.start != Start::Http3 || proxy == Proxy::Edgelb
+    }
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -148,7 +178,8 @@ fn args(list: &[&str]) -> Vec<String> {
 
 fn workloads() -> Vec<Workload> {
     let c = CONCURRENCY.to_string();
-    let h2_clients = (CONCURRENCY / 16).to_string();
+    let h2_clients = (CONCURRENCY / STREAMS).to_string();
+    let streams = STREAMS.to_string();
     let h2_100_clients = H2_100_CLIENTS.to_string();
     // A new TLS connection per request. h2load has no reconnect option, but its HTTP/1.1
     // client opens a new connection whenever a response says `Connection: close` and it
@@ -173,16 +204,16 @@ fn workloads() -> Vec<Workload> {
             h2load_args: args(&["--h1", "-c", &c]),
             path: "/",
             timed: true,
-            acl: false,
+            start: Start::Plain,
         },
         Workload {
             id: WorkloadId::H2x16,
             name: "HTTP/2, 16 streams/conn",
             alpn: "h2",
-            h2load_args: args(&["-c", &h2_clients, "-m", "16"]),
+            h2load_args: args(&["-c", &h2_clients, "-m", &streams]),
             path: "/",
             timed: true,
-            acl: false,
+            start: Start::Plain,
         },
         Workload {
             id: WorkloadId::H2x100,
@@ -191,7 +222,7 @@ fn workloads() -> Vec<Workload> {
             h2load_args: args(&["-c", &h2_100_clients, "-m", "100"]),
             path: "/",
             timed: true,
-            acl: false,
+            start: Start::Plain,
         },
         Workload {
             id: WorkloadId::H1Large,
@@ -200,7 +231,7 @@ fn workloads() -> Vec<Workload> {
             h2load_args: args(&["--h1", "-c", &c]),
             path: "/64k",
             timed: true,
-            acl: false,
+            start: Start::Plain,
         },
         Workload {
             id: WorkloadId::Newconn,
@@ -209,7 +240,7 @@ fn workloads() -> Vec<Workload> {
             h2load_args: newconn.clone(),
             path: "/",
             timed: false,
-            acl: false,
+            start: Start::Plain,
         },
         Workload {
             id: WorkloadId::Acl,
@@ -218,9 +249,69 @@ fn workloads() -> Vec<Workload> {
             h2load_args: newconn,
             path: "/",
             timed: false,
-            acl: true,
+            start: Start::DenyList,
+        },
+        // h3-load's arguments are made in `Bench::measure_h3`: CONCURRENCY / STREAMS
+        // connections with STREAMS streams each, as the HTTP/2 16-stream row.
+        Workload {
+            id: WorkloadId::H3,
+            name: "HTTP/3, 16 streams/conn",
+            alpn: "h3",
+            h2load_args: Vec::new(),
+            path: "/",
+            timed: true,
+            start: Start::Http3,
         },
     ]
+}
+
+/// What a load generator (h2load or h3-load) reported of one measured run.
+struct Counted {
+    ok: u64,
+    bad: u64,
+    secs: f64,
+    alpn: String,
+    tls: String,
+    cipher: String,
+    p50_us: Option<u32>,
+    p99_us: Option<u32>,
+    handshakes: Option<Handshakes>,
+}
+
+impl Counted {
+    /// The cell of a run measured from `start` to `end`, the proxy's CPU over that window.
+    fn cell(self, workload: &Workload, start: &Sample, end: &Sample, backend_conns: u64) -> Cell {
+        let mut problem = None;
+        if self.alpn != workload.alpn {
+            problem = Some(format!(
+                "negotiated {:?}, expected {}",
+                self.alpn, workload.alpn
+            ));
+        }
+        if self.ok == 0 {
+            problem = Some("no 2xx responses".into());
+        }
+        let wall = end.at.duration_since(start.at).as_secs_f64();
+        let cpu_secs = (end.proxy_ticks - start.proxy_ticks) as f64 / clock_ticks_per_sec();
+        let busy = if wall > 0.0 { cpu_secs / wall } else { 0.0 };
+        let ok_per_sec = self.ok as f64 / self.secs;
+        Cell {
+            ok_per_sec,
+            bad: self.bad,
+            problem,
+            proxy_cpu: busy,
+            core0_busy: end.core0.since(&start.core0),
+            core1_busy: end.core1.since(&start.core1),
+            tls: self.tls,
+            cipher: self.cipher,
+            // Rate over CPU rate: both over the measured window.
+            ok_per_cpu_sec: if busy > 0.0 { ok_per_sec / busy } else { 0.0 },
+            p50_us: self.p50_us,
+            p99_us: self.p99_us,
+            backend_conns,
+            handshakes: self.handshakes,
+        }
+    }
 }
 
 /// One cell of the tables: one proxy under one workload.
@@ -309,11 +400,11 @@ pub fn run(args: &[String]) -> Result<()> {
             args.memory_conns * 2 + 200
         );
     }
-    let (built, idle_conns) = build(selected(WorkloadId::Memory))?;
+    let built = build(selected(WorkloadId::Memory), selected(WorkloadId::H3))?;
     let edgelb = match &args.edgelb_bin {
         Some(path) if path.is_file() => path.clone(),
         Some(path) => bail!("--edgelb-bin {}: no such file", path.display()),
-        None => built,
+        None => built.edgelb.clone(),
     };
 
     let dir = TempDir::new()?;
@@ -350,19 +441,32 @@ pub fn run(args: &[String]) -> Result<()> {
         ports: proxy_ports,
         status_port,
         args: &args,
+        h3_load: &built.h3_load,
     };
     let workloads: Vec<Workload> = workloads().into_iter().filter(|w| selected(w.id)).collect();
-    let mut cells = Vec::new();
-    // The plain proxies serve every workload but the deny-list one; they are started once, all
-    // three together (an idle proxy costs nothing), and stopped before the deny-list ones start
-    // on the same ports.
-    for acl in [false, true] {
-        if !workloads.iter().any(|w| w.acl == acl) {
+    let mut rows: Vec<[Option<Cell>; 3]> = vec![Default::default(); workloads.len()];
+    // The plain proxies serve every workload but the deny-list and HTTP/3 ones; they are
+    // started once, all three together (an idle proxy costs nothing), and stopped before the
+    // deny-list ones start on the same ports, and those before edgelb with HTTP/3.
+    for start in [Start::Plain, Start::DenyList, Start::Http3] {
+        let serving: Vec<usize> = (0..workloads.len())
+            .filter(|&i| workloads[i].start == start)
+            .collect();
+        let Some(&first) = serving.first() else {
+            continue;
+        };
+        let these: Vec<Proxy> = proxies
+            .iter()
+            .copied()
+            .filter(|&p| workloads[first].served_by(p))
+            .collect();
+        if these.is_empty() {
             continue;
         }
-        let mut procs = bench.start(&proxies, acl)?;
-        for w in workloads.iter().filter(|w| w.acl == acl) {
-            let mut row: [Option<Cell>; 3] = Default::default();
+        let mut procs = bench.start(&these, start)?;
+        for &wi in &serving {
+            let w = &workloads[wi];
+            let row = &mut rows[wi];
             for (i, proc) in procs.iter_mut().enumerate() {
                 let Some(proc) = proc else { continue };
                 check_stop()?;
@@ -377,23 +481,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 );
                 row[i] = Some(bench.measure(w, proxy_ports[i], proc)?);
             }
-            cells.push(row);
         }
         for proc in procs.iter_mut().flatten() {
             proc.check_alive()?;
         }
     }
-    // Rows were filled plain first, then deny-list: put them in the workloads' order.
-    let mut order: Vec<usize> = (0..workloads.len()).collect();
-    order.sort_by_key(|&i| workloads[i].acl);
-    let mut rows: Vec<Option<[Option<Cell>; 3]>> = vec![None; workloads.len()];
-    for (row, i) in cells.into_iter().zip(order) {
-        rows[i] = Some(row);
-    }
-    let cells = rows.into_iter().map(Option::unwrap_or_default).collect();
+    let cells = rows;
 
     let memory = if selected(WorkloadId::Memory) {
-        Some(bench.memory(&proxies, &idle_conns, memory_conns)?)
+        Some(bench.memory(&proxies, &built.idle_conns, memory_conns)?)
     } else {
         None
     };
@@ -415,19 +511,35 @@ pub fn run(args: &[String]) -> Result<()> {
     write_outputs(&markdown, &svg::chart(&results, &about))
 }
 
-/// Builds the edgelb binary and, for the memory test, the idle-conns client (release, each
-/// its own cargo run so edgelb is built with its own features only, as it ships).
-fn build(memory: bool) -> Result<(PathBuf, PathBuf)> {
+/// What `build` made.
+struct Built {
+    edgelb: PathBuf,
+    idle_conns: PathBuf,
+    h3_load: PathBuf,
+}
+
+/// Builds the edgelb binary and, for the memory test, the idle-conns client, for the HTTP/3
+/// row the h3-load client (release, edgelb and the clients each their own cargo run so edgelb
+/// is built with its own features only, as it ships).
+fn build(memory: bool, http3: bool) -> Result<Built> {
     crate::build()?;
-    if memory {
-        crate::build_test_bins(&["idle-conns"])?;
+    let bins: Vec<&str> = [(memory, "idle-conns"), (http3, "h3-load")]
+        .into_iter()
+        .filter_map(|(wanted, bin)| wanted.then_some(bin))
+        .collect();
+    if !bins.is_empty() {
+        crate::build_test_bins(&bins)?;
     }
     let release = target_dir().join("release");
     let edgelb = release.join("edgelb");
     if !edgelb.is_file() {
         bail!("built edgelb but {} does not exist", edgelb.display());
     }
-    Ok((edgelb, release.join("idle-conns")))
+    Ok(Built {
+        edgelb,
+        idle_conns: release.join("idle-conns"),
+        h3_load: release.join("h3-load"),
+    })
 }
 
 /// `target/bench/https.md` and `https.svg`.
@@ -448,25 +560,28 @@ struct Bench<'a> {
     ports: [u16; 3],
     status_port: u16,
     args: &'a Args,
+    h3_load: &'a Path,
 }
 
 impl Bench<'_> {
-    /// Starts the given proxies (plain or with the deny list) and waits until they accept.
-    fn start(&self, proxies: &[Proxy], acl: bool) -> Result<[Option<Proc>; 3]> {
+    /// Starts the given proxies (plain, with the deny list, or with HTTP/3) and waits until
+    /// they accept.
+    fn start(&self, proxies: &[Proxy], start: Start) -> Result<[Option<Proc>; 3]> {
         let mut procs: [Option<Proc>; 3] = Default::default();
         for (i, &proxy) in PROXIES.iter().enumerate() {
             if proxies.contains(&proxy) {
-                procs[i] = Some(self.start_one(i, acl)?);
+                procs[i] = Some(self.start_one(i, start)?);
             }
         }
         Ok(procs)
     }
 
-    fn start_one(&self, i: usize, acl: bool) -> Result<Proc> {
+    fn start_one(&self, i: usize, start: Start) -> Result<Proc> {
         let proxy = PROXIES[i];
-        let cmd = proxy_command(self.setup, proxy, self.ports[i], acl)?;
+        let cmd = proxy_command(self.setup, proxy, self.ports[i], start)?;
         let mut proc = Proc::spawn(proxy.name(), cmd, &self.setup.dir)?;
-        // A big deny list takes a moment to load.
+        // A big deny list takes a moment to load. (With HTTP/3, edgelb binds its UDP sockets
+        // before it listens on TCP: once TCP accepts, QUIC packets are queued for it.)
         proc.wait_for_port(self.ports[i])?;
         Ok(proc)
     }
@@ -488,7 +603,7 @@ impl Bench<'_> {
                 "xtask bench https: memory of {} with {conns} idle TLS connections",
                 proxy.name()
             );
-            let mut proc = self.start_one(i, false)?;
+            let mut proc = self.start_one(i, Start::Plain)?;
             let m = memory::measure(&self.setup.dir, idle_conns, &mut proc, self.ports[i], conns)?;
             proc.check_alive()?;
             out[i] = Some(m);
@@ -503,8 +618,11 @@ impl Bench<'_> {
         cmd
     }
 
-    /// Runs h2load against `port` and turns its report into a cell.
+    /// Runs h2load (h3-load for HTTP/3) against `port` and turns its report into a cell.
     fn measure(&self, workload: &Workload, port: u16, proxy: &Proc) -> Result<Cell> {
+        if workload.start == Start::Http3 {
+            return self.measure_h3(workload, port, proxy);
+        }
         let dir = &self.setup.dir;
         let args = self.args;
         let log = dir.join("h2load-requests.log");
@@ -549,36 +667,79 @@ impl Bench<'_> {
             parse_h2load(&out).with_context(|| format!("cannot read h2load's report:\n{out}"))?;
         let latencies = ok_latencies(&fs::read_to_string(&log).unwrap_or_default());
         let _ = fs::remove_file(&log);
-        let mut problem = None;
-        if report.alpn != workload.alpn {
-            problem = Some(format!(
-                "negotiated {:?}, expected {}",
-                report.alpn, workload.alpn
-            ));
-        }
-        if report.ok == 0 {
-            problem = Some("no 2xx responses".into());
-        }
-        let wall = end.at.duration_since(start.at).as_secs_f64();
-        let cpu_secs = (end.proxy_ticks - start.proxy_ticks) as f64 / clock_ticks_per_sec();
-        let busy = if wall > 0.0 { cpu_secs / wall } else { 0.0 };
-        let ok_per_sec = report.ok as f64 / report.secs;
-        Ok(Cell {
-            ok_per_sec,
+        let counted = Counted {
+            ok: report.ok,
             bad: report.bad,
-            problem,
-            proxy_cpu: busy,
-            core0_busy: end.core0.since(&start.core0),
-            core1_busy: end.core1.since(&start.core1),
+            secs: report.secs,
+            alpn: report.alpn,
             tls: report.tls,
             cipher: report.cipher,
-            // Rate over CPU rate: both over the measured window.
-            ok_per_cpu_sec: if busy > 0.0 { ok_per_sec / busy } else { 0.0 },
             p50_us: percentile(&latencies, 50.0),
             p99_us: percentile(&latencies, 99.0),
-            backend_conns,
             handshakes,
-        })
+        };
+        Ok(counted.cell(workload, &start, &end, backend_conns))
+    }
+
+    /// Runs h3-load against `port` (UDP, edgelb's QUIC on the TCP listener's port) and turns
+    /// its report into a cell: the HTTP/2 16-stream row's connections and streams, timed, on
+    /// core 1 as h2load. The proxy's CPU is sampled when h3-load's warm-up ends and when its
+    /// measured window does (from its start, as h3-load counts them; sampled from the polling
+    /// loop, within ~10 ms), so its closing the connections afterwards is not in it.
+    fn measure_h3(&self, workload: &Workload, port: u16, proxy: &Proc) -> Result<Cell> {
+        let dir = &self.setup.dir;
+        let args = self.args;
+        let mut cmd = pinned(1, self.h3_load, ["--connect", &format!("127.0.0.1:{port}")]);
+        cmd.args(["--server-name", "localhost"])
+            .args(["--ca".as_ref(), self.setup.certs.cert.as_os_str()])
+            .args(["--conns", &(CONCURRENCY / STREAMS).to_string()])
+            .args(["--streams", &STREAMS.to_string()])
+            .args(["--warm-up-secs", &args.warm_up.to_string()])
+            .args(["--secs", &args.duration.to_string()])
+            .args(["--path", workload.path]);
+        let limit = args.duration + args.warm_up + 30;
+        let warm_up = Duration::from_secs(args.warm_up);
+        let window_end = warm_up + Duration::from_secs(args.duration);
+        let accepts_before = backend_accepts(self.status_port)?;
+        let mut start: Option<Sample> = None;
+        let mut end: Option<Sample> = None;
+        let out = run_bounded_with(
+            "h3-load",
+            cmd,
+            dir,
+            Duration::from_secs(limit),
+            &mut |elapsed| {
+                if start.is_none() && elapsed >= warm_up {
+                    start = Sample::take(proxy).ok();
+                }
+                if end.is_none() && elapsed >= window_end {
+                    end = Sample::take(proxy).ok();
+                }
+            },
+        )?;
+        let end = match end {
+            Some(end) => end,
+            None => Sample::take(proxy)?,
+        };
+        let start = start.context("the run ended before its warm-up did")?;
+        let backend_conns = backend_accepts(self.status_port)?.saturating_sub(accepts_before);
+
+        let report =
+            parse_h3load(&out).with_context(|| format!("cannot read h3-load's report:\n{out}"))?;
+        let counted = Counted {
+            ok: report.ok,
+            bad: report.bad,
+            secs: report.secs,
+            alpn: report.alpn,
+            // QUIC is TLS 1.3 only (RFC 9001), and h3-load offers nothing else; quinn does not
+            // tell the client which cipher suite was chosen.
+            tls: "TLSv1.3".into(),
+            cipher: "(not reported over QUIC)".into(),
+            p50_us: report.p50_us,
+            p99_us: report.p99_us,
+            handshakes: None,
+        };
+        Ok(counted.cell(workload, &start, &end, backend_conns))
     }
 
     /// For a count-based run: a short probe (with the handshakes captured), then a warm-up of

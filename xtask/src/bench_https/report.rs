@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 
 use super::memory::Memory;
-use super::{CONCURRENCY, Cell, H2_100_CLIENTS, PROXIES, Results};
+use super::{
+    CONCURRENCY, Cell, H2_100_CLIENTS, PROXIES, Results, STREAMS, Start, Workload, WorkloadId,
+};
 use crate::cmd::Cmd;
 
 pub fn render(r: &Results, about: &str) -> String {
@@ -46,15 +48,39 @@ fn workload_tables(s: &mut String, r: &Results) {
         r.warm_up,
         r.duration
     );
+    if r.workloads.iter().any(|w| w.start == Start::Http3) {
+        let _ = writeln!(
+            s,
+            "\nHTTP/3: edgelb only, started again with `--http3 on` (QUIC on the listener's port \
+             over UDP, TLS 1.3, ALPN h3), {} streams on each of {} connections as the HTTP/2 \
+             16-stream row, {}s after {}s warm-up, driven by h3-load (tests/src/bin/h3-load.rs, \
+             quinn + h3, one thread) on core 1 in h2load's place: h2load cannot (Debian's is \
+             built without HTTP/3). {NO_H3}.",
+            STREAMS,
+            CONCURRENCY / STREAMS,
+            r.duration,
+            r.warm_up
+        );
+    }
+    h3_vs_h2(s, r, "requests/s", |c| c.ok_per_sec);
     let _ = writeln!(
         s,
         "\nRequests per CPU-second of the proxy (its own user + system time, all its processes, \
          over the measured window): what the proxy costs, whoever limits the rate.\n"
     );
     throughput_table(s, r, "req per proxy CPU-s", |c| c.ok_per_cpu_sec);
+    h3_vs_h2(s, r, "requests per proxy CPU-second", |c| c.ok_per_cpu_sec);
     latency_table(s, r);
     diagnostics_table(s, r);
     handshake_note(s, r);
+}
+
+/// Why nginx and haproxy have no HTTP/3 figure.
+const NO_H3: &str = "n/a — no HTTP/3 in Debian's nginx 1.22 / haproxy 2.6";
+
+/// What a table shows for a proxy that cannot serve the workload at all.
+fn not_served(w: &Workload, proxy: usize) -> Option<&'static str> {
+    (!w.served_by(PROXIES[proxy])).then_some("n/a (no HTTP/3)")
 }
 
 /// One row per workload: the three proxies' `value`, then edgelb/nginx and edgelb/haproxy.
@@ -67,7 +93,12 @@ fn throughput_table(s: &mut String, r: &Results, what: &str, value: fn(&Cell) ->
     for (w, row) in r.workloads.iter().zip(&r.cells) {
         let cells: Vec<String> = row
             .iter()
-            .map(|c| c.as_ref().map_or("-".into(), |c| cell_text(c, value(c))))
+            .enumerate()
+            .map(|(i, c)| match (not_served(w, i), c) {
+                (Some(na), _) => na.into(),
+                (None, Some(c)) => cell_text(c, value(c)),
+                (None, None) => "-".into(),
+            })
             .collect();
         let _ = writeln!(
             s,
@@ -78,6 +109,26 @@ fn throughput_table(s: &mut String, r: &Results, what: &str, value: fn(&Cell) ->
             cells[2],
             ratio(&row[0], &row[1], value),
             ratio(&row[0], &row[2], value)
+        );
+    }
+}
+
+/// edgelb's HTTP/3 row over its HTTP/2 16-stream row (same streams and connections), when
+/// both ran and are valid.
+fn h3_vs_h2(s: &mut String, r: &Results, what: &str, value: fn(&Cell) -> f64) {
+    let edgelb = |id: WorkloadId| {
+        r.workloads
+            .iter()
+            .zip(&r.cells)
+            .find(|(w, _)| w.id == id)
+            .and_then(|(_, row)| row[0].clone())
+    };
+    let (h3, h2) = (edgelb(WorkloadId::H3), edgelb(WorkloadId::H2x16));
+    if h3.is_some() && h2.is_some() {
+        let _ = writeln!(
+            s,
+            "\nedgelb HTTP/3 / edgelb HTTP/2 (16x4), {what}: {}.",
+            ratio(&h3, &h2, value)
         );
     }
 }
@@ -94,28 +145,32 @@ fn ratio(a: &Option<Cell>, b: &Option<Cell>, value: fn(&Cell) -> f64) -> String 
 fn latency_table(s: &mut String, r: &Results) {
     let _ = writeln!(
         s,
-        "\nLatency of 2xx responses, p50 / p99 in ms (h2load --log-file, measured phase only; from \
-         sending the request to the end of the response, so a new connection's handshake is not \
-         in it).\n"
+        "\nLatency of 2xx responses, p50 / p99 in ms (h2load --log-file, HTTP/3 h3-load's own \
+         timing, measured phase only; from sending the request to the end of the response, so a \
+         new connection's handshake is not in it).\n"
     );
     let _ = writeln!(s, "| workload | edgelb | nginx | haproxy |");
     let _ = writeln!(s, "|---|---:|---:|---:|");
     for (w, row) in r.workloads.iter().zip(&r.cells) {
-        let text = |c: &Option<Cell>| match c {
-            Some(Cell {
-                p50_us: Some(p50),
-                p99_us: Some(p99),
-                ..
-            }) => format!("{} / {}", ms(*p50), ms(*p99)),
+        let text = |i: usize| match (not_served(w, i), &row[i]) {
+            (Some(na), _) => na.into(),
+            (
+                None,
+                Some(Cell {
+                    p50_us: Some(p50),
+                    p99_us: Some(p99),
+                    ..
+                }),
+            ) => format!("{} / {}", ms(*p50), ms(*p99)),
             _ => "-".into(),
         };
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} |",
             w.name,
-            text(&row[0]),
-            text(&row[1]),
-            text(&row[2])
+            text(0),
+            text(1),
+            text(2)
         );
     }
 }
@@ -134,7 +189,8 @@ fn diagnostics_table(s: &mut String, r: &Results) {
         s,
         "\nDiagnostics, each as edgelb / nginx / haproxy. proxy CPU: cores the proxy used (1.00 = \
          saturated). core 0: all load on it (above proxy CPU = something else ran there). core 1: \
-         h2load + backend (~100% = the load side limits: compare req per proxy CPU-second then). \
+         h2load (h3-load for HTTP/3) + backend (~100% = the load side limits: compare req per \
+         proxy CPU-second then). \
          backend conns: connections the backend accepted during the run.\n"
     );
     let _ = writeln!(
@@ -159,10 +215,13 @@ fn diagnostics_table(s: &mut String, r: &Results) {
             join(&|c| c.backend_conns.to_string()),
         );
     }
+    // From the first h2load row (quinn does not report the suite to h3-load).
     let ciphers: Vec<String> = r
-        .cells
-        .first()
-        .map(|row| {
+        .workloads
+        .iter()
+        .zip(&r.cells)
+        .find(|(w, _)| w.start != Start::Http3)
+        .map(|(_, row)| {
             PROXIES
                 .iter()
                 .zip(row)

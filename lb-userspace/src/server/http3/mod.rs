@@ -238,8 +238,14 @@ async fn serve_connection(
     let mut requests = JoinSet::new();
     let mut stopping = false;
     // The listener's idle timeout: no request in flight for this long closes the connection
-    // (0: after the first response). QUIC's own idle timeout only finds dead peers.
-    let idle = tokio::time::sleep(timeouts.idle.max(Duration::from_millis(1)));
+    // (0: after the first response, which the request timeout waits for). QUIC's own idle
+    // timeout only finds dead peers.
+    let first_wait = if timeouts.idle.is_zero() {
+        timeouts.request
+    } else {
+        timeouts.idle
+    };
+    let idle = tokio::time::sleep(first_wait);
     tokio::pin!(idle);
     let mut served = false;
     loop {
