@@ -54,7 +54,7 @@ class Client(QuicConnectionProtocol):
                 if not fut.done():
                     fut.set_result(self.responses.pop(ev.stream_id))
 
-    async def request(self, method, authority, path, body, headers):
+    async def request(self, method, authority, path, body, headers, length=None):
         stream_id = self._quic.get_next_available_stream_id()
         fields = [
             (b":method", method.encode()),
@@ -62,7 +62,9 @@ class Client(QuicConnectionProtocol):
             (b":authority", authority.encode()),
             (b":path", path.encode()),
         ] + [(k.encode(), v.encode()) for k, v in headers]
-        if body is not None:
+        if length is not None:
+            fields.append((b"content-length", str(length).encode()))
+        elif body is not None:
             fields.append((b"content-length", str(len(body)).encode()))
         fut = asyncio.get_running_loop().create_future()
         self.waiting[stream_id] = fut
@@ -113,7 +115,7 @@ async def run(args):
                 headers = [tuple(h.split(":", 1)) for h in args.header]
                 try:
                     resp = await asyncio.wait_for(
-                        client.request(args.method, authority, path, body, headers),
+                        client.request(args.method, authority, path, body, headers, args.content_length),
                         args.timeout,
                     )
                 except (ConnectionError, asyncio.TimeoutError) as e:
@@ -148,6 +150,7 @@ def main():
     p.add_argument("--method", default="GET")
     p.add_argument("--data")
     p.add_argument("--header", action="append", default=[])
+    p.add_argument("--content-length", type=int, help="declare this length, whatever the body's")
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--pause", type=float, default=0.0, help="seconds between requests")
     args = p.parse_args()

@@ -74,6 +74,8 @@ pub struct Request<'a> {
     pub bind: Option<&'a str>,
     pub method: &'a str,
     pub data: Option<&'a str>,
+    /// A `content-length` to declare instead of the body's own.
+    pub content_length: Option<u64>,
     pub headers: Vec<String>,
     /// Seconds: the QUIC idle timeout and the wait for each response.
     pub timeout: f32,
@@ -90,6 +92,7 @@ impl<'a> Request<'a> {
             bind: None,
             method: "GET",
             data: None,
+            content_length: None,
             headers: Vec::new(),
             timeout: 5.0,
             pause: 0.0,
@@ -127,6 +130,9 @@ impl<'a> Request<'a> {
         }
         if let Some(data) = self.data {
             cmd.args(["--data", data]);
+        }
+        if let Some(n) = self.content_length {
+            cmd.args(["--content-length", &n.to_string()]);
         }
         for h in &self.headers {
             cmd.args(["--header", h]);

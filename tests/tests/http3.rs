@@ -393,3 +393,60 @@ fn the_idle_timeout_closes_a_quiet_http3_connection() {
         }
     }
 }
+
+/// A body longer or shorter than its `content-length`, and connection-specific fields, are
+/// refused (RFC 9114 4.1.2, 4.2) before anything reaches a backend: a backend framing the
+/// body by the declared length would otherwise take the rest for a request of its own.
+#[test]
+fn malformed_http3_requests_are_refused_before_the_backend() {
+    if !h3::client_or_skip("malformed_http3_requests_are_refused_before_the_backend") {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &be, "--http3", "on"]);
+    let smuggled = "hello\r\n\r\nGET /hidden HTTP/1.1\r\nhost: a\r\n\r\n";
+    let base = {
+        let mut r = Request::get(&s.ca.cert_pem, SERVER_NAME);
+        r.method = "POST";
+        r
+    };
+    let mut cases: Vec<(&str, Request)> = Vec::new();
+    let mut longer = base.clone();
+    longer.data = Some(smuggled);
+    longer.content_length = Some(5);
+    cases.push(("a body longer than its content-length", longer));
+    let mut shorter = base.clone();
+    shorter.data = Some("hello");
+    shorter.content_length = Some(50);
+    cases.push(("a body shorter than its content-length", shorter));
+    for header in [
+        "connection:keep-alive",
+        "transfer-encoding:chunked",
+        "upgrade:websocket",
+    ] {
+        let mut r = base.clone();
+        r.data = Some("hello");
+        r.headers = vec![header.to_string()];
+        cases.push((header, r));
+    }
+    for (what, request) in cases {
+        match request.send(None, "127.0.0.1", addr.port(), &["/echo"]) {
+            Ok(replies) => assert_eq!(replies[0].status, 400, "{what}: {replies:?}"),
+            // A stream reset is a refusal too.
+            Err(failed) => assert_eq!(failed.code, Some(3), "{what}: {failed:?}\n{}", lb.log()),
+        }
+    }
+    assert_eq!(
+        backend.served(),
+        0,
+        "a malformed request reached the backend"
+    );
+    let mut ok = base.clone();
+    ok.data = Some("hello");
+    let replies = ok
+        .send(None, "127.0.0.1", addr.port(), &["/echo"])
+        .expect("a well-formed POST");
+    assert!(replies[0].body.contains("body-bytes: 5"), "{replies:?}");
+}

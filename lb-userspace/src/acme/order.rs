@@ -35,8 +35,9 @@ pub async fn order(
         .new_order(&NewOrder::new(&identifiers))
         .await
         .map_err(|e| format!("new order: {e}"))?;
-    let mut answers = Vec::new();
-    let result = async {
+    // Removed however the order ends, a timeout's cancellation included.
+    let mut answers = Answers(Vec::new());
+    async {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
             let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
@@ -58,7 +59,7 @@ pub async fn order(
                 AcmeChallenge::Http01 => ch.token.clone(),
             };
             let answer = ch.key_authorization();
-            answers.push(
+            answers.0.push(
                 store
                     .put_challenge(dir, &key, answer.as_str())
                     .map_err(|e| format!("writing the {} answer for {name}: {e}", kind.name()))?,
@@ -96,9 +97,16 @@ pub async fn order(
             key_pem: key.serialize_pem(),
         })
     }
-    .await;
-    for path in answers {
-        let _ = std::fs::remove_file(path);
+    .await
+}
+
+/// The answer files an order wrote, removed when it ends.
+struct Answers(Vec<std::path::PathBuf>);
+
+impl Drop for Answers {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
     }
-    result
 }

@@ -31,6 +31,8 @@ const LOCKED_RETRY: Duration = Duration::from_secs(5);
 /// The longest one order may take, all steps together: a CA that stops answering fails the
 /// attempt (retried with backoff) rather than holding up the task.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Orders for one set are at least this far apart, whatever the certificates' lifetime.
+const MIN_ORDER_GAP: Duration = Duration::from_secs(10);
 /// Backoff after a failed order: the first retry, doubled each time up to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(3600);
@@ -60,6 +62,8 @@ struct SetState {
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
     last_error: Option<String>,
+    /// When this node last ordered the set successfully or not.
+    ordered_at: Option<tokio::time::Instant>,
 }
 
 async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
@@ -157,9 +161,24 @@ async fn keep(
     {
         return at;
     }
-    let Ok(Some(_lock)) = store.try_lock() else {
+    // However short the certificates the CA hands out, orders for one set are this far apart.
+    if let Some(at) = state.ordered_at.map(|t| t + MIN_ORDER_GAP)
+        && at > clock
+    {
+        return at;
+    }
+    let _lock = match store.try_lock() {
+        Ok(Some(lock)) => lock,
         // Another node orders: its files are looked for again soon.
-        return clock + LOCKED_RETRY;
+        Ok(None) => return clock + LOCKED_RETRY,
+        Err(e) => {
+            return failed(
+                set,
+                state,
+                format!("the state directory's lock: {e}"),
+                clock,
+            );
+        }
     };
     // Under the lock, the directory may already hold what the last holder ordered.
     if let Ok(Some(stored)) = store.load(&set.names)
@@ -175,31 +194,51 @@ async fn keep(
     let result = tokio::time::timeout(ORDER_TIMEOUT, attempt)
         .await
         .unwrap_or_else(|_| Err(format!("no answer from the CA within {ORDER_TIMEOUT:?}")));
-    let saved = result.and_then(|issued| {
-        store
-            .save(&set.names, &issued.chain_pem, &issued.key_pem)
-            .map_err(|e| format!("saving the certificate: {e}"))
-    });
-    match saved {
-        Ok(()) => {
-            info!(listener = set.listener, names = ?set.names, "ACME certificate issued");
+    state.ordered_at = Some(clock);
+    // Served from what was just written, read back as every node reads it.
+    let installed = result
+        .and_then(|issued| {
+            store
+                .save(&set.names, &issued.chain_pem, &issued.key_pem)
+                .map_err(|e| format!("saving the certificate: {e}"))
+        })
+        .and_then(|()| match store.load(&set.names) {
+            Ok(Some(stored)) => Ok(stored),
+            Ok(None) => Err("the issued certificate does not name every domain".to_string()),
+            Err(e) => Err(e),
+        });
+    match installed {
+        Ok(stored) => {
+            acme.install(&set.names, &stored.key);
+            state.not_before = Some(stored.not_before);
+            state.not_after = Some(stored.not_after);
+            info!(listener = set.listener, names = ?set.names, not_after = stored.not_after, "ACME certificate issued");
             state.failures = 0;
             state.retry_at = None;
             state.last_error = None;
-            // Taken up at once by the next round, from the files just written.
-            clock
+            in_secs(renew_at(stored.not_before, stored.not_after))
+                .min(clock + RECHECK)
+                .max(clock + MIN_ORDER_GAP)
         }
-        Err(e) => {
-            state.failures = state.failures.saturating_add(1);
-            let wait = BACKOFF_FIRST
-                .saturating_mul(1 << state.failures.saturating_sub(1).min(12))
-                .min(BACKOFF_MAX);
-            warn!(listener = set.listener, names = ?set.names, error = e, retry_in = ?wait, "ACME order failed");
-            state.last_error = Some(e);
-            state.retry_at = Some(clock + wait);
-            clock + wait
-        }
+        Err(e) => failed(set, state, e, clock),
     }
+}
+
+/// Records a failed attempt; returns when the next one is due (backoff).
+fn failed(
+    set: &DomainSet,
+    state: &mut SetState,
+    e: String,
+    clock: tokio::time::Instant,
+) -> tokio::time::Instant {
+    state.failures = state.failures.saturating_add(1);
+    let wait = BACKOFF_FIRST
+        .saturating_mul(1 << state.failures.saturating_sub(1).min(12))
+        .min(BACKOFF_MAX);
+    warn!(listener = set.listener, names = ?set.names, error = e, retry_in = ?wait, "ACME order failed");
+    state.last_error = Some(e);
+    state.retry_at = Some(clock + wait);
+    clock + wait
 }
 
 /// The account at the configured directory: the one kept in the state directory, else a new

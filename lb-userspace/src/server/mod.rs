@@ -41,7 +41,7 @@ use stream::ClientStream;
 pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// How long a connection being closed for a timeout may take to finish what it is writing.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What a reload may replace: read once per connection (TLS, timeouts) or request (routes),
 /// swapped whole.
@@ -90,6 +90,11 @@ impl ConnectionLimit {
 
     pub fn set_max(&self, max: usize) {
         self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Whether half the cap is taken (HTTP/3 then asks new clients to prove their address).
+    pub fn past_half(&self) -> bool {
+        self.open.load(Ordering::Relaxed).saturating_mul(2) >= self.max.load(Ordering::Relaxed)
     }
 
     /// Room for one more connection (held until the guard is dropped), or None at the cap.

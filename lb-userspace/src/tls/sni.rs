@@ -180,9 +180,11 @@ impl WithAcme {
 
 impl ResolvesServerCert for WithAcme {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let validation = hello
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == super::ACME_TLS_ALPN));
+        // A validation offers `acme-tls/1` alone (RFC 8737 3); a hello offering it among
+        // others would be served HTTP on whatever the server prefers.
+        let validation = hello.alpn().is_some_and(|mut protocols| {
+            protocols.next() == Some(super::ACME_TLS_ALPN) && protocols.next().is_none()
+        });
         if let Some(name) = hello.server_name() {
             let name = name.to_ascii_lowercase();
             if self.acme.names.contains(&name) {

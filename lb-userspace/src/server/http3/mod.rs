@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::{ListenerContext, Open, Slot, log_request};
+use super::{CLOSE_GRACE, ListenerContext, Open, Slot, log_request};
 use crate::config::Timeouts;
 use crate::proxy::headers::ConnInfo;
 use crate::tls::ClientIdentity;
@@ -161,6 +161,14 @@ fn accept(
         incoming.refuse();
         return;
     };
+    // Past half the listener's connections, a client must first prove its address (a Retry
+    // round trip) before it takes a slot: Initial packets from spoofed sources then cost no
+    // slot for the handshake timeout, and TCP clients, who share the limit, keep theirs.
+    if ctx.limit.past_half() && !incoming.remote_address_validated() && incoming.may_retry() {
+        ctx.metrics.refused("quic_retry");
+        let _ = incoming.retry();
+        return;
+    }
     let Some(slot) = ctx.limit.try_acquire() else {
         debug!(client = %peer, "QUIC connection refused: --max-connections reached");
         ctx.metrics.refused("max_connections");
@@ -224,14 +232,20 @@ async fn serve_connection(
     let identity = ClientIdentity::from_chain(chain.as_deref().map(Vec::as_slice));
     let info = Arc::new(ConnInfo::new(peer, local, "https", identity, sni));
     let quic = conn.clone();
-    let mut h3 = match ::h3::server::builder()
-        .max_field_section_size(limits::MAX_FIELD_SECTION_SIZE)
-        .build::<_, Bytes>(h3_quinn::Connection::new(conn))
-        .await
-    {
-        Ok(h3) => h3,
-        Err(e) => {
+    // Setting up opens streams to the client and writes SETTINGS: a client that grants no
+    // stream or no credit would hold it, so it is bounded as the handshake is.
+    let mut builder = ::h3::server::builder();
+    builder.max_field_section_size(limits::MAX_FIELD_SECTION_SIZE);
+    let setup = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn));
+    let mut h3 = match tokio::time::timeout(timeouts.handshake, setup).await {
+        Ok(Ok(h3)) => h3,
+        Ok(Err(e)) => {
             debug!(client = %peer, error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+        Err(_) => {
+            debug!(client = %peer, "HTTP/3 connection setup timed out");
+            quic.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
             return;
         }
     };
@@ -276,7 +290,7 @@ async fn serve_connection(
             _ = stop.changed(), if !stopping => {
                 // GOAWAY: the client opens no more requests here; those in flight finish.
                 stopping = true;
-                let _ = h3.shutdown(0).await;
+                goaway(&mut h3).await;
                 if requests.is_empty() {
                     break;
                 }
@@ -284,10 +298,21 @@ async fn serve_connection(
         }
     }
     if !stopping {
-        let _ = h3.shutdown(0).await;
+        goaway(&mut h3).await;
     }
+    // Each request ends by itself: its writes are bounded by the request timeout, the
+    // backend's answer by the response timeout.
     while requests.join_next().await.is_some() {}
+    // Closing drops whatever has not been sent yet: the client, told by GOAWAY, closes once
+    // it has read its responses; it gets a moment for that.
+    let _ = tokio::time::timeout(CLOSE_GRACE, quic.closed()).await;
     quic.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
+}
+
+/// Sends GOAWAY (bounded: a client that grants no credit cannot hold it up). It names the
+/// first request not accepted, so that the client retries only those (RFC 9114 5.2).
+async fn goaway(h3: &mut ::h3::server::Connection<h3_quinn::Connection, Bytes>) {
+    let _ = tokio::time::timeout(CLOSE_GRACE, h3.shutdown(1)).await;
 }
 
 /// Why a QUIC handshake failed, in the words of the TCP side's `handshake` metric.
@@ -333,7 +358,16 @@ async fn serve_request(
     };
     let (req, stream): (Request<()>, _) = resolved;
     let (mut send, recv) = stream.split();
-    let req = req.map(|()| RequestBody::new(recv));
+    let declared = match declared_length(req.headers()) {
+        Ok(declared) => declared,
+        Err(why) => {
+            debug!(client = %conn.peer, why, "HTTP/3 request refused: malformed (RFC 9114 4.2)");
+            let resp = crate::proxy::refusal(hyper::StatusCode::BAD_REQUEST, req.version());
+            let _ = send_response(&mut send, resp, timeouts.request).await;
+            return;
+        }
+    };
+    let req = req.map(|()| RequestBody::new(recv, declared));
     let started = std::time::Instant::now();
     let request_line = ctx
         .access_log
@@ -362,6 +396,42 @@ async fn serve_request(
     }
 }
 
+/// The request's `content-length`, if any; an error for what HTTP/3 forbids and hyper's
+/// HTTP/2 refuses: connection-specific fields (RFC 9114 4.2) and a length that is not one
+/// number.
+fn declared_length(headers: &hyper::HeaderMap) -> Result<Option<u64>, &'static str> {
+    use hyper::header::{CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+    for name in [CONNECTION, TRANSFER_ENCODING, UPGRADE] {
+        if headers.contains_key(&name) {
+            return Err("connection-specific field");
+        }
+    }
+    if headers.contains_key("keep-alive") || headers.contains_key("proxy-connection") {
+        return Err("connection-specific field");
+    }
+    if headers
+        .get_all(TE)
+        .iter()
+        .any(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        return Err("te other than trailers");
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(first) = lengths.next() else {
+        return Ok(None);
+    };
+    if lengths.next().is_some() {
+        return Err("content-length twice");
+    }
+    first
+        .to_str()
+        .ok()
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Some)
+        .ok_or("content-length is not a number")
+}
+
 /// Why a response could not be sent whole.
 #[derive(Debug, thiserror::Error)]
 enum SendError {
@@ -373,6 +443,17 @@ enum SendError {
     NotReading(Duration),
 }
 
+/// One write to the client, within `limit`.
+async fn within<T>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<T, ::h3::error::StreamError>>,
+) -> Result<T, SendError> {
+    tokio::time::timeout(limit, write)
+        .await
+        .map_err(|_| SendError::NotReading(limit))?
+        .map_err(SendError::Stream)
+}
+
 /// Sends `resp`, each write within `limit` (a client that stops reading is let go of).
 async fn send_response(
     send: &mut SendStream,
@@ -380,20 +461,17 @@ async fn send_response(
     limit: Duration,
 ) -> Result<(), SendError> {
     let (parts, mut body) = resp.into_parts();
-    send.send_response(Response::from_parts(parts, ())).await?;
+    within(limit, send.send_response(Response::from_parts(parts, ()))).await?;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(SendError::Body)?;
         match frame.into_data() {
-            Ok(data) => tokio::time::timeout(limit, send.send_data(data))
-                .await
-                .map_err(|_| SendError::NotReading(limit))??,
+            Ok(data) => within(limit, send.send_data(data)).await?,
             Err(frame) => {
                 if let Ok(trailers) = frame.into_trailers() {
-                    send.send_trailers(trailers).await?;
+                    within(limit, send.send_trailers(trailers)).await?;
                 }
             }
         }
     }
-    send.finish().await?;
-    Ok(())
+    within(limit, send.finish()).await
 }
