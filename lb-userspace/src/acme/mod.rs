@@ -2,8 +2,11 @@
 //! `--acme-domain`: ordered by one task (the only writer), kept in the state directory, served
 //! by the listeners' certificate resolvers, renewed before they expire, all without a restart.
 mod challenge;
+#[cfg(feature = "acme")]
 mod order;
+#[cfg(feature = "acme")]
 mod store;
+#[cfg(feature = "acme")]
 mod task;
 
 use std::collections::HashMap;
@@ -14,7 +17,40 @@ use arc_swap::ArcSwap;
 use rustls::sign::CertifiedKey;
 use serde::Serialize;
 
-pub use task::{Settings, renew_at, spawn, unix_now};
+use crate::config::acme::AcmeConfig;
+
+#[cfg(feature = "acme")]
+pub use task::spawn;
+
+/// Without the `acme` feature (the fuzz targets' build) nothing is ever ordered.
+#[cfg(not(feature = "acme"))]
+pub fn spawn(_acme: Arc<Acme>, _settings: tokio::sync::watch::Receiver<Settings>) {
+    tracing::warn!("this edgelb is built without ACME: no certificate is ordered");
+}
+
+/// What the task works from: the client settings and each listener's names. A reload sends
+/// new ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    pub config: AcmeConfig,
+    pub sets: Vec<DomainSet>,
+}
+
+/// Renew this long before expiry, or at 2/3 of a lifetime shorter than three times it.
+const RENEW_BEFORE: i64 = 30 * 86_400;
+
+/// When a certificate valid from `not_before` to `not_after` is renewed.
+pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
+    let lifetime = (not_after - not_before).max(0);
+    not_after - RENEW_BEFORE.min(lifetime / 3)
+}
+
+/// The wall clock in unix seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
 
 /// The path prefix of HTTP-01 validation requests (RFC 8555 8.3).
 pub const HTTP_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -86,6 +122,7 @@ impl Acme {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    #[cfg_attr(not(feature = "acme"), allow(dead_code))]
     fn set_status(&self, status: Vec<CertStatus>) {
         if let Ok(mut s) = self.status.lock() {
             *s = status;
@@ -94,6 +131,7 @@ impl Acme {
 
     /// Serves `key` for each of `names` from now on (new handshakes; open connections keep
     /// the certificate they were made with).
+    #[cfg_attr(not(feature = "acme"), allow(dead_code))]
     fn install(&self, names: &[String], key: &Arc<CertifiedKey>) {
         let mut certs = HashMap::clone(&self.certs.load());
         for n in names {

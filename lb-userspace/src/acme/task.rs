@@ -3,7 +3,7 @@
 //! ordered; renewed before it expires; retried with backoff when an order fails.
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use instant_acme::{Account, NewAccount};
 use tokio::sync::watch;
@@ -11,19 +11,9 @@ use tracing::{info, warn};
 
 use super::order::order;
 use super::store::Store;
-use super::{Acme, CertStatus, DomainSet};
+use super::{Acme, CertStatus, DomainSet, Settings, renew_at, unix_now};
 use crate::config::acme::AcmeConfig;
 
-/// What the task works from: the client settings and each listener's names. A reload sends
-/// new ones.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Settings {
-    pub config: AcmeConfig,
-    pub sets: Vec<DomainSet>,
-}
-
-/// Renew this long before expiry, or at 2/3 of a lifetime shorter than three times it.
-const RENEW_BEFORE: i64 = 30 * 86_400;
 /// The state directory is looked at this often for certificates another node renewed.
 const RECHECK: Duration = Duration::from_secs(60);
 /// While another node holds the lock, look again this soon.
@@ -36,18 +26,6 @@ const MIN_ORDER_GAP: Duration = Duration::from_secs(10);
 /// Backoff after a failed order: the first retry, doubled each time up to the last.
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(3600);
-
-/// When a certificate valid from `not_before` to `not_after` is renewed.
-pub fn renew_at(not_before: i64, not_after: i64) -> i64 {
-    let lifetime = (not_after - not_before).max(0);
-    not_after - RENEW_BEFORE.min(lifetime / 3)
-}
-
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// Starts the task on the current runtime; it runs until `settings`' sender is dropped.
 pub fn spawn(acme: Arc<Acme>, settings: watch::Receiver<Settings>) {

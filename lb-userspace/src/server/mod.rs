@@ -2,6 +2,10 @@
 //! to the upstream, and the idle and request timeouts.
 pub mod activity;
 pub mod h2_flood;
+#[cfg(feature = "http3")]
+pub mod http3;
+#[cfg(not(feature = "http3"))]
+#[path = "http3_unavailable.rs"]
 pub mod http3;
 pub mod park;
 pub mod stream;
@@ -52,7 +56,7 @@ pub struct Live {
     pub routes: Routes,
     /// HTTP/3 (`--http3 on`): the QUIC configuration new connections get, and the `Alt-Svc`
     /// header that advertises it on HTTP/1.1 and HTTP/2 responses.
-    pub quic: Option<Arc<quinn::ServerConfig>>,
+    pub quic: Option<Arc<http3::QuicConfig>>,
     pub alt_svc: Option<hyper::header::HeaderValue>,
     /// HTTP-01 answers (`--acme-challenge http-01`), on http listeners.
     pub acme_http: Option<Arc<crate::acme::Acme>>,

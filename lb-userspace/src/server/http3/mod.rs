@@ -52,6 +52,9 @@ pub mod limits {
     pub const KEEP_ALIVE: Duration = Duration::from_secs(10);
 }
 
+/// A listener's QUIC configuration, as [`super::Live`] holds it.
+pub type QuicConfig = quinn::ServerConfig;
+
 /// H3_NO_ERROR (RFC 9114 8.1), closing a connection that is done.
 const H3_NO_ERROR: u32 = 0x100;
 
