@@ -353,3 +353,41 @@ fn curl_and_openssl_see_http2_and_the_policy() {
         "openssl negotiated CHACHA20 under tls-1-2-strict:\n{text}"
     );
 }
+
+/// Plain HTTP sent to the TLS port is answered with a readable 400 (as nginx does) rather than
+/// a TLS alert, and reaches no backend; TLS clients on the same port are served as ever.
+#[tokio::test]
+async fn plain_http_on_the_tls_port_gets_400() {
+    use std::io::{Read, Write};
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (_lb, addr) = s.start(&["--backend", &be]);
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut c = std::net::TcpStream::connect(addr).expect("connect");
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        c.write_all(b"GET / HTTP/1.1\r\nHost: edgelb.test\r\n\r\n")
+            .expect("write");
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        answer
+    })
+    .await
+    .expect("client thread");
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer:?}"
+    );
+    assert!(answer.ends_with("use https:// in the URL.\n"), "{answer:?}");
+    assert_eq!(backend.served(), 0);
+    let reply = https::send(
+        addr,
+        SERVER_NAME,
+        ClientOpts::new(&s.ca.cert_pem).config(),
+        get("/"),
+    )
+    .await
+    .expect("a TLS client on the same port");
+    assert_eq!(reply.status, 200);
+}

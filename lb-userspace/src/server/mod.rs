@@ -219,8 +219,26 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
     // The handshake boxed, and the stream it yields boxed too: the task then holds a few
     // pointers for the connection's whole life, not room for the largest state of each step
     // (memory per idle connection).
+    let deadline = tokio::time::Instant::now() + timeouts.handshake;
+    // Plain HTTP sent to the TLS port gets an answer a person can read, as nginx gives,
+    // rather than a TLS alert: the first byte of a TLS connection is a handshake record's.
+    let mut first = [0u8; 1];
+    match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+            ctx.metrics.handshake("plain_http");
+            debug!(client = %peer, "plain HTTP on the TLS port: 400");
+            plain_http_refused(stream).await;
+            return;
+        }
+        Ok(_) => {}
+        Err(_) => {
+            ctx.metrics.handshake("timeout");
+            debug!(client = %peer, "TLS handshake timed out");
+            return;
+        }
+    }
     let handshake = Box::pin(async move {
-        let accepted = tokio::time::timeout(timeouts.handshake, tls.accept(stream)).await;
+        let accepted = tokio::time::timeout_at(deadline, tls.accept(stream)).await;
         accepted.map(|accepted| accepted.map(Box::new))
     });
     let tls_stream = match handshake.await {
@@ -261,6 +279,27 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
         timeouts,
         &ctx,
     )
+    .await;
+}
+
+/// Answers plain HTTP on a TLS port with 400 and closes: what the client sent is read (up to
+/// a request head) first, and what follows the answer until it closes, so that closing does
+/// not reset the connection before the client has read the answer.
+async fn plain_http_refused(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BODY: &str = "This port speaks HTTPS: use https:// in the URL.\n";
+    let mut buf = vec![0u8; MAX_REQUEST_HEAD];
+    let _ = tokio::time::timeout(CLOSE_GRACE, stream.read(&mut buf)).await;
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        stream.write_all(answer.as_bytes()).await?;
+        stream.shutdown().await?;
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
     .await;
 }
 
