@@ -8,6 +8,16 @@ use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
 
+/// The first `bytes` bytes of SHA-256 of `data`, in hex: file names that follow what they
+/// stand for.
+fn short_hash(data: &[u8], bytes: usize) -> String {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    digest.as_ref()[..bytes]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// A certificate read from the directory.
 pub struct Stored {
     pub key: Arc<CertifiedKey>,
@@ -40,12 +50,7 @@ impl Store {
     fn stem(names: &[String]) -> String {
         let mut sorted = names.to_vec();
         sorted.sort();
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, sorted.join(",").as_bytes());
-        let hash: String = digest.as_ref()[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = short_hash(sorted.join(",").as_bytes(), 4);
         format!("{}-{hash}", names.first().map_or("none", String::as_str))
     }
 
@@ -105,11 +110,7 @@ impl Store {
     }
 
     fn account_path(&self, directory: &str) -> PathBuf {
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, directory.as_bytes());
-        let hash: String = digest.as_ref()[..6]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = short_hash(directory.as_bytes(), 6);
         self.dir.join(format!("account-{hash}.json"))
     }
 
