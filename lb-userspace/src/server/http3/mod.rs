@@ -15,7 +15,7 @@ use hyper::header::HeaderValue;
 use hyper::{Request, Response};
 use quinn::crypto::rustls::{HandshakeData, QuicServerConfig};
 use rustls_pki_types::CertificateDer;
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Protocol, Type};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
@@ -61,16 +61,7 @@ const H3_NO_ERROR: u32 = 0x100;
 /// `count` UDP sockets on `addr`, one per worker, all bound before any is used.
 pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
     (0..count.max(1))
-        .map(|_| {
-            let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-            socket.set_reuse_port(true)?;
-            if addr.is_ipv6() {
-                socket.set_only_v6(false)?;
-            }
-            socket.set_nonblocking(true)?;
-            socket.bind(&addr.into())?;
-            Ok(socket.into())
-        })
+        .map(|_| crate::workers::worker_socket(addr, Type::DGRAM, Protocol::UDP).map(Into::into))
         .collect()
 }
 
