@@ -21,6 +21,7 @@ pub mod privilege;
 pub mod proxy;
 pub mod rate_limit;
 pub mod reloads;
+pub mod reuseport;
 pub mod rules;
 pub mod server;
 pub mod status;

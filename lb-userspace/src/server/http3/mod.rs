@@ -61,7 +61,7 @@ const H3_NO_ERROR: u32 = 0x100;
 /// `count` UDP sockets on `addr`, one per worker, all bound before any is used.
 pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
     (0..count.max(1))
-        .map(|_| crate::workers::worker_socket(addr, Type::DGRAM, Protocol::UDP).map(Into::into))
+        .map(|_| crate::reuseport::worker_socket(addr, Type::DGRAM, Protocol::UDP).map(Into::into))
         .collect()
 }
 
