@@ -1,9 +1,14 @@
-//! The admin endpoint: `/healthz`, `/metrics` (Prometheus text), `/status` (JSON). Loopback
-//! only unless the operator allows otherwise: it tells anyone who can reach it how the node is
-//! built and how it is doing.
+//! The admin endpoint: `/` (the status page), `/healthz`, `/metrics` (Prometheus text),
+//! `/status` (JSON). Loopback only unless the operator allows otherwise: it tells anyone who
+//! can reach it how the node is built and how it is doing.
+mod reload_log;
+
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
@@ -17,6 +22,14 @@ use tracing::{debug, warn};
 
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
+pub use reload_log::{LastReload, ReloadLog};
+
+/// The status page: one file, no external resource, polling `/status`.
+const STATUS_PAGE: &str = include_str!("admin/status_page.html");
+
+/// Only this page's own inline code and the admin endpoint itself: nothing the page shows
+/// (names, errors from /status) can load or run anything.
+const PAGE_POLICY: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// Why a reload was refused, as `POST /reload` answers it. Shared: one reload may answer
 /// several requests.
@@ -34,6 +47,25 @@ pub struct AdminState {
     pub reload: mpsc::Sender<ReloadReply>,
     /// Asks the main thread to lift the XDP blocks of an address; it answers how many.
     pub unblock: mpsc::Sender<UnblockRequest>,
+    pub about: About,
+    /// Written by the main thread after each reload ([`AdminState::record_reload`]).
+    pub reload_log: Mutex<ReloadLog>,
+}
+
+/// What does not change while the daemon runs: when it started, where its configuration is.
+pub struct About {
+    pub started: Instant,
+    /// `--config`; None for flags only and for etcd.
+    pub config_path: Option<String>,
+}
+
+impl About {
+    pub fn new(config: Option<&Path>) -> Self {
+        About {
+            started: Instant::now(),
+            config_path: config.map(|p| p.display().to_string()),
+        }
+    }
 }
 
 /// `POST /unblock?ip=ADDR`: the address, and where the main thread answers how many blocks it
@@ -136,12 +168,30 @@ struct XdpStatus {
 
 #[derive(Serialize)]
 struct Status<'a> {
-    listeners: &'a [ListenerStatus],
+    version: &'static str,
+    /// The commit built, `unknown` when built outside git.
+    commit: &'static str,
+    uptime_seconds: u64,
+    config_path: Option<&'a str>,
+    reloads: ReloadLog,
+    listeners: Vec<ListenerDoc<'a>>,
     groups: Vec<GroupStatus>,
     xdp: XdpStatus,
     bgp: Option<&'a crate::bgp::BgpView>,
     etcd: Option<&'a EtcdView>,
     certificates: &'a [CertificateView],
+}
+
+/// A listener as the main thread last saw it, with the live figures of the metrics.
+#[derive(Serialize)]
+struct ListenerDoc<'a> {
+    #[serde(flatten)]
+    seen: &'a ListenerStatus,
+    active_connections: i64,
+    /// Requests answered since start by status class, `1xx` to `5xx`.
+    requests: BTreeMap<&'static str, u64>,
+    /// Packets XDP dropped, every reason together (`xdp_counters` has them one by one).
+    xdp_dropped: u64,
 }
 
 #[derive(Serialize)]
@@ -160,9 +210,37 @@ struct BackendStatus {
     /// Share of the configured weight in effect now (0 when unhealthy, ramping in slow start), 0-1.
     weight_share: f64,
     active_requests: u32,
+    /// Share of the group's new requests it receives now, 0-1 (its weight in effect over the
+    /// group's; 0 when unhealthy).
+    traffic_share: f64,
+    /// Requests it answered since start, over every listener.
+    requests: u64,
+    /// Its last health transition; null while the starting presumption (healthy) holds.
+    last_transition: Option<TransitionStatus>,
+}
+
+#[derive(Serialize)]
+struct TransitionStatus {
+    healthy: bool,
+    /// Unix seconds.
+    at: u64,
+    reason: String,
 }
 
 impl AdminState {
+    /// One reload's outcome: counted in the metrics and kept as the last one.
+    pub fn record_reload(&self, trigger: &str, result: &Result<(), Refusal>) {
+        match result {
+            Ok(()) => self.metrics.reloaded(),
+            Err(_) => self.metrics.reload_failed(),
+        }
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        self.reload_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(trigger, outcome, SystemTime::now());
+    }
+
     pub fn status_json(&self) -> String {
         let view = self.view.lock().unwrap_or_else(|p| p.into_inner());
         let groups = view
@@ -174,15 +252,43 @@ impl AdminState {
                     name: g.name.clone(),
                     algorithm: g.algorithm,
                     backends: (0..b.len())
-                        .map(|i| BackendStatus {
-                            address: b.key(i).unwrap_or("").to_string(),
-                            healthy: b.is_healthy(i),
-                            weight: b.weight(i),
-                            weight_share: b.weight_share(i),
-                            active_requests: b.active(i),
+                        .map(|i| {
+                            let address = b.key(i).unwrap_or("").to_string();
+                            BackendStatus {
+                                healthy: b.is_healthy(i),
+                                weight: b.weight(i),
+                                weight_share: b.weight_share(i),
+                                active_requests: b.active(i),
+                                traffic_share: b.traffic_share(i),
+                                requests: self.metrics.backend_requests(&g.name, &address),
+                                last_transition: b.last_transition(i).map(|t| TransitionStatus {
+                                    healthy: t.healthy,
+                                    at: unix_seconds(t.at),
+                                    reason: t.reason,
+                                }),
+                                address,
+                            }
                         })
                         .collect(),
                 }
+            })
+            .collect();
+        let listeners = view
+            .listeners
+            .iter()
+            .map(|l| ListenerDoc {
+                seen: l,
+                active_connections: self.metrics.open_connections(&l.name),
+                requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                    .into_iter()
+                    .zip(self.metrics.listener_requests(&l.name))
+                    .collect(),
+                xdp_dropped: l
+                    .xdp_counters
+                    .iter()
+                    .filter(|(name, _)| is_drop(name))
+                    .map(|(_, n)| n)
+                    .sum(),
             })
             .collect();
         let mut totals: Vec<(String, u64)> = Vec::new();
@@ -195,7 +301,16 @@ impl AdminState {
             }
         }
         let status = Status {
-            listeners: &view.listeners,
+            version: env!("CARGO_PKG_VERSION"),
+            commit: env!("EDGELB_COMMIT"),
+            uptime_seconds: self.about.started.elapsed().as_secs(),
+            config_path: self.about.config_path.as_deref(),
+            reloads: self
+                .reload_log
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            listeners,
             groups,
             xdp: XdpStatus {
                 attached: view.xdp_attached.clone(),
@@ -207,6 +322,17 @@ impl AdminState {
         };
         serde_json::to_string_pretty(&status).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
     }
+}
+
+/// Whether the XDP outcome named `name` drops the packet.
+fn is_drop(name: &str) -> bool {
+    lb_common::Outcome::ALL
+        .iter()
+        .any(|o| o.name() == name && o.action() == lb_common::XDP_DROP)
+}
+
+fn unix_seconds(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// The admin address could not be bound; the OS error (and its errno) is the source.
@@ -252,6 +378,16 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
 }
 
 async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
+    if req.method() == Method::GET && matches!(req.uri().path(), "/" | "/index.html") {
+        return status_page();
+    }
+    if req.method() == Method::POST
+        && let Err(why) = browser_may_post(req.headers())
+    {
+        let mut resp = Response::new(Full::new(Bytes::from(format!("{why}\n"))));
+        *resp.status_mut() = StatusCode::FORBIDDEN;
+        return resp;
+    }
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::POST, "/reload") => match request_reload(state).await {
             Ok(()) => (StatusCode::OK, "text/plain", "reloaded\n".to_string()),
@@ -275,7 +411,7 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
         _ => (
             StatusCode::NOT_FOUND,
             "text/plain",
-            "not found: try GET /healthz, /metrics, /status, POST /reload, /unblock?ip=ADDR\n"
+            "not found: try GET / (status page), /healthz, /metrics, /status, POST /reload, /unblock?ip=ADDR\n"
                 .to_string(),
         ),
     };
@@ -283,6 +419,21 @@ async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Byt
     *resp.status_mut() = status;
     if let Ok(v) = hyper::header::HeaderValue::from_str(content_type) {
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    resp
+}
+
+fn status_page() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(STATUS_PAGE.as_bytes())));
+    let headers = resp.headers_mut();
+    for (name, value) in [
+        (hyper::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+        (hyper::header::CONTENT_SECURITY_POLICY, PAGE_POLICY),
+        (hyper::header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (hyper::header::REFERRER_POLICY, "no-referrer"),
+        (hyper::header::CACHE_CONTROL, "no-cache"),
+    ] {
+        headers.insert(name, hyper::header::HeaderValue::from_static(value));
     }
     resp
 }
@@ -326,4 +477,93 @@ async fn unblock(query: Option<&str>, state: &AdminState) -> Result<usize, (Stat
     rx.await
         .map_err(|_| stopping())?
         .map_err(|e| (StatusCode::CONFLICT, e))
+}
+
+/// A POST from a web browser (it sends Origin; curl and scripts do not) must come from the
+/// status page itself, opened by address: otherwise any site the operator visits could make
+/// the browser POST /unblock or /reload (cross-site request forgery), or reach it through a
+/// name that resolves to 127.0.0.1 (DNS rebinding).
+fn browser_may_post(headers: &hyper::HeaderMap) -> Result<(), &'static str> {
+    let Some(origin) = headers.get(hyper::header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = headers
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let same = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.strip_prefix("http://"))
+        .is_some_and(|o| o.eq_ignore_ascii_case(host));
+    let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+        if port.parse::<u16>().is_ok() {
+            name
+        } else {
+            host
+        }
+    });
+    let by_address = name.eq_ignore_ascii_case("localhost")
+        || name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+    if same && by_address {
+        Ok(())
+    } else {
+        Err(
+            "forbidden: a browser may POST here only from the status page, opened by address (http://127.0.0.1:PORT/)",
+        )
+    }
+}
+
+#[cfg(test)]
+mod browser_tests {
+    use super::browser_may_post;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> hyper::HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    hyper::header::HeaderName::from_static(k),
+                    hyper::header::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_page_itself_may_post_from_a_browser() {
+        assert!(browser_may_post(&headers(&[("host", "127.0.0.1:9900")])).is_ok());
+        assert!(
+            browser_may_post(&headers(&[
+                ("host", "127.0.0.1:9900"),
+                ("origin", "http://127.0.0.1:9900")
+            ]))
+            .is_ok()
+        );
+        assert!(
+            browser_may_post(&headers(&[
+                ("host", "[::1]:9900"),
+                ("origin", "http://[::1]:9900")
+            ]))
+            .is_ok()
+        );
+        for refused in [
+            headers(&[
+                ("host", "127.0.0.1:9900"),
+                ("origin", "https://evil.example"),
+            ]),
+            headers(&[("host", "127.0.0.1:9900"), ("origin", "null")]),
+            // DNS rebinding: same origin, but a name.
+            headers(&[
+                ("host", "evil.example:9900"),
+                ("origin", "http://evil.example:9900"),
+            ]),
+        ] {
+            assert!(browser_may_post(&refused).is_err(), "{refused:?}");
+        }
+    }
 }

@@ -8,7 +8,7 @@ use crate::config::{EtcdSnapshot, Flags};
 #[derive(Debug, Parser)]
 #[command(
     name = "edgelb",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("EDGELB_COMMIT"), ")"),
     about = "Load balancer for Linux edge nodes: XDP access control at the NIC, HTTPS termination in userspace",
     args_conflicts_with_subcommands = true
 )]
@@ -28,9 +28,26 @@ pub enum Command {
     Check(RunArgs),
     /// Print a running edgelb's listeners, backends and XDP counters from its admin endpoint.
     Status {
-        /// The running edgelb's --admin address.
-        #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9900")]
-        admin: String,
+        /// The running edgelb's --admin address (default: the `admin` key of --config, else
+        /// 127.0.0.1:9900).
+        #[arg(long, value_name = "ADDR:PORT")]
+        admin: Option<String>,
+        /// The running edgelb's configuration file, to find its admin address in.
+        #[arg(short = 'c', long, value_name = "PATH")]
+        config: Option<std::path::PathBuf>,
+    },
+    /// Reload the running edgelb (SIGHUP to the pid in --pid-file) and wait for the outcome:
+    /// exit 1 with the reason when the new configuration is refused (the old one stays).
+    Reload {
+        /// The running edgelb's --pid-file.
+        #[arg(long, value_name = "PATH", default_value = crate::control::pid_file::DEFAULT_PID_FILE)]
+        pid_file: std::path::PathBuf,
+    },
+    /// Stop the running edgelb (SIGTERM to the pid in --pid-file): it drains, then exits.
+    Stop {
+        /// The running edgelb's --pid-file.
+        #[arg(long, value_name = "PATH", default_value = crate::control::pid_file::DEFAULT_PID_FILE)]
+        pid_file: std::path::PathBuf,
     },
     /// On an L4 backend without ipip/ip6tnl: strip the IP-in-IP header edgelb's XDP forwarding
     /// adds to packets for the VIPs, in XDP on IFACE, until SIGTERM/SIGINT. Only packets from
@@ -61,8 +78,12 @@ pub enum LogFormat {
 pub struct RunArgs {
     /// TOML file with any number of listeners, groups, IP address groups and rules (see
     /// examples/edgelb.toml); the other flags add one listener on top. Read again on reload.
-    #[arg(long, value_name = "PATH")]
+    #[arg(short = 'c', long, value_name = "PATH")]
     pub config: Option<std::path::PathBuf>,
+
+    /// Check the configuration and exit, as `edgelb check` (nginx's -t).
+    #[arg(short = 't', long = "test-config")]
+    pub test_config: bool,
 
     /// etcd endpoints (comma-separated, e.g. http://10.0.0.5:2379) to read the configuration
     /// from instead of --config: the TOML at PREFIX/config, IP groups (CIDRs, one a line) at

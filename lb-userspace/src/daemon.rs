@@ -67,6 +67,9 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         .map_err(|e| StartError::Runtime(format!("installing the SIGINT handler: {e}").into()))?;
     let mut sighup = signal(SignalKind::hangup())
         .map_err(|e| StartError::Runtime(format!("installing the SIGHUP handler: {e}").into()))?;
+    // logrotate's signal, as nginx takes it; without a handler it would kill the daemon.
+    let mut sigusr1 = signal(SignalKind::user_defined1())
+        .map_err(|e| StartError::Runtime(format!("installing the SIGUSR1 handler: {e}").into()))?;
 
     // Next hops first, so that the first packets of a tcp/udp listener find their backends.
     let mut hops = NextHops::default();
@@ -129,6 +132,15 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     {
         warn!(error = %e, user = user.name, "BGP: the speaker's files stay root's; announcements will fail");
     }
+    // Before the privilege drop: /run is root's.
+    let pid_file = crate::control::pid_file::PidFile::create(
+        &node.config.ops.pid_file,
+        node.config.ops.user.as_ref().map(|u| (u.uid, u.gid)),
+    )
+    .inspect_err(|e| {
+        warn!(error = %e, path = %node.config.ops.pid_file.display(), "--pid-file not written: `edgelb reload` and `edgelb stop` will not find this daemon");
+    })
+    .ok();
     if let Some(user) = &node.config.ops.user {
         let syn_protect = node
             .config
@@ -152,6 +164,8 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     node.start_health_checks();
     log_ready(&node, dataplane.as_ref(), worker_count, fd_limit);
+    crate::control::notify::notify("READY=1");
+    let mut reload_count = 0u64;
 
     let (reload_tx, mut reload_rx) = mpsc::channel::<Waiter>(4);
     let (unblock_tx, mut unblock_rx) = mpsc::channel::<admin::UnblockRequest>(4);
@@ -160,6 +174,8 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         view: Mutex::new(NodeView::default()),
         reload: reload_tx,
         unblock: unblock_tx,
+        about: admin::About::new(args.config.as_deref()),
+        reload_log: Mutex::default(),
     });
     if let Some(b) = bgp.as_mut() {
         b.update(node.announceable(b.announce_when())).await;
@@ -230,6 +246,15 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 b.release();
                 b.update(node.announceable(b.announce_when())).await;
             }
+            reload_count += 1;
+            let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+            if let Some(p) = &pid_file {
+                p.record_reload(reload_count, &outcome);
+            }
+            crate::control::notify::notify(&match &outcome {
+                Ok(()) => "READY=1\nSTATUS=reloaded".to_string(),
+                Err(e) => format!("READY=1\nSTATUS=reload refused: {e}"),
+            });
             for waiter in read.waiting {
                 let _ = waiter.send(result.clone());
             }
@@ -273,7 +298,11 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                     refresh_status(&admin_state, &node, dataplane.as_ref(), Some(b));
                 }
             }
-            _ = sighup.recv() => reloads.request("SIGHUP", None),
+            _ = sighup.recv() => {
+                crate::control::notify::reloading();
+                reloads.request("SIGHUP", None);
+            }
+            _ = sigusr1.recv() => node.reopen_logs(),
             Some(reply) = reload_rx.recv() => reloads.request("POST /reload", Some(reply)),
             Some((ip, reply)) = unblock_rx.recv() => {
                 let lifted = match dataplane.as_mut() {
@@ -356,6 +385,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         }
         tokio::time::sleep(delay).await;
     }
+    crate::control::notify::notify("STOPPING=1");
     node.stop_listeners();
     let drain = node.config.ops.drain_timeout;
     if let Some(dp) = dataplane.as_mut() {
@@ -537,9 +567,9 @@ fn reload_logged(
     let result = fresh
         .and_then(|fresh| reload(fresh, node, dataplane, hops))
         .map_err(|e| Arc::new(e) as Refusal);
+    admin.record_reload(why, &result);
     match &result {
         Ok(()) => {
-            admin.metrics.reloaded();
             refresh_status(admin, node, None, bgp);
             info!(
                 listeners = node.listeners.len(),

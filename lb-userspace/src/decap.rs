@@ -263,6 +263,12 @@ pub fn parse_args(iface: &str, vips: &[String], from: &[String]) -> Result<Decap
                 .map_err(|problem| ConfigError::new("--from", f.trim(), problem))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    if vips.is_empty() {
+        return Err(ConfigError::missing(
+            "--vip",
+            "required: a VIP whose tunnelled packets to decapsulate (repeatable); without one nothing would be",
+        ));
+    }
     sources.sort();
     sources.dedup();
     Ok(DecapArgs {
@@ -283,7 +289,11 @@ fn covers_balancers(sources: &[IpNet]) -> bool {
 /// `edgelb decap --iface IF --from CIDR... [--vip ADDR]...`: exit 2 on bad flags, 1 if the
 /// program cannot be loaded or attached, 0 after SIGTERM/SIGINT.
 pub fn main(iface: &str, vips: &[String], from: &[String]) -> ExitCode {
-    let args = match parse_args(iface, vips, from) {
+    // A missing interface is a usage error, as the daemon's --xdp-iface, found before
+    // anything is loaded.
+    let args = match parse_args(iface, vips, from)
+        .and_then(|a| crate::config::interface_exists("--iface", &a.iface).map(|()| a))
+    {
         Ok(a) => a,
         Err(e) => {
             eprintln!("edgelb: error: {e}");
@@ -398,6 +408,10 @@ mod tests {
             .expect_err("no iface")
             .to_string();
         assert!(e.contains("--iface"), "{e}");
+        let e = parse_args("eth0", &[], &from)
+            .expect_err("no VIP")
+            .to_string();
+        assert!(e.starts_with("--vip: required"), "{e}");
     }
 
     #[test]

@@ -27,8 +27,18 @@ pub fn main() -> ExitCode {
             }
             check(&args)
         }
-        Some(Command::Status { admin }) => crate::status::print(&admin),
+        Some(Command::Status { admin, config }) => {
+            crate::status::print(&crate::status::admin_address(admin, config.as_deref()))
+        }
+        Some(Command::Reload { pid_file }) => crate::control::client::reload(&pid_file),
+        Some(Command::Stop { pid_file }) => crate::control::client::stop(&pid_file),
         Some(Command::Decap { iface, vips, from }) => crate::decap::main(&iface, &vips, &from),
+        None if cli.run.test_config => {
+            if let Err(code) = read_etcd(&mut cli.run) {
+                return code;
+            }
+            check(&cli.run)
+        }
         None => {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

@@ -12,7 +12,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::{InvalidDnsNameError, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
@@ -21,6 +21,7 @@ use tracing::{info, warn};
 
 use crate::balance::Balancer;
 use crate::config::{CheckKind, HealthCheck};
+use crate::proxy_protocol::{Version, encode};
 
 /// Starts one checking task per backend on the current runtime. `changed` is notified after
 /// every health transition (the data plane rewrites the group's Maglev ring then). Aborting
@@ -74,7 +75,9 @@ pub fn spawn(
                         if balancer.mark_passed(index) {
                             changed.notify_one();
                         }
-                        if !healthy && passes >= check.retries && balancer.set_healthy(index, true)
+                        if !healthy
+                            && passes >= check.retries
+                            && balancer.set_health(index, true, passed(&check, passes))
                         {
                             info!(group, backend = %addr, check = check.kind.name(), passes, "backend healthy");
                             changed.notify_one();
@@ -83,9 +86,12 @@ pub fn spawn(
                     Err(reason) => {
                         passes = 0;
                         fails = fails.saturating_add(1);
-                        if healthy && fails >= check.retries && balancer.set_healthy(index, false) {
-                            // A string field, which the text log quotes.
-                            let reason = reason.to_string();
+                        // A string field, which the text log quotes.
+                        let reason =
+                            (healthy && fails >= check.retries).then(|| reason.to_string());
+                        if let Some(reason) = reason
+                            && balancer.set_health(index, false, reason.clone())
+                        {
                             warn!(group, backend = %addr, check = check.kind.name(), reason, fails, "backend unhealthy");
                             changed.notify_one();
                         }
@@ -96,6 +102,14 @@ pub fn spawn(
         tasks.push(task.abort_handle());
     }
     tasks
+}
+
+/// Why a backend became healthy, as the status page shows it.
+fn passed(check: &HealthCheck, passes: u32) -> String {
+    match passes {
+        1 => format!("{} check passed", check.kind.name()),
+        n => format!("{n} {} checks passed in a row", check.kind.name()),
+    }
 }
 
 /// Why a check failed: the reason a person would want in the log.
@@ -109,6 +123,11 @@ enum ProbeError {
     },
     #[error("connect: {source}")]
     Connect {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("sending the PROXY protocol header: {source}")]
+    ProxyHeader {
         #[source]
         source: std::io::Error,
     },
@@ -150,13 +169,18 @@ async fn probe(
     tls: &Arc<ClientConfig>,
 ) -> Result<(), ProbeError> {
     let attempt = async {
-        let tcp = TcpStream::connect(target)
+        let mut tcp = TcpStream::connect(target)
             .await
             .map_err(|source| match source.kind() {
                 std::io::ErrorKind::ConnectionRefused => ProbeError::Refused { source },
                 _ => ProbeError::Connect { source },
             })?;
         let _ = tcp.set_nodelay(true);
+        if let Some(version) = check.proxy_protocol {
+            send_proxy_header(&mut tcp, version)
+                .await
+                .map_err(|source| ProbeError::ProxyHeader { source })?;
+        }
         match check.kind {
             CheckKind::Off | CheckKind::Tcp => Ok(()),
             CheckKind::Http => http_get(tcp, check, target).await,
@@ -177,6 +201,18 @@ async fn probe(
     timeout(check.timeout, attempt)
         .await
         .unwrap_or_else(|_| Err(ProbeError::Timeout(check.timeout)))
+}
+
+/// A backend that requires the PROXY protocol (HAProxy's `accept-proxy`) refuses a
+/// connection without a header: checks send one, as HAProxy's `check-send-proxy` does. v2
+/// says `LOCAL` (the checker speaks for itself); v1 has no such command, and names the
+/// check connection's own two ends.
+async fn send_proxy_header(tcp: &mut TcpStream, version: Version) -> std::io::Result<()> {
+    let header = match version {
+        Version::V2 => encode::v2_local(),
+        Version::V1 => encode::v1(tcp.local_addr()?, tcp.peer_addr()?),
+    };
+    tcp.write_all(&header).await
 }
 
 async fn http_get<S>(io: S, check: &HealthCheck, target: SocketAddr) -> Result<(), ProbeError>

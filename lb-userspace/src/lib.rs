@@ -1,5 +1,6 @@
 //! edgelb: a load balancer for Linux edge nodes. The binary's pieces, as a library so that the
 //! integration tests drive the same code.
+pub mod access_log;
 pub mod acl;
 pub mod acme;
 pub mod admin;
@@ -7,6 +8,7 @@ pub mod balance;
 pub mod bgp;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;
@@ -19,7 +21,9 @@ pub mod nexthop;
 pub mod node;
 pub mod privilege;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod rate_limit;
+pub mod refusals;
 pub mod reloads;
 pub mod reuseport;
 pub mod rules;

@@ -1,7 +1,8 @@
 //! Prometheus metrics. Label sets are resolved once per listener and backend at start, so
 //! that counting a request is an atomic add, not a label lookup.
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -9,6 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -64,6 +66,7 @@ pub struct Metrics {
     h2_floods: Family<FloodLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    proxy_protocol_refused: Family<RefusedLabels, Counter>,
     backend_healthy: Family<BackendLabels, Gauge>,
     xdp_packets: Family<XdpLabels, Gauge<u64, AtomicU64>>,
     blocked_sources: Family<ListenerLabels, Gauge<u64, AtomicU64>>,
@@ -72,6 +75,11 @@ pub struct Metrics {
     xdp_backend_packets: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     xdp_backend_bytes: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     reloads: Counter,
+    reloads_failed: Counter,
+    /// Every request counter made, by its labels: the status page sums them by listener and
+    /// by backend (a `Family` cannot be iterated). Written when counters are made (start,
+    /// reload), read by `/status`; never per request.
+    request_index: Mutex<HashMap<RequestLabels, Counter>>,
     bgp_peer_established: Family<PeerLabels, Gauge>,
     bgp_announced: Gauge,
     certificate_expiry: Family<CertificateLabels, Gauge>,
@@ -200,8 +208,28 @@ impl Metrics {
             "Client connections closed on accept, by listener and reason (access_control, max_connections)",
             refused.clone(),
         );
+        let proxy_protocol_refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "proxy_protocol_refused",
+            "Client connections closed for their PROXY protocol header, by listener and reason (untrusted_peer, missing, wrong_version, malformed, too_long, timeout, closed, io)",
+            proxy_protocol_refused.clone(),
+        );
         let reloads = Counter::default();
         registry.register("reloads", "Configuration reloads applied", reloads.clone());
+        let reloads_failed = Counter::default();
+        registry.register(
+            "reloads_failed",
+            "Configuration reloads refused (the running configuration stayed); the last error is in /status",
+            reloads_failed.clone(),
+        );
+        registry.register(
+            "build",
+            "The version of edgelb and the commit it was built from",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("EDGELB_COMMIT")),
+            ]),
+        );
         let bgp_peer_established = Family::<PeerLabels, Gauge>::default();
         registry.register(
             "bgp_peer_established",
@@ -235,6 +263,7 @@ impl Metrics {
             h2_floods,
             handshakes,
             refused,
+            proxy_protocol_refused,
             backend_healthy,
             xdp_packets,
             blocked_sources,
@@ -243,6 +272,8 @@ impl Metrics {
             xdp_backend_packets,
             xdp_backend_bytes,
             reloads,
+            reloads_failed,
+            request_index: Mutex::default(),
             bgp_peer_established,
             bgp_announced,
             certificate_expiry,
@@ -295,6 +326,7 @@ impl Metrics {
             h2_floods: self.h2_floods.clone(),
             handshakes: self.handshakes.clone(),
             refused: self.refused.clone(),
+            proxy_protocol_refused: self.proxy_protocol_refused.clone(),
             listener: listener.into(),
         }
     }
@@ -302,16 +334,18 @@ impl Metrics {
     /// Request counters of one listener's traffic to one group, by backend (in the group's
     /// order).
     pub fn requests(&self, listener: &str, group: &str, backends: &[String]) -> RequestCounters {
-        let counters = |backend: &str| {
+        let mut index = self.request_index.lock().unwrap_or_else(|p| p.into_inner());
+        let mut counters = |backend: &str| {
             CLASSES.map(|code| {
-                self.requests
-                    .get_or_create(&RequestLabels {
-                        listener: listener.into(),
-                        group: group.into(),
-                        backend: backend.into(),
-                        code: code.into(),
-                    })
-                    .clone()
+                let labels = RequestLabels {
+                    listener: listener.into(),
+                    group: group.into(),
+                    backend: backend.into(),
+                    code: code.into(),
+                };
+                let counter = self.requests.get_or_create(&labels).clone();
+                index.insert(labels, counter.clone());
+                counter
             })
         };
         RequestCounters {
@@ -385,6 +419,41 @@ impl Metrics {
     pub fn reloaded(&self) {
         self.reloads.inc();
     }
+
+    pub fn reload_failed(&self) {
+        self.reloads_failed.inc();
+    }
+
+    /// Client connections open now on `listener`.
+    pub fn open_connections(&self, listener: &str) -> i64 {
+        self.connections
+            .get(&ListenerLabels {
+                listener: listener.into(),
+            })
+            .map_or(0, |g| g.get())
+    }
+
+    /// Requests `listener` answered since start, by status class (1xx to 5xx).
+    pub fn listener_requests(&self, listener: &str) -> [u64; 5] {
+        let mut classes = [0; 5];
+        let index = self.request_index.lock().unwrap_or_else(|p| p.into_inner());
+        for (labels, counter) in index.iter().filter(|(l, _)| l.listener == listener) {
+            if let Some(i) = CLASSES.iter().position(|c| *c == labels.code) {
+                classes[i] += counter.get();
+            }
+        }
+        classes
+    }
+
+    /// Requests `backend` of `group` answered since start, over every listener.
+    pub fn backend_requests(&self, group: &str, backend: &str) -> u64 {
+        let index = self.request_index.lock().unwrap_or_else(|p| p.into_inner());
+        index
+            .iter()
+            .filter(|(l, _)| l.group == group && l.backend == backend)
+            .map(|(_, c)| c.get())
+            .sum()
+    }
 }
 
 #[derive(Clone)]
@@ -395,6 +464,7 @@ pub struct ListenerMetrics {
     h2_floods: Family<FloodLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    proxy_protocol_refused: Family<RefusedLabels, Counter>,
     listener: String,
 }
 
@@ -443,9 +513,25 @@ impl ListenerMetrics {
             .inc();
     }
 
+    /// The listener's name, for log lines about it.
+    pub fn name(&self) -> &str {
+        &self.listener
+    }
+
     /// A connection closed on accept, and why.
     pub fn refused(&self, reason: &str) {
         self.refused
+            .get_or_create(&RefusedLabels {
+                listener: self.listener.clone(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A connection closed for its PROXY protocol header (or for sending from a peer that may
+    /// not send one), and why.
+    pub fn proxy_protocol_refused(&self, reason: &str) {
+        self.proxy_protocol_refused
             .get_or_create(&RefusedLabels {
                 listener: self.listener.clone(),
                 reason: reason.into(),
@@ -520,8 +606,20 @@ mod tests {
             r#"edgelb_backend_healthy{group="pool",backend="10.0.0.1:80"} 1"#,
             r#"edgelb_xdp_packets{listener="web",outcome="dropped_acl"} 7"#,
             r#"edgelb_request_duration_seconds_count{listener="web"} 2"#,
+            r#"edgelb_reloads_failed_total 0"#,
         ] {
             assert!(text.contains(line), "missing {line} in\n{text}");
         }
+        let build = format!(
+            r#"edgelb_build_info{{version="{}",commit="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION"),
+            env!("EDGELB_COMMIT")
+        );
+        assert!(text.contains(&build), "missing {build} in\n{text}");
+        assert_eq!(m.listener_requests("web"), [0, 1, 0, 0, 1]);
+        assert_eq!(m.listener_requests("other"), [0; 5]);
+        assert_eq!(m.backend_requests("pool", "10.0.0.1:80"), 1);
+        let _open = l.connection_opened();
+        assert_eq!(m.open_connections("web"), 1);
     }
 }

@@ -15,6 +15,7 @@ use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
+use crate::access_log::{AccessLog, ListenerLog};
 use crate::acme::{Acme, DomainSet};
 use crate::admin::{CertificateView, GroupView, ListenerStatus, NodeView};
 use crate::balance::Balancer;
@@ -50,6 +51,19 @@ pub enum NodeError {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
+    },
+    #[error(
+        "listener {listener:?}: {addr} ({proto}) is already in use by another process (another edgelb?): stop it first (`edgelb stop`), or give this listener another address"
+    )]
+    HeldElsewhere {
+        listener: String,
+        addr: SocketAddr,
+        proto: &'static str,
+    },
+    #[error("{source}")]
+    AccessLog {
+        #[source]
+        source: crate::access_log::OpenError,
     },
     /// The node's random ticket keys could not be made (at start only).
     #[error("TLS session ticket keys: {source}")]
@@ -111,6 +125,8 @@ pub struct Node {
     acme: Option<AcmeRuntime>,
     /// The file certificates of the configuration in force, for `/status` and `/metrics`.
     file_certs: Vec<CertificateView>,
+    /// `--access-log`, open; kept across reloads that do not change it.
+    access_log: Option<Arc<AccessLog>>,
 }
 
 /// The running ACME task: its certificates (kept across reloads with the same state
@@ -187,6 +203,7 @@ impl Node {
         let ids = assign_ids(&config, &[]);
         let tickets = ticket_keys(&config, &own_tickets);
         let acme = acme_shared(&config, None);
+        let access_log = open_access_log(&config, None)?;
         let mut prepared = Vec::new();
         for l in &config.listeners {
             prepared.push(prepare_listener(
@@ -198,6 +215,7 @@ impl Node {
                 workers.len(),
                 &tickets,
                 acme.as_ref(),
+                access_log.as_ref(),
             )?);
         }
         if let Some(dp) = dataplane {
@@ -213,6 +231,7 @@ impl Node {
             own_tickets,
             acme: None,
             file_certs: Vec::new(),
+            access_log,
         };
         node.file_certs = file_certificates(&node.config);
         node.run_acme(acme);
@@ -256,11 +275,6 @@ impl Node {
         let (stop, _) = watch::channel(false);
         let metrics = self.metrics.listener(&p.config.name);
         let limit = ConnectionLimit::new(p.config.max_connections);
-        let access_log = self
-            .config
-            .ops
-            .access_log
-            .then(|| Arc::<str>::from(p.config.name.as_str()));
         let contexts = p
             .live
             .into_iter()
@@ -271,7 +285,6 @@ impl Node {
                     metrics: metrics.clone(),
                     stop: stop.subscribe(),
                     open: self.workers.open(i),
-                    access_log: access_log.clone(),
                     limit: limit.clone(),
                 })
             })
@@ -306,6 +319,7 @@ impl Node {
         let groups = build_groups(&fresh, &self.groups, self.workers.len())?;
         let tickets = ticket_keys(&fresh, &self.own_tickets);
         let acme = acme_shared(&fresh, self.acme.as_ref().map(|a| &a.shared));
+        let access_log = open_access_log(&fresh, self.access_log.as_ref())?;
         let mut prepared = Vec::new();
         for l in &fresh.listeners {
             prepared.push(prepare_listener(
@@ -317,6 +331,7 @@ impl Node {
                 self.workers.len(),
                 &tickets,
                 acme.as_ref(),
+                access_log.as_ref(),
             )?);
         }
         let ids = assign_ids(&fresh, &self.listeners);
@@ -391,6 +406,7 @@ impl Node {
             }
         }
         self.config = fresh;
+        self.access_log = access_log;
         self.file_certs = file_certificates(&self.config);
         self.run_acme(acme);
         Ok(())
@@ -428,6 +444,15 @@ impl Node {
         self.acme
             .as_ref()
             .map_or_else(Vec::new, |a| a.shared.status())
+    }
+
+    /// SIGUSR1: the access log file is opened again by its path, after logrotate moved it.
+    pub fn reopen_logs(&self) {
+        match self.access_log.as_ref().map(|log| log.reopen()) {
+            Some(Ok(true)) => info!("SIGUSR1: access log reopened"),
+            Some(Err(e)) => warn!(error = %e, "SIGUSR1: the access log stays on the file it had"),
+            Some(Ok(false)) | None => info!("SIGUSR1: no log file to reopen"),
+        }
     }
 
     /// Stops accepting on every listener; open connections finish what is in flight.
@@ -726,7 +751,12 @@ fn prepare_listener(
     workers: usize,
     tickets: &Arc<dyn ProducesTickets>,
     acme: Option<&Arc<Acme>>,
+    access_log: Option<&Arc<AccessLog>>,
 ) -> Result<Prepared, NodeError> {
+    let access_log = access_log.map(|log| ListenerLog {
+        log: log.clone(),
+        listener: l.name.as_str().into(),
+    });
     let challenge = config.acme.as_ref().map(|a| a.challenge);
     let acme_names =
         acme.filter(|_| !l.acme_domains.is_empty())
@@ -749,6 +779,21 @@ fn prepare_listener(
             && (!(r.config.protocol.is_l4() || l.protocol.is_l4())
                 || r.config.protocol == l.protocol)
     });
+    // Another process on the address (a second edgelb, most likely) would share it through
+    // SO_REUSEPORT; this process's own listeners on it (a reload that renames one) would not.
+    let ours = running.iter().any(|r| r.config.listen == l.listen);
+    if !kept && !ours && !l.protocol.is_l4() {
+        use socket2::{Protocol, Type};
+        let tcp = crate::reuseport::held_elsewhere(l.listen, Type::STREAM, Protocol::TCP);
+        let udp = l.http3 && crate::reuseport::held_elsewhere(l.listen, Type::DGRAM, Protocol::UDP);
+        if tcp || udp {
+            return Err(NodeError::HeldElsewhere {
+                listener: l.name.clone(),
+                addr: l.listen,
+                proto: if tcp { "tcp" } else { "udp" },
+            });
+        }
+    }
     let sockets = if kept {
         None
     } else if l.protocol.is_l4() {
@@ -825,7 +870,10 @@ fn prepare_listener(
             quic: quic.clone(),
             alt_svc: alt_svc.clone(),
             acme_http: acme_http.clone(),
+            accept_proxy: l.accept_proxy.clone(),
+            access_log: access_log.clone(),
             routes: Routes {
+                listener: l.name.as_str().into(),
                 rules: l.rules.clone(),
                 groups: groups
                     .iter()
@@ -852,6 +900,23 @@ fn prepare_listener(
         quic_sockets,
         live,
     })
+}
+
+/// The access log `config` asks for: the one open when its settings did not change (its
+/// file stays open), else opened anew.
+fn open_access_log(
+    config: &Config,
+    running: Option<&Arc<AccessLog>>,
+) -> Result<Option<Arc<AccessLog>>, NodeError> {
+    let Some(settings) = &config.ops.access_log else {
+        return Ok(None);
+    };
+    if let Some(log) = running.filter(|log| log.settings() == settings) {
+        return Ok(Some(log.clone()));
+    }
+    AccessLog::open(settings.clone())
+        .map(Some)
+        .map_err(|source| NodeError::AccessLog { source })
 }
 
 /// Data-plane ids: a listener keeps its id across reloads (its counters continue); new ones

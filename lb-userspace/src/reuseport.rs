@@ -23,3 +23,42 @@ pub fn worker_socket(addr: SocketAddr, ty: Type, protocol: Protocol) -> std::io:
     socket.bind(&addr.into())?;
     Ok(socket)
 }
+
+/// Whether another process already holds `addr`: SO_REUSEPORT would let a second edgelb (or
+/// anything running as the same user) share the port and take part of the traffic without a
+/// word, so a probe socket without it is bound first. Only for addresses this process does
+/// not hold itself.
+pub fn held_elsewhere(addr: SocketAddr, ty: Type, protocol: Protocol) -> bool {
+    if addr.port() == 0 {
+        return false;
+    }
+    let probe = || -> std::io::Result<()> {
+        let socket = Socket::new(Domain::for_address(addr), ty, Some(protocol))?;
+        if ty == Type::STREAM {
+            // Connections of an earlier run in TIME_WAIT do not count, as for the real sockets.
+            socket.set_reuse_address(true)?;
+        }
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())
+    };
+    matches!(probe(), Err(e) if e.kind() == std::io::ErrorKind::AddrInUse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_port_another_socket_holds_is_seen_as_held() {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = other.local_addr().expect("addr");
+        assert!(held_elsewhere(addr, Type::STREAM, Protocol::TCP));
+        drop(other);
+        assert!(!held_elsewhere(addr, Type::STREAM, Protocol::TCP));
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let addr = udp.local_addr().expect("addr");
+        assert!(held_elsewhere(addr, Type::DGRAM, Protocol::UDP));
+    }
+}

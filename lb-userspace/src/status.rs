@@ -17,7 +17,11 @@ pub fn print(admin: &str) -> ExitCode {
         }
         Err(e) => {
             // `{:#}`: the context and its cause, `cannot connect: Connection refused (os error 111)`.
-            eprintln!("edgelb: error: --admin {admin:?}: {e:#}");
+            eprintln!(
+                "edgelb: error: --admin {admin:?}: {e:#}: the daemon serves its status only with \
+                 --admin ADDR:PORT (file key `admin`); give that address here, or the daemon's \
+                 file with --config"
+            );
             ExitCode::FAILURE
         }
     }
@@ -36,6 +40,33 @@ fn fetch(admin: &str) -> anyhow::Result<Value> {
         .map(|(_, b)| b)
         .context("not an HTTP answer")?;
     serde_json::from_str(body).context("not a status document")
+}
+
+/// Each backend's share of its group's new requests, 0-1: the daemon's `traffic_share`, or
+/// (from a daemon that predates it) its weight in effect (`weight` x `weight_share`, which
+/// is 0 when unhealthy and ramps during slow start) over the group's.
+fn group_shares(backends: &[Value]) -> Vec<f64> {
+    if backends.iter().all(|b| b["traffic_share"].is_number()) {
+        return backends
+            .iter()
+            .map(|b| b["traffic_share"].as_f64().unwrap_or(0.0))
+            .collect();
+    }
+    let in_effect: Vec<f64> = backends
+        .iter()
+        .map(|b| {
+            if b["healthy"].as_bool().unwrap_or(false) {
+                b["weight"].as_f64().unwrap_or(0.0) * b["weight_share"].as_f64().unwrap_or(0.0)
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let total: f64 = in_effect.iter().sum();
+    in_effect
+        .iter()
+        .map(|w| if total > 0.0 { w / total } else { 0.0 })
+        .collect()
 }
 
 fn render(status: &Value) -> String {
@@ -76,7 +107,8 @@ fn render(status: &Value) -> String {
             "  {:<40} {:<9} {:>6} {:>9} {:>7}\n",
             "backend", "health", "weight", "in effect", "active"
         ));
-        for b in g["backends"].as_array().unwrap_or(&empty) {
+        let backends = g["backends"].as_array().unwrap_or(&empty);
+        for (b, share) in backends.iter().zip(group_shares(backends)) {
             out.push_str(&format!(
                 "  {:<40} {:<9} {:>6} {:>8.0}% {:>7}\n",
                 b["address"].as_str().unwrap_or("?"),
@@ -86,7 +118,7 @@ fn render(status: &Value) -> String {
                     "UNHEALTHY"
                 },
                 b["weight"].as_u64().unwrap_or(0),
-                b["weight_share"].as_f64().unwrap_or(0.0) * 100.0,
+                share * 100.0,
                 b["active_requests"].as_u64().unwrap_or(0),
             ));
         }
@@ -160,4 +192,70 @@ fn render(status: &Value) -> String {
         ));
     }
     out
+}
+
+/// The admin address to ask: `--admin`, else the `admin` key of the daemon's `--config`
+/// file, else the address the README suggests.
+pub fn admin_address(admin: Option<String>, config: Option<&std::path::Path>) -> String {
+    admin
+        .or_else(|| {
+            let text = std::fs::read_to_string(config?).ok()?;
+            let file: toml::Table = text.parse().ok()?;
+            file.get("admin")?.as_str().map(str::to_string)
+        })
+        .unwrap_or_else(|| "127.0.0.1:9900".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn backend(address: &str, weight: u8, healthy: bool, weight_share: f64) -> Value {
+        json!({"address": address, "healthy": healthy, "weight": weight,
+               "weight_share": weight_share, "active_requests": 0})
+    }
+
+    /// The `in effect` column of each backend line, in order.
+    fn in_effect(backends: Vec<Value>) -> Vec<String> {
+        let status = json!({"groups": [{"name": "pool", "algorithm": "weighted-round-robin",
+                                        "backends": backends}]});
+        render(&status)
+            .lines()
+            .filter(|l| l.trim_start().starts_with("10."))
+            .map(|l| {
+                l.split_whitespace()
+                    .nth(3)
+                    .unwrap_or_else(|| panic!("no in-effect column in {l:?}"))
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn in_effect_is_each_backends_share_of_its_group() {
+        let weights_3_1 = || {
+            vec![
+                backend("10.0.0.1:80", 3, true, 1.0),
+                backend("10.0.0.2:80", 1, true, 1.0),
+            ]
+        };
+        assert_eq!(in_effect(weights_3_1()), ["75%", "25%"]);
+        // Only healthy backends count.
+        let mut down = weights_3_1();
+        down[0] = backend("10.0.0.1:80", 3, false, 0.0);
+        assert_eq!(in_effect(down), ["0%", "100%"]);
+        // Slow start: the second at a third of its weight takes 1 of 3 + 1.
+        let mut ramping = weights_3_1();
+        ramping[1] = backend("10.0.0.2:80", 3, true, 1.0 / 3.0);
+        assert_eq!(in_effect(ramping), ["75%", "25%"]);
+        // Nothing healthy: nothing served, no division by zero.
+        let none = vec![backend("10.0.0.1:80", 3, false, 0.0)];
+        assert_eq!(in_effect(none), ["0%"]);
+        // The daemon's own figure wins when it sends one (source-ip-hash ignores slow start).
+        let mut told = weights_3_1();
+        told[0]["traffic_share"] = json!(0.5);
+        told[1]["traffic_share"] = json!(0.5);
+        assert_eq!(in_effect(told), ["50%", "50%"]);
+    }
 }

@@ -191,6 +191,6 @@ mod tests {
         let Some(Command::Check(run)) = cli.command else {
             panic!("not check")
         };
-        assert_eq!(run.explicit, vec![("--access-log".into(), "true".into())]);
+        assert_eq!(run.explicit, vec![("--access-log".into(), "stderr".into())]);
     }
 }

@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use socket2::{Protocol, Type};
 
+use crate::refusals::{self, Refused};
 use crate::reuseport::worker_socket;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::server::{ListenerContext, serve_connection};
 
@@ -171,7 +172,7 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     if !ctx.live.load().access.admits(peer.ip()) {
-                        debug!(client = %peer, "connection refused by access control");
+                        refusals::log(Refused::Connection, ctx.metrics.name(), peer, &"access control (the listener's whitelist or blacklist)");
                         ctx.metrics.refused("access_control");
                         drop(stream);
                         continue;
@@ -179,7 +180,7 @@ async fn accept_loop(
                     // Accepted and closed at once: the client learns now, and the descriptor
                     // is not held. Leaving it in the backlog would hide the limit in timeouts.
                     let Some(slot) = ctx.limit.try_acquire() else {
-                        debug!(client = %peer, "connection refused: --max-connections reached");
+                        refusals::log(Refused::Connection, ctx.metrics.name(), peer, &"--max-connections reached");
                         ctx.metrics.refused("max_connections");
                         drop(stream);
                         continue;

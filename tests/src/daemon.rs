@@ -59,6 +59,16 @@ impl Daemon {
     /// Starts edgelb with `args` (inside `ns` if given) and waits until it logs that it is
     /// ready. Panics with the log if it exits or is not ready within 20 s.
     pub fn start(ns: Option<&Netns>, args: &[&str], log_dir: &Path) -> Self {
+        Self::start_env(ns, args, log_dir, &[])
+    }
+
+    /// As [`Daemon::start`], with `env` set on top (e.g. another RUST_LOG).
+    pub fn start_env(
+        ns: Option<&Netns>,
+        args: &[&str],
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = log_dir.join(crate::netns::unique("edgelb-log-"));
         let file = std::fs::File::create(&log).expect("create log file");
         let mut cmd = match ns {
@@ -67,6 +77,7 @@ impl Daemon {
         };
         cmd.args(args)
             .env("RUST_LOG", "debug,hyper=info,h2=info,rustls=info,aya=info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("dup log file"))
             .stderr(file);

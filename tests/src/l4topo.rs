@@ -471,8 +471,9 @@ impl L4Topo {
                 .map(|l| {
                     let (router, logs, from) = (&topo.router, topo.logs.path(), &from);
                     s.spawn(move || {
-                        // --from is required; with no VIP it never applies.
-                        let args = ["decap", "--iface", &l.router_if];
+                        // Only a program on the peer for XDP_TX: --vip and --from are
+                        // required, and no packet is ever tunnelled to this VIP.
+                        let args = ["decap", "--iface", &l.router_if, "--vip", PASS_ONLY_VIP];
                         Daemon::start(Some(router), &[&args[..], from].concat(), logs)
                     })
                 })
@@ -978,3 +979,7 @@ impl HttpConn {
         Ok((backend, String::from_utf8_lossy(&body).into_owned()))
     }
 }
+
+/// A VIP no test sends to: `edgelb decap` with only this one passes every packet, which makes
+/// it the XDP program a veth peer needs for the other side's XDP_TX (see the toolchain notes).
+pub const PASS_ONLY_VIP: &str = "10.255.255.254";

@@ -30,11 +30,24 @@ impl Setup {
 
     /// Starts edgelb on a free loopback port with the server certificate, XDP off, and `args`.
     pub fn start(&self, args: &[&str]) -> (Daemon, SocketAddr) {
+        self.start_env(args, &[])
+    }
+
+    /// As [`Setup::start`], with `env` set for the daemon too.
+    pub fn start_env(&self, args: &[&str], env: &[(&str, &str)]) -> (Daemon, SocketAddr) {
         let addr = free_addr();
+        let listener = self.listener_args(addr);
+        let mut all: Vec<&str> = listener.iter().map(String::as_str).collect();
+        all.extend_from_slice(args);
+        (Daemon::start_env(None, &all, self.dir.path(), env), addr)
+    }
+
+    /// The flags of an https listener on `addr` with the server certificate, XDP off.
+    pub fn listener_args(&self, addr: SocketAddr) -> Vec<String> {
         let listen = addr.to_string();
         let cert = self.server.cert.to_string_lossy().into_owned();
         let key = self.server.key.to_string_lossy().into_owned();
-        let mut all = vec![
+        [
             "--listen",
             &listen,
             "--cert",
@@ -43,9 +56,9 @@ impl Setup {
             &key,
             "--xdp-mode",
             "off",
-        ];
-        all.extend_from_slice(args);
-        (Daemon::start(None, &all, self.dir.path()), addr)
+        ]
+        .map(String::from)
+        .to_vec()
     }
 }
 

@@ -960,3 +960,144 @@ fn a_certificate_expiring_within_14_days_is_warned_about() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `--accept-proxy-protocol` needs `--proxy-protocol-from` (and the reverse), and neither it
+/// nor `--backend-proxy-protocol` has a place on a tcp/udp listener, whose packets XDP
+/// forwards unchanged. The file keys take the same values, a CIDR or a list of them.
+#[test]
+fn proxy_protocol_flags_are_checked() {
+    let f = files();
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["--accept-proxy-protocol", "v1"],
+            "edgelb: error: --accept-proxy-protocol \"v1\": needs --proxy-protocol-from CIDR,...",
+        ),
+        (
+            &["--proxy-protocol-from", "10.0.0.0/8"],
+            "edgelb: error: --proxy-protocol-from \"10.0.0.0/8\": says who may send a PROXY protocol header, and none is read: give --accept-proxy-protocol v1|v2 too",
+        ),
+        (
+            &["--accept-proxy-protocol", "v3"],
+            "edgelb: error: --accept-proxy-protocol \"v3\": expected one of: v1, v2",
+        ),
+        (
+            &["--backend-proxy-protocol", "on"],
+            "edgelb: error: --backend-proxy-protocol \"on\": expected one of: off, v1, v2",
+        ),
+        (
+            &[
+                "--accept-proxy-protocol",
+                "v2",
+                "--proxy-protocol-from",
+                "10.0.0.0/33",
+            ],
+            "edgelb: error: --proxy-protocol-from \"10.0.0.0/33\"",
+        ),
+    ];
+    for (extra, expected) in cases {
+        let out = run(&[&["check"][..], &base(&f)[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.starts_with(expected), "{extra:?}: {stderr}");
+    }
+    let tcp = [
+        "check",
+        "--protocol",
+        "tcp",
+        "--listen",
+        "10.100.0.1:5000",
+        "--backend",
+        "127.0.0.1:5000",
+        "--xdp-iface",
+        "lo",
+        "--algorithm",
+        "source-ip-hash",
+    ];
+    let l4_cases: [(&[&str], &str); 2] = [
+        (
+            &[
+                "--accept-proxy-protocol",
+                "v2",
+                "--proxy-protocol-from",
+                "10.0.0.0/8",
+            ],
+            "--accept-proxy-protocol \"v2\": a tcp listener is forwarded in the kernel by XDP and never reads the header: only https and http listeners accept it",
+        ),
+        (
+            &["--backend-proxy-protocol", "v1"],
+            "--backend-proxy-protocol \"v1\": group \"server_group-1\" is behind a tcp listener, whose packets XDP forwards unchanged",
+        ),
+    ];
+    for (extra, expected) in l4_cases {
+        let out = run(&[&tcp[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(expected), "{extra:?}: {stderr}");
+    }
+    for extra in [
+        &[
+            "--accept-proxy-protocol",
+            "V2",
+            "--proxy-protocol-from",
+            "10.0.0.0/8,192.0.2.1",
+            "--backend-proxy-protocol",
+            "v1",
+        ][..],
+        &[
+            "--accept-proxy-protocol",
+            "v1",
+            "--proxy-protocol-from",
+            "::1",
+        ],
+    ] {
+        let out = run(&[&["check"][..], &base(&f)[..], extra].concat());
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    let dir = TempDir::new();
+    let file = |name: &str, listener: &str, group: &str| {
+        dir.write(
+            name,
+            format!(
+                "[[group]]\nname = \"g\"\nbackend = [\"127.0.0.1:30080\"]\n{group}\n\n\
+                 [[listener]]\nlisten = \"127.0.0.1:18080\"\nprotocol = \"http\"\ngroup = \"g\"\n{listener}\n"
+            ),
+        )
+        .display()
+        .to_string()
+    };
+    let good = [
+        file(
+            "one.toml",
+            "accept_proxy_protocol = \"v2\"\nproxy_protocol_from = \"10.0.0.0/8\"",
+            "backend_proxy_protocol = \"v2\"",
+        ),
+        file(
+            "list.toml",
+            "accept_proxy_protocol = \"v1\"\nproxy_protocol_from = [\"10.0.0.0/8\", \"fd00::/8\"]",
+            "backend_proxy_protocol = \"off\"",
+        ),
+    ];
+    for config in &good {
+        let out = run(&["check", "--config", config]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{config}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let bad = file("bad.toml", "accept_proxy_protocol = \"v2\"", "");
+    let out = run(&["check", "--config", &bad]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("accept_proxy_protocol = \"v2\": needs proxy_protocol_from CIDR,..."),
+        "{stderr}"
+    );
+}

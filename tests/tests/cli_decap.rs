@@ -55,6 +55,16 @@ fn bad_decap_flags_are_one_clear_line_and_exit_code_2() {
             "--from \"lb1.example\": expected an IPv4/IPv6 address or CIDR",
         ),
         (
+            "no --vip: nothing would be decapsulated",
+            with_from(&["decap", "--iface", "lo"]),
+            "edgelb: error: --vip: required",
+        ),
+        (
+            "an interface that does not exist, as the daemon reports it",
+            with_from(&["decap", "--iface", "nosuch0", "--vip", "10.0.0.1"]),
+            "--iface \"nosuch0\": no such network interface (see `ip link`)",
+        ),
+        (
             "an empty value",
             with_from(&["decap", "--iface", "lo", "--from", ""]),
             "--from \"\": expected an IPv4/IPv6 address or CIDR",

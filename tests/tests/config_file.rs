@@ -387,9 +387,13 @@ fn bad_files_are_refused_with_the_key_and_value() {
         (
             good.replace(
                 "drain_timeout = 2",
-                "drain_timeout = 2\naccess_log = \"yes\"",
+                "drain_timeout = 2\nadmin_allow_remote = \"yes\"",
             ),
-            "access_log = \"yes\": expected true or false, found a string",
+            "admin_allow_remote = \"yes\": expected true or false, found a string",
+        ),
+        (
+            good.replace("drain_timeout = 2", "drain_timeout = 2\naccess_log = 5"),
+            "access_log = \"5\": expected true, false or a file path, found an integer",
         ),
         (
             good.replace("drain_timeout = 2", "drain_timeout = 2.5"),

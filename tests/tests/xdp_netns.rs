@@ -704,7 +704,7 @@ fn kernel_cookies(ns: &str) -> KernelCookies {
 }
 
 /// A program on the client's veth, which then receives the SYN-ACKs the daemon's sends with
-/// `XDP_TX` (toolchain notes): `edgelb decap` without VIPs passes everything.
+/// `XDP_TX` (toolchain notes): `edgelb decap` for a VIP nothing is sent to passes everything.
 fn pass_on_client(topo: &ClientLb, dir: &TempDir) -> Daemon {
     Daemon::start(
         Some(&topo.client),
@@ -712,6 +712,8 @@ fn pass_on_client(topo: &ClientLb, dir: &TempDir) -> Daemon {
             "decap",
             "--iface",
             &topo.client_if,
+            "--vip",
+            edgelb_tests::l4topo::PASS_ONLY_VIP,
             "--from",
             "10.99.0.0/16",
         ],

@@ -28,6 +28,10 @@ const PACKAGES: &[&str] = &[
     "python3-venv",
     // The ACME tests' CA.
     "pebble",
+    // The status page's browser test: headless Chromium driven by Selenium (system python3).
+    "chromium",
+    "chromium-driver",
+    "python3-selenium",
 ];
 
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -9,9 +9,9 @@ pub mod wlc;
 pub mod wrr;
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use source_hash::SourceHash;
 use wlc::Wlc;
@@ -65,6 +65,18 @@ struct BackendState {
     /// Milliseconds since the balancer's epoch when the backend last became healthy;
     /// u64::MAX: healthy since the start (no slow start).
     up_since: AtomicU64,
+    /// The last health transition and why (status page); None while the starting
+    /// presumption holds. Locked only on transitions and status reads, never per request.
+    transition: Mutex<Option<Transition>>,
+}
+
+/// A backend's last change of health, as the health checker saw it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition {
+    pub healthy: bool,
+    pub at: SystemTime,
+    /// `connection refused`, `status 503`, `passed 2 tcp checks in a row`...
+    pub reason: String,
 }
 
 /// Backend selection for one group of backends, each with a weight of 0 to 100 (0: receives
@@ -116,6 +128,7 @@ impl Balancer {
                     healthy: AtomicBool::new(true),
                     passed: AtomicBool::new(false),
                     up_since: AtomicU64::new(u64::MAX),
+                    transition: Mutex::new(None),
                 })
                 .collect(),
             slow_start: None,
@@ -234,6 +247,50 @@ impl Balancer {
         true
     }
 
+    /// [`Balancer::set_healthy`], remembering why when the state changes (the status page
+    /// shows the reason of the last transition).
+    pub fn set_health(&self, index: usize, healthy: bool, reason: impl Into<String>) -> bool {
+        if !self.set_healthy(index, healthy) {
+            return false;
+        }
+        if let Some(b) = self.backends.get(index) {
+            *b.transition.lock().unwrap_or_else(|p| p.into_inner()) = Some(Transition {
+                healthy,
+                at: SystemTime::now(),
+                reason: reason.into(),
+            });
+        }
+        true
+    }
+
+    /// Backend `index`'s last health transition; None if it never changed.
+    pub fn last_transition(&self, index: usize) -> Option<Transition> {
+        self.backends
+            .get(index)?
+            .transition
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The share of the group's new requests (source-ip-hash: of its clients) backend `index`
+    /// receives now, 0.0-1.0: its weight in effect over the sum of the group's. Unhealthy
+    /// backends count 0, ramping ones their part (slow start does not move hashed clients).
+    pub fn traffic_share(&self, index: usize) -> f64 {
+        let weights: Vec<i64> = match self.strategy {
+            Strategy::SourceHash(_) => self.hash_weights().into_iter().map(i64::from).collect(),
+            _ => {
+                let now = self.ramp_clock();
+                (0..self.len()).map(|i| self.effective(i, now)).collect()
+            }
+        };
+        let total: i64 = weights.iter().sum();
+        match weights.get(index) {
+            Some(w) if total > 0 => *w as f64 / total as f64,
+            _ => 0.0,
+        }
+    }
+
     /// Records that a check of backend `index` passed; true the first time.
     pub fn mark_passed(&self, index: usize) -> bool {
         self.backends
@@ -343,6 +400,36 @@ mod tests {
         fn shareable<T: Send + Sync + 'static>() {}
         shareable::<Balancer>();
         shareable::<Pick>();
+    }
+
+    #[test]
+    fn traffic_shares_follow_weights_and_health_and_transitions_keep_their_reason() {
+        for a in ALL {
+            let b = Balancer::new(a, &group(&[3, 1]));
+            assert_eq!(
+                (b.traffic_share(0), b.traffic_share(1)),
+                (0.75, 0.25),
+                "{a:?}"
+            );
+            assert_eq!(b.last_transition(1), None);
+            assert!(b.set_health(1, false, "connection refused"));
+            assert!(
+                !b.set_health(1, false, "again"),
+                "no transition, no new reason"
+            );
+            assert_eq!(
+                (b.traffic_share(0), b.traffic_share(1)),
+                (1.0, 0.0),
+                "{a:?}"
+            );
+            let t = b.last_transition(1).expect("a transition");
+            assert_eq!(
+                (t.healthy, t.reason.as_str()),
+                (false, "connection refused")
+            );
+            assert!(b.set_health(0, false, "timeout after 2s"));
+            assert_eq!(b.traffic_share(0), 0.0, "nothing healthy, nothing served");
+        }
     }
 
     #[test]

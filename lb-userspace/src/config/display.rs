@@ -144,6 +144,23 @@ impl Config {
             None => writeln!(f, "  admin           off")?,
         }
         writeln!(f, "  drain-timeout   {}s", self.ops.drain_timeout.as_secs())?;
+        match &self.ops.access_log {
+            Some(log) => {
+                let format = match log.format {
+                    crate::access_log::Format::Plain => "plain",
+                    crate::access_log::Format::Json => "json",
+                };
+                match &log.target {
+                    crate::access_log::Target::Stderr => {
+                        writeln!(f, "  access-log      stderr, {format}")?
+                    }
+                    crate::access_log::Target::File(p) => {
+                        writeln!(f, "  access-log      {}, {format}", p.display())?
+                    }
+                }
+            }
+            None => writeln!(f, "  access-log      off")?,
+        }
         match &self.ops.user {
             Some(u) => writeln!(
                 f,

@@ -33,4 +33,7 @@ pub struct HealthCheck {
     pub interval: Duration,
     pub timeout: Duration,
     pub retries: u32,
+    /// The group's `--backend-proxy-protocol`: backends that require the header refuse
+    /// connections without one, so checks send it too.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }

@@ -7,6 +7,7 @@ mod error;
 mod file;
 mod health_check;
 mod parse;
+pub use parse::interface as interface_exists;
 mod rule_flag;
 mod rule_table;
 pub mod spec;
@@ -65,7 +66,9 @@ pub struct OpsConfig {
     pub admin: Option<SocketAddr>,
     pub admin_allow_remote: bool,
     pub drain_timeout: Duration,
-    pub access_log: bool,
+    pub access_log: Option<crate::access_log::Settings>,
+    /// `--pid-file`.
+    pub pid_file: PathBuf,
     /// `--user`: who the daemon runs as once sockets are bound and XDP attached.
     pub user: Option<User>,
 }
@@ -134,6 +137,25 @@ pub struct ListenerConfig {
     /// `--syn-protect-threshold` as given (None: not given), for the warning when it has no
     /// effect; `syn_protect` holds the one in force.
     pub syn_protect_threshold: Option<u32>,
+    /// `--accept-proxy-protocol`: connections start with a PROXY protocol header from a
+    /// balancer in front; None: they do not (http and https listeners only).
+    pub accept_proxy: Option<AcceptProxy>,
+}
+
+/// A listener behind another balancer that names each client in a PROXY protocol header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptProxy {
+    pub version: crate::proxy_protocol::Version,
+    /// `--proxy-protocol-from`: the only peers whose connections are taken; never empty.
+    pub from: Vec<IpNet>,
+}
+
+impl AcceptProxy {
+    /// Whether a connection from `peer` may carry the header.
+    pub fn trusts(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.from.iter().any(|net| net.contains(&peer))
+    }
 }
 
 /// `--syn-protect` and its threshold, for an http or https listener.
@@ -218,6 +240,9 @@ pub struct GroupConfig {
     /// `--sticky-duration`: also how long an idle flow of a tcp/udp listener keeps its
     /// backend when the ring changes.
     pub flow_idle: Duration,
+    /// `--backend-proxy-protocol`: the PROXY protocol header each backend connection starts
+    /// with; None: none.
+    pub proxy_protocol: Option<crate::proxy_protocol::Version>,
 }
 
 #[derive(Clone, Debug)]
@@ -572,7 +597,7 @@ fn unused_listener_flags(flags: &Flags) -> Result<(), ConfigError> {
     let node_flag = |flag: &str| {
         matches!(
             flag,
-            "--config" | "--config-etcd" | "--config-prefix" | "--log-format"
+            "--config" | "--config-etcd" | "--config-prefix" | "--log-format" | "--test-config"
         ) || node.get_arguments().any(|a| {
             a.get_long()
                 .is_some_and(|l| flag.strip_prefix("--") == Some(l))
@@ -619,11 +644,13 @@ fn merge_node(node: &mut NodeSpec, file: &NodeSpec, flags: &Flags) {
         acme_state_dir,
         acme_ca,
         acme_challenge,
+        access_log,
+        access_log_format,
+        pid_file,
     );
     node.bgp_bfd |= file.bgp_bfd;
     node.allow_readable_keys |= file.allow_readable_keys;
     node.admin_allow_remote |= file.admin_allow_remote;
-    node.access_log |= file.access_log;
     for iface in file.xdp_iface {
         if !node.xdp_iface.contains(&iface) {
             node.xdp_iface.push(iface);
@@ -690,7 +717,14 @@ fn ops(args: &NodeSpec) -> Result<OpsConfig, ConfigError> {
             .transpose()?,
         admin_allow_remote: args.admin_allow_remote,
         drain_timeout: args.drain_timeout.0,
-        access_log: args.access_log,
+        pid_file: args.pid_file.clone(),
+        access_log: args
+            .access_log
+            .clone()
+            .map(|target| crate::access_log::Settings {
+                target: target.0,
+                format: args.access_log_format,
+            }),
         user: args
             .user
             .as_deref()
@@ -774,6 +808,7 @@ fn listener(
         auto_block: auto_block(args, protocol)?,
         syn_protect: syn_protection(args, protocol)?,
         syn_protect_threshold: args.syn_protect_threshold.map(|t| t.0),
+        accept_proxy: accept_proxy(args, protocol)?,
     })
 }
 
@@ -828,6 +863,16 @@ fn l4_checks(
                 "is balanced in XDP by source-IP hashing (Maglev): group {:?} must use --algorithm source-ip-hash, not {}",
                 group.name,
                 group.algorithm.name()
+            ),
+        ));
+    }
+    if let Some(version) = group.proxy_protocol {
+        return Err(ConfigError::new(
+            "--backend-proxy-protocol",
+            version.name(),
+            format!(
+                "group {:?} is behind a {scheme} listener, whose packets XDP forwards unchanged: no header can be added (use off)",
+                group.name
             ),
         ));
     }
@@ -1128,6 +1173,45 @@ fn syn_protection(
     Ok(mode)
 }
 
+/// `--accept-proxy-protocol` and `--proxy-protocol-from` go together, on a listener that
+/// reads its connections in userspace.
+fn accept_proxy(
+    args: &ListenerSpec,
+    protocol: FrontendProtocol,
+) -> Result<Option<AcceptProxy>, ConfigError> {
+    let Some(version) = args.accept_proxy_protocol else {
+        if let Some(cidr) = args.proxy_protocol_from.first() {
+            return Err(ConfigError::new(
+                "--proxy-protocol-from",
+                cidr.0.to_string(),
+                "says who may send a PROXY protocol header, and none is read: give --accept-proxy-protocol v1|v2 too",
+            ));
+        }
+        return Ok(None);
+    };
+    if protocol.is_l4() {
+        return Err(ConfigError::new(
+            "--accept-proxy-protocol",
+            version.name(),
+            format!(
+                "a {} listener is forwarded in the kernel by XDP and never reads the header: only https and http listeners accept it",
+                protocol.scheme()
+            ),
+        ));
+    }
+    if args.proxy_protocol_from.is_empty() {
+        return Err(ConfigError::new(
+            "--accept-proxy-protocol",
+            version.name(),
+            "needs --proxy-protocol-from CIDR,...: the balancers in front allowed to send the header (anyone else could claim any client address)",
+        ));
+    }
+    let mut from: Vec<IpNet> = args.proxy_protocol_from.iter().map(|c| c.0).collect();
+    from.sort();
+    from.dedup();
+    Ok(Some(AcceptProxy { version, from }))
+}
+
 fn access_control(args: &ListenerSpec, shared: Vec<IpNet>) -> Result<AccessControl, ConfigError> {
     let mut prefixes = shared;
     prefixes.extend(args.ip_group.iter().map(|c| c.0));
@@ -1225,11 +1309,13 @@ fn group(args: &GroupSpec) -> Result<GroupConfig, ConfigError> {
             interval: args.hc_interval.0,
             timeout: args.hc_timeout.0,
             retries: args.hc_retries.0,
+            proxy_protocol: args.backend_proxy_protocol.version(),
         },
         slow_start: args.slow_start.map(|s| s.0),
         sticky: stickiness(args)?.map(Arc::new),
         sticky_key_file: args.sticky_key_file.clone(),
         flow_idle: Duration::from_secs(60 * u64::from(args.sticky_duration.0)),
+        proxy_protocol: args.backend_proxy_protocol.version(),
         hc_domain,
     })
 }
@@ -1291,7 +1377,7 @@ fn xdp(args: &NodeSpec) -> Result<XdpConfig, ConfigError> {
     let mut ifaces = Vec::new();
     for iface in &args.xdp_iface {
         if mode != XdpMode::Off {
-            parse::interface(iface)?;
+            parse::interface("--xdp-iface", iface)?;
         }
         if !ifaces.contains(iface) {
             ifaces.push(iface.clone());

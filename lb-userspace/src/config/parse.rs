@@ -32,18 +32,14 @@ pub fn cidr_file(path: &Path) -> Result<Vec<IpNet>, ConfigError> {
     Ok(nets)
 }
 
-/// An existing network interface.
-pub fn interface(name: &str) -> Result<(), ConfigError> {
+/// An existing network interface, named by `flag`.
+pub fn interface(flag: &'static str, name: &str) -> Result<(), ConfigError> {
     if name.contains('\0') {
-        return Err(ConfigError::new(
-            "--xdp-iface",
-            name,
-            "not an interface name",
-        ));
+        return Err(ConfigError::new(flag, name, "not an interface name"));
     }
     if nix::net::if_::if_nametoindex(name).is_err() {
         return Err(ConfigError::new(
-            "--xdp-iface",
+            flag,
             name,
             "no such network interface (see `ip link`)",
         ));

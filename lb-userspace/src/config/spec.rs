@@ -8,9 +8,9 @@ use clap::{Args, FromArgMatches};
 use serde::Deserialize;
 
 use super::values::{
-    self, Backend, BackendProtocolArg, BgpAnnounce, BgpPeer, Cidr, Count, Description, HcDomain,
-    HcPath, Label, LbIp, OnOff, Port, RouterId, Seconds, SniCert, SslAuthArg, StatusCode,
-    StickyArg, SynProtect, Tag,
+    self, AccessLogTarget, Backend, BackendProtocolArg, BgpAnnounce, BgpPeer, Cidr, Count,
+    Description, HcDomain, HcPath, Label, LbIp, OnOff, Port, RouterId, Seconds, SniCert,
+    SslAuthArg, StatusCode, StickyArg, SynProtect, Tag,
 };
 use super::{CheckKind, FrontendProtocol, XdpMode};
 use crate::acl::AclMode;
@@ -219,6 +219,22 @@ pub struct ListenerSpec {
     #[serde(deserialize_with = "values::one_or_many")]
     pub ip_group_file: Vec<PathBuf>,
 
+    /// Read a PROXY protocol header (v1 or v2) at the start of every connection (https and
+    /// http listeners), sent by a balancer in front from --proxy-protocol-from: the client
+    /// it names is then the client for headers, rules, balancing, limits and logs.
+    #[arg(long, value_enum, ignore_case = true, value_name = "v1|v2")]
+    pub accept_proxy_protocol: Option<crate::proxy_protocol::Version>,
+
+    /// Who may send the PROXY protocol header: the balancers in front, as comma-separated
+    /// CIDRs, repeatable. Connections from anywhere else are closed.
+    #[arg(
+        long = "proxy-protocol-from",
+        value_name = "CIDR,...",
+        value_delimiter = ','
+    )]
+    #[serde(deserialize_with = "values::one_or_many")]
+    pub proxy_protocol_from: Vec<Cidr>,
+
     /// File only: the `[[group]]` that takes requests no rule claims.
     #[arg(skip)]
     pub group: Option<String>,
@@ -279,6 +295,18 @@ pub struct GroupSpec {
     pub backend_protocol: BackendProtocolArg,
 
     /// CA bundle (PEM) that HTTPS backends' certificates must chain to.
+    /// Send a PROXY protocol header first on every backend connection (off, v1 or v2),
+    /// naming the client and the address it connected to (v2 also the SNI and the TLS
+    /// version). Such a connection serves that client's connection only.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "off|v1|v2",
+        default_value = "off"
+    )]
+    pub backend_proxy_protocol: values::BackendProxyProtocol,
+
     #[arg(long, value_name = "PATH")]
     pub backend_ca: Option<PathBuf>,
 
@@ -453,9 +481,34 @@ pub struct NodeSpec {
     #[arg(long)]
     pub allow_readable_keys: bool,
 
-    /// Log a line per request: client, SNI, listener, backend, status, time to response headers.
-    #[arg(long)]
-    pub access_log: bool,
+    /// Log a line per request (client, SNI, Host, method, target with query, version,
+    /// status, bytes, rule, backend, upstream and total time, user agent) to PATH, or to
+    /// stderr when PATH is left out or is `stderr`. SIGUSR1 reopens the file (logrotate).
+    #[arg(
+        long,
+        value_name = "PATH",
+        num_args = 0..=1,
+        default_missing_value = "stderr",
+        help_heading = "Logging"
+    )]
+    #[serde(deserialize_with = "values::access_log")]
+    pub access_log: Option<AccessLogTarget>,
+
+    /// Where the daemon writes its process id (removed at exit), for `edgelb reload` and
+    /// `edgelb stop`; the outcome of each reload is kept beside it in PATH.reload.
+    #[arg(long, value_name = "PATH", default_value = crate::control::pid_file::DEFAULT_PID_FILE)]
+    pub pid_file: PathBuf,
+
+    /// Access log lines as `key=value` text or as JSON objects.
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "FORMAT",
+        default_value = "plain",
+        help_heading = "Logging"
+    )]
+    pub access_log_format: crate::access_log::Format,
 
     /// This node's AS number (1-4294967295): announce the listeners' addresses over BGP to
     /// every --bgp-peer, through BIRD (--bgp-speaker), as /32 and /128 routes via this node.

@@ -95,7 +95,43 @@ text_value!(
     [] StatusCode,
     [] RouterId,
     [] BgpPeer,
+    [] AccessLogTarget,
 );
+
+/// `--access-log`: `stderr` (also what the bare flag and `access_log = true` mean) or a file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessLogTarget(pub crate::access_log::Target);
+
+impl TextValue for AccessLogTarget {
+    const EXPECTED: &'static str = "true, false or a file path";
+    fn parse(text: &str) -> Result<Self, Refused> {
+        use crate::access_log::Target;
+        match text {
+            "stderr" | "-" => Ok(AccessLogTarget(Target::Stderr)),
+            "" => Err("must be a file path, or stderr".into()),
+            path if path.ends_with('/') => Err("must be a file path, not a directory".into()),
+            path => Ok(AccessLogTarget(Target::File(path.into()))),
+        }
+    }
+}
+
+/// The file's `access_log`: true (stderr), false (off) or a path.
+pub fn access_log<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AccessLogTarget>, D::Error> {
+    struct Either;
+    impl Visitor<'_> for Either {
+        type Value = Option<AccessLogTarget>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(AccessLogTarget::EXPECTED)
+        }
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(v.then_some(AccessLogTarget(crate::access_log::Target::Stderr)))
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+            AccessLogTarget::parse(v).map(Some).map_err(E::custom)
+        }
+    }
+    d.deserialize_any(Either)
+}
 
 /// A whole number of seconds within `MIN..=MAX`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -650,6 +686,9 @@ choice!(
     BgpAnnounce,
     SynProtect,
     AcmeChallenge,
+    crate::proxy_protocol::Version,
+    BackendProxyProtocol,
+    crate::access_log::Format,
 );
 
 /// `--acme-challenge`: how the ACME CA checks that this node answers for a name.
@@ -694,6 +733,24 @@ pub enum OnOff {
     On,
     #[value(alias = "false")]
     Off,
+}
+
+/// `--backend-proxy-protocol`: the PROXY protocol header backend connections start with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendProxyProtocol {
+    Off,
+    V1,
+    V2,
+}
+
+impl BackendProxyProtocol {
+    pub fn version(self) -> Option<crate::proxy_protocol::Version> {
+        match self {
+            BackendProxyProtocol::Off => None,
+            BackendProxyProtocol::V1 => Some(crate::proxy_protocol::Version::V1),
+            BackendProxyProtocol::V2 => Some(crate::proxy_protocol::Version::V2),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

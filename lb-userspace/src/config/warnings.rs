@@ -55,6 +55,7 @@ impl Config {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs() as i64);
         out.extend(self.expiring_certificates(now));
+        out.extend(self.v1_certificates());
         for g in &self.groups {
             let h = &g.health;
             if h.kind != CheckKind::Off && h.timeout > h.interval {
@@ -156,6 +157,38 @@ pub struct FileCert {
 
 impl Config {
     /// Every certificate the https listeners serve from files, with its expiry.
+    /// X.509 v1 certificates among the listeners' own and their client CAs: rustls refuses
+    /// v1 client certificates, and a CA that is v1 itself usually issues v1 ones.
+    fn v1_certificates(&self) -> Vec<String> {
+        use crate::tls::certs::{is_x509_v1, pem_certificates, subject};
+        let mut out = Vec::new();
+        for l in &self.listeners {
+            let Some(tls) = &l.tls else { continue };
+            if tls.settings.default.cert.first().is_some_and(is_x509_v1) {
+                out.push(format!(
+                    "listener {:?}: --cert {} is an X.509 v1 certificate: some clients refuse \
+                     it; re-issue it as v3 (with a subjectAltName)",
+                    l.name,
+                    tls.cert_path.display()
+                ));
+            }
+            let Some(ca) = &tls.client_ca_path else {
+                continue;
+            };
+            for cert in pem_certificates(ca).iter().filter(|c| is_x509_v1(c)) {
+                out.push(format!(
+                    "listener {:?}: --client-ca {}: {} is an X.509 v1 certificate; it works as \
+                     a CA, but client certificates must be v3: v1 ones (what `openssl x509 \
+                     -req` makes without -extfile) are refused in the handshake",
+                    l.name,
+                    ca.display(),
+                    subject(cert).unwrap_or_else(|| "a certificate".into())
+                ));
+            }
+        }
+        out
+    }
+
     pub fn file_certificates(&self) -> Vec<FileCert> {
         let mut out = Vec::new();
         for l in &self.listeners {

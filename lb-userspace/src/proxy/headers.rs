@@ -35,14 +35,20 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// What a connection knows about its client, fixed at accept and handshake.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct ConnInfo {
+    /// The client: the connection's peer, or the client a PROXY protocol header named.
     pub peer: SocketAddr,
+    /// The address the client connected to (as a PROXY protocol header says, behind one).
     pub local: SocketAddr,
     pub scheme: &'static str,
     pub identity: ClientIdentity,
     /// The server name the client asked for in its ClientHello.
     pub sni: Option<String>,
+    /// `TLSv1.3` or `TLSv1.2` on TLS connections, for PROXY protocol v2 headers to backends.
+    pub tls_version: Option<&'static str>,
+    /// Backend connections that carry this client's PROXY protocol header: its own.
+    pub private: super::private::PrivateConns,
     /// The client's address and the listener's port as header values, rendered once per
     /// connection rather than for each request.
     client_ip: HeaderValue,
@@ -64,10 +70,24 @@ impl ConnInfo {
             local_port: HeaderValue::from(local.port()),
             peer,
             local,
+            // QUIC is always TLS 1.3 (RFC 9001); TCP connections say theirs
+            // ([`ConnInfo::with_tls_version`]).
+            tls_version: (scheme == "https").then_some("TLSv1.3"),
+            private: Default::default(),
             scheme,
             identity,
             sni,
         }
+    }
+
+    /// The TLS version the handshake settled.
+    pub fn with_tls_version(mut self, version: Option<rustls::ProtocolVersion>) -> Self {
+        self.tls_version = match version {
+            Some(rustls::ProtocolVersion::TLSv1_3) => Some("TLSv1.3"),
+            Some(rustls::ProtocolVersion::TLSv1_2) => Some("TLSv1.2"),
+            _ => None,
+        };
+        self
     }
 }
 

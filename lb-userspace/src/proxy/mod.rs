@@ -4,6 +4,7 @@ pub mod body;
 pub mod client;
 pub mod h1;
 pub mod headers;
+pub mod private;
 pub mod sticky;
 pub mod strict;
 
@@ -20,6 +21,7 @@ use crate::balance::Balancer;
 use crate::config::{GroupConfig, Timeouts, TransferLbIp};
 use crate::dataplane::error_chain;
 use crate::metrics::RequestCounters;
+use crate::refusals::Refused;
 use crate::rules::{Action, RequestInfo, RuleSet};
 use body::{BoxError, Prefixed, StallTimeout, Stalled, WithGuard};
 use client::UpstreamBody;
@@ -60,6 +62,8 @@ pub struct ListenerSettings {
 /// Where one listener's requests can go, on one worker: its rules and the groups they (and
 /// the default) reach, by position in the configuration's groups.
 pub struct Routes {
+    /// The listener's name, for log lines.
+    pub listener: Arc<str>,
     pub rules: Arc<RuleSet>,
     /// None for groups this listener never sends to.
     pub groups: Vec<Option<RouteTarget>>,
@@ -88,8 +92,9 @@ impl Routes {
         conn: &ConnInfo,
     ) -> (Response<ProxyBody>, Served) {
         let (mut parts, body) = req.into_parts();
-        if let Err(status) = strict::check_request(&mut parts) {
-            debug!(client = %conn.peer, status = status.as_u16(), "request refused");
+        if let Err(strict::Refusal(status, why)) = strict::check_request(&mut parts) {
+            let reason = format!("{why} (answered {})", status.as_u16());
+            crate::refusals::log(Refused::Request, &self.listener, conn.peer, &reason);
             if let Some(t) = self.target(self.default) {
                 t.requests.count(None, status.as_u16());
             }
@@ -111,6 +116,12 @@ impl Routes {
                 t.requests
                     .count(None, StatusCode::TOO_MANY_REQUESTS.as_u16());
             }
+            crate::refusals::log(
+                Refused::Request,
+                &self.listener,
+                conn.peer,
+                &"over the rate limit (answered 429)",
+            );
             let served = Served {
                 rule,
                 ..Served::default()
@@ -165,6 +176,8 @@ const REPLAYABLE_BODY_LIMIT: u64 = 64 * 1024;
 
 /// A backend group with its balancer and one worker's connection pool to its backends.
 pub struct Upstream {
+    /// Keys this upstream's connections among a client connection's private ones.
+    id: private::UpstreamId,
     group: GroupConfig,
     balancer: Arc<Balancer>,
     sticky: Option<Arc<sticky::Sticky>>,
@@ -197,6 +210,7 @@ impl Upstream {
         sticky: Option<Arc<sticky::Sticky>>,
     ) -> Result<Self, rustls::Error> {
         Ok(Upstream {
+            id: private::UpstreamId::next(),
             sticky,
             balancer,
             client: client::backend_client(&group)?,
@@ -259,6 +273,17 @@ impl Upstream {
             .zip(now)
             .and_then(|(s, now)| s.pinned(&parts.headers, now))
             .and_then(|backend| self.balancer.index_of(&backend));
+        // With `--backend-proxy-protocol`, connections start with this client's header and
+        // serve this client connection only.
+        let proxy_header = self
+            .group
+            .proxy_protocol
+            .map(|version| private::header(version, conn));
+        let private_pool = proxy_header.as_ref().map(|_| conn.private.pool(self.id));
+        let private = proxy_header
+            .as_deref()
+            .zip(private_pool.as_ref())
+            .map(|(header, pool)| h1::Private { pool, header });
         let mut tried: Vec<usize> = Vec::new();
         let mut status = StatusCode::SERVICE_UNAVAILABLE;
         // A backend to resend to once, on another connection, after a connection of the pool
@@ -284,6 +309,7 @@ impl Upstream {
             let send = self.client.send(
                 pick.index,
                 backend,
+                private,
                 &parts.method,
                 path,
                 &parts.headers,

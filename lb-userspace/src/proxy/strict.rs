@@ -19,34 +19,52 @@ pub const MAX_TARGET: usize = 8 * 1024;
 
 /// Checks and normalises a request's head in place: `Host` becomes the authority of an
 /// absolute-form target (or HTTP/2 `:authority`), a met `Expect: 100-continue` is dropped.
-/// `Err` is the status to answer with (the connection is then closed).
-pub fn check_request(parts: &mut Parts) -> Result<(), StatusCode> {
+/// `Err` is the status to answer with (the connection is then closed) and why.
+/// A request refused before it is routed: the status it is answered with, and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refusal(pub StatusCode, pub &'static str);
+
+pub fn check_request(parts: &mut Parts) -> Result<(), Refusal> {
     if parts.method == Method::CONNECT {
         // Not a forward proxy: a tunnel would reach wherever the client names.
-        return Err(StatusCode::METHOD_NOT_ALLOWED);
+        return Err(Refusal(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "CONNECT (this is not a forward proxy)",
+        ));
     }
     let target_len = parts.uri.path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > MAX_TARGET {
-        return Err(StatusCode::URI_TOO_LONG);
+        return Err(Refusal(StatusCode::URI_TOO_LONG, "request target too long"));
     }
     let headers = &mut parts.headers;
     // One coding, `chunked`, once: `gzip, chunked` would reach the backend still gzipped
     // but without the header saying so (it is hop-by-hop), and `chunked, chunked` is invalid.
     let mut codings = 0;
     for value in headers.get_all(TRANSFER_ENCODING) {
-        let value = value.to_str().map_err(|_| StatusCode::BAD_REQUEST)?;
+        let value = value
+            .to_str()
+            .map_err(|_| Refusal(StatusCode::BAD_REQUEST, "Transfer-Encoding is not text"))?;
         for coding in value.split(',').map(str::trim).filter(|c| !c.is_empty()) {
             if !coding.eq_ignore_ascii_case("chunked") {
-                return Err(StatusCode::BAD_REQUEST);
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "a Transfer-Encoding other than chunked",
+                ));
             }
             codings += 1;
         }
     }
     if codings > 1 || (headers.contains_key(TRANSFER_ENCODING) && codings == 0) {
-        return Err(StatusCode::BAD_REQUEST);
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "Transfer-Encoding chunked twice, or empty",
+        ));
     }
     if headers.get_all(CONTENT_LENGTH).iter().count() > 1 {
-        return Err(StatusCode::BAD_REQUEST);
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "two Content-Length headers",
+        ));
     }
     // `Transfer_Encoding` and `Content_Length` are other fields to us, but servers that map
     // `_` to `-` (CGI-style environments) would frame the body by them.
@@ -55,7 +73,10 @@ pub fn check_request(parts: &mut Parts) -> Result<(), StatusCode> {
         if name.contains('_') {
             let dashed = name.replace('_', "-");
             if dashed == "transfer-encoding" || dashed == "content-length" {
-                return Err(StatusCode::BAD_REQUEST);
+                return Err(Refusal(
+                    StatusCode::BAD_REQUEST,
+                    "a Transfer_Encoding or Content_Length header (with _)",
+                ));
             }
         }
     }
@@ -65,21 +86,29 @@ pub fn check_request(parts: &mut Parts) -> Result<(), StatusCode> {
         // the body at once and has nothing to expect.
         Some(v) if v.as_bytes().eq_ignore_ascii_case(b"100-continue") => {
             if headers.get_all(EXPECT).iter().count() > 1 {
-                return Err(StatusCode::EXPECTATION_FAILED);
+                return Err(Refusal(StatusCode::EXPECTATION_FAILED, "Expect twice"));
             }
             headers.remove(EXPECT);
         }
-        Some(_) => return Err(StatusCode::EXPECTATION_FAILED),
+        Some(_) => {
+            return Err(Refusal(
+                StatusCode::EXPECTATION_FAILED,
+                "an Expect other than 100-continue",
+            ));
+        }
     }
     let hosts = headers.get_all(HOST).iter().count();
     if hosts > 1 {
-        return Err(StatusCode::BAD_REQUEST);
+        return Err(Refusal(StatusCode::BAD_REQUEST, "two Host headers"));
     }
     if let Some(authority) = parts.uri.authority() {
         // Absolute form (or HTTP/2's :authority): the target's authority wins over Host
         // (RFC 9112 3.2.2), and the backend sees the one edgelb routed by.
         if authority.as_str().contains('@') {
-            return Err(StatusCode::BAD_REQUEST);
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "user information (@) in the target",
+            ));
         }
         // A Host naming someone else is refused rather than overridden (as HAProxy does):
         // whatever read the Host before us would disagree with what we route by.
@@ -88,10 +117,17 @@ pub fn check_request(parts: &mut Parts) -> Result<(), StatusCode> {
                 .as_bytes()
                 .eq_ignore_ascii_case(authority.as_str().as_bytes())
         {
-            return Err(StatusCode::BAD_REQUEST);
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "Host differs from the target's authority",
+            ));
         }
-        let value =
-            HeaderValue::from_str(authority.as_str()).map_err(|_| StatusCode::BAD_REQUEST)?;
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| {
+            Refusal(
+                StatusCode::BAD_REQUEST,
+                "the target's authority is not a valid Host",
+            )
+        })?;
         headers.insert(HOST, value);
     } else if let Some(host) = headers.get(HOST) {
         let valid = host
@@ -100,11 +136,14 @@ pub fn check_request(parts: &mut Parts) -> Result<(), StatusCode> {
             .and_then(|h| h.parse::<Authority>().ok())
             .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
         if !valid {
-            return Err(StatusCode::BAD_REQUEST);
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                "Host is not a valid host[:port]",
+            ));
         }
     } else if parts.version == Version::HTTP_11 {
         // RFC 9112 3.2: an HTTP/1.1 request without Host is refused.
-        return Err(StatusCode::BAD_REQUEST);
+        return Err(Refusal(StatusCode::BAD_REQUEST, "HTTP/1.1 without Host"));
     }
     Ok(())
 }
@@ -124,7 +163,7 @@ mod tests {
 
     #[test]
     fn framing_must_be_unambiguous() {
-        let ok = |h: &[(&str, &str)]| check_request(&mut parts("/", h));
+        let ok = |h: &[(&str, &str)]| check_request(&mut parts("/", h)).map_err(|r| r.0);
         assert_eq!(ok(&[("host", "a")]), Ok(()));
         assert_eq!(
             ok(&[("host", "a"), ("transfer-encoding", "chunked")]),
@@ -163,7 +202,9 @@ mod tests {
     fn host_is_single_valid_and_follows_the_target() {
         let check = |uri: &str, h: &[(&str, &str)]| {
             let mut p = parts(uri, h);
-            check_request(&mut p).map(|()| p.headers[HOST].clone())
+            check_request(&mut p)
+                .map_err(|r| r.0)
+                .map(|()| p.headers[HOST].clone())
         };
         assert_eq!(check("/", &[]), Err(StatusCode::BAD_REQUEST));
         assert_eq!(
@@ -198,17 +239,23 @@ mod tests {
     #[test]
     fn expectations_and_targets() {
         let mut p = parts("/", &[("host", "a"), ("expect", "100-Continue")]);
-        assert_eq!(check_request(&mut p), Ok(()));
+        assert_eq!(check_request(&mut p).map_err(|r| r.0), Ok(()));
         assert!(!p.headers.contains_key(EXPECT));
         let mut p = parts("/", &[("host", "a"), ("expect", "fly")]);
-        assert_eq!(check_request(&mut p), Err(StatusCode::EXPECTATION_FAILED));
+        assert_eq!(
+            check_request(&mut p).map_err(|r| r.0),
+            Err(StatusCode::EXPECTATION_FAILED)
+        );
         let long = format!("/{}", "a".repeat(MAX_TARGET));
         assert_eq!(
-            check_request(&mut parts(&long, &[("host", "a")])),
+            check_request(&mut parts(&long, &[("host", "a")])).map_err(|r| r.0),
             Err(StatusCode::URI_TOO_LONG)
         );
         let mut p = parts("b.test:443", &[("host", "b.test:443")]);
         p.method = Method::CONNECT;
-        assert_eq!(check_request(&mut p), Err(StatusCode::METHOD_NOT_ALLOWED));
+        assert_eq!(
+            check_request(&mut p).map_err(|r| r.0),
+            Err(StatusCode::METHOD_NOT_ALLOWED)
+        );
     }
 }

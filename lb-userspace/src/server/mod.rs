@@ -8,6 +8,7 @@ pub mod http3;
 #[path = "http3_unavailable.rs"]
 pub mod http3;
 pub mod park;
+mod proxy_header;
 pub mod stream;
 
 use std::convert::Infallible;
@@ -28,12 +29,14 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tracing::debug;
 
+use crate::access_log::{Answer, Counted, ListenerLog};
 use crate::acl::AccessControl;
 use crate::config::Timeouts;
 use crate::metrics::{ListenerMetrics, handshake_failure};
 use crate::proxy::body::WithGuard;
 use crate::proxy::headers::ConnInfo;
 use crate::proxy::{ProxyBody, Routes};
+use crate::refusals::{self, Refused};
 use crate::tls::ClientIdentity;
 use activity::{Activity, Deadline, Sending};
 use arc_swap::ArcSwap;
@@ -60,6 +63,10 @@ pub struct Live {
     pub alt_svc: Option<hyper::header::HeaderValue>,
     /// HTTP-01 answers (`--acme-challenge http-01`), on http listeners.
     pub acme_http: Option<Arc<crate::acme::Acme>>,
+    /// `--accept-proxy-protocol`: connections start with a PROXY protocol header.
+    pub accept_proxy: Option<crate::config::AcceptProxy>,
+    /// `--access-log`: one line per request, under the listener's name.
+    pub access_log: Option<ListenerLog>,
 }
 
 /// What every connection of a listener on one worker shares.
@@ -71,8 +78,6 @@ pub struct ListenerContext {
     pub stop: watch::Receiver<bool>,
     /// Connections of this worker still open, all listeners together (for draining).
     pub open: Arc<AtomicUsize>,
-    /// Log one line per request (`--access-log`), under the listener's name.
-    pub access_log: Option<Arc<str>>,
     /// `--max-connections`, for all of the listener's workers together.
     pub limit: Arc<ConnectionLimit>,
 }
@@ -194,7 +199,7 @@ fn h2_limits<E>(b: &mut http2::Builder<E>) {
         .keep_alive_timeout(h2::KEEP_ALIVE_TIMEOUT);
 }
 
-pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slot: Slot) {
+pub async fn serve_connection(mut stream: TcpStream, ctx: Arc<ListenerContext>, _slot: Slot) {
     let _ = stream.set_nodelay(true);
     let (Ok(peer), Ok(local)) = (stream.peer_addr(), stream.local_addr()) else {
         return;
@@ -203,6 +208,20 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
     let _open = (ctx.metrics.connection_opened(), Open::new(&ctx.open));
     let live = ctx.live.load_full();
     let timeouts = live.routes.settings.timeouts;
+    // The PROXY protocol header, then the TLS handshake, within one handshake timeout.
+    let deadline = tokio::time::Instant::now() + timeouts.handshake;
+    // Behind another balancer, the client is the one its header names, from here on.
+    let (peer, local) = match &live.accept_proxy {
+        None => (peer, local),
+        Some(accept) => {
+            let ends =
+                proxy_header::client_ends(&mut stream, accept, peer, local, deadline, &ctx.metrics);
+            match Box::pin(ends).await {
+                Some(ends) => ends,
+                None => return,
+            }
+        }
+    };
     let Some(tls) = &live.tls else {
         let conn = ConnInfo::new(peer, local, "http", ClientIdentity::default(), None);
         serve_http(
@@ -216,27 +235,31 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
         .await;
         return;
     };
-    // The handshake boxed, and the stream it yields boxed too: the task then holds a few
-    // pointers for the connection's whole life, not room for the largest state of each step
-    // (memory per idle connection).
-    let deadline = tokio::time::Instant::now() + timeouts.handshake;
     // Plain HTTP sent to the TLS port gets an answer a person can read, as nginx gives,
     // rather than a TLS alert: the first byte of a TLS connection is a handshake record's.
     let mut first = [0u8; 1];
     match tokio::time::timeout_at(deadline, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
             ctx.metrics.handshake("plain_http");
-            debug!(client = %peer, "plain HTTP on the TLS port: 400");
+            refusals::log(
+                Refused::Handshake,
+                ctx.metrics.name(),
+                peer,
+                &"plain HTTP sent to the TLS port (answered 400)",
+            );
             plain_http_refused(stream).await;
             return;
         }
         Ok(_) => {}
         Err(_) => {
             ctx.metrics.handshake("timeout");
-            debug!(client = %peer, "TLS handshake timed out");
+            handshake_timed_out(&ctx, peer, timeouts);
             return;
         }
     }
+    // The handshake boxed, and the stream it yields boxed too: the task then holds a few
+    // pointers for the connection's whole life, not room for the largest state of each step
+    // (memory per idle connection).
     let handshake = Box::pin(async move {
         let accepted = tokio::time::timeout_at(deadline, tls.accept(stream)).await;
         accepted.map(|accepted| accepted.map(Box::new))
@@ -248,12 +271,17 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
         }
         Ok(Err(e)) => {
             ctx.metrics.handshake(handshake_failure(&e));
-            debug!(client = %peer, error = %e, "TLS handshake failed");
+            match refusals::handshake_reason(&e) {
+                Some(reason) => {
+                    refusals::log(Refused::Handshake, ctx.metrics.name(), peer, &reason)
+                }
+                None => debug!(client = %peer, error = %e, "TLS handshake failed"),
+            }
             return;
         }
         Err(_) => {
             ctx.metrics.handshake("timeout");
-            debug!(client = %peer, "TLS handshake timed out");
+            handshake_timed_out(&ctx, peer, timeouts);
             return;
         }
     };
@@ -270,7 +298,8 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
         "https",
         ClientIdentity::from_connection(session),
         session.server_name().map(str::to_string),
-    );
+    )
+    .with_tls_version(session.protocol_version());
     serve_http(
         ClientStream::new(tls_stream, activity.clone()),
         conn,
@@ -285,6 +314,14 @@ pub async fn serve_connection(stream: TcpStream, ctx: Arc<ListenerContext>, _slo
 /// Answers plain HTTP on a TLS port with 400 and closes: what the client sent is read (up to
 /// a request head) first, and what follows the answer until it closes, so that closing does
 /// not reset the connection before the client has read the answer.
+fn handshake_timed_out(ctx: &ListenerContext, peer: std::net::SocketAddr, timeouts: Timeouts) {
+    let reason = format!(
+        "not completed within the handshake timeout ({} s)",
+        timeouts.handshake.as_secs_f32()
+    );
+    refusals::log(Refused::Handshake, ctx.metrics.name(), peer, &reason);
+}
+
 async fn plain_http_refused(mut stream: TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = "This port speaks HTTPS: use https:// in the URL.\n";
@@ -321,29 +358,46 @@ where
     let peer = conn.peer;
     let conn = Arc::new(conn);
     let metrics = ctx.metrics.clone();
-    let access_log = ctx.access_log.clone();
     let ctx_for_requests = ctx.clone();
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let guard = service_activity.request_started();
         let activity_for_body = service_activity.clone();
-        let (conn, metrics, access_log) = (conn.clone(), metrics.clone(), access_log.clone());
+        let (conn, metrics) = (conn.clone(), metrics.clone());
         // Routes are read per request: a reload reaches open keep-alive connections too.
         let live = ctx_for_requests.live.load_full();
         async move {
             let started = std::time::Instant::now();
-            // Only kept when the access log wants them: no copies per request otherwise.
-            let request_line = access_log
-                .is_some()
-                .then(|| (req.method().clone(), req.uri().path().to_string()));
+            let (mut entry, counters) = match &live.access_log {
+                Some(log) => {
+                    let (entry, counters) = log.start(conn.peer, conn.sni.as_deref(), &req);
+                    (Some(entry), Some(counters))
+                }
+                None => (None, None),
+            };
+            let req = req.map(|b| Counted::received(b, counters.clone()));
             let routes = &live.routes;
             if let Some(answer) = live
                 .acme_http
                 .as_ref()
                 .and_then(|acme| acme_http_answer(acme, req.uri().path()))
             {
-                return Ok(answer
-                    .map(|b| Sending::new(WithGuard::new(b, guard), activity_for_body).boxed()));
+                if let Some(e) = entry.as_mut() {
+                    e.answered(answered_by(
+                        routes,
+                        Default::default(),
+                        answer.status(),
+                        None,
+                    ));
+                }
+                let guard = (guard, entry);
+                return Ok(answer.map(|b| {
+                    Sending::new(
+                        WithGuard::new(Counted::sent(b, counters), guard),
+                        activity_for_body,
+                    )
+                    .boxed()
+                }));
             }
             // Boxed: hyper keeps room for this future in every HTTP/1.1 connection (idle ones
             // too) and moves it at least twice for every HTTP/2 stream; a pointer is cheaper.
@@ -355,21 +409,18 @@ where
             }
             let took = started.elapsed();
             metrics.observe(took);
-            if let (Some(listener), Some((method, path))) = (access_log, request_line) {
-                log_request(
-                    &listener,
-                    &conn,
-                    routes,
-                    &method,
-                    &path,
-                    served,
-                    resp.status(),
-                    took,
-                );
+            if let Some(e) = entry.as_mut() {
+                e.answered(answered_by(routes, served, resp.status(), Some(took)));
             }
-            Ok::<_, Infallible>(
-                resp.map(|b| Sending::new(WithGuard::new(b, guard), activity_for_body).boxed()),
-            )
+            // The entry goes with the body: its line is written once the body has been sent.
+            let guard = (guard, entry);
+            Ok::<_, Infallible>(resp.map(|b| {
+                Sending::new(
+                    WithGuard::new(Counted::sent(b, counters), guard),
+                    activity_for_body,
+                )
+                .boxed()
+            }))
         }
     });
 
@@ -409,36 +460,28 @@ fn acme_http_answer(
     Some(resp)
 }
 
-/// One request's line in the access log (`--access-log`), whichever protocol carried it.
-#[allow(clippy::too_many_arguments)]
-fn log_request(
-    listener: &str,
-    conn: &ConnInfo,
+/// What answered a request, for its access log line, whichever protocol carried it;
+/// `took` is the time to the response head (an upstream time when a backend answered).
+pub(crate) fn answered_by(
     routes: &Routes,
-    method: &hyper::Method,
-    path: &str,
     served: crate::proxy::Served,
     status: hyper::StatusCode,
-    took: Duration,
-) {
+    took: Option<Duration>,
+) -> Answer {
     let backend = served
         .group
         .and_then(|g| routes.target(g))
         .zip(served.backend)
         .and_then(|(t, b)| t.upstream.balancer().key(b));
-    tracing::info!(
-        target: "edgelb::access",
-        client = %conn.peer,
-        sni = conn.sni.as_deref().unwrap_or("-"),
-        listener,
-        method = %method,
-        path,
-        rule = served.rule.and_then(|r| routes.rules.name(r)).unwrap_or("-"),
-        backend = backend.unwrap_or("-"),
-        status = status.as_u16(),
-        ms = took.as_secs_f64() * 1000.0,
-        "request"
-    );
+    Answer {
+        status: status.as_u16(),
+        rule: served
+            .rule
+            .and_then(|r| routes.rules.name(r))
+            .map(str::to_string),
+        upstream: took.filter(|_| backend.is_some()),
+        backend: backend.map(str::to_string),
+    }
 }
 
 /// HTTP/1.1 over `io`, parked while idle (see [`park`]): one hyper connection after another,

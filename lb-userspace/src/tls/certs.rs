@@ -186,6 +186,18 @@ pub fn validity(cert: &CertificateDer<'_>) -> Option<(i64, i64)> {
     Some((v.not_before.timestamp(), v.not_after.timestamp()))
 }
 
+/// Whether a certificate is X.509 version 1 (no extensions): webpki, and so mutual TLS,
+/// refuses such a client certificate, though nginx and HAProxy accept it.
+pub fn is_x509_v1(cert: &CertificateDer<'_>) -> bool {
+    x509_parser::parse_x509_certificate(cert.as_ref())
+        .is_ok_and(|(_, parsed)| parsed.version() == x509_parser::x509::X509Version::V1)
+}
+
+/// The certificates of a PEM file; none if it cannot be read (it was read once already).
+pub fn pem_certificates(path: &Path) -> Vec<CertificateDer<'static>> {
+    load_chain(path).unwrap_or_default()
+}
+
 /// A certificate's subject as x509-parser prints it, e.g. `CN=client-1, O=Example`.
 pub fn subject(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

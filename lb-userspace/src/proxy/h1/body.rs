@@ -1,7 +1,6 @@
 //! A backend response body read straight from its connection, which goes back to the pool
 //! the moment the body's last byte is read (or is closed, if the body ends any other way).
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
@@ -9,7 +8,7 @@ use hyper::body::{Body, Frame, SizeHint};
 
 use super::Error;
 use super::head::ResponseFraming;
-use super::pool::Pool;
+use super::pool::ReturnPool;
 use super::stream::Conn;
 
 /// Longest chunk-size line (with extensions) and all trailer lines together.
@@ -18,7 +17,7 @@ const MAX_TRAILERS: usize = 64 * 1024;
 
 /// Where the conn goes when the body ends cleanly.
 pub struct ReturnTo {
-    pub pool: Arc<Pool>,
+    pub pool: ReturnPool,
     pub backend: usize,
 }
 

@@ -27,7 +27,8 @@ pub use head::RequestFraming;
 pub use stream::{BackendStream, Conn};
 
 use body::ReturnTo;
-use pool::Pool;
+pub use pool::PrivatePool;
+use pool::{Pool, ReturnPool};
 
 /// A body up to this size is copied behind the head and sent in the same write.
 const COALESCE_BODY: usize = 16 * 1024;
@@ -82,6 +83,14 @@ pub struct Tls {
     pub name: Option<ServerName<'static>>,
 }
 
+/// A request on a connection private to its client connection: taken from and returned to
+/// `pool`, and a new one starts with `header` (the client's PROXY protocol header).
+#[derive(Clone, Copy)]
+pub struct Private<'a> {
+    pub pool: &'a Arc<PrivatePool>,
+    pub header: &'a [u8],
+}
+
 /// One worker's client for one group: its pool of connections to the group's backends.
 pub struct Client {
     tls: Option<Tls>,
@@ -107,21 +116,28 @@ impl Client {
 
     /// Sends one request to backend `index` at `addr` and reads the response head. The head
     /// in `headers` goes out as it is, with `Host` added (the backend's address) when
-    /// missing and the framing header for `body`.
+    /// missing and the framing header for `body`. With `private`, only that client
+    /// connection's own connections are used (see [`PrivatePool`]).
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
         &self,
         index: usize,
         addr: SocketAddr,
+        private: Option<Private<'_>>,
         method: &Method,
         target: &str,
         headers: &HeaderMap,
         body: OutBody,
     ) -> Result<Response<ResponseBody>, Error> {
-        let mut conn = match self.pool.take(index) {
+        let pooled = match private {
+            Some(p) => p.pool.take(index),
+            None => self.pool.take(index),
+        };
+        let mut conn = match pooled {
             Some(conn) => conn,
             // Boxed: a TLS handshake's state is large, and every request's future would
             // otherwise carry room for it.
-            None => Box::pin(self.connect(addr)).await?,
+            None => Box::pin(self.connect(addr, private.map(|p| p.header))).await?,
         };
         let framing = match &body {
             OutBody::Full(b) if b.is_empty() => RequestFraming::Empty,
@@ -158,7 +174,10 @@ impl Client {
         };
         let upgraded = head.status.as_u16() == 101;
         let return_to = (head.keep_alive && !upgraded).then(|| ReturnTo {
-            pool: self.pool.clone(),
+            pool: match private {
+                Some(p) => ReturnPool::Private(p.pool.clone()),
+                None => ReturnPool::Shared(self.pool.clone()),
+            },
             backend: index,
         });
         let body = if upgraded {
@@ -173,10 +192,14 @@ impl Client {
         Ok(resp)
     }
 
-    async fn connect(&self, addr: SocketAddr) -> Result<Conn, Error> {
+    async fn connect(&self, addr: SocketAddr, header: Option<&[u8]>) -> Result<Conn, Error> {
         let connect = async {
-            let tcp = TcpStream::connect(addr).await?;
+            let mut tcp = TcpStream::connect(addr).await?;
             tcp.set_nodelay(true)?;
+            // The PROXY protocol header comes before anything else, TLS included.
+            if let Some(header) = header {
+                tcp.write_all(header).await?;
+            }
             let Some(tls) = &self.tls else {
                 return Ok(BackendStream::Plain(tcp));
             };

@@ -94,3 +94,72 @@ impl Pool {
         }
     }
 }
+
+/// Idle connections that only one client connection may reuse: they began with its PROXY
+/// protocol header, which names that client to the backend for the connection's whole life
+/// (HAProxy makes such connections private to their session the same way). Kept with the
+/// client connection, so that its next requests reuse them; closed when it closes.
+#[derive(Default)]
+pub struct PrivatePool {
+    /// (backend, connection), oldest first.
+    idle: Mutex<Vec<(usize, Idle)>>,
+}
+
+/// Idle connections one client connection keeps, all backends together: one per request
+/// it had in flight at once, at most this many.
+const MAX_PRIVATE_IDLE: usize = 8;
+
+impl PrivatePool {
+    /// The most recently used idle connection to `backend` that is still open.
+    pub fn take(&self, backend: usize) -> Option<Conn> {
+        let mut idle = self.idle.lock().ok()?;
+        let now = Instant::now();
+        idle.retain(|(_, e)| now.duration_since(e.since) < POOL_IDLE);
+        while let Some(at) = idle.iter().rposition(|(b, _)| *b == backend) {
+            let (_, mut entry) = idle.remove(at);
+            if entry.conn.idle_and_open() {
+                return Some(entry.conn);
+            }
+        }
+        None
+    }
+
+    /// Keeps `conn`, whose last response ended cleanly, for this client's next request to
+    /// `backend`; the oldest goes when there are too many.
+    pub fn put(&self, backend: usize, mut conn: Conn) {
+        conn.shrink();
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= MAX_PRIVATE_IDLE {
+            idle.remove(0);
+        }
+        idle.push((
+            backend,
+            Idle {
+                conn,
+                since: Instant::now(),
+            },
+        ));
+    }
+
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |idle| idle.len())
+    }
+}
+
+/// Where a connection goes back to when its response ends: the worker's pool, shared by all
+/// clients, or one client connection's own.
+pub enum ReturnPool {
+    Shared(Arc<Pool>),
+    Private(Arc<PrivatePool>),
+}
+
+impl ReturnPool {
+    pub fn put(&self, backend: usize, conn: Conn) {
+        match self {
+            ReturnPool::Shared(pool) => pool.put(backend, conn),
+            ReturnPool::Private(pool) => pool.put(backend, conn),
+        }
+    }
+}

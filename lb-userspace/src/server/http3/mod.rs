@@ -20,9 +20,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-use super::{CLOSE_GRACE, ListenerContext, Open, Slot, log_request};
+use super::{CLOSE_GRACE, ListenerContext, Open, Slot, answered_by};
+use crate::access_log::Counted;
 use crate::config::Timeouts;
 use crate::proxy::headers::ConnInfo;
+use crate::refusals::{self, Refused};
 use crate::tls::ClientIdentity;
 use body::RequestBody;
 
@@ -146,7 +148,12 @@ fn accept(
     let peer = incoming.remote_address();
     let live = ctx.live.load();
     if !live.access.admits(peer.ip()) {
-        debug!(client = %peer, "QUIC connection refused by access control");
+        refusals::log(
+            Refused::Connection,
+            ctx.metrics.name(),
+            peer,
+            &"access control (the listener's whitelist or blacklist), over QUIC",
+        );
         ctx.metrics.refused("access_control");
         incoming.ignore();
         return;
@@ -164,7 +171,12 @@ fn accept(
         return;
     }
     let Some(slot) = ctx.limit.try_acquire() else {
-        debug!(client = %peer, "QUIC connection refused: --max-connections reached");
+        refusals::log(
+            Refused::Connection,
+            ctx.metrics.name(),
+            peer,
+            &"--max-connections reached, over QUIC",
+        );
         ctx.metrics.refused("max_connections");
         incoming.refuse();
         return;
@@ -357,33 +369,30 @@ async fn serve_request(
         Err(why) => {
             debug!(client = %conn.peer, why, "HTTP/3 request refused: malformed (RFC 9114 4.2)");
             let resp = crate::proxy::refusal(hyper::StatusCode::BAD_REQUEST, req.version());
+            let resp = resp.map(|b| Counted::sent(b, None));
             let _ = send_response(&mut send, resp, timeouts.request).await;
             return;
         }
     };
-    let req = req.map(|()| RequestBody::new(recv, declared));
     let started = std::time::Instant::now();
-    let request_line = ctx
-        .access_log
-        .is_some()
-        .then(|| (req.method().clone(), req.uri().path().to_string()));
     // Routes are read per request: a reload reaches open connections too.
     let live = ctx.live.load_full();
+    let (mut entry, counters) = match &live.access_log {
+        Some(log) => {
+            let (entry, counters) = log.start(conn.peer, conn.sni.as_deref(), &req);
+            (Some(entry), Some(counters))
+        }
+        None => (None, None),
+    };
+    let req = req.map(|()| Counted::received(RequestBody::new(recv, declared), counters.clone()));
     let (resp, served) = Box::pin(live.routes.handle(req, &conn)).await;
     let took = started.elapsed();
     ctx.metrics.observe(took);
-    if let (Some(listener), Some((method, path))) = (&ctx.access_log, request_line) {
-        log_request(
-            listener,
-            &conn,
-            &live.routes,
-            &method,
-            &path,
-            served,
-            resp.status(),
-            took,
-        );
+    if let Some(e) = entry.as_mut() {
+        e.answered(answered_by(&live.routes, served, resp.status(), Some(took)));
     }
+    let resp = resp.map(|b| Counted::sent(b, counters));
+    // The entry's line is written when it drops, after the response has been sent.
     if let Err(e) = send_response(&mut send, resp, timeouts.request).await {
         debug!(client = %conn.peer, error = %e, "HTTP/3 response not sent");
         send.stop_stream(Code::H3_REQUEST_CANCELLED);
@@ -451,7 +460,7 @@ async fn within<T>(
 /// Sends `resp`, each write within `limit` (a client that stops reading is let go of).
 async fn send_response(
     send: &mut SendStream,
-    resp: Response<crate::proxy::ProxyBody>,
+    resp: Response<Counted<crate::proxy::ProxyBody>>,
     limit: Duration,
 ) -> Result<(), SendError> {
     let (parts, mut body) = resp.into_parts();

@@ -1,0 +1,93 @@
+//! `edgelb reload` and `edgelb stop`: signal the daemon named by the pid file, and for a
+//! reload wait for its outcome, so that `systemctl reload` (ExecReload=) fails when it did.
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use super::pid_file::{last_reload, read_pid};
+
+/// How long a reload may take before `edgelb reload` gives up waiting (2,000 certificates
+/// take about a second; a BGP withdraw delay may hold a reload for its seconds).
+const RELOAD_WAIT: Duration = Duration::from_secs(60);
+
+pub fn reload(pid_file: &Path) -> ExitCode {
+    let pid = match signal(pid_file, Signal::SIGHUP) {
+        Ok(pid) => pid,
+        Err(code) => return code,
+    };
+    let (before, _) = last_reload(pid_file);
+    let deadline = Instant::now() + RELOAD_WAIT;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        match last_reload(pid_file) {
+            (n, Ok(())) if n > before => {
+                println!("edgelb: reloaded (pid {pid})");
+                return ExitCode::SUCCESS;
+            }
+            (n, Err(reason)) if n > before => {
+                eprintln!(
+                    "edgelb: error: reload refused, the configuration in use stays: {reason}"
+                );
+                return ExitCode::FAILURE;
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "edgelb: error: sent SIGHUP to pid {pid} but no reload result within {} s (see its log)",
+        RELOAD_WAIT.as_secs()
+    );
+    ExitCode::FAILURE
+}
+
+/// SIGTERM, then waits for the daemon to drain and exit.
+pub fn stop(pid_file: &Path) -> ExitCode {
+    let pid = match signal(pid_file, Signal::SIGTERM) {
+        Ok(pid) => pid,
+        Err(code) => return code,
+    };
+    // Drain timeout (300 s at most) and the BGP withdraw delay, with room.
+    let deadline = Instant::now() + Duration::from_secs(610);
+    while Instant::now() < deadline {
+        if !running(pid) {
+            println!("edgelb: stopped (pid {pid})");
+            return ExitCode::SUCCESS;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("edgelb: error: pid {pid} still running");
+    ExitCode::FAILURE
+}
+
+fn signal(pid_file: &Path, signal: Signal) -> Result<i32, ExitCode> {
+    let pid = read_pid(pid_file).map_err(|e| {
+        eprintln!("edgelb: error: --pid-file: {e}");
+        ExitCode::FAILURE
+    })?;
+    let pid = i32::try_from(pid).map_err(|_| ExitCode::FAILURE)?;
+    kill(Pid::from_raw(pid), signal).map_err(|e| {
+        eprintln!(
+            "edgelb: error: cannot signal pid {pid} from {}: {e} (a stale pid file, or not root?)",
+            pid_file.display()
+        );
+        ExitCode::FAILURE
+    })?;
+    Ok(pid)
+}
+
+/// Whether `pid` is still a live process: gone, or a zombie its parent has not reaped yet
+/// (it has exited; only its exit status is left).
+fn running(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
+}

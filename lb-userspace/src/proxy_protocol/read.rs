@@ -1,0 +1,162 @@
+//! Taking a header off a new connection, before anything else reads it (TLS, HTTP): bytes are
+//! peeked until a header is whole, then exactly its bytes are read, so that what follows
+//! stays in the socket for the next reader.
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use super::parse::{ParseError, V1_MAX, V2_FIXED, parse};
+use super::{Header, Version};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Parse(ParseError),
+    #[error("no whole PROXY protocol header within the handshake timeout")]
+    Timeout,
+    #[error("the connection closed before a whole PROXY protocol header")]
+    Closed,
+    #[error("reading the PROXY protocol header: {0}")]
+    Io(std::io::Error),
+}
+
+impl ReadError {
+    /// A short, stable label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ReadError::Parse(e) => e.reason(),
+            ReadError::Timeout => "timeout",
+            ReadError::Closed => "closed",
+            ReadError::Io(_) => "io",
+        }
+    }
+}
+
+/// A header arrives in one segment in practice; when only part of it has, the socket is
+/// looked at again after this long (peeking again at once would find the same bytes).
+const RETRY: Duration = Duration::from_millis(5);
+
+/// Reads the header `expected` from the start of `stream`, by `deadline`.
+pub async fn read_header(
+    stream: &mut TcpStream,
+    expected: Version,
+    deadline: Instant,
+) -> Result<Header, ReadError> {
+    let mut buf = vec![
+        0u8;
+        match expected {
+            Version::V1 => V1_MAX,
+            Version::V2 => V2_FIXED,
+        }
+    ];
+    let parsed = loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Err(_) => return Err(ReadError::Timeout),
+            Ok(Err(e)) => return Err(ReadError::Io(e)),
+            Ok(Ok(0)) => return Err(ReadError::Closed),
+            Ok(Ok(n)) => n,
+        };
+        match parse(expected, &buf[..n]) {
+            Ok(parsed) => break parsed,
+            Err(ParseError::Incomplete(needed)) => {
+                // v2 says its length once its fixed part is in; `parse` bounds it.
+                if needed > buf.len() {
+                    buf.resize(needed, 0);
+                }
+                if n < buf.len() {
+                    // A peer that sent part of a header and closed will send no more.
+                    if let Ok(ready) = stream.ready(Interest::READABLE).await
+                        && ready.is_read_closed()
+                    {
+                        return Err(ReadError::Closed);
+                    }
+                    if Instant::now() + RETRY > deadline {
+                        return Err(ReadError::Timeout);
+                    }
+                    tokio::time::sleep(RETRY).await;
+                }
+            }
+            Err(e) => return Err(ReadError::Parse(e)),
+        }
+    };
+    // The bytes are already in the socket's buffer: this read does not wait.
+    stream
+        .read_exact(&mut buf[..parsed.consumed])
+        .await
+        .map_err(ReadError::Io)?;
+    Ok(parsed.header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = l.accept().await.expect("accept");
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn a_header_in_pieces_is_read_and_what_follows_is_left() {
+        let (mut client, mut server) = pair().await;
+        let line = b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 443\r\nhello";
+        let writer = tokio::spawn(async move {
+            for piece in [&line[..3], &line[3..20], &line[20..]] {
+                client.write_all(piece).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            client
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let header = read_header(&mut server, Version::V1, deadline)
+            .await
+            .expect("header");
+        assert_eq!(
+            header.addresses.map(|a| a.source),
+            Some("192.0.2.7:40000".parse().expect("addr"))
+        );
+        let _client = writer.await.expect("writer");
+        let mut rest = [0u8; 5];
+        server.read_exact(&mut rest).await.expect("rest");
+        assert_eq!(&rest, b"hello");
+    }
+
+    #[tokio::test]
+    async fn silence_times_out_and_a_tls_hello_is_no_header() {
+        let (_client, mut server) = pair().await;
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let e = read_header(&mut server, Version::V2, deadline)
+            .await
+            .expect_err("nothing sent");
+        assert_eq!(e.reason(), "timeout");
+
+        let (mut client, mut server) = pair().await;
+        client
+            .write_all(b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03")
+            .await
+            .expect("write");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let e = read_header(&mut server, Version::V2, deadline)
+            .await
+            .expect_err("not a header");
+        assert_eq!(e.reason(), "missing");
+
+        let (mut client, mut server) = pair().await;
+        client.write_all(b"PROXY TCP4").await.expect("write");
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let started = Instant::now();
+        let e = read_header(&mut server, Version::V1, deadline)
+            .await
+            .expect_err("cut short");
+        assert_eq!(e.reason(), "closed");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}

@@ -1,0 +1,184 @@
+//! What an operator used to nginx types: `-t`/`-c`, `edgelb reload` and `edgelb stop` through
+//! the pid file (a refused reload exits non-zero with its reason), systemd's readiness
+//! notifications, a second instance refused on a listener address another edgelb serves,
+//! `edgelb status` finding the admin address in the configuration, the version's commit.
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use edgelb_tests::backend::Backend;
+use edgelb_tests::daemon::{Daemon, binary, run};
+use edgelb_tests::https::{self, ClientOpts, get};
+use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
+
+/// A configuration file: one https listener at `listen` to `backend`, the admin endpoint.
+fn config_file(s: &Setup, listen: &str, backend: &str, admin: &str) -> String {
+    format!(
+        "admin = \"{admin}\"\n\n[[group]]\nname = \"web\"\nbackend = [\"{backend}\"]\n\n[[listener]]\nname = \"site\"\nlisten = \"{listen}\"\ncert = \"{}\"\nkey = \"{}\"\ngroup = \"web\"\n",
+        s.server.cert.display(),
+        s.server.key.display()
+    )
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_and_stop_find_the_daemon_by_its_pid_file_and_report_refusals() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let (listen, admin) = (free_addr().to_string(), free_addr().to_string());
+    let be = backend.addr.to_string();
+    let file = s
+        .dir
+        .write("edgelb.toml", config_file(&s, &listen, &be, &admin));
+    let file_arg = file.to_string_lossy().into_owned();
+    let pid_file = s.dir.path().join("edgelb.pid");
+    let pid_arg = pid_file.to_string_lossy().into_owned();
+
+    // -t and -c, as nginx has them.
+    let out = run(&["-t", "-c", &file_arg]);
+    assert!(
+        out.status.success() && text(&out).contains("configuration OK"),
+        "{}",
+        text(&out)
+    );
+
+    // systemd's notify socket, as Type=notify passes it.
+    let notify_path = s.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let notify_env = notify_path.to_string_lossy().into_owned();
+    let lb = Daemon::start_env(
+        None,
+        &["-c", &file_arg, "--pid-file", &pid_arg, "--xdp-mode", "off"],
+        s.dir.path(),
+        &[("NOTIFY_SOCKET", &notify_env)],
+    );
+    let mut buf = [0u8; 512];
+    let recv = |buf: &mut [u8]| -> String {
+        let n = notify.recv(buf).expect("a notification within 20 s");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert_eq!(recv(&mut buf), "READY=1");
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert_eq!(pid, lb.pid());
+
+    // `edgelb status` finds the admin address in the file.
+    let out = run(&["status", "-c", &file_arg]);
+    assert!(
+        out.status.success() && text(&out).contains("site"),
+        "{}",
+        text(&out)
+    );
+
+    let out = run(&["reload", "--pid-file", &pid_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("reloaded"), "{}", text(&out));
+    assert!(recv(&mut buf).starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert!(recv(&mut buf).starts_with("READY=1"));
+
+    // A configuration that cannot work: the reload is refused, said, and exits 1.
+    std::fs::write(&file, config_file(&s, &listen, "127.0.0.1:70000", &admin)).expect("write");
+    let out = run(&["reload", "--pid-file", &pid_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("reload refused") && text(&out).contains("127.0.0.1:70000"),
+        "{}",
+        text(&out)
+    );
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    let addr = listen.parse().expect("addr");
+    let served = https::send(addr, SERVER_NAME, config, get("/"))
+        .await
+        .expect("the old configuration serves");
+    assert_eq!(served.body, "backend a\n");
+
+    let out = run(&["stop", "--pid-file", &pid_arg]);
+    assert!(
+        out.status.success() && text(&out).contains("stopped"),
+        "{}",
+        text(&out)
+    );
+    assert!(!pid_file.exists(), "the pid file outlived the daemon");
+    let (_, log) = lb.stop();
+    assert!(log.contains("SIGTERM: stopping"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_edgelb_on_the_same_address_is_refused_and_the_first_keeps_all_traffic() {
+    let s = Setup::new();
+    let (first_be, second_be) = (
+        Backend::start("first", "127.0.0.1:0", None),
+        Backend::start("second", "127.0.0.1:0", None),
+    );
+    let first_addr = first_be.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &first_addr, "--pid-file", "/dev/null/none"]);
+    let listen = addr.to_string();
+    let second_addr = second_be.addr.to_string();
+    let mut args = s.listener_args(addr);
+    args.extend(["--backend", &second_addr, "--pid-file", "/dev/null/none"].map(String::from));
+    let second = Command::new(binary())
+        .args(&args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run a second edgelb");
+    let said = text(&second);
+    assert_eq!(second.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!(
+            "{listen} (tcp) is already in use by another process"
+        )),
+        "{said}"
+    );
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    for _ in 0..12 {
+        let r = https::send(addr, SERVER_NAME, config.clone(), get("/"))
+            .await
+            .expect("served");
+        assert_eq!(r.body, "backend first\n");
+    }
+    assert_eq!(second_be.served(), 0);
+    drop(lb);
+}
+
+#[test]
+fn status_without_an_admin_endpoint_says_what_to_do_and_the_version_names_its_commit() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let file = dir.write("edgelb.toml", format!("admin = \"{}\"\n", free_addr()));
+    let out = run(&["status", "--config", &file.to_string_lossy()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("--admin ADDR:PORT") && text(&out).contains("--config"),
+        "{}",
+        text(&out)
+    );
+    let out = run(&["--version"]);
+    let version = text(&out);
+    assert!(
+        out.status.success() && version.starts_with("edgelb ") && version.contains("(commit "),
+        "{version}"
+    );
+}
+
+#[test]
+fn reload_without_a_running_daemon_fails_clearly() {
+    let out = run(&["reload", "--pid-file", "/nonexistent/edgelb.pid"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out).contains("/nonexistent/edgelb.pid") && text(&out).contains("is edgelb running"),
+        "{}",
+        text(&out)
+    );
+}

@@ -1,0 +1,253 @@
+//! Refusals say why, in the daemon's log, one line each with the client: a client certificate
+//! that is X.509 v1 (what `openssl x509 -req` makes without an extension file), from an
+//! unknown CA, or missing; plain HTTP on the TLS port; a request refused before routing. And
+//! `edgelb check` warns about a v1 client CA.
+use std::path::Path;
+use std::process::Command;
+
+use edgelb_tests::backend::Backend;
+use edgelb_tests::daemon::run;
+use edgelb_tests::https::{self, ClientOpts, get, read_responses};
+use edgelb_tests::listener::{SERVER_NAME, Setup};
+use tokio::io::AsyncWriteExt;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("openssl: {e}"));
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The X.509 version `openssl x509 -text` reads in `cert`.
+fn version(dir: &Path, cert: &str) -> String {
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in", cert])
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("Version: "))
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// A CA (v3, or v1 with `v1_ca`) and a client certificate it signs the way the openssl
+/// manual shows, without an extension file: X.509 v1.
+fn openssl_pki(dir: &Path, v1_ca: bool) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    if v1_ca {
+        openssl(
+            dir,
+            &[
+                &["req", "-new"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.csr", "-subj", "/CN=v1 CA"],
+            ]
+            .concat(),
+        );
+        openssl(
+            dir,
+            &[
+                "x509", "-req", "-in", "ca.csr", "-signkey", "ca.key", "-out", "ca.pem", "-days",
+                "2",
+            ],
+        );
+    } else {
+        openssl(
+            dir,
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.pem",
+                    "-subj",
+                    "/CN=v3 CA",
+                    "-days",
+                    "2",
+                ],
+            ]
+            .concat(),
+        );
+    }
+    openssl(
+        dir,
+        &[
+            &["req", "-new"][..],
+            &ec,
+            &[
+                "-keyout",
+                "client.key",
+                "-out",
+                "client.csr",
+                "-subj",
+                "/CN=client-v1",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+        ],
+    );
+    assert!(
+        version(dir, "client.pem").starts_with('1'),
+        "openssl no longer makes v1 certificates this way"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_and_requests_are_logged_with_their_reason_and_client() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    openssl_pki(s.dir.path(), false);
+    let ca = s.dir.path().join("ca.pem").to_string_lossy().into_owned();
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &be, "--client-ca", &ca]);
+
+    // rustls will not even load a v1 certificate as a client: openssl's client sends it.
+    let addr_text = addr.to_string();
+    let server_ca = s.ca.cert_pem.to_string_lossy().into_owned();
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &addr_text,
+            "-servername",
+            SERVER_NAME,
+            "-CAfile",
+            &server_ca,
+            "-cert",
+            "client.pem",
+            "-key",
+            "client.key",
+        ])
+        .current_dir(s.dir.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("HTTP/1.1 200"));
+    lb.wait_for_log(
+        "TLS handshake refused: client certificate: X.509 v1 is not supported, re-issue it as v3",
+        1,
+    )
+    .await;
+
+    let other = edgelb_tests::pki::Ca::new(&s.dir, "other");
+    let stranger = other.client(&s.dir, "stranger", "client-2");
+    let mut wrong = ClientOpts::new(&s.ca.cert_pem);
+    wrong.client_cert = Some((&stranger.cert, &stranger.key));
+    assert!(
+        https::send(addr, SERVER_NAME, wrong.config(), get("/"))
+            .await
+            .is_err()
+    );
+    lb.wait_for_log("TLS handshake refused: client certificate: unknown CA", 1)
+        .await;
+
+    let none = ClientOpts::new(&s.ca.cert_pem);
+    assert!(
+        https::send(addr, SERVER_NAME, none.config(), get("/"))
+            .await
+            .is_err()
+    );
+    lb.wait_for_log("TLS handshake refused: no client certificate", 1)
+        .await;
+
+    let mut plain = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    lb.wait_for_log("TLS handshake refused: plain HTTP sent to the TLS port", 1)
+        .await;
+
+    // A request refused before routing: HTTP/1.1 without Host, from an admitted client.
+    let good = s.ca.client(&s.dir, "good", "client-1");
+    let own_ca = s.ca.cert_pem.to_string_lossy().into_owned();
+    drop(lb);
+    let (lb, addr) = s.start(&["--backend", &be, "--client-ca", &own_ca]);
+    let mut ok = ClientOpts::new(&s.ca.cert_pem);
+    ok.client_cert = Some((&good.cert, &good.key));
+    ok.alpn = &[b"http/1.1"];
+    let mut tls = https::connect(addr, SERVER_NAME, ok.config())
+        .await
+        .expect("connect");
+    tls.write_all(b"GET /no-host HTTP/1.1\r\n\r\n")
+        .await
+        .expect("write");
+    let (statuses, _) = read_responses(&mut tls, 1).await;
+    assert_eq!(statuses, vec![400]);
+    lb.wait_for_log("request refused: HTTP/1.1 without Host (answered 400)", 1)
+        .await;
+    let log = lb.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("request refused"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("client=127.0.0.1:") && line.contains("listener=\"listener-1\""),
+        "{line}"
+    );
+    assert_eq!(backend.served(), 0);
+}
+
+#[test]
+fn check_warns_about_a_v1_client_ca() {
+    let s = Setup::new();
+    openssl_pki(s.dir.path(), true);
+    assert!(version(s.dir.path(), "ca.pem").starts_with('1'));
+    let ca = s.dir.path().join("ca.pem").to_string_lossy().into_owned();
+    let (cert, key) = (
+        s.server.cert.to_string_lossy().into_owned(),
+        s.server.key.to_string_lossy().into_owned(),
+    );
+    let out = run(&[
+        "check",
+        "--listen",
+        "127.0.0.1:8443",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--backend",
+        "127.0.0.1:8080",
+        "--client-ca",
+        &ca,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--client-ca") && stderr.contains("CN=v1 CA is an X.509 v1 certificate"),
+        "{stderr}"
+    );
+}
