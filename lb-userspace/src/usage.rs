@@ -18,7 +18,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let command = Cli::command();
+    let command = brief_check_help(Cli::command());
     let matches = command.clone().try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     match &mut cli.command {
@@ -34,6 +34,16 @@ where
         Some(_) => {}
     }
     Ok(cli)
+}
+
+/// `check` takes every run flag; its `--help` says so in three lines rather than repeating
+/// the few hundred of `edgelb --help`.
+fn brief_check_help(command: clap::Command) -> clap::Command {
+    command.mut_subcommand("check", |check| {
+        check
+            .mut_args(|a| if a.get_id() == "help" { a } else { a.hide(true) })
+            .after_help("Takes every flag of edgelb itself, -c/--config among them: `edgelb --help` lists them by topic.")
+    })
 }
 
 /// The run flags given on the command line, in the order of `--help`, with their values as

@@ -1101,3 +1101,83 @@ fn proxy_protocol_flags_are_checked() {
         "{stderr}"
     );
 }
+
+#[test]
+fn help_is_grouped_by_topic_and_check_help_points_to_it() {
+    let out = run(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{help}");
+    let headings: Vec<&str> = help
+        .lines()
+        .filter(|l| !l.starts_with(' ') && l.ends_with(':'))
+        .collect();
+    for heading in [
+        "Listener:",
+        "TLS:",
+        "Timeouts and limits:",
+        "Access control:",
+        "Backend group:",
+        "Health checks and slow start:",
+        "Sticky sessions:",
+        "XDP:",
+        "Operation:",
+        "ACME certificates:",
+        "Logging:",
+        "BGP:",
+    ] {
+        assert!(
+            headings.contains(&heading),
+            "{heading} missing: {headings:?}"
+        );
+    }
+    // Every flag sits under its topic, not in one list.
+    let tls: String = help
+        .lines()
+        .skip_while(|l| *l != "TLS:")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        tls.contains("--client-ca") && !tls.contains("--backend "),
+        "{tls}"
+    );
+    let protocol: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.contains("--protocol <PROTO>"))
+        .take(10)
+        .collect();
+    assert!(
+        protocol.contains(&"          Possible values:")
+            && protocol.iter().any(|l| l.trim() == "- udp"),
+        "the choices of --protocol are listed: {protocol:?}"
+    );
+
+    let out = run(&["check", "--help"]);
+    let check = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        check.lines().count() < 20 && check.contains("`edgelb --help` lists them"),
+        "{check}"
+    );
+}
+
+#[test]
+fn the_license_files_are_the_ones_cargo_toml_names() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("Cargo.toml");
+    assert!(
+        manifest.contains("license = \"MIT OR Apache-2.0\""),
+        "{manifest}"
+    );
+    for (file, words) in [
+        (
+            "LICENSE-MIT",
+            "Permission is hereby granted, free of charge",
+        ),
+        ("LICENSE-APACHE", "Apache License"),
+    ] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap_or_default();
+        assert!(text.contains(words), "{file} missing or not the license");
+    }
+}

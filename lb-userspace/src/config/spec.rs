@@ -21,15 +21,20 @@ use crate::balance::Algorithm;
 #[serde(default, deny_unknown_fields)]
 pub struct ListenerSpec {
     /// Listener name, in logs and metrics (1-255 characters).
-    #[arg(long, value_name = "NAME", default_value = "listener-1")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "listener-1",
+        help_heading = "Listener"
+    )]
     pub name: Label,
 
     /// Listener description (at most 255 characters).
-    #[arg(long, value_name = "TEXT")]
+    #[arg(long, value_name = "TEXT", help_heading = "Listener")]
     pub description: Option<Description>,
 
     /// Listener tag KEY=VALUE, repeatable; keys unique, 1-128 characters.
-    #[arg(long = "tag", value_name = "KEY=VALUE")]
+    #[arg(long = "tag", value_name = "KEY=VALUE", help_heading = "Listener")]
     #[serde(alias = "tags", deserialize_with = "values::tags")]
     pub tag: Vec<Tag>,
 
@@ -39,44 +44,55 @@ pub struct ListenerSpec {
         value_enum,
         ignore_case = true,
         value_name = "PROTO",
-        default_value = "https"
+        default_value = "https",
+        help_heading = "Listener"
     )]
     pub protocol: FrontendProtocol,
 
     /// Frontend address and port, e.g. 0.0.0.0:443 or [::]:443 (required without --config).
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Listener")]
     pub listen: Option<values::Addr>,
 
     /// Server certificate chain (PEM), the default certificate.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "TLS")]
     pub cert: Option<PathBuf>,
 
     /// Private key of --cert (PEM: PKCS#8, PKCS#1 or SEC1).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "TLS")]
     pub key: Option<PathBuf>,
 
     /// A name to get a certificate for from the ACME CA (--acme-directory), repeatable: one
     /// certificate for all the listener's names, renewed by itself. --cert stays the default
     /// for other names and until the first is issued.
-    #[arg(long = "acme-domain", value_name = "NAME")]
+    #[arg(long = "acme-domain", value_name = "NAME", help_heading = "TLS")]
     #[serde(deserialize_with = "values::one_or_many")]
     pub acme_domain: Vec<String>,
 
     /// Certificate for a server name, repeatable: DOMAIN=CERT:KEY, DOMAIN exact or *.wildcard.
-    #[arg(long = "sni-cert", value_name = "DOMAIN=CERT:KEY")]
+    #[arg(
+        long = "sni-cert",
+        value_name = "DOMAIN=CERT:KEY",
+        help_heading = "TLS"
+    )]
     #[serde(alias = "sni_certs")]
     pub sni_cert: Vec<SniCert>,
 
     /// SSL authentication: one-way, or mutual (clients need a certificate from --client-ca).
-    #[arg(long, value_enum, ignore_case = true, value_name = "MODE")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "MODE",
+        help_heading = "TLS"
+    )]
     pub ssl_auth: Option<SslAuthArg>,
 
     /// CA bundle (PEM) that client certificates must chain to; implies --ssl-auth mutual.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "TLS")]
     pub client_ca: Option<PathBuf>,
 
     /// Security policy: tls-1-2 (default), tls-1-2-strict or tls-1-3.
-    #[arg(long, value_name = "POLICY")]
+    #[arg(long, value_name = "POLICY", help_heading = "TLS")]
     pub tls_policy: Option<String>,
 
     /// Offer HTTP/2 to clients (ALPN h2).
@@ -85,7 +101,8 @@ pub struct ListenerSpec {
         value_enum,
         ignore_case = true,
         value_name = "on|off",
-        default_value = "on"
+        default_value = "on",
+        help_heading = "TLS"
     )]
     pub http2: OnOff,
 
@@ -96,12 +113,13 @@ pub struct ListenerSpec {
         value_enum,
         ignore_case = true,
         value_name = "on|off",
-        default_value = "off"
+        default_value = "off",
+        help_heading = "TLS"
     )]
     pub http3: OnOff,
 
     /// Add X-Forwarded-ELB-IP: the given IP, else the local address the client connected to.
-    #[arg(long, value_name = "IP", num_args = 0..=1, default_missing_value = "")]
+    #[arg(long, value_name = "IP", num_args = 0..=1, default_missing_value = "", help_heading = "TLS")]
     #[serde(deserialize_with = "values::lb_ip")]
     pub transfer_lb_ip: Option<LbIp>,
 
@@ -111,7 +129,8 @@ pub struct ListenerSpec {
         long,
         value_name = "SECS",
         allow_negative_numbers = true,
-        default_value = "60"
+        default_value = "60",
+        help_heading = "Timeouts and limits"
     )]
     pub idle_timeout: Seconds<0, 4000>,
 
@@ -120,7 +139,8 @@ pub struct ListenerSpec {
         long,
         value_name = "SECS",
         allow_negative_numbers = true,
-        default_value = "60"
+        default_value = "60",
+        help_heading = "Timeouts and limits"
     )]
     pub request_timeout: Seconds<1, 300>,
 
@@ -129,7 +149,8 @@ pub struct ListenerSpec {
         long,
         value_name = "SECS",
         allow_negative_numbers = true,
-        default_value = "60"
+        default_value = "60",
+        help_heading = "Timeouts and limits"
     )]
     pub response_timeout: Seconds<1, 300>,
 
@@ -138,7 +159,8 @@ pub struct ListenerSpec {
         long,
         value_name = "SECS",
         allow_negative_numbers = true,
-        default_value = "10"
+        default_value = "10",
+        help_heading = "Timeouts and limits"
     )]
     pub handshake_timeout: Seconds<1, 300>,
 
@@ -148,30 +170,51 @@ pub struct ListenerSpec {
         long,
         value_name = "N",
         allow_negative_numbers = true,
-        default_value = "100000"
+        default_value = "100000",
+        help_heading = "Timeouts and limits"
     )]
     pub max_connections: Count<1, 10_000_000>,
 
     /// Requests per second each client address may make to this listener (1-1000000; IPv6
     /// clients by their /64); more are answered 429 with Retry-After. Off unless given.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = "Timeouts and limits"
+    )]
     pub rate_limit_requests: Option<values::RequestRate>,
 
     /// New TCP connections per second each source address (IPv6: each /64) may open to this
     /// listener (1-10000000), enforced by the XDP program: SYNs past it are dropped at the NIC
     /// and counted `rate_limited`. Off unless given; needs XDP.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = "Timeouts and limits"
+    )]
     pub rate_limit_syn: Option<values::SourceRate>,
 
     /// Frames per second each source address (IPv6: each /64) may send to this listener
     /// (1-10000000), enforced by the XDP program as `--rate-limit-syn`.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = "Timeouts and limits"
+    )]
     pub rate_limit_pps: Option<values::SourceRate>,
 
     /// Seconds (1-86400) a source that stays over `--rate-limit-syn` or `--rate-limit-pps`
     /// for a whole second is then blocked at the NIC, all its frames to this listener
     /// dropped; listed in /status, removable with `POST /unblock?ip=ADDR`. Off unless given.
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        help_heading = "Timeouts and limits"
+    )]
     pub auto_block: Option<Seconds<1, 86_400>>,
 
     /// SYN cookies at the NIC (http and https listeners; needs XDP): `on`, the XDP program
@@ -183,19 +226,25 @@ pub struct ListenerSpec {
         value_enum,
         ignore_case = true,
         value_name = "off|auto|on",
-        default_value = "off"
+        default_value = "off",
+        help_heading = "Timeouts and limits"
     )]
     pub syn_protect: SynProtect,
 
     /// SYNs per second to this listener (all sources) above which `--syn-protect auto`
     /// answers them with cookies (1-100000000, default 20000); it stops once they stay below
     /// half of it for 10 seconds.
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        help_heading = "Timeouts and limits"
+    )]
     pub syn_protect_threshold: Option<Count<1, 100_000_000>>,
 
     /// Forwarding rule, repeatable, evaluated in order:
     /// `name=N;host=H,...;path=P|path-prefix=P|path-regex=R;method=M,...;header=NAME:V|V;query=K:V|V;client=CIDR,...;action=forward|redirect:STATUS:LOCATION|fixed:STATUS:TYPE:BODY`.
-    #[arg(long = "rule", value_name = "RULE")]
+    #[arg(long = "rule", value_name = "RULE", help_heading = "Listener")]
     #[serde(skip)]
     pub rules: Vec<String>,
 
@@ -205,24 +254,40 @@ pub struct ListenerSpec {
         value_enum,
         ignore_case = true,
         value_name = "MODE",
-        default_value = "all"
+        default_value = "all",
+        help_heading = "Access control"
     )]
     pub access_control: AclMode,
 
     /// IP address group: comma-separated IPv4/IPv6 CIDRs (a bare address is a host), repeatable.
-    #[arg(long = "ip-group", value_name = "CIDR,...", value_delimiter = ',')]
+    #[arg(
+        long = "ip-group",
+        value_name = "CIDR,...",
+        value_delimiter = ',',
+        help_heading = "Access control"
+    )]
     #[serde(deserialize_with = "values::one_or_many")]
     pub ip_group: Vec<Cidr>,
 
     /// IP address group file: one CIDR per line, `#` starts a comment. Repeatable.
-    #[arg(long = "ip-group-file", value_name = "PATH")]
+    #[arg(
+        long = "ip-group-file",
+        value_name = "PATH",
+        help_heading = "Access control"
+    )]
     #[serde(deserialize_with = "values::one_or_many")]
     pub ip_group_file: Vec<PathBuf>,
 
     /// Read a PROXY protocol header (v1 or v2) at the start of every connection (https and
     /// http listeners), sent by a balancer in front from --proxy-protocol-from: the client
     /// it names is then the client for headers, rules, balancing, limits and logs.
-    #[arg(long, value_enum, ignore_case = true, value_name = "v1|v2")]
+    #[arg(
+        long,
+        value_enum,
+        ignore_case = true,
+        value_name = "v1|v2",
+        help_heading = "Access control"
+    )]
     pub accept_proxy_protocol: Option<crate::proxy_protocol::Version>,
 
     /// Who may send the PROXY protocol header: the balancers in front, as comma-separated
@@ -230,7 +295,8 @@ pub struct ListenerSpec {
     #[arg(
         long = "proxy-protocol-from",
         value_name = "CIDR,...",
-        value_delimiter = ','
+        value_delimiter = ',',
+        help_heading = "Access control"
     )]
     #[serde(deserialize_with = "values::one_or_many")]
     pub proxy_protocol_from: Vec<Cidr>,
@@ -259,18 +325,27 @@ pub struct GroupSpec {
     #[arg(
         long = "group-name",
         value_name = "NAME",
-        default_value = "server_group-1"
+        default_value = "server_group-1",
+        help_heading = "Backend group"
     )]
     #[serde(rename = "name")]
     pub group_name: Label,
 
     /// Backend server, repeatable: ADDR:PORT with an optional weight 0-100 (default 1).
-    #[arg(long = "backend", value_name = "ADDR:PORT[,weight=N]")]
+    #[arg(
+        long = "backend",
+        value_name = "ADDR:PORT[,weight=N]",
+        help_heading = "Backend group"
+    )]
     #[serde(alias = "backends", deserialize_with = "values::one_or_many")]
     pub backend: Vec<Backend>,
 
     /// Backend group description (at most 255 characters).
-    #[arg(long = "group-description", value_name = "TEXT")]
+    #[arg(
+        long = "group-description",
+        value_name = "TEXT",
+        help_heading = "Backend group"
+    )]
     #[serde(rename = "description")]
     pub group_description: Option<Description>,
 
@@ -280,7 +355,8 @@ pub struct GroupSpec {
         value_enum,
         ignore_case = true,
         value_name = "ALGORITHM",
-        default_value = "weighted-round-robin"
+        default_value = "weighted-round-robin",
+        help_heading = "Backend group"
     )]
     pub algorithm: Algorithm,
 
@@ -290,7 +366,8 @@ pub struct GroupSpec {
         value_enum,
         ignore_case = true,
         value_name = "PROTO",
-        default_value = "http"
+        default_value = "http",
+        help_heading = "Backend group"
     )]
     pub backend_protocol: BackendProtocolArg,
 
@@ -303,19 +380,24 @@ pub struct GroupSpec {
         value_enum,
         ignore_case = true,
         value_name = "off|v1|v2",
-        default_value = "off"
+        default_value = "off",
+        help_heading = "Backend group"
     )]
     pub backend_proxy_protocol: values::BackendProxyProtocol,
 
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "Backend group")]
     pub backend_ca: Option<PathBuf>,
 
     /// Do not verify HTTPS backends' certificates.
-    #[arg(long)]
+    #[arg(long, help_heading = "Backend group")]
     pub backend_insecure: bool,
 
     /// Domain for health checks' Host header and the SNI name sent to HTTPS backends.
-    #[arg(long, value_name = "DOMAIN")]
+    #[arg(
+        long,
+        value_name = "DOMAIN",
+        help_heading = "Health checks and slow start"
+    )]
     pub hc_domain: Option<HcDomain>,
 
     /// Active health checks of every backend.
@@ -324,16 +406,27 @@ pub struct GroupSpec {
         value_enum,
         ignore_case = true,
         value_name = "KIND",
-        default_value = "tcp"
+        default_value = "tcp",
+        help_heading = "Health checks and slow start"
     )]
     pub health_check: CheckKind,
 
     /// Port health checks go to (1-65535); default: each backend's own port.
-    #[arg(long, value_name = "PORT", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "PORT",
+        allow_negative_numbers = true,
+        help_heading = "Health checks and slow start"
+    )]
     pub hc_port: Option<Port>,
 
     /// Path of http/https health checks (1-80 characters, starting with /).
-    #[arg(long, value_name = "PATH", default_value = "/")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/",
+        help_heading = "Health checks and slow start"
+    )]
     pub hc_path: HcPath,
 
     /// Seconds between two checks of a backend (1-50).
@@ -341,7 +434,8 @@ pub struct GroupSpec {
         long,
         value_name = "SECS",
         allow_negative_numbers = true,
-        default_value = "5"
+        default_value = "5",
+        help_heading = "Health checks and slow start"
     )]
     pub hc_interval: Seconds<1, 50>,
 
@@ -350,7 +444,8 @@ pub struct GroupSpec {
         long,
         value_name = "SECS",
         allow_negative_numbers = true,
-        default_value = "3"
+        default_value = "3",
+        help_heading = "Health checks and slow start"
     )]
     pub hc_timeout: Seconds<1, 50>,
 
@@ -360,12 +455,18 @@ pub struct GroupSpec {
         long,
         value_name = "N",
         allow_negative_numbers = true,
-        default_value = "3"
+        default_value = "3",
+        help_heading = "Health checks and slow start"
     )]
     pub hc_retries: Count<1, 10>,
 
     /// Seconds over which a backend that becomes healthy ramps up to its full weight (30-1200).
-    #[arg(long, value_name = "SECS", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        allow_negative_numbers = true,
+        help_heading = "Health checks and slow start"
+    )]
     pub slow_start: Option<Seconds<30, 1200>>,
 
     /// Sticky sessions (weighted round robin only).
@@ -374,12 +475,13 @@ pub struct GroupSpec {
         value_enum,
         ignore_case = true,
         value_name = "MODE",
-        default_value = "off"
+        default_value = "off",
+        help_heading = "Sticky sessions"
     )]
     pub sticky_session: StickyArg,
 
     /// The backend's session cookie, for --sticky-session app-cookie.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Sticky sessions")]
     pub cookie_name: Option<String>,
 
     /// Minutes a sticky client stays pinned (1-1440).
@@ -387,13 +489,14 @@ pub struct GroupSpec {
         long,
         value_name = "MINUTES",
         allow_negative_numbers = true,
-        default_value = "20"
+        default_value = "20",
+        help_heading = "Sticky sessions"
     )]
     pub sticky_duration: Count<1, 1440>,
 
     /// Key (at least 32 bytes) authenticating lb-cookies, shared by every edgelb node that
     /// must honour them; default: a random key made at start.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "Sticky sessions")]
     pub sticky_key_file: Option<PathBuf>,
 }
 
@@ -403,7 +506,7 @@ pub struct GroupSpec {
 #[serde(default, deny_unknown_fields)]
 pub struct NodeSpec {
     /// Interface to attach the XDP program to, repeatable. None: XDP is off.
-    #[arg(long = "xdp-iface", value_name = "IFACE")]
+    #[arg(long = "xdp-iface", value_name = "IFACE", help_heading = "XDP")]
     #[serde(deserialize_with = "values::one_or_many")]
     pub xdp_iface: Vec<String>,
 
@@ -413,16 +516,17 @@ pub struct NodeSpec {
         value_enum,
         ignore_case = true,
         value_name = "MODE",
-        default_value = "auto"
+        default_value = "auto",
+        help_heading = "XDP"
     )]
     pub xdp_mode: XdpMode,
 
     /// Admin endpoint (/healthz, /metrics, /status); loopback unless --admin-allow-remote.
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(long, value_name = "ADDR:PORT", help_heading = "Operation")]
     pub admin: Option<values::Addr>,
 
     /// Serve the admin endpoint on a non-loopback address.
-    #[arg(long)]
+    #[arg(long, help_heading = "Operation")]
     pub admin_allow_remote: bool,
 
     /// Seconds in-flight requests may take to finish after SIGTERM/SIGINT (0-300).
@@ -430,39 +534,45 @@ pub struct NodeSpec {
         long,
         value_name = "SECS",
         allow_negative_numbers = true,
-        default_value = "10"
+        default_value = "10",
+        help_heading = "Operation"
     )]
     pub drain_timeout: Seconds<0, 300>,
 
     /// Once sockets are bound and XDP attached, run as this user (keeping only the capabilities
     /// map updates and reloads need; see README). Files read on reload must be readable by it.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", help_heading = "Operation")]
     pub user: Option<String>,
 
     /// Keys that encrypt TLS session tickets: one per line, 64 hex characters (32 random
     /// bytes, `openssl rand -hex 32`), `#` comments. The first encrypts new tickets, every key
     /// decrypts; the same file on every node resumes sessions on any of them. Re-read on
     /// reload. Default: random keys made at start, kept across reloads.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "Operation")]
     pub tls_ticket_key_file: Option<PathBuf>,
 
     /// ACME directory to order certificates from for --acme-domain names, e.g.
     /// https://acme-v02.api.letsencrypt.org/directory.
-    #[arg(long, value_name = "URL")]
+    #[arg(long, value_name = "URL", help_heading = "ACME certificates")]
     pub acme_directory: Option<String>,
 
     /// Contact address given to the ACME CA (expiry notices).
-    #[arg(long, value_name = "EMAIL")]
+    #[arg(long, value_name = "EMAIL", help_heading = "ACME certificates")]
     pub acme_email: Option<String>,
 
     /// Where ACME certificates, their keys and the account are kept (created 0700; files
     /// 0600). Nodes sharing it share certificates: one orders, the others pick them up.
-    #[arg(long, value_name = "PATH", default_value = "/var/lib/edgelb/acme")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "/var/lib/edgelb/acme",
+        help_heading = "ACME certificates"
+    )]
     pub acme_state_dir: PathBuf,
 
     /// PEM CA bundle to trust for the ACME directory's HTTPS (a private ACME CA); default: the
     /// usual public roots.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", help_heading = "ACME certificates")]
     pub acme_ca: Option<PathBuf>,
 
     /// How the CA checks that this node answers for a name: tls-alpn-01 on the https
@@ -472,13 +582,14 @@ pub struct NodeSpec {
         value_enum,
         ignore_case = true,
         value_name = "tls-alpn-01|http-01",
-        default_value = "tls-alpn-01"
+        default_value = "tls-alpn-01",
+        help_heading = "ACME certificates"
     )]
     pub acme_challenge: values::AcmeChallenge,
 
     /// Accept private keys (--key, --sni-cert, --sticky-key-file, --tls-ticket-key-file) that
     /// group or others may read.
-    #[arg(long)]
+    #[arg(long, help_heading = "Operation")]
     pub allow_readable_keys: bool,
 
     /// Log a line per request (client, SNI, Host, method, target with query, version,
@@ -489,14 +600,14 @@ pub struct NodeSpec {
         value_name = "PATH",
         num_args = 0..=1,
         default_missing_value = "stderr",
-        help_heading = "Logging"
+        help_heading = "Logging",
     )]
     #[serde(deserialize_with = "values::access_log")]
     pub access_log: Option<AccessLogTarget>,
 
     /// Where the daemon writes its process id (removed at exit), for `edgelb reload` and
     /// `edgelb stop`; the outcome of each reload is kept beside it in PATH.reload.
-    #[arg(long, value_name = "PATH", default_value = crate::control::pid_file::DEFAULT_PID_FILE)]
+    #[arg(long, value_name = "PATH", default_value = crate::control::pid_file::DEFAULT_PID_FILE, help_heading = "Operation")]
     pub pid_file: PathBuf,
 
     /// Access log lines as `key=value` text or as JSON objects.
@@ -512,16 +623,21 @@ pub struct NodeSpec {
 
     /// This node's AS number (1-4294967295): announce the listeners' addresses over BGP to
     /// every --bgp-peer, through BIRD (--bgp-speaker), as /32 and /128 routes via this node.
-    #[arg(long, value_name = "ASN", allow_negative_numbers = true)]
+    #[arg(
+        long,
+        value_name = "ASN",
+        allow_negative_numbers = true,
+        help_heading = "BGP"
+    )]
     pub bgp_local_as: Option<Count<1, 4294967295>>,
 
     /// BGP router id: an IPv4 address of this node (required with --bgp-local-as).
-    #[arg(long, value_name = "IPV4")]
+    #[arg(long, value_name = "IPV4", help_heading = "BGP")]
     pub bgp_router_id: Option<RouterId>,
 
     /// BGP peer, repeatable: ADDR,as=ASN. IPv4 peers get the IPv4 routes, IPv6 peers the IPv6
     /// ones.
-    #[arg(long = "bgp-peer", value_name = "ADDR,as=ASN")]
+    #[arg(long = "bgp-peer", value_name = "ADDR,as=ASN", help_heading = "BGP")]
     #[serde(deserialize_with = "values::one_or_many")]
     pub bgp_peer: Vec<BgpPeer>,
 
@@ -531,7 +647,8 @@ pub struct NodeSpec {
         long,
         value_name = "SECS",
         allow_negative_numbers = true,
-        default_value = "9"
+        default_value = "9",
+        help_heading = "BGP"
     )]
     pub bgp_hold_time: Seconds<3, 65535>,
 
@@ -541,7 +658,8 @@ pub struct NodeSpec {
         long,
         value_name = "SECS",
         allow_negative_numbers = true,
-        default_value = "5"
+        default_value = "5",
+        help_heading = "BGP"
     )]
     pub bgp_withdraw_delay: Seconds<0, 300>,
 
@@ -552,18 +670,24 @@ pub struct NodeSpec {
         value_enum,
         ignore_case = true,
         value_name = "WHEN",
-        default_value = "healthy"
+        default_value = "healthy",
+        help_heading = "BGP"
     )]
     pub bgp_announce: BgpAnnounce,
 
     /// Run BFD on the BGP sessions, for peers that have it: a dead link is noticed in well
     /// under a second instead of the hold time.
-    #[arg(long)]
+    #[arg(long, help_heading = "BGP")]
     pub bgp_bfd: bool,
 
     /// The BIRD 2 daemon edgelb runs as its BGP speaker; its client is the same path with a
     /// trailing c (birdc).
-    #[arg(long, value_name = "PATH", default_value = "bird")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        default_value = "bird",
+        help_heading = "BGP"
+    )]
     pub bgp_speaker: PathBuf,
 }
 
