@@ -352,6 +352,7 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+    let loopback = listener.local_addr().map_or(true, |a| a.ip().is_loopback());
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -365,7 +366,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state).await) }
+                async move { Ok::<_, Infallible>(route(&req, &state, loopback).await) }
             });
             if let Err(e) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -377,16 +378,18 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
     }
 }
 
-async fn route(req: &Request<Incoming>, state: &AdminState) -> Response<Full<Bytes>> {
-    if req.method() == Method::GET && matches!(req.uri().path(), "/" | "/index.html") {
-        return status_page();
-    }
-    if req.method() == Method::POST
-        && let Err(why) = browser_may_post(req.headers())
-    {
+async fn route(
+    req: &Request<Incoming>,
+    state: &AdminState,
+    loopback: bool,
+) -> Response<Full<Bytes>> {
+    if let Err(why) = browser_allowed(req.method(), req.headers(), loopback) {
         let mut resp = Response::new(Full::new(Bytes::from(format!("{why}\n"))));
         *resp.status_mut() = StatusCode::FORBIDDEN;
         return resp;
+    }
+    if req.method() == Method::GET && matches!(req.uri().path(), "/" | "/index.html") {
+        return status_page();
     }
     let (status, content_type, body) = match (req.method(), req.uri().path()) {
         (&Method::POST, "/reload") => match request_reload(state).await {
@@ -479,23 +482,25 @@ async fn unblock(query: Option<&str>, state: &AdminState) -> Result<usize, (Stat
         .map_err(|e| (StatusCode::CONFLICT, e))
 }
 
-/// A POST from a web browser (it sends Origin; curl and scripts do not) must come from the
-/// status page itself, opened by address: otherwise any site the operator visits could make
-/// the browser POST /unblock or /reload (cross-site request forgery), or reach it through a
-/// name that resolves to 127.0.0.1 (DNS rebinding).
-fn browser_may_post(headers: &hyper::HeaderMap) -> Result<(), &'static str> {
-    let Some(origin) = headers.get(hyper::header::ORIGIN) else {
+/// What a web browser may ask (it sends Origin or Sec-Fetch-Site; curl, Prometheus and
+/// scripts send neither). On a loopback endpoint, only by address: a page whose name a
+/// resolver points at 127.0.0.1 (DNS rebinding) would otherwise read `/status` or POST as if
+/// it were the status page. A POST only from the page itself: otherwise any site the
+/// operator visits could make the browser POST /unblock or /reload (cross-site forgery).
+fn browser_allowed(
+    method: &Method,
+    headers: &hyper::HeaderMap,
+    loopback: bool,
+) -> Result<(), &'static str> {
+    let origin = headers.get(hyper::header::ORIGIN);
+    let fetch_site = headers.get("sec-fetch-site");
+    if origin.is_none() && fetch_site.is_none() {
         return Ok(());
-    };
+    }
     let host = headers
         .get(hyper::header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
-    let same = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.strip_prefix("http://"))
-        .is_some_and(|o| o.eq_ignore_ascii_case(host));
     let name = host.rsplit_once(':').map_or(host, |(name, port)| {
         if port.parse::<u16>().is_ok() {
             name
@@ -509,18 +514,31 @@ fn browser_may_post(headers: &hyper::HeaderMap) -> Result<(), &'static str> {
             .trim_end_matches(']')
             .parse::<std::net::IpAddr>()
             .is_ok();
-    if same && by_address {
-        Ok(())
-    } else {
-        Err(
-            "forbidden: a browser may POST here only from the status page, opened by address (http://127.0.0.1:PORT/)",
-        )
+    if loopback && !by_address {
+        return Err(
+            "forbidden: open the admin endpoint by address in a browser (http://127.0.0.1:PORT/), not by a name",
+        );
     }
+    if *method != Method::GET && *method != Method::HEAD {
+        let same_origin = match origin {
+            Some(o) => o
+                .to_str()
+                .ok()
+                .and_then(|o| o.strip_prefix("http://"))
+                .is_some_and(|o| o.eq_ignore_ascii_case(host)),
+            None => fetch_site.is_some_and(|s| s == "same-origin" || s == "none"),
+        };
+        if !same_origin {
+            return Err("forbidden: a browser may POST here only from the status page itself");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod browser_tests {
-    use super::browser_may_post;
+    use super::browser_allowed;
+    use hyper::Method;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> hyper::HeaderMap {
         pairs
@@ -535,35 +553,54 @@ mod browser_tests {
     }
 
     #[test]
-    fn only_the_page_itself_may_post_from_a_browser() {
-        assert!(browser_may_post(&headers(&[("host", "127.0.0.1:9900")])).is_ok());
-        assert!(
-            browser_may_post(&headers(&[
+    fn browsers_reach_the_endpoint_only_by_address_and_post_only_from_the_page() {
+        let ok = |m: Method, h: &[(&'static str, &'static str)], loopback| {
+            browser_allowed(&m, &headers(h), loopback).is_ok()
+        };
+        // Not a browser: curl, Prometheus, scripts.
+        assert!(ok(Method::POST, &[("host", "127.0.0.1:9900")], true));
+        assert!(ok(Method::GET, &[("host", "edge1.example:9900")], true));
+        // The page itself, by address.
+        let page = [
+            ("host", "127.0.0.1:9900"),
+            ("origin", "http://127.0.0.1:9900"),
+        ];
+        assert!(ok(Method::POST, &page, true));
+        assert!(ok(
+            Method::GET,
+            &[("host", "[::1]:9900"), ("sec-fetch-site", "same-origin")],
+            true
+        ));
+        // Another site, and a rebound name.
+        assert!(!ok(
+            Method::POST,
+            &[
                 ("host", "127.0.0.1:9900"),
-                ("origin", "http://127.0.0.1:9900")
-            ]))
-            .is_ok()
-        );
-        assert!(
-            browser_may_post(&headers(&[
-                ("host", "[::1]:9900"),
-                ("origin", "http://[::1]:9900")
-            ]))
-            .is_ok()
-        );
-        for refused in [
-            headers(&[
-                ("host", "127.0.0.1:9900"),
-                ("origin", "https://evil.example"),
-            ]),
-            headers(&[("host", "127.0.0.1:9900"), ("origin", "null")]),
-            // DNS rebinding: same origin, but a name.
-            headers(&[
+                ("origin", "https://evil.example")
+            ],
+            true
+        ));
+        assert!(!ok(
+            Method::POST,
+            &[("host", "127.0.0.1:9900"), ("sec-fetch-site", "cross-site")],
+            true
+        ));
+        assert!(!ok(
+            Method::GET,
+            &[
                 ("host", "evil.example:9900"),
-                ("origin", "http://evil.example:9900"),
-            ]),
-        ] {
-            assert!(browser_may_post(&refused).is_err(), "{refused:?}");
-        }
+                ("sec-fetch-site", "same-origin")
+            ],
+            true
+        ));
+        // A remote endpoint (--admin-allow-remote) may be opened by its name.
+        assert!(ok(
+            Method::POST,
+            &[
+                ("host", "edge1.example:9900"),
+                ("origin", "http://edge1.example:9900")
+            ],
+            false
+        ));
     }
 }

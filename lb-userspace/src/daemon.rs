@@ -219,6 +219,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         ($read:expr) => {{
             let read = $read;
             let revision = read.etcd_revision;
+            let started_ms = read.started_ms;
             let config = match read.config {
                 Ok(fresh) if dataplane.is_some() => syn_protect
                     .prepare(&fresh)
@@ -249,11 +250,12 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             reload_count += 1;
             let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
             if let Some(p) = &pid_file {
-                p.record_reload(reload_count, &outcome);
+                p.record_reload(reload_count, started_ms, &outcome);
             }
+            // One line: systemd reads each line as an assignment.
             crate::control::notify::notify(&match &outcome {
                 Ok(()) => "READY=1\nSTATUS=reloaded".to_string(),
-                Err(e) => format!("READY=1\nSTATUS=reload refused: {e}"),
+                Err(e) => format!("READY=1\nSTATUS=reload refused: {}", e.replace('\n', " ")),
             });
             for waiter in read.waiting {
                 let _ = waiter.send(result.clone());
@@ -263,8 +265,16 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     loop {
         tokio::select! {
-            _ = sigterm.recv() => { info!("SIGTERM: stopping"); break; }
-            _ = sigint.recv() => { info!("SIGINT: stopping"); break; }
+            _ = sigterm.recv() => {
+                info!("SIGTERM: stopping");
+                crate::control::notify::notify("STOPPING=1");
+                break;
+            }
+            _ = sigint.recv() => {
+                info!("SIGINT: stopping");
+                crate::control::notify::notify("STOPPING=1");
+                break;
+            }
             _ = refresh.tick() => {
                 ticks += 1;
                 if ticks.is_multiple_of(86_400) {
@@ -385,7 +395,6 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         }
         tokio::time::sleep(delay).await;
     }
-    crate::control::notify::notify("STOPPING=1");
     node.stop_listeners();
     let drain = node.config.ops.drain_timeout;
     if let Some(dp) = dataplane.as_mut() {

@@ -780,8 +780,19 @@ fn prepare_listener(
                 || r.config.protocol == l.protocol)
     });
     // Another process on the address (a second edgelb, most likely) would share it through
-    // SO_REUSEPORT; this process's own listeners on it (a reload that renames one) would not.
-    let ours = running.iter().any(|r| r.config.listen == l.listen);
+    // SO_REUSEPORT. This process's own sockets on an overlapping address (running listeners,
+    // or ones of this configuration bound before this one: 0.0.0.0:443 and [::]:443, or a
+    // wildcard and a specific address on one port) would fail the probe too: then no probe.
+    let before = config
+        .listeners
+        .iter()
+        .take_while(|o| !std::ptr::eq(*o, l))
+        .map(|o| o.listen);
+    let ours = running
+        .iter()
+        .map(|r| r.config.listen)
+        .chain(before)
+        .any(|addr| overlaps(addr, l.listen));
     if !kept && !ours && !l.protocol.is_l4() {
         use socket2::{Protocol, Type};
         let tcp = crate::reuseport::held_elsewhere(l.listen, Type::STREAM, Protocol::TCP);
@@ -902,6 +913,12 @@ fn prepare_listener(
     })
 }
 
+/// Whether sockets bound to `a` and `b` would clash without SO_REUSEPORT: one port, and one
+/// address or a wildcard on either side.
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 /// The access log `config` asks for: the one open when its settings did not change (its
 /// file stays open), else opened anew.
 fn open_access_log(
@@ -912,6 +929,11 @@ fn open_access_log(
         return Ok(None);
     };
     if let Some(log) = running.filter(|log| log.settings() == settings) {
+        // A reload reopens the file too (logrotate's postrotate may reload rather than send
+        // SIGUSR1); if it cannot, lines keep going to the file open.
+        if let Err(e) = log.reopen() {
+            warn!(error = %e, "reload: the access log stays on the file it had");
+        }
         return Ok(Some(log.clone()));
     }
     AccessLog::open(settings.clone())
@@ -995,4 +1017,19 @@ fn listener_rules(config: &Config, ids: &[u32]) -> Vec<ListenerRule> {
         })
         .flatten()
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::overlaps;
+
+    #[test]
+    fn wildcards_overlap_every_address_of_their_port() {
+        let a = |s: &str| s.parse::<std::net::SocketAddr>().expect("addr");
+        assert!(overlaps(a("0.0.0.0:443"), a("[::]:443")));
+        assert!(overlaps(a("0.0.0.0:443"), a("10.0.0.1:443")));
+        assert!(overlaps(a("10.0.0.1:443"), a("10.0.0.1:443")));
+        assert!(!overlaps(a("10.0.0.1:443"), a("10.0.0.2:443")));
+        assert!(!overlaps(a("0.0.0.0:443"), a("0.0.0.0:8443")));
+    }
 }

@@ -39,6 +39,9 @@ pub struct Read {
     pub waiting: Vec<Waiter>,
     /// With `--config-etcd`: the revision of the configuration read.
     pub etcd_revision: Option<i64>,
+    /// When the read began (unix milliseconds): it holds the files as they were then, so a
+    /// reload asked for before that instant is served by it (`edgelb reload` waits for one).
+    pub started_ms: u64,
 }
 
 pub struct Reloads {
@@ -89,6 +92,9 @@ impl Reloads {
         self.reading = true;
         let args = self.args.clone();
         let done = self.done_tx.clone();
+        let started_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         tokio::task::spawn_blocking(move || {
             let config = Config::from_flags(&args.flags()).map_err(ReloadError::Config);
             // The receiver lives as long as the main loop; after it, nobody waits.
@@ -97,6 +103,7 @@ impl Reloads {
                 config,
                 waiting,
                 etcd_revision: args.etcd_snapshot.as_ref().map(|s| s.revision),
+                started_ms,
             });
         });
     }

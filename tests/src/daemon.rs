@@ -75,8 +75,14 @@ impl Daemon {
             Some(ns) => ns.command(&binary().to_string_lossy()),
             None => Command::new(binary()),
         };
-        cmd.args(args)
-            .env("RUST_LOG", "debug,hyper=info,h2=info,rustls=info,aya=info")
+        cmd.args(args);
+        // A daemon's pid file goes beside its log, not to /run where every test (and any
+        // edgelb of the machine) would write the same one.
+        let subcommand = matches!(args.first(), Some(&"decap" | &"check" | &"status"));
+        if !subcommand && !args.contains(&"--pid-file") {
+            cmd.arg("--pid-file").arg(log.with_extension("pid"));
+        }
+        cmd.env("RUST_LOG", "debug,hyper=info,h2=info,rustls=info,aya=info")
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("dup log file"))

@@ -2,7 +2,7 @@
 //! reload wait for its outcome, so that `systemctl reload` (ExecReload=) fails when it did.
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -14,20 +14,24 @@ use super::pid_file::{last_reload, read_pid};
 const RELOAD_WAIT: Duration = Duration::from_secs(60);
 
 pub fn reload(pid_file: &Path) -> ExitCode {
+    // Any reload whose read began from now on reads the files as they are now: the one this
+    // SIGHUP asks for, or a reload already queued (a reload in progress began before).
+    let asked_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
     let pid = match signal(pid_file, Signal::SIGHUP) {
         Ok(pid) => pid,
         Err(code) => return code,
     };
-    let (before, _) = last_reload(pid_file);
     let deadline = Instant::now() + RELOAD_WAIT;
     while Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
         match last_reload(pid_file) {
-            (n, Ok(())) if n > before => {
+            Some((started, Ok(()))) if started >= asked_ms => {
                 println!("edgelb: reloaded (pid {pid})");
                 return ExitCode::SUCCESS;
             }
-            (n, Err(reason)) if n > before => {
+            Some((started, Err(reason))) if started >= asked_ms => {
                 eprintln!(
                     "edgelb: error: reload refused, the configuration in use stays: {reason}"
                 );
@@ -68,14 +72,30 @@ fn signal(pid_file: &Path, signal: Signal) -> Result<i32, ExitCode> {
         ExitCode::FAILURE
     })?;
     let pid = i32::try_from(pid).map_err(|_| ExitCode::FAILURE)?;
+    // A pid file left behind (a daemon that could not remove it after --user) may name a
+    // process that took the number since: only an edgelb is signalled.
+    if !is_edgelb(pid) {
+        eprintln!(
+            "edgelb: error: {} names pid {pid}, which is not a running edgelb (a stale pid file?)",
+            pid_file.display()
+        );
+        return Err(ExitCode::FAILURE);
+    }
     kill(Pid::from_raw(pid), signal).map_err(|e| {
         eprintln!(
-            "edgelb: error: cannot signal pid {pid} from {}: {e} (a stale pid file, or not root?)",
+            "edgelb: error: cannot signal pid {pid} from {}: {e} (not root?)",
             pid_file.display()
         );
         ExitCode::FAILURE
     })?;
     Ok(pid)
+}
+
+/// Whether `pid` runs an edgelb binary (its command name, as the kernel keeps it).
+fn is_edgelb(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim_end().starts_with("edgelb"))
+        && running(pid)
 }
 
 /// Whether `pid` is still a live process: gone, or a zombie its parent has not reaped yet

@@ -30,6 +30,9 @@ impl PrivateConns {
     /// The pool of this client connection's connections to `upstream`'s backends.
     pub fn pool(&self, upstream: UpstreamId) -> Arc<PrivatePool> {
         let mut pools = self.pools.lock().unwrap_or_else(|p| p.into_inner());
+        // No sweeper runs over a client's pools: each use closes what the others hold past
+        // their idle time, and drops the pools of groups a reload replaced once empty.
+        pools.retain(|(id, pool)| *id == upstream || pool.prune());
         if let Some((_, pool)) = pools.iter().find(|(id, _)| *id == upstream) {
             return pool.clone();
         }

@@ -105,9 +105,10 @@ pub struct PrivatePool {
     idle: Mutex<Vec<(usize, Idle)>>,
 }
 
-/// Idle connections one client connection keeps, all backends together: one per request
-/// it had in flight at once, at most this many.
-const MAX_PRIVATE_IDLE: usize = 8;
+/// Idle connections one client connection keeps per group: enough for a browser's few
+/// parallel requests to be reused, few enough that a client opening many connections holds
+/// few backend connections for them.
+const MAX_PRIVATE_IDLE: usize = 2;
 
 impl PrivatePool {
     /// The most recently used idle connection to `backend` that is still open.
@@ -131,6 +132,8 @@ impl PrivatePool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
+        let now = Instant::now();
+        idle.retain(|(_, e)| now.duration_since(e.since) < POOL_IDLE);
         if idle.len() >= MAX_PRIVATE_IDLE {
             idle.remove(0);
         }
@@ -145,6 +148,16 @@ impl PrivatePool {
 
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map_or(0, |idle| idle.len())
+    }
+
+    /// Closes the connections idle past [`POOL_IDLE`]; whether any are left.
+    pub fn prune(&self) -> bool {
+        let Ok(mut idle) = self.idle.lock() else {
+            return false;
+        };
+        let now = Instant::now();
+        idle.retain(|(_, e)| now.duration_since(e.since) < POOL_IDLE);
+        !idle.is_empty()
     }
 }
 
