@@ -13,7 +13,7 @@ use edgelb_tests::packet::parse;
 use edgelb_tests::privilege::root_or_skip;
 
 const CURL_TIMEOUT: i32 = 28;
-const REFUSED_IN_USERSPACE: &str = "connection refused by access control";
+const REFUSED_IN_USERSPACE: &str = "connection refused: access control";
 
 struct Setup {
     topo: ClientLb,
