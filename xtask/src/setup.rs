@@ -28,6 +28,9 @@ const PACKAGES: &[&str] = &[
     "python3-venv",
     // The ACME tests' CA.
     "pebble",
+    // The reference proxy: the smuggling tests compare with it, the PROXY protocol tests run
+    // it in front of and behind edgelb, `bench https` measures it.
+    "haproxy",
     // The status page's browser test: headless Chromium driven by Selenium (system python3).
     "chromium",
     "chromium-driver",
