@@ -405,7 +405,7 @@ fn malformed_http3_requests_are_refused_before_the_backend() {
     let s = Setup::new();
     let backend = Backend::start("a", "127.0.0.1:0", None);
     let be = backend.addr.to_string();
-    let (lb, addr) = s.start(&["--backend", &be, "--http3", "on"]);
+    let (lb, addr) = s.start(&["--backend", &be, "--http3", "on", "--access-log"]);
     let smuggled = "hello\r\n\r\nGET /hidden HTTP/1.1\r\nhost: a\r\n\r\n";
     let base = {
         let mut r = Request::get(&s.ca.cert_pem, SERVER_NAME);
@@ -443,6 +443,28 @@ fn malformed_http3_requests_are_refused_before_the_backend() {
         0,
         "a malformed request reached the backend"
     );
+    // Each refusal says why, and is in the access log as the 400 it was answered with.
+    let logged = |log: &str| {
+        let refused = log
+            .matches(
+                "request refused: connection-specific field, which HTTP/3 forbids (answered 400)",
+            )
+            .count();
+        let access = log
+            .lines()
+            .filter(|l| {
+                l.contains("edgelb::access")
+                    && l.contains("version=HTTP/3")
+                    && l.contains("status=400")
+            })
+            .count();
+        refused >= 3 && access >= 3
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !logged(&lb.log()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(logged(&lb.log()), "{}", lb.log());
     let mut ok = base.clone();
     ok.data = Some("hello");
     let replies = ok

@@ -364,16 +364,6 @@ async fn serve_request(
     };
     let (req, stream): (Request<()>, _) = resolved;
     let (mut send, recv) = stream.split();
-    let declared = match declared_length(req.headers()) {
-        Ok(declared) => declared,
-        Err(why) => {
-            debug!(client = %conn.peer, why, "HTTP/3 request refused: malformed (RFC 9114 4.2)");
-            let resp = crate::proxy::refusal(hyper::StatusCode::BAD_REQUEST, req.version());
-            let resp = resp.map(|b| Counted::sent(b, None));
-            let _ = send_response(&mut send, resp, timeouts.request).await;
-            return;
-        }
-    };
     let started = std::time::Instant::now();
     // Routes are read per request: a reload reaches open connections too.
     let live = ctx.live.load_full();
@@ -383,6 +373,25 @@ async fn serve_request(
             (Some(entry), Some(counters))
         }
         None => (None, None),
+    };
+    let declared = match declared_length(req.headers()) {
+        Ok(declared) => declared,
+        Err(why) => {
+            let reason = format!("{why}, which HTTP/3 forbids (answered 400)");
+            refusals::log(Refused::Request, ctx.metrics.name(), conn.peer, &reason);
+            let resp = crate::proxy::refusal(hyper::StatusCode::BAD_REQUEST, req.version());
+            if let Some(e) = entry.as_mut() {
+                e.answered(answered_by(
+                    &live.routes,
+                    Default::default(),
+                    resp.status(),
+                    None,
+                ));
+            }
+            let resp = resp.map(|b| Counted::sent(b, counters));
+            let _ = send_response(&mut send, resp, timeouts.request).await;
+            return;
+        }
     };
     let req = req.map(|()| Counted::received(RequestBody::new(recv, declared), counters.clone()));
     let (resp, served) = Box::pin(live.routes.handle(req, &conn)).await;
