@@ -130,3 +130,14 @@ pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("bound socket has an address")
 }
+
+/// Health checks every second, timing out after 1 s, two results in a row flipping the state:
+/// a dead backend is out at most interval x retries + timeout = 3 s after it died.
+pub const FAST_CHECKS: [&str; 6] = [
+    "--hc-interval",
+    "1",
+    "--hc-timeout",
+    "1",
+    "--hc-retries",
+    "2",
+];

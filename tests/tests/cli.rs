@@ -30,6 +30,14 @@ fn files() -> Files {
     }
 }
 
+/// Runs edgelb with `args` and returns its stderr, asserting a usage error (exit code 2).
+fn usage_error(args: &[&str]) -> String {
+    let out = run(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+    stderr
+}
+
 fn base(f: &Files) -> Vec<&str> {
     vec![
         "--listen",
@@ -866,12 +874,7 @@ fn bgp_settings_are_checked() {
         ),
     ];
     for (extra, expected) in cases {
-        let mut args = vec!["check"];
-        args.extend(base(&f));
-        args.extend(extra);
-        let out = run(&args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        let stderr = usage_error(&[&["check"][..], &base(&f)[..], extra].concat());
         assert!(stderr.contains(expected), "{extra:?}: {stderr}");
     }
     let mut args = vec!["check"];
@@ -995,9 +998,7 @@ fn proxy_protocol_flags_are_checked() {
         ),
     ];
     for (extra, expected) in cases {
-        let out = run(&[&["check"][..], &base(&f)[..], extra].concat());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        let stderr = usage_error(&[&["check"][..], &base(&f)[..], extra].concat());
         assert!(stderr.starts_with(expected), "{extra:?}: {stderr}");
     }
     let tcp = [
@@ -1029,9 +1030,7 @@ fn proxy_protocol_flags_are_checked() {
         ),
     ];
     for (extra, expected) in l4_cases {
-        let out = run(&[&tcp[..], extra].concat());
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        let stderr = usage_error(&[&tcp[..], extra].concat());
         assert!(stderr.contains(expected), "{extra:?}: {stderr}");
     }
     for extra in [

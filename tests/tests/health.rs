@@ -6,18 +6,8 @@ use std::time::{Duration, Instant};
 
 use edgelb_tests::backend::BackendProcess;
 use edgelb_tests::https::{self, ClientOpts, get};
-use edgelb_tests::listener::{SERVER_NAME, Setup};
+use edgelb_tests::listener::{FAST_CHECKS, SERVER_NAME, Setup};
 
-/// Check every second, time out after 1 s, two results in a row flip the state: a dead
-/// backend is out at most interval x retries + timeout = 3 s after it died.
-const FAST_CHECKS: [&str; 6] = [
-    "--hc-interval",
-    "1",
-    "--hc-timeout",
-    "1",
-    "--hc-retries",
-    "2",
-];
 const DETECTION: Duration = Duration::from_millis(3000 + 700);
 
 async fn spread(addr: std::net::SocketAddr, s: &Setup, n: usize) -> HashMap<String, usize> {

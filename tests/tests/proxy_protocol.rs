@@ -14,7 +14,7 @@ use edgelb_tests::admin;
 use edgelb_tests::backend::Backend;
 use edgelb_tests::certs::TempDir;
 use edgelb_tests::https::{self, ClientOpts, get};
-use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
+use edgelb_tests::listener::{FAST_CHECKS, SERVER_NAME, Setup, free_addr};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
@@ -313,16 +313,7 @@ async fn haproxy_behind_sees_each_client_checks_keep_it_healthy_and_connections_
         let admin_addr = free_addr().to_string();
         let healthy =
             format!("edgelb_backend_healthy{{group=\"server_group-1\",backend=\"{hp_key}\"}}");
-        let check_flags = [
-            "--health-check",
-            "http",
-            "--hc-interval",
-            "1",
-            "--hc-timeout",
-            "1",
-            "--hc-retries",
-            "2",
-        ];
+        let check_flags = [&["--health-check", "http"][..], &FAST_CHECKS[..]].concat();
         let mut args = vec![
             "--backend",
             &hp_key,
@@ -331,12 +322,12 @@ async fn haproxy_behind_sees_each_client_checks_keep_it_healthy_and_connections_
             "--admin",
             &admin_addr,
         ];
-        args.extend(check_flags);
+        args.extend(check_flags.iter().copied());
         let (lb, edge) = s.start(&args);
         // The same checks without the header, for contrast: HAProxy refuses them.
         let control_admin = free_addr().to_string();
         let mut control_args = vec!["--backend", &hp_key, "--admin", &control_admin];
-        control_args.extend(check_flags);
+        control_args.extend(check_flags.iter().copied());
         let (control, _) = s.start(&control_args);
 
         // Three clients, each on its own keep-alive connection, take turns: each must see

@@ -8,7 +8,7 @@ use edgelb::proxy::sticky::{LB_COOKIE, Stickiness, Sticky, StickyKey};
 use edgelb_tests::backend::BackendProcess;
 use edgelb_tests::daemon::Signal;
 use edgelb_tests::https::{self, ClientOpts, Reply, get};
-use edgelb_tests::listener::{SERVER_NAME, Setup};
+use edgelb_tests::listener::{FAST_CHECKS, SERVER_NAME, Setup};
 use hyper::HeaderMap;
 
 async fn request(addr: std::net::SocketAddr, s: &Setup, path: &str, cookie: Option<&str>) -> Reply {
@@ -76,17 +76,7 @@ async fn lb_cookies_pin_clients_and_cannot_be_forged() {
     ]
     .map(String::from)
     .to_vec();
-    args.extend(
-        [
-            "--hc-interval",
-            "1",
-            "--hc-timeout",
-            "1",
-            "--hc-retries",
-            "2",
-        ]
-        .map(String::from),
-    );
+    args.extend(FAST_CHECKS.map(String::from));
     for b in &backends {
         args.push("--backend".into());
         args.push(b.addr.to_string());
