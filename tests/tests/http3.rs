@@ -4,6 +4,7 @@
 //! and a drain that lets requests in flight finish.
 use std::time::Duration;
 
+use edgelb::proxy::sticky::LB_COOKIE;
 use edgelb_tests::backend::Backend;
 use edgelb_tests::daemon::{Daemon, xdp_counter};
 use edgelb_tests::h3::{self, Request};
@@ -96,6 +97,75 @@ async fn requests_over_http3_reach_the_backend_as_over_http2_and_alt_svc_adverti
         log.contains("method=POST target=\"/echo\" version=HTTP/3") && log.contains("status=503"),
         "HTTP/3 requests are in the access log:\n{log}"
     );
+}
+
+/// HTTP/3 requests are balanced and pinned as HTTP/2's are: without a cookie they take turns
+/// between two backends; edgelb's lb-cookie, sent back, keeps every later request on the
+/// backend that set it.
+#[test]
+fn http3_requests_are_balanced_and_pinned_by_the_lb_cookie() {
+    if !h3::client_or_skip("http3_requests_are_balanced_and_pinned_by_the_lb_cookie") {
+        return;
+    }
+    let s = Setup::new();
+    let a = Backend::start("a", "127.0.0.1:0", None);
+    let b = Backend::start("b", "127.0.0.1:0", None);
+    let (be_a, be_b) = (a.addr.to_string(), b.addr.to_string());
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be_a,
+        "--backend",
+        &be_b,
+        "--http3",
+        "on",
+        "--sticky-session",
+        "lb-cookie",
+    ]);
+    let port = addr.port();
+    let client = Request::get(&s.ca.cert_pem, SERVER_NAME);
+    let replies = client
+        .send(None, "127.0.0.1", port, &["/", "/", "/", "/"])
+        .unwrap_or_else(|e| panic!("HTTP/3 GETs: {e:?}\n{}", lb.log()));
+    let served: Vec<&str> = replies.iter().map(|r| r.body.as_str()).collect();
+    assert!(
+        served.contains(&"backend a\n") && served.contains(&"backend b\n"),
+        "without a cookie both backends take requests: {served:?}"
+    );
+    let first = &replies[0];
+    let cookie = first
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .find_map(|(_, v)| {
+            v.split(';')
+                .next()
+                .filter(|c| c.starts_with(&format!("{LB_COOKIE}=")))
+        })
+        .unwrap_or_else(|| panic!("no lb-cookie set over HTTP/3: {:?}", first.headers))
+        .to_string();
+    // As browsers send it over HTTP/2 and HTTP/3: one field per cookie.
+    let mut pinned = client.clone();
+    pinned.headers = vec![format!("cookie:{cookie}"), "cookie:theme=dark".into()];
+    let replies = pinned
+        .send(None, "127.0.0.1", port, &["/", "/", "/", "/", "/echo"])
+        .unwrap_or_else(|e| panic!("HTTP/3 GETs with the cookie: {e:?}\n{}", lb.log()));
+    for reply in &replies[..4] {
+        assert_eq!(
+            reply.body, first.body,
+            "the cookie pins the client to the backend that set it"
+        );
+    }
+    assert_eq!(
+        replies[4].header("x-backend"),
+        first.header("x-backend"),
+        "the cookie pins /echo too"
+    );
+    // The HTTP/1.1 backend gets the fields joined into one cookie line (RFC 9114 4.2.1).
+    let cookies: Vec<&str> = lines(&replies[4].body)
+        .into_iter()
+        .filter(|l| l.starts_with("cookie:"))
+        .collect();
+    assert_eq!(cookies, [format!("cookie: {cookie}; theme=dark")]);
 }
 
 #[tokio::test]

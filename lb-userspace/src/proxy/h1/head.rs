@@ -3,7 +3,9 @@
 use std::io::Write as _;
 
 use bytes::{Bytes, BytesMut};
-use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
+use hyper::header::{
+    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING,
+};
 use hyper::{HeaderMap, Method, StatusCode, Version};
 
 use super::Error;
@@ -40,7 +42,25 @@ pub fn write_request(
         out.extend_from_slice(default_host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    let mut cookie_written = false;
     for (name, value) in headers {
+        if name == COOKIE {
+            // HTTP/2 and HTTP/3 clients may split the cookie into one field per pair (RFC 9113
+            // 8.2.3, RFC 9114 4.2.1); an HTTP/1.1 request carries one, and backends that read
+            // only the first line would lose the rest.
+            if !cookie_written {
+                cookie_written = true;
+                out.extend_from_slice(b"cookie: ");
+                for (i, crumb) in headers.get_all(COOKIE).iter().enumerate() {
+                    if i > 0 {
+                        out.extend_from_slice(b"; ");
+                    }
+                    out.extend_from_slice(crumb.as_bytes());
+                }
+                out.extend_from_slice(b"\r\n");
+            }
+            continue;
+        }
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -240,6 +260,28 @@ mod tests {
         assert_eq!(
             String::from_utf8_lossy(&out),
             "GET / HTTP/1.1\r\nx-a: 1\r\nhost: example.com\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn cookie_fields_are_joined_into_one_line() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1"));
+        headers.insert("x-a", HeaderValue::from_static("1"));
+        headers.append(COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(COOKIE, HeaderValue::from_static("c=3"));
+        let mut out = Vec::new();
+        write_request(
+            &mut out,
+            &Method::GET,
+            "/",
+            &headers,
+            "h",
+            RequestFraming::Empty,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out),
+            "GET / HTTP/1.1\r\nhost: h\r\ncookie: a=1; b=2; c=3\r\nx-a: 1\r\n\r\n"
         );
     }
 
