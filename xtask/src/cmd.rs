@@ -1,8 +1,8 @@
 //! Running child commands: echoed before they run, failing with the command line in the error.
 use std::ffi::{OsStr, OsString};
 use std::os::unix::process::CommandExt as _;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -69,6 +69,45 @@ impl Cmd {
             .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Starts it in a process group of its own at the idle scheduling class (`chrt --idle`),
+    /// output to `log`: it gets the CPU only when nothing else wants it, so it can overlap
+    /// timing-sensitive work. Dropping the handle kills the whole group.
+    pub fn spawn_idle(self, log: &Path) -> Result<Background> {
+        let mut idle = Command::new("chrt");
+        idle.args(["--idle", "0"])
+            .arg(self.inner.get_program())
+            .args(self.inner.get_args());
+        if let Some(dir) = self.inner.get_current_dir() {
+            idle.current_dir(dir);
+        }
+        for (key, value) in self.inner.get_envs() {
+            match value {
+                Some(value) => idle.env(key, value),
+                None => idle.env_remove(key),
+            };
+        }
+        let out = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let err = out.try_clone()?;
+        eprintln!(
+            "xtask: in the background, at idle priority, output to {}: {}",
+            log.display(),
+            self.line
+        );
+        let child = idle
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start `chrt --idle 0 {}`", self.line))?;
+        Ok(Background {
+            child: Some(child),
+            line: self.line,
+            log: log.to_path_buf(),
+        })
+    }
+
     /// Replaces this process, so signals (Ctrl-C, SIGTERM) reach the program directly.
     pub fn exec(mut self) -> Result<()> {
         eprintln!("xtask: {}", self.line);
@@ -94,4 +133,84 @@ fn path_with_cargo_bin() -> OsString {
     let mut paths = vec![bin];
     paths.extend(std::env::split_paths(&current));
     std::env::join_paths(paths).unwrap_or(current)
+}
+
+/// A command running in the background (see [`Cmd::spawn_idle`]).
+pub struct Background {
+    child: Option<Child>,
+    line: String,
+    log: PathBuf,
+}
+
+impl Background {
+    /// Waits for it; a non-zero exit is an error carrying the end of its log.
+    pub fn wait(mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            bail!("`{}` was already waited for", self.line);
+        };
+        let status = child
+            .wait()
+            .with_context(|| format!("waiting for `{}`", self.line))?;
+        if status.success() {
+            eprintln!("xtask: done in the background: {}", self.line);
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "`{}` failed: {status}; the end of {}:\n{}",
+            self.line,
+            self.log.display(),
+            tail.join("\n")
+        )
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // The group: cargo's rustc and build-script children too.
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_background_command_reports_its_failure_with_its_output() {
+        let dir = std::env::temp_dir().join(format!("xtask-bg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let ok = Cmd::new("sh")
+            .args(["-c", "exit 0"])
+            .spawn_idle(&dir.join("ok.log"))
+            .expect("spawn");
+        assert!(ok.wait().is_ok());
+        let failed = Cmd::new("sh")
+            .args(["-c", "echo \"$GREETING\"; exit 3"])
+            .env("GREETING", "broken build")
+            .spawn_idle(&dir.join("failed.log"))
+            .expect("spawn");
+        let err = failed.wait().expect_err("exit 3").to_string();
+        assert!(err.contains("broken build"), "{err}");
+        // Dropped unwaited: the group is killed, not left running.
+        let started = std::time::Instant::now();
+        drop(
+            Cmd::new("sh")
+                .args(["-c", "sleep 30 & wait"])
+                .spawn_idle(&dir.join("killed.log"))
+                .expect("spawn"),
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

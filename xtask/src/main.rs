@@ -124,8 +124,10 @@ fn main() -> Result<()> {
             setup::run()?;
             Cmd::new("cargo").args(["fmt", "--all", "--check"]).run()?;
             clippy()?;
+            let fuzz_build = fuzz::build_in_background()?;
             // In CI the privileged tests must run: they fail rather than skip when not root.
             test(true)?;
+            fuzz_build.wait()?;
             // Briefly: enough to replay the seeds and catch what a change broke outright.
             fuzz::run(CI_FUZZ_SECONDS, &[])
         }
