@@ -1,7 +1,8 @@
 //! Refusals say why, in the daemon's log, one line each with the client: a client certificate
 //! that is X.509 v1 (what `openssl x509 -req` makes without an extension file), from an
-//! unknown CA, or missing; plain HTTP on the TLS port; a request refused before routing. And
-//! `edgelb check` warns about a v1 client CA.
+//! unknown CA, or missing; plain HTTP on the TLS port; a request refused before routing; a
+//! request head hyper could not parse (and its access log line). And `edgelb check` warns about
+//! a v1 client CA.
 use std::path::Path;
 use std::process::Command;
 
@@ -219,6 +220,50 @@ async fn refused_handshakes_and_requests_are_logged_with_their_reason_and_client
         line.contains("client=127.0.0.1:") && line.contains("listener=\"listener-1\""),
         "{line}"
     );
+    assert_eq!(backend.served(), 0);
+}
+
+/// Request heads hyper cannot parse are answered by hyper itself before any service sees them:
+/// each is still logged with its reason and is in the access log with the status it got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_heads_are_logged_with_their_reason_and_in_the_access_log() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &be, "--access-log"]);
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20 * 1024)
+    );
+    let cases: [(&str, &[u8], u16, &str); 2] = [
+        (
+            "a header name with a space",
+            b"GET / HTTP/1.1\r\nHost: x\r\nBad Header: y\r\n\r\n",
+            400,
+            "request refused: malformed HTTP/1.1 request head: invalid HTTP header parsed (answered 400)",
+        ),
+        (
+            "a 20 KiB head",
+            big.as_bytes(),
+            431,
+            "request refused: malformed HTTP/1.1 request head: message head is too large (answered 431)",
+        ),
+    ];
+    for (what, head, status, reason) in cases {
+        let mut opts = ClientOpts::new(&s.ca.cert_pem);
+        opts.alpn = &[b"http/1.1"];
+        let mut tls = https::connect(addr, SERVER_NAME, opts.config())
+            .await
+            .expect("connect");
+        tls.write_all(head).await.expect("write");
+        let (statuses, _) = read_responses(&mut tls, 1).await;
+        assert_eq!(statuses, vec![status], "{what}");
+        lb.wait_for_log(reason, 1).await;
+        let access = format!(
+            "sni=\"{SERVER_NAME}\" host=\"-\" method=- target=\"-\" version=- status={status} "
+        );
+        lb.wait_for_log(&access, 1).await;
+    }
     assert_eq!(backend.served(), 0);
 }
 

@@ -23,9 +23,10 @@ pub struct Entry {
     client: SocketAddr,
     sni: Option<Box<str>>,
     host: Option<Box<str>>,
-    method: Method,
-    target: Box<str>,
-    version: Version,
+    /// None for a request whose head could not be parsed.
+    method: Option<Method>,
+    target: Option<Box<str>>,
+    version: Option<Version>,
     user_agent: Option<Box<str>>,
     counters: Arc<Counters>,
     answer: Option<Answer>,
@@ -60,23 +61,57 @@ impl Entry {
             .uri()
             .path_and_query()
             .map_or_else(|| req.uri().path(), |pq| pq.as_str());
-        let counters = Arc::new(Counters::default());
-        let entry = Entry {
+        let mut entry = Entry::of_connection(log, listener, client, sni);
+        entry.host = host;
+        entry.method = Some(req.method().clone());
+        entry.target = Some(target.into());
+        entry.version = Some(req.version());
+        entry.user_agent = header(USER_AGENT);
+        let counters = entry.counters.clone();
+        (entry, counters)
+    }
+
+    /// A request refused before its head could be parsed, answered `status` by the HTTP
+    /// layer itself: nothing of it is known but the connection's.
+    pub fn unparsed(
+        log: Arc<AccessLog>,
+        listener: Arc<str>,
+        client: SocketAddr,
+        sni: Option<&str>,
+        status: u16,
+    ) -> Entry {
+        let mut entry = Entry::of_connection(log, listener, client, sni);
+        entry.answer = Some(Answer {
+            status,
+            rule: None,
+            backend: None,
+            upstream: None,
+        });
+        entry
+    }
+
+    /// What the connection tells, now; the request's own fields unknown.
+    fn of_connection(
+        log: Arc<AccessLog>,
+        listener: Arc<str>,
+        client: SocketAddr,
+        sni: Option<&str>,
+    ) -> Entry {
+        Entry {
             log,
             listener,
             at: SystemTime::now(),
             started: Instant::now(),
             client,
             sni: sni.map(Into::into),
-            host,
-            method: req.method().clone(),
-            target: target.into(),
-            version: req.version(),
-            user_agent: header(USER_AGENT),
-            counters: counters.clone(),
+            host: None,
+            method: None,
+            target: None,
+            version: None,
+            user_agent: None,
+            counters: Arc::default(),
             answer: None,
-        };
-        (entry, counters)
+        }
     }
 
     pub fn answered(&mut self, answer: Answer) {
@@ -100,9 +135,9 @@ impl Entry {
             client: self.client,
             sni: self.sni.as_deref(),
             host: self.host.as_deref(),
-            method: self.method.as_str(),
-            target: &self.target,
-            version: version_name(self.version),
+            method: self.method.as_ref().map(Method::as_str),
+            target: self.target.as_deref(),
+            version: self.version.map(version_name),
             status,
             bytes_in: self.counters.received(),
             bytes_out: self.counters.sent(),
@@ -149,9 +184,9 @@ struct Fields<'a> {
     client: SocketAddr,
     sni: Option<&'a str>,
     host: Option<&'a str>,
-    method: &'a str,
-    target: &'a str,
-    version: &'static str,
+    method: Option<&'a str>,
+    target: Option<&'a str>,
+    version: Option<&'static str>,
     status: u16,
     bytes_in: u64,
     bytes_out: u64,
@@ -177,12 +212,15 @@ impl Fields<'_> {
         q(&mut s, "sni", self.sni);
         q(&mut s, "host", self.host);
         // hyper accepts only token characters in a method.
-        let _ = write!(s, " method={}", self.method);
-        q(&mut s, "target", Some(self.target));
+        let _ = write!(s, " method={}", self.method.unwrap_or("-"));
+        q(&mut s, "target", self.target);
         let _ = write!(
             s,
             " version={} status={} bytes_in={} bytes_out={}",
-            self.version, self.status, self.bytes_in, self.bytes_out
+            self.version.unwrap_or("-"),
+            self.status,
+            self.bytes_in,
+            self.bytes_out
         );
         q(&mut s, "rule", self.rule);
         q(&mut s, "backend", self.backend);
@@ -208,15 +246,15 @@ impl Fields<'_> {
             .upstream_ms
             .map_or_else(|| "null".to_string(), |ms| format!("{ms:.3}"));
         format!(
-            "{{\"time\":\"{}\",\"listener\":{},\"client\":\"{}\",\"sni\":{},\"host\":{},\"method\":{},\"target\":{},\"version\":\"{}\",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"rule\":{},\"backend\":{},\"upstream_ms\":{},\"total_ms\":{:.3},\"user_agent\":{}}}\n",
+            "{{\"time\":\"{}\",\"listener\":{},\"client\":\"{}\",\"sni\":{},\"host\":{},\"method\":{},\"target\":{},\"version\":{},\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"rule\":{},\"backend\":{},\"upstream_ms\":{},\"total_ms\":{:.3},\"user_agent\":{}}}\n",
             self.time,
             text(Some(self.listener)),
             self.client,
             text(self.sni),
             text(self.host),
-            text(Some(self.method)),
-            text(Some(self.target)),
-            self.version,
+            text(self.method),
+            text(self.target),
+            text(self.version),
             self.status,
             self.bytes_in,
             self.bytes_out,
@@ -255,9 +293,9 @@ mod tests {
             client: "10.0.0.7:40000".parse().expect("addr"),
             sni: Some("shop.test"),
             host: Some("shop.test"),
-            method: "GET",
-            target: "/a?b=c",
-            version: "HTTP/2",
+            method: Some("GET"),
+            target: Some("/a?b=c"),
+            version: Some("HTTP/2"),
             status: 200,
             bytes_in: 0,
             bytes_out: 1234,
@@ -288,5 +326,26 @@ mod tests {
         assert_eq!(v["upstream_ms"].to_string(), "1.574");
         assert_eq!(v["total_ms"].to_string(), "2.0");
         assert_eq!(v["user_agent"], "curl/8.5 \"x\"\n2026 forged line");
+    }
+
+    #[test]
+    fn an_unparsed_request_has_dashes_and_nulls_for_what_is_unknown() {
+        let f = Fields {
+            method: None,
+            target: None,
+            version: None,
+            status: 400,
+            ..fields()
+        };
+        let plain = f.plain();
+        assert!(
+            plain.contains(" method=- target=\"-\" version=- status=400 "),
+            "{plain}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&f.json()).expect("valid JSON");
+        for key in ["method", "target", "version"] {
+            assert_eq!(v[key], serde_json::Value::Null, "{key}");
+        }
+        assert_eq!(v["status"], 400);
     }
 }

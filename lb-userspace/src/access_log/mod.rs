@@ -110,6 +110,17 @@ impl ListenerLog {
     ) -> (Entry, Arc<Counters>) {
         Entry::start(self.log.clone(), self.listener.clone(), client, sni, req)
     }
+
+    /// Logs a request refused before its head could be parsed, answered with `status`.
+    pub fn unparsed(&self, client: std::net::SocketAddr, sni: Option<&str>, status: u16) {
+        drop(Entry::unparsed(
+            self.log.clone(),
+            self.listener.clone(),
+            client,
+            sni,
+            status,
+        ));
+    }
 }
 
 fn open_append(path: &Path) -> Result<File, OpenError> {

@@ -7,6 +7,7 @@ pub mod http3;
 #[cfg(not(feature = "http3"))]
 #[path = "http3_unavailable.rs"]
 pub mod http3;
+mod malformed;
 pub mod park;
 mod proxy_header;
 pub mod stream;
@@ -357,6 +358,7 @@ where
 {
     let peer = conn.peer;
     let conn = Arc::new(conn);
+    let conn_for_drive = conn.clone();
     let metrics = ctx.metrics.clone();
     let ctx_for_requests = ctx.clone();
     let service_activity = activity.clone();
@@ -433,11 +435,27 @@ where
         let io = FloodGuard::new(io, ctx.metrics.clone(), peer);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         Box::pin(async move {
-            drive(connection, peer, &activity, timeouts, false, None, ctx).await;
+            drive(
+                connection,
+                &conn_for_drive,
+                &activity,
+                timeouts,
+                false,
+                None,
+                ctx,
+            )
+            .await;
         })
     } else {
         let io = Box::new(io);
-        Box::pin(serve_http1(io, service, peer, activity, timeouts, ctx))
+        Box::pin(serve_http1(
+            io,
+            service,
+            conn_for_drive,
+            activity,
+            timeouts,
+            ctx,
+        ))
     }
 }
 
@@ -489,7 +507,7 @@ pub(crate) fn answered_by(
 async fn serve_http1<S, F>(
     mut io: Box<ClientStream<S>>,
     service: F,
-    peer: std::net::SocketAddr,
+    conn: Arc<ConnInfo>,
     activity: Arc<Activity>,
     timeouts: Timeouts,
     ctx: &Arc<ListenerContext>,
@@ -508,7 +526,7 @@ async fn serve_http1<S, F>(
         let Some(parked) = serve_until_parked(
             io,
             service.clone(),
-            peer,
+            &conn,
             &activity,
             timeouts,
             park_after,
@@ -533,7 +551,7 @@ async fn serve_http1<S, F>(
 fn serve_until_parked<'a, S, F>(
     io: Box<ClientStream<S>>,
     service: F,
-    peer: std::net::SocketAddr,
+    conn: &'a ConnInfo,
     activity: &'a Activity,
     timeouts: Timeouts,
     park_after: Option<Duration>,
@@ -560,7 +578,7 @@ where
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     Box::pin(async move {
-        let parts = drive(connection, peer, activity, timeouts, true, park_after, ctx)
+        let parts = drive(connection, conn, activity, timeouts, true, park_after, ctx)
             .await?
             .into_parts()?;
         let mut io = parts.io.into_inner();
@@ -638,20 +656,27 @@ enum Watch {
 /// and returned, ended, for its stream to be taken back.
 async fn drive<C: ServerConnection + Unpin>(
     mut connection: C,
-    peer: std::net::SocketAddr,
+    conn: &ConnInfo,
     activity: &Activity,
     timeouts: Timeouts,
     http1: bool,
     park_after: Option<Duration>,
     ctx: &Arc<ListenerContext>,
 ) -> Option<C> {
+    let peer = conn.peer;
+    let ended = |e: &hyper::Error| {
+        if http1 {
+            malformed::record(e, conn, ctx);
+        }
+        debug!(client = %peer, error = %e, "connection ended with an error");
+    };
     let mut watch = std::pin::pin!(watch_deadlines(activity, timeouts, http1, park_after));
     let mut stop = ctx.stop.clone();
     loop {
         tokio::select! {
             result = &mut connection => {
                 if let Err(e) = result {
-                    debug!(client = %peer, error = %e, "connection ended with an error");
+                    ended(&e);
                 }
                 return None;
             }
@@ -673,7 +698,7 @@ async fn drive<C: ServerConnection + Unpin>(
                         match first {
                             Poll::Ready(Ok(())) => return Some(connection),
                             Poll::Ready(Err(e)) => {
-                                debug!(client = %peer, error = %e, "connection ended with an error");
+                                ended(&e);
                                 return None;
                             }
                             Poll::Pending => {

@@ -1,0 +1,40 @@
+//! HTTP/1.1 requests hyper refuses while parsing their head: it answers them itself before any
+//! service sees them, so they are logged here, with the reason and in the access log, as
+//! every other refused request is (nginx logs these too).
+use crate::proxy::headers::ConnInfo;
+use crate::refusals::{self, Refused};
+
+use super::ListenerContext;
+
+/// The status hyper's server answered a head it could not parse with (`Server::on_error`),
+/// or None when it answered nothing (an HTTP/2 preface, a failure that is not the client's).
+pub fn answered(e: &hyper::Error) -> Option<u16> {
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+        return None;
+    }
+    if e.is_parse_too_large() {
+        // hyper tells a long URI from a large head only in words.
+        return Some(if e.to_string().starts_with("URI too long") {
+            414
+        } else {
+            431
+        });
+    }
+    Some(400)
+}
+
+/// Logs the request `e` ended the connection for, if hyper answered it.
+pub fn record(e: &hyper::Error, conn: &ConnInfo, ctx: &ListenerContext) {
+    let Some(status) = answered(e) else {
+        return;
+    };
+    refusals::log(
+        Refused::Request,
+        ctx.metrics.name(),
+        conn.peer,
+        &format_args!("malformed HTTP/1.1 request head: {e} (answered {status})"),
+    );
+    if let Some(log) = &ctx.live.load().access_log {
+        log.unparsed(conn.peer, conn.sni.as_deref(), status);
+    }
+}
