@@ -28,7 +28,13 @@ pub fn main() -> ExitCode {
             check(&args)
         }
         Some(Command::Status { admin, config }) => {
-            crate::status::print(&crate::status::admin_address(admin, config.as_deref()))
+            match crate::status::admin_address(admin, config.as_deref()) {
+                Ok(admin) => crate::status::print(&admin),
+                Err(e) => {
+                    eprintln!("edgelb: error: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
         Some(Command::Reload { pid_file }) => crate::control::client::reload(&pid_file),
         Some(Command::Stop { pid_file }) => crate::control::client::stop(&pid_file),

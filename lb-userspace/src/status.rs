@@ -195,15 +195,33 @@ fn render(status: &Value) -> String {
 }
 
 /// The admin address to ask: `--admin`, else the `admin` key of the daemon's `--config`
-/// file, else the address the README suggests.
-pub fn admin_address(admin: Option<String>, config: Option<&std::path::Path>) -> String {
-    admin
-        .or_else(|| {
-            let text = std::fs::read_to_string(config?).ok()?;
-            let file: toml::Table = text.parse().ok()?;
-            file.get("admin")?.as_str().map(str::to_string)
-        })
-        .unwrap_or_else(|| "127.0.0.1:9900".to_string())
+/// file, else the address the README suggests. A file that cannot be read, is not TOML or
+/// has no `admin` key is an error: its daemon serves no admin endpoint to find.
+pub fn admin_address(
+    admin: Option<String>,
+    config: Option<&std::path::Path>,
+) -> Result<String, String> {
+    if let Some(admin) = admin {
+        return Ok(admin);
+    }
+    let Some(path) = config else {
+        return Ok("127.0.0.1:9900".to_string());
+    };
+    let at = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("--config {at}: {e}"))?;
+    let file: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("--config {at}: not TOML: {}", e.message()))?;
+    match file.get("admin") {
+        Some(toml::Value::String(admin)) => Ok(admin.clone()),
+        Some(other) => Err(format!(
+            "--config {at}: `admin` is {other}, expected an address as a string (\"127.0.0.1:9900\")"
+        )),
+        None => Err(format!(
+            "--config {at}: no `admin` key, so the daemon it configures serves no status; add \
+             `admin = \"127.0.0.1:9900\"` (and reload), or give the address with --admin"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -164,6 +164,19 @@ fn status_without_an_admin_endpoint_says_what_to_do_and_the_version_names_its_co
         "{}",
         text(&out)
     );
+    // A file that names no admin endpoint, or cannot be read, is said to be the problem.
+    let bare = dir.write("bare.toml", "xdp_mode = \"off\"\n");
+    let missing = dir.path().join("missing.toml");
+    for (file, says) in [(bare, "no `admin` key"), (missing, "No such file")] {
+        let out = run(&["status", "-c", &file.to_string_lossy()]);
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        assert!(
+            text(&out).contains(&format!("--config {}: ", file.display()))
+                && text(&out).contains(says),
+            "{}",
+            text(&out)
+        );
+    }
     let out = run(&["--version"]);
     let version = text(&out);
     assert!(
