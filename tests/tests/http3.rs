@@ -508,6 +508,11 @@ fn malformed_http3_requests_are_refused_before_the_backend() {
             Err(failed) => assert_eq!(failed.code, Some(3), "{what}: {failed:?}\n{}", lb.log()),
         }
     }
+    // A `:path` that is no path: the rules would see `/`, the backend `GET ?admin=1`.
+    let replies = Request::get(&s.ca.cert_pem, SERVER_NAME)
+        .send(None, "127.0.0.1", addr.port(), &["?admin=1"])
+        .unwrap_or_else(|e| panic!("a :path without a path: {e:?}"));
+    assert_eq!(replies[0].status, 400, "{replies:?}");
     assert_eq!(
         backend.served(),
         0,

@@ -36,6 +36,17 @@ pub fn check_request(parts: &mut Parts) -> Result<(), Refusal> {
     if target_len > MAX_TARGET {
         return Err(Refusal(StatusCode::URI_TOO_LONG, "request target too long"));
     }
+    // Origin form only (RFC 9112 3.2.1, and `:path` in RFC 9113 8.3.1 and RFC 9114 4.3.1): h2
+    // and h3 pass on any `:path` the http crate parses, which includes `?x` (no path: rules
+    // would see `/` and the backend `GET ?x`) and `*` for any method. This is the target as
+    // it is forwarded; hyper's HTTP/1.1 parser already turns an absolute-form one into a path.
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    if !(target.starts_with('/') || (target == "*" && parts.method == Method::OPTIONS)) {
+        return Err(Refusal(
+            StatusCode::BAD_REQUEST,
+            "a request target that is not a path (origin form)",
+        ));
+    }
     let headers = &mut parts.headers;
     // One coding, `chunked`, once: `gzip, chunked` would reach the backend still gzipped
     // but without the header saying so (it is hop-by-hop), and `chunked, chunked` is invalid.
@@ -251,6 +262,26 @@ mod tests {
             check_request(&mut parts(&long, &[("host", "a")])).map_err(|r| r.0),
             Err(StatusCode::URI_TOO_LONG)
         );
+        // What h2 and h3 make of a `:path` that is not a path: kept as it came.
+        for path in ["?admin=1", "*"] {
+            let mut p = parts("/", &[("host", "a")]);
+            p.uri = hyper::Uri::from_parts({
+                let mut u = hyper::http::uri::Parts::default();
+                u.scheme = Some(hyper::http::uri::Scheme::HTTPS);
+                u.authority = Some(Authority::from_static("a"));
+                u.path_and_query = Some(path.parse().expect("a path and query"));
+                u
+            })
+            .expect("a URI");
+            assert_eq!(
+                check_request(&mut p).map_err(|r| r.0),
+                Err(StatusCode::BAD_REQUEST),
+                "{path}"
+            );
+        }
+        let mut p = parts("*", &[("host", "a")]);
+        p.method = Method::OPTIONS;
+        assert_eq!(check_request(&mut p).map_err(|r| r.0), Ok(()));
         let mut p = parts("b.test:443", &[("host", "b.test:443")]);
         p.method = Method::CONNECT;
         assert_eq!(
