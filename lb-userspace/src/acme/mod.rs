@@ -129,14 +129,17 @@ impl Acme {
         }
     }
 
-    /// Serves `key` for each of `names` from now on (new handshakes; open connections keep
-    /// the certificate they were made with).
+    /// Serves `table` (certificates by name) from now on, in place of what was served: new
+    /// handshakes take it, open connections keep the certificate they were made with.
     #[cfg_attr(not(feature = "acme"), allow(dead_code))]
-    fn install(&self, names: &[String], key: &Arc<CertifiedKey>) {
-        let mut certs = HashMap::clone(&self.certs.load());
-        for n in names {
-            certs.insert(n.clone(), key.clone());
+    fn serve(&self, table: HashMap<String, Arc<CertifiedKey>>) {
+        let held = self.certs.load();
+        let same = held.len() == table.len()
+            && table
+                .iter()
+                .all(|(n, k)| held.get(n).is_some_and(|h| Arc::ptr_eq(h, k)));
+        if !same {
+            self.certs.store(Arc::new(table));
         }
-        self.certs.store(Arc::new(certs));
     }
 }

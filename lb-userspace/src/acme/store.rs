@@ -27,14 +27,17 @@ pub struct Stored {
 
 pub struct Store {
     dir: PathBuf,
+    /// The CA's directory URL: certificates from one CA are not taken for another's.
+    directory: String,
 }
 
 /// Held while this node orders; others find the lock taken and wait for the files.
 pub struct Lock(#[allow(dead_code)] nix::fcntl::Flock<File>);
 
 impl Store {
-    /// Creates the directory (0700) and its challenge directories where missing.
-    pub fn open(dir: &Path) -> std::io::Result<Store> {
+    /// Creates the directory (0700) and its challenge directories where missing; the
+    /// certificates are those of the CA at `directory`.
+    pub fn open(dir: &Path, directory: &str) -> std::io::Result<Store> {
         for sub in ["", "challenges/tls-alpn-01", "challenges/http-01"] {
             let d = dir.join(sub);
             std::fs::create_dir_all(&d)?;
@@ -42,24 +45,30 @@ impl Store {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(Store {
             dir: dir.to_path_buf(),
+            directory: directory.to_string(),
         })
     }
 
-    /// The file names of a set's certificate and key: the first name, and a hash of all of
-    /// them (a set that changes gets new files rather than a certificate missing a name).
-    fn stem(names: &[String]) -> String {
+    /// The file names of a set's certificate and key: its first name alphabetically, and a hash of
+    /// the CA and all the names (a set that changes, or moves to another CA, gets new files
+    /// rather than a certificate missing a name or from the CA it left).
+    fn stem(&self, names: &[String]) -> String {
         let mut sorted = names.to_vec();
         sorted.sort();
-        let hash = short_hash(sorted.join(",").as_bytes(), 4);
-        format!("{}-{hash}", names.first().map_or("none", String::as_str))
+        sorted.dedup();
+        let hash = short_hash(
+            format!("{}\n{}", self.directory, sorted.join(",")).as_bytes(),
+            4,
+        );
+        format!("{}-{hash}", sorted.first().map_or("none", String::as_str))
     }
 
     pub fn cert_path(&self, names: &[String]) -> PathBuf {
-        self.dir.join(format!("{}.crt", Self::stem(names)))
+        self.dir.join(format!("{}.crt", self.stem(names)))
     }
 
     pub fn key_path(&self, names: &[String]) -> PathBuf {
-        self.dir.join(format!("{}.key", Self::stem(names)))
+        self.dir.join(format!("{}.key", self.stem(names)))
     }
 
     /// The certificate for `names` if the directory holds one that covers them all.
@@ -97,16 +106,23 @@ impl Store {
 
     fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let tmp = path.with_extension("tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        let written = (|| {
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, path)
+        })();
+        if written.is_err() {
+            // A full disk leaves no half-written key behind.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     fn account_path(&self, directory: &str) -> PathBuf {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use instant_acme::{Account, NewAccount};
+use rustls::sign::CertifiedKey;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -32,11 +33,26 @@ pub fn spawn(acme: Arc<Acme>, settings: watch::Receiver<Settings>) {
     tokio::spawn(run(acme, settings));
 }
 
+/// A set as the task keeps it: at one CA, its names sorted (a set reordered in the file is the
+/// same set; a set at another CA is another, ordered there rather than kept from the old one).
+type SetKey = (String, Vec<String>);
+
+fn set_key(config: &AcmeConfig, set: &DomainSet) -> SetKey {
+    let mut names = set.names.clone();
+    names.sort();
+    names.dedup();
+    (config.directory.clone(), names)
+}
+
 /// One set's state between rounds.
 #[derive(Default)]
 struct SetState {
+    /// The certificate held, served for the set's names while the set is configured.
+    key: Option<Arc<CertifiedKey>>,
     not_before: Option<i64>,
     not_after: Option<i64>,
+    /// Why the state directory could not be used in the last round, if it could not.
+    store_error: Option<String>,
     failures: u32,
     retry_at: Option<tokio::time::Instant>,
     last_error: Option<String>,
@@ -46,11 +62,19 @@ struct SetState {
 
 async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
     let mut account: Option<(String, Account)> = None;
-    let mut states: HashMap<Vec<String>, SetState> = HashMap::new();
+    let mut states: HashMap<SetKey, SetState> = HashMap::new();
     loop {
         let current = settings.borrow_and_update().clone();
         let mut wake = tokio::time::Instant::now() + RECHECK;
-        match Store::open(&current.config.state_dir) {
+        // Sets no longer configured are forgotten, and their certificates no longer served.
+        states.retain(|key, _| {
+            current
+                .sets
+                .iter()
+                .any(|s| set_key(&current.config, s) == *key)
+        });
+        publish(&acme, &current, &states);
+        match Store::open(&current.config.state_dir, &current.config.directory) {
             Err(e) => {
                 let why = format!(
                     "state directory {}: {e}",
@@ -58,24 +82,30 @@ async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
                 );
                 warn!(error = why, "ACME");
                 for set in &current.sets {
-                    states.entry(set.names.clone()).or_default().last_error = Some(why.clone());
+                    states
+                        .entry(set_key(&current.config, set))
+                        .or_default()
+                        .store_error = Some(why.clone());
                 }
             }
             Ok(store) => {
                 for set in &current.sets {
-                    let state = states.entry(set.names.clone()).or_default();
-                    let next = keep(&acme, &store, &current.config, set, state, &mut account).await;
+                    let state = states.entry(set_key(&current.config, set)).or_default();
+                    state.store_error = None;
+                    let next = keep(&store, &current.config, set, state, &mut account).await;
                     wake = wake.min(next);
+                    // At once: a certificate just issued is not held back by the other sets'
+                    // orders.
+                    publish(&acme, &current, &states);
                 }
             }
         }
-        states.retain(|names, _| current.sets.iter().any(|s| s.names == *names));
         acme.set_status(
             current
                 .sets
                 .iter()
                 .map(|set| {
-                    let st = states.get(&set.names);
+                    let st = states.get(&set_key(&current.config, set));
                     CertStatus {
                         listener: set.listener.clone(),
                         names: set.names.clone(),
@@ -83,7 +113,8 @@ async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
                         renew_at: st
                             .and_then(|s| s.not_before.zip(s.not_after))
                             .map(|(b, a)| renew_at(b, a)),
-                        last_error: st.and_then(|s| s.last_error.clone()),
+                        last_error: st
+                            .and_then(|s| s.store_error.clone().or_else(|| s.last_error.clone())),
                         failures: st.map_or(0, |s| s.failures),
                         retry_at: st.and_then(|s| s.retry_at).map(|at| {
                             unix_now()
@@ -101,9 +132,29 @@ async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
     }
 }
 
+/// Serves each configured set's certificate for its names, and nothing else: a name two sets
+/// share gets the certificate that expires last; names of sets no longer configured get none
+/// from ACME (the listener's own certificates answer them).
+fn publish(acme: &Acme, current: &Settings, states: &HashMap<SetKey, SetState>) {
+    let mut table: HashMap<String, (i64, Arc<CertifiedKey>)> = HashMap::new();
+    for set in &current.sets {
+        let Some(state) = states.get(&set_key(&current.config, set)) else {
+            continue;
+        };
+        let (Some(key), Some(not_after)) = (&state.key, state.not_after) else {
+            continue;
+        };
+        for name in &set.names {
+            if table.get(name).is_none_or(|(held, _)| *held < not_after) {
+                table.insert(name.clone(), (not_after, key.clone()));
+            }
+        }
+    }
+    acme.serve(table.into_iter().map(|(n, (_, k))| (n, k)).collect());
+}
+
 /// Brings one set's certificate up to date; returns when it next needs looking at.
 async fn keep(
-    acme: &Acme,
     store: &Store,
     config: &AcmeConfig,
     set: &DomainSet,
@@ -117,9 +168,13 @@ async fn keep(
     // another node's renewal) is taken up.
     match store.load(&set.names) {
         Ok(Some(stored)) if Some(stored.not_after) > state.not_after => {
-            acme.install(&set.names, &stored.key);
+            state.key = Some(stored.key);
             state.not_before = Some(stored.not_before);
             state.not_after = Some(stored.not_after);
+            // Whoever ordered it, the set is served: this node's failures are over too.
+            state.failures = 0;
+            state.retry_at = None;
+            state.last_error = None;
             info!(listener = set.listener, names = ?set.names, not_after = stored.not_after, "ACME certificate loaded");
         }
         Ok(_) => {}
@@ -187,7 +242,7 @@ async fn keep(
         });
     match installed {
         Ok(stored) => {
-            acme.install(&set.names, &stored.key);
+            state.key = Some(stored.key);
             state.not_before = Some(stored.not_before);
             state.not_after = Some(stored.not_after);
             info!(listener = set.listener, names = ?set.names, not_after = stored.not_after, "ACME certificate issued");
@@ -267,4 +322,142 @@ async fn client<'a>(
         .as_ref()
         .map(|(_, a)| a)
         .ok_or_else(|| "no account".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::values::AcmeChallenge;
+    use crate::tls::IssuedCerts;
+
+    /// A certificate for `names`, valid far beyond any renewal: its chain and key as PEM.
+    fn issued(names: &[&str]) -> (String, String) {
+        let mut params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("names");
+        params.not_before = rcgen::date_time_ymd(2025, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2049, 1, 1);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn settings(dir: &std::path::Path, sets: &[(&str, &[&str])]) -> Settings {
+        Settings {
+            config: AcmeConfig {
+                directory: "https://ca.test/directory".into(),
+                email: None,
+                state_dir: dir.to_path_buf(),
+                ca: None,
+                challenge: AcmeChallenge::TlsAlpn01,
+            },
+            sets: sets
+                .iter()
+                .map(|(listener, names)| DomainSet {
+                    listener: listener.to_string(),
+                    names: names.iter().map(|n| n.to_string()).collect(),
+                })
+                .collect(),
+        }
+    }
+
+    fn held(key: &Arc<CertifiedKey>, not_after: i64) -> SetState {
+        SetState {
+            key: Some(key.clone()),
+            not_before: Some(0),
+            not_after: Some(not_after),
+            ..SetState::default()
+        }
+    }
+
+    fn served(acme: &Acme, name: &str) -> Option<Arc<CertifiedKey>> {
+        acme.certificate(name)
+    }
+
+    #[test]
+    fn only_configured_sets_are_served_and_a_shared_name_gets_the_later_certificate() {
+        let dir = std::env::temp_dir();
+        let acme = Acme::new(PathBuf::from("/nonexistent"));
+        let store = Store::open(
+            &dir.join(format!("acme-publish-{}", std::process::id())),
+            "x",
+        )
+        .expect("store");
+        let load = |names: &[&str]| {
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let (chain, key) = issued(&names.iter().map(String::as_str).collect::<Vec<_>>());
+            store.save(&names, &chain, &key).expect("save");
+            store.load(&names).expect("load").expect("stored").key
+        };
+        let (k1, k2) = (load(&["a.test"]), load(&["b.test", "a.test"]));
+        let both = settings(&dir, &[("l1", &["a.test"]), ("l2", &["b.test", "a.test"])]);
+        let mut states = HashMap::new();
+        states.insert(set_key(&both.config, &both.sets[0]), held(&k1, 100));
+        states.insert(set_key(&both.config, &both.sets[1]), held(&k2, 200));
+        publish(&acme, &both, &states);
+        assert!(served(&acme, "a.test").is_some_and(|k| Arc::ptr_eq(&k, &k2)));
+        assert!(served(&acme, "b.test").is_some_and(|k| Arc::ptr_eq(&k, &k2)));
+
+        // l2 is removed: a.test goes back to l1's certificate, b.test has none.
+        let one = settings(&dir, &[("l1", &["a.test"])]);
+        publish(&acme, &one, &states);
+        assert!(served(&acme, "a.test").is_some_and(|k| Arc::ptr_eq(&k, &k1)));
+        assert!(served(&acme, "b.test").is_none());
+
+        // Another CA: what the old one issued is not served for it.
+        let mut moved = one.clone();
+        moved.config.directory = "https://other.test/directory".into();
+        publish(&acme, &moved, &states);
+        assert!(served(&acme, "a.test").is_none());
+        let _ = std::fs::remove_dir_all(dir.join(format!("acme-publish-{}", std::process::id())));
+    }
+
+    #[tokio::test]
+    async fn a_certificate_another_node_saved_ends_this_nodes_failures() {
+        let dir = std::env::temp_dir().join(format!("acme-takeup-{}", std::process::id()));
+        let current = settings(&dir, &[("l1", &["a.test"])]);
+        let store = Store::open(&dir, &current.config.directory).expect("store");
+        let mut state = SetState {
+            failures: 3,
+            last_error: Some("the CA said no".into()),
+            retry_at: Some(tokio::time::Instant::now() + Duration::from_secs(600)),
+            ..SetState::default()
+        };
+        let names = vec!["a.test".to_string()];
+        let (chain, key) = issued(&["a.test"]);
+        store.save(&names, &chain, &key).expect("save");
+        keep(
+            &store,
+            &current.config,
+            &current.sets[0],
+            &mut state,
+            &mut None,
+        )
+        .await;
+        assert!(state.key.is_some() && state.not_after.is_some());
+        assert_eq!(
+            (state.failures, state.last_error, state.retry_at),
+            (0, None, None)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_sets_files_follow_its_names_in_any_order_and_its_ca() {
+        let dir = std::env::temp_dir().join(format!("acme-stem-{}", std::process::id()));
+        let a = Store::open(&dir, "https://a.test/dir").expect("store");
+        let b = Store::open(&dir, "https://b.test/dir").expect("store");
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            a.cert_path(&names(&["x.test", "w.test"])),
+            a.cert_path(&names(&["w.test", "x.test"]))
+        );
+        assert_ne!(
+            a.cert_path(&names(&["x.test"])),
+            b.cert_path(&names(&["x.test"]))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
