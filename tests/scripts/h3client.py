@@ -3,7 +3,8 @@
 
 Sends one request per PATH over one QUIC connection and prints one JSON line per response:
 {"status": 200, "headers": [["name", "value"], ...], "body": "..."}. Exits 2 when the
-connection cannot be made (the reason on stderr), 3 when a request gets no response.
+connection cannot be made (the reason on stderr), 3 when a request gets no response, 4
+when --big-frame's request stream is not stopped.
 """
 import argparse
 import asyncio
@@ -15,11 +16,12 @@ import ssl
 import sys
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
-from aioquic.quic.events import ConnectionTerminated, StreamReset
+from aioquic.quic.events import ConnectionTerminated, StopSendingReceived, StreamReset
 
 
 class Client(QuicConnectionProtocol):
@@ -29,8 +31,11 @@ class Client(QuicConnectionProtocol):
         self.waiting = {}
         self.responses = {}
         self.terminated = None
+        self.stopped = {}
 
     def quic_event_received(self, event):
+        if isinstance(event, StopSendingReceived):
+            self.stopped[event.stream_id] = event.error_code
         if isinstance(event, ConnectionTerminated):
             self.terminated = event
             for fut in self.waiting.values():
@@ -53,6 +58,23 @@ class Client(QuicConnectionProtocol):
                 fut = self.waiting[ev.stream_id]
                 if not fut.done():
                     fut.set_result(self.responses.pop(ev.stream_id))
+
+    async def big_frame(self, where, n):
+        """Sends a frame of a reserved type declaring 1 GiB, and `n` bytes of it, on the control
+        stream or on a request stream of its own; for the latter, True when the server stopped
+        that stream with H3_EXCESSIVE_LOAD within a second."""
+        frame = encode_uint_var(0x21) + encode_uint_var(1 << 30) + bytes(n)
+        if where == "control":
+            sid = self.http._local_control_stream_id
+        else:
+            sid = self._quic.get_next_available_stream_id()
+        self._quic.send_stream_data(sid, frame)
+        self.transmit()
+        for _ in range(20):
+            await asyncio.sleep(0.05)
+            if self.stopped.get(sid) == 0x107:
+                return True
+        return False
 
     async def request(self, method, authority, path, body, headers, length=None):
         stream_id = self._quic.get_next_available_stream_id()
@@ -110,6 +132,12 @@ async def run(args):
     authority = args.authority or args.server_name
     try:
         async with connect(args.host, args.port, config, args.bind) as client:
+            if args.big_frame:
+                where, n = args.big_frame.split(":")
+                stopped = await client.big_frame(where, int(n))
+                if where == "request" and not stopped:
+                    print("the server did not stop the stream with the large frame", file=sys.stderr)
+                    return 4
             for path in args.paths:
                 body = args.data.encode() if args.data is not None else None
                 headers = [tuple(h.split(":", 1)) for h in args.header]
@@ -153,6 +181,9 @@ def main():
     p.add_argument("--content-length", type=int, help="declare this length, whatever the body's")
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--pause", type=float, default=0.0, help="seconds between requests")
+    p.add_argument("--big-frame", metavar="control|request:N",
+                   help="first send N bytes of a frame declaring 1 GiB on the control stream, or on a "
+                   "request stream of its own (exit 4 unless the server stops that stream)")
     args = p.parse_args()
     try:
         code = asyncio.run(asyncio.wait_for(run(args), args.timeout * (len(args.paths) + 2) + args.pause * len(args.paths)))

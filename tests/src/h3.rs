@@ -55,8 +55,8 @@ impl Reply {
     }
 }
 
-/// Why no reply came: the client's exit code (2: no connection, 3: a request unanswered)
-/// and what it said.
+/// Why no reply came: the client's exit code (2: no connection, 3: a request unanswered, 4:
+/// a large frame's request stream not stopped) and what it said.
 #[derive(Debug, Clone)]
 pub struct Failed {
     pub code: Option<i32>,
@@ -81,6 +81,9 @@ pub struct Request<'a> {
     pub timeout: f32,
     /// Seconds between requests on the connection.
     pub pause: f32,
+    /// First send this many bytes of a frame declaring 1 GiB: on the control stream (true) or
+    /// on a request stream of its own, which the server must stop (else exit 4).
+    pub big_frame: Option<(bool, usize)>,
 }
 
 impl<'a> Request<'a> {
@@ -96,6 +99,7 @@ impl<'a> Request<'a> {
             headers: Vec::new(),
             timeout: 5.0,
             pause: 0.0,
+            big_frame: None,
         }
     }
 
@@ -136,6 +140,10 @@ impl<'a> Request<'a> {
         }
         for h in &self.headers {
             cmd.args(["--header", h]);
+        }
+        if let Some((control, n)) = self.big_frame {
+            let at = if control { "control" } else { "request" };
+            cmd.args(["--big-frame", &format!("{at}:{n}")]);
         }
         let out = cmd.output().map_err(|e| Failed {
             code: None,

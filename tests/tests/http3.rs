@@ -375,6 +375,36 @@ fn the_access_control_of_an_http3_listener_drops_quic_at_xdp() {
     assert_eq!(backend.served(), 2);
 }
 
+/// h3 reads a frame other than DATA whole before it decodes or skips it: a frame declaring
+/// 1 GiB is refused at its header instead of buffered. On a request stream that stream is
+/// stopped (H3_EXCESSIVE_LOAD) and the connection serves on; on the control stream the
+/// connection ends.
+#[test]
+fn frames_declaring_more_than_edgelb_takes_are_refused_not_buffered() {
+    if !h3::client_or_skip("frames_declaring_more_than_edgelb_takes_are_refused_not_buffered") {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &be, "--http3", "on"]);
+    let mut on_request = Request::get(&s.ca.cert_pem, SERVER_NAME);
+    on_request.big_frame = Some((false, 64 * 1024));
+    let replies = on_request
+        .send(None, "127.0.0.1", addr.port(), &["/"])
+        .unwrap_or_else(|e| panic!("a large frame on a request stream: {e:?}\n{}", lb.log()));
+    assert_eq!(replies[0].status, 200, "the connection serves on");
+
+    let mut on_control = Request::get(&s.ca.cert_pem, SERVER_NAME);
+    on_control.big_frame = Some((true, 512 * 1024));
+    on_control.timeout = 2.0;
+    let failed = on_control
+        .send(None, "127.0.0.1", addr.port(), &["/"])
+        .expect_err("a connection whose control stream carried a 1 GiB frame was served");
+    assert!(matches!(failed.code, Some(2 | 3)), "{failed:?}");
+    assert_eq!(backend.served(), 1);
+}
+
 /// A reload turns HTTP/3 on and off on a listener that keeps its TCP sockets: QUIC answers
 /// only while it is on, and HTTP/1.1 answers advertise it only then.
 #[tokio::test]

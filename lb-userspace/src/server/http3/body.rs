@@ -9,7 +9,7 @@ use hyper::body::{Body, Frame};
 
 use crate::proxy::body::BoxError;
 
-type RecvStream = RequestStream<h3_quinn::RecvStream, Bytes>;
+type RecvStream = RequestStream<super::bounded::Bounded<h3_quinn::RecvStream>, Bytes>;
 
 /// The receiving half of a request stream, as a body. Its trailers are not read: the proxy
 /// drops trailers (backends are not told to expect any).

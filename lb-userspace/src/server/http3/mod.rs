@@ -2,6 +2,7 @@
 //! endpoint per worker (SO_REUSEPORT sockets, as the TCP side), each request through the same
 //! routes, balancing and headers as HTTP/1.1 and HTTP/2. Backends still get HTTP/1.1.
 mod body;
+mod bounded;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -242,7 +243,7 @@ async fn serve_connection(
     // stream or no credit would hold it, so it is bounded as the handshake is.
     let mut builder = ::h3::server::builder();
     builder.max_field_section_size(limits::MAX_FIELD_SECTION_SIZE);
-    let setup = builder.build::<_, Bytes>(h3_quinn::Connection::new(conn));
+    let setup = builder.build::<_, Bytes>(bounded::Streams(h3_quinn::Connection::new(conn)));
     let mut h3 = match tokio::time::timeout(timeouts.handshake, setup).await {
         Ok(Ok(h3)) => h3,
         Ok(Err(e)) => {
@@ -317,7 +318,7 @@ async fn serve_connection(
 
 /// Sends GOAWAY (bounded: a client that grants no credit cannot hold it up). It names the
 /// first request not accepted, so that the client retries only those (RFC 9114 5.2).
-async fn goaway(h3: &mut ::h3::server::Connection<h3_quinn::Connection, Bytes>) {
+async fn goaway(h3: &mut ::h3::server::Connection<bounded::Connection, Bytes>) {
     let _ = tokio::time::timeout(CLOSE_GRACE, h3.shutdown(1)).await;
 }
 
@@ -346,7 +347,7 @@ type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 /// One request: its head (within the request timeout), the routes' answer, and the response
 /// sent back on the stream.
 async fn serve_request(
-    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    resolver: RequestResolver<bounded::Connection, Bytes>,
     conn: Arc<ConnInfo>,
     ctx: Arc<ListenerContext>,
     timeouts: Timeouts,
