@@ -121,6 +121,28 @@ async def connect(host, port, configuration, bind):
         transport.close()
 
 
+async def staggered(client, args, authority):
+    """Sends the requests together, each `--stagger` seconds after the one before, and prints
+    one line per path in order; a request that fails is a line with status 0 and the reason."""
+
+    async def one(i, path):
+        await asyncio.sleep(i * args.stagger)
+        try:
+            resp = await asyncio.wait_for(client.request(args.method, authority, path, None, []), args.timeout)
+        except (ConnectionError, asyncio.TimeoutError) as e:
+            return {"status": 0, "headers": [], "body": str(e) or "timed out"}
+        status = next((int(v) for k, v in resp["headers"] if k == ":status"), 0)
+        return {
+            "status": status,
+            "headers": [[k, v] for k, v in resp["headers"] if not k.startswith(":")],
+            "body": resp["body"].decode(errors="replace"),
+        }
+
+    for out in await asyncio.gather(*(one(i, p) for i, p in enumerate(args.paths))):
+        print(json.dumps(out), flush=True)
+    return 0
+
+
 async def run(args):
     config = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN)
     config.server_name = args.server_name
@@ -138,6 +160,8 @@ async def run(args):
                 if where == "request" and not stopped:
                     print("the server did not stop the stream with the large frame", file=sys.stderr)
                     return 4
+            if args.stagger is not None:
+                return await staggered(client, args, authority)
             for path in args.paths:
                 body = args.data.encode() if args.data is not None else None
                 headers = [tuple(h.split(":", 1)) for h in args.header]
@@ -181,6 +205,8 @@ def main():
     p.add_argument("--content-length", type=int, help="declare this length, whatever the body's")
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--pause", type=float, default=0.0, help="seconds between requests")
+    p.add_argument("--stagger", type=float,
+                   help="send the requests together, this many seconds apart; a failed one is printed with status 0")
     p.add_argument("--big-frame", metavar="control|request:N",
                    help="first send N bytes of a frame declaring 1 GiB on the control stream, or on a "
                    "request stream of its own (exit 4 unless the server stops that stream)")

@@ -84,6 +84,9 @@ pub struct Request<'a> {
     /// First send this many bytes of a frame declaring 1 GiB: on the control stream (true) or
     /// on a request stream of its own, which the server must stop (else exit 4).
     pub big_frame: Option<(bool, usize)>,
+    /// Send the requests together, this many seconds apart; one that fails is a reply with
+    /// status 0 and the reason as its body.
+    pub stagger: Option<f32>,
 }
 
 impl<'a> Request<'a> {
@@ -100,6 +103,7 @@ impl<'a> Request<'a> {
             timeout: 5.0,
             pause: 0.0,
             big_frame: None,
+            stagger: None,
         }
     }
 
@@ -140,6 +144,9 @@ impl<'a> Request<'a> {
         }
         for h in &self.headers {
             cmd.args(["--header", h]);
+        }
+        if let Some(stagger) = self.stagger {
+            cmd.args(["--stagger", &stagger.to_string()]);
         }
         if let Some((control, n)) = self.big_frame {
             let at = if control { "control" } else { "request" };

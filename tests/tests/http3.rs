@@ -298,6 +298,47 @@ fn a_drain_lets_http3_requests_in_flight_finish() {
     assert!(status.success(), "{log}");
 }
 
+/// GOAWAY names the first request stream not processed (RFC 9114 5.2): a request the client
+/// opens on that stream after it, while another is still in flight, is rejected
+/// (H3_REQUEST_REJECTED, so the client may send it again elsewhere), not served.
+#[test]
+fn a_request_on_the_stream_goaway_names_is_rejected_not_served() {
+    if !h3::client_or_skip("a_request_on_the_stream_goaway_names_is_rejected_not_served") {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start_delayed("slow", "127.0.0.1:0", Duration::from_millis(3000));
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &be, "--http3", "on", "--drain-timeout", "10"]);
+    let ca = s.ca.cert_pem.clone();
+    let port = addr.port();
+    let client = std::thread::spawn(move || {
+        let mut r = Request::get(&ca, SERVER_NAME);
+        r.stagger = Some(1.5);
+        r.timeout = 8.0;
+        r.send(None, "127.0.0.1", port, &["/first", "/second"])
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while backend.served() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // GOAWAY now, naming stream 4; the client opens stream 4 about a second later.
+    lb.signal(edgelb_tests::daemon::Signal::SIGTERM);
+    let replies = client
+        .join()
+        .expect("client thread")
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", lb.log()));
+    assert_eq!(
+        (replies[0].status, replies[0].body.as_str()),
+        (200, "backend slow\n")
+    );
+    assert_eq!(replies[1].status, 0, "{:?}", replies[1]);
+    assert!(replies[1].body.contains("code 267"), "{:?}", replies[1]);
+    assert_eq!(backend.served(), 1, "the request after GOAWAY was served");
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{log}");
+}
+
 /// As root: the client and edgelb in namespaces joined by a veth pair, edgelb's XDP program
 /// attached in native mode. The listener's access control covers its UDP port: a client the
 /// whitelist does not name has its QUIC packets dropped at XDP and never reaches userspace.

@@ -5,6 +5,8 @@
 //! size. These wrappers read each stream's frame headers as the bytes pass to h3 and end the
 //! stream (H3_EXCESSIVE_LOAD) at a frame that declares more than [`MAX_FRAME`]; DATA frames,
 //! which h3 streams, pass at any length.
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
@@ -135,7 +137,22 @@ impl Frames {
 
 /// h3-quinn's connection (or its stream opener) with every incoming stream [`Bounded`].
 #[derive(Clone)]
-pub struct Streams<T>(pub T);
+pub struct Streams<T> {
+    inner: T,
+    /// The highest request stream id accepted, or [`NO_STREAM`].
+    accepted: Arc<AtomicU64>,
+}
+
+/// [`Streams::accepted`] before any request stream.
+pub const NO_STREAM: u64 = u64::MAX;
+
+impl<T> Streams<T> {
+    /// `accepted` is kept at the highest request stream id taken from the client: h3 keeps
+    /// its own to itself, and GOAWAY is reckoned from it.
+    pub fn new(inner: T, accepted: Arc<AtomicU64>) -> Self {
+        Streams { inner, accepted }
+    }
+}
 
 /// A QUIC connection whose incoming streams are [`Bounded`].
 pub type Connection = Streams<h3_quinn::Connection>;
@@ -164,7 +181,7 @@ impl quic::Connection<Bytes> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::RecvStream, ConnectionErrorIncoming>> {
-        quic::Connection::<Bytes>::poll_accept_recv(&mut self.0, cx)
+        quic::Connection::<Bytes>::poll_accept_recv(&mut self.inner, cx)
             .map_ok(|s| Bounded::new(s, Frames::unidirectional()))
     }
 
@@ -172,11 +189,22 @@ impl quic::Connection<Bytes> for Connection {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, ConnectionErrorIncoming>> {
-        quic::Connection::<Bytes>::poll_accept_bidi(&mut self.0, cx).map_ok(bidi)
+        quic::Connection::<Bytes>::poll_accept_bidi(&mut self.inner, cx).map_ok(|s| {
+            let id = quic::SendStream::<Bytes>::send_id(&s).into_inner();
+            self.accepted
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                    (held == NO_STREAM || id > held).then_some(id)
+                })
+                .ok();
+            bidi(s)
+        })
     }
 
     fn opener(&self) -> Self::OpenStreams {
-        Streams(quic::Connection::<Bytes>::opener(&self.0))
+        Streams::new(
+            quic::Connection::<Bytes>::opener(&self.inner),
+            self.accepted.clone(),
+        )
     }
 }
 
@@ -195,18 +223,18 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        self.0.poll_open_bidi(cx).map_ok(bidi)
+        self.inner.poll_open_bidi(cx).map_ok(bidi)
     }
 
     fn poll_open_send(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        self.0.poll_open_send(cx)
+        self.inner.poll_open_send(cx)
     }
 
     fn close(&mut self, code: h3::error::Code, reason: &[u8]) {
-        self.0.close(code, reason);
+        self.inner.close(code, reason);
     }
 }
 

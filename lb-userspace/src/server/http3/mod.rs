@@ -6,6 +6,7 @@ mod bounded;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ::h3::error::Code;
@@ -243,7 +244,13 @@ async fn serve_connection(
     // stream or no credit would hold it, so it is bounded as the handshake is.
     let mut builder = ::h3::server::builder();
     builder.max_field_section_size(limits::MAX_FIELD_SECTION_SIZE);
-    let setup = builder.build::<_, Bytes>(bounded::Streams(h3_quinn::Connection::new(conn)));
+    let accepted = Arc::new(AtomicU64::new(bounded::NO_STREAM));
+    // The first request stream id that GOAWAY says was not processed: refused if h3 takes it.
+    let refused_from = Arc::new(AtomicU64::new(u64::MAX));
+    let setup = builder.build::<_, Bytes>(bounded::Streams::new(
+        h3_quinn::Connection::new(conn),
+        accepted.clone(),
+    ));
     let mut h3 = match tokio::time::timeout(timeouts.handshake, setup).await {
         Ok(Ok(h3)) => h3,
         Ok(Err(e)) => {
@@ -274,7 +281,13 @@ async fn serve_connection(
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     served = true;
-                    requests.spawn(serve_request(resolver, info.clone(), ctx.clone(), timeouts));
+                    requests.spawn(serve_request(
+                        resolver,
+                        info.clone(),
+                        ctx.clone(),
+                        timeouts,
+                        refused_from.clone(),
+                    ));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -297,7 +310,7 @@ async fn serve_connection(
             _ = stop.changed(), if !stopping => {
                 // GOAWAY: the client opens no more requests here; those in flight finish.
                 stopping = true;
-                goaway(&mut h3).await;
+                goaway(&mut h3, &accepted, &refused_from).await;
                 if requests.is_empty() {
                     break;
                 }
@@ -305,7 +318,7 @@ async fn serve_connection(
         }
     }
     if !stopping {
-        goaway(&mut h3).await;
+        goaway(&mut h3, &accepted, &refused_from).await;
     }
     // Each request ends by itself: its writes are bounded by the request timeout, the
     // backend's answer by the response timeout.
@@ -317,8 +330,19 @@ async fn serve_connection(
 }
 
 /// Sends GOAWAY (bounded: a client that grants no credit cannot hold it up). It names the
-/// first request not accepted, so that the client retries only those (RFC 9114 5.2).
-async fn goaway(h3: &mut ::h3::server::Connection<bounded::Connection, Bytes>) {
+/// first request not accepted, so that the client retries only those (RFC 9114 5.2); h3 would
+/// still take a request on that very stream, which `serve_request` refuses (`refused_from`).
+async fn goaway(
+    h3: &mut ::h3::server::Connection<bounded::Connection, Bytes>,
+    accepted: &AtomicU64,
+    refused_from: &AtomicU64,
+) {
+    // What h3's shutdown(1) announces: the stream after the last accepted, or the first.
+    let first = match accepted.load(Ordering::Relaxed) {
+        bounded::NO_STREAM => 0,
+        last => last + 4,
+    };
+    refused_from.store(first, Ordering::Relaxed);
     let _ = tokio::time::timeout(CLOSE_GRACE, h3.shutdown(1)).await;
 }
 
@@ -351,6 +375,7 @@ async fn serve_request(
     conn: Arc<ConnInfo>,
     ctx: Arc<ListenerContext>,
     timeouts: Timeouts,
+    refused_from: Arc<AtomicU64>,
 ) {
     let resolved = match tokio::time::timeout(timeouts.request, resolver.resolve_request()).await {
         Ok(Ok(resolved)) => resolved,
@@ -363,7 +388,13 @@ async fn serve_request(
             return;
         }
     };
-    let (req, stream): (Request<()>, _) = resolved;
+    let (req, mut stream): (Request<()>, _) = resolved;
+    if stream.id().into_inner() >= refused_from.load(Ordering::Relaxed) {
+        // Past GOAWAY's id: the client was told it was not processed and may send it again.
+        stream.stop_sending(Code::H3_REQUEST_REJECTED);
+        stream.stop_stream(Code::H3_REQUEST_REJECTED);
+        return;
+    }
     let (mut send, recv) = stream.split();
     let started = std::time::Instant::now();
     // Routes are read per request: a reload reaches open connections too.
