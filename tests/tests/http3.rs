@@ -546,7 +546,16 @@ fn malformed_http3_requests_are_refused_before_the_backend() {
     let s = Setup::new();
     let backend = Backend::start("a", "127.0.0.1:0", None);
     let be = backend.addr.to_string();
-    let (lb, addr) = s.start(&["--backend", &be, "--http3", "on", "--access-log"]);
+    let admin = edgelb_tests::listener::free_addr().to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--http3",
+        "on",
+        "--access-log",
+        "--admin",
+        &admin,
+    ]);
     let smuggled = "hello\r\n\r\nGET /hidden HTTP/1.1\r\nhost: a\r\n\r\n";
     let base = {
         let mut r = Request::get(&s.ca.cert_pem, SERVER_NAME);
@@ -611,6 +620,11 @@ fn malformed_http3_requests_are_refused_before_the_backend() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
     assert!(logged(&lb.log()), "{}", lb.log());
+    // In the request counters as the 400s they were: the three connection-specific fields and
+    // the target without a path at least.
+    let series = "edgelb_requests_total{listener=\"listener-1\",group=\"server_group-1\",backend=\"-\",code=\"4xx\"}";
+    let counted = edgelb_tests::admin::metric(&admin, series).unwrap_or(0.0);
+    assert!(counted >= 4.0, "{counted} 4xx counted");
     let mut ok = base.clone();
     ok.data = Some("hello");
     let replies = ok

@@ -230,7 +230,8 @@ async fn malformed_request_heads_are_logged_with_their_reason_and_in_the_access_
     let s = Setup::new();
     let backend = Backend::start("a", "127.0.0.1:0", None);
     let be = backend.addr.to_string();
-    let (lb, addr) = s.start(&["--backend", &be, "--access-log"]);
+    let admin = edgelb_tests::listener::free_addr().to_string();
+    let (lb, addr) = s.start(&["--backend", &be, "--access-log", "--admin", &admin]);
     let big = format!(
         "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
         "a".repeat(20 * 1024)
@@ -265,6 +266,14 @@ async fn malformed_request_heads_are_logged_with_their_reason_and_in_the_access_
         lb.wait_for_log(&access, 1).await;
     }
     assert_eq!(backend.served(), 0);
+    // Counted as the 4xx answers they were, as refusals after parsing are.
+    let series = "edgelb_requests_total{listener=\"listener-1\",group=\"server_group-1\",backend=\"-\",code=\"4xx\"}";
+    assert_eq!(
+        edgelb_tests::admin::metric(&admin, series),
+        Some(2.0),
+        "{}",
+        edgelb_tests::admin::get(&admin, "/metrics")
+    );
 }
 
 #[test]

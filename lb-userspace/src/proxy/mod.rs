@@ -84,6 +84,14 @@ impl Routes {
         self.groups.get(group).and_then(Option::as_ref)
     }
 
+    /// Counts a request refused before routing, answered `status` by edgelb itself, against
+    /// the default group (it reached no rule).
+    pub fn count_refused(&self, status: u16) {
+        if let Some(t) = self.target(self.default) {
+            t.requests.count(None, status);
+        }
+    }
+
     /// Answers one request: by a rule's redirect or fixed response, or by the group the
     /// first matching rule (else the default) names. Counts it for that group.
     pub async fn handle<B: RequestBody>(
@@ -95,9 +103,7 @@ impl Routes {
         if let Err(strict::Refusal(status, why)) = strict::check_request(&mut parts) {
             let reason = format!("{why} (answered {})", status.as_u16());
             crate::refusals::log(Refused::Request, &self.listener, conn.peer, &reason);
-            if let Some(t) = self.target(self.default) {
-                t.requests.count(None, status.as_u16());
-            }
+            self.count_refused(status.as_u16());
             return (refusal(status, parts.version), Served::default());
         }
         let req = Request::from_parts(parts, body);

@@ -1,6 +1,6 @@
 //! HTTP/1.1 requests hyper refuses while parsing their head: it answers them itself before any
-//! service sees them, so they are logged here, with the reason and in the access log, as
-//! every other refused request is (nginx logs these too).
+//! service sees them, so they are logged here, with the reason, in the access log and in the
+//! request counters, as every other refused request is (nginx logs these too).
 use crate::proxy::headers::ConnInfo;
 use crate::refusals::{self, Refused};
 
@@ -34,7 +34,9 @@ pub fn record(e: &hyper::Error, conn: &ConnInfo, ctx: &ListenerContext) {
         conn.peer,
         &format_args!("malformed HTTP/1.1 request head: {e} (answered {status})"),
     );
-    if let Some(log) = &ctx.live.load().access_log {
+    let live = ctx.live.load();
+    live.routes.count_refused(status);
+    if let Some(log) = &live.access_log {
         log.unparsed(conn.peer, conn.sni.as_deref(), status);
     }
 }

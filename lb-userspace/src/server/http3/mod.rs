@@ -411,6 +411,7 @@ async fn serve_request(
         Err(why) => {
             let reason = format!("{why}, which HTTP/3 forbids (answered 400)");
             refusals::log(Refused::Request, ctx.metrics.name(), conn.peer, &reason);
+            live.routes.count_refused(400);
             let resp = crate::proxy::refusal(hyper::StatusCode::BAD_REQUEST, req.version());
             if let Some(e) = entry.as_mut() {
                 e.answered(answered_by(
