@@ -76,6 +76,15 @@ class Client(QuicConnectionProtocol):
                 return True
         return False
 
+    async def bare_streams(self, n, every):
+        """Opens `n` request streams, `every` seconds apart, each with the first byte of a
+        HEADERS frame and nothing more: streams that never get a head."""
+        for _ in range(n):
+            sid = self._quic.get_next_available_stream_id()
+            self._quic.send_stream_data(sid, b"\x01")
+            self.transmit()
+            await asyncio.sleep(every)
+
     async def request(self, method, authority, path, body, headers, length=None):
         stream_id = self._quic.get_next_available_stream_id()
         fields = [
@@ -160,6 +169,8 @@ async def run(args):
                 if where == "request" and not stopped:
                     print("the server did not stop the stream with the large frame", file=sys.stderr)
                     return 4
+            if args.bare_streams:
+                await client.bare_streams(args.bare_streams, 0.8)
             if args.stagger is not None:
                 return await staggered(client, args, authority)
             for path in args.paths:
@@ -205,6 +216,8 @@ def main():
     p.add_argument("--content-length", type=int, help="declare this length, whatever the body's")
     p.add_argument("--timeout", type=float, default=5.0)
     p.add_argument("--pause", type=float, default=0.0, help="seconds between requests")
+    p.add_argument("--bare-streams", type=int, metavar="N",
+                   help="first open N streams 0.8 s apart that never get a request head")
     p.add_argument("--stagger", type=float,
                    help="send the requests together, this many seconds apart; a failed one is printed with status 0")
     p.add_argument("--big-frame", metavar="control|request:N",
@@ -212,7 +225,8 @@ def main():
                    "request stream of its own (exit 4 unless the server stops that stream)")
     args = p.parse_args()
     try:
-        code = asyncio.run(asyncio.wait_for(run(args), args.timeout * (len(args.paths) + 2) + args.pause * len(args.paths)))
+        budget = args.timeout * (len(args.paths) + 2) + args.pause * len(args.paths) + 0.8 * (args.bare_streams or 0)
+        code = asyncio.run(asyncio.wait_for(run(args), budget))
     except asyncio.TimeoutError:
         print("connection: timed out", file=sys.stderr)
         code = 2

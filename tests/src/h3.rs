@@ -87,6 +87,8 @@ pub struct Request<'a> {
     /// Send the requests together, this many seconds apart; one that fails is a reply with
     /// status 0 and the reason as its body.
     pub stagger: Option<f32>,
+    /// First open this many streams, 0.8 s apart, that never get a request head.
+    pub bare_streams: Option<u32>,
 }
 
 impl<'a> Request<'a> {
@@ -104,6 +106,7 @@ impl<'a> Request<'a> {
             pause: 0.0,
             big_frame: None,
             stagger: None,
+            bare_streams: None,
         }
     }
 
@@ -144,6 +147,9 @@ impl<'a> Request<'a> {
         }
         for h in &self.headers {
             cmd.args(["--header", h]);
+        }
+        if let Some(n) = self.bare_streams {
+            cmd.args(["--bare-streams", &n.to_string()]);
         }
         if let Some(stagger) = self.stagger {
             cmd.args(["--stagger", &stagger.to_string()]);

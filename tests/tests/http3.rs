@@ -535,6 +535,43 @@ fn the_idle_timeout_closes_a_quiet_http3_connection() {
     }
 }
 
+/// Streams that never get a request head do not hold a connection open past its idle timeout
+/// (a client could otherwise keep a `--max-connections` slot by opening one now and then);
+/// a request's head does.
+#[test]
+fn streams_without_a_head_do_not_keep_a_connection_from_its_idle_timeout() {
+    if !h3::client_or_skip("streams_without_a_head_do_not_keep_a_connection_from_its_idle_timeout")
+    {
+        return;
+    }
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--http3",
+        "on",
+        "--idle-timeout",
+        "1",
+        "--request-timeout",
+        "2",
+    ]);
+    // Eight bare streams 0.8 s apart: 6.4 s, each outliving the idle timeout's second.
+    let mut client = Request::get(&s.ca.cert_pem, SERVER_NAME);
+    client.bare_streams = Some(8);
+    client.timeout = 2.0;
+    let failed = client
+        .send(None, "127.0.0.1", addr.port(), &["/"])
+        .expect_err("bare streams held the connection past its idle timeout");
+    assert!(
+        matches!(failed.code, Some(2 | 3)),
+        "{failed:?}\n{}",
+        lb.log()
+    );
+    assert_eq!(backend.served(), 0);
+}
+
 /// A body longer or shorter than its `content-length`, and connection-specific fields, are
 /// refused (RFC 9114 4.1.2, 4.2) before anything reaches a backend: a backend framing the
 /// body by the declared length would otherwise take the rest for a request of its own.

@@ -9,7 +9,24 @@ use crate::cmd::{Background, Cmd};
 
 pub const TARGETS: &[&str] = &["flags", "config_file", "lb_cookie", "rules", "classifier"];
 
-pub fn run(seconds: u32, only: &[String]) -> Result<()> {
+/// How the targets are built: `Release` for fuzzing in earnest, `Dev` for CI's short replay
+/// of the seeds (it builds in about half the time, and ten seconds a target need no speed).
+#[derive(Clone, Copy)]
+pub enum Build {
+    Release,
+    Dev,
+}
+
+impl Build {
+    fn flag(self) -> &'static str {
+        match self {
+            Build::Release => "-O",
+            Build::Dev => "--dev",
+        }
+    }
+}
+
+pub fn run(seconds: u32, only: &[String], build: Build) -> Result<()> {
     let targets: Vec<&str> = if only.is_empty() {
         TARGETS.to_vec()
     } else {
@@ -30,7 +47,7 @@ pub fn run(seconds: u32, only: &[String]) -> Result<()> {
         let seeds = format!("seeds/{target}");
         std::fs::create_dir_all(format!("fuzz/{corpus}"))?;
         eprintln!("xtask fuzz: {target} for {seconds} s");
-        cargo_fuzz("run")
+        cargo_fuzz("run", build)
             .args([target, &corpus, &seeds, "--"])
             .args([format!("-max_total_time={seconds}")])
             // A single input taking a second is a hang worth reporting.
@@ -46,15 +63,15 @@ pub fn run(seconds: u32, only: &[String]) -> Result<()> {
 /// Builds every target as `run` builds them (so that `run` finds them up to date), in the
 /// background at idle priority: CI overlaps this build, a third of its time on a fresh
 /// machine, with the tests, which leave a core idle much of the time.
-pub fn build_in_background() -> Result<Background> {
+pub fn build_in_background(build: Build) -> Result<Background> {
     std::fs::create_dir_all("target")?;
-    cargo_fuzz("build").spawn_idle(Path::new("target/fuzz-build.log"))
+    cargo_fuzz("build", build).spawn_idle(Path::new("target/fuzz-build.log"))
 }
 
-/// `cargo +nightly fuzz SUBCOMMAND -O` in `fuzz/`: one set of build settings for both.
-fn cargo_fuzz(subcommand: &str) -> Cmd {
+/// `cargo +nightly fuzz SUBCOMMAND` in `fuzz/`: one set of build settings for both.
+fn cargo_fuzz(subcommand: &str, build: Build) -> Cmd {
     Cmd::new("cargo")
-        .args(["+nightly", "fuzz", subcommand, "-O"])
+        .args(["+nightly", "fuzz", subcommand, build.flag()])
         .current_dir("fuzz")
         // The parsers need no XDP object; building it under sanitizers is wasted time.
         .env("AYA_BUILD_SKIP", "1")

@@ -124,16 +124,16 @@ fn main() -> Result<()> {
             setup::run()?;
             Cmd::new("cargo").args(["fmt", "--all", "--check"]).run()?;
             clippy()?;
-            let fuzz_build = fuzz::build_in_background()?;
+            let fuzz_build = fuzz::build_in_background(fuzz::Build::Dev)?;
             // In CI the privileged tests must run: they fail rather than skip when not root.
             test(true)?;
             fuzz_build.wait()?;
             // Briefly: enough to replay the seeds and catch what a change broke outright.
-            fuzz::run(CI_FUZZ_SECONDS, &[])
+            fuzz::run(CI_FUZZ_SECONDS, &[], fuzz::Build::Dev)
         }
         Task::Fuzz { seconds, targets } => {
             setup::run()?;
-            fuzz::run(seconds, &targets)
+            fuzz::run(seconds, &targets, fuzz::Build::Release)
         }
         Task::Demo => {
             setup::run()?;

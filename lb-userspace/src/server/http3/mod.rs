@@ -6,7 +6,7 @@ mod bounded;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ::h3::error::Code;
@@ -276,6 +276,10 @@ async fn serve_connection(
     let idle = tokio::time::sleep(first_wait);
     tokio::pin!(idle);
     let mut served = false;
+    // Requests whose head has arrived and that have not ended: streams still without one
+    // (which a client may open one after another at no cost) do not keep the connection
+    // from its idle timeout, as a missing head does not on TCP.
+    let heads = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
             accepted = h3.accept() => match accepted {
@@ -287,6 +291,7 @@ async fn serve_connection(
                         ctx.clone(),
                         timeouts,
                         refused_from.clone(),
+                        heads.clone(),
                     ));
                 }
                 Ok(None) => break,
@@ -295,15 +300,21 @@ async fn serve_connection(
                     return;
                 }
             },
-            Some(_) = requests.join_next(), if !requests.is_empty() => {
-                if requests.is_empty() {
-                    if stopping || (timeouts.idle.is_zero() && served) {
-                        break;
-                    }
+            Some(done) = requests.join_next(), if !requests.is_empty() => {
+                if requests.is_empty() && (stopping || (timeouts.idle.is_zero() && served)) {
+                    break;
+                }
+                // Only a request that had a head starts the idle time afresh.
+                if done.unwrap_or(false) && heads.load(Ordering::Relaxed) == 0 {
                     idle.as_mut().reset(tokio::time::Instant::now() + timeouts.idle);
                 }
             }
-            () = &mut idle, if requests.is_empty() && !stopping => {
+            () = &mut idle, if heads.load(Ordering::Relaxed) == 0 && !stopping => {
+                if heads.load(Ordering::Relaxed) != 0 {
+                    // A head arrived while the timer ran out: its end restarts the timer.
+                    idle.as_mut().reset(tokio::time::Instant::now() + timeouts.idle);
+                    continue;
+                }
                 debug!(client = %peer, timeout = ?timeouts.idle, "idle: closing");
                 break;
             }
@@ -367,28 +378,61 @@ fn handshake_failure(e: &quinn::ConnectionError) -> &'static str {
 }
 
 type SendStream = RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
+/// A request stream before it is split, as `resolve_request` gives it.
+type RecvBidi = bounded::Bounded<h3_quinn::BidiStream<Bytes>>;
 
-/// One request: its head (within the request timeout), the routes' answer, and the response
-/// sent back on the stream.
+/// One request: its head (within the request timeout), then [`answer`]. False when no head
+/// came.
 async fn serve_request(
     resolver: RequestResolver<bounded::Connection, Bytes>,
     conn: Arc<ConnInfo>,
     ctx: Arc<ListenerContext>,
     timeouts: Timeouts,
     refused_from: Arc<AtomicU64>,
-) {
+    heads: Arc<AtomicUsize>,
+) -> bool {
     let resolved = match tokio::time::timeout(timeouts.request, resolver.resolve_request()).await {
         Ok(Ok(resolved)) => resolved,
         Ok(Err(e)) => {
             debug!(client = %conn.peer, error = %e, "HTTP/3 request refused");
-            return;
+            return false;
         }
         Err(_) => {
             debug!(client = %conn.peer, timeout = ?timeouts.request, "HTTP/3 request head not received in time");
-            return;
+            return false;
         }
     };
-    let (req, mut stream): (Request<()>, _) = resolved;
+    let _head = Head::new(heads);
+    answer(resolved, &conn, &ctx, timeouts, &refused_from).await;
+    true
+}
+
+/// Counts a request whose head has arrived, until it ends.
+struct Head(Arc<AtomicUsize>);
+
+impl Head {
+    fn new(heads: Arc<AtomicUsize>) -> Self {
+        heads.fetch_add(1, Ordering::Relaxed);
+        Head(heads)
+    }
+}
+
+impl Drop for Head {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A request whose head has arrived: the routes' answer, and the response sent back on the
+/// stream.
+async fn answer(
+    resolved: (Request<()>, RequestStream<RecvBidi, Bytes>),
+    conn: &Arc<ConnInfo>,
+    ctx: &ListenerContext,
+    timeouts: Timeouts,
+    refused_from: &AtomicU64,
+) {
+    let (req, mut stream) = resolved;
     if stream.id().into_inner() >= refused_from.load(Ordering::Relaxed) {
         // Past GOAWAY's id: the client was told it was not processed and may send it again.
         stream.stop_sending(Code::H3_REQUEST_REJECTED);
@@ -427,7 +471,7 @@ async fn serve_request(
         }
     };
     let req = req.map(|()| Counted::received(RequestBody::new(recv, declared), counters.clone()));
-    let (resp, served) = Box::pin(live.routes.handle(req, &conn)).await;
+    let (resp, served) = Box::pin(live.routes.handle(req, conn)).await;
     let took = started.elapsed();
     ctx.metrics.observe(took);
     if let Some(e) = entry.as_mut() {
