@@ -172,7 +172,7 @@ fn a_certificate_is_ordered_once_for_two_nodes_served_and_renewed_while_requests
         .expect("state dir")
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "key"))
+        .filter(|p| p.extension().is_some_and(|e| e == "pem"))
         .collect();
     assert_eq!(keys.len(), 1, "{keys:?}");
     assert_eq!(mode(&keys[0]), 0o600);

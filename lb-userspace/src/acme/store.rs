@@ -63,22 +63,22 @@ impl Store {
         format!("{}-{hash}", sorted.first().map_or("none", String::as_str))
     }
 
-    pub fn cert_path(&self, names: &[String]) -> PathBuf {
-        self.dir.join(format!("{}.crt", self.stem(names)))
-    }
-
-    pub fn key_path(&self, names: &[String]) -> PathBuf {
-        self.dir.join(format!("{}.key", self.stem(names)))
+    /// The set's key and certificate chain, in one file so that one rename replaces both: a
+    /// reader, or a node restarting after a crash, never finds a key beside another
+    /// certificate.
+    pub fn pair_path(&self, names: &[String]) -> PathBuf {
+        self.dir.join(format!("{}.pem", self.stem(names)))
     }
 
     /// The certificate for `names` if the directory holds one that covers them all.
     pub fn load(&self, names: &[String]) -> Result<Option<Stored>, String> {
-        let (cert, key) = (self.cert_path(names), self.key_path(names));
-        if !cert.exists() || !key.exists() {
+        let cert = self.pair_path(names);
+        if !cert.exists() {
             return Ok(None);
         }
         let provider = rustls::crypto::aws_lc_rs::default_provider();
-        let certified = crate::tls::certs::load_certified_key(&cert, &key, &provider)
+        // The PEM readers take the certificates and the key from the one file.
+        let certified = crate::tls::certs::load_certified_key(&cert, &cert, &provider)
             .map_err(|e| format!("{}: {e}", cert.display()))?;
         let leaf = certified
             .cert
@@ -97,11 +97,16 @@ impl Store {
         }))
     }
 
-    /// Writes a new certificate and key for `names`: each to a temporary file (0600), then
-    /// renamed over the old, so that a reader never sees half of one.
+    /// Writes a new key and certificate chain for `names`: to a temporary file (0600), then
+    /// renamed over the old, so that a reader never sees half of the pair.
     pub fn save(&self, names: &[String], chain_pem: &str, key_pem: &str) -> std::io::Result<()> {
-        self.write(&self.key_path(names), key_pem.as_bytes())?;
-        self.write(&self.cert_path(names), chain_pem.as_bytes())
+        let mut pair = String::with_capacity(key_pem.len() + chain_pem.len() + 1);
+        pair.push_str(key_pem);
+        if !key_pem.ends_with('\n') {
+            pair.push('\n');
+        }
+        pair.push_str(chain_pem);
+        self.write(&self.pair_path(names), pair.as_bytes())
     }
 
     fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {

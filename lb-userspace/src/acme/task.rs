@@ -451,12 +451,12 @@ mod tests {
         let b = Store::open(&dir, "https://b.test/dir").expect("store");
         let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         assert_eq!(
-            a.cert_path(&names(&["x.test", "w.test"])),
-            a.cert_path(&names(&["w.test", "x.test"]))
+            a.pair_path(&names(&["x.test", "w.test"])),
+            a.pair_path(&names(&["w.test", "x.test"]))
         );
         assert_ne!(
-            a.cert_path(&names(&["x.test"])),
-            b.cert_path(&names(&["x.test"]))
+            a.pair_path(&names(&["x.test"])),
+            b.pair_path(&names(&["x.test"]))
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
