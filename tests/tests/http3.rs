@@ -572,6 +572,31 @@ fn streams_without_a_head_do_not_keep_a_connection_from_its_idle_timeout() {
     assert_eq!(backend.served(), 0);
 }
 
+/// A request that outlasts the idle timeout starts the idle time afresh when it ends: the
+/// next request on the connection, soon after, is served on it rather than meeting a timer
+/// that ran out while the first was in flight.
+#[test]
+fn a_request_longer_than_the_idle_timeout_leaves_the_connection_open_after_it() {
+    if !h3::client_or_skip("a_request_longer_than_the_idle_timeout_leaves_the_connection_open") {
+        return;
+    }
+    let s = Setup::new();
+    // Longer than twice the idle timeout: the timer, looked at once a second into the first
+    // request, runs out again while it is in flight.
+    let backend = Backend::start_delayed("slow", "127.0.0.1:0", Duration::from_millis(2500));
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &be, "--http3", "on", "--idle-timeout", "1"]);
+    for round in 0..2 {
+        let mut client = Request::get(&s.ca.cert_pem, SERVER_NAME);
+        client.pause = 0.3;
+        let replies = client
+            .send(None, "127.0.0.1", addr.port(), &["/", "/"])
+            .unwrap_or_else(|e| panic!("round {round}: {e:?}\n{}", lb.log()));
+        assert_eq!(replies.len(), 2, "round {round}");
+    }
+    assert_eq!(backend.served(), 4);
+}
+
 /// A body longer or shorter than its `content-length`, and connection-specific fields, are
 /// refused (RFC 9114 4.1.2, 4.2) before anything reaches a backend: a backend framing the
 /// body by the declared length would otherwise take the rest for a request of its own.

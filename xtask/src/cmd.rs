@@ -71,7 +71,8 @@ impl Cmd {
 
     /// Starts it in a process group of its own at the idle scheduling class (`chrt --idle`),
     /// output to `log`: it gets the CPU only when nothing else wants it, so it can overlap
-    /// timing-sensitive work. Dropping the handle kills the whole group.
+    /// timing-sensitive work. Dropping the handle kills the whole group; xtask ending
+    /// otherwise kills the command (its rustc children finish the crate they are on).
     pub fn spawn_idle(self, log: &Path) -> Result<Background> {
         let mut idle = Command::new("chrt");
         idle.args(["--idle", "0"])
@@ -86,6 +87,8 @@ impl Cmd {
                 None => idle.env_remove(key),
             };
         }
+        // Ctrl-C or SIGTERM ends xtask without its drop guards: the build goes with it.
+        crate::signals::die_with_parent(&mut idle);
         let out = std::fs::File::create(log)
             .with_context(|| format!("cannot create {}", log.display()))?;
         let err = out.try_clone()?;

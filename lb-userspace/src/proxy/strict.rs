@@ -39,7 +39,22 @@ pub fn check_request(parts: &mut Parts) -> Result<(), Refusal> {
     // Origin form only (RFC 9112 3.2.1, and `:path` in RFC 9113 8.3.1 and RFC 9114 4.3.1): h2
     // and h3 pass on any `:path` the http crate parses, which includes `?x` (no path: rules
     // would see `/` and the backend `GET ?x`) and `*` for any method. This is the target as
-    // it is forwarded; hyper's HTTP/1.1 parser already turns an absolute-form one into a path.
+    // it is forwarded. An HTTP/1.1 absolute-form target with an empty path (`http://a?x`)
+    // means `/?x` (RFC 9112 3.2.2).
+    let absolute_empty = parts.version <= Version::HTTP_11
+        && parts.uri.scheme().is_some()
+        && parts
+            .uri
+            .path_and_query()
+            .is_some_and(|p| p.as_str().starts_with('?'));
+    if absolute_empty {
+        let mut uri = parts.uri.clone().into_parts();
+        // Its Display puts the `/` in front; `as_str`, which is forwarded, does not.
+        uri.path_and_query = uri.path_and_query.and_then(|p| p.to_string().parse().ok());
+        if let Ok(uri) = hyper::Uri::from_parts(uri) {
+            parts.uri = uri;
+        }
+    }
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     if !(target.starts_with('/') || (target == "*" && parts.method == Method::OPTIONS)) {
         return Err(Refusal(
@@ -265,6 +280,7 @@ mod tests {
         // What h2 and h3 make of a `:path` that is not a path: kept as it came.
         for path in ["?admin=1", "*"] {
             let mut p = parts("/", &[("host", "a")]);
+            p.version = Version::HTTP_2;
             p.uri = hyper::Uri::from_parts({
                 let mut u = hyper::http::uri::Parts::default();
                 u.scheme = Some(hyper::http::uri::Scheme::HTTPS);
@@ -279,6 +295,10 @@ mod tests {
                 "{path}"
             );
         }
+        // HTTP/1.1 absolute form with an empty path: the path is `/`.
+        let mut p = parts("http://a.test?x=1", &[]);
+        assert_eq!(check_request(&mut p).map_err(|r| r.0), Ok(()));
+        assert_eq!(p.uri.path_and_query().map(|pq| pq.as_str()), Some("/?x=1"));
         let mut p = parts("*", &[("host", "a")]);
         p.method = Method::OPTIONS;
         assert_eq!(check_request(&mut p).map_err(|r| r.0), Ok(()));

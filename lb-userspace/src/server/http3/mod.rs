@@ -282,6 +282,18 @@ async fn serve_connection(
     let heads = Arc::new(AtomicUsize::new(0));
     loop {
         tokio::select! {
+            // In this order: a request that just ended is reaped (and restarts the idle time)
+            // before the timer, which may have run out while it was in flight, is looked at.
+            biased;
+            Some(done) = requests.join_next(), if !requests.is_empty() => {
+                if requests.is_empty() && (stopping || (timeouts.idle.is_zero() && served)) {
+                    break;
+                }
+                // Only a request that had a head starts the idle time afresh.
+                if done.unwrap_or(false) && heads.load(Ordering::Relaxed) == 0 {
+                    idle.as_mut().reset(tokio::time::Instant::now() + timeouts.idle);
+                }
+            }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
                     served = true;
@@ -300,15 +312,6 @@ async fn serve_connection(
                     return;
                 }
             },
-            Some(done) = requests.join_next(), if !requests.is_empty() => {
-                if requests.is_empty() && (stopping || (timeouts.idle.is_zero() && served)) {
-                    break;
-                }
-                // Only a request that had a head starts the idle time afresh.
-                if done.unwrap_or(false) && heads.load(Ordering::Relaxed) == 0 {
-                    idle.as_mut().reset(tokio::time::Instant::now() + timeouts.idle);
-                }
-            }
             () = &mut idle, if heads.load(Ordering::Relaxed) == 0 && !stopping => {
                 if heads.load(Ordering::Relaxed) != 0 {
                     // A head arrived while the timer ran out: its end restarts the timer.
