@@ -208,6 +208,8 @@ pub fn admin_address(
         return Ok("127.0.0.1:9900".to_string());
     };
     let at = path.display();
+    // As every file edgelb reads whole: `-c /dev/zero` is an error, not a hang.
+    crate::tls::certs::check_regular(path).map_err(|e| format!("--config {at}: {e}"))?;
     let text = std::fs::read_to_string(path).map_err(|e| format!("--config {at}: {e}"))?;
     let file: toml::Table = text
         .parse()

@@ -167,7 +167,11 @@ fn status_without_an_admin_endpoint_says_what_to_do_and_the_version_names_its_co
     // A file that names no admin endpoint, or cannot be read, is said to be the problem.
     let bare = dir.write("bare.toml", "xdp_mode = \"off\"\n");
     let missing = dir.path().join("missing.toml");
-    for (file, says) in [(bare, "no `admin` key"), (missing, "No such file")] {
+    for (file, says) in [
+        (bare, "no `admin` key"),
+        (missing, "No such file"),
+        (std::path::PathBuf::from("/dev/zero"), "not a regular file"),
+    ] {
         let out = run(&["status", "-c", &file.to_string_lossy()]);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out));
         assert!(

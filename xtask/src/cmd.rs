@@ -159,13 +159,12 @@ impl Background {
             return Ok(());
         }
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        let lines: Vec<&str> = log.lines().collect();
         bail!(
             "`{}` failed: {status}; the end of {}:\n{}",
             self.line,
             self.log.display(),
-            tail.join("\n")
+            lines[lines.len().saturating_sub(40)..].join("\n")
         )
     }
 }

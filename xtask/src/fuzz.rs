@@ -10,7 +10,8 @@ use crate::cmd::{Background, Cmd};
 pub const TARGETS: &[&str] = &["flags", "config_file", "lb_cookie", "rules", "classifier"];
 
 /// How the targets are built: `Release` for fuzzing in earnest, `Dev` for CI's short replay
-/// of the seeds (it builds in about half the time, and ten seconds a target need no speed).
+/// of the seeds (8 min 4 s here with other work running, against 11 min 54 s optimised in a
+/// CI run; ten seconds a target need no speed).
 #[derive(Clone, Copy)]
 pub enum Build {
     Release,

@@ -49,8 +49,8 @@ impl Store {
         })
     }
 
-    /// The file names of a set's certificate and key: its first name alphabetically, and a hash of
-    /// the CA and all the names (a set that changes, or moves to another CA, gets new files
+    /// The file name of a set's key and certificate: its first name alphabetically, and a hash
+    /// of the CA and all the names (a set that changes, or moves to another CA, gets a new file
     /// rather than a certificate missing a name or from the CA it left).
     fn stem(&self, names: &[String]) -> String {
         let mut sorted = names.to_vec();

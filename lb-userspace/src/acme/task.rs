@@ -44,6 +44,15 @@ fn set_key(config: &AcmeConfig, set: &DomainSet) -> SetKey {
     (config.directory.clone(), names)
 }
 
+/// Each configured set's key, in the order of `current.sets`.
+fn set_keys(current: &Settings) -> Vec<SetKey> {
+    current
+        .sets
+        .iter()
+        .map(|set| set_key(&current.config, set))
+        .collect()
+}
+
 /// One set's state between rounds.
 #[derive(Default)]
 struct SetState {
@@ -65,15 +74,11 @@ async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
     let mut states: HashMap<SetKey, SetState> = HashMap::new();
     loop {
         let current = settings.borrow_and_update().clone();
+        let keys = set_keys(&current);
         let mut wake = tokio::time::Instant::now() + RECHECK;
         // Sets no longer configured are forgotten, and their certificates no longer served.
-        states.retain(|key, _| {
-            current
-                .sets
-                .iter()
-                .any(|s| set_key(&current.config, s) == *key)
-        });
-        publish(&acme, &current, &states);
+        states.retain(|key, _| keys.contains(key));
+        publish(&acme, &current.sets, &keys, &states);
         match Store::open(&current.config.state_dir, &current.config.directory) {
             Err(e) => {
                 let why = format!(
@@ -81,22 +86,19 @@ async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
                     current.config.state_dir.display()
                 );
                 warn!(error = why, "ACME");
-                for set in &current.sets {
-                    states
-                        .entry(set_key(&current.config, set))
-                        .or_default()
-                        .store_error = Some(why.clone());
+                for key in &keys {
+                    states.entry(key.clone()).or_default().store_error = Some(why.clone());
                 }
             }
             Ok(store) => {
-                for set in &current.sets {
-                    let state = states.entry(set_key(&current.config, set)).or_default();
+                for (set, key) in current.sets.iter().zip(&keys) {
+                    let state = states.entry(key.clone()).or_default();
                     state.store_error = None;
                     let next = keep(&store, &current.config, set, state, &mut account).await;
                     wake = wake.min(next);
                     // At once: a certificate just issued is not held back by the other sets'
                     // orders.
-                    publish(&acme, &current, &states);
+                    publish(&acme, &current.sets, &keys, &states);
                 }
             }
         }
@@ -104,8 +106,9 @@ async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
             current
                 .sets
                 .iter()
-                .map(|set| {
-                    let st = states.get(&set_key(&current.config, set));
+                .zip(&keys)
+                .map(|(set, key)| {
+                    let st = states.get(key);
                     CertStatus {
                         listener: set.listener.clone(),
                         names: set.names.clone(),
@@ -135,10 +138,10 @@ async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
 /// Serves each configured set's certificate for its names, and nothing else: a name two sets
 /// share gets the certificate that expires last; names of sets no longer configured get none
 /// from ACME (the listener's own certificates answer them).
-fn publish(acme: &Acme, current: &Settings, states: &HashMap<SetKey, SetState>) {
+fn publish(acme: &Acme, sets: &[DomainSet], keys: &[SetKey], states: &HashMap<SetKey, SetState>) {
     let mut table: HashMap<String, (i64, Arc<CertifiedKey>)> = HashMap::new();
-    for set in &current.sets {
-        let Some(state) = states.get(&set_key(&current.config, set)) else {
+    for (set, key) in sets.iter().zip(keys) {
+        let Some(state) = states.get(key) else {
             continue;
         };
         let (Some(key), Some(not_after)) = (&state.key, state.not_after) else {
@@ -396,20 +399,20 @@ mod tests {
         let mut states = HashMap::new();
         states.insert(set_key(&both.config, &both.sets[0]), held(&k1, 100));
         states.insert(set_key(&both.config, &both.sets[1]), held(&k2, 200));
-        publish(&acme, &both, &states);
+        publish(&acme, &both.sets, &set_keys(&both), &states);
         assert!(served(&acme, "a.test").is_some_and(|k| Arc::ptr_eq(&k, &k2)));
         assert!(served(&acme, "b.test").is_some_and(|k| Arc::ptr_eq(&k, &k2)));
 
         // l2 is removed: a.test goes back to l1's certificate, b.test has none.
         let one = settings(&dir, &[("l1", &["a.test"])]);
-        publish(&acme, &one, &states);
+        publish(&acme, &one.sets, &set_keys(&one), &states);
         assert!(served(&acme, "a.test").is_some_and(|k| Arc::ptr_eq(&k, &k1)));
         assert!(served(&acme, "b.test").is_none());
 
         // Another CA: what the old one issued is not served for it.
         let mut moved = one.clone();
         moved.config.directory = "https://other.test/directory".into();
-        publish(&acme, &moved, &states);
+        publish(&acme, &moved.sets, &set_keys(&moved), &states);
         assert!(served(&acme, "a.test").is_none());
         let _ = std::fs::remove_dir_all(dir.join(format!("acme-publish-{}", std::process::id())));
     }

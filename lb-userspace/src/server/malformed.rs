@@ -12,15 +12,9 @@ pub fn answered(e: &hyper::Error) -> Option<u16> {
     if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
         return None;
     }
-    if e.is_parse_too_large() {
-        // hyper tells a long URI from a large head only in words.
-        return Some(if e.to_string().starts_with("URI too long") {
-            414
-        } else {
-            431
-        });
-    }
-    Some(400)
+    // Too large is 431: heads are capped at `MAX_REQUEST_HEAD` (16 KiB), below the 64 KiB at
+    // which hyper would call the URI too long (414) instead.
+    Some(if e.is_parse_too_large() { 431 } else { 400 })
 }
 
 /// Logs the request `e` ended the connection for, if hyper answered it.
