@@ -17,12 +17,14 @@ use crate::cli::RunArgs;
 use crate::config::SynProtection;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
+use crate::line_writer::DropReport;
 use crate::metrics::{CertificateMetric, Metrics};
 use crate::nexthop::{NextHops, Watch};
 use crate::node::{GroupRuntime, Node};
 use crate::reloads::{ReloadError, Reloads, Waiter};
 use crate::syn_protect::{KernelCookies, Protected, SynProtect, answering};
 use crate::workers::{self, Workers};
+use std::sync::atomic::Ordering;
 
 /// Why the daemon could not start. Usage errors (the flags ask for something this host cannot
 /// do) exit with 2, like invalid flags; the others with 1.
@@ -193,6 +195,10 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     // is taken for a second (`SynProtect::tick` counts SYN rates and calm seconds by them).
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ticks = 0u64;
+    let mut log_drops = [
+        DropReport::new(&crate::access_log::DROPPED, "access log"),
+        DropReport::new(&crate::line_writer::LOG_DROPPED, "log"),
+    ];
     let (mut reloads, mut reads) = Reloads::new(args);
     let (etcd_tx, mut etcd_rx) = mpsc::unbounded_channel();
     let mut etcd_view = None;
@@ -293,6 +299,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                     syn_protect.tick(dp, &protected(&node));
                 }
                 refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref());
+                log_drops.iter_mut().for_each(DropReport::tick);
             }
             _ = next_hop_change(hop_watch.as_ref()) => {
                 refresh_next_hops(&mut hops, &node, dataplane.as_mut());
@@ -400,8 +407,18 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     if let Some(dp) = dataplane.as_mut() {
         log_counters(dp, &node);
     }
-    let Node { workers, .. } = node;
+    let Node {
+        workers,
+        access_log,
+        ..
+    } = node;
     workers.shutdown(drain);
+    // The last requests' lines, before the process ends.
+    if let Some(log) = access_log
+        && !log.flush(Duration::from_secs(2))
+    {
+        warn!("the access log's destination did not take its last lines within 2 s");
+    }
     if let Some(dp) = dataplane.as_mut() {
         dp.detach_all();
     }
@@ -675,6 +692,10 @@ fn refresh_status(
             expires_in_seconds: c.expires_in_seconds,
             acme_failures: c.failures,
         }));
+    state.metrics.set_dropped_lines(
+        crate::access_log::DROPPED.load(Ordering::Relaxed),
+        crate::line_writer::LOG_DROPPED.load(Ordering::Relaxed),
+    );
     view.bgp = bgp.map(Announcer::view);
     if let Some(b) = &view.bgp {
         state.metrics.set_bgp(b);

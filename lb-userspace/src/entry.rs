@@ -31,6 +31,7 @@ pub fn main() -> ExitCode {
             match crate::status::admin_address(admin, config.as_deref()) {
                 Ok(admin) => crate::status::print(&admin),
                 Err(e) => {
+                    crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
                     eprintln!("edgelb: error: {e}");
                     ExitCode::from(2)
                 }
@@ -48,9 +49,10 @@ pub fn main() -> ExitCode {
         None => {
             let filter =
                 EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+            // Through a thread of its own: a stderr that stalls costs log lines, not requests.
             let logs = tracing_subscriber::fmt()
                 .with_env_filter(filter)
-                .with_writer(std::io::stderr);
+                .with_writer(crate::line_writer::DaemonLog);
             match cli.run.log_format {
                 LogFormat::Json => logs.json().init(),
                 LogFormat::Text => logs
@@ -58,31 +60,42 @@ pub fn main() -> ExitCode {
                     .init(),
             }
             no_huge_pages();
-            if let Err(code) = read_etcd(&mut cli.run) {
-                return code;
-            }
-            let config = match Config::from_flags(&cli.run.flags()) {
-                Ok(c) => c,
-                Err(e) => return usage_error(&e),
-            };
-            // The main thread only waits for signals and owns the data plane; workers serve clients.
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("edgelb: error: starting the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(crate::daemon::run(&cli.run, config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("edgelb: error: {e}");
-                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
-                }
-            }
+            let code = serve(cli.run);
+            // Queued log lines first, then nothing else is written.
+            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
+            code
+        }
+    }
+}
+
+/// Runs the daemon until it stops; its exit code.
+fn serve(mut args: crate::cli::RunArgs) -> ExitCode {
+    if let Err(code) = read_etcd(&mut args) {
+        return code;
+    }
+    let config = match Config::from_flags(&args.flags()) {
+        Ok(c) => c,
+        Err(e) => return usage_error(&e),
+    };
+    // The main thread only waits for signals and owns the data plane; workers serve clients.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("edgelb: error: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::daemon::run(&args, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // After the log lines that led to it.
+            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
+            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
+            eprintln!("edgelb: error: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }
 }
@@ -121,6 +134,7 @@ fn read_etcd(args: &mut crate::cli::RunArgs) -> Result<(), ExitCode> {
             Ok(())
         }
         Err(e) => {
+            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
             eprintln!("edgelb: error: --config-etcd: cannot read {prefix}: {e}");
             Err(ExitCode::FAILURE)
         }
@@ -128,6 +142,7 @@ fn read_etcd(args: &mut crate::cli::RunArgs) -> Result<(), ExitCode> {
 }
 
 fn usage_error(e: &crate::config::ConfigError) -> ExitCode {
+    crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
     eprintln!("edgelb: error: {e}");
     ExitCode::from(2)
 }

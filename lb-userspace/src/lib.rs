@@ -16,6 +16,7 @@ pub mod entry;
 pub mod etcd;
 pub mod health;
 mod layering;
+pub mod line_writer;
 pub mod metrics;
 pub mod nexthop;
 pub mod node;

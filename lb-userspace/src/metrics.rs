@@ -76,6 +76,8 @@ pub struct Metrics {
     xdp_backend_bytes: Family<BackendLabels, Gauge<u64, AtomicU64>>,
     reloads: Counter,
     reloads_failed: Counter,
+    access_log_dropped: Counter,
+    log_dropped: Counter,
     /// Every request counter made, by its labels: the status page sums them by listener and
     /// by backend (a `Family` cannot be iterated). Written when counters are made (start,
     /// reload), read by `/status`; never per request.
@@ -222,6 +224,18 @@ impl Metrics {
             "Configuration reloads refused (the running configuration stayed); the last error is in /status",
             reloads_failed.clone(),
         );
+        let access_log_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped_lines",
+            "Access log lines dropped because their destination did not keep up",
+            access_log_dropped.clone(),
+        );
+        let log_dropped = Counter::default();
+        registry.register(
+            "log_dropped_lines",
+            "edgelb's own log lines dropped because stderr did not keep up",
+            log_dropped.clone(),
+        );
         registry.register(
             "build",
             "The version of edgelb and the commit it was built from",
@@ -273,6 +287,8 @@ impl Metrics {
             xdp_backend_bytes,
             reloads,
             reloads_failed,
+            access_log_dropped,
+            log_dropped,
             request_index: Mutex::default(),
             bgp_peer_established,
             bgp_announced,
@@ -422,6 +438,20 @@ impl Metrics {
 
     pub fn reload_failed(&self) {
         self.reloads_failed.inc();
+    }
+
+    /// Lines dropped since start by the access log and by edgelb's own log (their writers
+    /// count them).
+    pub fn set_dropped_lines(&self, access_log: u64, log: u64) {
+        for (counter, total) in [
+            (&self.access_log_dropped, access_log),
+            (&self.log_dropped, log),
+        ] {
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        }
     }
 
     /// Client connections open now on `listener`.

@@ -126,7 +126,7 @@ pub struct Node {
     /// The file certificates of the configuration in force, for `/status` and `/metrics`.
     file_certs: Vec<CertificateView>,
     /// `--access-log`, open; kept across reloads that do not change it.
-    access_log: Option<Arc<AccessLog>>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// The running ACME task: its certificates (kept across reloads with the same state

@@ -1,14 +1,19 @@
 //! The access log as an operator keeps it: a file of its own, every field of a request (target
 //! with its query, Host, SNI, version, bytes both ways, upstream and total time, user agent),
 //! JSON or plain, written whatever RUST_LOG says, and reopened on SIGUSR1 as logrotate expects.
+//! A destination that stops taking lines costs lines, never requests.
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use edgelb_tests::backend::Backend;
 use edgelb_tests::daemon::Signal;
 use edgelb_tests::https::{self, ClientOpts, get};
-use edgelb_tests::listener::{SERVER_NAME, Setup};
+use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
 use http_body_util::Full;
 use hyper::Request;
 
@@ -169,4 +174,243 @@ async fn the_plain_access_log_on_stderr_has_the_query_and_sigusr1_does_not_stop_
     assert_eq!(again.status, 200);
     let (status, log) = lb.stop();
     assert!(status.success(), "{log}");
+}
+
+/// The access log on a FIFO whose reader holds it open but does not read, as a stalled log
+/// shipper or a hung filesystem would: the pipe fills after 64 KiB of lines. Requests go on
+/// being answered, the lines past what edgelb keeps waiting are dropped and counted, and once
+/// the reader reads again new lines reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_that_stops_reading_costs_log_lines_not_requests() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let admin = free_addr().to_string();
+    let fifo = s.dir.path().join("access.fifo");
+    let reader = unread_fifo(&fifo);
+    let fifo_arg = fifo.to_string_lossy().into_owned();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--access-log",
+        &fifo_arg,
+        "--admin",
+        &admin,
+    ]);
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+
+    // 1,000 lines of about 6.5 KiB: 6.5 MB, more than the pipe and edgelb's 4 MiB hold.
+    let long = format!("/stalled?q={}", "x".repeat(6 * 1024));
+    let bodies = tokio::time::timeout(
+        Duration::from_secs(60),
+        https::get_many(addr, config.clone(), &long, 1000),
+    )
+    .await
+    .expect("requests answered while the log's destination is stalled")
+    .expect("GETs");
+    let other = bodies.iter().find(|b| *b != "backend a\n");
+    assert!(other.is_none(), "{other:?} of {}", bodies.len());
+
+    let dropped = || {
+        edgelb_tests::admin::metric(&admin, "edgelb_access_log_dropped_lines_total").unwrap_or(0.0)
+    };
+    lb.wait_for_log("access log lines dropped", 1).await;
+
+    // The reader comes back: what was kept arrives, then the next request's line.
+    let reading = Reading::start(reader);
+    let after = https::send(addr, SERVER_NAME, config, get("/after"))
+        .await
+        .expect("GET /after");
+    assert_eq!(after.status, 200);
+    let text = reading.until("target=\"/after\"").await;
+    let kept = text.matches("target=\"/stalled").count();
+    // Lines arrive whole: every line is one request's, none cut by the drops.
+    assert!(
+        text.lines()
+            .all(|l| l.contains(" edgelb::access listener=") && l.ends_with("user_agent=\"-\"")),
+        "a line not whole"
+    );
+    // The metric follows within a second: every line is either written or counted.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while kept as f64 + dropped() != 1000.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dropped = dropped();
+    assert_eq!(
+        kept as f64 + dropped,
+        1000.0,
+        "kept {kept}, dropped {dropped}"
+    );
+    // 4 MiB waiting and 64 KiB in the pipe are about 660 of the 1,000 lines.
+    assert!((150.0..=500.0).contains(&dropped), "dropped {dropped}");
+    let (status, log) = lb.stop();
+    reading.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// A FIFO at `path`, opened for reading (without blocking, so that a writer's open finds a
+/// reader) and not read.
+fn unread_fifo(path: &Path) -> std::fs::File {
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .expect("open the FIFO")
+}
+
+/// A thread reading a FIFO into memory.
+struct Reading {
+    read: Arc<Mutex<Vec<u8>>>,
+    done: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Reading {
+    fn start(mut fifo: std::fs::File) -> Reading {
+        let read = Arc::new(Mutex::new(Vec::new()));
+        let done = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (read, done) = (read.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                // Once told to stop, what the writer left in the pipe is still read.
+                loop {
+                    match fifo.read(&mut buf) {
+                        Ok(n) if n > 0 => read.lock().expect("lock").extend_from_slice(&buf[..n]),
+                        _ if done.load(Ordering::Relaxed) => return,
+                        _ => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            })
+        };
+        Reading { read, done, thread }
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.read.lock().expect("lock")).into_owned()
+    }
+
+    /// Everything read once it holds `marker` (10 s at most).
+    async fn until(&self, marker: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.text();
+            if text.contains(marker) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{marker} not read in 10 s:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Everything read, once the thread has stopped.
+    fn stop(self) -> String {
+        let Reading { read, done, thread } = self;
+        done.store(true, Ordering::Relaxed);
+        thread.join().expect("reader");
+        String::from_utf8_lossy(&read.lock().expect("lock")).into_owned()
+    }
+}
+
+/// The same with stderr, where the access log and edgelb's own log both go (as under a
+/// journald that falls behind): requests are answered while nobody reads it, and once it is
+/// read again the lines come, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stderr_that_stops_reading_costs_log_lines_not_requests() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let fifo = s.dir.path().join("stderr.fifo");
+    let reader = unread_fifo(&fifo);
+    let writer = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&fifo)
+        .expect("FIFO for writing");
+    let addr = free_addr();
+    let mut child = std::process::Command::new(edgelb_tests::daemon::binary())
+        .args(s.listener_args(addr))
+        .args(["--backend", &be, "--access-log", "--pid-file"])
+        .arg(s.dir.path().join("edgelb.pid"))
+        .env("RUST_LOG", "debug,hyper=info,h2=info,rustls=info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(writer)
+        .spawn()
+        .expect("spawn edgelb");
+    // Ready once it answers; its log stays unread in the pipe.
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while https::send(addr, SERVER_NAME, config.clone(), get("/ready"))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "edgelb not serving after 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let long = format!("/stalled?q={}", "x".repeat(6 * 1024));
+    let served = tokio::time::timeout(
+        Duration::from_secs(60),
+        https::get_many(addr, config.clone(), &long, 1000),
+    )
+    .await;
+    // edgelb's own log too: a refused connection (plain HTTP on the TLS port) is logged by
+    // the worker serving it before it is answered.
+    let refused = tokio::time::timeout(Duration::from_secs(10), plain_http(addr)).await;
+    let reading = Reading::start(reader);
+    let bodies = served
+        .expect("requests answered while stderr is stalled")
+        .expect("GETs");
+    let other = bodies.iter().find(|b| *b != "backend a\n");
+    assert!(other.is_none(), "{other:?} of {}", bodies.len());
+    let refused = refused.expect("plain HTTP answered while stderr is stalled");
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+
+    let after = https::send(addr, SERVER_NAME, config, get("/after"))
+        .await
+        .expect("GET /after");
+    assert_eq!(after.status, 200);
+    let text = reading.until("target=\"/after\"").await;
+    let access = text
+        .lines()
+        .filter(|l| l.contains(" edgelb::access "))
+        .count();
+    assert!(
+        (500..1000).contains(&access),
+        "{access} access log lines: some kept, some dropped"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("SIGTERM");
+    let status = child.wait().expect("wait");
+    let text = reading.stop();
+    assert!(status.success(), "{status}");
+    // Lines arrive whole, and the last ones before the exit are not lost.
+    assert!(
+        text.lines().all(|l| l.starts_with("20")),
+        "a line not whole"
+    );
+    assert!(
+        text.contains("SIGTERM: stopping"),
+        "{}",
+        &text[text.len().saturating_sub(2000)..]
+    );
+}
+
+/// What edgelb answers to plain HTTP sent to its TLS port.
+async fn plain_http(addr: std::net::SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer).await;
+    String::from_utf8_lossy(&answer).into_owned()
 }

@@ -1,21 +1,25 @@
 //! The access log: one line per request, written when its response has been sent, to a file
 //! of its own (`--access-log PATH`) or to stderr, as logfmt-style text or JSON. It does not go
 //! through `tracing`, so `RUST_LOG` cannot turn it off or reformat it. SIGUSR1 reopens the
-//! file, for logrotate.
+//! file, for logrotate. Lines are written by a thread of their own ([`crate::line_writer`]):
+//! a destination that stalls costs lines (counted), never requests.
 mod counted;
 mod entry;
 mod time;
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
-
+use crate::line_writer::{Destination, Writer};
 pub use counted::{Counted, Counters};
 pub use entry::{Answer, Entry};
+
+/// Lines every access log of the process dropped because their destination did not keep up.
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Where the lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,27 +45,32 @@ pub struct Settings {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("--access-log {}: cannot open it for appending: {source}", .path.display())]
-pub struct OpenError {
-    path: PathBuf,
-    source: std::io::Error,
+pub enum OpenError {
+    #[error("--access-log {}: cannot open it for appending: {source}", .path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--access-log: cannot start its writing thread: {0}")]
+    Thread(std::io::Error),
 }
 
 /// The open log, shared by every listener on every worker.
 pub struct AccessLog {
     settings: Settings,
-    /// None for stderr. Swapped whole on reopen: a line being written finishes on the old
-    /// file, which closes when its last writer lets go.
-    file: Option<ArcSwap<File>>,
+    /// Its own writer for a file; None for stderr, which has the process's one.
+    writer: Option<Writer>,
 }
 
 impl AccessLog {
     pub fn open(settings: Settings) -> Result<Arc<AccessLog>, OpenError> {
-        let file = match &settings.target {
+        let writer = match &settings.target {
             Target::Stderr => None,
-            Target::File(path) => Some(ArcSwap::from_pointee(open_append(path)?)),
+            Target::File(path) => Some(
+                Writer::start(Destination::File(open_append(path)?)).map_err(OpenError::Thread)?,
+            ),
         };
-        Ok(Arc::new(AccessLog { settings, file }))
+        Ok(Arc::new(AccessLog { settings, writer }))
     }
 
     pub fn settings(&self) -> &Settings {
@@ -71,24 +80,44 @@ impl AccessLog {
     /// Opens the file again by its path (after logrotate moved it away); false for stderr.
     /// On failure the old file stays in use and the error is returned for the daemon's log.
     pub fn reopen(&self) -> Result<bool, OpenError> {
-        match (&self.file, &self.settings.target) {
-            (Some(file), Target::File(path)) => {
-                file.store(Arc::new(open_append(path)?));
+        match (&self.writer, &self.settings.target) {
+            (Some(writer), Target::File(path)) => {
+                writer.switch_to(open_append(path)?);
                 Ok(true)
             }
             _ => Ok(false),
         }
     }
 
-    /// Writes one whole line with one write(2): with O_APPEND, lines from several workers
-    /// never interleave. A full disk loses the line, not the request.
+    /// Its own writer, or the process's one to stderr.
+    fn writer(&self) -> Option<&Writer> {
+        match &self.writer {
+            Some(w) => Some(w),
+            None => crate::line_writer::stderr(),
+        }
+    }
+
+    /// Queues one whole line (lines are written whole, never interleaved).
     fn write_line(&self, line: &str) {
-        let written = match &self.file {
-            Some(file) => file.load().as_ref().write_all(line.as_bytes()),
-            None => std::io::stderr().lock().write_all(line.as_bytes()),
+        let queued = match self.writer() {
+            Some(w) => w.push(line.as_bytes()),
+            None => {
+                use std::io::Write;
+                let _ = std::io::stderr().write_all(line.as_bytes());
+                true
+            }
         };
-        if let Err(e) = written {
-            tracing::debug!(error = %e, "access log line lost");
+        if !queued {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Waits until the lines logged so far are written, at most `within` (at exit: a
+    /// destination that stalls must not keep the process from ending); false if it did not.
+    pub fn flush(&self, within: Duration) -> bool {
+        match self.writer() {
+            Some(w) => w.flush(within),
+            None => true,
         }
     }
 }
@@ -129,7 +158,7 @@ fn open_append(path: &Path) -> Result<File, OpenError> {
         .create(true)
         .mode(0o640)
         .open(path)
-        .map_err(|source| OpenError {
+        .map_err(|source| OpenError::File {
             path: path.to_path_buf(),
             source,
         })
@@ -150,10 +179,13 @@ mod tests {
         })
         .expect("open");
         log.write_line("one\n");
+        assert!(log.flush(Duration::from_secs(5)));
         std::fs::rename(&path, dir.join("access.log.1")).expect("rotate");
+        // Queued before the reopen: still the old file's, though written after it.
         log.write_line("two\n");
         assert!(log.reopen().expect("reopen"));
         log.write_line("three\n");
+        assert!(log.flush(Duration::from_secs(5)));
         let rotated = std::fs::read_to_string(dir.join("access.log.1")).expect("rotated");
         let fresh = std::fs::read_to_string(&path).expect("fresh");
         std::fs::remove_dir_all(&dir).ok();

@@ -1,0 +1,292 @@
+//! Log lines written by a thread of their own. A worker only appends a finished line to a
+//! buffer; the thread writes the buffer out. So a destination that stalls (a pipe or FIFO
+//! nobody reads, a hung network filesystem, a journald that falls behind) costs log lines,
+//! never requests: past [`PENDING_MAX`] waiting bytes, lines are dropped and counted by the
+//! caller. And a busy log costs one write(2) per batch instead of one per line.
+//!
+//! Everything the daemon writes to stderr (its own log and an access log on stderr) goes
+//! through one such writer, [`stderr`], so that one stalled stderr cannot hold a worker on
+//! the lock of another.
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Bytes of lines waiting for the destination before new lines are dropped: about 12,000
+/// access log lines, several seconds of a busy node's log.
+pub const PENDING_MAX: usize = 4 << 20;
+/// After each batch the thread waits this long for the next one to gather, so that at most
+/// about a hundred writes a second are made however many lines there are.
+const GATHER: Duration = Duration::from_millis(10);
+
+/// Where lines go. The file is owned by the thread; a reopen hands it the new one.
+pub enum Destination {
+    Stderr,
+    File(File),
+}
+
+impl Destination {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Destination::Stderr => std::io::stderr().lock().write_all(bytes),
+            Destination::File(f) => f.write_all(bytes),
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    pending: Vec<u8>,
+    /// A reopened file, and how many bytes of `pending` still belong to the one before it.
+    switch: Option<(File, usize)>,
+    /// The thread is waiting for lines (and must be woken for the next one).
+    waiting: bool,
+    /// The thread is writing a batch it took.
+    writing: bool,
+    /// The writer was let go of: write what is pending, then end.
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Lines arrived, or the writer closed.
+    wake: Condvar,
+    /// A batch was written.
+    written: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves a buffer that is still whole lines.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wake(&self, s: &mut State) {
+        // Waking costs a system call: only when the thread sleeps waiting for lines.
+        if std::mem::take(&mut s.waiting) {
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// The handle on a writing thread; dropping it lets the thread finish what is pending and end.
+pub struct Writer {
+    shared: Arc<Shared>,
+}
+
+impl Writer {
+    pub fn start(destination: Destination) -> std::io::Result<Writer> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            written: Condvar::new(),
+        });
+        let thread = shared.clone();
+        std::thread::Builder::new()
+            .name("edgelb-log-writer".into())
+            .spawn(move || run(&thread, destination))?;
+        Ok(Writer { shared })
+    }
+
+    /// Queues whole lines; false if they were dropped because too much is waiting already.
+    pub fn push(&self, lines: &[u8]) -> bool {
+        let mut s = self.shared.lock();
+        if s.pending.len() + lines.len() > PENDING_MAX {
+            return false;
+        }
+        s.pending.extend_from_slice(lines);
+        self.shared.wake(&mut s);
+        true
+    }
+
+    /// Lines queued from now on go to `file`; those queued before still go to the old one.
+    pub fn switch_to(&self, file: File) {
+        let mut s = self.shared.lock();
+        // Reopened twice before the thread got to it: the newer file takes the lines of both.
+        let at = s.switch.take().map_or(s.pending.len(), |(_, at)| at);
+        s.switch = Some((file, at));
+        self.shared.wake(&mut s);
+    }
+
+    /// Waits until every line queued so far has been written, at most `within`; false if
+    /// the destination did not take them in time.
+    pub fn flush(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let mut s = self.shared.lock();
+        self.shared.wake(&mut s);
+        while !s.pending.is_empty() || s.switch.is_some() || s.writing {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = match self.shared.written.wait_timeout(s, left) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
+
+fn run(shared: &Shared, mut destination: Destination) {
+    let mut batch = Vec::new();
+    let mut errors = ErrorReport::default();
+    loop {
+        let mut s = shared.lock();
+        while s.pending.is_empty() && s.switch.is_none() && !s.closed {
+            s.waiting = true;
+            s = match shared.wake.wait(s) {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
+        }
+        s.waiting = false;
+        let closed = s.closed;
+        std::mem::swap(&mut batch, &mut s.pending);
+        let switch = s.switch.take();
+        s.writing = true;
+        drop(s);
+
+        let (old, new) = match &switch {
+            Some((_, at)) => batch.split_at(*at),
+            None => (&batch[..], &[][..]),
+        };
+        errors.write(&mut destination, old);
+        if let Some((file, _)) = switch {
+            destination = Destination::File(file);
+            errors.write(&mut destination, new);
+        }
+        batch.clear();
+        // A burst may have grown the buffer to megabytes: do not keep them for good.
+        batch.shrink_to(64 * 1024);
+
+        let mut s = shared.lock();
+        s.writing = false;
+        shared.written.notify_all();
+        if closed && s.pending.is_empty() {
+            return;
+        }
+        drop(s);
+        std::thread::sleep(GATHER);
+    }
+}
+
+/// Says now and then why lines were lost.
+#[derive(Default)]
+struct ErrorReport {
+    last: Option<Instant>,
+}
+
+impl ErrorReport {
+    fn write(&mut self, destination: &mut Destination, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        // A full disk loses the lines, not the requests; the next batch tries again. Said on
+        // stderr directly: through the log, it could be the line it is about.
+        if let Err(e) = destination.write(bytes)
+            && self.last.is_none_or(|t| t.elapsed() >= REPORT_EVERY)
+        {
+            let _ = writeln!(
+                std::io::stderr(),
+                "edgelb: log lines lost, their destination refused them: {e}"
+            );
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
+/// Dropped lines are reported at most this often.
+const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Says now and then how many lines a count says were dropped. Called by the daemon's clock,
+/// since the writing thread may be the one stuck in a write.
+pub struct DropReport {
+    count: &'static AtomicU64,
+    what: &'static str,
+    seen: u64,
+    last: Option<Instant>,
+}
+
+impl DropReport {
+    pub fn new(count: &'static AtomicU64, what: &'static str) -> DropReport {
+        DropReport {
+            count,
+            what,
+            seen: count.load(Ordering::Relaxed),
+            last: None,
+        }
+    }
+
+    pub fn tick(&mut self) {
+        let now = self.count.load(Ordering::Relaxed);
+        if now == self.seen || self.last.is_some_and(|t| t.elapsed() < REPORT_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            dropped = now - self.seen,
+            "{} lines dropped: their destination did not keep up (more than 4 MiB waiting)",
+            self.what
+        );
+        self.seen = now;
+        self.last = Some(Instant::now());
+    }
+}
+
+/// The process's one writer to stderr, started on first use; None if its thread could not
+/// be started (then stderr is written directly).
+pub fn stderr() -> Option<&'static Writer> {
+    STDERR
+        .get_or_init(|| Writer::start(Destination::Stderr).ok())
+        .as_ref()
+}
+
+static STDERR: OnceLock<Option<Writer>> = OnceLock::new();
+
+/// The daemon's own log lines dropped since start.
+pub static LOG_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// The daemon's log (`tracing`) as a writer: each event, formatted whole, is one push.
+pub struct DaemonLog;
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for DaemonLog {
+    type Writer = DaemonLog;
+
+    fn make_writer(&'a self) -> DaemonLog {
+        DaemonLog
+    }
+}
+
+impl Write for DaemonLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match stderr() {
+            Some(w) => {
+                if !w.push(buf) {
+                    LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(buf.len())
+            }
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Waits (at most `within`) until what was queued for stderr has been written: before the
+/// process ends, and before anything is written to stderr directly.
+pub fn flush_stderr(within: Duration) {
+    if let Some(Some(w)) = STDERR.get() {
+        w.flush(within);
+    }
+}
