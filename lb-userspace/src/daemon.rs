@@ -413,18 +413,19 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         ..
     } = node;
     workers.shutdown(drain);
-    // The last requests' lines, before the process ends.
-    if let Some(log) = access_log
-        && !log.flush(Duration::from_secs(2))
-    {
-        warn!("the access log's destination did not take its last lines within 2 s");
-    }
     if let Some(dp) = dataplane.as_mut() {
         dp.detach_all();
     }
     syn_protect.restore();
     if let Some(b) = bgp {
         b.stop();
+    }
+    // The last requests' lines, before the process ends; the host is already left as it
+    // was, whatever the log's destination does.
+    if let Some(log) = access_log
+        && !log.flush(Duration::from_secs(2))
+    {
+        warn!("the access log's destination did not take its last lines within 2 s");
     }
     Ok(())
 }

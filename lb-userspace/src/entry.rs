@@ -31,7 +31,6 @@ pub fn main() -> ExitCode {
             match crate::status::admin_address(admin, config.as_deref()) {
                 Ok(admin) => crate::status::print(&admin),
                 Err(e) => {
-                    crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
                     eprintln!("edgelb: error: {e}");
                     ExitCode::from(2)
                 }
@@ -59,6 +58,7 @@ pub fn main() -> ExitCode {
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                     .init(),
             }
+            crate::line_writer::flush_on_panic();
             no_huge_pages();
             let code = serve(cli.run);
             // Queued log lines first, then nothing else is written.
@@ -84,6 +84,7 @@ fn serve(mut args: crate::cli::RunArgs) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
+            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
             eprintln!("edgelb: error: starting the runtime: {e}");
             return ExitCode::FAILURE;
         }
@@ -92,7 +93,6 @@ fn serve(mut args: crate::cli::RunArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // After the log lines that led to it.
-            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
             crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
             eprintln!("edgelb: error: {e}");
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))

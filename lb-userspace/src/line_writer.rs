@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Bytes of lines waiting for the destination before new lines are dropped: about 12,000
-/// access log lines, several seconds of a busy node's log.
+/// Bytes of lines held for the destination (queued, and the batch being written) before new
+/// lines are dropped: about 12,000 access log lines, several seconds of a busy node's log.
 pub const PENDING_MAX: usize = 4 << 20;
 /// After each batch the thread waits this long for the next one to gather, so that at most
 /// about a hundred writes a second are made however many lines there are.
@@ -42,8 +42,8 @@ struct State {
     switch: Option<(File, usize)>,
     /// The thread is waiting for lines (and must be woken for the next one).
     waiting: bool,
-    /// The thread is writing a batch it took.
-    writing: bool,
+    /// Bytes of the batch the thread took and is writing (0: none).
+    writing: usize,
     /// The writer was let go of: write what is pending, then end.
     closed: bool,
 }
@@ -92,7 +92,7 @@ impl Writer {
     /// Queues whole lines; false if they were dropped because too much is waiting already.
     pub fn push(&self, lines: &[u8]) -> bool {
         let mut s = self.shared.lock();
-        if s.pending.len() + lines.len() > PENDING_MAX {
+        if s.pending.len() + s.writing + lines.len() > PENDING_MAX {
             return false;
         }
         s.pending.extend_from_slice(lines);
@@ -115,7 +115,7 @@ impl Writer {
         let deadline = Instant::now() + within;
         let mut s = self.shared.lock();
         self.shared.wake(&mut s);
-        while !s.pending.is_empty() || s.switch.is_some() || s.writing {
+        while !s.pending.is_empty() || s.switch.is_some() || s.writing > 0 {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return false;
@@ -129,6 +129,9 @@ impl Writer {
     }
 }
 
+/// A thread stuck in a write when its writer is dropped (a reload that moved the access log
+/// away from a hung destination) ends only once that write returns: a write to a hung
+/// filesystem cannot be interrupted. It holds at most [`PENDING_MAX`] bytes meanwhile.
 impl Drop for Writer {
     fn drop(&mut self) {
         self.shared.lock().closed = true;
@@ -152,7 +155,8 @@ fn run(shared: &Shared, mut destination: Destination) {
         let closed = s.closed;
         std::mem::swap(&mut batch, &mut s.pending);
         let switch = s.switch.take();
-        s.writing = true;
+        // Counted until written: a destination stuck in a write holds this batch too.
+        s.writing = batch.len().max(1);
         drop(s);
 
         let (old, new) = match &switch {
@@ -169,7 +173,7 @@ fn run(shared: &Shared, mut destination: Destination) {
         batch.shrink_to(64 * 1024);
 
         let mut s = shared.lock();
-        s.writing = false;
+        s.writing = 0;
         shared.written.notify_all();
         if closed && s.pending.is_empty() {
             return;
@@ -190,15 +194,11 @@ impl ErrorReport {
         if bytes.is_empty() {
             return;
         }
-        // A full disk loses the lines, not the requests; the next batch tries again. Said on
-        // stderr directly: through the log, it could be the line it is about.
+        // A full disk loses the lines, not the requests; the next batch tries again.
         if let Err(e) = destination.write(bytes)
             && self.last.is_none_or(|t| t.elapsed() >= REPORT_EVERY)
         {
-            let _ = writeln!(
-                std::io::stderr(),
-                "edgelb: log lines lost, their destination refused them: {e}"
-            );
+            tracing::warn!(error = %e, "log lines lost: their destination refused them");
             self.last = Some(Instant::now());
         }
     }
@@ -245,7 +245,16 @@ impl DropReport {
 /// be started (then stderr is written directly).
 pub fn stderr() -> Option<&'static Writer> {
     STDERR
-        .get_or_init(|| Writer::start(Destination::Stderr).ok())
+        .get_or_init(|| match Writer::start(Destination::Stderr) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "edgelb: warning: no thread for log lines ({e}): they are written by the threads that log them"
+                );
+                None
+            }
+        })
         .as_ref()
 }
 
@@ -288,5 +297,76 @@ impl Write for DaemonLog {
 pub fn flush_stderr(within: Duration) {
     if let Some(Some(w)) = STDERR.get() {
         w.flush(within);
+    }
+}
+
+/// A panic's message comes after the lines logged before it, which may explain it (and the
+/// process may end with the panic, before the writer gets to them).
+pub fn flush_on_panic() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        flush_stderr(Duration::from_millis(200));
+        previous(info);
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    /// Lines of 100 bytes, numbered.
+    fn line(i: usize) -> Vec<u8> {
+        let mut l = format!("{i:>10} ").into_bytes();
+        l.resize(99, b'.');
+        l.push(b'\n');
+        l
+    }
+
+    /// A destination that takes nothing (a pipe nobody reads) holds at most PENDING_MAX
+    /// bytes, the batch stuck in its write included; once read, what was taken arrives whole
+    /// and in order.
+    #[test]
+    fn a_stalled_destination_holds_at_most_the_cap_and_loses_no_line_it_took() {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        let writer = Writer::start(Destination::File(File::from(write))).expect("writer");
+        let mut taken = 0;
+        let mut i = 0;
+        // Twice: the first refusal may come while the thread has not yet taken its batch.
+        for _ in 0..2 {
+            while writer.push(&line(i)) {
+                taken += 1;
+                i += 1;
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let pipe = 64 * 1024;
+        assert!(
+            taken * 100 <= PENDING_MAX + pipe + 100,
+            "{taken} lines held, {} bytes",
+            taken * 100
+        );
+        let reader = std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let _ = File::from(read).read_to_end(&mut all);
+            all
+        });
+        assert!(writer.flush(Duration::from_secs(10)));
+        drop(writer);
+        let all = reader.join().expect("reader");
+        let numbers: Vec<usize> = all
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                assert_eq!(l.len(), 99, "{}", String::from_utf8_lossy(l));
+                String::from_utf8_lossy(&l[..10])
+                    .trim()
+                    .parse()
+                    .expect("number")
+            })
+            .collect();
+        assert_eq!(numbers.len(), taken);
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "out of order");
     }
 }

@@ -1,6 +1,7 @@
 //! Prometheus metrics. Label sets are resolved once per listener and backend at start, so
 //! that counting a request is an atomic add, not a label lookup.
-use std::collections::HashMap;
+use std::collections::HashSet;
+use std::hash::Hash;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,29 +60,25 @@ struct XdpLabels {
 
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    latency: Family<ListenerLabels, Histogram>,
-    connections: Family<ListenerLabels, Gauge>,
-    parked: Family<ListenerLabels, Gauge>,
-    h2_floods: Family<FloodLabels, Counter>,
-    handshakes: Family<HandshakeLabels, Counter>,
-    refused: Family<RefusedLabels, Counter>,
-    proxy_protocol_refused: Family<RefusedLabels, Counter>,
-    backend_healthy: Family<BackendLabels, Gauge>,
-    xdp_packets: Family<XdpLabels, Gauge<u64, AtomicU64>>,
-    blocked_sources: Family<ListenerLabels, Gauge<u64, AtomicU64>>,
-    syn_cookies_answering: Family<ListenerLabels, Gauge>,
+    requests: Indexed<RequestLabels, Counter>,
+    latency: Indexed<ListenerLabels, Histogram>,
+    connections: Indexed<ListenerLabels, Gauge>,
+    parked: Indexed<ListenerLabels, Gauge>,
+    h2_floods: Indexed<FloodLabels, Counter>,
+    handshakes: Indexed<HandshakeLabels, Counter>,
+    refused: Indexed<RefusedLabels, Counter>,
+    proxy_protocol_refused: Indexed<RefusedLabels, Counter>,
+    backend_healthy: Indexed<BackendLabels, Gauge>,
+    xdp_packets: Indexed<XdpLabels, Gauge<u64, AtomicU64>>,
+    blocked_sources: Indexed<ListenerLabels, Gauge<u64, AtomicU64>>,
+    syn_cookies_answering: Indexed<ListenerLabels, Gauge>,
     kernel_syncookies: Family<CookieLabels, Gauge<u64, AtomicU64>>,
-    xdp_backend_packets: Family<BackendLabels, Gauge<u64, AtomicU64>>,
-    xdp_backend_bytes: Family<BackendLabels, Gauge<u64, AtomicU64>>,
+    xdp_backend_packets: Indexed<BackendLabels, Gauge<u64, AtomicU64>>,
+    xdp_backend_bytes: Indexed<BackendLabels, Gauge<u64, AtomicU64>>,
     reloads: Counter,
     reloads_failed: Counter,
     access_log_dropped: Counter,
     log_dropped: Counter,
-    /// Every request counter made, by its labels: the status page sums them by listener and
-    /// by backend (a `Family` cannot be iterated). Written when counters are made (start,
-    /// reload), read by `/status`; never per request.
-    request_index: Mutex<HashMap<RequestLabels, Counter>>,
     bgp_peer_established: Family<PeerLabels, Gauge>,
     bgp_announced: Gauge,
     certificate_expiry: Family<CertificateLabels, Gauge>,
@@ -130,6 +127,7 @@ impl Metrics {
             "Requests answered, by listener, group, backend and status class",
             requests.clone(),
         );
+        let requests = Indexed::new(requests);
         let latency = Family::<ListenerLabels, Histogram>::new_with_constructor(
             (|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram,
         );
@@ -138,54 +136,63 @@ impl Metrics {
             "Time from request to response headers",
             latency.clone(),
         );
+        let latency = Indexed::new(latency);
         let connections = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "active_connections",
             "Client connections open now",
             connections.clone(),
         );
+        let connections = Indexed::new(connections);
         let parked = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "parked_connections",
             "Idle HTTP/1.1 client connections holding no HTTP state, only the client stream",
             parked.clone(),
         );
+        let parked = Indexed::new(parked);
         let h2_floods = Family::<FloodLabels, Counter>::default();
         registry.register(
             "h2_floods",
             "HTTP/2 connections ended with GOAWAY ENHANCE_YOUR_CALM for a control-frame flood, by the frame type sent most",
             h2_floods.clone(),
         );
+        let h2_floods = Indexed::new(h2_floods);
         let handshakes = Family::<HandshakeLabels, Counter>::default();
         registry.register(
             "tls_handshakes",
             "TLS handshakes by result (ok, or the failure reason)",
             handshakes.clone(),
         );
+        let handshakes = Indexed::new(handshakes);
         let backend_healthy = Family::<BackendLabels, Gauge>::default();
         registry.register(
             "backend_healthy",
             "1 when the backend passes its health checks",
             backend_healthy.clone(),
         );
+        let backend_healthy = Indexed::new(backend_healthy);
         let xdp_packets = Family::<XdpLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
             "xdp_packets",
             "Packets the XDP program counted, by listener and outcome (totals since load)",
             xdp_packets.clone(),
         );
+        let xdp_packets = Indexed::new(xdp_packets);
         let blocked_sources = Family::<ListenerLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
             "xdp_blocked_sources",
             "Sources the XDP program blocks now, by listener (--auto-block)",
             blocked_sources.clone(),
         );
+        let blocked_sources = Indexed::new(blocked_sources);
         let syn_cookies_answering = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "syn_cookies_answering",
             "1 while the XDP program answers the listener's new connections with SYN cookies (--syn-protect)",
             syn_cookies_answering.clone(),
         );
+        let syn_cookies_answering = Indexed::new(syn_cookies_answering);
         let kernel_syncookies = Family::<CookieLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
             "tcp_syncookies",
@@ -198,24 +205,28 @@ impl Metrics {
             "Frames the XDP program forwarded to a tcp/udp listener's backend (totals since load)",
             xdp_backend_packets.clone(),
         );
+        let xdp_backend_packets = Indexed::new(xdp_backend_packets);
         let xdp_backend_bytes = Family::<BackendLabels, Gauge<u64, AtomicU64>>::default();
         registry.register(
             "xdp_backend_bytes",
             "Bytes of those frames as received, before encapsulation",
             xdp_backend_bytes.clone(),
         );
+        let xdp_backend_bytes = Indexed::new(xdp_backend_bytes);
         let refused = Family::<RefusedLabels, Counter>::default();
         registry.register(
             "connections_refused",
             "Client connections closed on accept, by listener and reason (access_control, max_connections)",
             refused.clone(),
         );
+        let refused = Indexed::new(refused);
         let proxy_protocol_refused = Family::<RefusedLabels, Counter>::default();
         registry.register(
             "proxy_protocol_refused",
             "Client connections closed for their PROXY protocol header, by listener and reason (untrusted_peer, missing, wrong_version, malformed, too_long, timeout, closed, io)",
             proxy_protocol_refused.clone(),
         );
+        let proxy_protocol_refused = Indexed::new(proxy_protocol_refused);
         let reloads = Counter::default();
         registry.register("reloads", "Configuration reloads applied", reloads.clone());
         let reloads_failed = Counter::default();
@@ -289,7 +300,6 @@ impl Metrics {
             reloads_failed,
             access_log_dropped,
             log_dropped,
-            request_index: Mutex::default(),
             bgp_peer_established,
             bgp_announced,
             certificate_expiry,
@@ -336,9 +346,9 @@ impl Metrics {
             listener: listener.into(),
         };
         ListenerMetrics {
-            latency: self.latency.get_or_create(&l).clone(),
-            connections: self.connections.get_or_create(&l).clone(),
-            parked: self.parked.get_or_create(&l).clone(),
+            latency: self.latency.get_or_create(&l),
+            connections: self.connections.get_or_create(&l),
+            parked: self.parked.get_or_create(&l),
             h2_floods: self.h2_floods.clone(),
             handshakes: self.handshakes.clone(),
             refused: self.refused.clone(),
@@ -350,18 +360,14 @@ impl Metrics {
     /// Request counters of one listener's traffic to one group, by backend (in the group's
     /// order).
     pub fn requests(&self, listener: &str, group: &str, backends: &[String]) -> RequestCounters {
-        let mut index = self.request_index.lock().unwrap_or_else(|p| p.into_inner());
-        let mut counters = |backend: &str| {
+        let counters = |backend: &str| {
             CLASSES.map(|code| {
-                let labels = RequestLabels {
+                self.requests.get_or_create(&RequestLabels {
                     listener: listener.into(),
                     group: group.into(),
                     backend: backend.into(),
                     code: code.into(),
-                };
-                let counter = self.requests.get_or_create(&labels).clone();
-                index.insert(labels, counter.clone());
-                counter
+                })
             })
         };
         RequestCounters {
@@ -457,6 +463,7 @@ impl Metrics {
     /// Client connections open now on `listener`.
     pub fn open_connections(&self, listener: &str) -> i64 {
         self.connections
+            .family
             .get(&ListenerLabels {
                 listener: listener.into(),
             })
@@ -466,23 +473,121 @@ impl Metrics {
     /// Requests `listener` answered since start, by status class (1xx to 5xx).
     pub fn listener_requests(&self, listener: &str) -> [u64; 5] {
         let mut classes = [0; 5];
-        let index = self.request_index.lock().unwrap_or_else(|p| p.into_inner());
-        for (labels, counter) in index.iter().filter(|(l, _)| l.listener == listener) {
-            if let Some(i) = CLASSES.iter().position(|c| *c == labels.code) {
+        self.requests.for_each(|labels, counter| {
+            if labels.listener == listener
+                && let Some(i) = CLASSES.iter().position(|c| *c == labels.code)
+            {
                 classes[i] += counter.get();
             }
-        }
+        });
         classes
     }
 
     /// Requests `backend` of `group` answered since start, over every listener.
     pub fn backend_requests(&self, group: &str, backend: &str) -> u64 {
-        let index = self.request_index.lock().unwrap_or_else(|p| p.into_inner());
-        index
-            .iter()
-            .filter(|(l, _)| l.group == group && l.backend == backend)
-            .map(|(_, c)| c.get())
-            .sum()
+        let mut sum = 0;
+        self.requests.for_each(|l, c| {
+            if l.group == group && l.backend == backend {
+                sum += c.get();
+            }
+        });
+        sum
+    }
+
+    /// After a reload: removes every series of a listener, a listener's group or a backend
+    /// that `now` no longer has, so that a removed backend is not reported healthy (or down)
+    /// for the rest of the process's life. Counters of what stays keep counting.
+    pub fn retain(&self, now: &Configured) {
+        let listener = |l: &str| now.listeners.contains(l);
+        let backend = |g: &str, b: &str| now.backends.contains(&(g.to_string(), b.to_string()));
+        self.requests.retain(|l| {
+            now.routes.contains(&(l.listener.clone(), l.group.clone()))
+                && (l.backend == "-" || backend(&l.group, &l.backend))
+        });
+        self.latency.retain(|l| listener(&l.listener));
+        self.connections.retain(|l| listener(&l.listener));
+        self.parked.retain(|l| listener(&l.listener));
+        self.h2_floods.retain(|l| listener(&l.listener));
+        self.handshakes.retain(|l| listener(&l.listener));
+        self.refused.retain(|l| listener(&l.listener));
+        self.proxy_protocol_refused
+            .retain(|l| listener(&l.listener));
+        self.xdp_packets.retain(|l| listener(&l.listener));
+        self.blocked_sources.retain(|l| listener(&l.listener));
+        self.syn_cookies_answering.retain(|l| listener(&l.listener));
+        self.backend_healthy
+            .retain(|l| backend(&l.group, &l.backend));
+        self.xdp_backend_packets
+            .retain(|l| backend(&l.group, &l.backend));
+        self.xdp_backend_bytes
+            .retain(|l| backend(&l.group, &l.backend));
+    }
+}
+
+/// What a configuration has, for [`Metrics::retain`].
+#[derive(Debug, Default)]
+pub struct Configured {
+    pub listeners: std::collections::HashSet<String>,
+    /// (listener, group) for every group a listener's traffic may go to.
+    pub routes: std::collections::HashSet<(String, String)>,
+    /// (group, backend address).
+    pub backends: std::collections::HashSet<(String, String)>,
+}
+
+/// A family that knows its label sets (prometheus_client's `Family` cannot list them), so
+/// that those of something a reload removed can be removed.
+struct Indexed<L, M> {
+    family: Family<L, M>,
+    index: Arc<Mutex<HashSet<L>>>,
+}
+
+impl<L, M> Clone for Indexed<L, M> {
+    fn clone(&self) -> Self {
+        Indexed {
+            family: self.family.clone(),
+            index: self.index.clone(),
+        }
+    }
+}
+
+impl<L: Clone + Hash + Eq, M: Clone> Indexed<L, M> {
+    fn new(family: Family<L, M>) -> Self {
+        Indexed {
+            family,
+            index: Arc::default(),
+        }
+    }
+
+    fn index(&self) -> std::sync::MutexGuard<'_, HashSet<L>> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The series of `labels` (a handle on it: metric types share their value when cloned).
+    fn get_or_create(&self, labels: &L) -> M {
+        if let Some(m) = self.family.get(labels) {
+            return m.clone();
+        }
+        let mut index = self.index();
+        index.insert(labels.clone());
+        self.family.get_or_create(labels).clone()
+    }
+
+    fn for_each(&self, mut f: impl FnMut(&L, &M)) {
+        for l in self.index().iter() {
+            if let Some(m) = self.family.get(l) {
+                f(l, &m);
+            }
+        }
+    }
+
+    fn retain(&self, keep: impl Fn(&L) -> bool) {
+        self.index().retain(|l| {
+            let kept = keep(l);
+            if !kept {
+                self.family.remove(l);
+            }
+            kept
+        });
     }
 }
 
@@ -491,10 +596,10 @@ pub struct ListenerMetrics {
     latency: Histogram,
     connections: Gauge,
     parked: Gauge,
-    h2_floods: Family<FloodLabels, Counter>,
-    handshakes: Family<HandshakeLabels, Counter>,
-    refused: Family<RefusedLabels, Counter>,
-    proxy_protocol_refused: Family<RefusedLabels, Counter>,
+    h2_floods: Indexed<FloodLabels, Counter>,
+    handshakes: Indexed<HandshakeLabels, Counter>,
+    refused: Indexed<RefusedLabels, Counter>,
+    proxy_protocol_refused: Indexed<RefusedLabels, Counter>,
     listener: String,
 }
 

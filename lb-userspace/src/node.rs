@@ -409,6 +409,7 @@ impl Node {
         self.access_log = access_log;
         self.file_certs = file_certificates(&self.config);
         self.run_acme(acme);
+        self.metrics.retain(&configured(&self.config));
         Ok(())
     }
 
@@ -917,6 +918,23 @@ fn prepare_listener(
 /// address or a wildcard on either side.
 fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+/// The listeners, routes and backends of `config`, as the metrics name them.
+fn configured(config: &Config) -> crate::metrics::Configured {
+    let mut c = crate::metrics::Configured::default();
+    for l in &config.listeners {
+        c.listeners.insert(l.name.clone());
+        for g in l.groups.iter().filter_map(|&g| config.groups.get(g)) {
+            c.routes.insert((l.name.clone(), g.name.clone()));
+        }
+    }
+    for g in &config.groups {
+        for b in &g.backends {
+            c.backends.insert((g.name.clone(), b.addr.to_string()));
+        }
+    }
+    c
 }
 
 /// The access log `config` asks for: the one open when its settings did not change (its

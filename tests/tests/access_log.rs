@@ -218,6 +218,7 @@ async fn a_destination_that_stops_reading_costs_log_lines_not_requests() {
 
     // The reader comes back: what was kept arrives, then the next request's line.
     let reading = Reading::start(reader);
+    reading.settled().await;
     let after = https::send(addr, SERVER_NAME, config, get("/after"))
         .await
         .expect("GET /after");
@@ -291,12 +292,15 @@ impl Reading {
         String::from_utf8_lossy(&self.read.lock().expect("lock")).into_owned()
     }
 
-    /// Everything read once it holds `marker` (10 s at most).
+    /// Everything read once it holds a whole line with `marker` (10 s at most).
     async fn until(&self, marker: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let text = self.text();
-            if text.contains(marker) {
+            if text
+                .find(marker)
+                .is_some_and(|at| text[at..].contains('\n'))
+            {
                 return text;
             }
             assert!(
@@ -305,6 +309,22 @@ impl Reading {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Once what was held back has come: nothing more read for 300 ms (10 s at most). Until
+    /// then the writer may still be full, and a new line dropped.
+    async fn settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut last = usize::MAX;
+        while Instant::now() < deadline {
+            let now = self.read.lock().expect("lock").len();
+            if now == last {
+                return;
+            }
+            last = now;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        panic!("the FIFO never stopped growing");
     }
 
     /// Everything read, once the thread has stopped.
@@ -369,6 +389,7 @@ async fn a_stderr_that_stops_reading_costs_log_lines_not_requests() {
     assert!(other.is_none(), "{other:?} of {}", bodies.len());
     let refused = refused.expect("plain HTTP answered while stderr is stalled");
     assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    reading.settled().await;
 
     let after = https::send(addr, SERVER_NAME, config, get("/after"))
         .await
@@ -388,7 +409,17 @@ async fn a_stderr_that_stops_reading_costs_log_lines_not_requests() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .expect("SIGTERM");
-    let status = child.wait().expect("wait");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("edgelb did not exit within 15 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let text = reading.stop();
     assert!(status.success(), "{status}");
     // Lines arrive whole, and the last ones before the exit are not lost.

@@ -123,3 +123,92 @@ async fn sigterm_lets_in_flight_requests_finish_within_the_drain_timeout() {
         "the request outlived a 0 s drain"
     );
 }
+
+/// A reload that removes a listener and a backend removes their series from /metrics too: a
+/// removed backend must not go on being reported healthy (or down, firing alerts) for the
+/// life of the process.
+// Multi-threaded: the clients' HTTP/2 connections answer the stopping daemon's GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_removes_the_series_of_the_listeners_and_backends_it_removed() {
+    let s = Setup::new();
+    let kept = Backend::start("kept", "127.0.0.1:0", None);
+    let gone = Backend::start("gone", "127.0.0.1:0", None);
+    let (web, plain, admin) = (free_addr(), free_addr(), free_addr().to_string());
+    let file = |backends: &[&Backend], with_plain: bool| {
+        let backends: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+        let plain = if with_plain {
+            format!(
+                "[[listener]]\nname = \"plain\"\nprotocol = \"http\"\nlisten = \"{plain}\"\ngroup = \"web\"\n"
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "admin = \"{admin}\"\nxdp_mode = \"off\"\n\n[[group]]\nname = \"web\"\nbackend = [{}]\nhealth_check = \"tcp\"\nhc_interval = 1\n\n[[listener]]\nname = \"web\"\nlisten = \"{web}\"\ncert = \"{}\"\nkey = \"{}\"\ngroup = \"web\"\n\n{plain}",
+            backends.join(", "),
+            s.server.cert.display(),
+            s.server.key.display(),
+        )
+    };
+    let path = s.dir.write("edgelb.toml", file(&[&kept, &gone], true));
+    let path = path.to_string_lossy().into_owned();
+    let lb = daemon::Daemon::start(None, &["--config", &path], s.dir.path());
+    // Both listeners and both backends serve (round robin), so each has its series.
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    for _ in 0..2 {
+        let r = https::send(web, SERVER_NAME, config.clone(), get("/"))
+            .await
+            .expect("GET on web");
+        assert_eq!(r.status, 200);
+        let r = edgelb_tests::admin::get(&plain.to_string(), "/");
+        assert!(
+            r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"),
+            "{r}"
+        );
+    }
+    let gone_label = format!("backend=\"{}\"", gone.addr);
+    let series = |needle: &str| -> Vec<String> {
+        http_get(&admin, "/metrics")
+            .lines()
+            .filter(|l| !l.starts_with('#') && l.contains(needle))
+            .map(str::to_string)
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while series(&format!(
+        "edgelb_backend_healthy{{group=\"web\",{gone_label}}} 1"
+    ))
+    .is_empty()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{}",
+            http_get(&admin, "/metrics")
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(series(&gone_label).len() >= 2, "{:?}", series(&gone_label));
+    assert!(!series("listener=\"plain\"").is_empty());
+
+    std::fs::write(&path, file(&[&kept], false)).expect("rewrite the file");
+    lb.signal(Signal::SIGHUP);
+    lb.wait_for_log("reloaded", 1).await;
+    // The status refresh runs every second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(series(&gone_label), Vec::<String>::new());
+    assert_eq!(series("listener=\"plain\""), Vec::<String>::new());
+    // What stays is still there and still counts.
+    let r = https::send(web, SERVER_NAME, config, get("/"))
+        .await
+        .expect("GET on web after the reload");
+    assert_eq!(r.body, "backend kept\n");
+    assert!(
+        !series(&format!(
+            "edgelb_backend_healthy{{group=\"web\",backend=\"{}\"}} 1",
+            kept.addr
+        ))
+        .is_empty()
+    );
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{log}");
+}
