@@ -594,6 +594,7 @@ fn reload_logged(
     let result = fresh
         .and_then(|fresh| reload(fresh, node, dataplane, hops))
         .map_err(|e| Arc::new(e) as Refusal);
+    node.retain_metrics();
     admin.record_reload(why, &result);
     match &result {
         Ok(()) => {

@@ -1,8 +1,8 @@
 //! Prometheus metrics. Label sets are resolved once per listener and backend at start, so
 //! that counting a request is an atomic add, not a label lookup.
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -79,6 +79,13 @@ pub struct Metrics {
     reloads_failed: Counter,
     access_log_dropped: Counter,
     log_dropped: Counter,
+    /// Requests of series a reload removed while what they count stays configured (a
+    /// listener's route to a group, a listener sharing a kept backend): `/status` totals are
+    /// since start.
+    retired: Mutex<Retired>,
+    /// Each configured listener's flag, set once a reload removes it: its connections still
+    /// draining must not make its series again.
+    listeners: Mutex<HashMap<String, Arc<AtomicBool>>>,
     bgp_peer_established: Family<PeerLabels, Gauge>,
     bgp_announced: Gauge,
     certificate_expiry: Family<CertificateLabels, Gauge>,
@@ -300,6 +307,8 @@ impl Metrics {
             reloads_failed,
             access_log_dropped,
             log_dropped,
+            retired: Mutex::default(),
+            listeners: Mutex::default(),
             bgp_peer_established,
             bgp_announced,
             certificate_expiry,
@@ -345,7 +354,15 @@ impl Metrics {
         let l = ListenerLabels {
             listener: listener.into(),
         };
+        let mut flags = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let flag = flags.entry(listener.to_string()).or_default();
+        if flag.load(Ordering::Relaxed) {
+            *flag = Arc::default();
+        }
+        let retired = flag.clone();
+        drop(flags);
         ListenerMetrics {
+            retired,
             latency: self.latency.get_or_create(&l),
             connections: self.connections.get_or_create(&l),
             parked: self.parked.get_or_create(&l),
@@ -472,7 +489,12 @@ impl Metrics {
 
     /// Requests `listener` answered since start, by status class (1xx to 5xx).
     pub fn listener_requests(&self, listener: &str) -> [u64; 5] {
-        let mut classes = [0; 5];
+        let mut classes = self
+            .retired()
+            .by_listener
+            .get(listener)
+            .copied()
+            .unwrap_or_default();
         self.requests.for_each(|labels, counter| {
             if labels.listener == listener
                 && let Some(i) = CLASSES.iter().position(|c| *c == labels.code)
@@ -485,7 +507,12 @@ impl Metrics {
 
     /// Requests `backend` of `group` answered since start, over every listener.
     pub fn backend_requests(&self, group: &str, backend: &str) -> u64 {
-        let mut sum = 0;
+        let mut sum = self
+            .retired()
+            .by_backend
+            .get(&(group.to_string(), backend.to_string()))
+            .copied()
+            .unwrap_or_default();
         self.requests.for_each(|l, c| {
             if l.group == group && l.backend == backend {
                 sum += c.get();
@@ -500,10 +527,35 @@ impl Metrics {
     pub fn retain(&self, now: &Configured) {
         let listener = |l: &str| now.listeners.contains(l);
         let backend = |g: &str, b: &str| now.backends.contains(&(g.to_string(), b.to_string()));
-        self.requests.retain(|l| {
+        let removed = self.requests.retain(|l| {
             now.routes.contains(&(l.listener.clone(), l.group.clone()))
                 && (l.backend == "-" || backend(&l.group, &l.backend))
         });
+        let mut retired = self.retired();
+        for (l, counter) in removed {
+            let n = counter.get();
+            if let Some(class) = CLASSES.iter().position(|c| *c == l.code)
+                && listener(&l.listener)
+            {
+                retired.by_listener.entry(l.listener.clone()).or_default()[class] += n;
+            }
+            if l.backend != "-" && backend(&l.group, &l.backend) {
+                *retired.by_backend.entry((l.group, l.backend)).or_default() += n;
+            }
+        }
+        retired.by_listener.retain(|l, _| listener(l));
+        retired.by_backend.retain(|(g, b), _| backend(g, b));
+        drop(retired);
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name, flag| {
+                let kept = listener(name);
+                if !kept {
+                    flag.store(true, Ordering::Relaxed);
+                }
+                kept
+            });
         self.latency.retain(|l| listener(&l.listener));
         self.connections.retain(|l| listener(&l.listener));
         self.parked.retain(|l| listener(&l.listener));
@@ -517,11 +569,23 @@ impl Metrics {
         self.syn_cookies_answering.retain(|l| listener(&l.listener));
         self.backend_healthy
             .retain(|l| backend(&l.group, &l.backend));
-        self.xdp_backend_packets
-            .retain(|l| backend(&l.group, &l.backend));
-        self.xdp_backend_bytes
-            .retain(|l| backend(&l.group, &l.backend));
+        let l4 = |l: &BackendLabels| {
+            now.l4_backends
+                .contains(&(l.group.clone(), l.backend.clone()))
+        };
+        self.xdp_backend_packets.retain(l4);
+        self.xdp_backend_bytes.retain(l4);
     }
+
+    fn retired(&self) -> std::sync::MutexGuard<'_, Retired> {
+        self.retired.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[derive(Default)]
+struct Retired {
+    by_listener: HashMap<String, [u64; 5]>,
+    by_backend: HashMap<(String, String), u64>,
 }
 
 /// What a configuration has, for [`Metrics::retain`].
@@ -532,13 +596,15 @@ pub struct Configured {
     pub routes: std::collections::HashSet<(String, String)>,
     /// (group, backend address).
     pub backends: std::collections::HashSet<(String, String)>,
+    /// (group, backend address) of the groups behind tcp/udp listeners (XDP forwards to them).
+    pub l4_backends: std::collections::HashSet<(String, String)>,
 }
 
 /// A family that knows its label sets (prometheus_client's `Family` cannot list them), so
 /// that those of something a reload removed can be removed.
 struct Indexed<L, M> {
     family: Family<L, M>,
-    index: Arc<Mutex<HashSet<L>>>,
+    index: Arc<Mutex<HashMap<L, M>>>,
 }
 
 impl<L, M> Clone for Indexed<L, M> {
@@ -558,7 +624,7 @@ impl<L: Clone + Hash + Eq, M: Clone> Indexed<L, M> {
         }
     }
 
-    fn index(&self) -> std::sync::MutexGuard<'_, HashSet<L>> {
+    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<L, M>> {
         self.index.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -568,31 +634,36 @@ impl<L: Clone + Hash + Eq, M: Clone> Indexed<L, M> {
             return m.clone();
         }
         let mut index = self.index();
-        index.insert(labels.clone());
-        self.family.get_or_create(labels).clone()
+        let m = self.family.get_or_create(labels).clone();
+        index.insert(labels.clone(), m.clone());
+        m
     }
 
     fn for_each(&self, mut f: impl FnMut(&L, &M)) {
-        for l in self.index().iter() {
-            if let Some(m) = self.family.get(l) {
-                f(l, &m);
-            }
+        for (l, m) in self.index().iter() {
+            f(l, m);
         }
     }
 
-    fn retain(&self, keep: impl Fn(&L) -> bool) {
-        self.index().retain(|l| {
+    /// Removes the series `keep` refuses; returns them.
+    fn retain(&self, keep: impl Fn(&L) -> bool) -> Vec<(L, M)> {
+        let mut removed = Vec::new();
+        self.index().retain(|l, m| {
             let kept = keep(l);
             if !kept {
                 self.family.remove(l);
+                removed.push((l.clone(), m.clone()));
             }
             kept
         });
+        removed
     }
 }
 
 #[derive(Clone)]
 pub struct ListenerMetrics {
+    /// Set once a reload removed the listener (its series are gone).
+    retired: Arc<AtomicBool>,
     latency: Histogram,
     connections: Gauge,
     parked: Gauge,
@@ -640,6 +711,9 @@ impl ListenerMetrics {
 
     /// An HTTP/2 connection ended for a control-frame flood of mostly `frame`.
     pub fn h2_flood(&self, frame: &str) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         self.h2_floods
             .get_or_create(&FloodLabels {
                 listener: self.listener.clone(),
@@ -655,6 +729,9 @@ impl ListenerMetrics {
 
     /// A connection closed on accept, and why.
     pub fn refused(&self, reason: &str) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         self.refused
             .get_or_create(&RefusedLabels {
                 listener: self.listener.clone(),
@@ -666,6 +743,9 @@ impl ListenerMetrics {
     /// A connection closed for its PROXY protocol header (or for sending from a peer that may
     /// not send one), and why.
     pub fn proxy_protocol_refused(&self, reason: &str) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         self.proxy_protocol_refused
             .get_or_create(&RefusedLabels {
                 listener: self.listener.clone(),
@@ -676,6 +756,9 @@ impl ListenerMetrics {
 
     /// A handshake's result: `ok`, or a short failure reason.
     pub fn handshake(&self, result: &str) {
+        if self.retired.load(Ordering::Relaxed) {
+            return;
+        }
         self.handshakes
             .get_or_create(&HandshakeLabels {
                 listener: self.listener.clone(),

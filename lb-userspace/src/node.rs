@@ -409,8 +409,14 @@ impl Node {
         self.access_log = access_log;
         self.file_certs = file_certificates(&self.config);
         self.run_acme(acme);
-        self.metrics.retain(&configured(&self.config));
         Ok(())
+    }
+
+    /// Removes the metric series of what the configuration in force does not have: after a
+    /// reload, and after a refused one (which may have made series for what it would have
+    /// added).
+    pub fn retain_metrics(&self) {
+        self.metrics.retain(&configured(&self.config));
     }
 
     /// Starts, updates or stops the ACME task for the configuration now in force; `shared` is
@@ -932,6 +938,14 @@ fn configured(config: &Config) -> crate::metrics::Configured {
     for g in &config.groups {
         for b in &g.backends {
             c.backends.insert((g.name.clone(), b.addr.to_string()));
+        }
+    }
+    for g in l4_group_positions(config)
+        .into_iter()
+        .filter_map(|g| config.groups.get(g))
+    {
+        for b in &g.backends {
+            c.l4_backends.insert((g.name.clone(), b.addr.to_string()));
         }
     }
     c

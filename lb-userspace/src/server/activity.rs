@@ -29,6 +29,9 @@ pub struct Activity {
     finished: tokio::sync::Notify,
     /// Set while an idle HTTP/1.1 connection is being taken off hyper (see `park`).
     parking: AtomicBool,
+    /// The last write or flush to the client could not complete: it has not taken what was
+    /// sent (its window or the socket's buffer is full).
+    write_blocked: AtomicBool,
 }
 
 /// When a connection must be closed, and why.
@@ -58,6 +61,7 @@ impl Activity {
             last_sent: AtomicU64::new(0),
             finished: tokio::sync::Notify::new(),
             parking: AtomicBool::new(false),
+            write_blocked: AtomicBool::new(false),
         })
     }
 
@@ -105,6 +109,19 @@ impl Activity {
             NONE => None,
             done => Some(self.at(done) + after),
         }
+    }
+
+    pub(super) fn write_polled(&self, blocked: bool) {
+        self.write_blocked.store(blocked, Ordering::Relaxed);
+    }
+
+    /// Nothing in flight, nothing the client has yet to take, and (HTTP/1.1) no request
+    /// arriving. For HTTP/2, bytes read while idle may be pings or window updates, so only
+    /// requests in flight count.
+    pub fn is_idle(&self, http1: bool) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0
+            && !self.write_blocked.load(Ordering::Relaxed)
+            && (!http1 || self.receiving_since.load(Ordering::Relaxed) == NONE)
     }
 
     pub fn set_parking(&self, parking: bool) {
