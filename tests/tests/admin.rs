@@ -290,3 +290,72 @@ async fn sigterm_does_not_wait_the_drain_timeout_for_a_silent_idle_http2_client(
     );
     drop(sender);
 }
+
+/// The other side of the test above: a live HTTP/2 client still taking a response when the
+/// stop comes (a small flow-control window, read slowly) gets all of it. A stop that cut
+/// connections without a request in flight regardless of the client cut this one at 915 KiB
+/// of 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_slow_http2_client_take_the_whole_response() {
+    use http_body_util::BodyExt;
+    const SIZE: usize = 1024 * 1024;
+    // A backend answering every request with SIZE bytes.
+    let big = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let be = big.local_addr().expect("addr").to_string();
+    std::thread::spawn(move || {
+        for conn in big.incoming() {
+            let Ok(mut conn) = conn else { return };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {SIZE}\r\nconnection: close\r\n\r\n"
+                );
+                let _ = conn.write_all(&vec![b'x'; SIZE]);
+            });
+        }
+    });
+    let s = Setup::new();
+    let (lb, addr) = s.start(&["--backend", &be, "--drain-timeout", "30"]);
+    let tls = https::connect(addr, SERVER_NAME, ClientOpts::new(&s.ca.cert_pem).config())
+        .await
+        .expect("connect");
+    let (mut sender, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(65_535)
+            .initial_connection_window_size(65_535)
+            .adaptive_window(false)
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::get("https://edgelb.test/big")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .expect("request");
+    let reply = sender.send_request(req).await.expect("GET over HTTP/2");
+    assert_eq!(reply.status(), 200);
+    let mut body = reply.into_body();
+    let mut got = 0;
+    let mut stopping = None;
+    let mut daemon = Some(lb);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap_or_else(|e| panic!("cut after {got} of {SIZE} bytes: {e}"));
+        got += frame.data_ref().map_or(0, |d| d.len());
+        if got + 160 * 1024 >= SIZE {
+            // The stop comes with the last 160 KiB still to take, at about 40 KiB/s (four
+            // seconds, the grace is one).
+            if let Some(lb) = daemon.take() {
+                stopping = Some(tokio::task::spawn_blocking(move || lb.stop()));
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
+    }
+    assert_eq!(got, SIZE);
+    let (status, log) = stopping.expect("stopped").await.expect("stop");
+    assert!(status.success(), "{log}");
+}

@@ -29,6 +29,8 @@ pub struct Activity {
     finished: tokio::sync::Notify,
     /// Set while an idle HTTP/1.1 connection is being taken off hyper (see `park`).
     parking: AtomicBool,
+    /// Milliseconds since `start` when bytes last came from the client.
+    last_read: AtomicU64,
     /// The last write or flush to the client could not complete: it has not taken what was
     /// sent (its window or the socket's buffer is full).
     write_blocked: AtomicBool,
@@ -61,6 +63,7 @@ impl Activity {
             last_sent: AtomicU64::new(0),
             finished: tokio::sync::Notify::new(),
             parking: AtomicBool::new(false),
+            last_read: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
         })
     }
@@ -74,8 +77,9 @@ impl Activity {
     }
 
     pub(super) fn bytes_read(&self) {
+        let now = self.now_ms();
+        self.last_read.store(now, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0 {
-            let now = self.now_ms();
             let _ = self.receiving_since.compare_exchange(
                 NONE,
                 now,
@@ -115,13 +119,19 @@ impl Activity {
         self.write_blocked.store(blocked, Ordering::Relaxed);
     }
 
-    /// Nothing in flight, nothing the client has yet to take, and (HTTP/1.1) no request
-    /// arriving. For HTTP/2, bytes read while idle may be pings or window updates, so only
-    /// requests in flight count.
-    pub fn is_idle(&self, http1: bool) -> bool {
-        self.in_flight.load(Ordering::Relaxed) == 0
-            && !self.write_blocked.load(Ordering::Relaxed)
-            && (!http1 || self.receiving_since.load(Ordering::Relaxed) == NONE)
+    /// When the client last went silent: nothing in flight, nothing it has yet to take
+    /// that edgelb tried to send, and nothing read from it since (a live HTTP/2 client
+    /// still taking a response sends window updates, and answers pings); None while not.
+    pub fn silent_since(&self) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 || self.write_blocked.load(Ordering::Relaxed)
+        {
+            return None;
+        }
+        let done = match self.last_done.load(Ordering::Relaxed) {
+            NONE => 0,
+            done => done,
+        };
+        Some(self.at(done.max(self.last_read.load(Ordering::Relaxed))))
     }
 
     pub fn set_parking(&self, parking: bool) {

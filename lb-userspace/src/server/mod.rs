@@ -722,32 +722,38 @@ async fn drive<C: ServerConnection + Unpin>(
                 // Stopping: idle connections close now, busy ones after their responses (the
                 // worker bounds the wait with the drain timeout).
                 Pin::new(&mut connection).graceful_shutdown();
-                let _ = until_done_or_idle(&mut connection, activity, http1).await;
+                let _ = until_done_or_silent(&mut connection, activity, http1).await;
                 return None;
             }
         }
     }
 }
 
-/// Drives a connection told to shut down until it ends, or until nothing has been in flight
-/// on it, nor waited for the client to take it, for [`CLOSE_GRACE`]. HTTP/2's shutdown waits for the client to answer the GOAWAY's
-/// PING; a client that never will (gone without closing, its NAT entry expired) would hold
-/// the stop for the whole drain timeout. The grace leaves a client that is there time to
-/// send what it began before it saw the GOAWAY.
-async fn until_done_or_idle<C: ServerConnection + Unpin>(
+/// Drives a connection told to shut down until it ends. HTTP/2's shutdown waits for the
+/// client to answer the GOAWAY's PING; a client that never will (gone without closing, its
+/// NAT entry expired) would hold the stop for the whole drain timeout. So an HTTP/2
+/// connection whose client has been silent for [`CLOSE_GRACE`] since the stop began (and
+/// has nothing in flight, see [`Activity::silent_since`]) is dropped. A live client answers
+/// the PING, or sends window updates while it takes a response, and is waited for.
+/// HTTP/1.1: hyper ends an idle connection itself, a busy one after its response.
+async fn until_done_or_silent<C: ServerConnection + Unpin>(
     connection: &mut C,
     activity: &Activity,
     http1: bool,
 ) -> Option<Result<(), hyper::Error>> {
-    let mut idle_since: Option<tokio::time::Instant> = None;
+    if http1 {
+        return Some(connection.await);
+    }
+    let stopped = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(CLOSE_GRACE / 4);
     loop {
         tokio::select! {
             done = &mut *connection => return Some(done),
             _ = tick.tick() => {
-                if !activity.is_idle(http1) {
-                    idle_since = None;
-                } else if idle_since.get_or_insert_with(tokio::time::Instant::now).elapsed() >= CLOSE_GRACE {
+                if activity
+                    .silent_since()
+                    .is_some_and(|since| since.max(stopped).elapsed() >= CLOSE_GRACE)
+                {
                     return None;
                 }
             }
