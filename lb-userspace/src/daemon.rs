@@ -423,9 +423,9 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     // The last requests' lines, before the process ends; the host is already left as it
     // was, whatever the log's destination does.
     if let Some(log) = access_log
-        && !log.flush(Duration::from_secs(2))
+        && !log.flush(crate::line_writer::EXIT_FLUSH)
     {
-        warn!("the access log's destination did not take its last lines within 2 s");
+        warn!("the access log's destination did not take its last lines in time");
     }
     Ok(())
 }

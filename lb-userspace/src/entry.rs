@@ -62,7 +62,7 @@ pub fn main() -> ExitCode {
             no_huge_pages();
             let code = serve(cli.run);
             // Queued log lines first, then nothing else is written.
-            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
+            crate::line_writer::flush_stderr();
             code
         }
     }
@@ -84,8 +84,7 @@ fn serve(mut args: crate::cli::RunArgs) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
-            eprintln!("edgelb: error: starting the runtime: {e}");
+            crate::line_writer::say(&format!("edgelb: error: starting the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -93,8 +92,7 @@ fn serve(mut args: crate::cli::RunArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             // After the log lines that led to it.
-            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
-            eprintln!("edgelb: error: {e}");
+            crate::line_writer::say(&format!("edgelb: error: {e}"));
             ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
         }
     }
@@ -134,16 +132,16 @@ fn read_etcd(args: &mut crate::cli::RunArgs) -> Result<(), ExitCode> {
             Ok(())
         }
         Err(e) => {
-            crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
-            eprintln!("edgelb: error: --config-etcd: cannot read {prefix}: {e}");
+            crate::line_writer::say(&format!(
+                "edgelb: error: --config-etcd: cannot read {prefix}: {e}"
+            ));
             Err(ExitCode::FAILURE)
         }
     }
 }
 
 fn usage_error(e: &crate::config::ConfigError) -> ExitCode {
-    crate::line_writer::flush_stderr(std::time::Duration::from_secs(2));
-    eprintln!("edgelb: error: {e}");
+    crate::line_writer::say(&format!("edgelb: error: {e}"));
     ExitCode::from(2)
 }
 

@@ -292,11 +292,30 @@ impl Write for DaemonLog {
     }
 }
 
-/// Waits (at most `within`) until what was queued for stderr has been written: before the
-/// process ends, and before anything is written to stderr directly.
-pub fn flush_stderr(within: Duration) {
+/// How long the process waits at exit for each writer's queued lines.
+pub const EXIT_FLUSH: Duration = Duration::from_secs(2);
+
+/// Waits (at most [`EXIT_FLUSH`]) until what was queued for stderr has been written: before
+/// the process ends.
+pub fn flush_stderr() {
     if let Some(Some(w)) = STDERR.get() {
-        w.flush(within);
+        w.flush(EXIT_FLUSH);
+    }
+}
+
+/// One line for stderr outside the log (`edgelb: error: ...`): after the log lines queued
+/// before it, through the same writer once that has started, else at once.
+pub fn say(line: &str) {
+    match STDERR.get() {
+        Some(Some(w)) => {
+            let line = format!("{line}\n");
+            if !w.push(line.as_bytes()) {
+                LOG_DROPPED.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        _ => {
+            let _ = writeln!(std::io::stderr(), "{line}");
+        }
     }
 }
 
@@ -305,7 +324,9 @@ pub fn flush_stderr(within: Duration) {
 pub fn flush_on_panic() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        flush_stderr(Duration::from_millis(200));
+        if let Some(Some(w)) = STDERR.get() {
+            w.flush(Duration::from_millis(200));
+        }
         previous(info);
     }));
 }

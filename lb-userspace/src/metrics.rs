@@ -600,6 +600,20 @@ pub struct Configured {
     pub l4_backends: std::collections::HashSet<(String, String)>,
 }
 
+impl<L: Clone + Hash + Eq> Indexed<L, Counter> {
+    /// Counts one in the series of `labels`: per event, so without taking a handle.
+    fn inc(&self, labels: &L) {
+        match self.family.get(labels) {
+            Some(c) => {
+                c.inc();
+            }
+            None => {
+                self.get_or_create(labels).inc();
+            }
+        }
+    }
+}
+
 /// A family that knows its label sets (prometheus_client's `Family` cannot list them), so
 /// that those of something a reload removed can be removed.
 struct Indexed<L, M> {
@@ -693,6 +707,18 @@ impl RequestCounters {
 }
 
 impl ListenerMetrics {
+    /// One event in the series `labels` makes, unless a reload removed the listener (its
+    /// connections still draining must not make its series again).
+    fn count<L: Clone + Hash + Eq>(
+        &self,
+        family: &Indexed<L, Counter>,
+        labels: impl FnOnce() -> L,
+    ) {
+        if !self.retired.load(Ordering::Relaxed) {
+            family.inc(&labels());
+        }
+    }
+
     /// Time from a request to its response headers.
     pub fn observe(&self, took: Duration) {
         self.latency.observe(took.as_secs_f64());
@@ -711,15 +737,10 @@ impl ListenerMetrics {
 
     /// An HTTP/2 connection ended for a control-frame flood of mostly `frame`.
     pub fn h2_flood(&self, frame: &str) {
-        if self.retired.load(Ordering::Relaxed) {
-            return;
-        }
-        self.h2_floods
-            .get_or_create(&FloodLabels {
-                listener: self.listener.clone(),
-                frame: frame.into(),
-            })
-            .inc();
+        self.count(&self.h2_floods, || FloodLabels {
+            listener: self.listener.clone(),
+            frame: frame.into(),
+        });
     }
 
     /// The listener's name, for log lines about it.
@@ -729,42 +750,27 @@ impl ListenerMetrics {
 
     /// A connection closed on accept, and why.
     pub fn refused(&self, reason: &str) {
-        if self.retired.load(Ordering::Relaxed) {
-            return;
-        }
-        self.refused
-            .get_or_create(&RefusedLabels {
-                listener: self.listener.clone(),
-                reason: reason.into(),
-            })
-            .inc();
+        self.count(&self.refused, || RefusedLabels {
+            listener: self.listener.clone(),
+            reason: reason.into(),
+        });
     }
 
     /// A connection closed for its PROXY protocol header (or for sending from a peer that may
     /// not send one), and why.
     pub fn proxy_protocol_refused(&self, reason: &str) {
-        if self.retired.load(Ordering::Relaxed) {
-            return;
-        }
-        self.proxy_protocol_refused
-            .get_or_create(&RefusedLabels {
-                listener: self.listener.clone(),
-                reason: reason.into(),
-            })
-            .inc();
+        self.count(&self.proxy_protocol_refused, || RefusedLabels {
+            listener: self.listener.clone(),
+            reason: reason.into(),
+        });
     }
 
     /// A handshake's result: `ok`, or a short failure reason.
     pub fn handshake(&self, result: &str) {
-        if self.retired.load(Ordering::Relaxed) {
-            return;
-        }
-        self.handshakes
-            .get_or_create(&HandshakeLabels {
-                listener: self.listener.clone(),
-                result: result.into(),
-            })
-            .inc();
+        self.count(&self.handshakes, || HandshakeLabels {
+            listener: self.listener.clone(),
+            result: result.into(),
+        });
     }
 }
 
