@@ -237,6 +237,29 @@ pub async fn connect_unverified(addr: SocketAddr, sni: &str) -> Result<Vec<u8>, 
     Ok(session(&tls).peer_cert)
 }
 
+/// An HTTP/2 connection to edgelb.test at `addr`, driven by a task of the current runtime;
+/// `window`: the client's stream and connection windows (fixed), else hyper's.
+pub async fn h2_connect(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    window: Option<u32>,
+) -> Result<hyper::client::conn::http2::SendRequest<Full<Bytes>>, String> {
+    let tls = connect(addr, "edgelb.test", config).await?;
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    if let Some(w) = window {
+        builder
+            .initial_stream_window_size(w)
+            .initial_connection_window_size(w)
+            .adaptive_window(false);
+    }
+    let (sender, conn) = builder
+        .handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
 /// `n` GET requests for `path` one after another on one HTTP/2 connection; the bodies.
 pub async fn get_many(
     addr: SocketAddr,
@@ -244,12 +267,7 @@ pub async fn get_many(
     path: &str,
     n: usize,
 ) -> Result<Vec<String>, String> {
-    let tls = connect(addr, "edgelb.test", config).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("h2 handshake: {e}"))?;
-    tokio::spawn(conn);
+    let mut sender = h2_connect(addr, config, None).await?;
     let mut bodies = Vec::with_capacity(n);
     for _ in 0..n {
         let req = Request::builder()
