@@ -29,8 +29,8 @@ pub struct Activity {
     finished: tokio::sync::Notify,
     /// Set while an idle HTTP/1.1 connection is being taken off hyper (see `park`).
     parking: AtomicBool,
-    /// Milliseconds since `start` when bytes last came from the client.
-    last_read: AtomicU64,
+    /// Reads that brought bytes from the client (only its connection's task reads).
+    reads: AtomicU64,
     /// The last write or flush to the client could not complete: it has not taken what was
     /// sent (its window or the socket's buffer is full).
     write_blocked: AtomicBool,
@@ -63,7 +63,7 @@ impl Activity {
             last_sent: AtomicU64::new(0),
             finished: tokio::sync::Notify::new(),
             parking: AtomicBool::new(false),
-            last_read: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
         })
     }
@@ -77,9 +77,11 @@ impl Activity {
     }
 
     pub(super) fn bytes_read(&self) {
-        let now = self.now_ms();
-        self.last_read.store(now, Ordering::Relaxed);
+        // One writer: a plain load and store, no locked add.
+        self.reads
+            .store(self.reads.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         if self.in_flight.load(Ordering::Relaxed) == 0 {
+            let now = self.now_ms();
             let _ = self.receiving_since.compare_exchange(
                 NONE,
                 now,
@@ -119,19 +121,16 @@ impl Activity {
         self.write_blocked.store(blocked, Ordering::Relaxed);
     }
 
-    /// When the client last went silent: nothing in flight, nothing it has yet to take
-    /// that edgelb tried to send, and nothing read from it since (a live HTTP/2 client
-    /// still taking a response sends window updates, and answers pings); None while not.
-    pub fn silent_since(&self) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 || self.write_blocked.load(Ordering::Relaxed)
-        {
-            return None;
-        }
-        let done = match self.last_done.load(Ordering::Relaxed) {
-            NONE => 0,
-            done => done,
-        };
-        Some(self.at(done.max(self.last_read.load(Ordering::Relaxed))))
+    /// What the client has sent so far, as a count of reads: a change shows it is there
+    /// (a live HTTP/2 client answers pings, and sends window updates while it takes a
+    /// response).
+    pub fn reads(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    /// Nothing in flight, and nothing the client has yet to take that edgelb tried to send.
+    pub fn is_quiet(&self) -> bool {
+        self.in_flight.load(Ordering::Relaxed) == 0 && !self.write_blocked.load(Ordering::Relaxed)
     }
 
     pub fn set_parking(&self, parking: bool) {

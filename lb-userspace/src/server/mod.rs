@@ -732,8 +732,9 @@ async fn drive<C: ServerConnection + Unpin>(
 /// Drives a connection told to shut down until it ends. HTTP/2's shutdown waits for the
 /// client to answer the GOAWAY's PING; a client that never will (gone without closing, its
 /// NAT entry expired) would hold the stop for the whole drain timeout. So an HTTP/2
-/// connection whose client has been silent for [`CLOSE_GRACE`] since the stop began (and
-/// has nothing in flight, see [`Activity::silent_since`]) is dropped. A live client answers
+/// connection is dropped once, for [`CLOSE_GRACE`] since the stop began, nothing has been
+/// in flight or waiting for the client ([`Activity::is_quiet`]) and nothing has come from it
+/// ([`Activity::reads`]), checked every quarter of the grace. A live client answers
 /// the PING, or sends window updates while it takes a response, and is waited for.
 /// HTTP/1.1: hyper ends an idle connection itself, a busy one after its response.
 async fn until_done_or_silent<C: ServerConnection + Unpin>(
@@ -744,16 +745,17 @@ async fn until_done_or_silent<C: ServerConnection + Unpin>(
     if http1 {
         return Some(connection.await);
     }
-    let stopped = tokio::time::Instant::now();
+    let mut quiet_since = tokio::time::Instant::now();
+    let mut reads = activity.reads();
     let mut tick = tokio::time::interval(CLOSE_GRACE / 4);
     loop {
         tokio::select! {
             done = &mut *connection => return Some(done),
             _ = tick.tick() => {
-                if activity
-                    .silent_since()
-                    .is_some_and(|since| since.max(stopped).elapsed() >= CLOSE_GRACE)
-                {
+                let now = activity.reads();
+                if now != reads || !activity.is_quiet() {
+                    (reads, quiet_since) = (now, tokio::time::Instant::now());
+                } else if quiet_since.elapsed() >= CLOSE_GRACE {
                     return None;
                 }
             }
