@@ -1141,6 +1141,31 @@ fn help_is_grouped_by_topic_and_check_help_points_to_it() {
         tls.contains("--client-ca") && !tls.contains("--backend "),
         "{tls}"
     );
+    // Every flag says what it does, on the line below it: a doc comment that slid onto the
+    // next field once left --backend-ca bare and gave --backend-proxy-protocol its words.
+    let lines: Vec<&str> = help.lines().collect();
+    let bare: Vec<&str> = lines
+        .windows(2)
+        .filter(|w| {
+            // A flag's line (`--x <V>`, `-c, --config <PATH>`), not one of its possible values.
+            let line = w[0].trim_start();
+            line.starts_with('-') && !line.starts_with("- ") && w[1].trim().is_empty()
+        })
+        .map(|w| w[0].trim())
+        .collect();
+    assert!(bare.is_empty(), "flags without a description: {bare:?}");
+    let proxy: Vec<&str> = lines
+        .iter()
+        .skip_while(|l| !l.contains("--backend-proxy-protocol"))
+        .take(2)
+        .copied()
+        .collect();
+    assert!(
+        proxy
+            .get(1)
+            .is_some_and(|l| l.trim().starts_with("Send a PROXY protocol header")),
+        "{proxy:?}"
+    );
     let protocol: Vec<&str> = help
         .lines()
         .skip_while(|l| !l.contains("--protocol <PROTO>"))

@@ -371,7 +371,6 @@ pub struct GroupSpec {
     )]
     pub backend_protocol: BackendProtocolArg,
 
-    /// CA bundle (PEM) that HTTPS backends' certificates must chain to.
     /// Send a PROXY protocol header first on every backend connection (off, v1 or v2),
     /// naming the client and the address it connected to (v2 also the SNI and the TLS
     /// version). Such a connection serves that client's connection only.
@@ -385,6 +384,7 @@ pub struct GroupSpec {
     )]
     pub backend_proxy_protocol: values::BackendProxyProtocol,
 
+    /// CA bundle (PEM) that HTTPS backends' certificates must chain to.
     #[arg(long, value_name = "PATH", help_heading = "Backend group")]
     pub backend_ca: Option<PathBuf>,
 
