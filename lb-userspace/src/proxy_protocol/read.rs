@@ -1,8 +1,6 @@
 //! Taking a header off a new connection, before anything else reads it (TLS, HTTP): bytes are
 //! peeked until a header is whole, then exactly its bytes are read, so that what follows
 //! stays in the socket for the next reader.
-use std::time::Duration;
-
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -34,10 +32,6 @@ impl ReadError {
     }
 }
 
-/// A header arrives in one segment in practice; when only part of it has, the socket is
-/// looked at again after this long (peeking again at once would find the same bytes).
-const RETRY: Duration = Duration::from_millis(5);
-
 /// Reads the header `expected` from the start of `stream`, by `deadline`.
 pub async fn read_header(
     stream: &mut TcpStream,
@@ -51,6 +45,8 @@ pub async fn read_header(
             Version::V2 => V2_FIXED,
         }
     ];
+    // Set once the peer has shut its side: what is in the socket then is all there will be.
+    let mut closed = false;
     let parsed = loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Err(_) => return Err(ReadError::Timeout),
@@ -66,16 +62,10 @@ pub async fn read_header(
                     buf.resize(needed, 0);
                 }
                 if n < buf.len() {
-                    // A peer that sent part of a header and closed will send no more.
-                    if let Ok(ready) = stream.ready(Interest::READABLE).await
-                        && ready.is_read_closed()
-                    {
+                    if closed {
                         return Err(ReadError::Closed);
                     }
-                    if Instant::now() + RETRY > deadline {
-                        return Err(ReadError::Timeout);
-                    }
-                    tokio::time::sleep(RETRY).await;
+                    closed = next_segment(stream, deadline).await?;
                 }
             }
             Err(e) => return Err(ReadError::Parse(e)),
@@ -89,9 +79,26 @@ pub async fn read_header(
     Ok(parsed.header)
 }
 
+/// Waits until more bytes reach `stream` after a peek that found part of a header, without
+/// polling: the readiness the peeked bytes gave is dropped first, so the wait ends at the next
+/// segment (or the peer's FIN), not at once. Returns whether the peer has shut its side.
+async fn next_segment(stream: &TcpStream, deadline: Instant) -> Result<bool, ReadError> {
+    // A bytes-arrived event the reactor has not taken yet is kept: readiness is only dropped
+    // if nothing new came since it was set, so a segment between the peek and here is not lost.
+    let _ = stream.try_io(Interest::READABLE, || {
+        Err::<(), _>(std::io::ErrorKind::WouldBlock.into())
+    });
+    match tokio::time::timeout_at(deadline, stream.ready(Interest::READABLE)).await {
+        Err(_) => Err(ReadError::Timeout),
+        Ok(Err(e)) => Err(ReadError::Io(e)),
+        Ok(Ok(ready)) => Ok(ready.is_read_closed()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -126,6 +133,62 @@ mod tests {
         let mut rest = [0u8; 5];
         server.read_exact(&mut rest).await.expect("rest");
         assert_eq!(&rest, b"hello");
+    }
+
+    /// Sends `line` to a server socket in two parts, the second `after` the first, then the
+    /// client's FIN when `fin`; returns the server side and a deadline 5 s away.
+    async fn in_two_parts(
+        line: &'static [u8],
+        split: usize,
+        after: Duration,
+        fin: bool,
+    ) -> (TcpStream, Instant) {
+        let (mut client, server) = pair().await;
+        client.write_all(&line[..split]).await.expect("first part");
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            client.write_all(&line[split..]).await.expect("rest");
+            if fin {
+                client.shutdown().await.expect("FIN");
+            }
+            // Held open until the reader is done with it.
+            tokio::time::sleep(Duration::from_secs(10)).await;
+        });
+        (server, Instant::now() + Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_header_with_the_peers_fin_is_a_whole_header() {
+        let line = b"PROXY TCP6 fd00::7 fd00::1 40000 443\r\n";
+        let (mut server, deadline) = in_two_parts(line, 10, Duration::from_millis(50), true).await;
+        let header = read_header(&mut server, Version::V1, deadline)
+            .await
+            .expect("whole header");
+        assert_eq!(
+            header.addresses.map(|a| a.source),
+            Some("[fd00::7]:40000".parse().expect("addr"))
+        );
+    }
+
+    /// CPU time of this thread, which runs the test's runtime and so the reader.
+    fn thread_cpu() -> Duration {
+        nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+            .map(Duration::from)
+            .expect("thread CPU clock")
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_rest_of_a_header_does_not_spin() {
+        let line = b"PROXY TCP4 192.0.2.7 10.0.0.1 40000 443\r\n";
+        let (mut server, deadline) =
+            in_two_parts(line, 12, Duration::from_millis(300), false).await;
+        let cpu = thread_cpu();
+        read_header(&mut server, Version::V1, deadline)
+            .await
+            .expect("whole header");
+        let used = thread_cpu().saturating_sub(cpu);
+        // Peeking in a loop while the rest is on its way would use most of the 300 ms.
+        assert!(used < Duration::from_millis(100), "{used:?} of CPU");
     }
 
     #[tokio::test]
