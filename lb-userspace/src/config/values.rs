@@ -117,20 +117,29 @@ impl TextValue for AccessLogTarget {
 
 /// The file's `access_log`: true (stderr), false (off) or a path.
 pub fn access_log<'de, D: Deserializer<'de>>(d: D) -> Result<Option<AccessLogTarget>, D::Error> {
-    struct Either;
-    impl Visitor<'_> for Either {
-        type Value = Option<AccessLogTarget>;
+    bool_or_text(d, AccessLogTarget(crate::access_log::Target::Stderr))
+}
+
+/// A file key that is `true` (`on`, what the flag means without a value), `false` (off) or a
+/// value written as the flag's.
+fn bool_or_text<'de, D: Deserializer<'de>, T: TextValue>(
+    d: D,
+    on: T,
+) -> Result<Option<T>, D::Error> {
+    struct Either<T>(T);
+    impl<T: TextValue> Visitor<'_> for Either<T> {
+        type Value = Option<T>;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(AccessLogTarget::EXPECTED)
+            f.write_str(T::EXPECTED)
         }
-        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-            Ok(v.then_some(AccessLogTarget(crate::access_log::Target::Stderr)))
+        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<T>, E> {
+            Ok(v.then_some(self.0))
         }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-            AccessLogTarget::parse(v).map(Some).map_err(E::custom)
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<T>, E> {
+            T::parse(v).map(Some).map_err(E::custom)
         }
     }
-    d.deserialize_any(Either)
+    d.deserialize_any(Either(on))
 }
 
 /// A whole number of seconds within `MIN..=MAX`.
@@ -386,20 +395,7 @@ impl TextValue for LbIp {
 
 /// `transfer_lb_ip = true` (the local address), `false` (off) or an IP.
 pub fn lb_ip<'de, D: Deserializer<'de>>(d: D) -> Result<Option<LbIp>, D::Error> {
-    struct Either;
-    impl Visitor<'_> for Either {
-        type Value = Option<LbIp>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str(LbIp::EXPECTED)
-        }
-        fn visit_bool<E: de::Error>(self, v: bool) -> Result<Option<LbIp>, E> {
-            Ok(v.then_some(LbIp::Local))
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<LbIp>, E> {
-            LbIp::parse(v).map(Some).map_err(E::custom)
-        }
-    }
-    d.deserialize_any(Either)
+    bool_or_text(d, LbIp::Local)
 }
 
 /// An HTTP status code of a rule's action; the rule checks which codes its action takes.
@@ -871,6 +867,44 @@ mod tests {
         }
         assert_eq!(Count::<1, 10>::parse("10").expect("max").0, 10);
         assert!(Count::<1, 10>::parse("11").is_err());
+    }
+
+    #[test]
+    fn keys_that_take_true_false_or_a_value() {
+        #[derive(Debug, Deserialize)]
+        struct File {
+            #[serde(default, deserialize_with = "lb_ip")]
+            transfer_lb_ip: Option<LbIp>,
+            #[serde(default, deserialize_with = "access_log")]
+            access_log: Option<AccessLogTarget>,
+        }
+        let read = |text: &str| toml::from_str::<File>(text).map_err(|e| e.message().to_string());
+        let f = read("transfer_lb_ip = true\naccess_log = true").expect("true");
+        assert_eq!(f.transfer_lb_ip, Some(LbIp::Local));
+        assert_eq!(
+            f.access_log,
+            Some(AccessLogTarget(crate::access_log::Target::Stderr))
+        );
+        let f = read("transfer_lb_ip = false\naccess_log = false").expect("false");
+        assert_eq!((f.transfer_lb_ip, f.access_log), (None, None));
+        let f =
+            read("transfer_lb_ip = \"fd00::5\"\naccess_log = \"/var/log/a.log\"").expect("values");
+        assert_eq!(
+            f.transfer_lb_ip,
+            Some(LbIp::Fixed("fd00::5".parse().expect("ip")))
+        );
+        assert_eq!(
+            f.access_log,
+            Some(AccessLogTarget(crate::access_log::Target::File(
+                "/var/log/a.log".into()
+            )))
+        );
+        let e = read("transfer_lb_ip = \"nope\"").expect_err("not an IP");
+        assert!(e.contains("expected an IPv4 or IPv6 address"), "{e}");
+        let e = read("transfer_lb_ip = 5").expect_err("an integer");
+        assert!(e.contains("expected true, false or an IP address"), "{e}");
+        let e = read("access_log = 5").expect_err("an integer");
+        assert!(e.contains("expected true, false or a file path"), "{e}");
     }
 
     #[test]
