@@ -128,6 +128,19 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once `done` holds for it, or as it is after `within`: lines reach the file from
+    /// edgelb's writer thread a few milliseconds after the event they tell of.
+    pub fn log_when(&self, within: Duration, done: impl Fn(&str) -> bool) -> String {
+        let until = Instant::now() + within;
+        loop {
+            let log = self.log();
+            if done(&log) || Instant::now() >= until {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Waits (10 s at most) until the log holds `marker` `n` times or more; panics with the
     /// log otherwise.
     pub async fn wait_for_log(&self, marker: &str, n: usize) {
