@@ -84,7 +84,9 @@ async fn rules_answer_in_order_and_the_rest_goes_to_the_group() {
         .expect("request");
     assert_eq!(r.body, "backend a\n");
     assert_eq!(backend.served(), 3);
-    // The access log names the rule that answered, and `-` where none matched.
+    // The access log names the rule that answered, and `-` where none matched. Its lines reach
+    // the file a few milliseconds after their requests (a writer thread batches them).
+    lb.wait_for_log("edgelb::access", 6).await;
     let log = lb.log();
     let access: Vec<&str> = log
         .lines()
