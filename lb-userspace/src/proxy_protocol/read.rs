@@ -48,6 +48,7 @@ pub async fn read_header(
     // Set once the peer has shut its side: what is in the socket then is all there will be.
     let mut closed = false;
     let parsed = loop {
+        let asked = buf.len();
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Err(_) => return Err(ReadError::Timeout),
             Ok(Err(e)) => return Err(ReadError::Io(e)),
@@ -61,7 +62,9 @@ pub async fn read_header(
                 if needed > buf.len() {
                     buf.resize(needed, 0);
                 }
-                if n < buf.len() {
+                // A full buffer may have left bytes in the socket (v2's fixed part is peeked
+                // first): peek again at once. Fewer bytes than asked were all there was.
+                if n < asked {
                     if closed {
                         return Err(ReadError::Closed);
                     }
@@ -189,6 +192,31 @@ mod tests {
         let used = thread_cpu().saturating_sub(cpu);
         // Peeking in a loop while the rest is on its way would use most of the 300 ms.
         assert!(used < Duration::from_millis(100), "{used:?} of CPU");
+    }
+
+    #[tokio::test]
+    async fn a_v2_header_already_whole_in_the_socket_is_read_at_once() {
+        let (mut client, mut server) = pair().await;
+        // Signature, v2 PROXY, TCP over IPv4, 12 address bytes, then what the client sends next.
+        let mut bytes = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+        bytes.extend_from_slice(&[192, 0, 2, 7, 10, 0, 0, 1]);
+        bytes.extend_from_slice(&40000u16.to_be_bytes());
+        bytes.extend_from_slice(&443u16.to_be_bytes());
+        bytes.extend_from_slice(b"hello");
+        client.write_all(&bytes).await.expect("write");
+        // Everything is in the socket before the read starts: no later segment will wake it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let header = read_header(&mut server, Version::V2, deadline)
+            .await
+            .expect("whole header");
+        assert_eq!(
+            header.addresses.map(|a| a.source),
+            Some("192.0.2.7:40000".parse().expect("addr"))
+        );
+        let mut rest = [0u8; 5];
+        server.read_exact(&mut rest).await.expect("rest");
+        assert_eq!(&rest, b"hello");
     }
 
     #[tokio::test]
