@@ -197,11 +197,13 @@ mod tests {
     #[tokio::test]
     async fn a_v2_header_already_whole_in_the_socket_is_read_at_once() {
         let (mut client, mut server) = pair().await;
-        // Signature, v2 PROXY, TCP over IPv4, 12 address bytes, then what the client sends next.
-        let mut bytes = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
-        bytes.extend_from_slice(&[192, 0, 2, 7, 10, 0, 0, 1]);
-        bytes.extend_from_slice(&40000u16.to_be_bytes());
-        bytes.extend_from_slice(&443u16.to_be_bytes());
+        // The daemon's own encoder writes the header; what the client sends next follows it.
+        let mut bytes = super::super::encode::v2(
+            "192.0.2.7:40000".parse().expect("source"),
+            "10.0.0.1:443".parse().expect("destination"),
+            None,
+            None,
+        );
         bytes.extend_from_slice(b"hello");
         client.write_all(&bytes).await.expect("write");
         // Everything is in the socket before the read starts: no later segment will wake it.
