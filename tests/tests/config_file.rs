@@ -127,16 +127,6 @@ async fn backend_of(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, path: 
     reply.body.trim().to_string()
 }
 
-async fn wait_for_log(lb: &Daemon, marker: &str, n: usize) {
-    for _ in 0..200 {
-        if lb.log().matches(marker).count() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{marker:?} did not appear {n} times:\n{}", lb.log());
-}
-
 #[tokio::test]
 async fn a_config_file_runs_listeners_groups_and_rules() {
     let s = Setup::new();
@@ -262,7 +252,7 @@ group = "api"
         node.file_without_plain(&s, &[&node.web[1]], &extra(extra_at)),
     );
     lb.signal(Signal::SIGHUP);
-    wait_for_log(&lb, "reloaded", 1).await;
+    lb.wait_for_log("reloaded", 1).await;
     assert!(
         http_get(node.plain, "/").is_err(),
         "the removed http listener still answers"
@@ -280,7 +270,7 @@ group = "api"
         current.replace(&extra_at.to_string(), &moved.to_string()),
     );
     lb.signal(Signal::SIGHUP);
-    wait_for_log(&lb, "reloaded", 2).await;
+    lb.wait_for_log("reloaded", 2).await;
     assert_eq!(backend_of(moved, &config, "/").await, "backend api");
     assert!(
         TcpStream::connect(extra_at).is_err(),
@@ -293,7 +283,7 @@ group = "api"
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         lb.signal(Signal::SIGHUP);
-        wait_for_log(&lb, "reloaded", round).await;
+        lb.wait_for_log("reloaded", round).await;
     }
 
     // A bad file changes nothing and says where the problem is.
@@ -303,7 +293,7 @@ group = "api"
         good.replace("idle_timeout = 30", "idle_timeout = 5000"),
     );
     lb.signal(Signal::SIGHUP);
-    wait_for_log(&lb, "reload refused", 1).await;
+    lb.wait_for_log("reload refused", 1).await;
     let log = lb.log();
     assert!(
         log.contains("listener \\\"secure\\\": idle_timeout = \\\"5000\\\": must be")

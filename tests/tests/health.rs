@@ -122,15 +122,7 @@ async fn slow_start_ramps_a_returning_backend_up() {
     tokio::time::sleep(DETECTION).await;
     let _a = BackendProcess::start("a", &a_addr);
     // Wait for the healthy transition, then sample the share of the returning backend.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !lb.log().contains("backend healthy") {
-        assert!(
-            Instant::now() < deadline,
-            "backend never came back:\n{}",
-            lb.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    lb.wait_for_log("backend healthy", 1).await;
     let back = Instant::now();
     eprintln!(
         "saw healthy at {:?}",

@@ -489,15 +489,7 @@ async fn a_reload_turns_http3_on_and_off() {
             write(http3);
             lb.signal(edgelb_tests::daemon::Signal::SIGHUP);
             reloads += 1;
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while lb.log().matches("certificates reloaded").count() < reloads {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "no reload:\n{}",
-                    lb.log()
-                );
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
+            lb.wait_for_log("certificates reloaded", reloads).await;
         }
         let answer = client.send(None, "127.0.0.1", addr.port(), &["/"]);
         assert_eq!(
@@ -677,11 +669,8 @@ fn malformed_http3_requests_are_refused_before_the_backend() {
             .count();
         refused >= 3 && access >= 3
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !logged(&lb.log()) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert!(logged(&lb.log()), "{}", lb.log());
+    let log = lb.log_when(std::time::Duration::from_secs(5), logged);
+    assert!(logged(&log), "{log}");
     // In the request counters as the 400s they were: the three connection-specific fields and
     // the target without a path at least.
     let series = "edgelb_requests_total{listener=\"listener-1\",group=\"server_group-1\",backend=\"-\",code=\"4xx\"}";

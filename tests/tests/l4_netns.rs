@@ -634,15 +634,11 @@ fn reload_config(topo: &L4Topo, lb: usize, k: usize) -> PathBuf {
 }
 
 fn wait_for_log(d: &Daemon, marker: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while d.log().matches(marker).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "{marker:?} not {n} times:\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let log = d.log_when(Duration::from_secs(10), |l| l.matches(marker).count() >= n);
+    assert!(
+        log.matches(marker).count() >= n,
+        "{marker:?} not {n} times:\n{log}"
+    );
 }
 
 /// 100 reloads of both ECMP nodes under traffic, each adding or removing a backend, reordering

@@ -11,17 +11,6 @@ use edgelb_tests::load::Load;
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-/// Waits until `lb`'s log has `n` lines containing `marker`.
-async fn log_count(lb: &edgelb_tests::daemon::Daemon, marker: &str, n: usize) {
-    for _ in 0..100 {
-        if lb.log().matches(marker).count() >= n {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{marker:?} did not appear {n} times:\n{}", lb.log());
-}
-
 #[tokio::test]
 async fn certificates_rotate_under_load_without_a_failed_request() {
     let s = Setup::new();
@@ -50,7 +39,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
         std::fs::copy(&next.cert, &s.server.cert).expect("replace cert");
         std::fs::copy(&next.key, &s.server.key).expect("replace key");
         lb.signal(Signal::SIGHUP);
-        log_count(&lb, "reloaded", round).await;
+        lb.wait_for_log("reloaded", round).await;
         let seen = https::send(addr, SERVER_NAME, no_session(), get("/"))
             .await
             .expect("after reload")
@@ -65,7 +54,7 @@ async fn certificates_rotate_under_load_without_a_failed_request() {
     // A reload that cannot work (the key is garbage) changes nothing.
     std::fs::write(&s.server.key, "not a key\n").expect("break the key");
     lb.signal(Signal::SIGHUP);
-    log_count(&lb, "reload refused", 1).await;
+    lb.wait_for_log("reload refused", 1).await;
     let seen = https::send(addr, SERVER_NAME, no_session(), get("/"))
         .await
         .expect("after a bad reload")
@@ -112,7 +101,7 @@ async fn an_ip_group_file_change_takes_effect_on_reload() {
 
     std::fs::write(&group, "10.0.0.0/8\n").expect("rewrite the group");
     lb.signal(Signal::SIGHUP);
-    log_count(&lb, "reloaded", 1).await;
+    lb.wait_for_log("reloaded", 1).await;
     assert!(
         https::send(addr, SERVER_NAME, config.clone(), get("/"))
             .await
@@ -122,7 +111,7 @@ async fn an_ip_group_file_change_takes_effect_on_reload() {
 
     std::fs::write(&group, "10.0.0.0/33\n").expect("break the group");
     lb.signal(Signal::SIGHUP);
-    log_count(&lb, "reload refused", 1).await;
+    lb.wait_for_log("reload refused", 1).await;
     assert!(lb.log().contains("--ip-group-file"), "{}", lb.log());
     assert!(
         https::send(addr, SERVER_NAME, config, get("/"))
