@@ -783,29 +783,6 @@ impl Drop for GaugeGuard {
     }
 }
 
-/// A short, stable label for why a TLS handshake failed.
-pub fn handshake_failure(e: &std::io::Error) -> &'static str {
-    use rustls::Error as E;
-    match e.get_ref().and_then(|inner| inner.downcast_ref::<E>()) {
-        Some(E::PeerIncompatible(_)) => "incompatible",
-        Some(E::NoCertificatesPresented) => "no_client_certificate",
-        Some(E::InvalidCertificate(_)) => "bad_certificate",
-        Some(E::AlertReceived(_)) => "alert_received",
-        Some(
-            E::InappropriateMessage { .. }
-            | E::InappropriateHandshakeMessage { .. }
-            | E::InvalidMessage(_),
-        ) => "protocol_error",
-        Some(E::NoApplicationProtocol) => "no_application_protocol",
-        Some(_) => "other",
-        None => match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => "eof",
-            std::io::ErrorKind::ConnectionReset => "reset",
-            _ => "io",
-        },
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

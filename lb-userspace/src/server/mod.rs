@@ -33,7 +33,7 @@ use tracing::debug;
 use crate::access_log::{Answer, Counted, ListenerLog};
 use crate::acl::AccessControl;
 use crate::config::Timeouts;
-use crate::metrics::{ListenerMetrics, handshake_failure};
+use crate::metrics::ListenerMetrics;
 use crate::proxy::body::WithGuard;
 use crate::proxy::headers::ConnInfo;
 use crate::proxy::{ProxyBody, Routes};
@@ -271,8 +271,9 @@ pub async fn serve_connection(mut stream: TcpStream, ctx: Arc<ListenerContext>, 
             s
         }
         Ok(Err(e)) => {
-            ctx.metrics.handshake(handshake_failure(&e));
-            match refusals::handshake_reason(&e) {
+            let failure = crate::tls::failure::classify(&e);
+            ctx.metrics.handshake(failure.label);
+            match failure.reason {
                 Some(reason) => {
                     refusals::log(Refused::Handshake, ctx.metrics.name(), peer, &reason)
                 }
@@ -312,9 +313,7 @@ pub async fn serve_connection(mut stream: TcpStream, ctx: Arc<ListenerContext>, 
     .await;
 }
 
-/// Answers plain HTTP on a TLS port with 400 and closes: what the client sent is read (up to
-/// a request head) first, and what follows the answer until it closes, so that closing does
-/// not reset the connection before the client has read the answer.
+/// Logs a handshake (PROXY header included) that outlived the handshake timeout.
 fn handshake_timed_out(ctx: &ListenerContext, peer: std::net::SocketAddr, timeouts: Timeouts) {
     let reason = format!(
         "not completed within the handshake timeout ({} s)",
@@ -323,6 +322,9 @@ fn handshake_timed_out(ctx: &ListenerContext, peer: std::net::SocketAddr, timeou
     refusals::log(Refused::Handshake, ctx.metrics.name(), peer, &reason);
 }
 
+/// Answers plain HTTP on a TLS port with 400 and closes: what the client sent is read (up to
+/// a request head) first, and what follows the answer until it closes, so that closing does
+/// not reset the connection before the client has read the answer.
 async fn plain_http_refused(mut stream: TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const BODY: &str = "This port speaks HTTPS: use https:// in the URL.\n";

@@ -2,6 +2,7 @@
 //! verification, security policies, ALPN, and the rustls configuration built from them.
 pub mod certs;
 pub mod client;
+pub mod failure;
 pub mod policy;
 pub mod sni;
 pub mod tickets;
