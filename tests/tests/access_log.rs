@@ -42,7 +42,8 @@ fn by_target<'a>(entries: &'a [serde_json::Value], target: &str) -> &'a serde_js
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_json_access_log_file_holds_each_request_whole_and_is_reopened_on_sigusr1() {
     let s = Setup::new();
-    let backend = Backend::start("a", "127.0.0.1:0", None);
+    // Each answer 50 ms late: the logged times must show it.
+    let backend = Backend::start_delayed("a", "127.0.0.1:0", Duration::from_millis(50));
     let be = backend.addr.to_string();
     let path = s.dir.path().join("access.log");
     let log_path = path.to_string_lossy().into_owned();
@@ -115,6 +116,12 @@ async fn a_json_access_log_file_holds_each_request_whole_and_is_reopened_on_sigu
             "{key} = {ms}: milliseconds rounded to 3 decimals"
         );
     }
+    let upstream = get_entry["upstream_ms"].as_f64().unwrap_or_default();
+    let total = get_entry["total_ms"].as_f64().unwrap_or_default();
+    assert!(
+        (50.0..5_000.0).contains(&upstream) && total >= upstream,
+        "upstream {upstream} ms, total {total} ms, for a backend that answers after 50 ms"
+    );
     let post_entry = by_target(&entries, "/echo");
     assert_eq!(post_entry["version"], "HTTP/1.1", "{post_entry}");
     assert_eq!(post_entry["bytes_in"], 5, "{post_entry}");

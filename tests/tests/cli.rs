@@ -482,6 +482,7 @@ fn bad_input_is_one_clear_line_and_exit_code_2() {
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
             let ok = out.status.code() == Some(2)
                 && stderr.contains(expected)
+                && stderr.trim_end().lines().count() == 1
                 && !stderr.contains("panicked");
             if !ok {
                 failures.push(format!(

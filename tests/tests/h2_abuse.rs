@@ -457,6 +457,15 @@ async fn rapid_reset_ends_the_connection_with_goaway_and_others_are_served() {
             seen.goaway,
             seen.why
         );
+        // Normal use: a client that cancels what it asked for keeps its connection.
+        assert_eq!(
+            paced, 500,
+            "the connection failed after {paced} paced resets: {seen:?}"
+        );
+        assert!(
+            seen.goaway.is_none() && seen.closed.is_none(),
+            "paced resets ended the connection: {seen:?}"
+        );
     }
     normal_client_served(&s, addr).await;
     assert_bounded(&peaks, "rapid reset", 64 * 1024, 64);

@@ -16,8 +16,11 @@ use edgelb_tests::listener::{SERVER_NAME, Setup, free_addr};
 fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     s.set_read_timeout(Some(within)).expect("read timeout");
     let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(0))
-        || matches!(s.read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+        Ok(_) => false,
+    }
 }
 
 #[tokio::test]
@@ -44,6 +47,12 @@ async fn a_handshake_that_never_finishes_is_cut_at_the_handshake_timeout() {
     assert!(
         closed_within(&mut silent, Duration::from_secs(8)),
         "a stalled handshake is still open after {:?}",
+        started.elapsed()
+    );
+    // At the 1 s given, not at the 10 s default nor at once.
+    assert!(
+        (Duration::from_millis(800)..Duration::from_millis(2500)).contains(&started.elapsed()),
+        "a stalled handshake was cut after {:?} with --handshake-timeout 1",
         started.elapsed()
     );
     // A client that does its handshake is served as usual.
@@ -111,6 +120,13 @@ async fn connections_past_the_limit_are_closed_and_the_node_stays_reachable() {
     assert!(
         closed >= LIMIT * 9 - 50,
         "only {closed} of {} connections past the limit were closed",
+        open.len()
+    );
+    // ... and the ones within it were let in and stay open.
+    let kept = open.len() - closed;
+    assert!(
+        kept >= LIMIT - 50,
+        "only {kept} of {} connections were kept open with a limit of {LIMIT}",
         open.len()
     );
     assert!(

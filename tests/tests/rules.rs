@@ -44,6 +44,7 @@ async fn rules_answer_in_order_and_the_rest_goes_to_the_group() {
         "--backend", &be,
         "--rule", "name=maintenance;path=/maintenance;action=fixed:503:text/plain:back soon",
         "--rule", "name=partners;client=10.0.0.0/8;path-prefix=/partner;action=fixed:200:text/plain:partner area",
+        "--rule", "name=local;client=127.0.0.0/8;path=/local;action=fixed:200:text/plain:local only",
         "--rule", "name=no-delete;method=DELETE;action=fixed:405:text/plain:read only",
         "--rule", "name=api;host=api.example.com;path-prefix=/v1;action=forward",
         "--rule", "name=catch-api;host=*.example.com;action=fixed:404:text/plain:unknown api",
@@ -67,6 +68,9 @@ async fn rules_answer_in_order_and_the_rest_goes_to_the_group() {
         .await
         .expect("request");
     assert_eq!((r.status, r.body.as_str()), (200, "backend a\n"));
+    // ... and inside 127.0.0.0/8, where the client's own address is what is matched.
+    let r = send("GET", "edgelb.test", "/local").await.expect("request");
+    assert_eq!((r.status, r.body.as_str()), (200, "local only"));
     let r = send("DELETE", "edgelb.test", "/anything")
         .await
         .expect("request");
@@ -86,7 +90,7 @@ async fn rules_answer_in_order_and_the_rest_goes_to_the_group() {
     assert_eq!(backend.served(), 3);
     // The access log names the rule that answered, and `-` where none matched. Its lines reach
     // the file a few milliseconds after their requests (a writer thread batches them).
-    lb.wait_for_log("edgelb::access", 6).await;
+    lb.wait_for_log("edgelb::access", 7).await;
     let log = lb.log();
     let access: Vec<&str> = log
         .lines()

@@ -193,8 +193,10 @@ async fn hundreds_of_idle_keep_alive_connections_close_at_the_idle_timeout() {
         idle_for[N - 1]
     );
     peaks.report("idle keep-alive connections");
+    // The connection opened last is read when it closes: the shortest idle time is the
+    // timeout itself, not the 10 s request timeout nor anything longer.
     assert!(
-        idle_for[0] >= Duration::from_millis(2900),
+        (Duration::from_millis(2900)..Duration::from_secs(6)).contains(&idle_for[0]),
         "{:?}",
         idle_for[0]
     );

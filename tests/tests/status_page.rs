@@ -362,6 +362,7 @@ async fn status_reports_version_uptime_reloads_and_each_backends_share() {
         format!("{},weight=1", b.addr),
     );
     let admin = free_addr().to_string();
+    let before_start = std::time::Instant::now();
     let (lb, addr) = s.start(&["--backend", &heavy, "--backend", &light, "--admin", &admin]);
     let config = ClientOpts::new(&s.ca.cert_pem).config();
     for _ in 0..4 {
@@ -416,7 +417,7 @@ async fn status_reports_version_uptime_reloads_and_each_backends_share() {
     {
         assert_eq!(commit, String::from_utf8_lossy(&out.stdout).trim());
     }
-    assert!(status["uptime_seconds"].is_u64(), "{status}");
+    let uptime = status["uptime_seconds"].as_u64().expect("uptime_seconds");
     assert!(status["config_path"].is_null(), "no --config: {status}");
     assert_eq!(
         status["reloads"],
@@ -450,12 +451,21 @@ async fn status_reports_version_uptime_reloads_and_each_backends_share() {
         );
     }
 
+    // Uptime counts from the start, and reloads do not reset it.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     // One reload applied, then one refused: a key file that is no key.
     assert!(http(&admin, "POST", "/reload").contains(" 200 "));
     std::fs::write(&s.server.key, "not a key\n").expect("spoil the key");
     let refused = http(&admin, "POST", "/reload");
     assert!(refused.contains(" 422 "), "{refused}");
-    let reloads = &json(&admin, "/status")["reloads"];
+    let after = json(&admin, "/status");
+    let uptime_after = after["uptime_seconds"].as_u64().expect("uptime_seconds");
+    assert!(
+        uptime_after > uptime && uptime_after <= before_start.elapsed().as_secs(),
+        "uptime {uptime} s, then {uptime_after} s after 1.1 s and two reloads; the test began {:?} ago",
+        before_start.elapsed()
+    );
+    let reloads = &after["reloads"];
     assert_eq!((&reloads["ok"], &reloads["failed"]), (&1.into(), &1.into()));
     let last = &reloads["last"];
     assert_eq!(

@@ -457,21 +457,24 @@ fn a_ring_flipped_under_traffic_is_never_seen_half_written() {
     let group = 2;
     fx.apply_in_groups(&[l4_listener()], &in_group(group));
     fx.serve_group(group);
-    // Two rings on disjoint backends: A on 1..=3, B on 4..=6. Backend 0 is in neither, so a
-    // read of a never-written (zeroed) half would show up as a count for backend 0, and a
-    // NO_BACKEND entry as a frame counted for nobody.
-    let a = ring_of(&backends(&[(1, 0), (2, 1), (3, 1), (4, 1)]));
-    let b = ring_of(&backends(&[
-        (1, 0),
-        (2, 0),
-        (3, 0),
-        (4, 0),
-        (5, 1),
-        (6, 1),
-        (7, 1),
-    ]));
-    assert!(a.iter().all(|e| (1..=3).contains(e)));
-    assert!(b.iter().all(|e| (4..=6).contains(e)));
+    // Three rings on disjoint backends: A on 1..=3, B on 4..=6, C on 7..=9, flipped A -> B ->
+    // C -> A ... With three, every flip really rewrites the half it stages (that half still
+    // holds the ring of two flips before), and a half seen while it is being written shows up
+    // as picks from that older ring. Backend 0 is in none, so a read of a never-written
+    // (zeroed) half would show up as a count for backend 0, and a NO_BACKEND entry as a frame
+    // counted for nobody.
+    let ring_on = |first: u8| {
+        let list: Vec<(u8, u8)> = (1..=first + 3)
+            .map(|host| (host, u8::from(host > first)))
+            .collect();
+        ring_of(&backends(&list))
+    };
+    let rings = [ring_on(1), ring_on(4), ring_on(7)];
+    for (i, ring) in rings.iter().enumerate() {
+        let on = 1 + 3 * i as u32..=3 + 3 * i as u32;
+        assert!(ring.iter().all(|e| on.contains(e)), "ring {i}");
+    }
+    let a = rings[0].clone();
     fx.set_ring(group, a.clone());
 
     let frames: Vec<Vec<u8>> = sources(3, 64).into_iter().map(syn).collect();
@@ -495,11 +498,30 @@ fn a_ring_flipped_under_traffic_is_never_seen_half_written() {
             sent
         })
     };
+    // Frames counted on each ring's backends so far.
+    let per_ring = |fx: &Fixture| -> [u64; 3] {
+        let mut sums = [0; 3];
+        for backend in 1..=9u32 {
+            sums[(backend as usize - 1) / 3] += fx.backend_counters(group, backend).packets;
+        }
+        sums
+    };
     const FLIPS: u32 = 1000;
     let start = Instant::now();
-    for i in 0..FLIPS {
-        let ring = if i % 2 == 0 { &b } else { &a };
-        fx.dp.set_ring(group, ring).expect("flip");
+    let mut before = per_ring(&fx);
+    // (flip, frames) where the ring being overwritten was picked from while it was written.
+    let mut torn = Vec::new();
+    for i in 0..FLIPS as usize {
+        fx.dp.set_ring(group, &rings[(i + 1) % 3]).expect("flip");
+        let after = per_ring(&fx);
+        // The one frame that read the old ring as the previous flip went live may be
+        // counted after it; any more were picked from a half being written.
+        let overwritten = (i + 2) % 3;
+        let seen = after[overwritten] - before[overwritten];
+        if i > 0 && seen > 1 {
+            torn.push((i, seen));
+        }
+        before = after;
     }
     let flipping = start.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -508,29 +530,35 @@ fn a_ring_flipped_under_traffic_is_never_seen_half_written() {
     let counts: Vec<u64> = (0..MAX_BACKENDS_PER_GROUP)
         .map(|b| fx.backend_counters(group, b).packets)
         .collect();
-    let (on_a, on_b): (u64, u64) = (counts[1..=3].iter().sum(), counts[4..=6].iter().sum());
+    let on: Vec<u64> = (0..3)
+        .map(|r| counts[1 + 3 * r..=3 + 3 * r].iter().sum())
+        .collect();
     println!(
-        "{FLIPS} flips in {:.0} ms under {sent} frames: {on_a} picked from ring A, {on_b} from ring B, \
+        "{FLIPS} flips in {:.0} ms under {sent} frames: {on:?} picked from rings A, B, C, \
          {} elsewhere",
         flipping.as_secs_f64() * 1e3,
-        sent - on_a - on_b
+        sent - on.iter().sum::<u64>()
     );
     assert!(
-        sent > 0 && on_a > 0 && on_b > 0,
+        sent > 0 && on.iter().all(|n| *n > 0),
         "the flips did not overlap the traffic"
     );
     assert_eq!(
-        on_a + on_b,
+        on.iter().sum::<u64>(),
         sent,
-        "frames picked outside both rings or not at all"
+        "frames picked outside the rings or not at all"
     );
     assert!(
         counts
             .iter()
             .enumerate()
-            .all(|(i, c)| *c == 0 || (1..=6).contains(&i)),
+            .all(|(i, c)| *c == 0 || (1..=9).contains(&i)),
         "{counts:?}"
     );
+    assert!(
+        torn.is_empty(),
+        "picks from a ring half-overwritten, (flip, frames): {torn:?}"
+    );
     assert_eq!(fx.dp.ring_generation(group).expect("generation"), 1 + FLIPS);
-    assert!(fx.dp.ring(group).expect("ring") == a);
+    assert!(fx.dp.ring(group).expect("ring") == rings[FLIPS as usize % 3]);
 }
