@@ -361,15 +361,15 @@ where
     let peer = conn.peer;
     let conn = Arc::new(conn);
     let conn_for_drive = conn.clone();
-    let metrics = ctx.metrics.clone();
     let ctx_for_requests = ctx.clone();
     let service_activity = activity.clone();
     let service = service_fn(move |req| {
         let guard = service_activity.request_started();
         let activity_for_body = service_activity.clone();
-        let (conn, metrics) = (conn.clone(), metrics.clone());
+        // Two reference counts per request, not a copy of the listener's metric handles.
+        let (conn, ctx) = (conn.clone(), ctx_for_requests.clone());
         // Routes are read per request: a reload reaches open keep-alive connections too.
-        let live = ctx_for_requests.live.load_full();
+        let live = ctx.live.load_full();
         async move {
             let started = std::time::Instant::now();
             let (mut entry, counters) = match &live.access_log {
@@ -412,7 +412,7 @@ where
                     .insert(hyper::header::ALT_SVC, alt_svc.clone());
             }
             let took = started.elapsed();
-            metrics.observe(took);
+            ctx.metrics.observe(took);
             if let Some(e) = entry.as_mut() {
                 e.answered(answered_by(routes, served, resp.status(), Some(took)));
             }
