@@ -32,6 +32,10 @@ async fn backends_learn_the_client_address_and_clients_cannot_forge_it() {
             "x-forwarded-elb-ip",
             "198.51.100.99".parse().expect("static"),
         );
+        // The same names with underscores, which CGI-style backends read as the real ones.
+        h.insert("x_real_ip", "198.51.100.66".parse().expect("static"));
+        h.insert("x_client_verify", "SUCCESS".parse().expect("static"));
+        h.insert("x_app_token", "kept".parse().expect("static"));
         req
     };
 
@@ -54,6 +58,9 @@ async fn backends_learn_the_client_address_and_clients_cannot_forge_it() {
     );
     assert_eq!(header(&echo, "x-forwarded-elb-ip"), None, "{echo}");
     assert_eq!(header(&echo, "host"), Some("edgelb.test"), "{echo}");
+    assert_eq!(header(&echo, "x_real_ip"), None, "{echo}");
+    assert_eq!(header(&echo, "x_client_verify"), None, "{echo}");
+    assert_eq!(header(&echo, "x_app_token"), Some("kept"), "{echo}");
     drop(lb);
 
     let (lb, addr) = s.start(&["--backend", &be, "--transfer-lb-ip", "203.0.113.5"]);

@@ -6,8 +6,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use hyper::HeaderMap;
 use hyper::header::{
-    CONNECTION, HeaderName, HeaderValue, PROXY_AUTHENTICATE, TE, TRAILER, TRANSFER_ENCODING,
-    UPGRADE,
+    CONNECTION, CONTENT_LENGTH, HOST, HeaderName, HeaderValue, PROXY_AUTHENTICATE, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 
 use crate::config::TransferLbIp;
@@ -102,7 +102,9 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names. With
+/// Removes hop-by-hop headers, including those the `Connection` header names, except `Host`
+/// (routing already read it: a client naming it must not make the backend see another) and
+/// `Content-Length` (the message is framed again on the other side anyway). With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` pass (a protocol switch in progress).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // Most requests and responses carry none: one pass over the names instead of a removal
@@ -117,7 +119,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == UPGRADE))
+        .filter(|n| !(keep_upgrade && *n == UPGRADE) && *n != HOST && *n != CONTENT_LENGTH)
         .collect();
     for name in named {
         headers.remove(name);
@@ -133,8 +135,43 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// The headers edgelb sets or removes for the backend: a client must not be able to pass its
+/// own under another spelling.
+const MANAGED: [HeaderName; 7] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_PORT,
+    X_REAL_IP,
+    X_FORWARDED_ELB_IP,
+    X_CLIENT_VERIFY,
+    X_CLIENT_CERT_SUBJECT,
+];
+
+/// Removes headers that spell one of [`MANAGED`] with underscores (`X_Client_Verify`): hyper,
+/// h2 and h3 accept `_` in names, and backends that read headers as CGI variables
+/// (`HTTP_X_CLIENT_VERIFY`) cannot tell the two apart (CVE-2024-45614 in Puma was this).
+fn remove_lookalikes(headers: &mut HeaderMap) {
+    // Most requests have no underscore in any name: one pass, no allocation.
+    if !headers.keys().any(|n| n.as_str().contains('_')) {
+        return;
+    }
+    let lookalikes: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| n.as_str().contains('_'))
+        .filter(|n| {
+            let dashed = n.as_str().replace('_', "-");
+            MANAGED.iter().any(|m| m.as_str() == dashed)
+        })
+        .cloned()
+        .collect();
+    for name in lookalikes {
+        headers.remove(name);
+    }
+}
+
 /// Adds what the backend should know about the client.
 pub fn add_client_headers(headers: &mut HeaderMap, conn: &ConnInfo, lb_ip: TransferLbIp) {
+    remove_lookalikes(headers);
     if headers.contains_key(&X_FORWARDED_FOR) {
         let mut chain = String::new();
         for v in headers.get_all(&X_FORWARDED_FOR) {
@@ -191,6 +228,54 @@ mod tests {
             ClientIdentity::default(),
             None,
         )
+    }
+
+    #[test]
+    fn underscore_spellings_of_the_managed_headers_do_not_reach_the_backend() {
+        let mut h = HeaderMap::new();
+        for (name, value) in [
+            ("x_client_verify", "SUCCESS"),
+            ("x_client_cert_subject", "CN=admin"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x_real-ip", "6.6.6.6"),
+            ("x_app_token", "kept"),
+        ] {
+            h.insert(
+                HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        add_client_headers(&mut h, &conn(), TransferLbIp::Off);
+        let mut names: Vec<&str> = h.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "x-forwarded-for",
+                "x-forwarded-port",
+                "x-forwarded-proto",
+                "x-real-ip",
+                "x_app_token"
+            ]
+        );
+        assert_eq!(h[X_REAL_IP], "10.1.2.3");
+        assert_eq!(h[X_FORWARDED_FOR], "10.1.2.3");
+    }
+
+    #[test]
+    fn connection_cannot_remove_host_or_content_length() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("a.example"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("host, content-length, x-gone"),
+        );
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h[HOST], "a.example");
+        assert_eq!(h[CONTENT_LENGTH], "5");
+        assert!(!h.contains_key("x-gone") && !h.contains_key(CONNECTION));
     }
 
     #[test]
