@@ -180,6 +180,13 @@ fn respond(stream: &mut TcpStream, seen: &Seen) -> bool {
             let _ = stream.write_all(b"HTTP/1.1 2OO OK\r\ncontent-length: 2\r\n\r\nok");
             true
         }
+        "/te-gzip" => {
+            // Chunked over gzip: taking off the chunks leaves a coded body.
+            let _ = stream.write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            );
+            true
+        }
         "/te-cl" => {
             let _ = stream.write_all(
                 b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",

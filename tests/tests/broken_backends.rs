@@ -126,13 +126,18 @@ fn broken_responses_become_502_or_a_cut_connection() {
     let before = recorder.count();
     let te_cl = c.send("GET", "/te-cl", "3", b"").expect("answer");
     assert_eq!(te_cl.status, 502, "Transfer-Encoding with Content-Length");
+    let gzip = c.send("GET", "/te-gzip", "3g", b"").expect("answer");
+    assert_eq!(
+        gzip.status, 502,
+        "a transfer coding other than chunked (the client would get it undone as plain)"
+    );
     let ok = c.send("GET", "/ok", "4", b"").expect("answer");
     assert_eq!((ok.status, ok.id.as_deref()), (200, Some("4")));
     let seen = recorder.requests(before);
-    assert_eq!(seen.len(), 2, "{seen:?}");
-    assert_ne!(
-        seen[0].conn, seen[1].conn,
-        "the connection that carried the TE+CL response was used again"
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(
+        seen[0].conn != seen[1].conn && seen[1].conn != seen[2].conn,
+        "a connection that carried a refused response was used again: {seen:?}"
     );
 
     // Reset after 100 of 1000 body bytes: the head has gone to the client, so the client's
@@ -454,4 +459,137 @@ fn backend_framings_arrive_whole_and_clean_endings_reuse_the_connection() {
         "reused a connection that had ended: {seen:?}"
     );
     assert_eq!(conn_of("/head"), conn_of("/after"), "{seen:?}");
+}
+
+/// What `tcp` receives up to the end of a response head (less if it closes first).
+fn response_head(tcp: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// A client uploading for longer than `--response-timeout` (2 s here) is served: the backend's
+/// time to answer starts once it has the whole request. Empty POSTs reach the backend with
+/// `Content-Length: 0` (RFC 9110 8.6; IIS answers 411 without it), GETs without one.
+#[test]
+fn an_upload_longer_than_the_response_timeout_is_served() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let recorder = Recorder::start();
+    let (_lb, addr) = edgelb(&recorder, dir.path());
+    let body: Vec<u8> = (0..256 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let head = format!(
+        "POST /up HTTP/1.1\r\nhost: t\r\nx-request-id: slow\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).expect("head");
+    let started = Instant::now();
+    // 16 pieces, 250 ms apart: 4 s of upload.
+    for piece in body.chunks(16 * 1024) {
+        tcp.write_all(piece).expect("body");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let text = response_head(&mut tcp);
+    println!(
+        "a 256 KiB upload over {:?}: {}",
+        started.elapsed(),
+        text.lines().next().unwrap_or("")
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = recorder.requests(0);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0].body == body,
+        "{} body bytes arrived",
+        seen[0].body.len()
+    );
+
+    let mut c = Client::new(addr);
+    assert_eq!(
+        c.send("POST", "/empty", "e", b"").map(|a| a.status),
+        Some(200)
+    );
+    assert_eq!(c.send("GET", "/get", "g", b"").map(|a| a.status), Some(200));
+    let seen = recorder.requests(1);
+    assert_eq!(seen[0].header("content-length"), Some("0"), "empty POST");
+    assert_eq!(seen[1].header("content-length"), None, "GET");
+}
+
+/// A backend that refuses an upload before reading it (413 and close, as a size limit does) is
+/// heard: the client gets its 413, not a 502 for the write that failed after it.
+#[test]
+fn a_backend_answering_before_the_whole_body_is_heard() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend_addr = backend.local_addr().expect("bound");
+    std::thread::spawn(move || {
+        for mut s in backend.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(
+                b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n",
+            );
+            // Closed with the body unread: the kernel resets the connection.
+        }
+    });
+    let (_lb, addr) = edgelb_tests::listener::start_http(
+        backend_addr,
+        &["--health-check", "off", "--response-timeout", "2"],
+        dir.path(),
+    );
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut writer = tcp.try_clone().expect("clone");
+    let uploading = std::thread::spawn(move || {
+        let len = 8 << 20;
+        let head = format!("POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: {len}\r\n\r\n");
+        let _ = writer.write_all(head.as_bytes());
+        let piece = vec![b'u'; 64 * 1024];
+        // Until edgelb stops reading (it answered) or the body is sent.
+        for _ in 0..len / piece.len() {
+            if writer.write_all(&piece).is_err() {
+                break;
+            }
+        }
+    });
+    let text = response_head(&mut tcp);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+    drop(tcp);
+    let _ = uploading.join();
+}
+
+/// A client that stops sending in the middle of a streamed upload gets 408, as one whose body
+/// is read whole does, and the backend is not blamed (no 502).
+#[test]
+fn a_client_stalling_in_a_streamed_upload_gets_408() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let recorder = Recorder::start();
+    let (_lb, addr) = edgelb_tests::listener::start_http(
+        recorder.addr,
+        &["--health-check", "off", "--request-timeout", "1"],
+        dir.path(),
+    );
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut req = b"POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: 1048576\r\n\r\n".to_vec();
+    req.extend_from_slice(&[b'u'; 100 * 1024]);
+    tcp.write_all(&req).expect("part of the body");
+    let text = response_head(&mut tcp);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
 }

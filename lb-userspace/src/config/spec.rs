@@ -144,7 +144,8 @@ pub struct ListenerSpec {
     )]
     pub request_timeout: Seconds<1, 300>,
 
-    /// Seconds a backend has to start its response before another is tried or 504 (1-300).
+    /// Seconds a backend has to start its response once it has the whole request, before
+    /// another is tried or 504; also the longest it may leave request body untaken (1-300).
     #[arg(
         long,
         value_name = "SECS",

@@ -320,11 +320,13 @@ impl Upstream {
                 path,
                 &parts.headers,
                 body,
+                h1::Deadlines {
+                    response: settings.timeouts.response,
+                },
             );
-            let sent = tokio::time::timeout(settings.timeouts.response, send).await;
             let retry_safe = matches!(outgoing, Outgoing::Replayable(_));
-            match sent {
-                Ok(Ok(mut resp)) => {
+            match send.await {
+                Ok(mut resp) => {
                     if resp.headers().contains_key(TRANSFER_ENCODING)
                         && resp.headers().contains_key(CONTENT_LENGTH)
                     {
@@ -360,7 +362,26 @@ impl Upstream {
                     let stall = settings.timeouts.response;
                     return resp.map(|b| WithGuard::new(StallTimeout::new(b, stall), pick).boxed());
                 }
-                Ok(Err(e)) => {
+                Err(h1::Error::RequestBody(e)) => {
+                    // The client's body failed while it streamed to the backend: the client's
+                    // doing, answered as a body read whole would be (no retry: it is gone).
+                    debug!(error = %e, "reading the request body failed");
+                    let status = if e.is::<Stalled>() {
+                        StatusCode::REQUEST_TIMEOUT
+                    } else {
+                        StatusCode::BAD_REQUEST
+                    };
+                    return refusal(status, version);
+                }
+                Err(h1::Error::TimedOut(what)) => {
+                    let again = retry_safe && idempotent;
+                    warn!(backend = %backend, group = self.group.name, timeout = ?settings.timeouts.response, retry = again, "backend did not respond in time: {what}");
+                    status = StatusCode::GATEWAY_TIMEOUT;
+                    if !again {
+                        return error_page(status);
+                    }
+                }
+                Err(e) => {
                     // A refused connection never saw the request: any method may go elsewhere.
                     let again = retry_safe && (e.is_connect() || idempotent);
                     let resend = again && !resent && e.is_lost();
@@ -373,14 +394,6 @@ impl Upstream {
                         resent = true;
                         tried.pop();
                         resend_to = Some(pick.index);
-                    }
-                }
-                Err(_) => {
-                    let again = retry_safe && idempotent;
-                    warn!(backend = %backend, group = self.group.name, timeout = ?settings.timeouts.response, retry = again, "backend did not respond in time");
-                    status = StatusCode::GATEWAY_TIMEOUT;
-                    if !again {
-                        return error_page(status);
                     }
                 }
             }

@@ -168,19 +168,29 @@ fn framing(
         return Ok((ResponseFraming::Length(0), false));
     }
     if headers.contains_key(TRANSFER_ENCODING) {
-        let last = headers
+        // Only chunked alone: the proxy removes Transfer-Encoding (hop-by-hop), so a body
+        // still gzip-coded underneath would reach the client as if it were plain, and a body
+        // with no chunked at all has no end but the close. nginx answers 502 to both.
+        let mut codings = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .rfind(|c| !c.is_empty());
-        // Not ending in chunked: the body runs to the close (and the proxy refuses a response
-        // that also has Content-Length, see `proxy`).
-        return Ok(match last {
-            Some(c) if c.eq_ignore_ascii_case("chunked") => (ResponseFraming::Chunked, false),
-            _ => (ResponseFraming::UntilClose, true),
-        });
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|c| !c.is_empty());
+        return match (codings.next(), codings.next()) {
+            (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => {
+                Ok((ResponseFraming::Chunked, false))
+            }
+            _ => Err(Error::BadResponse(format!(
+                "unsupported Transfer-Encoding {:?} (only chunked is)",
+                headers
+                    .get_all(TRANSFER_ENCODING)
+                    .iter()
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        };
     }
     let mut length: Option<u64> = None;
     for value in headers.get_all(CONTENT_LENGTH) {
@@ -300,20 +310,20 @@ mod tests {
             .expect("complete");
         assert_eq!(r.framing, ResponseFraming::Length(0));
         let r = parse(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding:  Chunked \r\n\r\n",
             Method::GET,
         )
         .expect("valid")
         .expect("complete");
         assert_eq!(r.framing, ResponseFraming::Chunked);
-        let r = parse(
-            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",
-            Method::GET,
-        )
-        .expect("valid")
-        .expect("complete");
-        assert_eq!(r.framing, ResponseFraming::UntilClose);
-        assert!(!r.keep_alive);
+        // A coding under chunked, or none at all: the client would get coded bytes as plain.
+        for te in ["gzip, chunked", "gzip", "chunked, chunked", "identity"] {
+            let head = format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: {te}\r\n\r\n");
+            assert!(
+                matches!(parse(&head, Method::GET), Err(Error::BadResponse(_))),
+                "{te}"
+            );
+        }
         let r = parse("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", Method::GET)
             .expect("valid")
             .expect("complete");

@@ -54,6 +54,10 @@ pub enum Error {
     /// Reading the request body from the client failed.
     #[error("request body: {0}")]
     RequestBody(Box<dyn std::error::Error + Send + Sync>),
+    /// No response head within the response timeout once the request was sent, or the
+    /// backend took none of the request body for that long.
+    #[error("{0}")]
+    TimedOut(&'static str),
 }
 
 impl Error {
@@ -66,6 +70,14 @@ impl Error {
     pub fn is_lost(&self) -> bool {
         matches!(self, Error::Lost(_))
     }
+}
+
+/// How long the backend has: to take each part of the request body, then to start its
+/// response once the whole request is sent. The client's own pace is its own timeouts'
+/// business, so a long upload is not cut by the response timeout.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadlines {
+    pub response: Duration,
 }
 
 /// What is sent as the request body.
@@ -128,6 +140,7 @@ impl Client {
         target: &str,
         headers: &HeaderMap,
         body: OutBody,
+        deadlines: Deadlines,
     ) -> Result<Response<ResponseBody>, Error> {
         let pooled = match private {
             Some(p) => p.pool.take(index),
@@ -140,7 +153,9 @@ impl Client {
             None => Box::pin(self.connect(addr, private.map(|p| p.header))).await?,
         };
         let framing = match &body {
-            OutBody::Full(b) if b.is_empty() => RequestFraming::Empty,
+            // RFC 9110 8.6: a method that defines a body gets a length, even a zero one
+            // (IIS answers 411 otherwise).
+            OutBody::Full(b) if b.is_empty() && !defines_body(method) => RequestFraming::Empty,
             OutBody::Full(b) => RequestFraming::Length(b.len() as u64),
             OutBody::Stream(_, Some(n)) => RequestFraming::Length(*n),
             OutBody::Stream(_, None) => RequestFraming::Chunked,
@@ -153,27 +168,29 @@ impl Client {
             addr.to_string()
         };
         head::write_request(&mut conn.wbuf, method, target, headers, &host, framing);
-        send_body(&mut conn, body).await?;
-        let head = loop {
-            match head::parse_response(&mut conn.rbuf, method, self.max_head)? {
-                // Interim responses (100 Continue, 103 Early Hints) are not passed on.
-                Some(h) if h.status.is_informational() && h.status.as_u16() != 101 => continue,
-                Some(h) => break h,
-                None => {}
-            }
-            match conn.fill().await {
-                Ok(0) => {
-                    return Err(Error::Lost(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "closed",
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) => return Err(lost_or_io(e)),
+        // A backend may answer before it has read the whole body (413, 401) and close: its
+        // answer is still in the socket, and is what the client should see; without one, the
+        // write's error stands. Such a connection is never reused.
+        let write_failed = match send_body(&mut conn, body, deadlines.response).await {
+            Ok(()) => None,
+            Err(e @ (Error::Lost(_) | Error::Io(_))) => Some(e),
+            Err(e) => return Err(e),
+        };
+        let answered_early = write_failed.is_some();
+        let reading = read_head(&mut conn, method, self.max_head);
+        let head = match (
+            tokio::time::timeout(deadlines.response, reading).await,
+            write_failed,
+        ) {
+            (Ok(Ok(head)), _) => head,
+            (_, Some(e)) => return Err(e),
+            (Ok(Err(e)), None) => return Err(e),
+            (Err(_), None) => {
+                return Err(Error::TimedOut("no response within the response timeout"));
             }
         };
         let upgraded = head.status.as_u16() == 101;
-        let return_to = (head.keep_alive && !upgraded).then(|| ReturnTo {
+        let return_to = (head.keep_alive && !upgraded && !answered_early).then(|| ReturnTo {
             pool: match private {
                 Some(p) => ReturnPool::Private(p.pool.clone()),
                 None => ReturnPool::Shared(self.pool.clone()),
@@ -221,22 +238,62 @@ impl Client {
     }
 }
 
+/// Methods whose requests define a body (RFC 9110 9.3): sent with a length even when empty.
+fn defines_body(method: &Method) -> bool {
+    matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+}
+
+/// Reads the response head, past interim responses (100 Continue, 103 Early Hints), which are
+/// not passed on.
+async fn read_head(
+    conn: &mut Conn,
+    method: &Method,
+    max_head: usize,
+) -> Result<head::ResponseHead, Error> {
+    loop {
+        match head::parse_response(&mut conn.rbuf, method, max_head)? {
+            Some(h) if h.status.is_informational() && h.status.as_u16() != 101 => continue,
+            Some(h) => return Ok(h),
+            None => {}
+        }
+        match conn.fill().await {
+            Ok(0) => {
+                return Err(Error::Lost(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "closed",
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => return Err(lost_or_io(e)),
+        }
+    }
+}
+
+/// `write_all` that fails when the backend takes none of it for `stall`.
+async fn write_within(io: &mut BackendStream, bytes: &[u8], stall: Duration) -> Result<(), Error> {
+    match tokio::time::timeout(stall, io.write_all(bytes)).await {
+        Ok(done) => done.map_err(lost_or_io),
+        Err(_) => Err(Error::TimedOut("the backend did not take the request body")),
+    }
+}
+
 /// Writes the head in `conn.wbuf` and the body: a small full body in the same write, a
-/// stream as it comes (chunked when its length is unknown).
-async fn send_body(conn: &mut Conn, body: OutBody) -> Result<(), Error> {
+/// stream as it comes (chunked when its length is unknown). Each write may wait `stall` for
+/// the backend to take it.
+async fn send_body(conn: &mut Conn, body: OutBody, stall: Duration) -> Result<(), Error> {
     let Conn { io, wbuf, .. } = conn;
     match body {
         OutBody::Full(b) if b.len() <= COALESCE_BODY => {
             wbuf.extend_from_slice(&b);
-            io.write_all(wbuf).await.map_err(lost_or_io)?;
+            write_within(io, wbuf, stall).await?;
         }
         OutBody::Full(b) => {
-            io.write_all(wbuf).await.map_err(lost_or_io)?;
-            io.write_all(&b).await.map_err(lost_or_io)?;
+            write_within(io, wbuf, stall).await?;
+            write_within(io, &b, stall).await?;
         }
         OutBody::Stream(body, length) => {
-            io.write_all(wbuf).await.map_err(lost_or_io)?;
-            Box::pin(send_stream(io, body, length.is_none())).await?;
+            write_within(io, wbuf, stall).await?;
+            Box::pin(send_stream(io, body, length.is_none(), stall)).await?;
         }
     }
     io.flush().await.map_err(lost_or_io)
@@ -247,6 +304,7 @@ async fn send_stream(
     io: &mut BackendStream,
     mut body: super::client::UpstreamBody,
     chunked: bool,
+    stall: Duration,
 ) -> Result<(), Error> {
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(Error::RequestBody)?;
@@ -257,17 +315,15 @@ async fn send_stream(
             continue;
         }
         if chunked {
-            io.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                .await
-                .map_err(Error::Io)?;
+            write_within(io, format!("{:x}\r\n", data.len()).as_bytes(), stall).await?;
         }
-        io.write_all(&data).await.map_err(Error::Io)?;
+        write_within(io, &data, stall).await?;
         if chunked {
-            io.write_all(b"\r\n").await.map_err(Error::Io)?;
+            write_within(io, b"\r\n", stall).await?;
         }
     }
     if chunked {
-        io.write_all(b"0\r\n\r\n").await.map_err(Error::Io)?;
+        write_within(io, b"0\r\n\r\n", stall).await?;
     }
     Ok(())
 }
