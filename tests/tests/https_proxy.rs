@@ -92,7 +92,14 @@ async fn websocket_upgrades_pass_through_both_ways() {
     let s = Setup::new();
     let backend = Backend::start("ws", "127.0.0.1:0", None);
     let be = backend.addr.to_string();
-    let (_lb, addr) = s.start(&["--backend", &be]);
+    let (_lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--max-connections",
+        "1",
+        "--idle-timeout",
+        "2",
+    ]);
     let mut opts = ClientOpts::new(&s.ca.cert_pem);
     opts.alpn = &[b"http/1.1"];
     let mut tls = https::connect(addr, SERVER_NAME, opts.config())
@@ -125,6 +132,37 @@ async fn websocket_upgrades_pass_through_both_ways() {
             .expect("read echo");
         assert_eq!(back, msg);
     }
+
+    // The tunnel is still the connection it came from: it holds the one place
+    // `--max-connections 1` allows...
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    let second = tokio::time::timeout(
+        Duration::from_secs(5),
+        https::send(addr, SERVER_NAME, config.clone(), get("/")),
+    )
+    .await
+    .expect("an answer or a refusal in time");
+    assert!(
+        second.is_err(),
+        "a second connection was served past --max-connections 1 while the tunnel was open: {second:?}"
+    );
+    // ... and is closed once nothing has moved through it for the idle timeout (2 s).
+    let quiet = Instant::now();
+    let mut byte = [0u8; 1];
+    let end = tokio::time::timeout(Duration::from_secs(8), tls.read(&mut byte))
+        .await
+        .expect("a quiet tunnel still open after 8 s");
+    assert!(matches!(end, Ok(0) | Err(_)), "{end:?} from a quiet tunnel");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}, before the idle timeout",
+        quiet.elapsed()
+    );
+    // Its place is free again.
+    let third = https::send(addr, SERVER_NAME, config, get("/"))
+        .await
+        .expect("served once the tunnel closed");
+    assert_eq!(third.status, 200);
 }
 
 #[tokio::test]

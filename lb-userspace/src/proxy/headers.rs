@@ -49,6 +49,8 @@ pub struct ConnInfo {
     pub tls_version: Option<&'static str>,
     /// Backend connections that carry this client's PROXY protocol header: its own.
     pub private: super::private::PrivateConns,
+    /// A protocol switch (WebSocket) a request opened, for the connection's task to run.
+    pub tunnel: super::tunnel::Pending,
     /// The client's address and the listener's port as header values, rendered once per
     /// connection rather than for each request.
     client_ip: HeaderValue,
@@ -74,6 +76,7 @@ impl ConnInfo {
             // ([`ConnInfo::with_tls_version`]).
             tls_version: (scheme == "https").then_some("TLSv1.3"),
             private: Default::default(),
+            tunnel: Default::default(),
             scheme,
             identity,
             sni,

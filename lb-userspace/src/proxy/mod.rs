@@ -7,6 +7,7 @@ pub mod headers;
 pub mod private;
 pub mod sticky;
 pub mod strict;
+pub mod tunnel;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -340,7 +341,14 @@ impl Upstream {
                         && let Some(client_side) = upgrade
                         && let Some(backend_side) = resp.body_mut().take_upgraded()
                     {
-                        tokio::spawn(splice_upgraded(client_side, backend_side));
+                        // Run by the client connection's task once hyper lets it go.
+                        let timeouts = settings.timeouts;
+                        let idle = if timeouts.idle.is_zero() {
+                            timeouts.response
+                        } else {
+                            timeouts.idle
+                        };
+                        conn.tunnel.open(client_side, backend_side, idle);
                     }
                     let keep_upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                     headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
@@ -504,32 +512,6 @@ fn apply_rules<B>(rules: &RuleSet, req: &Request<B>, conn: &ConnInfo) -> (Decisi
         }
     };
     (answer, Some(matched.index))
-}
-
-/// Copies bytes both ways between an upgraded client connection and backend connection,
-/// starting with what the backend sent right behind its `101`.
-async fn splice_upgraded(client: hyper::upgrade::OnUpgrade, backend: h1::Conn) {
-    use tokio::io::AsyncWriteExt;
-    let client = match client.await {
-        Ok(c) => c,
-        Err(e) => {
-            debug!(error = %e, "protocol upgrade failed");
-            return;
-        }
-    };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    let h1::Conn {
-        io: mut backend,
-        rbuf: early,
-        ..
-    } = backend;
-    let spliced = async {
-        client.write_all(&early).await?;
-        tokio::io::copy_bidirectional(&mut client, &mut backend).await
-    };
-    if let Err(e) = spliced.await {
-        debug!(error = %e, "upgraded connection ended with an error");
-    }
 }
 
 /// An error page for a request edgelb refuses; HTTP/1 connections are closed after it, since

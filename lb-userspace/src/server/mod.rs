@@ -536,6 +536,11 @@ async fn serve_http1<S, F>(
         )
         .await
         else {
+            // After a `101` the connection is the tunnel's, still holding its place under
+            // the connection limit and in the drain count.
+            if let Some(tunnel) = conn.tunnel.take() {
+                tunnel.await;
+            }
             return;
         };
         io = parked;
