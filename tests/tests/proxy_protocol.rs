@@ -221,7 +221,12 @@ async fn behind_haproxy_the_client_it_names_is_the_client_and_others_are_refused
             );
         }
         // The access log names the client too.
-        lb.wait_for_log("127.0.0.7", 1).await;
+        let in_access_log = |log: &str| {
+            log.lines()
+                .any(|l| l.contains("edgelb::access") && l.contains("client=127.0.0.7:"))
+        };
+        let log = lb.log_when(Duration::from_secs(10), in_access_log);
+        assert!(in_access_log(&log), "{version}: {log}");
 
         // Straight to edgelb from an address outside --proxy-protocol-from: closed.
         let direct = https::send_from(

@@ -145,6 +145,18 @@ pub fn parse_response(
     }
     let (framing, close_delimited) = framing(request, status, &headers)?;
     let keep_alive = !close_delimited && persistent(version, &headers);
+    // `Content-Length: 5, 5` (or the field twice) was accepted as one length: pass it on as
+    // one value, as HAProxy does, not as a list the client may refuse.
+    if let ResponseFraming::Length(n) = framing
+        && !bodiless(request, status)
+        && headers
+            .get_all(CONTENT_LENGTH)
+            .iter()
+            .enumerate()
+            .any(|(i, v)| i > 0 || v.as_bytes().contains(&b','))
+    {
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+    }
     Ok(Some(ResponseHead {
         status,
         version,
@@ -154,17 +166,22 @@ pub fn parse_response(
     }))
 }
 
+/// Responses without a body whatever their fields say (a HEAD's `Content-Length` is the
+/// GET's).
+fn bodiless(request: &Method, status: StatusCode) -> bool {
+    *request == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
 /// RFC 9112 6.3, in its order. The flag says the body ends with the connection.
 fn framing(
     request: &Method,
     status: StatusCode,
     headers: &HeaderMap,
 ) -> Result<(ResponseFraming, bool), Error> {
-    if *request == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    if bodiless(request, status) {
         return Ok((ResponseFraming::Length(0), false));
     }
     if headers.contains_key(TRANSFER_ENCODING) {
@@ -336,6 +353,10 @@ mod tests {
         .expect("complete");
         assert_eq!(r.framing, ResponseFraming::Length(1));
         assert!(!r.keep_alive);
+        assert_eq!(
+            r.headers.get_all(CONTENT_LENGTH).iter().collect::<Vec<_>>(),
+            ["1"]
+        );
         let r = parse(
             "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
             Method::GET,
