@@ -22,7 +22,9 @@ use crate::balance::Balancer;
 use crate::config::CheckKind;
 use crate::config::bgp::BgpAnnounce;
 use crate::config::values::AcmeChallenge;
-use crate::config::{Config, FrontendProtocol, GroupConfig, ListenerConfig, SynProtection};
+use crate::config::{
+    Config, FrontendProtocol, GroupConfig, ListenerConfig, Stickiness, SynProtection,
+};
 use crate::dataplane::{
     BackendEntry, Dataplane, DataplaneError, L4Group, L4ListenerSpec, ListenerRule, SourceLimits,
     SynCookies, error_chain,
@@ -593,6 +595,31 @@ fn same_balancing(a: &GroupConfig, b: &GroupConfig) -> bool {
         && a.slow_start == b.slow_start
 }
 
+/// A reload re-reads the configuration, which makes a new random lb-cookie key when no
+/// `--sticky-key-file` is given: the running group's random key is kept instead, or every
+/// cookie issued so far would stop pinning its client at each reload.
+fn keep_generated_key(g: &mut GroupConfig, running: &[GroupRuntime]) {
+    let Some(Stickiness::LbCookie { key, duration }) = g.sticky.as_deref() else {
+        return;
+    };
+    if !key.is_generated() {
+        return;
+    }
+    let old = running
+        .iter()
+        .find(|r| r.config.name == g.name)
+        .and_then(|r| match r.config.sticky.as_deref() {
+            Some(Stickiness::LbCookie { key, .. }) if key.is_generated() => Some(key.clone()),
+            _ => None,
+        });
+    if let Some(key) = old {
+        g.sticky = Some(Arc::new(Stickiness::LbCookie {
+            key,
+            duration: *duration,
+        }));
+    }
+}
+
 fn build_groups(
     config: &Config,
     running: &[GroupRuntime],
@@ -600,7 +627,8 @@ fn build_groups(
 ) -> Result<Vec<GroupRuntime>, NodeError> {
     let mut out = Vec::with_capacity(config.groups.len());
     for g in &config.groups {
-        let g = g.clone();
+        let mut g = g.clone();
+        keep_generated_key(&mut g, running);
         let kept = running.iter().find(|r| same_balancing(&r.config, &g));
         // App-cookie sessions are the runtime's: a reload that keeps the balancer and the
         // cookie keeps them, so clients stay where they are.

@@ -177,13 +177,7 @@ async fn the_backends_own_cookie_pins_the_client_to_the_backend_that_set_it() {
     }
     // The sessions are the group runtime's: a reload that keeps the cookie keeps them.
     lb.signal(Signal::SIGHUP);
-    for _ in 0..200 {
-        if lb.log().contains("reloaded") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(lb.log().contains("reloaded"), "{}", lb.log());
+    lb.wait_for_log("reloaded", 1).await;
     for (cookie, body) in &logins {
         for i in 0..20 {
             let r = request(addr, &s, "/", Some(cookie)).await;
@@ -196,4 +190,33 @@ async fn the_backends_own_cookie_pins_the_client_to_the_backend_that_set_it() {
         seen.insert(request(addr, &s, "/", Some("SESSIONID=unknown")).await.body);
     }
     assert!(seen.len() > 1, "{seen:?}");
+}
+
+/// Without `--sticky-key-file` the key is made at random at start; a reload (which re-reads
+/// the configuration) keeps it, so the cookies already handed out keep pinning their clients.
+#[tokio::test]
+async fn lb_cookies_made_with_the_random_key_outlive_a_reload() {
+    let s = Setup::new();
+    let backends: Vec<BackendProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|n| BackendProcess::start(n, "127.0.0.1:0"))
+        .collect();
+    let mut args: Vec<String> = ["--sticky-session", "lb-cookie"].map(String::from).to_vec();
+    for b in &backends {
+        args.push("--backend".into());
+        args.push(b.addr.to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (lb, addr) = s.start(&args);
+    let first = request(addr, &s, "/", None).await;
+    let cookie = sticky_cookie(&first).expect("the first response pins the client");
+    for reloads in 1..=2 {
+        lb.signal(Signal::SIGHUP);
+        lb.wait_for_log("reloaded", reloads).await;
+        // Three backends in turn for a client whose cookie is no longer honoured.
+        for i in 0..6 {
+            let r = request(addr, &s, "/", Some(&cookie)).await;
+            assert_eq!(r.body, first.body, "after reload {reloads}, request {i}");
+        }
+    }
 }

@@ -19,15 +19,23 @@ const GENERATED_KEY_LEN: usize = 32;
 /// From a file, the key is the file's bytes exactly as stored, a trailing newline included:
 /// nodes meant to honour each other's cookies need byte-identical files.
 #[derive(Clone)]
-pub struct StickyKey(
+pub struct StickyKey {
     // Boxed because the HMAC state dwarfs the other variant of `Stickiness`.
-    Box<hmac::Key>,
-);
+    key: Box<hmac::Key>,
+    /// Made at random by this process, not read from a file.
+    generated: bool,
+}
 
 impl StickyKey {
     /// The HMAC key itself, for sealing and opening tokens.
     pub(crate) fn hmac(&self) -> &hmac::Key {
-        &self.0
+        &self.key
+    }
+
+    /// Whether the key was made at random rather than read from `--sticky-key-file`: such a
+    /// key is the running process's to keep across reloads.
+    pub fn is_generated(&self) -> bool {
+        self.generated
     }
 }
 
@@ -63,7 +71,10 @@ impl StickyKey {
         rand::fill(&mut bytes).map_err(|_| StickyKeyError::Random)?;
         let key = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
         bytes.fill(0);
-        Ok(StickyKey(Box::new(key)))
+        Ok(StickyKey {
+            key: Box::new(key),
+            generated: true,
+        })
     }
 
     /// A key file holds at least 32 bytes of anything (at most 4096); all of its bytes are the
@@ -90,10 +101,10 @@ impl StickyKey {
         } else if too_long {
             Err(StickyKeyError::TooLong { path: owned() })
         } else {
-            Ok(StickyKey(Box::new(hmac::Key::new(
-                hmac::HMAC_SHA256,
-                &bytes,
-            ))))
+            Ok(StickyKey {
+                key: Box::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
+                generated: false,
+            })
         };
         bytes.fill(0);
         result
