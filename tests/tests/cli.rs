@@ -1206,3 +1206,41 @@ fn the_license_files_are_the_ones_cargo_toml_names() {
         assert!(text.contains(words), "{file} missing or not the license");
     }
 }
+
+/// A key file whose line breaks were lost (`echo $KEY > key.pem`) is refused without its
+/// contents in the message: the message reaches logs, `/status` and `systemctl status`.
+#[test]
+fn a_key_file_that_lost_its_line_breaks_is_refused_without_quoting_it() {
+    let dir = TempDir::new();
+    let good = edgelb_tests::certs::self_signed(&dir, "flat", &[]);
+    let pem = std::fs::read_to_string(&good.key).expect("key");
+    let flat = dir.write_private("flat-oneline.key", pem.replace('\n', " "));
+    let secret = pem
+        .lines()
+        .find(|l| l.len() > 40)
+        .expect("a base64 line")
+        .to_string();
+    let (cert, key) = (good.cert.display().to_string(), flat.display().to_string());
+    let out = run(&[
+        "check",
+        "--listen",
+        "127.0.0.1:18443",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--backend",
+        "127.0.0.1:18080",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--key") && stderr.contains("line breaks"),
+        "{stderr}"
+    );
+    let as_numbers: Vec<String> = secret.bytes().take(8).map(|b| b.to_string()).collect();
+    assert!(
+        !stderr.contains(&secret[..16]) && !stderr.contains(&as_numbers.join(", ")),
+        "the key's bytes are in the message: {stderr}"
+    );
+}

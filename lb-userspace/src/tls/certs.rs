@@ -100,11 +100,8 @@ pub fn check_regular(path: &Path) -> Result<(), FileCheckError> {
 pub enum PemFileError {
     #[error(transparent)]
     File(#[from] FileCheckError),
-    #[error("not a PEM certificate file: {source}")]
-    NotPem {
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
+    #[error("not a PEM certificate file: {0}")]
+    NotPem(PemProblem),
     #[error("contains no PEM CERTIFICATE block")]
     NoCertificate,
     #[error("not a usable CA certificate: {source}")]
@@ -114,12 +111,49 @@ pub enum PemFileError {
     },
 }
 
+/// What is wrong with a PEM file, in words that never quote it: the PEM parser's own errors
+/// carry the offending line, which for a key file whose line breaks were lost (`echo $KEY >
+/// key.pem`) is the whole key, and these messages reach logs, `/status` and `systemctl
+/// status`.
+#[derive(Debug, thiserror::Error)]
+pub enum PemProblem {
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    #[error("a PEM section has no END line (were its line breaks lost?)")]
+    NoEnd,
+    #[error("a BEGIN line is malformed (were the line breaks lost?)")]
+    BadBegin,
+    #[error("a PEM section is not valid base64")]
+    Base64,
+    #[error("no PEM block of the expected type")]
+    Nothing,
+    #[error("a PEM section is larger than 256 MB")]
+    TooLarge,
+    #[error("malformed PEM")]
+    Other,
+}
+
+impl From<rustls_pki_types::pem::Error> for PemProblem {
+    fn from(e: rustls_pki_types::pem::Error) -> Self {
+        use rustls_pki_types::pem::Error as E;
+        match e {
+            E::Io(io) => PemProblem::Io(io),
+            E::MissingSectionEnd { .. } => PemProblem::NoEnd,
+            E::IllegalSectionStart { .. } => PemProblem::BadBegin,
+            E::Base64Decode(_) => PemProblem::Base64,
+            E::NoItemsFound => PemProblem::Nothing,
+            E::SectionTooLarge => PemProblem::TooLarge,
+            _ => PemProblem::Other,
+        }
+    }
+}
+
 /// Reads a PEM certificate chain.
 pub fn load_chain(path: &Path) -> Result<Vec<CertificateDer<'static>>, PemFileError> {
     check_regular(path)?;
     let chain = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| PemFileError::NotPem { source })?;
+        .map_err(|e| PemFileError::NotPem(PemProblem::from(e)))?;
     if chain.is_empty() {
         return Err(PemFileError::NoCertificate);
     }
@@ -135,10 +169,10 @@ pub fn load_certified_key(
 ) -> Result<Arc<CertifiedKey>, CertError> {
     let chain = load_chain(cert).map_err(CertError::cert)?;
     check_regular(key).map_err(CertError::key)?;
-    // The parse error names what was missing, never the key's bytes.
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         CertError::key(format!(
-            "no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"
+            "no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {}",
+            PemProblem::from(e)
         ))
     })?;
     let certified = CertifiedKey::from_der(chain, private, provider).map_err(|e| match e {
@@ -226,6 +260,53 @@ mod tests {
     impl Drop for TempFile {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    /// A key whose line breaks were lost is one line that still ends in five dashes: the
+    /// PEM parser's error would quote all of it.
+    #[test]
+    fn a_flattened_key_is_refused_without_quoting_it() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let flat = key.serialize_pem().replace('\n', " ");
+        let secret = flat
+            .split_whitespace()
+            .find(|w| w.len() > 40)
+            .expect("a base64 line")
+            .to_string();
+        let provider = rustls::crypto::aws_lc_rs::default_provider();
+        let cert_pem = rcgen::CertificateParams::new(vec!["a.test".into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert")
+            .pem();
+        let cert = TempFile::new("flat-cert.pem", cert_pem.as_bytes(), 0o644);
+        for (name, text) in [
+            ("flat.key", flat.clone()),
+            (
+                "no-end.key",
+                format!("-----BEGIN PRIVATE KEY-----\n{secret}\n"),
+            ),
+            (
+                "begin-and-key.key",
+                format!("-----BEGIN PRIVATE KEY----- {secret}\n"),
+            ),
+        ] {
+            let file = TempFile::new(name, text.as_bytes(), 0o600);
+            let e = load_certified_key(&cert.0, &file.0, &provider)
+                .err()
+                .unwrap_or_else(|| panic!("{name} was accepted"));
+            let said = format!("{e} {e:?}");
+            assert!(!said.contains(&secret[..20]), "{name}: {said}");
+            let bytes: Vec<String> = secret.bytes().take(8).map(|b| b.to_string()).collect();
+            assert!(!said.contains(&bytes.join(", ")), "{name}: {said}");
+            // The same file given as a certificate.
+            let e = load_chain(&file.0).err();
+            let said = format!("{e:?}");
+            assert!(
+                !said.contains(&bytes.join(", ")),
+                "{name} as a certificate: {said}"
+            );
         }
     }
 
