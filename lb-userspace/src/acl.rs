@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv4Net};
 
 /// `--access-control`: its words are the flag's and the file key's.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -40,7 +40,11 @@ pub struct AccessControl {
 }
 
 impl AccessControl {
+    /// IPv4-mapped IPv6 prefixes (`::ffff:203.0.113.0/120`) are kept as the IPv4 prefixes
+    /// they cover: clients are matched as IPv4 (in XDP and on accept alike), so an entry kept
+    /// as IPv6 would never match anyone.
     pub fn new(mode: AclMode, prefixes: Vec<IpNet>) -> Self {
+        let prefixes: Vec<IpNet> = prefixes.into_iter().map(unmapped).collect();
         let ranges = Arc::new(PrefixRanges::new(&prefixes));
         AccessControl {
             mode,
@@ -59,6 +63,19 @@ impl AccessControl {
             AclMode::Blacklist => !listed(),
         }
     }
+}
+
+/// An IPv4-mapped IPv6 prefix of length 96 or more as the IPv4 prefix it covers; any other
+/// prefix as it is.
+pub fn unmapped(net: IpNet) -> IpNet {
+    if let IpNet::V6(v6) = net
+        && v6.prefix_len() >= 96
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+        && let Ok(v4) = Ipv4Net::new(v4, v6.prefix_len() - 96)
+    {
+        return IpNet::V4(v4);
+    }
+    net
 }
 
 /// Prefixes as inclusive address ranges, sorted and merged so that no two overlap or touch:
@@ -120,6 +137,23 @@ fn covered<T: Ord + Copy>(ranges: &[(T, T)], addr: T) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv4_mapped_prefixes_cover_the_ipv4_clients_they_name() {
+        let a = acl(
+            AclMode::Blacklist,
+            &["::ffff:203.0.113.0/120", "::ffff:0:0/95"],
+        );
+        assert_eq!(
+            a.prefixes[0],
+            "203.0.113.0/24".parse::<IpNet>().expect("v4")
+        );
+        assert_eq!(a.prefixes[1], "::ffff:0:0/95".parse::<IpNet>().expect("v6"));
+        for client in ["203.0.113.9", "::ffff:203.0.113.9"] {
+            assert!(!a.admits(client.parse().expect("addr")), "{client}");
+        }
+        assert!(a.admits("203.0.114.9".parse().expect("addr")));
+    }
 
     fn acl(mode: AclMode, nets: &[&str]) -> AccessControl {
         AccessControl::new(

@@ -130,7 +130,9 @@ fn blacklisted_client_is_dropped_at_xdp_others_are_served() {
     let s = setup();
     let file = s.dir.write(
         "blacklist.txt",
-        format!("# refused clients\n{CLIENT_B_V4}\n\n{CLIENT_B_V6}/128  # v6 too\n"),
+        // The IPv4 client written IPv4-mapped, as dual-stack tools print it: it is the same
+        // client, and must be refused as one.
+        format!("# refused clients\n::ffff:{CLIENT_B_V4}/128\n\n{CLIENT_B_V6}/128  # v6 too\n"),
     );
     let file = file.display().to_string();
     let d = start(

@@ -3,7 +3,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 
 use hyper::Method;
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use regex::{Regex, RegexBuilder};
 
 use super::{PathMatch, REGEX_SIZE_LIMIT};
@@ -357,11 +357,5 @@ pub(super) fn parse_cidr(raw: &str) -> Option<IpNet> {
         .parse()
         .ok()
         .or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))?;
-    if let IpNet::V6(v6) = net
-        && v6.prefix_len() >= 96
-        && let Some(v4) = v6.network().to_ipv4_mapped()
-    {
-        return Ipv4Net::new(v4, v6.prefix_len() - 96).ok().map(IpNet::V4);
-    }
-    Some(net.trunc())
+    Some(crate::acl::unmapped(net.trunc()))
 }
