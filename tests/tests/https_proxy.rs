@@ -92,6 +92,7 @@ async fn websocket_upgrades_pass_through_both_ways() {
     let s = Setup::new();
     let backend = Backend::start("ws", "127.0.0.1:0", None);
     let be = backend.addr.to_string();
+    let admin = edgelb_tests::listener::free_addr().to_string();
     let (_lb, addr) = s.start(&[
         "--backend",
         &be,
@@ -99,7 +100,16 @@ async fn websocket_upgrades_pass_through_both_ways() {
         "1",
         "--idle-timeout",
         "2",
+        "--admin",
+        &admin,
     ]);
+    // Requests in flight on the backend, as least connections counts them.
+    let active = || {
+        let text = edgelb_tests::admin::get(&admin, "/status");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        status["groups"][0]["backends"][0]["active_requests"].as_u64()
+    };
     let mut opts = ClientOpts::new(&s.ca.cert_pem);
     opts.alpn = &[b"http/1.1"];
     let mut tls = https::connect(addr, SERVER_NAME, opts.config())
@@ -133,6 +143,12 @@ async fn websocket_upgrades_pass_through_both_ways() {
         assert_eq!(back, msg);
     }
 
+    // An open tunnel is a connection to its backend, for least connections too.
+    assert_eq!(
+        active(),
+        Some(1),
+        "requests on the backend with a tunnel open"
+    );
     // The tunnel is still the connection it came from: it holds the one place
     // `--max-connections 1` allows...
     let config = ClientOpts::new(&s.ca.cert_pem).config();
@@ -158,7 +174,12 @@ async fn websocket_upgrades_pass_through_both_ways() {
         "closed after {:?}, before the idle timeout",
         quiet.elapsed()
     );
-    // Its place is free again.
+    // Its place is free again, and its backend has nothing in flight.
+    assert_eq!(
+        active(),
+        Some(0),
+        "requests on the backend after the tunnel closed"
+    );
     let third = https::send(addr, SERVER_NAME, config, get("/"))
         .await
         .expect("served once the tunnel closed");

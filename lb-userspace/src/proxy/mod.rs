@@ -337,19 +337,14 @@ impl Upstream {
                         warn!(backend = %backend, group = self.group.name, "backend response has both Transfer-Encoding and Content-Length: 502");
                         return error_page(StatusCode::BAD_GATEWAY);
                     }
-                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                    let tunnel = if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                         && let Some(client_side) = upgrade
                         && let Some(backend_side) = resp.body_mut().take_upgraded()
                     {
-                        // Run by the client connection's task once hyper lets it go.
-                        let timeouts = settings.timeouts;
-                        let idle = if timeouts.idle.is_zero() {
-                            timeouts.response
-                        } else {
-                            timeouts.idle
-                        };
-                        conn.tunnel.open(client_side, backend_side, idle);
-                    }
+                        Some((client_side, backend_side))
+                    } else {
+                        None
+                    };
                     let keep_upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
                     headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
                     *served_by = Some(pick.index);
@@ -368,6 +363,18 @@ impl Upstream {
                     // A body that stalls longer than the response timeout is cut (the client
                     // sees its connection close before the end of the body).
                     let stall = settings.timeouts.response;
+                    if let Some((client_side, backend_side)) = tunnel {
+                        // Run by the client connection's task once hyper lets it go, holding
+                        // the pick: a backend's open tunnels count for least connections.
+                        let timeouts = settings.timeouts;
+                        let idle = if timeouts.idle.is_zero() {
+                            timeouts.response
+                        } else {
+                            timeouts.idle
+                        };
+                        conn.tunnel.open(client_side, backend_side, idle, pick);
+                        return resp.map(|b| StallTimeout::new(b, stall).boxed());
+                    }
                     return resp.map(|b| WithGuard::new(StallTimeout::new(b, stall), pick).boxed());
                 }
                 Err(h1::Error::RequestBody(e)) => {

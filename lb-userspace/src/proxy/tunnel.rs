@@ -32,10 +32,20 @@ impl std::fmt::Debug for Pending {
 
 impl Pending {
     /// Leaves the tunnel from `client` (once hyper hands it over) to `backend` for the
-    /// connection's task; `idle` is how long it may carry nothing.
-    pub fn open(&self, client: hyper::upgrade::OnUpgrade, backend: h1::Conn, idle: Duration) {
+    /// connection's task; `idle` is how long it may carry nothing, and `hold` is kept until it
+    /// ends (the backend's pick, which counts it as a connection to that backend).
+    pub fn open(
+        &self,
+        client: hyper::upgrade::OnUpgrade,
+        backend: h1::Conn,
+        idle: Duration,
+        hold: impl Send + 'static,
+    ) {
         if let Ok(mut slot) = self.0.lock() {
-            *slot = Some(Box::pin(splice(client, backend, idle)));
+            *slot = Some(Box::pin(async move {
+                splice(client, backend, idle).await;
+                drop(hold);
+            }));
         }
     }
 
