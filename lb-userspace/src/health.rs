@@ -33,7 +33,19 @@ pub fn spawn(
     changed: Arc<Notify>,
 ) -> Vec<AbortHandle> {
     let mut tasks = Vec::new();
-    if check.kind == CheckKind::Off || balancer.is_empty() {
+    if check.kind == CheckKind::Off {
+        // Nothing will check them again: a backend a reload found unhealthy would stay out
+        // for good.
+        let mut any = false;
+        for index in 0..balancer.len() {
+            any |= balancer.set_health(index, true, "health checks turned off");
+        }
+        if any {
+            changed.notify_one();
+        }
+        return tasks;
+    }
+    if balancer.is_empty() {
         return tasks;
     }
     let tls = match insecure_tls() {

@@ -630,19 +630,25 @@ fn build_groups(
         let mut g = g.clone();
         keep_generated_key(&mut g, running);
         let kept = running.iter().find(|r| same_balancing(&r.config, &g));
-        // App-cookie sessions are the runtime's: a reload that keeps the balancer and the
-        // cookie keeps them, so clients stay where they are.
+        let before = running.iter().find(|r| r.config.name == g.name);
+        // App-cookie sessions are the runtime's: a reload that keeps the cookie keeps them, so
+        // clients stay where they are (they name backends by address, which a changed list
+        // keeps or drops).
         let sticky = g.sticky.clone().map(|settings| {
             Arc::new(Sticky::new(
                 settings,
-                kept.and_then(|r| r.sticky.as_deref()),
+                before.and_then(|r| r.sticky.as_deref()),
             ))
         });
         let balancer = match kept {
             Some(r) => r.balancer.clone(),
             None => {
                 let backends: Vec<_> = g.backends.iter().map(|b| (b.addr, b.weight)).collect();
-                Arc::new(Balancer::new(g.algorithm, &backends).with_slow_start(g.slow_start))
+                let fresh = Balancer::new(g.algorithm, &backends).with_slow_start(g.slow_start);
+                Arc::new(match before {
+                    Some(r) => fresh.carrying_over(&r.balancer),
+                    None => fresh,
+                })
             }
         };
         let upstreams = (0..workers)

@@ -153,3 +153,94 @@ async fn slow_start_ramps_a_returning_backend_up() {
         );
     }
 }
+
+/// What a reload does to backend health, through a config file: a reload that changes the
+/// list keeps what the checks found of the backends it keeps (a backend found dead does not
+/// come back with the reload), and turning the checks off puts every backend back in (nothing
+/// would ever check it again).
+#[tokio::test]
+async fn reloads_keep_what_the_checks_found_and_turning_them_off_lets_every_backend_in() {
+    let s = Setup::new();
+    let a = BackendProcess::start("a", "127.0.0.1:0");
+    let b = BackendProcess::start("b", "127.0.0.1:0");
+    let c = BackendProcess::start("c", "127.0.0.1:0");
+    let (a_addr, b_addr, c_addr) = (a.addr.to_string(), b.addr.to_string(), c.addr.to_string());
+    let admin = edgelb_tests::listener::free_addr().to_string();
+    let listen = edgelb_tests::listener::free_addr();
+    let file = s.dir.path().join("edgelb.toml");
+    let write = |backends: &[&str], check: &str| {
+        let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+        let text = format!(
+            r#"xdp_mode = "off"
+admin = "{admin}"
+
+[[group]]
+name = "web"
+backend = [{list}]
+health_check = "{check}"
+hc_interval = 1
+hc_timeout = 1
+hc_retries = 2
+
+[[listener]]
+name = "secure"
+listen = "{listen}"
+cert = "{cert}"
+key = "{key}"
+group = "web"
+"#,
+            list = list.join(", "),
+            cert = s.server.cert.display(),
+            key = s.server.key.display(),
+        );
+        std::fs::write(&file, text).expect("write the config");
+    };
+    // Backend address -> healthy, from /status.
+    let health = || {
+        let text = edgelb_tests::admin::get(&admin, "/status");
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        let mut m = HashMap::new();
+        for b in status["groups"][0]["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            m.insert(
+                b["address"].as_str().unwrap_or_default().to_string(),
+                b["healthy"].as_bool(),
+            );
+        }
+        m
+    };
+    write(&[&a_addr, &b_addr], "tcp");
+    let path = file.display().to_string();
+    let lb = edgelb_tests::daemon::Daemon::start(None, &["--config", &path], s.dir.path());
+    b.kill();
+    tokio::time::sleep(DETECTION).await;
+    assert_eq!(health().get(&b_addr), Some(&Some(false)), "{:?}", health());
+
+    write(&[&a_addr, &b_addr, &c_addr], "tcp");
+    lb.signal(edgelb_tests::daemon::Signal::SIGHUP);
+    lb.wait_for_log("reloaded", 1).await;
+    let after = health();
+    assert_eq!(
+        (after.get(&a_addr), after.get(&b_addr), after.get(&c_addr)),
+        (Some(&Some(true)), Some(&Some(false)), Some(&Some(true))),
+        "right after the reload that added c"
+    );
+    for body in spread(listen, &s, 30).await.keys() {
+        assert_ne!(body, "backend b", "the dead backend was given requests");
+    }
+
+    write(&[&a_addr, &b_addr, &c_addr], "off");
+    lb.signal(edgelb_tests::daemon::Signal::SIGHUP);
+    lb.wait_for_log("reloaded", 2).await;
+    assert_eq!(
+        health().get(&b_addr),
+        Some(&Some(true)),
+        "with the checks off, every backend is in"
+    );
+    drop(a);
+    drop(c);
+}

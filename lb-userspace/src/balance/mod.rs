@@ -137,6 +137,34 @@ impl Balancer {
         }
     }
 
+    /// This balancer, for a group being reloaded, with what `old` knew of the backends both
+    /// have (the same address): health, whether a check has passed, when each came up and its
+    /// last transition. A reload that adds a backend then does not put a failing one back in
+    /// until its checks pass. Backends new to the group ramp up from now under slow start, as
+    /// a returning backend does (at first start nothing ramps).
+    pub fn carrying_over(mut self, old: &Balancer) -> Self {
+        self.epoch = old.epoch;
+        let now = self.now_ms();
+        for b in &mut self.backends {
+            let Some(o) = old.backends.iter().find(|o| o.addr == b.addr) else {
+                *b.up_since.get_mut() = now;
+                continue;
+            };
+            *b.healthy.get_mut() = o.healthy.load(Ordering::Relaxed);
+            *b.passed.get_mut() = o.passed.load(Ordering::Relaxed);
+            *b.up_since.get_mut() = o.up_since.load(Ordering::Relaxed);
+            *b.transition.get_mut().unwrap_or_else(|p| p.into_inner()) = o
+                .transition
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+        }
+        if let Strategy::SourceHash(sh) = &self.strategy {
+            sh.rebuild(&self.hash_weights());
+        }
+        self
+    }
+
     /// Backends that become healthy ramp up from a small share to their full weight over
     /// `duration` (round robin and least connections).
     pub fn with_slow_start(mut self, duration: Option<Duration>) -> Self {
@@ -386,6 +414,30 @@ mod tests {
         Algorithm::WeightedLeastConnections,
         Algorithm::SourceIpHash,
     ];
+
+    #[test]
+    fn a_reloaded_group_keeps_health_by_address_and_ramps_only_added_backends() {
+        let old = Balancer::new(Algorithm::WeightedRoundRobin, &group(&[1, 1]))
+            .with_slow_start(Some(Duration::from_secs(60)));
+        assert!(old.set_health(1, false, "test"));
+        // Backend 1 kept, backend 0 dropped, a third added (listed first now).
+        let mut list = group(&[1, 1, 1]);
+        list.swap(0, 2);
+        list.truncate(2);
+        let new = Balancer::new(Algorithm::WeightedRoundRobin, &list)
+            .with_slow_start(Some(Duration::from_secs(60)))
+            .carrying_over(&old);
+        assert_eq!(new.addr(1), old.addr(1));
+        assert!(
+            !new.is_healthy(1),
+            "the unhealthy backend came back with the reload"
+        );
+        assert!(new.last_transition(1).is_some_and(|t| !t.healthy));
+        assert!(new.is_healthy(0));
+        assert!(new.weight_share(0) < 0.1, "{}", new.weight_share(0));
+        // At first start nothing ramps.
+        assert_eq!(old.weight_share(0), 1.0);
+    }
 
     fn group(weights: &[u8]) -> Vec<(SocketAddr, u8)> {
         weights
