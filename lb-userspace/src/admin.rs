@@ -14,7 +14,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
@@ -351,8 +351,14 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
+/// Connections the admin endpoint serves at once; more are closed on accept. Its descriptors
+/// come out of the process's, which the listeners need.
+const MAX_ADMIN_CONNECTIONS: usize = 256;
+/// How long a connection may take to send a request head, and may stay idle between requests.
+pub const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
-    let loopback = listener.local_addr().map_or(true, |a| a.ip().is_loopback());
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -362,13 +368,25 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
                 continue;
             }
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(client = %peer, "admin connection refused: {MAX_ADMIN_CONNECTIONS} open");
+            continue;
+        };
+        // Per connection, not per listening address: bound to 0.0.0.0, a connection that came
+        // in on 127.0.0.1 is as open to DNS rebinding as one bound to loopback.
+        let loopback = stream.local_addr().map_or(true, |a| a.ip().is_loopback());
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let service = service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, Infallible>(route(&req, &state, loopback).await) }
             });
+            // Without a timer hyper applies no header timeout at all: a client could hold a
+            // connection, and its descriptor, forever.
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service)
                 .await
             {

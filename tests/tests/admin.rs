@@ -345,3 +345,71 @@ async fn sigterm_lets_a_slow_http2_client_take_the_whole_response() {
     let (status, log) = stopping.expect("stopped").await.expect("stop");
     assert!(status.success(), "{log}");
 }
+
+/// The admin endpoint does not let a client hold a connection (and its descriptor) forever:
+/// half a request head, or an idle keep-alive connection, is closed after 5 s. Bound to a
+/// wildcard address with remote access allowed, a connection that arrives on loopback is still
+/// refused a Host that is a name (DNS rebinding).
+#[tokio::test]
+async fn admin_connections_are_bounded_and_loopback_ones_refuse_rebound_names() {
+    use std::io::{Read, Write};
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let port = free_addr().port();
+    let wildcard = format!("0.0.0.0:{port}");
+    let (_lb, _addr) = s.start(&[
+        "--backend",
+        &be,
+        "--admin",
+        &wildcard,
+        "--admin-allow-remote",
+    ]);
+    let admin = format!("127.0.0.1:{port}");
+
+    let rebound = http_get_with_host(&admin, "evil.example:1234");
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    let by_address = http_get_with_host(&admin, &admin);
+    assert!(by_address.starts_with("HTTP/1.1 200"), "{by_address}");
+
+    let mut half = std::net::TcpStream::connect(&admin).expect("connect");
+    half.write_all(b"GET /status HTTP/1.1\r\nhost: 127.0.0.1\r\n")
+        .expect("half a head");
+    let mut idle = std::net::TcpStream::connect(&admin).expect("connect");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n")
+        .expect("request");
+    let started = Instant::now();
+    let closed_after = |s: &mut std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(15)))
+            .expect("timeout");
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) | Err(_) => return started.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    };
+    for (what, s) in [("half a head", &mut half), ("idle keep-alive", &mut idle)] {
+        let took = closed_after(s);
+        assert!(
+            (Duration::from_secs(4)..Duration::from_secs(10)).contains(&took),
+            "{what}: closed after {took:?}"
+        );
+    }
+}
+
+/// GET /status as a browser's page script sends it (`Sec-Fetch-Site: same-origin`), with
+/// `host` as the Host header; the whole answer.
+fn http_get_with_host(addr: &str, host: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(
+        s,
+        "GET /status HTTP/1.1\r\nhost: {host}\r\nsec-fetch-site: same-origin\r\nconnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut text = String::new();
+    let _ = s.read_to_string(&mut text);
+    text
+}
