@@ -639,15 +639,16 @@ fn is_icmp_error(kind: u8, v4: bool) -> bool {
 /// UDP, or by the fragment header of a first fragment and then TCP or UDP) of a TCP or UDP
 /// packet from an L4 listener's address and port: handled as a packet of
 /// the flow it quotes (client = the quoted destination), under the listener's access control
-/// for the client, forwarded as rule 7b-c pick, counted `ForwardedIcmp`; too big once
+/// for the client (and, under a deny list, for the error's sender too), forwarded as rule 7b-c pick, counted `ForwardedIcmp`; too big once
 /// encapsulated it is `TooBig`, never answered. Anything else is `NotOurs`.
 fn icmp_error(frame: &[u8], tables: &mut Tables) -> Result<(Decision, Option<Leave>), Decision> {
     let not_ours = Decision::global(Outcome::NotOurs);
     let v4 = frame[12..14] == ETH_P_IPV4.to_be_bytes();
     let ip = frame.get(14..).ok_or(not_ours)?;
-    let (dst, l4) = if v4 {
+    let (sender, dst, l4) = if v4 {
         let h = ip.get(..20).ok_or(not_ours)?;
         (
+            Src::V4([h[12], h[13], h[14], h[15]]),
             v4_mapped([h[16], h[17], h[18], h[19]]),
             14 + usize::from(h[0] & 0x0f) * 4,
         )
@@ -656,9 +657,14 @@ fn icmp_error(frame: &[u8], tables: &mut Tables) -> Result<(Decision, Option<Lea
         if h[6] != IPPROTO_ICMPV6 {
             return Err(not_ours);
         }
-        let mut dst = [0u8; 16];
+        let (mut sender, mut dst) = ([0u8; 16], [0u8; 16]);
+        sender.copy_from_slice(&h[8..24]);
         dst.copy_from_slice(&h[24..40]);
-        (dst, 54)
+        let sender = match v4_unmapped(&sender) {
+            Some(a) => Src::V4(a),
+            None => Src::V6(sender),
+        };
+        (sender, dst, 54)
     };
     let (client, client_port, vip_port, proto) = if v4 {
         let q = frame.get(l4 + 8..l4 + 36).ok_or(not_ours)?;
@@ -710,7 +716,8 @@ fn icmp_error(frame: &[u8], tables: &mut Tables) -> Result<(Decision, Option<Lea
         slot: info.id,
         backend: None,
     };
-    if !admitted(tables, info, &src) {
+    if !admitted(tables, info, &src) || (info.acl == acl::DENY && !admitted(tables, info, &sender))
+    {
         return Ok((decided(Outcome::DroppedAcl), None));
     }
     let flow = FlowKey {

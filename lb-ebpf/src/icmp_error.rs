@@ -6,7 +6,8 @@
 //! path inlined twice does not fit one 512-byte stack.
 use aya_ebpf::{macros::xdp, programs::XdpContext};
 use lb_common::{
-    ETH_P_IPV4, ETH_P_IPV6, FlowKey, IPPROTO_ICMPV6, MAX_L4_GROUPS, Outcome, v4_mapped,
+    ETH_P_IPV4, ETH_P_IPV6, FlowKey, IPPROTO_ICMPV6, ListenerInfo, MAX_L4_GROUPS, Outcome, acl,
+    v4_mapped,
 };
 
 use crate::{admitted, bytes, find_listener, frame_len, icmp, l4, verdict};
@@ -45,7 +46,10 @@ fn icmp_error(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
     if info.l4_group >= MAX_L4_GROUPS {
         return Err(Outcome::NotOurs);
     }
-    if !admitted(&info, &q.client) {
+    // The client it quotes is the sender's word; a deny list also holds against the sender,
+    // or a listed source could push errors to backends by quoting another client. (A
+    // whitelist cannot: the routers that send real errors are not on it.)
+    if !admitted(&info, &q.client) || (info.acl == acl::DENY && !sender_admitted(ctx, &info, v4)?) {
         return Ok((info.id, Outcome::DroppedAcl));
     }
     let flow = FlowKey {
@@ -62,4 +66,19 @@ fn icmp_error(ctx: &XdpContext, len: u64) -> Result<(u32, Outcome), Outcome> {
         other => other,
     };
     Ok((info.id, outcome))
+}
+
+/// Whether the error's sender (its IP source) passes the listener's access control. Read
+/// again from the frame here rather than kept from the start: the stack has no room for it
+/// alongside the forwarding path.
+#[inline(always)]
+fn sender_admitted(ctx: &XdpContext, info: &ListenerInfo, v4: bool) -> Result<bool, Outcome> {
+    let mut sender = [0u8; 16];
+    if v4 {
+        let a = bytes::<4>(ctx, 14 + 12)?;
+        sender = v4_mapped([a[0], a[1], a[2], a[3]]);
+    } else {
+        sender.copy_from_slice(bytes::<16>(ctx, 14 + 8)?);
+    }
+    Ok(admitted(info, &sender))
 }

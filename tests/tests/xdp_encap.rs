@@ -1013,4 +1013,14 @@ fn icmp_errors_to_the_vip_reach_the_backend_of_the_flow_they_quote() {
             "{what}"
         );
     }
+
+    // Sent from a blacklisted source (10.66.0.0/16 on the TCP listener) about a client that is
+    // not: the quote is the sender's word, the deny list holds against the sender.
+    let (verdict, out, decision, expected) = fx.run_output(&error("10.66.0.9", &client, 3, 4));
+    assert_eq!(out, expected, "kernel and reference frames differ");
+    assert_eq!(
+        (verdict, decision.outcome),
+        (XDP_DROP, Outcome::DroppedAcl),
+        "an error from a blacklisted sender"
+    );
 }
