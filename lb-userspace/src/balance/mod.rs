@@ -160,7 +160,7 @@ impl Balancer {
                 .clone();
         }
         if let Strategy::SourceHash(sh) = &self.strategy {
-            sh.rebuild(&self.hash_weights());
+            sh.rebuild(|| self.hash_weights());
         }
         self
     }
@@ -270,7 +270,7 @@ impl Balancer {
             b.up_since.store(self.now_ms(), Ordering::Relaxed);
         }
         if let Strategy::SourceHash(sh) = &self.strategy {
-            sh.rebuild(&self.hash_weights());
+            sh.rebuild(|| self.hash_weights());
         }
         true
     }

@@ -11,6 +11,8 @@ pub struct SourceHash {
     /// [`lb_common::maglev::TABLE_SIZE`] backend indices, or all `NO_BACKEND`; replaced whole
     /// when health changes, so a reader always sees one complete table.
     table: RwLock<Arc<Vec<u32>>>,
+    /// Held while a rebuild reads the weights and replaces the table.
+    rebuilding: std::sync::Mutex<()>,
 }
 
 impl SourceHash {
@@ -23,12 +25,16 @@ impl SourceHash {
         SourceHash {
             keys,
             table: RwLock::new(Arc::new(table)),
+            rebuilding: std::sync::Mutex::new(()),
         }
     }
 
-    /// Rebuilds the table from the backends' current weights (0 for an unhealthy backend).
-    pub fn rebuild(&self, weights: &[u32]) {
-        let table = Arc::new(build(&self.keys, weights));
+    /// Rebuilds the table from the backends' current weights (0 for an unhealthy backend),
+    /// read by `weights` once no other rebuild runs: two health changes at once then cannot
+    /// leave the table of the one that read the weights first.
+    pub fn rebuild(&self, weights: impl FnOnce() -> Vec<u32>) {
+        let _one_at_a_time = self.rebuilding.lock().unwrap_or_else(|p| p.into_inner());
+        let table = Arc::new(build(&self.keys, &weights()));
         *self.table.write().unwrap_or_else(|p| p.into_inner()) = table;
     }
 
