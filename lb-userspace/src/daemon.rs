@@ -358,8 +358,11 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             Some(read) = reads.recv(), if pending.is_none() => {
                 // With BGP, the addresses of listeners the new configuration drops are
                 // withdrawn first; the reload is applied once the routers had the delay.
+                // A reload that will be refused changes nothing, routes included.
                 let going = match (&read.config, bgp.as_ref()) {
-                    (Ok(fresh), Some(_)) => dropped_addresses(&node, fresh),
+                    (Ok(fresh), Some(_)) if needs_restart(fresh, &node).is_none() => {
+                        dropped_addresses(&node, fresh)
+                    }
                     _ => BTreeSet::new(),
                 };
                 let mut delay = Duration::ZERO;
@@ -622,21 +625,29 @@ fn reload(
     for w in fresh.warnings(crate::config::fd_limit()) {
         tracing::warn!("reload: {w}");
     }
-    if fresh.xdp.ifaces != node.config.xdp.ifaces || fresh.xdp.mode != node.config.xdp.mode {
-        return Err(ReloadError::NeedsRestart("xdp_iface and xdp_mode"));
-    }
-    if fresh.bgp != node.config.bgp {
-        return Err(ReloadError::NeedsRestart("the bgp_ settings"));
-    }
-    if fresh.ops.admin != node.config.ops.admin {
-        return Err(ReloadError::NeedsRestart("admin"));
-    }
-    if fresh.ops.user != node.config.ops.user {
-        return Err(ReloadError::NeedsRestart("user"));
+    if let Some(what) = needs_restart(&fresh, node) {
+        return Err(ReloadError::NeedsRestart(what));
     }
     // New backends' next hops are asked for now and found by the next refreshes.
     hops.refresh(&crate::node::l4_backends(&fresh), &fresh.xdp.ifaces);
     Ok(node.reload(fresh, dataplane, hops)?)
+}
+
+/// What `fresh` changes that only a restart can: a reload that changes it is refused.
+fn needs_restart(fresh: &Config, node: &Node) -> Option<&'static str> {
+    if fresh.xdp.ifaces != node.config.xdp.ifaces || fresh.xdp.mode != node.config.xdp.mode {
+        return Some("xdp_iface and xdp_mode");
+    }
+    if fresh.bgp != node.config.bgp {
+        return Some("the bgp_ settings");
+    }
+    if fresh.ops.admin != node.config.ops.admin {
+        return Some("admin");
+    }
+    if fresh.ops.user != node.config.ops.user {
+        return Some("user");
+    }
+    None
 }
 
 /// The addresses of `node`'s listeners that `fresh` has no listener on (those announced are

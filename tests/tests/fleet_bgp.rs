@@ -415,6 +415,32 @@ fn a_fleet_announces_over_bgp_and_leaves_without_a_failed_connection() {
         .next()
         .unwrap_or_default()
         .to_string();
+    // First the same change with `admin` changed too, which needs a restart: the reload is
+    // refused, so nothing changes, the route included (it used to be withdrawn for the delay).
+    std::fs::write(
+        &path,
+        without_web.replace("127.0.0.1:9900", "127.0.0.1:9901"),
+    )
+    .expect("rewrite node 2's configuration");
+    let node2 = nodes[1].as_ref().expect("node 2 runs");
+    let refusals = node2.log().matches("reload refused").count();
+    node2.signal(Signal::SIGHUP);
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            next_hops(&topo, WEB_VIP).contains(&1),
+            "a reload that is refused withdrew node 2's web address"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = node2.log_when(Duration::from_secs(10), |l| {
+        l.matches("reload refused").count() > refusals
+    });
+    assert!(
+        log.matches("reload refused").count() > refusals,
+        "the reload changing admin was not refused:\n{log}"
+    );
+
     std::fs::write(&path, without_web).expect("rewrite node 2's configuration");
     let load = Load::start(&topo);
     std::thread::sleep(Duration::from_millis(500));
