@@ -61,7 +61,8 @@ fn decap(ctx: &XdpContext) -> Result<DecapOutcome, DecapOutcome> {
     use DecapOutcome::{Decapsulated, Malformed, NotOurs, Refused};
     // SAFETY (every dereference of `at`): the range was checked against data_end.
     let eth = unsafe { *at::<14>(ctx, 0).ok_or(NotOurs)? };
-    let (outer_len, proto, source) = match u16::from_be_bytes([eth[12], eth[13]]) {
+    let ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let (outer_len, proto, source, first_fragment) = match ethertype {
         ETH_P_IPV4 => {
             let ip = unsafe { &*at::<20>(ctx, 14).ok_or(NotOurs)? };
             if ip[9] != IPPROTO_IPIP && ip[9] != IPPROTO_IPV6 {
@@ -70,12 +71,21 @@ fn decap(ctx: &XdpContext) -> Result<DecapOutcome, DecapOutcome> {
             if ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 {
                 return Err(Malformed);
             }
-            // A fragment holds part of an inner packet; there is nothing to reassemble it.
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
+            // A fragment holds part of an inner packet; there is nothing here to reassemble it.
+            // A later one cannot be judged (no inner header); a first one is judged by its
+            // inner header and source like any packet, so that one from an untrusted source
+            // cannot be completed by the stack's reassembly and a tunnel device behind it.
+            let frag = u16::from_be_bytes([ip[6], ip[7]]);
+            if frag & 0x1fff != 0 {
                 return Err(Malformed);
             }
             let source = Outer::V4([ip[12], ip[13], ip[14], ip[15]]);
-            ((ip[0] & 0x0f) as usize * 4, ip[9], source)
+            (
+                (ip[0] & 0x0f) as usize * 4,
+                ip[9],
+                source,
+                frag & 0x2000 != 0,
+            )
         }
         ETH_P_IPV6 => {
             let ip = unsafe { &*at::<40>(ctx, 14).ok_or(NotOurs)? };
@@ -87,7 +97,7 @@ fn decap(ctx: &XdpContext) -> Result<DecapOutcome, DecapOutcome> {
             }
             let mut source = [0u8; 16];
             source.copy_from_slice(&ip[8..24]);
-            (40, ip[6], Outer::V6(source))
+            (40, ip[6], Outer::V6(source), false)
         }
         _ => return Err(NotOurs),
     };
@@ -117,6 +127,9 @@ fn decap(ctx: &XdpContext) -> Result<DecapOutcome, DecapOutcome> {
     };
     if !trusted {
         return Err(Refused);
+    }
+    if first_fragment {
+        return Err(Malformed);
     }
     // The Ethernet header moves to just before the inner packet, then the frame starts there.
     let moved = unsafe { &mut *at::<14>(ctx, outer_len).ok_or(Malformed)? };

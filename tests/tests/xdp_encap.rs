@@ -762,6 +762,14 @@ fn decap_trusts_only_the_from_prefixes_and_drops_the_rest_for_a_vip() {
     let v4_in_v6 = tunnel(Frame::udp("10.2.3.4", "10.0.0.1", 443), 1);
     let v6_in_v4 = tunnel(Frame::tcp("fd00:7::9", "fd00::1", 443), 0);
     let not_a_vip = tunnel(Frame::tcp("10.2.3.4", "10.0.0.99", 443), 0);
+    // The outer IPv4 header as the first fragment (more-fragments set), and as a later one.
+    let fragment = |flags: u8, offset: u8| {
+        let mut t = v4_in_v4.1.clone();
+        t[20] |= flags;
+        t[21] = offset;
+        (v4_in_v4.0.clone(), t)
+    };
+    let (first_fragment, later_fragment) = (fragment(0x20, 0), fragment(0x20, 8));
     let (pass, refuse) = (
         (XDP_PASS, DecapOutcome::Decapsulated),
         (XDP_DROP, DecapOutcome::Refused),
@@ -815,6 +823,26 @@ fn decap_trusts_only_the_from_prefixes_and_drops_the_rest_for_a_vip() {
             &v4_in_v6,
             "::ffff:172.16.0.1",
             refuse,
+        ),
+        // A fragment cannot be decapsulated here; a first one from a client is refused, so
+        // that the stack's reassembly and a tunnel device cannot complete it.
+        (
+            "IPv4 outer, first fragment, balancers' /16",
+            &first_fragment,
+            "172.16.200.7",
+            (XDP_PASS, DecapOutcome::Malformed),
+        ),
+        (
+            "IPv4 outer, first fragment, a client",
+            &first_fragment,
+            "10.1.0.2",
+            refuse,
+        ),
+        (
+            "IPv4 outer, later fragment, a client (no inner header to judge)",
+            &later_fragment,
+            "10.1.0.2",
+            (XDP_PASS, DecapOutcome::Malformed),
         ),
         (
             "not for a VIP, a client",
