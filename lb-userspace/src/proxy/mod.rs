@@ -321,9 +321,7 @@ impl Upstream {
                 path,
                 &parts.headers,
                 body,
-                h1::Deadlines {
-                    response: settings.timeouts.response,
-                },
+                settings.timeouts.response,
             );
             let retry_safe = matches!(outgoing, Outgoing::Replayable(_));
             match send.await {
@@ -380,13 +378,7 @@ impl Upstream {
                 Err(h1::Error::RequestBody(e)) => {
                     // The client's body failed while it streamed to the backend: the client's
                     // doing, answered as a body read whole would be (no retry: it is gone).
-                    debug!(error = %e, "reading the request body failed");
-                    let status = if e.is::<Stalled>() {
-                        StatusCode::REQUEST_TIMEOUT
-                    } else {
-                        StatusCode::BAD_REQUEST
-                    };
-                    return refusal(status, version);
+                    return refusal(client_body_failed(&e), version);
                 }
                 Err(h1::Error::TimedOut(what)) => {
                     let again = retry_safe && idempotent;
@@ -416,6 +408,17 @@ impl Upstream {
     }
 }
 
+/// The answer to a request whose body the client failed to send: 408 when it stalled, 400
+/// otherwise (a broken framing, a connection gone).
+fn client_body_failed(e: &BoxError) -> StatusCode {
+    debug!(error = %e, "reading the request body failed");
+    if e.is::<Stalled>() {
+        StatusCode::REQUEST_TIMEOUT
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
 /// Bodies up to [`REPLAYABLE_BODY_LIMIT`] (declared or chunked) are read whole, with the
 /// request timeout as the longest stall, so that a retry can resend them and so that a body
 /// whose framing is broken is refused before anything reaches a backend; others stream.
@@ -439,14 +442,7 @@ async fn read_body<B: RequestBody>(
     loop {
         match body.frame().await {
             None => return Ok(Outgoing::Replayable(Bytes::from(read))),
-            Some(Err(e)) => {
-                debug!(error = %e, "reading the request body failed");
-                return Err(if e.is::<Stalled>() {
-                    StatusCode::REQUEST_TIMEOUT
-                } else {
-                    StatusCode::BAD_REQUEST
-                });
-            }
+            Some(Err(e)) => return Err(client_body_failed(&e)),
             // Trailers are dropped: backends are not told to expect any (`Trailer` is
             // hop-by-hop).
             Some(Ok(frame)) => {

@@ -72,14 +72,6 @@ impl Error {
     }
 }
 
-/// How long the backend has: to take each part of the request body, then to start its
-/// response once the whole request is sent. The client's own pace is its own timeouts'
-/// business, so a long upload is not cut by the response timeout.
-#[derive(Clone, Copy, Debug)]
-pub struct Deadlines {
-    pub response: Duration,
-}
-
 /// What is sent as the request body.
 pub enum OutBody {
     /// Known in full (possibly empty): can be sent again.
@@ -140,7 +132,7 @@ impl Client {
         target: &str,
         headers: &HeaderMap,
         body: OutBody,
-        deadlines: Deadlines,
+        response_timeout: Duration,
     ) -> Result<Response<ResponseBody>, Error> {
         let pooled = match private {
             Some(p) => p.pool.take(index),
@@ -171,7 +163,10 @@ impl Client {
         // A backend may answer before it has read the whole body (413, 401) and close: its
         // answer is still in the socket, and is what the client should see; without one, the
         // write's error stands. Such a connection is never reused.
-        let write_failed = match send_body(&mut conn, body, deadlines.response).await {
+        // The response timeout is the backend's time to take each part of the request, then to
+        // start its answer once it has all of it: the client's own pace is its own timeouts'
+        // business, so a long upload is not cut by it.
+        let write_failed = match send_body(&mut conn, body, response_timeout).await {
             Ok(()) => None,
             Err(e @ (Error::Lost(_) | Error::Io(_))) => Some(e),
             Err(e) => return Err(e),
@@ -179,7 +174,7 @@ impl Client {
         let answered_early = write_failed.is_some();
         let reading = read_head(&mut conn, method, self.max_head);
         let head = match (
-            tokio::time::timeout(deadlines.response, reading).await,
+            tokio::time::timeout(response_timeout, reading).await,
             write_failed,
         ) {
             (Ok(Ok(head)), _) => head,
@@ -269,9 +264,10 @@ async fn read_head(
     }
 }
 
-/// `write_all` that fails when the backend takes none of it for `stall`.
-async fn write_within(io: &mut BackendStream, bytes: &[u8], stall: Duration) -> Result<(), Error> {
-    match tokio::time::timeout(stall, io.write_all(bytes)).await {
+/// A write (or flush) towards the backend, failing when the backend takes none of it for
+/// `stall`.
+async fn within(stall: Duration, write: impl Future<Output = io::Result<()>>) -> Result<(), Error> {
+    match tokio::time::timeout(stall, write).await {
         Ok(done) => done.map_err(lost_or_io),
         Err(_) => Err(Error::TimedOut("the backend did not take the request body")),
     }
@@ -285,18 +281,19 @@ async fn send_body(conn: &mut Conn, body: OutBody, stall: Duration) -> Result<()
     match body {
         OutBody::Full(b) if b.len() <= COALESCE_BODY => {
             wbuf.extend_from_slice(&b);
-            write_within(io, wbuf, stall).await?;
+            within(stall, io.write_all(wbuf)).await?;
         }
         OutBody::Full(b) => {
-            write_within(io, wbuf, stall).await?;
-            write_within(io, &b, stall).await?;
+            within(stall, io.write_all(wbuf)).await?;
+            within(stall, io.write_all(&b)).await?;
         }
         OutBody::Stream(body, length) => {
-            write_within(io, wbuf, stall).await?;
+            within(stall, io.write_all(wbuf)).await?;
             Box::pin(send_stream(io, body, length.is_none(), stall)).await?;
         }
     }
-    io.flush().await.map_err(lost_or_io)
+    // A TLS stream may hold the last bytes until flushed: that wait is the backend's too.
+    within(stall, io.flush()).await
 }
 
 /// A streamed body as it comes from the client, chunked when its length is not known.
@@ -315,15 +312,19 @@ async fn send_stream(
             continue;
         }
         if chunked {
-            write_within(io, format!("{:x}\r\n", data.len()).as_bytes(), stall).await?;
+            within(
+                stall,
+                io.write_all(format!("{:x}\r\n", data.len()).as_bytes()),
+            )
+            .await?;
         }
-        write_within(io, &data, stall).await?;
+        within(stall, io.write_all(&data)).await?;
         if chunked {
-            write_within(io, b"\r\n", stall).await?;
+            within(stall, io.write_all(b"\r\n")).await?;
         }
     }
     if chunked {
-        write_within(io, b"0\r\n\r\n", stall).await?;
+        within(stall, io.write_all(b"0\r\n\r\n")).await?;
     }
     Ok(())
 }
