@@ -461,8 +461,8 @@ fn backend_framings_arrive_whole_and_clean_endings_reuse_the_connection() {
     assert_eq!(conn_of("/head"), conn_of("/after"), "{seen:?}");
 }
 
-/// What `tcp` receives up to the end of a response head (less if it closes first).
-fn response_head(tcp: &mut TcpStream) -> String {
+/// What `tcp` receives up to the end of a request or response head (less if it closes first).
+fn read_head(tcp: &mut TcpStream) -> String {
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     while !got.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -497,7 +497,7 @@ fn an_upload_longer_than_the_response_timeout_is_served() {
         tcp.write_all(piece).expect("body");
         std::thread::sleep(Duration::from_millis(250));
     }
-    let text = response_head(&mut tcp);
+    let text = read_head(&mut tcp);
     println!(
         "a 256 KiB upload over {:?}: {}",
         started.elapsed(),
@@ -532,14 +532,7 @@ fn a_backend_answering_before_the_whole_body_is_heard() {
     let backend_addr = backend.local_addr().expect("bound");
     std::thread::spawn(move || {
         for mut s in backend.incoming().flatten() {
-            let mut head = Vec::new();
-            let mut buf = [0u8; 4096];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
+            read_head(&mut s);
             let _ = s.write_all(
                 b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n",
             );
@@ -567,7 +560,7 @@ fn a_backend_answering_before_the_whole_body_is_heard() {
             }
         }
     });
-    let text = response_head(&mut tcp);
+    let text = read_head(&mut tcp);
     assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
     drop(tcp);
     let _ = uploading.join();
@@ -590,6 +583,6 @@ fn a_client_stalling_in_a_streamed_upload_gets_408() {
     let mut req = b"POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: 1048576\r\n\r\n".to_vec();
     req.extend_from_slice(&[b'u'; 100 * 1024]);
     tcp.write_all(&req).expect("part of the body");
-    let text = response_head(&mut tcp);
+    let text = read_head(&mut tcp);
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
 }

@@ -39,13 +39,18 @@ fn usage_error(args: &[&str]) -> String {
 }
 
 fn base(f: &Files) -> Vec<&str> {
+    base_with(&f.cert, &f.key)
+}
+
+/// A listener with this certificate and key, and a backend.
+fn base_with<'a>(cert: &'a str, key: &'a str) -> Vec<&'a str> {
     vec![
         "--listen",
         "127.0.0.1:18443",
         "--cert",
-        &f.cert,
+        cert,
         "--key",
-        &f.key,
+        key,
         "--backend",
         "127.0.0.1:18080",
     ]
@@ -934,17 +939,11 @@ fn a_certificate_expiring_within_14_days_is_warned_about() {
     );
     let (cert, key) = (cert.display().to_string(), key.display().to_string());
     let args = [
-        "check",
-        "--listen",
-        "127.0.0.1:18443",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--backend",
-        "127.0.0.1:18080",
-        "--allow-readable-keys",
-    ];
+        &["check"][..],
+        &base_with(&cert, &key),
+        &["--allow-readable-keys"],
+    ]
+    .concat();
     let out = run(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
@@ -1221,17 +1220,7 @@ fn a_key_file_that_lost_its_line_breaks_is_refused_without_quoting_it() {
         .expect("a base64 line")
         .to_string();
     let (cert, key) = (good.cert.display().to_string(), flat.display().to_string());
-    let out = run(&[
-        "check",
-        "--listen",
-        "127.0.0.1:18443",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--backend",
-        "127.0.0.1:18080",
-    ]);
+    let out = run(&[&["check"][..], &base_with(&cert, &key)].concat());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
