@@ -15,7 +15,13 @@ fn sticky() -> &'static (Sticky, Sticky) {
         let key = StickyKey::generate().expect("a random key");
         let duration = Duration::from_secs(1200);
         (
-            Sticky::new(Arc::new(Stickiness::LbCookie { key, duration }), None),
+            Sticky::new(
+                Arc::new(Stickiness::LbCookie {
+                    key: Some(key),
+                    duration,
+                }),
+                None,
+            ),
             Sticky::new(
                 Arc::new(Stickiness::AppCookie {
                     name: "SID".into(),

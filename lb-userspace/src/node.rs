@@ -23,7 +23,7 @@ use crate::config::CheckKind;
 use crate::config::bgp::BgpAnnounce;
 use crate::config::values::AcmeChallenge;
 use crate::config::{
-    Config, FrontendProtocol, GroupConfig, ListenerConfig, Stickiness, SynProtection,
+    Config, FrontendProtocol, GroupConfig, ListenerConfig, StickyKey, SynProtection,
 };
 use crate::dataplane::{
     BackendEntry, Dataplane, DataplaneError, L4Group, L4ListenerSpec, ListenerRule, SourceLimits,
@@ -72,6 +72,12 @@ pub enum NodeError {
     Tickets {
         #[source]
         source: rustls::Error,
+    },
+    /// The node's random lb-cookie key could not be made (at start only).
+    #[error("lb-cookie key: {source}")]
+    StickyKey {
+        #[source]
+        source: crate::config::StickyKeyError,
     },
     #[error("listener {listener:?}: TLS configuration: {source}")]
     ServerTls {
@@ -122,6 +128,9 @@ pub struct Node {
     /// The ticket keys used without `--tls-ticket-key-file`: random, made at start and kept
     /// across reloads, so that sessions resume after a reload.
     own_tickets: Arc<dyn ProducesTickets>,
+    /// The lb-cookie key used without `--sticky-key-file`: random, made at start and kept
+    /// across reloads, so that cookies already handed out keep pinning their clients.
+    own_sticky_key: StickyKey,
     /// The ACME task and what it shares with the listeners, while a listener names
     /// `--acme-domain`.
     acme: Option<AcmeRuntime>,
@@ -201,7 +210,9 @@ impl Node {
         let health_changed = Arc::new(Notify::new());
         let own_tickets =
             crate::tls::tickets::generated().map_err(|source| NodeError::Tickets { source })?;
-        let groups = build_groups(&config, &[], workers.len())?;
+        let own_sticky_key =
+            StickyKey::generate().map_err(|source| NodeError::StickyKey { source })?;
+        let groups = build_groups(&config, &[], workers.len(), &own_sticky_key)?;
         let ids = assign_ids(&config, &[]);
         let tickets = ticket_keys(&config, &own_tickets);
         let acme = acme_shared(&config, None);
@@ -231,6 +242,7 @@ impl Node {
             metrics,
             health_changed,
             own_tickets,
+            own_sticky_key,
             acme: None,
             file_certs: Vec::new(),
             access_log,
@@ -318,7 +330,12 @@ impl Node {
         dataplane: Option<&mut Dataplane>,
         hops: &NextHops,
     ) -> Result<(), NodeError> {
-        let groups = build_groups(&fresh, &self.groups, self.workers.len())?;
+        let groups = build_groups(
+            &fresh,
+            &self.groups,
+            self.workers.len(),
+            &self.own_sticky_key,
+        )?;
         let tickets = ticket_keys(&fresh, &self.own_tickets);
         let acme = acme_shared(&fresh, self.acme.as_ref().map(|a| &a.shared));
         let access_log = open_access_log(&fresh, self.access_log.as_ref())?;
@@ -595,50 +612,25 @@ fn same_balancing(a: &GroupConfig, b: &GroupConfig) -> bool {
         && a.slow_start == b.slow_start
 }
 
-/// A reload re-reads the configuration, which makes a new random lb-cookie key when no
-/// `--sticky-key-file` is given: the running group's random key is kept instead, or every
-/// cookie issued so far would stop pinning its client at each reload.
-fn keep_generated_key(g: &mut GroupConfig, running: &[GroupRuntime]) {
-    let Some(Stickiness::LbCookie { key, duration }) = g.sticky.as_deref() else {
-        return;
-    };
-    if !key.is_generated() {
-        return;
-    }
-    let old = running
-        .iter()
-        .find(|r| r.config.name == g.name)
-        .and_then(|r| match r.config.sticky.as_deref() {
-            Some(Stickiness::LbCookie { key, .. }) if key.is_generated() => Some(key.clone()),
-            _ => None,
-        });
-    if let Some(key) = old {
-        g.sticky = Some(Arc::new(Stickiness::LbCookie {
-            key,
-            duration: *duration,
-        }));
-    }
-}
-
 fn build_groups(
     config: &Config,
     running: &[GroupRuntime],
     workers: usize,
+    own_sticky_key: &StickyKey,
 ) -> Result<Vec<GroupRuntime>, NodeError> {
     let mut out = Vec::with_capacity(config.groups.len());
     for g in &config.groups {
-        let mut g = g.clone();
-        keep_generated_key(&mut g, running);
+        let g = g.clone();
         let kept = running.iter().find(|r| same_balancing(&r.config, &g));
         let before = running.iter().find(|r| r.config.name == g.name);
         // App-cookie sessions are the runtime's: a reload that keeps the cookie keeps them, so
         // clients stay where they are (they name backends by address, which a changed list
         // keeps or drops).
         let sticky = g.sticky.clone().map(|settings| {
-            Arc::new(Sticky::new(
-                settings,
-                before.and_then(|r| r.sticky.as_deref()),
-            ))
+            Arc::new(
+                Sticky::new(settings, before.and_then(|r| r.sticky.as_deref()))
+                    .with_own_key(own_sticky_key),
+            )
         });
         let balancer = match kept {
             Some(r) => r.balancer.clone(),

@@ -44,7 +44,7 @@ fn sticky_cookie(reply: &Reply) -> Option<String> {
 fn token(key: &StickyKey, backend: &str, at: SystemTime) -> String {
     let s = Sticky::new(
         std::sync::Arc::new(Stickiness::LbCookie {
-            key: key.clone(),
+            key: Some(key.clone()),
             duration: Duration::from_secs(60),
         }),
         None,

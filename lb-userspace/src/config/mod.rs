@@ -16,7 +16,7 @@ pub mod values;
 mod warnings;
 
 pub use health_check::{CheckKind, HealthCheck};
-pub use sticky::{Stickiness, StickyKey, validate_cookie_name};
+pub use sticky::{Stickiness, StickyKey, StickyKeyError, validate_cookie_name};
 pub use warnings::fd_limit;
 
 use std::collections::BTreeMap;
@@ -1350,11 +1350,10 @@ fn stickiness(args: &GroupSpec) -> Result<Option<Stickiness>, ConfigError> {
         StickyArg::Off => None,
         StickyArg::LbCookie => {
             let key = match &args.sticky_key_file {
-                Some(path) => StickyKey::from_file(path).map_err(|problem| {
+                Some(path) => Some(StickyKey::from_file(path).map_err(|problem| {
                     ConfigError::new("--sticky-key-file", path.display().to_string(), problem)
-                })?,
-                None => StickyKey::generate()
-                    .map_err(|problem| ConfigError::missing("--sticky-session", problem))?,
+                })?),
+                None => None,
             };
             Some(Stickiness::LbCookie { key, duration })
         }

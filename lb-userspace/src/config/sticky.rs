@@ -19,23 +19,15 @@ const GENERATED_KEY_LEN: usize = 32;
 /// From a file, the key is the file's bytes exactly as stored, a trailing newline included:
 /// nodes meant to honour each other's cookies need byte-identical files.
 #[derive(Clone)]
-pub struct StickyKey {
+pub struct StickyKey(
     // Boxed because the HMAC state dwarfs the other variant of `Stickiness`.
-    key: Box<hmac::Key>,
-    /// Made at random by this process, not read from a file.
-    generated: bool,
-}
+    Box<hmac::Key>,
+);
 
 impl StickyKey {
     /// The HMAC key itself, for sealing and opening tokens.
     pub(crate) fn hmac(&self) -> &hmac::Key {
-        &self.key
-    }
-
-    /// Whether the key was made at random rather than read from `--sticky-key-file`: such a
-    /// key is the running process's to keep across reloads.
-    pub fn is_generated(&self) -> bool {
-        self.generated
+        &self.0
     }
 }
 
@@ -71,10 +63,7 @@ impl StickyKey {
         rand::fill(&mut bytes).map_err(|_| StickyKeyError::Random)?;
         let key = hmac::Key::new(hmac::HMAC_SHA256, &bytes);
         bytes.fill(0);
-        Ok(StickyKey {
-            key: Box::new(key),
-            generated: true,
-        })
+        Ok(StickyKey(Box::new(key)))
     }
 
     /// A key file holds at least 32 bytes of anything (at most 4096); all of its bytes are the
@@ -101,10 +90,10 @@ impl StickyKey {
         } else if too_long {
             Err(StickyKeyError::TooLong { path: owned() })
         } else {
-            Ok(StickyKey {
-                key: Box::new(hmac::Key::new(hmac::HMAC_SHA256, &bytes)),
-                generated: false,
-            })
+            Ok(StickyKey(Box::new(hmac::Key::new(
+                hmac::HMAC_SHA256,
+                &bytes,
+            ))))
         };
         bytes.fill(0);
         result
@@ -121,8 +110,16 @@ impl fmt::Debug for StickyKey {
 /// app-cookie mode are runtime state, in `proxy::sticky::Sticky`.
 #[derive(Debug)]
 pub enum Stickiness {
-    LbCookie { key: StickyKey, duration: Duration },
-    AppCookie { name: String, duration: Duration },
+    /// `key`: from `--sticky-key-file`; None for the node's own random key, made at start
+    /// and kept across reloads (by the node, as its TLS ticket keys are).
+    LbCookie {
+        key: Option<StickyKey>,
+        duration: Duration,
+    },
+    AppCookie {
+        name: String,
+        duration: Duration,
+    },
 }
 
 /// A cookie name that is not an RFC 6265 token.

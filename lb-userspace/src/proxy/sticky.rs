@@ -57,6 +57,9 @@ pub const STICK_TABLE_CAPACITY: usize = 100_000;
 pub struct Sticky {
     settings: Arc<Stickiness>,
     table: Option<Arc<StickTable>>,
+    /// lb-cookie: the key that seals and opens cookies (the settings' file key, or the node's
+    /// own given by [`Sticky::with_own_key`]); None: no cookie is honoured or set.
+    lb_key: Option<StickyKey>,
 }
 
 impl Sticky {
@@ -79,7 +82,23 @@ impl Sticky {
                 Some(kept.unwrap_or_else(|| Arc::new(StickTable::new(STICK_TABLE_CAPACITY))))
             }
         };
-        Sticky { settings, table }
+        let lb_key = match &*settings {
+            Stickiness::LbCookie { key, .. } => key.clone(),
+            Stickiness::AppCookie { .. } => None,
+        };
+        Sticky {
+            settings,
+            table,
+            lb_key,
+        }
+    }
+
+    /// lb-cookie without a key file: cookies are sealed with `own`, the node's random key.
+    pub fn with_own_key(mut self, own: &StickyKey) -> Sticky {
+        if matches!(&*self.settings, Stickiness::LbCookie { key: None, .. }) {
+            self.lb_key = Some(own.clone());
+        }
+        self
     }
 
     /// Whether `other` shares this one's sessions (tests of reloads).
@@ -92,7 +111,8 @@ impl Sticky {
     /// call.
     pub fn pinned(&self, request_headers: &HeaderMap, now: SystemTime) -> Option<String> {
         match (&*self.settings, &self.table) {
-            (Stickiness::LbCookie { key, .. }, _) => {
+            (Stickiness::LbCookie { .. }, _) => {
+                let key = self.lb_key.as_ref()?;
                 let now = unix_secs(now);
                 request_cookies(request_headers, LB_COOKIE)
                     .take(MAX_CANDIDATES)
@@ -126,7 +146,10 @@ impl Sticky {
         now: SystemTime,
     ) {
         match (&*self.settings, &self.table) {
-            (Stickiness::LbCookie { key, duration }, _) => {
+            (Stickiness::LbCookie { duration, .. }, _) => {
+                let Some(key) = &self.lb_key else {
+                    return;
+                };
                 if already_pinned {
                     return;
                 }
@@ -546,7 +569,7 @@ mod tests {
     fn lb(key: StickyKey) -> Sticky {
         Sticky::new(
             Arc::new(Stickiness::LbCookie {
-                key,
+                key: Some(key),
                 duration: MINUTES_30,
             }),
             None,
@@ -560,6 +583,7 @@ mod tests {
                 duration: MINUTES_30,
             }),
             table: Some(Arc::new(StickTable::new(capacity))),
+            lb_key: None,
         }
     }
 
@@ -696,10 +720,7 @@ mod tests {
         let huge = "A".repeat(10_000);
         assert_eq!(pinned_with(&s, &huge, t0()), None);
         // A valid MAC under a different version byte is still refused.
-        let key = match &*s.settings {
-            Stickiness::LbCookie { key, .. } => key,
-            Stickiness::AppCookie { .. } => unreachable!(),
-        };
+        let key = s.lb_key.as_ref().expect("an lb-cookie key");
         let mut v2 = raw[..raw.len() - TAG_LEN].to_vec();
         v2[0] = 2;
         let tag = hmac::sign(key.hmac(), &v2);
@@ -757,7 +778,7 @@ mod tests {
     fn lb_with_duration(duration: Duration) -> Sticky {
         Sticky::new(
             Arc::new(Stickiness::LbCookie {
-                key: StickyKey::generate().unwrap(),
+                key: Some(StickyKey::generate().unwrap()),
                 duration,
             }),
             None,
