@@ -46,6 +46,7 @@ impl Entry {
     pub fn start<B>(
         log: Arc<AccessLog>,
         listener: Arc<str>,
+        started: Instant,
         client: SocketAddr,
         sni: Option<&str>,
         req: &Request<B>,
@@ -61,7 +62,7 @@ impl Entry {
             .uri()
             .path_and_query()
             .map_or_else(|| req.uri().path(), |pq| pq.as_str());
-        let mut entry = Entry::of_connection(log, listener, client, sni);
+        let mut entry = Entry::of_connection(log, listener, started, client, sni);
         entry.host = host;
         entry.method = Some(req.method().clone());
         entry.target = Some(target.into());
@@ -80,7 +81,7 @@ impl Entry {
         sni: Option<&str>,
         status: u16,
     ) -> Entry {
-        let mut entry = Entry::of_connection(log, listener, client, sni);
+        let mut entry = Entry::of_connection(log, listener, Instant::now(), client, sni);
         entry.answer = Some(Answer {
             status,
             rule: None,
@@ -94,6 +95,7 @@ impl Entry {
     fn of_connection(
         log: Arc<AccessLog>,
         listener: Arc<str>,
+        started: Instant,
         client: SocketAddr,
         sni: Option<&str>,
     ) -> Entry {
@@ -101,7 +103,7 @@ impl Entry {
             log,
             listener,
             at: SystemTime::now(),
-            started: Instant::now(),
+            started,
             client,
             sni: sni.map(Into::into),
             host: None,

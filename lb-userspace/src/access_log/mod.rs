@@ -130,14 +130,24 @@ pub struct ListenerLog {
 }
 
 impl ListenerLog {
-    /// The entry of a request that just arrived, and the counters its bodies count into.
+    /// The entry of a request that arrived at `started`, and the counters its bodies count
+    /// into. The caller's instant, so the upstream time it measures from the same instant is
+    /// never more than the total.
     pub fn start<B>(
         &self,
+        started: std::time::Instant,
         client: std::net::SocketAddr,
         sni: Option<&str>,
         req: &hyper::Request<B>,
     ) -> (Entry, Arc<Counters>) {
-        Entry::start(self.log.clone(), self.listener.clone(), client, sni, req)
+        Entry::start(
+            self.log.clone(),
+            self.listener.clone(),
+            started,
+            client,
+            sni,
+            req,
+        )
     }
 
     /// Logs a request refused before its head could be parsed, answered with `status`.

@@ -374,7 +374,8 @@ where
             let started = std::time::Instant::now();
             let (mut entry, counters) = match &live.access_log {
                 Some(log) => {
-                    let (entry, counters) = log.start(conn.peer, conn.sni.as_deref(), &req);
+                    let (entry, counters) =
+                        log.start(started, conn.peer, conn.sni.as_deref(), &req);
                     (Some(entry), Some(counters))
                 }
                 None => (None, None),

@@ -448,7 +448,7 @@ async fn answer(
     let live = ctx.live.load_full();
     let (mut entry, counters) = match &live.access_log {
         Some(log) => {
-            let (entry, counters) = log.start(conn.peer, conn.sni.as_deref(), &req);
+            let (entry, counters) = log.start(started, conn.peer, conn.sni.as_deref(), &req);
             (Some(entry), Some(counters))
         }
         None => (None, None),
