@@ -182,7 +182,13 @@ fn serve<S: Read + Write>(stream: S, name: &str, served: &AtomicUsize, delay: Du
                 }
             }
         }
-        std::thread::sleep(delay);
+        // `/sleep-ms/N`: this request alone is held N ms (a busy backend, chosen by the test
+        // after the balancer chose it).
+        let held = path
+            .strip_prefix("/sleep-ms/")
+            .and_then(|ms| ms.parse().ok())
+            .map_or(delay, Duration::from_millis);
+        std::thread::sleep(held);
         let reply = if path == "/echo" {
             let mut out: String = headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
             out.push_str(&format!("body-bytes: {}\n", body.len()));
@@ -197,6 +203,10 @@ fn serve<S: Read + Write>(stream: S, name: &str, served: &AtomicUsize, delay: Du
         let cookie = path
             .strip_prefix("/set-cookie/")
             .map(|c| format!("set-cookie: {c}; Path=/\r\n"))
+            .or_else(|| {
+                path.strip_prefix("/alt-svc/")
+                    .map(|a| format!("alt-svc: {a}\r\n"))
+            })
             .unwrap_or_default();
         let head = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: text/plain\r\nx-backend: {name}\r\n{cookie}content-length: {}\r\n\r\n",

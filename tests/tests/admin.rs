@@ -88,13 +88,13 @@ async fn the_admin_endpoint_reports_requests_health_and_status() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_within_the_drain_timeout() {
     let s = Setup::new();
-    let slow = Backend::start_delayed("slow", "127.0.0.1:0", Duration::from_millis(1500));
+    let slow = Backend::start_delayed("slow", "127.0.0.1:0", Duration::from_secs(5));
     let be = slow.addr.to_string();
     let config = ClientOpts::new(&s.ca.cert_pem).config();
 
     let (lb, addr) = s.start(&["--backend", &be, "--drain-timeout", "10"]);
     let in_flight = tokio::spawn(https::send(addr, SERVER_NAME, config.clone(), get("/")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    at_backend(&slow, 1).await;
     let stopped = tokio::task::spawn_blocking(move || lb.stop_with(Signal::SIGTERM));
     let reply = in_flight
         .await
@@ -107,14 +107,15 @@ async fn sigterm_lets_in_flight_requests_finish_within_the_drain_timeout() {
     // A drain timeout shorter than the request: the daemon does not wait for it.
     let (lb, addr) = s.start(&["--backend", &be, "--drain-timeout", "0"]);
     let in_flight = tokio::spawn(https::send(addr, SERVER_NAME, config, get("/")));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    at_backend(&slow, 2).await;
     let started = Instant::now();
     let (status, _log) = tokio::task::spawn_blocking(move || lb.stop_with(Signal::SIGTERM))
         .await
         .expect("stop");
     assert_eq!(status.code(), Some(0));
+    // The request has 5 s left at the backend: a daemon that waited for it would take that.
     assert!(
-        started.elapsed() < Duration::from_millis(1000),
+        started.elapsed() < Duration::from_secs(3),
         "stop took {:?} with --drain-timeout 0",
         started.elapsed()
     );
@@ -412,4 +413,16 @@ fn http_get_with_host(addr: &str, host: &str) -> String {
     let mut text = String::new();
     let _ = s.read_to_string(&mut text);
     text
+}
+
+/// Waits until `backend` has received its `n`th request: the request is in flight.
+async fn at_backend(backend: &Backend, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while backend.served() < n {
+        assert!(
+            Instant::now() < deadline,
+            "request {n} never reached the backend"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

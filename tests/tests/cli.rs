@@ -970,7 +970,7 @@ fn a_certificate_expiring_within_14_days_is_warned_about() {
 #[test]
 fn proxy_protocol_flags_are_checked() {
     let f = files();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (
             &["--accept-proxy-protocol", "v1"],
             "edgelb: error: --accept-proxy-protocol \"v1\": needs --proxy-protocol-from CIDR,...",
@@ -995,6 +995,17 @@ fn proxy_protocol_flags_are_checked() {
                 "10.0.0.0/33",
             ],
             "edgelb: error: --proxy-protocol-from \"10.0.0.0/33\"",
+        ),
+        (
+            &[
+                "--accept-proxy-protocol",
+                "v2",
+                "--proxy-protocol-from",
+                "10.0.0.0/8",
+                "--http3",
+                "on",
+            ],
+            "edgelb: error: --http3 \"on\": QUIC connections carry no PROXY protocol header",
         ),
     ];
     for (extra, expected) in cases {

@@ -425,9 +425,11 @@ async fn rapid_reset_ends_the_connection_with_goaway_and_others_are_served() {
     );
     normal_client_served(&s, addr).await;
 
-    // Paced: each stream reset 2 ms after it was opened, once the server has accepted it and
-    // passed it on. These are not pending-accept resets, so they do not count against the
-    // limit; each costs what a request does, and at most 100 are open at a time.
+    // Paced: each stream reset once the server has accepted it and passed it on (the backend
+    // has the request). These are not pending-accept resets, so they do not count against the
+    // limit; each costs what a request does, and at most 100 are open at a time. Waiting for
+    // the backend, not a fixed pause: a stalled worker would read HEADERS and RST_STREAM in
+    // one go, and that is a pending-accept reset.
     let served_before = backend.served();
     let mut c = Raw::connect(addr, &s, true, None).await;
     let mut paced = 0;
@@ -437,7 +439,12 @@ async fn rapid_reset_ends_the_connection_with_goaway_and_others_are_served() {
         if c.send(&header_frames(id, &block, true)).await.is_err() {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        let passed_on = Instant::now();
+        while backend.served() < served_before + paced + 1
+            && passed_on.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         if c.send(&frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()))
             .await
             .is_err()
@@ -450,7 +457,7 @@ async fn rapid_reset_ends_the_connection_with_goaway_and_others_are_served() {
     {
         let seen = c.seen();
         eprintln!(
-            "paced reset: {paced} streams opened and reset after 2 ms in {:?}: {} responses, {} backend requests, GOAWAY {:?} {:?}",
+            "paced reset: {paced} streams opened and reset once at the backend, in {:?}: {} responses, {} backend requests, GOAWAY {:?} {:?}",
             started.elapsed(),
             seen.statuses.len(),
             backend.served() - served_before,
@@ -465,6 +472,11 @@ async fn rapid_reset_ends_the_connection_with_goaway_and_others_are_served() {
         assert!(
             seen.goaway.is_none() && seen.closed.is_none(),
             "paced resets ended the connection: {seen:?}"
+        );
+        assert_eq!(
+            backend.served() - served_before,
+            500,
+            "each paced stream reaches the backend before it is reset"
         );
     }
     normal_client_served(&s, addr).await;
@@ -969,6 +981,15 @@ async fn an_h2_client_that_stops_taking_its_response_is_cut() {
         big.written.load(Ordering::Relaxed)
     );
     assert_eq!(seen.status_of(id), Some(200));
+    // The backend's side of it ends too (its thread may see that a moment after the client).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while big.ended.load(Ordering::Relaxed) < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the backend connection outlived the client's"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // 2. A huge window, and then never reading the socket.
     let mut c = Raw::connect(addr, &s, true, Some(0x7fff_ffff)).await;

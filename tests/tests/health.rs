@@ -5,10 +5,23 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use edgelb_tests::backend::BackendProcess;
+use edgelb_tests::daemon::Daemon;
 use edgelb_tests::https::{self, ClientOpts, get};
 use edgelb_tests::listener::{FAST_CHECKS, SERVER_NAME, Setup};
 
-const DETECTION: Duration = Duration::from_millis(3000 + 700);
+/// Waits for the next `marker` transition logged after `before` of them (10 s at most: with
+/// FAST_CHECKS a change is found within about 3 s).
+async fn next_transitions(lb: &Daemon, marker: &str, before: usize, n: usize) {
+    lb.wait_for_log(marker, before + n).await;
+}
+
+/// How many `marker` lines the log holds now.
+fn logged(lb: &Daemon, marker: &str) -> usize {
+    lb.log().matches(marker).count()
+}
+
+const UNHEALTHY: &str = "backend unhealthy";
+const HEALTHY: &str = "backend healthy";
 
 async fn spread(addr: std::net::SocketAddr, s: &Setup, n: usize) -> HashMap<String, usize> {
     let bodies = https::get_many(addr, ClientOpts::new(&s.ca.cert_pem).config(), "/", n)
@@ -37,9 +50,10 @@ async fn a_killed_backend_is_taken_out_and_a_restarted_one_comes_back() {
         "{c:?}"
     );
 
+    let before = logged(&lb, UNHEALTHY);
     a.kill();
-    tokio::time::sleep(DETECTION).await;
-    // Past the detection window no request fails and none is even tried on the dead backend
+    next_transitions(&lb, UNHEALTHY, before, 1).await;
+    // Once it is found dead no request fails and none is even tried on the dead backend
     // (every one would otherwise cost a refused connection and a retry).
     let c = spread(addr, &s, 50).await;
     assert_eq!(c.get("backend b"), Some(&50), "{c:?}");
@@ -51,8 +65,9 @@ async fn a_killed_backend_is_taken_out_and_a_restarted_one_comes_back() {
         "no unhealthy transition with its reason in the log:\n{log}"
     );
 
+    let before = logged(&lb, HEALTHY);
     let a = BackendProcess::start("a", &a_addr);
-    tokio::time::sleep(DETECTION).await;
+    next_transitions(&lb, HEALTHY, before, 1).await;
     let c = spread(addr, &s, 40).await;
     assert!(
         c.get("backend a").is_some_and(|n| *n >= 15),
@@ -60,9 +75,10 @@ async fn a_killed_backend_is_taken_out_and_a_restarted_one_comes_back() {
     );
     assert!(lb.log().contains("backend healthy"), "{}", lb.log());
 
+    let before = logged(&lb, UNHEALTHY);
     a.kill();
     b.kill();
-    tokio::time::sleep(DETECTION).await;
+    next_transitions(&lb, UNHEALTHY, before, 2).await;
     let reply = https::send(
         addr,
         SERVER_NAME,
@@ -89,7 +105,7 @@ async fn an_http_check_takes_out_a_backend_answering_500() {
     ];
     args.extend(FAST_CHECKS);
     let (lb, addr) = s.start(&args);
-    tokio::time::sleep(DETECTION).await;
+    next_transitions(&lb, UNHEALTHY, 0, 1).await;
     let reply = https::send(
         addr,
         SERVER_NAME,
@@ -119,10 +135,10 @@ async fn slow_start_ramps_a_returning_backend_up() {
     args.extend(FAST_CHECKS);
     let (lb, addr) = s.start(&args);
     a.kill();
-    tokio::time::sleep(DETECTION).await;
+    next_transitions(&lb, UNHEALTHY, 0, 1).await;
     let _a = BackendProcess::start("a", &a_addr);
     // Wait for the healthy transition, then sample the share of the returning backend.
-    lb.wait_for_log("backend healthy", 1).await;
+    next_transitions(&lb, HEALTHY, 0, 1).await;
     let back = Instant::now();
     eprintln!(
         "saw healthy at {:?}",
@@ -217,7 +233,7 @@ group = "web"
     let path = file.display().to_string();
     let lb = edgelb_tests::daemon::Daemon::start(None, &["--config", &path], s.dir.path());
     b.kill();
-    tokio::time::sleep(DETECTION).await;
+    next_transitions(&lb, UNHEALTHY, 0, 1).await;
     assert_eq!(health().get(&b_addr), Some(&Some(false)), "{:?}", health());
 
     write(&[&a_addr, &b_addr, &c_addr], "tcp");

@@ -142,6 +142,8 @@ async fn websocket_upgrades_pass_through_both_ways() {
             .expect("read echo");
         assert_eq!(back, msg);
     }
+    // Nothing moves through the tunnel from here on.
+    let quiet = Instant::now();
 
     // An open tunnel is a connection to its backend, for least connections too.
     assert_eq!(
@@ -163,7 +165,6 @@ async fn websocket_upgrades_pass_through_both_ways() {
         "a second connection was served past --max-connections 1 while the tunnel was open: {second:?}"
     );
     // ... and is closed once nothing has moved through it for the idle timeout (2 s).
-    let quiet = Instant::now();
     let mut byte = [0u8; 1];
     let end = tokio::time::timeout(Duration::from_secs(8), tls.read(&mut byte))
         .await
@@ -174,22 +175,34 @@ async fn websocket_upgrades_pass_through_both_ways() {
         "closed after {:?}, before the idle timeout",
         quiet.elapsed()
     );
-    // Its place is free again, and its backend has nothing in flight.
-    assert_eq!(
-        active(),
-        Some(0),
-        "requests on the backend after the tunnel closed"
-    );
-    let third = https::send(addr, SERVER_NAME, config, get("/"))
-        .await
-        .expect("served once the tunnel closed");
+    // Its place is free again, and its backend has nothing in flight (both given back a moment
+    // after the socket is closed).
+    let closed = Instant::now();
+    while active() != Some(0) {
+        assert!(
+            closed.elapsed() < Duration::from_secs(5),
+            "requests on the backend after the tunnel closed: {:?}",
+            active()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let third = loop {
+        match https::send(addr, SERVER_NAME, config.clone(), get("/")).await {
+            Ok(reply) => break reply,
+            Err(e) => assert!(
+                closed.elapsed() < Duration::from_secs(5),
+                "not served once the tunnel closed: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(third.status, 200);
 }
 
 #[tokio::test]
 async fn a_backend_that_does_not_answer_in_time_gives_504_or_a_retry() {
     let s = Setup::new();
-    let slow = Backend::start_delayed("slow", "127.0.0.1:0", Duration::from_millis(2500));
+    let slow = Backend::start_delayed("slow", "127.0.0.1:0", Duration::from_secs(10));
     let fast = Backend::start("fast", "127.0.0.1:0", None);
     let config = ClientOpts::new(&s.ca.cert_pem).config();
     let slow_be = slow.addr.to_string();
@@ -202,7 +215,7 @@ async fn a_backend_that_does_not_answer_in_time_gives_504_or_a_retry() {
     let took = started.elapsed();
     assert_eq!(reply.status, 504, "{}", reply.body);
     assert!(
-        took >= Duration::from_millis(950) && took < Duration::from_millis(2500),
+        took >= Duration::from_millis(950) && took < Duration::from_secs(5),
         "504 after {took:?} with a 1 s response timeout"
     );
     drop(lb);
@@ -353,7 +366,7 @@ async fn slow_clients_are_cut_off_and_idle_connections_closed() {
     }
     let closed_after = closed_after.expect("a trickling client kept its connection for 40 s");
     assert!(
-        closed_after < Duration::from_millis(2500),
+        closed_after < Duration::from_secs(5),
         "slow client cut off only after {closed_after:?} (request timeout 1 s)"
     );
     assert_eq!(backend.served(), 1);
@@ -371,6 +384,8 @@ async fn slow_clients_are_cut_off_and_idle_connections_closed() {
     let mut tls = https::connect(addr, SERVER_NAME, config)
         .await
         .expect("connect");
+    // Before the request: the idle time the server counts from its answer is less than this.
+    let idle_from = Instant::now();
     tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n\r\n")
         .await
         .expect("request");
@@ -380,17 +395,16 @@ async fn slow_clients_are_cut_off_and_idle_connections_closed() {
         "{}",
         String::from_utf8_lossy(&buf[..n])
     );
-    let idle_from = Instant::now();
-    let eof = tokio::time::timeout(Duration::from_secs(6), tls.read(&mut buf))
+    let eof = tokio::time::timeout(Duration::from_secs(8), tls.read(&mut buf))
         .await
-        .expect("idle connection still open after 6 s");
+        .expect("idle connection still open after 8 s");
     let idle = idle_from.elapsed();
     assert!(
         matches!(eof, Ok(0) | Err(_)),
         "unexpected data on an idle connection"
     );
     assert!(
-        idle >= Duration::from_millis(1900) && idle < Duration::from_millis(3500),
+        idle >= Duration::from_millis(1900) && idle < Duration::from_secs(5),
         "idle connection closed after {idle:?} (idle timeout 2 s)"
     );
 }

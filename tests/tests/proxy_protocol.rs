@@ -361,10 +361,16 @@ async fn haproxy_behind_sees_each_client_checks_keep_it_healthy_and_connections_
             }
         }
 
-        // Several check intervals later the backend is still healthy (checks send a header:
-        // v2 LOCAL, or v1 with the checker's own addresses) and still serves; the control's
-        // checks, without a header, have failed.
-        tokio::time::sleep(Duration::from_millis(3500)).await;
+        // Once the control's checks, without a header, have failed (its metric follows within
+        // the second), this backend, checked as often, is still healthy (checks send a header:
+        // v2 LOCAL, or v1 with the checker's own addresses) and still serves.
+        control.wait_for_log("backend unhealthy", 1).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while admin::metric(&control_admin, &healthy) != Some(0.0)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert_eq!(
             admin::metric(&admin_addr, &healthy),
             Some(1.0),

@@ -82,7 +82,7 @@ async fn lb_cookies_pin_clients_and_cannot_be_forged() {
         args.push(b.addr.to_string());
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (_lb, addr) = s.start(&args);
+    let (lb, addr) = s.start(&args);
 
     let first = request(addr, &s, "/", None).await;
     let cookie = sticky_cookie(&first).expect("the first response pins the client");
@@ -132,7 +132,7 @@ async fn lb_cookies_pin_clients_and_cannot_be_forged() {
         .position(|n| *n == pinned_name)
         .expect("a known backend");
     backends.remove(victim).kill();
-    tokio::time::sleep(Duration::from_millis(3700)).await;
+    lb.wait_for_log("backend unhealthy", 1).await;
     let moved = request(addr, &s, "/", Some(&cookie)).await;
     assert_ne!(moved.body, first.body);
     let new_cookie = sticky_cookie(&moved).expect("a moved client is pinned again");

@@ -639,8 +639,13 @@ fn a_source_over_its_rate_for_a_second_is_blocked_listed_and_unblocked_on_reques
         .sum();
     assert!(established <= 6, "{established} connections got through");
     // The refresh that lists blocks runs once a second.
-    std::thread::sleep(std::time::Duration::from_millis(1200));
-    let status = ask("GET", "/status".into());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut status = ask("GET", "/status".into());
+    while !status.contains(&format!("\"{CLIENT_A_V4}/32\"")) && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        status = ask("GET", "/status".into());
+    }
     assert!(
         status.contains(&format!("\"{CLIENT_A_V4}/32\"")),
         "{status}"
@@ -979,8 +984,13 @@ fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_dow
     for _ in 0..3 {
         assert_served(&s, CLIENT_B_V4, &url_v4());
     }
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let answered = syn_status(&ask("/status")).1;
+    // The counters on /status are refreshed once a second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut answered = syn_status(&ask("/status")).1;
+    while answered < 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        answered = syn_status(&ask("/status")).1;
+    }
     assert!(answered >= 2, "SYN-ACKs from the program: {answered}");
 
     // Quiet again: after 10 seconds below half the threshold the kernel answers again; the
@@ -1001,6 +1011,8 @@ fn under_auto_a_syn_burst_over_the_threshold_turns_cookies_on_until_it_calms_dow
         );
         std::thread::sleep(std::time::Duration::from_millis(250));
     }
+    // Seconds after the program stopped answering: the page's count is final.
+    let answered = syn_status(&ask("/status")).1;
 
     let (status, log) = d.stop();
     assert!(status.success(), "exit status {status}:\n{log}");

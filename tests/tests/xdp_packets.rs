@@ -578,6 +578,69 @@ fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
     );
 }
 
+/// A listener on TCP and UDP (`--http3 on`) is one listener id with two entries. A source it
+/// blocked stays blocked across a reload that keeps it, whichever entry the block came through
+/// (a reload once matched the UDP entry against the TCP one, found the key changed, and
+/// forgot the listener's blocks and budgets).
+#[test]
+fn a_reload_keeps_the_blocks_of_a_listener_on_tcp_and_udp() {
+    if !root_or_skip("a_reload_keeps_the_blocks_of_a_listener_on_tcp_and_udp") {
+        return;
+    }
+    let limited = |proto| {
+        let mut r = rule(1, "10.0.0.1:443", proto, All, &[]);
+        r.limits = SourceLimits {
+            syn_per_sec: 0,
+            pps: 2,
+            block_secs: 30,
+        };
+        r
+    };
+    let rules = [limited(TCP), limited(UDP)];
+    let mut fx = Fixture::load();
+    let apply = |fx: &mut Fixture| {
+        fx.dp
+            .apply_config(&rules, &[], &[])
+            .unwrap_or_else(|e| panic!("applying: {e}"));
+    };
+    apply(&mut fx);
+    let quic = Frame::udp("192.168.1.5", "10.0.0.1", 443)
+        .payload(10)
+        .bytes();
+    let blocked = |fx: &Fixture| fx.counters(1).packets[Outcome::Blocked as usize];
+    // Over 2 frames a second for a second: blocked.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while blocked(&fx) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not blocked after 5 s at 20 frames a second"
+        );
+        fx.run(&quic);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let listed = |fx: &Fixture| {
+        fx.dp
+            .blocked()
+            .unwrap_or_else(|e| panic!("listing blocks: {e}"))
+            .iter()
+            .any(|b| b.listener_id == 1 && b.source == ip("192.168.1.5"))
+    };
+    assert!(listed(&fx), "the block is not listed");
+
+    apply(&mut fx);
+    assert!(
+        listed(&fx),
+        "a reload that changed nothing lifted the block"
+    );
+    let before = blocked(&fx);
+    fx.run(&quic);
+    assert_eq!(
+        blocked(&fx),
+        before + 1,
+        "the source is served after a reload"
+    );
+}
+
 /// The program's clock (`bpf_ktime_get_coarse_ns`), for the reference's SYN stamps.
 fn coarse_now_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)

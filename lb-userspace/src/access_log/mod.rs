@@ -51,6 +51,8 @@ pub enum OpenError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("--access-log {}: a FIFO that no process is reading: start its reader first", .path.display())]
+    NoReader { path: PathBuf },
     #[error("--access-log: cannot start its writing thread: {0}")]
     Thread(std::io::Error),
 }
@@ -162,16 +164,37 @@ impl ListenerLog {
     }
 }
 
+/// Opens `path` for appending without waiting: opening a FIFO for writing otherwise blocks
+/// until a reader opens it, and the open runs on the daemon's control loop (SIGUSR1, reload),
+/// which would stop answering signals, health changes and reloads until the log shipper came
+/// back. The writes themselves block, on the log's own thread.
 fn open_append(path: &Path) -> Result<File, OpenError> {
-    OpenOptions::new()
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    let failed = |source| OpenError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o640)
+        .custom_flags(OFlag::O_NONBLOCK.bits())
         .open(path)
-        .map_err(|source| OpenError::File {
-            path: path.to_path_buf(),
-            source,
-        })
+        .map_err(|source| match source.raw_os_error() {
+            Some(libc::ENXIO) => OpenError::NoReader {
+                path: path.to_path_buf(),
+            },
+            _ => failed(source),
+        })?;
+    let flags = fcntl(std::os::fd::AsRawFd::as_raw_fd(&file), FcntlArg::F_GETFL)
+        .map_err(|e| failed(e.into()))?;
+    let blocking = OFlag::from_bits_truncate(flags) - OFlag::O_NONBLOCK;
+    fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&file),
+        FcntlArg::F_SETFL(blocking),
+    )
+    .map_err(|e| failed(e.into()))?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -202,6 +225,29 @@ mod tests {
         assert_eq!(
             (rotated.as_str(), fresh.as_str()),
             ("one\ntwo\n", "three\n")
+        );
+    }
+
+    /// At start, as at a reopen: refused at once, not a wait for a reader that may never come.
+    #[test]
+    fn a_fifo_without_a_reader_is_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!("edgelb-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("access.fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let e = AccessLog::open(Settings {
+            target: Target::File(path.clone()),
+            format: Format::Plain,
+        })
+        .err()
+        .expect("refused");
+        std::fs::remove_dir_all(&dir).ok();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "--access-log {}: a FIFO that no process is reading: start its reader first",
+                path.display()
+            )
         );
     }
 

@@ -81,9 +81,7 @@ pub async fn order(
             return Err(format!("validation failed: {why}"));
         }
         let key = rcgen::KeyPair::generate().map_err(|e| format!("key: {e}"))?;
-        let csr = rcgen::CertificateParams::new(names.to_vec())
-            .and_then(|p| p.serialize_request(&key))
-            .map_err(|e| format!("CSR: {e}"))?;
+        let csr = csr(names, &key).map_err(|e| format!("CSR: {e}"))?;
         order
             .finalize_csr(csr.der())
             .await
@@ -100,6 +98,18 @@ pub async fn order(
     .await
 }
 
+/// The certificate request for `names`: the names as subject alternative names and an empty
+/// subject. rcgen's default subject is `CN=rcgen self signed cert`, which Let's Encrypt reads
+/// as one more name to validate and refuses (a CSR must name exactly the order's names).
+fn csr(
+    names: &[String],
+    key: &rcgen::KeyPair,
+) -> Result<rcgen::CertificateSigningRequest, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::new(names.to_vec())?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.serialize_request(key)
+}
+
 /// The answer files an order wrote, removed when it ends.
 struct Answers(Vec<std::path::PathBuf>);
 
@@ -108,5 +118,40 @@ impl Drop for Answers {
         for path in &self.0 {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::prelude::{FromDer, GeneralName, ParsedExtension, X509CertificationRequest};
+
+    #[test]
+    fn the_request_names_exactly_the_orders_names() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let names = vec!["shop.test".to_string(), "www.shop.test".to_string()];
+        let der = super::csr(&names, &key).expect("CSR");
+        let (_, req) = X509CertificationRequest::from_der(der.der()).expect("a CSR");
+        let info = &req.certification_request_info;
+        assert_eq!(
+            info.subject.iter_attributes().count(),
+            0,
+            "{}",
+            info.subject
+        );
+        let sans: Vec<String> = req
+            .requested_extensions()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| match e {
+                ParsedExtension::SubjectAlternativeName(san) => Some(san),
+                _ => None,
+            })
+            .flat_map(|san| &san.general_names)
+            .filter_map(|n| match n {
+                GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sans, names);
     }
 }

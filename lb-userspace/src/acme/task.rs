@@ -91,9 +91,16 @@ async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
                 }
             }
             Ok(store) => {
+                // Every certificate in the directory is served before any order is placed: an
+                // order may wait minutes on a CA that does not answer.
                 for (set, key) in current.sets.iter().zip(&keys) {
                     let state = states.entry(key.clone()).or_default();
                     state.store_error = None;
+                    take_up_stored(&store, set, state);
+                }
+                publish(&acme, &current.sets, &keys, &states);
+                for (set, key) in current.sets.iter().zip(&keys) {
+                    let state = states.entry(key.clone()).or_default();
                     let next = keep(&store, &current.config, set, state, &mut account).await;
                     wake = wake.min(next);
                     // At once: a certificate just issued is not held back by the other sets'
@@ -156,19 +163,9 @@ fn publish(acme: &Acme, sets: &[DomainSet], keys: &[SetKey], states: &HashMap<Se
     acme.serve(table.into_iter().map(|(n, (_, k))| (n, k)).collect());
 }
 
-/// Brings one set's certificate up to date; returns when it next needs looking at.
-async fn keep(
-    store: &Store,
-    config: &AcmeConfig,
-    set: &DomainSet,
-    state: &mut SetState,
-    account: &mut Option<(String, Account)>,
-) -> tokio::time::Instant {
-    let clock = tokio::time::Instant::now();
-    let in_secs =
-        |at: i64| clock + Duration::from_secs(u64::try_from(at - unix_now()).unwrap_or(0));
-    // A certificate in the directory newer than the one served (this node's first start, or
-    // another node's renewal) is taken up.
+/// Takes up a certificate in the directory newer than the one served (this node's first
+/// start, or another node's renewal).
+fn take_up_stored(store: &Store, set: &DomainSet, state: &mut SetState) {
     match store.load(&set.names) {
         Ok(Some(stored)) if Some(stored.not_after) > state.not_after => {
             state.key = Some(stored.key);
@@ -187,6 +184,20 @@ async fn keep(
             "ACME: unreadable certificate in the state directory; ordering a new one"
         ),
     }
+}
+
+/// Brings one set's certificate up to date, the directory's already taken up (see
+/// [`take_up_stored`]); returns when it next needs looking at.
+async fn keep(
+    store: &Store,
+    config: &AcmeConfig,
+    set: &DomainSet,
+    state: &mut SetState,
+    account: &mut Option<(String, Account)>,
+) -> tokio::time::Instant {
+    let clock = tokio::time::Instant::now();
+    let in_secs =
+        |at: i64| clock + Duration::from_secs(u64::try_from(at - unix_now()).unwrap_or(0));
     if let (Some(b), Some(a)) = (state.not_before, state.not_after)
         && unix_now() < renew_at(b, a)
     {
@@ -431,14 +442,7 @@ mod tests {
         let names = vec!["a.test".to_string()];
         let (chain, key) = issued(&["a.test"]);
         store.save(&names, &chain, &key).expect("save");
-        keep(
-            &store,
-            &current.config,
-            &current.sets[0],
-            &mut state,
-            &mut None,
-        )
-        .await;
+        take_up_stored(&store, &current.sets[0], &mut state);
         assert!(state.key.is_some() && state.not_after.is_some());
         assert_eq!(
             (state.failures, state.last_error, state.retry_at),

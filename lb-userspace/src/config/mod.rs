@@ -1131,9 +1131,18 @@ pub const DEFAULT_SYN_PROTECT_THRESHOLD: u32 = 20_000;
 
 /// SYN cookies answer connections the kernel accepts for the daemon: a tcp listener's SYNs
 /// go to its backends, a udp listener has none.
-/// `--http3`: QUIC carries TLS, so only an https listener has the certificates for it.
+/// `--http3`: QUIC carries TLS, so only an https listener has the certificates for it. And
+/// QUIC carries no PROXY protocol header: a listener that admits only the balancers in front
+/// of it over TCP would take QUIC from anyone, each client taken for its own address.
 fn http3(args: &ListenerSpec, protocol: FrontendProtocol) -> Result<bool, ConfigError> {
     let on = args.http3 == OnOff::On;
+    if on && args.accept_proxy_protocol.is_some() {
+        return Err(ConfigError::new(
+            "--http3",
+            "on",
+            "QUIC connections carry no PROXY protocol header, so this listener would take them from any client, past the --proxy-protocol-from list its TCP connections must come from: use --http3 off behind balancers that send the header",
+        ));
+    }
     if on && protocol != FrontendProtocol::Https {
         return Err(ConfigError::new(
             "--http3",

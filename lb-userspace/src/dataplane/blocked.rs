@@ -135,13 +135,72 @@ impl Dataplane {
 }
 
 /// Listener ids whose per-source state must go when `new` replaces `old`: ids now naming
-/// another listener (or none), and listeners that stopped blocking.
+/// another listener (or none), and listeners that stopped blocking. One listener may have
+/// several entries under its id (TCP and UDP with HTTP/3): it is the same listener while any
+/// entry it keeps is at an address and protocol it had.
 pub(super) fn stale_source_ids(old: &[ListenerRule], new: &[ListenerRule]) -> BTreeSet<u32> {
-    old.iter()
-        .filter(|o| match new.iter().find(|n| n.id == o.id) {
-            None => true,
-            Some(n) => n.key() != o.key() || (o.limits.block_secs != 0 && n.limits.block_secs == 0),
+    let ids: BTreeSet<u32> = old.iter().map(|o| o.id).collect();
+    ids.into_iter()
+        .filter(|&id| {
+            let was: Vec<&ListenerRule> = old.iter().filter(|o| o.id == id).collect();
+            let now: Vec<&ListenerRule> = new.iter().filter(|n| n.id == id).collect();
+            let same_listener = now.iter().any(|n| was.iter().any(|o| o.key() == n.key()));
+            let blocked = |rules: &[&ListenerRule]| rules.iter().any(|r| r.limits.block_secs != 0);
+            !same_listener || (blocked(&was) && !blocked(&now))
         })
-        .map(|o| o.id)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::acl::AclMode;
+    use crate::dataplane::SourceLimits;
+
+    fn rule(id: u32, addr: &str, proto: u8, block_secs: u32) -> ListenerRule {
+        ListenerRule {
+            id,
+            addr: addr.parse().expect("test address"),
+            proto,
+            mode: AclMode::All,
+            prefixes: Vec::new(),
+            limits: SourceLimits {
+                syn_per_sec: 0,
+                pps: 10,
+                block_secs,
+            },
+            syn_cookies: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_listener_on_tcp_and_udp_keeps_its_state_while_it_keeps_an_entry() {
+        const TCP: u8 = 6;
+        const UDP: u8 = 17;
+        let both = [
+            rule(1, "10.0.0.1:443", TCP, 60),
+            rule(1, "10.0.0.1:443", UDP, 60),
+        ];
+        assert!(stale_source_ids(&both, &both).is_empty());
+        // HTTP/3 turned off: the TCP listener goes on as itself.
+        assert!(stale_source_ids(&both, &both[..1]).is_empty());
+        assert!(stale_source_ids(&both[..1], &both).is_empty());
+        // Moved to another port, or the id given to another listener: forgotten.
+        let moved = [
+            rule(1, "10.0.0.1:8443", TCP, 60),
+            rule(1, "10.0.0.1:8443", UDP, 60),
+        ];
+        assert_eq!(stale_source_ids(&both, &moved), BTreeSet::from([1]));
+        assert_eq!(stale_source_ids(&both, &[]), BTreeSet::from([1]));
+        // Blocking turned off: its blocks are lifted.
+        let unblocking = [
+            rule(1, "10.0.0.1:443", TCP, 0),
+            rule(1, "10.0.0.1:443", UDP, 0),
+        ];
+        assert_eq!(stale_source_ids(&both, &unblocking), BTreeSet::from([1]));
+        // Another listener's change does not touch this one.
+        let other = [rule(2, "10.0.0.2:443", TCP, 60)];
+        let with_other: Vec<ListenerRule> = both.iter().chain(&other).cloned().collect();
+        assert_eq!(stale_source_ids(&with_other, &both), BTreeSet::from([2]));
+    }
 }

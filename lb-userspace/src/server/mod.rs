@@ -70,6 +70,16 @@ pub struct Live {
     pub access_log: Option<ListenerLog>,
 }
 
+impl Live {
+    /// The edge's own `Alt-Svc`, on a response of any protocol: HTTP/3 is the edge's to offer
+    /// (or to keep offering, to a client already on it), whatever a backend says of its own.
+    pub(crate) fn advertise_http3(&self, headers: &mut hyper::HeaderMap) {
+        if let Some(alt_svc) = &self.alt_svc {
+            headers.insert(hyper::header::ALT_SVC, alt_svc.clone());
+        }
+    }
+}
+
 /// What every connection of a listener on one worker shares.
 pub struct ListenerContext {
     pub live: ArcSwap<Live>,
@@ -407,11 +417,7 @@ where
             // Boxed: hyper keeps room for this future in every HTTP/1.1 connection (idle ones
             // too) and moves it at least twice for every HTTP/2 stream; a pointer is cheaper.
             let (mut resp, served) = Box::pin(routes.handle(req, &conn)).await;
-            if let Some(alt_svc) = &live.alt_svc {
-                // HTTP/3 is the edge's to offer, whatever a backend says of its own.
-                resp.headers_mut()
-                    .insert(hyper::header::ALT_SVC, alt_svc.clone());
-            }
+            live.advertise_http3(resp.headers_mut());
             let took = started.elapsed();
             ctx.metrics.observe(took);
             if let Some(e) = entry.as_mut() {

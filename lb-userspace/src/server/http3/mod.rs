@@ -474,7 +474,8 @@ async fn answer(
         }
     };
     let req = req.map(|()| Counted::received(RequestBody::new(recv, declared), counters.clone()));
-    let (resp, served) = Box::pin(live.routes.handle(req, conn)).await;
+    let (mut resp, served) = Box::pin(live.routes.handle(req, conn)).await;
+    live.advertise_http3(resp.headers_mut());
     let took = started.elapsed();
     ctx.metrics.observe(took);
     if let Some(e) = entry.as_mut() {
