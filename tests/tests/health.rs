@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use edgelb_tests::backend::BackendProcess;
 use edgelb_tests::daemon::Daemon;
 use edgelb_tests::https::{self, ClientOpts, get};
-use edgelb_tests::listener::{FAST_CHECKS, SERVER_NAME, Setup};
+use edgelb_tests::listener::{FAST_CHECKS, SERVER_NAME, Setup, free_addr};
 
 /// Waits for the next `marker` transition logged after `before` of them (10 s at most: with
 /// FAST_CHECKS a change is found within about 3 s).
@@ -37,7 +37,9 @@ async fn spread(addr: std::net::SocketAddr, s: &Setup, n: usize) -> HashMap<Stri
 #[tokio::test]
 async fn a_killed_backend_is_taken_out_and_a_restarted_one_comes_back() {
     let s = Setup::new();
-    let a = BackendProcess::start("a", "127.0.0.1:0");
+    // Below the ephemeral range: the restarted backend binds its old port again, which an
+    // outgoing connection could otherwise have taken meanwhile.
+    let a = BackendProcess::start("a", &free_addr().to_string());
     let b = BackendProcess::start("b", "127.0.0.1:0");
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     let mut args = vec!["--backend", &a_addr, "--backend", &b_addr];
@@ -121,7 +123,9 @@ async fn an_http_check_takes_out_a_backend_answering_500() {
 #[tokio::test]
 async fn slow_start_ramps_a_returning_backend_up() {
     let s = Setup::new();
-    let a = BackendProcess::start("a", "127.0.0.1:0");
+    // Below the ephemeral range: the restarted backend binds its old port again, which an
+    // outgoing connection could otherwise have taken meanwhile.
+    let a = BackendProcess::start("a", &free_addr().to_string());
     let b = BackendProcess::start("b", "127.0.0.1:0");
     let (a_addr, b_addr) = (a.addr.to_string(), b.addr.to_string());
     let mut args = vec![

@@ -38,12 +38,13 @@ async fn a_handshake_that_never_finishes_is_cut_at_the_handshake_timeout() {
         &admin,
     ]);
 
-    // Half a ClientHello, then silence.
+    // Half a ClientHello, then silence. Timed from before the connection: the server's
+    // timer starts at its accept, which is later.
+    let started = Instant::now();
     let mut silent = TcpStream::connect(addr).expect("connect");
     silent
         .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
         .expect("partial hello");
-    let started = Instant::now();
     assert!(
         closed_within(&mut silent, Duration::from_secs(8)),
         "a stalled handshake is still open after {:?}",
@@ -51,7 +52,7 @@ async fn a_handshake_that_never_finishes_is_cut_at_the_handshake_timeout() {
     );
     // At the 1 s given, not at the 10 s default nor at once.
     assert!(
-        (Duration::from_millis(800)..Duration::from_millis(2500)).contains(&started.elapsed()),
+        (Duration::from_millis(950)..Duration::from_secs(4)).contains(&started.elapsed()),
         "a stalled handshake was cut after {:?} with --handshake-timeout 1",
         started.elapsed()
     );
@@ -100,16 +101,31 @@ async fn connections_past_the_limit_are_closed_and_the_node_stays_reachable() {
         }
         peak_fds = peak_fds.max(lb.fds());
     }
-    std::thread::sleep(Duration::from_millis(300));
-    peak_fds = peak_fds.max(lb.fds());
-    let mut closed = 0;
     for c in &mut open {
         c.set_nonblocking(true).expect("nonblocking");
-        let mut buf = [0u8; 1];
-        match c.read(&mut buf) {
-            Ok(0) => closed += 1,
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
-            _ => {}
+    }
+    // Connections past the limit are accepted and closed as the workers get to them: counted
+    // until the count stops growing (5 s at most). A closed one stays closed.
+    let mut is_closed = vec![false; open.len()];
+    let mut closed = 0;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        std::thread::sleep(Duration::from_millis(300));
+        peak_fds = peak_fds.max(lb.fds());
+        let before = closed;
+        for (c, done) in open.iter_mut().zip(&mut is_closed) {
+            let mut buf = [0u8; 1];
+            if !*done {
+                *done = match c.read(&mut buf) {
+                    Ok(0) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                    Ok(_) => false,
+                };
+            }
+        }
+        closed = is_closed.iter().filter(|&&d| d).count();
+        if closed == before || Instant::now() > deadline {
+            break;
         }
     }
     let peak_rss = lb.rss_kib();
