@@ -21,6 +21,15 @@ pub enum EtcdError {
     },
     #[error("etcd {endpoints}: the watch of {prefix} ended")]
     WatchEnded { endpoints: String, prefix: String },
+    #[error(
+        "etcd {endpoints}: the watch of {prefix} was cancelled by etcd ({reason}; compacted up to revision {compacted}); reading it again"
+    )]
+    WatchCanceled {
+        endpoints: String,
+        prefix: String,
+        reason: String,
+        compacted: i64,
+    },
 }
 
 /// What the watch tells the daemon.
@@ -89,10 +98,24 @@ async fn follow(
         .with_prefix()
         .with_start_revision(store_revision + 1);
     let mut stream = client
-        .watch(prefix.as_bytes(), Some(options))
+        .watch(under(prefix).as_bytes(), Some(options))
         .await
         .map_err(fail)?;
     while let Some(response) = stream.message().await.map_err(fail)? {
+        // etcd ends a watch it cannot serve (compacted past where it stood, no leader) with
+        // one message and then says nothing more on a stream that stays open: read again from
+        // the start, or every later change would be missed without a word.
+        if response.canceled() {
+            return Err(EtcdError::WatchCanceled {
+                endpoints: endpoints.join(","),
+                prefix: prefix.to_string(),
+                reason: match response.cancel_reason() {
+                    "" => "no reason given".to_string(),
+                    why => why.to_string(),
+                },
+                compacted: response.compact_revision(),
+            });
+        }
         if response.events().is_empty() {
             continue;
         }
@@ -128,11 +151,15 @@ fn deliver(
 }
 
 async fn connect(endpoints: &[String]) -> Result<Client, EtcdError> {
-    // Keep-alives notice a dead etcd on an idle watch within seconds.
+    // Keep-alives notice a dead etcd on an idle watch within seconds; not more often than
+    // etcd takes them (`--grpc-keepalive-min-time`, 5 s by default: a client pinging faster
+    // is sent away with GOAWAY "too_many_pings"). A member cut off from its cluster's leader
+    // cancels the watch rather than leaving it silent.
     let options = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(2))
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive(Duration::from_secs(6), Duration::from_secs(3))
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
     Client::connect(endpoints, Some(options))
         .await
         .map_err(|source| EtcdError::Client {
@@ -150,7 +177,10 @@ async fn read(
 ) -> Result<(EtcdSnapshot, i64), EtcdError> {
     let response = tokio::time::timeout(
         Duration::from_secs(3),
-        client.get(prefix.as_bytes(), Some(GetOptions::new().with_prefix())),
+        client.get(
+            under(prefix).as_bytes(),
+            Some(GetOptions::new().with_prefix()),
+        ),
     )
     .await
     .unwrap_or_else(|_| {
@@ -165,12 +195,6 @@ async fn read(
     let store_revision = response.header().map_or(0, |h| h.revision());
     let mut snapshot = EtcdSnapshot {
         prefix: prefix.to_string(),
-        revision: response
-            .kvs()
-            .iter()
-            .map(|kv| kv.mod_revision())
-            .max()
-            .unwrap_or(0),
         ..EtcdSnapshot::default()
     };
     let groups = format!("{prefix}/ip_groups/");
@@ -190,7 +214,17 @@ async fn read(
                 .insert(name.to_string(), value.to_string());
         } else {
             tracing::debug!(key, "etcd: key under the prefix is not edgelb's; ignored");
+            continue;
         }
+        // The newest change among the keys edgelb reads: another key written under the
+        // prefix is no new configuration.
+        snapshot.revision = snapshot.revision.max(kv.mod_revision());
     }
     Ok((snapshot, store_revision))
+}
+
+/// What a get or watch of `prefix` covers: the keys under it as a directory, not those of
+/// another prefix that merely starts the same (`/edgelb/web-canary` beside `/edgelb/web`).
+fn under(prefix: &str) -> String {
+    format!("{prefix}/")
 }

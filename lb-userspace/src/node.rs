@@ -1002,30 +1002,36 @@ fn open_access_log(
 /// Data-plane ids: a listener keeps its id across reloads (its counters continue); new ones
 /// take the lowest free ids.
 fn assign_ids(config: &Config, running: &[ListenerRuntime]) -> Vec<u32> {
-    let mut used: Vec<u32> = Vec::new();
-    let mut ids: Vec<Option<u32>> = config
-        .listeners
+    let wanted: Vec<&str> = config.listeners.iter().map(|l| l.name.as_str()).collect();
+    let held: Vec<(&str, u32)> = running
         .iter()
-        .map(|l| {
-            let id = running
-                .iter()
-                .find(|r| r.config.name == l.name)
-                .map(|r| r.id);
-            if let Some(id) = id {
-                used.push(id);
+        .map(|r| (r.config.name.as_str(), r.id))
+        .collect();
+    pick_ids(&wanted, &held, MAX_LISTENERS)
+}
+
+/// Ids for the listeners named `wanted`: a running listener (in `held`) keeps its own; a new
+/// one gets an id no running listener has while one is free up to `capacity`. An id a
+/// removed listener gave up is taken again only past that: the XDP maps are rewritten entry
+/// by entry, and for that while the program would apply the old listener's access control,
+/// counters and per-source state to the new one's packets.
+fn pick_ids(wanted: &[&str], held: &[(&str, u32)], capacity: u32) -> Vec<u32> {
+    let kept = |name: &str| held.iter().find(|(n, _)| *n == name).map(|(_, id)| *id);
+    let mut taken: Vec<u32> = wanted.iter().filter_map(|n| kept(n)).collect();
+    let running: Vec<u32> = held.iter().map(|(_, id)| *id).collect();
+    wanted
+        .iter()
+        .map(|name| {
+            if let Some(id) = kept(name) {
+                return id;
             }
+            let fresh = (1..=capacity).find(|id| !taken.contains(id) && !running.contains(id));
+            let id =
+                fresh.unwrap_or_else(|| (1..).find(|id| !taken.contains(id)).unwrap_or(u32::MAX));
+            taken.push(id);
             id
         })
-        .collect();
-    let mut next = 1u32;
-    for id in ids.iter_mut().filter(|i| i.is_none()) {
-        while used.contains(&next) {
-            next += 1;
-        }
-        *id = Some(next);
-        used.push(next);
-    }
-    ids.into_iter().map(|i| i.unwrap_or(0)).collect()
+        .collect()
 }
 
 /// What the data plane must hold for these listeners (ids beyond its capacity are left out
@@ -1079,7 +1085,24 @@ fn listener_rules(config: &Config, ids: &[u32]) -> Vec<ListenerRule> {
 
 #[cfg(test)]
 mod tests {
-    use super::overlaps;
+    use super::{overlaps, pick_ids};
+
+    #[test]
+    fn a_new_listener_does_not_take_the_id_a_removed_one_gave_up_in_the_same_reload() {
+        // Start: ids in order.
+        assert_eq!(pick_ids(&["a", "b", "c"], &[], 1024), [1, 2, 3]);
+        // b removed and d added at once: d gets an id nobody had; a and c keep theirs.
+        let held = [("a", 1), ("b", 2), ("c", 3)];
+        assert_eq!(pick_ids(&["a", "c", "d"], &held, 1024), [1, 3, 4]);
+        // The next reload may give 2 out again.
+        let held = [("a", 1), ("c", 3), ("d", 4)];
+        assert_eq!(pick_ids(&["a", "c", "d", "e"], &held, 1024), [1, 3, 4, 2]);
+        // With no other id left in the program's capacity, a freed one is taken.
+        let held = [("a", 1), ("b", 2), ("c", 3)];
+        assert_eq!(pick_ids(&["a", "c", "d"], &held, 3), [1, 3, 2]);
+        // Past the capacity: ids beyond it (checked on accept only).
+        assert_eq!(pick_ids(&["a", "b", "c", "d"], &held, 3), [1, 2, 3, 4]);
+    }
 
     #[test]
     fn wildcards_overlap_every_address_of_their_port() {

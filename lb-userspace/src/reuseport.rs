@@ -19,9 +19,31 @@ pub fn worker_socket(addr: SocketAddr, ty: Type, protocol: Protocol) -> std::io:
         // `[::]` serves IPv4 clients too, as the XDP program's ANY listener assumes.
         socket.set_only_v6(false)?;
     }
+    if ty == Type::DGRAM {
+        udp_buffers(&socket);
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+/// What each HTTP/3 socket asks the kernel to buffer each way: one socket carries all of a
+/// worker's QUIC connections, and the kernel's default (about 208 KiB, `net.core.rmem_default`)
+/// drops datagrams (`RcvbufErrors`) under upload bursts that a TCP listener, with a buffer per
+/// connection, takes in its stride.
+pub const UDP_BUFFER: usize = 4 << 20;
+
+/// Sets [`UDP_BUFFER`] both ways: past `net.core.rmem_max`/`wmem_max` when privileged
+/// (SO_RCVBUFFORCE), else up to them. A smaller buffer is not an error: QUIC recovers losses.
+fn udp_buffers(socket: &Socket) {
+    use nix::sys::socket::{setsockopt, sockopt};
+    let size = UDP_BUFFER;
+    if setsockopt(socket, sockopt::RcvBufForce, &size).is_err() {
+        let _ = setsockopt(socket, sockopt::RcvBuf, &size);
+    }
+    if setsockopt(socket, sockopt::SndBufForce, &size).is_err() {
+        let _ = setsockopt(socket, sockopt::SndBuf, &size);
+    }
 }
 
 /// Whether another process already holds `addr`: SO_REUSEPORT would let a second edgelb (or
@@ -49,6 +71,27 @@ pub fn held_elsewhere(addr: SocketAddr, ty: Type, protocol: Protocol) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// As root (CI, and the daemon), past the kernel's default maximum; the kernel reports
+    /// twice what was set, its bookkeeping included.
+    #[test]
+    fn udp_sockets_get_large_buffers() {
+        let socket = worker_socket(
+            "127.0.0.1:0".parse().expect("addr"),
+            Type::DGRAM,
+            Protocol::UDP,
+        )
+        .expect("UDP socket");
+        let (rcv, snd) = (
+            socket.recv_buffer_size().expect("SO_RCVBUF"),
+            socket.send_buffer_size().expect("SO_SNDBUF"),
+        );
+        if nix::unistd::geteuid().is_root() {
+            assert!(rcv >= UDP_BUFFER && snd >= UDP_BUFFER, "{rcv} / {snd}");
+        } else {
+            eprintln!("not root: buffers {rcv} / {snd}, capped by net.core.*mem_max");
+        }
+    }
 
     #[test]
     fn a_port_another_socket_holds_is_seen_as_held() {

@@ -226,8 +226,27 @@ fn a_blocklist_changed_in_etcd_reaches_every_node_within_a_second() {
         );
     }
 
-    // A bad value: refused by every node, which keeps what it has.
+    // Keys that are not this fleet's configuration: another prefix that starts the same,
+    // and a key of no meaning to edgelb under this one. No node reloads for them. (A wait
+    // for nothing to happen; a change reaches every node well within it, as above.)
     let applied: Vec<i64> = (0..NODES).map(|k| revision(&topo, k)).collect();
+    etcdctl(
+        &topo,
+        &["put", &format!("{PREFIX}-canary/config"), "not = [toml"],
+    )
+    .expect("etcdctl put");
+    put(&topo, "notes", "rotated the certificates on Tuesday");
+    std::thread::sleep(Duration::from_millis(2500));
+    for (k, applied) in applied.iter().enumerate() {
+        let s = status(&topo, k);
+        assert!(
+            revision(&topo, k) == *applied && !s.contains("refused"),
+            "node {} took another key for its configuration:\n{s}",
+            k + 1
+        );
+    }
+
+    // A bad value: refused by every node, which keeps what it has.
     put(&topo, "ip_groups/blocked", "10.0.0.0/33\n");
     for (k, applied) in applied.iter().enumerate() {
         let start = Instant::now();

@@ -641,6 +641,73 @@ fn a_reload_keeps_the_blocks_of_a_listener_on_tcp_and_udp() {
     );
 }
 
+/// The access control tries hold 262,144 prefixes, and a reload adds the new ones before it
+/// removes the old: lists that fit alone but not next to the running ones are refused with a
+/// message that says so, before anything is written (no prefix of the new list in force, not
+/// even for a moment).
+#[test]
+fn lists_that_do_not_fit_next_to_the_running_ones_are_refused_before_anything_changes() {
+    if !root_or_skip("lists_that_do_not_fit_next_to_the_running_ones_are_refused") {
+        return;
+    }
+    let many = |first: u32, n: u32| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "{first}.{}.{}.{}/32",
+                    (i >> 16) & 255,
+                    (i >> 8) & 255,
+                    i & 255
+                )
+            })
+            .collect()
+    };
+    let whitelist = |prefixes: &[String]| {
+        let refs: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        rule(1, "10.0.0.1:443", TCP, Whitelist, &refs)
+    };
+    let (old, new) = (many(10, 150_000), many(11, 150_000));
+    let mut fx = Fixture::load();
+    fx.dp
+        .apply(&[whitelist(&old)])
+        .unwrap_or_else(|e| panic!("150,000 prefixes: {e}"));
+    let verdict = |fx: &mut Fixture, src: &str| fx.run(&Frame::tcp(src, "10.0.0.1", 443).bytes()).0;
+    const XDP_DROP: u32 = 1;
+    const XDP_PASS: u32 = 2;
+    assert_eq!(
+        (verdict(&mut fx, "10.0.0.7"), verdict(&mut fx, "11.0.0.7")),
+        (XDP_PASS, XDP_DROP)
+    );
+
+    let e = fx
+        .dp
+        .apply(&[whitelist(&new)])
+        .expect_err("300,000 prefixes at once do not fit");
+    let text = e.to_string();
+    assert!(
+        text.contains("need 300000 IPv4 prefixes")
+            && text.contains("150000 in the new configuration")
+            && text.contains("it holds 262144"),
+        "{text}"
+    );
+    assert_eq!(
+        (verdict(&mut fx, "10.0.0.7"), verdict(&mut fx, "11.0.0.7")),
+        (XDP_PASS, XDP_DROP),
+        "the refused change touched the running list"
+    );
+    // In two steps it goes through.
+    fx.dp
+        .apply(&[])
+        .unwrap_or_else(|e| panic!("the old list out: {e}"));
+    fx.dp
+        .apply(&[whitelist(&new)])
+        .unwrap_or_else(|e| panic!("the new list in: {e}"));
+    assert_eq!(
+        (verdict(&mut fx, "10.0.0.7"), verdict(&mut fx, "11.0.0.7")),
+        (XDP_DROP, XDP_PASS)
+    );
+}
+
 /// The program's clock (`bpf_ktime_get_coarse_ns`), for the reference's SYN stamps.
 fn coarse_now_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC_COARSE)

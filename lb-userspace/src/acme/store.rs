@@ -72,41 +72,41 @@ impl Store {
 
     /// The certificate for `names` if the directory holds one that covers them all.
     pub fn load(&self, names: &[String]) -> Result<Option<Stored>, String> {
-        let cert = self.pair_path(names);
-        if !cert.exists() {
-            return Ok(None);
-        }
-        let provider = rustls::crypto::aws_lc_rs::default_provider();
-        // The PEM readers take the certificates and the key from the one file.
-        let certified = crate::tls::certs::load_certified_key(&cert, &cert, &provider)
-            .map_err(|e| format!("{}: {e}", cert.display()))?;
-        let leaf = certified
-            .cert
-            .first()
-            .ok_or_else(|| format!("{}: no certificate", cert.display()))?;
-        let (not_before, not_after) = crate::tls::certs::validity(leaf)
-            .ok_or_else(|| format!("{}: unreadable validity", cert.display()))?;
-        let covered = crate::tls::certs::dns_names(leaf);
-        if names.iter().any(|n| !covered.contains(n)) {
-            return Ok(None);
-        }
-        Ok(Some(Stored {
-            key: certified,
-            not_before,
-            not_after,
-        }))
+        read_pair(&self.pair_path(names), names)
     }
 
-    /// Writes a new key and certificate chain for `names`: to a temporary file (0600), then
-    /// renamed over the old, so that a reader never sees half of the pair.
-    pub fn save(&self, names: &[String], chain_pem: &str, key_pem: &str) -> std::io::Result<()> {
-        let mut pair = String::with_capacity(key_pem.len() + chain_pem.len() + 1);
-        pair.push_str(key_pem);
-        if !key_pem.ends_with('\n') {
-            pair.push('\n');
+    /// Saves a newly issued key and chain for `names` once they are known to be usable (the
+    /// key the chain's, every name covered): until then the pair in the directory, which
+    /// this node's restart and every other node read, stays as it was.
+    pub fn install(
+        &self,
+        names: &[String],
+        chain_pem: &str,
+        key_pem: &str,
+    ) -> Result<Stored, String> {
+        let path = self.pair_path(names);
+        let candidate = path.with_extension("new");
+        self.write(&candidate, &pair(chain_pem, key_pem))
+            .map_err(|e| format!("saving the certificate: {e}"))?;
+        let checked = read_pair(&candidate, names).and_then(|stored| {
+            stored.ok_or_else(|| "the issued certificate does not name every domain".to_string())
+        });
+        let installed = checked.and_then(|stored| {
+            std::fs::rename(&candidate, &path)
+                .map(|()| stored)
+                .map_err(|e| format!("saving the certificate: {e}"))
+        });
+        if installed.is_err() {
+            let _ = std::fs::remove_file(&candidate);
         }
-        pair.push_str(chain_pem);
-        self.write(&self.pair_path(names), pair.as_bytes())
+        installed
+    }
+
+    /// Writes a key and certificate chain for `names` as they are (tests: a pair some node
+    /// saved).
+    #[cfg(test)]
+    pub fn save(&self, names: &[String], chain_pem: &str, key_pem: &str) -> std::io::Result<()> {
+        self.write(&self.pair_path(names), &pair(chain_pem, key_pem))
     }
 
     fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -135,10 +135,26 @@ impl Store {
         self.dir.join(format!("account-{hash}.json"))
     }
 
-    /// The account registered with `directory` before, if any.
-    pub fn account(&self, directory: &str) -> Option<instant_acme::AccountCredentials> {
-        let text = std::fs::read_to_string(self.account_path(directory)).ok()?;
-        serde_json::from_str(&text).ok()
+    /// The account registered with `directory` before, if any. A file that is there but
+    /// cannot be read or understood is an error, not "no account": registering a new one
+    /// would overwrite it, and with it the account's history at the CA (rate limits, an
+    /// External Account Binding the CA will not give twice).
+    pub fn account(
+        &self,
+        directory: &str,
+    ) -> Result<Option<instant_acme::AccountCredentials>, String> {
+        let path = self.account_path(directory);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("account file {}: {e}", path.display())),
+        };
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            format!(
+                "account file {}: not an account this edgelb can read ({e}); kept as it is: move it away for a new account to be registered",
+                path.display()
+            )
+        })
     }
 
     pub fn save_account(
@@ -175,5 +191,113 @@ impl Store {
         })?;
         self.write(&path, value.as_bytes())?;
         Ok(path)
+    }
+}
+
+/// The certificate in the key-and-chain file `cert` if it covers every one of `names`.
+fn read_pair(cert: &Path, names: &[String]) -> Result<Option<Stored>, String> {
+    if !cert.exists() {
+        return Ok(None);
+    }
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    // The PEM readers take the certificates and the key from the one file.
+    let certified = crate::tls::certs::load_certified_key(cert, cert, &provider)
+        .map_err(|e| format!("{}: {e}", cert.display()))?;
+    let leaf = certified
+        .cert
+        .first()
+        .ok_or_else(|| format!("{}: no certificate", cert.display()))?;
+    let (not_before, not_after) = crate::tls::certs::validity(leaf)
+        .ok_or_else(|| format!("{}: unreadable validity", cert.display()))?;
+    let covered = crate::tls::certs::dns_names(leaf);
+    if names.iter().any(|n| !covered.contains(n)) {
+        return Ok(None);
+    }
+    Ok(Some(Stored {
+        key: certified,
+        not_before,
+        not_after,
+    }))
+}
+
+/// The file's text: the key, then the chain.
+fn pair(chain_pem: &str, key_pem: &str) -> Vec<u8> {
+    let mut pair = String::with_capacity(key_pem.len() + chain_pem.len() + 1);
+    pair.push_str(key_pem);
+    if !key_pem.ends_with('\n') {
+        pair.push('\n');
+    }
+    pair.push_str(chain_pem);
+    pair.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Store;
+
+    #[test]
+    fn an_unreadable_account_file_is_an_error_and_stays() {
+        let dir = std::env::temp_dir().join(format!("acme-account-{}", std::process::id()));
+        let store = Store::open(&dir, "https://ca.test/dir").expect("store");
+        assert_eq!(
+            store.account("https://ca.test/dir").map(|a| a.is_some()),
+            Ok(false)
+        );
+        let path = store.account_path("https://ca.test/dir");
+        std::fs::write(&path, "{\"id\": \"https://ca.test/acct/1\", \"key_pk").expect("write");
+        let e = store
+            .account("https://ca.test/dir")
+            .err()
+            .expect("a cut account file is an error");
+        let kept = std::fs::read_to_string(&path).unwrap_or_default();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains("move it away"),
+            "{e}"
+        );
+        assert!(kept.ends_with("key_pk"), "the file was touched: {kept}");
+    }
+
+    /// A chain that does not name the set's domains (or whose key is not the chain's) is
+    /// refused, and the pair saved before stays in the directory for restarts and other
+    /// nodes.
+    #[test]
+    fn an_unusable_issued_pair_does_not_replace_the_stored_one() {
+        let dir = std::env::temp_dir().join(format!("acme-install-{}", std::process::id()));
+        let store = Store::open(&dir, "https://ca.test/dir").expect("store");
+        let names = vec!["a.test".to_string()];
+        let cert = |names: &[&str]| {
+            let key = rcgen::KeyPair::generate().expect("key");
+            let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+            let cert = rcgen::CertificateParams::new(names)
+                .and_then(|p| p.self_signed(&key))
+                .expect("cert");
+            (cert.pem(), key.serialize_pem())
+        };
+        let (good_chain, good_key) = cert(&["a.test"]);
+        let stored = store
+            .install(&names, &good_chain, &good_key)
+            .expect("install");
+        let before = std::fs::read(store.pair_path(&names)).expect("saved");
+
+        let (other_chain, other_key) = cert(&["b.test"]);
+        let wrong_name = store.install(&names, &other_chain, &other_key);
+        let wrong_key = store.install(&names, &good_chain, &other_key);
+        let after = std::fs::read(store.pair_path(&names)).expect("still there");
+        let leftovers: Vec<_> = std::fs::read_dir(&dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".new") || n.ends_with(".tmp"))
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            wrong_name.err().as_deref(),
+            Some("the issued certificate does not name every domain")
+        );
+        assert!(wrong_key.is_err());
+        assert!(after == before, "a refused pair replaced the stored one");
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        assert!(stored.not_after > stored.not_before);
     }
 }

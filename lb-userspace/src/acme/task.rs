@@ -242,18 +242,10 @@ async fn keep(
         .await
         .unwrap_or_else(|_| Err(format!("no answer from the CA within {ORDER_TIMEOUT:?}")));
     state.ordered_at = Some(clock);
-    // Served from what was just written, read back as every node reads it.
-    let installed = result
-        .and_then(|issued| {
-            store
-                .save(&set.names, &issued.chain_pem, &issued.key_pem)
-                .map_err(|e| format!("saving the certificate: {e}"))
-        })
-        .and_then(|()| match store.load(&set.names) {
-            Ok(Some(stored)) => Ok(stored),
-            Ok(None) => Err("the issued certificate does not name every domain".to_string()),
-            Err(e) => Err(e),
-        });
+    // Served from what was written, read back as every node reads it, and written over the
+    // pair in the directory only once it reads back whole.
+    let installed =
+        result.and_then(|issued| store.install(&set.names, &issued.chain_pem, &issued.key_pem));
     match installed {
         Ok(stored) => {
             state.key = Some(stored.key);
@@ -304,7 +296,7 @@ async fn client<'a>(
             None => Account::builder(),
         }
         .map_err(|e| format!("ACME client: {e}"))?;
-        let acct = match store.account(&config.directory) {
+        let acct = match store.account(&config.directory)? {
             Some(credentials) => builder
                 .from_credentials(credentials)
                 .await

@@ -245,6 +245,11 @@ impl Bird {
     /// privilege drop the daemon may not signal the root BIRD: then `birdc down` asks it, and
     /// if it is still there at the end, the parent-death signal stops it when edgelb exits.
     pub fn stop(mut self) {
+        // Reaped already (it died, and a restart did not replace it): its pid may be another
+        // process's by now, which a signal must not reach.
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
             let _ = Command::new(&self.client)

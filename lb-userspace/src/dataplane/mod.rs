@@ -34,7 +34,8 @@ use lb_common::maglev::TABLE_SIZE;
 use lb_common::{
     AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ICMP_PROGRAM_NAME, ListenerInfo,
     ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS, MAP_TAIL,
-    MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME, PortListeners, TAIL_ICMP,
+    MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME,
+    PortListeners, TAIL_ICMP,
 };
 use tracing::{info, warn};
 
@@ -125,6 +126,17 @@ pub enum DataplaneError {
     GroupSlots { groups: usize, running: usize },
     #[error("L4 listener {id} names backend group {group:?}, which is not among the L4 groups")]
     UnknownGroup { id: u32, group: String },
+    #[error(
+        "the listeners' IP address groups need {needed} {family} prefixes in the XDP program \
+         ({wanted} in the new configuration, the rest of the running one's until the change is \
+         made: new prefixes go in before old ones come out); it holds {MAX_ACL_ENTRIES}: shorten \
+         the lists, or make the change in two reloads (the old lists out, then the new ones in)"
+    )]
+    AclFull {
+        family: &'static str,
+        needed: usize,
+        wanted: usize,
+    },
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
@@ -248,6 +260,10 @@ impl Dataplane {
         l4: &L4Listeners,
     ) -> Result<(), DataplaneError> {
         let desired = self.check_rules(rules, l4)?;
+        // Before anything is written: a trie that fills up half way would leave part of the
+        // new lists in force until they are rolled back.
+        check_room::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, "IPv4", &desired.acl_v4)?;
+        check_room::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, "IPv6", &desired.acl_v6)?;
         // Before any listener answers SYNs with them.
         self.write_syn_options(rules)?;
         // Prefixes first, listeners last: a new whitelist listener must not appear before
@@ -470,6 +486,43 @@ pub(crate) fn test_run_output(
 }
 
 /// Inserts the missing entries of `desired` (`add`), or removes the entries not in it (`!add`).
+/// The prefixes `trie` holds, as (length, key bytes).
+fn trie_entries<K: aya::Pod + bytemuck::Pod, const N: usize>(
+    trie: &LpmTrie<&mut MapData, K, u8>,
+) -> BTreeSet<(u32, [u8; N])> {
+    trie.keys()
+        .filter_map(Result::ok)
+        .map(|k| {
+            let data = k.data();
+            let raw = <[u8; N]>::try_from(bytemuck::bytes_of(&data))
+                .expect("a trie key's data type is N bytes long");
+            (k.prefix_len(), raw)
+        })
+        .collect()
+}
+
+/// Whether the trie `name` has room for `desired` next to what it holds now: [`sync_trie`]
+/// adds before it removes, so for a moment it holds both.
+fn check_room<K: aya::Pod + bytemuck::Pod, const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    family: &'static str,
+    desired: &BTreeSet<(u32, [u8; N])>,
+) -> Result<(), DataplaneError> {
+    let map = ebpf.map_mut(name).ok_or_else(|| missing(name))?;
+    let trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    let present = trie_entries::<K, N>(&trie);
+    let needed = present.union(desired).count();
+    if needed > MAX_ACL_ENTRIES as usize {
+        return Err(DataplaneError::AclFull {
+            family,
+            needed,
+            wanted: desired.len(),
+        });
+    }
+    Ok(())
+}
+
 fn sync_trie<K: aya::Pod + bytemuck::Pod, const N: usize>(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -478,16 +531,7 @@ fn sync_trie<K: aya::Pod + bytemuck::Pod, const N: usize>(
 ) -> Result<(), DataplaneError> {
     let map = ebpf.map_mut(name).ok_or_else(|| missing(name))?;
     let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map).map_err(map_err(name))?;
-    let present: BTreeSet<(u32, [u8; N])> = trie
-        .keys()
-        .filter_map(Result::ok)
-        .map(|k| {
-            let data = k.data();
-            let raw = <[u8; N]>::try_from(bytemuck::bytes_of(&data))
-                .expect("a trie key's data type is N bytes long");
-            (k.prefix_len(), raw)
-        })
-        .collect();
+    let present = trie_entries::<K, N>(&trie);
     if add {
         for (len, data) in desired.difference(&present) {
             let key = Key::new(*len, bytemuck::pod_read_unaligned::<K>(data));
