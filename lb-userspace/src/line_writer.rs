@@ -27,12 +27,30 @@ pub enum Destination {
 }
 
 impl Destination {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    /// Writes `bytes` whole, or says how many went out before the error.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), (usize, std::io::Error)> {
         match self {
-            Destination::Stderr => std::io::stderr().lock().write_all(bytes),
-            Destination::File(f) => f.write_all(bytes),
+            Destination::Stderr => write_counted(&mut std::io::stderr().lock(), bytes),
+            Destination::File(f) => write_counted(f, bytes),
         }
     }
+}
+
+/// `write_all` that keeps count: on an error, how many bytes were written before it.
+fn write_counted(w: &mut impl Write, mut bytes: &[u8]) -> Result<(), (usize, std::io::Error)> {
+    let mut done = 0;
+    while !bytes.is_empty() {
+        match w.write(bytes) {
+            Ok(0) => return Err((done, std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                done += n;
+                bytes = &bytes[n..];
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((done, e)),
+        }
+    }
+    Ok(())
 }
 
 #[derive(Default)]
@@ -166,6 +184,7 @@ fn run(shared: &Shared, mut destination: Destination) {
         errors.write(&mut destination, old);
         if let Some((file, _)) = switch {
             destination = Destination::File(file);
+            errors.torn = false;
             errors.write(&mut destination, new);
         }
         batch.clear();
@@ -183,10 +202,14 @@ fn run(shared: &Shared, mut destination: Destination) {
     }
 }
 
-/// Says now and then why lines were lost.
+/// Writes batches, says now and then why lines were lost, and keeps the lines after a lost
+/// part of one on lines of their own.
 #[derive(Default)]
 struct ErrorReport {
     last: Option<Instant>,
+    /// The destination took part of a line and refused the rest (a full disk): the next
+    /// write starts with a line end, or its first line would be glued to that half.
+    torn: bool,
 }
 
 impl ErrorReport {
@@ -195,9 +218,20 @@ impl ErrorReport {
             return;
         }
         // A full disk loses the lines, not the requests; the next batch tries again.
-        if let Err(e) = destination.write(bytes)
-            && self.last.is_none_or(|t| t.elapsed() >= REPORT_EVERY)
-        {
+        let written = if self.torn {
+            destination.write(b"\n").map(|()| self.torn = false)
+        } else {
+            Ok(())
+        }
+        .and_then(|()| destination.write(bytes));
+        let Err((done, e)) = written else {
+            return;
+        };
+        // (When the line end itself was refused, nothing of `bytes` went out: done is 0.)
+        if done > 0 && bytes[done - 1] != b'\n' {
+            self.torn = true;
+        }
+        if self.last.is_none_or(|t| t.elapsed() >= REPORT_EVERY) {
             tracing::warn!(error = %e, "log lines lost: their destination refused them");
             self.last = Some(Instant::now());
         }
@@ -342,6 +376,60 @@ mod tests {
         l.resize(99, b'.');
         l.push(b'\n');
         l
+    }
+
+    /// A full filesystem takes part of a batch, up to the middle of a line: the lines
+    /// written once there is room again each start on a line of their own, not glued to
+    /// that half line (as root: a real tmpfs of 16 KiB).
+    #[test]
+    fn lines_after_a_full_disk_start_on_their_own_line() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("not root: no tmpfs to fill");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("edgelb-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=16k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(mounted, "mount a tmpfs");
+        let result = std::panic::catch_unwind(|| {
+            let log = dir.join("access.log");
+            let file = File::options()
+                .create(true)
+                .append(true)
+                .open(&log)
+                .expect("log");
+            let writer = Writer::start(Destination::File(file)).expect("writer");
+            writer.push(&line(0));
+            assert!(writer.flush(Duration::from_secs(5)));
+            // Every other page taken: the log has the rest of its first page, under 4 KiB.
+            let mut filler = File::create(dir.join("filler")).expect("filler");
+            while filler.write_all(&[0u8; 4096]).is_ok() {}
+            let _ = filler.write_all(&[0u8; 1]);
+            for i in 1..=60 {
+                writer.push(&line(i));
+            }
+            assert!(writer.flush(Duration::from_secs(5)));
+            drop(filler);
+            std::fs::remove_file(dir.join("filler")).expect("room again");
+            writer.push(b"after\n");
+            assert!(writer.flush(Duration::from_secs(5)));
+            let text = std::fs::read_to_string(&log).expect("read");
+            assert!(text.len() < 60 * 100, "the disk was not full");
+            assert!(
+                text.lines().any(|l| l == "after"),
+                "the line after the full disk is glued to another: {:?}",
+                text.lines().last()
+            );
+        });
+        let _ = std::process::Command::new("umount").arg(&dir).status();
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     /// A destination that takes nothing (a pipe nobody reads) holds at most PENDING_MAX
