@@ -91,6 +91,15 @@ impl Site {
         let default = Ca::new(&dir, "default").server(&dir, "default", &["edgelb.test"], &[]);
         let backend = Backend::start("b1", "127.0.0.1:0", Some(&ns.ns.path()));
         let state = dir.path().join("acme-state");
+        // --acme-ca is a bundle with the CA's root second, as during a CA's rollover: every
+        // anchor counts, not the first alone.
+        let other = Ca::new(&dir, "other-root");
+        let bundle = dir.path().join("acme-ca-bundle.pem");
+        let pems: Vec<u8> = [&other.cert_pem, &ca_config.https_ca]
+            .iter()
+            .flat_map(|p| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display())))
+            .collect();
+        std::fs::write(&bundle, pems).expect("write the bundle");
         let args = [
             "--cert",
             &default.cert.display().to_string(),
@@ -103,7 +112,7 @@ impl Site {
             "--acme-directory",
             DIRECTORY,
             "--acme-ca",
-            &ca_config.https_ca.display().to_string(),
+            &bundle.display().to_string(),
             "--acme-state-dir",
             &state.display().to_string(),
         ]

@@ -280,6 +280,43 @@ fn failed(
     clock + wait
 }
 
+/// The ACME client's HTTPS, trusting every certificate of the `--acme-ca` bundle (instant-
+/// acme's own `builder_with_root` reads only the first, so a bundle listing the CA's root
+/// second, as during a CA's rollover, failed every order), and giving up on a connection
+/// that is not made within 10 s.
+fn http_client(
+    ca: &std::path::Path,
+) -> Result<
+    hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        instant_acme::BodyWrapper<bytes::Bytes>,
+    >,
+    String,
+> {
+    let roots = crate::tls::certs::load_ca_bundle(ca)
+        .map_err(|e| format!("--acme-ca {}: {e}", ca.display()))?;
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("ACME client: {e}"))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(Duration::from_secs(10)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_only()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(https),
+    )
+}
+
 /// The account at the configured directory: the one kept in the state directory, else a new
 /// registration (kept there for next time).
 async fn client<'a>(
@@ -292,10 +329,9 @@ async fn client<'a>(
         .is_none_or(|(dir, _)| *dir != config.directory)
     {
         let builder = match &config.ca {
-            Some(ca) => Account::builder_with_root(ca),
-            None => Account::builder(),
-        }
-        .map_err(|e| format!("ACME client: {e}"))?;
+            Some(ca) => Account::builder_with_http(Box::new(http_client(ca)?)),
+            None => Account::builder().map_err(|e| format!("ACME client: {e}"))?,
+        };
         let acct = match store.account(&config.directory)? {
             Some(credentials) => builder
                 .from_credentials(credentials)
