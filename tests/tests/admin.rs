@@ -415,6 +415,45 @@ fn http_get_with_host(addr: &str, host: &str) -> String {
     text
 }
 
+/// A connection holding half a request head when the daemon stops is closed at its request
+/// timeout, not waited for until the drain timeout ends (nor, on a listener a reload removed,
+/// for ever).
+#[tokio::test]
+async fn sigterm_does_not_wait_for_a_half_sent_request_head() {
+    use tokio::io::AsyncWriteExt;
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--drain-timeout",
+        "60",
+        "--request-timeout",
+        "2",
+    ]);
+    let mut opts = ClientOpts::new(&s.ca.cert_pem);
+    opts.alpn = &[b"http/1.1"];
+    let mut tls = https::connect(addr, SERVER_NAME, opts.config())
+        .await
+        .expect("connect");
+    tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n")
+        .await
+        .expect("half a head");
+    tls.flush().await.expect("flush");
+    let started = Instant::now();
+    let (status, log) = tokio::task::spawn_blocking(move || lb.stop_with(Signal::SIGTERM))
+        .await
+        .expect("stop");
+    assert!(status.success(), "{status}: {log}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "stop took {:?} for a connection with half a request head (request timeout 2 s)",
+        started.elapsed()
+    );
+    drop(tls);
+}
+
 /// Waits until `backend` has received its `n`th request: the request is in flight.
 async fn at_backend(backend: &Backend, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);

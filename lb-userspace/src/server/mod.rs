@@ -734,9 +734,16 @@ async fn drive<C: ServerConnection + Unpin>(
             }
             _ = stop.changed() => {
                 // Stopping: idle connections close now, busy ones after their responses (the
-                // worker bounds the wait with the drain timeout).
+                // worker bounds the wait with the drain timeout). The deadlines still hold: a
+                // client sitting on half a request head, or not reading its response, is not
+                // waited for past them (a listener a reload removed has no drain timeout).
                 Pin::new(&mut connection).graceful_shutdown();
-                let _ = until_done_or_silent(&mut connection, activity, http1).await;
+                tokio::select! {
+                    _ = until_done_or_silent(&mut connection, activity, http1) => {}
+                    _ = watch_deadlines(activity, timeouts, http1, None) => {
+                        debug!(client = %peer, "stopping: past its deadline, closed");
+                    }
+                }
                 return None;
             }
         }
