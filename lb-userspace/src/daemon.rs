@@ -100,6 +100,8 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     let workers = Workers::start(worker_count)
         .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}").into()))?;
+    // What an earlier daemon in this namespace left changed, back before anything is set.
+    SynProtect::recover();
     // Declared before the node: dropped after it, it restores the kernel's settings last.
     let mut syn_protect = SynProtect::default();
     if dataplane.is_some() {

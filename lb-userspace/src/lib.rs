@@ -31,6 +31,7 @@ pub mod rules;
 pub mod server;
 pub mod status;
 pub mod syn_protect;
+mod syn_protect_record;
 pub mod tls;
 pub mod usage;
 pub mod workers;

@@ -55,6 +55,8 @@ pub struct SynProtect {
     watching: BTreeMap<u32, Watch>,
     /// The settings' values before this daemon changed them; None: untouched.
     saved: Option<Vec<(&'static str, String)>>,
+    /// The same, on disk for a start after a crash (None if it could not be written).
+    record: Option<crate::syn_protect_record::Record>,
     /// Seconds since the last listener stopped answering, while the settings are still set.
     idle: u32,
     /// A setting could not be written, and that was logged (once until one can).
@@ -233,17 +235,41 @@ impl SynProtect {
             settings = ?saved.iter().map(|(p, old)| format!("{} {old} -> 2", setting_name(p))).collect::<Vec<_>>(),
             "--syn-protect: kernel settings changed while listeners answer SYNs in XDP"
         );
+        self.record = match crate::syn_protect_record::Record::write(&saved) {
+            Ok(record) => Some(record),
+            Err(e) => {
+                warn!(error = %e, "--syn-protect: cannot write down the settings' old values; a crash would leave them changed");
+                None
+            }
+        };
         self.saved = Some(saved);
         self.refused = false;
         Ok(())
     }
 
-    /// Puts back what [`SynProtect::set_settings`] changed. Also at the end of the daemon.
+    /// Puts back what a daemon that ended without doing so left changed in this network
+    /// namespace (see `syn_protect_record`). At start, before anything is set.
+    pub fn recover() {
+        crate::syn_protect_record::recover(&SETTINGS);
+    }
+
+    /// Puts back what [`SynProtect::set_settings`] changed, where it is still as set (an
+    /// operator's change since is theirs). Also at the end of the daemon.
     pub fn restore(&mut self) {
         let Some(saved) = self.saved.take() else {
             return;
         };
         for (path, old) in &saved {
+            let set = SETTINGS.iter().find(|(p, _)| p == path).map(|(_, v)| *v);
+            let now = std::fs::read_to_string(path).unwrap_or_default();
+            if set.is_some_and(|v| now.trim() != v) {
+                info!(
+                    setting = setting_name(path),
+                    value = now.trim(),
+                    "--syn-protect: kernel setting changed by someone else since; left as it is"
+                );
+                continue;
+            }
             match std::fs::write(path, old) {
                 Ok(()) => info!(
                     setting = setting_name(path),
@@ -254,6 +280,9 @@ impl SynProtect {
                     warn!(path, value = old, error = %e, "--syn-protect: restoring a kernel setting")
                 }
             }
+        }
+        if let Some(record) = self.record.take() {
+            record.remove();
         }
     }
 }

@@ -748,6 +748,47 @@ fn wscale(ss: &str) -> Option<(u8, u8)> {
     Some((a.parse().ok()?, b.parse().ok()?))
 }
 
+/// A daemon killed while `--syn-protect` has the kernel's SYN cookie settings changed cannot
+/// put them back; the next start in the same network namespace does, from the record the
+/// first left in /run/edgelb.
+#[test]
+fn settings_left_changed_by_a_killed_daemon_are_restored_at_the_next_start() {
+    if !root_or_skip("settings_left_changed_by_a_killed_daemon_are_restored_at_the_next_start") {
+        return;
+    }
+    let s = setup();
+    let lb_ns = s.topo.lb.path();
+    let before = cookie_settings(&lb_ns);
+    assert_ne!(before, ("2".to_string(), "2".to_string()));
+    let xdp = [
+        "--syn-protect",
+        "on",
+        "--xdp-iface",
+        &s.topo.lb_if,
+        "--xdp-mode",
+        "native",
+    ];
+    let killed = start(&s, &xdp);
+    assert_eq!(cookie_settings(&lb_ns), ("2".to_string(), "2".to_string()));
+    let (status, _log) = killed.stop_with(Signal::SIGKILL);
+    assert!(!status.success());
+    assert_eq!(
+        cookie_settings(&lb_ns),
+        ("2".to_string(), "2".to_string()),
+        "a killed daemon cannot put the settings back"
+    );
+
+    // The next start, even without --syn-protect, puts them back.
+    let next = start(&s, &[]);
+    assert_eq!(cookie_settings(&lb_ns), before, "{}", next.log());
+    let (status, log) = next.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("left changed by an edgelb that did not end cleanly"),
+        "{log}"
+    );
+}
+
 #[test]
 fn https_clients_connect_through_syn_cookies_answered_in_xdp_with_window_scaling() {
     if !root_or_skip(
