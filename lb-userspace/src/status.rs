@@ -27,9 +27,32 @@ pub fn print(admin: &str) -> ExitCode {
     }
 }
 
+/// How long `edgelb status` waits for the daemon: to connect, and for each read. An address
+/// that drops packets would otherwise hold the command for the kernel's SYN retries (about
+/// two minutes).
+const WAIT: Duration = Duration::from_secs(5);
+
 fn fetch(admin: &str) -> anyhow::Result<Value> {
-    let mut stream = TcpStream::connect(admin).context("cannot connect")?;
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(admin)
+        .context("not an address")?
+        .collect();
+    let mut last = None;
+    let mut connected = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, WAIT) {
+            Ok(s) => {
+                connected = Some(s);
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    let mut stream = match (connected, last) {
+        (Some(s), _) => s,
+        (None, Some(e)) => return Err(e).context("cannot connect"),
+        (None, None) => anyhow::bail!("not an address"),
+    };
+    let _ = stream.set_read_timeout(Some(WAIT));
     write!(stream, "GET /status HTTP/1.0\r\nHost: {admin}\r\n\r\n")?;
     let mut text = String::new();
     stream

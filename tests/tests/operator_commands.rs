@@ -189,6 +189,38 @@ fn status_without_an_admin_endpoint_says_what_to_do_and_the_version_names_its_co
     );
 }
 
+/// An admin address whose packets are dropped (a firewall, a wrong host): `edgelb status`
+/// gives up after a few seconds with a clear error, not after the kernel's two minutes of
+/// SYN retries (as root: a namespace whose nftables drop the connection attempt).
+#[test]
+fn status_against_an_address_that_drops_packets_gives_up_in_seconds() {
+    if !edgelb_tests::privilege::root_or_skip(
+        "status_against_an_address_that_drops_packets_gives_up_in_seconds",
+    ) {
+        return;
+    }
+    let ns = edgelb_tests::netns::Netns::new("st");
+    let nft = ns
+        .command("nft")
+        .arg("add table inet t; add chain inet t out { type filter hook output priority 0; }; add rule inet t out tcp dport 9 drop")
+        .status()
+        .expect("nft");
+    assert!(nft.success(), "nft refused the rule");
+    let started = std::time::Instant::now();
+    let out = ns
+        .command(&binary().to_string_lossy())
+        .args(["status", "--admin", "127.0.0.1:9"])
+        .output()
+        .expect("edgelb status");
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("cannot connect"), "{}", text(&out));
+    assert!(
+        took < Duration::from_secs(15),
+        "edgelb status took {took:?} against a dropping address"
+    );
+}
+
 #[test]
 fn reload_without_a_running_daemon_fails_clearly() {
     let out = run(&["reload", "--pid-file", "/nonexistent/edgelb.pid"]);
