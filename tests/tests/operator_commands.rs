@@ -221,6 +221,37 @@ fn status_against_an_address_that_drops_packets_gives_up_in_seconds() {
     );
 }
 
+/// A second daemon started with the pid file of one that runs (two instances on the default
+/// path) leaves it alone: `edgelb stop` still finds the first, and the second says why it
+/// cannot be found that way.
+#[test]
+fn a_second_daemon_does_not_take_over_a_running_daemons_pid_file() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let pid_file = s.dir.path().join("shared.pid");
+    let pid_arg = pid_file.to_string_lossy().into_owned();
+    let (first, _) = s.start(&["--backend", &be, "--pid-file", &pid_arg]);
+    let (second, _) = s.start(&["--backend", &be, "--pid-file", &pid_arg]);
+    let held = std::fs::read_to_string(&pid_file).unwrap_or_default();
+    assert_eq!(held.trim(), first.pid().to_string(), "{}", second.log());
+    let says = format!("edgelb pid {} runs with it", first.pid());
+    let log = second.log_when(Duration::from_secs(5), |l| l.contains(&says));
+    assert!(log.contains(&says), "{log}");
+    let out = run(&["stop", "--pid-file", &pid_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (status, log) = first.stop();
+    assert!(
+        status.success() && log.contains("SIGTERM: stopping"),
+        "the first daemon was not the one stopped: {log}"
+    );
+    assert!(
+        !second.log().contains("SIGTERM: stopping"),
+        "{}",
+        second.log()
+    );
+}
+
 #[test]
 fn reload_without_a_running_daemon_fails_clearly() {
     let out = run(&["reload", "--pid-file", "/nonexistent/edgelb.pid"]);

@@ -92,7 +92,7 @@ fn signal(pid_file: &Path, signal: Signal) -> Result<i32, ExitCode> {
 }
 
 /// Whether `pid` runs an edgelb binary (its command name, as the kernel keeps it).
-fn is_edgelb(pid: i32) -> bool {
+pub(crate) fn is_edgelb(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .is_ok_and(|comm| comm.trim_end().starts_with("edgelb"))
         && running(pid)

@@ -24,6 +24,20 @@ impl PidFile {
         owner: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
     ) -> std::io::Result<PidFile> {
         let pid = std::process::id();
+        // Another edgelb started with the same file (two instances, the default path): taking
+        // it over would point `edgelb reload`/`stop` at this one, and its exit would then
+        // leave the first unreachable.
+        if let Ok(other) = read_pid(path)
+            && other != pid
+            && super::client::is_edgelb(other as i32)
+        {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "edgelb pid {other} runs with it, and keeps it: give each instance its own --pid-file"
+                ),
+            ));
+        }
         write_new(path, &format!("{pid}\n"))?;
         let reloads = open_no_follow(&reload_path(path))?;
         if let Some((uid, gid)) = owner {
