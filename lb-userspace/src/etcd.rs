@@ -199,13 +199,14 @@ async fn read(
     };
     let groups = format!("{prefix}/ip_groups/");
     for kv in response.kvs() {
-        let (Ok(key), Ok(value)) = (kv.key_str(), kv.value_str()) else {
-            tracing::warn!(
-                prefix,
-                "etcd: a key or value under the prefix is not UTF-8; ignored"
-            );
+        let Ok(key) = kv.key_str() else {
+            tracing::debug!(prefix, "etcd: a key under the prefix is not UTF-8; ignored");
             continue;
         };
+        // Not skipped when it is not UTF-8: a skipped group would give way to the TOML's
+        // group of that name without a word. Replacement characters make the address they
+        // are in a refused one (and the comment they are in, nothing).
+        let value = String::from_utf8_lossy(kv.value());
         if key == format!("{prefix}/config") {
             snapshot.config = Some(value.to_string());
         } else if let Some(name) = key.strip_prefix(&groups) {

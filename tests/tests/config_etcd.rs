@@ -66,6 +66,12 @@ fn start_etcd(topo: &L4Topo) -> Etcd {
 }
 
 fn etcdctl(topo: &L4Topo, args: &[&str]) -> Result<String, String> {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+    etcdctl_os(topo, &args)
+}
+
+/// As [`etcdctl`], with arguments that need not be UTF-8 (a value in Latin-1).
+fn etcdctl_os(topo: &L4Topo, args: &[&std::ffi::OsStr]) -> Result<String, String> {
     let out = topo
         .router
         .command("etcdctl")
@@ -244,6 +250,32 @@ fn a_blocklist_changed_in_etcd_reaches_every_node_within_a_second() {
             "node {} took another key for its configuration:\n{s}",
             k + 1
         );
+    }
+
+    // A value that is not UTF-8 (a Latin-1 "é" in an address) is refused, not skipped: a
+    // skipped group would silently give way to the TOML's group of that name.
+    let latin1: &[u8] = b"10.0.9.9\n10.0.1.7\n10.0.1.\xe9\n";
+    let key = format!("{PREFIX}/ip_groups/blocked");
+    etcdctl_os(
+        &topo,
+        &[
+            std::ffi::OsStr::new("put"),
+            std::ffi::OsStr::new(&key),
+            std::os::unix::ffi::OsStrExt::from_bytes(latin1),
+        ],
+    )
+    .expect("etcdctl put");
+    for k in 0..NODES {
+        let start = Instant::now();
+        while !status(&topo, k).contains("refused: etcd /edgelb/test/ip_groups/blocked: line 3") {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "node {} does not refuse a value that is not UTF-8:\n{}",
+                k + 1,
+                status(&topo, k)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     // A bad value: refused by every node, which keeps what it has.
