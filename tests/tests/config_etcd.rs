@@ -101,6 +101,22 @@ fn status(topo: &L4Topo, k: usize) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Waits until every node's `edgelb status` holds `text` (`within` at most for each).
+fn every_node_says(topo: &L4Topo, text: &str, within: Duration) {
+    for k in 0..NODES {
+        let start = Instant::now();
+        while !status(topo, k).contains(text) {
+            assert!(
+                start.elapsed() < within,
+                "node {} does not say {text:?}:\n{}",
+                k + 1,
+                status(topo, k)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
 /// The etcd revision node `k` says it runs.
 fn revision(topo: &L4Topo, k: usize) -> i64 {
     let s = status(topo, k);
@@ -265,18 +281,11 @@ fn a_blocklist_changed_in_etcd_reaches_every_node_within_a_second() {
         ],
     )
     .expect("etcdctl put");
-    for k in 0..NODES {
-        let start = Instant::now();
-        while !status(&topo, k).contains("refused: etcd /edgelb/test/ip_groups/blocked: line 3") {
-            assert!(
-                start.elapsed() < Duration::from_secs(5),
-                "node {} does not refuse a value that is not UTF-8:\n{}",
-                k + 1,
-                status(&topo, k)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+    every_node_says(
+        &topo,
+        "refused: etcd /edgelb/test/ip_groups/blocked: line 3",
+        Duration::from_secs(5),
+    );
 
     // A bad value: refused by every node, which keeps what it has.
     put(&topo, "ip_groups/blocked", "10.0.0.0/33\n");
@@ -309,18 +318,11 @@ fn a_blocklist_changed_in_etcd_reaches_every_node_within_a_second() {
 
     // etcd gone: the nodes serve on and say so.
     drop(etcd);
-    for k in 0..NODES {
-        let start = Instant::now();
-        while !status(&topo, k).contains("unreachable, the configuration in use stays") {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "node {} does not report etcd unreachable:\n{}",
-                k + 1,
-                status(&topo, k)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
+    every_node_says(
+        &topo,
+        "unreachable, the configuration in use stays",
+        Duration::from_secs(10),
+    );
     assert!(connects(ALLOWED), "served while etcd is gone");
     for d in nodes {
         let (status, log) = d.stop();
