@@ -98,6 +98,13 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    if config.ops.user.is_some() {
+        // Per thread, and inherited by the threads a thread starts: set here, the workers
+        // (which talk to clients and backends) have it too, not only the thread that drops
+        // root later.
+        crate::privilege::no_new_privs()
+            .map_err(|e| StartError::Runtime(format!("--user: {e}").into()))?;
+    }
     let workers = Workers::start(worker_count)
         .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}").into()))?;
     // What an earlier daemon in this namespace left changed, back before anything is set.

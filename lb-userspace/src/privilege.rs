@@ -97,6 +97,12 @@ fn kernel_before(major: u32, minor: u32) -> bool {
     }
 }
 
+/// Sets `no_new_privs` on the calling thread (and the threads it starts from now on):
+/// nothing they exec can gain privileges.
+pub fn no_new_privs() -> Result<(), PrivilegeError> {
+    prctl::set_no_new_privs().map_err(PrivilegeError::call("prctl(PR_SET_NO_NEW_PRIVS)"))
+}
+
 /// Switches the whole process to `user` (supplementary groups dropped), keeping `keep` on the
 /// calling thread only. glibc applies setuid to every thread; the kernel then clears the
 /// capabilities of each thread that did not ask to keep them.
@@ -116,8 +122,7 @@ pub fn drop_to(user: &User, keep: &CapsHashSet) -> Result<(), PrivilegeError> {
             reason: e.to_string(),
         })?;
     // Nothing this process may start later can gain privileges back.
-    prctl::set_no_new_privs().map_err(PrivilegeError::call("prctl(PR_SET_NO_NEW_PRIVS)"))?;
-    Ok(())
+    no_new_privs()
 }
 
 #[cfg(test)]

@@ -450,6 +450,7 @@ fn as_an_unprivileged_user_it_still_reloads_maps_and_detaches() {
     // CAP_NET_BIND_SERVICE (10).
     let kept = 1u64 << 10;
     assert_eq!(field(&main, "CapEff:"), format!("{kept:016x}"), "{main}");
+    assert_eq!(field(&main, "NoNewPrivs:"), "1", "{main}");
     let mut workers = 0;
     for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).expect("tasks") {
         let tid = task
@@ -462,6 +463,7 @@ fn as_an_unprivileged_user_it_still_reloads_maps_and_detaches() {
             workers += 1;
             assert_eq!(field(&text, "CapEff:"), "0000000000000000", "{text}");
             assert_eq!(field(&text, "CapPrm:"), "0000000000000000", "{text}");
+            assert_eq!(field(&text, "NoNewPrivs:"), "1", "{text}");
         }
     }
     assert!(workers > 0, "no worker threads found");
