@@ -152,6 +152,9 @@ async fn wait_for_connections(open: &AtomicUsize, drain: Duration) {
     }
 }
 
+/// How often a listener's accept errors are logged, at most (per worker).
+const ACCEPT_ERROR_EVERY: Duration = Duration::from_secs(10);
+
 async fn accept_loop(
     socket: std::net::TcpListener,
     ctx: Arc<ListenerContext>,
@@ -164,6 +167,10 @@ async fn accept_loop(
             return;
         }
     };
+    // Accept errors come in runs (out of descriptors: every pending connection fails the
+    // same way): said at most every ACCEPT_ERROR_EVERY, with how many went unsaid.
+    let mut said_at: Option<std::time::Instant> = None;
+    let mut unsaid = 0u64;
     loop {
         if *stop.borrow_and_update() {
             return;
@@ -189,7 +196,12 @@ async fn accept_loop(
                 }
                 // Running out of descriptors or a connection reset before accept: keep serving.
                 Err(e) => {
-                    warn!(error = %e, "accept failed");
+                    if said_at.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_EVERY) {
+                        warn!(listener = ctx.metrics.name(), error = %e, since_last = unsaid, "accept failed");
+                        (said_at, unsaid) = (Some(std::time::Instant::now()), 0);
+                    } else {
+                        unsaid += 1;
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             },

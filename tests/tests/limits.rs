@@ -174,6 +174,55 @@ async fn connections_past_the_limit_are_closed_and_the_node_stays_reachable() {
     drop(lb);
 }
 
+/// Out of file descriptors, every pending connection fails to be accepted, each worker
+/// retrying every 50 ms: the log says so once in a while, with how many went unsaid, not 20
+/// lines a second per worker; and once descriptors are free again, clients are served.
+#[tokio::test]
+async fn running_out_of_descriptors_is_logged_once_in_a_while_and_passes() {
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let be = backend.addr.to_string();
+    let (lb, addr) = s.start(&["--backend", &be]);
+    // The soft limit only, lowered then put back (the hard one stays).
+    let nofile = |soft: &str| {
+        std::process::Command::new("prlimit")
+            .args(["--pid", &lb.pid().to_string(), &format!("--nofile={soft}:")])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", lb.pid())).unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or("1024")
+        .to_string();
+    assert!(nofile(&(lb.fds() + 8).to_string()), "prlimit refused");
+    let waiting: Vec<TcpStream> = (0..40)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    // About 40 failed accepts per worker in this time.
+    std::thread::sleep(Duration::from_secs(2));
+    let log = lb.log();
+    let said = log.matches("accept failed").count();
+    assert!(
+        (1..=4).contains(&said),
+        "{said} \"accept failed\" lines in 2 s out of descriptors:\n{log}"
+    );
+    drop(waiting);
+    assert!(nofile(&soft), "prlimit refused to put back {soft}");
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    let mut served = false;
+    for _ in 0..50 {
+        if let Ok(r) = https::send(addr, SERVER_NAME, config.clone(), get("/")).await {
+            served = r.status == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "not served once descriptors were free again");
+}
+
 /// Sends `n` GETs of `path` in one write on one HTTP/1.1 connection and returns the statuses
 /// and the text of the answers, and how long they took from the write to the last answer.
 async fn pipelined(
