@@ -47,6 +47,13 @@ impl StartError {
 }
 
 pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
+    if config.ops.user.is_some() {
+        // Nothing this process starts can gain privileges back. Per thread, and inherited by
+        // the threads a thread starts: set first, the workers (which talk to clients and
+        // backends) and every later thread have it, not only the thread that drops root.
+        crate::privilege::no_new_privs()
+            .map_err(|e| StartError::Runtime(format!("--user: {e}").into()))?;
+    }
     let fd_limit = raise_fd_limit();
     // The limit just raised (0: unknown).
     for w in config.warnings((fd_limit > 0).then_some(fd_limit)) {
@@ -97,13 +104,6 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    if config.ops.user.is_some() {
-        // Per thread, and inherited by the threads a thread starts: set here, the workers
-        // (which talk to clients and backends) have it too, not only the thread that drops
-        // root later.
-        crate::privilege::no_new_privs()
-            .map_err(|e| StartError::Runtime(format!("--user: {e}").into()))?;
     }
     let workers = Workers::start(worker_count)
         .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}").into()))?;

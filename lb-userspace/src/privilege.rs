@@ -121,8 +121,8 @@ pub fn drop_to(user: &User, keep: &CapsHashSet) -> Result<(), PrivilegeError> {
             keep: format!("{keep:?}"),
             reason: e.to_string(),
         })?;
-    // Nothing this process may start later can gain privileges back.
-    no_new_privs()
+    // `no_new_privs` was set before any worker started (see the daemon's `run`).
+    Ok(())
 }
 
 #[cfg(test)]

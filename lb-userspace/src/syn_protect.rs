@@ -248,9 +248,16 @@ impl SynProtect {
     }
 
     /// Puts back what a daemon that ended without doing so left changed in this network
-    /// namespace (see `syn_protect_record`). At start, before anything is set.
+    /// namespace (see `syn_protect_record`), as [`SynProtect::restore`] does. At start,
+    /// before anything is set.
     pub fn recover() {
-        crate::syn_protect_record::recover(&SETTINGS);
+        let stale = crate::syn_protect_record::take_stale(&SETTINGS);
+        if !stale.is_empty() {
+            info!(
+                "--syn-protect: kernel settings left changed by an edgelb that did not end cleanly"
+            );
+            put_back(&stale);
+        }
     }
 
     /// Puts back what [`SynProtect::set_settings`] changed, where it is still as set (an
@@ -259,30 +266,36 @@ impl SynProtect {
         let Some(saved) = self.saved.take() else {
             return;
         };
-        for (path, old) in &saved {
-            let set = SETTINGS.iter().find(|(p, _)| p == path).map(|(_, v)| *v);
-            let now = std::fs::read_to_string(path).unwrap_or_default();
-            if set.is_some_and(|v| now.trim() != v) {
-                info!(
-                    setting = setting_name(path),
-                    value = now.trim(),
-                    "--syn-protect: kernel setting changed by someone else since; left as it is"
-                );
-                continue;
-            }
-            match std::fs::write(path, old) {
-                Ok(()) => info!(
-                    setting = setting_name(path),
-                    value = old,
-                    "--syn-protect: kernel setting restored"
-                ),
-                Err(e) => {
-                    warn!(path, value = old, error = %e, "--syn-protect: restoring a kernel setting")
-                }
-            }
-        }
+        put_back(&saved);
         if let Some(record) = self.record.take() {
             record.remove();
+        }
+    }
+}
+
+/// Writes back each setting's old value, where it is still as [`SETTINGS`] set it (an
+/// operator's change since is theirs).
+fn put_back(saved: &[(&'static str, String)]) {
+    for (path, old) in saved {
+        let set = SETTINGS.iter().find(|(p, _)| p == path).map(|(_, v)| *v);
+        let now = std::fs::read_to_string(path).unwrap_or_default();
+        if set.is_some_and(|v| now.trim() != v) {
+            info!(
+                setting = setting_name(path),
+                value = now.trim(),
+                "--syn-protect: kernel setting changed by someone else since; left as it is"
+            );
+            continue;
+        }
+        match std::fs::write(path, old) {
+            Ok(()) => info!(
+                setting = setting_name(path),
+                value = old,
+                "--syn-protect: kernel setting restored"
+            ),
+            Err(e) => {
+                warn!(path, value = old, error = %e, "--syn-protect: restoring a kernel setting")
+            }
         }
     }
 }

@@ -4,12 +4,11 @@
 //! finding the record, puts them back. One record per network namespace (the settings are
 //! the namespace's), held locked by the daemon that wrote it.
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
 use nix::fcntl::{Flock, FlockArg};
-use tracing::{info, warn};
 
 /// Where the records are kept: a tmpfs, gone with a reboot, as the settings are.
 const DIR: &str = "/run/edgelb";
@@ -27,16 +26,22 @@ fn path() -> std::io::Result<PathBuf> {
 }
 
 impl Record {
-    /// Writes down the settings' values before the change (`path value` a line).
+    /// Writes down the settings' values before the change (`path value` a line). Locked
+    /// before it is emptied: another edgelb holding this namespace's record keeps it.
     pub fn write(saved: &[(&'static str, String)]) -> std::io::Result<Record> {
         let path = path()?;
         std::fs::create_dir_all(DIR)?;
-        let mut file = File::create(&path)?;
+        let file = File::options()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e)?;
+        lock.set_len(0)?;
         for (setting, old) in saved {
-            writeln!(file, "{setting} {old}")?;
+            writeln!(lock, "{setting} {old}")?;
         }
-        file.sync_all()?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| e)?;
+        lock.sync_all()?;
         Ok(Record { path, _lock: lock })
     }
 
@@ -47,41 +52,27 @@ impl Record {
 }
 
 /// At start: a record no daemon holds is one whose daemon ended without putting the settings
-/// back. Each setting still at the value it was set to (`set`) is put back; one changed since
-/// (by an operator) is left as it is.
-pub fn recover(set: &[(&'static str, &'static str)]) {
+/// back. Its values, as (setting, old value), for those of `settings` it names; the record is
+/// gone once read.
+pub fn take_stale(settings: &[(&'static str, &'static str)]) -> Vec<(&'static str, String)> {
     let Ok(path) = path() else {
-        return;
+        return Vec::new();
     };
     let Ok(file) = File::open(&path) else {
-        return;
+        return Vec::new();
     };
     // Held: another edgelb in this namespace has the settings changed right now.
-    let Ok(_lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
-        return;
+    let Ok(mut lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) else {
+        return Vec::new();
     };
-    let text = std::fs::read_to_string(&path).unwrap_or_default();
-    for line in text.lines() {
-        let Some((setting, old)) = line.split_once(' ') else {
-            continue;
-        };
-        let Some((setting, value)) = set.iter().find(|(s, _)| *s == setting) else {
-            continue;
-        };
-        let now = std::fs::read_to_string(setting).unwrap_or_default();
-        if now.trim() != *value {
-            continue;
-        }
-        match std::fs::write(setting, old) {
-            Ok(()) => info!(
-                setting = setting.trim_start_matches("/proc/sys/"),
-                value = old,
-                "--syn-protect: kernel setting restored, left changed by an edgelb that did not end cleanly"
-            ),
-            Err(e) => {
-                warn!(path = setting, value = old, error = %e, "--syn-protect: restoring a kernel setting")
-            }
-        }
-    }
+    let mut text = String::new();
+    let _ = lock.read_to_string(&mut text);
     let _ = std::fs::remove_file(&path);
+    text.lines()
+        .filter_map(|line| {
+            let (setting, old) = line.split_once(' ')?;
+            let (setting, _) = settings.iter().find(|(s, _)| *s == setting)?;
+            Some((*setting, old.to_string()))
+        })
+        .collect()
 }

@@ -91,6 +91,20 @@ impl Backend {
     pub fn served(&self) -> usize {
         self.served.load(Ordering::SeqCst)
     }
+
+    /// Waits until the backend has received `n` requests (counted as each head arrives, so
+    /// the last is in flight), 10 s at most.
+    pub async fn wait_served(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.served() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "request {n} never reached backend {}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
 }
 
 /// A UDP socket on `bind` (in this namespace) answering every datagram, on a thread of its

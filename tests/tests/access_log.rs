@@ -183,10 +183,6 @@ async fn the_plain_access_log_on_stderr_has_the_query_and_sigusr1_does_not_stop_
     assert!(status.success(), "{log}");
 }
 
-/// The access log on a FIFO whose reader holds it open but does not read, as a stalled log
-/// shipper or a hung filesystem would: the pipe fills after 64 KiB of lines. Requests go on
-/// being answered, the lines past what edgelb keeps waiting are dropped and counted, and once
-/// the reader reads again new lines reach it.
 /// The access log on a FIFO whose reader is gone when logrotate sends SIGUSR1 (a log shipper
 /// restarting): opening a FIFO for writing would wait for a reader, and edgelb's control loop
 /// with it, deaf to signals and reloads. The reopen is refused at once, the daemon goes on
@@ -214,6 +210,10 @@ async fn sigusr1_with_nobody_reading_the_fifo_keeps_the_daemon_answering() {
     assert!(status.success(), "{status}: {log}");
 }
 
+/// The access log on a FIFO whose reader holds it open but does not read, as a stalled log
+/// shipper or a hung filesystem would: the pipe fills after 64 KiB of lines. Requests go on
+/// being answered, the lines past what edgelb keeps waiting are dropped and counted, and once
+/// the reader reads again new lines reach it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_destination_that_stops_reading_costs_log_lines_not_requests() {
     let s = Setup::new();

@@ -94,7 +94,7 @@ async fn sigterm_lets_in_flight_requests_finish_within_the_drain_timeout() {
 
     let (lb, addr) = s.start(&["--backend", &be, "--drain-timeout", "10"]);
     let in_flight = tokio::spawn(https::send(addr, SERVER_NAME, config.clone(), get("/")));
-    at_backend(&slow, 1).await;
+    slow.wait_served(1).await;
     let stopped = tokio::task::spawn_blocking(move || lb.stop_with(Signal::SIGTERM));
     let reply = in_flight
         .await
@@ -107,7 +107,7 @@ async fn sigterm_lets_in_flight_requests_finish_within_the_drain_timeout() {
     // A drain timeout shorter than the request: the daemon does not wait for it.
     let (lb, addr) = s.start(&["--backend", &be, "--drain-timeout", "0"]);
     let in_flight = tokio::spawn(https::send(addr, SERVER_NAME, config, get("/")));
-    at_backend(&slow, 2).await;
+    slow.wait_served(2).await;
     let started = Instant::now();
     let (status, _log) = tokio::task::spawn_blocking(move || lb.stop_with(Signal::SIGTERM))
         .await
@@ -432,11 +432,7 @@ async fn sigterm_does_not_wait_for_a_half_sent_request_head() {
         "--request-timeout",
         "2",
     ]);
-    let mut opts = ClientOpts::new(&s.ca.cert_pem);
-    opts.alpn = &[b"http/1.1"];
-    let mut tls = https::connect(addr, SERVER_NAME, opts.config())
-        .await
-        .expect("connect");
+    let mut tls = s.connect_h1(addr).await;
     tls.write_all(b"GET / HTTP/1.1\r\nhost: edgelb.test\r\n")
         .await
         .expect("half a head");
@@ -452,16 +448,4 @@ async fn sigterm_does_not_wait_for_a_half_sent_request_head() {
         started.elapsed()
     );
     drop(tls);
-}
-
-/// Waits until `backend` has received its `n`th request: the request is in flight.
-async fn at_backend(backend: &Backend, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while backend.served() < n {
-        assert!(
-            Instant::now() < deadline,
-            "request {n} never reached the backend"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }

@@ -154,7 +154,6 @@ group = "web"
     topo.logs.write(&format!("node{}.toml", k + 1), text)
 }
 
-/// The nodes (0-based) the router's route to `addr` goes through now.
 /// Whether node `k` (0-based) has a TCP listener on `addr:port`.
 fn listening(topo: &L4Topo, k: usize, addr: Ipv4Addr, port: u16) -> bool {
     let out = topo.lbs[k]
@@ -165,6 +164,7 @@ fn listening(topo: &L4Topo, k: usize, addr: Ipv4Addr, port: u16) -> bool {
     String::from_utf8_lossy(&out.stdout).contains(&format!("{addr}:{port}"))
 }
 
+/// The nodes (0-based) the router's route to `addr` goes through now.
 fn next_hops(topo: &L4Topo, addr: Ipv4Addr) -> BTreeSet<usize> {
     let routes = topo.router.ip(&["route", "show", &format!("{addr}/32")]);
     (0..NODES)

@@ -439,12 +439,7 @@ async fn rapid_reset_ends_the_connection_with_goaway_and_others_are_served() {
         if c.send(&header_frames(id, &block, true)).await.is_err() {
             break;
         }
-        let passed_on = Instant::now();
-        while backend.served() < served_before + paced + 1
-            && passed_on.elapsed() < Duration::from_secs(5)
-        {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        backend.wait_served(served_before + paced + 1).await;
         if c.send(&frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()))
             .await
             .is_err()

@@ -110,11 +110,7 @@ async fn websocket_upgrades_pass_through_both_ways() {
         let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
         status["groups"][0]["backends"][0]["active_requests"].as_u64()
     };
-    let mut opts = ClientOpts::new(&s.ca.cert_pem);
-    opts.alpn = &[b"http/1.1"];
-    let mut tls = https::connect(addr, SERVER_NAME, opts.config())
-        .await
-        .expect("connect");
+    let mut tls = s.connect_h1(addr).await;
     tls.write_all(b"GET /chat HTTP/1.1\r\nhost: edgelb.test\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-version: 13\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.expect("write upgrade");
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {

@@ -240,11 +240,15 @@ fn a_second_daemon_does_not_take_over_a_running_daemons_pid_file() {
     assert!(log.contains(&says), "{log}");
     let out = run(&["stop", "--pid-file", &pid_arg]);
     assert!(out.status.success(), "{}", text(&out));
-    let (status, log) = first.stop();
+    // `edgelb stop` returns once the daemon it signalled has gone: the first, by its log
+    // (read before the test's own SIGTERM at `first.stop()`).
     assert!(
-        status.success() && log.contains("SIGTERM: stopping"),
-        "the first daemon was not the one stopped: {log}"
+        first.log().contains("SIGTERM: stopping"),
+        "the first daemon was not the one stopped: {}",
+        first.log()
     );
+    let (status, log) = first.stop();
+    assert!(status.success(), "{log}");
     assert!(
         !second.log().contains("SIGTERM: stopping"),
         "{}",

@@ -29,6 +29,19 @@ async fn request(addr: std::net::SocketAddr, s: &Setup, path: &str, cookie: Opti
     reply
 }
 
+/// edgelb with `args` and one `--backend` for each of `backends`.
+fn start_with(
+    s: &Setup,
+    mut args: Vec<String>,
+    backends: &[BackendProcess],
+) -> (edgelb_tests::daemon::Daemon, std::net::SocketAddr) {
+    for b in backends {
+        args.extend(["--backend".to_string(), b.addr.to_string()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    s.start(&args)
+}
+
 fn sticky_cookie(reply: &Reply) -> Option<String> {
     reply
         .headers
@@ -77,12 +90,7 @@ async fn lb_cookies_pin_clients_and_cannot_be_forged() {
     .map(String::from)
     .to_vec();
     args.extend(FAST_CHECKS.map(String::from));
-    for b in &backends {
-        args.push("--backend".into());
-        args.push(b.addr.to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (lb, addr) = s.start(&args);
+    let (lb, addr) = start_with(&s, args, &backends);
 
     let first = request(addr, &s, "/", None).await;
     let cookie = sticky_cookie(&first).expect("the first response pins the client");
@@ -151,7 +159,7 @@ async fn the_backends_own_cookie_pins_the_client_to_the_backend_that_set_it() {
         .iter()
         .map(|n| BackendProcess::start(n, "127.0.0.1:0"))
         .collect();
-    let mut args: Vec<String> = [
+    let args: Vec<String> = [
         "--sticky-session",
         "app-cookie",
         "--cookie-name",
@@ -159,12 +167,7 @@ async fn the_backends_own_cookie_pins_the_client_to_the_backend_that_set_it() {
     ]
     .map(String::from)
     .to_vec();
-    for b in &backends {
-        args.push("--backend".into());
-        args.push(b.addr.to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (lb, addr) = s.start(&args);
+    let (lb, addr) = start_with(&s, args, &backends);
     let mut logins = Vec::new();
     for session in ["abc", "def", "ghi"] {
         let login = request(addr, &s, &format!("/set-cookie/SESSIONID={session}"), None).await;
@@ -201,13 +204,8 @@ async fn lb_cookies_made_with_the_random_key_outlive_a_reload() {
         .iter()
         .map(|n| BackendProcess::start(n, "127.0.0.1:0"))
         .collect();
-    let mut args: Vec<String> = ["--sticky-session", "lb-cookie"].map(String::from).to_vec();
-    for b in &backends {
-        args.push("--backend".into());
-        args.push(b.addr.to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (lb, addr) = s.start(&args);
+    let args: Vec<String> = ["--sticky-session", "lb-cookie"].map(String::from).to_vec();
+    let (lb, addr) = start_with(&s, args, &backends);
     let first = request(addr, &s, "/", None).await;
     let cookie = sticky_cookie(&first).expect("the first response pins the client");
     for reloads in 1..=2 {

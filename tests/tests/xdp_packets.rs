@@ -579,9 +579,9 @@ fn sources_over_a_listeners_limits_are_dropped_and_counted_rate_limited() {
 }
 
 /// A listener on TCP and UDP (`--http3 on`) is one listener id with two entries. A source it
-/// blocked stays blocked across a reload that keeps it, whichever entry the block came through
-/// (a reload once matched the UDP entry against the TCP one, found the key changed, and
-/// forgot the listener's blocks and budgets).
+/// blocked through its UDP entry stays blocked across a reload that keeps it (a reload once
+/// matched the UDP entry against the TCP one, found the key changed, and forgot the
+/// listener's blocks and budgets).
 #[test]
 fn a_reload_keeps_the_blocks_of_a_listener_on_tcp_and_udp() {
     if !root_or_skip("a_reload_keeps_the_blocks_of_a_listener_on_tcp_and_udp") {

@@ -295,13 +295,8 @@ fn http_client(
 > {
     let roots = crate::tls::certs::load_ca_bundle(ca)
         .map_err(|e| format!("--acme-ca {}: {e}", ca.display()))?;
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| format!("ACME client: {e}"))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let tls =
+        crate::tls::client::client_config(Some(&roots)).map_err(|e| format!("ACME client: {e}"))?;
     let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(Duration::from_secs(10)));

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use super::pid_file::{last_reload, read_pid};
+use super::pid_file::{is_edgelb, last_reload, read_pid, running};
 
 /// How long a reload may take before `edgelb reload` gives up waiting (2,000 certificates
 /// take about a second; a BGP withdraw delay may hold a reload for its seconds).
@@ -89,25 +89,4 @@ fn signal(pid_file: &Path, signal: Signal) -> Result<i32, ExitCode> {
         ExitCode::FAILURE
     })?;
     Ok(pid)
-}
-
-/// Whether `pid` runs an edgelb binary (its command name, as the kernel keeps it).
-pub(crate) fn is_edgelb(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|comm| comm.trim_end().starts_with("edgelb"))
-        && running(pid)
-}
-
-/// Whether `pid` is still a live process: gone, or a zombie its parent has not reaped yet
-/// (it has exited; only its exit status is left).
-fn running(pid: i32) -> bool {
-    if kill(Pid::from_raw(pid), None).is_err() {
-        return false;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The state follows the command name, which is in parentheses and may hold spaces.
-    let state = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().next());
-    !matches!(state, Some("Z") | Some("X") | None)
 }

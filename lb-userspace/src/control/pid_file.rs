@@ -29,7 +29,7 @@ impl PidFile {
         // leave the first unreachable.
         if let Ok(other) = read_pid(path)
             && other != pid
-            && super::client::is_edgelb(other as i32)
+            && is_edgelb(other as i32)
         {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AlreadyExists,
@@ -155,6 +155,27 @@ fn write_new(path: &Path, contents: &str) -> std::io::Result<()> {
         .open(&tmp)?;
     f.write_all(contents.as_bytes())?;
     std::fs::rename(&tmp, path)
+}
+
+/// Whether `pid` runs an edgelb binary (its command name, as the kernel keeps it).
+pub(super) fn is_edgelb(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|comm| comm.trim_end().starts_with("edgelb"))
+        && running(pid)
+}
+
+/// Whether `pid` is still a live process: gone, or a zombie its parent has not reaped yet
+/// (it has exited; only its exit status is left).
+pub(super) fn running(pid: i32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err() {
+        return false;
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the command name, which is in parentheses and may hold spaces.
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    !matches!(state, Some("Z") | Some("X") | None)
 }
 
 #[cfg(test)]

@@ -260,16 +260,30 @@ impl Dataplane {
         l4: &L4Listeners,
     ) -> Result<(), DataplaneError> {
         let desired = self.check_rules(rules, l4)?;
+        // Read once: this is the tries' only writer, so what they hold between the steps
+        // below follows from this and what the steps write.
+        let v4 = read_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4)?;
+        let v6 = read_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6)?;
         // Before anything is written: a trie that fills up half way would leave part of the
         // new lists in force until they are rolled back.
-        check_room::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, "IPv4", &desired.acl_v4)?;
-        check_room::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, "IPv6", &desired.acl_v6)?;
+        check_room("IPv4", &v4, &desired.acl_v4)?;
+        check_room("IPv6", &v6, &desired.acl_v6)?;
         // Before any listener answers SYNs with them.
         self.write_syn_options(rules)?;
         // Prefixes first, listeners last: a new whitelist listener must not appear before
         // its allowed prefixes do, or it would drop admitted clients for a moment.
-        sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, true)?;
-        sync_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, &desired.acl_v6, true)?;
+        write_trie::<AclV4, 8>(
+            &mut self.ebpf,
+            MAP_ACL_V4,
+            desired.acl_v4.difference(&v4),
+            true,
+        )?;
+        write_trie::<AclV6, 20>(
+            &mut self.ebpf,
+            MAP_ACL_V6,
+            desired.acl_v6.difference(&v6),
+            true,
+        )?;
         // New and changed port slots before the exact listeners they count, so the program
         // looks them up as soon as they exist; emptied slots after those listeners are gone.
         self.sync_ports(&desired.ports, true)?;
@@ -299,8 +313,18 @@ impl Dataplane {
         self.clear_syn_stamps(rules)?;
         self.sync_ports(&desired.ports, false)?;
         // Stale prefixes go only after the listeners that used them are gone.
-        sync_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, &desired.acl_v4, false)?;
-        sync_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, &desired.acl_v6, false)?;
+        write_trie::<AclV4, 8>(
+            &mut self.ebpf,
+            MAP_ACL_V4,
+            v4.difference(&desired.acl_v4),
+            false,
+        )?;
+        write_trie::<AclV6, 20>(
+            &mut self.ebpf,
+            MAP_ACL_V6,
+            v6.difference(&desired.acl_v6),
+            false,
+        )?;
         Ok(())
     }
 
@@ -485,12 +509,18 @@ pub(crate) fn test_run_output(
     Ok((result.return_value, out))
 }
 
-/// Inserts the missing entries of `desired` (`add`), or removes the entries not in it (`!add`).
-/// The prefixes `trie` holds, as (length, key bytes).
-fn trie_entries<K: aya::Pod + bytemuck::Pod, const N: usize>(
-    trie: &LpmTrie<&mut MapData, K, u8>,
-) -> BTreeSet<(u32, [u8; N])> {
-    trie.keys()
+/// A trie's prefixes, as (length, key bytes).
+type Prefixes<const N: usize> = BTreeSet<(u32, [u8; N])>;
+
+/// The prefixes the trie `name` holds.
+fn read_trie<K: aya::Pod + bytemuck::Pod, const N: usize>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<Prefixes<N>, DataplaneError> {
+    let map = ebpf.map_mut(name).ok_or_else(|| missing(name))?;
+    let trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map).map_err(map_err(name))?;
+    Ok(trie
+        .keys()
         .filter_map(Result::ok)
         .map(|k| {
             let data = k.data();
@@ -498,20 +528,16 @@ fn trie_entries<K: aya::Pod + bytemuck::Pod, const N: usize>(
                 .expect("a trie key's data type is N bytes long");
             (k.prefix_len(), raw)
         })
-        .collect()
+        .collect())
 }
 
-/// Whether the trie `name` has room for `desired` next to what it holds now: [`sync_trie`]
-/// adds before it removes, so for a moment it holds both.
-fn check_room<K: aya::Pod + bytemuck::Pod, const N: usize>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
+/// Whether a trie holding `present` has room for `desired` next to it: new prefixes go in
+/// before old ones come out, so for a moment it holds both.
+fn check_room<const N: usize>(
     family: &'static str,
-    desired: &BTreeSet<(u32, [u8; N])>,
+    present: &Prefixes<N>,
+    desired: &Prefixes<N>,
 ) -> Result<(), DataplaneError> {
-    let map = ebpf.map_mut(name).ok_or_else(|| missing(name))?;
-    let trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map).map_err(map_err(name))?;
-    let present = trie_entries::<K, N>(&trie);
     let needed = present.union(desired).count();
     if needed > MAX_ACL_ENTRIES as usize {
         return Err(DataplaneError::AclFull {
@@ -523,23 +549,20 @@ fn check_room<K: aya::Pod + bytemuck::Pod, const N: usize>(
     Ok(())
 }
 
-fn sync_trie<K: aya::Pod + bytemuck::Pod, const N: usize>(
+/// Inserts (`insert`) or removes `prefixes` in the trie `name`.
+fn write_trie<'a, K: aya::Pod + bytemuck::Pod, const N: usize>(
     ebpf: &mut Ebpf,
     name: &'static str,
-    desired: &BTreeSet<(u32, [u8; N])>,
-    add: bool,
+    prefixes: impl Iterator<Item = &'a (u32, [u8; N])>,
+    insert: bool,
 ) -> Result<(), DataplaneError> {
     let map = ebpf.map_mut(name).ok_or_else(|| missing(name))?;
     let mut trie: LpmTrie<&mut MapData, K, u8> = LpmTrie::try_from(map).map_err(map_err(name))?;
-    let present = trie_entries::<K, N>(&trie);
-    if add {
-        for (len, data) in desired.difference(&present) {
-            let key = Key::new(*len, bytemuck::pod_read_unaligned::<K>(data));
+    for (len, data) in prefixes {
+        let key = Key::new(*len, bytemuck::pod_read_unaligned::<K>(data));
+        if insert {
             trie.insert(&key, 1u8, 0).map_err(map_err(name))?;
-        }
-    } else {
-        for (len, data) in present.difference(desired) {
-            let key = Key::new(*len, bytemuck::pod_read_unaligned::<K>(data));
+        } else {
             trie.remove(&key).map_err(map_err(name))?;
         }
     }
