@@ -258,6 +258,13 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 }
                 show_etcd(&admin_state, etcd_view.as_ref());
             }
+            if let Some(wait) = reloads.applied(revision, result.is_err()) {
+                info!(
+                    revision = revision.unwrap_or_default(),
+                    seconds = wait.as_secs(),
+                    "etcd: the refused revision is read again after a wait"
+                );
+            }
             if let Some(b) = bgp.as_mut() {
                 b.release();
                 b.update(node.announceable(b.announce_when())).await;
@@ -388,6 +395,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                     pending = Some((read, tokio::time::Instant::now() + delay));
                 }
             }
+            _ = until(reloads.retry_at()) => reloads.retry(),
             _ = until(pending.as_ref().map(|(_, at)| *at)) => {
                 if let Some((read, _)) = pending.take() {
                     apply_read!(read);

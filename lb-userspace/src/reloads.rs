@@ -4,7 +4,10 @@
 //! runs on tokio's blocking pool; the main thread, which owns the running node and the data
 //! plane, only swaps in the result. Requests that arrive during a read are served by one more
 //! read after it (their files may have changed after the first one began).
+use std::time::Duration;
+
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::cli::RunArgs;
 use crate::config::{Config, ConfigError};
@@ -44,12 +47,24 @@ pub struct Read {
     pub started_ms: u64,
 }
 
+/// The first wait before a refused etcd revision is read again; each refusal doubles it.
+const RETRY_FIRST: Duration = Duration::from_secs(2);
+/// The longest wait between two reads of a refused etcd revision.
+const RETRY_MOST: Duration = Duration::from_secs(60);
+
 pub struct Reloads {
     args: RunArgs,
     done_tx: mpsc::UnboundedSender<Read>,
     reading: bool,
     /// Asked for while a read was running: served by the next one.
     queued: Option<(&'static str, Vec<Waiter>)>,
+    /// With `--config-etcd`: when the newest revision, refused, is read again. A fleet's
+    /// configuration does not change for one node: what refused it here is often passing (a
+    /// port still held by a process on its way out, a certificate file not yet deployed), and
+    /// the node must catch up by itself rather than wait for the next change to the store.
+    retry_at: Option<Instant>,
+    /// The wait before the next retry.
+    backoff: Duration,
 }
 
 impl Reloads {
@@ -61,6 +76,8 @@ impl Reloads {
             done_tx,
             reading: false,
             queued: None,
+            retry_at: None,
+            backoff: RETRY_FIRST,
         };
         (reloads, done_rx)
     }
@@ -78,6 +95,37 @@ impl Reloads {
     /// With `--config-etcd`: the configuration the next reads use.
     pub fn set_etcd(&mut self, snapshot: crate::config::EtcdSnapshot) {
         self.args.etcd_snapshot = Some(snapshot);
+        // A new revision is read at once, and a refusal of it is retried from the start.
+        (self.retry_at, self.backoff) = (None, RETRY_FIRST);
+    }
+
+    /// Called with the outcome of applying a read of etcd `revision`: a refusal of the newest
+    /// revision is read again after a wait that doubles up to a minute (returned, for the
+    /// log); an applied one ends the retries.
+    pub fn applied(&mut self, revision: Option<i64>, refused: bool) -> Option<Duration> {
+        let newest = self.args.etcd_snapshot.as_ref().map(|s| s.revision);
+        if revision.is_none() || revision != newest {
+            return None;
+        }
+        if !refused {
+            (self.retry_at, self.backoff) = (None, RETRY_FIRST);
+            return None;
+        }
+        let wait = self.backoff;
+        self.retry_at = Some(Instant::now() + wait);
+        self.backoff = (wait * 2).min(RETRY_MOST);
+        Some(wait)
+    }
+
+    /// When a refused etcd revision is due to be read again, if one is.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.retry_at
+    }
+
+    /// Reads the refused etcd revision again (at [`Self::retry_at`]).
+    pub fn retry(&mut self) {
+        self.retry_at = None;
+        self.request("etcd retry", None);
     }
 
     /// Called once a read's result was applied: starts the queued read, if any.

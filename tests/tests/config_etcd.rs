@@ -2,14 +2,19 @@
 //! a blocklist) read one configuration from a real etcd and watch it. One IP group key
 //! changes: every node's XDP program drops the new source within a second. A bad value is
 //! refused by every node and changes nothing; with etcd gone the nodes keep serving and say so.
-use std::process::{Child, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use edgelb_tests::backend::Backend;
+use edgelb_tests::certs::TempDir;
 use edgelb_tests::daemon::{self, Daemon};
 use edgelb_tests::l4topo::{
     BACKENDS, L4Topo, PORT, backend_addr, client_v4, source_hash_group, vip_addr,
 };
+use edgelb_tests::listener::free_addr;
 use edgelb_tests::privilege::root_or_skip;
+use edgelb_tests::raw::exchange_tcp;
 
 const NODES: usize = 3;
 const PREFIX: &str = "/edgelb/test";
@@ -30,24 +35,34 @@ impl Drop for Etcd {
 
 /// etcd in the router's namespace, answering every node on its link's router address.
 fn start_etcd(topo: &L4Topo) -> Etcd {
-    let data = topo.logs.path().join("etcd-data");
-    let child = topo
-        .router
-        .command("etcd")
+    spawn_etcd(
+        topo.router.command("etcd"),
+        &topo.logs.path().join("etcd-data"),
+        "http://0.0.0.0:2379",
+        "http://127.0.0.1:2380",
+        || etcdctl(topo, &["endpoint", "health"]).is_ok(),
+    )
+}
+
+/// etcd run by `cmd` (serving clients on `clients`, its one peer on `peer`), once `healthy`.
+fn spawn_etcd(
+    mut cmd: Command,
+    data: &Path,
+    clients: &str,
+    peer: &str,
+    healthy: impl Fn() -> bool,
+) -> Etcd {
+    let child = cmd
         .args(["--name", "fleet", "--data-dir"])
-        .arg(&data)
+        .arg(data)
+        .args(["--listen-client-urls", clients])
         .args([
-            "--listen-client-urls",
-            "http://0.0.0.0:2379",
             "--advertise-client-urls",
-            "http://127.0.0.1:2379",
-            "--listen-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-advertise-peer-urls",
-            "http://127.0.0.1:2380",
-            "--initial-cluster",
-            "fleet=http://127.0.0.1:2380",
+            &clients.replace("0.0.0.0", "127.0.0.1"),
         ])
+        .args(["--listen-peer-urls", peer])
+        .args(["--initial-advertise-peer-urls", peer])
+        .args(["--initial-cluster", &format!("fleet={peer}")])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -55,7 +70,7 @@ fn start_etcd(topo: &L4Topo) -> Etcd {
         .expect("run etcd (cargo xtask setup installs etcd-server)");
     let etcd = Etcd { child };
     let start = Instant::now();
-    while etcdctl(topo, &["endpoint", "health"]).is_err() {
+    while !healthy() {
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "etcd did not start"
@@ -72,11 +87,21 @@ fn etcdctl(topo: &L4Topo, args: &[&str]) -> Result<String, String> {
 
 /// As [`etcdctl`], with arguments that need not be UTF-8 (a value in Latin-1).
 fn etcdctl_os(topo: &L4Topo, args: &[&std::ffi::OsStr]) -> Result<String, String> {
-    let out = topo
-        .router
-        .command("etcdctl")
+    run_etcdctl(
+        topo.router.command("etcdctl"),
+        "http://127.0.0.1:2379",
+        args,
+    )
+}
+
+fn run_etcdctl(
+    mut cmd: Command,
+    endpoint: &str,
+    args: &[&std::ffi::OsStr],
+) -> Result<String, String> {
+    let out = cmd
         .env("ETCDCTL_API", "3")
-        .args(["--endpoints", "http://127.0.0.1:2379"])
+        .args(["--endpoints", endpoint])
         .args(args)
         .output()
         .map_err(|e| format!("etcdctl: {e}"))?;
@@ -328,4 +353,93 @@ fn a_blocklist_changed_in_etcd_reaches_every_node_within_a_second() {
         let (status, log) = d.stop();
         assert!(status.success(), "{status}:\n{log}");
     }
+}
+
+/// A revision one node refuses for a reason of its own that passes (the new listener's port
+/// still held by a process on its way out) is read again by the node, which applies it once
+/// the port is free: no further change to the store is needed for it to catch up with the
+/// fleet.
+#[test]
+fn a_revision_refused_for_a_passing_reason_is_applied_once_it_can_be() {
+    let dir = TempDir::new();
+    let (clients, peer, admin) = (free_addr(), free_addr(), free_addr());
+    let endpoint = format!("http://{clients}");
+    let ctl = |args: &[&str]| {
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        run_etcdctl(Command::new("etcdctl"), &endpoint, &args)
+    };
+    let _etcd = spawn_etcd(
+        Command::new("etcd"),
+        &dir.path().join("etcd-data"),
+        &endpoint,
+        &format!("http://{peer}"),
+        || ctl(&["endpoint", "health"]).is_ok(),
+    );
+    let backend = Backend::start("web", "127.0.0.1:0", None);
+    let (first, second) = (free_addr(), free_addr());
+    let config = |listen: std::net::SocketAddr| {
+        format!(
+            "xdp_mode = \"off\"\n[[group]]\nname = \"web\"\nbackend = [\"{}\"]\nhealth_check = \"off\"\n\
+             [[listener]]\nname = \"web\"\nprotocol = \"http\"\nlisten = \"{listen}\"\ngroup = \"web\"\n",
+            backend.addr
+        )
+    };
+    ctl(&["put", &format!("{PREFIX}/config"), &config(first)]).expect("etcdctl put");
+    let admin_arg = admin.to_string();
+    let node = Daemon::start(
+        None,
+        &[
+            "--config-etcd",
+            &endpoint,
+            "--config-prefix",
+            PREFIX,
+            "--admin",
+            &admin_arg,
+        ],
+        dir.path(),
+    );
+    let get = b"GET / HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        exchange_tcp(first, get).finals(),
+        [200],
+        "served on the first port"
+    );
+
+    // The listener moves to a port another process still holds: refused, the first stays.
+    let holder = std::net::TcpListener::bind(second).expect("hold the second port");
+    ctl(&["put", &format!("{PREFIX}/config"), &config(second)]).expect("etcdctl put");
+    node.log_when(Duration::from_secs(10), |log| {
+        log.contains("etcd: reload refused")
+    });
+    assert_eq!(
+        exchange_tcp(first, get).finals(),
+        [200],
+        "the refusal changed nothing"
+    );
+
+    // The holder goes: the node takes the revision by itself, within its first retries.
+    drop(holder);
+    let freed = Instant::now();
+    while std::net::TcpStream::connect(second).is_err() {
+        assert!(
+            freed.elapsed() < Duration::from_secs(15),
+            "the refused revision was not applied once the port was free:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!("applied {:?} after the port was freed", freed.elapsed());
+    assert_eq!(
+        exchange_tcp(second, get).finals(),
+        [200],
+        "served on the second port"
+    );
+    let log = node.log();
+    assert!(
+        log.contains("etcd: the refused revision is read again after a wait")
+            && log.contains("etcd retry: configuration and certificates reloaded"),
+        "{log}"
+    );
+    let (status, log) = node.stop();
+    assert!(status.success(), "{status}:\n{log}");
 }
