@@ -114,6 +114,25 @@ impl Daemon {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// The BGP speaker (BIRD) the daemon runs now, if any: a child of one of its threads, not
+    /// the short-lived `bird -p` that checks a configuration before a start.
+    pub fn bgp_speaker(&self) -> Option<i32> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        tasks
+            .flatten()
+            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+            .flat_map(|c| {
+                c.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .find(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "bird")
+                    && std::fs::read(format!("/proc/{p}/cmdline"))
+                        .is_ok_and(|c| !c.split(|b| *b == 0).any(|arg| arg == b"-p"))
+            })
+    }
+
     /// Open file descriptors of the process now.
     pub fn fds(&self) -> usize {
         fds(self.pid())

@@ -270,25 +270,10 @@ fn request(src: IpAddr) -> std::io::Result<()> {
     }
 }
 
-/// The BIRD that node `d` runs (a child of one of its threads).
+/// The BIRD that node `d` runs.
 fn speaker_pid(d: &Daemon) -> i32 {
-    let tasks = std::fs::read_dir(format!("/proc/{}/task", d.pid())).expect("the node runs");
-    let children: Vec<i32> = tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| {
-            c.split_whitespace()
-                .filter_map(|p| p.parse::<i32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    children
-        .iter()
-        .copied()
-        .find(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "bird")
-        })
-        .unwrap_or_else(|| panic!("node {} runs no bird: {children:?}", d.pid()))
+    d.bgp_speaker()
+        .unwrap_or_else(|| panic!("node {} runs no bird", d.pid()))
 }
 
 fn signal(pid: i32, s: Signal) {

@@ -252,14 +252,7 @@ impl Bird {
         }
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_err() {
-            let _ = Command::new(&self.client)
-                .arg("-s")
-                .arg(&self.socket)
-                .arg("down")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
+            self.ask_down();
         }
         if self.exits_within(Duration::from_secs(3)) {
             return;
@@ -271,6 +264,33 @@ impl Bird {
                 "BGP speaker did not stop; it gets SIGTERM when edgelb exits"
             );
         }
+    }
+
+    /// `birdc down`, given [`BIRDC_TIMEOUT`] like every birdc command: a BIRD that hangs
+    /// (stopped, or stuck) accepts the control connection and never answers, and must not
+    /// hold up edgelb's exit.
+    fn ask_down(&self) {
+        let asked = Command::new(&self.client)
+            .arg("-s")
+            .arg(&self.socket)
+            .arg("down")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut birdc) = asked else {
+            return;
+        };
+        let deadline = Instant::now() + BIRDC_TIMEOUT;
+        while Instant::now() < deadline {
+            if !matches!(birdc.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        tracing::warn!("BGP speaker did not answer birdc down within {BIRDC_TIMEOUT:?}");
+        let _ = birdc.kill();
+        let _ = birdc.wait();
     }
 
     fn exits_within(&mut self, wait: Duration) -> bool {

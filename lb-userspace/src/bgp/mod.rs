@@ -32,7 +32,19 @@ pub struct Announcer {
     restart_at: std::time::Instant,
     restart_wait: std::time::Duration,
     restartable: bool,
+    /// When the running speaker was started: the wait goes back to its first value only for
+    /// a speaker that had run for [`RAN_LONG`], so one that dies as soon as it starts (a bad
+    /// BIRD, a missing library) is not started again every second for ever.
+    started: std::time::Instant,
 }
+
+/// The first wait before a speaker that died is started again; each restart doubles it.
+const RESTART_FIRST: std::time::Duration = std::time::Duration::from_secs(1);
+/// The longest wait between restarts.
+const RESTART_MOST: std::time::Duration = std::time::Duration::from_secs(30);
+/// A speaker that ran this long before it died is started again after [`RESTART_FIRST`]:
+/// longer than [`RESTART_MOST`], so that a speaker dying at each start never gets there.
+const RAN_LONG: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What `/status` and `edgelb status` show of BGP.
 #[derive(Clone, Debug, Serialize)]
@@ -77,8 +89,9 @@ impl Announcer {
             withdrawn: false,
             held: BTreeSet::new(),
             restart_at: std::time::Instant::now(),
-            restart_wait: std::time::Duration::from_secs(1),
+            restart_wait: RESTART_FIRST,
             restartable: true,
+            started: std::time::Instant::now(),
         })
     }
 
@@ -168,16 +181,22 @@ impl Announcer {
             if !self.restartable || std::time::Instant::now() < self.restart_at {
                 return;
             }
+            if self.started.elapsed() >= RAN_LONG {
+                self.restart_wait = RESTART_FIRST;
+            }
             self.restart_at = std::time::Instant::now() + self.restart_wait;
-            self.restart_wait = (self.restart_wait * 2).min(std::time::Duration::from_secs(30));
+            self.restart_wait = (self.restart_wait * 2).min(RESTART_MOST);
             // Off this thread: starting waits for BIRD's control socket.
             let (config, dir) = (self.config.clone(), self.dir.clone());
             let started = tokio::task::spawn_blocking(move || Bird::start(&config, &dir)).await;
             match started.unwrap_or_else(|e| Err(BirdError::Task(e.to_string()))) {
                 Ok(bird) => {
-                    info!("BGP speaker started again");
+                    info!(
+                        next_wait_secs = self.restart_wait.as_secs(),
+                        "BGP speaker started again"
+                    );
                     self.bird = bird;
-                    self.restart_wait = std::time::Duration::from_secs(1);
+                    self.started = std::time::Instant::now();
                     // Announced afresh by the next update.
                     self.announced.clear();
                     self.peers = vec![None; self.config.peers.len()];

@@ -1,0 +1,110 @@
+//! The BGP speaker (BIRD) of one node, in a namespace of its own with a peer that never
+//! answers: a speaker that dies as soon as it is started again is started less and less
+//! often, and a speaker that hangs does not hold up the node's stop after a privilege drop.
+use std::time::{Duration, Instant};
+
+use edgelb_tests::certs::TempDir;
+use edgelb_tests::daemon::Daemon;
+use edgelb_tests::netns::Netns;
+use edgelb_tests::privilege::root_or_skip;
+use nix::sys::signal::Signal;
+
+/// Starts a node with BGP (a peer at an address nothing answers) in `ns`, plus `extra` flags.
+fn start_node(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Daemon {
+    let mut args = vec![
+        "--protocol",
+        "http",
+        "--listen",
+        "127.0.0.1:8080",
+        "--backend",
+        "127.0.0.1:8081",
+        "--xdp-mode",
+        "off",
+        "--bgp-local-as",
+        "65001",
+        "--bgp-router-id",
+        "10.9.0.2",
+        "--bgp-peer",
+        "10.9.0.1,as=65000",
+        "--bgp-withdraw-delay",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Daemon::start(Some(ns), &args, dir.path())
+}
+
+fn signal(pid: i32, s: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), s);
+}
+
+/// A speaker killed each time it is started again (as one that crashes at start would be) is
+/// restarted after 1, 2, 4, 8 ... s, not every second: at most 5 restarts in 14 s (every second
+/// would be 7 or more), and still restarted.
+#[test]
+fn a_speaker_that_dies_at_each_start_is_started_again_less_and_less_often() {
+    if !root_or_skip("a_speaker_that_dies_at_each_start_is_started_again_less_and_less_often") {
+        return;
+    }
+    let ns = Netns::new("bgp-crash");
+    let dir = TempDir::new();
+    let node = start_node(&ns, &dir, &[]);
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(14) {
+        if let Some(pid) = node.bgp_speaker()
+            && !seen.contains(&pid)
+        {
+            seen.push(pid);
+            signal(pid, Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let restarts = seen.len() - 1;
+    eprintln!("{restarts} restarts in 14 s");
+    // Each restart is logged once it is done: started, or killed before it was up.
+    let attempts = |log: &str| {
+        log.matches("BGP speaker started again").count()
+            + log.matches("BGP speaker cannot be started again").count()
+    };
+    let log = node.log_when(Duration::from_secs(5), |log| attempts(log) >= restarts);
+    assert!(
+        (2..=5).contains(&restarts) && attempts(&log) == restarts,
+        "{restarts} restarts of the speaker in 14 s (expected 2-5: waits of 1, 2, 4, 8 s), {} logged:\n{log}",
+        attempts(&log)
+    );
+    let (status, log) = node.stop();
+    assert!(status.success(), "{status}:\n{log}");
+}
+
+/// After the privilege drop the node cannot signal the root BIRD and asks it by `birdc down`;
+/// a BIRD that does not answer (stopped here) leaves the node's stop a few seconds longer,
+/// not hung.
+#[test]
+fn a_hung_speaker_does_not_hold_up_the_stop_after_a_privilege_drop() {
+    if !root_or_skip("a_hung_speaker_does_not_hold_up_the_stop_after_a_privilege_drop") {
+        return;
+    }
+    let ns = Netns::new("bgp-hung");
+    let dir = TempDir::new();
+    let node = start_node(&ns, &dir, &["--user", "nobody"]);
+    let bird = node.bgp_speaker().expect("the node runs BIRD");
+    // Killed however the test ends: a stopped process takes no parent-death signal.
+    struct Killed(i32);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            signal(self.0, Signal::SIGKILL);
+        }
+    }
+    let _killed = Killed(bird);
+    signal(bird, Signal::SIGSTOP);
+    let stopping = Instant::now();
+    // Daemon::stop fails the test if the node has not exited 10 s after SIGTERM.
+    let (status, log) = node.stop();
+    let took = stopping.elapsed();
+    eprintln!("stopped in {took:?} with the speaker hung");
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(
+        log.contains("BGP speaker did not answer birdc down"),
+        "{log}"
+    );
+}
