@@ -59,6 +59,9 @@ pub const MAP_DECAP_SOURCES_V6: &str = "DECAP_SOURCES_V6";
 /// Listeners the data plane can know at once. Listener ids run from 1 to `MAX_LISTENERS`;
 /// id 0 is the counter slot for traffic that belongs to no listener.
 pub const MAX_LISTENERS: u32 = 1024;
+/// Entries of the `LISTENERS` map: a reload adds the new listeners before it removes the old,
+/// so for a moment both are there.
+pub const LISTENER_ENTRIES: u32 = 2 * MAX_LISTENERS;
 /// Entries of the per-CPU counter array: slot 0 plus one per listener id.
 pub const STATS_SLOTS: u32 = MAX_LISTENERS + 1;
 /// The counter slot of frames that belong to no listener (not ours, unparsable, fragments).
@@ -99,10 +102,13 @@ pub const ACL_LISTENER_ID_BITS: u32 = 32;
 /// dual-stack socket bound to `[::]`). Lookup order: exact address, the family's wildcard, then
 /// [`ANY`] for IPv4 packets.
 ///
-/// In the kernel, only listeners on one address are keys of the `LISTENERS` hash map; wildcard
-/// listeners live in the `PORTS` array ([`PortListeners`]), which also says whether the hash
-/// map holds any listener for that port at all. Most frames then cost one array read (inlined
-/// by the verifier) instead of up to three hash lookups.
+/// In the kernel, every listener is a key of the `LISTENERS` hash map, and the `PORTS` array
+/// says per (port, protocol) which kinds of key the map holds ([`port_bits`]): a frame to a
+/// port without listeners costs one array read (inlined by the verifier), a frame to a
+/// listener one hash lookup more. Every change either map takes is whole as the program sees
+/// it: a hash map element is replaced, not rewritten in place (the map is not preallocated, so
+/// an element replaced is freed only once no program can still be reading it), and a port's
+/// bits are one byte.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ListenerKey {
@@ -166,7 +172,7 @@ pub mod acl {
     pub const DENY: u32 = 2;
 }
 
-/// Value of the `LISTENERS` map, and of both halves of [`PortListeners`].
+/// Value of the `LISTENERS` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ListenerInfo {
@@ -192,7 +198,15 @@ pub struct ListenerInfo {
     /// Bits of [`syn_cookies`]: whether the program counts the listener's SYNs and answers
     /// them itself with SYN cookies.
     pub syn_cookies: u32,
+    /// The first 32 bits of the listener's ACL trie keys: its id, with [`ACL_SET_TAG`] or
+    /// without. A reload that changes the listener's access-control mode writes the new list
+    /// under the other tag, then the listener, then removes the old list: a frame never reads
+    /// one mode's list under the other mode.
+    pub acl_set: u32,
 }
+
+/// See [`ListenerInfo::acl_set`]; above every listener id.
+pub const ACL_SET_TAG: u32 = 1 << 31;
 
 /// Bits of [`ListenerInfo::syn_cookies`], for TCP listeners served in userspace.
 pub mod syn_cookies {
@@ -427,17 +441,15 @@ pub const fn port_slot(port: u16, proto: u8) -> Option<u32> {
     }
 }
 
-/// Value of the `PORTS` array: the listeners of one (port, protocol) that the program finds
-/// without hashing. An `id` of 0 means "no such listener".
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
-pub struct PortListeners {
-    /// The listener on [`ANY_V4`] (IPv4 packets only).
-    pub any_v4: ListenerInfo,
-    /// The listener on [`ANY`] (both families).
-    pub any: ListenerInfo,
-    /// How many listeners on one address the `LISTENERS` map holds for this port; 0 skips it.
-    pub exact: u32,
+/// Bits of a `PORTS` entry: which keys of (port, protocol) the `LISTENERS` map holds. All in
+/// the entry's first byte, so that rewriting an entry is never seen half done.
+pub mod port_bits {
+    /// Listeners on one address.
+    pub const EXACT: u32 = 1;
+    /// The listener on [`ANY_V4`](super::ANY_V4) (IPv4 frames only).
+    pub const ANY_V4: u32 = 2;
+    /// The listener on [`ANY`](super::ANY) (both families).
+    pub const ANY: u32 = 4;
 }
 
 /// [`ListenerInfo::l4_group`] of listeners served in userspace.
@@ -994,7 +1006,6 @@ mod pod {
     // (checked by the layout tests below), so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::ListenerKey {}
     unsafe impl aya::Pod for super::ListenerInfo {}
-    unsafe impl aya::Pod for super::PortListeners {}
     unsafe impl aya::Pod for super::AclV4 {}
     unsafe impl aya::Pod for super::AclV6 {}
     unsafe impl aya::Pod for super::Counters {}
@@ -1143,8 +1154,7 @@ mod tests {
     fn map_types_have_the_layout_the_kernel_side_reads() {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(align_of::<ListenerKey>(), 2);
-        assert_eq!(size_of::<ListenerInfo>(), 36);
-        assert_eq!(size_of::<PortListeners>(), 76);
+        assert_eq!(size_of::<ListenerInfo>(), 40);
         assert_eq!(size_of::<SourceKey>(), 24);
         assert_eq!(size_of::<SourceState>(), 32);
         assert_eq!(size_of::<BackendInfo>(), 28);

@@ -77,7 +77,7 @@ pub enum AclPrefix {
 #[derive(Clone, Debug, Default)]
 pub struct Tables {
     pub listeners: HashMap<ListenerKey, ListenerInfo>,
-    /// (listener id, prefix)
+    /// (the listeners' [`ListenerInfo::acl_set`], prefix)
     pub acl: Vec<(u32, AclPrefix)>,
     /// The live Maglev ring of each backend group that has one ([`maglev::TABLE_SIZE`]
     /// entries), keyed by group.
@@ -614,8 +614,8 @@ fn find_listener(
 
 /// Rule 6: whether `info`'s access control admits `src`.
 fn admitted(tables: &Tables, info: ListenerInfo, src: &Src) -> bool {
-    let listed = tables.acl.iter().any(|(id, prefix)| {
-        *id == info.id
+    let listed = tables.acl.iter().any(|(set, prefix)| {
+        *set == info.acl_set
             && match (prefix, src) {
                 (AclPrefix::V4(net, len), Src::V4(a)) => prefix_matches(net, *len, a),
                 (AclPrefix::V6(net, len), Src::V6(a)) => prefix_matches(net, *len, a),
@@ -939,6 +939,7 @@ mod tests {
                 pps_interval_ns: 0,
                 block_secs: 0,
                 syn_cookies: 0,
+                acl_set: 7,
             },
         );
         t.acl = prefixes.iter().map(|p| (7, *p)).collect();

@@ -32,17 +32,19 @@ use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::Xd
 use aya::{Ebpf, EbpfLoader};
 use lb_common::maglev::TABLE_SIZE;
 use lb_common::{
-    AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ICMP_PROGRAM_NAME, ListenerInfo,
-    ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS, MAP_TAIL,
-    MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME,
-    PortListeners, TAIL_ICMP,
+    ACL_SET_TAG, AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ICMP_PROGRAM_NAME,
+    ListenerInfo, ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS,
+    MAP_TAIL, MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME,
+    TAIL_ICMP,
 };
 use tracing::{info, warn};
+
+use crate::acl::AclMode;
 
 pub use apply::{L4Group, L4ListenerSpec};
 pub use backends::{BackendEntry, GRACE};
 pub use rules::{
-    DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule, SourceLimits, SynCookies,
+    AclSets, DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule, SourceLimits, SynCookies,
 };
 pub use slots::Slots;
 pub use test_runner::{TestRunner, run_live_frames};
@@ -158,7 +160,10 @@ pub struct Dataplane {
     attachments: Vec<Attachment>,
     /// The non-empty `PORTS` slots as last written. The array starts zeroed and nothing else
     /// writes it, so this is its content without reading 131,072 entries back.
-    ports: BTreeMap<u32, PortListeners>,
+    ports: BTreeMap<u32, u32>,
+    /// Per listener id, the access-control mode and ACL set (`ListenerInfo::acl_set`) last
+    /// written: a change of mode moves the listener to the other set.
+    acl_sets: BTreeMap<u32, (AclMode, u32)>,
     /// Both halves of every L4 group's backends and ring as last written, and which is live.
     backends: backends::Groups,
     /// The slots of the L4 groups and backends that [`Dataplane::apply_config`] last wrote.
@@ -185,6 +190,7 @@ impl Dataplane {
             ebpf,
             attachments: Vec::new(),
             ports: BTreeMap::new(),
+            acl_sets: BTreeMap::new(),
             backends: Default::default(),
             slots: Slots::default(),
             applied: Default::default(),
@@ -259,7 +265,8 @@ impl Dataplane {
         rules: &[ListenerRule],
         l4: &L4Listeners,
     ) -> Result<(), DataplaneError> {
-        let desired = self.check_rules(rules, l4)?;
+        let acl_sets = self.next_acl_sets(rules);
+        let desired = self.check_rules(rules, l4, &acl_sets)?;
         // Read once: this is the tries' only writer, so what they hold between the steps
         // below follows from this and what the steps write.
         let v4 = read_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4)?;
@@ -270,8 +277,10 @@ impl Dataplane {
         check_room("IPv6", &v6, &desired.acl_v6)?;
         // Before any listener answers SYNs with them.
         self.write_syn_options(rules)?;
-        // Prefixes first, listeners last: a new whitelist listener must not appear before
-        // its allowed prefixes do, or it would drop admitted clients for a moment.
+        // Every step below leaves each frame the verdict of the old configuration or of the
+        // new one. Prefixes first: a listener that changed mode reads them under its new ACL
+        // set only once it is written itself, and one that did not sees each source's verdict
+        // change once.
         write_trie::<AclV4, 8>(
             &mut self.ebpf,
             MAP_ACL_V4,
@@ -284,23 +293,23 @@ impl Dataplane {
             desired.acl_v6.difference(&v6),
             true,
         )?;
-        // New and changed port slots before the exact listeners they count, so the program
-        // looks them up as soon as they exist; emptied slots after those listeners are gone.
-        self.sync_ports(&desired.ports, true)?;
-
+        // New and changed listeners, each replaced whole; a new key is looked up only once
+        // its port's bits say so.
         let map = self
             .ebpf
             .map_mut(MAP_LISTENERS)
             .ok_or_else(|| missing(MAP_LISTENERS))?;
         let mut listeners: HashMap<&mut MapData, ListenerKey, ListenerInfo> =
             HashMap::try_from(map).map_err(map_err(MAP_LISTENERS))?;
-        let present: Vec<ListenerKey> = listeners.keys().filter_map(Result::ok).collect();
-        for key in present {
-            let raw: [u8; 20] = bytemuck::cast(key);
-            if !desired.listeners.contains_key(&raw) {
-                listeners.remove(&key).map_err(map_err(MAP_LISTENERS))?;
-            }
-        }
+        let stale: Vec<ListenerKey> = listeners
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|key| {
+                !desired
+                    .listeners
+                    .contains_key(&bytemuck::cast::<_, [u8; 20]>(*key))
+            })
+            .collect();
         for (raw, info) in &desired.listeners {
             let key: ListenerKey = bytemuck::cast(*raw);
             if listeners.get(&key, 0).ok().as_ref() != Some(info) {
@@ -309,9 +318,20 @@ impl Dataplane {
                     .map_err(map_err(MAP_LISTENERS))?;
             }
         }
+        // Then the ports' bits, one byte each: a frame looks up the new keys from here on.
+        self.sync_ports(&desired.ports)?;
+        // Only now the keys nothing points at any more.
+        let map = self
+            .ebpf
+            .map_mut(MAP_LISTENERS)
+            .ok_or_else(|| missing(MAP_LISTENERS))?;
+        let mut listeners: HashMap<&mut MapData, ListenerKey, ListenerInfo> =
+            HashMap::try_from(map).map_err(map_err(MAP_LISTENERS))?;
+        for key in stale {
+            listeners.remove(&key).map_err(map_err(MAP_LISTENERS))?;
+        }
         // After the listeners: a SYN to one just replaced must not find its old stamp.
         self.clear_syn_stamps(rules)?;
-        self.sync_ports(&desired.ports, false)?;
         // Stale prefixes go only after the listeners that used them are gone.
         write_trie::<AclV4, 8>(
             &mut self.ebpf,
@@ -325,7 +345,27 @@ impl Dataplane {
             v6.difference(&desired.acl_v6),
             false,
         )?;
+        self.acl_sets = rules
+            .iter()
+            .map(|r| (r.id, (r.mode, acl_sets.get(&r.id).copied().unwrap_or(r.id))))
+            .collect();
         Ok(())
+    }
+
+    /// The ACL set of each listener of `rules`: the one last written, or the other one if the
+    /// listener's access-control mode changed (see `ListenerInfo::acl_set`).
+    fn next_acl_sets(&self, rules: &[ListenerRule]) -> AclSets {
+        rules
+            .iter()
+            .map(|r| {
+                let set = match self.acl_sets.get(&r.id) {
+                    Some((mode, set)) if *mode == r.mode => *set,
+                    Some((_, set)) => *set ^ ACL_SET_TAG,
+                    None => r.id,
+                };
+                (r.id, set)
+            })
+            .collect()
     }
 
     /// What the maps must hold for `rules` and `l4`, or why they cannot.
@@ -333,6 +373,7 @@ impl Dataplane {
         &self,
         rules: &[ListenerRule],
         l4: &L4Listeners,
+        acl_sets: &AclSets,
     ) -> Result<DesiredMaps, DataplaneError> {
         if let Some(bad) = rules.iter().find(|r| r.id == 0 || r.id > MAX_LISTENERS) {
             return Err(DataplaneError::ListenerId(bad.id));
@@ -343,42 +384,33 @@ impl Dataplane {
                 return Err(DataplaneError::GroupOfUnknownListener(*id));
             }
         }
-        DesiredMaps::from_rules_l4(rules, l4).map_err(DataplaneError::Protocol)
+        DesiredMaps::from_rules_l4(rules, l4, acl_sets).map_err(DataplaneError::Protocol)
     }
 
-    /// Writes the slots of `desired` that differ from what the array holds (`write`), or
-    /// zeroes the slots that `desired` no longer has (`!write`).
-    fn sync_ports(
-        &mut self,
-        desired: &BTreeMap<u32, PortListeners>,
-        write: bool,
-    ) -> Result<(), DataplaneError> {
+    /// Makes the `PORTS` array hold `desired`: the slots that differ written, the others
+    /// zeroed.
+    fn sync_ports(&mut self, desired: &BTreeMap<u32, u32>) -> Result<(), DataplaneError> {
         let map = self
             .ebpf
             .map_mut(MAP_PORTS)
             .ok_or_else(|| missing(MAP_PORTS))?;
-        let mut ports: Array<&mut MapData, PortListeners> =
+        let mut ports: Array<&mut MapData, u32> =
             Array::try_from(map).map_err(map_err(MAP_PORTS))?;
-        if write {
-            for (slot, value) in desired {
-                if self.ports.get(slot) != Some(value) {
-                    ports.set(*slot, value, 0).map_err(map_err(MAP_PORTS))?;
-                    self.ports.insert(*slot, *value);
-                }
+        for (slot, bits) in desired {
+            if self.ports.get(slot) != Some(bits) {
+                ports.set(*slot, bits, 0).map_err(map_err(MAP_PORTS))?;
+                self.ports.insert(*slot, *bits);
             }
-        } else {
-            let stale: Vec<u32> = self
-                .ports
-                .keys()
-                .filter(|slot| !desired.contains_key(slot))
-                .copied()
-                .collect();
-            for slot in stale {
-                ports
-                    .set(slot, PortListeners::default(), 0)
-                    .map_err(map_err(MAP_PORTS))?;
-                self.ports.remove(&slot);
-            }
+        }
+        let stale: Vec<u32> = self
+            .ports
+            .keys()
+            .filter(|slot| !desired.contains_key(slot))
+            .copied()
+            .collect();
+        for slot in stale {
+            ports.set(slot, 0, 0).map_err(map_err(MAP_PORTS))?;
+            self.ports.remove(&slot);
         }
         Ok(())
     }

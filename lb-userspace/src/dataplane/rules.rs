@@ -5,8 +5,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 use lb_common::{
-    ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, ListenerInfo, ListenerKey, NO_GROUP,
-    PortListeners, acl, l4_flags, port_slot, rate_interval_ns, syn_cookies, v4_mapped,
+    ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, ListenerInfo, ListenerKey, NO_GROUP, acl,
+    l4_flags, port_bits, port_slot, rate_interval_ns, syn_cookies, v4_mapped,
 };
 
 use crate::acl::AclMode;
@@ -104,6 +104,7 @@ impl ListenerRule {
             } else {
                 0
             },
+            acl_set: self.id,
         }
     }
 }
@@ -150,13 +151,16 @@ pub fn l4_listeners(groups: &L4Groups) -> L4Listeners {
 pub type V4Entry = (u32, [u8; 8]);
 pub type V6Entry = (u32, [u8; 20]);
 
+/// Each listener's ACL set ([`ListenerInfo::acl_set`]) by id; a listener not in it uses its id.
+pub type AclSets = BTreeMap<u32, u32>;
+
 /// The complete desired content of the maps.
 #[derive(Debug, Default)]
 pub struct DesiredMaps {
-    /// Listeners on one address (`LISTENERS`).
+    /// Every listener, wildcard ones included (`LISTENERS`).
     pub listeners: BTreeMap<[u8; 20], ListenerInfo>,
-    /// Non-empty `PORTS` slots: wildcard listeners and counts of exact ones.
-    pub ports: BTreeMap<u32, PortListeners>,
+    /// Non-empty `PORTS` slots: the [`port_bits`] of the listeners' keys.
+    pub ports: BTreeMap<u32, u32>,
     pub acl_v4: BTreeSet<V4Entry>,
     pub acl_v6: BTreeSet<V6Entry>,
 }
@@ -165,36 +169,35 @@ impl DesiredMaps {
     /// The maps for `rules`. A later rule with the same address, port and protocol replaces an
     /// earlier one. Rules whose protocol is neither TCP nor UDP are returned as the error.
     pub fn from_rules(rules: &[ListenerRule]) -> Result<Self, u8> {
-        Self::from_rules_in_groups(rules, &L4Groups::new())
+        Self::from_rules_l4(rules, &L4Listeners::new(), &AclSets::new())
     }
 
-    /// As [`DesiredMaps::from_rules`], with the listeners of `l4_groups` balanced in XDP.
-    pub fn from_rules_in_groups(rules: &[ListenerRule], l4_groups: &L4Groups) -> Result<Self, u8> {
-        Self::from_rules_l4(rules, &l4_listeners(l4_groups))
-    }
-
-    /// As [`DesiredMaps::from_rules`], with the listeners of `l4` forwarded in XDP.
-    pub fn from_rules_l4(rules: &[ListenerRule], l4: &L4Listeners) -> Result<Self, u8> {
+    /// As [`DesiredMaps::from_rules`], with the listeners of `l4` forwarded in XDP and the ACL
+    /// sets of `acl_sets`.
+    pub fn from_rules_l4(
+        rules: &[ListenerRule],
+        l4: &L4Listeners,
+        acl_sets: &AclSets,
+    ) -> Result<Self, u8> {
         let mut out = DesiredMaps::default();
         for rule in rules {
             let key = rule.key();
             let slot = port_slot(key.port, key.proto).ok_or(key.proto)?;
-            let info = match l4.get(&rule.id) {
+            let mut info = match l4.get(&rule.id) {
                 Some(l) => rule.info_l4(l),
                 None => rule.info(),
             };
-            let port = out.ports.entry(slot).or_default();
-            if key.addr == ANY_V4 {
-                port.any_v4 = info;
-            } else if key.addr == ANY {
-                port.any = info;
-            } else if out.listeners.insert(bytemuck::cast(key), info).is_none() {
-                port.exact += 1;
-            }
+            info.acl_set = acl_sets.get(&rule.id).copied().unwrap_or(rule.id);
+            *out.ports.entry(slot).or_default() |= match key.addr {
+                ANY_V4 => port_bits::ANY_V4,
+                ANY => port_bits::ANY,
+                _ => port_bits::EXACT,
+            };
+            out.listeners.insert(bytemuck::cast(key), info);
             if rule.mode == AclMode::All {
                 continue;
             }
-            let id = rule.id.to_be_bytes();
+            let id = info.acl_set.to_be_bytes();
             for net in &rule.prefixes {
                 match net.trunc() {
                     IpNet::V4(n) => {
