@@ -33,6 +33,7 @@ pub const DECAP_PROGRAM_NAME: &str = "edgelb_decap";
 /// Map names, as declared in `lb-ebpf` and opened by the daemon.
 pub const MAP_LISTENERS: &str = "LISTENERS";
 pub const MAP_PORTS: &str = "PORTS";
+pub const MAP_WILDCARDS: &str = "WILDCARDS";
 pub const MAP_ACL_V4: &str = "ACL_V4";
 pub const MAP_ACL_V6: &str = "ACL_V6";
 pub const MAP_STATS: &str = "STATS";
@@ -102,13 +103,14 @@ pub const ACL_LISTENER_ID_BITS: u32 = 32;
 /// dual-stack socket bound to `[::]`). Lookup order: exact address, the family's wildcard, then
 /// [`ANY`] for IPv4 packets.
 ///
-/// In the kernel, every listener is a key of the `LISTENERS` hash map, and the `PORTS` array
-/// says per (port, protocol) which kinds of key the map holds ([`port_bits`]): a frame to a
-/// port without listeners costs one array read (inlined by the verifier), a frame to a
-/// listener one hash lookup more. Every change either map takes is whole as the program sees
-/// it: a hash map element is replaced, not rewritten in place (the map is not preallocated, so
-/// an element replaced is freed only once no program can still be reading it), and a port's
-/// bits are one byte.
+/// In the kernel, listeners on one address are keys of the `LISTENERS` hash map; the `PORTS`
+/// array holds per (port, protocol) one [`port_entry`]: whether that map holds any listener of
+/// the port, and where in the `WILDCARDS` array its wildcard listeners are. Most frames then
+/// cost array reads (inlined by the verifier), no hash lookup. Every change is whole as the
+/// program sees it: a hash map element is replaced, not rewritten in place (the map is not
+/// preallocated, so an element replaced is freed only once no program can still be reading
+/// it); a wildcard listener is written to a `WILDCARDS` entry no port pointed at since the
+/// last change, then pointed at by one 4-byte store of its port's entry.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ListenerKey {
@@ -441,15 +443,35 @@ pub const fn port_slot(port: u16, proto: u8) -> Option<u32> {
     }
 }
 
-/// Bits of a `PORTS` entry: which keys of (port, protocol) the `LISTENERS` map holds. All in
-/// the entry's first byte, so that rewriting an entry is never seen half done.
-pub mod port_bits {
+/// Entries of the `WILDCARDS` array (entry 0 unused): room for every listener entry of a
+/// configuration twice (an `--http3` listener has a TCP and a UDP one), the running ones and
+/// their replacements.
+pub const WILDCARD_SLOTS: u32 = 4 * MAX_LISTENERS + 1;
+
+/// A `PORTS` entry: whether `LISTENERS` holds listeners on one address for the port, and the
+/// `WILDCARDS` entries of its wildcard listeners (0: none).
+pub mod port_entry {
     /// Listeners on one address.
     pub const EXACT: u32 = 1;
-    /// The listener on [`ANY_V4`](super::ANY_V4) (IPv4 frames only).
-    pub const ANY_V4: u32 = 2;
-    /// The listener on [`ANY`](super::ANY) (both families).
-    pub const ANY: u32 = 4;
+    const INDEX: u32 = 0x1fff;
+
+    /// The `WILDCARDS` entry of the listener on [`ANY_V4`](super::ANY_V4) (IPv4 frames only).
+    #[inline(always)]
+    pub const fn any_v4(entry: u32) -> u32 {
+        (entry >> 1) & INDEX
+    }
+
+    /// The `WILDCARDS` entry of the listener on [`ANY`](super::ANY) (both families).
+    #[inline(always)]
+    pub const fn any(entry: u32) -> u32 {
+        (entry >> 14) & INDEX
+    }
+
+    /// The entry of a port with listeners on one address or not, and these wildcard entries
+    /// (each below [`WILDCARD_SLOTS`](super::WILDCARD_SLOTS)).
+    pub const fn pack(exact: bool, any_v4: u32, any: u32) -> u32 {
+        exact as u32 | (any_v4 & INDEX) << 1 | (any & INDEX) << 14
+    }
 }
 
 /// [`ListenerInfo::l4_group`] of listeners served in userspace.
@@ -1155,6 +1177,15 @@ mod tests {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(align_of::<ListenerKey>(), 2);
         assert_eq!(size_of::<ListenerInfo>(), 40);
+        let entry = port_entry::pack(true, WILDCARD_SLOTS - 1, 7);
+        assert_eq!(
+            (
+                entry & port_entry::EXACT,
+                port_entry::any_v4(entry),
+                port_entry::any(entry)
+            ),
+            (1, WILDCARD_SLOTS - 1, 7)
+        );
         assert_eq!(size_of::<SourceKey>(), 24);
         assert_eq!(size_of::<SourceState>(), 32);
         assert_eq!(size_of::<BackendInfo>(), 28);

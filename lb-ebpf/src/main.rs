@@ -20,14 +20,14 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, BACKEND_STATS_SLOTS, BACKENDS_SLOTS,
-    BackendCounters, BackendInfo, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6,
-    EncapConfig, FlowKey, FlowState, FragKey, FragPorts, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
-    IPPROTO_UDP, IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, IcmpRate,
+    ACL_LISTENER_ID_BITS, AclV4, AclV6, BACKEND_STATS_SLOTS, BACKENDS_SLOTS, BackendCounters,
+    BackendInfo, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EncapConfig, FlowKey,
+    FlowState, FragKey, FragPorts, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, IcmpRate,
     LISTENER_ENTRIES, ListenerInfo, ListenerKey, MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_FLOWS,
     MAX_FRAGS, MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk,
-    NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS, STATS_SLOTS, TAIL_ICMP, TAIL_SLOTS, acl,
-    port_bits, port_slot, v4_unmapped,
+    NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS, STATS_SLOTS, TAIL_ICMP, TAIL_SLOTS,
+    WILDCARD_SLOTS, acl, port_entry, port_slot, v4_unmapped,
 };
 
 /// Not preallocated (`BPF_F_NO_PREALLOC`): an element replaced or removed is freed only after
@@ -36,9 +36,13 @@ use lb_common::{
 static LISTENERS: HashMap<ListenerKey, ListenerInfo> =
     HashMap::with_max_entries(LISTENER_ENTRIES, BPF_F_NO_PREALLOC);
 
-/// Per (port, protocol): [`port_bits`] of the keys `LISTENERS` holds for it.
+/// Per (port, protocol): its [`port_entry`].
 #[map(name = "PORTS")]
 static PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// Wildcard listeners, where their ports' entries point.
+#[map(name = "WILDCARDS")]
+static WILDCARDS: Array<ListenerInfo> = Array::with_max_entries(WILDCARD_SLOTS, 0);
 
 const BPF_F_NO_PREALLOC: u32 = 1;
 
@@ -314,29 +318,24 @@ pub(crate) fn find_listener(
     proto: u8,
     is_v4: bool,
 ) -> Option<ListenerInfo> {
-    let bits = *PORTS.get(port_slot(port, proto)?)?;
-    // A destination that is itself a wildcard address matches wildcard listeners only, as
-    // their own keys below.
-    if bits & port_bits::EXACT != 0
-        && *dst != ANY
-        && *dst != ANY_V4
-        && let Some(info) = listener(*dst, port, proto)
-    {
-        return Some(info);
+    let entry = *PORTS.get(port_slot(port, proto)?)?;
+    if entry & port_entry::EXACT != 0 {
+        let key = ListenerKey::new(*dst, port, proto);
+        // SAFETY: map values are plain integers, copied out at once.
+        if let Some(info) = unsafe { LISTENERS.get(key) } {
+            return Some(*info);
+        }
     }
-    if is_v4 && bits & port_bits::ANY_V4 != 0 {
-        return listener(ANY_V4, port, proto);
+    let any_v4 = port_entry::any_v4(entry);
+    let wildcard = if is_v4 && any_v4 != 0 {
+        any_v4
+    } else {
+        port_entry::any(entry)
+    };
+    if wildcard == 0 {
+        return None;
     }
-    if bits & port_bits::ANY != 0 {
-        return listener(ANY, port, proto);
-    }
-    None
-}
-
-#[inline(always)]
-fn listener(addr: [u8; 16], port: u16, proto: u8) -> Option<ListenerInfo> {
-    // SAFETY: map values are plain integers, copied out at once.
-    unsafe { LISTENERS.get(ListenerKey::new(addr, port, proto)) }.copied()
+    WILDCARDS.get(wildcard).copied()
 }
 
 #[inline(always)]

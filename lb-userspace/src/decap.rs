@@ -20,7 +20,7 @@ use lb_common::{
     MAP_ACL_V4, MAP_ACL_V6, MAP_BACKEND_STATS, MAP_BACKENDS, MAP_DECAP_SOURCES_V4,
     MAP_DECAP_SOURCES_V6, MAP_DECAP_STATS, MAP_DECAP_VIPS, MAP_FLOWS, MAP_FRAGS, MAP_ICMP_RATE,
     MAP_LISTENERS, MAP_MAGLEV, MAP_MAGLEV_GEN, MAP_NEW_FLOWS, MAP_PORTS, MAP_STATS, MAP_TAIL,
-    v4_mapped,
+    MAP_WILDCARDS, v4_mapped,
 };
 use tracing::{info, warn};
 
@@ -51,6 +51,7 @@ impl Decap {
         for map in [
             MAP_LISTENERS,
             MAP_PORTS,
+            MAP_WILDCARDS,
             MAP_ACL_V4,
             MAP_ACL_V6,
             MAP_STATS,

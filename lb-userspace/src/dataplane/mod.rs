@@ -34,8 +34,8 @@ use lb_common::maglev::TABLE_SIZE;
 use lb_common::{
     ACL_SET_TAG, AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ICMP_PROGRAM_NAME,
     ListenerInfo, ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS,
-    MAP_TAIL, MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS, PROGRAM_NAME,
-    TAIL_ICMP,
+    MAP_TAIL, MAP_WILDCARDS, MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS,
+    PROGRAM_NAME, TAIL_ICMP, WILDCARD_SLOTS, port_entry,
 };
 use tracing::{info, warn};
 
@@ -44,7 +44,8 @@ use crate::acl::AclMode;
 pub use apply::{L4Group, L4ListenerSpec};
 pub use backends::{BackendEntry, GRACE};
 pub use rules::{
-    AclSets, DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule, SourceLimits, SynCookies,
+    AclSets, DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule, PortListeners,
+    SourceLimits, SynCookies,
 };
 pub use slots::Slots;
 pub use test_runner::{TestRunner, run_live_frames};
@@ -161,6 +162,8 @@ pub struct Dataplane {
     /// The non-empty `PORTS` slots as last written. The array starts zeroed and nothing else
     /// writes it, so this is its content without reading 131,072 entries back.
     ports: BTreeMap<u32, u32>,
+    /// The `WILDCARDS` entries as written, of those a `PORTS` slot points at.
+    wildcards: BTreeMap<u32, ListenerInfo>,
     /// Per listener id, the access-control mode and ACL set (`ListenerInfo::acl_set`) last
     /// written: a change of mode moves the listener to the other set.
     acl_sets: BTreeMap<u32, (AclMode, u32)>,
@@ -190,6 +193,7 @@ impl Dataplane {
             ebpf,
             attachments: Vec::new(),
             ports: BTreeMap::new(),
+            wildcards: BTreeMap::new(),
             acl_sets: BTreeMap::new(),
             backends: Default::default(),
             slots: Slots::default(),
@@ -293,8 +297,8 @@ impl Dataplane {
             desired.acl_v6.difference(&v6),
             true,
         )?;
-        // New and changed listeners, each replaced whole; a new key is looked up only once
-        // its port's bits say so.
+        // New and changed listeners on one address, each replaced whole; a new key is looked
+        // up only once its port's entry says so.
         let map = self
             .ebpf
             .map_mut(MAP_LISTENERS)
@@ -318,7 +322,8 @@ impl Dataplane {
                     .map_err(map_err(MAP_LISTENERS))?;
             }
         }
-        // Then the ports' bits, one byte each: a frame looks up the new keys from here on.
+        // Then the ports, each switched by one store: a frame finds the new listeners from here
+        // on.
         self.sync_ports(&desired.ports)?;
         // Only now the keys nothing points at any more.
         let map = self
@@ -387,32 +392,79 @@ impl Dataplane {
         DesiredMaps::from_rules_l4(rules, l4, acl_sets).map_err(DataplaneError::Protocol)
     }
 
-    /// Makes the `PORTS` array hold `desired`: the slots that differ written, the others
-    /// zeroed.
-    fn sync_ports(&mut self, desired: &BTreeMap<u32, u32>) -> Result<(), DataplaneError> {
-        let map = self
-            .ebpf
-            .map_mut(MAP_PORTS)
-            .ok_or_else(|| missing(MAP_PORTS))?;
-        let mut ports: Array<&mut MapData, u32> =
-            Array::try_from(map).map_err(map_err(MAP_PORTS))?;
-        for (slot, bits) in desired {
-            if self.ports.get(slot) != Some(bits) {
-                ports.set(*slot, bits, 0).map_err(map_err(MAP_PORTS))?;
-                self.ports.insert(*slot, *bits);
+    /// Makes the `PORTS` array hold `desired`: each wildcard listener that is new or changed
+    /// written first to a `WILDCARDS` entry that no port pointed at before this call (a
+    /// program may still be reading those), then the ports that differ written and the others
+    /// zeroed, each by one 4-byte store.
+    fn sync_ports(&mut self, desired: &BTreeMap<u32, PortListeners>) -> Result<(), DataplaneError> {
+        let pointed_at = |ports: &BTreeMap<u32, u32>| -> BTreeSet<u32> {
+            ports
+                .values()
+                .flat_map(|e| [port_entry::any_v4(*e), port_entry::any(*e)])
+                .filter(|i| *i != 0)
+                .collect()
+        };
+        let before = pointed_at(&self.ports);
+        let mut free = (1..WILDCARD_SLOTS).filter(|i| !before.contains(i));
+        let mut entries = BTreeMap::new();
+        let result = (|| {
+            for (slot, port) in desired {
+                let old = self.ports.get(slot).copied().unwrap_or(0);
+                let mut indices = [0; 2];
+                for (index, (info, old)) in indices.iter_mut().zip([
+                    (port.any_v4, port_entry::any_v4(old)),
+                    (port.any, port_entry::any(old)),
+                ]) {
+                    let Some(info) = info else { continue };
+                    if old != 0 && self.wildcards.get(&old) == Some(&info) {
+                        *index = old;
+                        continue;
+                    }
+                    *index = free.next().ok_or(DataplaneError::Map {
+                        map: MAP_WILDCARDS,
+                        reason: format!("all {} entries in use", WILDCARD_SLOTS - 1),
+                    })?;
+                    let map = self
+                        .ebpf
+                        .map_mut(MAP_WILDCARDS)
+                        .ok_or_else(|| missing(MAP_WILDCARDS))?;
+                    let mut wildcards: Array<&mut MapData, ListenerInfo> =
+                        Array::try_from(map).map_err(map_err(MAP_WILDCARDS))?;
+                    wildcards
+                        .set(*index, info, 0)
+                        .map_err(map_err(MAP_WILDCARDS))?;
+                    self.wildcards.insert(*index, info);
+                }
+                entries.insert(*slot, port_entry::pack(port.exact, indices[0], indices[1]));
             }
-        }
-        let stale: Vec<u32> = self
-            .ports
-            .keys()
-            .filter(|slot| !desired.contains_key(slot))
-            .copied()
-            .collect();
-        for slot in stale {
-            ports.set(slot, 0, 0).map_err(map_err(MAP_PORTS))?;
-            self.ports.remove(&slot);
-        }
-        Ok(())
+            let map = self
+                .ebpf
+                .map_mut(MAP_PORTS)
+                .ok_or_else(|| missing(MAP_PORTS))?;
+            let mut ports: Array<&mut MapData, u32> =
+                Array::try_from(map).map_err(map_err(MAP_PORTS))?;
+            for (slot, entry) in &entries {
+                if self.ports.get(slot) != Some(entry) {
+                    ports.set(*slot, entry, 0).map_err(map_err(MAP_PORTS))?;
+                    self.ports.insert(*slot, *entry);
+                }
+            }
+            let stale: Vec<u32> = self
+                .ports
+                .keys()
+                .filter(|slot| !entries.contains_key(slot))
+                .copied()
+                .collect();
+            for slot in stale {
+                ports.set(slot, 0, 0).map_err(map_err(MAP_PORTS))?;
+                self.ports.remove(&slot);
+            }
+            Ok(())
+        })();
+        // What no port points at any more is free for the next call.
+        let after = pointed_at(&self.ports);
+        self.wildcards.retain(|i, _| after.contains(i));
+        result
     }
 
     /// The counters of one slot (a listener id, or 0 for traffic of no listener), summed over CPUs.

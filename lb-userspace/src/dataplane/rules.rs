@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use ipnet::IpNet;
 use lb_common::{
     ACL_LISTENER_ID_BITS, ANY, ANY_V4, AclV4, AclV6, ListenerInfo, ListenerKey, NO_GROUP, acl,
-    l4_flags, port_bits, port_slot, rate_interval_ns, syn_cookies, v4_mapped,
+    l4_flags, port_slot, rate_interval_ns, syn_cookies, v4_mapped,
 };
 
 use crate::acl::AclMode;
@@ -154,13 +154,25 @@ pub type V6Entry = (u32, [u8; 20]);
 /// Each listener's ACL set ([`ListenerInfo::acl_set`]) by id; a listener not in it uses its id.
 pub type AclSets = BTreeMap<u32, u32>;
 
+/// The listeners of one (port, protocol).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortListeners {
+    /// Any listener on one address.
+    pub exact: bool,
+    /// On [`ANY_V4`] (IPv4 frames only).
+    pub any_v4: Option<ListenerInfo>,
+    /// On [`ANY`] (both families).
+    pub any: Option<ListenerInfo>,
+}
+
 /// The complete desired content of the maps.
 #[derive(Debug, Default)]
 pub struct DesiredMaps {
-    /// Every listener, wildcard ones included (`LISTENERS`).
+    /// Listeners on one address (`LISTENERS`).
     pub listeners: BTreeMap<[u8; 20], ListenerInfo>,
-    /// Non-empty `PORTS` slots: the [`port_bits`] of the listeners' keys.
-    pub ports: BTreeMap<u32, u32>,
+    /// The ports with listeners: whether any is on one address, and the wildcard listeners
+    /// (which the `PORTS` entry points at in `WILDCARDS`).
+    pub ports: BTreeMap<u32, PortListeners>,
     pub acl_v4: BTreeSet<V4Entry>,
     pub acl_v6: BTreeSet<V6Entry>,
 }
@@ -188,12 +200,15 @@ impl DesiredMaps {
                 None => rule.info(),
             };
             info.acl_set = acl_sets.get(&rule.id).copied().unwrap_or(rule.id);
-            *out.ports.entry(slot).or_default() |= match key.addr {
-                ANY_V4 => port_bits::ANY_V4,
-                ANY => port_bits::ANY,
-                _ => port_bits::EXACT,
-            };
-            out.listeners.insert(bytemuck::cast(key), info);
+            let port = out.ports.entry(slot).or_default();
+            match key.addr {
+                ANY_V4 => port.any_v4 = Some(info),
+                ANY => port.any = Some(info),
+                _ => {
+                    port.exact = true;
+                    out.listeners.insert(bytemuck::cast(key), info);
+                }
+            }
             if rule.mode == AclMode::All {
                 continue;
             }
