@@ -8,7 +8,7 @@ use std::time::Duration;
 use lb_common::{BackendCounters, NO_LISTENER_SLOT, Outcome};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::admin::EtcdView;
 use crate::admin::{self, AdminState, BlockedStatus, NodeView, Refusal};
@@ -16,7 +16,7 @@ use crate::bgp::Announcer;
 use crate::cli::RunArgs;
 use crate::config::SynProtection;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
-use crate::dataplane::{AttachMode, Dataplane, DataplaneError, error_chain};
+use crate::dataplane::{AttachMode, Dataplane, DataplaneError, InterfaceEvent, error_chain};
 use crate::line_writer::DropReport;
 use crate::metrics::{CertificateMetric, Metrics};
 use crate::nexthop::{NextHops, Watch};
@@ -304,7 +304,8 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                         warn!("{w}");
                     }
                 }
-                if ticks.is_multiple_of(next_hop_ticks) || !hops.all_resolved(&node.l4_backends()) {
+                let reattached = dataplane.as_mut().is_some_and(follow_interfaces);
+                if reattached || ticks.is_multiple_of(next_hop_ticks) || !hops.all_resolved(&node.l4_backends()) {
                     refresh_next_hops(&mut hops, &node, dataplane.as_mut());
                 }
                 if let Some(b) = bgp.as_mut() {
@@ -479,7 +480,7 @@ fn raise_fd_limit() -> u64 {
 fn log_ready(node: &Node, dataplane: Option<&Dataplane>, workers: usize, fd_limit: u64) {
     let xdp = dataplane.map_or("off".to_string(), |dp| {
         dp.attached()
-            .map(|(i, m)| format!("{i}:{}", m.name()))
+            .map(|(i, how)| format!("{i}:{how}"))
             .collect::<Vec<_>>()
             .join(",")
     });
@@ -594,6 +595,38 @@ async fn next_hop_change(watch: Option<&Watch>) {
 }
 
 /// Looks the L4 backends' next hops up again and publishes them if a MAC changed.
+/// Attaches the program again to interfaces created anew, logging what changed; true if it
+/// was attached to one (its next hops are looked up again then).
+fn follow_interfaces(dp: &mut Dataplane) -> bool {
+    let mut attached = false;
+    for event in dp.follow_interfaces() {
+        match event {
+            InterfaceEvent::Gone { iface } => {
+                warn!(
+                    iface,
+                    "XDP interface gone; the program is attached again when it is back"
+                )
+            }
+            InterfaceEvent::Attached { iface, mode } => {
+                attached = true;
+                warn!(
+                    iface,
+                    mode = mode.name(),
+                    "XDP interface created again: program attached again"
+                );
+            }
+            InterfaceEvent::Failed { iface, reason } => {
+                error!(
+                    iface,
+                    reason,
+                    "XDP interface created again, but the program cannot be attached: its listeners run without XDP there"
+                )
+            }
+        }
+    }
+    attached
+}
+
 fn refresh_next_hops(hops: &mut NextHops, node: &Node, dataplane: Option<&mut Dataplane>) {
     if hops.refresh(&node.l4_backends(), &node.config.xdp.ifaces)
         && let Some(dp) = dataplane
@@ -708,9 +741,7 @@ fn refresh_status(
         }
     }
     let attached = dataplane.map_or_else(Vec::new, |dp| {
-        dp.attached()
-            .map(|(i, m)| format!("{i}:{}", m.name()))
-            .collect()
+        dp.attached().map(|(i, how)| format!("{i}:{how}")).collect()
     });
     let mut view = node.view(attached);
     state

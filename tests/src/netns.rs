@@ -103,31 +103,46 @@ pub const CLIENT_B_V6: &str = "fd00:10::3";
 
 impl ClientLb {
     pub fn new() -> Self {
-        let client = Netns::new("ec");
-        let lb = Netns::new("el");
-        let client_if = unique("vc");
-        let lb_if = unique("vl");
+        let topo = ClientLb {
+            client: Netns::new("ec"),
+            lb: Netns::new("el"),
+            client_if: unique("vc"),
+            lb_if: unique("vl"),
+        };
+        topo.add_link();
+        topo
+    }
+
+    /// Removes the veth pair and creates it again, same names and addresses: new devices, as
+    /// a network configuration that rebuilds an interface leaves them.
+    pub fn recreate_link(&self) {
+        self.lb.ip(&["link", "del", &self.lb_if]);
+        self.add_link();
+    }
+
+    fn add_link(&self) {
+        let (client, lb) = (&self.client, &self.lb);
         ip(&[
             "link",
             "add",
-            &client_if,
+            &self.client_if,
             "netns",
             &client.name,
             "type",
             "veth",
             "peer",
             "name",
-            &lb_if,
+            &self.lb_if,
             "netns",
             &lb.name,
         ]);
         for (ns, iface, addrs) in [
             (
-                &client,
-                &client_if,
+                client,
+                &self.client_if,
                 [CLIENT_A_V4, CLIENT_B_V4, CLIENT_A_V6, CLIENT_B_V6].as_slice(),
             ),
-            (&lb, &lb_if, [LB_V4, LB_V6].as_slice()),
+            (lb, &self.lb_if, [LB_V4, LB_V6].as_slice()),
         ] {
             for a in addrs {
                 let cidr = if a.contains(':') {
@@ -142,12 +157,6 @@ impl ClientLb {
                 ns.ip(&args);
             }
             ns.ip(&["link", "set", iface, "up"]);
-        }
-        ClientLb {
-            client,
-            lb,
-            client_if,
-            lb_if,
         }
     }
 

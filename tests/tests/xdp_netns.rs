@@ -1,6 +1,8 @@
 //! End to end, as root: a client namespace joined by a veth pair to a load-balancer namespace
 //! where edgelb runs with its XDP program attached in native mode, a real backend, and curl.
 use edgelb::syn_protect::KernelCookies;
+use std::time::Duration;
+
 use edgelb_tests::backend::Backend;
 use edgelb_tests::certs::{TempDir, self_signed};
 use edgelb_tests::client::{curl, curl_ok};
@@ -161,6 +163,50 @@ fn blacklisted_client_is_dropped_at_xdp_others_are_served() {
     assert!(xdp_counter(&log, "listener-1", "dropped_acl") >= 4, "{log}");
     assert!(!log.contains(REFUSED_IN_USERSPACE), "{log}");
     assert!(!s.topo.lb_has_xdp());
+}
+
+/// The interface is removed and created again under its name (as a network configuration
+/// that rebuilds a VLAN or bond does): the kernel drops the program with the old device, and
+/// the daemon attaches it to the new one within a few seconds, in the same mode, so the
+/// blacklisted client is dropped at XDP again rather than reaching userspace.
+#[test]
+fn an_interface_created_again_gets_the_program_again() {
+    if !root_or_skip("an_interface_created_again_gets_the_program_again") {
+        return;
+    }
+    let s = setup();
+    let d = start(
+        &s,
+        &[
+            "--access-control",
+            "blacklist",
+            "--ip-group",
+            CLIENT_B_V4,
+            "--xdp-iface",
+            &s.topo.lb_if,
+            "--xdp-mode",
+            "native",
+        ],
+    );
+    s.topo.recreate_link();
+    assert!(!s.topo.lb_has_xdp(), "the new device came with a program");
+    let log = d.log_when(Duration::from_secs(5), |log| {
+        log.contains("XDP interface created again: program attached again")
+    });
+    assert!(
+        s.topo.lb_has_xdp(),
+        "XDP not attached again to {}:\n{log}",
+        s.topo.lb_if
+    );
+    assert!(log.contains("mode=\"native\""), "{log}");
+    assert_served(&s, CLIENT_A_V4, &url_v4());
+    let r = curl(&s.topo.client, CLIENT_B_V4, &url_v4(), &s.ca);
+    assert_eq!(r.code, CURL_TIMEOUT, "blacklisted client: {}", r.stderr);
+    let (status, log) = d.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains(REFUSED_IN_USERSPACE), "{log}");
+    assert!(xdp_counter(&log, "listener-1", "dropped_acl") >= 2, "{log}");
+    assert!(!s.topo.lb_has_xdp(), "XDP still attached after exit");
 }
 
 #[test]

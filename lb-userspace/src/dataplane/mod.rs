@@ -152,7 +152,24 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError 
 struct Attachment {
     iface: String,
     mode: AttachMode,
-    link: XdpLinkId,
+    /// None while the interface is gone (the kernel drops an XDP attachment with its device).
+    link: Option<XdpLinkId>,
+    /// The interface's index when the program was attached: a device removed and created
+    /// again under the same name has another.
+    ifindex: u32,
+    /// The last failure to attach again, logged once.
+    failed: Option<String>,
+}
+
+/// What [`Dataplane::follow_interfaces`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceEvent {
+    /// The interface is gone, and the program with it.
+    Gone { iface: String },
+    /// The interface is back (created again): the program is attached to it again.
+    Attached { iface: String, mode: AttachMode },
+    /// The interface is back but the program could not be attached to it (said once).
+    Failed { iface: String, reason: String },
 }
 
 /// The loaded program, its maps and where it is attached.
@@ -206,26 +223,87 @@ impl Dataplane {
 
     /// Attaches the program to `iface` in `mode`.
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<(), DataplaneError> {
-        let prog = xdp_program(&mut self.ebpf)?;
-        let link = prog
-            .attach(iface, mode.aya())
-            .map_err(|e| DataplaneError::Attach {
-                iface: iface.to_string(),
-                mode,
-                reason: error_chain(&e),
-            })?;
+        let (link, ifindex) = self.link(iface, mode)?;
         info!(iface, mode = mode.name(), "XDP program attached");
         self.attachments.push(Attachment {
             iface: iface.to_string(),
             mode,
-            link,
+            link: Some(link),
+            ifindex,
+            failed: None,
         });
         Ok(())
     }
 
-    /// Where the program is attached, and how.
-    pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
-        self.attachments.iter().map(|a| (a.iface.as_str(), a.mode))
+    fn link(&mut self, iface: &str, mode: AttachMode) -> Result<(XdpLinkId, u32), DataplaneError> {
+        let refused = |reason: String| DataplaneError::Attach {
+            iface: iface.to_string(),
+            mode,
+            reason,
+        };
+        let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|e| refused(e.to_string()))?;
+        let prog = xdp_program(&mut self.ebpf)?;
+        let link = prog
+            .attach(iface, mode.aya())
+            .map_err(|e| refused(error_chain(&e)))?;
+        Ok((link, ifindex))
+    }
+
+    /// Follows the interfaces the program is attached to (called once a second): one that is
+    /// gone is noted, and one created again under its name gets the program again, in the
+    /// same mode. Without this, a device that is removed and created anew (a VLAN or bond
+    /// rebuilt by the network configuration) would run with no XDP at all, in silence.
+    pub fn follow_interfaces(&mut self) -> Vec<InterfaceEvent> {
+        let mut events = Vec::new();
+        for i in 0..self.attachments.len() {
+            let (iface, mode) = (self.attachments[i].iface.clone(), self.attachments[i].mode);
+            let now = nix::net::if_::if_nametoindex(iface.as_str()).ok();
+            let a = &mut self.attachments[i];
+            if a.link.is_some() && now == Some(a.ifindex) {
+                continue;
+            }
+            // The device it was attached to is gone: its link is defunct.
+            if let Some(link) = a.link.take() {
+                if let Ok(prog) = xdp_program(&mut self.ebpf) {
+                    let _ = prog.detach(link);
+                }
+                events.push(InterfaceEvent::Gone {
+                    iface: iface.clone(),
+                });
+            }
+            if now.is_none() {
+                continue;
+            }
+            match self.link(&iface, mode) {
+                Ok((link, ifindex)) => {
+                    let a = &mut self.attachments[i];
+                    (a.link, a.ifindex, a.failed) = (Some(link), ifindex, None);
+                    events.push(InterfaceEvent::Attached { iface, mode });
+                }
+                Err(e) => {
+                    let reason = e.to_string();
+                    let a = &mut self.attachments[i];
+                    if a.failed.as_ref() != Some(&reason) {
+                        a.failed = Some(reason.clone());
+                        events.push(InterfaceEvent::Failed { iface, reason });
+                    }
+                }
+            }
+        }
+        events
+    }
+
+    /// Where the program is attached, and how (`native`, `skb`), or `gone` while the
+    /// interface is.
+    pub fn attached(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.attachments.iter().map(|a| {
+            let how = if a.link.is_some() {
+                a.mode.name()
+            } else {
+                "gone"
+            };
+            (a.iface.as_str(), how)
+        })
     }
 
     /// Detaches the program from every interface. Also done on drop (by aya); doing it
@@ -236,7 +314,10 @@ impl Dataplane {
             return;
         };
         for a in attachments {
-            match prog.detach(a.link) {
+            let Some(link) = a.link else {
+                continue;
+            };
+            match prog.detach(link) {
                 Ok(()) => info!(iface = a.iface, "XDP program detached"),
                 Err(e) => warn!(iface = a.iface, error = %error_chain(&e), "XDP detach failed"),
             }
