@@ -60,9 +60,9 @@ pub const MAP_DECAP_SOURCES_V6: &str = "DECAP_SOURCES_V6";
 /// Listeners the data plane can know at once. Listener ids run from 1 to `MAX_LISTENERS`;
 /// id 0 is the counter slot for traffic that belongs to no listener.
 pub const MAX_LISTENERS: u32 = 1024;
-/// Entries of the `LISTENERS` map: a reload adds the new listeners before it removes the old,
-/// so for a moment both are there.
-pub const LISTENER_ENTRIES: u32 = 2 * MAX_LISTENERS;
+/// Entries of the `LISTENERS` map: a listener id has up to two keys (an `--http3` listener's
+/// TCP and UDP), and a reload adds the new listeners before it removes the old.
+pub const LISTENER_ENTRIES: u32 = 4 * MAX_LISTENERS;
 /// Entries of the per-CPU counter array: slot 0 plus one per listener id.
 pub const STATS_SLOTS: u32 = MAX_LISTENERS + 1;
 /// The counter slot of frames that belong to no listener (not ours, unparsable, fragments).
@@ -106,11 +106,11 @@ pub const ACL_LISTENER_ID_BITS: u32 = 32;
 /// In the kernel, listeners on one address are keys of the `LISTENERS` hash map; the `PORTS`
 /// array holds per (port, protocol) one [`port_entry`]: whether that map holds any listener of
 /// the port, and where in the `WILDCARDS` array its wildcard listeners are. Most frames then
-/// cost array reads (inlined by the verifier), no hash lookup. Every change is whole as the
-/// program sees it: a hash map element is replaced, not rewritten in place (the map is not
-/// preallocated, so an element replaced is freed only once no program can still be reading
-/// it); a wildcard listener is written to a `WILDCARDS` entry no port pointed at since the
-/// last change, then pointed at by one 4-byte store of its port's entry.
+/// cost array reads (inlined by the verifier), no hash lookup. A change is whole as the
+/// program sees it: a hash map element is replaced, not rewritten in place; a wildcard
+/// listener is written to a `WILDCARDS` entry no port points at, then pointed at by its port's
+/// entry (one 4-byte map update); what a run may still be reading is removed or reused only
+/// after a grace period (see the daemon's `dataplane::grace`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ListenerKey {
@@ -174,7 +174,7 @@ pub mod acl {
     pub const DENY: u32 = 2;
 }
 
-/// Value of the `LISTENERS` map.
+/// Value of the `LISTENERS` map and of the `WILDCARDS` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Pod, Zeroable)]
 pub struct ListenerInfo {
@@ -201,9 +201,9 @@ pub struct ListenerInfo {
     /// them itself with SYN cookies.
     pub syn_cookies: u32,
     /// The first 32 bits of the listener's ACL trie keys: its id, with [`ACL_SET_TAG`] or
-    /// without. A reload that changes the listener's access-control mode writes the new list
-    /// under the other tag, then the listener, then removes the old list: a frame never reads
-    /// one mode's list under the other mode.
+    /// without. A reload that changes the listener's list together with its mode or another
+    /// value writes the new list under the other set, then the listener, then removes the old
+    /// list: a frame never reads one configuration's list with the other's values.
     pub acl_set: u32,
 }
 
@@ -454,6 +454,7 @@ pub mod port_entry {
     /// Listeners on one address.
     pub const EXACT: u32 = 1;
     const INDEX: u32 = 0x1fff;
+    const _: () = assert!(super::WILDCARD_SLOTS <= INDEX + 1);
 
     /// The `WILDCARDS` entry of the listener on [`ANY_V4`](super::ANY_V4) (IPv4 frames only).
     #[inline(always)]

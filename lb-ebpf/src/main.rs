@@ -30,11 +30,9 @@ use lb_common::{
     WILDCARD_SLOTS, acl, port_entry, port_slot, v4_unmapped,
 };
 
-/// Not preallocated (`BPF_F_NO_PREALLOC`): an element replaced or removed is freed only after
-/// every program that may be reading it has finished, never reused under a reader.
 #[map(name = "LISTENERS")]
 static LISTENERS: HashMap<ListenerKey, ListenerInfo> =
-    HashMap::with_max_entries(LISTENER_ENTRIES, BPF_F_NO_PREALLOC);
+    HashMap::with_max_entries(LISTENER_ENTRIES, 0);
 
 /// Per (port, protocol): its [`port_entry`].
 #[map(name = "PORTS")]
@@ -43,8 +41,6 @@ static PORTS: Array<u32> = Array::with_max_entries(PORT_SLOTS, 0);
 /// Wildcard listeners, where their ports' entries point.
 #[map(name = "WILDCARDS")]
 static WILDCARDS: Array<ListenerInfo> = Array::with_max_entries(WILDCARD_SLOTS, 0);
-
-const BPF_F_NO_PREALLOC: u32 = 1;
 
 #[map(name = "ACL_V4")]
 static ACL_V4: LpmTrie<AclV4, u8> = LpmTrie::with_max_entries(MAX_ACL_ENTRIES, 0);

@@ -15,9 +15,11 @@
 //! [`lb_common::DEFAULT_ENCAP_V6`]); [`Dataplane::set_encap_source`] changes them. The backends
 //! need `edgelb decap` (or an ipip/ip6tnl tunnel) and the VIP on an interface, and the path
 //! an MTU 20 (IPv4) or 40 (IPv6) bytes larger than the clients'.
+mod acl_sets;
 mod apply;
 mod backends;
 pub mod blocked;
+mod grace;
 mod maglev;
 mod object;
 pub mod rules;
@@ -32,14 +34,15 @@ use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::Xd
 use aya::{Ebpf, EbpfLoader};
 use lb_common::maglev::TABLE_SIZE;
 use lb_common::{
-    ACL_SET_TAG, AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ICMP_PROGRAM_NAME,
-    ListenerInfo, ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS,
-    MAP_TAIL, MAP_WILDCARDS, MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS,
+    AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ICMP_PROGRAM_NAME, ListenerInfo,
+    ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS, MAP_TAIL,
+    MAP_WILDCARDS, MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS,
     PROGRAM_NAME, TAIL_ICMP, WILDCARD_SLOTS, port_entry,
 };
 use tracing::{info, warn};
 
-use crate::acl::AclMode;
+use acl_sets::{Running, next_acl_sets, set_of};
+use rules::{V4Entry, V6Entry};
 
 pub use apply::{L4Group, L4ListenerSpec};
 pub use backends::{BackendEntry, GRACE};
@@ -181,9 +184,10 @@ pub struct Dataplane {
     ports: BTreeMap<u32, u32>,
     /// The `WILDCARDS` entries as written, of those a `PORTS` slot points at.
     wildcards: BTreeMap<u32, ListenerInfo>,
-    /// Per listener id, the access-control mode and ACL set (`ListenerInfo::acl_set`) last
-    /// written: a change of mode moves the listener to the other set.
-    acl_sets: BTreeMap<u32, (AclMode, u32)>,
+    /// `WILDCARDS` entries no port points at any more, which a run of the program may still
+    /// be reading until the next grace period.
+    ungraced: BTreeSet<u32>,
+    grace: grace::Grace,
     /// Both halves of every L4 group's backends and ring as last written, and which is live.
     backends: backends::Groups,
     /// The slots of the L4 groups and backends that [`Dataplane::apply_config`] last wrote.
@@ -211,7 +215,8 @@ impl Dataplane {
             attachments: Vec::new(),
             ports: BTreeMap::new(),
             wildcards: BTreeMap::new(),
-            acl_sets: BTreeMap::new(),
+            ungraced: BTreeSet::new(),
+            grace: grace::Grace::new()?,
             backends: Default::default(),
             slots: Slots::default(),
             applied: Default::default(),
@@ -350,22 +355,40 @@ impl Dataplane {
         rules: &[ListenerRule],
         l4: &L4Listeners,
     ) -> Result<(), DataplaneError> {
-        let acl_sets = self.next_acl_sets(rules);
-        let desired = self.check_rules(rules, l4, &acl_sets)?;
         // Read once: this is the tries' only writer, so what they hold between the steps
         // below follows from this and what the steps write.
-        let v4 = read_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4)?;
-        let v6 = read_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6)?;
+        let mut v4 = read_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4)?;
+        let mut v6 = read_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6)?;
+        let running = self.running()?;
+        let acl_sets = next_acl_sets(rules, l4, &running, &v4, &v6);
+        let desired = self.check_rules(rules, l4, &acl_sets)?;
+        // Entries under a set no listener reads (left by a reload that failed half way): no
+        // run reads them, and a set written below must hold its list and nothing else.
+        let read: BTreeSet<[u8; 4]> = running.values().map(|r| r.set.to_be_bytes()).collect();
+        let unread_v4: BTreeSet<V4Entry> = v4
+            .iter()
+            .filter(|(_, d)| !read.contains(&set_of(d)))
+            .copied()
+            .collect();
+        let unread_v6: BTreeSet<V6Entry> = v6
+            .iter()
+            .filter(|(_, d)| !read.contains(&set_of(d)))
+            .copied()
+            .collect();
+        v4.retain(|e| !unread_v4.contains(e));
+        v6.retain(|e| !unread_v6.contains(e));
         // Before anything is written: a trie that fills up half way would leave part of the
         // new lists in force until they are rolled back.
         check_room("IPv4", &v4, &desired.acl_v4)?;
         check_room("IPv6", &v6, &desired.acl_v6)?;
         // Before any listener answers SYNs with them.
         self.write_syn_options(rules)?;
+        write_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, unread_v4.iter(), false)?;
+        write_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, unread_v6.iter(), false)?;
         // Every step below leaves each frame the verdict of the old configuration or of the
-        // new one. Prefixes first: a listener that changed mode reads them under its new ACL
-        // set only once it is written itself, and one that did not sees each source's verdict
-        // change once.
+        // new one. New prefixes first: a listener whose values change with its list reads the
+        // list under its other ACL set (see `next_acl_sets`), which it does only once it is
+        // written itself; one whose list alone changes sees each source's verdict change once.
         write_trie::<AclV4, 8>(
             &mut self.ebpf,
             MAP_ACL_V4,
@@ -406,7 +429,10 @@ impl Dataplane {
         // Then the ports, each switched by one store: a frame finds the new listeners from here
         // on.
         self.sync_ports(&desired.ports)?;
-        // Only now the keys nothing points at any more.
+        // A run that read an old port entry or listener before the switch may still be using
+        // it: the old ones go only once every such run has ended.
+        self.grace.wait()?;
+        self.ungraced.clear();
         let map = self
             .ebpf
             .map_mut(MAP_LISTENERS)
@@ -418,7 +444,6 @@ impl Dataplane {
         }
         // After the listeners: a SYN to one just replaced must not find its old stamp.
         self.clear_syn_stamps(rules)?;
-        // Stale prefixes go only after the listeners that used them are gone.
         write_trie::<AclV4, 8>(
             &mut self.ebpf,
             MAP_ACL_V4,
@@ -431,27 +456,33 @@ impl Dataplane {
             v6.difference(&desired.acl_v6),
             false,
         )?;
-        self.acl_sets = rules
-            .iter()
-            .map(|r| (r.id, (r.mode, acl_sets.get(&r.id).copied().unwrap_or(r.id))))
-            .collect();
         Ok(())
     }
 
-    /// The ACL set of each listener of `rules`: the one last written, or the other one if the
-    /// listener's access-control mode changed (see `ListenerInfo::acl_set`).
-    fn next_acl_sets(&self, rules: &[ListenerRule]) -> AclSets {
-        rules
+    /// Per listener id, what the kernel holds for it now: from `LISTENERS` and the
+    /// `WILDCARDS` entries ports point at.
+    fn running(&mut self) -> Result<BTreeMap<u32, Running>, DataplaneError> {
+        let map = self
+            .ebpf
+            .map(MAP_LISTENERS)
+            .ok_or_else(|| missing(MAP_LISTENERS))?;
+        let listeners: HashMap<&MapData, ListenerKey, ListenerInfo> =
+            HashMap::try_from(map).map_err(map_err(MAP_LISTENERS))?;
+        let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+        let infos = listeners
             .iter()
-            .map(|r| {
-                let set = match self.acl_sets.get(&r.id) {
-                    Some((mode, set)) if *mode == r.mode => *set,
-                    Some((_, set)) => *set ^ ACL_SET_TAG,
-                    None => r.id,
-                };
-                (r.id, set)
-            })
-            .collect()
+            .filter_map(Result::ok)
+            .map(|(_, info)| info)
+            .chain(self.wildcards.values().copied());
+        for info in infos {
+            let r = running.entry(info.id).or_insert_with(|| Running {
+                acl: info.acl,
+                set: info.acl_set,
+                infos: Vec::new(),
+            });
+            r.infos.push(ListenerInfo { acl_set: 0, ..info });
+        }
+        Ok(running)
     }
 
     /// What the maps must hold for `rules` and `l4`, or why they cannot.
@@ -486,7 +517,8 @@ impl Dataplane {
                 .collect()
         };
         let before = pointed_at(&self.ports);
-        let mut free = (1..WILDCARD_SLOTS).filter(|i| !before.contains(i));
+        let ungraced = std::mem::take(&mut self.ungraced);
+        let mut free = (1..WILDCARD_SLOTS).filter(|i| !before.contains(i) && !ungraced.contains(i));
         let mut entries = BTreeMap::new();
         let result = (|| {
             for (slot, port) in desired {
@@ -542,9 +574,13 @@ impl Dataplane {
             }
             Ok(())
         })();
-        // What no port points at any more is free for the next call.
+        // What no port points at any more is free once a grace period has passed.
         let after = pointed_at(&self.ports);
         self.wildcards.retain(|i, _| after.contains(i));
+        self.ungraced = ungraced
+            .into_iter()
+            .chain(before.difference(&after).copied())
+            .collect();
         result
     }
 

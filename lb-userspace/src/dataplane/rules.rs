@@ -68,6 +68,38 @@ impl ListenerRule {
         ListenerKey::new(addr, self.addr.port(), self.proto)
     }
 
+    /// Adds the listener's ACL trie entries under ACL set `set` (none in mode All).
+    pub fn acl_entries(&self, set: u32, v4: &mut BTreeSet<V4Entry>, v6: &mut BTreeSet<V6Entry>) {
+        if self.mode == AclMode::All {
+            return;
+        }
+        let set = set.to_be_bytes();
+        for net in &self.prefixes {
+            match net.trunc() {
+                IpNet::V4(n) => {
+                    let data = AclV4 {
+                        listener_id: set,
+                        addr: n.network().octets(),
+                    };
+                    v4.insert((
+                        ACL_LISTENER_ID_BITS + u32::from(n.prefix_len()),
+                        bytemuck::cast(data),
+                    ));
+                }
+                IpNet::V6(n) => {
+                    let data = AclV6 {
+                        listener_id: set,
+                        addr: n.network().octets(),
+                    };
+                    v6.insert((
+                        ACL_LISTENER_ID_BITS + u32::from(n.prefix_len()),
+                        bytemuck::cast(data),
+                    ));
+                }
+            }
+        }
+    }
+
     /// The listener's map value, served in userspace ([`NO_GROUP`]).
     pub fn info(&self) -> ListenerInfo {
         self.info_in_group(NO_GROUP)
@@ -209,34 +241,7 @@ impl DesiredMaps {
                     out.listeners.insert(bytemuck::cast(key), info);
                 }
             }
-            if rule.mode == AclMode::All {
-                continue;
-            }
-            let id = info.acl_set.to_be_bytes();
-            for net in &rule.prefixes {
-                match net.trunc() {
-                    IpNet::V4(n) => {
-                        let data = AclV4 {
-                            listener_id: id,
-                            addr: n.network().octets(),
-                        };
-                        out.acl_v4.insert((
-                            ACL_LISTENER_ID_BITS + u32::from(n.prefix_len()),
-                            bytemuck::cast(data),
-                        ));
-                    }
-                    IpNet::V6(n) => {
-                        let data = AclV6 {
-                            listener_id: id,
-                            addr: n.network().octets(),
-                        };
-                        out.acl_v6.insert((
-                            ACL_LISTENER_ID_BITS + u32::from(n.prefix_len()),
-                            bytemuck::cast(data),
-                        ));
-                    }
-                }
-            }
+            rule.acl_entries(info.acl_set, &mut out.acl_v4, &mut out.acl_v6);
         }
         Ok(out)
     }
