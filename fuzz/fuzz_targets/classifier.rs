@@ -22,6 +22,7 @@ fn tables() -> &'static Tables {
             pps_interval_ns: 0,
             block_secs: 0,
             syn_cookies: 0,
+            acl_set: id,
         };
         t.listeners
             .insert(ListenerKey::new(ANY, 443, IPPROTO_TCP), ListenerInfo { l4_group: NO_GROUP, syn_interval_ns: 250_000_000, pps_interval_ns: 1_000_000, block_secs: 30, syn_cookies: syn_cookies::WATCH | syn_cookies::ANSWER, ..l4(1, 0) });

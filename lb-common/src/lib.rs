@@ -107,10 +107,11 @@ pub const ACL_LISTENER_ID_BITS: u32 = 32;
 /// array holds per (port, protocol) one [`port_entry`]: whether that map holds any listener of
 /// the port, and where in the `WILDCARDS` array its wildcard listeners are. Most frames then
 /// cost array reads (inlined by the verifier), no hash lookup. A change is whole as the
-/// program sees it: a hash map element is replaced, not rewritten in place; a wildcard
-/// listener is written to a `WILDCARDS` entry no port points at, then pointed at by its port's
-/// entry (one 4-byte map update); what a run may still be reading is removed or reused only
-/// after a grace period (see the daemon's `dataplane::grace`).
+/// program sees it: a port's changed listeners on one address are written under its other
+/// [`ListenerKey::generation`] and a wildcard listener to a `WILDCARDS` entry no port points
+/// at, then the port's entry is switched (one 4-byte map update); what a run may still be
+/// reading is removed or reused only after a grace period (see the daemon's
+/// `dataplane::grace`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Pod, Zeroable)]
 pub struct ListenerKey {
@@ -118,7 +119,11 @@ pub struct ListenerKey {
     /// Destination port in host byte order.
     pub port: u16,
     pub proto: u8,
-    pub _pad: u8,
+    /// The generation of its port's listeners on one address ([`port_entry::GEN`]): a reload
+    /// that changes any of them writes them all under the other generation, then switches the
+    /// port's entry, so a frame sees the port's old listeners or its new ones, and no element
+    /// a run may be reading is replaced in place.
+    pub generation: u8,
 }
 
 /// Wildcard address of listeners bound to every IPv4 and IPv6 address.
@@ -132,7 +137,7 @@ impl ListenerKey {
             addr,
             port,
             proto,
-            _pad: 0,
+            generation: 0,
         }
     }
 }
@@ -453,6 +458,8 @@ pub const WILDCARD_SLOTS: u32 = 4 * MAX_LISTENERS + 1;
 pub mod port_entry {
     /// Listeners on one address.
     pub const EXACT: u32 = 1;
+    /// The generation their keys carry ([`ListenerKey::generation`](super::ListenerKey)).
+    pub const GEN: u32 = 1 << 27;
     const INDEX: u32 = 0x1fff;
     const _: () = assert!(super::WILDCARD_SLOTS <= INDEX + 1);
 
@@ -470,8 +477,14 @@ pub mod port_entry {
 
     /// The entry of a port with listeners on one address or not, and these wildcard entries
     /// (each below [`WILDCARD_SLOTS`](super::WILDCARD_SLOTS)).
-    pub const fn pack(exact: bool, any_v4: u32, any: u32) -> u32 {
-        exact as u32 | (any_v4 & INDEX) << 1 | (any & INDEX) << 14
+    pub const fn pack(exact: bool, generation: u8, any_v4: u32, any: u32) -> u32 {
+        exact as u32 | (any_v4 & INDEX) << 1 | (any & INDEX) << 14 | ((generation as u32 & 1) * GEN)
+    }
+
+    /// The generation of the port's listeners on one address.
+    #[inline(always)]
+    pub const fn generation(entry: u32) -> u8 {
+        (entry & GEN != 0) as u8
     }
 }
 
@@ -1178,15 +1191,17 @@ mod tests {
         assert_eq!(size_of::<ListenerKey>(), 20);
         assert_eq!(align_of::<ListenerKey>(), 2);
         assert_eq!(size_of::<ListenerInfo>(), 40);
-        let entry = port_entry::pack(true, WILDCARD_SLOTS - 1, 7);
+        let entry = port_entry::pack(true, 1, WILDCARD_SLOTS - 1, 7);
         assert_eq!(
             (
                 entry & port_entry::EXACT,
+                port_entry::generation(entry),
                 port_entry::any_v4(entry),
                 port_entry::any(entry)
             ),
-            (1, WILDCARD_SLOTS - 1, 7)
+            (1, 1, WILDCARD_SLOTS - 1, 7)
         );
+        assert_eq!(port_entry::generation(port_entry::pack(true, 0, 1, 1)), 0);
         assert_eq!(size_of::<SourceKey>(), 24);
         assert_eq!(size_of::<SourceState>(), 32);
         assert_eq!(size_of::<BackendInfo>(), 28);

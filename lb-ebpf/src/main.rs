@@ -316,7 +316,10 @@ pub(crate) fn find_listener(
 ) -> Option<ListenerInfo> {
     let entry = *PORTS.get(port_slot(port, proto)?)?;
     if entry & port_entry::EXACT != 0 {
-        let key = ListenerKey::new(*dst, port, proto);
+        let key = ListenerKey {
+            generation: port_entry::generation(entry),
+            ..ListenerKey::new(*dst, port, proto)
+        };
         // SAFETY: map values are plain integers, copied out at once.
         if let Some(info) = unsafe { LISTENERS.get(key) } {
             return Some(*info);

@@ -171,3 +171,40 @@ fn a_listener_changing_its_access_control_mode_never_mixes_old_and_new_lists() {
         assert_eq!(lost, 0, "{addr}: frames that found no listener");
     }
 }
+
+/// A listener that keeps its id while its address and its blacklist both change: a frame to
+/// its old address from a source only the new list names, and one to its new address from a
+/// source only the old list names, are dropped by neither configuration, so never (with the
+/// ACL set kept, the old key would read the new list for a while, and the new key the old).
+#[test]
+fn a_listener_moving_address_with_a_new_list_never_reads_the_other_list() {
+    if !root_or_skip("a_listener_moving_address_with_a_new_list_never_reads_the_other_list") {
+        return;
+    }
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let mut fx = Fixture::load();
+    let old = [rule(1, "10.0.0.1:443", TCP, Blacklist, &["192.168.0.0/16"])];
+    let new = [rule(1, "10.0.0.2:443", TCP, Blacklist, &["172.16.0.0/12"])];
+    let frames = [
+        ("172.16.0.5", "10.0.0.1"),
+        ("192.168.1.5", "10.0.0.2"),
+        ("192.168.1.5", "10.0.0.1"),
+    ]
+    .map(|(src, dst)| Frame::tcp(src, dst, 443).bytes())
+    .to_vec();
+    let seen = reload_under_traffic(&mut fx, &old, &new, frames);
+    let (to_old, to_new, probe) = (seen[0], seen[1], seen[2]);
+    eprintln!("to the old address {to_old:?}, to the new {to_new:?}, probe {probe:?}");
+    for v in &seen {
+        only_drop_and_pass("moved", v);
+    }
+    assert_eq!(
+        (to_old[XDP_DROP], to_new[XDP_DROP]),
+        (0, 0),
+        "frames dropped by neither configuration"
+    );
+    assert!(
+        probe[XDP_DROP] > 0 && probe[XDP_PASS] > 0,
+        "the two configurations were not both in force: {probe:?}"
+    );
+}

@@ -3,29 +3,44 @@
 //!
 //! A reload writes new prefixes, then the listeners, then removes old prefixes. A listener
 //! whose list alone changes keeps its set: each source's verdict changes once, when its prefix
-//! comes or goes. A listener whose list changes together with its mode or any other value (its
-//! group, limits, address) moves to the other set, so that a frame judged by its old values
-//! never reads part of its new list, and the reverse. (Moving every listener whose list
-//! changes would need room in the tries for both lists of a large blocklist at once.)
+//! comes or goes. A listener whose list changes together with anything else of it (its mode,
+//! group or limits, an address or protocol it gains, loses or moves to) moves to the other set,
+//! so that a frame judged by its old keys and values never reads part of its new list, nor the
+//! reverse. (Moving every listener whose list changes would need room in the tries for both
+//! lists of a large blocklist at once.)
 use std::collections::{BTreeMap, BTreeSet};
 
-use lb_common::{ACL_SET_TAG, ListenerInfo};
+use lb_common::{ACL_SET_TAG, IPPROTO_TCP, IPPROTO_UDP, ListenerInfo};
 
 use super::rules::{AclSets, L4Listeners, ListenerRule, V4Entry, V6Entry};
 
-/// What the kernel holds for one listener id.
+/// What the kernel holds for one listener id: each of its keys (`ListenerKey` bytes) with its
+/// value.
+#[derive(Default)]
 pub(super) struct Running {
-    /// Its access-control mode (`acl`).
-    pub acl: u32,
-    /// Its ACL set.
-    pub set: u32,
-    /// Its values (one per address and protocol), `acl_set` zeroed.
-    pub infos: Vec<ListenerInfo>,
+    pub entries: Vec<([u8; 20], ListenerInfo)>,
+}
+
+/// A key and value compared across reloads: the value without its ACL set.
+type Pair = ([u8; 20], [u32; 10]);
+
+fn pair(key: [u8; 20], info: ListenerInfo) -> Pair {
+    (key, bytemuck::cast(ListenerInfo { acl_set: 0, ..info }))
 }
 
 /// The first 32 bits of a trie entry's data: the ACL set it belongs to.
 pub(super) fn set_of<const N: usize>(data: &[u8; N]) -> [u8; 4] {
     [data[0], data[1], data[2], data[3]]
+}
+
+/// The port and protocol of a `PORTS` slot (`lb_common::port_slot`'s inverse).
+pub(super) fn slot_port(slot: u32) -> (u16, u8) {
+    let proto = if slot & 1 == 1 {
+        IPPROTO_UDP
+    } else {
+        IPPROTO_TCP
+    };
+    ((slot >> 1) as u16, proto)
 }
 
 /// The ACL set of each listener id of `rules`, given what runs (`running`) and what the
@@ -37,55 +52,60 @@ pub(super) fn next_acl_sets(
     v4: &BTreeSet<V4Entry>,
     v6: &BTreeSet<V6Entry>,
 ) -> AclSets {
+    type Lists = (BTreeSet<V4Entry>, BTreeSet<V6Entry>);
+    let mut held: BTreeMap<[u8; 4], Lists> = BTreeMap::new();
+    for e in v4 {
+        held.entry(set_of(&e.1)).or_default().0.insert(*e);
+    }
+    for e in v6 {
+        held.entry(set_of(&e.1)).or_default().1.insert(*e);
+    }
+    let none = Lists::default();
     let mut sets = AclSets::new();
     for rule in rules {
         if sets.contains_key(&rule.id) {
             continue;
         }
-        let Some(run) = running.get(&rule.id) else {
+        let Some(run) = running.get(&rule.id).filter(|r| !r.entries.is_empty()) else {
             sets.insert(rule.id, rule.id);
             continue;
         };
         let mine: Vec<&ListenerRule> = rules.iter().filter(|r| r.id == rule.id).collect();
-        let infos: Vec<ListenerInfo> = mine
+        let wanted: BTreeSet<Pair> = mine
             .iter()
-            .map(|r| ListenerInfo {
-                acl_set: 0,
-                ..match l4.get(&r.id) {
+            .map(|r| {
+                let info = match l4.get(&r.id) {
                     Some(l) => r.info_l4(l),
                     None => r.info(),
-                }
+                };
+                pair(bytemuck::cast(r.key()), info)
             })
             .collect();
-        let (mut new_v4, mut new_v6) = (BTreeSet::new(), BTreeSet::new());
-        for r in &mine {
-            r.acl_entries(run.set, &mut new_v4, &mut new_v6);
-        }
-        let set = run.set.to_be_bytes();
-        let old_v4: BTreeSet<V4Entry> = v4
-            .iter()
-            .filter(|(_, d)| set_of(d) == set)
-            .copied()
-            .collect();
-        let old_v6: BTreeSet<V6Entry> = v6
-            .iter()
-            .filter(|(_, d)| set_of(d) == set)
-            .copied()
-            .collect();
-        let list_changed = old_v4 != new_v4 || old_v6 != new_v6;
-        let same_values = infos.len() == run.infos.len()
-            && infos.iter().all(|i| run.infos.contains(i))
-            && run.infos.iter().all(|i| infos.contains(i));
-        let mode_changed = infos.first().is_some_and(|i| i.acl != run.acl);
-        let moved = mode_changed || (list_changed && !same_values);
-        sets.insert(
-            rule.id,
-            if moved {
-                run.set ^ ACL_SET_TAG
-            } else {
-                run.set
-            },
-        );
+        let now: BTreeSet<Pair> = run.entries.iter().map(|(k, i)| pair(*k, *i)).collect();
+        let primary = run.entries[0].1.acl_set;
+        let list_under = |set: u32| {
+            let mut lists = Lists::default();
+            for r in &mine {
+                r.acl_entries(set, &mut lists.0, &mut lists.1);
+            }
+            lists
+        };
+        let readers = |set: u32| run.entries.iter().filter(move |(_, i)| i.acl_set == set);
+        // A set may take the new list if its list does not change, or nobody reads it, or
+        // nothing but the list changes; else one whose readers all keep their keys and values.
+        let fits = |set: u32| {
+            held.get(&set.to_be_bytes()).unwrap_or(&none) == &list_under(set)
+                || readers(set).next().is_none()
+                || now == wanted
+        };
+        let fair = |set: u32| readers(set).all(|(k, i)| wanted.contains(&pair(*k, *i)));
+        let candidates = [primary, primary ^ ACL_SET_TAG];
+        let set = candidates
+            .into_iter()
+            .find(|s| fits(*s))
+            .or_else(|| candidates.into_iter().find(|s| fair(*s)))
+            .unwrap_or(primary ^ ACL_SET_TAG);
+        sets.insert(rule.id, set);
     }
     sets
 }
@@ -121,12 +141,7 @@ mod tests {
         let running = BTreeMap::from([(
             3,
             Running {
-                acl: old.info().acl,
-                set: 3,
-                infos: vec![ListenerInfo {
-                    acl_set: 0,
-                    ..old.info()
-                }],
+                entries: vec![(bytemuck::cast(old.key()), old.info())],
             },
         )]);
         next_acl_sets(std::slice::from_ref(new), l4, &running, &v4, &v6)[&3]
@@ -150,24 +165,32 @@ mod tests {
             ),
             3
         );
-        // The list with a value, the list with the mode, the mode alone: the other set.
+        // The list with a value, the list with the mode: the other set.
         let both = rule(AclMode::Blacklist, &["10.9.0.0/16"], 50);
         assert_eq!(next(&old, &both, &none), moved);
         assert_eq!(
             next(&old, &rule(AclMode::Whitelist, &["10.9.0.0/16"], 0), &none),
             moved
         );
+        // The mode alone: the same set (the list stays, the listener is replaced whole).
         assert_eq!(
             next(
                 &old,
                 &rule(AclMode::Whitelist, &["192.168.0.0/16"], 0),
                 &none
             ),
-            moved
+            3
         );
         // The list with the listener's L4 group.
         let l4 = L4Listeners::from([(3, L4Listener::in_group(2))]);
         assert_eq!(next(&old, &grown, &l4), moved);
+        // The list with the address: the other set; the address alone: the same.
+        let moved_to = |prefixes: &[&str]| ListenerRule {
+            addr: "10.0.0.2:443".parse().expect("an address"),
+            ..rule(AclMode::Blacklist, prefixes, 0)
+        };
+        assert_eq!(next(&old, &moved_to(&["10.9.0.0/16"]), &none), moved);
+        assert_eq!(next(&old, &moved_to(&["192.168.0.0/16"]), &none), 3);
         // A listener that does not run yet: its id.
         let empty = BTreeMap::new();
         let (v4, v6) = (BTreeSet::new(), BTreeSet::new());

@@ -34,14 +34,14 @@ use aya::programs::{TestRun, TestRunOptions, Xdp, XdpMode as AyaXdpMode, xdp::Xd
 use aya::{Ebpf, EbpfLoader};
 use lb_common::maglev::TABLE_SIZE;
 use lb_common::{
-    AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ICMP_PROGRAM_NAME, ListenerInfo,
-    ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS, MAP_TAIL,
-    MAP_WILDCARDS, MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS,
-    PROGRAM_NAME, TAIL_ICMP, WILDCARD_SLOTS, port_entry,
+    ANY, ANY_V4, AclV4, AclV6, Counters, DEFAULT_ENCAP_V4, DEFAULT_ENCAP_V6, ICMP_PROGRAM_NAME,
+    ListenerInfo, ListenerKey, MAP_ACL_V4, MAP_ACL_V6, MAP_LISTENERS, MAP_PORTS, MAP_STATS,
+    MAP_TAIL, MAP_WILDCARDS, MAX_ACL_ENTRIES, MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MAX_LISTENERS,
+    PROGRAM_NAME, TAIL_ICMP, WILDCARD_SLOTS, port_entry, port_slot,
 };
 use tracing::{info, warn};
 
-use acl_sets::{Running, next_acl_sets, set_of};
+use acl_sets::{Running, next_acl_sets, set_of, slot_port};
 use rules::{V4Entry, V6Entry};
 
 pub use apply::{L4Group, L4ListenerSpec};
@@ -364,7 +364,10 @@ impl Dataplane {
         let desired = self.check_rules(rules, l4, &acl_sets)?;
         // Entries under a set no listener reads (left by a reload that failed half way): no
         // run reads them, and a set written below must hold its list and nothing else.
-        let read: BTreeSet<[u8; 4]> = running.values().map(|r| r.set.to_be_bytes()).collect();
+        let read: BTreeSet<[u8; 4]> = running
+            .values()
+            .flat_map(|r| r.entries.iter().map(|(_, i)| i.acl_set.to_be_bytes()))
+            .collect();
         let unread_v4: BTreeSet<V4Entry> = v4
             .iter()
             .filter(|(_, d)| !read.contains(&set_of(d)))
@@ -383,8 +386,13 @@ impl Dataplane {
         check_room("IPv6", &v6, &desired.acl_v6)?;
         // Before any listener answers SYNs with them.
         self.write_syn_options(rules)?;
-        write_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, unread_v4.iter(), false)?;
-        write_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, unread_v6.iter(), false)?;
+        if !unread_v4.is_empty() || !unread_v6.is_empty() {
+            // A reload that failed half way may have switched a listener off these a moment
+            // ago.
+            self.grace.wait()?;
+            write_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, unread_v4.iter(), false)?;
+            write_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, unread_v6.iter(), false)?;
+        }
         // Every step below leaves each frame the verdict of the old configuration or of the
         // new one. New prefixes first: a listener whose values change with its list reads the
         // list under its other ACL set (see `next_acl_sets`), which it does only once it is
@@ -401,38 +409,75 @@ impl Dataplane {
             desired.acl_v6.difference(&v6),
             true,
         )?;
-        // New and changed listeners on one address, each replaced whole; a new key is looked
-        // up only once its port's entry says so.
+        // Listeners on one address: a port any of whose listeners change gets them all under
+        // its other generation (keys no run reads yet); the others keep theirs, unwritten.
         let map = self
             .ebpf
             .map_mut(MAP_LISTENERS)
             .ok_or_else(|| missing(MAP_LISTENERS))?;
         let mut listeners: HashMap<&mut MapData, ListenerKey, ListenerInfo> =
             HashMap::try_from(map).map_err(map_err(MAP_LISTENERS))?;
-        let stale: Vec<ListenerKey> = listeners
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| {
-                !desired
-                    .listeners
-                    .contains_key(&bytemuck::cast::<_, [u8; 20]>(*key))
-            })
-            .collect();
+        let mut present: BTreeMap<[u8; 20], ListenerInfo> = BTreeMap::new();
+        for item in listeners.iter() {
+            let (key, info) = item.map_err(map_err(MAP_LISTENERS))?;
+            present.insert(bytemuck::cast(key), info);
+        }
+        let mut by_slot: BTreeMap<u32, Vec<(ListenerKey, ListenerInfo)>> = BTreeMap::new();
         for (raw, info) in &desired.listeners {
             let key: ListenerKey = bytemuck::cast(*raw);
-            if listeners.get(&key, 0).ok().as_ref() != Some(info) {
-                listeners
-                    .insert(key, info, 0)
-                    .map_err(map_err(MAP_LISTENERS))?;
+            let slot = port_slot(key.port, key.proto).ok_or(DataplaneError::Protocol(key.proto))?;
+            by_slot.entry(slot).or_default().push((key, *info));
+        }
+        let mut generations = BTreeMap::new();
+        let mut kept = BTreeSet::new();
+        for (slot, wanted) in &by_slot {
+            let now = self.ports.get(slot).copied().unwrap_or(0);
+            let running = port_entry::generation(now);
+            let under = |generation: u8, key: &ListenerKey| -> [u8; 20] {
+                bytemuck::cast(ListenerKey { generation, ..*key })
+            };
+            let same = now & port_entry::EXACT != 0
+                && wanted
+                    .iter()
+                    .all(|(k, i)| present.get(&under(running, k)) == Some(i))
+                && present
+                    .iter()
+                    .filter(|(k, _)| {
+                        let k: ListenerKey = bytemuck::cast(**k);
+                        k.generation == running && port_slot(k.port, k.proto) == Some(*slot)
+                    })
+                    .count()
+                    == wanted.len();
+            let generation = if same { running } else { running ^ 1 };
+            generations.insert(*slot, generation);
+            for (key, info) in wanted {
+                let raw = under(generation, key);
+                kept.insert(raw);
+                if !same && present.get(&raw) != Some(info) {
+                    listeners
+                        .insert(bytemuck::cast::<_, ListenerKey>(raw), info, 0)
+                        .map_err(map_err(MAP_LISTENERS))?;
+                }
             }
         }
+        let stale: Vec<ListenerKey> = present
+            .keys()
+            .filter(|k| !kept.contains(*k))
+            .map(|k| bytemuck::cast(*k))
+            .collect();
         // Then the ports, each switched by one store: a frame finds the new listeners from here
         // on.
-        self.sync_ports(&desired.ports)?;
+        self.sync_ports(&desired.ports, &generations)?;
         // A run that read an old port entry or listener before the switch may still be using
-        // it: the old ones go only once every such run has ended.
-        self.grace.wait()?;
-        self.ungraced.clear();
+        // it: the old ones go only once every such run has ended (no wait when nothing goes).
+        let going = !stale.is_empty()
+            || !self.ungraced.is_empty()
+            || v4.difference(&desired.acl_v4).next().is_some()
+            || v6.difference(&desired.acl_v6).next().is_some();
+        if going {
+            self.grace.wait()?;
+            self.ungraced.clear();
+        }
         let map = self
             .ebpf
             .map_mut(MAP_LISTENERS)
@@ -459,8 +504,8 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Per listener id, what the kernel holds for it now: from `LISTENERS` and the
-    /// `WILDCARDS` entries ports point at.
+    /// Per listener id, what the kernel holds for it now: its keys and values in `LISTENERS`
+    /// and in the `WILDCARDS` entries ports point at.
     fn running(&mut self) -> Result<BTreeMap<u32, Running>, DataplaneError> {
         let map = self
             .ebpf
@@ -468,19 +513,36 @@ impl Dataplane {
             .ok_or_else(|| missing(MAP_LISTENERS))?;
         let listeners: HashMap<&MapData, ListenerKey, ListenerInfo> =
             HashMap::try_from(map).map_err(map_err(MAP_LISTENERS))?;
+        let mut entries = Vec::new();
+        for item in listeners.iter() {
+            let (key, info) = item.map_err(map_err(MAP_LISTENERS))?;
+            // Compared with the configuration's keys, which have none.
+            entries.push((
+                ListenerKey {
+                    generation: 0,
+                    ..key
+                },
+                info,
+            ));
+        }
+        for (slot, entry) in &self.ports {
+            let (port, proto) = slot_port(*slot);
+            for (addr, index) in [
+                (ANY_V4, port_entry::any_v4(*entry)),
+                (ANY, port_entry::any(*entry)),
+            ] {
+                if let Some(info) = self.wildcards.get(&index) {
+                    entries.push((ListenerKey::new(addr, port, proto), *info));
+                }
+            }
+        }
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
-        let infos = listeners
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, info)| info)
-            .chain(self.wildcards.values().copied());
-        for info in infos {
-            let r = running.entry(info.id).or_insert_with(|| Running {
-                acl: info.acl,
-                set: info.acl_set,
-                infos: Vec::new(),
-            });
-            r.infos.push(ListenerInfo { acl_set: 0, ..info });
+        for (key, info) in entries {
+            running
+                .entry(info.id)
+                .or_default()
+                .entries
+                .push((bytemuck::cast(key), info));
         }
         Ok(running)
     }
@@ -508,7 +570,11 @@ impl Dataplane {
     /// written first to a `WILDCARDS` entry that no port pointed at before this call (a
     /// program may still be reading those), then the ports that differ written and the others
     /// zeroed, each by one 4-byte store.
-    fn sync_ports(&mut self, desired: &BTreeMap<u32, PortListeners>) -> Result<(), DataplaneError> {
+    fn sync_ports(
+        &mut self,
+        desired: &BTreeMap<u32, PortListeners>,
+        generations: &BTreeMap<u32, u8>,
+    ) -> Result<(), DataplaneError> {
         let pointed_at = |ports: &BTreeMap<u32, u32>| -> BTreeSet<u32> {
             ports
                 .values()
@@ -548,7 +614,11 @@ impl Dataplane {
                         .map_err(map_err(MAP_WILDCARDS))?;
                     self.wildcards.insert(*index, info);
                 }
-                entries.insert(*slot, port_entry::pack(port.exact, indices[0], indices[1]));
+                let generation = generations.get(slot).copied().unwrap_or(0);
+                entries.insert(
+                    *slot,
+                    port_entry::pack(port.exact, generation, indices[0], indices[1]),
+                );
             }
             let map = self
                 .ebpf
