@@ -187,6 +187,9 @@ pub struct Dataplane {
     /// `WILDCARDS` entries no port points at any more, which a run of the program may still
     /// be reading until the next grace period.
     ungraced: BTreeSet<u32>,
+    /// Set while an apply is between its first write and its grace period: the next apply
+    /// waits one before it writes (a failed apply's rollback, a `--syn-protect` toggle).
+    unsettled: bool,
     grace: grace::Grace,
     /// Both halves of every L4 group's backends and ring as last written, and which is live.
     backends: backends::Groups,
@@ -216,6 +219,7 @@ impl Dataplane {
             ports: BTreeMap::new(),
             wildcards: BTreeMap::new(),
             ungraced: BTreeSet::new(),
+            unsettled: false,
             grace: grace::Grace::new()?,
             backends: Default::default(),
             slots: Slots::default(),
@@ -355,6 +359,12 @@ impl Dataplane {
         rules: &[ListenerRule],
         l4: &L4Listeners,
     ) -> Result<(), DataplaneError> {
+        // An apply that failed before its grace period (and its rollback) may have switched
+        // ports a moment ago: what they pointed at is rewritten below only after one.
+        if self.unsettled || !self.ungraced.is_empty() {
+            self.grace.wait()?;
+            (self.unsettled, self.ungraced) = (false, BTreeSet::new());
+        }
         // Read once: this is the tries' only writer, so what they hold between the steps
         // below follows from this and what the steps write.
         let mut v4 = read_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4)?;
@@ -386,10 +396,9 @@ impl Dataplane {
         check_room("IPv6", &v6, &desired.acl_v6)?;
         // Before any listener answers SYNs with them.
         self.write_syn_options(rules)?;
+        // From here until the grace period below, runs may read what this apply replaces.
+        self.unsettled = true;
         if !unread_v4.is_empty() || !unread_v6.is_empty() {
-            // A reload that failed half way may have switched a listener off these a moment
-            // ago.
-            self.grace.wait()?;
             write_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, unread_v4.iter(), false)?;
             write_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, unread_v6.iter(), false)?;
         }
@@ -428,6 +437,14 @@ impl Dataplane {
             let slot = port_slot(key.port, key.proto).ok_or(DataplaneError::Protocol(key.proto))?;
             by_slot.entry(slot).or_default().push((key, *info));
         }
+        // Keys per (port slot, generation), counted once.
+        let mut counts: BTreeMap<(u32, u8), usize> = BTreeMap::new();
+        for k in present.keys() {
+            let k: ListenerKey = bytemuck::cast(*k);
+            if let Some(slot) = port_slot(k.port, k.proto) {
+                *counts.entry((slot, k.generation)).or_default() += 1;
+            }
+        }
         let mut generations = BTreeMap::new();
         let mut kept = BTreeSet::new();
         for (slot, wanted) in &by_slot {
@@ -440,14 +457,7 @@ impl Dataplane {
                 && wanted
                     .iter()
                     .all(|(k, i)| present.get(&under(running, k)) == Some(i))
-                && present
-                    .iter()
-                    .filter(|(k, _)| {
-                        let k: ListenerKey = bytemuck::cast(**k);
-                        k.generation == running && port_slot(k.port, k.proto) == Some(*slot)
-                    })
-                    .count()
-                    == wanted.len();
+                && counts.get(&(*slot, running)) == Some(&wanted.len());
             let generation = if same { running } else { running ^ 1 };
             generations.insert(*slot, generation);
             for (key, info) in wanted {
@@ -478,6 +488,7 @@ impl Dataplane {
             self.grace.wait()?;
             self.ungraced.clear();
         }
+        self.unsettled = false;
         let map = self
             .ebpf
             .map_mut(MAP_LISTENERS)
