@@ -475,6 +475,12 @@ pub mod port_entry {
         (entry >> 14) & INDEX
     }
 
+    /// Both `WILDCARDS` entries: [`any_v4`], [`any`].
+    #[inline(always)]
+    pub const fn wildcards(entry: u32) -> [u32; 2] {
+        [any_v4(entry), any(entry)]
+    }
+
     /// The entry of a port with listeners on one address or not, and these wildcard entries
     /// (each below [`WILDCARD_SLOTS`](super::WILDCARD_SLOTS)).
     pub const fn pack(exact: bool, generation: u8, any_v4: u32, any: u32) -> u32 {

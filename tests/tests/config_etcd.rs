@@ -408,9 +408,10 @@ fn a_revision_refused_for_a_passing_reason_is_applied_once_it_can_be() {
     // The listener moves to a port another process still holds: refused, the first stays.
     let holder = std::net::TcpListener::bind(second).expect("hold the second port");
     ctl(&["put", &format!("{PREFIX}/config"), &config(second)]).expect("etcdctl put");
-    node.log_when(Duration::from_secs(10), |log| {
+    let log = node.log_when(Duration::from_secs(10), |log| {
         log.contains("etcd: reload refused")
     });
+    assert!(log.contains("etcd: reload refused"), "not refused:\n{log}");
     assert_eq!(
         exchange_tcp(first, get).finals(),
         [200],

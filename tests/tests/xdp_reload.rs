@@ -63,10 +63,11 @@ fn reload_under_traffic(
         reloads += 1;
     }
     // Ends on `a` or `b` alike; the traffic thread stops after this.
+    let took = start.elapsed();
     stop.store(true, Ordering::Relaxed);
     let seen = traffic.join().expect("the traffic thread");
     let frames: u64 = seen.iter().flatten().sum();
-    eprintln!("{reloads} reloads, {frames} frames during them");
+    eprintln!("{reloads} reloads in {took:?}, {frames} frames during them");
     assert!(
         frames >= FRAMES,
         "only {frames} frames ran during the reloads"

@@ -369,7 +369,9 @@ impl Dataplane {
         // below follows from this and what the steps write.
         let mut v4 = read_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4)?;
         let mut v6 = read_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6)?;
-        let running = self.running()?;
+        // `LISTENERS` as it is, read once: what runs, and what the writes below compare with.
+        let present = self.read_listeners()?;
+        let running = self.running(&present);
         let acl_sets = next_acl_sets(rules, l4, &running, &v4, &v6);
         let desired = self.check_rules(rules, l4, &acl_sets)?;
         // Entries under a set no listener reads (left by a reload that failed half way): no
@@ -398,23 +400,14 @@ impl Dataplane {
         self.write_syn_options(rules)?;
         // From here until the grace period below, runs may read what this apply replaces.
         self.unsettled = true;
-        if !unread_v4.is_empty() || !unread_v6.is_empty() {
-            write_trie::<AclV4, 8>(&mut self.ebpf, MAP_ACL_V4, unread_v4.iter(), false)?;
-            write_trie::<AclV6, 20>(&mut self.ebpf, MAP_ACL_V6, unread_v6.iter(), false)?;
-        }
+        write_tries(&mut self.ebpf, unread_v4.iter(), unread_v6.iter(), false)?;
         // Every step below leaves each frame the verdict of the old configuration or of the
         // new one. New prefixes first: a listener whose values change with its list reads the
         // list under its other ACL set (see `next_acl_sets`), which it does only once it is
         // written itself; one whose list alone changes sees each source's verdict change once.
-        write_trie::<AclV4, 8>(
+        write_tries(
             &mut self.ebpf,
-            MAP_ACL_V4,
             desired.acl_v4.difference(&v4),
-            true,
-        )?;
-        write_trie::<AclV6, 20>(
-            &mut self.ebpf,
-            MAP_ACL_V6,
             desired.acl_v6.difference(&v6),
             true,
         )?;
@@ -426,11 +419,6 @@ impl Dataplane {
             .ok_or_else(|| missing(MAP_LISTENERS))?;
         let mut listeners: HashMap<&mut MapData, ListenerKey, ListenerInfo> =
             HashMap::try_from(map).map_err(map_err(MAP_LISTENERS))?;
-        let mut present: BTreeMap<[u8; 20], ListenerInfo> = BTreeMap::new();
-        for item in listeners.iter() {
-            let (key, info) = item.map_err(map_err(MAP_LISTENERS))?;
-            present.insert(bytemuck::cast(key), info);
-        }
         let mut by_slot: BTreeMap<u32, Vec<(ListenerKey, ListenerInfo)>> = BTreeMap::new();
         for (raw, info) in &desired.listeners {
             let key: ListenerKey = bytemuck::cast(*raw);
@@ -500,62 +488,64 @@ impl Dataplane {
         }
         // After the listeners: a SYN to one just replaced must not find its old stamp.
         self.clear_syn_stamps(rules)?;
-        write_trie::<AclV4, 8>(
+        write_tries(
             &mut self.ebpf,
-            MAP_ACL_V4,
             v4.difference(&desired.acl_v4),
-            false,
-        )?;
-        write_trie::<AclV6, 20>(
-            &mut self.ebpf,
-            MAP_ACL_V6,
             v6.difference(&desired.acl_v6),
             false,
         )?;
         Ok(())
     }
 
-    /// Per listener id, what the kernel holds for it now: its keys and values in `LISTENERS`
-    /// and in the `WILDCARDS` entries ports point at.
-    fn running(&mut self) -> Result<BTreeMap<u32, Running>, DataplaneError> {
+    /// Every `LISTENERS` key (as bytes) with its value.
+    fn read_listeners(&self) -> Result<BTreeMap<[u8; 20], ListenerInfo>, DataplaneError> {
         let map = self
             .ebpf
             .map(MAP_LISTENERS)
             .ok_or_else(|| missing(MAP_LISTENERS))?;
         let listeners: HashMap<&MapData, ListenerKey, ListenerInfo> =
             HashMap::try_from(map).map_err(map_err(MAP_LISTENERS))?;
-        let mut entries = Vec::new();
+        let mut present = BTreeMap::new();
         for item in listeners.iter() {
             let (key, info) = item.map_err(map_err(MAP_LISTENERS))?;
-            // Compared with the configuration's keys, which have none.
-            entries.push((
+            present.insert(bytemuck::cast(key), info);
+        }
+        Ok(present)
+    }
+
+    /// Per listener id, what the kernel holds for it now: its keys and values in `LISTENERS`
+    /// (`present`) and in the `WILDCARDS` entries ports point at.
+    fn running(&self, present: &BTreeMap<[u8; 20], ListenerInfo>) -> BTreeMap<u32, Running> {
+        // Compared with the configuration's keys, which have no generation.
+        let exact = present.iter().map(|(raw, info)| {
+            let key: ListenerKey = bytemuck::cast(*raw);
+            (
                 ListenerKey {
                     generation: 0,
                     ..key
                 },
-                info,
-            ));
-        }
-        for (slot, entry) in &self.ports {
+                *info,
+            )
+        });
+        let wildcard = self.ports.iter().flat_map(|(slot, entry)| {
             let (port, proto) = slot_port(*slot);
-            for (addr, index) in [
-                (ANY_V4, port_entry::any_v4(*entry)),
-                (ANY, port_entry::any(*entry)),
-            ] {
-                if let Some(info) = self.wildcards.get(&index) {
-                    entries.push((ListenerKey::new(addr, port, proto), *info));
-                }
-            }
-        }
+            [ANY_V4, ANY]
+                .into_iter()
+                .zip(port_entry::wildcards(*entry))
+                .filter_map(move |(addr, index)| {
+                    let info = self.wildcards.get(&index)?;
+                    Some((ListenerKey::new(addr, port, proto), *info))
+                })
+        });
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
-        for (key, info) in entries {
+        for (key, info) in exact.chain(wildcard) {
             running
                 .entry(info.id)
                 .or_default()
                 .entries
                 .push((bytemuck::cast(key), info));
         }
-        Ok(running)
+        running
     }
 
     /// What the maps must hold for `rules` and `l4`, or why they cannot.
@@ -589,7 +579,7 @@ impl Dataplane {
         let pointed_at = |ports: &BTreeMap<u32, u32>| -> BTreeSet<u32> {
             ports
                 .values()
-                .flat_map(|e| [port_entry::any_v4(*e), port_entry::any(*e)])
+                .flat_map(|e| port_entry::wildcards(*e))
                 .filter(|i| *i != 0)
                 .collect()
         };
@@ -601,10 +591,11 @@ impl Dataplane {
             for (slot, port) in desired {
                 let old = self.ports.get(slot).copied().unwrap_or(0);
                 let mut indices = [0; 2];
-                for (index, (info, old)) in indices.iter_mut().zip([
-                    (port.any_v4, port_entry::any_v4(old)),
-                    (port.any, port_entry::any(old)),
-                ]) {
+                for (index, (info, old)) in indices.iter_mut().zip(
+                    [port.any_v4, port.any]
+                        .into_iter()
+                        .zip(port_entry::wildcards(old)),
+                ) {
                     let Some(info) = info else { continue };
                     if old != 0 && self.wildcards.get(&old) == Some(&info) {
                         *index = old;
@@ -832,6 +823,17 @@ fn check_room<const N: usize>(
 }
 
 /// Inserts (`insert`) or removes `prefixes` in the trie `name`.
+/// Inserts (`insert`) or removes the entries of both ACL tries.
+fn write_tries<'a>(
+    ebpf: &mut Ebpf,
+    v4: impl Iterator<Item = &'a V4Entry>,
+    v6: impl Iterator<Item = &'a V6Entry>,
+    insert: bool,
+) -> Result<(), DataplaneError> {
+    write_trie::<AclV4, 8>(ebpf, MAP_ACL_V4, v4, insert)?;
+    write_trie::<AclV6, 20>(ebpf, MAP_ACL_V6, v6, insert)
+}
+
 fn write_trie<'a, K: aya::Pod + bytemuck::Pod, const N: usize>(
     ebpf: &mut Ebpf,
     name: &'static str,
