@@ -47,6 +47,7 @@ fn tables() -> &'static Tables {
                     next_hop_mac: [2, 0, 0, 0, 0, 1],
                     flags: backend_flags::ALIVE | if i == 1 { backend_flags::IPV6 } else { 0 },
                     epoch: 1,
+                    ..BackendInfo::default()
                 },
             );
         }

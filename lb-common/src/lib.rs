@@ -42,6 +42,7 @@ pub const MAP_MAGLEV_GEN: &str = "MAGLEV_GEN";
 pub const MAP_BACKEND_STATS: &str = "BACKEND_STATS";
 pub const MAP_BACKENDS: &str = "BACKENDS";
 pub const MAP_ENCAP: &str = "ENCAP";
+pub const MAP_EGRESS: &str = "EGRESS";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_NEW_FLOWS: &str = "NEW_FLOWS";
 pub const MAP_FRAGS: &str = "FRAGS";
@@ -631,8 +632,8 @@ pub mod backend_flags {
 pub struct BackendInfo {
     /// The backend's address, the outer destination; IPv4 IPv4-mapped.
     pub addr: [u8; 16],
-    /// Ethernet address of the next hop towards `addr` on the interface the frame came in on
-    /// (`XDP_TX` sends it back out there). All zero: not resolved, not usable.
+    /// Ethernet address of the next hop towards `addr` on interface `ifindex`. All zero: not
+    /// resolved, not usable.
     pub next_hop_mac: [u8; 6],
     /// Bits of [`backend_flags`].
     pub flags: u16,
@@ -640,6 +641,15 @@ pub struct BackendInfo {
     /// entry; both halves carry the same epoch for the same backend), so a flow remembered for
     /// the index's previous backend is not sent to the new one.
     pub epoch: u32,
+    /// The interface the route towards `addr` leaves by. A frame that came in on it (or any
+    /// frame, when 0) goes back out with `XDP_TX`, from the MAC it was sent to; one that came
+    /// in on another interface is redirected to this one through `EGRESS`, from `egress_mac`
+    /// ([`Outcome::Redirected`]). A node with one interface for clients and another for
+    /// backends needs the second: `XDP_TX` would send the frame out to the clients' side.
+    pub ifindex: u32,
+    /// The Ethernet address of interface `ifindex`: the source of redirected frames.
+    pub egress_mac: [u8; 6],
+    pub _pad: [u8; 2],
 }
 
 impl BackendInfo {
@@ -649,6 +659,13 @@ impl BackendInfo {
         // Byte by byte: a slice comparison would become a `bcmp` call, which BPF lacks.
         let m = &self.next_hop_mac;
         self.flags & backend_flags::ALIVE != 0 && (m[0] | m[1] | m[2] | m[3] | m[4] | m[5]) != 0
+    }
+
+    /// Whether a frame that came in on interface `ingress` leaves by another one
+    /// ([`BackendInfo::ifindex`]).
+    #[inline(always)]
+    pub const fn redirected_from(&self, ingress: u32) -> bool {
+        self.ifindex != 0 && self.ifindex != ingress
     }
 
     #[inline(always)]
@@ -927,10 +944,18 @@ pub enum Outcome {
     /// ([`syn_cookies::ANSWER`]), answered in place with the SYN-ACK: `XDP_TX`. The kernel
     /// never sees it; the client's ACK goes to the kernel, which checks the cookie.
     SynCookie = 14,
+    /// As [`Outcome::ForwardedL4`] or [`Outcome::ForwardedIcmp`], to a backend whose route
+    /// leaves by another interface than the frame came in on ([`BackendInfo::ifindex`]): sent
+    /// there through the `EGRESS` device map, `XDP_REDIRECT`.
+    Redirected = 15,
 }
 
 /// Number of [`Outcome`]s, the length of the arrays in [`Counters`].
-pub const OUTCOMES: usize = 15;
+pub const OUTCOMES: usize = 16;
+
+/// Interfaces the `EGRESS` device map holds at most: the distinct interfaces the L4 backends'
+/// routes leave by.
+pub const MAX_EGRESS_IFACES: u32 = 64;
 
 /// ICMP "too big" answers each CPU sends per second at most (as a router rate-limits its
 /// ICMP errors); beyond it such frames are dropped and counted [`Outcome::TooBig`].
@@ -961,6 +986,7 @@ pub const MTU_FLOOR: u32 = IPV6_MIN_MTU;
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
 
 impl Outcome {
     pub const ALL: [Outcome; OUTCOMES] = [
@@ -979,6 +1005,7 @@ impl Outcome {
         Outcome::RateLimited,
         Outcome::Blocked,
         Outcome::SynCookie,
+        Outcome::Redirected,
     ];
 
     /// The XDP action taken for this outcome.
@@ -994,6 +1021,7 @@ impl Outcome {
             | Outcome::TooBigAnswered
             | Outcome::ForwardedIcmp
             | Outcome::SynCookie => XDP_TX,
+            Outcome::Redirected => XDP_REDIRECT,
             _ => XDP_PASS,
         }
     }
@@ -1015,6 +1043,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::Blocked => "blocked",
             Outcome::SynCookie => "syn_cookie",
+            Outcome::Redirected => "redirected",
         }
     }
 }
@@ -1210,7 +1239,7 @@ mod tests {
         assert_eq!(port_entry::generation(port_entry::pack(true, 0, 1, 1)), 0);
         assert_eq!(size_of::<SourceKey>(), 24);
         assert_eq!(size_of::<SourceState>(), 32);
-        assert_eq!(size_of::<BackendInfo>(), 28);
+        assert_eq!(size_of::<BackendInfo>(), 40);
         assert_eq!(align_of::<BackendInfo>(), 4);
         assert_eq!(size_of::<EncapConfig>(), 16);
         assert_eq!(size_of::<FlowKey>(), 40);
@@ -1296,6 +1325,7 @@ mod tests {
                 | Outcome::TooBigAnswered
                 | Outcome::ForwardedIcmp
                 | Outcome::SynCookie => XDP_TX,
+                Outcome::Redirected => XDP_REDIRECT,
                 _ => XDP_PASS,
             };
             assert_eq!(o.action(), expected, "{o:?}");

@@ -56,7 +56,10 @@
 //!    gives none; it counts in no backend's slot. (The program also stops answering past
 //!    [`ICMP_ANSWERS_PER_SEC`] per CPU, which this reference does not model.)
 //!    e. Else `ForwardedL4`: the frame counts in the backend's `BACKEND_STATS` slot, and
-//!    leaves as [`encapsulate`] builds it.
+//!    leaves as [`encapsulate`] builds it. `Redirected` instead when the backend's
+//!    [`BackendInfo::ifindex`] is neither 0 nor the interface the frame came in on
+//!    ([`Tables::ingress_ifindex`]): the frame's Ethernet source is then the backend's
+//!    `egress_mac`.
 //!
 //! 8. ICMP errors to a VIP: see `icmp_error` (checked after rule 4, before the ports).
 //!
@@ -105,6 +108,10 @@ pub struct Tables {
     /// The clock `FLOWS` times are read against, in nanoseconds (the program's
     /// `bpf_ktime_get_coarse_ns`).
     pub now_ns: u64,
+    /// The index of the interface frames arrive on (BPF_PROG_TEST_RUN without a context:
+    /// the namespace's loopback, 1). A backend routed by another ([`BackendInfo::ifindex`])
+    /// is `Redirected` to.
+    pub ingress_ifindex: u32,
 }
 
 /// The program's conclusion about one frame: which counter it bumps, in which slot.
@@ -175,7 +182,11 @@ pub fn run(frame: &[u8], tables: &mut Tables) -> (Decision, Vec<u8>) {
         Some(Leave::Encap(f)) => {
             let backend = tables.backends.get(&f.slot).copied().unwrap_or_default();
             let hash = maglev::client_hash(&f.client, f.src_port);
-            encapsulate(frame, &backend, &tables.encap, hash)
+            let mut out = encapsulate(frame, &backend, &tables.encap, hash);
+            if backend.redirected_from(tables.ingress_ifindex) {
+                out[6..12].copy_from_slice(&backend.egress_mac);
+            }
+            out
         }
         Some(Leave::Answer(answer)) => answer,
         None => frame.to_vec(),
@@ -559,7 +570,7 @@ fn classify_inner(
             }
             (
                 Decision {
-                    outcome: Outcome::ForwardedL4,
+                    outcome: leaving(&backend, Outcome::ForwardedL4, tables),
                     slot: info.id,
                     backend: Some(BackendPick {
                         group: info.l4_group,
@@ -737,7 +748,7 @@ fn icmp_error(frame: &[u8], tables: &mut Tables) -> Result<(Decision, Option<Lea
         return Ok((decided(Outcome::TooBig), None));
     }
     let decision = Decision {
-        outcome: Outcome::ForwardedIcmp,
+        outcome: leaving(&backend, Outcome::ForwardedIcmp, tables),
         slot: info.id,
         backend: Some(BackendPick {
             group: info.l4_group,
@@ -750,6 +761,16 @@ fn icmp_error(frame: &[u8], tables: &mut Tables) -> Result<(Decision, Option<Lea
         src_port: client_port,
     };
     Ok((decision, Some(Leave::Encap(forward))))
+}
+
+/// Rule 7e: `forwarded`, or `Redirected` when `backend` is routed by another interface than
+/// the frame came in on.
+fn leaving(backend: &BackendInfo, forwarded: Outcome, tables: &Tables) -> Outcome {
+    if backend.redirected_from(tables.ingress_ifindex) {
+        Outcome::Redirected
+    } else {
+        forwarded
+    }
 }
 
 /// Rule 7b and 7c: the `BACKENDS` slot an admitted L4 frame goes to.
@@ -1004,6 +1025,7 @@ mod tests {
             next_hop_mac: [2, 0, 0, 0, 0, 9],
             flags: backend_flags::ALIVE,
             epoch: 1,
+            ..BackendInfo::default()
         };
         t.backends.insert(backend_stats_slot(2, 3), usable);
         let frame = tcp_v4(src, [10, 0, 0, 1], 443);
@@ -1055,6 +1077,38 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_routed_by_another_interface_is_redirected_to_from_that_interface() {
+        let mut t = tables(acl::ALL, &[]);
+        t.ingress_ifindex = 1;
+        let key = ListenerKey::new(v4_mapped([10, 0, 0, 1]), 443, IPPROTO_TCP);
+        t.listeners.get_mut(&key).expect("listener 7").l4_group = 0;
+        t.rings.insert(0, std::vec![0; maglev::TABLE_SIZE as usize]);
+        let mut backend = BackendInfo {
+            addr: v4_mapped([10, 9, 0, 3]),
+            next_hop_mac: [2, 0, 0, 0, 0, 9],
+            flags: backend_flags::ALIVE,
+            epoch: 1,
+            ifindex: 7,
+            egress_mac: [2, 0, 0, 0, 7, 7],
+            _pad: [0; 2],
+        };
+        t.backends.insert(backend_stats_slot(0, 0), backend);
+        let frame = tcp_v4([1, 2, 3, 4], [10, 0, 0, 1], 443);
+        let (d, out) = run(&frame, &mut t);
+        assert_eq!(d.outcome, Outcome::Redirected);
+        assert_eq!(&out[..6], &backend.next_hop_mac);
+        assert_eq!(&out[6..12], &backend.egress_mac);
+        // Routed by the interface it came in on, or by no interface named: sent back out.
+        for ifindex in [1, 0] {
+            backend.ifindex = ifindex;
+            t.backends.insert(backend_stats_slot(0, 0), backend);
+            let (d, out) = run(&frame, &mut t);
+            assert_eq!(d.outcome, Outcome::ForwardedL4, "ifindex {ifindex}");
+            assert_eq!(&out[6..12], &frame[..6], "ifindex {ifindex}");
+        }
+    }
+
+    #[test]
     fn flows_stay_on_their_backend_until_it_dies_or_they_idle_out() {
         let mut t = tables(acl::ALL, &[]);
         let key = ListenerKey::new(v4_mapped([10, 0, 0, 1]), 443, IPPROTO_TCP);
@@ -1069,6 +1123,7 @@ mod tests {
                     next_hop_mac: [2, 0, 0, 0, 0, 9],
                     flags: backend_flags::ALIVE,
                     epoch: 1 + b,
+                    ..BackendInfo::default()
                 },
             );
         }
@@ -1127,6 +1182,7 @@ mod tests {
             next_hop_mac: [2, 0, 0, 0, 0, 9],
             flags: backend_flags::ALIVE,
             epoch: 1,
+            ..BackendInfo::default()
         };
         let out = encapsulate(&frame, &b, &encap, 0xabcd_1234);
         assert_eq!(out.len(), frame.len() + 20);

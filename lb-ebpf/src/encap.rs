@@ -9,13 +9,23 @@ use crate::{ENCAP, at};
 
 /// Puts an outer IP header of `backend`'s family in front of the untagged frame's IP packet
 /// and readdresses the Ethernet header: from the frame's destination (this host's interface,
-/// which `XDP_TX` sends from) to the backend's next hop. The inner packet is not touched.
+/// which `XDP_TX` sends from), or from the backend's egress interface when the frame is
+/// `redirected` there, to the backend's next hop. The inner packet is not touched.
 /// `hash` ([`lb_common::maglev::client_hash`]) gives the outer source its low bits and the
 /// IPv6 flow label. None: no headroom (nothing was changed) or, impossibly, no frame after.
 #[inline(always)]
-pub fn push(ctx: &XdpContext, backend: &BackendInfo, inner_v4: bool, hash: u32) -> Option<()> {
+pub fn push(
+    ctx: &XdpContext,
+    backend: &BackendInfo,
+    inner_v4: bool,
+    hash: u32,
+    redirected: bool,
+) -> Option<()> {
     // SAFETY (every dereference of `at` below): the range was checked against data_end.
-    let eth = unsafe { *at::<14>(ctx, 0)? };
+    let mut eth = unsafe { *at::<14>(ctx, 0)? };
+    if redirected {
+        eth[0..6].copy_from_slice(&backend.egress_mac);
+    }
     let (inner_len, tos, proto) = if inner_v4 {
         let ip = unsafe { *at::<4>(ctx, 14)? };
         (u16::from_be_bytes([ip[2], ip[3]]), ip[1], IPPROTO_IPIP)

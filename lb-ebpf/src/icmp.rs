@@ -19,15 +19,15 @@ const MTU_FRAG_NEEDED: i64 = 1;
 const TTL: u8 = 64;
 
 /// The egress device's MTU if the frame (`len` bytes), grown by `overhead` bytes, would
-/// exceed it.
+/// exceed it. `egress`: the index of the interface it leaves by, 0 for the one it came in on.
 #[inline(always)]
-pub fn too_big(ctx: &XdpContext, len: u64, overhead: u32) -> Option<u32> {
+pub fn too_big(ctx: &XdpContext, len: u64, overhead: u32, egress: u32) -> Option<u32> {
     if len + u64::from(overhead) <= u64::from(MTU_FLOOR) + 14 {
         return None;
     }
     let mut mtu: u32 = 0;
     // SAFETY: the helper reads the context and writes the one u32 it is given.
-    let r = unsafe { bpf_check_mtu(ctx.ctx as *mut _, 0, &mut mtu, overhead as i32, 0) };
+    let r = unsafe { bpf_check_mtu(ctx.ctx as *mut _, egress, &mut mtu, overhead as i32, 0) };
     (r == MTU_FRAG_NEEDED).then_some(mtu)
 }
 

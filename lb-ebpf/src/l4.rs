@@ -7,7 +7,7 @@ use lb_common::{
     backend_slot, backend_stats_slot, l4_flags, live_half, maglev, maglev_position,
 };
 
-use crate::{BACKEND_STATS, BACKENDS, FLOWS, MAGLEV, MAGLEV_GEN, NEW_FLOWS, encap, icmp};
+use crate::{BACKEND_STATS, BACKENDS, EGRESS, FLOWS, MAGLEV, MAGLEV_GEN, NEW_FLOWS, encap, icmp};
 
 /// [`forward`]: the inner packet is IPv4.
 pub const INNER_V4: u32 = 1;
@@ -30,17 +30,29 @@ pub fn forward(
     let Some((slot, backend)) = choose(info, flow) else {
         return Outcome::NoBackend;
     };
+    // SAFETY: the context the kernel passed to this run; reading a field of it is allowed.
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    let redirect = backend.redirected_from(ingress);
+    let egress = if redirect { backend.ifindex } else { 0 };
     let overhead = backend.overhead();
-    if let Some(mtu) = icmp::too_big(ctx, len, overhead) {
+    if let Some(mtu) = icmp::too_big(ctx, len, overhead, egress) {
         if !answer {
             return Outcome::TooBig;
         }
         return icmp::answer_too_big(ctx, inner_v4, mtu.saturating_sub(overhead));
     }
     let hash = maglev::client_hash(&flow.src, flow.src_port);
-    if encap::push(ctx, &backend, inner_v4, hash).is_none() {
+    if encap::push(ctx, &backend, inner_v4, hash, redirect).is_none() {
         return Outcome::EncapFailed;
     }
+    let outcome = if !redirect {
+        Outcome::ForwardedL4
+    } else if EGRESS.redirect(egress, 0).is_ok() {
+        Outcome::Redirected
+    } else {
+        // Not in `EGRESS`: the daemon writes an interface there before any backend names it.
+        return Outcome::NoBackend;
+    };
     if let Some(c) = BACKEND_STATS.get_ptr_mut(slot) {
         // SAFETY: a per-CPU slot is only written by the program running on that CPU.
         unsafe {
@@ -48,7 +60,7 @@ pub fn forward(
             (*c).bytes += len;
         }
     }
-    Outcome::ForwardedL4
+    outcome
 }
 
 /// The [`backend_stats_slot`] of the backend `flow` goes to, and its entry; None if it has no

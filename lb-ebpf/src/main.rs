@@ -16,7 +16,9 @@ mod syn_cookie;
 
 use aya_ebpf::{
     macros::{map, xdp},
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key},
+    maps::{
+        Array, DevMapHash, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, lpm_trie::Key,
+    },
     programs::XdpContext,
 };
 use lb_common::{
@@ -24,10 +26,10 @@ use lb_common::{
     BackendInfo, Counters, ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, EncapConfig, FlowKey,
     FlowState, FragKey, FragPorts, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
     IPV6_AUTH, IPV6_DEST_OPTS, IPV6_FRAGMENT, IPV6_HOP_BY_HOP, IPV6_ROUTING, IcmpRate,
-    LISTENER_ENTRIES, ListenerInfo, ListenerKey, MAGLEV_ENTRIES, MAX_ACL_ENTRIES, MAX_FLOWS,
-    MAX_FRAGS, MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_NEW_FLOWS, MAX_VLAN_TAGS, MaglevChunk,
-    NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS, STATS_SLOTS, TAIL_ICMP, TAIL_SLOTS,
-    WILDCARD_SLOTS, acl, port_entry, port_slot, v4_unmapped,
+    LISTENER_ENTRIES, ListenerInfo, ListenerKey, MAGLEV_ENTRIES, MAX_ACL_ENTRIES,
+    MAX_EGRESS_IFACES, MAX_FLOWS, MAX_FRAGS, MAX_IPV6_EXT_HEADERS, MAX_L4_GROUPS, MAX_NEW_FLOWS,
+    MAX_VLAN_TAGS, MaglevChunk, NO_LISTENER_SLOT, OUTCOMES, Outcome, PORT_SLOTS, STATS_SLOTS,
+    TAIL_ICMP, TAIL_SLOTS, WILDCARD_SLOTS, acl, port_entry, port_slot, v4_unmapped,
 };
 
 #[map(name = "LISTENERS")]
@@ -70,6 +72,11 @@ static BACKENDS: Array<BackendInfo> = Array::with_max_entries(BACKENDS_SLOTS, 0)
 /// One entry: the prefixes of outer source addresses.
 #[map(name = "ENCAP")]
 static ENCAP: Array<EncapConfig> = Array::with_max_entries(1, 0);
+
+/// The interfaces backends are routed by, keyed by their index: where frames for a backend
+/// routed by another interface than they came in on are redirected.
+#[map(name = "EGRESS")]
+static EGRESS: DevMapHash = DevMapHash::with_max_entries(MAX_EGRESS_IFACES, 0);
 
 /// `edgelb_icmp`, for the tail call.
 #[map(name = "TAIL")]

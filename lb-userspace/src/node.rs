@@ -26,8 +26,8 @@ use crate::config::{
     Config, FrontendProtocol, GroupConfig, ListenerConfig, StickyKey, SynProtection,
 };
 use crate::dataplane::{
-    BackendEntry, Dataplane, DataplaneError, L4Group, L4ListenerSpec, ListenerRule, SourceLimits,
-    SynCookies, error_chain,
+    BackendEntry, Dataplane, DataplaneError, Egress, L4Group, L4ListenerSpec, ListenerRule,
+    SourceLimits, SynCookies, error_chain,
 };
 use crate::metrics::Metrics;
 use crate::nexthop::NextHops;
@@ -707,10 +707,15 @@ fn l4_groups(config: &Config, groups: &[GroupRuntime], hops: &NextHops) -> Vec<L
                     .iter()
                     .enumerate()
                     .map(|(i, b)| {
+                        let hop = hops.next_hop(b.addr.ip());
                         let entry = BackendEntry {
                             addr: b.addr.ip(),
-                            mac: hops.mac(b.addr.ip()),
+                            mac: hop.mac,
                             alive: g.balancer.is_healthy(i),
+                            egress: Egress {
+                                ifindex: hop.ifindex,
+                                mac: hop.iface_mac,
+                            },
                         };
                         (b.addr, entry)
                     })

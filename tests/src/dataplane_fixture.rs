@@ -44,7 +44,10 @@ pub fn reference_tables_in_groups(rules: &[ListenerRule], l4_groups: &L4Groups) 
 
 /// The reference classifier's tables for rules applied with L4 listeners.
 pub fn reference_tables_l4(rules: &[ListenerRule], l4: &L4Listeners) -> Tables {
-    let mut t = Tables::default();
+    let mut t = Tables {
+        ingress_ifindex: LOOPBACK_IFINDEX,
+        ..Tables::default()
+    };
     for r in rules {
         let info = match l4.get(&r.id) {
             Some(l) => r.info_l4(l),
@@ -62,6 +65,9 @@ pub fn reference_tables_l4(rules: &[ListenerRule], l4: &L4Listeners) -> Tables {
     t
 }
 
+/// The interface BPF_PROG_TEST_RUN runs frames in on: the namespace's loopback.
+pub const LOOPBACK_IFINDEX: u32 = 1;
+
 pub struct Fixture {
     pub dp: Dataplane,
     pub tables: Tables,
@@ -76,6 +82,7 @@ impl Fixture {
             encap: dp
                 .encap_source()
                 .unwrap_or_else(|e| panic!("reading ENCAP: {e}")),
+            ingress_ifindex: LOOPBACK_IFINDEX,
             ..Tables::default()
         };
         Fixture {
@@ -163,6 +170,7 @@ impl Fixture {
                 )),
                 mac: [0x02, 0xbe, 0, 0, 0, 1],
                 alive: true,
+                egress: Default::default(),
             })
             .collect();
         self.set_backends(group, &all);

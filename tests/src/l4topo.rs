@@ -524,6 +524,44 @@ impl L4Topo {
         old
     }
 
+    /// Gives lb node `k` a second link to the router, `10.4.(k+1).0/24` and
+    /// `fd00:4:(k+1)::/64`, and routes the backends' networks over it: a dual-homed node,
+    /// clients on one interface, backends behind the other. Frames the XDP program forwards
+    /// must then leave by another interface than they came in on. The router's end gets a
+    /// pass-all XDP program, without which a veth takes no frames redirected into its peer.
+    pub fn add_backend_link(&mut self, k: usize) -> Link {
+        let l = link(&self.router, &self.lbs[k], "l4n");
+        let n = k + 1;
+        batch(
+            &self.router,
+            &format!(
+                "link set {i} mtu {INNER_MTU} up\n\
+                 address add 10.4.{n}.1/24 dev {i}\n\
+                 address add fd00:4:{n}::1/64 dev {i} nodad\n",
+                i = l.router_if
+            ),
+        );
+        batch(
+            &self.lbs[k],
+            &format!(
+                "link set {i} mtu {INNER_MTU} up\n\
+                 address add 10.4.{n}.2/24 dev {i}\n\
+                 address add fd00:4:{n}::2/64 dev {i} nodad\n\
+                 route add 10.3.0.0/16 via 10.4.{n}.1\n\
+                 route add fd00:3::/32 via fd00:4:{n}::1\n",
+                i = l.far_if
+            ),
+        );
+        let from = decap_from(&[]);
+        let args: Vec<&str> = ["decap", "--iface", &l.router_if, "--vip", PASS_ONLY_VIP]
+            .into_iter()
+            .chain(from.iter().map(String::as_str))
+            .collect();
+        let pass = Daemon::start(Some(&self.router), &args, self.logs.path());
+        self.router_xdp.push(pass);
+        l
+    }
+
     /// Starts backend `n`'s servers (TCP: HTTP on `[::]:PORT`, answering `x-backend: beN`;
     /// UDP: echo on the VIPs, answering `backend beN <datagram>`).
     pub fn start_server(&mut self, n: usize) {

@@ -547,6 +547,7 @@ pub fn run(dp: &mut Dataplane, secs: f64, cases: Cases) -> Result<()> {
             addr: IpAddr::V4(Ipv4Addr::new(10, 1, 0, i)),
             mac: peer_mac,
             alive: true,
+            egress: Default::default(),
         })
         .collect();
     dp.set_backends(0, &entries)?;

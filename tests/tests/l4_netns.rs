@@ -28,6 +28,11 @@ const LISTENERS: [&str; 4] = ["tcp4", "udp4", "tcp6", "udp6"];
 /// `outer_v6`, the IPv6 listeners' group names the backends by their IPv6 addresses (IPv6
 /// outer headers); otherwise every listener uses the IPv4 one.
 fn config(topo: &L4Topo, lb: usize, outer_v6: bool) -> PathBuf {
+    config_on(topo, lb, outer_v6, &[&topo.lb_links[lb].far_if])
+}
+
+/// As [`config`], with XDP attached to `ifaces`.
+fn config_on(topo: &L4Topo, lb: usize, outer_v6: bool, ifaces: &[&str]) -> PathBuf {
     let group = |name: &str, v6: bool| {
         let backends: Vec<String> = (0..BACKENDS)
             .map(|n| {
@@ -38,13 +43,17 @@ fn config(topo: &L4Topo, lb: usize, outer_v6: bool) -> PathBuf {
         source_hash_group(name, &backends.join(", "))
     };
     let mut s = format!(
-        r#"xdp_iface = ["{iface}"]
+        r#"xdp_iface = [{ifaces}]
 xdp_mode = "native"
 
 [ip_groups]
 refused = ["{refused}/32"]
 "#,
-        iface = topo.lb_links[lb].far_if,
+        ifaces = ifaces
+            .iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
         refused = client_v4(REFUSED),
     );
     s += &group("be", false);
@@ -124,6 +133,27 @@ fn backend_counters(log: &str) -> BTreeMap<String, u64> {
             )
         })
         .collect()
+}
+
+/// How many of `sources` each backend serves, over TCP and UDP to the VIP of the source's
+/// family; the two listeners must pick the same backend for a source.
+fn spread_tcp_and_udp(
+    topo: &L4Topo,
+    sources: impl Iterator<Item = IpAddr>,
+) -> BTreeMap<String, usize> {
+    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
+    for src in sources {
+        let dst = vip_addr(src.is_ipv6());
+        let tcp = topo
+            .tcp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
+        let udp = topo
+            .udp_backend(src, dst, TIMEOUT)
+            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
+        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
+        *spread.entry(tcp).or_default() += 1;
+    }
+    spread
 }
 
 fn timed_out(r: &io::Result<String>) -> bool {
@@ -242,18 +272,7 @@ fn one_lb_balances_tcp_and_udp_by_weight_refuses_a_client_and_replies_bypass_it(
     );
 
     let sources = sources_v4(200);
-    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
-    for &src in &sources {
-        let dst = vip_addr(false);
-        let tcp = topo
-            .tcp_backend(src, dst, TIMEOUT)
-            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
-        let udp = topo
-            .udp_backend(src, dst, TIMEOUT)
-            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
-        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
-        *spread.entry(tcp).or_default() += 1;
-    }
+    let spread = spread_tcp_and_udp(&topo, sources.iter().copied());
     eprintln!("IPv4: {} clients, backends {spread:?}", sources.len());
     // Weights 1/1/2 of 199 clients: about 50/50/100. Ignoring the weights would give about
     // 66 each, below be3's bound.
@@ -267,18 +286,7 @@ fn one_lb_balances_tcp_and_udp_by_weight_refuses_a_client_and_replies_bypass_it(
         );
     }
 
-    let mut spread6: BTreeMap<String, usize> = BTreeMap::new();
-    for src in (1..=CLIENT_V6_SOURCES).map(client_v6) {
-        let dst = vip_addr(true);
-        let tcp = topo
-            .tcp_backend(src, dst, TIMEOUT)
-            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
-        let udp = topo
-            .udp_backend(src, dst, TIMEOUT)
-            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
-        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
-        *spread6.entry(tcp).or_default() += 1;
-    }
+    let spread6 = spread_tcp_and_udp(&topo, (1..=CLIENT_V6_SOURCES).map(client_v6));
     eprintln!("IPv6: {CLIENT_V6_SOURCES} clients, backends {spread6:?}");
     assert!(
         spread6.len() >= 2,
@@ -553,18 +561,7 @@ fn ipv6_backends_get_ipv6_outer_headers() {
     }
     let topo = L4Topo::new();
     let lb = start_lb_with(&topo, 0, true);
-    let mut spread: BTreeMap<String, usize> = BTreeMap::new();
-    for src in (1..=CLIENT_V6_SOURCES).map(client_v6) {
-        let dst = vip_addr(true);
-        let tcp = topo
-            .tcp_backend(src, dst, TIMEOUT)
-            .unwrap_or_else(|e| panic!("TCP {src} -> {dst}: {e}"));
-        let udp = topo
-            .udp_backend(src, dst, TIMEOUT)
-            .unwrap_or_else(|e| panic!("UDP {src} -> {dst}: {e}"));
-        assert_eq!(tcp, udp, "{src}: the tcp and udp listeners disagree");
-        *spread.entry(tcp).or_default() += 1;
-    }
+    let spread = spread_tcp_and_udp(&topo, (1..=CLIENT_V6_SOURCES).map(client_v6));
     eprintln!("IPv6 over IPv6: {CLIENT_V6_SOURCES} clients, backends {spread:?}");
     assert_eq!(spread.len(), BACKENDS, "{spread:?}");
     let src = client_v6(3);
@@ -589,6 +586,59 @@ fn ipv6_backends_get_ipv6_outer_headers() {
     let tcp6_udp6 =
         xdp_counter(&log, "tcp6", "forwarded_l4") + xdp_counter(&log, "udp6", "forwarded_l4");
     assert_eq!(v6_frames, tcp6_udp6, "{log}");
+}
+
+/// A dual-homed node: clients reach it on one interface, its routes to the backends leave by
+/// another. The frames its XDP program forwards must go out of the second (redirected there,
+/// from its MAC, to the next hop on it); sent back out of the first (`XDP_TX`), they would
+/// reach the router addressed to the MAC of its other interface and be dropped.
+#[test]
+fn a_dual_homed_node_sends_backend_frames_out_of_its_backend_interface() {
+    if !root_or_skip("a_dual_homed_node_sends_backend_frames_out_of_its_backend_interface") {
+        return;
+    }
+    let mut topo = L4Topo::new();
+    let backside = topo.add_backend_link(0);
+    let front = topo.lb_links[0].far_if.clone();
+    let config = config_on(&topo, 0, true, &[&front, &backside.far_if]);
+    let lb = Daemon::start(
+        Some(&topo.lbs[0]),
+        &["--config", &config.to_string_lossy()],
+        topo.logs.path(),
+    );
+    let v6 = (1..=8).map(client_v6);
+    let spread = spread_tcp_and_udp(&topo, sources_v4(24).into_iter().chain(v6));
+    eprintln!("dual-homed: backends {spread:?}");
+    assert_eq!(spread.len(), BACKENDS, "{spread:?}");
+    // The refused client is still dropped at the front interface.
+    let refused = topo.tcp_backend(
+        client_v4(REFUSED),
+        vip_addr(false),
+        Duration::from_millis(700),
+    );
+    assert!(timed_out(&refused), "{refused:?}");
+
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{status}:\n{log}");
+    let redirected: u64 = LISTENERS
+        .iter()
+        .map(|l| xdp_counter(&log, l, "redirected"))
+        .sum();
+    let sent_back: u64 = LISTENERS
+        .iter()
+        .map(|l| xdp_counter(&log, l, "forwarded_l4"))
+        .sum();
+    let per_backend: u64 = backend_counters(&log).values().sum();
+    eprintln!("dual-homed: {redirected} frames redirected, {sent_back} sent back out");
+    assert!(redirected > 0 && sent_back == 0, "{log}");
+    assert_eq!(
+        per_backend, redirected,
+        "every forwarded frame was redirected"
+    );
+    assert!(
+        !log.contains("no usable next hop"),
+        "both interfaces are --xdp-iface: no warning\n{log}"
+    );
 }
 
 /// Backends (0-based) with their weights, in file order.

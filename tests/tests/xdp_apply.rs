@@ -32,6 +32,7 @@ fn group(name: &str, backends: &[&str]) -> L4Group {
                     addr: a.ip(),
                     mac: MAC,
                     alive: true,
+                    egress: Default::default(),
                 };
                 (*a, entry)
             })

@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use edgelb::acl::AclMode;
-use edgelb::dataplane::{BackendEntry, L4Listener, L4Listeners, ListenerRule};
-use edgelb_tests::dataplane_fixture::Fixture;
+use edgelb::dataplane::{BackendEntry, Egress, L4Listener, L4Listeners, ListenerRule};
+use edgelb_tests::dataplane_fixture::{Fixture, LOOPBACK_IFINDEX};
 use edgelb_tests::netns::{Netns, in_netns};
 use edgelb_tests::packet::{Ext, Frame, ICMP, TCP, UDP, icmp_error};
 use edgelb_tests::privilege::root_or_skip;
@@ -139,8 +139,10 @@ fn scenario_groups(rng: &mut Rng, rules: &[ListenerRule]) -> L4Listeners {
     groups
 }
 
-/// Backends for a group: IPv4 and IPv6 ones, some dead, some without a next hop.
-fn random_backends(rng: &mut Rng) -> Vec<BackendEntry> {
+/// Backends for a group: IPv4 and IPv6 ones, some dead, some without a next hop; some
+/// routed by the interface frames come in on (named, or 0), some by `other` (drawn from
+/// `egress_rng`).
+fn random_backends(rng: &mut Rng, egress_rng: &mut Rng, other: u32) -> Vec<BackendEntry> {
     (0..rng.below(8))
         .map(|i| BackendEntry {
             addr: if rng.chance(50) {
@@ -163,6 +165,17 @@ fn random_backends(rng: &mut Rng) -> Vec<BackendEntry> {
                 [0x02, 0xbe, 0, 0, rng.below(3) as u8, i as u8]
             },
             alive: rng.chance(85),
+            egress: match egress_rng.below(8) {
+                0..=2 => Egress {
+                    ifindex: other,
+                    mac: [0x02, 0xee, 0, 0, 0, 2],
+                },
+                3 => Egress {
+                    ifindex: LOOPBACK_IFINDEX,
+                    mac: [0x02, 0xee, 0, 0, 0, 1],
+                },
+                _ => Egress::default(),
+            },
         })
         .collect()
 }
@@ -345,10 +358,15 @@ fn kernel_program_agrees_with_the_reference_classifier() {
     // runs there, and the too-big rules come into play.
     let ns = Netns::new("diff");
     ns.ip(&["link", "set", "lo", "mtu", "1500"]);
+    // Another interface, for backends routed by it (the program redirects to it).
+    ns.ip(&[
+        "link", "add", "dif0", "type", "veth", "peer", "name", "dif1",
+    ]);
     in_netns(&ns.path(), differential);
 }
 
 fn differential() {
+    let other = nix::net::if_::if_nametoindex("dif0").expect("the veth exists");
     let mut fx = Fixture::load();
     fx.tables.mtu = 1500;
     let mut mismatches = Vec::new();
@@ -361,6 +379,7 @@ fn differential() {
         // The L4 side draws from its own generator, so that the rules and frames stay those
         // of the test before L4 listeners existed.
         let mut l4_rng = Rng::new(seed ^ 0x4d41_474c_4556);
+        let mut egress_rng = Rng::new(seed ^ 0x4547_5245_5353);
         let groups = scenario_groups(&mut l4_rng, &rules);
         for group in GROUPS {
             // Rings stay from one scenario to the next; some groups never get one.
@@ -370,7 +389,7 @@ fn differential() {
             }
             // So do backends (and the flows remembered for them).
             if l4_rng.chance(40) {
-                fx.set_backends(group, &random_backends(&mut l4_rng));
+                fx.set_backends(group, &random_backends(&mut l4_rng, &mut egress_rng, other));
             }
         }
         fx.apply_l4(&rules, &groups);
@@ -469,7 +488,7 @@ fn differential() {
             Outcome::RateLimited | Outcome::Blocked | Outcome::SynCookie => {
                 by_outcome[*o as usize] == 0
             }
-            Outcome::ForwardedIcmp => by_outcome[*o as usize] >= 10,
+            Outcome::ForwardedIcmp | Outcome::Redirected => by_outcome[*o as usize] >= 10,
             Outcome::VlanL4 => by_outcome[*o as usize] >= 10,
             _ => by_outcome[*o as usize] >= 50,
         }),

@@ -7,16 +7,17 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use edgelb::acl::AclMode;
-use edgelb::dataplane::{BackendEntry, L4Listener, L4Listeners};
+use edgelb::dataplane::{BackendEntry, Egress, L4Listener, L4Listeners};
 use edgelb::decap::{Decap, balancer_sources};
-use edgelb_tests::dataplane_fixture::{Fixture, ip, rule};
+use edgelb_tests::dataplane_fixture::{Fixture, LOOPBACK_IFINDEX, ip, rule};
+use edgelb_tests::netns::{Netns, in_netns};
 use edgelb_tests::packet::{Ext, Frame, TCP, UDP, icmp_error};
 use edgelb_tests::privilege::root_or_skip;
 use etherparse::{Ipv4HeaderSlice, Ipv6HeaderSlice};
 use lb_common::maglev::{NO_BACKEND, TABLE_SIZE, client_hash, source_hash, table_slot};
 use lb_common::{
-    DecapOutcome, ENCAP_TTL, IPPROTO_IPIP, IPPROTO_IPV6, Outcome, XDP_DROP, XDP_PASS, XDP_TX,
-    v4_mapped,
+    DecapOutcome, ENCAP_TTL, IPPROTO_IPIP, IPPROTO_IPV6, Outcome, XDP_DROP, XDP_PASS, XDP_REDIRECT,
+    XDP_TX, v4_mapped,
 };
 
 const GROUP: u32 = 3;
@@ -31,6 +32,7 @@ fn backends() -> Vec<BackendEntry> {
         addr: ip(addr),
         mac,
         alive,
+        egress: Default::default(),
     };
     vec![
         b("10.9.0.1", MAC_V4, true),
@@ -248,6 +250,73 @@ fn l4_frames_leave_encapsulated_towards_their_backend() {
     }
     assert_eq!(fx.counters(1).packets_of(Outcome::ForwardedL4), 5);
     assert_eq!(fx.counters(2).packets_of(Outcome::ForwardedL4), 4);
+}
+
+#[test]
+fn frames_for_a_backend_routed_by_another_interface_are_redirected_there() {
+    if !root_or_skip("frames_for_a_backend_routed_by_another_interface_are_redirected_there") {
+        return;
+    }
+    // The interface must exist in the namespace the program runs frames in.
+    let ns = Netns::new("xre");
+    ns.ip(&[
+        "link", "add", "xre0", "type", "veth", "peer", "name", "xre1",
+    ]);
+    ns.ip(&["link", "set", "xre0", "address", "02:ee:00:00:00:0a", "up"]);
+    const EGRESS_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 0x0a];
+    in_netns(&ns.path(), || {
+        let ifindex = nix::net::if_::if_nametoindex("xre0").expect("the veth exists");
+        let mut fx = Fixture::load();
+        setup(&mut fx, L4Listener::in_group(GROUP));
+        let mut routed = backends();
+        // Backend 0 behind the veth; backend 1 behind the interface frames come in on.
+        routed[0].egress = Egress {
+            ifindex,
+            mac: EGRESS_MAC,
+        };
+        routed[1].egress = Egress {
+            ifindex: LOOPBACK_IFINDEX,
+            mac: [0x02, 0xee, 0, 0, 0, 1],
+        };
+        fx.set_backends(GROUP, &routed);
+        let held = fx.dp.egress_interfaces().expect("EGRESS readable");
+        assert_eq!(held, vec![LOOPBACK_IFINDEX, ifindex]);
+
+        let frame = Frame::tcp("10.2.3.4", "10.0.0.1", 443);
+        let input = frame.bytes();
+        let hash = client_hash(&client_of(&frame), frame.src_port);
+        fx.set_ring(GROUP, ring_of(0));
+        let (verdict, out, decision, expected) = fx.run_output(&input);
+        assert_eq!(
+            (verdict, decision.outcome),
+            (XDP_REDIRECT, Outcome::Redirected)
+        );
+        assert_eq!(&out[0..6], &MAC_V4, "to the next hop");
+        assert_eq!(&out[6..12], &EGRESS_MAC, "from the interface it leaves by");
+        assert_eq!(out, expected, "kernel and reference frames differ");
+        assert_eq!(fx.backend_counters(GROUP, 0).packets, 1);
+        assert_eq!(fx.counters(1).packets_of(Outcome::Redirected), 1);
+
+        // Routed by the interface the frame came in on: sent back out, as with no interface.
+        fx.set_ring(GROUP, ring_of(1));
+        let (verdict, out, decision, _) = fx.run_output(&input);
+        assert_eq!((verdict, decision.outcome), (XDP_TX, Outcome::ForwardedL4));
+        check_encapsulated(
+            "same interface",
+            &input,
+            &out,
+            routed[1].addr,
+            MAC_V6,
+            hash,
+            0,
+        );
+
+        // An interface no backend names any more leaves `EGRESS` once neither half names it.
+        fx.set_backends(GROUP, &backends());
+        fx.set_backends(GROUP, &backends());
+        let held = fx.dp.egress_interfaces().expect("EGRESS readable");
+        assert!(held.is_empty(), "{held:?}");
+    });
 }
 
 #[test]

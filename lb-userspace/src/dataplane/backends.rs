@@ -13,18 +13,18 @@
 //! flows the kernel remembers for the index's previous backend (`FLOWS` stores the epoch) are
 //! re-picked rather than sent to whatever now sits there. Epochs come from one counter for
 //! every index, so an epoch also names its group.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, MapData, PerCpuArray, PerCpuValues};
+use aya::maps::{Array, DevMapHash, MapData, MapError, PerCpuArray, PerCpuValues};
 use lb_common::maglev::{NO_BACKEND, TABLE_SIZE};
 use lb_common::{
     BackendCounters, BackendInfo, EncapConfig, MAGLEV_CHUNK, MAGLEV_CHUNKS_PER_RING,
-    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_ENCAP, MAP_MAGLEV, MAP_MAGLEV_GEN, MAX_BACKENDS_PER_GROUP,
-    MAX_L4_GROUPS, MaglevChunk, backend_flags, backend_slot, backend_stats_slot, live_half,
-    maglev_position, next_generation, v4_mapped,
+    MAP_BACKEND_STATS, MAP_BACKENDS, MAP_EGRESS, MAP_ENCAP, MAP_MAGLEV, MAP_MAGLEV_GEN,
+    MAX_BACKENDS_PER_GROUP, MAX_L4_GROUPS, MaglevChunk, backend_flags, backend_slot,
+    backend_stats_slot, live_half, maglev_position, next_generation, v4_mapped,
 };
 
 use super::maglev::{backend_index, check_group, check_ring};
@@ -39,11 +39,22 @@ pub const GRACE: Duration = Duration::from_millis(10);
 pub struct BackendEntry {
     /// The backend's address: the outer destination, whose family is the outer header's.
     pub addr: IpAddr,
-    /// MAC of the next hop towards `addr` on the interface the program is attached to; all
-    /// zero while unresolved (the backend then takes no frames).
+    /// MAC of the next hop towards `addr` on the `egress` interface; all zero while
+    /// unresolved (the backend then takes no frames).
     pub mac: [u8; 6],
     /// Whether the backend takes frames (its ring weight may still be non-zero).
     pub alive: bool,
+    /// The interface the route towards `addr` leaves by.
+    pub egress: Egress,
+}
+
+/// An interface frames to a backend leave by. The default (index 0) is the interface each
+/// frame came in on; another is where frames that came in elsewhere are redirected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Egress {
+    pub ifindex: u32,
+    /// The interface's own MAC, the source of the frames redirected to it.
+    pub mac: [u8; 6],
 }
 
 /// One half of a group as last written.
@@ -89,6 +100,8 @@ pub(super) struct Groups {
     /// By [`backend_stats_slot`]: the address an index holds and its epoch.
     epochs: HashMap<u32, ([u8; 16], u32)>,
     last_epoch: u32,
+    /// The interfaces in `EGRESS`.
+    egress: HashSet<u32>,
 }
 
 impl Default for Groups {
@@ -97,6 +110,7 @@ impl Default for Groups {
             groups: vec![Group::default(); MAX_L4_GROUPS as usize],
             epochs: HashMap::new(),
             last_epoch: 0,
+            egress: HashSet::new(),
         }
     }
 }
@@ -153,6 +167,9 @@ impl Groups {
             next_hop_mac: entry.mac,
             flags,
             epoch,
+            ifindex: entry.egress.ifindex,
+            egress_mac: entry.egress.mac,
+            _pad: [0; 2],
         };
         (info, fresh)
     }
@@ -236,6 +253,8 @@ impl Dataplane {
         for index in renamed {
             self.zero_backend_counters(backend_stats_slot(group, index))?;
         }
+        // Before any entry names them: a frame finding none in `EGRESS` is dropped.
+        self.add_egress(wanted.iter().map(|b| b.ifindex))?;
         let mut map: Array<&mut MapData, BackendInfo> = Array::try_from(
             self.ebpf
                 .map_mut(MAP_BACKENDS)
@@ -290,6 +309,7 @@ impl Dataplane {
                 self.backends.groups[group as usize].halves[half].ring = Some(ring);
             }
         }
+        self.remove_unused_egress()?;
         Ok(next)
     }
 
@@ -329,6 +349,75 @@ impl Dataplane {
         }
         g.generation = generation;
         Ok(())
+    }
+
+    /// Puts the interfaces `ifindexes` (0: none) into `EGRESS`.
+    fn add_egress(&mut self, ifindexes: impl Iterator<Item = u32>) -> Result<(), DataplaneError> {
+        let new: HashSet<u32> = ifindexes
+            .filter(|i| *i != 0 && !self.backends.egress.contains(i))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let mut map = egress_map(&mut self.ebpf)?;
+        for ifindex in new {
+            map.insert(ifindex, ifindex, None, 0)
+                .map_err(|e| DataplaneError::Map {
+                    map: MAP_EGRESS,
+                    reason: format!("interface {ifindex}: {e}"),
+                })?;
+            self.backends.egress.insert(ifindex);
+        }
+        Ok(())
+    }
+
+    /// Takes out of `EGRESS` the interfaces no half of any group names any more. A half that
+    /// stopped being live is only rewritten after [`GRACE`], so no frame can be reading one.
+    fn remove_unused_egress(&mut self) -> Result<(), DataplaneError> {
+        let used: HashSet<u32> = self
+            .backends
+            .groups
+            .iter()
+            .flat_map(|g| &g.halves)
+            .flat_map(|h| h.backends.values())
+            .map(|b| b.ifindex)
+            .collect();
+        let unused: Vec<u32> = self
+            .backends
+            .egress
+            .iter()
+            .copied()
+            .filter(|i| !used.contains(i))
+            .collect();
+        if unused.is_empty() {
+            return Ok(());
+        }
+        let mut map = egress_map(&mut self.ebpf)?;
+        for ifindex in unused {
+            // Gone already if the interface was: the kernel removes a device's entries.
+            match map.remove(ifindex) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(MAP_EGRESS)(e)),
+            }
+            self.backends.egress.remove(&ifindex);
+        }
+        Ok(())
+    }
+
+    /// The interfaces in `EGRESS`, read back from the kernel.
+    pub fn egress_interfaces(&self) -> Result<Vec<u32>, DataplaneError> {
+        let map: DevMapHash<&MapData> = DevMapHash::try_from(
+            self.ebpf
+                .map(MAP_EGRESS)
+                .ok_or_else(|| missing(MAP_EGRESS))?,
+        )
+        .map_err(map_err(MAP_EGRESS))?;
+        let mut out = map
+            .keys()
+            .collect::<Result<Vec<u32>, _>>()
+            .map_err(map_err(MAP_EGRESS))?;
+        out.sort_unstable();
+        Ok(out)
     }
 
     fn zero_backend_counters(&mut self, slot: u32) -> Result<(), DataplaneError> {
@@ -427,6 +516,14 @@ impl Dataplane {
     }
 }
 
+fn egress_map(ebpf: &mut aya::Ebpf) -> Result<DevMapHash<&mut MapData>, DataplaneError> {
+    DevMapHash::try_from(
+        ebpf.map_mut(MAP_EGRESS)
+            .ok_or_else(|| missing(MAP_EGRESS))?,
+    )
+    .map_err(map_err(MAP_EGRESS))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -436,6 +533,7 @@ mod tests {
             addr: addr.parse().expect("test address"),
             mac: [2, 0, 0, 0, 0, 1],
             alive: true,
+            egress: Default::default(),
         }
     }
 

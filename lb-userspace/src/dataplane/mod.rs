@@ -45,7 +45,7 @@ use acl_sets::{Running, next_acl_sets, set_of, slot_port};
 use rules::{V4Entry, V6Entry};
 
 pub use apply::{L4Group, L4ListenerSpec};
-pub use backends::{BackendEntry, GRACE};
+pub use backends::{BackendEntry, Egress, GRACE};
 pub use rules::{
     AclSets, DesiredMaps, L4Groups, L4Listener, L4Listeners, ListenerRule, PortListeners,
     SourceLimits, SynCookies,

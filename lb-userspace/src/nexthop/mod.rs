@@ -32,6 +32,31 @@ struct Hop {
     dev: String,
     /// All zero while the neighbour is not resolved.
     mac: [u8; 6],
+    ifindex: u32,
+    /// `dev`'s own MAC (all zero if it has no Ethernet address).
+    dev_mac: [u8; 6],
+}
+
+/// Where a backend's frames go: to the next hop's MAC, out of the interface the route leaves
+/// by.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHop {
+    /// All zero while not (yet) known.
+    pub mac: [u8; 6],
+    /// The interface's index (0 while not known).
+    pub ifindex: u32,
+    /// The interface's own MAC.
+    pub iface_mac: [u8; 6],
+}
+
+impl Hop {
+    fn next_hop(&self) -> NextHop {
+        NextHop {
+            mac: self.mac,
+            ifindex: self.ifindex,
+            iface_mac: self.dev_mac,
+        }
+    }
 }
 
 /// Why a backend has no usable next hop.
@@ -46,7 +71,7 @@ enum HopProblem {
     #[error("the route to {0} has no device")]
     NoDevice(IpAddr),
     #[error(
-        "routed via {dev}, not an --xdp-iface ({ifaces}): XDP_TX can only send it out of the interface a packet arrived on"
+        "routed via {dev}, not an --xdp-iface ({ifaces}): its frames are redirected there, which a driver in native mode may refuse from an interface without an XDP program; give --xdp-iface {dev} too"
     )]
     NotXdpIface { dev: String, ifaces: String },
     #[error("next hop {addr} on {dev}: link-layer address {lladdr:02x?} is not Ethernet")]
@@ -74,9 +99,17 @@ pub struct NextHops {
 }
 
 impl NextHops {
+    /// The next hop of `backend`; its MAC all zero if not (yet) known.
+    pub fn next_hop(&self, backend: IpAddr) -> NextHop {
+        self.hops
+            .get(&backend)
+            .map(Hop::next_hop)
+            .unwrap_or_default()
+    }
+
     /// The next-hop MAC of `backend`, all zero if not (yet) known.
     pub fn mac(&self, backend: IpAddr) -> [u8; 6] {
-        self.hops.get(&backend).map_or([0; 6], |h| h.mac)
+        self.next_hop(backend).mac
     }
 
     /// Whether every one of `backends` has a MAC.
@@ -139,16 +172,15 @@ impl NextHops {
                 unresolved.push(backend);
             }
             let old = self.hops.insert(backend, hop.clone());
-            let old_mac = old.as_ref().map(|o| o.mac);
-            if old_mac == Some(hop.mac) {
+            if old.as_ref().map(Hop::next_hop) == Some(hop.next_hop()) {
                 continue;
             }
             changed = true;
             let mac = format_mac(&hop.mac);
-            match old_mac {
+            match old {
                 _ if hop.mac == [0; 6] => {}
-                Some(old_mac) if old_mac != [0; 6] => {
-                    info!(backend = %backend, next_hop = %hop.addr, dev = hop.dev, mac, old_mac = format_mac(&old_mac), "next hop changed");
+                Some(old) if old.mac != [0; 6] => {
+                    info!(backend = %backend, next_hop = %hop.addr, dev = hop.dev, mac, old_mac = format_mac(&old.mac), old_dev = old.dev, "next hop changed");
                 }
                 _ => {
                     self.reported.remove(&backend);
@@ -204,7 +236,10 @@ fn lookup(kernel: &mut Rtnl, backend: IpAddr) -> Result<Hop, HopProblem> {
         kind => return Err(HopProblem::NotUnicast { dst: backend, kind }),
     }
     let ifindex = oif.ok_or(HopProblem::NoDevice(backend))?;
-    let dev = kernel.link_name(ifindex)?;
+    let (dev, dev_lladdr) = kernel.link(ifindex)?;
+    // A device without an Ethernet address resolves no neighbour either: the backend stays
+    // unresolved, and the zero MAC is never used.
+    let dev_mac = <[u8; 6]>::try_from(dev_lladdr.as_slice()).unwrap_or([0; 6]);
     let addr = gateway.unwrap_or(backend);
     let neighbour = kernel.neighbour(addr, ifindex)?;
     let mac = match neighbour.as_ref().and_then(|n| n.usable_lladdr()) {
@@ -215,7 +250,13 @@ fn lookup(kernel: &mut Rtnl, backend: IpAddr) -> Result<Hop, HopProblem> {
             lladdr: l.to_vec(),
         })?,
     };
-    Ok(Hop { addr, dev, mac })
+    Ok(Hop {
+        addr,
+        dev,
+        mac,
+        ifindex,
+        dev_mac,
+    })
 }
 
 /// Makes the kernel resolve the next hop towards `backend`: an empty datagram to its discard

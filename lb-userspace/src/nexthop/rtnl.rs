@@ -29,7 +29,8 @@ use netlink_sys::{Socket, SocketAddr};
 const RTMSG_LEN: usize = 12;
 const NDMSG_LEN: usize = 12;
 const IFINFOMSG_LEN: usize = 16;
-/// `IFLA_IFNAME` (linux/if_link.h).
+/// `IFLA_ADDRESS` and `IFLA_IFNAME` (linux/if_link.h).
+const IFLA_ADDRESS: u16 = 1;
 const IFLA_IFNAME: u16 = 3;
 /// Answers and announcements are at most a page or two (`NLMSG_GOODSIZE`); a link's answer
 /// with every statistic is the largest asked for.
@@ -169,7 +170,8 @@ impl Rtnl {
     }
 
     /// The name of interface `ifindex`.
-    pub fn link_name(&mut self, ifindex: u32) -> Result<String, NetlinkError> {
+    /// The name and link-layer address (empty if it has none) of interface `ifindex`.
+    pub fn link(&mut self, ifindex: u32) -> Result<(String, Vec<u8>), NetlinkError> {
         let mut msg = LinkMessage::default();
         msg.header.index = ifindex;
         let what = || format!("interface {ifindex}");
@@ -181,13 +183,20 @@ impl Rtnl {
         let attrs = answer
             .get(IFINFOMSG_LEN..)
             .ok_or_else(|| undecodable(format!("{} bytes", answer.len())))?;
+        let mut name = None;
+        let mut lladdr = Vec::new();
         for nla in NlasIterator::new(attrs) {
             let nla = nla.map_err(|e| undecodable(e.to_string()))?;
-            if nla.kind() == IFLA_IFNAME {
-                return parse_string(nla.value()).map_err(|e| undecodable(e.to_string()));
+            match nla.kind() {
+                IFLA_IFNAME => {
+                    name = Some(parse_string(nla.value()).map_err(|e| undecodable(e.to_string()))?)
+                }
+                IFLA_ADDRESS => lladdr = nla.value().to_vec(),
+                _ => {}
             }
         }
-        Err(undecodable("no IFLA_IFNAME".into()))
+        let name = name.ok_or_else(|| undecodable("no IFLA_IFNAME".into()))?;
+        Ok((name, lladdr))
     }
 
     /// Sends `message` and returns the payload of the answer of type `answer_type`.
@@ -364,12 +373,14 @@ mod tests {
             .expect("every host routes loopback");
         assert_eq!(route.kind, RouteType::Local, "{route:?}");
         let oif = route.oif.expect("the route names its device");
-        assert_eq!(kernel.link_name(oif).expect("the device exists"), "lo");
+        let (name, lladdr) = kernel.link(oif).expect("the device exists");
+        // Loopback's link-layer address is six zero bytes.
+        assert_eq!((name.as_str(), lladdr.as_slice()), ("lo", &[0u8; 6][..]));
         // Loopback resolves nothing: the neighbour table has no entry, and that is no error.
         let none = kernel.neighbour("192.0.2.1".parse().expect("an address"), oif);
         assert!(matches!(none, Ok(None)), "{none:?}");
         // A refusal carries the kernel's error number.
-        let missing = kernel.link_name(0x7fff_fff0);
+        let missing = kernel.link(0x7fff_fff0);
         assert!(
             missing
                 .as_ref()

@@ -106,6 +106,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 mac: [0x02, 0, 0, 0, 0, i],
                 alive: true,
+                egress: Default::default(),
             })
             .collect();
         dp.set_backends(0, &entries)?;
