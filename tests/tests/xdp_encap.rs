@@ -297,6 +297,38 @@ fn frames_for_a_backend_routed_by_another_interface_are_redirected_there() {
         assert_eq!(fx.backend_counters(GROUP, 0).packets, 1);
         assert_eq!(fx.counters(1).packets_of(Outcome::Redirected), 1);
 
+        // An ICMP error about the client's flow goes where the flow went, redirected too.
+        let error = icmp_error(ip("10.1.0.1"), &frame, 3, 4);
+        let (verdict, out, decision, expected) = fx.run_output(&error);
+        assert_eq!(
+            (verdict, decision.outcome),
+            (XDP_REDIRECT, Outcome::Redirected)
+        );
+        assert_eq!(&out[6..12], &EGRESS_MAC);
+        assert_eq!(out, expected, "kernel and reference frames differ");
+
+        // The MTU that counts is the interface the frame leaves by: 1500 on the veth, against
+        // 65536 on the loopback it came in on. A full-sized frame (a 1500-byte packet) is
+        // answered with the 1480 bytes that fit inside an IPv4 outer header.
+        let big = Frame::tcp("10.2.3.4", "10.0.0.1", 443)
+            .df()
+            .payload(1514 - frame.bytes().len())
+            .bytes();
+        assert_eq!(big.len(), 1514);
+        let (verdict, out) = fx
+            .dp
+            .test_run_output(&big)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN: {e}"));
+        assert_eq!(
+            verdict, XDP_TX,
+            "answered back out of the interface it came in on"
+        );
+        let icmp = Ipv4HeaderSlice::from_slice(&out[14..]).expect("an IPv4 answer");
+        assert_eq!(icmp.protocol(), etherparse::IpNumber(1));
+        let at = 14 + usize::from(icmp.ihl()) * 4;
+        assert_eq!((out[at], out[at + 1]), (3, 4), "fragmentation needed");
+        assert_eq!(u16::from_be_bytes([out[at + 6], out[at + 7]]), 1480);
+
         // Routed by the interface the frame came in on: sent back out, as with no interface.
         fx.set_ring(GROUP, ring_of(1));
         let (verdict, out, decision, _) = fx.run_output(&input);
@@ -311,7 +343,37 @@ fn frames_for_a_backend_routed_by_another_interface_are_redirected_there() {
             0,
         );
 
-        // An interface no backend names any more leaves `EGRESS` once neither half names it.
+        // The interface goes (the kernel takes it out of `EGRESS` itself) and comes back under
+        // the same index: the next write of the backends puts it there again.
+        let ip_link = |args: &[&str]| {
+            let status = std::process::Command::new("ip")
+                .arg("link")
+                .args(args)
+                .status()
+                .expect("run ip");
+            assert!(status.success(), "ip link {args:?}");
+        };
+        ip_link(&["del", "xre0"]);
+        let held = fx.dp.egress_interfaces().expect("EGRESS readable");
+        assert_eq!(
+            held,
+            vec![LOOPBACK_IFINDEX],
+            "the kernel removed the gone device"
+        );
+        let index = ifindex.to_string();
+        ip_link(&[
+            "add", "xre0", "index", &index, "type", "veth", "peer", "name", "xre1",
+        ]);
+        ip_link(&["set", "xre0", "up"]);
+        fx.set_backends(GROUP, &routed);
+        let held = fx.dp.egress_interfaces().expect("EGRESS readable");
+        assert_eq!(held, vec![LOOPBACK_IFINDEX, ifindex]);
+        fx.set_ring(GROUP, ring_of(0));
+        assert_eq!(fx.run(&input).0, XDP_REDIRECT);
+
+        // An interface no backend names any more leaves `EGRESS` once neither half names it,
+        // also when the kernel removed it first.
+        ip_link(&["del", "xre0"]);
         fx.set_backends(GROUP, &backends());
         fx.set_backends(GROUP, &backends());
         let held = fx.dp.egress_interfaces().expect("EGRESS readable");

@@ -27,6 +27,8 @@ use lb_common::{
     backend_stats_slot, live_half, maglev_position, next_generation, v4_mapped,
 };
 
+use tracing::warn;
+
 use super::maglev::{backend_index, check_group, check_ring};
 use super::{Dataplane, DataplaneError, map_err, missing};
 
@@ -351,28 +353,39 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Puts the interfaces `ifindexes` (0: none) into `EGRESS`.
+    /// Puts the interfaces `ifindexes` (0: none) into `EGRESS` where the kernel does not hold
+    /// them: it removes a device's entries itself when the device goes, and a device made
+    /// again may come back under the same index. An interface that cannot be put there (gone
+    /// since its route was read) is logged; its backends' frames are dropped (`no_backend`)
+    /// until the next hops are read again, and the other backends are written as usual.
     fn add_egress(&mut self, ifindexes: impl Iterator<Item = u32>) -> Result<(), DataplaneError> {
-        let new: HashSet<u32> = ifindexes
-            .filter(|i| *i != 0 && !self.backends.egress.contains(i))
-            .collect();
-        if new.is_empty() {
+        let wanted: HashSet<u32> = ifindexes.filter(|i| *i != 0).collect();
+        if wanted.is_empty() {
             return Ok(());
         }
         let mut map = egress_map(&mut self.ebpf)?;
-        for ifindex in new {
-            map.insert(ifindex, ifindex, None, 0)
-                .map_err(|e| DataplaneError::Map {
-                    map: MAP_EGRESS,
-                    reason: format!("interface {ifindex}: {e}"),
-                })?;
-            self.backends.egress.insert(ifindex);
+        for ifindex in wanted {
+            if map.get(ifindex, 0).is_ok() {
+                self.backends.egress.insert(ifindex);
+                continue;
+            }
+            match map.insert(ifindex, ifindex, None, 0) {
+                Ok(()) => {
+                    self.backends.egress.insert(ifindex);
+                }
+                Err(e) => warn!(
+                    ifindex,
+                    error = %e,
+                    "cannot redirect L4 frames to this interface: its backends take none"
+                ),
+            }
         }
         Ok(())
     }
 
     /// Takes out of `EGRESS` the interfaces no half of any group names any more. A half that
     /// stopped being live is only rewritten after [`GRACE`], so no frame can be reading one.
+    /// A removal that fails leaves a harmless entry, tried again next time.
     fn remove_unused_egress(&mut self) -> Result<(), DataplaneError> {
         let used: HashSet<u32> = self
             .backends
@@ -394,10 +407,15 @@ impl Dataplane {
         }
         let mut map = egress_map(&mut self.ebpf)?;
         for ifindex in unused {
-            // Gone already if the interface was: the kernel removes a device's entries.
             match map.remove(ifindex) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(MAP_EGRESS)(e)),
+                Ok(()) => {}
+                // Gone with its device: the kernel removes a device's entries.
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+                Err(e) => {
+                    warn!(ifindex, error = %e, "removing an interface from EGRESS");
+                    continue;
+                }
             }
             self.backends.egress.remove(&ifindex);
         }

@@ -180,7 +180,7 @@ impl NextHops {
             match old {
                 _ if hop.mac == [0; 6] => {}
                 Some(old) if old.mac != [0; 6] => {
-                    info!(backend = %backend, next_hop = %hop.addr, dev = hop.dev, mac, old_mac = format_mac(&old.mac), old_dev = old.dev, "next hop changed");
+                    info!(backend = %backend, next_hop = %hop.addr, dev = hop.dev, mac, dev_mac = format_mac(&hop.dev_mac), old_mac = format_mac(&old.mac), old_dev = old.dev, old_dev_mac = format_mac(&old.dev_mac), "next hop changed");
                 }
                 _ => {
                     self.reported.remove(&backend);

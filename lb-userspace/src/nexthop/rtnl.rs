@@ -169,7 +169,6 @@ impl Rtnl {
         }
     }
 
-    /// The name of interface `ifindex`.
     /// The name and link-layer address (empty if it has none) of interface `ifindex`.
     pub fn link(&mut self, ifindex: u32) -> Result<(String, Vec<u8>), NetlinkError> {
         let mut msg = LinkMessage::default();
