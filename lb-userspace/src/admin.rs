@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::balance::Balancer;
 use crate::metrics::Metrics;
@@ -345,10 +345,13 @@ pub struct BindError {
 }
 
 /// Binds the admin address (config has already refused a non-loopback one unless allowed).
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| BindError { addr, source })
+/// Binds the endpoint's socket, to be served by [`serve`] on the runtime that polls it (a
+/// standard socket: a tokio one would belong to the runtime of the thread that binds).
+pub fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, BindError> {
+    let err = |source| BindError { addr, source };
+    let listener = std::net::TcpListener::bind(addr).map_err(err)?;
+    listener.set_nonblocking(true).map_err(err)?;
+    Ok(listener)
 }
 
 /// Connections the admin endpoint serves at once; more are closed on accept. Its descriptors
@@ -357,7 +360,14 @@ const MAX_ADMIN_CONNECTIONS: usize = 256;
 /// How long a connection may take to send a request head, and may stay idle between requests.
 pub const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>) {
+pub async fn serve(listener: std::net::TcpListener, state: Arc<AdminState>) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            error!(error = %e, "admin endpoint: cannot serve its socket");
+            return;
+        }
+    };
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         let (stream, peer) = match listener.accept().await {

@@ -16,6 +16,7 @@ use crate::bgp::Announcer;
 use crate::cli::RunArgs;
 use crate::config::SynProtection;
 use crate::config::{Backend as BackendConfig, Config, XdpMode};
+use crate::control_thread::ControlThread;
 use crate::dataplane::{AttachMode, Dataplane, DataplaneError, InterfaceEvent, error_chain};
 use crate::line_writer::DropReport;
 use crate::metrics::{CertificateMetric, Metrics};
@@ -63,11 +64,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     let mut dataplane = start_dataplane(&config)?;
     let metrics = Metrics::new();
     let admin = match config.ops.admin {
-        Some(addr) => Some(
-            admin::bind(addr)
-                .await
-                .map_err(|e| StartError::Runtime(e.into()))?,
-        ),
+        Some(addr) => Some(admin::bind(addr).map_err(|e| StartError::Runtime(e.into()))?),
         None => None,
     };
     let mut sigterm = signal(SignalKind::terminate())
@@ -107,6 +104,9 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     let workers = Workers::start(worker_count)
         .map_err(|e| StartError::Runtime(format!("starting worker threads: {e}").into()))?;
+    // Before the privilege drop, like the workers: its capabilities go with it.
+    let control = ControlThread::start()
+        .map_err(|e| StartError::Runtime(format!("starting the control thread: {e}").into()))?;
     // What an earlier daemon in this namespace left changed, back before anything is set.
     SynProtect::recover();
     // Declared before the node: dropped after it, it restores the kernel's settings last.
@@ -116,16 +116,22 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
             .prepare(&config)
             .map_err(|e| StartError::Runtime(e.into()))?;
     }
-    let (mut node, sockets) =
-        match Node::start(config, workers, metrics.clone(), dataplane.as_mut(), &hops) {
-            Ok(started) => started,
-            Err(e) => {
-                if let Some(dp) = dataplane.as_mut() {
-                    dp.detach_all();
-                }
-                return Err(StartError::Runtime(e.into()));
+    let (mut node, sockets) = match Node::start(
+        config,
+        workers,
+        control.handle().clone(),
+        metrics.clone(),
+        dataplane.as_mut(),
+        &hops,
+    ) {
+        Ok(started) => started,
+        Err(e) => {
+            if let Some(dp) = dataplane.as_mut() {
+                dp.detach_all();
             }
-        };
+            return Err(StartError::Runtime(e.into()));
+        }
+    };
     node.serve(sockets);
     // Before any privilege drop: the speaker listens on BGP's port 179.
     let mut bgp = match node.config.bgp.clone().map(Announcer::start).transpose() {
@@ -193,7 +199,9 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref());
     if let Some(listener) = admin {
-        tokio::spawn(admin::serve(listener, admin_state.clone()));
+        control
+            .handle()
+            .spawn(admin::serve(listener, admin_state.clone()));
     }
     // The main thread owns the data plane: it copies what the admin endpoint shows from the
     // kernel's counters and the balancers' health, once a second.
@@ -213,6 +221,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     let mut etcd_view = None;
     if let (Some(prefix), Some(snapshot)) = (&args.config_prefix, &args.etcd_snapshot) {
         crate::etcd::watch(
+            control.handle(),
             args.config_etcd.clone(),
             prefix.clone(),
             snapshot.clone(),

@@ -50,15 +50,16 @@ pub async fn fetch(endpoints: &[String], prefix: &str) -> Result<EtcdSnapshot, E
     Ok(read(&mut client, endpoints, prefix).await?.0)
 }
 
-/// Watches `prefix`, sending every configuration that differs from `seen` (the one in use),
-/// until the receiver is gone.
+/// Watches `prefix` from a task on `runtime`, sending every configuration that differs from
+/// `seen` (the one in use), until the receiver is gone.
 pub fn watch(
+    runtime: &tokio::runtime::Handle,
     endpoints: Vec<String>,
     prefix: String,
     seen: EtcdSnapshot,
     tx: mpsc::UnboundedSender<Event>,
 ) {
-    tokio::spawn(async move {
+    runtime.spawn(async move {
         let mut seen = seen;
         let mut lost = false;
         loop {

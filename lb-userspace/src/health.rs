@@ -23,10 +23,11 @@ use crate::balance::Balancer;
 use crate::config::{CheckKind, HealthCheck};
 use crate::proxy_protocol::{Version, encode};
 
-/// Starts one checking task per backend on the current runtime. `changed` is notified after
+/// Starts one checking task per backend on `runtime`. `changed` is notified after
 /// every health transition (the data plane rewrites the group's Maglev ring then). Aborting
 /// the returned handles stops the checks (a reload that replaces the group does).
 pub fn spawn(
+    runtime: &tokio::runtime::Handle,
     check: HealthCheck,
     group: String,
     balancer: Arc<Balancer>,
@@ -69,7 +70,7 @@ pub fn spawn(
         );
         // Backend i starts i/n of an interval late, so checks are spread over the interval.
         let offset = check.interval * index as u32 / n;
-        let task = tokio::spawn(async move {
+        let task = runtime.spawn(async move {
             tokio::time::sleep(offset).await;
             let mut ticks = tokio::time::interval(check.interval);
             ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -9,6 +9,7 @@ pub mod bgp;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod control_thread;
 pub mod daemon;
 pub mod dataplane;
 pub mod decap;

@@ -122,6 +122,8 @@ pub struct Node {
     pub groups: Vec<GroupRuntime>,
     pub listeners: Vec<ListenerRuntime>,
     pub workers: Workers,
+    /// Where health checks and the ACME client run ([`crate::control_thread`]).
+    control: tokio::runtime::Handle,
     pub metrics: Arc<Metrics>,
     /// Notified after every health transition of any group.
     pub health_changed: Arc<Notify>,
@@ -203,6 +205,7 @@ impl Node {
     pub fn start(
         config: Config,
         workers: Workers,
+        control: tokio::runtime::Handle,
         metrics: Arc<Metrics>,
         dataplane: Option<&mut Dataplane>,
         hops: &NextHops,
@@ -239,6 +242,7 @@ impl Node {
             groups,
             listeners: Vec::new(),
             workers,
+            control,
             metrics,
             health_changed,
             own_tickets,
@@ -277,6 +281,7 @@ impl Node {
     pub fn start_health_checks(&mut self) {
         for g in &mut self.groups {
             g.health = crate::health::spawn(
+                &self.control,
                 g.config.health.clone(),
                 g.config.name.clone(),
                 g.balancer.clone(),
@@ -417,6 +422,7 @@ impl Node {
         for g in &mut self.groups {
             if g.health.is_empty() {
                 g.health = crate::health::spawn(
+                    &self.control,
                     g.config.health.clone(),
                     g.config.name.clone(),
                     g.balancer.clone(),
@@ -456,7 +462,7 @@ impl Node {
             }
             _ => {
                 let (tx, rx) = watch::channel(settings);
-                crate::acme::spawn(shared.clone(), rx);
+                crate::acme::spawn(&self.control, shared.clone(), rx);
                 self.acme = Some(AcmeRuntime {
                     shared,
                     settings: tx,

@@ -1,7 +1,8 @@
 //! `--user`: once sockets are bound and XDP is attached, the daemon runs as an unprivileged
 //! user. The main thread (the one owner of the BPF maps, and the thread that binds a reload's
-//! new listeners) keeps the few capabilities that work still needs; the worker threads, which
-//! talk to clients and backends, keep none.
+//! new listeners) keeps the few capabilities that work still needs; the threads that talk to
+//! other hosts (the workers, and the control thread: admin endpoint, health checks, ACME,
+//! etcd) keep none.
 use caps::{CapSet, Capability, CapsHashSet};
 use nix::sys::prctl;
 use nix::unistd::{self, Gid, Uid};

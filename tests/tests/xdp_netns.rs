@@ -468,6 +468,8 @@ fn as_an_unprivileged_user_it_still_reloads_maps_and_detaches() {
         &[
             "--user",
             "nobody",
+            "--admin",
+            "127.0.0.1:9912",
             "--access-control",
             "whitelist",
             "--ip-group-file",
@@ -496,7 +498,9 @@ fn as_an_unprivileged_user_it_still_reloads_maps_and_detaches() {
     let kept = 1u64 << 10;
     assert_eq!(field(&main, "CapEff:"), format!("{kept:016x}"), "{main}");
     assert_eq!(field(&main, "NoNewPrivs:"), "1", "{main}");
-    let mut workers = 0;
+    // The workers, and the thread serving the admin endpoint and running health checks,
+    // keep no capability: they read what other hosts send.
+    let (mut workers, mut control) = (0, None);
     for task in std::fs::read_dir(format!("/proc/{}/task", d.pid())).expect("tasks") {
         let tid = task
             .expect("task")
@@ -504,14 +508,52 @@ fn as_an_unprivileged_user_it_still_reloads_maps_and_detaches() {
             .to_string_lossy()
             .into_owned();
         let text = status(&format!("task/{tid}/"));
-        if field(&text, "Name:").starts_with("edgelb-worker") {
+        let name = field(&text, "Name:");
+        if name.starts_with("edgelb-worker") {
             workers += 1;
-            assert_eq!(field(&text, "CapEff:"), "0000000000000000", "{text}");
-            assert_eq!(field(&text, "CapPrm:"), "0000000000000000", "{text}");
-            assert_eq!(field(&text, "NoNewPrivs:"), "1", "{text}");
+        } else if name == "edgelb-control" {
+            assert!(control.replace(tid).is_none(), "two control threads");
+        } else {
+            continue;
         }
+        assert_eq!(field(&text, "CapEff:"), "0000000000000000", "{text}");
+        assert_eq!(field(&text, "CapPrm:"), "0000000000000000", "{text}");
+        assert_eq!(field(&text, "NoNewPrivs:"), "1", "{text}");
     }
     assert!(workers > 0, "no worker threads found");
+    let control = control.expect("a control thread");
+    // The admin endpoint is served there: its requests cost that thread CPU time, not the
+    // main thread's.
+    let cpu_ticks = |tid: &str| {
+        let stat = std::fs::read_to_string(format!("/proc/{}/task/{tid}/stat", d.pid()))
+            .unwrap_or_default();
+        // After the name in parentheses: utime and stime are fields 14 and 15 of the line.
+        let fields: Vec<u64> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest)
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect();
+        fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0)
+    };
+    let main_tid = d.pid().to_string();
+    let before = (cpu_ticks(&main_tid), cpu_ticks(&control));
+    let answers = in_netns(&s.topo.lb.path(), || {
+        (0..3000)
+            .filter(|_| {
+                edgelb_tests::admin::get("127.0.0.1:9912", "/healthz").starts_with("HTTP/1.0 200")
+            })
+            .count()
+    });
+    assert_eq!(answers, 3000);
+    let main_ticks = cpu_ticks(&main_tid) - before.0;
+    let control_ticks = cpu_ticks(&control) - before.1;
+    eprintln!("3000 admin requests: control thread {control_ticks} ticks, main {main_ticks}");
+    assert!(
+        control_ticks > main_ticks,
+        "control thread {control_ticks} ticks, main thread {main_ticks}"
+    );
     assert_eq!(
         curl_ok(&s.topo.client, CLIENT_A_V4, &url_v4(), &s.ca).code,
         0

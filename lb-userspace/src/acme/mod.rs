@@ -24,7 +24,11 @@ pub use task::spawn;
 
 /// Without the `acme` feature (the fuzz targets' build) nothing is ever ordered.
 #[cfg(not(feature = "acme"))]
-pub fn spawn(_acme: Arc<Acme>, _settings: tokio::sync::watch::Receiver<Settings>) {
+pub fn spawn(
+    _runtime: &tokio::runtime::Handle,
+    _acme: Arc<Acme>,
+    _settings: tokio::sync::watch::Receiver<Settings>,
+) {
     tracing::warn!("this edgelb is built without ACME: no certificate is ordered");
 }
 

@@ -28,9 +28,13 @@ const MIN_ORDER_GAP: Duration = Duration::from_secs(10);
 const BACKOFF_FIRST: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(3600);
 
-/// Starts the task on the current runtime; it runs until `settings`' sender is dropped.
-pub fn spawn(acme: Arc<Acme>, settings: watch::Receiver<Settings>) {
-    tokio::spawn(run(acme, settings));
+/// Starts the task on `runtime`; it runs until `settings`' sender is dropped.
+pub fn spawn(
+    runtime: &tokio::runtime::Handle,
+    acme: Arc<Acme>,
+    settings: watch::Receiver<Settings>,
+) {
+    runtime.spawn(run(acme, settings));
 }
 
 /// A set as the task keeps it: at one CA, its names sorted (a set reordered in the file is the
