@@ -84,6 +84,8 @@ pub struct NodeView {
     pub etcd: Option<EtcdView>,
     /// Every certificate the https listeners serve: from files, and from ACME.
     pub certificates: Vec<CertificateView>,
+    /// The L4 backends' next hops.
+    pub next_hops: Vec<crate::nexthop::NextHopView>,
 }
 
 /// One certificate as `/status` shows it.
@@ -164,6 +166,8 @@ struct XdpStatus {
     attached: Vec<String>,
     /// Packets by outcome, all listeners together.
     counters: Vec<(String, u64)>,
+    /// Where frames for each L4 backend go.
+    next_hops: Vec<crate::nexthop::NextHopView>,
 }
 
 #[derive(Serialize)]
@@ -315,6 +319,7 @@ impl AdminState {
             xdp: XdpStatus {
                 attached: view.xdp_attached.clone(),
                 counters: totals,
+                next_hops: view.next_hops.clone(),
             },
             bgp: view.bgp.as_ref(),
             etcd: view.etcd.as_ref(),

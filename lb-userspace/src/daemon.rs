@@ -197,7 +197,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     if let Some(b) = bgp.as_mut() {
         b.update(node.announceable(b.announce_when())).await;
     }
-    refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref());
+    refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref(), &hops);
     if let Some(listener) = admin {
         control
             .handle()
@@ -324,7 +324,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 if let Some(dp) = dataplane.as_mut() {
                     syn_protect.tick(dp, &protected(&node));
                 }
-                refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref());
+                refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref(), &hops);
                 log_drops.iter_mut().for_each(DropReport::tick);
             }
             _ = next_hop_change(hop_watch.as_ref()) => {
@@ -338,7 +338,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                 }
                 if let Some(b) = bgp.as_mut() {
                     b.update(node.announceable(b.announce_when())).await;
-                    refresh_status(&admin_state, &node, dataplane.as_ref(), Some(b));
+                    refresh_status(&admin_state, &node, dataplane.as_ref(), Some(b), &hops);
                 }
             }
             _ = sighup.recv() => {
@@ -356,7 +356,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                     info!(source = %ip, lifted = n, "POST /unblock");
                 }
                 let _ = reply.send(lifted);
-                refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref());
+                refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref(), &hops);
             }
             Some(event) = etcd_rx.recv() => {
                 if let Some(v) = etcd_view.as_mut() {
@@ -660,7 +660,7 @@ fn reload_logged(
     admin.record_reload(why, &result);
     match &result {
         Ok(()) => {
-            refresh_status(admin, node, None, bgp);
+            refresh_status(admin, node, None, bgp, hops);
             info!(
                 listeners = node.listeners.len(),
                 groups = node.groups.len(),
@@ -738,6 +738,7 @@ fn refresh_status(
     node: &Node,
     dataplane: Option<&Dataplane>,
     bgp: Option<&Announcer>,
+    hops: &NextHops,
 ) {
     for g in &node.groups {
         let b = &g.balancer;
@@ -767,6 +768,7 @@ fn refresh_status(
         crate::line_writer::LOG_DROPPED.load(Ordering::Relaxed),
     );
     view.bgp = bgp.map(Announcer::view);
+    view.next_hops = hops.view();
     if let Some(b) = &view.bgp {
         state.metrics.set_bgp(b);
     }

@@ -570,6 +570,7 @@ impl Node {
             bgp: None,
             etcd: None,
             certificates: self.certificates(),
+            next_hops: Vec::new(),
         }
     }
 

@@ -164,6 +164,9 @@ fn render(status: &Value) -> String {
                 c[1].as_u64().unwrap_or(0)
             ));
         }
+        for h in xdp["next_hops"].as_array().unwrap_or(&empty) {
+            out.push_str(&next_hop_line(h));
+        }
     }
     let etcd = &status["etcd"];
     if etcd.is_object() {
@@ -249,10 +252,46 @@ pub fn admin_address(
     }
 }
 
+/// `  next hop BACKEND via ADDR dev IFACE MAC`, or `unresolved`, and the problem if any.
+fn next_hop_line(h: &Value) -> String {
+    let mut line = format!("  next hop {}", h["backend"].as_str().unwrap_or("?"));
+    if let (Some(via), Some(dev)) = (h["via"].as_str(), h["interface"].as_str()) {
+        line += &format!(
+            " via {via} dev {dev} {}",
+            h["mac"].as_str().unwrap_or("unresolved")
+        );
+    }
+    if let Some(problem) = h["problem"].as_str() {
+        line += &format!(" (PROBLEM: {problem})");
+    }
+    line + "\n"
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn next_hops_show_where_frames_go_or_why_they_cannot() {
+        let status = json!({"xdp": {"attached": ["eth0:native"], "counters": [], "next_hops": [
+            {"backend": "10.3.1.2", "via": "10.4.1.1", "interface": "eth1",
+             "mac": "02:00:00:00:00:01", "problem": null},
+            {"backend": "10.3.2.2", "via": "10.4.1.1", "interface": "eth1", "mac": null,
+             "problem": null},
+            {"backend": "10.99.0.1", "via": null, "interface": null, "mac": null,
+             "problem": "the route to 10.99.0.1 is of type Unreachable"}]}});
+        let text = render(&status);
+        let lines: Vec<&str> = text.lines().filter(|l| l.contains("next hop")).collect();
+        assert_eq!(
+            lines,
+            [
+                "  next hop 10.3.1.2 via 10.4.1.1 dev eth1 02:00:00:00:00:01",
+                "  next hop 10.3.2.2 via 10.4.1.1 dev eth1 unresolved",
+                "  next hop 10.99.0.1 (PROBLEM: the route to 10.99.0.1 is of type Unreachable)",
+            ]
+        );
+    }
 
     fn backend(address: &str, weight: u8, healthy: bool, weight_share: f64) -> Value {
         json!({"address": address, "healthy": healthy, "weight": weight,

@@ -59,6 +59,20 @@ impl Hop {
     }
 }
 
+/// One L4 backend's next hop, as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NextHopView {
+    pub backend: String,
+    /// The gateway, or the backend itself on a directly connected network.
+    pub via: Option<String>,
+    /// The interface the route leaves by.
+    pub interface: Option<String>,
+    /// None while the neighbour is not resolved (the backend then takes no frames).
+    pub mac: Option<String>,
+    /// Why the backend has no usable next hop, as logged.
+    pub problem: Option<String>,
+}
+
 /// Why a backend has no usable next hop.
 #[derive(Debug, thiserror::Error)]
 enum HopProblem {
@@ -110,6 +124,25 @@ impl NextHops {
     /// The next-hop MAC of `backend`, all zero if not (yet) known.
     pub fn mac(&self, backend: IpAddr) -> [u8; 6] {
         self.next_hop(backend).mac
+    }
+
+    /// Every backend's next hop as last looked up, and any problem with it, by address.
+    pub fn view(&self) -> Vec<NextHopView> {
+        let backends: std::collections::BTreeSet<&IpAddr> =
+            self.hops.keys().chain(self.reported.keys()).collect();
+        backends
+            .into_iter()
+            .map(|b| {
+                let hop = self.hops.get(b);
+                NextHopView {
+                    backend: b.to_string(),
+                    via: hop.map(|h| h.addr.to_string()),
+                    interface: hop.map(|h| h.dev.clone()),
+                    mac: hop.filter(|h| h.mac != [0; 6]).map(|h| format_mac(&h.mac)),
+                    problem: self.reported.get(b).cloned(),
+                }
+            })
+            .collect()
     }
 
     /// Whether every one of `backends` has a MAC.
@@ -167,6 +200,9 @@ impl NextHops {
                         ifaces: ifaces.join(", "),
                     },
                 );
+            } else {
+                // Over: logged again should it come back.
+                self.reported.remove(&backend);
             }
             if hop.mac == [0; 6] {
                 unresolved.push(backend);
