@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -50,6 +51,46 @@ pub struct AdminState {
     pub about: About,
     /// Written by the main thread after each reload ([`AdminState::record_reload`]).
     pub reload_log: Mutex<ReloadLog>,
+    /// What `/healthz` answers from: it is served on the control thread, and must not say
+    /// `ok` for a node whose main loop (maps, reloads, next hops) has stopped turning, or
+    /// that is stopping.
+    pub main_loop: MainLoop,
+}
+
+/// The main loop's signs of life, for `/healthz`.
+#[derive(Default)]
+pub struct MainLoop {
+    /// Milliseconds since [`About::started`] of its last turn; 0 before the first.
+    beat: AtomicU64,
+    stopping: AtomicBool,
+}
+
+/// `/healthz` fails once the main loop has not turned for this long. It turns at least once
+/// a second; a reload's apply or a map rewrite may hold it a little longer.
+pub const MAIN_LOOP_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl MainLoop {
+    /// The main loop turned (it does at least once a second).
+    pub fn beat(&self, about: &About) {
+        let ms = u64::try_from(about.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.beat.store(ms.max(1), Ordering::Relaxed);
+    }
+
+    pub fn stopping(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// `/healthz`'s answer: None while healthy, else why not.
+    pub fn trouble(&self, about: &About) -> Option<String> {
+        if self.stopping.load(Ordering::Relaxed) {
+            return Some("stopping".into());
+        }
+        let beat = self.beat.load(Ordering::Relaxed);
+        let now = u64::try_from(about.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let since = std::time::Duration::from_millis(now.saturating_sub(beat));
+        (beat != 0 && since > MAIN_LOOP_STALL)
+            .then(|| format!("main loop stalled for {} s", since.as_secs()))
+    }
 }
 
 /// What does not change while the daemon runs: when it started, where its configuration is.
@@ -437,7 +478,10 @@ async fn route(
             Ok(n) => (StatusCode::OK, "text/plain", format!("unblocked {n}\n")),
             Err((status, why)) => (status, "text/plain", format!("{why}\n")),
         },
-        (&Method::GET, "/healthz") => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        (&Method::GET, "/healthz") => match state.main_loop.trouble(&state.about) {
+            None => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Some(why) => (StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{why}\n")),
+        },
         (&Method::GET, "/metrics") => (
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -635,5 +679,37 @@ mod browser_tests {
             ],
             false
         ));
+    }
+}
+
+#[cfg(test)]
+mod healthz_tests {
+    use super::{About, MainLoop};
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn healthz_fails_once_the_main_loop_stops_turning_or_the_node_stops() {
+        let about = About {
+            started: Instant::now() - Duration::from_secs(60),
+            config_path: None,
+        };
+        let main_loop = MainLoop::default();
+        assert_eq!(main_loop.trouble(&about), None, "before its first turn");
+        main_loop.beat(&about);
+        assert_eq!(main_loop.trouble(&about), None);
+        // Its last turn 59 s ago.
+        main_loop
+            .beat
+            .store(1_000, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            main_loop
+                .trouble(&about)
+                .is_some_and(|t| t.starts_with("main loop stalled for 5")),
+            "{:?}",
+            main_loop.trouble(&about)
+        );
+        main_loop.beat(&about);
+        main_loop.stopping();
+        assert_eq!(main_loop.trouble(&about).as_deref(), Some("stopping"));
     }
 }

@@ -179,7 +179,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         }
         info!(user = user.name, uid = user.uid.as_raw(), kept = ?keep, "running as an unprivileged user");
     }
-    node.start_health_checks();
+    node.start_tasks();
     log_ready(&node, dataplane.as_ref(), worker_count, fd_limit);
     crate::control::notify::notify("READY=1");
     let mut reload_count = 0u64;
@@ -193,6 +193,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
         unblock: unblock_tx,
         about: admin::About::new(args.config.as_deref()),
         reload_log: Mutex::default(),
+        main_loop: admin::MainLoop::default(),
     });
     if let Some(b) = bgp.as_mut() {
         b.update(node.announceable(b.announce_when())).await;
@@ -297,11 +298,13 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     loop {
         tokio::select! {
             _ = sigterm.recv() => {
+                admin_state.main_loop.stopping();
                 info!("SIGTERM: stopping");
                 crate::control::notify::notify("STOPPING=1");
                 break;
             }
             _ = sigint.recv() => {
+                admin_state.main_loop.stopping();
                 info!("SIGINT: stopping");
                 crate::control::notify::notify("STOPPING=1");
                 break;
@@ -325,6 +328,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
                     syn_protect.tick(dp, &protected(&node));
                 }
                 refresh_status(&admin_state, &node, dataplane.as_ref(), bgp.as_ref(), &hops);
+                admin_state.main_loop.beat(&admin_state.about);
                 log_drops.iter_mut().for_each(DropReport::tick);
             }
             _ = next_hop_change(hop_watch.as_ref()) => {

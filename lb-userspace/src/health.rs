@@ -4,6 +4,7 @@
 //! consecutive successes healthy again. Transitions are logged with the reason.
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http_body_util::Empty;
@@ -23,23 +24,57 @@ use crate::balance::Balancer;
 use crate::config::{CheckKind, HealthCheck};
 use crate::proxy_protocol::{Version, encode};
 
+/// The checks of one group, as [`spawn`] started them.
+#[derive(Clone, Default)]
+pub struct HealthTasks {
+    tasks: Vec<AbortHandle>,
+    /// Whether their results still count. They run on the control thread while a reload
+    /// runs on the main thread: a result that lands after the reload took the balancer's
+    /// health over would be lost, so [`HealthTasks::stop`] retires them first.
+    live: Arc<AtomicBool>,
+}
+
+impl HealthTasks {
+    /// Whether these are the same checks as `other` (a reload kept them).
+    pub fn same(&self, other: &HealthTasks) -> bool {
+        Arc::ptr_eq(&self.live, &other.live)
+    }
+
+    /// Whether no check was started (none asked for, or not yet).
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && !self.live.load(Ordering::Relaxed)
+    }
+
+    /// Stops the checks writing `balancer`: when this returns, none of their results will
+    /// change it any more.
+    pub fn stop(&self, balancer: &Balancer) {
+        balancer.retire_checks(&self.live);
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// Starts one checking task per backend on `runtime`. `changed` is notified after
-/// every health transition (the data plane rewrites the group's Maglev ring then). Aborting
-/// the returned handles stops the checks (a reload that replaces the group does).
+/// every health transition (the data plane rewrites the group's Maglev ring then).
+/// [`HealthTasks::stop`] stops them (a reload that replaces the group's checks does).
 pub fn spawn(
     runtime: &tokio::runtime::Handle,
     check: HealthCheck,
     group: String,
     balancer: Arc<Balancer>,
     changed: Arc<Notify>,
-) -> Vec<AbortHandle> {
-    let mut tasks = Vec::new();
+) -> HealthTasks {
+    let mut tasks = HealthTasks {
+        tasks: Vec::new(),
+        live: Arc::new(AtomicBool::new(true)),
+    };
     if check.kind == CheckKind::Off {
         // Nothing will check them again: a backend a reload found unhealthy would stay out
         // for good.
         let mut any = false;
         for index in 0..balancer.len() {
-            any |= balancer.set_health(index, true, "health checks turned off");
+            any |= balancer.set_health_from(&tasks.live, index, true, "health checks turned off");
         }
         if any {
             changed.notify_one();
@@ -61,12 +96,13 @@ pub fn spawn(
         let Some(addr) = balancer.addr(index) else {
             continue;
         };
-        let (check, group, balancer, changed, tls) = (
+        let (check, group, balancer, changed, tls, live) = (
             check.clone(),
             group.clone(),
             balancer.clone(),
             changed.clone(),
             tls.clone(),
+            tasks.live.clone(),
         );
         // Backend i starts i/n of an interval late, so checks are spread over the interval.
         let offset = check.interval * index as u32 / n;
@@ -85,12 +121,12 @@ pub fn spawn(
                         fails = 0;
                         passes = passes.saturating_add(1);
                         // The first pass proves the backend: BGP may announce its listeners.
-                        if balancer.mark_passed(index) {
+                        if balancer.mark_passed_from(&live, index) {
                             changed.notify_one();
                         }
                         if !healthy
                             && passes >= check.retries
-                            && balancer.set_health(index, true, passed(&check, passes))
+                            && balancer.set_health_from(&live, index, true, passed(&check, passes))
                         {
                             info!(group, backend = %addr, check = check.kind.name(), passes, "backend healthy");
                             changed.notify_one();
@@ -103,7 +139,7 @@ pub fn spawn(
                         let reason =
                             (healthy && fails >= check.retries).then(|| reason.to_string());
                         if let Some(reason) = reason
-                            && balancer.set_health(index, false, reason.clone())
+                            && balancer.set_health_from(&live, index, false, reason.clone())
                         {
                             warn!(group, backend = %addr, check = check.kind.name(), reason, fails, "backend unhealthy");
                             changed.notify_one();
@@ -112,7 +148,7 @@ pub fn spawn(
                 }
             }
         });
-        tasks.push(task.abort_handle());
+        tasks.tasks.push(task.abort_handle());
     }
     tasks
 }

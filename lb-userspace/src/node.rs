@@ -11,7 +11,6 @@ use std::net::{IpAddr, SocketAddr};
 
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, MAX_L4_GROUPS, MAX_LISTENERS};
 use tokio::sync::{Notify, watch};
-use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
 use tracing::{info, warn};
 
@@ -29,6 +28,7 @@ use crate::dataplane::{
     BackendEntry, Dataplane, DataplaneError, Egress, L4Group, L4ListenerSpec, ListenerRule,
     SourceLimits, SynCookies, error_chain,
 };
+use crate::health::HealthTasks;
 use crate::metrics::Metrics;
 use crate::nexthop::NextHops;
 use crate::proxy::sticky::Sticky;
@@ -100,7 +100,7 @@ pub struct GroupRuntime {
     pub sticky: Option<Arc<Sticky>>,
     /// One per worker, in worker order.
     upstreams: Vec<Arc<Upstream>>,
-    health: Vec<AbortHandle>,
+    health: HealthTasks,
 }
 
 /// A listener as it runs.
@@ -124,6 +124,8 @@ pub struct Node {
     pub workers: Workers,
     /// Where health checks and the ACME client run ([`crate::control_thread`]).
     control: tokio::runtime::Handle,
+    /// Whether [`Node::start_tasks`] ran: until then nothing is started on `control`.
+    tasks_started: bool,
     pub metrics: Arc<Metrics>,
     /// Notified after every health transition of any group.
     pub health_changed: Arc<Notify>,
@@ -147,6 +149,8 @@ pub struct Node {
 struct AcmeRuntime {
     shared: Arc<Acme>,
     settings: watch::Sender<crate::acme::Settings>,
+    /// The task's end of `settings` until [`Node::start_tasks`] starts it.
+    waiting: Option<watch::Receiver<crate::acme::Settings>>,
 }
 
 /// The certificates `config`'s https listeners serve from files, as `/status` shows them.
@@ -243,6 +247,7 @@ impl Node {
             listeners: Vec::new(),
             workers,
             control,
+            tasks_started: false,
             metrics,
             health_changed,
             own_tickets,
@@ -277,8 +282,11 @@ impl Node {
         }
     }
 
-    /// Health checks of every group; call once, on the runtime that owns them.
-    pub fn start_health_checks(&mut self) {
+    /// Starts the health checks of every group and the ACME client, on the control thread;
+    /// call once, after the privilege drop (`--user`): they must never run with root's
+    /// rights (ACME's state directory would get files its user cannot open).
+    pub fn start_tasks(&mut self) {
+        self.tasks_started = true;
         for g in &mut self.groups {
             g.health = crate::health::spawn(
                 &self.control,
@@ -287,6 +295,11 @@ impl Node {
                 g.balancer.clone(),
                 self.health_changed.clone(),
             );
+        }
+        if let Some(acme) = &mut self.acme
+            && let Some(settings) = acme.waiting.take()
+        {
+            crate::acme::spawn(&self.control, acme.shared.clone(), settings);
         }
     }
 
@@ -408,16 +421,23 @@ impl Node {
         }
         self.listeners = listeners;
         let previous = std::mem::replace(&mut self.groups, groups);
-        // Checks the new groups carried over keep running; the others end.
-        let kept: Vec<tokio::task::Id> = self
-            .groups
-            .iter()
-            .flat_map(|g| g.health.iter().map(AbortHandle::id))
-            .collect();
-        for task in previous.into_iter().flat_map(|g| g.health) {
-            if !kept.contains(&task.id()) {
-                task.abort();
+        // Checks the new groups carried over keep running; the others end. A new balancer
+        // then takes what the old one's checks found since it was built from it: they ran on
+        // meanwhile, on the control thread.
+        let mut moved = false;
+        for old in &previous {
+            if self.groups.iter().any(|g| g.health.same(&old.health)) {
+                continue;
             }
+            old.health.stop(&old.balancer);
+            if let Some(g) = self.groups.iter().find(|g| {
+                g.config.name == old.config.name && !Arc::ptr_eq(&g.balancer, &old.balancer)
+            }) {
+                moved |= g.balancer.adopt_health(&old.balancer);
+            }
+        }
+        if moved {
+            self.health_changed.notify_one();
         }
         for g in &mut self.groups {
             if g.health.is_empty() {
@@ -462,10 +482,16 @@ impl Node {
             }
             _ => {
                 let (tx, rx) = watch::channel(settings);
-                crate::acme::spawn(&self.control, shared.clone(), rx);
+                let waiting = if self.tasks_started {
+                    crate::acme::spawn(&self.control, shared.clone(), rx);
+                    None
+                } else {
+                    Some(rx)
+                };
                 self.acme = Some(AcmeRuntime {
                     shared,
                     settings: tx,
+                    waiting,
                 });
             }
         }
@@ -660,7 +686,7 @@ fn build_groups(
         // The health tasks stay with a kept balancer when the checks are the same.
         let health = match kept {
             Some(r) if r.config.health == g.health => r.health.clone(),
-            _ => Vec::new(),
+            _ => HealthTasks::default(),
         };
         out.push(GroupRuntime {
             config: g,

@@ -423,3 +423,49 @@ fn a_stored_certificate_is_served_at_start_while_the_ca_does_not_answer() {
         "no renewal was tried:\n{log}"
     );
 }
+
+/// `--user`: the ACME client runs as that user from its first step, so everything it makes in
+/// the state directory (lock, challenge answers, account, certificate) is the user's, and it
+/// orders and serves its certificate.
+#[test]
+fn an_unprivileged_node_orders_as_its_user() {
+    if !root_or_skip("an_unprivileged_node_orders_as_its_user") {
+        return;
+    }
+    const NOBODY: u32 = 65534;
+    let site = Site::new(&["api.test"], 3600);
+    let pebble = site.ca_config.start(&site.ns);
+    std::fs::create_dir_all(&site.state).expect("mkdir the state directory");
+    std::os::unix::fs::chown(&site.state, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let node = site.node(
+        "127.0.0.1:8443",
+        "127.0.0.1:9000",
+        &["api.test"],
+        &["--user", "nobody"],
+    );
+    let issued = wait_for(&site.ns, "127.0.0.1:9000", 40, "issuance", |c| {
+        c["not_after"].is_i64()
+    });
+    assert!(issued["last_error"].is_null(), "{issued}\n{}", node.log());
+    let root = pebble.root(&site.ns, &site.dir.path().join("pebble-root.pem"));
+    let out = curl(&site.ns, &root, "api.test", 8443)
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "backend b1\n");
+    let mut stack = vec![site.state.clone()];
+    let mut files = 0;
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).expect("read the state directory") {
+            let path = entry.expect("entry").path();
+            let owner = std::os::unix::fs::MetadataExt::uid(
+                &std::fs::symlink_metadata(&path).expect("metadata"),
+            );
+            assert_eq!(owner, NOBODY, "{} is not the user's", path.display());
+            files += 1;
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    assert!(files >= 3, "{files} entries in the state directory");
+}

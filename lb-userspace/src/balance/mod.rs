@@ -89,6 +89,9 @@ pub struct Balancer {
     epoch: Instant,
     /// Requests in flight per backend, shared with the [`Pick`]s that release them.
     active: Arc<[AtomicU32]>,
+    /// Held by a health check's write and by [`Balancer::retire_checks`], which run on
+    /// different threads: once the checks are retired, none of their writes is still going on.
+    checks: Mutex<()>,
 }
 
 /// A chosen backend. Holding it counts one request in flight on that backend; keep it until
@@ -132,6 +135,7 @@ impl Balancer {
                 })
                 .collect(),
             slow_start: None,
+            checks: Mutex::new(()),
             epoch: Instant::now(),
             active: backends.iter().map(|_| AtomicU32::new(0)).collect(),
         }
@@ -291,6 +295,60 @@ impl Balancer {
         true
     }
 
+    /// [`Balancer::set_health`] by a health check that holds `live`: nothing changes once its
+    /// checks are retired.
+    pub fn set_health_from(
+        &self,
+        live: &AtomicBool,
+        index: usize,
+        healthy: bool,
+        reason: impl Into<String>,
+    ) -> bool {
+        let _checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        live.load(Ordering::Relaxed) && self.set_health(index, healthy, reason)
+    }
+
+    /// [`Balancer::mark_passed`] by a health check that holds `live`.
+    pub fn mark_passed_from(&self, live: &AtomicBool, index: usize) -> bool {
+        let _checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        live.load(Ordering::Relaxed) && self.mark_passed(index)
+    }
+
+    /// Ends the writes of the checks holding `live`: when this returns, none is going on and
+    /// none will come.
+    pub fn retire_checks(&self, live: &AtomicBool) {
+        let _checks = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        live.store(false, Ordering::Relaxed);
+    }
+
+    /// For a balancer a reload built from `old` ([`Balancer::carrying_over`]), once `old`'s
+    /// checks are retired: takes what they found between the build and their end. Whether the
+    /// health of any backend changed.
+    pub fn adopt_health(&self, old: &Balancer) -> bool {
+        let mut changed = false;
+        for b in &self.backends {
+            let Some(o) = old.backends.iter().find(|o| o.addr == b.addr) else {
+                continue;
+            };
+            let healthy = o.healthy.load(Ordering::Relaxed);
+            changed |= b.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+            b.passed
+                .store(o.passed.load(Ordering::Relaxed), Ordering::Relaxed);
+            b.up_since
+                .store(o.up_since.load(Ordering::Relaxed), Ordering::Relaxed);
+            let transition = o
+                .transition
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            *b.transition.lock().unwrap_or_else(|p| p.into_inner()) = transition;
+        }
+        if changed && let Strategy::SourceHash(sh) = &self.strategy {
+            sh.rebuild(|| self.hash_weights());
+        }
+        changed
+    }
+
     /// Backend `index`'s last health transition; None if it never changed.
     pub fn last_transition(&self, index: usize) -> Option<Transition> {
         self.backends
@@ -414,6 +472,43 @@ mod tests {
         Algorithm::WeightedLeastConnections,
         Algorithm::SourceIpHash,
     ];
+
+    #[test]
+    fn a_reloaded_balancer_takes_what_the_old_checks_found_until_they_were_retired() {
+        let a: SocketAddr = "10.0.0.1:80".parse().expect("address");
+        let b: SocketAddr = "10.0.0.2:80".parse().expect("address");
+        let old = Balancer::new(Algorithm::SourceIpHash, &[(a, 1), (b, 1)]);
+        let live = AtomicBool::new(true);
+        // The reload builds its balancer (a list with a third backend) from the old one...
+        let c: SocketAddr = "10.0.0.3:80".parse().expect("address");
+        let fresh =
+            Balancer::new(Algorithm::SourceIpHash, &[(a, 1), (b, 1), (c, 1)]).carrying_over(&old);
+        // ...while the old checks go on: backend b fails one moment later.
+        assert!(old.set_health_from(&live, 1, false, "tcp check failed"));
+        assert!(
+            fresh.is_healthy(1),
+            "not seen by the copy made at the build"
+        );
+        old.retire_checks(&live);
+        assert!(
+            !old.set_health_from(&live, 0, false, "too late"),
+            "a retired check changes nothing"
+        );
+        assert!(!old.mark_passed_from(&live, 0));
+        assert!(old.is_healthy(0) && !old.has_passed(0));
+        assert!(fresh.adopt_health(&old), "b's failure is taken over");
+        assert!(!fresh.is_healthy(1) && fresh.is_healthy(0) && fresh.is_healthy(2));
+        assert_eq!(
+            fresh.last_transition(1).map(|t| t.reason),
+            Some("tcp check failed".to_string())
+        );
+        // b gets none of the clients any more.
+        for i in 0..200u8 {
+            let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, i));
+            assert_ne!(fresh.pick(client, &[]).map(|p| p.index), Some(1));
+        }
+        assert!(!fresh.adopt_health(&old), "nothing more to take");
+    }
 
     #[test]
     fn a_reloaded_group_keeps_health_by_address_and_ramps_only_added_backends() {
