@@ -66,8 +66,10 @@ pub struct MainLoop {
 }
 
 /// `/healthz` fails once the main loop has not turned for this long. It turns at least once
-/// a second; a reload's apply or a map rewrite may hold it a little longer.
-pub const MAIN_LOOP_STALL: std::time::Duration = std::time::Duration::from_secs(5);
+/// a second; a reload's apply or a map rewrite may hold it a little longer, and restarting a
+/// BGP speaker that died waits up to 10 s for its control socket: that is a hiccup, not a
+/// node to take out.
+pub const MAIN_LOOP_STALL: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl MainLoop {
     /// The main loop turned (it does at least once a second).

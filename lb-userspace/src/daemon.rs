@@ -691,9 +691,14 @@ fn reload(
     if let Some(what) = needs_restart(&fresh, node) {
         return Err(ReloadError::NeedsRestart(what));
     }
-    // New backends' next hops are asked for now and found by the next refreshes.
+    // New backends' next hops are asked for now and found by the next refreshes; a refused
+    // reload gives the running ones back at once (the map writes of a health change would
+    // otherwise find none for them).
     hops.refresh(&crate::node::l4_backends(&fresh), &fresh.xdp.ifaces);
-    Ok(node.reload(fresh, dataplane, hops)?)
+    node.reload(fresh, dataplane, hops).inspect_err(|_| {
+        hops.refresh(&node.l4_backends(), &node.config.xdp.ifaces);
+    })?;
+    Ok(())
 }
 
 /// What `fresh` changes that only a restart can: a reload that changes it is refused.

@@ -92,10 +92,29 @@ async fn sigterm_lets_in_flight_requests_finish_within_the_drain_timeout() {
     let be = slow.addr.to_string();
     let config = ClientOpts::new(&s.ca.cert_pem).config();
 
-    let (lb, addr) = s.start(&["--backend", &be, "--drain-timeout", "10"]);
+    let admin = free_addr().to_string();
+    let (lb, addr) = s.start(&["--backend", &be, "--drain-timeout", "10", "--admin", &admin]);
     let in_flight = tokio::spawn(https::send(addr, SERVER_NAME, config.clone(), get("/")));
     slow.wait_served(1).await;
     let stopped = tokio::task::spawn_blocking(move || lb.stop_with(Signal::SIGTERM));
+    // While it drains, /healthz says so: whatever sends traffic by it stops.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let healthz = loop {
+        let answer = tokio::task::spawn_blocking({
+            let admin = admin.clone();
+            move || http_get(&admin, "/healthz")
+        })
+        .await
+        .expect("task");
+        if answer.contains("503") || Instant::now() > deadline {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        healthz.starts_with("HTTP/1.0 503") && healthz.ends_with("stopping\n"),
+        "{healthz}"
+    );
     let reply = in_flight
         .await
         .expect("task")

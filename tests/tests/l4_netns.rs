@@ -156,6 +156,17 @@ fn spread_tcp_and_udp(
     spread
 }
 
+/// `/status` `xdp.next_hops` of the daemon whose admin endpoint is `admin` in namespace `ns`.
+fn next_hops(ns: &str, admin: &'static str) -> Vec<serde_json::Value> {
+    let hops = in_netns(ns, move || {
+        let answer = edgelb_tests::admin::get(admin, "/status");
+        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        status["xdp"]["next_hops"].clone()
+    });
+    hops.as_array().cloned().unwrap_or_default()
+}
+
 fn timed_out(r: &io::Result<String>) -> bool {
     matches!(r, Err(e) if matches!(e.kind(), io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock))
 }
@@ -622,13 +633,7 @@ fn a_dual_homed_node_sends_backend_frames_out_of_its_backend_interface() {
     assert_eq!(spread.len(), BACKENDS, "{spread:?}");
     // `/status` says where each backend's frames go, and why one has nowhere.
     let lb_ns = topo.lbs[0].path();
-    let hops = in_netns(&lb_ns, move || {
-        let answer = edgelb_tests::admin::get(admin, "/status");
-        let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        let status: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
-        status["xdp"]["next_hops"].clone()
-    });
-    let hops = hops.as_array().cloned().unwrap_or_default();
+    let hops = next_hops(&lb_ns, admin);
     for n in 0..BACKENDS {
         for v6 in [false, true] {
             let backend = backend_addr(n, v6).to_string();
@@ -685,6 +690,40 @@ fn a_dual_homed_node_sends_backend_frames_out_of_its_backend_interface() {
     assert!(
         warned.is_empty(),
         "both interfaces are --xdp-iface: no warning\n{warned:?}"
+    );
+
+    // XDP on the clients' interface alone: frames are still redirected to the other (a veth
+    // takes them, its peer has a program), and `/status` says what to add.
+    let config = config_on(&topo, 0, false, &[&front]);
+    let text = std::fs::read_to_string(&config).expect("the config just written");
+    std::fs::write(&config, format!("admin = \"{admin}\"\n{text}")).expect("rewrite");
+    let lb = Daemon::start(
+        Some(&topo.lbs[0]),
+        &["--config", &config.to_string_lossy()],
+        topo.logs.path(),
+    );
+    let spread = spread_tcp_and_udp(&topo, sources_v4(6).into_iter());
+    assert!(!spread.is_empty());
+    let hops = next_hops(&lb_ns, admin);
+    assert_eq!(hops.len(), BACKENDS, "{hops:?}");
+    for hop in &hops {
+        assert!(
+            hop["mac"].is_string()
+                && hop["problem"].as_str().is_some_and(
+                    |p| p.contains(&format!("give --xdp-iface {} too", backside.far_if))
+                ),
+            "{hop}"
+        );
+    }
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{status}:\n{log}");
+    assert!(
+        LISTENERS
+            .iter()
+            .map(|l| xdp_counter(&log, l, "redirected"))
+            .sum::<u64>()
+            > 0,
+        "{log}"
     );
 }
 

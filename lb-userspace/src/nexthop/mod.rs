@@ -219,7 +219,6 @@ impl NextHops {
                     info!(backend = %backend, next_hop = %hop.addr, dev = hop.dev, mac, dev_mac = format_mac(&hop.dev_mac), old_mac = format_mac(&old.mac), old_dev = old.dev, old_dev_mac = format_mac(&old.dev_mac), "next hop changed");
                 }
                 _ => {
-                    self.reported.remove(&backend);
                     info!(backend = %backend, next_hop = %hop.addr, dev = hop.dev, mac, "next hop resolved");
                 }
             }
