@@ -108,3 +108,56 @@ fn a_hung_speaker_does_not_hold_up_the_stop_after_a_privilege_drop() {
         "{log}"
     );
 }
+
+/// A speaker started again that never comes up (here a stand-in that sleeps and makes no
+/// control socket) is waited for off the main loop: a reload asked for meanwhile is applied
+/// at once, not after the 10 s the start waits for the socket.
+#[test]
+fn a_speaker_slow_to_start_again_does_not_hold_up_the_node() {
+    if !root_or_skip("a_speaker_slow_to_start_again_does_not_hold_up_the_node") {
+        return;
+    }
+    let ns = Netns::new("bgp-slow");
+    let dir = TempDir::new();
+    let hang = dir.path().join("hang");
+    let speaker = dir.write(
+        "bird",
+        format!(
+            "#!/bin/sh\nif [ -e {} ] && [ \"$1\" = -f ]; then exec sleep 60; fi\nexec /usr/sbin/bird \"$@\"\n",
+            hang.display()
+        ),
+    );
+    std::fs::set_permissions(
+        &speaker,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the stand-in");
+    std::os::unix::fs::symlink("/usr/sbin/birdc", dir.path().join("birdc")).expect("birdc");
+    let node = start_node(&ns, &dir, &["--bgp-speaker", &speaker.to_string_lossy()]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(pid) = node.bgp_speaker() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no speaker:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::fs::write(&hang, "").expect("touch");
+    signal(pid, Signal::SIGKILL);
+    // Started again after a second's wait, at the next tick: then waiting for its socket.
+    std::thread::sleep(Duration::from_millis(2500));
+    let asked = Instant::now();
+    signal(node.pid() as i32, Signal::SIGHUP);
+    let log = node.log_when(Duration::from_secs(12), |log| {
+        log.contains("SIGHUP: configuration and certificates reloaded")
+    });
+    let took = asked.elapsed();
+    eprintln!("reload applied {took:?} after SIGHUP");
+    assert!(
+        log.contains("SIGHUP: configuration and certificates reloaded")
+            && took < Duration::from_secs(3),
+        "reload took {took:?}:\n{log}"
+    );
+    let (status, log) = node.stop();
+    assert!(status.success(), "{status}:\n{log}");
+}

@@ -36,6 +36,9 @@ pub struct Announcer {
     /// a speaker that had run for [`RAN_LONG`], so one that dies as soon as it starts (a bad
     /// BIRD, a missing library) is not started again every second for ever.
     started: std::time::Instant,
+    /// A speaker being started again, off the main loop: starting waits up to 10 s for its
+    /// control socket, and the loop (maps, reloads, next hops) must not wait with it.
+    starting: Option<tokio::task::JoinHandle<Result<Bird, BirdError>>>,
 }
 
 /// The first wait before a speaker that died is started again; each restart doubles it.
@@ -92,6 +95,7 @@ impl Announcer {
             restart_wait: RESTART_FIRST,
             restartable: true,
             started: std::time::Instant::now(),
+            starting: None,
         })
     }
 
@@ -132,7 +136,8 @@ impl Announcer {
     /// Makes the announced routes exactly `wanted` (nothing once the node is stopping).
     pub async fn update(&mut self, wanted: BTreeSet<IpAddr>) {
         let wanted: BTreeSet<IpAddr> = wanted.difference(&self.held).copied().collect();
-        if self.withdrawn || wanted == self.announced {
+        // A speaker being started again is given the routes once it is up.
+        if self.withdrawn || wanted == self.announced || self.starting.is_some() {
             return;
         }
         match self.bird.announce(&wanted).await {
@@ -165,8 +170,35 @@ impl Announcer {
         self.announced.is_empty()
     }
 
-    /// Reads the sessions' states, logging each change; restarts the speaker if it died.
+    /// Reads the sessions' states, logging each change; restarts the speaker if it died (the
+    /// restart goes on in the background: a later poll takes it up).
     pub async fn poll(&mut self) {
+        if let Some(starting) = self.starting.take() {
+            if !starting.is_finished() {
+                self.starting = Some(starting);
+                return;
+            }
+            match starting
+                .await
+                .unwrap_or_else(|e| Err(BirdError::Task(e.to_string())))
+            {
+                Ok(bird) => {
+                    info!(
+                        next_wait_secs = self.restart_wait.as_secs(),
+                        "BGP speaker started again"
+                    );
+                    self.bird = bird;
+                    self.started = std::time::Instant::now();
+                    // Announced afresh by the next update.
+                    self.announced.clear();
+                    self.peers = vec![None; self.config.peers.len()];
+                }
+                Err(e) => {
+                    warn!(error = %e, "BGP speaker cannot be started again");
+                    return;
+                }
+            }
+        }
         if let Some(status) = self.bird.exited() {
             if !self.announced.is_empty() || self.peers.iter().any(Option::is_some) {
                 warn!(%status, "BGP speaker exited: its sessions and routes are gone");
@@ -186,26 +218,11 @@ impl Announcer {
             }
             self.restart_at = std::time::Instant::now() + self.restart_wait;
             self.restart_wait = (self.restart_wait * 2).min(RESTART_MOST);
-            // Off this thread: starting waits for BIRD's control socket.
             let (config, dir) = (self.config.clone(), self.dir.clone());
-            let started = tokio::task::spawn_blocking(move || Bird::start(&config, &dir)).await;
-            match started.unwrap_or_else(|e| Err(BirdError::Task(e.to_string()))) {
-                Ok(bird) => {
-                    info!(
-                        next_wait_secs = self.restart_wait.as_secs(),
-                        "BGP speaker started again"
-                    );
-                    self.bird = bird;
-                    self.started = std::time::Instant::now();
-                    // Announced afresh by the next update.
-                    self.announced.clear();
-                    self.peers = vec![None; self.config.peers.len()];
-                }
-                Err(e) => {
-                    warn!(error = %e, "BGP speaker cannot be started again");
-                    return;
-                }
-            }
+            self.starting = Some(tokio::task::spawn_blocking(move || {
+                Bird::start(&config, &dir)
+            }));
+            return;
         }
         let states = match self.bird.peers(self.config.peers.len()).await {
             Ok(s) => s,
