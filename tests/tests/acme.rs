@@ -78,6 +78,47 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).map_or(0, |m| m.permissions().mode() & 0o777)
 }
 
+/// A configuration file's text: admin on 127.0.0.1:9000, ACME at pebble with `top` (more
+/// top-level keys), its state in `state`, trusting `ca`; one group `web` of `backend`, and an
+/// https listener `secure` on 127.0.0.1:8443 with `default` as its certificate, ordering
+/// `names` (TOML strings, comma-separated).
+fn site_config(
+    top: &str,
+    state: &Path,
+    ca: &Path,
+    backend: std::net::SocketAddr,
+    default: &edgelb_tests::pki::Leaf,
+    names: &str,
+) -> String {
+    format!(
+        r#"
+xdp_mode = "off"
+admin = "127.0.0.1:9000"
+acme_directory = "{DIRECTORY}"
+acme_state_dir = "{state}"
+acme_ca = "{ca}"
+{top}
+
+[[group]]
+name = "web"
+backend = ["{backend}"]
+health_check = "off"
+
+[[listener]]
+name = "secure"
+listen = "127.0.0.1:8443"
+cert = "{cert}"
+key = "{key}"
+group = "web"
+acme_domain = [{names}]
+"#,
+        state = state.display(),
+        ca = ca.display(),
+        cert = default.cert.display(),
+        key = default.key.display(),
+    )
+}
+
 /// A site in a namespace of its own: a backend, a default certificate, the CA's configuration
 /// (certificates valid `validity` seconds) and a state directory, for nodes started alike.
 struct Site {
@@ -279,41 +320,18 @@ fn a_failed_order_is_reported_and_retried_and_http_01_answers_on_the_http_listen
     // The CA's configuration (and its HTTPS certificate) is made now; it runs later.
     let ca_config = PebbleConfig::new(&dir, 8443, 8080, 3600);
     let state = dir.path().join("acme-state");
+    let base = site_config(
+        "acme_challenge = \"http-01\"",
+        &state,
+        &ca_config.https_ca,
+        backend.addr,
+        &default,
+        "\"api.test\"",
+    );
     let file = dir.write(
         "edgelb.toml",
         format!(
-            r#"
-xdp_mode = "off"
-admin = "127.0.0.1:9000"
-acme_directory = "{DIRECTORY}"
-acme_challenge = "http-01"
-acme_state_dir = "{state}"
-acme_ca = "{ca}"
-
-[[group]]
-name = "web"
-backend = ["{be}"]
-health_check = "off"
-
-[[listener]]
-name = "secure"
-listen = "127.0.0.1:8443"
-cert = "{cert}"
-key = "{key}"
-group = "web"
-acme_domain = ["api.test"]
-
-[[listener]]
-name = "plain"
-protocol = "http"
-listen = "127.0.0.1:8080"
-group = "web"
-"#,
-            state = state.display(),
-            be = backend.addr,
-            cert = default.cert.display(),
-            key = default.key.display(),
-            ca = ca_config.https_ca.display(),
+            "{base}\n[[listener]]\nname = \"plain\"\nprotocol = \"http\"\nlisten = \"127.0.0.1:8080\"\ngroup = \"web\"\n"
         ),
     );
     // No CA yet: the first orders fail.
@@ -468,4 +486,77 @@ fn an_unprivileged_node_orders_as_its_user() {
         }
     }
     assert!(files >= 3, "{files} entries in the state directory");
+}
+
+/// A reload that changes `acme_email` sets the account's contact at the CA with the next
+/// order (the account kept in the state directory was registered with the old one), and one
+/// that changes `acme_ca` is used for it: the client is made again, not kept from before.
+#[test]
+fn a_reload_that_changes_the_contact_or_the_ca_bundle_reaches_the_account() {
+    if !root_or_skip("a_reload_that_changes_the_contact_or_the_ca_bundle_reaches_the_account") {
+        return;
+    }
+    let ns = AcmeNs::new(&["api.test", "www.api.test", "img.api.test"]);
+    let dir = TempDir::new();
+    let default = Ca::new(&dir, "default").server(&dir, "default", &["edgelb.test"], &[]);
+    let backend = Backend::start("b1", "127.0.0.1:0", Some(&ns.ns.path()));
+    let ca_config = PebbleConfig::new(&dir, 8443, 8080, 3600);
+    let pebble = ca_config.start(&ns);
+    let state = dir.path().join("acme-state");
+    let wrong_ca = Ca::new(&dir, "not-pebbles").cert_pem;
+    let config = |email: &str, ca: &Path, names: &str| {
+        site_config(
+            &format!("acme_email = \"{email}\""),
+            &state,
+            ca,
+            backend.addr,
+            &default,
+            names,
+        )
+    };
+    let file = dir.write(
+        "edgelb.toml",
+        config("ops@api.test", &ca_config.https_ca, "\"api.test\""),
+    );
+    let path = file.display().to_string();
+    let lb = Daemon::start(Some(&ns.ns), &["--config", &path], dir.path());
+    let issued = |c: &serde_json::Value| c["not_after"].is_i64();
+    wait_for(&ns, "127.0.0.1:9000", 30, "the first issuance", issued);
+    assert_eq!(pebble.issued(), 1);
+
+    // Another contact and another name (an order): the contact is set at the CA, which takes it.
+    dir.write(
+        "edgelb.toml",
+        config(
+            "noc@api.test",
+            &ca_config.https_ca,
+            "\"api.test\", \"www.api.test\"",
+        ),
+    );
+    lb.signal(nix::sys::signal::Signal::SIGHUP);
+    let two =
+        |c: &serde_json::Value| issued(c) && c["names"].as_array().is_some_and(|n| n.len() == 2);
+    let ok = wait_for(&ns, "127.0.0.1:9000", 30, "the issuance for two names", two);
+    assert!(ok["last_error"].is_null(), "{ok}");
+    let log = lb.log();
+    assert!(
+        log.contains("ACME account contact set contact=\"mailto:noc@api.test\""),
+        "{log}"
+    );
+
+    // A bundle that does not hold the CA's root: the next order is made with it, and fails.
+    dir.write(
+        "edgelb.toml",
+        config(
+            "noc@api.test",
+            &wrong_ca,
+            "\"api.test\", \"www.api.test\", \"img.api.test\"",
+        ),
+    );
+    lb.signal(nix::sys::signal::Signal::SIGHUP);
+    let failed = wait_for(&ns, "127.0.0.1:9000", 30, "a refused CA", |c| {
+        c["names"].as_array().is_some_and(|n| n.len() == 3) && c["failures"].as_u64() >= Some(1)
+    });
+    assert!(failed["not_after"].is_null(), "{failed}");
+    assert_eq!(pebble.issued(), 2, "no order got through the wrong bundle");
 }

@@ -74,7 +74,7 @@ struct SetState {
 }
 
 async fn run(acme: Arc<Acme>, mut settings: watch::Receiver<Settings>) {
-    let mut account: Option<(String, Account)> = None;
+    let mut account: Option<(AccountKey, Account)> = None;
     let mut states: HashMap<SetKey, SetState> = HashMap::new();
     loop {
         let current = settings.borrow_and_update().clone();
@@ -197,7 +197,7 @@ async fn keep(
     config: &AcmeConfig,
     set: &DomainSet,
     state: &mut SetState,
-    account: &mut Option<(String, Account)>,
+    account: &mut Option<(AccountKey, Account)>,
 ) -> tokio::time::Instant {
     let clock = tokio::time::Instant::now();
     let in_secs =
@@ -316,29 +316,51 @@ fn http_client(
     )
 }
 
-/// The account at the configured directory: the one kept in the state directory, else a new
-/// registration (kept there for next time).
+/// What an account client is made for: a reload that changes any of it makes a new one (the
+/// trust anchors of `--acme-ca` are in its HTTP client; the contact is at the CA).
+#[derive(Clone, PartialEq, Eq)]
+struct AccountKey {
+    directory: String,
+    ca: Option<std::path::PathBuf>,
+    email: Option<String>,
+}
+
+/// The account at the configured directory: the one kept in the state directory (its
+/// contact set to the configured one), else a new registration (kept there for next time).
 async fn client<'a>(
     store: &Store,
     config: &AcmeConfig,
-    account: &'a mut Option<(String, Account)>,
+    account: &'a mut Option<(AccountKey, Account)>,
 ) -> Result<&'a Account, String> {
-    if account
-        .as_ref()
-        .is_none_or(|(dir, _)| *dir != config.directory)
-    {
+    let key = AccountKey {
+        directory: config.directory.clone(),
+        ca: config.ca.clone(),
+        email: config.email.clone(),
+    };
+    if account.as_ref().is_none_or(|(k, _)| *k != key) {
         let builder = match &config.ca {
             Some(ca) => Account::builder_with_http(Box::new(http_client(ca)?)),
             None => Account::builder().map_err(|e| format!("ACME client: {e}"))?,
         };
+        let contact = config.email.as_ref().map(|e| format!("mailto:{e}"));
+        let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
         let acct = match store.account(&config.directory)? {
-            Some(credentials) => builder
-                .from_credentials(credentials)
-                .await
-                .map_err(|e| format!("account: {e}"))?,
+            Some(credentials) => {
+                let acct = builder
+                    .from_credentials(credentials)
+                    .await
+                    .map_err(|e| format!("account: {e}"))?;
+                // The address may have changed since the account was registered: the CA
+                // sends its expiry notices to the one it holds.
+                if !contacts.is_empty() {
+                    acct.update_contacts(&contacts)
+                        .await
+                        .map_err(|e| format!("setting the account's contact: {e}"))?;
+                    info!(contact = contacts.join(","), "ACME account contact set");
+                }
+                acct
+            }
             None => {
-                let contact = config.email.as_ref().map(|e| format!("mailto:{e}"));
-                let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
                 let (acct, credentials) = builder
                     .create(
                         &NewAccount {
@@ -357,7 +379,7 @@ async fn client<'a>(
                 acct
             }
         };
-        *account = Some((config.directory.clone(), acct));
+        *account = Some((key, acct));
     }
     account
         .as_ref()
