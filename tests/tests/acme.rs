@@ -489,8 +489,8 @@ fn an_unprivileged_node_orders_as_its_user() {
 }
 
 /// A reload that changes `acme_email` sets the account's contact at the CA with the next
-/// order (the account kept in the state directory was registered with the old one), and one
-/// that changes `acme_ca` is used for it: the client is made again, not kept from before.
+/// order (the account kept in the state directory was registered with the old one), and a
+/// bundle replaced in place is used for it: the client is made again, not kept from before.
 #[test]
 fn a_reload_that_changes_the_contact_or_the_ca_bundle_reaches_the_account() {
     if !root_or_skip("a_reload_that_changes_the_contact_or_the_ca_bundle_reaches_the_account") {
@@ -504,6 +504,9 @@ fn a_reload_that_changes_the_contact_or_the_ca_bundle_reaches_the_account() {
     let pebble = ca_config.start(&ns);
     let state = dir.path().join("acme-state");
     let wrong_ca = Ca::new(&dir, "not-pebbles").cert_pem;
+    // The bundle the node is given, replaced in place below.
+    let bundle = dir.path().join("acme-ca.pem");
+    std::fs::copy(&ca_config.https_ca, &bundle).expect("copy the CA's root");
     let config = |email: &str, ca: &Path, names: &str| {
         site_config(
             &format!("acme_email = \"{email}\""),
@@ -516,7 +519,7 @@ fn a_reload_that_changes_the_contact_or_the_ca_bundle_reaches_the_account() {
     };
     let file = dir.write(
         "edgelb.toml",
-        config("ops@api.test", &ca_config.https_ca, "\"api.test\""),
+        config("ops@api.test", &bundle, "\"api.test\""),
     );
     let path = file.display().to_string();
     let lb = Daemon::start(Some(&ns.ns), &["--config", &path], dir.path());
@@ -527,11 +530,7 @@ fn a_reload_that_changes_the_contact_or_the_ca_bundle_reaches_the_account() {
     // Another contact and another name (an order): the contact is set at the CA, which takes it.
     dir.write(
         "edgelb.toml",
-        config(
-            "noc@api.test",
-            &ca_config.https_ca,
-            "\"api.test\", \"www.api.test\"",
-        ),
+        config("noc@api.test", &bundle, "\"api.test\", \"www.api.test\""),
     );
     lb.signal(nix::sys::signal::Signal::SIGHUP);
     let two =
@@ -544,12 +543,14 @@ fn a_reload_that_changes_the_contact_or_the_ca_bundle_reaches_the_account() {
         "{log}"
     );
 
-    // A bundle that does not hold the CA's root: the next order is made with it, and fails.
+    // The bundle replaced in place by one that does not hold the CA's root: the next order
+    // is made with it, and fails.
+    std::fs::copy(&wrong_ca, &bundle).expect("replace the bundle");
     dir.write(
         "edgelb.toml",
         config(
             "noc@api.test",
-            &wrong_ca,
+            &bundle,
             "\"api.test\", \"www.api.test\", \"img.api.test\"",
         ),
     );
@@ -558,5 +559,11 @@ fn a_reload_that_changes_the_contact_or_the_ca_bundle_reaches_the_account() {
         c["names"].as_array().is_some_and(|n| n.len() == 3) && c["failures"].as_u64() >= Some(1)
     });
     assert!(failed["not_after"].is_null(), "{failed}");
+    assert!(
+        failed["last_error"]
+            .as_str()
+            .is_some_and(|e| e.to_lowercase().contains("certificate")),
+        "{failed}"
+    );
     assert_eq!(pebble.issued(), 2, "no order got through the wrong bundle");
 }

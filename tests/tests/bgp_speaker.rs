@@ -145,7 +145,15 @@ fn a_speaker_slow_to_start_again_does_not_hold_up_the_node() {
     std::fs::write(&hang, "").expect("touch");
     signal(pid, Signal::SIGKILL);
     // Started again after a second's wait, at the next tick: then waiting for its socket.
-    std::thread::sleep(Duration::from_millis(2500));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !child_named(node.pid(), "sleep") {
+        assert!(
+            Instant::now() < deadline,
+            "not started again:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let asked = Instant::now();
     signal(node.pid() as i32, Signal::SIGHUP);
     let log = node.log_when(Duration::from_secs(12), |log| {
@@ -158,6 +166,25 @@ fn a_speaker_slow_to_start_again_does_not_hold_up_the_node() {
             && took < Duration::from_secs(3),
         "reload took {took:?}:\n{log}"
     );
+    // The start still waiting gives up at the stop, its speaker killed.
+    let stopping = Instant::now();
     let (status, log) = node.stop();
     assert!(status.success(), "{status}:\n{log}");
+    assert!(
+        stopping.elapsed() < Duration::from_secs(5),
+        "the stop waited {:?} for the start",
+        stopping.elapsed()
+    );
+}
+
+/// Whether process `pid` has a child whose name is `name`.
+fn child_named(pid: u32, name: &str) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+        .any(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == name))
 }

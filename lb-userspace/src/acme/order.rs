@@ -9,6 +9,7 @@ use instant_acme::{
 use super::challenge;
 use super::store::Store;
 use crate::config::values::AcmeChallenge;
+use crate::dataplane::error_chain;
 
 /// How long the CA may take to validate and to issue: a CA that takes longer has failed this
 /// attempt, which is retried later.
@@ -34,13 +35,13 @@ pub async fn order(
     let mut order = account
         .new_order(&NewOrder::new(&identifiers))
         .await
-        .map_err(|e| format!("new order: {e}"))?;
+        .map_err(|e| format!("new order: {}", error_chain(&e)))?;
     // Removed however the order ends, a timeout's cancellation included.
     let mut answers = Answers(Vec::new());
     async {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.map_err(|e| format!("authorization: {e}"))?;
+            let mut authz = authz.map_err(|e| format!("authorization: {}", error_chain(&e)))?;
             match authz.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,

@@ -14,6 +14,7 @@ use super::order::order;
 use super::store::Store;
 use super::{Acme, CertStatus, DomainSet, Settings, renew_at, unix_now};
 use crate::config::acme::AcmeConfig;
+use crate::dataplane::error_chain;
 
 /// The state directory is looked at this often for certificates another node renewed.
 const RECHECK: Duration = Duration::from_secs(60);
@@ -317,11 +318,12 @@ fn http_client(
 }
 
 /// What an account client is made for: a reload that changes any of it makes a new one (the
-/// trust anchors of `--acme-ca` are in its HTTP client; the contact is at the CA).
+/// trust anchors of `--acme-ca` are in its HTTP client, read from the file as it is now: a
+/// bundle replaced in place counts; the contact is at the CA).
 #[derive(Clone, PartialEq, Eq)]
 struct AccountKey {
     directory: String,
-    ca: Option<std::path::PathBuf>,
+    ca: Option<(std::path::PathBuf, Vec<u8>)>,
     email: Option<String>,
 }
 
@@ -334,7 +336,11 @@ async fn client<'a>(
 ) -> Result<&'a Account, String> {
     let key = AccountKey {
         directory: config.directory.clone(),
-        ca: config.ca.clone(),
+        // Unreadable: the client cannot be made either, and says why.
+        ca: config
+            .ca
+            .as_ref()
+            .map(|p| (p.clone(), std::fs::read(p).unwrap_or_default())),
         email: config.email.clone(),
     };
     if account.as_ref().is_none_or(|(k, _)| *k != key) {
@@ -349,14 +355,17 @@ async fn client<'a>(
                 let acct = builder
                     .from_credentials(credentials)
                     .await
-                    .map_err(|e| format!("account: {e}"))?;
-                // The address may have changed since the account was registered: the CA
-                // sends its expiry notices to the one it holds.
-                if !contacts.is_empty() {
-                    acct.update_contacts(&contacts)
-                        .await
-                        .map_err(|e| format!("setting the account's contact: {e}"))?;
-                    info!(contact = contacts.join(","), "ACME account contact set");
+                    .map_err(|e| format!("account: {}", error_chain(&e)))?;
+                // The address may have changed (or gone) since the account was registered: the
+                // CA sends its expiry notices to the one it holds. A CA that refuses the
+                // change still issues: the orders go on with the old contact.
+                match acct.update_contacts(&contacts).await {
+                    Ok(()) => info!(contact = contacts.join(","), "ACME account contact set"),
+                    Err(e) => warn!(
+                        error = %e,
+                        contact = contacts.join(","),
+                        "ACME: the CA did not take the account's new contact; it keeps the old one"
+                    ),
                 }
                 acct
             }
@@ -372,7 +381,13 @@ async fn client<'a>(
                         None,
                     )
                     .await
-                    .map_err(|e| format!("registering an account at {}: {e}", config.directory))?;
+                    .map_err(|e| {
+                        format!(
+                            "registering an account at {}: {}",
+                            config.directory,
+                            error_chain(&e)
+                        )
+                    })?;
                 store
                     .save_account(&config.directory, &credentials)
                     .map_err(|e| format!("saving the account: {e}"))?;

@@ -45,6 +45,8 @@ pub enum BirdError {
     Refused { command: String, reply: String },
     #[error("starting BIRD: {0}")]
     Task(String),
+    #[error("the node stopped while BIRD was starting")]
+    Cancelled,
 }
 
 /// One BGP session as BIRD reports it.
@@ -83,7 +85,13 @@ impl Bird {
 
     /// Writes the configuration with nothing announced into `dir` (from [`Bird::make_dir`])
     /// and starts BIRD. Returns once BIRD answers on its control socket.
-    pub fn start(config: &BgpConfig, dir: &Path) -> Result<Bird, BirdError> {
+    /// Starts BIRD and waits for its control socket; gives up (its process killed) once
+    /// `cancel` is set.
+    pub fn start(
+        config: &BgpConfig,
+        dir: &Path,
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<Bird, BirdError> {
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
             std::fs::write(&path, text).map_err(|source| BirdError::Write { path, source })
@@ -144,6 +152,11 @@ impl Bird {
                     program: config.speaker.clone(),
                     status,
                 });
+            }
+            if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(BirdError::Cancelled);
             }
             if started.elapsed() > timeout {
                 let _ = child.kill();

@@ -5,8 +5,13 @@
 mod bird;
 
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::net::IpAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use serde::Serialize;
 use tracing::{info, warn};
@@ -39,6 +44,8 @@ pub struct Announcer {
     /// A speaker being started again, off the main loop: starting waits up to 10 s for its
     /// control socket, and the loop (maps, reloads, next hops) must not wait with it.
     starting: Option<tokio::task::JoinHandle<Result<Bird, BirdError>>>,
+    /// Set at the stop: a start still going on gives up and kills its speaker.
+    cancel: Arc<AtomicBool>,
 }
 
 /// The first wait before a speaker that died is started again; each restart doubles it.
@@ -73,7 +80,7 @@ impl Announcer {
     /// Starts the speaker with nothing announced.
     pub fn start(config: BgpConfig) -> Result<Announcer, BirdError> {
         let dir = Bird::make_dir()?;
-        let bird = Bird::start(&config, &dir).inspect_err(|_| {
+        let bird = Bird::start(&config, &dir, &AtomicBool::new(false)).inspect_err(|_| {
             let _ = std::fs::remove_dir_all(&dir);
         })?;
         info!(
@@ -96,6 +103,7 @@ impl Announcer {
             restartable: true,
             started: std::time::Instant::now(),
             starting: None,
+            cancel: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -218,9 +226,10 @@ impl Announcer {
             }
             self.restart_at = std::time::Instant::now() + self.restart_wait;
             self.restart_wait = (self.restart_wait * 2).min(RESTART_MOST);
-            let (config, dir) = (self.config.clone(), self.dir.clone());
+            let (config, dir, cancel) =
+                (self.config.clone(), self.dir.clone(), self.cancel.clone());
             self.starting = Some(tokio::task::spawn_blocking(move || {
-                Bird::start(&config, &dir)
+                Bird::start(&config, &dir, &cancel)
             }));
             return;
         }
@@ -275,8 +284,18 @@ impl Announcer {
         }
     }
 
-    /// Stops the speaker (its sessions close) and removes its files.
-    pub fn stop(self) {
+    /// Stops the speaker (its sessions close) and removes its files; a start still going on
+    /// gives up, one that has finished is stopped too.
+    pub fn stop(mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        if let Some(mut starting) = self.starting.take()
+            && starting.is_finished()
+        {
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(Ok(Ok(bird))) = Pin::new(&mut starting).poll(&mut cx) {
+                bird.stop();
+            }
+        }
         self.bird.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
         info!("BGP speaker stopped");
