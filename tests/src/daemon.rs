@@ -127,9 +127,12 @@ impl Daemon {
                     .collect::<Vec<_>>()
             })
             .find(|p| {
+                // A process that has exited but is not reaped yet (its check, `bird -p`, for
+                // a moment) shows an empty command line: not a running speaker.
                 std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "bird")
-                    && std::fs::read(format!("/proc/{p}/cmdline"))
-                        .is_ok_and(|c| !c.split(|b| *b == 0).any(|arg| arg == b"-p"))
+                    && std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
+                        !c.is_empty() && !c.split(|b| *b == 0).any(|arg| arg == b"-p")
+                    })
             })
     }
 

@@ -9,8 +9,8 @@ use edgelb_tests::netns::Netns;
 use edgelb_tests::privilege::root_or_skip;
 use nix::sys::signal::Signal;
 
-/// Starts a node with BGP (a peer at an address nothing answers) in `ns`, plus `extra` flags.
-fn start_node(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Daemon {
+/// The flags of a node with BGP (a peer at an address nothing answers), plus `extra`.
+fn node_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec![
         "--protocol",
         "http",
@@ -30,7 +30,12 @@ fn start_node(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Daemon {
         "0",
     ];
     args.extend_from_slice(extra);
-    Daemon::start(Some(ns), &args, dir.path())
+    args
+}
+
+/// Starts a node with BGP in `ns` ([`node_args`]).
+fn start_node(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Daemon {
+    Daemon::start(Some(ns), &node_args(extra), dir.path())
 }
 
 fn signal(pid: i32, s: Signal) {
@@ -187,4 +192,52 @@ fn child_named(pid: u32, name: &str) -> bool {
         .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
         .flat_map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
         .any(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == name))
+}
+
+/// A speaker whose configuration check never ends (a stand-in that sleeps on `-p`) fails the
+/// node's start within the time BIRD is given, with the command named, instead of hanging it.
+#[test]
+fn a_speaker_that_hangs_on_its_check_fails_the_start_instead_of_hanging_it() {
+    if !root_or_skip("a_speaker_that_hangs_on_its_check_fails_the_start_instead_of_hanging_it") {
+        return;
+    }
+    let ns = Netns::new("bgp-check");
+    let dir = TempDir::new();
+    let speaker = dir.write(
+        "bird",
+        "#!/bin/sh\nif [ \"$1\" = -p ]; then exec sleep 60; fi\nexec /usr/sbin/bird \"$@\"\n",
+    );
+    std::fs::set_permissions(
+        &speaker,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the stand-in");
+    let mut child = ns
+        .command(&edgelb_tests::daemon::binary().to_string_lossy())
+        .args(node_args(&["--bgp-speaker", &speaker.to_string_lossy()]))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start edgelb");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the start still hangs after 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    eprintln!("failed after {:?}", started.elapsed());
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("-p (its check of the configuration): no answer within 10s"),
+        "{err}"
+    );
 }

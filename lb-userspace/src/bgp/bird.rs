@@ -84,9 +84,8 @@ impl Bird {
     }
 
     /// Writes the configuration with nothing announced into `dir` (from [`Bird::make_dir`])
-    /// and starts BIRD. Returns once BIRD answers on its control socket.
-    /// Starts BIRD and waits for its control socket; gives up (its process killed) once
-    /// `cancel` is set.
+    /// and starts BIRD. Returns once BIRD answers on its control socket; gives up (its process
+    /// killed) once `cancel` is set.
     pub fn start(
         config: &BgpConfig,
         dir: &Path,
@@ -97,24 +96,46 @@ impl Bird {
             std::fs::write(&path, text).map_err(|source| BirdError::Write { path, source })
         };
         write(CONFIG, &configuration(config, &BTreeSet::new()))?;
-        // BIRD's own check first: its message says what is wrong, where.
-        let check = Command::new(&config.speaker)
+        // BIRD's own check first: its message says what is wrong, where. Given a time like
+        // every other wait on BIRD: a speaker that hangs must not hang the node's start.
+        let mut check = Command::new(&config.speaker)
             .arg("-p")
             .arg("-c")
             .arg(dir.join(CONFIG))
-            .output()
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
             .map_err(|source| BirdError::Spawn {
                 program: config.speaker.clone(),
                 source,
             })?;
-        if !check.status.success() {
-            return Err(BirdError::Refused {
-                command: format!(
-                    "{} -p (its check of the configuration)",
-                    config.speaker.display()
-                ),
-                reply: String::from_utf8_lossy(&check.stderr).trim().to_string(),
-            });
+        let refused = |reply: String| BirdError::Refused {
+            command: format!(
+                "{} -p (its check of the configuration)",
+                config.speaker.display()
+            ),
+            reply,
+        };
+        let asked = Instant::now();
+        let status = loop {
+            if let Ok(Some(status)) = check.try_wait() {
+                break status;
+            }
+            if asked.elapsed() > CHECK_TIMEOUT || cancel.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                let _ = check.kill();
+                let _ = check.wait();
+                return Err(refused(format!("no answer within {CHECK_TIMEOUT:?}")));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if !status.success() {
+            let mut reply = String::new();
+            if let Some(mut stderr) = check.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut stderr, &mut reply);
+            }
+            return Err(refused(reply.trim().to_string()));
         }
         let socket = dir.join("bird.ctl");
         let _ = std::fs::remove_file(&socket);
@@ -144,7 +165,7 @@ impl Bird {
         if let Some(stderr) = child.stderr.take() {
             relay_log(stderr);
         }
-        let timeout = Duration::from_secs(10);
+        let timeout = CHECK_TIMEOUT;
         let started = Instant::now();
         while !socket.exists() {
             if let Ok(Some(status)) = child.try_wait() {
@@ -320,6 +341,8 @@ impl Bird {
 
 const CONFIG: &str = "bird.conf";
 const BIRDC_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long BIRD may take to check its configuration, and then to open its control socket.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Spawns `command` from a thread that lives as long as the process. The kernel sends BIRD its
 /// parent-death signal when the *thread* that forked it exits, not the process; tokio's
