@@ -103,6 +103,19 @@ pub struct GroupRuntime {
     health: HealthTasks,
 }
 
+impl GroupRuntime {
+    /// Starts the group's health checks on `control`; `changed` hears of every transition.
+    fn start_checks(&mut self, control: &tokio::runtime::Handle, changed: &Arc<Notify>) {
+        self.health = crate::health::spawn(
+            control,
+            self.config.health.clone(),
+            self.config.name.clone(),
+            self.balancer.clone(),
+            changed.clone(),
+        );
+    }
+}
+
 /// A listener as it runs.
 pub struct ListenerRuntime {
     pub config: ListenerConfig,
@@ -288,13 +301,7 @@ impl Node {
     pub fn start_tasks(&mut self) {
         self.tasks_started = true;
         for g in &mut self.groups {
-            g.health = crate::health::spawn(
-                &self.control,
-                g.config.health.clone(),
-                g.config.name.clone(),
-                g.balancer.clone(),
-                self.health_changed.clone(),
-            );
+            g.start_checks(&self.control, &self.health_changed);
         }
         if let Some(acme) = &mut self.acme
             && let Some(settings) = acme.waiting.take()
@@ -441,13 +448,7 @@ impl Node {
         }
         for g in &mut self.groups {
             if g.health.is_empty() {
-                g.health = crate::health::spawn(
-                    &self.control,
-                    g.config.health.clone(),
-                    g.config.name.clone(),
-                    g.balancer.clone(),
-                    self.health_changed.clone(),
-                );
+                g.start_checks(&self.control, &self.health_changed);
             }
         }
         self.config = fresh;

@@ -117,7 +117,20 @@ impl Daemon {
     /// The BGP speaker (BIRD) the daemon runs now, if any: a child of one of its threads, not
     /// the short-lived `bird -p` that checks a configuration before a start.
     pub fn bgp_speaker(&self) -> Option<i32> {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+        self.children().into_iter().find(|p| {
+            // A process that has exited but is not reaped yet (its check, `bird -p`, for a
+            // moment) shows an empty command line: not a running speaker.
+            comm(*p) == "bird"
+                && std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| !c.is_empty() && !c.split(|b| *b == 0).any(|arg| arg == b"-p"))
+        })
+    }
+
+    /// The daemon's child processes, of all its threads.
+    pub fn children(&self) -> Vec<i32> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return Vec::new();
+        };
         tasks
             .flatten()
             .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
@@ -126,14 +139,7 @@ impl Daemon {
                     .filter_map(|p| p.parse::<i32>().ok())
                     .collect::<Vec<_>>()
             })
-            .find(|p| {
-                // A process that has exited but is not reaped yet (its check, `bird -p`, for
-                // a moment) shows an empty command line: not a running speaker.
-                std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "bird")
-                    && std::fs::read(format!("/proc/{p}/cmdline")).is_ok_and(|c| {
-                        !c.is_empty() && !c.split(|b| *b == 0).any(|arg| arg == b"-p")
-                    })
-            })
+            .collect()
     }
 
     /// Open file descriptors of the process now.
@@ -243,4 +249,11 @@ pub fn decap_counter(log: &str, name: &str) -> u64 {
         .find_map(|w| w.strip_prefix(&format!("{name}=")))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no {name}= on {line:?}"))
+}
+
+/// The name (`comm`) of process `pid`, empty once it is gone.
+pub fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_default()
 }

@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use edgelb_tests::certs::TempDir;
-use edgelb_tests::daemon::Daemon;
+use edgelb_tests::daemon::{Daemon, comm};
 use edgelb_tests::netns::Netns;
 use edgelb_tests::privilege::root_or_skip;
 use nix::sys::signal::Signal;
@@ -36,6 +36,22 @@ fn node_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 /// Starts a node with BGP in `ns` ([`node_args`]).
 fn start_node(ns: &Netns, dir: &TempDir, extra: &[&str]) -> Daemon {
     Daemon::start(Some(ns), &node_args(extra), dir.path())
+}
+
+/// A stand-in for BIRD in `dir` (with `birdc` beside it): the real one, except that when the
+/// shell test `hangs_when` holds it sleeps a minute instead (no control socket, no answer).
+fn stand_in(dir: &TempDir, hangs_when: &str) -> std::path::PathBuf {
+    let speaker = dir.write(
+        "bird",
+        format!("#!/bin/sh\nif {hangs_when}; then exec sleep 60; fi\nexec /usr/sbin/bird \"$@\"\n"),
+    );
+    std::fs::set_permissions(
+        &speaker,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod the stand-in");
+    std::os::unix::fs::symlink("/usr/sbin/birdc", dir.path().join("birdc")).expect("birdc");
+    speaker
 }
 
 fn signal(pid: i32, s: Signal) {
@@ -125,19 +141,10 @@ fn a_speaker_slow_to_start_again_does_not_hold_up_the_node() {
     let ns = Netns::new("bgp-slow");
     let dir = TempDir::new();
     let hang = dir.path().join("hang");
-    let speaker = dir.write(
-        "bird",
-        format!(
-            "#!/bin/sh\nif [ -e {} ] && [ \"$1\" = -f ]; then exec sleep 60; fi\nexec /usr/sbin/bird \"$@\"\n",
-            hang.display()
-        ),
+    let speaker = stand_in(
+        &dir,
+        &format!("[ -e {} ] && [ \"$1\" = -f ]", hang.display()),
     );
-    std::fs::set_permissions(
-        &speaker,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod the stand-in");
-    std::os::unix::fs::symlink("/usr/sbin/birdc", dir.path().join("birdc")).expect("birdc");
     let node = start_node(&ns, &dir, &["--bgp-speaker", &speaker.to_string_lossy()]);
     let deadline = Instant::now() + Duration::from_secs(10);
     let pid = loop {
@@ -151,7 +158,7 @@ fn a_speaker_slow_to_start_again_does_not_hold_up_the_node() {
     signal(pid, Signal::SIGKILL);
     // Started again after a second's wait, at the next tick: then waiting for its socket.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !child_named(node.pid(), "sleep") {
+    while !node.children().into_iter().any(|p| comm(p) == "sleep") {
         assert!(
             Instant::now() < deadline,
             "not started again:\n{}",
@@ -182,18 +189,6 @@ fn a_speaker_slow_to_start_again_does_not_hold_up_the_node() {
     );
 }
 
-/// Whether process `pid` has a child whose name is `name`.
-fn child_named(pid: u32, name: &str) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks
-        .flatten()
-        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-        .flat_map(|c| c.split_whitespace().map(str::to_string).collect::<Vec<_>>())
-        .any(|p| std::fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == name))
-}
-
 /// A speaker whose configuration check never ends (a stand-in that sleeps on `-p`) fails the
 /// node's start within the time BIRD is given, with the command named, instead of hanging it.
 #[test]
@@ -203,15 +198,7 @@ fn a_speaker_that_hangs_on_its_check_fails_the_start_instead_of_hanging_it() {
     }
     let ns = Netns::new("bgp-check");
     let dir = TempDir::new();
-    let speaker = dir.write(
-        "bird",
-        "#!/bin/sh\nif [ \"$1\" = -p ]; then exec sleep 60; fi\nexec /usr/sbin/bird \"$@\"\n",
-    );
-    std::fs::set_permissions(
-        &speaker,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .expect("chmod the stand-in");
+    let speaker = stand_in(&dir, "[ \"$1\" = -p ]");
     let mut child = ns
         .command(&edgelb_tests::daemon::binary().to_string_lossy())
         .args(node_args(&["--bgp-speaker", &speaker.to_string_lossy()]))

@@ -150,22 +150,11 @@ impl Balancer {
         self.epoch = old.epoch;
         let now = self.now_ms();
         for b in &mut self.backends {
-            let Some(o) = old.backends.iter().find(|o| o.addr == b.addr) else {
+            if !old.backends.iter().any(|o| o.addr == b.addr) {
                 *b.up_since.get_mut() = now;
-                continue;
-            };
-            *b.healthy.get_mut() = o.healthy.load(Ordering::Relaxed);
-            *b.passed.get_mut() = o.passed.load(Ordering::Relaxed);
-            *b.up_since.get_mut() = o.up_since.load(Ordering::Relaxed);
-            *b.transition.get_mut().unwrap_or_else(|p| p.into_inner()) = o
-                .transition
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            }
         }
-        if let Strategy::SourceHash(sh) = &self.strategy {
-            sh.rebuild(|| self.hash_weights());
-        }
+        self.adopt_health(old);
         self
     }
 
@@ -321,9 +310,10 @@ impl Balancer {
         live.store(false, Ordering::Relaxed);
     }
 
-    /// For a balancer a reload built from `old` ([`Balancer::carrying_over`]), once `old`'s
-    /// checks are retired: takes what they found between the build and their end. Whether the
-    /// health of any backend changed.
+    /// What `old` knew of the backends both have (the same address): health, whether a check
+    /// has passed, when each came up, its last transition. At a reload's build
+    /// ([`Balancer::carrying_over`]), and again once `old`'s checks are retired, for what they
+    /// found in between. Whether the health of any backend changed.
     pub fn adopt_health(&self, old: &Balancer) -> bool {
         let mut changed = false;
         for b in &self.backends {

@@ -102,8 +102,6 @@ pub(super) struct Groups {
     /// By [`backend_stats_slot`]: the address an index holds and its epoch.
     epochs: HashMap<u32, ([u8; 16], u32)>,
     last_epoch: u32,
-    /// The interfaces in `EGRESS`.
-    egress: HashSet<u32>,
 }
 
 impl Default for Groups {
@@ -112,7 +110,6 @@ impl Default for Groups {
             groups: vec![Group::default(); MAX_L4_GROUPS as usize],
             epochs: HashMap::new(),
             last_epoch: 0,
-            egress: HashSet::new(),
         }
     }
 }
@@ -366,26 +363,23 @@ impl Dataplane {
         let mut map = egress_map(&mut self.ebpf)?;
         for ifindex in wanted {
             if map.get(ifindex, 0).is_ok() {
-                self.backends.egress.insert(ifindex);
                 continue;
             }
-            match map.insert(ifindex, ifindex, None, 0) {
-                Ok(()) => {
-                    self.backends.egress.insert(ifindex);
-                }
-                Err(e) => warn!(
+            if let Err(e) = map.insert(ifindex, ifindex, None, 0) {
+                warn!(
                     ifindex,
                     error = %e,
                     "cannot redirect L4 frames to this interface: its backends take none"
-                ),
+                );
             }
         }
         Ok(())
     }
 
-    /// Takes out of `EGRESS` the interfaces no half of any group names any more. A half that
-    /// stopped being live is only rewritten after [`GRACE`], so no frame can be reading one.
-    /// A removal that fails leaves a harmless entry, tried again next time.
+    /// Takes out of `EGRESS` the interfaces no half of any group names any more (what it
+    /// holds is read from the kernel, which also removes a gone device's entries itself). A
+    /// half that stopped being live is only rewritten after [`GRACE`], so no frame can be
+    /// reading one. A removal that fails leaves a harmless entry, tried again next time.
     fn remove_unused_egress(&mut self) -> Result<(), DataplaneError> {
         let used: HashSet<u32> = self
             .backends
@@ -396,10 +390,8 @@ impl Dataplane {
             .map(|b| b.ifindex)
             .collect();
         let unused: Vec<u32> = self
-            .backends
-            .egress
-            .iter()
-            .copied()
+            .egress_interfaces()?
+            .into_iter()
             .filter(|i| !used.contains(i))
             .collect();
         if unused.is_empty() {
@@ -409,15 +401,11 @@ impl Dataplane {
         for ifindex in unused {
             match map.remove(ifindex) {
                 Ok(()) => {}
-                // Gone with its device: the kernel removes a device's entries.
+                // Gone with its device meanwhile.
                 Err(MapError::SyscallError(e))
                     if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
-                Err(e) => {
-                    warn!(ifindex, error = %e, "removing an interface from EGRESS");
-                    continue;
-                }
+                Err(e) => warn!(ifindex, error = %e, "removing an interface from EGRESS"),
             }
-            self.backends.egress.remove(&ifindex);
         }
         Ok(())
     }
