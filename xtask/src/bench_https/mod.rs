@@ -85,6 +85,12 @@ struct Args {
     /// run the bench once with each).
     #[arg(long, value_name = "PATH")]
     edgelb_bin: Option<PathBuf>,
+    /// Measure every cell this many times, the proxies taking turns in an order rotated each
+    /// round, so a machine whose speed drifts during the run (a VM's neighbours) weighs on all
+    /// three alike. Tables show each proxy's median; a table lists every round's ratios.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=9))]
+    rounds: u32,
 }
 
 /// Concurrency of the HTTP/1.1 workloads and of HTTP/2 with 16 streams: 64 requests in flight.
@@ -345,8 +351,11 @@ pub struct Cell {
 /// Everything measured; `None` where a proxy or workload was left out.
 pub struct Results {
     pub workloads: Vec<Workload>,
-    /// `cells[w][p]`: workload `w` (index into `workloads`), proxy `p` (index into PROXIES).
+    /// `cells[w][p]`: workload `w` (index into `workloads`), proxy `p` (index into PROXIES):
+    /// of its rounds, the median one by requests per CPU-second (the first if none is valid).
     pub cells: Vec<[Option<Cell>; 3]>,
+    /// `rounds[w][p]`: every round's cell, in the order they ran.
+    pub rounds: Vec<[Vec<Cell>; 3]>,
     pub memory: Option<[Option<Memory>; 3]>,
     pub memory_conns: u64,
     /// --memory-conns, and the descriptor hard limit that may have lowered it.
@@ -354,6 +363,37 @@ pub struct Results {
     pub nofile: u64,
     pub duration: u64,
     pub warm_up: u64,
+}
+
+impl Results {
+    /// The median of `value` over the valid rounds of workload `w` on proxy `p` (the mean of
+    /// the middle two for an even count); None if no round is valid.
+    pub fn median(&self, w: usize, p: usize, value: fn(&Cell) -> f64) -> Option<f64> {
+        let mut values: Vec<f64> = self.rounds[w][p]
+            .iter()
+            .filter(|c| c.problem.is_none())
+            .map(value)
+            .collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(values[n / 2]),
+            _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+        }
+    }
+}
+
+/// The round whose requests per CPU-second is the median of the valid ones (the lower middle
+/// for an even count), or the first round if none is valid.
+fn representative(rounds: &[Cell]) -> Option<Cell> {
+    let mut valid: Vec<&Cell> = rounds.iter().filter(|c| c.problem.is_none()).collect();
+    valid.sort_by(|a, b| a.ok_per_cpu_sec.total_cmp(&b.ok_per_cpu_sec));
+    valid
+        .get(valid.len().saturating_sub(1) / 2)
+        .copied()
+        .or(rounds.first())
+        .cloned()
 }
 
 pub fn run(args: &[String]) -> Result<()> {
@@ -444,7 +484,7 @@ pub fn run(args: &[String]) -> Result<()> {
         h3_load: &built.h3_load,
     };
     let workloads: Vec<Workload> = workloads().into_iter().filter(|w| selected(w.id)).collect();
-    let mut rows: Vec<[Option<Cell>; 3]> = vec![Default::default(); workloads.len()];
+    let mut rounds: Vec<[Vec<Cell>; 3]> = vec![Default::default(); workloads.len()];
     // The plain proxies serve every workload but the deny-list and HTTP/3 ones; they are
     // started once, all three together (an idle proxy costs nothing), and stopped before the
     // deny-list ones start on the same ports, and those before edgelb with HTTP/3.
@@ -466,27 +506,38 @@ pub fn run(args: &[String]) -> Result<()> {
         let mut procs = bench.start(&these, start)?;
         for &wi in &serving {
             let w = &workloads[wi];
-            let row = &mut rows[wi];
-            for (i, proc) in procs.iter_mut().enumerate() {
-                let Some(proc) = proc else { continue };
-                check_stop()?;
-                proc.check_alive()?;
-                backend.check_alive()?;
-                eprintln!(
-                    "xtask bench https: {} via {} ({}s warm-up + {}s)",
-                    w.name,
-                    PROXIES[i].name(),
-                    args.warm_up,
-                    args.duration
-                );
-                row[i] = Some(bench.measure(w, proxy_ports[i], proc)?);
+            for round in 0..args.rounds as usize {
+                // Each round starts with the next proxy, so none always runs first.
+                for turn in 0..procs.len() {
+                    let i = (turn + round) % procs.len();
+                    let Some(proc) = &mut procs[i] else { continue };
+                    check_stop()?;
+                    proc.check_alive()?;
+                    backend.check_alive()?;
+                    eprintln!(
+                        "xtask bench https: {} via {} ({}s warm-up + {}s){}",
+                        w.name,
+                        PROXIES[i].name(),
+                        args.warm_up,
+                        args.duration,
+                        if args.rounds > 1 {
+                            format!(", round {} of {}", round + 1, args.rounds)
+                        } else {
+                            String::new()
+                        }
+                    );
+                    rounds[wi][i].push(bench.measure(w, proxy_ports[i], proc)?);
+                }
             }
         }
         for proc in procs.iter_mut().flatten() {
             proc.check_alive()?;
         }
     }
-    let cells = rows;
+    let cells = rounds
+        .iter()
+        .map(|row| row.each_ref().map(|r| representative(r)))
+        .collect();
 
     let memory = if selected(WorkloadId::Memory) {
         Some(bench.memory(&proxies, &built.idle_conns, memory_conns)?)
@@ -498,6 +549,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let results = Results {
         workloads,
         cells,
+        rounds,
         memory,
         memory_conns,
         memory_conns_wanted: args.memory_conns,

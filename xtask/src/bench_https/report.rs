@@ -48,6 +48,16 @@ fn workload_tables(s: &mut String, r: &Results) {
         r.warm_up,
         r.duration
     );
+    let rounds = r.rounds.iter().flatten().map(Vec::len).max().unwrap_or(0);
+    if rounds > 1 {
+        let _ = writeln!(
+            s,
+            "\n{rounds} rounds: every cell was measured {rounds} times, the proxies taking turns \
+             (each round starting with the next one). Throughput tables: each proxy's median \
+             round, and the ratios of those medians; latency and diagnostics: each proxy's \
+             median round by requests per CPU-second."
+        );
+    }
     if r.workloads.iter().any(|w| w.start == Start::Http3) {
         let _ = writeln!(
             s,
@@ -70,6 +80,7 @@ fn workload_tables(s: &mut String, r: &Results) {
     );
     throughput_table(s, r, "req per proxy CPU-s", |c| c.ok_per_cpu_sec);
     h3_vs_h2(s, r, "requests per proxy CPU-second", |c| c.ok_per_cpu_sec);
+    rounds_table(s, r);
     latency_table(s, r);
     diagnostics_table(s, r);
     handshake_note(s, r);
@@ -83,23 +94,41 @@ fn not_served(w: &Workload, proxy: usize) -> Option<&'static str> {
     (!w.served_by(PROXIES[proxy])).then_some("n/a (no HTTP/3)")
 }
 
-/// One row per workload: the three proxies' `value`, then edgelb/nginx and edgelb/haproxy.
+/// One row per workload: the three proxies' `value` (the median of their rounds), then
+/// edgelb/nginx and edgelb/haproxy.
 fn throughput_table(s: &mut String, r: &Results, what: &str, value: fn(&Cell) -> f64) {
     let _ = writeln!(
         s,
         "| workload ({what}) | edgelb | nginx | haproxy | edgelb/nginx | edgelb/haproxy |"
     );
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
-    for (w, row) in r.workloads.iter().zip(&r.cells) {
+    for (wi, (w, row)) in r.workloads.iter().zip(&r.cells).enumerate() {
+        let median = |p: usize| r.median(wi, p, value);
         let cells: Vec<String> = row
             .iter()
             .enumerate()
             .map(|(i, c)| match (not_served(w, i), c) {
                 (Some(na), _) => na.into(),
-                (None, Some(c)) => cell_text(c, value(c)),
+                (None, Some(c)) => {
+                    let mut t = cell_text(c, median(i).unwrap_or_else(|| value(c)));
+                    let invalid = r.rounds[wi][i].iter().filter(|c| c.problem.is_some());
+                    let invalid = invalid.count();
+                    if invalid > 0 && c.problem.is_none() {
+                        let _ = write!(
+                            t,
+                            " ({invalid} of {} rounds invalid)",
+                            r.rounds[wi][i].len()
+                        );
+                    }
+                    t
+                }
                 (None, None) => "-".into(),
             })
             .collect();
+        let ratio = |p: usize| match (median(0), median(p)) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
+            _ => "n/a".into(),
+        };
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} |",
@@ -107,8 +136,53 @@ fn throughput_table(s: &mut String, r: &Results, what: &str, value: fn(&Cell) ->
             cells[0],
             cells[1],
             cells[2],
-            ratio(&row[0], &row[1], value),
-            ratio(&row[0], &row[2], value)
+            ratio(1),
+            ratio(2)
+        );
+    }
+}
+
+/// With several rounds: edgelb's ratio to each peer in every round (both measured minutes
+/// apart at most), in the order the rounds ran, so the spread the medians hide is shown.
+fn rounds_table(s: &mut String, r: &Results) {
+    if r.rounds.iter().all(|row| row.iter().all(|p| p.len() < 2)) {
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "
+edgelb's ratio to each peer in each round (requests/s; per CPU-second), the rounds in \
+         the order they ran:\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workload | edgelb/nginx | edgelb/haproxy | edgelb/nginx per CPU-s | edgelb/haproxy per CPU-s |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|");
+    for (wi, w) in r.workloads.iter().enumerate() {
+        let each = |p: usize, value: fn(&Cell) -> f64| {
+            let ours = &r.rounds[wi][0];
+            let theirs = &r.rounds[wi][p];
+            if theirs.is_empty() || ours.is_empty() {
+                return "-".to_string();
+            }
+            ours.iter()
+                .zip(theirs)
+                .map(|(a, b)| match (&a.problem, &b.problem) {
+                    (None, None) if value(b) > 0.0 => format!("{:.2}", value(a) / value(b)),
+                    _ => "n/a".into(),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            w.name,
+            each(1, |c| c.ok_per_sec),
+            each(2, |c| c.ok_per_sec),
+            each(1, |c| c.ok_per_cpu_sec),
+            each(2, |c| c.ok_per_cpu_sec)
         );
     }
 }
@@ -413,5 +487,78 @@ mod tests {
         assert_eq!(thousands(1000.0), "1,000");
         assert_eq!(thousands(41234.6), "41,235");
         assert_eq!(thousands(1234567.0), "1,234,567");
+    }
+
+    fn cell(ok_per_sec: f64, ok_per_cpu_sec: f64, problem: Option<&str>) -> Cell {
+        Cell {
+            ok_per_sec,
+            ok_per_cpu_sec,
+            tls: "TLSv1.3".into(),
+            problem: problem.map(String::from),
+            ..Cell::default()
+        }
+    }
+
+    fn results(rounds: [Vec<Cell>; 3]) -> Results {
+        let workloads: Vec<Workload> = super::super::workloads().into_iter().take(1).collect();
+        Results {
+            cells: vec![rounds.each_ref().map(|r| super::super::representative(r))],
+            rounds: vec![rounds],
+            workloads,
+            memory: None,
+            memory_conns: 0,
+            memory_conns_wanted: 0,
+            nofile: 0,
+            duration: 10,
+            warm_up: 2,
+        }
+    }
+
+    #[test]
+    fn tables_show_medians_of_the_valid_rounds_and_every_rounds_ratio() {
+        let r = results([
+            vec![
+                cell(90.0, 100.0, None),
+                cell(50.0, 60.0, None),
+                cell(70.0, 80.0, None),
+            ],
+            vec![
+                cell(100.0, 100.0, None),
+                cell(100.0, 100.0, None),
+                cell(1.0, 1.0, Some("x")),
+            ],
+            vec![
+                cell(70.0, 80.0, None),
+                cell(60.0, 70.0, None),
+                cell(80.0, 90.0, None),
+            ],
+        ]);
+        assert_eq!(r.median(0, 0, |c| c.ok_per_sec), Some(70.0));
+        // The invalid round is left out: the mean of the middle two of what remains.
+        assert_eq!(r.median(0, 1, |c| c.ok_per_sec), Some(100.0));
+        assert_eq!(r.cells[0][0].as_ref().map(|c| c.ok_per_cpu_sec), Some(80.0));
+        let text = render(&r, "");
+        assert!(
+            text.contains("| 70 | 100 (1 of 3 rounds invalid) | 70 | 0.70 | 1.00 |"),
+            "{text}"
+        );
+        // Per round, edgelb against nginx: 0.90, 0.50, and n/a for the invalid one.
+        assert!(
+            text.contains("| 0.90, 0.50, n/a | 1.29, 0.83, 0.88 |"),
+            "{text}"
+        );
+        assert!(text.contains("3 rounds"), "{text}");
+    }
+
+    #[test]
+    fn one_round_shows_no_rounds_table() {
+        let r = results([
+            vec![cell(90.0, 100.0, None)],
+            vec![cell(100.0, 100.0, None)],
+            vec![cell(70.0, 80.0, None)],
+        ]);
+        let text = render(&r, "");
+        assert!(text.contains("| 90 | 100 | 70 | 0.90 | 1.29 |"), "{text}");
+        assert!(!text.contains("in each round"), "{text}");
     }
 }

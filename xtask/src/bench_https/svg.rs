@@ -29,12 +29,12 @@ pub fn chart(r: &Results, about: &str) -> String {
         groups: r
             .workloads
             .iter()
-            .zip(&r.cells)
-            .map(|(w, row)| {
-                let values = row
-                    .each_ref()
-                    .map(|c| c.as_ref().filter(|c| c.problem.is_none()).map(value));
-                (w.name.to_string(), values)
+            .enumerate()
+            .map(|(wi, w)| {
+                (
+                    w.name.to_string(),
+                    [0, 1, 2].map(|p| r.median(wi, p, value)),
+                )
             })
             .collect(),
     };
