@@ -7,6 +7,7 @@ pub mod admin;
 pub mod balance;
 pub mod bgp;
 pub mod cli;
+pub mod coarse_clock;
 pub mod config;
 pub mod control;
 pub mod control_thread;

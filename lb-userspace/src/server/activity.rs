@@ -10,10 +10,14 @@ use std::time::Duration;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
+use crate::coarse_clock;
+
 const NONE: u64 = u64::MAX;
 
 pub struct Activity {
     start: Instant,
+    /// [`coarse_clock`] at `start`: the stamps below are taken on it (several per request).
+    start_ms: u64,
     /// Milliseconds since `start` when the first byte of a request not yet handed to the
     /// service arrived; NONE when no request is being received.
     receiving_since: AtomicU64,
@@ -25,8 +29,13 @@ pub struct Activity {
     parked: AtomicU32,
     /// Milliseconds since `start` when a response body last handed over a frame.
     last_sent: AtomicU64,
-    /// Signalled when a request finishes (a permit is kept if nobody waits).
+    /// Signalled when a request finishes before `wake_before` (a permit is kept if nobody
+    /// waits).
     finished: tokio::sync::Notify,
+    /// Milliseconds since `start`: a request that finishes before this may bring the
+    /// connection's deadline forward, so its watcher is woken; one that finishes later
+    /// cannot, and costs nothing more. NONE: always wake it.
+    wake_before: AtomicU64,
     /// Set while an idle HTTP/1.1 connection is being taken off hyper (see `park`).
     parking: AtomicBool,
     /// Reads that brought bytes from the client (only its connection's task reads).
@@ -56,12 +65,14 @@ impl Activity {
     pub fn new() -> Arc<Self> {
         Arc::new(Activity {
             start: Instant::now(),
+            start_ms: coarse_clock::now_ms(),
             receiving_since: AtomicU64::new(NONE),
             in_flight: AtomicU32::new(0),
             last_done: AtomicU64::new(NONE),
             parked: AtomicU32::new(0),
             last_sent: AtomicU64::new(0),
             finished: tokio::sync::Notify::new(),
+            wake_before: AtomicU64::new(NONE),
             parking: AtomicBool::new(false),
             reads: AtomicU64::new(0),
             write_blocked: AtomicBool::new(false),
@@ -69,7 +80,9 @@ impl Activity {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NONE - 1)
+        coarse_clock::now_ms()
+            .saturating_sub(self.start_ms)
+            .min(NONE - 1)
     }
 
     fn at(&self, ms: u64) -> Instant {
@@ -98,9 +111,17 @@ impl Activity {
         RequestGuard(self.clone())
     }
 
-    /// Resolves when a request has finished since the last call.
+    /// Resolves when a request has finished since the last call, before the time last given
+    /// to [`Activity::wake_if_finished_before`].
     pub async fn finished(&self) {
         self.finished.notified().await;
+    }
+
+    /// Only requests that finish before `at` need wake [`Activity::finished`]'s waiter.
+    pub fn wake_if_finished_before(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.start).as_millis();
+        self.wake_before
+            .store(u64::try_from(ms).unwrap_or(NONE), Ordering::Relaxed);
     }
 
     /// When an idle connection may be parked: `after` from the end of its last request, if
@@ -235,6 +256,8 @@ impl Drop for RequestGuard {
         let now = self.0.now_ms();
         self.0.last_done.store(now, Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.0.finished.notify_one();
+        if now < self.0.wake_before.load(Ordering::Relaxed) {
+            self.0.finished.notify_one();
+        }
     }
 }

@@ -793,10 +793,14 @@ async fn watch_deadlines(
     park_after: Option<Duration>,
 ) -> Watch {
     let (idle, request) = (timeouts.idle, timeouts.request);
-    // The deadline is looked at again when it is due, when a request finishes (which may
-    // bring it forward: the idle timeout can be shorter than the request timeout that applies
-    // before the first request), and every so often while requests are in flight.
-    let recheck = idle.min(request).max(Duration::from_millis(250));
+    // The deadline is looked at again when it is due, when a request finishes early enough
+    // to bring it forward (the idle timeout can be shorter than the request timeout that
+    // applies before the first request), and every so often while requests are in flight.
+    // A request that ends at `t` makes a deadline no earlier than `t + soonest`; while
+    // requests keep coming, the timer is at most `recheck <= soonest` ahead, so their ends
+    // wake nothing and the timer does the looking, once a `recheck`.
+    let soonest = park_after.map_or(idle, |after| idle.min(after));
+    let recheck = soonest.min(request).max(Duration::from_millis(250));
     // One timer for the connection, moved only when the deadline comes earlier than it is
     // set for: a later deadline (every finished request makes one) is found when the timer
     // fires, rather than paid for with a timer update per request.
@@ -824,6 +828,12 @@ async fn watch_deadlines(
         if timer.is_elapsed() || wake < timer.deadline() {
             timer.as_mut().reset(wake);
         }
+        activity.wake_if_finished_before(
+            timer
+                .deadline()
+                .checked_sub(soonest)
+                .unwrap_or_else(|| timer.deadline()),
+        );
         tokio::select! {
             () = &mut timer => {}
             () = activity.finished() => {}

@@ -440,12 +440,17 @@ pub fn run(args: &[String]) -> Result<()> {
             args.memory_conns * 2 + 200
         );
     }
-    let built = build(selected(WorkloadId::Memory), selected(WorkloadId::H3))?;
-    let edgelb = match &args.edgelb_bin {
-        Some(path) if path.is_file() => path.clone(),
-        Some(path) => bail!("--edgelb-bin {}: no such file", path.display()),
-        None => built.edgelb.clone(),
-    };
+    if let Some(path) = &args.edgelb_bin
+        && !path.is_file()
+    {
+        bail!("--edgelb-bin {}: no such file", path.display());
+    }
+    let built = build(
+        selected(WorkloadId::Memory),
+        selected(WorkloadId::H3),
+        args.edgelb_bin.as_deref(),
+    )?;
+    let edgelb = built.edgelb.clone();
 
     let dir = TempDir::new()?;
     let ports = free_ports(5)?;
@@ -573,8 +578,12 @@ struct Built {
 /// Builds the edgelb binary and, for the memory test, the idle-conns client, for the HTTP/3
 /// row the h3-load client (release, edgelb and the clients each their own cargo run so edgelb
 /// is built with its own features only, as it ships).
-fn build(memory: bool, http3: bool) -> Result<Built> {
-    crate::build()?;
+/// Builds edgelb unless `prebuilt` (`--edgelb-bin`) is given, and the load tools the
+/// selected workloads need.
+fn build(memory: bool, http3: bool, prebuilt: Option<&Path>) -> Result<Built> {
+    if prebuilt.is_none() {
+        crate::build()?;
+    }
     let bins: Vec<&str> = [(memory, "idle-conns"), (http3, "h3-load")]
         .into_iter()
         .filter_map(|(wanted, bin)| wanted.then_some(bin))
@@ -583,7 +592,7 @@ fn build(memory: bool, http3: bool) -> Result<Built> {
         crate::build_test_bins(&bins)?;
     }
     let release = target_dir().join("release");
-    let edgelb = release.join("edgelb");
+    let edgelb = prebuilt.map_or_else(|| release.join("edgelb"), Path::to_path_buf);
     if !edgelb.is_file() {
         bail!("built edgelb but {} does not exist", edgelb.display());
     }

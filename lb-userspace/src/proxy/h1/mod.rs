@@ -11,6 +11,7 @@ mod stream;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -267,6 +268,13 @@ async fn read_head(
 /// A write (or flush) towards the backend, failing when the backend takes none of it for
 /// `stall`.
 async fn within(stall: Duration, write: impl Future<Output = io::Result<()>>) -> Result<(), Error> {
+    // Nearly every write completes at once (the socket has room): the timer, and the clock
+    // read that sets it, only for one that has to wait.
+    let mut write = std::pin::pin!(write);
+    let at_once = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if let Poll::Ready(done) = at_once {
+        return done.map_err(lost_or_io);
+    }
     match tokio::time::timeout(stall, write).await {
         Ok(done) => done.map_err(lost_or_io),
         Err(_) => Err(Error::TimedOut("the backend did not take the request body")),

@@ -5,9 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::stream::Conn;
+use crate::coarse_clock;
 
 /// How long an idle connection is kept (a backend's own keep-alive timeout is usually
 /// shorter; one that closes first is noticed when taken, or resent to once, see `proxy`).
@@ -19,7 +18,22 @@ const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// [`coarse_clock`] when it became idle.
+    since_ms: u64,
+}
+
+impl Idle {
+    fn new(conn: Conn) -> Self {
+        Idle {
+            conn,
+            since_ms: coarse_clock::now_ms(),
+        }
+    }
+
+    /// Whether it has been idle for less than [`POOL_IDLE`] at `now_ms`.
+    fn fresh(&self, now_ms: u64) -> bool {
+        u128::from(now_ms.saturating_sub(self.since_ms)) < POOL_IDLE.as_millis()
+    }
 }
 
 pub struct Pool {
@@ -40,9 +54,9 @@ impl Pool {
     pub fn take(&self, backend: usize) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
         let list = idle.get_mut(backend)?;
-        let now = Instant::now();
+        let now = coarse_clock::now_ms();
         while let Some(mut entry) = list.pop() {
-            if now.duration_since(entry.since) < POOL_IDLE && entry.conn.idle_and_open() {
+            if entry.fresh(now) && entry.conn.idle_and_open() {
                 return Some(entry.conn);
             }
         }
@@ -59,10 +73,7 @@ impl Pool {
             return;
         };
         if list.len() < MAX_IDLE_PER_BACKEND {
-            list.push(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            list.push(Idle::new(conn));
         }
         drop(idle);
         self.start_sweeping();
@@ -88,9 +99,9 @@ impl Pool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let now = Instant::now();
+        let now = coarse_clock::now_ms();
         for list in idle.iter_mut() {
-            list.retain(|e| now.duration_since(e.since) < POOL_IDLE);
+            list.retain(|e| e.fresh(now));
         }
     }
 }
@@ -114,8 +125,8 @@ impl PrivatePool {
     /// The most recently used idle connection to `backend` that is still open.
     pub fn take(&self, backend: usize) -> Option<Conn> {
         let mut idle = self.idle.lock().ok()?;
-        let now = Instant::now();
-        idle.retain(|(_, e)| now.duration_since(e.since) < POOL_IDLE);
+        let now = coarse_clock::now_ms();
+        idle.retain(|(_, e)| e.fresh(now));
         while let Some(at) = idle.iter().rposition(|(b, _)| *b == backend) {
             let (_, mut entry) = idle.remove(at);
             if entry.conn.idle_and_open() {
@@ -132,18 +143,12 @@ impl PrivatePool {
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let now = Instant::now();
-        idle.retain(|(_, e)| now.duration_since(e.since) < POOL_IDLE);
+        let now = coarse_clock::now_ms();
+        idle.retain(|(_, e)| e.fresh(now));
         if idle.len() >= MAX_PRIVATE_IDLE {
             idle.remove(0);
         }
-        idle.push((
-            backend,
-            Idle {
-                conn,
-                since: Instant::now(),
-            },
-        ));
+        idle.push((backend, Idle::new(conn)));
     }
 
     pub fn idle_count(&self) -> usize {
@@ -155,8 +160,8 @@ impl PrivatePool {
         let Ok(mut idle) = self.idle.lock() else {
             return false;
         };
-        let now = Instant::now();
-        idle.retain(|(_, e)| now.duration_since(e.since) < POOL_IDLE);
+        let now = coarse_clock::now_ms();
+        idle.retain(|(_, e)| e.fresh(now));
         !idle.is_empty()
     }
 }
