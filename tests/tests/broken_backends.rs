@@ -586,3 +586,61 @@ fn a_client_stalling_in_a_streamed_upload_gets_408() {
     let text = read_head(&mut tcp);
     assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
 }
+
+/// A backend that accepts a connection and never reads from it cannot hold an upload for
+/// ever: once the socket buffers are full, the write waits `--response-timeout` (2 s here) and
+/// the client gets 504 (a POST is not retried elsewhere).
+#[test]
+fn a_backend_that_takes_no_part_of_an_upload_gives_504_at_the_response_timeout() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let backend = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let backend_addr = backend.local_addr().expect("bound");
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let holder = held.clone();
+    std::thread::spawn(move || {
+        for s in backend.incoming().flatten() {
+            // Kept open, never read.
+            holder.lock().expect("held").push(s);
+        }
+    });
+    let (_lb, addr) = edgelb_tests::listener::start_http(
+        backend_addr,
+        &["--health-check", "off", "--response-timeout", "2"],
+        dir.path(),
+    );
+    let mut tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    let mut writer = tcp.try_clone().expect("clone");
+    let started = Instant::now();
+    let uploading = std::thread::spawn(move || {
+        // Far more than loopback's socket buffers hold between edgelb and the backend.
+        let len = 64 << 20;
+        let head = format!("POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: {len}\r\n\r\n");
+        let _ = writer.write_all(head.as_bytes());
+        let piece = vec![b'u'; 64 * 1024];
+        for _ in 0..len / piece.len() {
+            if writer.write_all(&piece).is_err() {
+                break;
+            }
+        }
+    });
+    let text = read_head(&mut tcp);
+    let took = started.elapsed();
+    println!(
+        "a backend that reads nothing: {:?} after {took:?}",
+        text.lines().next()
+    );
+    assert!(text.starts_with("HTTP/1.1 504"), "{text:?}");
+    assert!(
+        took >= Duration::from_secs(2),
+        "answered before the response timeout: {took:?}"
+    );
+    // The writer's copy of the socket too, should edgelb keep it open.
+    let _ = tcp.shutdown(std::net::Shutdown::Both);
+    let _ = uploading.join();
+    assert!(
+        !held.lock().expect("held").is_empty(),
+        "the backend saw no connection"
+    );
+}
