@@ -8,12 +8,15 @@ use nix::time::{ClockId, clock_gettime};
 
 /// Milliseconds on the coarse monotonic clock, from an arbitrary start.
 pub fn now_ms() -> u64 {
-    // The clock always exists on Linux; were it refused, 0 makes every age 0 (nothing expires
-    // early) rather than failing a request.
-    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE).map_or(0, |t| {
-        let ms = i128::from(t.tv_sec()) * 1000 + i128::from(t.tv_nsec()) / 1_000_000;
-        u64::try_from(ms).unwrap_or(0)
-    })
+    // The coarse clock exists on every Linux since 2.6.32. Were it refused, the precise one
+    // has the same origin (the coarse clock is its value at the last tick), so stamps from
+    // either compare; std's `Instant` cannot work without that one.
+    clock_gettime(ClockId::CLOCK_MONOTONIC_COARSE)
+        .or_else(|_| clock_gettime(ClockId::CLOCK_MONOTONIC))
+        .map_or(0, |t| {
+            let ms = i128::from(t.tv_sec()) * 1000 + i128::from(t.tv_nsec()) / 1_000_000;
+            u64::try_from(ms).unwrap_or(0)
+        })
 }
 
 #[cfg(test)]
