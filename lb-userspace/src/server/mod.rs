@@ -742,9 +742,12 @@ async fn drive<C: ServerConnection + Unpin>(
                 // client sitting on half a request head, or not reading its response, is not
                 // waited for past them (a listener a reload removed has no drain timeout).
                 Pin::new(&mut connection).graceful_shutdown();
+                // In place of the parking watcher: left beside it, that one's registration would
+                // take the wakes of finished requests (the oldest waiter gets each).
+                watch.set(watch_deadlines(activity, timeouts, http1, None));
                 tokio::select! {
                     _ = until_done_or_silent(&mut connection, activity, http1) => {}
-                    _ = watch_deadlines(activity, timeouts, http1, None) => {
+                    _ = &mut watch => {
                         debug!(client = %peer, "stopping: past its deadline, closed");
                     }
                 }
