@@ -523,6 +523,26 @@ fn an_upload_longer_than_the_response_timeout_is_served() {
     assert_eq!(seen[1].header("content-length"), None, "GET");
 }
 
+/// Connects to `addr` and POSTs a `len`-byte body from a thread of its own until the body is
+/// sent or edgelb stops taking it; the returned stream reads the answer (10 s at most).
+fn upload_in_background(addr: SocketAddr, len: usize) -> (TcpStream, std::thread::JoinHandle<()>) {
+    let tcp = TcpStream::connect(addr).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut writer = tcp.try_clone().expect("clone");
+    let uploading = std::thread::spawn(move || {
+        let head = format!("POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: {len}\r\n\r\n");
+        let _ = writer.write_all(head.as_bytes());
+        let piece = vec![b'u'; 64 * 1024];
+        for _ in 0..len / piece.len() {
+            if writer.write_all(&piece).is_err() {
+                break;
+            }
+        }
+    });
+    (tcp, uploading)
+}
+
 /// A backend that refuses an upload before reading it (413 and close, as a size limit does) is
 /// heard: the client gets its 413, not a 502 for the write that failed after it.
 #[test]
@@ -544,22 +564,8 @@ fn a_backend_answering_before_the_whole_body_is_heard() {
         &["--health-check", "off", "--response-timeout", "2"],
         dir.path(),
     );
-    let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut writer = tcp.try_clone().expect("clone");
-    let uploading = std::thread::spawn(move || {
-        let len = 8 << 20;
-        let head = format!("POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: {len}\r\n\r\n");
-        let _ = writer.write_all(head.as_bytes());
-        let piece = vec![b'u'; 64 * 1024];
-        // Until edgelb stops reading (it answered) or the body is sent.
-        for _ in 0..len / piece.len() {
-            if writer.write_all(&piece).is_err() {
-                break;
-            }
-        }
-    });
+    // Until edgelb stops reading (it answered) or the body is sent.
+    let (mut tcp, uploading) = upload_in_background(addr, 8 << 20);
     let text = read_head(&mut tcp);
     assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
     drop(tcp);
@@ -608,23 +614,9 @@ fn a_backend_that_takes_no_part_of_an_upload_gives_504_at_the_response_timeout()
         &["--health-check", "off", "--response-timeout", "2"],
         dir.path(),
     );
-    let mut tcp = TcpStream::connect(addr).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    let mut writer = tcp.try_clone().expect("clone");
     let started = Instant::now();
-    let uploading = std::thread::spawn(move || {
-        // Far more than loopback's socket buffers hold between edgelb and the backend.
-        let len = 64 << 20;
-        let head = format!("POST /up HTTP/1.1\r\nhost: t\r\ncontent-length: {len}\r\n\r\n");
-        let _ = writer.write_all(head.as_bytes());
-        let piece = vec![b'u'; 64 * 1024];
-        for _ in 0..len / piece.len() {
-            if writer.write_all(&piece).is_err() {
-                break;
-            }
-        }
-    });
+    // Far more than loopback's socket buffers hold between edgelb and the backend.
+    let (mut tcp, uploading) = upload_in_background(addr, 64 << 20);
     let text = read_head(&mut tcp);
     let took = started.elapsed();
     println!(

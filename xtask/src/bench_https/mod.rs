@@ -593,7 +593,7 @@ fn build(memory: bool, http3: bool, prebuilt: Option<&Path>) -> Result<Built> {
     }
     let release = target_dir().join("release");
     let edgelb = prebuilt.map_or_else(|| release.join("edgelb"), Path::to_path_buf);
-    if !edgelb.is_file() {
+    if prebuilt.is_none() && !edgelb.is_file() {
         bail!("built edgelb but {} does not exist", edgelb.display());
     }
     Ok(Built {

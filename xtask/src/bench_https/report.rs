@@ -125,10 +125,6 @@ fn throughput_table(s: &mut String, r: &Results, what: &str, value: fn(&Cell) ->
                 (None, None) => "-".into(),
             })
             .collect();
-        let ratio = |p: usize| match (median(0), median(p)) {
-            (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
-            _ => "n/a".into(),
-        };
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} | {} |",
@@ -136,8 +132,8 @@ fn throughput_table(s: &mut String, r: &Results, what: &str, value: fn(&Cell) ->
             cells[0],
             cells[1],
             cells[2],
-            ratio(1),
-            ratio(2)
+            ratio(median(0), median(1)),
+            ratio(median(0), median(2))
         );
     }
 }
@@ -150,8 +146,7 @@ fn rounds_table(s: &mut String, r: &Results) {
     }
     let _ = writeln!(
         s,
-        "
-edgelb's ratio to each peer in each round (requests/s; per CPU-second), the rounds in \
+        "\nedgelb's ratio to each peer in each round (requests/s; per CPU-second), the rounds in \
          the order they ran:\n"
     );
     let _ = writeln!(
@@ -166,12 +161,10 @@ edgelb's ratio to each peer in each round (requests/s; per CPU-second), the roun
             if theirs.is_empty() || ours.is_empty() {
                 return "-".to_string();
             }
+            let valid = |c: &Cell| c.problem.is_none().then(|| value(c));
             ours.iter()
                 .zip(theirs)
-                .map(|(a, b)| match (&a.problem, &b.problem) {
-                    (None, None) if value(b) > 0.0 => format!("{:.2}", value(a) / value(b)),
-                    _ => "n/a".into(),
-                })
+                .map(|(a, b)| ratio(valid(a), valid(b)))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -187,31 +180,29 @@ edgelb's ratio to each peer in each round (requests/s; per CPU-second), the roun
     }
 }
 
-/// edgelb's HTTP/3 row over its HTTP/2 16-stream row (same streams and connections), when
-/// both ran and are valid.
+/// edgelb's HTTP/3 row over its HTTP/2 16-stream row (same streams and connections), the
+/// medians of their rounds, when both ran.
 fn h3_vs_h2(s: &mut String, r: &Results, what: &str, value: fn(&Cell) -> f64) {
     let edgelb = |id: WorkloadId| {
         r.workloads
             .iter()
-            .zip(&r.cells)
-            .find(|(w, _)| w.id == id)
-            .and_then(|(_, row)| row[0].clone())
+            .position(|w| w.id == id)
+            .filter(|&w| !r.rounds[w][0].is_empty())
+            .map(|w| r.median(w, 0, value))
     };
-    let (h3, h2) = (edgelb(WorkloadId::H3), edgelb(WorkloadId::H2x16));
-    if h3.is_some() && h2.is_some() {
+    if let (Some(h3), Some(h2)) = (edgelb(WorkloadId::H3), edgelb(WorkloadId::H2x16)) {
         let _ = writeln!(
             s,
             "\nedgelb HTTP/3 / edgelb HTTP/2 (16x4), {what}: {}.",
-            ratio(&h3, &h2, value)
+            ratio(h3, h2)
         );
     }
 }
 
-fn ratio(a: &Option<Cell>, b: &Option<Cell>, value: fn(&Cell) -> f64) -> String {
+/// `a / b` to two places; n/a when either is missing (no valid measurement) or `b` is 0.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if a.problem.is_none() && b.problem.is_none() && value(b) > 0.0 => {
-            format!("{:.2}", value(a) / value(b))
-        }
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}", a / b),
         _ => "n/a".into(),
     }
 }
