@@ -78,7 +78,8 @@ http {
 "#;
 
 /// The backend: `return 200 "ok\n"`, a 64 KiB file at /64k (sendfile, so the backend's share
-/// of core 1 stays small), and a status page on its own port to count connections.
+/// of core 1 stays small), the client-IP headers it was sent at [`CLIENT_HEADERS_PATH`], and a
+/// status page on its own port to count connections.
 /// `keepalive_requests` is raised from 1000 so the proxies' upstream connections are not
 /// recycled every 1000 requests (the same for all three proxies).
 const BACKEND_NGINX: &str = r#"
@@ -88,6 +89,10 @@ const BACKEND_NGINX: &str = r#"
     server {
         listen 127.0.0.1:@PORT@ backlog=4096;
         location / { default_type text/plain; return 200 "ok\n"; }
+        location = @CLIENT_HEADERS_PATH@ {
+            default_type text/plain;
+            return 200 "$http_x_forwarded_for|$http_x_forwarded_proto|$http_x_forwarded_port|$http_x_real_ip|$http_host";
+        }
         location = /64k { root @DIR@/www; default_type application/octet-stream; }
     }
     server {
@@ -107,7 +112,9 @@ const BACKEND_NGINX: &str = r#"
 /// 100-stream workload has 400 requests in flight, and a smaller pool would make nginx close
 /// and reopen backend connections where the others reuse theirs. 16 x 8k proxy buffers hold the
 /// 64 KiB response in memory (the default 8 x 4k would spill it to a temp file).
-/// `@ACL_HTTP@`/`@ACL_SERVER@`: the deny list (a `geo` radix tree) for the access-control row.
+/// The client-IP headers and `Host` are set as edgelb always sets them (see
+/// [`CLIENT_HEADERS_PATH`]). `@ACL_HTTP@`/`@ACL_SERVER@`: the deny list (a `geo` radix tree)
+/// for the access-control row.
 const PROXY_NGINX: &str = r#"
     upstream backend {
         server 127.0.0.1:@BACKEND_PORT@;
@@ -128,6 +135,11 @@ const PROXY_NGINX: &str = r#"
             proxy_pass http://backend;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Port $server_port;
+            proxy_set_header X-Real-IP $remote_addr;
             proxy_buffers 16 8k;
         }
     }
@@ -138,14 +150,19 @@ const PROXY_NGINX: &str = r#"
 /// connections shared between client connections (`http-reuse always`). Run with -db:
 /// foreground, no daemon. maxconn (global and per frontend) leaves room for the memory test's
 /// 10,000 connections if the descriptor limit allows (see `haproxy_maxconn`); the client-side
-/// timeouts are long so they stay open. `@ACL@`: the deny list for the access-control row, an
-/// ACL on the source address checked when the connection is accepted.
+/// timeouts are long so they stay open. Its TLS 1.3 suites are put in rustls's order (AES-128
+/// first): with OpenSSL's (AES-256 first) it alone would pay for the longer key schedule and
+/// 14 rounds a block. The client-IP headers are set as edgelb always sets
+/// them (see [`CLIENT_HEADERS_PATH`]; `option forwardfor` adds an `X-Forwarded-For` line, which
+/// is the same list as appending to the value). `@ACL@`: the deny list for the access-control
+/// row, an ACL on the source address checked when the connection is accepted.
 const PROXY_HAPROXY: &str = r#"
 global
     nbthread 1
     maxconn @MAXCONN@
     pidfile @DIR@/@NAME@.pid
     ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
 defaults
     mode http
     maxconn @MAXCONN@
@@ -157,10 +174,21 @@ defaults
 frontend tls
     bind 127.0.0.1:@PORT@ ssl crt @COMBINED@ alpn h2,http/1.1 ssl-min-ver TLSv1.3 backlog 4096
 @ACL@
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header X-Forwarded-Port %[dst_port]
+    http-request set-header X-Real-IP %[src]
     default_backend plain
 backend plain
     server b1 127.0.0.1:@BACKEND_PORT@
 "#;
+
+/// Where the backend answers with the client-IP headers and `Host` it was sent, `|`-separated.
+/// edgelb always sends `X-Forwarded-For` (appended), `-Proto`, `-Port` and `X-Real-IP` (the
+/// manual's "transfer client IP", not switchable), so nginx and haproxy are configured to send
+/// the same, and the bench checks through each proxy that they do before measuring it: a
+/// peer spared that work would not be measured doing the same job.
+pub const CLIENT_HEADERS_PATH: &str = "/client-headers";
 
 /// Bytes of the large response: 64 KiB.
 pub const LARGE_BODY: usize = 64 * 1024;
@@ -189,7 +217,12 @@ pub fn write_backend(dir: &Path, port: u16, status_port: u16, nofile: u64) -> Re
     let conf = nginx_common(dir, "backend", nofile)
         + &fill(
             BACKEND_NGINX,
-            &[("PORT", &port), ("STATUS_PORT", &status_port), ("DIR", &d)],
+            &[
+                ("PORT", &port),
+                ("STATUS_PORT", &status_port),
+                ("DIR", &d),
+                ("CLIENT_HEADERS_PATH", &CLIENT_HEADERS_PATH),
+            ],
         );
     let path = dir.join("backend.conf");
     fs::write(&path, conf)?;

@@ -38,8 +38,8 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Parser, ValueEnum};
 
 use self::configs::{
-    Setup, haproxy_maxconn, make_cert, nofile_hard_limit, proxy_command, write_backend,
-    write_deny_lists,
+    CLIENT_HEADERS_PATH, Setup, haproxy_maxconn, make_cert, nofile_hard_limit, proxy_command,
+    write_backend, write_deny_lists,
 };
 use self::h2load::{ok_latencies, parse_h2load, percentile};
 use self::h3load::parse_h3load;
@@ -49,6 +49,7 @@ use self::procs::{
     CoreTicks, Proc, TempDir, backend_accepts, clock_ticks_per_sec, core_ticks, free_ports,
     http_get, pinned, run_bounded, run_bounded_with,
 };
+use crate::cmd::Cmd;
 use crate::setup;
 use crate::signals::{self, check_stop};
 use crate::target_dir;
@@ -413,6 +414,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "nginx",
         "haproxy",
         "nghttp2-client",
+        "curl",
         "util-linux",
         "tcpdump",
     ])?;
@@ -568,6 +570,26 @@ pub fn run(args: &[String]) -> Result<()> {
     write_outputs(&markdown, &svg::chart(&results, &about))
 }
 
+/// Fails unless `proxy` on `port` sends the backend the client-IP headers edgelb always sends,
+/// over HTTP/1.1 and HTTP/2 alike, so no proxy is measured doing less than the others.
+fn check_client_headers(proxy: Proxy, port: u16) -> Result<()> {
+    let want = format!("127.0.0.1|https|{port}|127.0.0.1|127.0.0.1:{port}");
+    for version in ["--http1.1", "--http2"] {
+        let url = format!("https://127.0.0.1:{port}{CLIENT_HEADERS_PATH}");
+        let got = Cmd::new("curl")
+            .args(["-sk", "--max-time", "5", version, &url])
+            .output();
+        if got.as_deref() != Some(want.as_str()) {
+            bail!(
+                "{} {version}: the backend was sent {got:?} as X-Forwarded-For|-Proto|-Port|\
+                 X-Real-IP|Host, not {want:?}: the proxies would not do the same work",
+                proxy.name()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// What `build` made.
 struct Built {
     edgelb: PathBuf,
@@ -644,6 +666,7 @@ impl Bench<'_> {
         // A big deny list takes a moment to load. (With HTTP/3, edgelb binds its UDP sockets
         // before it listens on TCP: once TCP accepts, QUIC packets are queued for it.)
         proc.wait_for_port(self.ports[i])?;
+        check_client_headers(proxy, self.ports[i])?;
         Ok(proc)
     }
 
