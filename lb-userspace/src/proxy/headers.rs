@@ -116,12 +116,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !keep_upgrade && !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
         return;
     }
+    // Only names present are made into `HeaderName`s: the usual token, a backend's
+    // `keep-alive`, is not a standard name and would be copied into an allocation.
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| headers.contains_key(*t))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .filter(|n| !(keep_upgrade && *n == UPGRADE) && *n != HOST && *n != CONTENT_LENGTH)
         .collect();
     for name in named {
@@ -308,7 +312,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(
             CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret, Upgrade"),
+            HeaderValue::from_static("keep-alive, X-Secret, Upgrade"),
         );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));

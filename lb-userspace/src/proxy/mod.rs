@@ -291,7 +291,8 @@ impl Upstream {
             .as_deref()
             .zip(private_pool.as_ref())
             .map(|(header, pool)| h1::Private { pool, header });
-        let mut tried: Vec<usize> = Vec::new();
+        // Inline: nearly every request is tried once, and this was an allocation per request.
+        let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
         let mut status = StatusCode::SERVICE_UNAVAILABLE;
         // A backend to resend to once, on another connection, after a connection of the pool
         // closed under the request (the backend's keep-alive timeout racing our reuse).

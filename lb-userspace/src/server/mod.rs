@@ -39,7 +39,7 @@ use crate::proxy::headers::ConnInfo;
 use crate::proxy::{ProxyBody, Routes};
 use crate::refusals::{self, Refused};
 use crate::tls::ClientIdentity;
-use activity::{Activity, Deadline, Sending};
+use activity::{Activity, Deadline, RequestGuard, Sending};
 use arc_swap::ArcSwap;
 use h2_flood::FloodGuard;
 use stream::ClientStream;
@@ -355,6 +355,12 @@ async fn plain_http_refused(mut stream: TcpStream) {
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// A response body as hyper sends it: the proxy's, counted for the access log, holding the
+/// request's place in the connection's activity (and its log entry) until it is sent. Named,
+/// not boxed again: that was an allocation per request.
+pub type ServedBody =
+    Sending<WithGuard<Counted<ProxyBody>, (RequestGuard, Option<crate::access_log::Entry>)>>;
+
 /// The connection's HTTP serving, boxed: `io` moves into it rather than being kept in the
 /// caller's state too.
 fn serve_http<'a, S>(
@@ -411,11 +417,10 @@ where
                         WithGuard::new(Counted::sent(b, counters), guard),
                         activity_for_body,
                     )
-                    .boxed()
                 }));
             }
-            // Boxed: its 3 KiB would otherwise be room in this future, moved with it.
-            let (mut resp, served) = Box::pin(routes.handle(req, &conn)).await;
+            // Not boxed on its own (3 KiB): this whole future is, below, so it never moves.
+            let (mut resp, served) = routes.handle(req, &conn).await;
             live.advertise_http3(resp.headers_mut());
             let took = started.elapsed();
             ctx.metrics.observe(took);
@@ -429,11 +434,10 @@ where
                     WithGuard::new(Counted::sent(b, counters), guard),
                     activity_for_body,
                 )
-                .boxed()
             }))
         };
-        // Boxed: hyper moves what this returns (896 bytes) at least twice for each HTTP/2
-        // stream, into the stream's task; a pointer is cheaper to move.
+        // Boxed: hyper moves what this returns at least twice for each HTTP/2 stream, into
+        // the stream's task; a pointer is cheaper to move.
         Box::pin(fut)
     });
 
@@ -524,7 +528,7 @@ async fn serve_http1<S, F>(
     ctx: &Arc<ListenerContext>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: hyper::service::HttpService<hyper::body::Incoming, ResBody = ProxyBody>
+    F: hyper::service::HttpService<hyper::body::Incoming, ResBody = ServedBody>
         + Clone
         + Unpin
         + Send
@@ -575,7 +579,7 @@ fn serve_until_parked<'a, S, F>(
 ) -> BoxFuture<'a, Option<Box<ClientStream<S>>>>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    F: hyper::service::HttpService<hyper::body::Incoming, ResBody = ProxyBody>
+    F: hyper::service::HttpService<hyper::body::Incoming, ResBody = ServedBody>
         + Unpin
         + Send
         + 'static,
@@ -640,7 +644,7 @@ impl<I, S> ServerConnection for http1::UpgradeableConnection<I, S>
 where
     Self: Future<Output = Result<(), hyper::Error>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = ProxyBody>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = ServedBody>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {
         http1::UpgradeableConnection::graceful_shutdown(self);
@@ -651,7 +655,7 @@ impl<I, S, E> ServerConnection for http2::Connection<I, S, E>
 where
     Self: Future<Output = Result<(), hyper::Error>>,
     I: hyper::rt::Read + hyper::rt::Write + Unpin,
-    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = ProxyBody>,
+    S: hyper::service::HttpService<hyper::body::Incoming, ResBody = ServedBody>,
     E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
 {
     fn graceful_shutdown(self: Pin<&mut Self>) {

@@ -38,7 +38,17 @@ impl Conn {
 
     /// Reads more bytes into `rbuf`; 0 means the backend closed the connection.
     pub fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        self.rbuf.reserve(self.read_size);
+        // Reading heads and small bodies, the buffer is topped up only when little room is
+        // left: the heads of responses still being sent share it, so asking for the full
+        // read size after every head made a new buffer every few responses.
+        let wanted = if self.read_size > MIN_READ_SIZE {
+            self.read_size
+        } else {
+            MIN_ROOM
+        };
+        if self.rbuf.capacity() - self.rbuf.len() < wanted {
+            self.rbuf.reserve(self.read_size);
+        }
         let room = self.rbuf.capacity() - self.rbuf.len();
         let n = ready!(tokio_util::io::poll_read_buf(
             Pin::new(&mut self.io),
@@ -81,6 +91,9 @@ impl Conn {
 }
 
 const MIN_READ_SIZE: usize = 16 * 1024;
+/// Room below which a read at [`MIN_READ_SIZE`] gets a new buffer (a response head is
+/// rarely more than a few hundred bytes).
+const MIN_ROOM: usize = 4 * 1024;
 const MAX_READ_SIZE: usize = 64 * 1024;
 
 impl AsyncRead for BackendStream {
