@@ -110,29 +110,38 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// `Content-Length` (the message is framed again on the other side anyway). With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` pass (a protocol switch in progress).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most requests and responses carry none: one pass over the names instead of a removal
-    // (a hash and a probe) per hop-by-hop name.
+    // One pass over the names finds which hop-by-hop ones are there (most requests carry
+    // none, most backend responses only `Connection`): a removal costs a hash and a probe,
+    // so only those present are removed.
     // (Names compare as an enum tag when both are standard headers, as bytes otherwise.)
-    if !keep_upgrade && !headers.keys().any(|n| HOP_BY_HOP.contains(n)) {
+    let present = headers.keys().fold(0u16, |mask, n| {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == n)
+            .map_or(mask, |i| mask | 1 << i)
+    });
+    if present == 0 && !keep_upgrade {
         return;
     }
-    // Only names present are made into `HeaderName`s: the usual token, a backend's
-    // `keep-alive`, is not a standard name and would be copied into an allocation.
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|t| headers.contains_key(*t))
-        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-        .filter(|n| !(keep_upgrade && *n == UPGRADE) && *n != HOST && *n != CONTENT_LENGTH)
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(CONNECTION) {
+        // Only names present are made into `HeaderName`s: the usual token, a backend's
+        // `keep-alive`, is not a standard name and would be copied into an allocation.
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| headers.contains_key(*t))
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|n| !(keep_upgrade && *n == UPGRADE) && *n != HOST && *n != CONTENT_LENGTH)
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (name == CONNECTION || name == UPGRADE) {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0 || keep_upgrade && (*name == CONNECTION || *name == UPGRADE) {
             continue;
         }
         headers.remove(name);
@@ -158,10 +167,6 @@ const MANAGED: [HeaderName; 7] = [
 /// h2 and h3 accept `_` in names, and backends that read headers as CGI variables
 /// (`HTTP_X_CLIENT_VERIFY`) cannot tell the two apart (CVE-2024-45614 in Puma was this).
 fn remove_lookalikes(headers: &mut HeaderMap) {
-    // Most requests have no underscore in any name: one pass, no allocation.
-    if !headers.keys().any(|n| n.as_str().contains('_')) {
-        return;
-    }
     let lookalikes: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().contains('_'))
@@ -176,10 +181,32 @@ fn remove_lookalikes(headers: &mut HeaderMap) {
     }
 }
 
+/// Which of [`MANAGED`] the client sent (bit i for `MANAGED[i]`), and whether any name has an
+/// underscore: one pass over the names, where a lookup or removal of each managed name costs a
+/// hash and a probe even when it is not there (and most requests carry none of them).
+fn client_sent(headers: &HeaderMap) -> (u8, bool) {
+    headers.keys().fold((0, false), |(sent, underscore), n| {
+        let sent = MANAGED
+            .iter()
+            .position(|m| m == n)
+            .map_or(sent, |i| sent | 1 << i);
+        (sent, underscore || n.as_str().contains('_'))
+    })
+}
+
 /// Adds what the backend should know about the client.
 pub fn add_client_headers(headers: &mut HeaderMap, conn: &ConnInfo, lb_ip: TransferLbIp) {
-    remove_lookalikes(headers);
-    if headers.contains_key(&X_FORWARDED_FOR) {
+    let (sent, underscore) = client_sent(headers);
+    let was_sent = |name: &HeaderName| {
+        MANAGED
+            .iter()
+            .position(|m| m == name)
+            .is_some_and(|i| sent & (1 << i) != 0)
+    };
+    if underscore {
+        remove_lookalikes(headers);
+    }
+    if was_sent(&X_FORWARDED_FOR) {
         let mut chain = String::new();
         for v in headers.get_all(&X_FORWARDED_FOR) {
             let Ok(v) = v.to_str() else { continue };
@@ -197,7 +224,9 @@ pub fn add_client_headers(headers: &mut HeaderMap, conn: &ConnInfo, lb_ip: Trans
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
     headers.insert(X_FORWARDED_PORT, conn.local_port.clone());
     headers.insert(X_REAL_IP, conn.client_ip.clone());
-    headers.remove(&X_FORWARDED_ELB_IP);
+    if was_sent(&X_FORWARDED_ELB_IP) {
+        headers.remove(&X_FORWARDED_ELB_IP);
+    }
     let lb: Option<IpAddr> = match lb_ip {
         TransferLbIp::Off => None,
         TransferLbIp::LocalAddress => Some(conn.local.ip().to_canonical()),
@@ -206,8 +235,11 @@ pub fn add_client_headers(headers: &mut HeaderMap, conn: &ConnInfo, lb_ip: Trans
     if let Some(ip) = lb {
         set(headers, X_FORWARDED_ELB_IP, &ip.to_string());
     }
-    headers.remove(&X_CLIENT_VERIFY);
-    headers.remove(&X_CLIENT_CERT_SUBJECT);
+    for name in [&X_CLIENT_VERIFY, &X_CLIENT_CERT_SUBJECT] {
+        if was_sent(name) {
+            headers.remove(name);
+        }
+    }
     if let Some(subject) = &conn.identity.subject {
         headers.insert(X_CLIENT_VERIFY, HeaderValue::from_static("SUCCESS"));
         // Subjects are UTF-8; header values may carry any visible byte, so pass it whole.
@@ -292,6 +324,7 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2"));
         h.insert(X_REAL_IP, HeaderValue::from_static("6.6.6.6"));
         h.insert(X_CLIENT_VERIFY, HeaderValue::from_static("SUCCESS"));
+        h.insert(X_CLIENT_CERT_SUBJECT, HeaderValue::from_static("CN=forged"));
         h.insert(X_FORWARDED_ELB_IP, HeaderValue::from_static("6.6.6.6"));
         add_client_headers(&mut h, &conn(), TransferLbIp::Off);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 10.1.2.3");
@@ -299,6 +332,7 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_PROTO], "https");
         assert_eq!(h[&X_FORWARDED_PORT], "443");
         assert!(!h.contains_key(&X_CLIENT_VERIFY));
+        assert!(!h.contains_key(&X_CLIENT_CERT_SUBJECT));
         assert!(!h.contains_key(&X_FORWARDED_ELB_IP));
         add_client_headers(&mut h, &conn(), TransferLbIp::LocalAddress);
         assert_eq!(h[&X_FORWARDED_ELB_IP], "10.0.0.1");
