@@ -1,13 +1,66 @@
-//! Body wrappers: one keeps a value alive until a body has been sent (the balancer's
-//! in-flight count, the connection's activity), one cuts off a request body that stalls.
+//! The proxy's response body, and body wrappers: one keeps a value alive until a body has
+//! been sent (the balancer's in-flight count, the connection's activity), one cuts off a body
+//! that stalls.
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
+use super::h1::ResponseBody;
+use crate::balance::Pick;
+
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What the proxy answers with: a backend's response body as it comes, holding the backend's
+/// pick until sent (nearly every response: not boxed, which was an allocation per request),
+/// or any other body (edgelb's own answers, a protocol switch), boxed.
+// The large variant is the common one: boxing it is the allocation this type is here to save.
+#[allow(clippy::large_enum_variant)]
+pub enum ProxyBody {
+    Backend(WithGuard<StallTimeout<ResponseBody>, Pick>),
+    Other(BoxBody<Bytes, BoxError>),
+}
+
+impl ProxyBody {
+    pub fn other<B>(body: B) -> Self
+    where
+        B: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
+    {
+        ProxyBody::Other(BoxBody::new(body))
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ProxyBody::Backend(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Other(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ProxyBody::Backend(b) => b.is_end_stream(),
+            ProxyBody::Other(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ProxyBody::Backend(b) => b.size_hint(),
+            ProxyBody::Other(b) => b.size_hint(),
+        }
+    }
+}
 
 /// `body`, holding `guard` until the body ends or is dropped.
 pub struct WithGuard<B, G> {

@@ -12,7 +12,7 @@ pub mod tunnel;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -29,7 +29,7 @@ use client::UpstreamBody;
 use h1::OutBody;
 use headers::ConnInfo;
 
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
+pub use body::ProxyBody;
 
 /// A client's request body as the proxy takes it: hyper's for HTTP/1.1 and HTTP/2, the
 /// request stream's for HTTP/3.
@@ -145,7 +145,7 @@ impl Routes {
                     backend: None,
                     rule,
                 };
-                return (answer, served);
+                return (*answer, served);
             }
             Decision::Forward(group) => group.unwrap_or(self.default),
         };
@@ -372,9 +372,11 @@ impl Upstream {
                             timeouts.idle
                         };
                         conn.tunnel.open(client_side, backend_side, idle, pick);
-                        return resp.map(|b| StallTimeout::new(b, stall).boxed());
+                        return resp.map(|b| ProxyBody::other(StallTimeout::new(b, stall)));
                     }
-                    return resp.map(|b| WithGuard::new(StallTimeout::new(b, stall), pick).boxed());
+                    return resp.map(|b| {
+                        ProxyBody::Backend(WithGuard::new(StallTimeout::new(b, stall), pick))
+                    });
                 }
                 Err(h1::Error::RequestBody(e)) => {
                     // The client's body failed while it streamed to the backend: the client's
@@ -461,8 +463,8 @@ async fn read_body<B: RequestBody>(
 
 /// What the rules say about a request.
 enum Decision {
-    /// A redirect or fixed response.
-    Answer(Response<ProxyBody>),
+    /// A redirect or fixed response (boxed: rare, and the common decision stays small).
+    Answer(Box<Response<ProxyBody>>),
     /// Forward to this group (by position in the configuration), or to the listener's
     /// default group.
     Forward(Option<usize>),
@@ -497,22 +499,20 @@ fn apply_rules<B>(rules: &RuleSet, req: &Request<B>, conn: &ConnInfo) -> (Decisi
             if let Ok(v) = HeaderValue::from_str(&location.render(&info, conn.scheme)) {
                 resp.headers_mut().insert(hyper::header::LOCATION, v);
             }
-            Decision::Answer(resp)
+            Decision::Answer(Box::new(resp))
         }
         Action::Fixed {
             status,
             content_type,
             body,
         } => {
-            let mut resp = Response::new(
-                Full::new(Bytes::from(body.clone()))
-                    .map_err(|n| match n {})
-                    .boxed(),
-            );
+            let mut resp = Response::new(ProxyBody::other(
+                Full::new(Bytes::from(body.clone())).map_err(|n| match n {}),
+            ));
             *resp.status_mut() = *status;
             resp.headers_mut()
                 .insert(hyper::header::CONTENT_TYPE, content_type.clone());
-            Decision::Answer(resp)
+            Decision::Answer(Box::new(resp))
         }
     };
     (answer, Some(matched.index))
@@ -541,7 +541,9 @@ fn too_many_requests() -> Response<ProxyBody> {
 
 pub fn error_page(status: StatusCode) -> Response<ProxyBody> {
     let body = format!("{status}\n");
-    let mut resp = Response::new(Full::new(Bytes::from(body)).map_err(|n| match n {}).boxed());
+    let mut resp = Response::new(ProxyBody::other(
+        Full::new(Bytes::from(body)).map_err(|n| match n {}),
+    ));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

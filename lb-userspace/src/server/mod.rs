@@ -481,11 +481,9 @@ fn acme_http_answer(
 ) -> Option<hyper::Response<crate::proxy::ProxyBody>> {
     let token = path.strip_prefix(crate::acme::HTTP_CHALLENGE_PREFIX)?;
     let answer = acme.http_challenge(token)?;
-    let mut resp = hyper::Response::new(
-        http_body_util::Full::new(bytes::Bytes::from(answer))
-            .map_err(|n| match n {})
-            .boxed(),
-    );
+    let mut resp = hyper::Response::new(crate::proxy::ProxyBody::other(
+        http_body_util::Full::new(bytes::Bytes::from(answer)).map_err(|n| match n {}),
+    ));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/octet-stream"),
