@@ -125,7 +125,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     if headers.contains_key(CONNECTION) {
         // Only names present are made into `HeaderName`s: the usual token, a backend's
-        // `keep-alive`, is not a standard name and would be copied into an allocation.
+        // `keep-alive`, is not a standard name, and making it one copies it into an
+        // allocation (for nothing when no `Keep-Alive` header came with it).
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()

@@ -647,13 +647,15 @@ struct Bench<'a> {
 }
 
 impl Bench<'_> {
-    /// Starts the given proxies (plain, with the deny list, or with HTTP/3) and waits until
-    /// they accept.
+    /// Starts the given proxies (plain, with the deny list, or with HTTP/3), waits until they
+    /// accept, and checks that each sends the backend the client-IP headers.
     fn start(&self, proxies: &[Proxy], start: Start) -> Result<[Option<Proc>; 3]> {
         let mut procs: [Option<Proc>; 3] = Default::default();
         for (i, &proxy) in PROXIES.iter().enumerate() {
             if proxies.contains(&proxy) {
-                procs[i] = Some(self.start_one(i, start)?);
+                let proc = self.start_one(i, start)?;
+                check_client_headers(proxy, self.ports[i])?;
+                procs[i] = Some(proc);
             }
         }
         Ok(procs)
@@ -666,7 +668,6 @@ impl Bench<'_> {
         // A big deny list takes a moment to load. (With HTTP/3, edgelb binds its UDP sockets
         // before it listens on TCP: once TCP accepts, QUIC packets are queued for it.)
         proc.wait_for_port(self.ports[i])?;
-        check_client_headers(proxy, self.ports[i])?;
         Ok(proc)
     }
 

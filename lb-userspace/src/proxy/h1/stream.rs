@@ -55,7 +55,9 @@ impl Conn {
             cx,
             &mut self.rbuf
         ))?;
-        if n == room {
+        // Only a read given the whole read size and filling it says the body comes faster
+        // (one that filled a small remainder of room says nothing).
+        if n == room && room >= self.read_size {
             self.read_size = (self.read_size * 2).min(MAX_READ_SIZE);
         }
         Poll::Ready(Ok(n))
