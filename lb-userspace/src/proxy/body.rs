@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::body::{Body, Bytes, Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
 
@@ -16,7 +17,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the proxy answers with: a backend's response body as it comes, holding the backend's
 /// pick until sent (nearly every response: not boxed, which was an allocation per request),
-/// or any other body (edgelb's own answers, a protocol switch), boxed.
+/// or any other body (edgelb's own answers, a protocol switch), boxed. (`http_body_util::
+/// Either` would do, but its `Into<BoxError>` bound on the halves' errors does not prove
+/// `Send` for the HTTP/2 connection future: "implementation of `From` is not general enough".)
 // The large variant is the common one: boxing it is the allocation this type is here to save.
 #[allow(clippy::large_enum_variant)]
 pub enum ProxyBody {
@@ -30,6 +33,11 @@ impl ProxyBody {
         B: Body<Data = Bytes, Error = BoxError> + Send + Sync + 'static,
     {
         ProxyBody::Other(BoxBody::new(body))
+    }
+
+    /// A body edgelb answers with itself, whole.
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        Self::other(Full::new(bytes.into()).map_err(|n| match n {}))
     }
 }
 

@@ -23,7 +23,7 @@ pub const X_CLIENT_VERIFY: HeaderName = HeaderName::from_static("x-client-verify
 /// The verified client certificate's subject, e.g. `CN=client-1, O=Example`.
 pub const X_CLIENT_CERT_SUBJECT: HeaderName = HeaderName::from_static("x-client-cert-subject");
 
-const HOP_BY_HOP: [HeaderName; 8] = [
+static HOP_BY_HOP: [HeaderName; 8] = [
     CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -105,25 +105,51 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
+/// Which of a list of names a header map holds, found in one pass over its names: looking up
+/// or removing a name costs a hash and a probe even when it is not there, and the lists here
+/// are of names most messages do not carry.
+/// (Names compare as an enum tag when both are standard headers, as bytes otherwise.)
+struct Present<'a> {
+    names: &'a [HeaderName],
+    /// Bit i for `names[i]`.
+    mask: u16,
+}
+
+impl<'a> Present<'a> {
+    fn of(headers: &HeaderMap, names: &'a [HeaderName]) -> Self {
+        debug_assert!(names.len() <= 16);
+        let mask = headers.keys().fold(0, |mask, n| {
+            names
+                .iter()
+                .position(|m| m == n)
+                .map_or(mask, |i| mask | 1 << i)
+        });
+        Present { names, mask }
+    }
+
+    fn any(&self) -> bool {
+        self.mask != 0
+    }
+
+    fn contains(&self, name: &HeaderName) -> bool {
+        self.names
+            .iter()
+            .position(|m| m == name)
+            .is_some_and(|i| self.mask & 1 << i != 0)
+    }
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names, except `Host`
 /// (routing already read it: a client naming it must not make the backend see another) and
 /// `Content-Length` (the message is framed again on the other side anyway). With
 /// `keep_upgrade`, `Connection: upgrade` and `Upgrade` pass (a protocol switch in progress).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names finds which hop-by-hop ones are there (most requests carry
-    // none, most backend responses only `Connection`): a removal costs a hash and a probe,
-    // so only those present are removed.
-    // (Names compare as an enum tag when both are standard headers, as bytes otherwise.)
-    let present = headers.keys().fold(0u16, |mask, n| {
-        HOP_BY_HOP
-            .iter()
-            .position(|h| h == n)
-            .map_or(mask, |i| mask | 1 << i)
-    });
-    if present == 0 && !keep_upgrade {
+    // Most requests carry none, most backend responses only `Connection`.
+    let present = Present::of(headers, &HOP_BY_HOP);
+    if !present.any() && !keep_upgrade {
         return;
     }
-    if headers.contains_key(CONNECTION) {
+    if present.contains(&CONNECTION) {
         // Only names present are made into `HeaderName`s: the usual token, a backend's
         // `keep-alive`, is not a standard name, and making it one copies it into an
         // allocation (for nothing when no `Keep-Alive` header came with it).
@@ -141,8 +167,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.iter().enumerate() {
-        if present & (1 << i) == 0 || keep_upgrade && (*name == CONNECTION || *name == UPGRADE) {
+    for name in &HOP_BY_HOP {
+        if !present.contains(name) || keep_upgrade && (*name == CONNECTION || *name == UPGRADE) {
             continue;
         }
         headers.remove(name);
@@ -154,7 +180,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// The headers edgelb sets or removes for the backend: a client must not be able to pass its
 /// own under another spelling.
-const MANAGED: [HeaderName; 7] = [
+static MANAGED: [HeaderName; 7] = [
     X_FORWARDED_FOR,
     X_FORWARDED_PROTO,
     X_FORWARDED_PORT,
@@ -168,6 +194,10 @@ const MANAGED: [HeaderName; 7] = [
 /// h2 and h3 accept `_` in names, and backends that read headers as CGI variables
 /// (`HTTP_X_CLIENT_VERIFY`) cannot tell the two apart (CVE-2024-45614 in Puma was this).
 fn remove_lookalikes(headers: &mut HeaderMap) {
+    // Most requests have no underscore in any name: one pass, no allocation.
+    if !headers.keys().any(|n| n.as_str().contains('_')) {
+        return;
+    }
     let lookalikes: Vec<HeaderName> = headers
         .keys()
         .filter(|n| n.as_str().contains('_'))
@@ -182,32 +212,13 @@ fn remove_lookalikes(headers: &mut HeaderMap) {
     }
 }
 
-/// Which of [`MANAGED`] the client sent (bit i for `MANAGED[i]`), and whether any name has an
-/// underscore: one pass over the names, where a lookup or removal of each managed name costs a
-/// hash and a probe even when it is not there (and most requests carry none of them).
-fn client_sent(headers: &HeaderMap) -> (u8, bool) {
-    headers.keys().fold((0, false), |(sent, underscore), n| {
-        let sent = MANAGED
-            .iter()
-            .position(|m| m == n)
-            .map_or(sent, |i| sent | 1 << i);
-        (sent, underscore || n.as_str().contains('_'))
-    })
-}
-
 /// Adds what the backend should know about the client.
 pub fn add_client_headers(headers: &mut HeaderMap, conn: &ConnInfo, lb_ip: TransferLbIp) {
-    let (sent, underscore) = client_sent(headers);
-    let was_sent = |name: &HeaderName| {
-        MANAGED
-            .iter()
-            .position(|m| m == name)
-            .is_some_and(|i| sent & (1 << i) != 0)
-    };
-    if underscore {
-        remove_lookalikes(headers);
-    }
-    if was_sent(&X_FORWARDED_FOR) {
+    // Lookalikes are never managed names (those have dashes): what the client sent of these
+    // stays as found.
+    let sent = Present::of(headers, &MANAGED);
+    remove_lookalikes(headers);
+    if sent.contains(&X_FORWARDED_FOR) {
         let mut chain = String::new();
         for v in headers.get_all(&X_FORWARDED_FOR) {
             let Ok(v) = v.to_str() else { continue };
@@ -225,7 +236,7 @@ pub fn add_client_headers(headers: &mut HeaderMap, conn: &ConnInfo, lb_ip: Trans
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(conn.scheme));
     headers.insert(X_FORWARDED_PORT, conn.local_port.clone());
     headers.insert(X_REAL_IP, conn.client_ip.clone());
-    if was_sent(&X_FORWARDED_ELB_IP) {
+    if sent.contains(&X_FORWARDED_ELB_IP) {
         headers.remove(&X_FORWARDED_ELB_IP);
     }
     let lb: Option<IpAddr> = match lb_ip {
@@ -237,7 +248,7 @@ pub fn add_client_headers(headers: &mut HeaderMap, conn: &ConnInfo, lb_ip: Trans
         set(headers, X_FORWARDED_ELB_IP, &ip.to_string());
     }
     for name in [&X_CLIENT_VERIFY, &X_CLIENT_CERT_SUBJECT] {
-        if was_sent(name) {
+        if sent.contains(name) {
             headers.remove(name);
         }
     }

@@ -12,7 +12,7 @@ pub mod tunnel;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
@@ -506,9 +506,7 @@ fn apply_rules<B>(rules: &RuleSet, req: &Request<B>, conn: &ConnInfo) -> (Decisi
             content_type,
             body,
         } => {
-            let mut resp = Response::new(ProxyBody::other(
-                Full::new(Bytes::from(body.clone())).map_err(|n| match n {}),
-            ));
+            let mut resp = Response::new(ProxyBody::full(body.clone()));
             *resp.status_mut() = *status;
             resp.headers_mut()
                 .insert(hyper::header::CONTENT_TYPE, content_type.clone());
@@ -541,9 +539,7 @@ fn too_many_requests() -> Response<ProxyBody> {
 
 pub fn error_page(status: StatusCode) -> Response<ProxyBody> {
     let body = format!("{status}\n");
-    let mut resp = Response::new(ProxyBody::other(
-        Full::new(Bytes::from(body)).map_err(|n| match n {}),
-    ));
+    let mut resp = Response::new(ProxyBody::full(body));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,

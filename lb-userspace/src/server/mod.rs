@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::Poll;
 use std::time::Duration;
 
-use http_body_util::BodyExt;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -481,9 +480,7 @@ fn acme_http_answer(
 ) -> Option<hyper::Response<crate::proxy::ProxyBody>> {
     let token = path.strip_prefix(crate::acme::HTTP_CHALLENGE_PREFIX)?;
     let answer = acme.http_challenge(token)?;
-    let mut resp = hyper::Response::new(crate::proxy::ProxyBody::other(
-        http_body_util::Full::new(bytes::Bytes::from(answer)).map_err(|n| match n {}),
-    ));
+    let mut resp = hyper::Response::new(crate::proxy::ProxyBody::full(answer));
     resp.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
         hyper::header::HeaderValue::from_static("application/octet-stream"),

@@ -574,8 +574,8 @@ pub fn run(args: &[String]) -> Result<()> {
 /// over HTTP/1.1 and HTTP/2 alike, so no proxy is measured doing less than the others.
 fn check_client_headers(proxy: Proxy, port: u16) -> Result<()> {
     let want = format!("127.0.0.1|https|{port}|127.0.0.1|127.0.0.1:{port}");
+    let url = format!("https://127.0.0.1:{port}{CLIENT_HEADERS_PATH}");
     for version in ["--http1.1", "--http2"] {
-        let url = format!("https://127.0.0.1:{port}{CLIENT_HEADERS_PATH}");
         let got = Cmd::new("curl")
             .args(["-sk", "--max-time", "5", version, &url])
             .output();
