@@ -15,7 +15,8 @@ use std::time::SystemTime;
 use http_body_util::BodyExt;
 use hyper::body::{Body, Bytes};
 use hyper::header::{CONNECTION, CONTENT_LENGTH, HOST, HeaderValue, TRANSFER_ENCODING};
-use hyper::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use tokio_util::either::Either;
 use tracing::{debug, warn};
 
 use crate::balance::Balancer;
@@ -95,17 +96,34 @@ impl Routes {
 
     /// Answers one request: by a rule's redirect or fixed response, or by the group the
     /// first matching rule (else the default) names. Counts it for that group.
-    pub async fn handle<B: RequestBody>(
-        &self,
+    ///
+    /// Not an `async fn`: the routing happens before anything is awaited, so the returned
+    /// future is the forwarding alone. An `async fn` would keep its own copy of the request
+    /// (and of its parts) beside the forwarding future's for the whole exchange, and every
+    /// request's future, moved and boxed on its way into hyper's task, would be that much
+    /// larger to copy.
+    pub fn handle<'a, B: RequestBody>(
+        &'a self,
         req: Request<B>,
-        conn: &ConnInfo,
-    ) -> (Response<ProxyBody>, Served) {
+        conn: &'a ConnInfo,
+    ) -> impl Future<Output = (Response<ProxyBody>, Served)> + Send + 'a {
+        match self.route(req, conn) {
+            Routed::Forward(target, req, served) => {
+                Either::Right(target.forward(req, conn, &self.settings, served))
+            }
+            Routed::Answered(resp, served) => Either::Left(std::future::ready((*resp, served))),
+        }
+    }
+
+    /// The strict checks, the rules and the rate limits: where a request goes, or edgelb's
+    /// own answer to it.
+    fn route<'a, B>(&'a self, req: Request<B>, conn: &ConnInfo) -> Routed<'a, B> {
         let (mut parts, body) = req.into_parts();
         if let Err(strict::Refusal(status, why)) = strict::check_request(&mut parts) {
             let reason = format!("{why} (answered {})", status.as_u16());
             crate::refusals::log(Refused::Request, &self.listener, conn.peer, &reason);
             self.count_refused(status.as_u16());
-            return (refusal(status, parts.version), Served::default());
+            return Routed::answered(refusal(status, parts.version), Served::default());
         }
         let req = Request::from_parts(parts, body);
         let (decision, rule) = apply_rules(&self.rules, &req, conn);
@@ -133,7 +151,7 @@ impl Routes {
                 rule,
                 ..Served::default()
             };
-            return (too_many_requests(), served);
+            return Routed::answered(too_many_requests(), served);
         }
         let group = match decision {
             Decision::Answer(answer) => {
@@ -145,7 +163,7 @@ impl Routes {
                     backend: None,
                     rule,
                 };
-                return (*answer, served);
+                return Routed::Answered(answer, served);
             }
             Decision::Forward(group) => group.unwrap_or(self.default),
         };
@@ -155,25 +173,33 @@ impl Routes {
                 group,
                 "rule forwards to a group this listener does not know"
             );
-            return (
+            return Routed::answered(
                 error_page(StatusCode::INTERNAL_SERVER_ERROR),
                 Served::default(),
             );
         };
-        let mut served_by = None;
-        let resp = target
-            .upstream
-            .forward(req, conn, &self.settings, &mut served_by)
-            .await;
-        target.requests.count(served_by, resp.status().as_u16());
-        (
-            resp,
-            Served {
-                group: Some(group),
-                backend: served_by,
-                rule,
-            },
-        )
+        let served = Served {
+            group: Some(group),
+            backend: None,
+            rule,
+        };
+        Routed::Forward(target, req, served)
+    }
+}
+
+/// Where [`Routes::route`] sends a request. Returned once and taken apart at once: the large
+/// variant is the common one, and boxing it would be an allocation per request.
+#[allow(clippy::large_enum_variant)]
+enum Routed<'a, B> {
+    /// To this group's backends.
+    Forward(&'a RouteTarget, Request<B>, Served),
+    /// Nowhere: edgelb answers (boxed: the forwarded request is the common case).
+    Answered(Box<Response<ProxyBody>>, Served),
+}
+
+impl<B> Routed<'_, B> {
+    fn answered(resp: Response<ProxyBody>, served: Served) -> Self {
+        Routed::Answered(Box::new(resp), served)
     }
 }
 
@@ -229,34 +255,91 @@ impl Upstream {
         &self.balancer
     }
 
-    /// Forwards one request and returns the backend's response (and sets which backend it
-    /// was), or an error page: 503 when no backend can take it, 502 when backends failed, 504
-    /// when they did not answer in time.
-    pub async fn forward<B: RequestBody>(
+    /// The client's answer from backend `pick`'s response, and the backend to count it for
+    /// (none when the response is refused). `upgrade` is the client's side of an upgrade it
+    /// asked for.
+    #[allow(clippy::too_many_arguments)]
+    fn answer(
         &self,
-        mut req: Request<B>,
+        mut resp: Response<h1::ResponseBody>,
+        pick: crate::balance::Pick,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
+        pinned: Option<usize>,
+        now: Option<SystemTime>,
         conn: &ConnInfo,
         settings: &ListenerSettings,
-        served_by: &mut Option<usize>,
-    ) -> Response<ProxyBody> {
-        let upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    ) -> (Response<ProxyBody>, Option<usize>) {
+        let backend = self.group.backends[pick.index].addr;
+        if resp.headers().contains_key(TRANSFER_ENCODING)
+            && resp.headers().contains_key(CONTENT_LENGTH)
+        {
+            // RFC 9112 6.3: a sign of response splitting. The connection may hold bytes
+            // framed either way: answer nothing of it, and drop it with the unread body (only
+            // a body read to its end returns a connection).
+            warn!(backend = %backend, group = self.group.name, "backend response has both Transfer-Encoding and Content-Length: 502");
+            return (error_page(StatusCode::BAD_GATEWAY), None);
+        }
+        let tunnel = if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_side) = upgrade
+            && let Some(backend_side) = resp.body_mut().take_upgraded()
+        {
+            Some((client_side, backend_side))
+        } else {
+            None
+        };
+        let keep_upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
+        let index = pick.index;
+        if let (Some(s), Some(now), Some(key)) =
+            (self.sticky.as_deref(), now, self.balancer.key(index))
+        {
+            let https = conn.scheme == "https";
+            s.on_response(resp.headers_mut(), key, pinned == Some(index), https, now);
+        }
+        // A body that stalls longer than the response timeout is cut (the client sees its
+        // connection close before the end of the body).
+        let stall = settings.timeouts.response;
+        if let Some((client_side, backend_side)) = tunnel {
+            // Run by the client connection's task once hyper lets it go, holding the pick: a
+            // backend's open tunnels count for least connections.
+            let timeouts = settings.timeouts;
+            let idle = if timeouts.idle.is_zero() {
+                timeouts.response
+            } else {
+                timeouts.idle
+            };
+            conn.tunnel.open(client_side, backend_side, idle, pick);
+            return (
+                resp.map(|b| ProxyBody::other(StallTimeout::new(b, stall))),
+                Some(index),
+            );
+        }
+        let resp =
+            resp.map(|b| ProxyBody::Backend(WithGuard::new(StallTimeout::new(b, stall), pick)));
+        (resp, Some(index))
+    }
+}
+
+impl RouteTarget {
+    /// Forwards one request and returns the backend's response, or an error page: 503 when no
+    /// backend can take it, 502 when backends failed, 504 when they did not answer in time.
+    /// Counts it, and fills in `served` which backend answered.
+    ///
+    /// What needs no waiting is done before the future is made; the future uses what it holds
+    /// in place (see [`Routes::handle`] for why it is not an `async fn`).
+    fn forward<'a, B: RequestBody>(
+        &'a self,
+        mut req: Request<B>,
+        conn: &'a ConnInfo,
+        settings: &'a ListenerSettings,
+        mut served: Served,
+    ) -> impl Future<Output = (Response<ProxyBody>, Served)> + Send + 'a {
+        let up = &*self.upstream;
+        let mut upgrade = headers::is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let version = parts.version;
         headers::strip_hop_by_hop(&mut parts.headers, upgrade.is_some());
         headers::add_client_headers(&mut parts.headers, conn, settings.transfer_lb_ip);
-        // `strict::check_request` made Host the :authority of HTTP/2 requests (and of
-        // absolute-form HTTP/1.1 targets): HTTP/1.1 backends get it as Host.
-        let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-
-        // Boxed: only requests with a body need the reader's state.
-        let mut outgoing = if body.is_end_stream() {
-            Outgoing::Replayable(Bytes::new())
-        } else {
-            match Box::pin(read_body(body, &parts.headers, settings.timeouts.request)).await {
-                Ok(o) => o,
-                Err(status) => return refusal(status, version),
-            }
-        };
         // The length sent is the one of the body sent, in canonical form (`005` becomes `5`):
         // the client writes it from the body read whole, or from the length parsed.
         let declared = parts
@@ -273,140 +356,125 @@ impl Upstream {
                 | Method::DELETE
         );
         let client_ip = conn.peer.ip().to_canonical();
-        let sticky = self.sticky.as_deref();
+        let sticky = up.sticky.as_deref();
         // Cookie expiries need the wall clock; groups without stickiness don't read it.
         let now = sticky.map(|_| SystemTime::now());
         let pinned = sticky
             .zip(now)
             .and_then(|(s, now)| s.pinned(&parts.headers, now))
-            .and_then(|backend| self.balancer.index_of(&backend));
+            .and_then(|backend| up.balancer.index_of(&backend));
         // With `--backend-proxy-protocol`, connections start with this client's header and
         // serve this client connection only.
-        let proxy_header = self
+        let proxy_header = up
             .group
             .proxy_protocol
             .map(|version| private::header(version, conn));
-        let private_pool = proxy_header.as_ref().map(|_| conn.private.pool(self.id));
-        let private = proxy_header
-            .as_deref()
-            .zip(private_pool.as_ref())
-            .map(|(header, pool)| h1::Private { pool, header });
-        // Inline: nearly every request is tried once, and this was an allocation per request.
-        let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
-        let mut status = StatusCode::SERVICE_UNAVAILABLE;
-        // A backend to resend to once, on another connection, after a connection of the pool
-        // closed under the request (the backend's keep-alive timeout racing our reuse).
-        let mut resend_to: Option<usize> = None;
-        let mut resent = false;
-        loop {
-            // A pinned client goes to its backend while that one can take it; otherwise it is
-            // balanced like anyone else, and re-pinned to where it lands.
-            let pick = resend_to
-                .take()
-                .and_then(|i| self.balancer.pick_backend(i, &tried))
-                .or_else(|| pinned.and_then(|i| self.balancer.pick_backend(i, &tried)))
-                .or_else(|| self.balancer.pick(client_ip, &tried));
-            let Some(pick) = pick else {
-                return error_page(status);
-            };
-            tried.push(pick.index);
-            let backend = self.group.backends[pick.index].addr;
-            let Some(body) = outgoing.take(declared) else {
-                return error_page(status);
-            };
-            let send = self.client.send(
-                pick.index,
-                backend,
-                private,
-                &parts.method,
-                path,
-                &parts.headers,
-                body,
-                settings.timeouts.response,
-            );
-            let retry_safe = matches!(outgoing, Outgoing::Replayable(_));
-            match send.await {
-                Ok(mut resp) => {
-                    if resp.headers().contains_key(TRANSFER_ENCODING)
-                        && resp.headers().contains_key(CONTENT_LENGTH)
-                    {
-                        // RFC 9112 6.3: a sign of response splitting. The connection may hold
-                        // bytes framed either way: answer nothing of it, and drop it with the
-                        // unread body (only a body read to its end returns a connection).
-                        warn!(backend = %backend, group = self.group.name, "backend response has both Transfer-Encoding and Content-Length: 502");
-                        return error_page(StatusCode::BAD_GATEWAY);
+        let private_pool = proxy_header.as_ref().map(|_| conn.private.pool(up.id));
+        let mut body = (!body.is_end_stream()).then_some(body);
+        async move {
+            let private = proxy_header
+                .as_deref()
+                .zip(private_pool.as_ref())
+                .map(|(header, pool)| h1::Private { pool, header });
+            // `strict::check_request` made Host the :authority of HTTP/2 requests (and of
+            // absolute-form HTTP/1.1 targets): HTTP/1.1 backends get it as Host.
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let (resp, backend) = 'answer: {
+                // Boxed: only requests with a body need the reader's state.
+                let mut outgoing = match body.take() {
+                    None => Outgoing::Replayable(Bytes::new()),
+                    Some(body) => {
+                        match Box::pin(read_body(body, declared, settings.timeouts.request)).await {
+                            Ok(o) => o,
+                            Err(status) => break 'answer (refusal(status, version), None),
+                        }
                     }
-                    let tunnel = if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-                        && let Some(client_side) = upgrade
-                        && let Some(backend_side) = resp.body_mut().take_upgraded()
-                    {
-                        Some((client_side, backend_side))
-                    } else {
-                        None
+                };
+                // Inline: nearly every request is tried once, and this was an allocation per
+                // request.
+                let mut tried: smallvec::SmallVec<[usize; 4]> = smallvec::SmallVec::new();
+                let mut status = StatusCode::SERVICE_UNAVAILABLE;
+                // A backend to resend to once, on another connection, after a connection of
+                // the pool closed under the request (the backend's keep-alive timeout racing
+                // our reuse).
+                let mut resend_to: Option<usize> = None;
+                let mut resent = false;
+                loop {
+                    // A pinned client goes to its backend while that one can take it;
+                    // otherwise it is balanced like anyone else, and re-pinned to where it
+                    // lands.
+                    let pick = resend_to
+                        .take()
+                        .and_then(|i| up.balancer.pick_backend(i, &tried))
+                        .or_else(|| pinned.and_then(|i| up.balancer.pick_backend(i, &tried)))
+                        .or_else(|| up.balancer.pick(client_ip, &tried));
+                    let Some(pick) = pick else {
+                        break 'answer (error_page(status), None);
                     };
-                    let keep_upgrade = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-                    headers::strip_hop_by_hop(resp.headers_mut(), keep_upgrade);
-                    *served_by = Some(pick.index);
-                    if let (Some(s), Some(now), Some(key)) =
-                        (sticky, now, self.balancer.key(pick.index))
-                    {
-                        let https = conn.scheme == "https";
-                        s.on_response(
-                            resp.headers_mut(),
-                            key,
-                            pinned == Some(pick.index),
-                            https,
-                            now,
-                        );
-                    }
-                    // A body that stalls longer than the response timeout is cut (the client
-                    // sees its connection close before the end of the body).
-                    let stall = settings.timeouts.response;
-                    if let Some((client_side, backend_side)) = tunnel {
-                        // Run by the client connection's task once hyper lets it go, holding
-                        // the pick: a backend's open tunnels count for least connections.
-                        let timeouts = settings.timeouts;
-                        let idle = if timeouts.idle.is_zero() {
-                            timeouts.response
-                        } else {
-                            timeouts.idle
-                        };
-                        conn.tunnel.open(client_side, backend_side, idle, pick);
-                        return resp.map(|b| ProxyBody::other(StallTimeout::new(b, stall)));
-                    }
-                    return resp.map(|b| {
-                        ProxyBody::Backend(WithGuard::new(StallTimeout::new(b, stall), pick))
-                    });
-                }
-                Err(h1::Error::RequestBody(e)) => {
-                    // The client's body failed while it streamed to the backend: the client's
-                    // doing, answered as a body read whole would be (no retry: it is gone).
-                    return refusal(client_body_failed(&e), version);
-                }
-                Err(h1::Error::TimedOut(what)) => {
-                    let again = retry_safe && idempotent;
-                    warn!(backend = %backend, group = self.group.name, timeout = ?settings.timeouts.response, retry = again, "backend did not respond in time: {what}");
-                    status = StatusCode::GATEWAY_TIMEOUT;
-                    if !again {
-                        return error_page(status);
-                    }
-                }
-                Err(e) => {
-                    // A refused connection never saw the request: any method may go elsewhere.
-                    let again = retry_safe && (e.is_connect() || idempotent);
-                    let resend = again && !resent && e.is_lost();
-                    warn!(backend = %backend, group = self.group.name, error = %error_chain(&e), retry = again, same_backend = resend, "backend request failed");
-                    status = StatusCode::BAD_GATEWAY;
-                    if !again {
-                        return error_page(status);
-                    }
-                    if resend {
-                        resent = true;
-                        tried.pop();
-                        resend_to = Some(pick.index);
+                    tried.push(pick.index);
+                    let backend = up.group.backends[pick.index].addr;
+                    let Some(body) = outgoing.take(declared) else {
+                        break 'answer (error_page(status), None);
+                    };
+                    let send = up.client.send(
+                        pick.index,
+                        backend,
+                        private,
+                        &parts.method,
+                        path,
+                        &parts.headers,
+                        body,
+                        settings.timeouts.response,
+                    );
+                    let retry_safe = matches!(outgoing, Outgoing::Replayable(_));
+                    match send.await {
+                        Ok(resp) => {
+                            break 'answer up.answer(
+                                resp,
+                                pick,
+                                upgrade.take(),
+                                pinned,
+                                now,
+                                conn,
+                                settings,
+                            );
+                        }
+                        Err(h1::Error::RequestBody(e)) => {
+                            // The client's body failed while it streamed to the backend: the
+                            // client's doing, answered as a body read whole would be (no
+                            // retry: it is gone).
+                            break 'answer (refusal(client_body_failed(&e), version), None);
+                        }
+                        Err(h1::Error::TimedOut(what)) => {
+                            let again = retry_safe && idempotent;
+                            warn!(backend = %backend, group = up.group.name, timeout = ?settings.timeouts.response, retry = again, "backend did not respond in time: {what}");
+                            status = StatusCode::GATEWAY_TIMEOUT;
+                            if !again {
+                                break 'answer (error_page(status), None);
+                            }
+                        }
+                        Err(e) => {
+                            // A refused connection never saw the request: any method may go
+                            // elsewhere.
+                            let again = retry_safe && (e.is_connect() || idempotent);
+                            let resend = again && !resent && e.is_lost();
+                            warn!(backend = %backend, group = up.group.name, error = %error_chain(&e), retry = again, same_backend = resend, "backend request failed");
+                            status = StatusCode::BAD_GATEWAY;
+                            if !again {
+                                break 'answer (error_page(status), None);
+                            }
+                            if resend {
+                                resent = true;
+                                tried.pop();
+                                resend_to = Some(pick.index);
+                            }
+                        }
                     }
                 }
-            }
+            };
+            self.requests.count(backend, resp.status().as_u16());
+            served.backend = backend;
+            (resp, served)
         }
     }
 }
@@ -427,17 +495,10 @@ fn client_body_failed(e: &BoxError) -> StatusCode {
 /// whose framing is broken is refused before anything reaches a backend; others stream.
 async fn read_body<B: RequestBody>(
     body: B,
-    headers: &HeaderMap,
+    length: Option<u64>,
     request_timeout: std::time::Duration,
 ) -> Result<Outgoing, StatusCode> {
-    if body.is_end_stream() {
-        return Ok(Outgoing::Replayable(Bytes::new()));
-    }
     let mut body = StallTimeout::request(body, request_timeout);
-    let length = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     if length.is_some_and(|n| n > REPLAYABLE_BODY_LIMIT) {
         return Ok(Outgoing::Stream(Some(body.boxed())));
     }

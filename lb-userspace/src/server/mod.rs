@@ -358,7 +358,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// request's place in the connection's activity (and its log entry) until it is sent. Named,
 /// not boxed again: that was an allocation per request.
 pub type ServedBody =
-    Sending<WithGuard<Counted<ProxyBody>, (RequestGuard, Option<crate::access_log::Entry>)>>;
+    Sending<WithGuard<Counted<ProxyBody>, (RequestGuard, Option<Box<crate::access_log::Entry>>)>>;
 
 /// The connection's HTTP serving, boxed: `io` moves into it rather than being kept in the
 /// caller's state too.
@@ -385,46 +385,36 @@ where
         let (conn, ctx) = (conn.clone(), ctx_for_requests.clone());
         // Routes are read per request: a reload reaches open keep-alive connections too.
         let live = ctx.live.load_full();
-        let fut = async move {
-            let started = std::time::Instant::now();
-            let (mut entry, counters) = match &live.access_log {
-                Some(log) => {
-                    let (entry, counters) =
-                        log.start(started, conn.peer, conn.sni.as_deref(), &req);
-                    (Some(entry), Some(counters))
-                }
-                None => (None, None),
-            };
-            let req = req.map(|b| Counted::received(b, counters.clone()));
-            let routes = &live.routes;
-            if let Some(answer) = live
-                .acme_http
-                .as_ref()
-                .and_then(|acme| acme_http_answer(acme, req.uri().path()))
-            {
-                if let Some(e) = entry.as_mut() {
-                    e.answered(answered_by(
-                        routes,
-                        Default::default(),
-                        answer.status(),
-                        None,
-                    ));
-                }
-                let guard = (guard, entry);
-                return Ok(answer.map(|b| {
-                    Sending::new(
-                        WithGuard::new(Counted::sent(b, counters), guard),
-                        activity_for_body,
-                    )
-                }));
+        // What needs no waiting is done here, not in the future: what the future holds, it
+        // holds for the whole exchange, and it is moved (and boxed) whole.
+        let started = std::time::Instant::now();
+        let (mut entry, counters) = match &live.access_log {
+            Some(log) => {
+                let (entry, counters) = log.start(started, conn.peer, conn.sni.as_deref(), &req);
+                (Some(entry), Some(counters))
             }
-            // Not boxed on its own (3 KiB): this whole future is, below, so it never moves.
-            let (mut resp, served) = routes.handle(req, &conn).await;
-            live.advertise_http3(resp.headers_mut());
-            let took = started.elapsed();
-            ctx.metrics.observe(took);
+            None => (None, None),
+        };
+        let req = req.map(|b| Counted::received(b, counters.clone()));
+        // Boxed: rare, and a response inline would make every request's future larger.
+        let acme_answer = live
+            .acme_http
+            .as_ref()
+            .and_then(|acme| acme_http_answer(acme, req.uri().path()))
+            .map(Box::new);
+        let fut = async move {
+            let (resp, served, took) = match acme_answer {
+                Some(answer) => (*answer, Default::default(), None),
+                None => {
+                    let (mut resp, served) = live.routes.handle(req, &conn).await;
+                    live.advertise_http3(resp.headers_mut());
+                    let took = started.elapsed();
+                    ctx.metrics.observe(took);
+                    (resp, served, Some(took))
+                }
+            };
             if let Some(e) = entry.as_mut() {
-                e.answered(answered_by(routes, served, resp.status(), Some(took)));
+                e.answered(answered_by(&live.routes, served, resp.status(), took));
             }
             // The entry goes with the body: its line is written once the body has been sent.
             let guard = (guard, entry);
