@@ -159,6 +159,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim)
+            // Names of the fixed list go below, without a lookup by string (which parses and
+            // hashes the token: a backend's every `Connection: keep-alive`).
+            .filter(|t| {
+                !HOP_BY_HOP
+                    .iter()
+                    .any(|h| h.as_str().eq_ignore_ascii_case(t))
+            })
             .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
             .filter(|n| !(keep_upgrade && *n == UPGRADE) && *n != HOST && *n != CONTENT_LENGTH)
@@ -327,6 +334,19 @@ mod tests {
         assert_eq!(h[HOST], "a.example");
         assert_eq!(h[CONTENT_LENGTH], "5");
         assert!(!h.contains_key("x-gone") && !h.contains_key(CONNECTION));
+    }
+
+    #[test]
+    fn a_backends_keep_alive_goes_with_what_its_connection_header_names() {
+        let mut h = HeaderMap::new();
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        h.append(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(CONNECTION, HeaderValue::from_static("close, X-Private"));
+        strip_hop_by_hop(&mut h, false);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["x-kept"]);
     }
 
     #[test]
