@@ -94,15 +94,20 @@ impl ConnInfo {
     }
 }
 
+/// The tokens of a message's `Connection` header lines, trimmed (compare them ignoring case).
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
 /// Whether the request asks to switch protocols (WebSocket and other HTTP/1.1 upgrades).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(UPGRADE)
-        && headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && connection_tokens(headers).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 /// Which of a list of names a header map holds, found in one pass over its names: looking up
@@ -153,13 +158,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         // Only names present are made into `HeaderName`s: the usual token, a backend's
         // `keep-alive`, is not a standard name, and making it one copies it into an
         // allocation (for nothing when no `Keep-Alive` header came with it).
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            // Names of the fixed list go below, without a lookup by string (which parses and
+        let named: Vec<HeaderName> = connection_tokens(headers)
+            // Names of the fixed list (`Upgrade` among them) go below, without a lookup by string (which parses and
             // hashes the token: a backend's every `Connection: keep-alive`).
             .filter(|t| {
                 !HOP_BY_HOP
@@ -168,7 +168,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             })
             .filter(|t| headers.contains_key(*t))
             .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
-            .filter(|n| !(keep_upgrade && *n == UPGRADE) && *n != HOST && *n != CONTENT_LENGTH)
+            .filter(|n| *n != HOST && *n != CONTENT_LENGTH)
             .collect();
         for name in named {
             headers.remove(name);

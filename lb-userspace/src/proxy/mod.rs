@@ -269,13 +269,13 @@ impl Upstream {
         conn: &ConnInfo,
         settings: &ListenerSettings,
     ) -> (Response<ProxyBody>, Option<usize>) {
-        let backend = self.group.backends[pick.index].addr;
         if resp.headers().contains_key(TRANSFER_ENCODING)
             && resp.headers().contains_key(CONTENT_LENGTH)
         {
             // RFC 9112 6.3: a sign of response splitting. The connection may hold bytes
             // framed either way: answer nothing of it, and drop it with the unread body (only
             // a body read to its end returns a connection).
+            let backend = self.group.backends[pick.index].addr;
             warn!(backend = %backend, group = self.group.name, "backend response has both Transfer-Encoding and Content-Length: 502");
             return (error_page(StatusCode::BAD_GATEWAY), None);
         }

@@ -3,12 +3,11 @@
 use std::io::Write as _;
 
 use bytes::{Bytes, BytesMut};
-use hyper::header::{
-    CONNECTION, CONTENT_LENGTH, COOKIE, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING,
-};
+use hyper::header::{CONTENT_LENGTH, COOKIE, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING};
 use hyper::{HeaderMap, Method, StatusCode, Version};
 
 use super::Error;
+use crate::proxy::headers::connection_tokens;
 
 /// Largest number of header fields taken from a backend response (hyper's limit too).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
@@ -233,14 +232,7 @@ fn framing(
 /// HTTP/1.1 keeps the connection unless told `close`; HTTP/1.0 closes unless told
 /// `keep-alive`.
 fn persistent(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers
-            .get_all(CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |token: &str| connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token));
     if version == Version::HTTP_11 {
         !has("close")
     } else {
