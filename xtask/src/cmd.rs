@@ -48,6 +48,12 @@ impl Cmd {
         self
     }
 
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.line = format!("env -u {key} {}", self.line);
+        self.inner.env_remove(key);
+        self
+    }
+
     /// Runs to completion with inherited stdio; a non-zero exit is an error.
     pub fn run(mut self) -> Result<()> {
         eprintln!("xtask: {}", self.line);

@@ -14,7 +14,7 @@ use crate::cmd::Cmd;
 pub struct Certs {
     /// Self-signed, so also the CA file h3-load trusts.
     pub cert: PathBuf,
-    key: PathBuf,
+    pub key: PathBuf,
     /// Certificate then key in one file, as haproxy's `crt` wants.
     combined: PathBuf,
 }

@@ -20,12 +20,12 @@
 //! Every child runs in the foreground with its own config, PID file and logs in a temp dir, and
 //! is killed at the end: on errors (drop guards), on SIGINT/SIGTERM (a flag checked while
 //! waiting), and if xtask itself is killed (PR_SET_PDEATHSIG on the children).
-mod configs;
+pub(crate) mod configs;
 mod h2load;
 mod h3load;
 mod handshakes;
 mod memory;
-mod procs;
+pub(crate) mod procs;
 pub use procs::keep_system_services_off;
 mod report;
 mod svg;
@@ -86,6 +86,10 @@ struct Args {
     /// run the bench once with each).
     #[arg(long, value_name = "PATH")]
     edgelb_bin: Option<PathBuf>,
+    /// Measure the plain release build (`cargo build --release`) rather than the
+    /// profile-guided one that `cargo xtask build --pgo` makes.
+    #[arg(long, conflicts_with = "edgelb_bin")]
+    no_pgo: bool,
     /// Measure every cell this many times, the proxies taking turns in an order rotated each
     /// round, so a machine whose speed drifts during the run (a VM's neighbours) weighs on all
     /// three alike. Tables show each proxy's median; a table lists every round's ratios.
@@ -447,10 +451,16 @@ pub fn run(args: &[String]) -> Result<()> {
     {
         bail!("--edgelb-bin {}: no such file", path.display());
     }
+    let edgelb_build = match (&args.edgelb_bin, args.no_pgo) {
+        (Some(_), _) => EdgelbBuild::Given,
+        (None, true) => EdgelbBuild::Plain,
+        (None, false) => EdgelbBuild::ProfileGuided,
+    };
     let built = build(
         selected(WorkloadId::Memory),
         selected(WorkloadId::H3),
         args.edgelb_bin.as_deref(),
+        edgelb_build,
     )?;
     let edgelb = built.edgelb.clone();
 
@@ -469,15 +479,7 @@ pub fn run(args: &[String]) -> Result<()> {
         nofile,
     };
 
-    // The backend shares core 1 with h2load (only 2 cores; the proxy must have core 0 alone).
-    let backend_conf = write_backend(dir.path(), backend_port, status_port, nofile)?;
-    let mut backend = Proc::spawn(
-        "backend nginx",
-        pinned(1, "nginx", ["-c".as_ref(), backend_conf.as_os_str()]),
-        dir.path(),
-    )?;
-    backend.wait_for_port(backend_port)?;
-    backend.wait_for_port(status_port)?;
+    let mut backend = start_backend(dir.path(), backend_port, status_port, nofile)?;
     let backend_probe = http_get(status_port, "/")?;
     if !backend_probe.contains("Active connections") {
         bail!("backend nginx status page is not what was expected:\n{backend_probe}");
@@ -564,10 +566,29 @@ pub fn run(args: &[String]) -> Result<()> {
         duration: args.duration,
         warm_up: args.warm_up,
     };
-    let about = report::environment(&edgelb);
+    let about = report::environment(&edgelb, edgelb_build.describe());
     let markdown = report::render(&results, &about);
     print!("{markdown}");
     write_outputs(&markdown, &svg::chart(&results, &about))
+}
+
+/// Starts the backend nginx and waits until it accepts on both ports. It shares core 1 with
+/// h2load (only 2 cores; the proxy must have core 0 alone).
+pub(crate) fn start_backend(
+    dir: &Path,
+    backend_port: u16,
+    status_port: u16,
+    nofile: u64,
+) -> Result<Proc> {
+    let conf = write_backend(dir, backend_port, status_port, nofile)?;
+    let mut backend = Proc::spawn(
+        "backend nginx",
+        pinned(1, "nginx", ["-c".as_ref(), conf.as_os_str()]),
+        dir,
+    )?;
+    backend.wait_for_port(backend_port)?;
+    backend.wait_for_port(status_port)?;
+    Ok(backend)
 }
 
 /// Fails unless `proxy` on `port` sends the backend the client-IP headers edgelb always sends,
@@ -600,12 +621,42 @@ struct Built {
 /// Builds the edgelb binary and, for the memory test, the idle-conns client, for the HTTP/3
 /// row the h3-load client (release, edgelb and the clients each their own cargo run so edgelb
 /// is built with its own features only, as it ships).
+/// Which edgelb is measured.
+#[derive(Clone, Copy)]
+enum EdgelbBuild {
+    /// `--edgelb-bin`.
+    Given,
+    /// `--no-pgo`.
+    Plain,
+    ProfileGuided,
+}
+
+impl EdgelbBuild {
+    fn describe(self) -> &'static str {
+        match self {
+            EdgelbBuild::Given => "the binary given with --edgelb-bin",
+            EdgelbBuild::Plain => "plain release build",
+            EdgelbBuild::ProfileGuided => "profile-guided build",
+        }
+    }
+}
+
 /// Builds edgelb unless `prebuilt` (`--edgelb-bin`) is given, and the load tools the
 /// selected workloads need.
-fn build(memory: bool, http3: bool, prebuilt: Option<&Path>) -> Result<Built> {
-    if prebuilt.is_none() {
-        crate::build()?;
-    }
+fn build(
+    memory: bool,
+    http3: bool,
+    prebuilt: Option<&Path>,
+    edgelb_build: EdgelbBuild,
+) -> Result<Built> {
+    let pgo = match edgelb_build {
+        EdgelbBuild::Given => None,
+        EdgelbBuild::Plain => {
+            crate::build()?;
+            None
+        }
+        EdgelbBuild::ProfileGuided => Some(crate::pgo::build()?),
+    };
     let bins: Vec<&str> = [(memory, "idle-conns"), (http3, "h3-load")]
         .into_iter()
         .filter_map(|(wanted, bin)| wanted.then_some(bin))
@@ -614,7 +665,11 @@ fn build(memory: bool, http3: bool, prebuilt: Option<&Path>) -> Result<Built> {
         crate::build_test_bins(&bins)?;
     }
     let release = target_dir().join("release");
-    let edgelb = prebuilt.map_or_else(|| release.join("edgelb"), Path::to_path_buf);
+    let edgelb = match (prebuilt, pgo) {
+        (Some(path), _) => path.to_path_buf(),
+        (None, Some(path)) => path,
+        (None, None) => release.join("edgelb"),
+    };
     if prebuilt.is_none() && !edgelb.is_file() {
         bail!("built edgelb but {} does not exist", edgelb.display());
     }

@@ -121,6 +121,13 @@ impl Proc {
         fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
+    /// Asks it to stop (SIGTERM) and waits up to `limit` for it to exit cleanly; false if it
+    /// is still running.
+    pub fn stop(&mut self, limit: Duration) -> Result<bool> {
+        send_signal(self.pid(), SIGTERM);
+        self.wait_exit(limit)
+    }
+
     /// Waits up to `limit` for it to exit by itself; false if it is still running.
     pub fn wait_exit(&mut self, limit: Duration) -> Result<bool> {
         let deadline = Instant::now() + limit;

@@ -405,8 +405,9 @@ pub fn thousands(v: f64) -> String {
     out
 }
 
-/// Date, kernel, CPU and the versions of everything measured.
-pub fn environment(edgelb: &Path) -> String {
+/// Date, kernel, CPU and the versions of everything measured; `build` says how edgelb was
+/// built.
+pub fn environment(edgelb: &Path, build: &str) -> String {
     let date = Cmd::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
@@ -443,7 +444,7 @@ pub fn environment(edgelb: &Path) -> String {
         .output()
         .unwrap_or_default();
     format!(
-        "{} · {cores} × {} · kernel {} · h2load {} · nginx {} · haproxy {} · OpenSSL {} · edgelb {} ({}, \
+        "{} · {cores} × {} · kernel {} · h2load {} · nginx {} · haproxy {} · OpenSSL {} · edgelb {} ({}, {build}, \
          rustls {})",
         date.trim(),
         cpu,
