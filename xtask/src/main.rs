@@ -35,8 +35,8 @@ enum Task {
     Build {
         /// Profile-guided: an instrumented build serves a training mix of HTTPS traffic
         /// (nginx behind it, h2load in front), and a second build is optimised by what it
-        /// counted; the binary is `target/pgo/edgelb`. A few minutes more, and 10-15 % more
-        /// requests per CPU-second on HTTP/2.
+        /// counted; the binary is `target/pgo/edgelb`. A few minutes more; what it gains is
+        /// in the README (HTTPS throughput).
         #[arg(long)]
         pgo: bool,
     },

@@ -14,7 +14,7 @@ use crate::cmd::Cmd;
 pub struct Certs {
     /// Self-signed, so also the CA file h3-load trusts.
     pub cert: PathBuf,
-    pub key: PathBuf,
+    key: PathBuf,
     /// Certificate then key in one file, as haproxy's `crt` wants.
     combined: PathBuf,
 }
@@ -253,6 +253,17 @@ pub fn write_deny_lists(dir: &Path, n: usize) -> Result<(PathBuf, PathBuf)> {
     Ok((list, geo))
 }
 
+/// `edgelb` on core 0 (so with one worker: it starts one per core it may use), serving HTTPS
+/// on `port` with `certs` in front of the backend on `backend_port`, XDP off.
+pub fn edgelb_command(edgelb: &Path, port: u16, certs: &Certs, backend_port: u16) -> Command {
+    let mut cmd = pinned(0, edgelb, ["--listen", &format!("127.0.0.1:{port}")]);
+    cmd.args(["--cert".as_ref(), certs.cert.as_os_str()])
+        .args(["--key".as_ref(), certs.key.as_os_str()])
+        .args(["--backend", &format!("127.0.0.1:{backend_port}")])
+        .args(["--xdp-mode", "off"]);
+    cmd
+}
+
 /// The command that starts `proxy` on `port` (pinned to core 0, one worker/thread), writing
 /// its config first; with `Start::DenyList`, the proxy refuses the 100k-prefix deny list
 /// (which does not cover 127.0.0.1, so every request is still served: the row shows the
@@ -264,14 +275,10 @@ pub fn proxy_command(setup: &Setup, proxy: Proxy, port: u16, start: Start) -> Re
     let dir = &setup.dir;
     let cmd = match proxy {
         Proxy::Edgelb => {
-            let mut cmd = pinned(0, &setup.edgelb, ["--listen", &format!("127.0.0.1:{port}")]);
-            cmd.args(["--cert".as_ref(), setup.certs.cert.as_os_str()])
-                .args(["--key".as_ref(), setup.certs.key.as_os_str()])
-                .args(["--backend", &format!("127.0.0.1:{}", setup.backend_port)])
-                .args(["--tls-policy", "tls-1-3"])
+            let mut cmd = edgelb_command(&setup.edgelb, port, &setup.certs, setup.backend_port);
+            cmd.args(["--tls-policy", "tls-1-3"])
                 // Long enough for the memory test's idle connections (the maximum is 4000).
-                .args(["--idle-timeout", "900"])
-                .args(["--xdp-mode", "off"]);
+                .args(["--idle-timeout", "900"]);
             if acl {
                 cmd.args(["--access-control", "blacklist"])
                     .args(["--ip-group-file".as_ref(), setup.deny_list.as_os_str()]);

@@ -21,7 +21,7 @@
 //! is killed at the end: on errors (drop guards), on SIGINT/SIGTERM (a flag checked while
 //! waiting), and if xtask itself is killed (PR_SET_PDEATHSIG on the children).
 pub(crate) mod configs;
-mod h2load;
+pub(crate) mod h2load;
 mod h3load;
 mod handshakes;
 mod memory;
@@ -423,9 +423,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "tcpdump",
     ])?;
     keep_system_services_off();
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        bail!("this benchmark pins the proxy to core 0 and the load to core 1: it needs 2 cores");
-    }
+    procs::require_two_cores("this benchmark")?;
     let selected = |id: WorkloadId| args.workload.is_empty() || args.workload.contains(&id);
     let proxies: Vec<Proxy> = PROXIES
         .into_iter()
@@ -452,19 +450,18 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("--edgelb-bin {}: no such file", path.display());
     }
     let edgelb_build = match (&args.edgelb_bin, args.no_pgo) {
-        (Some(_), _) => EdgelbBuild::Given,
+        (Some(path), _) => EdgelbBuild::Given(path.clone()),
         (None, true) => EdgelbBuild::Plain,
         (None, false) => EdgelbBuild::ProfileGuided,
     };
     let built = build(
         selected(WorkloadId::Memory),
         selected(WorkloadId::H3),
-        args.edgelb_bin.as_deref(),
-        edgelb_build,
+        &edgelb_build,
     )?;
     let edgelb = built.edgelb.clone();
 
-    let dir = TempDir::new()?;
+    let dir = TempDir::new("bench-https")?;
     let ports = free_ports(5)?;
     let (backend_port, status_port) = (ports[0], ports[1]);
     let proxy_ports = [ports[2], ports[3], ports[4]];
@@ -618,44 +615,38 @@ struct Built {
     h3_load: PathBuf,
 }
 
-/// Builds the edgelb binary and, for the memory test, the idle-conns client, for the HTTP/3
-/// row the h3-load client (release, edgelb and the clients each their own cargo run so edgelb
-/// is built with its own features only, as it ships).
 /// Which edgelb is measured.
-#[derive(Clone, Copy)]
 enum EdgelbBuild {
     /// `--edgelb-bin`.
-    Given,
+    Given(PathBuf),
     /// `--no-pgo`.
     Plain,
     ProfileGuided,
 }
 
 impl EdgelbBuild {
-    fn describe(self) -> &'static str {
+    fn describe(&self) -> &'static str {
         match self {
-            EdgelbBuild::Given => "the binary given with --edgelb-bin",
+            EdgelbBuild::Given(_) => "the binary given with --edgelb-bin",
             EdgelbBuild::Plain => "plain release build",
             EdgelbBuild::ProfileGuided => "profile-guided build",
         }
     }
 }
 
-/// Builds edgelb unless `prebuilt` (`--edgelb-bin`) is given, and the load tools the
-/// selected workloads need.
-fn build(
-    memory: bool,
-    http3: bool,
-    prebuilt: Option<&Path>,
-    edgelb_build: EdgelbBuild,
-) -> Result<Built> {
-    let pgo = match edgelb_build {
-        EdgelbBuild::Given => None,
+/// Builds edgelb as `edgelb_build` says (release, edgelb and the clients each their own cargo
+/// run so edgelb is built with its own features only, as it ships), and the load tools the
+/// selected workloads need: for the memory test the idle-conns client, for the HTTP/3 row
+/// h3-load.
+fn build(memory: bool, http3: bool, edgelb_build: &EdgelbBuild) -> Result<Built> {
+    let release = target_dir().join("release");
+    let edgelb = match edgelb_build {
+        EdgelbBuild::Given(path) => path.clone(),
         EdgelbBuild::Plain => {
             crate::build()?;
-            None
+            release.join("edgelb")
         }
-        EdgelbBuild::ProfileGuided => Some(crate::pgo::build()?),
+        EdgelbBuild::ProfileGuided => crate::pgo::build()?,
     };
     let bins: Vec<&str> = [(memory, "idle-conns"), (http3, "h3-load")]
         .into_iter()
@@ -664,13 +655,7 @@ fn build(
     if !bins.is_empty() {
         crate::build_test_bins(&bins)?;
     }
-    let release = target_dir().join("release");
-    let edgelb = match (prebuilt, pgo) {
-        (Some(path), _) => path.to_path_buf(),
-        (None, Some(path)) => path,
-        (None, None) => release.join("edgelb"),
-    };
-    if prebuilt.is_none() && !edgelb.is_file() {
+    if !edgelb.is_file() {
         bail!("built edgelb but {} does not exist", edgelb.display());
     }
     Ok(Built {

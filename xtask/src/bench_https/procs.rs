@@ -266,8 +266,9 @@ pub fn command_line(cmd: &Command) -> String {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
-    pub fn new() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("edgelb-bench-https.{}", std::process::id()));
+    /// `/tmp/edgelb-NAME.PID`: a task that makes two at once names them apart.
+    pub fn new(name: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("edgelb-{name}.{}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self(path))
@@ -282,6 +283,15 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
+
+/// Fails unless there are two cores to pin to: what is measured or trained runs alone on core
+/// 0, its load on core 1.
+pub fn require_two_cores(task: &str) -> Result<()> {
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        bail!("{task} pins the proxy to core 0 and the load to core 1: it needs 2 cores");
+    }
+    Ok(())
 }
 
 pub fn free_ports(n: usize) -> Result<Vec<u16>> {
@@ -299,8 +309,13 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
 /// usually have a policy-rc.d that stops the install from starting them, but they stay
 /// enabled: disable them, and stop them if they run. Our instances use their own configs.
 pub fn keep_system_services_off() {
+    keep_services_off(&["nginx", "haproxy"]);
+}
+
+/// `services`' system instances disabled, and stopped if they run.
+pub fn keep_services_off(services: &[&str]) {
     let systemd_runs = Path::new("/run/systemd/system").exists();
-    for service in ["nginx", "haproxy"] {
+    for &service in services {
         let enabled = Cmd::new("systemctl")
             .args(["is-enabled", service])
             .output()
@@ -311,7 +326,7 @@ pub fn keep_system_services_off() {
                 disable = disable.args(["--now"]);
             }
             if let Err(e) = disable.run() {
-                eprintln!("xtask bench https: warning: {e:#}");
+                eprintln!("xtask: warning: {e:#}");
             }
         }
         // Without systemd as init, a running system instance shows as its PID file.
@@ -321,7 +336,7 @@ pub fn keep_system_services_off() {
             .and_then(|p| p.trim().parse::<u32>().ok())
             .filter(|pid| Path::new(&format!("/proc/{pid}")).exists())
         {
-            eprintln!("xtask bench https: stopping the system {service} (pid {pid})");
+            eprintln!("xtask: stopping the system {service} (pid {pid})");
             send_signal(pid, SIGTERM);
         }
     }
