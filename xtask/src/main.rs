@@ -218,9 +218,12 @@ const CI_FUZZ_SECONDS: u32 = 10;
 
 /// edgelb, release.
 fn build() -> Result<()> {
-    Cmd::new("cargo")
-        .args(["build", "--release", "-p", "lb-userspace"])
-        .run()
+    release_build().run()
+}
+
+/// `cargo build --release` of edgelb's crate, for callers to add to.
+pub(crate) fn release_build() -> Cmd {
+    Cmd::new("cargo").args(["build", "--release", "-p", "lb-userspace"])
 }
 
 /// Release binaries of the tests crate (backends, load generators, clients), by name.

@@ -27,80 +27,50 @@ use crate::setup;
 use crate::signals;
 use crate::target_dir;
 
-/// One run of h2load: its arguments (the URL is added) and the requests it makes.
+/// One run of h2load: its arguments (the URL is added), the requests it makes, and whether
+/// each is a POST of [`UPLOAD`] bytes.
 struct Run {
     name: &'static str,
     args: &'static [&'static str],
     path: &'static str,
     requests: u32,
+    upload: bool,
+}
+
+const fn run(
+    name: &'static str,
+    args: &'static [&'static str],
+    path: &'static str,
+    requests: u32,
+    upload: bool,
+) -> Run {
+    Run {
+        name,
+        args,
+        path,
+        requests,
+        upload,
+    }
 }
 
 /// A few seconds of each kind of traffic (HTTP/2 the most: it has the most code per request).
+#[rustfmt::skip]
 const TRAINING: &[Run] = &[
-    Run {
-        name: "h1-keepalive",
-        args: &["--h1", "-c", "16"],
-        path: "/",
-        requests: 60_000,
-    },
-    Run {
-        name: "h2-streams",
-        args: &["-c", "8", "-m", "32"],
-        path: "/",
-        requests: 120_000,
-    },
-    Run {
-        name: "h2-few-streams",
-        args: &["-c", "16", "-m", "4"],
-        path: "/",
-        requests: 40_000,
-    },
-    Run {
-        name: "h1-upload",
-        args: &["--h1", "-c", "8", "-d", "@UPLOAD@"],
-        path: "/",
-        requests: 10_000,
-    },
-    Run {
-        name: "h2-upload",
-        args: &["-c", "4", "-m", "8", "-d", "@UPLOAD@"],
-        path: "/",
-        requests: 10_000,
-    },
-    Run {
-        name: "h1-download",
-        args: &["--h1", "-c", "8"],
-        path: "/64k",
-        requests: 4_000,
-    },
-    Run {
-        name: "h2-download",
-        args: &["-c", "2", "-m", "8"],
-        path: "/64k",
-        requests: 4_000,
-    },
-    Run {
-        name: "new-connections",
-        args: &["--h1", "-c", "8", "-H", "Connection: close"],
-        path: "/",
-        requests: 3_000,
-    },
+    run("h1-keepalive", &["--h1", "-c", "16"], "/", 60_000, false),
+    run("h2-streams", &["-c", "8", "-m", "32"], "/", 120_000, false),
+    run("h2-few-streams", &["-c", "16", "-m", "4"], "/", 40_000, false),
+    run("h1-upload", &["--h1", "-c", "8"], "/", 10_000, true),
+    run("h2-upload", &["-c", "4", "-m", "8"], "/", 10_000, true),
+    run("h1-download", &["--h1", "-c", "8"], "/64k", 4_000, false),
+    run("h2-download", &["-c", "2", "-m", "8"], "/64k", 4_000, false),
+    run("new-connections", &["--h1", "-c", "8", "-H", "Connection: close"], "/", 3_000, false),
 ];
 
 /// What the optimised binary must serve before it is handed out.
+#[rustfmt::skip]
 const CHECK: &[Run] = &[
-    Run {
-        name: "check-h1",
-        args: &["--h1", "-c", "4"],
-        path: "/",
-        requests: 2_000,
-    },
-    Run {
-        name: "check-h2",
-        args: &["-c", "2", "-m", "16", "-d", "@UPLOAD@"],
-        path: "/",
-        requests: 2_000,
-    },
+    run("check-h1", &["--h1", "-c", "4"], "/", 2_000, false),
+    run("check-h2", &["-c", "2", "-m", "16"], "/", 2_000, true),
 ];
 
 /// Bytes of each training upload.
@@ -180,16 +150,8 @@ fn cargo_build(dir: &Path, host: &str, flag: &str, path: &Path) -> Result<Cmd> {
     if let Some(f) = flags.iter().find(|f| f.contains(char::is_whitespace)) {
         bail!("rustc flag {f:?} contains whitespace, which {var} cannot carry");
     }
-    Ok(Cmd::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "lb-userspace",
-            "--bin",
-            "edgelb",
-        ])
-        .args(["--target", host])
+    Ok(crate::release_build()
+        .args(["--bin", "edgelb", "--target", host])
         .env("CARGO_TARGET_DIR", dir)
         // Cargo takes rustc flags from one source only, the first of these that is set (even
         // empty): their flags are in `var` now.
@@ -237,11 +199,9 @@ fn serve(edgelb: &Path, runs: &[Run], profile_dir: Option<&Path>) -> Result<()> 
     proxy.wait_for_port(port)?;
     for run in runs {
         let mut h2load = pinned(1, "h2load", ["-n", &run.requests.to_string()]);
-        for arg in run.args {
-            match *arg {
-                "@UPLOAD@" => h2load.arg(&upload),
-                a => h2load.arg(a),
-            };
+        h2load.args(run.args);
+        if run.upload {
+            h2load.arg("-d").arg(&upload);
         }
         h2load.arg(format!("https://127.0.0.1:{port}{}", run.path));
         let out = run_bounded(run.name, h2load, dir.path(), Duration::from_secs(120))?;
