@@ -1,6 +1,6 @@
 //! The command line: the subcommands, and the run flags, which are the configuration's own
 //! listener, group and node structs (see `config::spec`) plus the two only a command line has.
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::spec::{GroupSpec, ListenerSpec, NodeSpec};
 use crate::config::{EtcdSnapshot, Flags};
@@ -106,29 +106,98 @@ pub struct RunArgs {
     #[arg(skip)]
     pub etcd_snapshot: Option<EtcdSnapshot>,
 
-    #[command(flatten, next_help_heading = "Listener")]
+    #[command(flatten)]
     pub listener: ListenerSpec,
 
-    #[command(flatten, next_help_heading = "Backend group")]
+    #[command(flatten)]
     pub group: GroupSpec,
 
-    #[command(flatten, next_help_heading = "Node")]
+    #[command(flatten)]
     pub node: NodeSpec,
 
     /// Log lines as human-readable text or JSON.
-    #[arg(
-        long,
-        value_enum,
-        ignore_case = true,
-        value_name = "FORMAT",
-        default_value = "text"
-    )]
+    #[arg(long, value_name = "FORMAT", default_value = "text")]
     pub log_format: LogFormat,
 
     /// The flags given on the command line and their values as typed, in `--help` order;
     /// filled by `usage::parse_from`.
     #[arg(skip)]
     pub explicit: Vec<(String, String)>,
+}
+
+/// `--help`'s sections after Options, in order, with the long names of their flags; within a
+/// section, flags keep the order of the structs. The layout of `--help` is the command line's
+/// business, not the configuration's: the specs carry no headings.
+const SECTIONS: [(&str, &str); 12] = [
+    ("Listener", "name description tag protocol listen rule"),
+    (
+        "TLS",
+        "cert key acme-domain sni-cert ssl-auth client-ca tls-policy http2 http3 transfer-lb-ip",
+    ),
+    (
+        "Timeouts and limits",
+        "idle-timeout request-timeout response-timeout handshake-timeout max-connections \
+         rate-limit-requests rate-limit-syn rate-limit-pps auto-block syn-protect \
+         syn-protect-threshold",
+    ),
+    (
+        "Access control",
+        "access-control ip-group ip-group-file accept-proxy-protocol proxy-protocol-from",
+    ),
+    (
+        "Backend group",
+        "group-name backend group-description algorithm backend-protocol backend-proxy-protocol \
+         backend-ca backend-insecure",
+    ),
+    (
+        "Health checks and slow start",
+        "hc-domain health-check hc-port hc-path hc-interval hc-timeout hc-retries slow-start",
+    ),
+    (
+        "Sticky sessions",
+        "sticky-session cookie-name sticky-duration sticky-key-file",
+    ),
+    ("XDP", "xdp-iface xdp-mode"),
+    (
+        "Operation",
+        "admin admin-allow-remote drain-timeout user tls-ticket-key-file allow-readable-keys \
+         pid-file",
+    ),
+    (
+        "ACME certificates",
+        "acme-directory acme-email acme-state-dir acme-ca acme-challenge",
+    ),
+    ("Logging", "access-log access-log-format log-format"),
+    (
+        "BGP",
+        "bgp-local-as bgp-router-id bgp-peer bgp-hold-time bgp-withdraw-delay bgp-announce bgp-bfd \
+         bgp-speaker",
+    ),
+];
+
+/// The command line as it is parsed and shown. Every run flag's value is read without regard
+/// to case, as the file's is, and may start with `-`, so that `--idle-timeout -1` meets the
+/// flag's own range rather than clap's "unexpected argument"; and each flag is put in its
+/// `--help` section.
+pub fn command() -> clap::Command {
+    fn arrange(arg: clap::Arg) -> clap::Arg {
+        let arg = if arg.get_action().takes_values() {
+            arg.ignore_case(true).allow_negative_numbers(true)
+        } else {
+            arg
+        };
+        let long = arg.get_long().unwrap_or_default();
+        match SECTIONS
+            .iter()
+            .find(|(_, flags)| flags.split_whitespace().any(|f| f == long))
+        {
+            Some((heading, _)) => arg.help_heading(*heading),
+            None => arg,
+        }
+    }
+    Cli::command()
+        .mut_args(arrange)
+        .mut_subcommand("check", |check| check.mut_args(arrange))
 }
 
 impl RunArgs {

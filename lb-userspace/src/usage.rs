@@ -7,7 +7,7 @@ use std::ffi::OsString;
 
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::parser::ValueSource;
-use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use clap::{ArgMatches, FromArgMatches};
 
 use crate::cli::{Cli, Command, RunArgs};
 
@@ -18,7 +18,7 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    let command = brief_check_help(Cli::command());
+    let command = brief_check_help(crate::cli::command());
     let matches = command.clone().try_get_matches_from(args)?;
     let mut cli = Cli::from_arg_matches(&matches)?;
     match &mut cli.command {

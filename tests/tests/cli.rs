@@ -622,7 +622,7 @@ fn readable_private_keys_are_refused_unless_allowed() {
 #[test]
 fn usage_errors_are_one_line_and_flags_take_the_files_words() {
     let f = files();
-    let refused: [(&[&str], &str); 7] = [
+    let refused: [(&[&str], &str); 8] = [
         (
             &["--http2", "maybe"],
             "edgelb: error: --http2 \"maybe\": expected one of: on, off",
@@ -634,6 +634,11 @@ fn usage_errors_are_one_line_and_flags_take_the_files_words() {
         (
             &["--bogus"],
             "edgelb: error: \"--bogus\": no such flag (edgelb --help lists them)",
+        ),
+        // A value that looks like a negative number is the flag's value, whatever the flag.
+        (
+            &["--tag", "-1"],
+            "edgelb: error: --tag \"-1\": expected KEY=VALUE",
         ),
         (&["--hc-port"], "edgelb: error: --hc-port: needs a value"),
         (
@@ -672,6 +677,8 @@ fn usage_errors_are_one_line_and_flags_take_the_files_words() {
         ["--http2", "OFF"],
         ["--protocol", "HTTPS"],
         ["--algorithm", "Source-IP-Hash"],
+        ["--description", "-1"],
+        ["--log-format", "JSON"],
     ] {
         let mut args = vec!["check"];
         args.extend(base(&f));
@@ -1140,7 +1147,29 @@ fn help_is_grouped_by_topic_and_check_help_points_to_it() {
             "{heading} missing: {headings:?}"
         );
     }
-    // Every flag sits under its topic, not in one list.
+    assert_eq!(headings.len(), 14, "{headings:?}");
+    // Every flag sits under its topic, not in one list: Options holds only the flags that
+    // choose where the configuration comes from, and help and version.
+    let options: Vec<&str> = help
+        .lines()
+        .skip_while(|l| *l != "Options:")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with(' '))
+        .filter(|l| l.trim_start().starts_with('-'))
+        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("--")))
+        .collect();
+    assert_eq!(
+        options,
+        [
+            "--config",
+            "--test-config",
+            "--config-etcd",
+            "--config-prefix",
+            "--help",
+            "--version"
+        ],
+        "{help}"
+    );
     let tls: String = help
         .lines()
         .skip_while(|l| *l != "TLS:")
