@@ -133,11 +133,15 @@ impl Config {
                         left % 86_400 / 3600
                     )
                 };
+                let names = match (c.names.is_empty(), &c.subject) {
+                    (true, Some(subject)) => format!("no DNS names, subject {subject}"),
+                    (true, None) => "no DNS names".to_string(),
+                    (false, _) => c.names.join(", "),
+                };
                 Some(format!(
-                    "listener {:?}: certificate {} ({}) {when}: replace the file and reload",
+                    "listener {:?}: certificate {} ({names}) {when}: replace the file and reload",
                     c.listener,
                     c.path.display(),
-                    c.names.join(", "),
                 ))
             })
             .collect()
@@ -150,6 +154,8 @@ pub struct FileCert {
     pub listener: String,
     /// The SNI entry's name, or the default certificate's own DNS names.
     pub names: Vec<String>,
+    /// The certificate's subject, which names it when it has no DNS names.
+    pub subject: Option<String>,
     pub path: std::path::PathBuf,
     /// Unix seconds.
     pub not_after: Option<i64>,
@@ -208,13 +214,13 @@ impl Config {
             for (names, key, path) in
                 std::iter::once((default_names, &tls.settings.default, &tls.cert_path)).chain(sni)
             {
+                let leaf = key.cert.first();
                 out.push(FileCert {
                     listener: l.name.clone(),
                     names,
+                    subject: leaf.and_then(crate::tls::certs::subject),
                     path: path.clone(),
-                    not_after: key
-                        .cert
-                        .first()
+                    not_after: leaf
                         .and_then(crate::tls::certs::validity)
                         .map(|(_, after)| after),
                 });
