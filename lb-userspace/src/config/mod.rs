@@ -516,42 +516,30 @@ fn check_key_files(
     group_at: &[Option<String>],
     tickets: Option<(&std::path::Path, &Option<String>)>,
 ) -> Result<(), ConfigError> {
-    let located = |e: ConfigError, at: &Option<String>, group_table: bool| match at {
-        Some(at) => e.in_file(at.clone(), group_table),
-        None => e,
-    };
+    // Each key file, the flag that names it, and where (with whether that is a group table).
+    let mut files: Vec<(&str, &std::path::Path, &Option<String>, bool)> = Vec::new();
     for (l, at) in listeners.iter().zip(listener_at) {
         let Some(tls) = &l.tls else { continue };
-        let keys = std::iter::once(("--key", &tls.key_path))
-            .chain(tls.sni_files.iter().map(|(_, _, key)| ("--sni-cert", key)));
-        for (flag, key) in keys {
-            check_private(key).map_err(|problem| {
-                located(
-                    ConfigError::new(flag, key.display().to_string(), problem),
-                    at,
-                    false,
-                )
-            })?;
+        files.push(("--key", &tls.key_path, at, false));
+        for (_, _, key) in &tls.sni_files {
+            files.push(("--sni-cert", key, at, false));
         }
     }
     for (g, at) in groups.iter().zip(group_at) {
         if let Some(key) = &g.sticky_key_file {
-            check_private(key).map_err(|problem| {
-                located(
-                    ConfigError::new("--sticky-key-file", key.display().to_string(), problem),
-                    at,
-                    true,
-                )
-            })?;
+            files.push(("--sticky-key-file", key, at, true));
         }
     }
     if let Some((key, at)) = tickets {
+        files.push(("--tls-ticket-key-file", key, at, false));
+    }
+    for (flag, key, at, group_table) in files {
         check_private(key).map_err(|problem| {
-            located(
-                ConfigError::new("--tls-ticket-key-file", key.display().to_string(), problem),
-                at,
-                false,
-            )
+            let e = ConfigError::new(flag, key.display().to_string(), problem);
+            match at {
+                Some(at) => e.in_file(at.clone(), group_table),
+                None => e,
+            }
         })?;
     }
     Ok(())
