@@ -9,6 +9,13 @@ use super::{
 use crate::acl::AclMode;
 use crate::rules::{ActionSpec, PathMatch, RuleSpec};
 
+/// One line of a section: two spaces, the key in a column of 16, the value.
+macro_rules! row {
+    ($f:expr, $key:expr, $($value:tt)+) => {
+        writeln!($f, "  {:<16}{}", $key, format_args!($($value)+))
+    };
+}
+
 impl fmt::Display for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(file) = &self.file {
@@ -28,58 +35,58 @@ impl Config {
     fn fmt_listener(&self, f: &mut fmt::Formatter<'_>, l: &ListenerConfig) -> fmt::Result {
         writeln!(f, "listener {:?}", l.name)?;
         if let Some(d) = &l.description {
-            writeln!(f, "  description     {d:?}")?;
+            row!(f, "description", "{d:?}")?;
         }
         for (k, v) in &l.tags {
-            writeln!(f, "  tag             {k}={v}")?;
+            row!(f, "tag", "{k}={v}")?;
         }
-        writeln!(f, "  protocol        {}", l.protocol.scheme())?;
-        writeln!(f, "  listen          {}", l.listen)?;
+        row!(f, "protocol", "{}", l.protocol.scheme())?;
+        row!(f, "listen", "{}", l.listen)?;
         if let Some(tls) = &l.tls {
-            writeln!(
+            row!(
                 f,
-                "  cert            {} ({} certificate(s) in chain)",
+                "cert",
+                "{} ({} certificate(s) in chain)",
                 tls.cert_path.display(),
                 tls.settings.default.cert.len()
             )?;
-            writeln!(f, "  key             {}", tls.key_path.display())?;
+            row!(f, "key", "{}", tls.key_path.display())?;
             for (name, cert, key) in &tls.sni_files {
-                writeln!(
+                row!(
                     f,
-                    "  sni-cert        {} = {} : {}",
+                    "sni-cert",
+                    "{} = {} : {}",
                     name.as_str(),
                     cert.display(),
                     key.display()
                 )?;
             }
             match &tls.client_ca_path {
-                Some(ca) => writeln!(f, "  ssl-auth        mutual (client CA {})", ca.display())?,
-                None => writeln!(f, "  ssl-auth        one-way")?,
+                Some(ca) => row!(f, "ssl-auth", "mutual (client CA {})", ca.display())?,
+                None => row!(f, "ssl-auth", "one-way")?,
             }
-            writeln!(f, "  tls-policy      {}", tls.settings.policy)?;
+            row!(f, "tls-policy", "{}", tls.settings.policy)?;
             if !l.acme_domains.is_empty() {
-                writeln!(f, "  acme-domain     {}", l.acme_domains.join(", "))?;
+                row!(f, "acme-domain", "{}", l.acme_domains.join(", "))?;
             }
         }
         if l.protocol.is_l4() {
             let g = self.default_group(l);
-            writeln!(
+            row!(
                 f,
-                "  forwarding      in XDP, IP-in-IP to group {:?} (Maglev), idle flows keep their backend {} min",
+                "forwarding",
+                "in XDP, IP-in-IP to group {:?} (Maglev), idle flows keep their backend {} min",
                 g.name,
                 g.flow_idle.as_secs() / 60
             )?;
             return fmt_access(f, l);
         }
-        writeln!(
-            f,
-            "  http2           {}",
-            if l.http2 { "on" } else { "off" }
-        )?;
+        row!(f, "http2", "{}", if l.http2 { "on" } else { "off" })?;
         if l.tls.is_some() {
-            writeln!(
+            row!(
                 f,
-                "  http3           {}",
+                "http3",
+                "{}",
                 if l.http3 {
                     "on (QUIC on the same UDP port)"
                 } else {
@@ -89,47 +96,50 @@ impl Config {
         }
         fmt_access(f, l)?;
         match l.transfer_lb_ip {
-            TransferLbIp::Off => writeln!(f, "  transfer-lb-ip  off")?,
+            TransferLbIp::Off => row!(f, "transfer-lb-ip", "off")?,
             TransferLbIp::LocalAddress => {
-                writeln!(f, "  transfer-lb-ip  the local address clients connect to")?
+                row!(f, "transfer-lb-ip", "the local address clients connect to")?
             }
-            TransferLbIp::Fixed(ip) => writeln!(f, "  transfer-lb-ip  {ip}")?,
+            TransferLbIp::Fixed(ip) => row!(f, "transfer-lb-ip", "{ip}")?,
         }
-        writeln!(f, "  group           {}", self.default_group(l).name)?;
+        row!(f, "group", "{}", self.default_group(l).name)?;
         for r in &l.rule_specs {
-            writeln!(f, "  rule            {}", rule_line(r))?;
+            row!(f, "rule", "{}", rule_line(r))?;
         }
         let t = &l.timeouts;
-        writeln!(
+        row!(
             f,
-            "  timeouts        idle={}s request={}s response={}s handshake={}s",
+            "timeouts",
+            "idle={}s request={}s response={}s handshake={}s",
             t.idle.as_secs(),
             t.request.as_secs(),
             t.response.as_secs(),
             t.handshake.as_secs()
         )?;
-        writeln!(f, "  max-connections {}", l.max_connections)?;
+        row!(f, "max-connections", "{}", l.max_connections)?;
         if let Some(n) = l.rate_limit_requests {
-            writeln!(f, "  rate-limit      {n} requests/s per client")?;
+            row!(f, "rate-limit", "{n} requests/s per client")?;
         }
         if let Some(n) = l.rate_limit_syn {
-            writeln!(
+            row!(
                 f,
-                "  rate-limit-syn  {n} new connections/s per source (XDP)"
+                "rate-limit-syn",
+                "{n} new connections/s per source (XDP)"
             )?;
         }
         if let Some(n) = l.rate_limit_pps {
-            writeln!(f, "  rate-limit-pps  {n} frames/s per source (XDP)")?;
+            row!(f, "rate-limit-pps", "{n} frames/s per source (XDP)")?;
         }
         if let Some(n) = l.auto_block {
-            writeln!(f, "  auto-block      {n}s for a source over a limit for 1s")?;
+            row!(f, "auto-block", "{n}s for a source over a limit for 1s")?;
         }
         match l.syn_protect {
             SynProtection::Off => Ok(()),
-            SynProtection::On => writeln!(f, "  syn-protect     on: SYN cookies in XDP"),
-            SynProtection::Auto { threshold } => writeln!(
+            SynProtection::On => row!(f, "syn-protect", "on: SYN cookies in XDP"),
+            SynProtection::Auto { threshold } => row!(
                 f,
-                "  syn-protect     auto: SYN cookies in XDP above {threshold} SYNs/s"
+                "syn-protect",
+                "auto: SYN cookies in XDP above {threshold} SYNs/s"
             ),
         }
     }
@@ -137,13 +147,10 @@ impl Config {
     fn fmt_node(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "operations")?;
         match self.ops.admin {
-            Some(a) => writeln!(
-                f,
-                "  admin           http://{a}/ (/healthz, /metrics, /status)"
-            )?,
-            None => writeln!(f, "  admin           off")?,
+            Some(a) => row!(f, "admin", "http://{a}/ (/healthz, /metrics, /status)")?,
+            None => row!(f, "admin", "off")?,
         }
-        writeln!(f, "  drain-timeout   {}s", self.ops.drain_timeout.as_secs())?;
+        row!(f, "drain-timeout", "{}s", self.ops.drain_timeout.as_secs())?;
         match &self.ops.access_log {
             Some(log) => {
                 let format = match log.format {
@@ -151,74 +158,60 @@ impl Config {
                     crate::access_log::Format::Json => "json",
                 };
                 match &log.target {
-                    crate::access_log::Target::Stderr => {
-                        writeln!(f, "  access-log      stderr, {format}")?
-                    }
+                    crate::access_log::Target::Stderr => row!(f, "access-log", "stderr, {format}")?,
                     crate::access_log::Target::File(p) => {
-                        writeln!(f, "  access-log      {}, {format}", p.display())?
+                        row!(f, "access-log", "{}, {format}", p.display())?
                     }
                 }
             }
-            None => writeln!(f, "  access-log      off")?,
+            None => row!(f, "access-log", "off")?,
         }
         match &self.ops.user {
-            Some(u) => writeln!(
-                f,
-                "  user            {} (uid {}, gid {})",
-                u.name, u.uid, u.gid
-            )?,
-            None => writeln!(f, "  user            (stays the starting user)")?,
+            Some(u) => row!(f, "user", "{} (uid {}, gid {})", u.name, u.uid, u.gid)?,
+            None => row!(f, "user", "(stays the starting user)")?,
         }
         match &self.tls_tickets {
-            Some(t) => writeln!(
+            Some(t) => row!(
                 f,
-                "  tls-tickets     {} key{} from {} (the first encrypts, all decrypt)",
+                "tls-tickets",
+                "{} key{} from {} (the first encrypts, all decrypt)",
                 t.keys.len(),
                 if t.keys.len() == 1 { "" } else { "s" },
                 t.path.display()
             )?,
-            None => writeln!(
+            None => row!(
                 f,
-                "  tls-tickets     random keys of this node: kept across reloads, replaced every 6 h"
+                "tls-tickets",
+                "random keys of this node: kept across reloads, replaced every 6 h"
             )?,
         }
         if let Some(a) = &self.acme {
             writeln!(f, "acme")?;
-            writeln!(f, "  directory       {}", a.directory)?;
-            writeln!(
-                f,
-                "  email           {}",
-                a.email.as_deref().unwrap_or("(none)")
-            )?;
-            writeln!(f, "  state-dir       {}", a.state_dir.display())?;
-            writeln!(f, "  challenge       {}", a.challenge.name())?;
+            row!(f, "directory", "{}", a.directory)?;
+            row!(f, "email", "{}", a.email.as_deref().unwrap_or("(none)"))?;
+            row!(f, "state-dir", "{}", a.state_dir.display())?;
+            row!(f, "challenge", "{}", a.challenge.name())?;
             if let Some(ca) = &a.ca {
-                writeln!(f, "  ca              {}", ca.display())?;
+                row!(f, "ca", "{}", ca.display())?;
             }
         }
         writeln!(f, "xdp")?;
         if self.xdp.enabled() {
-            writeln!(f, "  mode            {}", self.xdp.mode.name())?;
-            writeln!(f, "  interfaces      {}", self.xdp.ifaces.join(", "))?;
+            row!(f, "mode", "{}", self.xdp.mode.name())?;
+            row!(f, "interfaces", "{}", self.xdp.ifaces.join(", "))?;
         } else {
-            writeln!(
-                f,
-                "  mode            off (access control enforced on accept only)"
-            )?;
+            row!(f, "mode", "off (access control enforced on accept only)")?;
         }
         if let Some(b) = &self.bgp {
             writeln!(f, "bgp")?;
-            writeln!(
-                f,
-                "  local-as        {} (router id {})",
-                b.local_as, b.router_id
-            )?;
+            row!(f, "local-as", "{} (router id {})", b.local_as, b.router_id)?;
             for p in &b.peers {
-                writeln!(f, "  peer            {} as {}", p.addr, p.asn)?;
+                row!(f, "peer", "{} as {}", p.addr, p.asn)?;
             }
-            writeln!(
+            row!(
                 f,
-                "  sessions        hold time {}s{}, through {}",
+                "sessions",
+                "hold time {}s{}, through {}",
                 b.hold_time.as_secs(),
                 if b.bfd { ", BFD" } else { "" },
                 b.speaker.display()
@@ -227,10 +220,11 @@ impl Config {
                 super::bgp::BgpAnnounce::Healthy => "serving with a healthy backend",
                 super::bgp::BgpAnnounce::Serving => "serving",
             };
-            writeln!(f, "  announce        each listener's address while {when}")?;
-            writeln!(
+            row!(f, "announce", "each listener's address while {when}")?;
+            row!(
                 f,
-                "  withdraw-delay  {}s (routes go first on SIGTERM)",
+                "withdraw-delay",
+                "{}s (routes go first on SIGTERM)",
                 b.withdraw_delay.as_secs()
             )?;
         }
@@ -241,26 +235,24 @@ impl Config {
 fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
     writeln!(f, "group {:?}", g.name)?;
     if let Some(d) = &g.description {
-        writeln!(f, "  description     {d:?}")?;
+        row!(f, "description", "{d:?}")?;
     }
-    writeln!(f, "  algorithm       {}", g.algorithm.name())?;
+    row!(f, "algorithm", "{}", g.algorithm.name())?;
     match &g.protocol {
-        BackendProtocol::Http => writeln!(f, "  protocol        http")?,
-        BackendProtocol::Https(BackendVerify::Ca(path, _)) => writeln!(
-            f,
-            "  protocol        https (verified against {})",
-            path.display()
-        )?,
+        BackendProtocol::Http => row!(f, "protocol", "http")?,
+        BackendProtocol::Https(BackendVerify::Ca(path, _)) => {
+            row!(f, "protocol", "https (verified against {})", path.display())?
+        }
         BackendProtocol::Https(BackendVerify::Insecure) => {
-            writeln!(f, "  protocol        https (certificates NOT verified)")?
+            row!(f, "protocol", "https (certificates NOT verified)")?
         }
     }
     if let Some(d) = &g.hc_domain {
-        writeln!(f, "  hc-domain       {d}")?;
+        row!(f, "hc-domain", "{d}")?;
     }
     let h = &g.health;
     if h.kind == super::CheckKind::Off {
-        writeln!(f, "  health-check    off")?;
+        row!(f, "health-check", "off")?;
     } else {
         write!(
             f,
@@ -279,7 +271,7 @@ fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
         writeln!(f)?;
     }
     match g.sticky.as_deref() {
-        None => writeln!(f, "  sticky-session  off")?,
+        None => row!(f, "sticky-session", "off")?,
         Some(super::Stickiness::LbCookie { duration, .. }) => {
             let key = g
                 .sticky_key_file
@@ -287,29 +279,31 @@ fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
                 .map_or("generated at start".to_string(), |p| {
                     format!("key {}", p.display())
                 });
-            writeln!(
+            row!(
                 f,
-                "  sticky-session  lb-cookie, {} min, {key}",
+                "sticky-session",
+                "lb-cookie, {} min, {key}",
                 duration.as_secs() / 60
             )?
         }
-        Some(super::Stickiness::AppCookie { name, duration, .. }) => writeln!(
+        Some(super::Stickiness::AppCookie { name, duration, .. }) => row!(
             f,
-            "  sticky-session  app-cookie {name}, {} min",
+            "sticky-session",
+            "app-cookie {name}, {} min",
             duration.as_secs() / 60
         )?,
     }
     if let Some(d) = g.slow_start {
-        writeln!(f, "  slow-start      {}s", d.as_secs())?;
+        row!(f, "slow-start", "{}s", d.as_secs())?;
     }
     for b in &g.backends {
-        writeln!(f, "  backend         {} weight={}", b.addr, b.weight)?;
+        row!(f, "backend", "{} weight={}", b.addr, b.weight)?;
     }
     Ok(())
 }
 
 fn fmt_access(f: &mut fmt::Formatter<'_>, l: &ListenerConfig) -> fmt::Result {
-    write!(f, "  access-control  {}", l.access.mode.name())?;
+    write!(f, "  {:<16}{}", "access-control", l.access.mode.name())?;
     if l.access.mode != AclMode::All {
         let list: Vec<String> = l.access.prefixes.iter().map(ToString::to_string).collect();
         write!(f, " ({} prefixes: {})", list.len(), list.join(", "))?;
