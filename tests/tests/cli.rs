@@ -915,15 +915,15 @@ fn bgp_settings_are_checked() {
 #[test]
 fn a_certificate_expiring_within_14_days_is_warned_about() {
     let dir = TempDir::new();
-    // A certificate for 5 days, named by its DNS names, or said to have none.
-    let expiring = |name: &str, san: &[&str], names: &str| {
+    // A certificate for `days`, named by its DNS names, or said to have none.
+    let expiring = |name: &str, san: &[&str], names: &str, days: &str, left: [&str; 2]| {
         let (cert, key) = (
             dir.path().join(format!("{name}.pem")),
             dir.path().join(format!("{name}.key")),
         );
         let made = std::process::Command::new("openssl")
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "5"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", days])
             .args(["-subj", &format!("/CN={name}")])
             .args(san)
             .arg("-keyout")
@@ -947,8 +947,8 @@ fn a_certificate_expiring_within_14_days_is_warned_about() {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(0), "{stderr}");
-        // Made this second or the one before: 5 days left, or a little less.
-        let found = ["4 days 23 hours", "5 days 0 hours"].iter().any(|left| {
+        // Made this second or the one before: `days` left, or a little less.
+        let found = left.iter().any(|left| {
             stderr.contains(&format!(
                 "edgelb: warning: listener \"listener-1\": certificate {cert} ({names}) expires in {left}: replace the file and reload"
             ))
@@ -959,8 +959,16 @@ fn a_certificate_expiring_within_14_days_is_warned_about() {
         "soon.example.com",
         &["-addext", "subjectAltName=DNS:soon.example.com"],
         "soon.example.com",
+        "5",
+        ["4 days 23 hours", "5 days 0 hours"],
     );
-    expiring("cn-only", &[], "no DNS names, subject CN=cn-only");
+    expiring(
+        "cn-only",
+        &[],
+        "no DNS names, subject CN=cn-only",
+        "1",
+        ["0 days 23 hours", "1 day 0 hours"],
+    );
 
     let f = files();
     let out = run(&[&["check"][..], &base(&f)[..]].concat());

@@ -125,12 +125,12 @@ impl Config {
                     return None;
                 }
                 let when = if left < 0 {
-                    format!("expired {} days ago", -left / 86_400)
+                    format!("expired {} ago", counted(-left / 86_400, "day"))
                 } else {
                     format!(
-                        "expires in {} days {} hours",
-                        left / 86_400,
-                        left % 86_400 / 3600
+                        "expires in {} {}",
+                        counted(left / 86_400, "day"),
+                        counted(left % 86_400 / 3600, "hour")
                     )
                 };
                 let names = match (c.names.is_empty(), &c.subject) {
@@ -146,6 +146,11 @@ impl Config {
             })
             .collect()
     }
+}
+
+/// `1 day`, `2 days`.
+fn counted(n: i64, unit: &str) -> String {
+    format!("{n} {unit}{}", if n == 1 { "" } else { "s" })
 }
 
 /// A certificate an https listener serves from a file (`--cert`, `--sni-cert`).
