@@ -222,3 +222,24 @@ fn etcd_prefix(value: &str) -> Result<String, String> {
     }
     Ok(trimmed.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A name left in `SECTIONS` after its flag is renamed or removed would place nothing
+    /// (the help test catches the other way round: a flag in no section).
+    #[test]
+    fn every_name_in_the_sections_is_a_flag() {
+        let command = command();
+        for (heading, flags) in SECTIONS {
+            for flag in flags.split_whitespace() {
+                let arg = command.get_arguments().find(|a| a.get_long() == Some(flag));
+                assert!(
+                    arg.is_some_and(|a| a.get_help_heading() == Some(heading)),
+                    "{heading}: --{flag}"
+                );
+            }
+        }
+    }
+}
