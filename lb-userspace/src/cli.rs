@@ -125,9 +125,10 @@ pub struct RunArgs {
     pub explicit: Vec<(String, String)>,
 }
 
-/// `--help`'s sections after Options, in order, with the long names of their flags; within a
-/// section, flags keep the order of the structs. The layout of `--help` is the command line's
-/// business, not the configuration's: the specs carry no headings.
+/// `--help`'s sections after Options, with the long names of their flags. clap lists the
+/// sections in the order of their first flag and the flags in the order of the structs; this
+/// table follows both. The layout of `--help` is the command line's business, not the
+/// configuration's: the specs carry no headings.
 const SECTIONS: [(&str, &str); 12] = [
     ("Listener", "name description tag protocol listen rule"),
     (
@@ -175,10 +176,10 @@ const SECTIONS: [(&str, &str); 12] = [
     ),
 ];
 
-/// The command line as it is parsed and shown. Every run flag's value is read without regard
-/// to case, as the file's is, and may start with `-`, so that `--idle-timeout -1` meets the
-/// flag's own range rather than clap's "unexpected argument"; and each flag is put in its
-/// `--help` section.
+/// The command line as it is parsed and shown. Every run flag's choices are read without
+/// regard to case, as the file's are, and its value may look like a negative number, so that
+/// `--idle-timeout -1` meets the flag's own range rather than clap's "unexpected argument";
+/// and each run flag is put in its `--help` section.
 pub fn command() -> clap::Command {
     fn arrange(arg: clap::Arg) -> clap::Arg {
         let arg = if arg.get_action().takes_values() {

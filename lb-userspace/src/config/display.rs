@@ -9,10 +9,10 @@ use super::{
 use crate::acl::AclMode;
 use crate::rules::{ActionSpec, PathMatch, RuleSpec};
 
-/// One line of a section: two spaces, the key in a column of 16, the value.
+/// One line of a section: two spaces, the key in a column of 15 and a space, the value.
 macro_rules! row {
     ($f:expr, $key:expr, $($value:tt)+) => {
-        writeln!($f, "  {:<16}{}", $key, format_args!($($value)+))
+        writeln!($f, "  {:<15} {}", $key, format_args!($($value)+))
     };
 }
 
@@ -254,21 +254,20 @@ fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
     if h.kind == super::CheckKind::Off {
         row!(f, "health-check", "off")?;
     } else {
-        write!(
+        let port = h.port.map(|p| format!(", port {p}")).unwrap_or_default();
+        let path = match h.kind {
+            super::CheckKind::Tcp => String::new(),
+            _ => format!(", path {}", h.path),
+        };
+        row!(
             f,
-            "  health-check    {} every {}s, timeout {}s, {} retries",
+            "health-check",
+            "{} every {}s, timeout {}s, {} retries{port}{path}",
             h.kind.name(),
             h.interval.as_secs(),
             h.timeout.as_secs(),
             h.retries
         )?;
-        if let Some(port) = h.port {
-            write!(f, ", port {port}")?;
-        }
-        if h.kind != super::CheckKind::Tcp {
-            write!(f, ", path {}", h.path)?;
-        }
-        writeln!(f)?;
     }
     match g.sticky.as_deref() {
         None => row!(f, "sticky-session", "off")?,
@@ -303,12 +302,18 @@ fn fmt_group(f: &mut fmt::Formatter<'_>, g: &GroupConfig) -> fmt::Result {
 }
 
 fn fmt_access(f: &mut fmt::Formatter<'_>, l: &ListenerConfig) -> fmt::Result {
-    write!(f, "  {:<16}{}", "access-control", l.access.mode.name())?;
-    if l.access.mode != AclMode::All {
-        let list: Vec<String> = l.access.prefixes.iter().map(ToString::to_string).collect();
-        write!(f, " ({} prefixes: {})", list.len(), list.join(", "))?;
+    let mode = l.access.mode.name();
+    if l.access.mode == AclMode::All {
+        return row!(f, "access-control", "{mode}");
     }
-    writeln!(f)
+    let list: Vec<String> = l.access.prefixes.iter().map(ToString::to_string).collect();
+    let n = list.len();
+    row!(
+        f,
+        "access-control",
+        "{mode} ({n} prefixes: {})",
+        list.join(", ")
+    )
 }
 
 /// A rule as a TOML inline table with the keys of a `[[listener.rule]]` table: what `check`

@@ -133,7 +133,8 @@ impl Config {
                         counted(left % 86_400 / 3600, "hour")
                     )
                 };
-                let names = match (c.names.is_empty(), &c.subject) {
+                let subject = c.subject.as_deref().filter(|s| !s.is_empty());
+                let names = match (c.names.is_empty(), subject) {
                     (true, Some(subject)) => format!("no DNS names, subject {subject}"),
                     (true, None) => "no DNS names".to_string(),
                     (false, _) => c.names.join(", "),
@@ -232,5 +233,16 @@ impl Config {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_day_or_hour_is_singular() {
+        assert_eq!(super::counted(1, "day"), "1 day");
+        assert_eq!(super::counted(0, "hour"), "0 hours");
+        assert_eq!(super::counted(1, "hour"), "1 hour");
+        assert_eq!(super::counted(14, "day"), "14 days");
     }
 }
