@@ -228,6 +228,13 @@ pub fn admin_address(
     config: Option<&std::path::Path>,
 ) -> Result<String, String> {
     if let Some(admin) = admin {
+        // Resolved here too (a name such as localhost:9900 is fine): a value that is no
+        // address is a usage error, not a daemon that cannot be reached.
+        if std::net::ToSocketAddrs::to_socket_addrs(&admin).is_err() {
+            return Err(format!(
+                "--admin {admin:?}: expected ADDR:PORT, the daemon's --admin (e.g. 127.0.0.1:9900)"
+            ));
+        }
         return Ok(admin);
     }
     let Some(path) = config else {

@@ -181,6 +181,14 @@ fn status_without_an_admin_endpoint_says_what_to_do_and_the_version_names_its_co
             text(&out)
         );
     }
+    // An --admin that is no address at all is a usage error, not an unreachable daemon.
+    let out = run(&["status", "--admin", "garbage"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--admin \"garbage\": expected ADDR:PORT"),
+        "{}",
+        text(&out)
+    );
     let out = run(&["--version"]);
     let version = text(&out);
     assert!(
