@@ -2,7 +2,7 @@
 //! that is X.509 v1 (what `openssl x509 -req` makes without an extension file), from an
 //! unknown CA, or missing; plain HTTP on the TLS port; a request refused before routing; a
 //! request head hyper could not parse (and its access log line). And `edgelb check` warns about
-//! a v1 client CA.
+//! a v1 client CA and refuses a v1 server certificate.
 use std::path::Path;
 use std::process::Command;
 
@@ -276,33 +276,52 @@ async fn malformed_request_heads_are_logged_with_their_reason_and_in_the_access_
     );
 }
 
+/// `edgelb check` of an https listener with this certificate and key, and `extra` flags.
+fn check(cert: &Path, key: &Path, extra: &[&str]) -> std::process::Output {
+    let (cert, key) = (cert.to_string_lossy(), key.to_string_lossy());
+    let listener = [
+        "check",
+        "--listen",
+        "127.0.0.1:8443",
+        "--backend",
+        "127.0.0.1:8080",
+    ];
+    run(&[&listener[..], &["--cert", &cert, "--key", &key], extra].concat())
+}
+
 #[test]
 fn check_warns_about_a_v1_client_ca() {
     let s = Setup::new();
     openssl_pki(s.dir.path(), true);
     assert!(version(s.dir.path(), "ca.pem").starts_with('1'));
     let ca = s.dir.path().join("ca.pem").to_string_lossy().into_owned();
-    let (cert, key) = (
-        s.server.cert.to_string_lossy().into_owned(),
-        s.server.key.to_string_lossy().into_owned(),
-    );
-    let out = run(&[
-        "check",
-        "--listen",
-        "127.0.0.1:8443",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-        "--backend",
-        "127.0.0.1:8080",
-        "--client-ca",
-        &ca,
-    ]);
+    let out = check(&s.server.cert, &s.server.key, &["--client-ca", &ca]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
         stderr.contains("--client-ca") && stderr.contains("CN=v1 CA is an X.509 v1 certificate"),
+        "{stderr}"
+    );
+}
+
+/// rustls cannot serve an X.509 v1 certificate (it checks the key against it with webpki):
+/// `check` refuses it as `--cert`, and says what to do, rather than blaming the key.
+#[test]
+fn check_refuses_a_v1_server_certificate_by_its_flag() {
+    let s = Setup::new();
+    openssl_pki(s.dir.path(), false);
+    let (cert, key) = (
+        s.dir.path().join("client.pem"),
+        s.dir.path().join("client.key"),
+    );
+    let out = check(&cert, &key, &["--allow-readable-keys"]);
+    let cert = cert.to_string_lossy();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "edgelb: error: --cert \"{cert}\": an X.509 v1 certificate"
+        )) && stderr.contains("re-issue it as v3"),
         "{stderr}"
     );
 }

@@ -168,23 +168,14 @@ pub struct FileCert {
 }
 
 impl Config {
-    /// Every certificate the https listeners serve from files, with its expiry.
-    /// X.509 v1 certificates among the listeners' own and their client CAs: rustls refuses
-    /// v1 client certificates, and a CA that is v1 itself usually issues v1 ones.
+    /// X.509 v1 certificates among the listeners' client CAs: rustls refuses v1 client
+    /// certificates, and a CA that is v1 itself usually issues v1 ones.
     fn v1_certificates(&self) -> Vec<String> {
         use crate::tls::certs::{is_x509_v1, pem_certificates, subject};
         let mut out = Vec::new();
         for l in &self.listeners {
-            let Some(tls) = &l.tls else { continue };
-            if tls.settings.default.cert.first().is_some_and(is_x509_v1) {
-                out.push(format!(
-                    "listener {:?}: --cert {} is an X.509 v1 certificate: some clients refuse \
-                     it; re-issue it as v3 (with a subjectAltName)",
-                    l.name,
-                    tls.cert_path.display()
-                ));
-            }
-            let Some(ca) = &tls.client_ca_path else {
+            // A v1 --cert is refused when it is loaded (`load_certified_key`).
+            let Some(ca) = l.tls.as_ref().and_then(|t| t.client_ca_path.as_ref()) else {
                 continue;
             };
             for cert in pem_certificates(ca).iter().filter(|c| is_x509_v1(c)) {
@@ -201,6 +192,7 @@ impl Config {
         out
     }
 
+    /// Every certificate the https listeners serve from files, with its expiry.
     pub fn file_certificates(&self) -> Vec<FileCert> {
         let mut out = Vec::new();
         for l in &self.listeners {
