@@ -144,6 +144,54 @@ async fn a_json_access_log_file_holds_each_request_whole_and_is_reopened_on_sigu
     assert!(status.success(), "{log}");
 }
 
+/// With `--user`, the file opened as root at start is handed to that user, as nginx does:
+/// the daemon, no longer root, can reopen it (SIGUSR1, a reload), and logrotate's `create`
+/// gives the new file the same owner. It used to stay root's, and every reopen was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_user_the_log_file_is_that_users_and_sigusr1_reopens_it() {
+    if !edgelb_tests::privilege::root_or_skip("with_user_the_log_file_is_that_users") {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let s = Setup::new();
+    let backend = Backend::start("a", "127.0.0.1:0", None);
+    let logs = s.dir.path().join("logs");
+    std::fs::create_dir(&logs).expect("logs dir");
+    std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let path = logs.join("access.log");
+    let (be, log_path) = (
+        backend.addr.to_string(),
+        path.to_string_lossy().into_owned(),
+    );
+    let (lb, addr) = s.start(&[
+        "--backend",
+        &be,
+        "--access-log",
+        &log_path,
+        "--user",
+        "nobody",
+    ]);
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody");
+    let owner = std::fs::metadata(&path).expect("log file").uid();
+    assert_eq!(owner, nobody.uid.as_raw(), "the log file's owner");
+    lb.signal(Signal::SIGUSR1);
+    lb.wait_for_log("SIGUSR1: access log reopened", 1).await;
+    let config = ClientOpts::new(&s.ca.cert_pem).config();
+    let after = https::send(addr, SERVER_NAME, config, get("/after-reopen"))
+        .await
+        .expect("GET");
+    assert_eq!(after.status, 200);
+    assert!(lines(&path, 1)[0].contains("target=\"/after-reopen\""));
+    let (status, log) = lb.stop();
+    assert!(
+        status.success() && !log.contains("stays on the file it had"),
+        "{log}"
+    );
+}
+
 // Multi-threaded: the clients' connections close while the test waits for the daemon to stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_plain_access_log_on_stderr_has_the_query_and_sigusr1_does_not_stop_the_daemon() {

@@ -420,8 +420,14 @@ fn the_example_config_is_valid() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/edgelb.toml"),
     )
     .expect("examples/edgelb.toml");
-    // The example attaches to eth0; this machine's test namespace only promises lo.
-    let text = example.replace("xdp_iface = [\"eth0\"]", "xdp_iface = [\"lo\"]");
+    // The example attaches to eth0; this machine's test namespace only promises lo. Its
+    // access log's directory, /var/log/edgelb, is the operator's to make: one of the test's.
+    let log = s.dir.path().join("access.log").display().to_string();
+    let log = format!("access_log = {log:?}");
+    let text = example
+        .replace("xdp_iface = [\"eth0\"]", "xdp_iface = [\"lo\"]")
+        .replace("access_log = \"/var/log/edgelb/access.log\"", &log);
+    assert!(text.contains(&log), "the example's access_log moved");
     std::fs::create_dir_all(s.dir.path().join("certs")).expect("certs dir");
     let (cert, key) = (
         std::fs::read(&s.server.cert).expect("cert"),

@@ -274,3 +274,72 @@ fn reload_without_a_running_daemon_fails_clearly() {
         text(&out)
     );
 }
+
+/// An access log whose file cannot be made, because its directory is missing or mounted
+/// read-only (what systemd's `ProtectSystem=strict` does to /var/log unless it is in
+/// `ReadWritePaths=`), is refused by `check`, so `ExecStartPre=edgelb -t` catches it, not
+/// the start after it.
+#[test]
+fn check_refuses_an_access_log_whose_file_cannot_be_made() {
+    let dir = edgelb_tests::certs::TempDir::new();
+    let pair =
+        edgelb_tests::certs::self_signed(&dir, "a", &[edgelb_tests::packet::parse("127.0.0.1")]);
+    let (cert, key) = (
+        pair.cert.display().to_string(),
+        pair.key.display().to_string(),
+    );
+    let listener = [
+        "check",
+        "--listen",
+        "127.0.0.1:18443",
+        "--backend",
+        "127.0.0.1:18080",
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+        "--access-log",
+    ];
+    let missing = dir.path().join("no-such-dir").join("access.log");
+    let out = run(&[&listener[..], &[&missing.to_string_lossy()]].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "--access-log \"{}\": its directory {}: No such file or directory",
+            missing.display(),
+            missing
+                .parent()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        )),
+        "{}",
+        text(&out)
+    );
+    if !edgelb_tests::privilege::root_or_skip("check_refuses_an_access_log_on_a_read_only_fs") {
+        return;
+    }
+    let ro = dir.path().join("ro");
+    std::fs::create_dir(&ro).expect("dir");
+    let log = ro.join("access.log").display().to_string();
+    let mut check = format!("mount -t tmpfs -o ro none {} && exec", ro.display());
+    for arg in [&binary().display().to_string()[..]]
+        .into_iter()
+        .chain(listener)
+        .chain([&log[..]])
+    {
+        check += &format!(" '{arg}'");
+    }
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &check])
+        .output()
+        .expect("unshare");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "its directory {} is on a read-only file system",
+            ro.display()
+        )),
+        "{}",
+        text(&out)
+    );
+}

@@ -42,6 +42,10 @@ pub enum Format {
 pub struct Settings {
     pub target: Target,
     pub format: Format,
+    /// `--user`: who the file is handed to when it is opened while still root, so that the
+    /// daemon can reopen it after dropping to that user (SIGUSR1, a reload), and logrotate's
+    /// `create` gives the new file the same owner. nginx does the same for its workers' user.
+    pub owner: Option<nix::unistd::Uid>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +73,8 @@ impl AccessLog {
         let writer = match &settings.target {
             Target::Stderr => None,
             Target::File(path) => Some(
-                Writer::start(Destination::File(open_append(path)?)).map_err(OpenError::Thread)?,
+                Writer::start(Destination::File(open_append(path, settings.owner)?))
+                    .map_err(OpenError::Thread)?,
             ),
         };
         Ok(Arc::new(AccessLog { settings, writer }))
@@ -84,7 +89,7 @@ impl AccessLog {
     pub fn reopen(&self) -> Result<bool, OpenError> {
         match (&self.writer, &self.settings.target) {
             (Some(writer), Target::File(path)) => {
-                writer.switch_to(open_append(path)?);
+                writer.switch_to(open_append(path, self.settings.owner)?);
                 Ok(true)
             }
             _ => Ok(false),
@@ -170,7 +175,7 @@ impl ListenerLog {
 /// until a reader opens it, and the open runs on the daemon's control loop (SIGUSR1, reload),
 /// which would stop answering signals, health changes and reloads until the log shipper came
 /// back. The writes themselves block, on the log's own thread.
-fn open_append(path: &Path) -> Result<File, OpenError> {
+fn open_append(path: &Path, owner: Option<nix::unistd::Uid>) -> Result<File, OpenError> {
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     let failed = |source| OpenError::File {
         path: path.to_path_buf(),
@@ -196,6 +201,13 @@ fn open_append(path: &Path) -> Result<File, OpenError> {
         FcntlArg::F_SETFL(blocking),
     )
     .map_err(|e| failed(e.into()))?;
+    if let Some(owner) = owner
+        && nix::unistd::Uid::effective().is_root()
+        && file.metadata().is_ok_and(|m| m.is_file())
+    {
+        nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(&file), Some(owner), None)
+            .map_err(|e| failed(e.into()))?;
+    }
     Ok(file)
 }
 
@@ -211,6 +223,7 @@ mod tests {
         let log = AccessLog::open(Settings {
             target: Target::File(path.clone()),
             format: Format::Plain,
+            owner: None,
         })
         .expect("open");
         log.write_line("one\n");
@@ -240,6 +253,7 @@ mod tests {
         let e = AccessLog::open(Settings {
             target: Target::File(path.clone()),
             format: Format::Plain,
+            owner: None,
         })
         .err()
         .expect("refused");
@@ -258,6 +272,7 @@ mod tests {
         let e = AccessLog::open(Settings {
             target: Target::File("/nonexistent-dir/access.log".into()),
             format: Format::Json,
+            owner: None,
         })
         .err()
         .expect("refused");

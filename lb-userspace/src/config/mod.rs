@@ -698,6 +698,16 @@ fn check_unique_listeners(
 }
 
 fn ops(args: &NodeSpec) -> Result<OpsConfig, ConfigError> {
+    if let Some(values::AccessLogTarget(crate::access_log::Target::File(path))) = &args.access_log {
+        parse::directory_for(path).map_err(|problem| {
+            ConfigError::new("--access-log", path.display().to_string(), problem)
+        })?;
+    }
+    let user = args
+        .user
+        .as_deref()
+        .map(|name| User::lookup(name).map_err(|e| ConfigError::new("--user", name, e.to_string())))
+        .transpose()?;
     Ok(OpsConfig {
         admin: args
             .admin
@@ -712,14 +722,9 @@ fn ops(args: &NodeSpec) -> Result<OpsConfig, ConfigError> {
             .map(|target| crate::access_log::Settings {
                 target: target.0,
                 format: args.access_log_format,
+                owner: user.as_ref().map(|u| u.uid),
             }),
-        user: args
-            .user
-            .as_deref()
-            .map(|name| {
-                User::lookup(name).map_err(|e| ConfigError::new("--user", name, e.to_string()))
-            })
-            .transpose()?,
+        user,
     })
 }
 

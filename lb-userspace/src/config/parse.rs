@@ -46,3 +46,28 @@ pub fn interface(flag: &'static str, name: &str) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// The directory a file is to be created in (`--access-log`): it exists, and is not on a
+/// file system mounted read-only, as systemd's `ProtectSystem=strict` mounts every path not
+/// in `ReadWritePaths=`. Checked without writing, so `check` as another user says the same.
+pub fn directory_for(path: &Path) -> Result<(), String> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
+        Err(e) => return Err(format!("its directory {}: {e}", dir.display())),
+    }
+    let read_only = nix::sys::statvfs::statvfs(dir)
+        .is_ok_and(|fs| fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
+    if read_only {
+        return Err(format!(
+            "its directory {} is on a read-only file system (in a systemd unit with \
+             ProtectSystem=strict, list it in ReadWritePaths=)",
+            dir.display()
+        ));
+    }
+    Ok(())
+}
