@@ -106,6 +106,8 @@ enum Bench {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    // `cargo xtask run -- --cert cert.pem`: paths are the reader's, from where cargo ran.
+    let invoked_from = std::env::current_dir()?;
     let root = workspace_root();
     std::env::set_current_dir(&root)?;
     match cli.task {
@@ -123,6 +125,7 @@ fn main() -> Result<()> {
             build()?;
             Cmd::new(root.join("target/release/edgelb"))
                 .args(args)
+                .current_dir(invoked_from)
                 .exec()
         }
         Task::Test => {
