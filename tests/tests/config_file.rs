@@ -701,3 +701,49 @@ async fn soon(done: impl Fn() -> bool) -> bool {
     }
     true
 }
+
+/// `check` prints each rule as an inline table of the file's keys: pasted into a listener's
+/// `rule = [...]` list, it reads back as the same rule, line for line.
+#[test]
+fn a_rule_as_check_prints_it_reads_back_from_a_file_as_the_same_rule() {
+    let s = Setup::new();
+    let listener = s.listener_args(free_addr());
+    let rules = [
+        "name=api;host=api.example.com,*.api.example.com;path-prefix=/v1;method=GET,POST;header=x-env:prod|stage;query=lang:en|*;client=10.0.0.0/8,fd00::/8;rate-limit=5;action=forward",
+        "name=old;path=/old;action=redirect:301:https://{host}/new{path}{query}",
+        "name=down;path-regex=^/down/[0-9]+$;action=fixed:503:text/plain:\"back\"\tsoon\\",
+    ];
+    let mut args: Vec<&str> = vec!["check", "--backend", "127.0.0.1:18080"];
+    args.extend(listener.iter().map(String::as_str));
+    for rule in &rules {
+        args.extend(["--rule", rule]);
+    }
+    let rule_lines = |out: &std::process::Output| -> Vec<String> {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("  rule            "))
+            .map(String::from)
+            .collect()
+    };
+    let printed = rule_lines(&daemon::run(&args));
+    assert_eq!(printed.len(), rules.len(), "{printed:?}");
+    let (cert, key) = (s.server.cert.display(), s.server.key.display());
+    let file = s.dir.write(
+        "pasted.toml",
+        format!(
+            "xdp_mode = \"off\"\n[[group]]\nname = \"server_group-1\"\nbackend = \"127.0.0.1:18080\"\n\
+             [[listener]]\nname = \"listener-1\"\nlisten = \"{}\"\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+             group = \"server_group-1\"\nrule = [\n{}\n]\n",
+            free_addr(),
+            printed.join(",\n")
+        ),
+    );
+    let out = daemon::run(&["check", "--config", &file.to_string_lossy()]);
+    assert_eq!(rule_lines(&out), printed);
+}
