@@ -57,7 +57,10 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     let fd_limit = raise_fd_limit();
     // The limit just raised (0: unknown).
-    for w in config.warnings((fd_limit > 0).then_some(fd_limit)) {
+    for w in config.warnings(
+        (fd_limit > 0).then_some(fd_limit),
+        &crate::xdp_features::native,
+    ) {
         tracing::warn!("{w}");
     }
     let worker_count = workers::default_count();
@@ -685,7 +688,7 @@ fn reload(
     dataplane: Option<&mut Dataplane>,
     hops: &mut NextHops,
 ) -> Result<(), ReloadError> {
-    for w in fresh.warnings(crate::config::fd_limit()) {
+    for w in fresh.warnings(crate::config::fd_limit(), &crate::xdp_features::native) {
         tracing::warn!("reload: {w}");
     }
     if let Some(what) = needs_restart(&fresh, node) {

@@ -101,7 +101,7 @@ fn serve(mut args: crate::cli::RunArgs) -> ExitCode {
 fn check(args: &crate::cli::RunArgs) -> ExitCode {
     match Config::from_flags(&args.flags()) {
         Ok(config) => {
-            for w in config.warnings(crate::config::fd_limit()) {
+            for w in config.warnings(crate::config::fd_limit(), &crate::xdp_features::native) {
                 eprintln!("edgelb: warning: {w}");
             }
             // A closed pipe (`edgelb check | head`) is not an error worth a panic.

@@ -37,3 +37,4 @@ mod syn_protect_record;
 pub mod tls;
 pub mod usage;
 pub mod workers;
+pub mod xdp_features;

@@ -275,12 +275,8 @@ fn reload_without_a_running_daemon_fails_clearly() {
     );
 }
 
-/// An access log whose file cannot be made, because its directory is missing or mounted
-/// read-only (what systemd's `ProtectSystem=strict` does to /var/log unless it is in
-/// `ReadWritePaths=`), is refused by `check`, so `ExecStartPre=edgelb -t` catches it, not
-/// the start after it.
-#[test]
-fn check_refuses_an_access_log_whose_file_cannot_be_made() {
+/// A directory of its own with a self-signed certificate for 127.0.0.1 and its key (paths).
+fn cert_and_key() -> (edgelb_tests::certs::TempDir, String, String) {
     let dir = edgelb_tests::certs::TempDir::new();
     let pair =
         edgelb_tests::certs::self_signed(&dir, "a", &[edgelb_tests::packet::parse("127.0.0.1")]);
@@ -288,6 +284,16 @@ fn check_refuses_an_access_log_whose_file_cannot_be_made() {
         pair.cert.display().to_string(),
         pair.key.display().to_string(),
     );
+    (dir, cert, key)
+}
+
+/// An access log whose file cannot be made, because its directory is missing or mounted
+/// read-only (what systemd's `ProtectSystem=strict` does to /var/log unless it is in
+/// `ReadWritePaths=`), is refused by `check`, so `ExecStartPre=edgelb -t` catches it, not
+/// the start after it.
+#[test]
+fn check_refuses_an_access_log_whose_file_cannot_be_made() {
+    let (dir, cert, key) = cert_and_key();
     let listener = [
         "check",
         "--listen",
@@ -341,5 +347,49 @@ fn check_refuses_an_access_log_whose_file_cannot_be_made() {
         )),
         "{}",
         text(&out)
+    );
+}
+
+/// `--xdp-mode native` on a driver whose kernel-reported xdp-features are empty (loopback)
+/// gets a warning from `check`, which cannot attach to find out; the start is then refused,
+/// as the warning says. A veth, whose driver runs XDP, gets no such warning.
+#[test]
+fn check_warns_that_a_driver_without_native_xdp_will_refuse_native_mode() {
+    if !edgelb_tests::privilege::root_or_skip("check_warns_that_a_driver_without_native_xdp") {
+        return;
+    }
+    let ns = edgelb_tests::netns::Netns::new("xf");
+    ns.ip(&["link", "add", "va", "type", "veth", "peer", "name", "vb"]);
+    let (dir, cert, key) = cert_and_key();
+    let pid_file = dir.path().join("edgelb.pid").display().to_string();
+    let edgelb = |args: &[&str], iface: &str| {
+        let out = ns
+            .command(&binary().display().to_string())
+            .args(args)
+            .args([
+                "--listen",
+                "127.0.0.1:18443",
+                "--backend",
+                "127.0.0.1:18080",
+            ])
+            .args(["--cert", &cert, "--key", &key, "--pid-file", &pid_file])
+            .args(["--xdp-iface", iface, "--xdp-mode", "native"])
+            .output()
+            .expect("edgelb");
+        (out.status.code(), text(&out))
+    };
+    let warning = "its driver reports no native XDP";
+    let (code, said) = edgelb(&["check"], "lo");
+    assert_eq!(code, Some(0), "{said}");
+    assert!(
+        said.contains(&format!("edgelb: warning: --xdp-iface lo: {warning}")),
+        "{said}"
+    );
+    let (code, said) = edgelb(&["check"], "va");
+    assert!(code == Some(0) && !said.contains(warning), "{said}");
+    let (code, said) = edgelb(&[], "lo");
+    assert!(
+        code == Some(2) && said.contains("refused XDP in native mode"),
+        "{code:?}: {said}"
     );
 }

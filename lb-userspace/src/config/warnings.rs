@@ -5,15 +5,34 @@ use super::{Config, XdpMode};
 
 impl Config {
     /// One line per finding, naming the flags (file keys are the same words) and the values.
-    /// `fd_limit` is the most files the process may open (RLIMIT_NOFILE's hard limit, which
-    /// the daemon raises its soft limit to); None if unknown.
-    pub fn warnings(&self, fd_limit: Option<u64>) -> Vec<String> {
+    /// What the machine says comes in: `fd_limit`, the most files the process may open
+    /// (RLIMIT_NOFILE's hard limit, which the daemon raises its soft limit to), and
+    /// `native_xdp`, whether an interface's driver reports native XDP; None if unknown.
+    pub fn warnings(
+        &self,
+        fd_limit: Option<u64>,
+        native_xdp: &dyn Fn(&str) -> Option<bool>,
+    ) -> Vec<String> {
         let mut out = Vec::new();
         if self.xdp.ifaces.is_empty() && matches!(self.xdp.mode, XdpMode::Native | XdpMode::Skb) {
             out.push(format!(
                 "--xdp-mode {} has no effect without --xdp-iface: XDP stays off",
                 self.xdp.mode.name()
             ));
+        }
+        if self.xdp.mode == XdpMode::Native {
+            for iface in self
+                .xdp
+                .ifaces
+                .iter()
+                .filter(|i| native_xdp(i) == Some(false))
+            {
+                out.push(format!(
+                    "--xdp-iface {iface}: its driver reports no native XDP (the kernel's \
+                     xdp-features for it are empty): --xdp-mode native will most likely be \
+                     refused at start; auto falls back to generic mode, skb asks for it"
+                ));
+            }
         }
         if !self.xdp.enabled() {
             for l in &self.listeners {

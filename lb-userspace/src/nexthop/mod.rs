@@ -11,7 +11,7 @@
 //! faster would cost a process per backend per poll and still lag.) A slow periodic look
 //! remains, should an announcement be lost without the kernel saying so.
 mod events;
-mod rtnl;
+pub(crate) mod rtnl;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr, UdpSocket};
