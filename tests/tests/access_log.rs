@@ -190,6 +190,18 @@ async fn with_user_the_log_file_is_that_users_and_sigusr1_reopens_it() {
         status.success() && !log.contains("stays on the file it had"),
         "{log}"
     );
+
+    // A path that is a symlink to another root file: that file is not handed over.
+    let victim = s.dir.path().join("victim");
+    std::fs::write(&victim, "root's\n").expect("victim");
+    let link = logs.join("link.log");
+    std::os::unix::fs::symlink(&victim, &link).expect("symlink");
+    let link = link.to_string_lossy().into_owned();
+    let (lb, _) = s.start(&["--backend", &be, "--access-log", &link, "--user", "nobody"]);
+    let owner = std::fs::metadata(&victim).expect("victim").uid();
+    let (status, log) = lb.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(owner, 0, "a symlink's target was handed to --user");
 }
 
 // Multi-threaded: the clients' connections close while the test waits for the daemon to stop.

@@ -203,12 +203,34 @@ fn open_append(path: &Path, owner: Option<nix::unistd::Uid>) -> Result<File, Ope
     .map_err(|e| failed(e.into()))?;
     if let Some(owner) = owner
         && nix::unistd::Uid::effective().is_root()
-        && file.metadata().is_ok_and(|m| m.is_file())
     {
-        nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(&file), Some(owner), None)
-            .map_err(|e| failed(e.into()))?;
+        hand_over(&file, path, owner);
     }
     Ok(file)
+}
+
+/// Gives the log file opened as root to `--user`, so that the daemon can reopen it once it
+/// is that user. Only a root-owned regular file with one link that is the path itself, not a
+/// symlink's target: a user who can write the directory must not be able to point the path
+/// at another root file and have it handed over (nginx's CVE-2016-1247). A failure (no
+/// CAP_CHOWN, NFS with root_squash) costs the reopens, not the start, and is said.
+fn hand_over(file: &File, path: &Path, owner: nix::unistd::Uid) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(opened), Ok(at_path)) = (file.metadata(), std::fs::symlink_metadata(path)) else {
+        return;
+    };
+    let same = opened.dev() == at_path.dev() && opened.ino() == at_path.ino();
+    if !(same && opened.is_file() && opened.nlink() == 1 && opened.uid() == 0) {
+        return;
+    }
+    if let Err(e) = nix::unistd::fchown(std::os::fd::AsRawFd::as_raw_fd(file), Some(owner), None) {
+        tracing::warn!(
+            "--access-log {}: cannot hand the file to --user ({e}): it stays root's, and \
+             reopening it after logrotate or on SIGUSR1 will be refused; give the service \
+             CAP_CHOWN, or create the file owned by that user",
+            path.display()
+        );
+    }
 }
 
 #[cfg(test)]

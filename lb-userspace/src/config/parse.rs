@@ -47,27 +47,39 @@ pub fn interface(flag: &'static str, name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The directory a file is to be created in (`--access-log`): it exists, and is not on a
-/// file system mounted read-only, as systemd's `ProtectSystem=strict` mounts every path not
-/// in `ReadWritePaths=`. Checked without writing, so `check` as another user says the same.
+/// Where `--access-log` writes: an existing file on a file system mounted read-only, or a
+/// new file in a directory that is missing or read-only (as systemd's `ProtectSystem=strict`
+/// mounts every path not in `ReadWritePaths=`), is refused. Checked without writing; what
+/// cannot be looked at (a directory this user may not enter) is left to the open at start.
 pub fn directory_for(path: &Path) -> Result<(), String> {
+    use std::io::ErrorKind;
+    let read_only = |at: &Path| {
+        nix::sys::statvfs::statvfs(at)
+            .is_ok_and(|fs| fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY))
+    };
+    let rw_hint = "in a systemd unit with ProtectSystem=strict, list it in ReadWritePaths=";
+    match std::fs::metadata(path) {
+        // A FIFO or a device takes writes on a read-only mount.
+        Ok(meta) if meta.is_file() && read_only(path) => {
+            return Err(format!("is on a read-only file system ({rw_hint})"));
+        }
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() != ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
     match std::fs::metadata(dir) {
-        Ok(meta) if meta.is_dir() => {}
-        Ok(_) => return Err(format!("{} is not a directory", dir.display())),
-        Err(e) => return Err(format!("its directory {}: {e}", dir.display())),
-    }
-    let read_only = nix::sys::statvfs::statvfs(dir)
-        .is_ok_and(|fs| fs.flags().contains(nix::sys::statvfs::FsFlags::ST_RDONLY));
-    if read_only {
-        return Err(format!(
-            "its directory {} is on a read-only file system (in a systemd unit with \
-             ProtectSystem=strict, list it in ReadWritePaths=)",
+        Ok(meta) if !meta.is_dir() => Err(format!("{} is not a directory", dir.display())),
+        Ok(_) if read_only(dir) => Err(format!(
+            "its directory {} is on a read-only file system ({rw_hint})",
             dir.display()
-        ));
+        )),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            Err(format!("its directory {}: {e}", dir.display()))
+        }
+        _ => Ok(()),
     }
-    Ok(())
 }

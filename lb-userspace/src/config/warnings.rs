@@ -28,9 +28,10 @@ impl Config {
                 .filter(|i| native_xdp(i) == Some(false))
             {
                 out.push(format!(
-                    "--xdp-iface {iface}: its driver reports no native XDP (the kernel's \
-                     xdp-features for it are empty): --xdp-mode native will most likely be \
-                     refused at start; auto falls back to generic mode, skb asks for it"
+                    "--xdp-iface {iface}: its driver does not report native XDP (no \
+                     NETDEV_XDP_ACT_BASIC in the kernel's xdp-features for it): --xdp-mode \
+                     native will most likely be refused at start; auto falls back to generic \
+                     mode, skb asks for it"
                 ));
             }
         }
