@@ -130,6 +130,12 @@ pub(super) enum PathError {
          as received, with the request path without its query)"
     )]
     NotLiteral,
+    /// `path=/a|/b` read as two paths would be a rule that never matches either.
+    #[error(
+        "one path each: '|' separates values only in header= and query=; give a rule per \
+         path, or path-regex=^/(a|b)"
+    )]
+    Alternatives,
     #[error("an empty regex matches every path; leave the path out instead")]
     EmptyRegex,
     /// The regex crate's own message is several lines (the pattern, a caret, the reason):
@@ -168,6 +174,9 @@ impl PathMatcher {
         match m {
             PathMatch::Exact(p) | PathMatch::Prefix(p) if !literal_ok(p) => {
                 Err(PathError::NotLiteral)
+            }
+            PathMatch::Exact(p) | PathMatch::Prefix(p) if p.contains('|') => {
+                Err(PathError::Alternatives)
             }
             PathMatch::Exact(p) => Ok(PathMatcher::Exact(p.as_str().into())),
             PathMatch::Prefix(p) => Ok(PathMatcher::Prefix(p.as_str().into())),

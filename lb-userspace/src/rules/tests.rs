@@ -839,6 +839,14 @@ fn refused_hosts_paths_and_locations_keep_their_messages() {
     );
     assert_eq!(
         problem(RuleSpec {
+            paths: vec![PathMatch::Prefix("/a|/b".into())],
+            ..rule("p")
+        }),
+        "one path each: '|' separates values only in header= and query=; give a rule per path, \
+         or path-regex=^/(a|b)"
+    );
+    assert_eq!(
+        problem(RuleSpec {
             paths: vec![PathMatch::Regex(String::new())],
             ..rule("p")
         }),
