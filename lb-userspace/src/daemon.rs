@@ -57,10 +57,7 @@ pub async fn run(args: &RunArgs, config: Config) -> Result<(), StartError> {
     }
     let fd_limit = raise_fd_limit();
     // The limit just raised (0: unknown).
-    for w in config.warnings(
-        (fd_limit > 0).then_some(fd_limit),
-        &crate::xdp_features::native,
-    ) {
+    for w in config.warnings((fd_limit > 0).then_some(fd_limit)) {
         tracing::warn!("{w}");
     }
     let worker_count = workers::default_count();
@@ -688,7 +685,7 @@ fn reload(
     dataplane: Option<&mut Dataplane>,
     hops: &mut NextHops,
 ) -> Result<(), ReloadError> {
-    for w in fresh.warnings(crate::config::fd_limit(), &crate::xdp_features::native) {
+    for w in fresh.warnings(crate::config::fd_limit()) {
         tracing::warn!("reload: {w}");
     }
     if let Some(what) = needs_restart(&fresh, node) {

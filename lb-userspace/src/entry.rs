@@ -101,7 +101,12 @@ fn serve(mut args: crate::cli::RunArgs) -> ExitCode {
 fn check(args: &crate::cli::RunArgs) -> ExitCode {
     match Config::from_flags(&args.flags()) {
         Ok(config) => {
-            for w in config.warnings(crate::config::fd_limit(), &crate::xdp_features::native) {
+            let forecast = config.native_xdp_forecast(crate::xdp_features::native);
+            for w in config
+                .warnings(crate::config::fd_limit())
+                .into_iter()
+                .chain(forecast)
+            {
                 eprintln!("edgelb: warning: {w}");
             }
             // A closed pipe (`edgelb check | head`) is not an error worth a panic.

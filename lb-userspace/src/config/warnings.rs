@@ -4,36 +4,39 @@ use super::CheckKind;
 use super::{Config, XdpMode};
 
 impl Config {
+    /// For `check` only, which cannot attach: the `--xdp-iface`s that `--xdp-mode native`
+    /// will most likely be refused on, by `native_xdp` (whether the kernel reports native XDP
+    /// for the interface's driver; None if it cannot say). The start attaches, and its own
+    /// answer is the certain one, so the daemon does not ask.
+    pub fn native_xdp_forecast(&self, native_xdp: impl Fn(&str) -> Option<bool>) -> Vec<String> {
+        if self.xdp.mode != XdpMode::Native {
+            return Vec::new();
+        }
+        self.xdp
+            .ifaces
+            .iter()
+            .filter(|i| native_xdp(i) == Some(false))
+            .map(|iface| {
+                format!(
+                    "--xdp-iface {iface}: its driver does not report native XDP (no \
+                     NETDEV_XDP_ACT_BASIC in the kernel's xdp-features for it): --xdp-mode \
+                     native will most likely be refused at start; auto falls back to generic \
+                     mode, skb asks for it"
+                )
+            })
+            .collect()
+    }
+
     /// One line per finding, naming the flags (file keys are the same words) and the values.
-    /// What the machine says comes in: `fd_limit`, the most files the process may open
-    /// (RLIMIT_NOFILE's hard limit, which the daemon raises its soft limit to), and
-    /// `native_xdp`, whether an interface's driver reports native XDP; None if unknown.
-    pub fn warnings(
-        &self,
-        fd_limit: Option<u64>,
-        native_xdp: &dyn Fn(&str) -> Option<bool>,
-    ) -> Vec<String> {
+    /// `fd_limit` is the most files the process may open (RLIMIT_NOFILE's hard limit, which
+    /// the daemon raises its soft limit to); None if unknown.
+    pub fn warnings(&self, fd_limit: Option<u64>) -> Vec<String> {
         let mut out = Vec::new();
         if self.xdp.ifaces.is_empty() && matches!(self.xdp.mode, XdpMode::Native | XdpMode::Skb) {
             out.push(format!(
                 "--xdp-mode {} has no effect without --xdp-iface: XDP stays off",
                 self.xdp.mode.name()
             ));
-        }
-        if self.xdp.mode == XdpMode::Native {
-            for iface in self
-                .xdp
-                .ifaces
-                .iter()
-                .filter(|i| native_xdp(i) == Some(false))
-            {
-                out.push(format!(
-                    "--xdp-iface {iface}: its driver does not report native XDP (no \
-                     NETDEV_XDP_ACT_BASIC in the kernel's xdp-features for it): --xdp-mode \
-                     native will most likely be refused at start; auto falls back to generic \
-                     mode, skb asks for it"
-                ));
-            }
         }
         if !self.xdp.enabled() {
             for l in &self.listeners {
