@@ -168,15 +168,6 @@ pub fn load_certified_key(
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<Arc<CertifiedKey>, CertError> {
     let chain = load_chain(cert).map_err(CertError::cert)?;
-    // rustls checks the key against the certificate with webpki, which reads v3 only: said
-    // of the certificate here, not as "unusable key" further down.
-    if chain.first().is_some_and(is_x509_v1) {
-        return Err(CertError::cert(
-            "an X.509 v1 certificate (no extensions, so no subjectAltName either), which cannot \
-             be served: re-issue it as v3 with subjectAltName=DNS:NAME (openssl x509 -req \
-             -extfile)",
-        ));
-    }
     check_regular(key).map_err(CertError::key)?;
     let private = PrivateKeyDer::from_pem_file(key).map_err(|e| {
         CertError::key(format!(
@@ -187,6 +178,15 @@ pub fn load_certified_key(
     let certified = CertifiedKey::from_der(chain, private, provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => {
             CertError::key(format!("does not match the certificate {}", cert.display()))
+        }
+        // rustls checks the key against the certificate with webpki, which reads v3 only:
+        // said of the certificate, not as an unusable key.
+        rustls::Error::InvalidCertificate(e) if super::failure::is_x509_v1_refusal(&e) => {
+            CertError::cert(
+                "an X.509 v1 certificate (no extensions, so no subjectAltName either), which \
+                 cannot be served: re-issue it as v3 with subjectAltName=DNS:NAME (openssl \
+                 x509 -req -extfile)",
+            )
         }
         other => CertError::key(format!("unusable key: {other}")),
     })?;

@@ -80,16 +80,19 @@ fn certificate(e: &CertificateError) -> Cow<'static, str> {
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
             "not for client authentication (extended key usage)".into()
         }
-        CertificateError::Other(other)
-            if matches!(
-                other.0.downcast_ref::<webpki::Error>(),
-                Some(webpki::Error::UnsupportedCertVersion)
-            ) =>
-        {
+        e if is_x509_v1_refusal(e) => {
             "X.509 v1 is not supported, re-issue it as v3 (e.g. `openssl x509 -req ... -extfile` with basicConstraints=CA:FALSE)".into()
         }
         other => format!("{other:?}").into(),
     }
+}
+
+/// Whether webpki refused a certificate for being X.509 v1 (rustls passes its error on).
+pub fn is_x509_v1_refusal(e: &CertificateError) -> bool {
+    matches!(e, CertificateError::Other(other) if matches!(
+        other.0.downcast_ref::<webpki::Error>(),
+        Some(webpki::Error::UnsupportedCertVersion)
+    ))
 }
 
 #[cfg(test)]
